@@ -1,0 +1,328 @@
+"""Walk a source tree into a Manifest (upstream's ``build``), store untouched.
+
+The walk is iterative and directory-fd relative: no RecursionError at any
+depth, symlinks never followed, FIFOs never opened. Regular files are read by
+``castore.hashing`` in worker processes; ``ingest`` passes a Processor that
+also stages their content as blobs, and a stat cache that skips unchanged
+files.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import multiprocessing
+import os
+import resource as _rlimit
+import stat
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from castore import fs
+from castore.errors import CastoreError, NotFound, UnsafeInput
+from castore.hashing import FileJob, FileResult, Processor
+from castore.manifest.model import (
+    Chunk,
+    Device,
+    Directory,
+    Manifest,
+    NamedPipe,
+    RegularFile,
+    Resource,
+    Socket,
+    Symlink,
+    Whiteout,
+)
+
+BATCH_FILES = 512
+BATCH_BYTES = 32 << 20
+RETRIES = 3
+
+
+class SourceChanged(CastoreError):
+    """A file kept changing while it was read."""
+
+
+@dataclass
+class WalkOptions:
+    """What to leave out of a walk, and how to read whiteouts."""
+
+    ignore: tuple[str, ...] = ()
+    keep_appledouble: bool = False
+    whiteouts: str = "none"  # none | overlay
+    note: Callable[[str], None] = lambda msg: print(f"continuity: note: {msg}", file=sys.stderr)
+
+
+@dataclass(slots=True)
+class _Seen:
+    path: str
+    st: os.stat_result
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    target: str = ""
+
+
+@dataclass
+class WalkResult:
+    """The walker's output before file contents are read."""
+
+    entries: list[_Seen] = field(default_factory=list)
+    files: list[FileJob] = field(default_factory=list)
+
+
+def _raise_nofile_limit() -> None:
+    soft, hard = _rlimit.getrlimit(_rlimit.RLIMIT_NOFILE)
+    if soft < hard:
+        _rlimit.setrlimit(_rlimit.RLIMIT_NOFILE, (hard, hard))
+
+
+def _ignored(rel: str, name: str, patterns: Iterable[str]) -> bool:
+    for pat in patterns:
+        if "/" in pat.strip("/"):
+            if fnmatch.fnmatchcase(rel, pat.lstrip("/")) or fnmatch.fnmatchcase("/" + rel, pat):
+                return True
+        elif fnmatch.fnmatchcase(name, pat.strip("/")):
+            return True
+    return False
+
+
+def open_root(root: str) -> int:
+    """Open a source root directory (the root itself may be reached by symlink)."""
+    try:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"{root}: no such directory") from None
+    except NotADirectoryError:
+        raise UnsafeInput(f"{root}: not a directory") from None
+    except PermissionError:
+        raise CastoreError(f"{root}: permission denied") from None
+
+
+def walk(root_fd: int, opts: WalkOptions) -> WalkResult:
+    """Every entry below ``root_fd`` (root excluded), in no particular order."""
+    _raise_nofile_limit()
+    out = WalkResult()
+    skipped_apple = 0
+    # A stack of (dir fd, relative path, iterator over its subdirectories).
+    stack: list[tuple[int, str, Iterator[str]]] = []
+
+    def scan(dir_fd: int, rel: str) -> list[str]:
+        nonlocal skipped_apple
+        subdirs = []
+        with os.scandir(dir_fd) as it:
+            items = list(it)
+        for e in items:
+            name = e.name
+            child = f"{rel}/{name}" if rel else name
+            if opts.ignore and _ignored(child, name, opts.ignore):
+                continue
+            if not opts.keep_appledouble and (name.startswith("._") or name == "__MACOSX"):
+                skipped_apple += 1
+                continue
+            st = e.stat(follow_symlinks=False)
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                sparse = st.st_blocks * 512 < st.st_size
+                out.files.append(FileJob(child, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                         st.st_ctime_ns, sparse))
+                out.entries.append(_Seen(child, st))
+            elif stat.S_ISDIR(mode):
+                subdirs.append(name)
+            else:
+                p = fs.proc_path(dir_fd, name)
+                seen = _Seen(child, st, fs.read_xattrs(p))
+                if stat.S_ISLNK(mode):
+                    seen.target = os.readlink(name, dir_fd=dir_fd)
+                out.entries.append(seen)
+        return subdirs
+
+    def enter(parent_fd: int, rel: str, name: str) -> None:
+        child = f"{rel}/{name}" if rel else name
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        st = os.fstat(fd)
+        out.entries.append(_Seen(child, st, fs.read_xattrs(fd)))
+        stack.append((fd, child, iter(sorted(scan(fd, child)))))
+
+    stack.append((os.dup(root_fd), "", iter(sorted(scan(root_fd, "")))))
+    try:
+        while stack:
+            fd, rel, subdirs = stack[-1]
+            name = next(subdirs, None)
+            if name is None:
+                os.close(fd)
+                stack.pop()
+                continue
+            try:
+                enter(fd, rel, name)
+            except OSError as exc:
+                raise SourceChanged(f"/{rel}/{name}: cannot open directory ({exc.strerror})") from exc
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+    if skipped_apple:
+        opts.note(f"left out {skipped_apple} AppleDouble entr{'y' if skipped_apple == 1 else 'ies'} "
+                  "(._* and __MACOSX); --keep-appledouble keeps them")
+    return out
+
+
+def _batches(jobs: list[FileJob]) -> Iterator[list[FileJob]]:
+    batch: list[FileJob] = []
+    size = 0
+    for j in jobs:
+        batch.append(j)
+        size += j.size
+        if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def make_pool(workers: int | None = None) -> ProcessPoolExecutor:
+    """A pool of hashing processes (fork: cheap; the children never touch LMDB)."""
+    n = workers or max(1, min(2, os.cpu_count() or 1))
+    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"))
+
+
+def read_files(proc: Processor, jobs: list[FileJob], pool: Executor | None,
+               progress: Callable[[int, int], None] | None = None) -> list[FileResult]:
+    """Read every job with ``proc``, in parallel when a pool is given."""
+    if not jobs:
+        return []
+    # Largest first so the two workers finish together.
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].size)
+    ordered = [jobs[i] for i in order]
+    results: list[FileResult] = [FileResult()] * len(jobs)
+    pos = 0
+    if pool is None or len(jobs) < 64 and sum(j.size for j in jobs) < (8 << 20):
+        flat = proc.run_batch(ordered)
+        for i, r in zip(order, flat):
+            results[i] = r
+        return results
+    batches = list(_batches(ordered))
+    for batch, res in zip(batches, pool.map(proc.run_batch, batches)):
+        for r in res:
+            results[order[pos]] = r
+            pos += 1
+        if progress:
+            progress(len(batch), sum(j.size for j in batch))
+    return results
+
+
+def restat(root_fd: int, job: FileJob) -> FileJob | None:
+    """A fresh job for a file that changed, or None if it is gone."""
+    try:
+        fd = fs.open_beneath(root_fd, job.rel, os.O_PATH)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return FileJob(job.rel, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                   st.st_blocks * 512 < st.st_size)
+
+
+def read_with_retries(root_fd: int, proc: Processor, jobs: list[FileJob], pool: Executor | None,
+                      progress: Callable[[int, int], None] | None = None) -> list[FileResult]:
+    """read_files, re-reading files that changed under us up to RETRIES times."""
+    results = read_files(proc, jobs, pool, progress)
+    for _ in range(RETRIES):
+        redo = [i for i, r in enumerate(results) if r.changed]
+        if not redo:
+            break
+        for i in redo:
+            fresh = restat(root_fd, jobs[i])
+            if fresh is None:
+                continue
+            jobs[i] = fresh
+            results[i] = proc.run_batch([fresh])[0]
+    for j, r in zip(jobs, results):
+        if r.error:
+            if r.changed:
+                raise SourceChanged(f"/{j.rel}: changed while it was read; not recorded")
+            raise CastoreError(r.error if r.error.startswith("/") else "/" + r.error)
+    return results
+
+
+def assemble(walked: WalkResult, results: list[FileResult], *, whiteouts: str = "none") -> Manifest:
+    """The manifest from walked entries and file results; hardlinks grouped by (dev, ino)."""
+    by_rel = {j.rel: (j, r) for j, r in zip(walked.files, results)}
+    groups: dict[tuple[int, int], list[str]] = {}
+    first: dict[tuple[int, int], _Seen] = {}
+    resources: list[Resource] = []
+    for seen in walked.entries:
+        st = seen.st
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            groups.setdefault(key, []).append("/" + seen.path)
+            if key in first:
+                continue
+            first[key] = seen
+            continue
+        resources.append(_resource(seen, ("/" + seen.path,), by_rel, whiteouts))
+    for key, paths in groups.items():
+        paths.sort(key=os.fsencode)
+        resources.append(_resource(first[key], tuple(paths), by_rel, whiteouts))
+    return Manifest.of(resources)
+
+
+def _resource(seen: _Seen, paths: tuple[str, ...], by_rel: dict[str, tuple[FileJob, FileResult]],
+              whiteouts: str) -> Resource:
+    st = seen.st
+    mode = st.st_mode
+    common = dict(paths=paths, perm=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns)
+    if stat.S_ISREG(mode):
+        job, res = by_rel[seen.path]
+        # The worker's stat is the one the digest belongs to.
+        common["mtime_ns"] = job.mtime_ns
+        chunks = tuple(Chunk(d, b, e) for d, b, e in res.chunks)
+        return RegularFile(size=job.size, digest=res.digest, chunks=chunks, holes=res.holes,
+                           xattrs=res.xattrs, **common)  # type: ignore[arg-type]
+    xattrs = seen.xattrs
+    if stat.S_ISDIR(mode):
+        opaque = False
+        if whiteouts == "overlay":
+            names = {n for n, _ in xattrs}
+            for n in ("trusted.overlay.opaque", "user.overlay.opaque"):
+                if n in names and dict(xattrs)[n] == b"y":
+                    opaque = True
+            xattrs = tuple(kv for kv in xattrs if kv[0] not in ("trusted.overlay.opaque", "user.overlay.opaque"))
+        return Directory(opaque=opaque, xattrs=xattrs, **common)  # type: ignore[arg-type]
+    if stat.S_ISLNK(mode):
+        return Symlink(target=seen.target, xattrs=xattrs, **common)  # type: ignore[arg-type]
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        if whiteouts == "overlay" and stat.S_ISCHR(mode) and st.st_rdev == 0 and len(paths) == 1:
+            return Whiteout(paths=paths, uid=st.st_uid, gid=st.st_gid)
+        return Device(char=stat.S_ISCHR(mode), major=os.major(st.st_rdev), minor=os.minor(st.st_rdev),
+                      xattrs=xattrs, **common)  # type: ignore[arg-type]
+    if stat.S_ISFIFO(mode):
+        return NamedPipe(xattrs=xattrs, **common)  # type: ignore[arg-type]
+    if stat.S_ISSOCK(mode):
+        return Socket(xattrs=xattrs, **common)  # type: ignore[arg-type]
+    raise UnsafeInput(f"/{seen.path}: unsupported file type {stat.S_IFMT(mode):#o}")
+
+
+def build(root: str, opts: WalkOptions | None = None, *, pool: Executor | None = None,
+          hash_files: bool = True) -> Manifest:
+    """The manifest of the tree at ``root``. Raises NotFound, SourceChanged, CastoreError."""
+    opts = opts or WalkOptions()
+    root_fd = open_root(root)
+    try:
+        walked = walk(root_fd, opts)
+        if not walked.entries:
+            raise UnsafeInput(f"{root}: empty directory, nothing to record")
+        st = os.fstat(root_fd)
+        proc = Processor(root=root, root_id=(st.st_dev, st.st_ino), hash_content=hash_files)
+        own_pool = pool is None and hash_files and len(walked.files) >= 64
+        p = make_pool() if own_pool else pool
+        try:
+            results = read_with_retries(root_fd, proc, walked.files, p)
+        finally:
+            if own_pool and p is not None:
+                p.shutdown()
+        return assemble(walked, results, whiteouts=opts.whiteouts)
+    finally:
+        os.close(root_fd)

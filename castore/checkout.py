@@ -1,0 +1,212 @@
+"""checkout: materialise a manifest at TARGET, out of place.
+
+TARGET must not exist (or be an empty directory). Work goes into a staging
+directory beside it, created and written only through directory fds, and is
+renamed into place at the end: TARGET appears complete or not at all. Passes:
+directories; files, links, devices and fifos (hardlink groups linked to their
+first path); directory metadata bottom-up; one syncfs; rename.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from collections import OrderedDict
+
+from castore import fs
+from castore.crash import crashpoint
+from castore.errors import CastoreError, ResourceLimit, UnsafeInput
+from castore.manifest.model import Directory, Manifest, RegularFile, Whiteout
+from castore.manifest.validate import validate
+from castore.materialize import Options, Writer
+from castore.store import Store, remove_contents
+
+DIR_FDS = 256
+
+
+class DirFds:
+    """Open directory fds below a root, by relative path (an LRU cache).
+
+    Each directory is opened from its parent's fd with O_NOFOLLOW, so a
+    symlink can never stand in for a directory.
+    """
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self.cache: OrderedDict[str, int] = OrderedDict()
+
+    def get(self, rel: str) -> int:
+        if not rel:
+            return self.root_fd
+        fd = self.cache.get(rel)
+        if fd is not None:
+            self.cache.move_to_end(rel)
+            return fd
+        parent, _, name = rel.rpartition("/")
+        pfd = self.get(parent)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        self.cache[rel] = fd
+        if len(self.cache) > DIR_FDS:
+            _, old = self.cache.popitem(last=False)
+            os.close(old)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.cache.values():
+            os.close(fd)
+        self.cache.clear()
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, _, name = path[1:].rpartition("/")
+    return parent, name
+
+
+def materialize_into(root_fd: int, manifest: Manifest, writer: Writer) -> None:
+    """Create every resource of ``manifest`` below the empty directory ``root_fd``."""
+    dirs = DirFds(root_fd)
+    made_dirs: set[str] = set()
+    try:
+        def ensure_dir(rel: str) -> None:
+            # Implicit parents (not in the manifest) are created 0755.
+            if not rel or rel in made_dirs:
+                return
+            parent, _, name = rel.rpartition("/")
+            ensure_dir(parent)
+            try:
+                os.mkdir(name, 0o700, dir_fd=dirs.get(parent))
+            except FileExistsError:
+                pass
+            made_dirs.add(rel)
+
+        for r in manifest.resources:
+            if isinstance(r, Directory):
+                ensure_dir(r.path[1:])
+        crashpoint("checkout-after-dirs")
+        count = 0
+        for r in manifest.resources:
+            if isinstance(r, Directory):
+                continue
+            parent, name = _split(r.path)
+            ensure_dir(parent)
+            dfd = dirs.get(parent)
+            if isinstance(r, RegularFile):
+                writer.create_file(dfd, name, r)
+            elif not writer.create_other(dfd, name, r, r.path):
+                continue
+            if isinstance(r, Whiteout):
+                continue
+            for other in r.paths[1:]:
+                p2, n2 = _split(other)
+                ensure_dir(p2)
+                os.link(name, n2, src_dir_fd=dfd, dst_dir_fd=dirs.get(p2), follow_symlinks=False)
+            count += 1
+            if count == 100:
+                crashpoint("checkout-mid-files")
+        writer.flush()
+        # Implicit directories get 0755; listed ones their metadata, deepest first.
+        for rel in sorted(made_dirs, key=lambda p: -p.count("/")):
+            parent, _, name = rel.rpartition("/")
+            os.chmod(name, 0o755, dir_fd=dirs.get(parent))
+        for r in reversed(manifest.resources):
+            if isinstance(r, Directory):
+                parent, name = _split(r.path)
+                writer.dir_metadata(dirs.get(parent), name, r)
+    finally:
+        dirs.close()
+
+
+def _prepare_target(target: str) -> tuple[str, str, bool]:
+    """(parent dir, base name, target-is-an-empty-dir) after safety checks."""
+    target = os.path.abspath(target)
+    parent, base = os.path.split(target.rstrip("/"))
+    if not base:
+        raise UnsafeInput(f"{target}: cannot check out onto /")
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return parent, base, False
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeInput(f"{target}: target is a symlink; refusing to write through it")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeInput(f"{target}: target exists and is not a directory")
+    if os.listdir(target):
+        raise UnsafeInput(f"{target}: target exists and is not empty")
+    return parent, base, True
+
+
+def checkout(store: Store | None, manifest: Manifest, target: str, opts: Options,
+             manifest_digest: str | None = None) -> None:
+    """Materialise ``manifest`` at ``target`` (complete or not at all)."""
+    validate(manifest)
+    parent, base, was_empty_dir = _prepare_target(target)
+    if store is not None and manifest_digest is None:
+        _require_blobs(store, manifest)
+    os.makedirs(parent, exist_ok=True)
+    pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    staging = f".{base}.continuity-{secrets.token_hex(6)}"
+    old_umask = os.umask(0)
+    try:
+        os.mkdir(staging, 0o700, dir_fd=pfd)
+        try:
+            sfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                writer = Writer(store, opts)
+                if store is not None:
+                    with store.lease([manifest_digest] if manifest_digest else []):
+                        if manifest_digest is not None:
+                            _require_blobs(store, manifest)
+                        materialize_into(sfd, manifest, writer)
+                else:
+                    materialize_into(sfd, manifest, writer)
+                os.fchmod(sfd, 0o755)
+                crashpoint("checkout-before-sync")
+                fs.syncfs(sfd)
+            finally:
+                os.close(sfd)
+            crashpoint("checkout-before-rename")
+            if was_empty_dir:
+                try:
+                    os.rmdir(base, dir_fd=pfd)
+                except OSError as exc:
+                    raise UnsafeInput(f"{target}: target changed during checkout") from exc
+            try:
+                fs.renameat2(pfd, staging, pfd, base)
+            except FileExistsError:
+                raise UnsafeInput(f"{target}: target appeared during checkout") from None
+        except BaseException as exc:
+            _discard(pfd, staging)
+            if isinstance(exc, OSError) and not isinstance(exc, CastoreError):
+                if exc.errno == errno.ENOSPC:
+                    raise ResourceLimit(f"{target}: no space left on device") from exc
+                if exc.errno == errno.EDQUOT:
+                    raise ResourceLimit(f"{target}: disk quota exceeded") from exc
+            raise
+    finally:
+        os.umask(old_umask)
+        os.close(pfd)
+
+
+def _require_blobs(store: Store, manifest: Manifest) -> None:
+    from castore.errors import BlobNotFound
+    from castore.store import manifest_refs
+    missing = store.missing_blobs(manifest_refs(manifest))
+    if missing:
+        raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) of this manifest")
+
+
+def _discard(pfd: int, name: str) -> None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    except OSError:
+        return
+    try:
+        remove_contents(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=pfd)
+    except OSError:
+        pass

@@ -1,0 +1,131 @@
+"""Shared CLI plumbing: the group, error mapping, manifest references."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from castore.errors import CastoreError, CorruptManifest, NotFound, ResourceLimit
+from castore.manifest import Manifest, codec, validate
+from castore.store import Store, default_store_path
+
+F = TypeVar("F", bound=Callable[..., Any])
+MAX_MANIFEST_FILE = 1 << 31
+
+
+class Ctx:
+    def __init__(self, store_path: str | None, debug: bool) -> None:
+        self.store_path = store_path
+        self.debug = debug
+        self._store: Store | None = None
+
+    def store(self, create: bool = True) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.store_path or default_store_path(), create=create)
+        return self._store
+
+    def store_if_exists(self) -> Store | None:
+        path = self.store_path or default_store_path()
+        if not os.path.exists(os.path.join(path, "config")):
+            return None
+        return self.store(create=False)
+
+
+def _escape(msg: str) -> str:
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in msg)
+
+
+def fail(msg: str, code: int) -> None:
+    click.echo(f"continuity: error: {_escape(msg)}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Map library errors to one line on stderr and their exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(os.environ.get("CONTINUITY_DEBUG")) or "--debug" in sys.argv[1:3]
+        try:
+            return fn(*args, **kwargs)
+        except CastoreError as exc:
+            if debug:
+                traceback.print_exc()
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except OSError as exc:
+            if debug:
+                traceback.print_exc()
+            where = f"{exc.filename}: " if exc.filename else ""
+            code = 6 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE) else 1
+            fail(f"{where}{exc.strerror or exc}", code)
+        except (MemoryError, RecursionError) as exc:
+            fail(f"resource limit: {type(exc).__name__}", ResourceLimit.exit_code)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except Exception as exc:  # noqa: BLE001 - last line of defence: never a traceback
+            if debug:
+                traceback.print_exc()
+            fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)", 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", "store_path", envvar="CONTINUITY_STORE", metavar="PATH",
+              help="Store location (default: /var/lib/continuity for root, else $XDG_DATA_HOME/continuity).")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(package_name="continuity", prog_name="continuity")
+@click.pass_context
+def main_group(ctx: click.Context, store_path: str | None, debug: bool) -> None:
+    """A content-addressed store with a manifest catalog (containerd/continuity manifests)."""
+    ctx.obj = Ctx(store_path, debug)
+
+
+def read_manifest_file(path: str) -> Manifest:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_MANIFEST_FILE + 1)
+    except IsADirectoryError:
+        raise CorruptManifest(f"{path}: is a directory, not a manifest") from None
+    if len(data) > MAX_MANIFEST_FILE:
+        raise CorruptManifest(f"{path}: manifest file too large")
+    return validate(codec.loads(data, source=path))
+
+
+def looks_like_path(ref: str) -> bool:
+    return "/" in ref or ref.endswith((".pb", ".manifest")) or os.path.isfile(ref)
+
+
+def resolve(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manifest, str | None, Store | None]:
+    """A MANIFEST argument: catalog name, digest, unique prefix (>= 12 hex), or file path."""
+    store = ctx.store() if need_store else ctx.store_if_exists()
+    if store is not None:
+        try:
+            digest = store.resolve(ref)
+        except NotFound:
+            digest = None
+        if digest is not None:
+            if store.blob_size(digest) is None and not os.path.exists(store.blob_path(digest)):
+                raise NotFound(f"no manifest {digest} in the store")
+            return store.load_manifest(digest), digest, store
+    if os.path.isfile(ref) or (os.path.exists(ref) and not os.path.isdir(ref)):
+        return read_manifest_file(ref), None, store
+    if os.path.isdir(ref):
+        raise CorruptManifest(f"{ref}: is a directory, not a manifest")
+    raise NotFound(f"no manifest named {ref!r} (not a name, digest or file)")
+
+
+def print_json(obj: object) -> None:
+    click.echo(json.dumps(obj, indent=1, ensure_ascii=False))

@@ -1,0 +1,171 @@
+"""Verbs over the store: ingest, checkout, list, tag, rm, history."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+
+import click
+
+from castore.build import WalkOptions
+from castore.checkout import checkout
+from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve
+from castore.cli.tree_cmds import ignore_opt
+from castore.ingest import ingest
+from castore.materialize import LINK_MODES, Options
+from castore.store import check_name
+
+
+@main_group.command("ingest")
+@click.argument("src", required=False, type=click.Path(file_okay=False))
+@click.option("--name", help="Catalog name to record the manifest under (history is kept).")
+@ignore_opt
+@click.option("--keep-appledouble", is_flag=True, help="Keep ._* and __MACOSX entries.")
+@click.option("--whiteouts", type=click.Choice(["none", "overlay"]), default="none", show_default=True,
+              help="Read overlayfs whiteouts (char 0/0, opaque xattrs) as such.")
+@click.option("--tar", "tar_src", metavar="FILE|-", help="Read a tar stream instead of a directory.")
+@click.pass_obj
+@handle_errors
+def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, ...], keep_appledouble: bool,
+               whiteouts: str, tar_src: str | None) -> None:
+    """Store the tree SRC; print the manifest digest alone on stdout."""
+    if name is not None:
+        check_name(name)
+    if tar_src is not None:
+        if src is not None:
+            raise click.UsageError("give either SRC or --tar, not both")
+        from castore.cli.tar_support import ingest_tar_cmd
+        digest = ingest_tar_cmd(obj, tar_src, name, ignore)
+    else:
+        if src is None:
+            raise click.UsageError("missing SRC (or --tar FILE)")
+        opts = WalkOptions(ignore=ignore, keep_appledouble=keep_appledouble, whiteouts=whiteouts)
+        digest = ingest(obj.store(), src, name=name, opts=opts)
+    click.echo(digest)
+
+
+@main_group.command("checkout")
+@click.argument("manifest")
+@click.argument("target", type=click.Path())
+@click.option("--link", type=click.Choice(LINK_MODES), default="auto", show_default=True,
+              help="auto: reflink where possible, else copy; hardlink: share store inodes.")
+@click.option("--disable-digest", is_flag=True, help="Do not re-hash content (trusted stores).")
+@click.option("--devices", type=click.Choice(["create", "check", "skip"]), default=None,
+              help="Device nodes: create (default as root), check, skip (default otherwise).")
+@click.option("--sockets", is_flag=True, help="Create sockets too.")
+@click.option("--whiteouts", type=click.Choice(["none", "overlay", "oci"]), default="none", show_default=True)
+@click.option("--rewrite-absolute-symlinks", is_flag=True, help="Make in-tree absolute symlinks relative.")
+@click.pass_obj
+@handle_errors
+def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest: bool, devices: str | None,
+                 sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool) -> None:
+    """Materialise MANIFEST at TARGET (absent or empty), complete or not at all."""
+    import os
+    m, digest, store = resolve(obj, manifest, need_store=True)
+    if devices is None:
+        devices = "create" if os.geteuid() == 0 else "skip"
+    opts = Options(link=link, verify=not disable_digest, devices=devices, sockets=sockets, whiteouts=whiteouts,
+                   rewrite_absolute_symlinks=rewrite_absolute_symlinks)
+    checkout(store, m, target, opts, manifest_digest=digest)
+
+
+def _when(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@main_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--history", "history", metavar="NAME", help="Every manifest recorded under NAME.")
+@click.pass_obj
+@handle_errors
+def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
+    """The catalog: names, digests, dates, sizes."""
+    store = obj.store()
+    if history is not None:
+        rows = store.history(history)
+        if as_json:
+            print_json([{"name": t.name, "digest": t.digest, "time": _when(t.time_ns)} for t in rows])
+        else:
+            for t in rows:
+                click.echo(f"{_when(t.time_ns)}  {t.digest}")
+        return
+    tags = store.tags()
+    out = []
+    for t in tags:
+        total = _tree_size(store, t.digest)
+        out.append({"name": t.name, "digest": t.digest, "time": _when(t.time_ns), "manifest_size": t.size,
+                    "size": total, "versions": len(store.history(t.name))})
+    if as_json:
+        print_json(out)
+        return
+    for row in out:
+        click.echo(f"{row['name']}\t{row['digest']}\t{row['time']}\t{row['size']}")
+
+
+def _tree_size(store: object, digest: str) -> int:
+    try:
+        m = store.load_manifest(digest)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a damaged entry still lists
+        return -1
+    return sum(r.size for r in m.files())
+
+
+@main_group.command("history")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
+    """Every manifest recorded under NAME, oldest first."""
+    rows = obj.store().history(name)
+    if not rows:
+        from castore.errors import NotFound
+        raise NotFound(f"no history for {name!r}")
+    if as_json:
+        print_json([{"name": t.name, "digest": t.digest, "time": _when(t.time_ns)} for t in rows])
+    else:
+        for t in rows:
+            click.echo(f"{_when(t.time_ns)}  {t.digest}")
+
+
+@main_group.command("tag")
+@click.argument("manifest")
+@click.argument("name")
+@click.pass_obj
+@handle_errors
+def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
+    """Record MANIFEST under NAME (a manifest file is stored first)."""
+    check_name(name)
+    store = obj.store()
+    m, digest, _ = resolve(obj, manifest, need_store=True)
+    if digest is None:
+        from castore.errors import BlobNotFound
+        from castore.manifest import codec
+        from castore.store import manifest_refs
+        from castore.store.meta import KIND_MANIFEST
+        refs = manifest_refs(m)
+        missing = store.missing_blobs(refs)
+        if missing:
+            raise BlobNotFound(sorted(missing)[0], "this manifest; ingest its content first")
+        with store.shared_lock():
+            data = codec.dumps(m)
+            digest = store.put_blob(data, KIND_MANIFEST)
+            store.meta.write(lambda t: (store.record_manifest(t, digest, refs),
+                                        store.set_tag(t, name, digest, len(data))))
+    else:
+        store.tag(name, digest)
+    click.echo(digest)
+
+
+@main_group.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+@handle_errors
+def rm_cmd(obj: Ctx, names: tuple[str, ...]) -> None:
+    """Remove NAMES from the catalog (content goes at the next gc)."""
+    store = obj.store()
+    for n in names:
+        store.untag(n)
+
+
+__all__ = ["sys"]

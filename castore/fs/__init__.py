@@ -1,0 +1,29 @@
+"""Operating-system specific file code, chosen once for this platform."""
+
+from castore.fs.linux import (
+    COPY_FALLBACK,
+    copy_fd,
+    copy_fd_at,
+    data_holes,
+    open_beneath,
+    proc_path,
+    read_xattrs,
+    reflink,
+    renameat2,
+    set_xattrs,
+    syncfs,
+)
+
+__all__ = [
+    "COPY_FALLBACK",
+    "copy_fd",
+    "copy_fd_at",
+    "data_holes",
+    "open_beneath",
+    "proc_path",
+    "read_xattrs",
+    "reflink",
+    "renameat2",
+    "set_xattrs",
+    "syncfs",
+]

@@ -1,0 +1,198 @@
+"""Linux system calls the standard library lacks or hides: reflink, syncfs,
+renameat2, openat2, copy_file_range with fallbacks, xattrs by fd or dirfd,
+sparse-file extents. The only home of platform-specific file code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+FICLONE = 0x40049409
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+SYS_RENAMEAT2 = 316
+SYS_OPENAT2 = 437
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+
+#: errno values after which a faster copy method falls back to a slower one.
+COPY_FALLBACK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP,
+                           errno.ETXTBSY, errno.EBADF})
+
+
+def _check(ret: int) -> int:
+    if ret < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return ret
+
+
+def syncfs(fd: int) -> None:
+    """Flush every dirty page of the filesystem holding ``fd``."""
+    _check(_libc.syncfs(fd))
+
+
+def renameat2(src_dir: int, src: str, dst_dir: int, dst: str, flags: int = RENAME_NOREPLACE) -> None:
+    """renameat2(2); RENAME_NOREPLACE by default (EEXIST if dst exists)."""
+    _check(_libc.syscall(SYS_RENAMEAT2, src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), flags))
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_HAVE_OPENAT2: bool | None = None
+
+
+def open_beneath(dir_fd: int, relpath: str, flags: int, mode: int = 0) -> int:
+    """Open ``relpath`` under ``dir_fd`` without following any symlink and
+    without leaving the tree (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, or
+    a per-component O_NOFOLLOW walk on kernels without openat2).
+    """
+    global _HAVE_OPENAT2
+    if _HAVE_OPENAT2 is not False:
+        how = _OpenHow(flags | os.O_CLOEXEC, mode,
+                       RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
+        ret = _libc.syscall(SYS_OPENAT2, dir_fd, os.fsencode(relpath), ctypes.byref(how), ctypes.sizeof(how))
+        if ret >= 0:
+            _HAVE_OPENAT2 = True
+            return int(ret)
+        e = ctypes.get_errno()
+        if e != errno.ENOSYS:
+            raise OSError(e, os.strerror(e), relpath)
+        _HAVE_OPENAT2 = False
+    parts = [p for p in relpath.split("/") if p]
+    cur = os.dup(dir_fd)
+    try:
+        for p in parts[:-1]:
+            if p in (".", ".."):
+                raise OSError(errno.EXDEV, "path leaves the tree", relpath)
+            nxt = os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
+            os.close(cur)
+            cur = nxt
+        last = parts[-1] if parts else "."
+        if last == "..":
+            raise OSError(errno.EXDEV, "path leaves the tree", relpath)
+        return os.open(last, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=cur)
+    finally:
+        os.close(cur)
+
+
+def reflink(src_fd: int, dst_fd: int) -> None:
+    """Share src's extents with dst (FICLONE). EOPNOTSUPP/EXDEV/EINVAL where impossible."""
+    fcntl.ioctl(dst_fd, FICLONE, src_fd)
+
+
+def copy_fd(src_fd: int, dst_fd: int, size: int) -> None:
+    """Copy ``size`` bytes from offset 0 to offset 0."""
+    copy_fd_at(src_fd, dst_fd, size, 0)
+
+
+def copy_fd_at(src_fd: int, dst_fd: int, size: int, dst_offset: int) -> None:
+    """Copy ``size`` bytes of src (from 0) to dst at ``dst_offset``:
+    copy_file_range, falling back to read/write on the errno values where it cannot work."""
+    off = 0
+    try:
+        while off < size:
+            n = os.copy_file_range(src_fd, dst_fd, size - off, off, dst_offset + off)
+            if n == 0:
+                break
+            off += n
+        if off == size:
+            return
+    except OSError as exc:
+        if exc.errno not in COPY_FALLBACK:
+            raise
+    while off < size:
+        buf = os.pread(src_fd, min(1 << 20, size - off), off)
+        if not buf:
+            raise OSError(errno.EIO, "source shorter than expected")
+        view = memoryview(buf)
+        pos = dst_offset + off
+        while view:
+            w = os.pwrite(dst_fd, view, pos)
+            view = view[w:]
+            pos += w
+        off += len(buf)
+
+
+def data_holes(fd: int, size: int) -> tuple[tuple[int, int], ...]:
+    """The holes of a file as sorted (begin, end) ranges, via SEEK_DATA/SEEK_HOLE."""
+    holes: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after pos: hole to the end
+                    holes.append((pos, size))
+                    break
+                raise
+            if data > pos:
+                holes.append((pos, min(data, size)))
+            if data >= size:
+                break
+            pos = os.lseek(fd, data, os.SEEK_HOLE)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return ()
+        raise
+    finally:
+        os.lseek(fd, 0, os.SEEK_SET)
+    return tuple(holes)
+
+
+def proc_path(dir_fd: int, name: str) -> str:
+    """A path naming ``name`` in ``dir_fd`` for calls without dir_fd support.
+
+    The /proc magic link resolves the directory itself; the last component is
+    not followed when the caller passes follow_symlinks=False.
+    """
+    return f"/proc/self/fd/{dir_fd}/{name}"
+
+
+def read_xattrs(target: int | str) -> tuple[tuple[str, bytes], ...]:
+    """Every xattr of an fd or (not followed) path, sorted by name."""
+    try:
+        if isinstance(target, int):
+            names = os.listxattr(target)
+        else:
+            names = os.listxattr(target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            return ()
+        raise
+    if not names:
+        return ()
+    out = []
+    for n in sorted(names):
+        try:
+            if isinstance(target, int):
+                v = os.getxattr(target, n)
+            else:
+                v = os.getxattr(target, n, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                continue
+            raise
+        out.append((n, v))
+    return tuple(out)
+
+
+def set_xattrs(target: int | str, xattrs: tuple[tuple[str, bytes], ...]) -> None:
+    """Set xattrs on an fd or (not followed) path; security.capability last."""
+    ordered = sorted(xattrs, key=lambda kv: kv[0] == "security.capability")
+    for n, v in ordered:
+        if isinstance(target, int):
+            os.setxattr(target, n, v)
+        else:
+            os.setxattr(target, n, v, follow_symlinks=False)

@@ -1,0 +1,228 @@
+"""Reading regular files of a source tree: hash, chunk, and (for ingest) stage
+their content as blob temp files. Runs in worker processes.
+
+Small files are read whole and hashed in two worker *processes* (two threads
+on 100k tiny files are 4.6x slower than one here; two processes 1.7x faster).
+A job carries what the walker saw (dev, ino, size, mtime, ctime); the worker
+opens the file without following symlinks, checks it is the same inode, and
+checks nothing changed while it read, so a live file is reported, never
+recorded with a wrong digest.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass, field
+
+import pyfastcdc
+
+from castore import fs
+
+READ_SIZE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkParams:
+    """FastCDC parameters, fixed in a store's config at creation."""
+
+    min_size: int = 64 << 10
+    avg_size: int = 128 << 10
+    max_size: int = 512 << 10
+    threshold: int = 1 << 20  # files at least this large are chunked
+
+
+@dataclass(slots=True)
+class FileJob:
+    """One regular file to read, with the walker's lstat."""
+
+    rel: str  # path from the root, no leading "/"
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    sparse: bool = False
+
+
+@dataclass(slots=True)
+class FileResult:
+    """What reading a file gave; ``error`` set when it could not be read safely."""
+
+    digest: str = ""
+    chunks: tuple[tuple[str, int, int], ...] = ()
+    holes: tuple[tuple[int, int], ...] = ()
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    staged: list[tuple[str, str]] = field(default_factory=list)  # (tmp name, digest) written
+    error: str = ""
+    changed: bool = False
+
+
+class FileChanged(Exception):
+    pass
+
+
+@dataclass
+class Processor:
+    """Picklable settings for workers: the root, and where to stage blobs.
+
+    ``stage_dir`` is None for ``build`` (hash only). ``blob_dir`` lets workers
+    skip writing content that is already a blob (a hint only: the commit
+    phase checks again under the store lock).
+    """
+
+    root: str
+    root_id: tuple[int, int]
+    stage_dir: str | None = None
+    blob_dir: str | None = None
+    chunking: ChunkParams | None = None
+    hash_content: bool = True
+
+    def run_batch(self, jobs: list[FileJob]) -> list[FileResult]:
+        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(root_fd)
+            if (st.st_dev, st.st_ino) != self.root_id:
+                return [FileResult(error="the source root was replaced while reading") for _ in jobs]
+            return [self.run_one(root_fd, j) for j in jobs]
+        finally:
+            os.close(root_fd)
+
+    def run_one(self, root_fd: int, job: FileJob) -> FileResult:
+        try:
+            fd = fs.open_beneath(root_fd, job.rel, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.EXDEV):
+                return FileResult(error=f"{job.rel}: changed while reading ({exc.strerror})", changed=True)
+            return FileResult(error=f"{job.rel}: {exc.strerror}")
+        try:
+            return self._read(fd, job)
+        except FileChanged:
+            return FileResult(error=f"/{job.rel}: changed while reading", changed=True)
+        except OSError as exc:
+            return FileResult(error=f"/{job.rel}: {exc.strerror}")
+        finally:
+            os.close(fd)
+
+    def _same(self, st: os.stat_result, job: FileJob) -> bool:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (
+            job.dev, job.ino, job.size, job.mtime_ns, job.ctime_ns)
+
+    def _read(self, fd: int, job: FileJob) -> FileResult:
+        if not self._same(os.fstat(fd), job):
+            raise FileChanged
+        res = FileResult()
+        res.xattrs = fs.read_xattrs(fd)
+        if job.sparse:
+            res.holes = fs.data_holes(fd, job.size)
+        if not self.hash_content:
+            return res
+        cp = self.chunking
+        if self.stage_dir is not None and cp is not None and job.size >= cp.threshold:
+            self._chunked(fd, job, res, cp)
+        elif job.size <= READ_SIZE * 8:
+            data = os.read(fd, job.size + 1)
+            while len(data) < job.size + 1:
+                more = os.read(fd, job.size + 1 - len(data))
+                if not more:
+                    break
+                data += more
+            if len(data) != job.size:
+                raise FileChanged
+            res.digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            if self.stage_dir is not None:
+                self._stage(res, res.digest, (data,))
+        else:
+            res.digest = self._hash_large(fd, job, res)
+        if not self._same(os.fstat(fd), job):
+            raise FileChanged
+        return res
+
+    def _hash_large(self, fd: int, job: FileJob, res: FileResult) -> str:
+        h = hashlib.sha256()
+        tmp_fd, tmp_name = self._open_tmp() if self.stage_dir is not None else (-1, "")
+        total = 0
+        buf = bytearray(READ_SIZE * 4)
+        view = memoryview(buf)
+        try:
+            while True:
+                n = os.readv(fd, [buf])
+                if n == 0:
+                    break
+                h.update(view[:n])
+                if tmp_fd >= 0:
+                    _write_all(tmp_fd, view[:n])
+                total += n
+                if total > job.size:
+                    raise FileChanged
+            if total != job.size:
+                raise FileChanged
+        except BaseException:
+            if tmp_fd >= 0:
+                os.close(tmp_fd)
+                os.unlink(tmp_name)
+            raise
+        digest = "sha256:" + h.hexdigest()
+        if tmp_fd >= 0:
+            os.close(tmp_fd)
+            res.staged.append((tmp_name, digest))
+        return digest
+
+    def _chunked(self, fd: int, job: FileJob, res: FileResult, cp: ChunkParams) -> None:
+        whole = hashlib.sha256()
+        reader = _HashingReader(fd, whole)
+        cdc = pyfastcdc.FastCDC(cp.avg_size, min_size=cp.min_size, max_size=cp.max_size)
+        chunks = []
+        for c in cdc.cut_stream(reader):
+            d = "sha256:" + hashlib.sha256(c.data).hexdigest()
+            chunks.append((d, c.offset, c.offset + c.length))
+            self._stage(res, d, (c.data,))
+        if reader.total != job.size:
+            raise FileChanged
+        res.digest = "sha256:" + whole.hexdigest()
+        res.chunks = tuple(chunks)
+
+    def _open_tmp(self) -> tuple[int, str]:
+        assert self.stage_dir is not None
+        name = os.path.join(self.stage_dir, secrets.token_hex(12))
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+        return fd, name
+
+    def _stage(self, res: FileResult, digest: str, pieces: tuple[bytes | memoryview, ...]) -> None:
+        if self.blob_dir is not None:
+            hexd = digest[7:]
+            if os.path.exists(os.path.join(self.blob_dir, hexd[:2], hexd)):
+                return
+        fd, name = self._open_tmp()
+        try:
+            for p in pieces:
+                _write_all(fd, p)
+        except BaseException:
+            os.close(fd)
+            os.unlink(name)
+            raise
+        os.close(fd)
+        res.staged.append((name, digest))
+
+
+class _HashingReader:
+    """A readinto() source for pyfastcdc that hashes the whole file on the way."""
+
+    def __init__(self, fd: int, h: hashlib._Hash) -> None:
+        self.fd, self.h, self.total = fd, h, 0
+
+    def readinto(self, b: memoryview) -> int:
+        n = os.readv(self.fd, [b])
+        if n:
+            self.h.update(b[:n])
+            self.total += n
+        return n
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]

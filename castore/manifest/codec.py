@@ -1,0 +1,239 @@
+"""Manifest <-> protobuf bytes (deterministic), prototext and JSON renderings.
+
+The only module that imports the generated protobuf code. ``loads`` decodes
+and checks the per-resource schema (types, modes, fields that belong to
+another kind); ``castore.manifest.validate`` checks the tree as a whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from typing import Any
+
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError
+
+from castore._pb import manifest_pb2 as pb
+from castore.errors import CorruptManifest, InvalidManifest
+from castore.manifest import gomode as gm
+from castore.manifest.model import (
+    AdsEntry,
+    Chunk,
+    Device,
+    Directory,
+    Manifest,
+    NamedPipe,
+    RegularFile,
+    Resource,
+    Socket,
+    Symlink,
+    Whiteout,
+    path_key,
+)
+
+
+def _escaped(path: str) -> tuple[str, bytes | None]:
+    """The UTF-8 form of a path for field 1, and its raw bytes when not UTF-8."""
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace"), raw
+
+
+def go_mode(r: Resource) -> int:
+    """The Go FileMode of a resource."""
+    mode = gm.perm_to_go(r.perm)
+    if isinstance(r, Directory):
+        mode |= gm.MODE_DIR
+    elif isinstance(r, Symlink):
+        mode |= gm.MODE_SYMLINK
+    elif isinstance(r, Device):
+        mode |= gm.MODE_DEVICE | (gm.MODE_CHAR_DEVICE if r.char else 0)
+    elif isinstance(r, NamedPipe):
+        mode |= gm.MODE_NAMED_PIPE
+    elif isinstance(r, Socket):
+        mode |= gm.MODE_SOCKET
+    elif isinstance(r, Whiteout):
+        # Upstream sees the overlayfs form (char device 0/0); the flag is authoritative.
+        mode = gm.MODE_DEVICE | gm.MODE_CHAR_DEVICE
+    return mode
+
+
+def to_proto(r: Resource) -> pb.Resource:
+    """One resource as its protobuf message."""
+    out = pb.Resource()
+    raws: list[bytes] = []
+    any_raw = False
+    for p in r.paths:
+        text, raw = _escaped(p)
+        out.path.append(text)
+        raws.append(raw if raw is not None else text.encode())
+        any_raw |= raw is not None
+    if any_raw:
+        out.raw_path.extend(raws)
+    out.uid = r.uid
+    out.gid = r.gid
+    out.mode = go_mode(r)
+    for name, data in r.xattrs:
+        out.xattr.add(name=name, data=data)
+    for a in r.ads:
+        out.ads.add(name=a.name, data=a.data, digest=a.digest)
+    if r.mtime_ns is not None:
+        out.mtime_ns = r.mtime_ns
+        out.has_mtime = True
+    if isinstance(r, RegularFile):
+        out.size = r.size
+        out.digest.append(r.digest)
+        for c in r.chunks:
+            out.chunk.add(digest=c.digest, begin=c.begin, end=c.end)
+        for b, e in r.holes:
+            out.hole.add(begin=b, end=e)
+    elif isinstance(r, Symlink):
+        out.target = r.target
+    elif isinstance(r, Device):
+        out.major = r.major
+        out.minor = r.minor
+    elif isinstance(r, Directory):
+        out.opaque = r.opaque
+    elif isinstance(r, Whiteout):
+        out.whiteout = True
+    return out
+
+
+def dumps(m: Manifest) -> bytes:
+    """Deterministic protobuf bytes of a manifest: same manifest, same bytes."""
+    msg = pb.Manifest()
+    msg.resource.extend(to_proto(r) for r in m.resources)
+    return msg.SerializeToString(deterministic=True)
+
+
+def _bad(paths: Any, why: str) -> InvalidManifest:
+    name = paths[0] if paths else "<no path>"
+    return InvalidManifest(f"invalid manifest entry {name!r}: {why}")
+
+
+def from_proto(msg: pb.Resource) -> Resource:
+    """One protobuf resource as a value, refusing impossible combinations."""
+    if msg.raw_path:
+        if len(msg.raw_path) != len(msg.path):
+            raise _bad(list(msg.path), "raw_path does not match path")
+        paths = tuple(os.fsdecode(bytes(b)) for b in msg.raw_path)
+    else:
+        paths = tuple(msg.path)
+    if not paths:
+        raise _bad(paths, "resource without a path")
+    mode = msg.mode
+    if mode & ~gm.KNOWN_BITS:
+        raise _bad(paths, f"unknown mode bits {mode & ~gm.KNOWN_BITS:#o}")
+    typ = mode & gm.TYPE_BITS
+    common: dict[str, Any] = {
+        "paths": paths,
+        "perm": gm.go_to_perm(mode),
+        "uid": msg.uid,
+        "gid": msg.gid,
+        "xattrs": tuple((x.name, bytes(x.data)) for x in msg.xattr),
+        "mtime_ns": msg.mtime_ns if msg.has_mtime else None,
+        "ads": tuple(AdsEntry(a.name, bytes(a.data), a.digest) for a in msg.ads),
+    }
+    if typ != 0 and (msg.size or msg.digest or msg.chunk or msg.hole):
+        raise _bad(paths, "size or digest on a resource that is not a regular file")
+    if typ != gm.MODE_SYMLINK and msg.target:
+        raise _bad(paths, "link target on a resource that is not a symlink")
+    if not typ & gm.MODE_DEVICE and (msg.major or msg.minor):
+        raise _bad(paths, "device numbers on a resource that is not a device")
+    if msg.opaque and typ != gm.MODE_DIR:
+        raise _bad(paths, "opaque flag on a resource that is not a directory")
+    if msg.whiteout:
+        if typ not in (0, gm.MODE_DEVICE | gm.MODE_CHAR_DEVICE) or msg.major or msg.minor:
+            raise _bad(paths, "whiteout with a type")
+        return Whiteout(**common)
+    if len(paths) > 1 and typ == gm.MODE_DIR:
+        raise _bad(paths, "a directory cannot have several paths")
+    if typ == 0:
+        sha = [d for d in msg.digest if d.startswith("sha256:")]
+        if len(sha) != 1:
+            raise _bad(paths, "a regular file needs exactly one sha256 digest")
+        chunks = tuple(Chunk(c.digest, c.begin, c.end) for c in msg.chunk)
+        holes = tuple((h.begin, h.end) for h in msg.hole)
+        return RegularFile(size=msg.size, digest=sha[0], chunks=chunks, holes=holes, **common)
+    if typ == gm.MODE_DIR:
+        return Directory(opaque=msg.opaque, **common)
+    if typ == gm.MODE_SYMLINK:
+        return Symlink(target=msg.target, **common)
+    if typ in (gm.MODE_DEVICE, gm.MODE_DEVICE | gm.MODE_CHAR_DEVICE):
+        return Device(char=bool(typ & gm.MODE_CHAR_DEVICE), major=msg.major, minor=msg.minor, **common)
+    if typ == gm.MODE_NAMED_PIPE:
+        return NamedPipe(**common)
+    if typ == gm.MODE_SOCKET:
+        return Socket(**common)
+    raise _bad(paths, f"impossible type bits {typ:#o}")
+
+
+def loads(data: bytes, *, source: str = "manifest") -> Manifest:
+    """Decode manifest bytes. Raises CorruptManifest or InvalidManifest."""
+    if not data:
+        raise CorruptManifest(f"{source}: empty manifest")
+    msg = pb.Manifest()
+    try:
+        msg.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise CorruptManifest(f"{source}: not a manifest ({exc})") from exc
+    resources = [from_proto(r) for r in msg.resource]
+    if not resources:
+        raise CorruptManifest(f"{source}: manifest has no entries")
+    return Manifest.of(resources)
+
+
+def dumps_text(m: Manifest) -> str:
+    """The prototext rendering (upstream's ``dump``)."""
+    msg = pb.Manifest()
+    msg.resource.extend(to_proto(r) for r in m.resources)
+    return text_format.MessageToString(msg, as_utf8=True)
+
+
+def _xattr_json(data: bytes) -> dict[str, str]:
+    try:
+        return {"text": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode()}
+
+
+def resource_json(r: Resource) -> dict[str, Any]:
+    """A JSON-ready dict of one resource."""
+    d: dict[str, Any] = {
+        "paths": [_escaped(p)[0] for p in r.paths],
+        "type": r.kind,
+        "mode": f"{r.perm:04o}",
+        "uid": r.uid,
+        "gid": r.gid,
+    }
+    if any(_escaped(p)[1] is not None for p in r.paths):
+        d["raw_paths"] = [base64.b64encode(os.fsencode(p)).decode() for p in r.paths]
+    if r.mtime_ns is not None:
+        d["mtime_ns"] = r.mtime_ns
+    if r.xattrs:
+        d["xattrs"] = {n: _xattr_json(v) for n, v in r.xattrs}
+    if isinstance(r, RegularFile):
+        d["size"] = r.size
+        d["digest"] = r.digest
+        if r.chunks:
+            d["chunks"] = [{"digest": c.digest, "begin": c.begin, "end": c.end} for c in r.chunks]
+        if r.holes:
+            d["holes"] = [list(h) for h in r.holes]
+    elif isinstance(r, Symlink):
+        d["target"] = r.target
+    elif isinstance(r, Device):
+        d["major"], d["minor"] = r.major, r.minor
+        d["type"] = "char-device" if r.char else "block-device"
+    elif isinstance(r, Directory) and r.opaque:
+        d["opaque"] = True
+    return d
+
+
+def dumps_json(m: Manifest) -> str:
+    """The JSON rendering: ``{"resources": [...]}``."""
+    return json.dumps({"resources": [resource_json(r) for r in m.resources]}, indent=1, ensure_ascii=False)
+

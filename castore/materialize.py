@@ -1,0 +1,397 @@
+"""Writing resources under a directory fd: content from the store (copy,
+reflink or a hardlink object), then owner, mode, xattrs and times, in the safe
+order (chown before chmod, security.capability last, times last).
+
+Everything here works through directory file descriptors: names are single
+components created with O_EXCL/O_NOFOLLOW, so nothing is written through a
+symlink or outside the tree.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import marshal
+import os
+import secrets
+import stat
+import sys
+from dataclasses import dataclass, field
+
+from castore import fs
+from castore.errors import BlobNotFound, CastoreError, IntegrityError, ResourceLimit, UnsafeInput
+from castore.manifest.model import Device, Directory, Entry, NamedPipe, RegularFile, Resource, Socket, Symlink, Whiteout
+from castore.store import Store
+
+READ = 1 << 20
+LINK_MODES = ("auto", "hardlink", "reflink", "copy")
+
+
+@dataclass
+class Options:
+    """How resources are written."""
+
+    link: str = "auto"
+    verify: bool = True
+    devices: str = "create"  # create | check | skip
+    sockets: bool = False
+    whiteouts: str = "none"  # none | overlay | oci
+    rewrite_absolute_symlinks: bool = False
+    note: object = field(default=lambda m: print(f"continuity: note: {m}", file=sys.stderr))
+
+
+def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        if offset is not None:
+            offset += n
+        view = view[n:]
+
+
+def _data_ranges(size: int, holes: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+    out, pos = [], 0
+    for b, e in holes:
+        if b > pos:
+            out.append((pos, b))
+        pos = e
+    if pos < size:
+        out.append((pos, size))
+    return out
+
+
+class Writer:
+    """Materializes resources of one manifest below a root directory fd."""
+
+    def __init__(self, store: Store | None, opts: Options) -> None:
+        self.store = store
+        self.opts = opts
+        self.can_reflink = opts.link in ("auto", "reflink")
+        self.euid, self.egid = os.geteuid(), os.getegid()
+        self.verified: dict[str, tuple[int, int, int, int]] = {}
+        self.link_updates: dict[bytes, bytes] = {}
+        self.verified_updates: dict[bytes, bytes] = {}
+        self.noted_link_fallback = False
+        if store is not None:
+            self._load_verified()
+
+    # ---------------------------------------------------------------- content
+
+    def _load_verified(self) -> None:
+        assert self.store is not None
+        self.vdb = self.store.meta.db("links")
+
+    def _blob_fd(self, digest: str) -> int:
+        assert self.store is not None
+        try:
+            return os.open(self.store.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobNotFound(digest) from None
+
+    def _blob_trusted(self, digest: str, fd: int) -> bool:
+        """True when the blob is provably unchanged since it was last verified."""
+        assert self.store is not None
+        st = os.fstat(fd)
+        key = b"v" + bytes.fromhex(digest[7:])
+        with self.store.meta.read() as txn:
+            raw = txn.get(key, db=self.vdb)
+        return raw is not None and marshal.loads(raw) == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _mark_verified(self, digest: str, fd: int) -> None:
+        st = os.fstat(fd)
+        self.verified_updates[b"v" + bytes.fromhex(digest[7:])] = marshal.dumps(
+            (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+
+    def _hash_blob_fd(self, fd: int, digest: str, size: int) -> None:
+        h = hashlib.sha256()
+        total = 0
+        while True:
+            b = os.read(fd, READ)
+            if not b:
+                break
+            h.update(b)
+            total += len(b)
+        os.lseek(fd, 0, os.SEEK_SET)
+        if total != size or "sha256:" + h.hexdigest() != digest:
+            raise IntegrityError(f"blob {digest} is corrupt (digest mismatch); run `continuity fsck`")
+
+    def write_content(self, r: RegularFile, out_fd: int) -> None:
+        """Fill ``out_fd`` (empty, new) with the content of ``r``, verified."""
+        if r.size == 0:
+            if r.digest != "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855":
+                raise IntegrityError(f"{r.path}: empty file with a non-empty digest")
+            return
+        if not r.chunks and self.can_reflink and not r.holes:
+            fd = self._blob_fd(r.digest)
+            try:
+                if os.fstat(fd).st_size != r.size:
+                    raise IntegrityError(f"blob {r.digest} has the wrong size for {r.path}")
+                try:
+                    fs.reflink(fd, out_fd)
+                    if self.opts.verify and not self._blob_trusted(r.digest, fd):
+                        self._hash_blob_fd(fd, r.digest, r.size)
+                        self._mark_verified(r.digest, fd)
+                    return
+                except OSError as exc:
+                    if exc.errno not in fs.COPY_FALLBACK:
+                        raise
+                    if self.opts.link == "reflink":
+                        raise CastoreError(f"reflink not supported here ({exc.strerror}); use --link copy") from exc
+                    self.can_reflink = False
+            finally:
+                os.close(fd)
+        self._copy(r, out_fd)
+
+    def _copy(self, r: RegularFile, out_fd: int) -> None:
+        pieces = [(c.digest, c.begin, c.end) for c in r.chunks] or [(r.digest, 0, r.size)]
+        whole = hashlib.sha256() if self.opts.verify and len(pieces) > 1 else None
+        ranges = _data_ranges(r.size, r.holes) if r.holes else None
+        for digest, begin, end in pieces:
+            fd = self._blob_fd(digest)
+            try:
+                if os.fstat(fd).st_size != end - begin:
+                    raise IntegrityError(f"blob {digest} has the wrong size for {r.path}")
+                if not self.opts.verify and ranges is None:
+                    fs.copy_fd_at(fd, out_fd, end - begin, begin)
+                    continue
+                h = hashlib.sha256() if self.opts.verify else None
+                pos = begin
+                while pos < end:
+                    data = os.read(fd, min(READ * 4, end - pos))
+                    if not data:
+                        raise IntegrityError(f"blob {digest} is truncated")
+                    if h is not None:
+                        h.update(data)
+                    if whole is not None:
+                        whole.update(data)
+                    if ranges is None:
+                        _write_all(out_fd, data, pos)
+                    else:
+                        self._write_sparse(out_fd, data, pos, ranges)
+                    pos += len(data)
+                if h is not None and "sha256:" + h.hexdigest() != digest:
+                    raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {r.path}; "
+                                         "run `continuity fsck`")
+            finally:
+                os.close(fd)
+        if ranges is not None:
+            os.ftruncate(out_fd, r.size)
+        if whole is not None and "sha256:" + whole.hexdigest() != r.digest:
+            raise IntegrityError(f"{r.path}: chunks do not add up to {r.digest}")
+
+    @staticmethod
+    def _write_sparse(out_fd: int, data: bytes, pos: int, ranges: list[tuple[int, int]]) -> None:
+        end = pos + len(data)
+        for b, e in ranges:
+            lo, hi = max(b, pos), min(e, end)
+            if lo < hi:
+                _write_all(out_fd, memoryview(data)[lo - pos:hi - pos], lo)
+
+    # --------------------------------------------------------------- metadata
+
+    def file_metadata(self, fd: int, r: Entry) -> None:
+        """Owner, mode, xattrs, mtime on an open file (the safe order)."""
+        if (r.uid, r.gid) != (self.euid, self.egid):
+            os.fchown(fd, r.uid, r.gid)
+        os.fchmod(fd, r.perm)
+        if r.xattrs:
+            fs.set_xattrs(fd, r.xattrs)
+        if r.mtime_ns is not None:
+            os.utime(fd, ns=(r.mtime_ns, r.mtime_ns))
+
+    def path_metadata(self, dir_fd: int, name: str, r: Entry, *, is_link: bool = False) -> None:
+        """Owner, mode, xattrs, mtime on a name (never followed)."""
+        if (r.uid, r.gid) != (self.euid, self.egid):
+            os.chown(name, r.uid, r.gid, dir_fd=dir_fd, follow_symlinks=False)
+        if not is_link:
+            os.chmod(name, r.perm, dir_fd=dir_fd)  # not a symlink: created by us just now
+        if r.xattrs:
+            fs.set_xattrs(fs.proc_path(dir_fd, name), r.xattrs)
+        if r.mtime_ns is not None:
+            os.utime(name, ns=(r.mtime_ns, r.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+    # -------------------------------------------------------------- resources
+
+    def create_file(self, dir_fd: int, name: str, r: RegularFile) -> None:
+        if self.opts.link == "hardlink" and self.store is not None:
+            try:
+                self.link_object(dir_fd, name, r)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
+                    raise
+                if not self.noted_link_fallback:
+                    self.opts.note(f"hardlinks impossible here ({exc.strerror}); copying instead")  # type: ignore
+                    self.noted_link_fallback = True
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        try:
+            self.write_content(r, fd)
+            self.file_metadata(fd, r)
+        finally:
+            os.close(fd)
+
+    def create_other(self, dir_fd: int, name: str, r: Resource, path: str) -> bool:
+        """Create a non-regular, non-directory resource; False when skipped by policy."""
+        if isinstance(r, Symlink):
+            target = r.target
+            if self.opts.rewrite_absolute_symlinks and target.startswith("/"):
+                target = relative_target(path, target)
+            os.symlink(target, name, dir_fd=dir_fd)
+            self.path_metadata(dir_fd, name, r, is_link=True)
+        elif isinstance(r, Device):
+            if self.opts.devices == "skip":
+                return False
+            if self.opts.devices == "check":
+                return False
+            kind = stat.S_IFCHR if r.char else stat.S_IFBLK
+            try:
+                os.mknod(name, kind | 0o600, os.makedev(r.major, r.minor), dir_fd=dir_fd)
+            except PermissionError as exc:
+                raise UnsafeInput(f"{path}: cannot create a device node without privilege; "
+                                  "use --devices skip") from exc
+            self.path_metadata(dir_fd, name, r)
+        elif isinstance(r, NamedPipe):
+            os.mkfifo(name, 0o600, dir_fd=dir_fd)
+            self.path_metadata(dir_fd, name, r)
+        elif isinstance(r, Socket):
+            if not self.opts.sockets:
+                return False
+            _make_socket(dir_fd, name)
+            self.path_metadata(dir_fd, name, r)
+        elif isinstance(r, Whiteout):
+            if self.opts.whiteouts == "overlay":
+                os.mknod(name, stat.S_IFCHR | 0o000, 0, dir_fd=dir_fd)
+                os.chown(name, r.uid, r.gid, dir_fd=dir_fd, follow_symlinks=False)
+            elif self.opts.whiteouts == "oci":
+                fd = os.open(".wh." + name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o000,
+                             dir_fd=dir_fd)
+                os.close(fd)
+            else:
+                return False
+        else:
+            raise UnsafeInput(f"{path}: cannot create a {r.kind}")
+        return True
+
+    def dir_metadata(self, dir_fd: int, name: str, r: Directory) -> None:
+        xattrs = r.xattrs
+        if r.opaque and self.opts.whiteouts == "overlay":
+            xattrs = tuple(sorted(xattrs + (("trusted.overlay.opaque", b"y"),)))
+        elif r.opaque and self.opts.whiteouts == "oci":
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            try:
+                os.close(os.open(".wh..wh..opq", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0,
+                                 dir_fd=fd))
+            finally:
+                os.close(fd)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            if (r.uid, r.gid) != (self.euid, self.egid):
+                os.fchown(fd, r.uid, r.gid)
+            os.fchmod(fd, r.perm)
+            if xattrs:
+                fs.set_xattrs(fd, xattrs)
+            if r.mtime_ns is not None:
+                os.utime(fd, ns=(r.mtime_ns, r.mtime_ns))
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------- hardlink objects
+
+    def _object_key(self, r: RegularFile) -> str:
+        h = hashlib.sha256()
+        h.update(marshal.dumps((r.digest, r.perm, r.uid, r.gid, r.xattrs, r.mtime_ns, r.holes,
+                                os.fsencode(r.path))))
+        return h.hexdigest()
+
+    def _object_ok(self, path: str, r: RegularFile, key: bytes) -> bool:
+        """True when the object at ``path`` provably still holds r's content and metadata."""
+        assert self.store is not None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            st = os.fstat(fd)
+            with self.store.meta.read() as txn:
+                raw = txn.get(key, db=self.vdb)
+            if raw is not None and marshal.loads(raw) == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                return True
+            # Changed since recorded (a link, or an edit through a checkout): prove it again.
+            if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size) != (r.perm, r.uid, r.gid, r.size):
+                return False
+            if r.mtime_ns is not None and st.st_mtime_ns != r.mtime_ns:
+                return False
+            if fs.read_xattrs(fd) != r.xattrs:
+                return False
+            try:
+                self._hash_blob_fd(fd, r.digest, r.size)
+            except IntegrityError:
+                return False
+            return True
+        finally:
+            os.close(fd)
+
+    def link_object(self, dir_fd: int, name: str, r: RegularFile) -> None:
+        """Hardlink a store object holding r's content and metadata at ``name``."""
+        assert self.store is not None
+        k = self._object_key(r)
+        key = b"o" + bytes.fromhex(k)
+        shard = os.path.join(self.store.path, "links", k[:2])
+        path = os.path.join(shard, k)
+        for _ in range(3):
+            if not self._object_ok(path, r, key):
+                self._make_object(shard, path, r)
+            try:
+                os.link(path, name, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed under us (gc): make it again
+            st = os.lstat(path)
+            self.link_updates[key] = marshal.dumps((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            return
+        raise CastoreError(f"{r.path}: could not create a hardlink object")
+
+    def _make_object(self, shard: str, path: str, r: RegularFile) -> None:
+        os.makedirs(shard, exist_ok=True)
+        tmp = os.path.join(shard, f".tmp-{secrets.token_hex(8)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            self.write_content(r, fd)
+            self.file_metadata(fd, r)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)  # a stale or altered object is replaced; its old links keep the old inode
+
+    def flush(self) -> None:
+        """Record verified blobs and hardlink objects (one LMDB transaction)."""
+        if self.store is None or not (self.link_updates or self.verified_updates):
+            return
+        updates = {**self.verified_updates, **self.link_updates}
+
+        def fn(txn: object) -> None:
+            for k, v in updates.items():
+                txn.put(k, v, db=self.vdb)  # type: ignore[attr-defined]
+        self.store.meta.write(fn)
+        self.link_updates.clear()
+        self.verified_updates.clear()
+
+
+def relative_target(link_path: str, target: str) -> str:
+    """An absolute in-tree target made relative to the link's directory."""
+    base = os.path.dirname(link_path)
+    rel = os.path.relpath(os.path.normpath(target), base)
+    return rel
+
+
+def _make_socket(dir_fd: int, name: str) -> None:
+    import socket
+    path = fs.proc_path(dir_fd, name)
+    if len(path.encode()) > 100:
+        raise ResourceLimit(f"socket name too long: {name}")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.bind(path)
+    finally:
+        s.close()

@@ -1,0 +1,520 @@
+"""The content-addressed store: blob files named by digest, metadata in LMDB.
+
+Layout (see docs/design.md)::
+
+    STORE/config                 json, fixed at creation, checked on open
+    STORE/blobs/sha256/ab/<hex>  immutable blobs, mode 0444
+    STORE/tmp/<lease>/           in-flight writes of one ingest
+    STORE/links/ab/<key>         hardlink-checkout objects (content + metadata)
+    STORE/leases/<id>.lock       flock held by a lease's owner while it lives
+    STORE/meta/                  LMDB environment
+    STORE/lock                   flock: shared for ingest commits, exclusive for gc
+
+Write order: blob bytes durable -> index rows -> manifest blob durable ->
+manifest rows and catalog entry in one LMDB transaction. A crash leaves only
+orphan files, which gc removes after a grace period.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import secrets
+import stat
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from castore import fs
+from castore.crash import crashpoint
+from castore.digest import check_digest, is_digest
+from castore.errors import (
+    BlobNotFound,
+    CastoreError,
+    IntegrityError,
+    NotFound,
+    ResourceLimit,
+    StoreUnusable,
+    UnsafeInput,
+)
+from castore.hashing import ChunkParams
+from castore.manifest import Manifest, codec, validate
+from castore.store.lock import flocked, is_held
+from castore.store.meta import BLOB_ROW, KIND_MANIFEST, MetaDB, dkey, dstr
+
+CONFIG_VERSION = 1
+LEASE_TTL_NS = 24 * 3600 * 10**9
+_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:@+/")
+
+
+def default_store_path() -> str:
+    """``$CONTINUITY_STORE``, else /var/lib/continuity for root, else XDG data dir."""
+    env = os.environ.get("CONTINUITY_STORE")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "/var/lib/continuity"
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(xdg, "continuity")
+
+
+def check_name(name: str) -> str:
+    """A catalog name: 1-255 of [A-Za-z0-9._-:@+/], not a digest, not starting with '-' or '.'."""
+    if not name or len(name) > 255 or not set(name) <= _NAME_OK or name[0] in "-./" or ".." in name:
+        raise UnsafeInput(f"invalid name {name[:80]!r}: use 1-255 of [A-Za-z0-9._-:@+/]")
+    if name.startswith("sha256:") or _is_hex_prefix(name):
+        raise UnsafeInput(f"invalid name {name!r}: looks like a digest")
+    return name
+
+
+def _is_hex_prefix(text: str) -> bool:
+    return len(text) >= 12 and all(c in "0123456789abcdef" for c in text)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+@dataclass(frozen=True)
+class TagInfo:
+    name: str
+    digest: str
+    time_ns: int
+    size: int
+
+
+class Lease:
+    """Protects what it names from gc while its owner lives (flock on a lock file)."""
+
+    def __init__(self, store: Store, lease_id: str, fd: int) -> None:
+        self.store, self.id, self.fd = store, lease_id, fd
+
+    @property
+    def tmp_dir(self) -> str:
+        return os.path.join(self.store.path, "tmp", self.id)
+
+    def add_manifest(self, digest: str) -> None:
+        def fn(txn: object) -> None:
+            db = self.store.meta.db("leases")
+            raw = txn.get(self.id.encode(), db=db)  # type: ignore[attr-defined]
+            rec = json.loads(raw) if raw else {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": []}
+            if digest not in rec["manifests"]:
+                rec["manifests"].append(digest)
+            txn.put(self.id.encode(), json.dumps(rec).encode(), db=db)  # type: ignore[attr-defined]
+        self.store.meta.write(fn)
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        self.store.meta.write(lambda txn: txn.delete(self.id.encode(), db=self.store.meta.db("leases")))
+        try:
+            os.unlink(os.path.join(self.store.path, "leases", self.id + ".lock"))
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = -1
+
+
+class Store:
+    """An open store. Create with ``Store.open(path)``."""
+
+    def __init__(self, path: str, config: dict[str, object], meta: MetaDB) -> None:
+        self.path = path
+        self.config = config
+        self.meta = meta
+        ch = config["chunker"]
+        assert isinstance(ch, dict)
+        self.chunking = ChunkParams(ch["min_size"], ch["avg_size"], ch["max_size"], ch["threshold"])
+        self.blob_root = os.path.join(path, "blobs", "sha256")
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path: str | None = None, *, create: bool = True) -> Store:
+        """Open (and on first use create) the store at ``path``. Raises StoreUnusable."""
+        path = os.path.abspath(path or default_store_path())
+        try:
+            cfg_path = os.path.join(path, "config")
+            if not os.path.exists(cfg_path):
+                if not create:
+                    raise StoreUnusable(f"no store at {path}")
+                cls._create(path)
+            with open(cfg_path, "rb") as f:
+                config = json.loads(f.read())
+            if not isinstance(config, dict) or config.get("version") != CONFIG_VERSION:
+                raise StoreUnusable(f"store at {path} has an unknown format version")
+            if config.get("digest_algorithm") != "sha256":
+                raise StoreUnusable(f"store at {path} uses an unsupported digest algorithm")
+            for d in ("blobs/sha256", "tmp", "leases", "links"):
+                os.makedirs(os.path.join(path, d), exist_ok=True)
+            meta = MetaDB(os.path.join(path, "meta"), create=True)
+        except (ValueError, KeyError) as exc:
+            raise StoreUnusable(f"store at {path}: unreadable config ({exc})") from exc
+        except PermissionError as exc:
+            raise StoreUnusable(f"store at {path}: permission denied") from exc
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise ResourceLimit(f"store at {path}: no space left on device") from exc
+            raise StoreUnusable(f"store at {path}: {exc.strerror}") from exc
+        store = cls(path, config, meta)
+        store._check_schema()
+        return store
+
+    @staticmethod
+    def _create(path: str) -> None:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        cp = ChunkParams()
+        config = {"version": CONFIG_VERSION, "store_id": secrets.token_hex(16), "digest_algorithm": "sha256",
+                  "chunker": {"algorithm": "fastcdc2020", "min_size": cp.min_size, "avg_size": cp.avg_size,
+                              "max_size": cp.max_size, "threshold": cp.threshold},
+                  "schema_version": 1}
+        tmp = os.path.join(path, f".config.{secrets.token_hex(6)}")
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(config, indent=1).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, os.path.join(path, "config"))  # first creator wins
+        except FileExistsError:
+            pass
+        os.unlink(tmp)
+        _fsync_dir(path)
+
+    def _check_schema(self) -> None:
+        with self.meta.read() as txn:
+            v = txn.get(b"schema", db=self.meta.db("info"))
+        if v is None:
+            self.meta.write(lambda t: t.put(b"schema", b"1", db=self.meta.db("info"), overwrite=False))
+        elif v != b"1":
+            raise StoreUnusable(f"store at {self.path}: metadata schema {v!r} is not supported")
+
+    # ------------------------------------------------------------------- locks
+
+    def shared_lock(self) -> object:
+        """Locking: shared. Held while an ingest commits; gc waits for it."""
+        return flocked(os.path.join(self.path, "lock"), exclusive=False)
+
+    def exclusive_lock(self, wait: bool = True) -> object:
+        """Locking: exclusive (gc)."""
+        return flocked(os.path.join(self.path, "lock"), exclusive=True, wait=wait)
+
+    @contextmanager
+    def lease(self, manifests: Iterable[str] = ()) -> Iterator[Lease]:
+        """A lease for the duration of the block; its tmp dir is removed at the end."""
+        import fcntl
+        lid = f"{time.time_ns():x}-{secrets.token_hex(6)}"
+        lock_path = os.path.join(self.path, "leases", lid + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        rec = {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": list(manifests), "pid": os.getpid()}
+        self.meta.write(lambda t: t.put(lid.encode(), json.dumps(rec).encode(), db=self.meta.db("leases")))
+        lease = Lease(self, lid, fd)
+        try:
+            yield lease
+        finally:
+            _remove_tree(lease.tmp_dir)
+            lease.release()
+
+    def live_leases(self) -> list[tuple[str, dict[str, object]]]:
+        """Leases whose owner still holds its lock and that have not expired."""
+        out = []
+        now = time.time_ns()
+        with self.meta.read() as txn:
+            rows = list(txn.cursor(db=self.meta.db("leases")))
+        for k, v in rows:
+            lid = k.decode()
+            rec = json.loads(v)
+            if rec.get("expiry_ns", 0) > now and is_held(os.path.join(self.path, "leases", lid + ".lock")):
+                out.append((lid, rec))
+        return out
+
+    # ------------------------------------------------------------------- blobs
+
+    def blob_path(self, digest: str) -> str:
+        h = digest[7:]
+        return os.path.join(self.blob_root, h[:2], h)
+
+    def has_blob(self, digest: str) -> bool:
+        with self.meta.read() as txn:
+            return txn.get(dkey(digest), db=self.meta.db("blobs")) is not None
+
+    def missing_blobs(self, digests: Iterable[str]) -> set[str]:
+        """The digests of ``digests`` that the index does not hold."""
+        db = self.meta.db("blobs")
+        with self.meta.read() as txn:
+            return {d for d in digests if txn.get(dkey(d), db=db) is None}
+
+    def blob_size(self, digest: str) -> int | None:
+        with self.meta.read() as txn:
+            raw = txn.get(dkey(digest), db=self.meta.db("blobs"))
+        return None if raw is None else BLOB_ROW.unpack(raw)[0]
+
+    def read_blob(self, digest: str, *, limit: int = 1 << 31) -> bytes:
+        """The verified bytes of a blob. Raises BlobNotFound or IntegrityError."""
+        try:
+            fd = os.open(self.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobNotFound(digest) from None
+        try:
+            size = os.fstat(fd).st_size
+            if size > limit:
+                raise IntegrityError(f"blob {digest} is too large ({size} bytes)")
+            data = b""
+            while len(data) < size:
+                more = os.read(fd, size - len(data))
+                if not more:
+                    break
+                data += more
+        finally:
+            os.close(fd)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise IntegrityError(f"blob {digest} is corrupt (digest mismatch)")
+        return data
+
+    def put_blob(self, data: bytes, kind: int, txn: object | None = None) -> str:
+        """Store ``data`` durably (per-blob fsync) and index it. Returns its digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = self.blob_path(digest)
+        if not os.path.exists(path):
+            tmp = os.path.join(self.path, "tmp", f".put-{secrets.token_hex(8)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            except OSError as exc:
+                os.close(fd)
+                os.unlink(tmp)
+                if exc.errno == errno.ENOSPC:
+                    raise ResourceLimit(f"no space left on device writing {digest}") from exc
+                raise
+            os.close(fd)
+            self._install(tmp, digest)
+            _fsync_dir(os.path.dirname(path))
+        row = BLOB_ROW.pack(len(data), kind)
+        if txn is not None:
+            txn.put(dkey(digest), row, db=self.meta.db("blobs"))  # type: ignore[attr-defined]
+        else:
+            self.meta.write(lambda t: t.put(dkey(digest), row, db=self.meta.db("blobs")))
+        return digest
+
+    def _install(self, tmp: str, digest: str) -> bool:
+        """Rename a verified temp file into place; False when it already existed."""
+        path = self.blob_path(digest)
+        try:
+            fs.renameat2(-100, tmp, -100, path)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fs.renameat2(-100, tmp, -100, path)
+            except FileExistsError:
+                os.unlink(tmp)
+                return False
+        except FileExistsError:
+            os.unlink(tmp)
+            return False
+        return True
+
+    def install_staged(self, staged: list[tuple[str, str]]) -> None:
+        """Batched durability: syncfs, rename every staged temp into place, syncfs.
+
+        Staged files were hashed as they were written, so their names are
+        their digests; they become visible only once durable.
+        """
+        if not staged:
+            return
+        sfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fs.syncfs(sfd)
+            crashpoint("ingest-after-syncfs")
+            for tmp, digest in staged:
+                self._install(tmp, digest)
+            crashpoint("ingest-after-rename")
+            fs.syncfs(sfd)
+        finally:
+            os.close(sfd)
+
+    def blob_file_ok(self, digest: str, size: int) -> bool:
+        try:
+            st = os.stat(self.blob_path(digest), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_size == size
+
+    # ----------------------------------------------------------------- catalog
+
+    def load_manifest(self, digest: str) -> Manifest:
+        """Read, verify and parse a manifest blob."""
+        data = self.read_blob(digest)
+        return validate(codec.loads(data, source=digest))
+
+    def set_tag(self, txn: object, name: str, digest: str, size: int) -> None:
+        now = time.time_ns()
+        t: object = txn
+        t.put(name.encode(), json.dumps({"digest": digest, "time_ns": now, "size": size}).encode(),  # type: ignore
+              db=self.meta.db("tags"))
+        t.put(name.encode() + b"\0" + struct.pack(">Q", now), dkey(digest), db=self.meta.db("history"))  # type: ignore
+
+    def tag(self, name: str, digest: str) -> None:
+        check_name(name)
+        size = self.blob_size(digest)
+        if size is None:
+            raise BlobNotFound(digest)
+        self.meta.write(lambda t: self.set_tag(t, name, digest, size))
+
+    def untag(self, name: str) -> None:
+        def fn(t: object) -> bool:
+            return bool(t.delete(name.encode(), db=self.meta.db("tags")))  # type: ignore[attr-defined]
+        if not self.meta.write(fn):
+            raise NotFound(f"no manifest named {name!r}")
+
+    def tags(self) -> list[TagInfo]:
+        with self.meta.read() as txn:
+            rows = list(txn.cursor(db=self.meta.db("tags")))
+        out = []
+        for k, v in rows:
+            rec = json.loads(v)
+            out.append(TagInfo(k.decode(), rec["digest"], rec["time_ns"], rec["size"]))
+        return out
+
+    def history(self, name: str) -> list[TagInfo]:
+        """Every manifest recorded under ``name``, oldest first."""
+        prefix = name.encode() + b"\0"
+        out = []
+        with self.meta.read() as txn:
+            cur = txn.cursor(db=self.meta.db("history"))
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    (t,) = struct.unpack(">Q", k[len(prefix):])
+                    d = dstr(v)
+                    out.append(TagInfo(name, d, t, 0))
+        return out
+
+    def get_tag(self, name: str) -> str | None:
+        with self.meta.read() as txn:
+            raw = txn.get(name.encode(), db=self.meta.db("tags"))
+        return None if raw is None else str(json.loads(raw)["digest"])
+
+    def manifests(self) -> list[str]:
+        """Every manifest digest the store holds."""
+        with self.meta.read() as txn:
+            return [dstr(k) for k in txn.cursor(db=self.meta.db("refs")).iternext(values=False)]
+
+    def resolve(self, ref: str) -> str:
+        """The manifest digest a user reference names: catalog name, digest or prefix."""
+        if ref.startswith("sha256:") and is_digest(ref):
+            return ref
+        d = self.get_tag(ref) if len(ref.encode()) < 500 else None
+        if d is not None:
+            return d
+        hexpart = ref[7:] if ref.startswith("sha256:") else ref
+        if _is_hex_prefix(hexpart) and len(hexpart) < 64:
+            found = [m for m in self.manifests() if m[7:].startswith(hexpart)]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise UnsafeInput(f"digest prefix {hexpart} is ambiguous ({len(found)} manifests)")
+        raise NotFound(f"no manifest named {ref!r} in the store")
+
+    def record_manifest(self, txn: object, digest: str, refs: Iterable[str]) -> None:
+        """Index a manifest's references (for gc), in the caller's transaction."""
+        keys = sorted({dkey(d) for d in refs})
+        txn.put(dkey(digest), b"".join(keys), db=self.meta.db("refs"))  # type: ignore[attr-defined]
+
+    def manifest_refs(self, digest: str) -> list[str]:
+        with self.meta.read() as txn:
+            raw = txn.get(dkey(digest), db=self.meta.db("refs"))
+        if raw is None:
+            return []
+        return [dstr(raw[i:i + 32]) for i in range(0, len(raw), 32)]
+
+
+def manifest_refs(m: Manifest) -> set[str]:
+    """Every blob digest a manifest needs: whole files or their chunks, ADS blobs."""
+    out: set[str] = set()
+    for r in m.resources:
+        if hasattr(r, "digest") and isinstance(getattr(r, "digest"), str):
+            chunks = getattr(r, "chunks", ())
+            if chunks:
+                out.update(c.digest for c in chunks)
+            else:
+                out.add(r.digest)  # type: ignore[union-attr]
+        for a in r.ads:
+            if a.digest:
+                out.add(a.digest)
+    return out
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a directory tree without following symlinks (fd-relative, iterative)."""
+    try:
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    remove_contents(top)
+    os.close(top)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def remove_contents(dir_fd: int) -> None:
+    """Empty the directory ``dir_fd`` (iteratively; never follows symlinks)."""
+    stack: list[tuple[int, str | None]] = [(os.dup(dir_fd), None)]
+    tried: set[tuple[int, int]] = set()
+    while stack:
+        fd, name_in_parent = stack[-1]
+        pushed = False
+        with os.scandir(fd) as it:
+            entries = list(it)
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                try:
+                    cfd = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError:
+                    continue
+                cst = os.fstat(cfd)
+                if (cst.st_dev, cst.st_ino) in tried:
+                    os.close(cfd)
+                    continue
+                tried.add((cst.st_dev, cst.st_ino))
+                try:
+                    os.fchmod(cfd, 0o700)
+                except OSError:
+                    pass
+                stack.append((cfd, e.name))
+                pushed = True
+                break
+            try:
+                os.unlink(e.name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+        if pushed:
+            continue
+        os.close(fd)
+        stack.pop()
+        if stack and name_in_parent is not None:
+            try:
+                os.rmdir(name_in_parent, dir_fd=stack[-1][0])
+            except OSError:
+                pass
+
+
+__all__ = ["Lease", "Store", "TagInfo", "check_digest", "check_name", "default_store_path", "manifest_refs",
+           "CastoreError"]

@@ -1,0 +1,115 @@
+"""The store's metadata in one LMDB environment: the only importer of lmdb.
+
+Sub-databases (keys and values are bytes; see docs/design.md):
+
+    blobs      digest hex (32 raw bytes)  -> size u64, kind u8
+    refs       manifest digest (32 bytes) -> every blob digest it references
+    tags       name (utf-8)               -> json {digest, time_ns, size}
+    history    name \\0 time_ns (8 bytes)  -> manifest digest (32 bytes)
+    leases     lease id (ascii)           -> json {expiry_ns, manifests, pid}
+    statcache  dev u64, ino u64           -> marshal (size, mtime, ctime, digest, chunks, xattrs, holes)
+    links      hardlink-object key        -> marshal (digest, ino, size, mtime_ns, ctime_ns)
+    info       b"schema"                  -> version
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import lmdb
+
+from castore.errors import IntegrityError, ResourceLimit, StoreUnusable
+
+SCHEMA_VERSION = 1
+DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info")
+BLOB_ROW = struct.Struct("<QB")
+KIND_RAW, KIND_CHUNK, KIND_MANIFEST, KIND_ADS = 0, 1, 2, 3
+KIND_NAMES = {KIND_RAW: "file", KIND_CHUNK: "chunk", KIND_MANIFEST: "manifest", KIND_ADS: "ads"}
+INITIAL_MAP = 1 << 30
+T = TypeVar("T")
+
+_ENVS: dict[str, tuple[int, lmdb.Environment]] = {}
+
+
+def dkey(digest: str) -> bytes:
+    """The 32-byte key of a ``sha256:`` digest."""
+    return bytes.fromhex(digest[7:])
+
+
+def dstr(key: bytes) -> str:
+    return "sha256:" + key.hex()
+
+
+class MetaDB:
+    """Typed access to the store's LMDB environment (one per path per process)."""
+
+    def __init__(self, path: str, *, create: bool) -> None:
+        self.path = path
+        pid = os.getpid()
+        cached = _ENVS.get(path)
+        if cached and cached[0] == pid:
+            self.env = cached[1]
+        else:
+            try:
+                self.env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=len(DBS) + 2, subdir=True,
+                                     create=create, sync=True, metasync=True, writemap=False,
+                                     max_spare_txns=0, lock=True, readahead=False)
+            except lmdb.Error as exc:
+                raise StoreUnusable(f"store metadata at {path} cannot be opened: {exc}") from exc
+            _ENVS[path] = (pid, self.env)
+        try:
+            self.dbs = {n: self.env.open_db(n.encode()) for n in DBS}
+            self.env.reader_check()
+        except lmdb.Error as exc:
+            raise StoreUnusable(f"store metadata at {path} is unusable: {exc}") from exc
+
+    def close(self) -> None:
+        _ENVS.pop(self.path, None)
+        self.env.close()
+
+    def db(self, name: str) -> Any:
+        return self.dbs[name]
+
+    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``fn`` in one write transaction, growing the map and retrying when full."""
+        for _ in range(40):
+            try:
+                with self.env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)
+            except lmdb.DiskError as exc:
+                raise ResourceLimit(f"store metadata: no space left ({exc})") from exc
+            except lmdb.Error as exc:
+                if "No space" in str(exc) or getattr(exc, "errno", 0) == errno.ENOSPC:
+                    raise ResourceLimit(f"store metadata: no space left ({exc})") from exc
+                raise IntegrityError(f"store metadata at {self.path}: {exc}") from exc
+        raise ResourceLimit("store metadata: map cannot grow")
+
+    def _grow(self) -> None:
+        size = self.env.info()["map_size"]
+        self.env.set_mapsize(size * 2)
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A short read transaction."""
+        try:
+            txn = self.env.begin(write=False)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            txn = self.env.begin(write=False)
+        except lmdb.Error as exc:
+            raise IntegrityError(f"store metadata at {self.path}: {exc}") from exc
+        try:
+            yield txn
+        except lmdb.Error as exc:
+            raise IntegrityError(f"store metadata at {self.path}: {exc}") from exc
+        finally:
+            txn.abort()
