@@ -196,11 +196,11 @@ def read_files(proc: Processor, jobs: list[FileJob], pool: Executor | None,
     pos = 0
     if pool is None or len(jobs) < 64 and sum(j.size for j in jobs) < (8 << 20):
         flat = proc.run_batch(ordered)
-        for i, r in zip(order, flat):
+        for i, r in zip(order, flat, strict=False):
             results[i] = r
         return results
     batches = list(_batches(ordered))
-    for batch, res in zip(batches, pool.map(proc.run_batch, batches)):
+    for batch, res in zip(batches, pool.map(proc.run_batch, batches), strict=False):
         for r in res:
             results[order[pos]] = r
             pos += 1
@@ -239,7 +239,7 @@ def read_with_retries(root_fd: int, proc: Processor, jobs: list[FileJob], pool: 
                 continue
             jobs[i] = fresh
             results[i] = proc.run_batch([fresh])[0]
-    for j, r in zip(jobs, results):
+    for j, r in zip(jobs, results, strict=False):
         if r.error:
             if r.changed:
                 raise SourceChanged(f"/{j.rel}: changed while it was read; not recorded")
@@ -249,7 +249,7 @@ def read_with_retries(root_fd: int, proc: Processor, jobs: list[FileJob], pool: 
 
 def assemble(walked: WalkResult, results: list[FileResult], *, whiteouts: str = "none") -> Manifest:
     """The manifest from walked entries and file results; hardlinks grouped by (dev, ino)."""
-    by_rel = {j.rel: (j, r) for j, r in zip(walked.files, results)}
+    by_rel = {j.rel: (j, r) for j, r in zip(walked.files, results, strict=False)}
     groups: dict[tuple[int, int], list[str]] = {}
     first: dict[tuple[int, int], _Seen] = {}
     resources: list[Resource] = []

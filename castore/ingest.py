@@ -13,7 +13,7 @@ import os
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 
 from castore.build import (
@@ -57,7 +57,7 @@ def _cache_lookup(store: Store, jobs: list[FileJob]) -> dict[int, FileResult]:
 
 def _sizes(jobs: list[FileJob], results: list[FileResult]) -> dict[str, int]:
     sizes: dict[str, int] = {}
-    for j, r in zip(jobs, results):
+    for j, r in zip(jobs, results, strict=False):
         if r.chunks:
             for d, b, e in r.chunks:
                 sizes[d] = e - b
@@ -121,7 +121,7 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
             results: list[FileResult] = [FileResult()] * len(jobs)
             for i, r in hits.items():
                 results[i] = r
-            for i, j, r in zip(todo_idx, todo, fresh):
+            for i, j, r in zip(todo_idx, todo, fresh, strict=False):
                 results[i] = r
                 jobs[i] = j  # a retried file carries its fresh stat
             manifest = validate(assemble(walked, results, whiteouts=opts.whiteouts))
@@ -133,29 +133,29 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
             pool.shutdown()
 
 
-def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list[FileResult],
-            fresh: list[FileResult], root_fd: int, proc: Processor, name: str | None, start_ns: int,
-            hit_idx: set[int]) -> str:
+def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, str]], sizes: dict[str, int], *,
+                    name: str | None = None, redo: Callable[[set[str]], list[tuple[str, str]]] | None = None,
+                    cache_rows: Iterable[tuple[bytes, bytes]] = ()) -> str:
+    """Make staged blobs durable and visible, store the manifest, record it (and ``name``).
+
+    ``staged`` are (temp file, digest) pairs written under a lease's tmp dir;
+    ``sizes`` maps every content digest the manifest references to its size.
+    ``redo(gone)`` is called, under the lock, when content the manifest relies
+    on but did not stage has vanished (gc ran meanwhile); it returns freshly
+    staged pairs. Locking: shared. Returns the manifest digest.
+    """
+    validate(manifest)
     data = codec.dumps(manifest)
     refs = manifest_refs(manifest)
-    sizes = _sizes(jobs, results)
-    staged = [s for r in fresh for s in r.staged]
     with store.shared_lock():
         store.install_staged(staged)
         missing = store.missing_blobs(refs)
-        gone = [d for d in missing if not store.blob_file_ok(d, sizes.get(d, -1))]
+        gone = {d for d in missing if not store.blob_file_ok(d, sizes.get(d, -1))}
+        if gone and redo is not None:
+            store.install_staged(redo(gone))
+            gone = {d for d in gone if not store.blob_file_ok(d, sizes.get(d, -1))}
         if gone:
-            # Content a cache hit or a dedup hint relied on has vanished (gc ran): read it again.
-            redo = [j for j, r in zip(jobs, results) if r.digest in gone or any(c[0] in gone for c in r.chunks)]
-            proc.blob_dir = None
-            again = proc.run_batch(redo)
-            for j, r in zip(redo, again):
-                if r.error:
-                    raise CastoreError(r.error)
-            store.install_staged([s for r in again for s in r.staged])
-            still = [d for d in gone if not store.blob_file_ok(d, sizes.get(d, -1))]
-            if still:
-                raise IntegrityError(f"content {still[0]} could not be stored (source changed?)")
+            raise IntegrityError(f"content {sorted(gone)[0]} is neither staged nor in the store")
         crashpoint("ingest-before-manifest")
         mdigest = store.put_blob(data, KIND_MANIFEST)
         crashpoint("ingest-after-manifest")
@@ -168,11 +168,8 @@ def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list
                 txn.put(dkey(d), BLOB_ROW.pack(sizes.get(d, 0), kind), db=blobs)  # type: ignore[attr-defined]
             store.record_manifest(txn, mdigest, refs)
             cache = store.meta.db("statcache")
-            for i, (j, r) in enumerate(zip(jobs, results)):
-                if i in hit_idx or not r.digest or j.ctime_ns > start_ns - RACY_NS:
-                    continue
-                val = marshal.dumps((j.size, j.mtime_ns, j.ctime_ns, r.digest, r.chunks, r.xattrs, r.holes))
-                txn.put(_KEY.pack(j.dev, j.ino), val, db=cache)  # type: ignore[attr-defined]
+            for k, v in cache_rows:
+                txn.put(k, v, db=cache)  # type: ignore[attr-defined]
             if name is not None:
                 crashpoint("ingest-before-tag")
                 store.set_tag(txn, name, mdigest, len(data))
@@ -180,3 +177,29 @@ def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list
         store.meta.write(txn_fn)
         crashpoint("ingest-after-commit")
     return mdigest
+
+
+def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list[FileResult],
+            fresh: list[FileResult], root_fd: int, proc: Processor, name: str | None, start_ns: int,
+            hit_idx: set[int]) -> str:
+    sizes = _sizes(jobs, results)
+    staged = [s for r in fresh for s in r.staged]
+
+    def redo(gone: set[str]) -> list[tuple[str, str]]:
+        # Content a cache hit or a dedup hint relied on has vanished: read it again.
+        again_jobs = [j for j, r in zip(jobs, results, strict=True)
+                      if r.digest in gone or any(c[0] in gone for c in r.chunks)]
+        proc.blob_dir = None
+        again = proc.run_batch(again_jobs)
+        for r in again:
+            if r.error:
+                raise CastoreError(r.error)
+        return [s for r in again for s in r.staged]
+
+    rows = []
+    for i, (j, r) in enumerate(zip(jobs, results, strict=False)):
+        if i in hit_idx or not r.digest or j.ctime_ns > start_ns - RACY_NS:
+            continue
+        rows.append((_KEY.pack(j.dev, j.ino),
+                     marshal.dumps((j.size, j.mtime_ns, j.ctime_ns, r.digest, r.chunks, r.xattrs, r.holes))))
+    return commit_manifest(store, manifest, staged, sizes, name=name, redo=redo, cache_rows=rows)

@@ -10,8 +10,8 @@ import sys
 
 import click
 
+from castore.cli import store_cmds, tree_cmds  # noqa: F401  (register commands)
 from castore.cli.common import main_group
-from castore.cli import tree_cmds, store_cmds  # noqa: F401  (register commands)
 
 
 def main() -> None:

@@ -70,7 +70,7 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
 
 
 def _when(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @main_group.command("list")

@@ -30,7 +30,6 @@ from castore.manifest.model import (
     Socket,
     Symlink,
     Whiteout,
-    path_key,
 )
 
 

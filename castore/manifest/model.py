@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Union
 
 
 def path_key(path: str) -> bytes:
@@ -110,7 +109,7 @@ class Whiteout(Entry):
     perm: int = 0
 
 
-Resource = Union[RegularFile, Directory, Symlink, Device, NamedPipe, Socket, Whiteout]
+Resource = RegularFile | Directory | Symlink | Device | NamedPipe | Socket | Whiteout
 
 KIND_OF: dict[type, str] = {
     RegularFile: "file",

@@ -44,7 +44,7 @@ from castore.errors import (
 from castore.hashing import ChunkParams
 from castore.manifest import Manifest, codec, validate
 from castore.store.lock import flocked, is_held
-from castore.store.meta import BLOB_ROW, KIND_MANIFEST, MetaDB, dkey, dstr
+from castore.store.meta import BLOB_ROW, MetaDB, dkey, dstr
 
 CONFIG_VERSION = 1
 LEASE_TTL_NS = 24 * 3600 * 10**9
@@ -448,7 +448,7 @@ def manifest_refs(m: Manifest) -> set[str]:
     """Every blob digest a manifest needs: whole files or their chunks, ADS blobs."""
     out: set[str] = set()
     for r in m.resources:
-        if hasattr(r, "digest") and isinstance(getattr(r, "digest"), str):
+        if hasattr(r, "digest") and isinstance(r.digest, str):
             chunks = getattr(r, "chunks", ())
             if chunks:
                 out.update(c.digest for c in chunks)
