@@ -1,0 +1,251 @@
+"""ingest -> checkout -> compare, fstest-style, for every link mode; catalog; hardlink objects."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_cli
+from test_build import write
+
+from castore.build import build
+from castore.checkout import checkout
+from castore.ingest import ingest
+from castore.materialize import Options
+from castore.store import Store, manifest_refs
+from castore.testing import assert_trees_equal, snapshot
+
+MODES = ["copy", "hardlink", "auto", "reflink"]
+
+
+def basic(root: Path) -> None:
+    write(root / "etc/hosts", b"127.0.0.1 localhost\n")
+    write(root / "etc/hostname", b"box\n")
+    write(root / "etc/fstab", b"/dev/sda1 / ext4 defaults 1 1\n", 0o600)
+    write(root / "bin/tool", b"#!/bin/sh\necho hi\n", 0o4755)
+    (root / "tmp").mkdir()
+    os.chmod(root / "tmp", 0o1777)
+    os.symlink("hosts", root / "etc/hosts.lnk")
+    os.symlink("/etc/hosts", root / "etc/abs")
+    os.mkfifo(root / "etc/initctl")
+    write(root / "usr/lib/a/__init__.py")
+    write(root / "usr/lib/b/__init__.py")
+    write(root / "data.bin", os.urandom(3 << 20))
+    os.setxattr(root / "etc/hosts", "user.x", b"1")
+    if ROOT:
+        os.chown(root / "etc/hostname", 1000, 1001)
+        os.setxattr(root / "etc/fstab", "trusted.t", b"2")
+        os.mknod(root / "null", 0o666 | 0o020000, os.makedev(1, 3))
+
+
+def deletion(root: Path) -> None:
+    basic(root)
+    os.unlink(root / "etc/hostname")
+    os.unlink(root / "etc/hosts.lnk")
+
+
+def update(root: Path) -> None:
+    basic(root)
+    (root / "etc/hosts").write_bytes(b"10.0.0.1 other\n")
+    with open(root / "data.bin", "r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"patched")
+
+
+def dir_permissions(root: Path) -> None:
+    basic(root)
+    (root / "locked").mkdir()
+    write(root / "locked/inside", b"in")
+    os.chmod(root / "locked", 0o500)
+    (root / "private").mkdir(mode=0o700)
+    write(root / "private/x", b"x")
+    os.chmod(root / "private", 0o000)
+
+
+def parent_permissions(root: Path) -> None:
+    write(root / "a/b/c/d", b"deep", 0o400)
+    os.chmod(root / "a/b/c", 0o555)
+    os.chmod(root / "a/b", 0o311)
+    os.chmod(root / "a", 0o700)
+
+
+def hardlinks(root: Path) -> None:
+    write(root / "one", b"same")
+    os.link(root / "one", root / "two")
+    (root / "sub").mkdir()
+    os.link(root / "one", root / "sub/three")
+    write(root / "lone", b"same")  # same bytes, not linked: must stay separate
+    write(root / "big", os.urandom(2 << 20))
+    os.link(root / "big", root / "big2")
+
+
+SCENARIOS: dict[str, Callable[[Path], None]] = {
+    "basic": basic, "deletion": deletion, "update": update, "dir_permissions": dir_permissions,
+    "parent_permissions": parent_permissions, "hardlinks": hardlinks,
+}
+
+
+@pytest.mark.parametrize("link", MODES)
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_round_trip(tmp_path: Path, store: Store, scenario: str, link: str) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    SCENARIOS[scenario](src)
+    digest = ingest(store, str(src), name=scenario, progress=False)
+    m = store.load_manifest(digest)
+    if link == "reflink":
+        # ext4 has no reflink: --link reflink must fail cleanly and leave nothing behind
+        try:
+            checkout(store, m, str(tmp_path / "out"), Options(link="reflink"), digest)
+        except Exception as exc:  # noqa: BLE001
+            assert "reflink" in str(exc)
+            assert not (tmp_path / "out").exists()
+            assert [p for p in os.listdir(tmp_path) if p.startswith(".out")] == []
+            return
+    else:
+        checkout(store, m, str(tmp_path / "out"), Options(link=link), digest)
+    assert_trees_equal(src, tmp_path / "out")
+    if link == "hardlink":
+        # the checkout's hardlink structure equals the source's
+        assert snapshot(src)[1] == snapshot(tmp_path / "out")[1]
+
+
+def test_versions_dedup_and_history(tmp_path: Path, store: Store) -> None:
+    src = tmp_path / "src"
+    write(src / "big", os.urandom(8 << 20))
+    d1 = ingest(store, str(src), name="v", progress=False)
+    blobs_before = _store_bytes(store)
+    with open(src / "big", "r+b") as f:
+        f.seek(4 << 20)
+        f.write(b"insert")
+    d2 = ingest(store, str(src), name="v", progress=False)
+    added = _store_bytes(store) - blobs_before
+    assert d1 != d2
+    assert added < (2 << 20), f"a 6-byte change stored {added} bytes"
+    hist = [t.digest for t in store.history("v")]
+    assert hist == [d1, d2] and store.get_tag("v") == d2
+    m = store.load_manifest(d2)
+    assert len(m.files()[0].chunks) > 4
+
+
+def _store_bytes(store: Store) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(os.path.join(store.path, "blobs")):
+        total += sum(os.lstat(os.path.join(dirpath, f)).st_size for f in files)
+    return total
+
+
+def test_stat_cache_skips_rehash(tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import castore.hashing
+    import castore.ingest
+    monkeypatch.setattr(castore.ingest, "RACY_NS", 0)
+    src = tmp_path / "src"
+    for i in range(5):
+        write(src / f"f{i}", b"content %d" % i)
+    calls: list[str] = []
+    real = castore.hashing.Processor.run_one
+
+    def counting(self: castore.hashing.Processor, root_fd: int, job: castore.hashing.FileJob) -> object:
+        calls.append(job.rel)
+        return real(self, root_fd, job)
+
+    monkeypatch.setattr(castore.hashing.Processor, "run_one", counting)
+    d1 = ingest(store, str(src), progress=False)
+    assert len(calls) == 5
+    calls.clear()
+    assert ingest(store, str(src), progress=False) == d1
+    assert calls == []
+    (src / "f3").write_bytes(b"changed")
+    d3 = ingest(store, str(src), progress=False)
+    assert calls == ["f3"] and d3 != d1
+    # a cache hit whose blob vanished is read again
+    calls.clear()
+    m = store.load_manifest(d3)
+    r0 = m.by_path()["/f0"]
+    os.unlink(store.blob_path(r0.digest))  # type: ignore[union-attr]
+    store.meta.write(lambda t: t.delete(bytes.fromhex(r0.digest[7:]), db=store.meta.db("blobs")))  # type: ignore
+    assert ingest(store, str(src), progress=False) == d3
+    assert calls == ["f0"]
+    assert store.read_blob(r0.digest) == b"content 0"  # type: ignore[union-attr]
+
+
+def test_identical_files_get_distinct_hardlink_objects(tmp_path: Path, store: Store) -> None:
+    """ostree#925: two empty files of one tree must not share an inode in a hardlink checkout."""
+    src = tmp_path / "src"
+    write(src / "etc/machine-id")
+    write(src / "usr/lib/a/__init__.py")
+    write(src / "usr/lib/b/__init__.py")
+    d = ingest(store, str(src), progress=False)
+    m = store.load_manifest(d)
+    checkout(store, m, str(tmp_path / "o1"), Options(link="hardlink"), d)
+    checkout(store, m, str(tmp_path / "o2"), Options(link="hardlink"), d)
+    ino = lambda p: os.stat(p).st_ino  # noqa: E731
+    assert ino(tmp_path / "o1/usr/lib/a/__init__.py") != ino(tmp_path / "o1/usr/lib/b/__init__.py")
+    assert ino(tmp_path / "o1/etc/machine-id") == ino(tmp_path / "o2/etc/machine-id")
+
+
+def test_edit_through_hardlink_never_reaches_next_checkout(tmp_path: Path, store: Store) -> None:
+    src = tmp_path / "src"
+    write(src / "conf", b"original\n")
+    d = ingest(store, str(src), progress=False)
+    m = store.load_manifest(d)
+    checkout(store, m, str(tmp_path / "o1"), Options(link="hardlink"), d)
+    with open(tmp_path / "o1/conf", "r+b") as f:  # root ignores 0444: this edits the shared inode
+        f.write(b"EVIL!!!!\n")
+    checkout(store, m, str(tmp_path / "o2"), Options(link="hardlink"), d)
+    assert (tmp_path / "o2/conf").read_bytes() == b"original\n"
+    checkout(store, m, str(tmp_path / "o3"), Options(link="copy"), d)
+    assert (tmp_path / "o3/conf").read_bytes() == b"original\n"
+
+
+def test_corrupt_blob_is_refused(tmp_path: Path, store: Store) -> None:
+    src = tmp_path / "src"
+    write(src / "f", b"precious")
+    d = ingest(store, str(src), progress=False)
+    m = store.load_manifest(d)
+    (blob,) = manifest_refs(m)
+    path = store.blob_path(blob)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.write(b"X")
+    p = run_cli("checkout", d, tmp_path / "out", store=Path(store.path))
+    assert p.returncode == 4 and b"corrupt" in p.stderr
+    assert not (tmp_path / "out").exists()
+    assert [n for n in os.listdir(tmp_path) if ".continuity-" in n] == []
+
+
+def test_catalog_verbs(tmp_path: Path, cli: Callable[..., object], store_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "f", b"x")
+    d = cli("ingest", src, "--name", "first").stdout.decode().strip()  # type: ignore[attr-defined]
+    assert d.startswith("sha256:")
+    assert cli("tag", d[7:19], "second").returncode == 0  # type: ignore[attr-defined]
+    rows = json.loads(cli("list", "--json").stdout)  # type: ignore[attr-defined]
+    assert {r["name"] for r in rows} == {"first", "second"} and all(r["digest"] == d for r in rows)
+    assert cli("ls", d[:19]).returncode == 0  # type: ignore[attr-defined]
+    assert cli("ls", "second").returncode == 0  # type: ignore[attr-defined]
+    assert cli("rm", "second").returncode == 0  # type: ignore[attr-defined]
+    assert cli("rm", "second").returncode == 1  # type: ignore[attr-defined]
+    assert cli("ls", "second").returncode == 1  # type: ignore[attr-defined]
+    assert cli("tag", d, "../bad").returncode == 3  # type: ignore[attr-defined]
+    assert cli("tag", d, "sha256:" + "a" * 64).returncode == 3  # type: ignore[attr-defined]
+    assert cli("ingest", src, "--name", "").returncode == 3  # type: ignore[attr-defined]
+    hist = cli("history", "first", "--json")  # type: ignore[attr-defined]
+    assert json.loads(hist.stdout)[0]["digest"] == d  # type: ignore[attr-defined]
+
+
+def test_ingest_unchanged_tree_is_identical(tmp_path: Path, store: Store) -> None:
+    src = tmp_path / "src"
+    basic(src)
+    a = ingest(store, str(src), progress=False)
+    b = ingest(store, str(src), progress=False)
+    assert a == b
+    from castore.manifest import dumps
+    # without chunk lists, ingest's manifest equals build's
+    m = store.load_manifest(a)
+    built = build(str(src))
+    assert {r.path for r in m.resources} == {r.path for r in built.resources}
+    assert dumps(built) != b""
