@@ -1,0 +1,1 @@
+"""Interop tests with upstream containerd/continuity (Go)."""
