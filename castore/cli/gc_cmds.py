@@ -1,0 +1,113 @@
+"""Verbs that keep the store sound: gc and fsck."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from castore.cli.common import Ctx, handle_errors, main_group, print_json
+from castore.errors import IntegrityError, NotFound, StoreUnusable
+from castore.fsck import FsckOptions, FsckReport, fsck, parse_subset, rebuild_index
+from castore.gc import GcOptions, collect, parse_duration
+from castore.store import default_store_path
+
+MAX_INFO_LINES = 20
+
+
+@main_group.command("gc")
+@click.option("--dry-run", is_flag=True, help="List exactly what a real run would delete; delete nothing.")
+@click.option("--grace", default="1h", show_default=True, metavar="DURATION",
+              help="Keep orphan files and unnamed manifests younger than this (0, 90s, 15m, 2h, 7d).")
+@click.option("--keep-history", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Keep only the N newest history entries of each name (default: all).")
+@click.option("--wait", is_flag=True, help="Wait for a running gc instead of exiting 5.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="List every object deleted.")
+@click.pass_obj
+@handle_errors
+def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: bool, as_json: bool,
+           verbose: bool) -> None:
+    """Delete what no catalog name, lease or recent write references (cron-safe).
+
+    Roots: every name and its history, live leases (running ingests,
+    checkouts, mounts) and unnamed manifests younger than the grace period.
+    A second gc exits 5 unless --wait.
+    """
+    opts = GcOptions(grace_ns=parse_duration(grace), dry_run=dry_run, keep_history=keep_history, wait=wait,
+                     list_items=verbose or as_json)
+    store = obj.store_if_exists()
+    if store is None:
+        raise NotFound(f"no store at {obj.store_path or default_store_path()}")
+    report = collect(store, opts)
+    if as_json:
+        print_json(report.as_json())
+        return
+    if dry_run or verbose:
+        for item in report.items:
+            click.echo(f"{'would delete' if dry_run else 'deleted'} {item.kind} {item.name} {item.size}")
+    click.echo(report.summary())
+
+
+@main_group.command("fsck")
+@click.option("--read-data", is_flag=True, help="Re-hash every blob.")
+@click.option("--read-data-subset", "subset", metavar="N/M", help="Re-hash only the N-th of M parts of the blobs.")
+@click.option("--repair", is_flag=True, help="Quarantine damaged blobs, drop index rows that point nowhere, "
+              "remove edited hardlink objects.")
+@click.option("--rebuild-index", "rebuild", is_flag=True, help="Re-derive the blob index and references from the "
+              "blob files (the catalog is copied from the old metadata when readable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every finding, info included.")
+@click.pass_obj
+@handle_errors
+def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuild: bool, as_json: bool,
+             verbose: bool) -> None:
+    """Check index <-> files, catalog references and (--read-data) content; exit 4 on damage.
+
+    Orphan files are info (gc removes them); missing, truncated or corrupt
+    blobs and dangling references are errors, reported with the names and
+    paths they affect.
+    """
+    path = obj.store_path or default_store_path()
+    if not os.path.exists(os.path.join(path, "config")):
+        raise NotFound(f"no store at {path}")
+    opts = FsckOptions(read_data=read_data or subset is not None,
+                       subset=parse_subset(subset) if subset else None, repair=repair)
+    rebuilt = None
+    if rebuild:
+        rebuilt = rebuild_index(path)
+        if not as_json:
+            click.echo(rebuilt.summary())
+    hint = "; rebuild the index from the blob files with `continuity fsck --rebuild-index`"
+    try:
+        store = obj.store(create=False)
+    except StoreUnusable as exc:
+        if "metadata" not in str(exc):
+            raise
+        raise IntegrityError(f"{exc}{hint}") from exc
+    try:
+        report = fsck(store, opts)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{exc}{hint}") from exc
+    if as_json:
+        out = report.as_json()
+        if rebuilt is not None:
+            out["rebuild"] = rebuilt.__dict__
+        print_json(out)
+    else:
+        _print(report, verbose)
+    if not report.sound:
+        raise SystemExit(IntegrityError.exit_code)
+
+
+def _print(report: FsckReport, verbose: bool) -> None:
+    info = 0
+    for f in report.findings:
+        if f.severity == "info" and not verbose:
+            info += 1
+            if info > MAX_INFO_LINES:
+                continue
+        click.echo(f.line())
+    if info > MAX_INFO_LINES:
+        click.echo(f"info: ... and {info - MAX_INFO_LINES} more (use --verbose)")
+    click.echo(report.summary())

@@ -1,0 +1,584 @@
+"""fsck: check the store (index <-> files, catalog references, blob content,
+hardlink-checkout objects), repair what can be repaired, rebuild the index.
+
+Severity: ``error`` is damage (exit 4), ``warning`` needs attention but
+loses nothing, ``info`` is harmless (orphans, stale cache rows; gc removes
+them). Every damaged blob is reported with the manifests, catalog names and
+paths that need it.
+
+Locking: STORE/gc.lock (so gc and fsck never interleave); ``repair`` also
+holds the store lock exclusive for the whole run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import marshal
+import os
+import secrets
+import stat
+import time
+from dataclasses import dataclass, field
+
+from castore.errors import CastoreError, IntegrityError, UnsafeInput
+from castore.manifest import Manifest, codec, validate
+from castore.store import Store, manifest_refs
+from castore.store.lock import flocked
+from castore.store.meta import BLOB_ROW, KIND_NAMES, dkey, dstr
+
+READ = 1 << 20
+MAX_PATHS = 20
+
+
+@dataclass
+class Finding:
+    severity: str  # error | warning | info
+    kind: str
+    subject: str  # a digest or a path
+    detail: str
+    names: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    repaired: str = ""
+
+    def line(self) -> str:
+        out = f"{self.severity}: {self.kind}: {self.subject}: {self.detail}"
+        if self.names:
+            out += f"; names: {', '.join(self.names)}"
+        if self.paths:
+            out += f"; paths: {', '.join(self.paths)}"
+        if self.repaired:
+            out += f" [{self.repaired}]"
+        return out
+
+
+@dataclass
+class FsckReport:
+    findings: list[Finding] = field(default_factory=list)
+    blobs: int = 0
+    manifests: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    incomplete: list[str] = field(default_factory=list)  # names that lack content after repair
+
+    @property
+    def sound(self) -> bool:
+        return not any(f.severity == "error" for f in self.findings)
+
+    def count(self, severity: str) -> int:
+        return sum(f.severity == severity for f in self.findings)
+
+    def summary(self) -> str:
+        state = "sound" if self.sound else "DAMAGED"
+        out = (f"fsck: store {state}: {self.blobs} blobs, {self.manifests} manifests checked, "
+               f"{self.bytes_read} bytes re-hashed in {self.seconds:.2f}s; {self.count('error')} errors, "
+               f"{self.count('warning')} warnings, {self.count('info')} info")
+        if self.incomplete:
+            out += f"; incomplete names (ingest the same content again to heal): {', '.join(self.incomplete)}"
+        return out
+
+    def as_json(self) -> dict[str, object]:
+        return {"sound": self.sound, "blobs": self.blobs, "manifests": self.manifests,
+                "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3), "incomplete": self.incomplete,
+                "findings": [f.__dict__ for f in self.findings]}
+
+
+@dataclass
+class FsckOptions:
+    read_data: bool = False
+    subset: tuple[int, int] | None = None  # (n, m): re-hash the n-th of m parts
+    repair: bool = False
+
+
+def parse_subset(text: str) -> tuple[int, int]:
+    """``N/M`` with 1 <= N <= M (restic's --read-data-subset). Raises UnsafeInput."""
+    n, sep, m = text.partition("/")
+    try:
+        a, b = int(n), int(m)
+    except ValueError:
+        a = b = 0
+    if not sep or not 1 <= a <= b <= 1 << 20:
+        raise UnsafeInput(f"invalid subset {text[:40]!r}: use N/M with 1 <= N <= M")
+    return a, b
+
+
+def hash_file(path: str) -> tuple[str, int]:
+    """(digest, size) of a file's content, streamed."""
+    h = hashlib.sha256()
+    total = 0
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        while True:
+            b = os.read(fd, READ)
+            if not b:
+                break
+            h.update(b)
+            total += len(b)
+    finally:
+        os.close(fd)
+    return "sha256:" + h.hexdigest(), total
+
+
+def quarantine(store_path: str, path: str) -> str:
+    """Move a damaged file to STORE/quarantine/ (never deleted by gc); its new path."""
+    qdir = os.path.join(store_path, "quarantine")
+    os.makedirs(qdir, mode=0o700, exist_ok=True)
+    dest = os.path.join(qdir, f"{os.path.basename(path)}.{time.strftime('%Y%m%dT%H%M%S')}.{secrets.token_hex(3)}")
+    os.rename(path, dest)
+    return dest
+
+
+class _Checker:
+    def __init__(self, store: Store, opts: FsckOptions) -> None:
+        self.store, self.opts = store, opts
+        self.meta = store.meta
+        self.report = FsckReport()
+        self.bad: dict[bytes, Finding] = {}  # damaged or missing content, by key
+
+    def _selected(self, key: bytes) -> bool:
+        if not self.opts.read_data:
+            return False
+        if self.opts.subset is None:
+            return True
+        n, m = self.opts.subset
+        return int.from_bytes(key[:4], "big") % m == n - 1
+
+    # --------------------------------------------------------- index <-> files
+
+    def blobs(self) -> None:
+        db = self.meta.db("blobs")
+        for b in range(256):
+            prefix = bytes([b])
+            rows: dict[bytes, tuple[int, int]] = {}
+            with self.meta.read() as txn:
+                cur = txn.cursor(db=db)
+                if cur.set_range(prefix):
+                    for k, v in cur:
+                        if k[:1] != prefix:
+                            break
+                        if len(k) != 32 or len(v) != BLOB_ROW.size:
+                            self._add("error", "bad-index-row", bytes(k).hex(), "malformed blob index row")
+                            continue
+                        rows[bytes(k)] = BLOB_ROW.unpack(v)
+            sdir = os.path.join(self.store.blob_root, prefix.hex())
+            try:
+                names = os.listdir(sdir)
+            except FileNotFoundError:
+                names = []
+            on_disk = set()
+            for n in names:
+                try:
+                    key = bytes.fromhex(n) if len(n) == 64 else None
+                except ValueError:
+                    key = None
+                path = os.path.join(sdir, n)
+                if key is None:
+                    self._add("info", "stray-file", path, "not a blob name (gc leaves it; remove by hand)")
+                    continue
+                on_disk.add(key)
+                if key not in rows:
+                    self._add("info", "orphan", dstr(key), "blob file not in the index (gc removes it after "
+                              "the grace period)")
+            for key, (size, kind) in rows.items():
+                self.report.blobs += 1
+                digest = dstr(key)
+                path = self.store.blob_path(digest)
+                if key not in on_disk:
+                    self._damage(key, "missing-blob", f"{KIND_NAMES.get(kind, kind)} blob indexed but its file "
+                                 "is missing")
+                    continue
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    self._damage(key, "missing-blob", "blob file vanished")
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    self._damage(key, "not-a-file", "blob path is not a regular file")
+                elif st.st_size != size:
+                    self._damage(key, "size-mismatch", f"expected {size} bytes, file has {st.st_size}")
+                elif self._selected(key):
+                    got, n = hash_file(path)
+                    self.report.bytes_read += n
+                    if got != digest:
+                        self._damage(key, "corrupt-blob", f"content hashes to {got}")
+
+    def _add(self, severity: str, kind: str, subject: str, detail: str) -> Finding:
+        f = Finding(severity, kind, subject, detail)
+        self.report.findings.append(f)
+        return f
+
+    def _damage(self, key: bytes, kind: str, detail: str) -> None:
+        self.bad[key] = self._add("error", kind, dstr(key), detail)
+
+    # ------------------------------------------------------ manifests, catalog
+
+    def catalog(self) -> dict[bytes, list[str]]:
+        """Manifest key -> catalog names (``name`` current, ``name@time`` history)."""
+        names: dict[bytes, list[str]] = {}
+        with self.meta.read() as txn:
+            for k, v in txn.cursor(db=self.meta.db("tags")):
+                name = bytes(k).decode(errors="replace")
+                try:
+                    rec = json.loads(v)
+                    names.setdefault(dkey(rec["digest"]), []).append(name)
+                except (ValueError, KeyError, TypeError):
+                    self._add("error", "bad-catalog-row", name, "catalog entry is not readable")
+            for k, v in txn.cursor(db=self.meta.db("history")):
+                k = bytes(k)
+                if len(k) < 10 or len(v) != 32:
+                    self._add("error", "bad-catalog-row", k.hex(), "history entry is malformed")
+                    continue
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int.from_bytes(k[-8:], "big") / 1e9))
+                names.setdefault(bytes(v), []).append(f"{k[:-9].decode(errors='replace')}@{when}")
+        return names
+
+    def manifests(self) -> None:
+        catalog = self.catalog()
+        blobs_db, refs_db = self.meta.db("blobs"), self.meta.db("refs")
+        with self.meta.read() as txn:
+            refs = {bytes(k): bytes(v) for k, v in txn.cursor(db=refs_db)}
+            missing_manifest = {m for m in set(refs) | set(catalog) if txn.get(m, db=blobs_db) is None}
+            needed = {c for raw in refs.values() for c in _split(raw)}
+            absent = {c for c in needed if txn.get(c, db=blobs_db) is None}
+        self.report.manifests = len(refs)
+        for m in sorted(set(catalog) - set(refs)):
+            if m in missing_manifest:
+                continue
+            self._add("error", "unindexed-manifest", dstr(m), "named manifest has no reference row "
+                      "(run fsck --rebuild-index)").names = sorted(catalog[m])
+        for m in sorted(missing_manifest):
+            if m in self.bad:
+                continue
+            f = self._add("error", "missing-manifest", dstr(m), "manifest blob is not in the index")
+            f.names = sorted(catalog.get(m, []))
+            self.bad[m] = f
+        for c in sorted(absent - set(self.bad)):
+            self.bad[c] = self._add("error", "dangling-ref", dstr(c), "referenced content is not in the index")
+        if self.opts.read_data:
+            for m, raw in refs.items():
+                if m in self.bad or not self._selected(m):
+                    continue
+                try:
+                    man = self.store.load_manifest(dstr(m))
+                except CastoreError as exc:
+                    self._damage(m, "corrupt-manifest", str(exc))
+                    continue
+                if {dkey(d) for d in manifest_refs(man)} != set(_split(raw)):
+                    self._add("error", "refs-mismatch", dstr(m), "index references differ from the manifest's "
+                              "(run fsck --rebuild-index)").names = sorted(catalog.get(m, []))
+        self._attribute(refs, catalog)
+
+    def _attribute(self, refs: dict[bytes, bytes], catalog: dict[bytes, list[str]]) -> None:
+        """Name the manifests, catalog names and paths each damaged blob affects."""
+        if not self.bad:
+            return
+        users: dict[bytes, list[bytes]] = {}
+        for m, raw in refs.items():
+            for c in _split(raw):
+                if c in self.bad:
+                    users.setdefault(c, []).append(m)
+        for key, f in self.bad.items():
+            ms = users.get(key, [])
+            if key in catalog and key not in ms:
+                ms = [key, *ms]
+            names: set[str] = set()
+            paths: list[str] = []
+            for m in ms:
+                names.update(catalog.get(m, []) or [f"(unnamed {dstr(m)[:19]})"])
+                if m != key and len(paths) < MAX_PATHS:
+                    paths.extend(_paths_using(self.store, dstr(m), dstr(key))[:MAX_PATHS - len(paths)])
+            f.names = sorted(names)
+            f.paths = paths
+            users_n = sum(m != key for m in ms)
+            if users_n:
+                f.detail += f"; needed by {users_n} manifest(s)"
+
+    # ------------------------------------------------------ hardlink objects
+
+    def link_objects(self) -> list[tuple[bytes, str]]:
+        """Hardlink-checkout objects changed since recorded (an edit through a checkout)."""
+        root = os.path.join(self.store.path, "links")
+        changed: list[tuple[bytes, str]] = []
+        with self.meta.read() as txn:
+            rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.meta.db("links")) if k[:1] == b"o"]
+        for k, v in rows:
+            path = os.path.join(root, k[1:2].hex(), k[1:].hex())
+            try:
+                rec = marshal.loads(v)
+                st = os.lstat(path)
+            except FileNotFoundError:
+                self._add("info", "stale-cache-row", path, "hardlink object gone (gc drops the row)")
+                continue
+            except (ValueError, EOFError, TypeError):
+                self._add("warning", "bad-cache-row", path, "unreadable hardlink object record")
+                changed.append((k, path))
+                continue
+            why = _object_changes(rec, st)
+            if not why and len(rec) >= 8 and self.opts.read_data:
+                got, n = hash_file(path)
+                self.report.bytes_read += n
+                if got != rec[4]:
+                    why = f"content hashes to {got}, expected {rec[4]}"
+            if why:
+                f = self._add("warning", "changed-link-object", path, f"hardlink object changed since it was "
+                              f"recorded ({why}); a hardlinked checkout was edited; --repair removes it")
+                f.paths = [f"{st.st_nlink - 1} checkout link(s)"]
+                changed.append((k, path))
+        return changed
+
+    # ---------------------------------------------------------------- repair
+
+    def repair(self, changed_links: list[tuple[bytes, str]]) -> None:
+        blobs_db, links_db = self.meta.db("blobs"), self.meta.db("links")
+        drop: list[bytes] = []
+        for key, f in self.bad.items():
+            if f.kind in ("corrupt-blob", "size-mismatch", "not-a-file", "corrupt-manifest"):
+                path = self.store.blob_path(dstr(key))
+                try:
+                    f.repaired = f"quarantined to {quarantine(self.store.path, path)}"
+                except FileNotFoundError:
+                    f.repaired = "file gone"
+                drop.append(key)
+            elif f.kind in ("missing-blob", "missing-manifest"):
+                drop.append(key)
+                f.repaired = "index row dropped"
+
+        def fn(txn: object) -> None:
+            for k in drop:
+                txn.delete(k, db=blobs_db)  # type: ignore[attr-defined]
+                txn.delete(b"v" + k, db=links_db)  # type: ignore[attr-defined]
+            for k, _ in changed_links:
+                txn.delete(k, db=links_db)  # type: ignore[attr-defined]
+        self.meta.write(fn)
+        for _, path in changed_links:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            for f in self.report.findings:
+                if f.subject == path and f.kind in ("changed-link-object", "bad-cache-row"):
+                    f.repaired = "removed (the next hardlink checkout makes a fresh one)"
+        incomplete = set()
+        for f in self.report.findings:
+            if f.severity == "error":
+                incomplete.update(n for n in f.names if not n.startswith("(unnamed"))
+        self.report.incomplete = sorted(incomplete)
+
+
+def _split(raw: bytes) -> list[bytes]:
+    return [raw[i:i + 32] for i in range(0, len(raw) - 31, 32)]
+
+
+def _object_changes(rec: tuple[object, ...], st: os.stat_result) -> str:
+    """Why a hardlink object no longer matches its record ('' when it still does)."""
+    ino, size, mtime = rec[0], rec[1], rec[2]
+    if ino != st.st_ino:
+        return "replaced"
+    if size != st.st_size:
+        return f"size {st.st_size}, recorded {size}"
+    if mtime != st.st_mtime_ns:
+        return "modification time changed"
+    if len(rec) >= 8:
+        perm, uid, gid = rec[5], rec[6], rec[7]
+        if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != (perm, uid, gid):
+            return (f"mode/owner {oct(stat.S_IMODE(st.st_mode))} {st.st_uid}:{st.st_gid}, recorded "
+                    f"{oct(perm)} {uid}:{gid}")  # type: ignore[arg-type]
+    return ""
+
+
+def _paths_using(store: Store, manifest: str, digest: str) -> list[str]:
+    try:
+        m: Manifest = store.load_manifest(manifest)
+    except CastoreError:
+        return [f"(manifest {manifest[:19]} unreadable)"]
+    out = []
+    for r in m.resources:
+        ds = {getattr(r, "digest", None)} | {c.digest for c in getattr(r, "chunks", ())} | {a.digest for a in r.ads}
+        if digest in ds:
+            out.append(r.path)
+            if len(out) >= MAX_PATHS:
+                break
+    return out
+
+
+def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
+    """Check (and with ``opts.repair`` repair) the store. Raises IntegrityError on unreadable metadata."""
+    opts = opts or FsckOptions()
+    start = time.monotonic()
+    with flocked(os.path.join(store.path, "gc.lock"), exclusive=True, what="gc/fsck"):
+        lock = store.exclusive_lock() if opts.repair else None
+        if lock is not None:
+            lock.__enter__()  # type: ignore[attr-defined]
+        try:
+            c = _Checker(store, opts)
+            c.blobs()
+            c.manifests()
+            changed = c.link_objects()
+            if opts.repair:
+                c.repair(changed)
+        finally:
+            if lock is not None:
+                lock.__exit__(None, None, None)  # type: ignore[attr-defined]
+    c.report.seconds = time.monotonic() - start
+    return c.report
+
+
+# ------------------------------------------------------------- rebuild-index
+
+@dataclass
+class RebuildReport:
+    blobs: int = 0
+    manifests: int = 0
+    quarantined: list[str] = field(default_factory=list)
+    catalog_names: int = 0
+    catalog_lost: str = ""  # why the old catalog could not be read ("" when salvaged)
+    old_meta: str = ""
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        out = (f"fsck: index rebuilt from {self.blobs} blob files ({self.manifests} manifests) in "
+               f"{self.seconds:.2f}s; {len(self.quarantined)} corrupt files quarantined; ")
+        if self.catalog_lost:
+            out += (f"the catalog (names, history) could not be salvaged ({self.catalog_lost}) and cannot be "
+                    "rebuilt from blobs: re-tag manifests with `continuity tag DIGEST NAME`")
+        else:
+            out += f"{self.catalog_names} catalog rows salvaged"
+        return out + f"; old metadata kept in {self.old_meta}"
+
+
+MAX_PARSE = 256 << 20
+
+
+def _salvage(meta_path: str) -> tuple[list[tuple[str, bytes, bytes]], str]:
+    """Catalog rows (tags, history) of the old environment, and why not all could be read."""
+    from castore.store.meta import MetaDB
+    if not os.path.exists(os.path.join(meta_path, "data.mdb")):
+        return [], "no metadata file"
+    try:
+        old = MetaDB(meta_path, create=False)
+    except CastoreError as exc:
+        return [], str(exc)
+    rows: list[tuple[str, bytes, bytes]] = []
+    why = ""
+    try:
+        for dbname in ("tags", "history"):
+            try:
+                with old.read() as txn:
+                    for k, v in txn.cursor(db=old.db(dbname)):
+                        rows.append((dbname, bytes(k), bytes(v)))
+            except CastoreError as exc:
+                why = str(exc)
+    finally:
+        old.close()
+    return rows, why
+
+
+def rebuild_index(store_path: str) -> RebuildReport:
+    """Re-derive the blob index and manifest references from the blob files.
+
+    Every file is hashed (blobs are self-verifying: a file whose content does
+    not match its name is quarantined); a blob that parses as a valid manifest
+    is indexed as one, with its references. The catalog (names, history)
+    cannot be derived from blobs: it is copied from the old environment when
+    that is readable. The old environment is kept as ``meta.damaged-TIME``.
+    Locking: gc.lock and the store lock, exclusive.
+    """
+    from castore.store.meta import KIND_ADS, KIND_CHUNK, KIND_MANIFEST, KIND_RAW, MetaDB
+    start = time.monotonic()
+    path = os.path.abspath(store_path)
+    rep = RebuildReport()
+    blob_root = os.path.join(path, "blobs", "sha256")
+    with flocked(os.path.join(path, "gc.lock"), exclusive=True, what="gc/fsck"), \
+            flocked(os.path.join(path, "lock"), exclusive=True):
+        meta_path = os.path.join(path, "meta")
+        catalog, rep.catalog_lost = _salvage(meta_path)
+        rep.catalog_names = len(catalog)
+        sizes: dict[bytes, int] = {}
+        refs: dict[bytes, set[bytes]] = {}
+        chunks: set[bytes] = set()
+        ads: set[bytes] = set()
+        for shard in sorted(_listdir(blob_root)):
+            sdir = os.path.join(blob_root, shard)
+            for n in sorted(_listdir(sdir)):
+                fpath = os.path.join(sdir, n)
+                try:
+                    st = os.lstat(fpath)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode) or len(n) != 64:
+                    continue
+                data = b""
+                if st.st_size <= MAX_PARSE:
+                    with open(fpath, "rb") as fh:
+                        data = fh.read()
+                    got, size = "sha256:" + hashlib.sha256(data).hexdigest(), len(data)
+                else:
+                    got, size = hash_file(fpath)
+                if got != "sha256:" + n:
+                    rep.quarantined.append(quarantine(path, fpath))
+                    continue
+                key = bytes.fromhex(n)
+                sizes[key] = size
+                man = _as_manifest(data, got) if data else None
+                if man is not None:
+                    refs[key] = {dkey(d) for d in manifest_refs(man)}
+                    for r in man.files():
+                        chunks.update(dkey(c.digest) for c in r.chunks)
+                    for r in man.resources:
+                        ads.update(dkey(a.digest) for a in r.ads if a.digest)
+        rep.blobs, rep.manifests = len(sizes), len(refs)
+        new_path = os.path.join(path, f"meta.rebuild-{secrets.token_hex(4)}")
+        new = MetaDB(new_path, create=True)
+        try:
+            items = sorted(sizes.items())
+            for i in range(0, len(items), 20000):
+                part = items[i:i + 20000]
+
+                def put_blobs(txn: object, part: list[tuple[bytes, int]] = part) -> None:
+                    for k, size in part:
+                        kind = (KIND_MANIFEST if k in refs else KIND_CHUNK if k in chunks
+                                else KIND_ADS if k in ads else KIND_RAW)
+                        txn.put(k, BLOB_ROW.pack(size, kind), db=new.db("blobs"))  # type: ignore[attr-defined]
+                new.write(put_blobs)
+
+            def put_rest(txn: object) -> None:
+                t: object = txn
+                for k, rs in refs.items():
+                    t.put(k, b"".join(sorted(rs)), db=new.db("refs"))  # type: ignore[attr-defined]
+                for dbname, k, v in catalog:
+                    t.put(k, v, db=new.db(dbname))  # type: ignore[attr-defined]
+                t.put(b"schema", b"1", db=new.db("info"))  # type: ignore[attr-defined]
+            new.write(put_rest)
+        finally:
+            new.close()
+        rep.old_meta = os.path.join(path, f"meta.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}")
+        if os.path.exists(meta_path):
+            os.rename(meta_path, rep.old_meta)
+        else:
+            rep.old_meta = "(none)"
+        os.rename(new_path, meta_path)
+        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    rep.seconds = time.monotonic() - start
+    return rep
+
+
+def _as_manifest(data: bytes, source: str) -> Manifest | None:
+    try:
+        return validate(codec.loads(data, source=source))
+    except (CastoreError, ValueError, UnicodeError, RecursionError, OverflowError):
+        return None
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+__all__ = ["Finding", "FsckOptions", "FsckReport", "IntegrityError", "RebuildReport", "fsck", "hash_file",
+           "parse_subset", "quarantine", "rebuild_index"]
