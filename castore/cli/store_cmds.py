@@ -21,13 +21,15 @@ from castore.store import check_name
 @click.option("--name", help="Catalog name to record the manifest under (history is kept).")
 @ignore_opt
 @click.option("--keep-appledouble", is_flag=True, help="Keep ._* and __MACOSX entries.")
-@click.option("--whiteouts", type=click.Choice(["none", "overlay"]), default="none", show_default=True,
-              help="Read overlayfs whiteouts (char 0/0, opaque xattrs) as such.")
-@click.option("--tar", "tar_src", metavar="FILE|-", help="Read a tar stream instead of a directory.")
+@click.option("--whiteouts", type=click.Choice(["none", "overlay", "oci"]), default="none", show_default=True,
+              help="Read whiteouts as such: overlay (char 0/0, opaque xattrs) for SRC, oci (.wh.*) for --tar.")
+@click.option("--tar", "tar_src", metavar="FILE|-", help="Read a tar stream (plain, gzip, zstd) instead of SRC.")
+@click.option("--appledouble", type=click.Choice(["fold", "drop", "keep"]), default=None,
+              help="--tar: AppleDouble members into com.apple.* xattrs (fold, default), left out, or kept.")
 @click.pass_obj
 @handle_errors
 def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, ...], keep_appledouble: bool,
-               whiteouts: str, tar_src: str | None) -> None:
+               whiteouts: str, tar_src: str | None, appledouble: str | None) -> None:
     """Store the tree SRC; print the manifest digest alone on stdout."""
     if name is not None:
         check_name(name)
@@ -35,10 +37,13 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
         if src is not None:
             raise click.UsageError("give either SRC or --tar, not both")
         from castore.cli.tar_support import ingest_tar_cmd
-        digest = ingest_tar_cmd(obj, tar_src, name, ignore)
+        digest = ingest_tar_cmd(obj, tar_src, name, ignore, whiteouts=whiteouts,
+                                appledouble=appledouble or ("keep" if keep_appledouble else "fold"))
     else:
         if src is None:
             raise click.UsageError("missing SRC (or --tar FILE)")
+        if whiteouts == "oci":
+            raise click.UsageError("--whiteouts oci applies to --tar; a directory holds overlay whiteouts")
         opts = WalkOptions(ignore=ignore, keep_appledouble=keep_appledouble, whiteouts=whiteouts)
         digest = ingest(obj.store(), src, name=name, opts=opts)
     click.echo(digest)

@@ -1,0 +1,20 @@
+"""The ``--tar`` half of ``ingest``: read a tar stream (file or ``-``) into the store."""
+
+from __future__ import annotations
+
+from castore.cli.common import Ctx
+from castore.tarimport import TarOptions, ingest_tar
+
+
+def ingest_tar_cmd(obj: Ctx, tar_src: str, name: str | None, ignore: tuple[str, ...], *,
+                   whiteouts: str = "none", appledouble: str = "fold") -> str:
+    """Ingest the tar stream ``tar_src``; return the manifest digest.
+
+    ``whiteouts``: none | oci (``.wh.NAME`` and ``.wh..wh..opq`` as whiteouts);
+    ``appledouble``: fold (into com.apple.* xattrs) | drop | keep.
+    """
+    if whiteouts not in ("none", "oci"):
+        import click
+        raise click.UsageError("--tar reads whiteouts in the oci form only (--whiteouts oci)")
+    opts = TarOptions(ignore=ignore, whiteouts=whiteouts, appledouble=appledouble)
+    return ingest_tar(obj.store(), tar_src, name=name, opts=opts)

@@ -1,0 +1,444 @@
+"""ingest --tar: a tar stream straight into the store, never unpacked to disk.
+
+Members are parsed by ``castore.tarreader``, applied to an in-memory model
+of the tree GNU tar would extract (``_Tree``), their content hashed, chunked
+with the store's FastCDC parameters and staged under the lease's tmp dir as
+it streams by. The resulting manifest is the one ``ingest DIR`` gives for
+the tree ``tar --xattrs --xattrs-include='*' --numeric-owner -xpf`` (as
+root) extracts, then it is validated and committed by
+``castore.ingest.commit_manifest``.
+
+Rules (README "Tar streams"):
+
+- Names: a leading ``./`` and ``.`` components are dropped; the root member
+  (``./``) is not recorded (as the walker leaves out the root). Absolute
+  names and ``..`` components are refused (exit 3), in member names and
+  hardlink targets alike; symlink targets are data and kept verbatim.
+- Duplicates: the last member wins, as with ``tar -x``. A hardlink made
+  before the replacement keeps the old content. Replacing a directory that
+  has members below it by a non-directory is refused (exit 3).
+- A member below a symlink, file or other non-directory member is refused
+  (exit 3); so is a hardlink to a name not seen before, or to a directory.
+- Missing parent directories stay implicit: the manifest lists exactly the
+  members, and checkout (like tar -x) creates the parents 0755.
+- Sparse members keep their holes, rounded inward to 4 KiB blocks as a
+  filesystem stores them (what the walker reads back with SEEK_HOLE).
+- ``--whiteouts oci``: ``.wh.NAME`` is a whiteout of NAME and
+  ``.wh..wh..opq`` makes its directory opaque; a whiteout of a name the same
+  layer also creates is dropped (a directory becomes opaque instead).
+- AppleDouble members (``._NAME``, ``__MACOSX/``): ``fold`` (default) turns
+  them into ``com.apple.*`` xattrs of NAME, ``drop`` leaves them out,
+  ``keep`` stores them as files; fold and drop say so on stderr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyfastcdc
+
+from castore.build import _ignored
+from castore.errors import IntegrityError
+from castore.hashing import ChunkParams
+from castore.ingest import commit_manifest
+from castore.manifest import validate
+from castore.manifest.model import (
+    Chunk,
+    Device,
+    Directory,
+    Manifest,
+    NamedPipe,
+    RegularFile,
+    Resource,
+    Symlink,
+    Whiteout,
+)
+from castore.store import Store, check_name, manifest_refs
+from castore.tarformat import (
+    AREG,
+    BLK,
+    CHR,
+    CONT,
+    DIR,
+    FIFO,
+    LNK,
+    REG,
+    SYM,
+    TarCorrupt,
+    TarUnsafe,
+    parse_appledouble,
+)
+from castore.tarreader import Member, Stream, members, open_stream
+
+FS_BLOCK = 4096
+MAX_APPLEDOUBLE = 16 << 20
+MAX_SPARSE_REALSIZE = 1 << 40  # 1 TiB of logical content: hashing holes costs time
+_ZEROS = bytes(1 << 20)
+
+
+@dataclass
+class TarOptions:
+    """How to read a tar stream."""
+
+    ignore: tuple[str, ...] = ()
+    whiteouts: str = "none"  # none | oci
+    appledouble: str = "fold"  # fold | drop | keep
+    note: Callable[[str], None] = lambda msg: print(f"continuity: note: {msg}", file=sys.stderr)
+
+
+@dataclass(eq=False)
+class _Node:
+    """An inode of the extracted tree; ``paths`` are its current names."""
+
+    kind: str
+    perm: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    xattrs: dict[str, bytes]
+    paths: list[str] = field(default_factory=list)
+    size: int = 0
+    digest: str = ""
+    chunks: tuple[Chunk, ...] = ()
+    holes: tuple[tuple[int, int], ...] = ()
+    target: str = ""
+    char: bool = False
+    major: int = 0
+    minor: int = 0
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def clean_name(raw: bytes, what: str) -> str | None:
+    """A member name as a manifest path; None for the root. Raises TarUnsafe."""
+    if raw.startswith(b"/"):
+        raise TarUnsafe(f"tar member {raw[:200]!r}: absolute {what} refused")
+    if b"\0" in raw:
+        raise TarUnsafe(f"tar member {raw[:200]!r}: NUL in {what}")
+    parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
+    if b".." in parts:
+        raise TarUnsafe(f"tar member {raw[:200]!r}: '..' in {what} refused")
+    if not parts:
+        return None
+    return "/" + os.fsdecode(b"/".join(parts))
+
+
+class _Tree:
+    """The tree ``tar -x`` would leave, built member by member."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, _Node] = {}
+        self.has_below: set[str] = set()  # paths with at least one member below them
+
+    def _check_parents(self, path: str) -> None:
+        parent = _parent(path)
+        while parent != "/":
+            n = self.at.get(parent)
+            if n is not None:
+                if n.kind != "dir":
+                    raise TarUnsafe(f"tar member {path!r} is below {parent!r}, a {n.kind} member; refused")
+                break
+            parent = _parent(parent)
+
+    def add(self, path: str, node: _Node) -> None:
+        self._check_parents(path)
+        old = self.at.get(path)
+        if old is not None:
+            if old.kind == "dir" or node.kind == "dir":
+                if node.kind != "dir" and path in self.has_below:
+                    raise TarUnsafe(f"tar member {path!r} would replace a directory that has members; refused")
+            old.paths.remove(path)
+        elif node.kind != "dir" and path in self.has_below:
+            raise TarUnsafe(f"tar member {path!r} would replace a directory that has members; refused")
+        self.at[path] = node
+        node.paths.append(path)
+        p = _parent(path)
+        while p != "/" and p not in self.has_below:
+            self.has_below.add(p)
+            p = _parent(p)
+
+    def link(self, path: str, target: str) -> None:
+        node = self.at.get(target)
+        if node is None:
+            raise TarUnsafe(f"tar member {path!r}: hardlink to {target!r}, which is not an earlier member; refused")
+        if node.kind == "dir":
+            raise TarUnsafe(f"tar member {path!r}: hardlink to directory {target!r} refused")
+        if path == target:
+            return
+        self.add(path, node)
+
+    def nodes(self) -> list[_Node]:
+        seen: dict[int, _Node] = {}
+        for n in self.at.values():
+            seen.setdefault(id(n), n)
+        return list(seen.values())
+
+
+def _holes(regions: list[tuple[int, int]], size: int) -> tuple[tuple[int, int], ...]:
+    """The holes a filesystem keeps for these data regions (4 KiB granularity)."""
+    out = []
+    pos = 0
+    for off, n in [*regions, (size, 0)]:
+        b, e = pos, off
+        b = -(-b // FS_BLOCK) * FS_BLOCK
+        if e != size:
+            e = e // FS_BLOCK * FS_BLOCK
+        if e > b:
+            out.append((b, e))
+        pos = max(pos, off + n)
+    return tuple(out)
+
+
+class _Logical:
+    """readinto() over a member's logical content (zeros in sparse holes), hashing it."""
+
+    def __init__(self, m: Member) -> None:
+        self.m = m
+        self.h = hashlib.sha256()
+        self.pos = 0
+        self.size = m.logical_size
+        self.regions = list(reversed(m.sparse)) if m.sparse is not None else None
+
+    def readinto(self, mv: memoryview) -> int:
+        want = min(len(mv), self.size - self.pos)
+        if want <= 0:
+            return 0
+        if self.regions is None:
+            n = self.m.readinto(mv[:want])
+        else:
+            if self.regions and self.regions[-1][0] <= self.pos:
+                off, ln = self.regions[-1]
+                n = self.m.readinto(mv[:min(want, off + ln - self.pos)])
+                if self.pos + n == off + ln:
+                    self.regions.pop()
+            else:
+                nxt = self.regions[-1][0] if self.regions else self.size
+                n = min(want, nxt - self.pos, len(_ZEROS))
+                mv[:n] = _ZEROS[:n]
+        self.h.update(mv[:n])
+        self.pos += n
+        return n
+
+
+class _Importer:
+    def __init__(self, tmp_dir: str, blob_root: str, chunking: ChunkParams, opts: TarOptions) -> None:
+        self.tmp_dir, self.blob_root, self.cp, self.opts = tmp_dir, blob_root, chunking, opts
+        self.tree = _Tree()
+        self.staged: list[tuple[str, str]] = []
+        self.sizes: dict[str, int] = {}
+        self.whiteouts: dict[str, tuple[int, int]] = {}
+        self.opaque: set[str] = set()
+        self.apple: dict[str, list[tuple[str, bytes]]] = {}
+        self.dropped_apple = 0
+        self.cdc = pyfastcdc.FastCDC(chunking.avg_size, min_size=chunking.min_size, max_size=chunking.max_size)
+        self.buf = bytearray(chunking.threshold)
+
+    # ------------------------------------------------------------- content
+
+    def _stage(self, digest: str, data: bytes | memoryview) -> None:
+        if digest in self.sizes:
+            return
+        self.sizes[digest] = len(data)
+        hexd = digest[7:]
+        if os.path.exists(os.path.join(self.blob_root, hexd[:2], hexd)):
+            return  # a hint only: commit_manifest checks again under the store lock
+        name = os.path.join(self.tmp_dir, secrets.token_hex(12))
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        self.staged.append((name, digest))
+
+    def content(self, m: Member, node: _Node) -> None:
+        src = _Logical(m)
+        size = src.size
+        if size >= self.cp.threshold:
+            chunks = []
+            for c in self.cdc.cut_stream(src):
+                d = "sha256:" + hashlib.sha256(c.data).hexdigest()
+                chunks.append(Chunk(d, c.offset, c.offset + c.length))
+                self._stage(d, c.data)
+            node.chunks = tuple(chunks)
+        else:
+            view = memoryview(self.buf)[:size]
+            got = 0
+            while got < size:
+                n = src.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            self._stage("sha256:" + src.h.hexdigest(), view[:got])
+        if src.pos != size:
+            raise TarCorrupt(f"tar member {m.name[:200]!r} ended early")
+        node.size, node.digest = size, "sha256:" + src.h.hexdigest()
+        if m.sparse is not None:
+            node.holes = _holes(m.sparse, size)
+
+    # ------------------------------------------------------------- members
+
+    def _special(self, path: str, m: Member) -> bool:
+        """AppleDouble and OCI whiteout members; True when handled here."""
+        base = path.rsplit("/", 1)[1]
+        parent = _parent(path)
+        in_macosx = "/__MACOSX/" in path + "/"
+        if self.opts.appledouble != "keep" and (base.startswith("._") or in_macosx):
+            rest = path.replace("/__MACOSX", "", 1) if in_macosx else path
+            rbase = rest.rsplit("/", 1)[1] if rest else ""
+            if (self.opts.appledouble == "drop" or m.type not in (REG, AREG, CONT) or len(rbase) < 3
+                    or not rbase.startswith("._") or m.size > MAX_APPLEDOUBLE or m.sparse is not None):
+                self.dropped_apple += 1
+                return True
+            data = bytearray(m.size)
+            got = m.readinto(memoryview(data))
+            try:
+                attrs = parse_appledouble(bytes(data[:got]))
+            except TarCorrupt:
+                self.opts.note(f"{path}: not a valid AppleDouble file; left out")
+                return True
+            rparent = _parent(rest)
+            self.apple.setdefault((rparent if rparent != "/" else "") + "/" + rbase[2:], []).extend(attrs)
+            return True
+        if self.opts.whiteouts == "oci" and base.startswith(".wh."):
+            self.tree._check_parents(path)
+            if base == ".wh..wh..opq":
+                if parent == "/":
+                    self.opts.note("opaque marker at the root of the layer left out")
+                else:
+                    self.opaque.add(parent)
+            elif base.startswith(".wh..wh."):
+                self.opts.note(f"{path}: unknown whiteout metadata entry left out")
+            else:
+                name = base[4:]
+                if name in ("", ".", ".."):
+                    raise TarUnsafe(f"tar member {path!r}: invalid whiteout name")
+                self.whiteouts[(parent if parent != "/" else "") + "/" + name] = (m.uid, m.gid)
+            return True
+        return False
+
+    def member(self, m: Member) -> None:
+        path = clean_name(m.name, "name")
+        if path is None:
+            if m.type != DIR:
+                raise TarUnsafe(f"tar member {m.name[:200]!r}: not a directory, yet names the root")
+            return
+        if self.opts.ignore and self._ignored(path):
+            return
+        if self._special(path, m):
+            return
+        perm = m.mode & 0o7777
+        xattrs = m.xattrs
+        t = m.type
+        if t == LNK:
+            target = clean_name(m.linkname, "hardlink target")
+            if target is None:
+                raise TarUnsafe(f"tar member {path!r}: hardlink to the root refused")
+            self.tree.link(path, target)
+            return
+        if t in (REG, AREG, CONT):
+            if m.sparse is not None and m.realsize > MAX_SPARSE_REALSIZE:
+                raise TarUnsafe(f"tar member {path!r}: sparse size {m.realsize} over the 1 TiB limit; refused")
+            node = _Node("file", perm, m.uid, m.gid, m.mtime_ns, xattrs)
+            self.tree._check_parents(path)
+            self.content(m, node)
+        elif t == DIR:
+            node = _Node("dir", perm, m.uid, m.gid, m.mtime_ns, xattrs)
+        elif t == SYM:
+            if not m.linkname or b"\0" in m.linkname:
+                raise TarUnsafe(f"tar member {path!r}: empty symlink target")
+            node = _Node("symlink", 0o777, m.uid, m.gid, m.mtime_ns, xattrs, target=os.fsdecode(m.linkname))
+        elif t in (CHR, BLK):
+            node = _Node("device", perm, m.uid, m.gid, m.mtime_ns, xattrs, char=t == CHR,
+                         major=m.devmajor, minor=m.devminor)
+        elif t == FIFO:
+            node = _Node("fifo", perm, m.uid, m.gid, m.mtime_ns, xattrs)
+        else:
+            raise TarUnsafe(f"tar member {path!r}: unsupported member type {t!r}")
+        self.tree.add(path, node)
+
+    def _ignored(self, path: str) -> bool:
+        parts = path[1:].split("/")
+        return any(_ignored("/".join(parts[:i + 1]), parts[i], self.opts.ignore) for i in range(len(parts)))
+
+    # ------------------------------------------------------------ manifest
+
+    def manifest(self) -> Manifest:
+        out: list[Resource] = []
+        orphans = set(self.apple)
+        for n in self.tree.nodes():
+            if not n.paths:
+                continue
+            paths = tuple(sorted(n.paths, key=os.fsencode))
+            xattrs = dict(n.xattrs)
+            for p in paths:
+                for k, v in self.apple.get(p, ()):
+                    xattrs.setdefault(k, v)
+                orphans.discard(p)
+            common = dict(paths=paths, perm=n.perm, uid=n.uid, gid=n.gid, mtime_ns=n.mtime_ns,
+                          xattrs=tuple(sorted(xattrs.items())))
+            if n.kind == "file":
+                out.append(RegularFile(size=n.size, digest=n.digest, chunks=n.chunks, holes=n.holes,
+                                       **common))  # type: ignore[arg-type]
+            elif n.kind == "dir":
+                out.append(Directory(opaque=paths[0] in self.opaque or paths[0] in self.whiteouts,
+                                     **common))  # type: ignore[arg-type]
+            elif n.kind == "symlink":
+                out.append(Symlink(target=n.target, **common))  # type: ignore[arg-type]
+            elif n.kind == "device":
+                out.append(Device(char=n.char, major=n.major, minor=n.minor, **common))  # type: ignore[arg-type]
+            else:
+                out.append(NamedPipe(**common))  # type: ignore[arg-type]
+        at = self.tree.at
+        for p in sorted(self.opaque | set(self.whiteouts)):
+            if p in at:
+                continue
+            if p in self.tree.has_below or p in self.opaque:
+                out.append(Directory(paths=(p,), opaque=True))  # an implicit directory made opaque
+            else:
+                uid, gid = self.whiteouts[p]
+                out.append(Whiteout(paths=(p,), uid=uid, gid=gid))
+        if self.dropped_apple:
+            self.opts.note(f"left out {self.dropped_apple} AppleDouble member(s) (._* and __MACOSX)")
+        for p in sorted(orphans):
+            self.opts.note(f"AppleDouble data for {p}, which is not in the stream, left out")
+        if not out:
+            raise TarUnsafe("the tar stream has no members to ingest")
+        return validate(Manifest.of(out))
+
+
+def read_tar(stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams,
+             opts: TarOptions) -> tuple[Manifest, list[tuple[str, str]], dict[str, int]]:
+    """Parse a whole stream: its manifest, the staged (temp, digest) pairs and content sizes."""
+    imp = _Importer(tmp_dir, blob_root, chunking, opts)
+    for m in members(stream):
+        imp.member(m)
+    manifest = imp.manifest()
+    refs = manifest_refs(manifest)
+    staged = [(t, d) for t, d in imp.staged if d in refs]
+    return manifest, staged, imp.sizes
+
+
+def ingest_tar(store: Store, src: str, *, name: str | None = None, opts: TarOptions | None = None) -> str:
+    """Store the tree of the tar stream ``src`` (a file or ``-``); return its manifest digest.
+
+    Raises TarUnsafe (3) or TarCorrupt (4) on bad input; nothing is recorded then.
+    """
+    opts = opts or TarOptions()
+    if name is not None:
+        check_name(name)
+    with open_stream(src) as stream, store.lease() as lease:
+        os.makedirs(lease.tmp_dir, mode=0o700)
+        manifest, staged, sizes = read_tar(stream, lease.tmp_dir, store.blob_root, store.chunking, opts)
+        try:
+            return commit_manifest(store, manifest, staged, sizes, name=name)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{exc} (removed by a concurrent gc? ingest the stream again)") from exc
