@@ -1,0 +1,311 @@
+"""export: a manifest as a deterministic POSIX (PAX) tar stream, content
+read from the store and verified.
+
+The same manifest always gives the same bytes: members in path order (a
+hardlink group's first path carries the content, the others are link
+members to it), fixed header fields (ustar magic, no user/group names,
+``././@PaxHeader`` extended headers with mode 0644 and time 0), PAX records
+only where the ustar fields cannot hold the value (long or non-ASCII names
+and targets, ids over 2**21, sizes over 8 GiB, sub-second or negative
+times) plus ``SCHILY.xattr.*`` for every xattr. Files with holes are GNU
+sparse 1.0 members (``GNU.sparse.*`` PAX records, map in the data), which
+GNU tar and bsdtar restore with their holes. gzip output has mtime 0 and
+no name; zstd output is single-threaded.
+
+Every blob or chunk is hashed as it is read and compared with its digest;
+pieces up to 4 MiB are verified before a byte of them is written. A
+mismatch is an IntegrityError (exit 4); with ``-o FILE`` nothing is left
+behind, the tar is written to a temporary name and renamed at the end.
+
+Whiteouts and opaque directories are written as ``.wh.NAME`` and
+``.wh..wh..opq`` with ``--whiteouts oci``, else left out with a note, like
+sockets and alternate data streams, which a tar cannot hold.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import zstandard
+
+from castore.errors import BlobNotFound, IntegrityError
+from castore.manifest.model import (
+    Device,
+    Directory,
+    Manifest,
+    NamedPipe,
+    RegularFile,
+    Resource,
+    Socket,
+    Symlink,
+    Whiteout,
+)
+from castore.store import Store
+from castore.tarformat import (
+    BLK,
+    BLOCK,
+    CHR,
+    DIR,
+    FIFO,
+    LNK,
+    PAX,
+    REG,
+    SYM,
+    build_header,
+    fits_octal,
+    format_time_ns,
+    padding,
+    pax_record,
+)
+
+RECORD = 20 * BLOCK
+VERIFY_WHOLE = 4 << 20
+READ = 1 << 20
+
+
+class _Out:
+    """Counts what is written, in big writes."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.n = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        self.n += len(data)
+
+
+def _data_ranges(size: int, holes: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+    """(offset, length) of the data between holes; a trailing hole ends with (size, 0)."""
+    out, pos = [], 0
+    for b, e in holes:
+        if b > pos:
+            out.append((pos, b - pos))
+        pos = e
+    out.append((pos, size - pos))
+    return out
+
+
+class TarWriter:
+    """Writes the members of one manifest to a binary file object."""
+
+    def __init__(self, store: Store, out: Any, *, whiteouts: str = "none",
+                 note: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self.out = _Out(out)
+        self.whiteouts = whiteouts
+        self.note = note or (lambda m: print(f"continuity: note: {m}", file=sys.stderr))
+        self.skipped: dict[str, int] = {}
+
+    # ------------------------------------------------------------- headers
+
+    def _header(self, name: bytes, r: Resource | None, typ: bytes, *, size: int = 0, linkname: bytes = b"",
+                extra: list[tuple[bytes, bytes]] | None = None, perm: int | None = None) -> None:
+        uid, gid = (r.uid, r.gid) if r is not None else (0, 0)
+        mtime_ns = (r.mtime_ns or 0) if r is not None else 0
+        mode = perm if perm is not None else (r.perm if r is not None else 0o644)
+        pax: list[tuple[bytes, bytes]] = []
+        binary = False
+        for key, value in ((b"path", name), (b"linkpath", linkname)):
+            if len(value) > 100 or not value.isascii():
+                pax.append((key, value))
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError:
+                    binary = True
+        if binary:
+            pax.insert(0, (b"hdrcharset", b"BINARY"))
+        if not fits_octal(size, 12):
+            pax.append((b"size", str(size).encode()))
+        if not fits_octal(uid, 8):
+            pax.append((b"uid", str(uid).encode()))
+        if not fits_octal(gid, 8):
+            pax.append((b"gid", str(gid).encode()))
+        secs = mtime_ns // 10**9
+        if mtime_ns % 10**9 or not fits_octal(secs, 12):
+            pax.append((b"mtime", format_time_ns(mtime_ns)))
+        pax.extend(extra or ())
+        if r is not None:
+            for k, v in r.xattrs:
+                pax.append((b"SCHILY.xattr." + os.fsencode(k), v))
+        if pax:
+            body = b"".join(pax_record(k, v) for k, v in pax)
+            self.out.write(build_header(name=b"././@PaxHeader", mode=0o644, uid=0, gid=0, size=len(body),
+                                        mtime=0, typ=PAX))
+            self.out.write(body + bytes(padding(len(body))))
+        dev = (r.major, r.minor) if isinstance(r, Device) else (0, 0)
+        self.out.write(build_header(name=name, mode=mode, uid=uid, gid=gid, size=size, mtime=secs, typ=typ,
+                                    linkname=linkname, devmajor=dev[0], devminor=dev[1]))
+
+    # ------------------------------------------------------------- content
+
+    def _blob_fd(self, digest: str) -> int:
+        try:
+            return os.open(self.store.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobNotFound(digest) from None
+
+    def _pieces(self, r: RegularFile) -> Any:
+        """The verified content of ``r`` as successive byte strings (logical, holes as zeros)."""
+        if r.size == 0:
+            if r.digest != "sha256:" + hashlib.sha256(b"").hexdigest():
+                raise IntegrityError(f"{r.path}: empty file with a non-empty digest")
+            return
+        pieces = [(c.digest, c.begin, c.end) for c in r.chunks] or [(r.digest, 0, r.size)]
+        for digest, begin, end in pieces:
+            fd = self._blob_fd(digest)
+            try:
+                if os.fstat(fd).st_size != end - begin:
+                    raise IntegrityError(f"blob {digest} has the wrong size for {r.path}")
+                h = hashlib.sha256()
+                if end - begin <= VERIFY_WHOLE:
+                    data = os.pread(fd, end - begin, 0)
+                    h.update(data)
+                    if len(data) != end - begin or "sha256:" + h.hexdigest() != digest:
+                        raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {r.path}; "
+                                             "run `continuity fsck`")
+                    yield data
+                    continue
+                pos = begin
+                while pos < end:
+                    data = os.read(fd, min(READ * 4, end - pos))
+                    if not data:
+                        raise IntegrityError(f"blob {digest} is truncated")
+                    h.update(data)
+                    pos += len(data)
+                    yield data
+                if "sha256:" + h.hexdigest() != digest:
+                    raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {r.path}; "
+                                         "run `continuity fsck`")
+            finally:
+                os.close(fd)
+
+    def _file(self, name: bytes, r: RegularFile) -> None:
+        if not r.holes:
+            self._header(name, r, REG, size=r.size)
+            for data in self._pieces(r):
+                self.out.write(data)
+            self.out.write(bytes(padding(r.size)))
+            return
+        ranges = _data_ranges(r.size, r.holes)
+        smap = f"{len(ranges)}\n".encode() + b"".join(f"{o}\n{n}\n".encode() for o, n in ranges)
+        smap += bytes(padding(len(smap)))
+        stored = len(smap) + sum(n for _, n in ranges)
+        parent, _, base = name.rpartition(b"/")
+        fake = (parent + b"/" if parent else b"") + b"GNUSparseFile.0/" + base
+        extra = [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.name", name),
+                 (b"GNU.sparse.realsize", str(r.size).encode())]
+        self._header(fake, r, REG, size=stored, extra=extra)
+        self.out.write(smap)
+        pos, ri = 0, 0
+        for data in self._pieces(r):
+            end = pos + len(data)
+            while ri < len(ranges):
+                o, n = ranges[ri]
+                lo, hi = max(o, pos), min(o + n, end)
+                if lo < hi:
+                    self.out.write(memoryview(data)[lo - pos:hi - pos])
+                if o + n > end:
+                    break
+                ri += 1
+            pos = end
+        self.out.write(bytes(padding(stored)))
+
+    # ------------------------------------------------------------- members
+
+    def _skip(self, what: str) -> None:
+        self.skipped[what] = self.skipped.get(what, 0) + 1
+
+    def write_manifest(self, m: Manifest) -> None:
+        entries: list[tuple[bytes, int, Resource]] = []
+        for r in m.resources:
+            if r.ads:
+                self._skip("alternate data stream(s)")
+            for i, p in enumerate(r.paths):
+                rel = os.fsencode(p)[1:]
+                if isinstance(r, Whiteout):
+                    if self.whiteouts != "oci":
+                        self._skip("whiteout(s) (use --whiteouts oci)")
+                        continue
+                    parent, _, base = rel.rpartition(b"/")
+                    rel = (parent + b"/" if parent else b"") + b".wh." + base
+                entries.append((rel, i, r))
+                if isinstance(r, Directory) and r.opaque:
+                    if self.whiteouts == "oci":
+                        entries.append((rel + b"/.wh..wh..opq", -1, r))
+                    else:
+                        self._skip("opaque director(y/ies) (use --whiteouts oci)")
+        entries.sort(key=lambda e: e[0])
+        for rel, i, r in entries:
+            if i > 0:
+                self._header(rel, r, LNK, linkname=os.fsencode(r.paths[0])[1:])
+            elif i < 0:
+                self._header(rel, None, REG, perm=0)
+                self.out.write(b"")
+            elif isinstance(r, RegularFile):
+                self._file(rel, r)
+            elif isinstance(r, Directory):
+                self._header(rel + b"/", r, DIR)
+            elif isinstance(r, Symlink):
+                self._header(rel, r, SYM, linkname=os.fsencode(r.target), perm=0o777)
+            elif isinstance(r, Device):
+                self._header(rel, r, CHR if r.char else BLK)
+            elif isinstance(r, NamedPipe):
+                self._header(rel, r, FIFO)
+            elif isinstance(r, Whiteout):
+                self._header(rel, r, REG, perm=0)
+            elif isinstance(r, Socket):
+                self._skip("socket(s)")
+        self.out.write(bytes(2 * BLOCK))
+        self.out.write(bytes(-self.out.n % RECORD))
+        for what, n in self.skipped.items():
+            self.note(f"left out {n} {what}: a tar cannot hold them")
+
+
+def _open_compressor(f: BinaryIO, compress: str | None) -> tuple[Any, Callable[[], None]]:
+    if compress == "gzip":
+        g = gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=6)
+        return g, g.close
+    if compress == "zstd":
+        z = zstandard.ZstdCompressor(level=3, threads=0).stream_writer(f, closefd=False)
+        return z, z.close
+    return f, lambda: None
+
+
+def export_tar(store: Store, manifest: Manifest, output: str | None, *, compress: str | None = None,
+               whiteouts: str = "none", note: Callable[[str], None] | None = None) -> None:
+    """Write ``manifest`` as a tar to ``output`` (a path; None or ``-`` for stdout).
+
+    Raises BlobNotFound / IntegrityError (exit 4) when content is missing or corrupt.
+    """
+    if output in (None, "-"):
+        raw = open(sys.stdout.fileno(), "wb", buffering=READ, closefd=False)  # noqa: SIM115
+        sink, close = _open_compressor(raw, compress)
+        try:
+            TarWriter(store, sink, whiteouts=whiteouts, note=note).write_manifest(manifest)
+            close()
+        finally:
+            raw.flush()
+        return
+    assert output is not None
+    out_dir = os.path.dirname(os.path.abspath(output))
+    tmp = os.path.join(out_dir, f".{os.path.basename(output)}.tmp-{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        with open(fd, "wb", buffering=READ) as raw:
+            sink, close = _open_compressor(raw, compress)
+            TarWriter(store, sink, whiteouts=whiteouts, note=note).write_manifest(manifest)
+            close()
+        os.replace(tmp, output)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
