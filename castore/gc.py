@@ -150,12 +150,18 @@ def _human(n: float) -> str:
 
 
 def _age_ns(path: str, now: int) -> int | None:
-    """Nanoseconds since ``path`` was last written or renamed (None when absent)."""
+    """Nanoseconds since ``path`` was last written (None when absent).
+
+    mtime, not ctime: our writers rename staged files into blobs/ and commit
+    their rows within one hold of the store lock, so a file the index lacks
+    while gc holds the lock exclusively is an orphan however it got there;
+    the grace period only covers writers outside that protocol.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return None
-    return now - max(st.st_mtime_ns, st.st_ctime_ns)
+    return now - st.st_mtime_ns
 
 
 class _Collector:
@@ -262,7 +268,7 @@ class _Collector:
                     st = os.lstat(os.path.join(sdir, n))
                 except FileNotFoundError:
                     continue
-                if self.now - max(st.st_mtime_ns, st.st_ctime_ns) >= self.opts.grace_ns:
+                if self.now - st.st_mtime_ns >= self.opts.grace_ns:
                     orphans.append((key, st.st_size))
         self.report.kept_blobs = kept
         return garbage, orphans
@@ -421,7 +427,7 @@ class _Collector:
                 except FileNotFoundError:
                     continue
                 if n.startswith(".tmp-"):
-                    if self.now - max(st.st_mtime_ns, st.st_ctime_ns) >= self.opts.grace_ns:
+                    if self.now - st.st_mtime_ns >= self.opts.grace_ns:
                         self._remove(Item("link", path, st.st_size), path, tree=False)
                 elif st.st_nlink == 1 and _hexkey(n) is not None:
                     drop.append((n, st.st_size))

@@ -314,7 +314,7 @@ class Writer:
             st = os.fstat(fd)
             with self.store.meta.read() as txn:
                 raw = txn.get(key, db=self.vdb)
-            if raw is not None and marshal.loads(raw) == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            if raw is not None and marshal.loads(raw)[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
                 return True
             # Changed since recorded (a link, or an edit through a checkout): prove it again.
             if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size) != (r.perm, r.uid, r.gid, r.size):
@@ -346,7 +346,9 @@ class Writer:
             except FileNotFoundError:
                 continue  # removed under us (gc): make it again
             st = os.lstat(path)
-            self.link_updates[key] = marshal.dumps((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            # (stat identity, then what fsck checks the object against: digest, perm, uid, gid)
+            self.link_updates[key] = marshal.dumps((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                                    r.digest, r.perm, r.uid, r.gid))
             return
         raise CastoreError(f"{r.path}: could not create a hardlink object")
 

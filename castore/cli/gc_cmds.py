@@ -7,7 +7,7 @@ import os
 import click
 
 from castore.cli.common import Ctx, handle_errors, main_group, print_json
-from castore.errors import IntegrityError, NotFound, StoreUnusable
+from castore.errors import IntegrityError, NotFound, StoreUnusable, UnsafeInput
 from castore.fsck import FsckOptions, FsckReport, fsck, parse_subset, rebuild_index
 from castore.gc import GcOptions, collect, parse_duration
 from castore.store import default_store_path
@@ -34,7 +34,11 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
     checkouts, mounts) and unnamed manifests younger than the grace period.
     A second gc exits 5 unless --wait.
     """
-    opts = GcOptions(grace_ns=parse_duration(grace), dry_run=dry_run, keep_history=keep_history, wait=wait,
+    try:
+        grace_ns = parse_duration(grace)
+    except UnsafeInput as exc:
+        raise click.BadParameter(str(exc), param_hint="--grace") from None
+    opts = GcOptions(grace_ns=grace_ns, dry_run=dry_run, keep_history=keep_history, wait=wait,
                      list_items=verbose or as_json)
     store = obj.store_if_exists()
     if store is None:
@@ -71,8 +75,11 @@ def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuil
     path = obj.store_path or default_store_path()
     if not os.path.exists(os.path.join(path, "config")):
         raise NotFound(f"no store at {path}")
-    opts = FsckOptions(read_data=read_data or subset is not None,
-                       subset=parse_subset(subset) if subset else None, repair=repair)
+    try:
+        parts = parse_subset(subset) if subset else None
+    except UnsafeInput as exc:
+        raise click.BadParameter(str(exc), param_hint="--read-data-subset") from None
+    opts = FsckOptions(read_data=read_data or subset is not None, subset=parts, repair=repair)
     rebuilt = None
     if rebuild:
         rebuilt = rebuild_index(path)

@@ -304,6 +304,11 @@ class Store:
             os.close(fd)
             self._install(tmp, digest)
             _fsync_dir(os.path.dirname(path))
+        else:
+            try:
+                os.utime(path)  # freshen (git): gc's grace period for unnamed manifests counts from now
+            except OSError:
+                pass
         row = BLOB_ROW.pack(len(data), kind)
         if txn is not None:
             txn.put(dkey(digest), row, db=self.meta.db("blobs"))  # type: ignore[attr-defined]
