@@ -10,6 +10,7 @@ import sys
 
 import click
 
+import castore.cli.apply_cmds  # noqa: F401  (apply, copy)
 import castore.cli.export_cmd  # noqa: F401  (export)
 import castore.cli.gc_cmds  # noqa: F401  (gc, fsck)
 from castore.cli import store_cmds, tree_cmds  # noqa: F401  (register commands)

@@ -1,0 +1,1033 @@
+"""apply: make an existing tree match a manifest, in place, changing only what differs.
+
+The plan is ``diff(build(ROOT), manifest)``: ROOT is walked (hashing only the
+files whose size already matches, and trusting the store's stat cache where a
+file is provably unchanged), then every path is brought to what the manifest
+says, in this order:
+
+1. leftovers of an interrupted apply (``.continuity-apply-*``), whiteouts,
+   and, with ``delete``, entries the manifest does not list;
+2. directories, top-down (a symlink standing where a directory belongs is
+   replaced as an explicit, logged step, never followed);
+3. files, symlinks, devices, fifos (and sockets when asked): new content is
+   written to a temporary name in the same directory through the directory fd
+   and renamed over the old entry; an entry whose content is right keeps its
+   inode and gets its metadata fixed in place; hardlink groups are relinked;
+4. directory metadata, bottom-up, last.
+
+Nothing is written, chmod'ed, chown'ed or given xattrs through a symlink:
+directories are opened component by component with O_NOFOLLOW, leaves are
+created with O_EXCL/O_NOFOLLOW, and metadata is changed through an O_PATH fd
+whose type and inode were checked (or with the no-follow variants on symlinks).
+A crash at any point leaves ROOT between the old and the new state plus
+temporary names that the next apply removes: rerunning converges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import marshal
+import os
+import secrets
+import stat
+import struct
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+from castore import fs
+from castore.build import WalkOptions, assemble, make_pool, read_with_retries, walk
+from castore.checkout import DirFds
+from castore.crash import crashpoint
+from castore.errors import CastoreError, IntegrityError, NotFound, ResourceLimit, UnsafeInput
+from castore.fs.linux import RENAME_EXCHANGE
+from castore.hashing import FileJob, FileResult, Processor
+from castore.manifest.diff import compare
+from castore.manifest.model import (
+    Device,
+    Directory,
+    Manifest,
+    NamedPipe,
+    RegularFile,
+    Resource,
+    Socket,
+    Symlink,
+    Whiteout,
+)
+from castore.manifest.validate import validate
+from castore.materialize import READ, Options, Writer, _data_ranges, _write_all, relative_target
+from castore.store import Store, manifest_refs, remove_contents
+
+TMP_PREFIX = ".continuity-apply-"
+EMPTY = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+META_ATTRS = frozenset({"mode", "uid", "gid", "xattr", "mtime"})
+# The store's stat cache, shared with ingest (castore/ingest.py): (dev, ino) ->
+# marshal((size, mtime_ns, ctime_ns, digest, chunks, xattrs, holes)); rows are
+# written only for files whose ctime is RACY_NS older than the walk (git's rule).
+_KEY = struct.Struct("<QQ")
+RACY_NS = 2 * 10**9
+
+
+def _stderr_note(msg: str) -> None:
+    print(f"continuity: note: {msg}", file=sys.stderr)
+
+
+@dataclass
+class ApplyOptions:
+    """How apply changes ROOT."""
+
+    delete: bool = False  # remove entries the manifest does not list
+    verify: bool = True  # hash content as it is written (--disable-digest turns it off)
+    devices: str = "create"  # create | check | skip
+    sockets: bool = False
+    rewrite_absolute_symlinks: bool = False
+    link: str = "auto"  # content from the store: auto | reflink | copy | hardlink
+    move: bool = False  # --source DIR: rename files out of the source when on the same fs
+    rehash: bool = False  # ignore the stat cache: hash every candidate file of ROOT
+    note: Callable[[str], None] = _stderr_note
+    log: Callable[[str], None] | None = None  # one line per change (verbose)
+
+
+@dataclass
+class ApplyReport:
+    """What apply did."""
+
+    created: int = 0
+    replaced: int = 0
+    metadata: int = 0
+    linked: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    hashed: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+class TreeChanged(CastoreError):
+    """ROOT changed under apply (a race); rerunning converges."""
+
+
+# ------------------------------------------------------------------ sources
+
+
+class Source:
+    """Where file content comes from. ``open`` gives (fd at offset 0, already verified) or None."""
+
+    def open(self, r: RegularFile) -> tuple[int, bool] | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class DirSource(Source):
+    """A directory: files looked up by the manifest path(s), never through a symlink."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"{path}: no such source directory") from None
+        except NotADirectoryError:
+            raise UnsafeInput(f"{path}: source is not a directory") from None
+
+    def lookup(self, r: RegularFile) -> tuple[int, str] | None:
+        for p in r.paths:
+            try:
+                fd = fs.open_beneath(self.fd, p[1:], os.O_RDONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                    continue
+                raise
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size == r.size:
+                return fd, p
+            os.close(fd)
+        return None
+
+    def open(self, r: RegularFile) -> tuple[int, bool] | None:
+        found = self.lookup(r)
+        return None if found is None else (found[0], False)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class StagedSource(Source):
+    """Content staged (verified) in a private directory inside ROOT: the tar source."""
+
+    def __init__(self, dir_fd: int, staged: dict[str, str]) -> None:
+        self.dir_fd = dir_fd
+        self.staged = staged  # digest -> name in dir_fd
+
+    def open(self, r: RegularFile) -> tuple[int, bool] | None:
+        name = self.staged.get(r.digest)
+        if name is None:
+            return None
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd), True
+
+
+def _norm_member(name: str) -> str | None:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    return "/" + "/".join(parts)
+
+
+def stage_tar(tar_path: str, stage_fd: int, needed: dict[str, RegularFile], verify: bool) -> dict[str, str]:
+    """Stream ``tar_path`` once; keep the content of every needed file, verified by digest.
+
+    ``needed`` maps manifest paths to the resources whose content is missing.
+    Members are only lookup keys (matched by path, or by size and digest):
+    nothing is written under a member's name.
+    """
+    want_digests = {r.digest for r in needed.values()}
+    sizes = {r.size for r in needed.values()}
+    staged: dict[str, str] = {}
+    try:
+        tf = tarfile.open(tar_path, "r|*")
+    except FileNotFoundError:
+        raise NotFound(f"{tar_path}: no such tar file") from None
+    except tarfile.TarError as exc:
+        raise UnsafeInput(f"{tar_path}: not a readable tar stream ({exc})") from None
+    try:
+        with tf:
+            for m in tf:
+                if not m.isreg() or len(staged) == len(want_digests):
+                    continue
+                path = _norm_member(m.name)
+                r = needed.get(path) if path else None
+                if r is not None and r.digest in staged:
+                    continue
+                if r is None and m.size not in sizes:
+                    continue
+                src = tf.extractfile(m)
+                if src is None:
+                    continue
+                name = f"s{len(staged)}-{secrets.token_hex(4)}"
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=stage_fd)
+                h = hashlib.sha256()
+                try:
+                    while True:
+                        data = src.read(READ)
+                        if not data:
+                            break
+                        h.update(data)
+                        _write_all(fd, data)
+                finally:
+                    os.close(fd)
+                got = "sha256:" + h.hexdigest()
+                if got in want_digests and got not in staged:
+                    staged[got] = name
+                else:
+                    if r is not None and verify and got != r.digest:
+                        raise IntegrityError(f"{tar_path}: member {m.name!r}: digest mismatch: expected "
+                                             f"{r.digest}, got {got}")
+                    os.unlink(name, dir_fd=stage_fd)
+    except (tarfile.TarError, EOFError) as exc:
+        raise UnsafeInput(f"{tar_path}: corrupt tar stream ({exc})") from None
+    return staged
+
+
+# ------------------------------------------------------------------ content
+
+
+def _hash_fd(fd: int, size: int) -> str:
+    h = hashlib.sha256()
+    pos = 0
+    while True:
+        b = os.pread(fd, READ * 4, pos)
+        if not b:
+            break
+        h.update(b)
+        pos += len(b)
+    if pos != size:
+        return f"size {pos}"
+    return "sha256:" + h.hexdigest()
+
+
+def copy_verified(src_fd: int, out_fd: int, r: RegularFile, verify: bool, can_reflink: list[bool]) -> None:
+    """Copy ``r.size`` bytes of src into the empty ``out_fd``; check the digest when ``verify``.
+
+    reflink, then copy_file_range, then read/write; holes of ``r`` are kept.
+    Raises IntegrityError on a mismatch.
+    """
+    if can_reflink[0] and not r.holes:
+        try:
+            fs.reflink(src_fd, out_fd)
+            if verify:
+                got = _hash_fd(out_fd, r.size)
+                if got != r.digest:
+                    raise IntegrityError(f"{r.path}: digest mismatch: expected {r.digest}, got {got}")
+            return
+        except OSError as exc:
+            if exc.errno not in fs.COPY_FALLBACK:
+                raise
+            can_reflink[0] = False
+    if not verify and not r.holes:
+        fs.copy_fd(src_fd, out_fd, r.size)
+        return
+    h = hashlib.sha256()
+    ranges = _data_ranges(r.size, r.holes) if r.holes else [(0, r.size)]
+    pos = 0
+    while True:
+        data = os.pread(src_fd, READ * 4, pos)
+        if not data:
+            break
+        h.update(data)
+        end = pos + len(data)
+        for b, e in ranges:
+            lo, hi = max(b, pos), min(e, end)
+            if lo < hi:
+                _write_all(out_fd, memoryview(data)[lo - pos:hi - pos], lo)
+        pos = end
+    if r.holes:
+        os.ftruncate(out_fd, r.size)
+    got = "sha256:" + h.hexdigest() if pos == r.size else f"size {pos}"
+    if verify and got != r.digest:
+        raise IntegrityError(f"{r.path}: digest mismatch: expected {r.digest}, got {got}")
+
+
+# ------------------------------------------------------------------ scanning
+
+
+def _cache_lookup(store: Store, jobs: list[FileJob]) -> dict[int, FileResult]:
+    hits: dict[int, FileResult] = {}
+    db = store.meta.db("statcache")
+    with store.meta.read() as txn:
+        for i, j in enumerate(jobs):
+            raw = txn.get(_KEY.pack(j.dev, j.ino), db=db)
+            if raw is None:
+                continue
+            try:
+                size, mtime, ctime, digest, _chunks, xattrs, holes = marshal.loads(raw)
+            except (ValueError, EOFError, TypeError):
+                continue
+            if (size, mtime, ctime) == (j.size, j.mtime_ns, j.ctime_ns):
+                hits[i] = FileResult(digest=digest, xattrs=tuple(tuple(x) for x in xattrs),  # type: ignore[misc]
+                                     holes=tuple(tuple(h) for h in holes))  # type: ignore[misc]
+    return hits
+
+
+@dataclass
+class Scan:
+    """The current tree: its manifest by path, inode groups, and stat-cache rows to record."""
+
+    by_path: dict[str, Resource]
+    groups: dict[str, set[str]]  # path -> the (shared) set of paths on its inode
+    inode: dict[str, tuple[int, int]]  # path -> (dev, ino) when scanned
+    local: dict[str, list[str]]  # digest -> paths holding it
+    cache_rows: list[tuple[bytes, bytes]]
+    hashed: int
+
+
+def scan_tree(root: str, root_fd: int, want: dict[str, Resource], store: Store | None, rehash: bool) -> Scan:
+    """Walk ROOT; hash (or take from the stat cache) only files the manifest wants with that size."""
+    start = time.time_ns()
+    walked = walk(root_fd, WalkOptions(keep_appledouble=True, note=lambda _m: None))
+    jobs = walked.files
+    key_of = [(j.dev, j.ino) for j in jobs]
+    wanted_keys: set[tuple[int, int]] = set()
+    for j, k in zip(jobs, key_of, strict=True):
+        w = want.get("/" + j.rel)
+        if isinstance(w, RegularFile) and w.size == j.size:
+            wanted_keys.add(k)
+    results: list[FileResult] = [FileResult()] * len(jobs)
+    todo_idx: list[int] = []
+    seen: dict[tuple[int, int], int] = {}
+    for i, k in enumerate(key_of):
+        if k in wanted_keys and k not in seen:
+            seen[k] = i
+            todo_idx.append(i)
+    hits: dict[int, FileResult] = {}
+    if store is not None and not rehash and todo_idx:
+        sub = [jobs[i] for i in todo_idx]
+        hits = {todo_idx[i]: r for i, r in _cache_lookup(store, sub).items()}
+    todo = [i for i in todo_idx if i not in hits]
+    st = os.fstat(root_fd)
+    proc = Processor(root=root, root_id=(st.st_dev, st.st_ino))
+    todo_jobs = [jobs[i] for i in todo]
+    pool = make_pool() if len(todo_jobs) >= 64 else None
+    try:
+        fresh = read_with_retries(root_fd, proc, todo_jobs, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    by_key: dict[tuple[int, int], FileResult] = {}
+    for i, r in hits.items():
+        by_key[key_of[i]] = r
+    rows: list[tuple[bytes, bytes]] = []
+    threshold = store.chunking.threshold if store is not None else 0
+    for i, j, r in zip(todo, todo_jobs, fresh, strict=True):
+        by_key[key_of[i]] = r
+        jobs[i] = j
+        if store is not None and r.digest and j.size < threshold and j.ctime_ns < start - RACY_NS:
+            rows.append((_KEY.pack(j.dev, j.ino),
+                         marshal.dumps((j.size, j.mtime_ns, j.ctime_ns, r.digest, (), r.xattrs, r.holes))))
+    for i, k in enumerate(key_of):
+        got = by_key.get(k)
+        if got is not None:
+            results[i] = got
+    current = assemble(walked, results) if walked.entries else Manifest(())
+    by_path: dict[str, Resource] = {}
+    groups: dict[str, set[str]] = {}
+    local: dict[str, list[str]] = {}
+    for res in current.resources:
+        g = set(res.paths)
+        for p in res.paths:
+            by_path[p] = res
+            groups[p] = g
+        if isinstance(res, RegularFile) and res.digest:
+            local.setdefault(res.digest, []).extend(res.paths)
+    inode = {"/" + e.path: (e.st.st_dev, e.st.st_ino) for e in walked.entries}
+    return Scan(by_path, groups, inode, local, rows, len(todo))
+
+
+# ------------------------------------------------------------------ applying
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, _, name = path[1:].rpartition("/")
+    return parent, name
+
+
+def _parents(path: str) -> Iterator[str]:
+    parent = path.rsplit("/", 1)[0]
+    while parent:
+        yield parent
+        parent = parent.rsplit("/", 1)[0]
+
+
+def _rewrite_symlinks(m: Manifest) -> Manifest:
+    out: list[Resource] = []
+    for r in m.resources:
+        if isinstance(r, Symlink) and r.target.startswith("/"):
+            r = dataclasses.replace(r, target=relative_target(r.path, r.target))
+        out.append(r)
+    return Manifest(tuple(out))
+
+
+def _same_content(w: Resource, h: Resource) -> bool:
+    if type(w) is not type(h):
+        return False
+    if isinstance(w, RegularFile):
+        return h.size == w.size and h.digest == w.digest  # type: ignore[union-attr]
+    if isinstance(w, Symlink):
+        return h.target == w.target  # type: ignore[union-attr]
+    if isinstance(w, Device):
+        return (h.char, h.major, h.minor) == (w.char, w.major, w.minor)  # type: ignore[union-attr]
+    return True
+
+
+def _is_ignored(r: Resource, opts: ApplyOptions) -> bool:
+    """Kinds this apply leaves alone: sockets unless asked, devices unless created."""
+    if isinstance(r, Socket):
+        return not opts.sockets
+    if isinstance(r, Device):
+        return opts.devices != "create"
+    return False
+
+
+class _Applier:
+    def __init__(self, root: str, root_fd: int, manifest: Manifest, source: Source, writer: Writer,
+                 opts: ApplyOptions) -> None:
+        self.root = root
+        self.root_fd = root_fd
+        self.m = manifest
+        self.want = manifest.by_path()
+        self.source = source
+        self.writer = writer
+        self.opts = opts
+        self.dirs = DirFds(root_fd)
+        self.report = ApplyReport()
+        self.touched: set[str] = set()  # directories whose entries changed (mtime to restore)
+        self.made_dirs: set[str] = set()
+        self.euid = os.geteuid()
+        self.can_reflink = [opts.link in ("auto", "reflink")]
+        self.local_only: set[str] = set()  # digests the store lacks but ROOT holds
+        self.scan: Scan
+
+    # -- helpers
+
+    def log(self, msg: str) -> None:
+        if self.opts.log is not None:
+            self.opts.log(msg)
+
+    def dir_fd(self, rel: str) -> int:
+        try:
+            return self.dirs.get(rel)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                raise TreeChanged(f"/{rel}: not a directory any more (changed during apply; rerun apply)") from exc
+            raise
+
+    def forget_dir(self, rel: str) -> None:
+        """Drop cached fds at or below ``rel`` (it is being removed or replaced)."""
+        for k in [k for k in self.dirs.cache if k == rel or k.startswith(rel + "/")]:
+            os.close(self.dirs.cache.pop(k))
+
+    def detach(self, path: str) -> None:
+        """``path`` no longer names the inode it named (for hardlink bookkeeping)."""
+        g = self.scan.groups.pop(path, None)
+        if g is not None:
+            g.discard(path)
+        self.scan.by_path.pop(path, None)
+
+    def remove(self, path: str) -> None:
+        """Remove whatever ``path`` names (a directory with its contents); never follows."""
+        parent, name = _split(path)
+        dfd = self.dir_fd(parent)
+        try:
+            os.unlink(name, dir_fd=dfd)
+        except IsADirectoryError:
+            self._remove_dir(dfd, name, parent)
+        except FileNotFoundError:
+            pass
+        except PermissionError as exc:
+            if exc.errno != errno.EISDIR:
+                raise
+            self._remove_dir(dfd, name, parent)
+        self.touched.add(parent)
+        self.detach(path)
+        prefix = path + "/"
+        for p in [p for p in self.scan.by_path if p.startswith(prefix)]:
+            self.detach(p)
+
+    def _remove_dir(self, dfd: int, name: str, parent: str) -> None:
+        self.forget_dir(f"{parent}/{name}" if parent else name)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            remove_contents(fd)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=dfd)
+
+    def install(self, dfd: int, tmp: str, path: str) -> None:
+        """Rename ``tmp`` over ``path`` (same directory); a directory there is swapped out and removed."""
+        parent, name = _split(path)
+        try:
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except (IsADirectoryError, OSError) as exc:
+            if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            self.forget_dir(f"{parent}/{name}" if parent else name)
+            fs.renameat2(dfd, tmp, dfd, name, RENAME_EXCHANGE)
+            self._remove_dir(dfd, tmp, parent)
+        self.touched.add(parent)
+        had = self.scan.by_path.get(path)
+        self.detach(path)
+        prefix = path + "/"
+        if isinstance(had, Directory):
+            for p in [p for p in self.scan.by_path if p.startswith(prefix)]:
+                self.detach(p)
+
+    # -- phase 1: leftovers, whiteouts, extras
+
+    def deletions(self) -> None:
+        removed: set[str] = set()
+        for p in sorted(self.scan.by_path, key=os.fsencode):
+            if any(q in removed for q in _parents(p)):
+                continue
+            h = self.scan.by_path[p]
+            w = self.want.get(p)
+            reason = ""
+            if w is None:
+                if p.rsplit("/", 1)[1].startswith(TMP_PREFIX):
+                    reason = "leftover of an interrupted apply"
+                elif self.opts.delete and not _is_ignored(h, self.opts):
+                    reason = "not in the manifest"
+            elif isinstance(w, Whiteout):
+                reason = "whiteout"
+            if reason:
+                self.log(f"D {p} ({reason})")
+                self.remove(p)
+                removed.add(p)
+                self.report.deleted += 1
+        crashpoint("apply-after-deletes")
+
+    # -- phase 2: directories
+
+    def directories(self) -> None:
+        needed: set[str] = set()
+        for p, w in self.want.items():
+            if isinstance(w, Directory):
+                needed.add(p)
+            if not isinstance(w, Whiteout) and not _is_ignored(w, self.opts):
+                needed.update(_parents(p))
+        for p in sorted(needed, key=os.fsencode):
+            h = self.scan.by_path.get(p)
+            if isinstance(h, Directory):
+                if self.euid != 0 and h.perm & 0o300 != 0o300:
+                    fd = self.dir_fd(p[1:])
+                    os.fchmod(fd, h.perm | 0o700)
+                    self.touched.add(p[1:])
+                continue
+            parent, name = _split(p)
+            dfd = self.dir_fd(parent)
+            if h is not None:
+                if isinstance(h, Symlink):
+                    self.opts.note(f"{p}: replacing a symlink (-> {h.target}) with a directory; "
+                                   "the symlink is not followed")
+                self.log(f"R {p} ({h.kind} -> dir)")
+                self.remove(p)
+                self.report.replaced += 1
+            else:
+                self.log(f"A {p}/")
+                self.report.created += 1
+            try:
+                os.mkdir(name, 0o700, dir_fd=dfd)
+            except FileExistsError:
+                raise TreeChanged(f"{p}: appeared during apply; rerun apply") from None
+            self.made_dirs.add(p)
+            self.touched.add(parent)
+
+    # -- phase 3: everything else
+
+    def group_ok(self, p: str, w: Resource) -> bool:
+        """The inode at ``p`` may be changed in place: no path outside ``w.paths`` shares it."""
+        g = self.scan.groups.get(p)
+        return g is not None and g <= set(w.paths)
+
+    def leaves(self) -> None:
+        done = 0
+        for w in self.m.resources:
+            if isinstance(w, (Directory, Whiteout)):
+                continue
+            if isinstance(w, Device) and self.opts.devices != "create":
+                if self.opts.devices == "check":
+                    self.check_device(w)
+                continue
+            if isinstance(w, Socket) and not self.opts.sockets:
+                continue
+            self.leaf(w)
+            done += 1
+            if done == 100:
+                crashpoint("apply-mid-leaves")
+
+    def check_device(self, w: Device) -> None:
+        for p in w.paths:
+            h = self.scan.by_path.get(p)
+            if h is None or not _same_content(w, h):
+                found = "nothing" if h is None else h.kind
+                if isinstance(h, Device):
+                    found = f"{'c' if h.char else 'b'} {h.major}:{h.minor}"
+                self.report.problems.append(f"{p}: expected device {'c' if w.char else 'b'} {w.major}:{w.minor}, "
+                                            f"found {found}")
+
+    def leaf(self, w: Resource) -> None:
+        anchor = None
+        for p in w.paths:
+            h = self.scan.by_path.get(p)
+            if h is not None and _same_content(w, h) and self.group_ok(p, w):
+                anchor = p
+                break
+        if anchor is not None:
+            h = self.scan.by_path[anchor]
+            diffs = [d.attr for d in compare(anchor, w, h) if d.attr in META_ATTRS]
+            if diffs:
+                self.log(f"m {anchor} ({', '.join(diffs)})")
+                self.fix_metadata(anchor, w, h)
+                self.report.metadata += 1
+            else:
+                self.report.unchanged += 1
+        else:
+            anchor = w.paths[0]
+            self.create(anchor, w)
+        group = self.scan.groups.get(anchor, set())
+        for q in w.paths:
+            if q == anchor or q in group:
+                continue
+            self.link(anchor, q)
+
+    def link(self, anchor: str, q: str) -> None:
+        ap, an = _split(anchor)
+        qp, _ = _split(q)
+        afd, qfd = self.dir_fd(ap), self.dir_fd(qp)
+        tmp = TMP_PREFIX + secrets.token_hex(6)
+        os.link(an, tmp, src_dir_fd=afd, dst_dir_fd=qfd, follow_symlinks=False)
+        self.log(f"L {q} => {anchor}")
+        self.install(qfd, tmp, q)
+        g = self.scan.groups.setdefault(anchor, {anchor})
+        g.add(q)
+        self.scan.groups[q] = g
+        self.report.linked += 1
+
+    def create(self, path: str, w: Resource) -> None:
+        parent, _ = _split(path)
+        dfd = self.dir_fd(parent)
+        tmp = TMP_PREFIX + secrets.token_hex(6)
+        had = self.scan.by_path.get(path)
+        try:
+            if isinstance(w, RegularFile):
+                self.create_file(dfd, tmp, w)
+            else:
+                self.writer.create_other(dfd, tmp, w, path)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise
+        self.install(dfd, tmp, path)
+        if had is None:
+            self.log(f"A {path}")
+            self.report.created += 1
+        else:
+            self.log(f"M {path}")
+            self.report.replaced += 1
+        self.scan.groups[path] = {path}
+
+    def create_file(self, dfd: int, tmp: str, w: RegularFile) -> None:
+        if self.opts.move and w.size and isinstance(self.source, DirSource) and self.move_file(dfd, tmp, w):
+            return
+        src = self.source.open(w) if w.size else None
+        if src is None and w.size and self.writer.store is not None and w.digest not in self.local_only:
+            self.writer.create_file(dfd, tmp, w)
+            return
+        if src is None and w.size:
+            src = self.local_content(w)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        try:
+            if w.size == 0:
+                if w.digest != EMPTY:
+                    raise IntegrityError(f"{w.path}: empty file with a non-empty digest")
+            elif src is None:
+                raise NotFound(f"{w.path}: content {w.digest} not found in the source")
+            else:
+                sfd, trusted = src
+                try:
+                    copy_verified(sfd, fd, w, self.opts.verify and not trusted, self.can_reflink)
+                finally:
+                    os.close(sfd)
+            self.file_meta(fd, w)
+        finally:
+            os.close(fd)
+
+    def local_content(self, w: RegularFile) -> tuple[int, bool] | None:
+        """An fd on a file of ROOT that held ``w``'s content when scanned (verified again when read)."""
+        for p in self.scan.local.get(w.digest, ()):
+            try:
+                fd = fs.open_beneath(self.root_fd, p[1:], os.O_RDONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return fd, False
+            os.close(fd)
+        return None
+
+    def move_file(self, dfd: int, tmp: str, w: RegularFile) -> bool:
+        """--move: rename the source file to ``tmp``; False when impossible (other fs, missing)."""
+        assert isinstance(self.source, DirSource)
+        found = self.source.lookup(w)
+        if found is None:
+            return False
+        sfd, spath = found
+        os.close(sfd)
+        sparent, sname = _split(spath)
+        try:
+            pfd = fs.open_beneath(self.source.fd, sparent or ".", os.O_PATH | os.O_DIRECTORY)
+        except OSError:
+            return False
+        try:
+            try:
+                os.rename(sname, tmp, src_dir_fd=pfd, dst_dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno in (errno.EXDEV, errno.ENOENT):
+                    return False
+                raise
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                st = os.fstat(fd)
+                ok = stat.S_ISREG(st.st_mode) and (not self.opts.verify or _hash_fd(fd, w.size) == w.digest)
+                if not ok:
+                    os.rename(tmp, sname, src_dir_fd=dfd, dst_dir_fd=pfd)
+                    raise IntegrityError(f"{w.path}: source file {spath} does not match {w.digest}")
+                for n, _ in fs.read_xattrs(fd):
+                    if n not in dict(w.xattrs):
+                        os.removexattr(fd, n)
+                self.file_meta(fd, w)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(pfd)
+        return True
+
+    def file_meta(self, fd: int, w: Resource) -> None:
+        self.writer.file_metadata(fd, w)
+
+    def fix_metadata(self, path: str, w: Resource, h: Resource) -> None:
+        """Owner, mode, xattrs, mtime of an existing entry, in place, never through a symlink."""
+        parent, name = _split(path)
+        dfd = self.dir_fd(parent)
+        try:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            raise TreeChanged(f"{path}: vanished during apply; rerun apply") from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_IFMT(st.st_mode) != _ifmt(w) or (st.st_dev, st.st_ino) != self.scan.inode.get(path):
+                raise TreeChanged(f"{path}: changed type during apply; rerun apply")
+            set_metadata(fd, w, dfd=dfd, name=name)
+        finally:
+            os.close(fd)
+
+    # -- phase 4: directory metadata
+
+    def dir_metadata(self) -> None:
+        wanted_dirs = {p for p, w in self.want.items() if isinstance(w, Directory)}
+        todo = wanted_dirs | self.made_dirs | {"/" + t for t in self.touched if t}
+        for p in sorted(todo, key=lambda s: (-s.count("/"), os.fsencode(s))):
+            w = self.want.get(p)
+            h = self.scan.by_path.get(p)
+            if p not in wanted_dirs:
+                if p in self.made_dirs:  # implicit parent
+                    os.chmod(_split(p)[1], 0o755, dir_fd=self.dir_fd(_split(p)[0]))
+                continue
+            assert isinstance(w, Directory)
+            changed = p in self.made_dirs or p[1:] in self.touched
+            if h is not None and not changed:
+                diffs = [d.attr for d in compare(p, w, h) if d.attr in META_ATTRS]
+                if not diffs:
+                    continue
+                self.log(f"m {p}/ ({', '.join(diffs)})")
+                self.report.metadata += 1
+            parent, name = _split(p)
+            dfd = self.dir_fd(parent)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                set_metadata(fd, w)
+            finally:
+                os.close(fd)
+
+
+_IFMT = {RegularFile: stat.S_IFREG, Directory: stat.S_IFDIR, Symlink: stat.S_IFLNK, NamedPipe: stat.S_IFIFO,
+         Socket: stat.S_IFSOCK}
+
+
+def _ifmt(w: Resource) -> int:
+    if isinstance(w, Device):
+        return stat.S_IFCHR if w.char else stat.S_IFBLK
+    return _IFMT[type(w)]
+
+
+def set_metadata(fd: int, w: Resource, *, dfd: int = -1, name: str = "") -> bool:
+    """Bring owner, mode, xattrs and mtime of the inode behind ``fd`` to ``w``'s; True if anything changed.
+
+    ``fd`` is an O_PATH (or any) fd whose type was checked: changes go through
+    /proc/self/fd/N, which names that inode itself, never a path that could
+    have been swapped. A symlink is changed by name in ``dfd`` with the
+    no-follow calls (its mode is not changed: Linux has none to change).
+    Order: chown, chmod (chown clears setuid and capabilities), xattrs
+    (security.capability last), mtime. Only what differs is changed.
+    """
+    is_link = isinstance(w, Symlink)
+    if is_link:
+        where, follow = fs.proc_path(dfd, name), False
+        st = os.lstat(name, dir_fd=dfd)
+        if not stat.S_ISLNK(st.st_mode):
+            raise TreeChanged(f"{w.path}: changed type during apply; rerun apply")
+    else:
+        where, follow = f"/proc/self/fd/{fd}", True
+        st = os.fstat(fd)
+    changed = False
+    uid = st.st_uid if w.uid < 0 else w.uid
+    gid = st.st_gid if w.gid < 0 else w.gid
+    chowned = (st.st_uid, st.st_gid) != (uid, gid)
+    if chowned:
+        os.chown(where, uid, gid, follow_symlinks=follow)
+        changed = True
+    if not is_link and (chowned or stat.S_IMODE(st.st_mode) != w.perm):
+        os.chmod(where, w.perm)
+        changed = True
+    have_x = _read_xattrs(where, follow)
+    if have_x != w.xattrs:
+        keep = dict(w.xattrs)
+        for n, _ in have_x:
+            if n not in keep:
+                os.removexattr(where, n, follow_symlinks=follow)
+        for n, v in sorted((kv for kv in w.xattrs if kv not in have_x), key=lambda kv: kv[0] == "security.capability"):
+            os.setxattr(where, n, v, follow_symlinks=follow)
+        changed = True
+    if w.mtime_ns is not None and (changed or st.st_mtime_ns != w.mtime_ns):
+        os.utime(where, ns=(w.mtime_ns, w.mtime_ns), follow_symlinks=follow)
+        changed = True
+    return changed
+
+
+def _read_xattrs(where: str, follow: bool) -> tuple[tuple[str, bytes], ...]:
+    try:
+        names = os.listxattr(where, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            return ()
+        raise
+    out = []
+    for n in sorted(names):
+        try:
+            out.append((n, os.getxattr(where, n, follow_symlinks=follow)))
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                raise
+    return tuple(out)
+
+
+@contextmanager
+def _root(root: str) -> Iterator[tuple[str, int]]:
+    root = os.path.abspath(root)
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        parent = os.path.dirname(root)
+        if not os.path.isdir(parent):
+            raise NotFound(f"{root}: neither it nor its parent directory exists") from None
+        os.mkdir(root, 0o755)
+        st = os.lstat(root)
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeInput(f"{root}: ROOT is a symlink; refusing to apply through it (give the real path)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeInput(f"{root}: ROOT is not a directory")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        got = os.fstat(fd)
+        if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):
+            raise UnsafeInput(f"{root}: ROOT changed while it was opened")
+        yield root, fd
+    finally:
+        os.close(fd)
+
+
+def apply_tree(root: str, manifest: Manifest, *, store: Store | None = None, source: str = "store",
+               opts: ApplyOptions | None = None, manifest_digest: str | None = None) -> ApplyReport:
+    """Make the tree at ``root`` match ``manifest`` in place; return what was done.
+
+    ``source`` is "store" (content from ``store``), a directory, or a tar file.
+    Raises UnsafeInput (ROOT a symlink, bad manifest), NotFound / BlobNotFound
+    (content missing: checked before anything changes), IntegrityError
+    (content that does not match its digest), TreeChanged (ROOT changed under
+    us: rerun), ResourceLimit (no space).
+    """
+    opts = opts or ApplyOptions()
+    validate(manifest)
+    if opts.rewrite_absolute_symlinks:
+        manifest = _rewrite_symlinks(manifest)
+    if opts.devices not in ("create", "check", "skip"):
+        raise UnsafeInput(f"unknown device policy {opts.devices!r}")
+    with ExitStack() as stack:
+        root, root_fd = stack.enter_context(_root(root))
+        old_umask = os.umask(0)
+        stack.callback(os.umask, old_umask)
+        use_store = source == "store"
+        if use_store and store is None:
+            raise CastoreError("no store to take content from; give --source DIR|TAR")
+        if use_store:
+            assert store is not None
+            stack.enter_context(store.lease([manifest_digest] if manifest_digest else []))
+        want = manifest.by_path()
+        scan = scan_tree(root, root_fd, want, store, opts.rehash)
+        writer = Writer(store if use_store else None,
+                        Options(link=opts.link if use_store else "copy", verify=opts.verify, devices=opts.devices,
+                                sockets=opts.sockets, note=opts.note))
+        src: Source = Source()
+        needed = _needed_content(manifest, scan, opts)
+        if use_store:
+            assert store is not None
+            missing = store.missing_blobs(manifest_refs(Manifest(tuple(needed.values()))))
+            local_only = {r.digest for r in needed.values() if r.digest in scan.local
+                          and (r.digest in missing or any(c.digest in missing for c in r.chunks))}
+            missing -= {d for r in needed.values() if r.digest in local_only
+                        for d in ([c.digest for c in r.chunks] or [r.digest])}
+            if missing:
+                from castore.errors import BlobNotFound
+                raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) apply needs")
+        elif os.path.isdir(source):
+            dsrc = DirSource(source)
+            stack.callback(dsrc.close)
+            src = dsrc
+            absent = []
+            for r in needed.values():
+                found = dsrc.lookup(r)
+                if found is not None:
+                    os.close(found[0])
+                elif r.digest not in scan.local:
+                    absent.append(r.path)
+            if absent:
+                raise NotFound(f"{absent[0]}: not in the source directory {source} "
+                               f"({len(absent)} file(s) missing)")
+        else:
+            stage = TMP_PREFIX + "stage-" + secrets.token_hex(4)
+            os.mkdir(stage, 0o700, dir_fd=root_fd)
+            sfd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+
+            def _drop_stage() -> None:
+                remove_contents(sfd)
+                os.close(sfd)
+                os.rmdir(stage, dir_fd=root_fd)
+            stack.callback(_drop_stage)
+            tar_needed = {p: r for r in needed.values() if r.digest not in scan.local for p in r.paths}
+            staged = stage_tar(source, sfd, tar_needed, opts.verify)
+            lacking = sorted({r.path for r in tar_needed.values() if r.digest not in staged})
+            if lacking:
+                raise NotFound(f"{lacking[0]}: not in the tar {source} ({len(lacking)} file(s) missing)")
+            src = StagedSource(sfd, staged)
+        ap = _Applier(root, root_fd, manifest, src, writer, opts)
+        ap.scan = scan
+        if use_store:
+            ap.local_only = local_only
+        try:
+            ap.deletions()
+            ap.directories()
+            ap.leaves()
+            crashpoint("apply-before-dir-metadata")
+            ap.dir_metadata()
+            writer.flush()
+            fs.syncfs(root_fd)
+        except OSError as exc:
+            if isinstance(exc, CastoreError):
+                raise
+            if exc.errno == errno.ENOSPC:
+                raise ResourceLimit(f"{root}: no space left on device") from exc
+            if exc.errno == errno.EDQUOT:
+                raise ResourceLimit(f"{root}: disk quota exceeded") from exc
+            raise
+        finally:
+            ap.dirs.close()
+        if store is not None and scan.cache_rows:
+            _record_cache(store, scan.cache_rows)
+        ap.report.hashed = scan.hashed
+        return ap.report
+    raise AssertionError("unreachable")
+
+
+def _needed_content(m: Manifest, scan: Scan, opts: ApplyOptions) -> dict[str, RegularFile]:
+    """Regular files whose content apply will have to write (no reusable inode), by primary path."""
+    out: dict[str, RegularFile] = {}
+    for r in m.files():
+        if not r.size:
+            continue
+        ok = False
+        for p in r.paths:
+            h = scan.by_path.get(p)
+            g = scan.groups.get(p)
+            if h is not None and _same_content(r, h) and g is not None and g <= set(r.paths):
+                ok = True
+                break
+        if not ok:
+            out[r.path] = r
+    return out
+
+
+def _record_cache(store: Store, rows: list[tuple[bytes, bytes]]) -> None:
+    db = store.meta.db("statcache")
+
+    def fn(txn: object) -> None:
+        for k, v in rows:
+            txn.put(k, v, db=db)  # type: ignore[attr-defined]
+    store.meta.write(fn)

@@ -1,0 +1,70 @@
+"""Verbs that change trees in place or duplicate them: apply, copy."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from castore.apply import ApplyOptions, apply_tree
+from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve
+from castore.cli.tree_cmds import ignore_opt
+from castore.copy import copy_tree
+from castore.errors import Differences
+from castore.materialize import LINK_MODES
+
+
+@main_group.command("apply")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.argument("manifest")
+@click.option("--source", default="store", show_default=True, metavar="DIR|TAR|store",
+              help="Where file content comes from: the store, a directory (by path) or a tar file.")
+@click.option("--move", is_flag=True, help="With --source DIR: rename files out of it (same filesystem).")
+@click.option("--delete", is_flag=True, help="Remove entries of ROOT the manifest does not list.")
+@click.option("--disable-digest", is_flag=True, help="Do not verify written content (trusted sources).")
+@click.option("--rehash", is_flag=True, help="Hash every file of ROOT; do not trust the stat cache.")
+@click.option("--link", type=click.Choice(LINK_MODES), default="auto", show_default=True,
+              help="How content from the store is written (auto: reflink where possible, else copy).")
+@click.option("--devices", type=click.Choice(["create", "check", "skip"]), default=None,
+              help="Device nodes: create (default as root), check (confirm only), skip (default otherwise).")
+@click.option("--sockets", is_flag=True, help="Create (and delete) sockets too; ignored otherwise.")
+@click.option("--rewrite-absolute-symlinks", is_flag=True,
+              help="Make absolute symlink targets relative to the link's directory (relocatable trees).")
+@click.option("-v", "--verbose", is_flag=True, help="One line per change on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@click.pass_obj
+@handle_errors
+def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delete: bool, disable_digest: bool,
+              rehash: bool, link: str, devices: str | None, sockets: bool, rewrite_absolute_symlinks: bool,
+              verbose: bool, as_json: bool) -> None:
+    """Make ROOT match MANIFEST in place, changing only what differs."""
+    if move and source == "store":
+        raise click.UsageError("--move needs --source DIR")
+    m, digest, store = resolve(obj, manifest, need_store=source == "store")
+    if devices is None:
+        devices = "create" if os.geteuid() == 0 else "skip"
+    opts = ApplyOptions(delete=delete, verify=not disable_digest, devices=devices, sockets=sockets,
+                        rewrite_absolute_symlinks=rewrite_absolute_symlinks, link=link, move=move, rehash=rehash,
+                        log=(lambda msg: click.echo(msg, err=True)) if verbose else None)
+    report = apply_tree(root, m, store=store, source=source, opts=opts, manifest_digest=digest)
+    if as_json:
+        print_json(report.as_dict())
+    for p in report.problems:
+        click.echo(f"continuity: {p}", err=True)
+    if report.problems:
+        raise Differences(f"{len(report.problems)} device node(s) not as the manifest says (--devices check)")
+
+
+@main_group.command("copy")
+@click.argument("src", type=click.Path(file_okay=False))
+@click.argument("dst", type=click.Path())
+@ignore_opt
+@click.pass_obj
+@handle_errors
+def copy_cmd(obj: Ctx, src: str, dst: str, ignore: tuple[str, ...]) -> None:
+    """Duplicate the tree SRC at DST (which must not exist), safely, keeping everything."""
+    copy_tree(src, dst, ignore=ignore)
+
+
+__all__ = ["sys"]
