@@ -16,7 +16,7 @@ import resource as _rlimit
 import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from castore import fs
@@ -98,8 +98,11 @@ def open_root(root: str) -> int:
         raise CastoreError(f"{root}: permission denied") from None
 
 
-def walk(root_fd: int, opts: WalkOptions) -> WalkResult:
-    """Every entry below ``root_fd`` (root excluded), in no particular order."""
+def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | None = None) -> WalkResult:
+    """Every entry below ``root_fd`` (root excluded), in no particular order.
+
+    ``on_file`` is called with each regular file's job as soon as it is seen.
+    """
     _raise_nofile_limit()
     out = WalkResult()
     skipped_apple = 0
@@ -123,8 +126,10 @@ def walk(root_fd: int, opts: WalkOptions) -> WalkResult:
             mode = st.st_mode
             if stat.S_ISREG(mode):
                 sparse = st.st_blocks * 512 < st.st_size
-                out.files.append(FileJob(child, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                                         st.st_ctime_ns, sparse))
+                job = FileJob(child, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sparse)
+                out.files.append(job)
+                if on_file is not None:
+                    on_file(job)
                 out.entries.append(_Seen(child, st))
             elif stat.S_ISDIR(mode):
                 subdirs.append(name)
@@ -165,48 +170,82 @@ def walk(root_fd: int, opts: WalkOptions) -> WalkResult:
     return out
 
 
-def _batches(jobs: list[FileJob]) -> Iterator[list[FileJob]]:
-    batch: list[FileJob] = []
-    size = 0
-    for j in jobs:
-        batch.append(j)
-        size += j.size
-        if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
 def make_pool(workers: int | None = None) -> ProcessPoolExecutor:
     """A pool of hashing processes (fork: cheap; the children never touch LMDB)."""
     n = workers or max(1, min(2, os.cpu_count() or 1))
     return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"))
 
 
+LARGE = 8 << 20  # files this large are dispatched one by one, largest first, after the walk
+
+
+class Reader:
+    """Reads file jobs with a Processor, in a process pool when given one.
+
+    Small files are submitted in batches while the walk is still running
+    (walking and hashing overlap); large ones are kept for the end and sent
+    largest first so that both workers finish together.
+    """
+
+    def __init__(self, proc: Processor, pool: Executor | None,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.proc, self.pool, self.progress = proc, pool, progress
+        self.jobs: list[FileJob] = []
+        self.pending: list[int] = []
+        self.pending_bytes = 0
+        self.large: list[int] = []
+        self.futures: list[tuple[list[int], Future[list[tuple[object, ...]]]]] = []
+
+    def add(self, job: FileJob) -> None:
+        i = len(self.jobs)
+        self.jobs.append(job)
+        if job.size >= LARGE:
+            self.large.append(i)
+            return
+        self.pending.append(i)
+        self.pending_bytes += job.size
+        if len(self.pending) >= BATCH_FILES or self.pending_bytes >= BATCH_BYTES:
+            self._submit(self.pending)
+            self.pending, self.pending_bytes = [], 0
+
+    def _submit(self, idx: list[int]) -> None:
+        packed = [(j.rel, j.dev, j.ino, j.size, j.mtime_ns, j.ctime_ns, j.sparse) for j in (self.jobs[i] for i in idx)]
+        if self.pool is None:
+            fut: Future[list[tuple[object, ...]]] = Future()
+            fut.set_result(self.proc.run_packed(packed))
+        else:
+            fut = self.pool.submit(self.proc.run_packed, packed)
+        self.futures.append((idx, fut))
+
+    def results(self) -> list[FileResult]:
+        """Wait for every job; results in the order jobs were added."""
+        if self.pending:
+            self._submit(self.pending)
+            self.pending = []
+        for i in sorted(self.large, key=lambda i: -self.jobs[i].size):
+            self._submit([i])
+        self.large = []
+        out: list[FileResult] = [_EMPTY] * len(self.jobs)
+        for idx, fut in self.futures:
+            res = fut.result()
+            for i, r in zip(idx, res, strict=True):
+                out[i] = FileResult(*r)  # type: ignore[arg-type]
+            if self.progress:
+                self.progress(len(idx), sum(self.jobs[i].size for i in idx))
+        self.futures = []
+        return out
+
+
+_EMPTY = FileResult()
+
+
 def read_files(proc: Processor, jobs: list[FileJob], pool: Executor | None,
                progress: Callable[[int, int], None] | None = None) -> list[FileResult]:
     """Read every job with ``proc``, in parallel when a pool is given."""
-    if not jobs:
-        return []
-    # Largest first so the two workers finish together.
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].size)
-    ordered = [jobs[i] for i in order]
-    results: list[FileResult] = [FileResult()] * len(jobs)
-    pos = 0
-    if pool is None or len(jobs) < 64 and sum(j.size for j in jobs) < (8 << 20):
-        flat = proc.run_batch(ordered)
-        for i, r in zip(order, flat, strict=False):
-            results[i] = r
-        return results
-    batches = list(_batches(ordered))
-    for batch, res in zip(batches, pool.map(proc.run_batch, batches), strict=False):
-        for r in res:
-            results[order[pos]] = r
-            pos += 1
-        if progress:
-            progress(len(batch), sum(j.size for j in batch))
-    return results
+    reader = Reader(proc, pool, progress)
+    for j in jobs:
+        reader.add(j)
+    return reader.results()
 
 
 def restat(root_fd: int, job: FileJob) -> FileJob | None:
@@ -226,9 +265,12 @@ def restat(root_fd: int, job: FileJob) -> FileJob | None:
 
 
 def read_with_retries(root_fd: int, proc: Processor, jobs: list[FileJob], pool: Executor | None,
-                      progress: Callable[[int, int], None] | None = None) -> list[FileResult]:
-    """read_files, re-reading files that changed under us up to RETRIES times."""
-    results = read_files(proc, jobs, pool, progress)
+                      progress: Callable[[int, int], None] | None = None,
+                      results: list[FileResult] | None = None) -> list[FileResult]:
+    """read_files (unless ``results`` are given), re-reading files that changed
+    under us up to RETRIES times; ``jobs`` is updated with their fresh stat."""
+    if results is None:
+        results = read_files(proc, jobs, pool, progress)
     for _ in range(RETRIES):
         redo = [i for i, r in enumerate(results) if r.changed]
         if not redo:
@@ -239,7 +281,7 @@ def read_with_retries(root_fd: int, proc: Processor, jobs: list[FileJob], pool: 
                 continue
             jobs[i] = fresh
             results[i] = proc.run_batch([fresh])[0]
-    for j, r in zip(jobs, results, strict=False):
+    for j, r in zip(jobs, results, strict=True):
         if r.error:
             if r.changed:
                 raise SourceChanged(f"/{j.rel}: changed while it was read; not recorded")
@@ -311,18 +353,19 @@ def build(root: str, opts: WalkOptions | None = None, *, pool: Executor | None =
     opts = opts or WalkOptions()
     root_fd = open_root(root)
     try:
-        walked = walk(root_fd, opts)
-        if not walked.entries:
-            raise UnsafeInput(f"{root}: empty directory, nothing to record")
         st = os.fstat(root_fd)
         proc = Processor(root=root, root_id=(st.st_dev, st.st_ino), hash_content=hash_files)
-        own_pool = pool is None and hash_files and len(walked.files) >= 64
+        own_pool = pool is None and hash_files
         p = make_pool() if own_pool else pool
         try:
-            results = read_with_retries(root_fd, proc, walked.files, p)
+            reader = Reader(proc, p)
+            walked = walk(root_fd, opts, reader.add)
+            if not walked.entries:
+                raise UnsafeInput(f"{root}: empty directory, nothing to record")
+            results = read_with_retries(root_fd, proc, walked.files, p, results=reader.results())
         finally:
             if own_pool and p is not None:
-                p.shutdown()
+                p.shutdown(cancel_futures=True)
         return assemble(walked, results, whiteouts=opts.whiteouts)
     finally:
         os.close(root_fd)

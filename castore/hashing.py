@@ -90,6 +90,11 @@ class Processor:
         finally:
             os.close(root_fd)
 
+    def run_packed(self, jobs: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+        """run_batch over plain tuples both ways: pickling dataclasses costs more than hashing small files."""
+        out = self.run_batch([FileJob(*j) for j in jobs])  # type: ignore[arg-type]
+        return [(r.digest, r.chunks, r.holes, r.xattrs, r.staged, r.error, r.changed) for r in out]
+
     def run_one(self, root_fd: int, job: FileJob) -> FileResult:
         try:
             fd = fs.open_beneath(root_fd, job.rel, os.O_RDONLY | os.O_NONBLOCK)

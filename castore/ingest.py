@@ -8,6 +8,7 @@ the manifest's references, the stat cache and, last, the catalog entry.
 
 from __future__ import annotations
 
+import hashlib
 import marshal
 import os
 import struct
@@ -17,7 +18,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 
 from castore.build import (
+    Reader,
     WalkOptions,
+    WalkResult,
     assemble,
     make_pool,
     open_root,
@@ -36,23 +39,42 @@ _KEY = struct.Struct("<QQ")
 RACY_NS = 2 * 10**9  # files changed this close to the walk are not cached (git's racy-clean rule)
 
 
-def _cache_lookup(store: Store, jobs: list[FileJob]) -> dict[int, FileResult]:
-    hits: dict[int, FileResult] = {}
-    db = store.meta.db("statcache")
-    with store.meta.read() as txn:
-        for i, j in enumerate(jobs):
-            raw = txn.get(_KEY.pack(j.dev, j.ino), db=db)
-            if raw is None:
-                continue
-            try:
-                size, mtime, ctime, digest, chunks, xattrs, holes = marshal.loads(raw)
-            except (ValueError, EOFError, TypeError):
-                continue
-            if (size, mtime, ctime) == (j.size, j.mtime_ns, j.ctime_ns):
-                hits[i] = FileResult(digest=digest, chunks=tuple(tuple(c) for c in chunks),  # type: ignore[misc]
-                                     xattrs=tuple(tuple(x) for x in xattrs),  # type: ignore[misc]
-                                     holes=tuple(tuple(h) for h in holes))  # type: ignore[misc]
-    return hits
+def _cache_get(txn: object, db: object, j: FileJob) -> FileResult | None:
+    raw = txn.get(_KEY.pack(j.dev, j.ino), db=db)  # type: ignore[attr-defined]
+    if raw is None:
+        return None
+    try:
+        size, mtime, ctime, digest, chunks, xattrs, holes = marshal.loads(raw)
+    except (ValueError, EOFError, TypeError):
+        return None
+    if (size, mtime, ctime) != (j.size, j.mtime_ns, j.ctime_ns):
+        return None
+    return FileResult(digest=digest, chunks=tuple(tuple(c) for c in chunks),  # type: ignore[misc]
+                      xattrs=tuple(tuple(x) for x in xattrs),  # type: ignore[misc]
+                      holes=tuple(tuple(h) for h in holes))  # type: ignore[misc]
+
+
+def _tree_key(src: str, opts: WalkOptions, st: os.stat_result) -> bytes:
+    ident = repr((os.path.realpath(src), st.st_dev, st.st_ino, opts.ignore, opts.keep_appledouble, opts.whiteouts))
+    return b"tree:" + hashlib.sha256(ident.encode("utf-8", "surrogateescape")).digest()
+
+
+def _fingerprint(walked: WalkResult) -> bytes | None:
+    """A digest of everything the walk saw, or None when some entry changed too recently to trust.
+
+    ctime moves on every content, mode, owner, xattr or link change, so an
+    unchanged fingerprint means an unchanged tree (given the racy-clean rule).
+    """
+    h = hashlib.sha256()
+    limit = time.time_ns() - RACY_NS
+    for e in sorted(walked.entries, key=lambda e: e.path):
+        st = e.st
+        if st.st_ctime_ns > limit:
+            return None
+        h.update(f"{e.path}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
+                 f"{st.st_ctime_ns}\0{st.st_ino}\0{st.st_dev}\0{st.st_nlink}\0{st.st_rdev}\0{e.target}\0"
+                 f"{e.xattrs!r}\n".encode("utf-8", "surrogateescape"))
+    return h.digest()
 
 
 def _sizes(jobs: list[FileJob], results: list[FileResult]) -> dict[str, int]:
@@ -69,10 +91,9 @@ def _sizes(jobs: list[FileJob], results: list[FileResult]) -> dict[str, int]:
 class Progress:
     """Files, bytes and rate on stderr when it is a terminal; silent otherwise."""
 
-    def __init__(self, total_files: int, total_bytes: int) -> None:
+    def __init__(self) -> None:
         self.on = sys.stderr.isatty()
         self.files = self.bytes = 0
-        self.total_files, self.total_bytes = total_files, total_bytes
         self.start = self.last = time.monotonic()
 
     def __call__(self, files: int, nbytes: int) -> None:
@@ -82,8 +103,8 @@ class Progress:
         if self.on and now - self.last > 0.2:
             self.last = now
             rate = self.bytes / max(now - self.start, 1e-6) / 1e6
-            print(f"\r{self.files}/{self.total_files} files, {self.bytes / 1e6:.0f}/{self.total_bytes / 1e6:.0f} MB, "
-                  f"{rate:.0f} MB/s", end="", file=sys.stderr, flush=True)
+            print(f"\r{self.files} files, {self.bytes / 1e6:.0f} MB stored, {rate:.0f} MB/s ",
+                  end="", file=sys.stderr, flush=True)
 
     def done(self) -> None:
         if self.on and self.files:
@@ -103,34 +124,79 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
         with store.lease() as lease:
             os.makedirs(lease.tmp_dir, mode=0o700)
             start_ns = time.time_ns()
-            walked = walk(root_fd, opts)
-            if not walked.entries:
-                raise UnsafeInput(f"{src}: empty directory, nothing to ingest")
-            jobs = walked.files
-            hits = _cache_lookup(store, jobs)
-            todo_idx = [i for i in range(len(jobs)) if i not in hits]
-            todo = [jobs[i] for i in todo_idx]
             proc = Processor(root=src, root_id=(st.st_dev, st.st_ino), stage_dir=lease.tmp_dir,
                              blob_dir=store.blob_root, chunking=store.chunking)
-            prog = Progress(len(todo), sum(j.size for j in todo))
-            if own_pool and (len(todo) >= 64 or sum(j.size for j in todo) >= 8 << 20):
+            prog = Progress()
+            if own_pool:
                 pool = make_pool()
-            fresh = read_with_retries(root_fd, proc, todo, pool, prog if progress else None)
+            reader = Reader(proc, pool, prog if progress else None)
+            hits: dict[int, FileResult] = {}
+            slots: list[int] = []  # walk index -> reader index, or -1 for a cache hit
+            cache_db = store.meta.db("statcache")
+            with store.meta.read() as txn:
+                def on_file(job: FileJob) -> None:
+                    hit = _cache_get(txn, cache_db, job)
+                    if hit is not None:
+                        hits[len(slots)] = hit
+                        slots.append(-1)
+                    else:
+                        slots.append(len(reader.jobs))
+                        reader.add(job)
+
+                walked = walk(root_fd, opts, on_file)
+                tree_key = _tree_key(src, opts, st)
+                known = txn.get(tree_key, db=cache_db)
+            if not walked.entries:
+                raise UnsafeInput(f"{src}: empty directory, nothing to ingest")
+            fp = _fingerprint(walked) if not reader.jobs else None
+            if fp is not None and known is not None:
+                shortcut = _unchanged_tree(store, known, fp, name)
+                if shortcut is not None:
+                    return shortcut
+            fresh = read_with_retries(root_fd, proc, reader.jobs, pool, results=reader.results())
             prog.done()
             crashpoint("ingest-after-read")
-            results: list[FileResult] = [FileResult()] * len(jobs)
-            for i, r in hits.items():
-                results[i] = r
-            for i, j, r in zip(todo_idx, todo, fresh, strict=False):
-                results[i] = r
-                jobs[i] = j  # a retried file carries its fresh stat
-            manifest = validate(assemble(walked, results, whiteouts=opts.whiteouts))
-            digest = _commit(store, manifest, jobs, results, fresh, root_fd, proc, name, start_ns, set(hits))
+            jobs = walked.files
+            results: list[FileResult] = [_NO_RESULT] * len(jobs)
+            for i, slot in enumerate(slots):
+                if slot < 0:
+                    results[i] = hits[i]
+                else:
+                    results[i] = fresh[slot]
+                    jobs[i] = reader.jobs[slot]  # a retried file carries its fresh stat
+            manifest = assemble(walked, results, whiteouts=opts.whiteouts)
+            digest = _commit(store, manifest, jobs, results, fresh, proc, name, start_ns, set(hits))
+            fp = _fingerprint(walked)
+            if fp is not None:
+                store.meta.write(lambda t: t.put(tree_key, marshal.dumps((fp, digest)), db=cache_db))
             return digest
     finally:
         os.close(root_fd)
         if own_pool and pool is not None:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
+
+
+_NO_RESULT = FileResult()
+
+
+def _unchanged_tree(store: Store, known: bytes, fp: bytes, name: str | None) -> str | None:
+    """The manifest recorded for an identical walk, if it is still whole in the store."""
+    try:
+        old_fp, digest = marshal.loads(known)
+    except (ValueError, EOFError, TypeError):
+        return None
+    if old_fp != fp:
+        return None
+    with store.shared_lock():
+        if store.blob_size(digest) is None or not os.path.exists(store.blob_path(digest)):
+            return None
+        refs = store.manifest_refs(digest)
+        if not refs or store.missing_blobs(refs):
+            return None
+        if name is not None:
+            size = store.blob_size(digest) or 0
+            store.meta.write(lambda t: store.set_tag(t, name, digest, size))
+    return digest
 
 
 def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, str]], sizes: dict[str, int], *,
@@ -180,8 +246,7 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
 
 
 def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list[FileResult],
-            fresh: list[FileResult], root_fd: int, proc: Processor, name: str | None, start_ns: int,
-            hit_idx: set[int]) -> str:
+            fresh: list[FileResult], proc: Processor, name: str | None, start_ns: int, hit_idx: set[int]) -> str:
     sizes = _sizes(jobs, results)
     staged = [s for r in fresh for s in r.staged]
 

@@ -153,13 +153,15 @@ def test_stat_cache_skips_rehash(tmp_path: Path, store: Store, monkeypatch: pyte
         return real(self, root_fd, job)
 
     monkeypatch.setattr(castore.hashing.Processor, "run_one", counting)
-    d1 = ingest(store, str(src), progress=False)
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(1)  # in-process, so the counter sees every read
+    d1 = ingest(store, str(src), progress=False, pool=pool)
     assert len(calls) == 5
     calls.clear()
-    assert ingest(store, str(src), progress=False) == d1
+    assert ingest(store, str(src), progress=False, pool=pool) == d1
     assert calls == []
     (src / "f3").write_bytes(b"changed")
-    d3 = ingest(store, str(src), progress=False)
+    d3 = ingest(store, str(src), progress=False, pool=pool)
     assert calls == ["f3"] and d3 != d1
     # a cache hit whose blob vanished is read again
     calls.clear()
@@ -167,7 +169,7 @@ def test_stat_cache_skips_rehash(tmp_path: Path, store: Store, monkeypatch: pyte
     r0 = m.by_path()["/f0"]
     os.unlink(store.blob_path(r0.digest))  # type: ignore[union-attr]
     store.meta.write(lambda t: t.delete(bytes.fromhex(r0.digest[7:]), db=store.meta.db("blobs")))  # type: ignore
-    assert ingest(store, str(src), progress=False) == d3
+    assert ingest(store, str(src), progress=False, pool=pool) == d3
     assert calls == ["f0"]
     assert store.read_blob(r0.digest) == b"content 0"  # type: ignore[union-attr]
 
