@@ -29,7 +29,9 @@ import hashlib
 import os
 import secrets
 import sys
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import zstandard
@@ -102,6 +104,7 @@ class TarWriter:
         self.whiteouts = whiteouts
         self.note = note or (lambda m: print(f"continuity: note: {m}", file=sys.stderr))
         self.skipped: dict[str, int] = {}
+        self.pool = ThreadPoolExecutor(2)
 
     # ------------------------------------------------------------- headers
 
@@ -151,40 +154,70 @@ class TarWriter:
         except FileNotFoundError:
             raise BlobNotFound(digest) from None
 
-    def _pieces(self, r: RegularFile) -> Any:
-        """The verified content of ``r`` as successive byte strings (logical, holes as zeros)."""
+    def _verified(self, digest: str, size: int, path: str) -> bytes:
+        """A whole blob of at most VERIFY_WHOLE bytes, read and checked (runs in a worker thread)."""
+        fd = self._blob_fd(digest)
+        try:
+            if os.fstat(fd).st_size != size:
+                raise IntegrityError(f"blob {digest} has the wrong size for {path}")
+            data = os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
+        if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {path}; run `continuity fsck`")
+        return data
+
+    def _streamed(self, digest: str, size: int, path: str) -> Iterator[bytes]:
+        fd = self._blob_fd(digest)
+        try:
+            if os.fstat(fd).st_size != size:
+                raise IntegrityError(f"blob {digest} has the wrong size for {path}")
+            h = hashlib.sha256()
+            pos = 0
+            while pos < size:
+                data = os.read(fd, min(READ * 4, size - pos))
+                if not data:
+                    raise IntegrityError(f"blob {digest} is truncated")
+                h.update(data)
+                pos += len(data)
+                yield data
+            if "sha256:" + h.hexdigest() != digest:
+                raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {path}; "
+                                     "run `continuity fsck`")
+        finally:
+            os.close(fd)
+
+    def _pieces(self, r: RegularFile) -> Iterator[bytes]:
+        """The verified content of ``r`` as successive byte strings (logical, holes as zeros).
+
+        Pieces up to 4 MiB are read and hashed by two threads, a few ahead of the writer.
+        """
         if r.size == 0:
             if r.digest != "sha256:" + hashlib.sha256(b"").hexdigest():
                 raise IntegrityError(f"{r.path}: empty file with a non-empty digest")
             return
-        pieces = [(c.digest, c.begin, c.end) for c in r.chunks] or [(r.digest, 0, r.size)]
-        for digest, begin, end in pieces:
-            fd = self._blob_fd(digest)
-            try:
-                if os.fstat(fd).st_size != end - begin:
-                    raise IntegrityError(f"blob {digest} has the wrong size for {r.path}")
-                h = hashlib.sha256()
-                if end - begin <= VERIFY_WHOLE:
-                    data = os.pread(fd, end - begin, 0)
-                    h.update(data)
-                    if len(data) != end - begin or "sha256:" + h.hexdigest() != digest:
-                        raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {r.path}; "
-                                             "run `continuity fsck`")
-                    yield data
-                    continue
-                pos = begin
-                while pos < end:
-                    data = os.read(fd, min(READ * 4, end - pos))
-                    if not data:
-                        raise IntegrityError(f"blob {digest} is truncated")
-                    h.update(data)
-                    pos += len(data)
-                    yield data
-                if "sha256:" + h.hexdigest() != digest:
-                    raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {r.path}; "
-                                         "run `continuity fsck`")
-            finally:
-                os.close(fd)
+        pieces = [(c.digest, c.end - c.begin) for c in r.chunks] or [(r.digest, r.size)]
+        if len(pieces) == 1 and pieces[0][1] > VERIFY_WHOLE:
+            yield from self._streamed(pieces[0][0], pieces[0][1], r.path)
+            return
+        ahead: deque[Future[bytes]] = deque()
+        todo = iter(pieces)
+        try:
+            while True:
+                while len(ahead) < 8:
+                    nxt = next(todo, None)
+                    if nxt is None:
+                        break
+                    if nxt[1] > VERIFY_WHOLE:  # a huge chunk: stream it when its turn comes
+                        ahead.append(self.pool.submit(lambda d=nxt: b"".join(self._streamed(d[0], d[1], r.path))))
+                    else:
+                        ahead.append(self.pool.submit(self._verified, nxt[0], nxt[1], r.path))
+                if not ahead:
+                    return
+                yield ahead.popleft().result()
+        finally:
+            for f in ahead:
+                f.cancel()
 
     def _file(self, name: bytes, r: RegularFile) -> None:
         if not r.holes:
@@ -242,6 +275,16 @@ class TarWriter:
                     else:
                         self._skip("opaque director(y/ies) (use --whiteouts oci)")
         entries.sort(key=lambda e: e[0])
+        try:
+            self._write_entries(entries)
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.out.write(bytes(2 * BLOCK))
+        self.out.write(bytes(-self.out.n % RECORD))
+        for what, n in self.skipped.items():
+            self.note(f"left out {n} {what}: a tar cannot hold them")
+
+    def _write_entries(self, entries: list[tuple[bytes, int, Resource]]) -> None:
         for rel, i, r in entries:
             if i > 0:
                 self._header(rel, r, LNK, linkname=os.fsencode(r.paths[0])[1:])
@@ -262,10 +305,6 @@ class TarWriter:
                 self._header(rel, r, REG, perm=0)
             elif isinstance(r, Socket):
                 self._skip("socket(s)")
-        self.out.write(bytes(2 * BLOCK))
-        self.out.write(bytes(-self.out.n % RECORD))
-        for what, n in self.skipped.items():
-            self.note(f"left out {n} {what}: a tar cannot hold them")
 
 
 def _open_compressor(f: BinaryIO, compress: str | None) -> tuple[Any, Callable[[], None]]:

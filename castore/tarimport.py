@@ -37,7 +37,10 @@ import hashlib
 import os
 import secrets
 import sys
+import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyfastcdc
@@ -239,13 +242,32 @@ class _Importer:
         self.dropped_apple = 0
         self.cdc = pyfastcdc.FastCDC(chunking.avg_size, min_size=chunking.min_size, max_size=chunking.max_size)
         self.buf = bytearray(chunking.threshold)
+        # Hashing and writing release the GIL: two threads do them while the main thread parses.
+        self.pool = ThreadPoolExecutor(2)
+        self.window: deque[Future[None]] = deque()
+        self.lock = threading.Lock()
+
+    def _submit(self, fn: Callable[..., None], *args: object) -> None:
+        self.window.append(self.pool.submit(fn, *args))
+        while len(self.window) > 32:  # at most ~32 pieces (<= 16 MiB) in flight
+            self.window.popleft().result()
+
+    def drain(self) -> None:
+        while self.window:
+            self.window.popleft().result()
+
+    def _hash_stage(self, chunks: list[Chunk | None], i: int, begin: int, data: bytes) -> None:
+        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        chunks[i] = Chunk(d, begin, begin + len(data))
+        self._stage(d, data)
 
     # ------------------------------------------------------------- content
 
     def _stage(self, digest: str, data: bytes | memoryview) -> None:
-        if digest in self.sizes:
-            return
-        self.sizes[digest] = len(data)
+        with self.lock:
+            if digest in self.sizes:
+                return
+            self.sizes[digest] = len(data)
         hexd = digest[7:]
         if os.path.exists(os.path.join(self.blob_root, hexd[:2], hexd)):
             return  # a hint only: commit_manifest checks again under the store lock
@@ -257,18 +279,19 @@ class _Importer:
                 view = view[os.write(fd, view):]
         finally:
             os.close(fd)
-        self.staged.append((name, digest))
+        with self.lock:
+            self.staged.append((name, digest))
 
     def content(self, m: Member, node: _Node) -> None:
         src = _Logical(m)
         size = src.size
         if size >= self.cp.threshold:
-            chunks = []
+            chunks: list[Chunk | None] = []
             for c in self.cdc.cut_stream(src):
-                d = "sha256:" + hashlib.sha256(c.data).hexdigest()
-                chunks.append(Chunk(d, c.offset, c.offset + c.length))
-                self._stage(d, c.data)
-            node.chunks = tuple(chunks)
+                chunks.append(None)
+                self._submit(self._hash_stage, chunks, len(chunks) - 1, c.offset, bytes(c.data))
+            self.drain()
+            node.chunks = tuple(c for c in chunks if c is not None)
         else:
             view = memoryview(self.buf)[:size]
             got = 0
@@ -277,7 +300,7 @@ class _Importer:
                 if not n:
                     break
                 got += n
-            self._stage("sha256:" + src.h.hexdigest(), view[:got])
+            self._submit(self._stage, "sha256:" + src.h.hexdigest(), bytes(view[:got]))
         if src.pos != size:
             raise TarCorrupt(f"tar member {m.name[:200]!r} ended early")
         node.size, node.digest = size, "sha256:" + src.h.hexdigest()
@@ -419,8 +442,12 @@ def read_tar(stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams
              opts: TarOptions) -> tuple[Manifest, list[tuple[str, str]], dict[str, int]]:
     """Parse a whole stream: its manifest, the staged (temp, digest) pairs and content sizes."""
     imp = _Importer(tmp_dir, blob_root, chunking, opts)
-    for m in members(stream):
-        imp.member(m)
+    try:
+        for m in members(stream):
+            imp.member(m)
+        imp.drain()
+    finally:
+        imp.pool.shutdown(wait=True, cancel_futures=True)
     manifest = imp.manifest()
     refs = manifest_refs(manifest)
     staged = [(t, d) for t, d in imp.staged if d in refs]
