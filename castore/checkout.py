@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import secrets
 import stat
 from collections import OrderedDict
+from collections.abc import Callable
 
 from castore import fs
 from castore.crash import crashpoint
-from castore.errors import CastoreError, ResourceLimit, UnsafeInput
-from castore.manifest.model import Directory, Manifest, RegularFile, Whiteout
+from castore.errors import Busy, CastoreError, IntegrityError, ResourceLimit, UnsafeInput
+from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Whiteout
 from castore.manifest.validate import validate
 from castore.materialize import Options, Writer
 from castore.store import Store, remove_contents
@@ -64,8 +66,17 @@ def _split(path: str) -> tuple[str, str]:
     return parent, name
 
 
-def materialize_into(root_fd: int, manifest: Manifest, writer: Writer) -> None:
-    """Create every resource of ``manifest`` below the empty directory ``root_fd``."""
+PARALLEL_MIN = 1000  # entries below which forking a second writer does not pay
+
+
+def materialize_into(root_fd: int, manifest: Manifest, writer: Writer, *, parallel: bool = True) -> None:
+    """Create every resource of ``manifest`` below the empty directory ``root_fd``.
+
+    Directories first (0700 while filling), then everything else, split
+    between this process and a forked one when there is enough work (writing
+    small files is CPU-bound in Python; both cores help), then directory
+    metadata bottom-up.
+    """
     dirs = DirFds(root_fd)
     made_dirs: set[str] = set()
     try:
@@ -81,32 +92,25 @@ def materialize_into(root_fd: int, manifest: Manifest, writer: Writer) -> None:
                 pass
             made_dirs.add(rel)
 
+        others = []
         for r in manifest.resources:
             if isinstance(r, Directory):
                 ensure_dir(r.path[1:])
+            else:
+                others.append(r)
+        for r in others:
+            for p in r.paths:
+                ensure_dir(_split(p)[0])
         crashpoint("checkout-after-dirs")
-        count = 0
-        for r in manifest.resources:
-            if isinstance(r, Directory):
-                continue
-            parent, name = _split(r.path)
-            ensure_dir(parent)
-            dfd = dirs.get(parent)
-            if isinstance(r, RegularFile):
-                writer.create_file(dfd, name, r)
-            elif not writer.create_other(dfd, name, r, r.path):
-                continue
-            if isinstance(r, Whiteout):
-                continue
-            for other in r.paths[1:]:
-                p2, n2 = _split(other)
-                ensure_dir(p2)
-                os.link(name, n2, src_dir_fd=dfd, dst_dir_fd=dirs.get(p2), follow_symlinks=False)
-            count += 1
-            if count == 100:
-                crashpoint("checkout-mid-files")
-        writer.flush()
-        # Implicit directories get 0755; listed ones their metadata, deepest first.
+        if writer.store is not None:
+            writer.preload([r for r in others if isinstance(r, RegularFile)])
+        if parallel and len(others) >= PARALLEL_MIN and (os.cpu_count() or 1) > 1:
+            mine, theirs = _halves(others)
+            extra = _in_child(root_fd, theirs, writer, lambda: _create_entries(dirs, mine, writer))
+        else:
+            _create_entries(dirs, others, writer)
+            extra = {}
+        writer.flush(extra)
         for rel in sorted(made_dirs, key=lambda p: -p.count("/")):
             parent, _, name = rel.rpartition("/")
             os.chmod(name, 0o755, dir_fd=dirs.get(parent))
@@ -116,6 +120,99 @@ def materialize_into(root_fd: int, manifest: Manifest, writer: Writer) -> None:
                 writer.dir_metadata(dirs.get(parent), name, r)
     finally:
         dirs.close()
+
+
+def _create_entries(dirs: DirFds, entries: list[Resource], writer: Writer) -> None:
+    """Create non-directory entries (their parents exist), hardlink groups included."""
+    for count, r in enumerate(entries):
+        parent, name = _split(r.path)
+        dfd = dirs.get(parent)
+        if isinstance(r, RegularFile):
+            writer.create_file(dfd, name, r)
+        elif not writer.create_other(dfd, name, r, r.path):
+            continue
+        if isinstance(r, Whiteout):
+            continue
+        for other in r.paths[1:]:
+            p2, n2 = _split(other)
+            os.link(name, n2, src_dir_fd=dfd, dst_dir_fd=dirs.get(p2), follow_symlinks=False)
+        if count == 100:
+            crashpoint("checkout-mid-files")
+
+
+def _halves(entries: list[Resource]) -> tuple[list[Resource], list[Resource]]:
+    """Split into two contiguous runs of about equal work (bytes plus a per-entry cost)."""
+    cost = [(r.size if isinstance(r, RegularFile) else 0) + 16384 for r in entries]
+    half, acc = sum(cost) / 2, 0
+    for i, c in enumerate(cost):
+        acc += c
+        if acc >= half:
+            return entries[: i + 1], entries[i + 1:]
+    return entries, []
+
+
+def _in_child(root_fd: int, entries: list[Resource], writer: Writer,
+              also: Callable[[], None]) -> dict[bytes, bytes]:
+    """Create ``entries`` in a forked child while this process runs ``also``.
+
+    The child never touches LMDB (its records were preloaded); it sends back
+    the records to write, or its error, through a pipe.
+    """
+    if not entries:
+        also()
+        return {}
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(rfd)
+            child_dirs = DirFds(root_fd)
+            try:
+                _create_entries(child_dirs, entries, writer)
+            finally:
+                child_dirs.close()
+            payload = pickle.dumps(("ok", writer.take_updates()))
+        except CastoreError as exc:
+            payload = pickle.dumps(("error", exc.exit_code, str(exc)))
+        except OSError as exc:
+            payload = pickle.dumps(("oserror", exc.errno, exc.strerror, exc.filename))
+        except BaseException as exc:  # noqa: BLE001 - reported by the parent
+            payload = pickle.dumps(("error", 1, f"{type(exc).__name__}: {exc}"))
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(wfd, view):]
+        except BaseException:  # noqa: BLE001
+            code = 1
+        os._exit(code)
+    os.close(wfd)
+    failure: BaseException | None = None
+    try:
+        also()
+    except BaseException as exc:  # noqa: BLE001 - the child must be reaped first
+        failure = exc
+    chunks = []
+    while True:
+        b = os.read(rfd, 1 << 20)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(rfd)
+    _, status = os.waitpid(pid, 0)
+    if failure is not None:
+        raise failure
+    if not chunks:
+        raise CastoreError(f"checkout worker died (status {status})")
+    msg = pickle.loads(b"".join(chunks))
+    if msg[0] == "ok":
+        return msg[1]  # type: ignore[no-any-return]
+    if msg[0] == "oserror":
+        raise OSError(msg[1], msg[2], msg[3])
+    raise _ERROR_BY_CODE.get(msg[1], CastoreError)(msg[2])
+
+
+_ERROR_BY_CODE: dict[int, type[CastoreError]] = {3: UnsafeInput, 4: IntegrityError, 5: Busy, 6: ResourceLimit}
 
 
 def _prepare_target(target: str) -> tuple[str, str, bool]:

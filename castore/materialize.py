@@ -80,6 +80,30 @@ class Writer:
     def _load_verified(self) -> None:
         assert self.store is not None
         self.vdb = self.store.meta.db("links")
+        self.records: dict[bytes, bytes | None] | None = None
+
+    def record_keys(self, files: list[RegularFile]) -> list[bytes]:
+        """The `links` rows writing ``files`` may consult."""
+        if self.opts.link == "hardlink":
+            return [b"o" + bytes.fromhex(self._object_key(r)) for r in files]
+        if self.can_reflink:
+            return list({b"v" + bytes.fromhex(r.digest[7:]) for r in files if not r.chunks})
+        return []
+
+    def preload(self, files: list[RegularFile]) -> None:
+        """Read every record these files may need in one transaction, so that
+        forked workers never touch LMDB (unsafe across fork)."""
+        assert self.store is not None
+        keys = self.record_keys(files)
+        with self.store.meta.read() as txn:
+            self.records = {k: txn.get(k, db=self.vdb) for k in keys}
+
+    def _record(self, key: bytes) -> bytes | None:
+        if self.records is not None:
+            return self.records.get(key)
+        assert self.store is not None
+        with self.store.meta.read() as txn:
+            return txn.get(key, db=self.vdb)  # type: ignore[no-any-return]
 
     def _blob_fd(self, digest: str) -> int:
         assert self.store is not None
@@ -93,8 +117,7 @@ class Writer:
         assert self.store is not None
         st = os.fstat(fd)
         key = b"v" + bytes.fromhex(digest[7:])
-        with self.store.meta.read() as txn:
-            raw = txn.get(key, db=self.vdb)
+        raw = self._record(key)
         return raw is not None and marshal.loads(raw) == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def _mark_verified(self, digest: str, fd: int) -> None:
@@ -312,8 +335,7 @@ class Writer:
             return False
         try:
             st = os.fstat(fd)
-            with self.store.meta.read() as txn:
-                raw = txn.get(key, db=self.vdb)
+            raw = self._record(key)
             if raw is not None and marshal.loads(raw)[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
                 return True
             # Changed since recorded (a link, or an edit through a checkout): prove it again.
@@ -366,11 +388,19 @@ class Writer:
         os.close(fd)
         os.replace(tmp, path)  # a stale or altered object is replaced; its old links keep the old inode
 
-    def flush(self) -> None:
-        """Record verified blobs and hardlink objects (one LMDB transaction)."""
-        if self.store is None or not (self.link_updates or self.verified_updates):
-            return
+    def take_updates(self) -> dict[bytes, bytes]:
+        """Records to write (and forget them here): for a parent to commit a worker's."""
         updates = {**self.verified_updates, **self.link_updates}
+        self.link_updates.clear()
+        self.verified_updates.clear()
+        return updates
+
+    def flush(self, extra: dict[bytes, bytes] | None = None) -> None:
+        """Record verified blobs and hardlink objects (one LMDB transaction),
+        with ``extra`` records gathered from workers."""
+        updates = {**(extra or {}), **self.verified_updates, **self.link_updates}
+        if self.store is None or not updates:
+            return
 
         def fn(txn: object) -> None:
             for k, v in updates.items():

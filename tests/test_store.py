@@ -251,3 +251,31 @@ def test_ingest_unchanged_tree_is_identical(tmp_path: Path, store: Store) -> Non
     built = build(str(src))
     assert {r.path for r in m.resources} == {r.path for r in built.resources}
     assert dumps(built) != b""
+
+
+@pytest.mark.parametrize("link", ["copy", "hardlink", "auto"])
+def test_parallel_checkout(tmp_path: Path, store: Store, link: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forked second writer: same tree, records from both halves kept, errors from the child surface."""
+    import castore.checkout
+    monkeypatch.setattr(castore.checkout, "PARALLEL_MIN", 1)
+    src = tmp_path / "src"
+    basic(src)
+    for i in range(50):
+        write(src / f"many/f{i:02}", b"%d" % i)
+    d = ingest(store, str(src), progress=False)
+    m = store.load_manifest(d)
+    checkout(store, m, str(tmp_path / "out"), Options(link=link), d)
+    assert_trees_equal(src, tmp_path / "out")
+    if link == "hardlink":
+        checkout(store, m, str(tmp_path / "out2"), Options(link=link), d)
+        assert os.stat(tmp_path / "out/many/f49").st_ino == os.stat(tmp_path / "out2/many/f49").st_ino
+    # corrupt a blob that the child's half needs: the whole checkout fails cleanly
+    last = m.by_path()["/many/f49"]
+    path = store.blob_path(last.digest)  # type: ignore[union-attr]
+    os.chmod(path, 0o644)
+    with open(path, "wb") as f:
+        f.write(b"XX")
+    with pytest.raises(Exception, match="corrupt|wrong size"):
+        checkout(store, m, str(tmp_path / "out3"), Options(link="copy"), d)
+    assert not (tmp_path / "out3").exists()
+    assert [n for n in os.listdir(tmp_path) if ".continuity-" in n] == []
