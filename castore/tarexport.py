@@ -209,7 +209,7 @@ class TarWriter:
                     if nxt is None:
                         break
                     if nxt[1] > VERIFY_WHOLE:  # a huge chunk: stream it when its turn comes
-                        ahead.append(self.pool.submit(lambda d=nxt: b"".join(self._streamed(d[0], d[1], r.path))))
+                        ahead.append(self.pool.submit(lambda d=nxt: b"".join(self._streamed(d[0], d[1], r.path))))  # type: ignore[misc]
                     else:
                         ahead.append(self.pool.submit(self._verified, nxt[0], nxt[1], r.path))
                 if not ahead:

@@ -111,7 +111,7 @@ def open_stream(src: str) -> Iterator[Stream]:
         except IsADirectoryError:
             raise UnsafeInput(f"{src}: is a directory, not a tar stream") from None
     try:
-        head = raw.peek(6)[:6]
+        head = raw.peek(6)[:6]  # type: ignore[attr-defined]
         f: Any
         if head[:2] == b"\x1f\x8b":
             f = gzip.GzipFile(fileobj=raw, mode="rb")
