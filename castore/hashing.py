@@ -116,7 +116,14 @@ class Processor:
             job.dev, job.ino, job.size, job.mtime_ns, job.ctime_ns)
 
     def _read(self, fd: int, job: FileJob) -> FileResult:
-        if not self._same(os.fstat(fd), job):
+        cp = self.chunking
+        chunked = self.stage_dir is not None and cp is not None and job.size >= cp.threshold
+        small = self.hash_content and job.size <= READ_SIZE * 8 and not chunked
+        # Small files skip the fstat before reading (it costs as much as hashing
+        # them): the one after reading compares inode, size, mtime and ctime with
+        # the walker's lstat, which any replacement or write since the walk
+        # changes. Others are checked first, so a swapped-in huge file is not read.
+        if not small and not self._same(os.fstat(fd), job):
             raise FileChanged
         res = FileResult()
         res.xattrs = fs.read_xattrs(fd)
@@ -124,12 +131,14 @@ class Processor:
             res.holes = fs.data_holes(fd, job.size)
         if not self.hash_content:
             return res
-        cp = self.chunking
-        if self.stage_dir is not None and cp is not None and job.size >= cp.threshold:
+        if chunked:
+            assert cp is not None
             self._chunked(fd, job, res, cp)
-        elif job.size <= READ_SIZE * 8:
+        elif small:
             data = os.read(fd, job.size + 1)
-            while len(data) < job.size + 1:
+            # One read is enough when it returns the whole size: growth after it
+            # shows in the fstat below. Short reads are retried until EOF.
+            while len(data) < job.size:
                 more = os.read(fd, job.size + 1 - len(data))
                 if not more:
                     break

@@ -78,6 +78,7 @@ def regular_files(root: str) -> list[str]:
 @dataclass
 class Sample:
     seconds: float
+    cpu: float  # user + system seconds of the process and its waited-for children
     maxrss_kib: int
     tree_kib: int
 
@@ -125,7 +126,7 @@ def timed(argv: list[str], *, cwd: str | None = None, stdin_path: str | None = N
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(argv[:4])}... failed ({proc.returncode}): {err.strip()}")
-        return Sample(elapsed, usage.ru_maxrss, peak[0])
+        return Sample(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, peak[0])
     finally:
         for f in (stdin, stdout):
             if not isinstance(f, int):
@@ -142,6 +143,9 @@ class Result:
     def median(self, tool: str) -> float:
         return statistics.median(s.seconds for s in self.samples[tool])
 
+    def cpu(self, tool: str) -> float:
+        return statistics.median(s.cpu for s in self.samples[tool])
+
     def row(self) -> dict[str, object]:
         ours, up, ssl = self.median("ours"), self.median("upstream"), self.median("openssl")
         target = TARGETS.get(self.corpus)
@@ -150,6 +154,7 @@ class Result:
         return {"corpus": self.corpus, "files": self.files, "bytes": self.bytes, "ours_s": round(ours, 3),
                 "upstream_s": round(up, 3), "openssl_s": round(ssl, 3),
                 "ours_upstream": round(ours / up, 3), "ours_openssl": round(ours / ssl, 3),
+                "cpu_s": {t: round(self.cpu(t), 3) for t in self.samples},
                 "target": target, "meets_target": target is None or ours / up <= target,
                 "ours_peak_rss_mib": round(rss, 1), "ours_tree_rss_mib": round(tree, 1),
                 "runs": {t: [round(s.seconds, 3) for s in v] for t, v in self.samples.items()}}
@@ -192,22 +197,24 @@ def bench_corpus(name: str, root: str, runs: int, go_tool: str, work: str) -> Re
             out = os.path.join(work, f"{name}.{tool}.out") if i == 0 and tool != "openssl" else None
             s = timed(argv, stdout_path=out, **kw)  # type: ignore[arg-type]
             res.samples[tool].append(s)
-            print(f"  {name} run {i + 1} {tool:8s} {s.seconds:7.3f} s", file=sys.stderr, flush=True)
+            print(f"  {name} run {i + 1} {tool:8s} {s.seconds:7.3f} s wall {s.cpu:7.3f} s cpu", file=sys.stderr,
+                  flush=True)
         if i == 0:
             check_same_manifest(os.path.join(work, f"{name}.ours.out"), os.path.join(work, f"{name}.upstream.out"))
     return res
 
 
 def print_table(rows: list[dict[str, object]]) -> None:
-    head = (f"{'corpus':6s} {'files':>7s} {'MiB':>7s} {'ours s':>8s} {'upstream s':>10s} {'openssl s':>9s} "
-            f"{'ours/up':>7s} {'ours/ssl':>8s} {'target':>7s} {'peak RSS':>9s}")
-    print(head)
+    print(f"{'corpus':6s} {'files':>7s} {'MiB':>6s} {'ours s':>7s} {'upstr s':>7s} {'ossl s':>7s} {'ours/up':>7s} "
+          f"{'ours/ssl':>8s} {'target':>6s}       {'cpu s: ours':>11s} {'upstr':>6s} {'ossl':>6s} {'peak RSS':>9s}")
     for r in rows:
         ok = "ok" if r["meets_target"] else "MISSED"
         target = f"<={r['target']}" if r["target"] else "-"
-        print(f"{r['corpus']:6s} {r['files']:7d} {int(r['bytes']) / 2**20:7.0f} {r['ours_s']:8.3f} "  # type: ignore[call-overload]
-              f"{r['upstream_s']:10.3f} {r['openssl_s']:9.3f} {r['ours_upstream']:7.2f} {r['ours_openssl']:8.2f} "
-              f"{target:>7s} {r['ours_peak_rss_mib']:7.1f}Mi  {ok}")
+        cpu: dict[str, float] = r["cpu_s"]  # type: ignore[assignment]
+        print(f"{r['corpus']:6s} {r['files']:7d} {int(r['bytes']) / 2**20:6.0f} {r['ours_s']:7.3f} "  # type: ignore[call-overload]
+              f"{r['upstream_s']:7.3f} {r['openssl_s']:7.3f} {r['ours_upstream']:7.2f} {r['ours_openssl']:8.2f} "
+              f"{target:>6s} {ok:6s} {cpu['ours']:11.2f} {cpu['upstream']:6.2f} {cpu['openssl']:6.2f} "
+              f"{r['ours_peak_rss_mib']:6.1f} MiB")
     many = [r for r in rows if r["corpus"] == "many"]
     if many:
         r = many[0]
