@@ -235,9 +235,14 @@ def _prepare_target(target: str) -> tuple[str, str, bool]:
 
 
 def checkout(store: Store | None, manifest: Manifest, target: str, opts: Options,
-             manifest_digest: str | None = None) -> None:
-    """Materialise ``manifest`` at ``target`` (complete or not at all)."""
-    validate(manifest)
+             manifest_digest: str | None = None, *, validated: bool = False) -> None:
+    """Materialise ``manifest`` at ``target`` (complete or not at all).
+
+    ``validated`` says the caller already ran the validator on this manifest
+    (Store.load_manifest and the CLI's resolver do).
+    """
+    if not validated:
+        validate(manifest)
     parent, base, was_empty_dir = _prepare_target(target)
     if store is not None and manifest_digest is None:
         _require_blobs(store, manifest)

@@ -72,6 +72,7 @@ class Writer:
         self.link_updates: dict[bytes, bytes] = {}
         self.verified_updates: dict[bytes, bytes] = {}
         self.noted_link_fallback = False
+        self._keys: dict[int, str] = {}
         if store is not None:
             self._load_verified()
 
@@ -321,24 +322,30 @@ class Writer:
     # ------------------------------------------------------- hardlink objects
 
     def _object_key(self, r: RegularFile) -> str:
-        h = hashlib.sha256()
-        h.update(marshal.dumps((r.digest, r.perm, r.uid, r.gid, r.xattrs, r.mtime_ns, r.holes,
-                                os.fsencode(r.path))))
-        return h.hexdigest()
+        k = self._keys.get(id(r))
+        if k is None:
+            k = hashlib.sha256(marshal.dumps((r.digest, r.perm, r.uid, r.gid, r.xattrs, r.mtime_ns, r.holes,
+                                              os.fsencode(r.path)))).hexdigest()
+            self._keys[id(r)] = k
+        return k
 
     def _object_ok(self, path: str, r: RegularFile, key: bytes) -> bool:
         """True when the object at ``path`` provably still holds r's content and metadata."""
         assert self.store is not None
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            st = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
+            return False
+        raw = self._record(key)
+        if raw is not None and marshal.loads(raw)[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            return stat.S_ISREG(st.st_mode)
+        # Changed since recorded (a link, or an edit through a checkout): prove it again.
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
             return False
         try:
             st = os.fstat(fd)
-            raw = self._record(key)
-            if raw is not None and marshal.loads(raw)[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-                return True
-            # Changed since recorded (a link, or an edit through a checkout): prove it again.
             if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size) != (r.perm, r.uid, r.gid, r.size):
                 return False
             if r.mtime_ns is not None and st.st_mtime_ns != r.mtime_ns:
@@ -358,8 +365,8 @@ class Writer:
         assert self.store is not None
         k = self._object_key(r)
         key = b"o" + bytes.fromhex(k)
-        shard = os.path.join(self.store.path, "links", k[:2])
-        path = os.path.join(shard, k)
+        shard = f"{self.store.path}/links/{k[:2]}"
+        path = f"{shard}/{k}"
         for _ in range(3):
             if not self._object_ok(path, r, key):
                 self._make_object(shard, path, r)

@@ -71,7 +71,7 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
         devices = "create" if os.geteuid() == 0 else "skip"
     opts = Options(link=link, verify=not disable_digest, devices=devices, sockets=sockets, whiteouts=whiteouts,
                    rewrite_absolute_symlinks=rewrite_absolute_symlinks)
-    checkout(store, m, target, opts, manifest_digest=digest)
+    checkout(store, m, target, opts, manifest_digest=digest, validated=True)
 
 
 def _when(ns: int) -> str:

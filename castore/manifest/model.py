@@ -8,13 +8,12 @@ surrogate escapes (``os.fsdecode``), so any name Linux allows round-trips.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 
 def path_key(path: str) -> bytes:
     """The sort key of a manifest path: its raw bytes (Go's string order)."""
-    return os.fsencode(path)
+    return path.encode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)

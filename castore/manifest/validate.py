@@ -24,19 +24,21 @@ def path_problem(path: str) -> str | None:
         return "not absolute"
     if path == "/":
         return "the root itself"
-    raw = os.fsencode(path)
-    if b"\x00" in raw:
+    if "\x00" in path:
         return "contains NUL"
-    if len(raw) > PATH_MAX:
-        return "longer than PATH_MAX"
     if path.endswith("/"):
         return "trailing slash"
-    for part in raw[1:].split(b"/"):
-        if part == b"":
-            return "empty component"
-        if part in (b".", b".."):
-            return f"{part.decode()!r} component"
-        if len(part) > NAME_MAX:
+    if "//" in path:
+        return "empty component"
+    if "/./" in path or path.endswith("/."):
+        return "'.' component"
+    if "/../" in path or path.endswith("/.."):
+        return "'..' component"
+    if len(path) > NAME_MAX // 4:  # only then can a component or the path be too long
+        raw = path.encode("utf-8", "surrogateescape")
+        if len(raw) > PATH_MAX:
+            return "longer than PATH_MAX"
+        if max(map(len, raw.split(b"/"))) > NAME_MAX:
             return "component longer than NAME_MAX"
     return None
 
