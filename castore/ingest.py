@@ -216,7 +216,8 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
     with store.shared_lock():
         store.install_staged(staged)
         missing = store.missing_blobs(refs)
-        gone = {d for d in missing if not store.blob_file_ok(d, sizes.get(d, -1))}
+        just_staged = {d for _, d in staged}
+        gone = {d for d in missing - just_staged if not store.blob_file_ok(d, sizes.get(d, -1))}
         if gone and redo is not None:
             store.install_staged(redo(gone))
             gone = {d for d in gone if not store.blob_file_ok(d, sizes.get(d, -1))}

@@ -177,6 +177,8 @@ class Store:
     @staticmethod
     def _create(path: str) -> None:
         os.makedirs(path, mode=0o700, exist_ok=True)
+        for i in range(256):
+            os.makedirs(os.path.join(path, "blobs", "sha256", f"{i:02x}"), exist_ok=True)
         cp = ChunkParams()
         config = {"version": CONFIG_VERSION, "store_id": secrets.token_hex(16), "digest_algorithm": "sha256",
                   "chunker": {"algorithm": "fastcdc2020", "min_size": cp.min_size, "avg_size": cp.avg_size,
@@ -345,12 +347,24 @@ class Store:
         try:
             fs.syncfs(sfd)
             crashpoint("ingest-after-syncfs")
-            for tmp, digest in staged:
-                self._install(tmp, digest)
+            if len(staged) < 2048:
+                for tmp, digest in staged:
+                    self._install(tmp, digest)
+            else:
+                # renameat2 goes through ctypes, which releases the GIL: two threads rename twice as fast.
+                from concurrent.futures import ThreadPoolExecutor
+                half = len(staged) // 2
+                with ThreadPoolExecutor(2) as ex:
+                    for f in [ex.submit(self._install_all, part) for part in (staged[:half], staged[half:])]:
+                        f.result()
             crashpoint("ingest-after-rename")
             fs.syncfs(sfd)
         finally:
             os.close(sfd)
+
+    def _install_all(self, staged: list[tuple[str, str]]) -> None:
+        for tmp, digest in staged:
+            self._install(tmp, digest)
 
     def blob_file_ok(self, digest: str, size: int) -> bool:
         try:
