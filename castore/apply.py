@@ -89,6 +89,7 @@ class ApplyOptions:
     link: str = "auto"  # content from the store: auto | reflink | copy | hardlink
     move: bool = False  # --source DIR: rename files out of the source when on the same fs
     rehash: bool = False  # ignore the stat cache: hash every candidate file of ROOT
+    sync: bool = False  # syncfs at the end (a rerun converges anyway, so off by default, as rsync)
     note: Callable[[str], None] = _stderr_note
     log: Callable[[str], None] | None = None  # one line per change (verbose)
 
@@ -355,7 +356,9 @@ def scan_tree(root: str, root_fd: int, want: dict[str, Resource], store: Store |
     st = os.fstat(root_fd)
     proc = Processor(root=root, root_id=(st.st_dev, st.st_ino))
     todo_jobs = [jobs[i] for i in todo]
-    pool = make_pool() if len(todo_jobs) >= 64 else None
+    # Worker processes pay off only for much reading (fork + pickling cost ~0.1 s).
+    big = len(todo_jobs) >= 1000 or sum(j.size for j in todo_jobs) >= 32 << 20
+    pool = make_pool() if big else None
     try:
         fresh = read_with_retries(root_fd, proc, todo_jobs, pool)
     finally:
@@ -450,6 +453,7 @@ class _Applier:
         self.report = ApplyReport()
         self.touched: set[str] = set()  # directories whose entries changed (mtime to restore)
         self.made_dirs: set[str] = set()
+        self.children: dict[str, list[str]] | None = None  # scanned parent -> entries, built when needed
         self.euid = os.geteuid()
         self.can_reflink = [opts.link in ("auto", "reflink")]
         self.local_only: set[str] = set()  # digests the store lacks but ROOT holds
@@ -496,10 +500,22 @@ class _Applier:
                 raise
             self._remove_dir(dfd, name, parent)
         self.touched.add(parent)
+        was_dir = isinstance(self.scan.by_path.get(path), Directory)
         self.detach(path)
-        prefix = path + "/"
-        for p in [p for p in self.scan.by_path if p.startswith(prefix)]:
-            self.detach(p)
+        if was_dir:
+            self.detach_below(path)
+
+    def detach_below(self, path: str) -> None:
+        """Forget every scanned entry below ``path`` (its directory is gone)."""
+        if self.children is None:
+            self.children = {}
+            for p in self.scan.by_path:
+                self.children.setdefault(p.rsplit("/", 1)[0], []).append(p)
+        stack = [path]
+        while stack:
+            for c in self.children.pop(stack.pop(), ()):
+                stack.append(c)
+                self.detach(c)
 
     def _remove_dir(self, dfd: int, name: str, parent: str) -> None:
         self.forget_dir(f"{parent}/{name}" if parent else name)
@@ -524,17 +540,15 @@ class _Applier:
         self.touched.add(parent)
         had = self.scan.by_path.get(path)
         self.detach(path)
-        prefix = path + "/"
         if isinstance(had, Directory):
-            for p in [p for p in self.scan.by_path if p.startswith(prefix)]:
-                self.detach(p)
+            self.detach_below(path)
 
     # -- phase 1: leftovers, whiteouts, extras
 
     def deletions(self) -> None:
         removed: set[str] = set()
         for p in sorted(self.scan.by_path, key=os.fsencode):
-            if any(q in removed for q in _parents(p)):
+            if removed and any(q in removed for q in _parents(p)):
                 continue
             h = self.scan.by_path[p]
             w = self.want.get(p)
@@ -558,10 +572,13 @@ class _Applier:
     def directories(self) -> None:
         needed: set[str] = set()
         for p, w in self.want.items():
-            if isinstance(w, Directory):
-                needed.add(p)
-            if not isinstance(w, Whiteout) and not _is_ignored(w, self.opts):
-                needed.update(_parents(p))
+            if isinstance(w, Whiteout) or _is_ignored(w, self.opts):
+                continue
+            # Every path added comes with all its parents, so stop at the first one known.
+            q = p if isinstance(w, Directory) else p.rsplit("/", 1)[0]
+            while q and q not in needed:
+                needed.add(q)
+                q = q.rsplit("/", 1)[0]
         for p in sorted(needed, key=os.fsencode):
             h = self.scan.by_path.get(p)
             if isinstance(h, Directory):
@@ -905,17 +922,21 @@ def _root(root: str) -> Iterator[tuple[str, int]]:
 
 
 def apply_tree(root: str, manifest: Manifest, *, store: Store | None = None, source: str = "store",
-               opts: ApplyOptions | None = None, manifest_digest: str | None = None) -> ApplyReport:
+               opts: ApplyOptions | None = None, manifest_digest: str | None = None,
+               validated: bool = False) -> ApplyReport:
     """Make the tree at ``root`` match ``manifest`` in place; return what was done.
 
     ``source`` is "store" (content from ``store``), a directory, or a tar file.
+    ``validated``: the caller already ran ``validate`` on ``manifest`` (as
+    ``Store.load_manifest`` and the CLI's ``resolve`` do).
     Raises UnsafeInput (ROOT a symlink, bad manifest), NotFound / BlobNotFound
     (content missing: checked before anything changes), IntegrityError
     (content that does not match its digest), TreeChanged (ROOT changed under
     us: rerun), ResourceLimit (no space).
     """
     opts = opts or ApplyOptions()
-    validate(manifest)
+    if not validated:
+        validate(manifest)
     if opts.rewrite_absolute_symlinks:
         manifest = _rewrite_symlinks(manifest)
     if opts.devices not in ("create", "check", "skip"):
@@ -988,7 +1009,8 @@ def apply_tree(root: str, manifest: Manifest, *, store: Store | None = None, sou
             crashpoint("apply-before-dir-metadata")
             ap.dir_metadata()
             writer.flush()
-            fs.syncfs(root_fd)
+            if opts.sync:
+                fs.syncfs(root_fd)
         except OSError as exc:
             if isinstance(exc, CastoreError):
                 raise

@@ -31,13 +31,14 @@ from castore.materialize import LINK_MODES
 @click.option("--sockets", is_flag=True, help="Create (and delete) sockets too; ignored otherwise.")
 @click.option("--rewrite-absolute-symlinks", is_flag=True,
               help="Make absolute symlink targets relative to the link's directory (relocatable trees).")
+@click.option("--sync", is_flag=True, help="Flush ROOT's filesystem at the end (syncfs).")
 @click.option("-v", "--verbose", is_flag=True, help="One line per change on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @click.pass_obj
 @handle_errors
 def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delete: bool, disable_digest: bool,
               rehash: bool, link: str, devices: str | None, sockets: bool, rewrite_absolute_symlinks: bool,
-              verbose: bool, as_json: bool) -> None:
+              sync: bool, verbose: bool, as_json: bool) -> None:
     """Make ROOT match MANIFEST in place, changing only what differs."""
     if move and source == "store":
         raise click.UsageError("--move needs --source DIR")
@@ -46,8 +47,10 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
         devices = "create" if os.geteuid() == 0 else "skip"
     opts = ApplyOptions(delete=delete, verify=not disable_digest, devices=devices, sockets=sockets,
                         rewrite_absolute_symlinks=rewrite_absolute_symlinks, link=link, move=move, rehash=rehash,
+                        sync=sync,
                         log=(lambda msg: click.echo(msg, err=True)) if verbose else None)
-    report = apply_tree(root, m, store=store, source=source, opts=opts, manifest_digest=digest)
+    # resolve() validated the manifest (a file or the store's blob).
+    report = apply_tree(root, m, store=store, source=source, opts=opts, manifest_digest=digest, validated=True)
     if as_json:
         print_json(report.as_dict())
     for p in report.problems:

@@ -1,0 +1,156 @@
+"""Benchmark: `continuity apply` of a 1% change vs `rsync -a --delete`; `continuity copy` vs `cp -a`.
+
+    python scripts/bench/apply.py [--files 100000] [--change 1.0] [--workdir DIR] [--scratch] [--keep]
+
+The tree mirrors make_corpus.py's ``many`` layout (dNNN/sNN/fNNN.dat, sizes
+0..2048 B, seeded) at ``--files`` files. v2 is v1 with ``--change`` percent of
+the files touched: half rewritten, a quarter deleted, a quarter added, plus
+as many chmods. Targets: apply faster than rsync; copy <= 1.2x cp -a.
+
+Steps (only the starred ones are timed; every command is the real CLI):
+  v1 generated; *copy v1 -> v2 with `continuity copy`* and *`cp -a` v1 -> v2cp*;
+  v2 edited; both ingested; v1 checked out twice (apply root A, rsync root B),
+  v2 checked out once (rsync source C); A's stat cache warmed by `apply A v1`
+  after the racy window (git's rule: ctimes must be 2 s old);
+  *apply A v2 --delete* vs *rsync -a --delete C/ B/*; then (untimed) verify A.
+  A cold apply (no stat cache: hashes every same-size file) is timed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+T0 = 1_600_000_000
+
+
+def cli(store: str, *args: str) -> str:
+    p = subprocess.run([sys.executable, "-m", "castore", "--store", store, *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"continuity {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+    return p.stdout.strip()
+
+
+def timed(fn: object, *args: object) -> float:
+    t = time.perf_counter()
+    fn(*args)  # type: ignore[operator]
+    return time.perf_counter() - t
+
+
+def run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True)
+
+
+def generate(root: str, files: int, seed: int = 1) -> list[str]:
+    rnd = random.Random(seed)
+    paths = []
+    per_dir = 100
+    dirs = max(1, files // per_dir)
+    for d in range(dirs):
+        sub = os.path.join(root, f"d{d // 10:03}", f"s{d % 10:02}")
+        os.makedirs(sub, exist_ok=True)
+        for f in range(min(per_dir, files - d * per_dir)):
+            p = os.path.join(sub, f"f{f:03}.dat")
+            with open(p, "wb") as fh:
+                fh.write(rnd.randbytes(rnd.randrange(0, 2049)))
+            os.utime(p, (T0, T0))
+            paths.append(p)
+    for dirpath, _, _ in os.walk(root, topdown=False):
+        os.utime(dirpath, (T0, T0))
+    return paths
+
+
+def edit(root: str, pct: float, seed: int = 2) -> int:
+    rnd = random.Random(seed)
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+    n = max(4, int(len(files) * pct / 100))
+    picked = rnd.sample(files, n)
+    q = n // 4
+    for p in picked[: n // 2]:
+        with open(p, "wb") as fh:
+            fh.write(rnd.randbytes(rnd.randrange(1, 2049)))
+    for p in picked[n // 2: n // 2 + q]:
+        os.unlink(p)
+    for i, p in enumerate(picked[n // 2 + q:]):
+        with open(p + f".new{i}", "wb") as fh:
+            fh.write(rnd.randbytes(rnd.randrange(0, 2049)))
+    for p in rnd.sample(files, n):
+        if os.path.exists(p):
+            os.chmod(p, 0o600)
+    return n
+
+
+@contextlib.contextmanager
+def workspace(args: argparse.Namespace) -> Iterator[str]:
+    if args.scratch:
+        sys.path.insert(0, HERE)
+        from corpus import scratch_fs  # type: ignore[import-not-found]
+        with scratch_fs(os.path.join(args.workdir or tempfile.gettempdir(), "bench-apply"), size_gib=4) as s:
+            yield s.mnt
+        return
+    base = tempfile.mkdtemp(prefix="bench-apply-", dir=args.workdir)
+    try:
+        yield base
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"kept {base}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--change", type=float, default=1.0, help="percent of files changed")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--scratch", action="store_true", help="work in a fresh ext4 image (root; corpus.py)")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    if shutil.which("rsync") is None:
+        raise SystemExit("rsync not found (apt-get install rsync)")
+    with workspace(args) as w:
+        store = os.path.join(w, "store")
+        v1, v2, v2cp = (os.path.join(w, n) for n in ("v1", "v2", "v2cp"))
+        t = time.perf_counter()
+        generate(v1, args.files)
+        print(f"generated {args.files} files in {time.perf_counter() - t:.1f}s", flush=True)
+        run("sync")
+        t_copy = timed(cli, store, "copy", v1, v2)
+        t_cp = timed(run, "cp", "-a", v1, v2cp)
+        n = edit(v2, args.change)
+        d1 = cli(store, "ingest", v1, "--name", "v1")
+        d2 = cli(store, "ingest", v2, "--name", "v2")
+        a, b, c = (os.path.join(w, n) for n in ("A", "B", "C"))
+        cold = os.path.join(w, "cold")
+        for root, d in ((a, d1), (b, d1), (c, d2), (cold, d1)):
+            cli(store, "checkout", d, root)
+        run("sync")
+        time.sleep(2.5)  # ctimes leave the racy window: the stat cache may record them
+        t_warm = timed(cli, store, "apply", a, d1)
+        t_apply = timed(cli, store, "apply", a, d2, "--delete")
+        t_rsync = timed(run, "rsync", "-a", "--delete", c + "/", b + "/")
+        t_cold = timed(cli, store, "apply", cold, d2, "--delete", "--rehash")
+        cli(store, "verify", a, d2)
+        cli(store, "verify", cold, d2)
+        p = subprocess.run([sys.executable, "-m", "castore", "--store", store, "verify", b, d2], capture_output=True)
+        rs = "rsync result verifies" if p.returncode == 0 else "rsync result differs (dir mtimes etc.)"
+        print(f"files={args.files} changed={n} ({args.change}%)")
+        print(f"copy      {t_copy:7.2f}s   cp -a {t_cp:7.2f}s   ratio copy/cp = {t_copy / t_cp:.2f} (target <= 1.2)")
+        print(f"apply     {t_apply:7.2f}s   rsync {t_rsync:7.2f}s   ratio apply/rsync = {t_apply / t_rsync:.2f} "
+              "(target < 1)")
+        print(f"apply, cold stat cache (--rehash) {t_cold:.2f}s  ratio {t_cold / t_rsync:.2f};  "
+              f"no-op apply (cache warm-up run) {t_warm:.2f}s")
+        print(f"verify after apply: ok; {rs}")
+
+
+if __name__ == "__main__":
+    main()
