@@ -54,10 +54,26 @@ class WalkOptions:
     note: Callable[[str], None] = lambda msg: print(f"continuity: note: {msg}", file=sys.stderr)
 
 
+class Stat:
+    """The lstat fields a manifest (and ingest's fingerprint) needs.
+
+    A fifth of the memory of an ``os.stat_result``, whose float times and
+    unused fields cost ~500 bytes per entry (50 MB on 100k files).
+    """
+
+    __slots__ = ("st_mode", "st_uid", "st_gid", "st_size", "st_mtime_ns", "st_ctime_ns", "st_ino", "st_dev",
+                 "st_nlink", "st_rdev")
+
+    def __init__(self, st: os.stat_result) -> None:
+        self.st_mode, self.st_uid, self.st_gid, self.st_size = st.st_mode, st.st_uid, st.st_gid, st.st_size
+        self.st_mtime_ns, self.st_ctime_ns = st.st_mtime_ns, st.st_ctime_ns
+        self.st_ino, self.st_dev, self.st_nlink, self.st_rdev = st.st_ino, st.st_dev, st.st_nlink, st.st_rdev
+
+
 @dataclass(slots=True)
 class _Seen:
     path: str
-    st: os.stat_result
+    st: Stat
     xattrs: tuple[tuple[str, bytes], ...] = ()
     target: str = ""
 
@@ -130,12 +146,12 @@ def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | N
                 out.files.append(job)
                 if on_file is not None:
                     on_file(job)
-                out.entries.append(_Seen(child, st))
+                out.entries.append(_Seen(child, Stat(st)))
             elif stat.S_ISDIR(mode):
                 subdirs.append(name)
             else:
                 p = fs.proc_path(dir_fd, name)
-                seen = _Seen(child, st, fs.read_xattrs(p))
+                seen = _Seen(child, Stat(st), fs.read_xattrs(p))
                 if stat.S_ISLNK(mode):
                     seen.target = os.readlink(name, dir_fd=dir_fd)
                 out.entries.append(seen)
@@ -145,7 +161,7 @@ def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | N
         child = f"{rel}/{name}" if rel else name
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
         st = os.fstat(fd)
-        out.entries.append(_Seen(child, st, fs.read_xattrs(fd)))
+        out.entries.append(_Seen(child, Stat(st), fs.read_xattrs(fd)))
         stack.append((fd, child, iter(sorted(scan(fd, child)))))
 
     stack.append((os.dup(root_fd), "", iter(sorted(scan(root_fd, "")))))
