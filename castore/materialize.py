@@ -72,6 +72,7 @@ class Writer:
         self.link_updates: dict[bytes, bytes] = {}
         self.verified_updates: dict[bytes, bytes] = {}
         self.noted_link_fallback = False
+        self.noted_xattr_skip = False
         self._keys: dict[int, str] = {}
         if store is not None:
             self._load_verified()
@@ -213,13 +214,19 @@ class Writer:
 
     # --------------------------------------------------------------- metadata
 
+    def _skipped(self, names: list[str], r: Entry) -> None:
+        if names and not self.noted_xattr_skip:
+            self.noted_xattr_skip = True
+            self.opts.note(f"{r.path}: xattrs {', '.join(names)} have no Linux namespace; "  # type: ignore
+                           "not set (further ones not reported)")
+
     def file_metadata(self, fd: int, r: Entry) -> None:
         """Owner, mode, xattrs, mtime on an open file (the safe order)."""
         if (r.uid, r.gid) != (self.euid, self.egid):
             os.fchown(fd, r.uid, r.gid)
         os.fchmod(fd, r.perm)
         if r.xattrs:
-            fs.set_xattrs(fd, r.xattrs)
+            self._skipped(fs.set_xattrs(fd, r.xattrs), r)
         if r.mtime_ns is not None:
             os.utime(fd, ns=(r.mtime_ns, r.mtime_ns))
 
@@ -230,7 +237,7 @@ class Writer:
         if not is_link:
             os.chmod(name, r.perm, dir_fd=dir_fd)  # not a symlink: created by us just now
         if r.xattrs:
-            fs.set_xattrs(fs.proc_path(dir_fd, name), r.xattrs)
+            self._skipped(fs.set_xattrs(fs.proc_path(dir_fd, name), r.xattrs), r)
         if r.mtime_ns is not None:
             os.utime(name, ns=(r.mtime_ns, r.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
@@ -313,7 +320,7 @@ class Writer:
                 os.fchown(fd, r.uid, r.gid)
             os.fchmod(fd, r.perm)
             if xattrs:
-                fs.set_xattrs(fd, xattrs)
+                self._skipped(fs.set_xattrs(fd, xattrs), r)
             if r.mtime_ns is not None:
                 os.utime(fd, ns=(r.mtime_ns, r.mtime_ns))
         finally:

@@ -188,11 +188,21 @@ def read_xattrs(target: int | str) -> tuple[tuple[str, bytes], ...]:
     return tuple(out)
 
 
-def set_xattrs(target: int | str, xattrs: tuple[tuple[str, bytes], ...]) -> None:
-    """Set xattrs on an fd or (not followed) path; security.capability last."""
-    ordered = sorted(xattrs, key=lambda kv: kv[0] == "security.capability")
+#: xattr namespaces Linux knows; others (e.g. macOS "com.apple.*") cannot be set here.
+XATTR_NAMESPACES = ("user.", "trusted.", "security.", "system.")
+
+
+def set_xattrs(target: int | str, xattrs: tuple[tuple[str, bytes], ...]) -> list[str]:
+    """Set xattrs on an fd or (not followed) path; security.capability last.
+
+    Returns the names skipped because Linux has no such namespace.
+    """
+    skipped = [n for n, _ in xattrs if not n.startswith(XATTR_NAMESPACES)]
+    ordered = sorted((kv for kv in xattrs if kv[0].startswith(XATTR_NAMESPACES)),
+                     key=lambda kv: kv[0] == "security.capability")
     for n, v in ordered:
         if isinstance(target, int):
             os.setxattr(target, n, v)
         else:
             os.setxattr(target, n, v, follow_symlinks=False)
+    return skipped
