@@ -60,13 +60,35 @@ class MetaDB:
                                      create=create, sync=True, metasync=True, writemap=False,
                                      max_spare_txns=0, lock=True, readahead=False)
             except lmdb.Error as exc:
+                if "Resource temporarily unavailable" in str(exc):
+                    # LMDB's per-PID reader lock is taken: a process with our PID in another PID namespace.
+                    raise StoreUnusable(
+                        f"store metadata at {path} is in use by another process with PID {pid} "
+                        "(a different PID namespace?); LMDB cannot tell them apart: "
+                        "use the store from one namespace") from exc
                 raise StoreUnusable(f"store metadata at {path} cannot be opened: {exc}") from exc
             _ENVS[path] = (pid, self.env)
         try:
             self.dbs = {n: self.env.open_db(n.encode()) for n in DBS}
             self.env.reader_check()
+            if not (cached and cached[0] == pid):
+                self._check_pid_namespace(pid)
         except lmdb.Error as exc:
             raise StoreUnusable(f"store metadata at {path} is unusable: {exc}") from exc
+
+    def _check_pid_namespace(self, pid: int) -> None:
+        """Refuse to share the reader table with a same-PID process of another PID namespace.
+
+        LMDB identifies readers by PID. Before this process has begun any read
+        transaction, a reader slot holding our own PID belongs to someone else:
+        a process in another PID namespace (two containers' PID 1, say).
+        """
+        for line in self.env.readers().splitlines()[1:]:
+            fields = line.split()
+            if fields and fields[0].isdigit() and int(fields[0]) == pid:
+                raise StoreUnusable(
+                    f"store metadata at {self.path} is in use by another process with PID {pid} "
+                    "(a different PID namespace?); LMDB cannot tell them apart: use the store from one namespace")
 
     def close(self) -> None:
         _ENVS.pop(self.path, None)
