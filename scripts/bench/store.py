@@ -16,6 +16,12 @@ Usage (root; needs ostree restic borgbackup casync time)::
     python scripts/bench/store.py --corpus many --sections reingest,checkout
     python scripts/bench/store.py --keep ...            # leave the image mounted
     python scripts/bench/store.py --reuse ...           # use the mounted image again
+    python scripts/bench/store.py --rev HEAD ...        # castore/ as committed at REV, not the work tree
+
+Others edit castore/ while a run lasts minutes: ``--rev`` runs
+``python -m castore`` from a ``git archive`` of REV put first on PYTHONPATH
+(castore is a namespace package, so that copy wins), which pins the code
+being measured.
 
 "cp -a+sync" syncs only the benchmark filesystem (``sync -f``, i.e. syncfs,
 what ``continuity`` itself does), so writeback of other users of the
@@ -401,6 +407,27 @@ def continuity_cmd(arg: str | None) -> list[str]:
     return [sys.executable, "-m", "castore"]
 
 
+def snapshot(rev: str) -> tuple[list[str], str, str]:
+    """Extract castore/ at ``rev``; (command, PYTHONPATH dir, full sha)."""
+    repo = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    sha = subprocess.run(["git", "-C", repo, "rev-parse", rev], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    dest = f"/tmp/continuity-bench-rev-{sha[:12]}"
+    if not os.path.isdir(os.path.join(dest, "castore")):
+        os.makedirs(dest, exist_ok=True)
+        subprocess.run(f"git -C {repo!r} archive {sha} castore | tar -x -C {dest!r}", shell=True, check=True)
+    return [sys.executable, "-m", "castore"], dest, sha
+
+
+def describe_tree() -> str:
+    repo = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    sha = subprocess.run(["git", "-C", repo, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "castore"], capture_output=True,
+                           text=True).stdout.strip()
+    return f"work tree at {sha}{' + uncommitted castore/ changes' if dirty else ''}"
+
+
 def check_tools(sections: list[str]) -> None:
     need = {"cp", "find", "sync", "mkfs.ext4", "losetup", "ostree"}
     if "ingest" in sections or "versions" in sections:
@@ -425,6 +452,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="leave the image mounted (for --reuse)")
     ap.add_argument("--reuse", action="store_true", help="use the image already mounted at --mnt")
     ap.add_argument("--continuity", default=None, help="command to run (default: the venv's continuity)")
+    ap.add_argument("--rev", default=None, help="measure castore/ as committed at this git revision")
     ap.add_argument("--json", default=None, help="write raw samples and the summary to this file")
     a = ap.parse_args()
 
@@ -458,7 +486,15 @@ def main() -> int:
               f"({time.monotonic() - t:.0f}s); warming the cache", flush=True)
         for c in corpora:
             warm(os.path.join(corpus_dir, c))
-        b = Bench(work=work, corpus=corpus_dir, runs=a.runs, continuity=continuity_cmd(a.continuity))
+        if a.rev:
+            cmd, pypath, sha = snapshot(a.rev)
+            os.environ["PYTHONPATH"] = pypath + (":" + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH")
+                                                 else "")
+            code = f"castore/ at {sha[:12]} ({pypath})"
+        else:
+            cmd, code = continuity_cmd(a.continuity), describe_tree()
+        b = Bench(work=work, corpus=corpus_dir, runs=a.runs, continuity=cmd)
+        print(f"code: {code}", flush=True)
         print(f"continuity: {' '.join(b.continuity)}; runs: {a.runs}; fs: ext4 on "
               f"{scratch.loopdev if scratch else a.mnt}", flush=True)
         if "ingest" in sections:
@@ -479,7 +515,7 @@ def main() -> int:
             print(c.line(width))
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"runs": a.runs, "scale": scale, "samples": b.samples, "rss_kib": b.rss,
+                json.dump({"runs": a.runs, "scale": scale, "code": code, "samples": b.samples, "rss_kib": b.rss,
                            "extra": b.extra,
                            "summary": [{"name": c.name, "ours": c.ours, "ref": c.ref, "ratio": c.ratio,
                                         "target": c.target, "verdict": c.verdict()} for c in b.comparisons]},
