@@ -34,14 +34,13 @@ import secrets
 import stat
 import struct
 import sys
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from castore import fs
-from castore.build import WalkOptions, assemble, make_pool, read_with_retries, walk
+from castore.build import WalkOptions, WalkResult, _Seen, assemble, make_pool, read_with_retries, walk
 from castore.checkout import DirFds
 from castore.crash import crashpoint
 from castore.errors import CastoreError, IntegrityError, NotFound, ResourceLimit, UnsafeInput
@@ -189,6 +188,8 @@ def stage_tar(tar_path: str, stage_fd: int, needed: dict[str, RegularFile], veri
     Members are only lookup keys (matched by path, or by size and digest):
     nothing is written under a member's name.
     """
+    import tarfile  # only the tar source needs it (keeps the CLI's start-up short)
+
     want_digests = {r.digest for r in needed.values()}
     sizes = {r.size for r in needed.values()}
     staged: dict[str, str] = {}
@@ -328,6 +329,7 @@ class Scan:
     local: dict[str, list[str]]  # digest -> paths holding it
     cache_rows: list[tuple[bytes, bytes]]
     hashed: int
+    clean: set[str] = field(default_factory=set)  # paths exactly as wanted (not in by_path)
 
 
 def scan_tree(root: str, root_fd: int, want: dict[str, Resource], store: Store | None, rehash: bool) -> Scan:
@@ -375,14 +377,28 @@ def scan_tree(root: str, root_fd: int, want: dict[str, Resource], store: Store |
         if store is not None and r.digest and j.size < threshold and j.ctime_ns < start - RACY_NS:
             rows.append((_KEY.pack(j.dev, j.ino),
                          marshal.dumps((j.size, j.mtime_ns, j.ctime_ns, r.digest, (), r.xattrs, r.holes))))
+    res_of: dict[str, FileResult] = {}
     for i, k in enumerate(key_of):
         got = by_key.get(k)
         if got is not None:
             results[i] = got
-    current = assemble(walked, results) if walked.entries else Manifest(())
+            res_of[jobs[i].rel] = got
+    # Entries already exactly as wanted (the common case) skip the Resource building.
+    clean: set[str] = set()
+    local: dict[str, list[str]] = {}
+    rest: list[_Seen] = []
+    for e in walked.entries:
+        p = "/" + e.path
+        w = want.get(p)
+        if w is not None and _is_clean(w, e, res_of):
+            clean.add(p)
+            if isinstance(w, RegularFile):
+                local.setdefault(w.digest, []).append(p)
+        else:
+            rest.append(e)
+    current = assemble(WalkResult(rest, walked.files), results) if rest else Manifest(())
     by_path: dict[str, Resource] = {}
     groups: dict[str, set[str]] = {}
-    local: dict[str, list[str]] = {}
     for res in current.resources:
         g = set(res.paths)
         for p in res.paths:
@@ -391,7 +407,27 @@ def scan_tree(root: str, root_fd: int, want: dict[str, Resource], store: Store |
         if isinstance(res, RegularFile) and res.digest:
             local.setdefault(res.digest, []).extend(res.paths)
     inode = {"/" + e.path: (e.st.st_dev, e.st.st_ino) for e in walked.entries}
-    return Scan(by_path, groups, inode, local, rows, len(todo))
+    return Scan(by_path, groups, inode, local, rows, len(todo), clean)
+
+
+def _is_clean(w: Resource, e: _Seen, res_of: dict[str, FileResult]) -> bool:
+    """``e`` is exactly ``w`` (what ``compare`` would find no difference in), for single-path entries."""
+    st = e.st
+    if len(w.paths) != 1 or st.st_uid != w.uid or st.st_gid != w.gid:
+        return False
+    if w.mtime_ns is not None and st.st_mtime_ns != w.mtime_ns:
+        return False
+    mode = st.st_mode
+    if isinstance(w, RegularFile):
+        if not stat.S_ISREG(mode) or st.st_nlink != 1 or st.st_size != w.size or stat.S_IMODE(mode) != w.perm:
+            return False
+        r = res_of.get(e.path)
+        return r is not None and r.digest == w.digest and r.xattrs == w.xattrs
+    if isinstance(w, Directory):
+        return stat.S_ISDIR(mode) and stat.S_IMODE(mode) == w.perm and e.xattrs == w.xattrs and not w.opaque
+    if isinstance(w, Symlink):
+        return stat.S_ISLNK(mode) and st.st_nlink == 1 and e.target == w.target and e.xattrs == w.xattrs
+    return False
 
 
 # ------------------------------------------------------------------ applying
@@ -484,6 +520,7 @@ class _Applier:
         if g is not None:
             g.discard(path)
         self.scan.by_path.pop(path, None)
+        self.scan.clean.discard(path)
 
     def remove(self, path: str) -> None:
         """Remove whatever ``path`` names (a directory with its contents); never follows."""
@@ -547,6 +584,12 @@ class _Applier:
 
     def deletions(self) -> None:
         removed: set[str] = set()
+        implicit: set[str] = set()  # parents of wanted entries that the manifest does not list
+        for p in self.want:
+            q = p.rsplit("/", 1)[0]
+            while q and q not in implicit and q not in self.want:
+                implicit.add(q)
+                q = q.rsplit("/", 1)[0]
         for p in sorted(self.scan.by_path, key=os.fsencode):
             if removed and any(q in removed for q in _parents(p)):
                 continue
@@ -556,7 +599,8 @@ class _Applier:
             if w is None:
                 if p.rsplit("/", 1)[1].startswith(TMP_PREFIX):
                     reason = "leftover of an interrupted apply"
-                elif self.opts.delete and not _is_ignored(h, self.opts):
+                elif self.opts.delete and not _is_ignored(h, self.opts) and not (
+                        p in implicit and isinstance(h, Directory)):
                     reason = "not in the manifest"
             elif isinstance(w, Whiteout):
                 reason = "whiteout"
@@ -581,6 +625,8 @@ class _Applier:
                 q = q.rsplit("/", 1)[0]
         for p in sorted(needed, key=os.fsencode):
             h = self.scan.by_path.get(p)
+            if p in self.scan.clean:
+                h = self.want[p]
             if isinstance(h, Directory):
                 if self.euid != 0 and h.perm & 0o300 != 0o300:
                     fd = self.dir_fd(p[1:])
@@ -640,6 +686,9 @@ class _Applier:
                                             f"found {found}")
 
     def leaf(self, w: Resource) -> None:
+        if w.path in self.scan.clean:
+            self.report.unchanged += 1
+            return
         anchor = None
         for p in w.paths:
             h = self.scan.by_path.get(p)
@@ -810,6 +859,8 @@ class _Applier:
                 continue
             assert isinstance(w, Directory)
             changed = p in self.made_dirs or p[1:] in self.touched
+            if not changed and p in self.scan.clean:
+                continue
             if h is not None and not changed:
                 diffs = [d.attr for d in compare(p, w, h) if d.attr in META_ATTRS]
                 if not diffs:
@@ -1032,7 +1083,7 @@ def _needed_content(m: Manifest, scan: Scan, opts: ApplyOptions) -> dict[str, Re
     """Regular files whose content apply will have to write (no reusable inode), by primary path."""
     out: dict[str, RegularFile] = {}
     for r in m.files():
-        if not r.size:
+        if not r.size or r.path in scan.clean:
             continue
         ok = False
         for p in r.paths:

@@ -235,7 +235,15 @@ class Writer:
         if (r.uid, r.gid) != (self.euid, self.egid):
             os.chown(name, r.uid, r.gid, dir_fd=dir_fd, follow_symlinks=False)
         if not is_link:
-            os.chmod(name, r.perm, dir_fd=dir_fd)  # not a symlink: created by us just now
+            # chmod(2) follows symlinks: go through an O_PATH fd opened with O_NOFOLLOW, so a
+            # name swapped for a symlink since we created it (apply works in place) is never followed.
+            pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                if stat.S_ISLNK(os.fstat(pfd).st_mode):
+                    raise UnsafeInput(f"{r.path}: replaced by a symlink while it was written")
+                os.chmod(f"/proc/self/fd/{pfd}", r.perm)
+            finally:
+                os.close(pfd)
         if r.xattrs:
             self._skipped(fs.set_xattrs(fs.proc_path(dir_fd, name), r.xattrs), r)
         if r.mtime_ns is not None:

@@ -40,10 +40,25 @@ def cli(store: str, *args: str) -> str:
     return p.stdout.strip()
 
 
-def timed(fn: object, *args: object) -> float:
-    t = time.perf_counter()
+class Took:
+    """Wall seconds and CPU seconds (user+sys of the child processes, which load on a shared box inflates less)."""
+
+    def __init__(self, wall: float, cpu: float) -> None:
+        self.wall, self.cpu = wall, cpu
+
+    def __str__(self) -> str:
+        return f"{self.wall:6.2f}s wall {self.cpu:6.2f}s cpu"
+
+
+def timed(fn: object, *args: object) -> Took:
+    c0, t = os.times(), time.perf_counter()
     fn(*args)  # type: ignore[operator]
-    return time.perf_counter() - t
+    c1 = os.times()
+    return Took(time.perf_counter() - t, c1.children_user + c1.children_system - c0.children_user - c0.children_system)
+
+
+def ratio(a: Took, b: Took) -> str:
+    return f"wall {a.wall / b.wall:.2f}x, cpu {a.cpu / max(b.cpu, 1e-3):.2f}x"
 
 
 def run(*cmd: str) -> None:
@@ -139,16 +154,17 @@ def main() -> None:
         t_apply = timed(cli, store, "apply", a, d2, "--delete")
         t_rsync = timed(run, "rsync", "-a", "--delete", c + "/", b + "/")
         t_cold = timed(cli, store, "apply", cold, d2, "--delete", "--rehash")
+        t_help = timed(cli, store, "--help")
         cli(store, "verify", a, d2)
         cli(store, "verify", cold, d2)
         p = subprocess.run([sys.executable, "-m", "castore", "--store", store, "verify", b, d2], capture_output=True)
         rs = "rsync result verifies" if p.returncode == 0 else "rsync result differs (dir mtimes etc.)"
-        print(f"files={args.files} changed={n} ({args.change}%)")
-        print(f"copy      {t_copy:7.2f}s   cp -a {t_cp:7.2f}s   ratio copy/cp = {t_copy / t_cp:.2f} (target <= 1.2)")
-        print(f"apply     {t_apply:7.2f}s   rsync {t_rsync:7.2f}s   ratio apply/rsync = {t_apply / t_rsync:.2f} "
-              "(target < 1)")
-        print(f"apply, cold stat cache (--rehash) {t_cold:.2f}s  ratio {t_cold / t_rsync:.2f};  "
-              f"no-op apply (cache warm-up run) {t_warm:.2f}s")
+        print(f"files={args.files} changed={n} ({args.change}%) load={os.getloadavg()[0]:.1f} cpus={os.cpu_count()}")
+        print(f"copy   {t_copy}   cp -a  {t_cp}   copy/cp: {ratio(t_copy, t_cp)} (target <= 1.2)")
+        print(f"apply  {t_apply}   rsync  {t_rsync}   apply/rsync: {ratio(t_apply, t_rsync)} (target < 1)")
+        print(f"apply --rehash (cold stat cache) {t_cold}   vs rsync: {ratio(t_cold, t_rsync)}")
+        print(f"apply no-op (stat cache warm-up run) {t_warm}")
+        print(f"startup of the CLI alone (--help) {t_help}")
         print(f"verify after apply: ok; {rs}")
 
 
