@@ -14,6 +14,7 @@ import castore.cli.apply_cmds  # noqa: F401  (apply, copy)
 import castore.cli.export_cmd  # noqa: F401  (export)
 import castore.cli.gc_cmds  # noqa: F401  (gc, fsck)
 import castore.cli.mount_cmd  # noqa: F401  (mount)
+import castore.cli.remote_cmds  # noqa: F401  (push, pull)
 from castore.cli import store_cmds, tree_cmds  # noqa: F401  (register commands)
 from castore.cli.common import main_group
 

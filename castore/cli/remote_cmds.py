@@ -1,0 +1,87 @@
+"""Registry verbs: push, pull (OCI Distribution; see docs/remote.md)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve
+from castore.errors import UnsafeInput
+from castore.remote import Reference, parse_reference, pull, push
+
+insecure_opt = click.option("--insecure", is_flag=True,
+                            help="Plain http (also: an http:// prefix; loopback registries default to it).")
+jobs_opt = click.option("--jobs", "-j", type=click.IntRange(1, 64), default=4, show_default=True,
+                        help="Blob transfers in parallel.")
+user_opt = click.option("--username", envvar="CONTINUITY_REGISTRY_USERNAME", metavar="USER",
+                        help="Registry user (env CONTINUITY_REGISTRY_USERNAME); password from "
+                             "CONTINUITY_REGISTRY_PASSWORD or --password-stdin.")
+pw_opt = click.option("--password-stdin", is_flag=True, help="Read the registry password from stdin.")
+json_opt = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+def _password(password_stdin: bool) -> str | None:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return os.environ.get("CONTINUITY_REGISTRY_PASSWORD")
+
+
+@main_group.command("push")
+@click.argument("manifest")
+@click.argument("reference", metavar="REGISTRY/REPO[:TAG]")
+@insecure_opt
+@jobs_opt
+@user_opt
+@pw_opt
+@json_opt
+@click.pass_obj
+@handle_errors
+def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int, username: str | None,
+             password_stdin: bool, as_json: bool) -> None:
+    """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST."""
+    ref = parse_reference_or_usage(reference, insecure, allow_digest=False)
+    m, digest, store = resolve(obj, manifest, need_store=True)
+    assert store is not None
+    res = push(store, m, ref, manifest_digest=digest, jobs=jobs, username=username,
+               password=_password(password_stdin))
+    pinned = f"{ref.registry}/{ref.repo}@{res.oci_digest}"
+    if as_json:
+        print_json({"reference": pinned, "tag": str(ref), "oci_digest": res.oci_digest,
+                    "manifest": res.manifest_digest, "uploaded": res.uploaded, "skipped": res.skipped,
+                    "uploaded_bytes": res.uploaded_bytes})
+    else:
+        click.echo(pinned)
+
+
+@main_group.command("pull")
+@click.argument("reference", metavar="REGISTRY/REPO[:TAG|@DIGEST]")
+@click.option("--name", help="Catalog name (default: the reference without its scheme).")
+@insecure_opt
+@jobs_opt
+@user_opt
+@pw_opt
+@json_opt
+@click.pass_obj
+@handle_errors
+def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: int, username: str | None,
+             password_stdin: bool, as_json: bool) -> None:
+    """Copy a tree from a registry into the store; print its manifest digest."""
+    ref = parse_reference_or_usage(reference, insecure, allow_digest=True)
+    res = pull(obj.store(), ref, name=name if name is not None else str(ref), jobs=jobs, username=username,
+               password=_password(password_stdin))
+    if as_json:
+        print_json({"manifest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
+                    "downloaded": res.downloaded, "present": res.present,
+                    "downloaded_bytes": res.downloaded_bytes})
+    else:
+        click.echo(res.manifest_digest)
+
+
+def parse_reference_or_usage(text: str, insecure: bool, *, allow_digest: bool) -> Reference:
+    """A registry reference, or click's usage error (exit 2)."""
+    try:
+        return parse_reference(text, insecure=insecure, allow_digest=allow_digest)
+    except UnsafeInput as exc:
+        raise click.BadParameter(str(exc), param_hint="REFERENCE") from None

@@ -1,0 +1,376 @@
+"""A small OCI Distribution client over httpx: blobs (HEAD, GET, POST+PUT upload) and manifests.
+
+Nothing a registry sends is trusted here: sizes are bounded before and while
+reading, and callers verify digests. Transport failures and unexpected
+statuses become one-line ``RemoteError`` (exit 1); answers that contradict
+what was asked for become ``IntegrityError`` (exit 4).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlencode, urljoin
+
+import httpx
+
+from castore.errors import CastoreError, IntegrityError, NotFound
+from castore.remote.oci import OCI_INDEX, OCI_MANIFEST
+from castore.remote.ref import Reference, is_loopback
+
+T = TypeVar("T")
+PIECE = 1 << 20
+SMALL_BLOB = 8 << 20  # read, verify, then send; larger blobs are streamed and checked as they go
+MAX_TOKEN_ANSWER = 1 << 20
+RETRIES = 2
+USER_AGENT = "continuity/0.1 (castore)"
+
+
+class RemoteError(CastoreError):
+    """The registry could not be reached or refused a request (exit 1)."""
+
+
+class Aborted(CastoreError):
+    """Another transfer of the same operation failed first."""
+
+
+MAX_SMALL_ANSWER = 64 << 10
+
+
+def _error_text(status: int, reason: str, body: bytes) -> str:
+    """The registry's own error code and message, when it sent the spec's JSON error body."""
+    try:
+        err = json.loads(body)["errors"][0]
+        text = f"{err.get('code', '')}: {err.get('message', '')}".strip(": ")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
+        text = reason
+    return text[:200]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response whose body was read, at most MAX_SMALL_ANSWER bytes of it."""
+
+    status: int
+    headers: httpx.Headers
+    url: str
+    body: bytes
+    reason: str
+
+
+def _bounded_body(resp: httpx.Response, limit: int = MAX_SMALL_ANSWER) -> bytes:
+    data = bytearray()
+    for piece in resp.iter_bytes():
+        data += piece
+        if len(data) > limit:
+            break  # the rest of an oversized answer is dropped, never buffered
+    return bytes(data[:limit])
+
+
+def _challenge_params(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', rest)}
+
+
+class Registry:
+    """One repository of one registry. Thread-safe: transfers run on a pool sharing one connection pool."""
+
+    def __init__(self, ref: Reference, *, username: str | None = None, password: str | None = None,
+                 push: bool = False, jobs: int = 4, timeout: float = 30.0) -> None:
+        self.ref = ref
+        self.where = f"registry {ref.registry}"
+        self._creds = (username, password or "") if username else None
+        self._scope = f"repository:{ref.repo}:{'pull,push' if push else 'pull'}"
+        self._authz: str | None = None
+        self._auth_lock = threading.Lock()
+        self.abort = threading.Event()
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            follow_redirects=True,  # blob GETs may redirect to storage; httpx drops Authorization off-origin
+            limits=httpx.Limits(max_connections=max(jobs, 1) + 2, max_keepalive_connections=max(jobs, 1) + 2),
+            headers={"User-Agent": USER_AGENT},
+            trust_env=not is_loopback(ref.registry),  # no proxy for loopback registries
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        h = dict(extra or {})
+        if self._authz:
+            h["Authorization"] = self._authz
+        return h
+
+    def _send(self, method: str, url: str, *, headers: dict[str, str] | None = None,
+              content: bytes | Iterator[bytes] | None = None) -> Answer:
+        """One request; the answer's body is read, bounded (registries answer small JSON or nothing)."""
+        with self.http.stream(method, url, headers=self._headers(headers), content=content) as resp:
+            body = b"" if method == "HEAD" else _bounded_body(resp)
+            return Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase)
+
+    def _login(self, challenge: str) -> None:
+        """Answer a 401's WWW-Authenticate: Basic with the credentials, or fetch a Bearer token."""
+        scheme, params = _challenge_params(challenge)
+        with self._auth_lock:
+            if scheme == "basic":
+                if self._creds is None:
+                    raise RemoteError(f"{self.where}: authentication required "
+                                      "(set CONTINUITY_REGISTRY_USERNAME and CONTINUITY_REGISTRY_PASSWORD)")
+                raw = f"{self._creds[0]}:{self._creds[1]}".encode()
+                self._authz = "Basic " + base64.b64encode(raw).decode()
+            elif scheme == "bearer" and params.get("realm", "").startswith(("https://", "http://")):
+                q = {"scope": self._scope}
+                if "service" in params:
+                    q["service"] = params["service"]
+                auth = httpx.BasicAuth(*self._creds) if self._creds else None
+                url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urlencode(q)
+                with self.http.stream("GET", url, auth=auth) as resp:
+                    body = _bounded_body(resp, MAX_TOKEN_ANSWER)
+                    status = resp.status_code
+                if status != 200:
+                    raise RemoteError(f"{self.where}: token request refused ({status})")
+                try:
+                    doc = json.loads(body)
+                    token = doc.get("token") or doc.get("access_token")
+                except (ValueError, AttributeError, RecursionError):
+                    token = None
+                if not isinstance(token, str) or not token or not token.isprintable():
+                    raise RemoteError(f"{self.where}: token answer has no token")
+                self._authz = "Bearer " + token
+            else:
+                raise RemoteError(f"{self.where}: authentication required, unsupported scheme {challenge[:60]!r}")
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one request (or one whole upload or download), logging in on 401 and retrying
+        transient failures (429, 5xx, connection errors) a bounded number of times."""
+        logged_in = False
+        attempt = 0
+        while True:
+            if self.abort.is_set():
+                raise Aborted("aborted")
+            try:
+                return fn()
+            except _Unauthorized as exc:
+                if logged_in:
+                    raise RemoteError(f"{self.where}: {what}: authentication failed") from None
+                self._login(exc.challenge)
+                logged_in = True
+                continue
+            except _Transient as exc:
+                reason = str(exc)
+            except httpx.TimeoutException:
+                reason = "timed out"
+            except httpx.TransportError as exc:
+                reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
+                if isinstance(exc, httpx.UnsupportedProtocol) or "SSL" in reason:
+                    attempt = RETRIES
+            if attempt >= RETRIES:
+                raise RemoteError(f"{self.where}: {what}: {reason}")
+            attempt += 1
+            time.sleep(0.3 * attempt)
+
+    def _check(self, ans: Answer, what: str, ok: tuple[int, ...]) -> None:
+        if ans.status in ok:
+            return
+        if ans.status == 401:
+            raise _Unauthorized(ans.headers.get("www-authenticate", ""))
+        text = _error_text(ans.status, ans.reason, ans.body)
+        if ans.status == 429 or ans.status >= 500:
+            raise _Transient(f"{ans.status} {text}")
+        if ans.status == 404:
+            raise NotFound(f"{self.where}: {what}: not found ({text})")
+        raise RemoteError(f"{self.where}: {what}: {ans.status} {text}")
+
+    # --------------------------------------------------------------- blobs
+
+    def has_blob(self, digest: str) -> bool:
+        """HEAD the blob: True when the repository already has it."""
+        def go() -> bool:
+            ans = self._send("HEAD", f"{self.ref.base}/blobs/{digest}")
+            if ans.status == 404:
+                return False
+            self._check(ans, f"HEAD blob {digest}", (200,))
+            return True
+        return self._call(f"HEAD blob {digest}", go)
+
+    def upload_blob(self, digest: str, size: int, source: bytes | Callable[[], int]) -> None:
+        """Upload one blob: POST a session, then one PUT ?digest= with the bytes (monolithic).
+
+        ``source`` is the bytes, or an opener returning a fresh fd on the blob
+        (closed here). The bytes are hashed before (small blobs) or while
+        (large) they are sent; raises IntegrityError when they do not match
+        ``digest`` and ``size``.
+        """
+        opener = source if callable(source) else _memory_fd(source)
+        def go() -> None:
+            ans = self._send("POST", f"{self.ref.base}/blobs/uploads/")
+            self._check(ans, f"upload of {digest}", (202,))
+            loc = ans.headers.get("location")
+            if not loc:
+                raise RemoteError(f"{self.where}: upload of {digest}: no Location in the answer")
+            url = urljoin(ans.url, loc)
+            url += ("&" if "?" in url else "?") + urlencode({"digest": digest})
+            hdrs = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            fd = opener()
+            try:
+                if size <= SMALL_BLOB:
+                    body = _read_exact(fd, size, digest)
+                    if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+                        raise IntegrityError(f"store blob {digest} is corrupt (digest mismatch; run fsck)")
+                    put = self._send("PUT", url, headers=hdrs, content=body)
+                else:
+                    h = hashlib.sha256()
+                    put = self._send("PUT", url, headers=hdrs,
+                                     content=_hashing_reader(fd, size, h, self.abort, digest))
+                    if "sha256:" + h.hexdigest() != digest:
+                        raise IntegrityError(f"store blob {digest} is corrupt (digest mismatch; run fsck)")
+            finally:
+                os.close(fd)
+            self._check(put, f"upload of {digest}", (201, 204))
+        self._call(f"upload of {digest}", go)
+
+    def fetch_blob(self, digest: str, size: int, path: str) -> None:
+        """Download a blob into a new file ``path`` (mode 0444), verifying size and digest as it streams.
+
+        Never writes more than ``size`` bytes. Raises IntegrityError on any
+        mismatch, or when the registry lists the blob but cannot serve it;
+        ``path`` is removed on failure.
+        """
+        def go() -> None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+            ok = False
+            try:
+                _download(self, digest, size, fd)
+                ok = True
+            finally:
+                os.close(fd)
+                if not ok:
+                    os.unlink(path)
+        self._call(f"GET blob {digest}", go)
+
+    # ----------------------------------------------------------- manifests
+
+    def get_manifest(self, reference: str, limit: int) -> tuple[bytes, str]:
+        """The raw OCI manifest bytes (at most ``limit``, else IntegrityError) and their Content-Type."""
+        sep = "@" if reference.startswith("sha256:") else ":"
+        what = f"manifest {self.ref.repo}{sep}{reference}"
+
+        def go() -> tuple[bytes, str]:
+            accept = f"{OCI_MANIFEST}, {OCI_INDEX};q=0.5"
+            with self.http.stream("GET", f"{self.ref.base}/manifests/{reference}",
+                                  headers=self._headers({"Accept": accept})) as resp:
+                if resp.status_code != 200:
+                    body = _bounded_body(resp)
+                    self._check(Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase),
+                                what, (200,))
+                length = resp.headers.get("content-length")
+                if length is not None and length.isdigit() and int(length) > limit:
+                    raise IntegrityError(f"{self.where}: {what} is {length} bytes (limit {limit})")
+                data = bytearray()
+                for piece in resp.iter_bytes():
+                    data += piece
+                    if len(data) > limit:
+                        raise IntegrityError(f"{self.where}: {what} exceeds {limit} bytes")
+                return bytes(data), resp.headers.get("content-type", "")
+        return self._call(f"GET {what}", go)
+
+    def put_manifest(self, tag: str, data: bytes) -> str | None:
+        """PUT the OCI manifest under ``tag``; return the digest the registry reports, if any."""
+        def go() -> str | None:
+            ans = self._send("PUT", f"{self.ref.base}/manifests/{tag}", content=data,
+                             headers={"Content-Type": OCI_MANIFEST})
+            self._check(ans, f"PUT manifest {self.ref.repo}:{tag}", (201, 200, 204))
+            return ans.headers.get("docker-content-digest")
+        return self._call(f"PUT manifest {self.ref.repo}:{tag}", go)
+
+
+class _Unauthorized(Exception):
+    def __init__(self, challenge: str) -> None:
+        super().__init__("401")
+        self.challenge = challenge
+
+
+class _Transient(Exception):
+    pass
+
+
+def _download(reg: Registry, digest: str, size: int, fd: int) -> None:
+    h = hashlib.sha256()
+    got = 0
+    with reg.http.stream("GET", f"{reg.ref.base}/blobs/{digest}",
+                         headers=reg._headers({"Accept-Encoding": "identity"})) as resp:
+        if resp.status_code != 200:
+            body = _bounded_body(resp)
+            if resp.status_code == 404:
+                raise IntegrityError(f"{reg.where}: blob {digest} is listed but missing")
+            reg._check(Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase),
+                       f"GET blob {digest}", (200,))
+        length = resp.headers.get("content-length")
+        if length is not None and "content-encoding" not in resp.headers and length != str(size):
+            raise IntegrityError(f"{reg.where}: blob {digest} has size {length[:30]}, expected {size}")
+        for piece in resp.iter_bytes(PIECE):
+            if reg.abort.is_set():
+                raise Aborted("aborted")
+            got += len(piece)
+            if got > size:
+                raise IntegrityError(f"{reg.where}: blob {digest} is larger than its {size} bytes")
+            h.update(piece)
+            _write_all(fd, piece)
+    if got != size:
+        raise IntegrityError(f"{reg.where}: blob {digest} is {got} bytes, expected {size}")
+    if "sha256:" + h.hexdigest() != digest:
+        raise IntegrityError(f"{reg.where}: blob {digest} has digest sha256:{h.hexdigest()} (wrong bytes)")
+
+
+def _memory_fd(data: bytes) -> Callable[[], int]:
+    def opener() -> int:
+        fd = os.memfd_create("continuity-upload", os.MFD_CLOEXEC)
+        _write_all(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+    return opener
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, size: int, digest: str) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        more = os.read(fd, min(PIECE, size - len(data)))
+        if not more:
+            raise IntegrityError(f"store blob {digest} is truncated ({len(data)} of {size} bytes; run fsck)")
+        data += more
+    return bytes(data)
+
+
+def _hashing_reader(fd: int, size: int, h: hashlib._Hash, abort: threading.Event, digest: str) -> Iterator[bytes]:
+    left = size
+    while left:
+        if abort.is_set():
+            raise Aborted("aborted")
+        piece = os.read(fd, min(PIECE, left))
+        if not piece:
+            raise IntegrityError(f"store blob {digest} is truncated (run fsck)")
+        h.update(piece)
+        left -= len(piece)
+        yield piece

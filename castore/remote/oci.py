@@ -1,0 +1,141 @@
+"""The OCI image manifest that carries a continuity tree (pure: no IO).
+
+Mapping (docs/remote.md)::
+
+    config  = the OCI empty descriptor (application/vnd.oci.empty.v1+json, ``{}``)
+    layers  = [continuity manifest blob (MANIFEST_MEDIA_TYPE),
+               every blob the manifest references, sorted by digest (BLOB_MEDIA_TYPE)]
+    artifactType = ARTIFACT_TYPE
+
+The JSON is written with a fixed key order and no whitespace and carries no
+timestamps, so the same tree always gives the same OCI manifest digest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from castore.digest import hash_bytes, is_digest
+from castore.errors import IntegrityError
+from castore.manifest.model import Manifest, RegularFile
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+ARTIFACT_TYPE = "application/vnd.continuity.tree.v1"
+MANIFEST_MEDIA_TYPE = "application/vnd.continuity.manifest.v1+protobuf"
+BLOB_MEDIA_TYPE = "application/vnd.continuity.blob.v1"
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_JSON = b"{}"
+EMPTY_DIGEST = hash_bytes(EMPTY_JSON)
+MAX_OCI_MANIFEST = 64 << 20  # what pull accepts; OCI asks registries to take at least 4 MiB
+MAX_CONTINUITY_MANIFEST = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+
+
+def blob_sizes(m: Manifest) -> dict[str, int]:
+    """The size of every file and chunk blob ``m`` references (ADS blobs carry no size in the manifest).
+
+    Raises IntegrityError when two entries give one digest two sizes.
+    """
+    sizes: dict[str, int] = {}
+
+    def put(d: str, n: int) -> None:
+        if sizes.setdefault(d, n) != n:
+            raise IntegrityError(f"manifest gives blob {d} two sizes ({sizes[d]} and {n})")
+
+    for r in m.resources:
+        if isinstance(r, RegularFile) and r.digest:
+            if r.chunks:
+                for c in r.chunks:
+                    put(c.digest, c.end - c.begin)
+            else:
+                put(r.digest, r.size)
+    return sizes
+
+
+def build_oci_manifest(manifest_digest: str, manifest_size: int, blobs: Iterable[tuple[str, int]]) -> bytes:
+    """The OCI manifest JSON for a continuity manifest and its (digest, size) blobs."""
+    layers = [Descriptor(MANIFEST_MEDIA_TYPE, manifest_digest, manifest_size)]
+    layers += [Descriptor(BLOB_MEDIA_TYPE, d, n) for d, n in sorted(set(blobs))]
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": EMPTY_DIGEST, "size": len(EMPTY_JSON), "data": "e30="},
+        "layers": [x.to_json() for x in layers],
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _descriptor(obj: object, where: str, source: str) -> Descriptor:
+    if not isinstance(obj, dict):
+        raise IntegrityError(f"{source}: {where} is not a descriptor")
+    mt, d, n = obj.get("mediaType"), obj.get("digest"), obj.get("size")
+    if not isinstance(mt, str) or not isinstance(d, str) or not is_digest(d):
+        raise IntegrityError(f"{source}: {where} has no valid mediaType/sha256 digest")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise IntegrityError(f"{source}: {where} has an invalid size")
+    return Descriptor(mt, d, n)
+
+
+def parse_oci_manifest(data: bytes, *, source: str) -> tuple[Descriptor, list[Descriptor]]:
+    """Check an OCI manifest is a continuity tree; return (continuity manifest descriptor, blob descriptors).
+
+    Raises IntegrityError for anything else (not JSON, another artifact, bad descriptors).
+    """
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise IntegrityError(f"{source}: OCI manifest is not JSON ({type(exc).__name__})") from None
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+        raise IntegrityError(f"{source}: not an OCI image manifest (schemaVersion 2)")
+    if doc.get("mediaType", OCI_MANIFEST) != OCI_MANIFEST:
+        raise IntegrityError(f"{source}: unexpected mediaType {str(doc.get('mediaType'))[:100]!r}")
+    if doc.get("artifactType") != ARTIFACT_TYPE:
+        raise IntegrityError(f"{source}: not a continuity tree (artifactType "
+                             f"{str(doc.get('artifactType'))[:100]!r}, expected {ARTIFACT_TYPE})")
+    layers = doc.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise IntegrityError(f"{source}: OCI manifest has no layers")
+    descs = [_descriptor(x, f"layer {i}", source) for i, x in enumerate(layers)]
+    first = descs[0]
+    if first.media_type != MANIFEST_MEDIA_TYPE:
+        raise IntegrityError(f"{source}: first layer is {first.media_type[:100]!r}, expected {MANIFEST_MEDIA_TYPE}")
+    if first.size == 0 or first.size > MAX_CONTINUITY_MANIFEST:
+        raise IntegrityError(f"{source}: continuity manifest size {first.size} is out of range "
+                             f"(1..{MAX_CONTINUITY_MANIFEST})")
+    return first, descs[1:]
+
+
+def check_layers(refs: set[str], sizes: Mapping[str, int], blobs: list[Descriptor], *, source: str) -> dict[str, int]:
+    """Check the OCI layers list exactly the blobs the continuity manifest references, with its sizes.
+
+    Returns the size of every referenced blob (ADS blobs take the layer's size).
+    Raises IntegrityError naming the first difference.
+    """
+    listed: dict[str, int] = {}
+    for b in blobs:
+        if b.digest in listed:
+            raise IntegrityError(f"{source}: layer {b.digest} is listed twice")
+        listed[b.digest] = b.size
+    extra = listed.keys() - refs
+    if extra:
+        raise IntegrityError(f"{source}: layer {min(extra)} is not referenced by the continuity manifest")
+    absent = refs - listed.keys()
+    if absent:
+        raise IntegrityError(f"{source}: blob {min(absent)} referenced by the continuity manifest is not a layer")
+    for d, n in sizes.items():
+        if listed[d] != n:
+            raise IntegrityError(f"{source}: layer {d} has size {listed[d]}, the manifest says {n}")
+    return listed

@@ -1,0 +1,88 @@
+"""push: copy a manifest and every blob it references to an OCI registry.
+
+Order: lease on the manifest (gc keeps its blobs while we read them) ->
+HEAD each blob, upload the missing ones (their bytes re-hashed on the way
+out) -> PUT the OCI manifest under the tag, last, so a tag never names an
+incomplete artifact.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from castore.digest import hash_bytes
+from castore.errors import BlobNotFound, IntegrityError
+from castore.manifest import Manifest, codec
+from castore.remote.client import Registry
+from castore.remote.oci import EMPTY_DIGEST, EMPTY_JSON, blob_sizes, build_oci_manifest
+from castore.remote.ref import Reference
+from castore.remote.transfer import Progress, run_all
+from castore.store import Store, manifest_refs
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """What a push did: the OCI manifest digest (for ``REPO@DIGEST``) and the transfer counts."""
+
+    oci_digest: str
+    manifest_digest: str
+    uploaded: int
+    skipped: int
+    uploaded_bytes: int
+
+
+def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: str | None = None,
+         jobs: int = 4, username: str | None = None, password: str | None = None) -> PushResult:
+    """Push ``manifest`` (stored as ``manifest_digest``, or given by file) and its blobs to ``ref``'s tag.
+
+    Raises BlobNotFound/IntegrityError (exit 4) for missing or corrupt local
+    blobs, RemoteError (exit 1) when the registry refuses or cannot be reached.
+    """
+    data = store.read_blob(manifest_digest) if manifest_digest else codec.dumps(manifest)
+    mdigest = hash_bytes(data)
+    refs = manifest_refs(manifest)
+    sizes = blob_sizes(manifest)
+    with store.lease(manifests=[mdigest]):
+        missing = store.missing_blobs(refs)
+        if missing:
+            raise BlobNotFound(min(missing), context=mdigest)
+        for d in refs - sizes.keys():  # ADS blobs: their size is in the index only
+            sizes[d] = store.blob_size(d) or 0
+        for d, n in sizes.items():
+            if not store.blob_file_ok(d, n):
+                raise IntegrityError(f"store blob {d} is missing or not {n} bytes (run fsck)")
+        oci = build_oci_manifest(mdigest, len(data), sizes.items())
+        uploads: list[tuple[str, int, bytes | None]] = [(EMPTY_DIGEST, len(EMPTY_JSON), EMPTY_JSON),
+                                                        (mdigest, len(data), data)]
+        uploads += [(d, n, None) for d, n in sorted(sizes.items())]
+        done: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)
+        with Registry(ref, username=username, password=password, push=True, jobs=jobs) as reg:
+            prog = Progress("push", len(uploads))
+
+            def one(item: tuple[str, int, bytes | None]) -> None:
+                d, n, inline = item
+                if not reg.has_blob(d):
+                    reg.upload_blob(d, n, inline if inline is not None else _opener(store, d))
+                    done.append(n)
+                prog.add(n)
+
+            try:
+                run_all(uploads, one, jobs=jobs, abort=reg.abort)
+            finally:
+                prog.done()
+            reported = reg.put_manifest(ref.tag, oci)
+    oci_digest = hash_bytes(oci)
+    if reported and reported != oci_digest:
+        raise IntegrityError(f"registry {ref.registry} stored the manifest as {reported[:80]}, expected {oci_digest}")
+    return PushResult(oci_digest, mdigest, len(done), len(uploads) - len(done), sum(done))
+
+
+def _opener(store: Store, digest: str) -> Callable[[], int]:
+    def opener() -> int:
+        try:
+            return os.open(store.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobNotFound(digest) from None
+    return opener
