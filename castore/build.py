@@ -311,8 +311,17 @@ def assemble(walked: WalkResult, results: list[FileResult], *, whiteouts: str = 
     groups: dict[tuple[int, int], list[str]] = {}
     first: dict[tuple[int, int], _Seen] = {}
     resources: list[Resource] = []
+    is_reg = stat.S_ISREG
     for seen in walked.entries:
         st = seen.st
+        if st.st_nlink == 1 and is_reg(st.st_mode):
+            # The common case, inlined: keyword construction without _resource's dict is 2x faster.
+            job, res = by_rel[seen.path]
+            resources.append(RegularFile(
+                paths=("/" + seen.path,), perm=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid,
+                xattrs=res.xattrs, mtime_ns=job.mtime_ns, size=job.size, digest=res.digest,
+                chunks=tuple(Chunk(d, b, e) for d, b, e in res.chunks) if res.chunks else (), holes=res.holes))
+            continue
         if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             groups.setdefault(key, []).append("/" + seen.path)
