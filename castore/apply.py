@@ -992,6 +992,8 @@ def apply_tree(root: str, manifest: Manifest, *, store: Store | None = None, sou
         manifest = _rewrite_symlinks(manifest)
     if opts.devices not in ("create", "check", "skip"):
         raise UnsafeInput(f"unknown device policy {opts.devices!r}")
+    if source != "store" and not os.path.exists(source):
+        raise NotFound(f"{source}: no such source directory or tar file")
     with ExitStack() as stack:
         root, root_fd = stack.enter_context(_root(root))
         old_umask = os.umask(0)

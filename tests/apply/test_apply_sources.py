@@ -217,3 +217,29 @@ def test_devices_create_check_skip(tmp_path: Path, store: Store, cli) -> None:  
     cli("apply", ap, digest, check=True)
     assert os.minor(os.lstat(ap / "dev/null").st_rdev) == 3
     assert verify_tree(str(ap), store.load_manifest(digest), VerifyOptions()) == []
+
+
+def test_hostile_inputs_one_line_errors(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    src = state(tmp_path / "src", "basic")
+    mf = _manifest_file(tmp_path, src)
+    root = tmp_path / "root"
+    not_tar = tmp_path / "junk.tar"
+    not_tar.write_bytes(b"\x00garbage" * 200)
+    garbage = tmp_path / "garbage.pb"
+    garbage.write_bytes(b"\xff\xfe not a manifest")
+    cases = [
+        (("apply", root, mf, "--source", not_tar), 3),
+        (("apply", root, garbage, "--source", src), 4),
+        (("apply", root, tmp_path / "missing.pb", "--source", src), 1),
+        (("apply", root, mf, "--source", tmp_path / "nosuchdir"), 1),
+        (("apply", root, mf, "--move"), 2),
+        (("apply", tmp_path / "no" / "parent", mf, "--source", src), 1),
+    ]
+    for args, code in cases:
+        p = cli(*args)
+        assert p.returncode == code, (args, p.stderr)
+        if code != 2:
+            assert p.stderr.startswith(b"continuity: error:") and p.stderr.count(b"\n") == 1, p.stderr
+    # ROOT that does not exist yet (its parent does) is created
+    assert cli("apply", root, mf, "--source", src).returncode == 0
+    assert cli("verify", root, mf).returncode == 0
