@@ -9,7 +9,7 @@ import click
 
 from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve
 from castore.errors import UnsafeInput
-from castore.remote import Reference, parse_reference, pull, push
+from castore.remote.ref import Reference, parse_reference
 
 insecure_opt = click.option("--insecure", is_flag=True,
                             help="Plain http (also: an http:// prefix; loopback registries default to it).")
@@ -41,6 +41,8 @@ def _password(password_stdin: bool) -> str | None:
 def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int, username: str | None,
              password_stdin: bool, as_json: bool) -> None:
     """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST."""
+    from castore.remote.push import push  # httpx is imported only by the verbs that need it
+
     ref = parse_reference_or_usage(reference, insecure, allow_digest=False)
     m, digest, store = resolve(obj, manifest, need_store=True)
     assert store is not None
@@ -68,6 +70,8 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int,
 def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: int, username: str | None,
              password_stdin: bool, as_json: bool) -> None:
     """Copy a tree from a registry into the store; print its manifest digest."""
+    from castore.remote.pull import pull
+
     ref = parse_reference_or_usage(reference, insecure, allow_digest=True)
     res = pull(obj.store(), ref, name=name if name is not None else str(ref), jobs=jobs, username=username,
                password=_password(password_stdin))

@@ -2,15 +2,27 @@
 
 ``ref`` parses ``REGISTRY/REPO[:TAG|@DIGEST]``; ``oci`` maps a continuity
 manifest to an OCI image manifest and back (pure); ``client`` speaks the
-distribution HTTP API; ``push``/``pull`` do the transfers. The mapping is
-documented in docs/remote.md.
+distribution HTTP API over httpx; ``push``/``pull`` do the transfers. The
+mapping is documented in docs/remote.md. Names are loaded lazily so that
+importing ``castore.remote.ref`` (every CLI start) does not import httpx.
 """
 
 from __future__ import annotations
 
-from castore.remote.client import Registry, RemoteError
-from castore.remote.pull import PullResult, pull
-from castore.remote.push import PushResult, push
-from castore.remote.ref import Reference, parse_reference
+import importlib
+from typing import Any
 
-__all__ = ["PullResult", "PushResult", "Reference", "Registry", "RemoteError", "parse_reference", "pull", "push"]
+_EXPORTS = {
+    "PullResult": "pull", "pull": "pull", "PushResult": "push", "push": "push", "Reference": "ref",
+    "parse_reference": "ref", "Registry": "client", "RemoteError": "client",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"castore.remote.{mod}"), name)
+
+
+__all__ = sorted(_EXPORTS)
