@@ -306,7 +306,11 @@ def read_with_retries(root_fd: int, proc: Processor, jobs: list[FileJob], pool: 
 
 
 def assemble(walked: WalkResult, results: list[FileResult], *, whiteouts: str = "none") -> Manifest:
-    """The manifest from walked entries and file results; hardlinks grouped by (dev, ino)."""
+    """The manifest from walked entries and file results; hardlinks grouped by (dev, ino).
+
+    Only the kinds upstream treats as hardlinkable are grouped (files, fifos,
+    devices); a hardlinked symlink or socket is recorded once per path.
+    """
     by_rel = {j.rel: (j, r) for j, r in zip(walked.files, results, strict=False)}
     groups: dict[tuple[int, int], list[str]] = {}
     first: dict[tuple[int, int], _Seen] = {}
@@ -322,7 +326,9 @@ def assemble(walked: WalkResult, results: list[FileResult], *, whiteouts: str = 
                 xattrs=res.xattrs, mtime_ns=job.mtime_ns, size=job.size, digest=res.digest,
                 chunks=tuple(Chunk(d, b, e) for d, b, e in res.chunks) if res.chunks else (), holes=res.holes))
             continue
-        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+        if st.st_nlink > 1 and (is_reg(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)
+                                or stat.S_ISBLK(st.st_mode)):
+            # Hardlinkable kinds, as upstream: files, fifos, devices (not symlinks or sockets).
             key = (st.st_dev, st.st_ino)
             groups.setdefault(key, []).append("/" + seen.path)
             if key in first:

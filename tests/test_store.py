@@ -279,3 +279,34 @@ def test_parallel_checkout(tmp_path: Path, store: Store, link: str, monkeypatch:
         checkout(store, m, str(tmp_path / "out3"), Options(link="copy"), d)
     assert not (tmp_path / "out3").exists()
     assert [n for n in os.listdir(tmp_path) if ".continuity-" in n] == []
+
+
+def test_paths_longer_than_path_max_round_trip(tmp_path: Path, store: Store) -> None:
+    """Deeper than PATH_MAX (4096 bytes): walked, stored and written through directory fds."""
+    from castore.store import _remove_tree
+    from castore.verify import verify_tree
+    src = tmp_path / "src"
+    src.mkdir()
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(250):  # 250 * 20 bytes > 4096
+            os.mkdir("d" * 19, dir_fd=fd)
+            nxt = os.open("d" * 19, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        leaf = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o640, dir_fd=fd)
+        os.write(leaf, b"deep content")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+    try:
+        d = ingest(store, str(src), progress=False)
+        m = store.load_manifest(d)
+        assert len(m.resources) == 251
+        for link in ("copy", "hardlink"):
+            out = tmp_path / f"out-{link}"
+            checkout(store, m, str(out), Options(link=link), d)
+            assert verify_tree(str(out), m) == []
+    finally:
+        for p in ("src", "out-copy", "out-hardlink"):
+            _remove_tree(str(tmp_path / p))

@@ -58,6 +58,8 @@ def open_beneath(dir_fd: int, relpath: str, flags: int, mode: int = 0) -> int:
     a per-component O_NOFOLLOW walk on kernels without openat2).
     """
     global _HAVE_OPENAT2
+    if len(relpath) > _SEGMENT and "/" in relpath:
+        return _open_long(dir_fd, relpath, flags, mode)
     if _HAVE_OPENAT2 is not False:
         how = _OpenHow(flags | os.O_CLOEXEC, mode,
                        RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
@@ -82,6 +84,28 @@ def open_beneath(dir_fd: int, relpath: str, flags: int, mode: int = 0) -> int:
         if last == "..":
             raise OSError(errno.EXDEV, "path leaves the tree", relpath)
         return os.open(last, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=cur)
+    finally:
+        os.close(cur)
+
+
+_SEGMENT = 3072  # below PATH_MAX (4096), so every openat2 argument fits
+
+
+def _open_long(dir_fd: int, relpath: str, flags: int, mode: int) -> int:
+    """open_beneath for paths longer than PATH_MAX: resolve it a segment at a time,
+    each segment confined beneath the directory the previous one opened."""
+    parts = relpath.split("/")
+    cur = os.dup(dir_fd)
+    try:
+        seg: list[str] = []
+        for p in parts[:-1]:
+            if seg and len("/".join(seg)) + len(p) + 1 > _SEGMENT:
+                nxt = open_beneath(cur, "/".join(seg), os.O_PATH | os.O_DIRECTORY)
+                os.close(cur)
+                cur, seg = nxt, []
+            seg.append(p)
+        seg.append(parts[-1])
+        return open_beneath(cur, "/".join(seg), flags, mode)
     finally:
         os.close(cur)
 

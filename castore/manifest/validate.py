@@ -12,7 +12,8 @@ from castore.errors import InvalidManifest
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Symlink, Whiteout
 
 NAME_MAX = 255
-PATH_MAX = 4096
+PATH_MAX = 32768  # bytes; more than Linux's 4096 on purpose: trees are walked and written fd-relative
+TARGET_MAX = 4095  # a symlink target, as Linux allows
 MAX_DEVICE_MAJOR = (1 << 12) - 1
 MAX_DEVICE_MINOR = (1 << 20) - 1
 MAX_XATTR_BYTES = 64 * 1024
@@ -37,7 +38,7 @@ def path_problem(path: str) -> str | None:
     if len(path) > NAME_MAX // 4:  # only then can a component or the path be too long
         raw = path.encode("utf-8", "surrogateescape")
         if len(raw) > PATH_MAX:
-            return "longer than PATH_MAX"
+            return f"longer than {PATH_MAX} bytes"
         if max(map(len, raw.split(b"/"))) > NAME_MAX:
             return "component longer than NAME_MAX"
     return None
@@ -85,7 +86,7 @@ def _check_resource(r: Resource) -> None:
             last = e
     elif isinstance(r, Symlink):
         t = os.fsencode(r.target)
-        if not t or b"\x00" in t or len(t) > PATH_MAX:
+        if not t or b"\x00" in t or len(t) > TARGET_MAX:
             raise bad("empty, NUL-bearing or over-long symlink target")
     elif isinstance(r, Directory):
         if len(r.paths) != 1:
