@@ -75,6 +75,11 @@ def _bounded_body(resp: httpx.Response, limit: int = MAX_SMALL_ANSWER) -> bytes:
     return bytes(data[:limit])
 
 
+def _origin(url: str) -> tuple[str, str]:
+    u = httpx.URL(url)
+    return u.scheme, u.netloc.decode("ascii", "replace")
+
+
 def _challenge_params(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, rest = header.strip().partition(" ")
     return scheme.lower(), {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', rest)}
@@ -92,6 +97,7 @@ class Registry:
         self._authz: str | None = None
         self._auth_lock = threading.Lock()
         self.abort = threading.Event()
+        self._origin = _origin(ref.base)
         self.http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=True,  # blob GETs may redirect to storage; httpx drops Authorization off-origin
@@ -111,16 +117,18 @@ class Registry:
 
     # ------------------------------------------------------------ plumbing
 
-    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+    def _headers(self, extra: dict[str, str] | None = None, url: str | None = None) -> dict[str, str]:
+        """Request headers; credentials only for the registry's own origin (an upload Location may point
+        elsewhere, e.g. at a storage backend, which must not see them)."""
         h = dict(extra or {})
-        if self._authz:
+        if self._authz and (url is None or _origin(url) == self._origin):
             h["Authorization"] = self._authz
         return h
 
     def _send(self, method: str, url: str, *, headers: dict[str, str] | None = None,
               content: bytes | Iterator[bytes] | None = None) -> Answer:
         """One request; the answer's body is read, bounded (registries answer small JSON or nothing)."""
-        with self.http.stream(method, url, headers=self._headers(headers), content=content) as resp:
+        with self.http.stream(method, url, headers=self._headers(headers, url), content=content) as resp:
             body = b"" if method == "HEAD" else _bounded_body(resp)
             return Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase)
 
@@ -180,6 +188,9 @@ class Registry:
                 reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
                 if isinstance(exc, httpx.UnsupportedProtocol) or "SSL" in reason:
                     attempt = RETRIES
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:  # redirects, decoding, a bad Location: no retry
+                reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
+                attempt = RETRIES
             if attempt >= RETRIES:
                 raise RemoteError(f"{self.where}: {what}: {reason}")
             attempt += 1
@@ -296,7 +307,8 @@ class Registry:
             ans = self._send("PUT", f"{self.ref.base}/manifests/{tag}", content=data,
                              headers={"Content-Type": OCI_MANIFEST})
             self._check(ans, f"PUT manifest {self.ref.repo}:{tag}", (201, 200, 204))
-            return ans.headers.get("docker-content-digest")
+            reported: str | None = ans.headers.get("docker-content-digest")
+            return reported
         return self._call(f"PUT manifest {self.ref.repo}:{tag}", go)
 
 
