@@ -262,6 +262,19 @@ def test_unmount_releases_the_lease(tmp_path: Path, how: str) -> None:
 
 
 @needs_fuse
+def test_allow_other_only_on_request(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    store = tmp_path / "store"
+    ingest(store, src, "t")
+    with mounted(store, "t", tmp_path / "mnt", "--allow-other") as m:
+        with open("/proc/self/mounts") as f:
+            line = next(ln for ln in f if ln.split()[1] == str(m.mnt))
+        assert "allow_other" in line.split()[3].split(",") and "ro" in line.split()[3].split(",")
+
+
+@needs_fuse
 def test_mount_a_manifest_file_leases_its_blobs(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
