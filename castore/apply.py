@@ -335,7 +335,13 @@ class Scan:
 def scan_tree(root: str, root_fd: int, want: dict[str, Resource], store: Store | None, rehash: bool) -> Scan:
     """Walk ROOT; hash (or take from the stat cache) only files the manifest wants with that size."""
     start = time.time_ns()
-    walked = walk(root_fd, WalkOptions(keep_appledouble=True, note=lambda _m: None))
+    try:
+        walked = walk(root_fd, WalkOptions(keep_appledouble=True, note=lambda _m: None))
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise
+        # An entry changed type between readdir and readlink/open (another process).
+        raise TreeChanged(f"{root}: changed while it was scanned ({exc.strerror}); rerun apply") from exc
     jobs = walked.files
     key_of = [(j.dev, j.ino) for j in jobs]
     wanted_keys: set[tuple[int, int]] = set()
@@ -1071,6 +1077,10 @@ def apply_tree(root: str, manifest: Manifest, *, store: Store | None = None, sou
                 raise ResourceLimit(f"{root}: no space left on device") from exc
             if exc.errno == errno.EDQUOT:
                 raise ResourceLimit(f"{root}: disk quota exceeded") from exc
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EEXIST, errno.ENOTEMPTY):
+                # Something in ROOT changed between the scan and the change (another process).
+                where = f" ({os.fsdecode(exc.filename)})" if exc.filename else ""
+                raise TreeChanged(f"{root}: changed during apply{where}: {exc.strerror}; rerun apply") from exc
             raise
         finally:
             ap.dirs.close()

@@ -98,7 +98,8 @@ def test_rename_exchange_race(tmp_path: Path, store: Store) -> None:
                 apply_tree(str(root), want, store=store, opts=ApplyOptions(delete=True, note=lambda _m: None))
                 outcomes["ok"] = outcomes.get("ok", 0) + 1
             except (CastoreError, OSError) as exc:
-                outcomes[type(exc).__name__] = outcomes.get(type(exc).__name__, 0) + 1
+                name = type(exc).__name__ if type(exc) is not OSError else f"OSError {exc}"
+                outcomes[name] = outcomes.get(name, 0) + 1
         finally:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)

@@ -83,3 +83,23 @@ def test_cli_repair_loop(stocked: tuple[Store, dict[str, str], Path], tmp_path: 
     assert v.returncode == 1 and b"/etc/hostname" in v.stdout and b"/usr/bin" in v.stdout
     assert cli("apply", root, "base", "--rehash").returncode == 0
     assert cli("verify", root, "base").returncode == 0
+
+
+def test_whiteouts_delete(tmp_path: Path) -> None:
+    from castore.manifest.model import Directory, Manifest, RegularFile, Whiteout
+    root = state(tmp_path / "root", "basic")
+    empty = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    m = Manifest.of([Directory(paths=("/etc",)), Whiteout(paths=("/etc/hosts",)), Whiteout(paths=("/usr",)),
+                     RegularFile(paths=("/etc/e",), size=0, digest=empty)])
+    apply_tree(str(root), m, source=str(tmp_path))
+    assert not (root / "etc/hosts").exists() and not (root / "usr").exists()
+    assert (root / "etc/hosts.allow").exists() and (root / "etc/e").exists()  # no --delete: extras stay
+
+
+def test_link_hardlink_mode(stocked: tuple[Store, dict[str, str], Path], tmp_path: Path) -> None:
+    store, digests, _ = stocked
+    root = state(tmp_path / "root", "deletions")
+    want = store.load_manifest(digests["basic"])
+    apply_tree(str(root), want, store=store, opts=ApplyOptions(delete=True, link="hardlink"))
+    assert verify_tree(str(root), want) == []
+    assert os.lstat(root / "usr/bin/tool").st_nlink >= 2  # shares a store object
