@@ -10,13 +10,18 @@ import sys
 
 import click
 
-import castore.cli.apply_cmds  # noqa: F401  (apply, copy)
-import castore.cli.export_cmd  # noqa: F401  (export)
-import castore.cli.gc_cmds  # noqa: F401  (gc, fsck)
-import castore.cli.mount_cmd  # noqa: F401  (mount)
-import castore.cli.remote_cmds  # noqa: F401  (push, pull)
-from castore.cli import store_cmds, tree_cmds  # noqa: F401  (register commands)
-from castore.cli.common import main_group
+from castore.cli.common import LazyGroup, main_group
+
+# Command name -> the module that defines it; imported only when the command runs.
+LazyGroup.lazy.update({
+    **dict.fromkeys(["build", "verify", "ls", "dump", "stats", "diff", "du"], "castore.cli.tree_cmds"),
+    **dict.fromkeys(["ingest", "checkout", "list", "history", "tag", "rm"], "castore.cli.store_cmds"),
+    **dict.fromkeys(["apply", "copy"], "castore.cli.apply_cmds"),
+    "export": "castore.cli.export_cmd",
+    **dict.fromkeys(["gc", "fsck"], "castore.cli.gc_cmds"),
+    "mount": "castore.cli.mount_cmd",
+    **dict.fromkeys(["push", "pull"], "castore.cli.remote_cmds"),
+})
 
 
 def main() -> None:

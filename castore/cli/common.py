@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib
 import json
 import os
 import sys
@@ -82,7 +83,22 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose commands' modules are imported on first use (startup stays cheap)."""
+
+    #: command name -> module that registers it on main_group
+    lazy: dict[str, str] = {}
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            importlib.import_module(self.lazy[cmd_name])
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self.lazy))
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "store_path", envvar="CONTINUITY_STORE", metavar="PATH",
               help="Store location (default: /var/lib/continuity for root, else $XDG_DATA_HOME/continuity).")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
