@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FUSE_MISSING, in_mount_table, mounted, needs_fuse, unmount
+from fuse_util import FUSE_MISSING, in_mount_table, mounted, needs_fuse, unmount
 
 from castore.manifest.model import RegularFile
 from castore.store import Store, manifest_refs
