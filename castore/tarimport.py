@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import pyfastcdc
 
-from castore.build import _ignored
+from castore.build import _ignored, make_pool
 from castore.errors import IntegrityError
 from castore.hashing import ChunkParams
 from castore.ingest import commit_manifest
@@ -62,6 +62,7 @@ from castore.manifest.model import (
     Whiteout,
 )
 from castore.store import Store, check_name, manifest_refs
+from castore.tarcontent import PARALLEL_MIN, Dispatcher, OffsetReader
 from castore.tarformat import (
     AREG,
     BLK,
@@ -246,6 +247,7 @@ class _Importer:
         self.pool = ThreadPoolExecutor(2)
         self.window: deque[Future[None]] = deque()
         self.lock = threading.Lock()
+        self.disp: Dispatcher | None = None
 
     def _submit(self, fn: Callable[..., None], *args: object) -> None:
         self.window.append(self.pool.submit(fn, *args))
@@ -283,6 +285,19 @@ class _Importer:
             self.staged.append((name, digest))
 
     def content(self, m: Member, node: _Node) -> None:
+        if self.disp is not None and m.sparse is None and m.size > 0:
+            stream = m._stream
+            assert stream is not None
+            node.size = m.size
+
+            def done(digest: str, chunks: tuple[tuple[str, int, int], ...]) -> None:
+                node.digest = digest
+                node.chunks = tuple(Chunk(d, b, e) for d, b, e in chunks)
+            if stream.base + stream.offset + m.size > stream.size:
+                raise TarCorrupt(f"tar stream truncated in the data of {m.name[:200]!r} "
+                                 f"at offset {stream.size - stream.base}")
+            self.disp.add(stream.base + stream.offset, m.size, done)
+            return
         src = _Logical(m)
         size = src.size
         if size >= self.cp.threshold:
@@ -442,11 +457,23 @@ def read_tar(stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams
              opts: TarOptions) -> tuple[Manifest, list[tuple[str, str]], dict[str, int]]:
     """Parse a whole stream: its manifest, the staged (temp, digest) pairs and content sizes."""
     imp = _Importer(tmp_dir, blob_root, chunking, opts)
+    procs = None
+    if stream.seekable:
+        reader = OffsetReader(stream.fd, tmp_dir, blob_root, chunking)
+        if stream.size - stream.base >= PARALLEL_MIN:
+            procs = make_pool()  # before any thread exists: the workers are forked
+        imp.disp = Dispatcher(reader, procs, TarCorrupt)
     try:
         for m in members(stream):
             imp.member(m)
         imp.drain()
+        if imp.disp is not None:
+            imp.disp.finish()
+            imp.staged.extend(imp.disp.staged)
+            imp.sizes.update(imp.disp.sizes)
     finally:
+        if procs is not None:
+            procs.shutdown(wait=True, cancel_futures=True)
         imp.pool.shutdown(wait=True, cancel_futures=True)
     manifest = imp.manifest()
     refs = manifest_refs(manifest)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import gzip
 import os
+import stat
 import sys
 import urllib.parse
 import zlib
@@ -56,12 +57,22 @@ _DECODE_ERRORS = (zlib.error, EOFError, gzip.BadGzipFile, zstandard.ZstdError)
 
 
 class Stream:
-    """A decoded byte stream with exact reads and an offset for messages."""
+    """A decoded byte stream with exact reads and an offset for messages.
 
-    def __init__(self, f: Any) -> None:
+    ``fd`` is set when the stream is a plain (uncompressed) regular file:
+    then member data can be read by offset (``base + offset`` in the file,
+    ``size`` its length at open) and is skipped by seeking.
+    """
+
+    def __init__(self, f: Any, fd: int = -1, base: int = 0, size: int = 0) -> None:
         self.f = f
         self.offset = 0
-        self._scratch = bytearray(READ)
+        self.fd, self.base, self.size = fd, base, size
+        self._scratch = bytearray(READ) if fd < 0 else bytearray(0)
+
+    @property
+    def seekable(self) -> bool:
+        return self.fd >= 0
 
     def readinto(self, mv: memoryview) -> int:
         """Fill ``mv``; fewer bytes only at the end of the stream."""
@@ -90,6 +101,15 @@ class Stream:
         return data
 
     def skip(self, n: int, what: str) -> None:
+        if self.fd >= 0:
+            if self.base + self.offset + n > self.size:
+                raise TarCorrupt(f"tar stream truncated in {what} at offset {self.size - self.base}")
+            if n:
+                self.f.seek(n, os.SEEK_CUR)
+                self.offset += n
+            return
+        if len(self._scratch) < READ:
+            self._scratch = bytearray(READ)
         view = memoryview(self._scratch)
         while n > 0:
             k = min(n, READ)
@@ -122,6 +142,16 @@ def open_stream(src: str) -> Iterator[Stream]:
             raise UnsafeInput(f"{src}: xz/bzip2 compression is not supported (use gzip, zstd or none)")
         else:
             f = raw
+        if f is raw:
+            st = os.fstat(raw.fileno())
+            if stat.S_ISREG(st.st_mode):
+                try:
+                    base = raw.tell()
+                except OSError:
+                    base = -1
+                if base >= 0:
+                    yield Stream(f, raw.fileno(), base, st.st_size)
+                    return
         yield Stream(f)
     finally:
         raw.close()

@@ -1,6 +1,6 @@
 """Benchmark tar streams: `ingest --tar` of a layer vs `tar -x` + `ingest DIR`, and `export` vs `tar -c`.
 
-    python scripts/bench/tar.py [--size 2G] [--workdir DIR] [--keep]
+    python scripts/bench/tar.py [--size 2G] [--runs 3] [--workdir DIR] [--keep]
 
 Builds a layer of --size bytes (30% in 4-256 KiB files, 70% in 4-48 MiB files, random
 content), tars it with GNU tar (--format=posix), then times, each on a fresh store:
@@ -10,9 +10,13 @@ content), tars it with GNU tar (--format=posix), then times, each on a fresh sto
   C  continuity export NAME -o out.tar       (tree checked out from A's store)
   D  tar -cf out2.tar -C checkout .
 
-and prints seconds, the ratios B/A (target >= 1.5) and C/D (target <= 1.3), and the peak RSS of
+and prints seconds (median of --runs rounds, each on fresh stores), CPU seconds (user + system of
+the process tree), the ratios B/A (target >= 1.5) and C/D (target <= 1.3), and the peak RSS of
 each command (ru_maxrss of its process tree; target < 200 MiB whatever --size is).
-Caches are warm (the layer was just written): the figures compare CPU and write paths.
+Caches are warm (the layer was just written): the figures compare CPU and write paths. Dirty
+pages are flushed (`sync`, not timed) before every timed command, so that no command pays for
+the writeback of another's output (ingest's syncfs would otherwise flush the freshly written
+layer or checkout too); B's `ingest DIR` therefore does not pay for flushing `tar -x`'s output.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +33,8 @@ import tempfile
 CLI = [sys.executable, "-m", "castore"]
 _MEASURE = ("import resource,subprocess,sys,time;t=time.monotonic();"
             "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL);"
-            "print(time.monotonic()-t,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,r.returncode)")
+            "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+            "print(time.monotonic()-t,u.ru_utime+u.ru_stime,u.ru_maxrss,r.returncode)")
 
 
 def parse_size(text: str) -> int:
@@ -36,13 +42,36 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
 
 
-def run(argv: list[str]) -> tuple[float, int]:
-    """Seconds and peak RSS (KiB) of a command and its children."""
-    out = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True, text=True, check=True)
-    secs, rss, rc = out.stdout.split()
-    if rc != "0":
-        raise SystemExit(f"command failed ({rc}): {' '.join(argv)}")
-    return float(secs), int(rss)
+class Timing:
+    """Wall seconds, CPU seconds and peak RSS (KiB) of one command over several runs."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.rss = 0
+
+    def run(self, argv: list[str]) -> None:
+        os.sync()  # nobody's dirty pages are flushed on this command's clock
+        out = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True, text=True, check=True)
+        secs, cpu, rss, rc = out.stdout.split()
+        if rc != "0":
+            raise SystemExit(f"command failed ({rc}): {' '.join(argv)}")
+        self.wall.append(float(secs))
+        self.cpu.append(float(cpu))
+        self.rss = max(self.rss, int(rss))
+
+    @property
+    def secs(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def cpus(self) -> float:
+        return statistics.median(self.cpu)
+
+    def line(self, label: str) -> str:
+        runs = " ".join(f"{w:.2f}" for w in self.wall)
+        return (f"{label:<22} {self.secs:7.2f} s  cpu {self.cpus:6.2f} s  peak RSS {self.rss / 1024:5.0f} MiB"
+                f"  (runs: {runs})")
 
 
 def make_layer(root: str, size: int, seed: int = 1) -> int:
@@ -69,6 +98,7 @@ def make_layer(root: str, size: int, seed: int = 1) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="2G", help="layer size (e.g. 512M, 2G)")
+    ap.add_argument("--runs", type=int, default=3, help="rounds; medians are reported")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
@@ -76,26 +106,40 @@ def main() -> None:
     work = a.workdir or tempfile.mkdtemp(prefix="bench-tar-", dir="/var/tmp")
     try:
         src, layer = os.path.join(work, "src"), os.path.join(work, "layer.tar")
-        files = make_layer(src, size)
-        subprocess.run(["tar", "--format=posix", "-C", src, "-cf", layer, "."], check=True)
+        if os.path.exists(layer):  # --workdir of an earlier --keep run: reuse its layer
+            files = sum(len(f) for _, _, f in os.walk(src))
+        else:
+            files = make_layer(src, size)
+            subprocess.run(["tar", "--format=posix", "-C", src, "-cf", layer, "."], check=True)
         print(f"layer: {size / 2**20:.0f} MiB in {files} files, tar {os.path.getsize(layer) / 2**20:.0f} MiB")
-        s1, s2 = os.path.join(work, "store1"), os.path.join(work, "store2")
-        ta, ra = run([*CLI, "--store", s1, "ingest", "--tar", layer, "--name", "layer"])
-        x = os.path.join(work, "x")
-        os.mkdir(x)
-        tx, rx = run(["tar", "-xf", layer, "-C", x])
-        ti, ri = run([*CLI, "--store", s2, "ingest", x])
-        tb = tx + ti
+        ta, tx, ti, tc, td = Timing(), Timing(), Timing(), Timing(), Timing()
+        s1 = os.path.join(work, "store1")
         co = os.path.join(work, "co")
-        subprocess.run([*CLI, "--store", s1, "checkout", "layer", co], check=True)
-        tc, rc = run([*CLI, "--store", s1, "export", "layer", "-o", os.path.join(work, "out.tar")])
-        td, rd = run(["tar", "-cf", os.path.join(work, "out2.tar"), "-C", co, "."])
-        print(f"ingest --tar            {ta:7.2f} s  peak RSS {ra / 1024:6.0f} MiB")
-        print(f"tar -x + ingest DIR     {tb:7.2f} s  ({tx:.2f} + {ti:.2f}) peak RSS {max(rx, ri) / 1024:6.0f} MiB")
-        print(f"  speedup (two-step / ingest --tar): {tb / ta:.2f}x  (target >= 1.5x)")
-        print(f"export                  {tc:7.2f} s  peak RSS {rc / 1024:6.0f} MiB")
-        print(f"tar -c                  {td:7.2f} s  peak RSS {rd / 1024:6.0f} MiB")
-        print(f"  export / tar -c: {tc / td:.2f}x  (target <= 1.3x)")
+        for rnd in range(a.runs):
+            for d in ("store1", "store2", "x", "out.tar", "out2.tar"):
+                p = os.path.join(work, d)
+                if os.path.isdir(p):
+                    shutil.rmtree(p)
+                elif os.path.exists(p):
+                    os.unlink(p)
+            s2, x = os.path.join(work, "store2"), os.path.join(work, "x")
+            ta.run([*CLI, "--store", s1, "ingest", "--tar", layer, "--name", "layer"])
+            os.mkdir(x)
+            tx.run(["tar", "-xf", layer, "-C", x])
+            ti.run([*CLI, "--store", s2, "ingest", x])
+            if rnd == 0:
+                shutil.rmtree(co, ignore_errors=True)
+                subprocess.run([*CLI, "--store", s1, "checkout", "layer", co], check=True)
+            tc.run([*CLI, "--store", s1, "export", "layer", "-o", os.path.join(work, "out.tar")])
+            td.run(["tar", "-cf", os.path.join(work, "out2.tar"), "-C", co, "."])
+        tb = statistics.median(e + g for e, g in zip(tx.wall, ti.wall, strict=True))
+        print(ta.line("ingest --tar"))
+        print(tx.line("tar -x"))
+        print(ti.line("  + ingest DIR"))
+        print(f"  speedup (two-step {tb:.2f} s / ingest --tar): {tb / ta.secs:.2f}x  (target >= 1.5x)")
+        print(tc.line("export"))
+        print(td.line("tar -c"))
+        print(f"  export / tar -c: {tc.secs / td.secs:.2f}x  (target <= 1.3x)")
     finally:
         if a.keep:
             print(f"kept {work}")

@@ -1,0 +1,220 @@
+"""Member content of a plain tar file on disk, read by offset, hashed and
+staged by two worker processes.
+
+For a seekable, uncompressed tar (a regular file, or stdin redirected from
+one) the parser reads only the headers and seeks over the data; the data of
+each regular member is read with ``pread`` by its offset in the tar, hashed,
+chunked with the store's FastCDC parameters and staged as blob temp files,
+as ``castore.hashing`` does for the files of a directory:
+
+- small members (below the chunking threshold) go in batches (at most 256
+  members or 4 MiB), hashed once and staged whole;
+- a chunked member is split in two jobs that the two workers run side by
+  side: its whole-file digest, and its chunks (cut, hashed, staged), so
+  that even a tar of one huge member keeps both cores busy.
+
+A worker returns an error text, never raises, when the file ends before a
+member's data (a truncated or lying tar); the parser turns it into
+TarCorrupt. At most ``WINDOW`` jobs are in flight and a worker holds one
+4 MiB buffer (plus FastCDC's), so memory stays constant whatever the size.
+Tars smaller than ``PARALLEL_MIN`` are read in-process (forking workers
+costs more than hashing them), by the same functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any
+
+import pyfastcdc
+
+from castore.hashing import ChunkParams
+
+PARALLEL_MIN = 16 << 20
+BATCH_FILES = 256
+BATCH_BYTES = 4 << 20
+WINDOW = 16
+READ = 4 << 20
+
+# Digests a worker process staged, per staging dir (a lease's): skips writing a
+# repeated member twice. The other worker may still stage it once more; the
+# commit keeps one.
+_staged_here: dict[str, set[str]] = {}
+
+SmallResult = tuple[list[str], list[tuple[str, str]], str]
+ChunksResult = tuple[list[tuple[str, int, int]], list[tuple[str, str]], str]
+
+
+def _short(off: int) -> str:
+    return f"tar stream truncated in member data at offset {off}"
+
+
+@dataclass(frozen=True)
+class OffsetReader:
+    """Picklable job runner: the tar's fd (inherited by forked workers) and where to stage."""
+
+    fd: int
+    tmp_dir: str
+    blob_root: str
+    chunking: ChunkParams
+
+    def _stage(self, digest: str, data: bytes | memoryview, staged: list[tuple[str, str]]) -> None:
+        seen = _staged_here.setdefault(self.tmp_dir, set())
+        if digest in seen:
+            return
+        seen.add(digest)
+        hexd = digest[7:]
+        if os.path.exists(os.path.join(self.blob_root, hexd[:2], hexd)):
+            return  # a hint only: commit_manifest checks again under the store lock
+        name = os.path.join(self.tmp_dir, secrets.token_hex(12))
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        staged.append((name, digest))
+
+    def small(self, items: list[tuple[int, int]]) -> SmallResult:
+        """Digests of whole members given as (offset, size), each staged."""
+        digests: list[str] = []
+        staged: list[tuple[str, str]] = []
+        for off, size in items:
+            data = os.pread(self.fd, size, off)
+            if len(data) != size:
+                return digests, staged, _short(off + len(data))
+            d = "sha256:" + hashlib.sha256(data).hexdigest()
+            digests.append(d)
+            self._stage(d, data, staged)
+        return digests, staged, ""
+
+    def whole(self, off: int, size: int) -> tuple[str, str]:
+        """The digest of ``size`` bytes at ``off`` (not staged: the chunks are)."""
+        h = hashlib.sha256()
+        buf = bytearray(min(READ, size))
+        view = memoryview(buf)
+        pos = 0
+        while pos < size:
+            n = os.preadv(self.fd, [view[:min(len(buf), size - pos)]], off + pos)
+            if n <= 0:
+                return "", _short(off + pos)
+            h.update(view[:n])
+            pos += n
+        return "sha256:" + h.hexdigest(), ""
+
+    def chunks(self, off: int, size: int) -> ChunksResult:
+        """The FastCDC chunks (digest, begin, end) of ``size`` bytes at ``off``, each staged."""
+        cp = self.chunking
+        cdc = pyfastcdc.FastCDC(cp.avg_size, min_size=cp.min_size, max_size=cp.max_size)
+        src = _Range(self.fd, off, size)
+        out: list[tuple[str, int, int]] = []
+        staged: list[tuple[str, str]] = []
+        for c in cdc.cut_stream(src):
+            d = "sha256:" + hashlib.sha256(c.data).hexdigest()
+            out.append((d, c.offset, c.offset + c.length))
+            self._stage(d, c.data, staged)
+        if src.pos != size:
+            return out, staged, _short(off + src.pos)
+        return out, staged, ""
+
+
+class _Range:
+    """readinto() over ``size`` bytes at ``off`` of a file, by pread."""
+
+    def __init__(self, fd: int, off: int, size: int) -> None:
+        self.fd, self.off, self.size, self.pos = fd, off, size, 0
+
+    def readinto(self, mv: memoryview) -> int:
+        want = min(len(mv), self.size - self.pos)
+        if want <= 0:
+            return 0
+        n = os.preadv(self.fd, [mv[:want]], self.off + self.pos)
+        self.pos += n
+        return n
+
+
+def _done(value: object) -> Future[Any]:
+    fut: Future[Any] = Future()
+    fut.set_result(value)
+    return fut
+
+
+class Dispatcher:
+    """Sends member content to the workers (or runs it here) and hands results back in order.
+
+    ``add(off, size, done)``: ``done(digest, chunks)`` is called with the
+    results of that member, in the order members were added, from ``add``,
+    ``flush`` or ``finish`` (always on the calling thread). ``staged`` and
+    ``sizes`` collect what was staged and the size of every content digest.
+    Raises ``error(text)`` when a worker reports a short read.
+    """
+
+    def __init__(self, reader: OffsetReader, pool: Executor | None,
+                 error: Callable[[str], Exception]) -> None:
+        self.reader, self.pool, self.error = reader, pool, error
+        self.staged: list[tuple[str, str]] = []
+        self.sizes: dict[str, int] = {}
+        self.batch: list[tuple[int, int]] = []
+        self.batch_done: list[Callable[[str, tuple[tuple[str, int, int], ...]], None]] = []
+        self.batch_bytes = 0
+        self.window: deque[tuple[str, Future[Any], Any, Any]] = deque()
+
+    def _submit(self, fn: Callable[..., Any], *args: object) -> Future[Any]:
+        if self.pool is None:
+            return _done(fn(*args))
+        return self.pool.submit(fn, *args)
+
+    def add(self, off: int, size: int, done: Callable[[str, tuple[tuple[str, int, int], ...]], None]) -> None:
+        if size >= self.reader.chunking.threshold:
+            self.flush()
+            whole = self._submit(self.reader.whole, off, size)
+            self.window.append(("chunks", self._submit(self.reader.chunks, off, size), whole, done))
+        else:
+            self.batch.append((off, size))
+            self.batch_done.append(done)
+            self.batch_bytes += size
+            if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
+                self.flush()
+        self._collect(WINDOW)
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        fut = self._submit(self.reader.small, self.batch)
+        self.window.append(("small", fut, self.batch, self.batch_done))
+        self.batch, self.batch_done, self.batch_bytes = [], [], 0
+
+    def finish(self) -> None:
+        """Wait for every job and deliver every result."""
+        self.flush()
+        self._collect(0)
+
+    def _collect(self, keep: int) -> None:
+        while len(self.window) > keep or (self.window and self.window[0][1].done()
+                                           and (self.window[0][0] != "chunks" or self.window[0][2].done())):
+            kind, fut, a, b = self.window.popleft()
+            if kind == "small":
+                digests, staged, err = fut.result()
+                self.staged.extend(staged)
+                for d, (_, size) in zip(digests, a, strict=False):
+                    self.sizes[d] = size
+                if err:
+                    raise self.error(err)
+                for d, done in zip(digests, b, strict=True):
+                    done(d, ())
+            else:
+                chunks, staged, err = fut.result()
+                self.staged.extend(staged)
+                for d, begin, end in chunks:
+                    self.sizes[d] = end - begin
+                digest, err2 = a.result()
+                if err or err2:
+                    raise self.error(err or err2)
+                b(digest, tuple(chunks))
