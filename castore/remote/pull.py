@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from castore.crash import crashpoint
 from castore.digest import hash_bytes, hex_of
 from castore.errors import IntegrityError
 from castore.ingest import commit_manifest
@@ -75,6 +76,7 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
                 return staged
 
             staged = fetch(missing, "")
+            crashpoint("pull-after-download")
             # redo: content that was in the store when we looked but that gc removed before the commit.
             mdigest = commit_manifest(store, manifest, staged, sizes, name=name,
                                       redo=lambda gone: fetch(sorted(gone), ".again"))

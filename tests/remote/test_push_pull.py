@@ -199,3 +199,23 @@ def test_oci_manifest_is_deterministic() -> None:
     doc = json.loads(a)
     assert [x["digest"][7] for x in doc["layers"]] == ["a", "b", "c"]
     assert doc["config"]["digest"] == EMPTY_DIGEST and doc["artifactType"] == ARTIFACT_TYPE
+
+
+def test_crash_or_enospc_during_pull_leaves_a_sound_store(tmp_path: Path, repo: str) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    _, d = _ingest(tmp_path, a)
+    run_cli("push", "t", f"{repo}:v1", store=a, check=True)
+    for point in ("pull-after-download", "ingest-after-syncfs", "ingest-after-rename", "ingest-before-manifest",
+                  "ingest-before-tag"):
+        p = run_cli("pull", f"{repo}:v1", store=b, env={"CONTINUITY_CRASHPOINT": point})
+        assert p.returncode == -9, (point, p.returncode, p.stderr)
+        f = run_cli("fsck", store=b)
+        assert f.returncode == 0, (point, f.stdout, f.stderr)
+        assert Store.open(str(b)).tags() == [], point
+    p = run_cli("pull", f"{repo}:v1", store=b, env={"CONTINUITY_FAULT": "ingest-after-syncfs:ENOSPC"})
+    assert p.returncode == 6 and p.stderr.count(b"\n") == 1, p.stderr
+    assert run_cli("pull", f"{repo}:v1", store=b, check=True).stdout.decode().strip() == d
+    run_cli("fsck", store=b, check=True)
+    run_cli("gc", "--grace", "0", store=b, check=True)
+    run_cli("checkout", f"{repo}:v1", tmp_path / "out", store=b, check=True)
+    assert_trees_equal(tmp_path / "src", tmp_path / "out")
