@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import needs_root, run_cli
+from helpers import needs_root, run_cli
 
 from castore.build import WalkOptions, build
 from castore.digest import hash_bytes

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 from test_build import rich_tree, write
 
 from castore.build import build

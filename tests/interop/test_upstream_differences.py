@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 from castore.manifest import codec
 from castore.manifest.model import NamedPipe, Symlink

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 from test_store import basic
 
 from castore.digest import hash_bytes

@@ -8,7 +8,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from conftest import run_cli
+from helpers import run_cli
 
 from castore.digest import hash_bytes
 from castore.store import Store

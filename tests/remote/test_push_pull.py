@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import httpx
-from conftest import run_cli
+from helpers import run_cli
 from test_store import basic
 
 from castore.digest import hash_bytes

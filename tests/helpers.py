@@ -1,0 +1,35 @@
+"""Helpers every test module may import (``from helpers import ...``); fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = os.geteuid() == 0
+
+
+def run_cli(*args: object, store: Path | None = None, input: bytes | None = None,
+            env: dict[str, str] | None = None, check: bool | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run the real `continuity` command (a subprocess, as users do); never a traceback on failure."""
+    argv = [sys.executable, "-m", "castore"]
+    if store is not None:
+        argv += ["--store", str(store)]
+    argv += [os.fsdecode(a) if isinstance(a, (str, bytes, os.PathLike)) else str(a) for a in args]
+    p = subprocess.run(argv, capture_output=True, input=input, env={**os.environ, **(env or {})}, timeout=600)
+    if check is True:
+        assert p.returncode == 0, p.stderr.decode(errors="replace")
+    if p.returncode != 0:
+        assert b"Traceback" not in p.stderr, p.stderr.decode(errors="replace")
+    return p
+
+
+def have(cmd: str) -> bool:
+    return shutil.which(cmd) is not None
+
+
+needs_root = pytest.mark.skipif(not ROOT, reason="needs root")
