@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -40,6 +41,9 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
               rehash: bool, link: str, devices: str | None, sockets: bool, rewrite_absolute_symlinks: bool,
               sync: bool, verbose: bool, as_json: bool) -> None:
     """Make ROOT match MANIFEST in place, changing only what differs."""
+    # Short-lived and allocation-heavy (a Resource per entry, no cycles): the cyclic GC only
+    # costs time here (~25% of a no-op apply).
+    gc.disable()
     if move and source == "store":
         raise click.UsageError("--move needs --source DIR")
     m, digest, store = resolve(obj, manifest, need_store=source == "store")
@@ -67,6 +71,7 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
 @handle_errors
 def copy_cmd(obj: Ctx, src: str, dst: str, ignore: tuple[str, ...]) -> None:
     """Duplicate the tree SRC at DST (which must not exist), safely, keeping everything."""
+    gc.disable()
     copy_tree(src, dst, ignore=ignore)
 
 
