@@ -189,7 +189,20 @@ def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | N
 def make_pool(workers: int | None = None) -> ProcessPoolExecutor:
     """A pool of hashing processes (fork: cheap; the children never touch LMDB)."""
     n = workers or max(1, min(2, os.cpu_count() or 1))
-    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"))
+    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"), initializer=_die_with_parent,
+                               initargs=(os.getpid(),))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool workers die with their parent: a SIGKILLed ingest leaves no process behind."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 LARGE = 8 << 20  # files this large are dispatched one by one, largest first, after the walk
