@@ -148,9 +148,13 @@ class Registry:
                     q["service"] = params["service"]
                 auth = httpx.BasicAuth(*self._creds) if self._creds else None
                 url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urlencode(q)
-                with self.http.stream("GET", url, auth=auth) as resp:
-                    body = _bounded_body(resp, MAX_TOKEN_ANSWER)
-                    status = resp.status_code
+                try:
+                    with self.http.stream("GET", url, auth=auth) as resp:
+                        body = _bounded_body(resp, MAX_TOKEN_ANSWER)
+                        status = resp.status_code
+                except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                    reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
+                    raise RemoteError(f"{self.where}: token request to {params['realm'][:100]}: {reason}") from None
                 if status != 200:
                     raise RemoteError(f"{self.where}: token request refused ({status})")
                 try:

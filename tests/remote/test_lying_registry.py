@@ -270,3 +270,10 @@ def test_push_credentials_stay_on_the_registry_origin(tmp_path: Path, fake: Fake
         assert any("Authorization" in h for m, _, h in fake.requests if m == "PUT")
     finally:
         storage.close()
+
+
+def test_unreachable_token_realm(tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]) -> None:
+    fake, _, _, _ = served
+    _auth_gate(fake, "Bearer x", 'Bearer realm="http://127.0.0.1:1/token",service="fake"')
+    rc, err = _pull(fake, tmp_path / "b")
+    assert rc == 1 and "token request" in err and err.count("\n") == 1, err
