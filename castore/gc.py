@@ -344,11 +344,11 @@ class _Collector:
             if not self.opts.dry_run:  # a dry run deleted no rows: nothing to re-check
                 with self.meta.read() as txn:
                     live = {k for k, _, _ in batch if txn.get(k, db=blobs_db) is not None}
-            for k, size, kind in batch:
+            for i, (k, size, kind) in enumerate(batch):
+                if pos + i == half and half:
+                    crashpoint("gc-mid-sweep")
                 if k not in live:
                     self._unlink_blob(k, size, kind)
-            if pos <= half < pos + len(batch):
-                crashpoint("gc-mid-sweep")
             pos += len(batch)
             if time.monotonic() > deadline:
                 break
