@@ -1,0 +1,198 @@
+"""Benchmark gc on a large store, and an ingest running beside a gc.
+
+    python scripts/bench/gc.py [--blobs 1000000] [--manifests 10000] [--garbage 0.1] [--workdir DIR] [--keep]
+
+Builds a store FAST by writing blob files and LMDB rows directly through the Store/meta API
+(not one ingest per manifest): --blobs small blobs (13-40 bytes, unique) spread over
+--manifests real manifests (each a valid continuity manifest blob referencing its share of
+blobs); 1 - --garbage of the manifests are named, the rest are unnamed and older than the
+grace period, so their blobs are garbage; 1,000 old orphan files are added too. Then:
+
+  gc alone            `continuity gc --grace 1h` (a subprocess): seconds, peak RSS (target < 60 s,
+                      < 500 MiB at 1M blobs / 10k manifests), objects freed, longest store-lock hold
+  ingest alone        `continuity ingest` of a 2,000-file tree (16 MiB), twice, into the big store
+  ingest during gc    the same size of tree (new content) while a second gc runs over freshly
+                      added garbage; ratio during/alone (target <= 1.5)
+
+The machine is shared and has 2 cores: gc and ingest compete for CPU, which the ratio includes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from castore.manifest import codec
+from castore.manifest.model import Directory, Manifest, RegularFile
+from castore.store import Store
+from castore.store.meta import BLOB_ROW, KIND_MANIFEST, KIND_RAW
+
+CLI = [sys.executable, "-m", "castore"]
+OLD = time.time() - 3 * 3600
+
+
+def build(store: Store, blobs: int, manifests: int, garbage: float, first: int = 0, named: bool = True) -> int:
+    """Add ``blobs`` blobs over ``manifests`` manifests; return the number of garbage blobs added."""
+    per = max(1, blobs // manifests)
+    n_garbage = 0
+    made_dirs: set[str] = set()
+    meta = store.meta
+    rows: list[tuple[bytes, bytes]] = []
+    refs_rows: list[tuple[bytes, bytes]] = []
+    tags: list[tuple[str, str, int]] = []
+
+    def flush() -> None:
+        def fn(txn: object) -> None:
+            t: object = txn
+            for k, v in rows:
+                t.put(k, v, db=meta.db("blobs"))  # type: ignore[attr-defined]
+            for k, v in refs_rows:
+                t.put(k, v, db=meta.db("refs"))  # type: ignore[attr-defined]
+            for name, d, size in tags:
+                store.set_tag(t, name, d, size)
+        meta.write(fn)
+        rows.clear()
+        refs_rows.clear()
+        tags.clear()
+
+    for m in range(manifests):
+        is_garbage = (not named) or (m % max(1, round(1 / garbage)) == 0 if garbage else False)
+        files = []
+        keys = []
+        for j in range(per):
+            data = f"{first}:{m}:{j}\n".encode()
+            d = "sha256:" + hashlib.sha256(data).hexdigest()
+            _write_blob(store, d, data, made_dirs, old=is_garbage)
+            rows.append((bytes.fromhex(d[7:]), BLOB_ROW.pack(len(data), KIND_RAW)))
+            keys.append(bytes.fromhex(d[7:]))
+            files.append(RegularFile(paths=(f"/d/f{j:06d}",), size=len(data), digest=d, perm=0o644))
+        man = Manifest(resources=(Directory(paths=("/d",)), *files))
+        mdata = codec.dumps(man)
+        md = "sha256:" + hashlib.sha256(mdata).hexdigest()
+        _write_blob(store, md, mdata, made_dirs, old=is_garbage)
+        rows.append((bytes.fromhex(md[7:]), BLOB_ROW.pack(len(mdata), KIND_MANIFEST)))
+        refs_rows.append((bytes.fromhex(md[7:]), b"".join(sorted(keys))))
+        if is_garbage:
+            n_garbage += per + 1
+        else:
+            tags.append((f"m{first}-{m}", md, len(mdata)))
+        if len(rows) > 50_000:
+            flush()
+    flush()
+    return n_garbage
+
+
+def _write_blob(store: Store, digest: str, data: bytes, made: set[str], old: bool) -> None:
+    path = store.blob_path(digest)
+    shard = os.path.dirname(path)
+    if shard not in made:
+        os.makedirs(shard, exist_ok=True)
+        made.add(shard)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    os.write(fd, data)
+    if old:
+        os.utime(fd, (OLD, OLD))
+    os.close(fd)
+
+
+def orphans(store: Store, n: int) -> None:
+    for i in range(n):
+        data = f"orphan {i} {random.random()}".encode()
+        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        _write_blob(store, d, data, set(), old=True)
+
+
+def make_tree(root: str, seed: int, files: int = 2000, size: int = 8192) -> str:
+    rnd = random.Random(seed)
+    for i in range(files):
+        p = os.path.join(root, f"d{i % 20}", f"f{i}")
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(rnd.randbytes(size))
+    return root
+
+
+def timed(argv: list[str]) -> tuple[float, int, int, str]:
+    """(seconds, peak RSS KiB, exit code, stdout) of one command."""
+    t = time.monotonic()
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = p.stdout.read() if p.stdout else b""
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    err = p.stderr.read() if p.stderr else b""
+    if p.returncode:
+        print(f"  {' '.join(argv[3:6])}: exit {p.returncode}: {err.decode(errors='replace').strip()}")
+    return time.monotonic() - t, ru.ru_maxrss, p.returncode, out.decode().strip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--blobs", type=int, default=1_000_000)
+    ap.add_argument("--manifests", type=int, default=10_000)
+    ap.add_argument("--garbage", type=float, default=0.1, help="fraction of manifests left unnamed (garbage)")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="gc-bench-", dir=args.workdir)
+    try:
+        sp = os.path.join(work, "store")
+        store = Store.open(sp)
+        t = time.monotonic()
+        g = build(store, args.blobs, args.manifests, args.garbage)
+        orphans(store, 1000)
+        print(f"built {args.blobs} blobs / {args.manifests} manifests ({g} garbage blobs + 1000 orphans) "
+              f"in {time.monotonic() - t:.1f}s")
+        sync = lambda: subprocess.run(["sync"])  # noqa: E731
+        sync()
+        secs, rss, rc, out = timed([*CLI, "--store", sp, "gc", "--grace", "1h"])
+        print(f"gc alone:          {secs:6.2f} s   peak RSS {rss / 1024:6.1f} MiB   exit {rc}   {out}")
+        alone = []
+        for i in range(2):
+            src = make_tree(os.path.join(work, f"alone{i}"), 100 + i)
+            sync()
+            s, r, _, _ = timed([*CLI, "--store", sp, "ingest", src])
+            alone.append(s)
+        print(f"ingest alone:      {min(alone):6.2f} s   (runs: {', '.join(f'{a:.2f}' for a in alone)}; "
+              f"peak RSS {r / 1024:.1f} MiB)")
+        # Fresh garbage for the second gc: 10% of the blobs again, unnamed and old.
+        g2 = build(store, args.blobs // 10, max(1, args.manifests // 10), 1.0, first=1, named=False)
+        srcs = [make_tree(os.path.join(work, f"during{i}"), 200 + i) for i in range(3)]
+        sync()
+        gcp = subprocess.Popen([*CLI, "--store", sp, "gc", "--grace", "1h"], stdout=subprocess.PIPE)
+        t0 = time.monotonic()
+        time.sleep(0.3)
+        during = []
+        for src in srcs:
+            if gcp.poll() is not None:
+                break
+            s, _, _, _ = timed([*CLI, "--store", sp, "ingest", src])
+            during.append(s)
+        out2 = gcp.communicate()[0].decode().strip()
+        gc2 = time.monotonic() - t0
+        base = min(alone)
+        if during:
+            print(f"ingest during gc:  {max(during):6.2f} s   (runs: {', '.join(f'{d:.2f}' for d in during)}); "
+                  f"ratio worst/alone {max(during) / base:.2f}, mean/alone {sum(during) / len(during) / base:.2f} "
+                  "(target <= 1.5)")
+        else:
+            print("ingest during gc:  gc finished before an ingest could start; use more --blobs")
+        print(f"gc with ingests:   {gc2:6.2f} s   ({g2} garbage blobs)   {out2}")
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        print(f"builder peak RSS {ru.ru_maxrss / 1024:.0f} MiB")
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
