@@ -32,6 +32,17 @@ SMALL_BLOB = 8 << 20  # read, verify, then send; larger blobs are streamed and c
 MAX_TOKEN_ANSWER = 1 << 20
 RETRIES = 2
 USER_AGENT = "continuity/0.1 (castore)"
+MIN_RATE = 64 << 10  # bytes/s a transfer must average (after 2 x the timeout of grace)
+DEFAULT_TIMEOUT = 30.0
+
+
+def _env_timeout() -> float:
+    """Seconds without progress before a request fails: CONTINUITY_REGISTRY_TIMEOUT, default 30."""
+    try:
+        value = float(os.environ.get("CONTINUITY_REGISTRY_TIMEOUT", DEFAULT_TIMEOUT))
+    except ValueError:
+        return DEFAULT_TIMEOUT
+    return value if 0 < value <= 3600 else DEFAULT_TIMEOUT
 
 
 class RemoteError(CastoreError):
@@ -89,7 +100,10 @@ class Registry:
     """One repository of one registry. Thread-safe: transfers run on a pool sharing one connection pool."""
 
     def __init__(self, ref: Reference, *, username: str | None = None, password: str | None = None,
-                 push: bool = False, jobs: int = 4, timeout: float = 30.0) -> None:
+                 push: bool = False, jobs: int = 4, timeout: float | None = None) -> None:
+        if timeout is None:
+            timeout = _env_timeout()
+        self.timeout = timeout
         self.ref = ref
         self.where = f"registry {ref.registry}"
         self._creds = (username, password or "") if username else None
@@ -116,6 +130,10 @@ class Registry:
         self.close()
 
     # ------------------------------------------------------------ plumbing
+
+    def deadline(self, size: int) -> float:
+        """When a transfer of ``size`` bytes must be over: a trickling server cannot hold us forever."""
+        return time.monotonic() + 2 * self.timeout + size / MIN_RATE
 
     def _headers(self, extra: dict[str, str] | None = None, url: str | None = None) -> dict[str, str]:
         """Request headers; credentials only for the registry's own origin (an upload Location may point
@@ -298,8 +316,11 @@ class Registry:
                 if length is not None and length.isdigit() and int(length) > limit:
                     raise IntegrityError(f"{self.where}: {what} is {length} bytes (limit {limit})")
                 data = bytearray()
+                deadline = self.deadline(limit)
                 for piece in resp.iter_bytes():
                     data += piece
+                    if time.monotonic() > deadline:
+                        raise RemoteError(f"{self.where}: {what}: too slow (under {MIN_RATE >> 10} KiB/s)")
                     if len(data) > limit:
                         raise IntegrityError(f"{self.where}: {what} exceeds {limit} bytes")
                 return bytes(data), resp.headers.get("content-type", "")
@@ -340,9 +361,12 @@ def _download(reg: Registry, digest: str, size: int, fd: int) -> None:
         length = resp.headers.get("content-length")
         if length is not None and "content-encoding" not in resp.headers and length != str(size):
             raise IntegrityError(f"{reg.where}: blob {digest} has size {length[:30]}, expected {size}")
-        for piece in resp.iter_bytes(PIECE):
+        deadline = reg.deadline(size)
+        for piece in resp.iter_bytes():
             if reg.abort.is_set():
                 raise Aborted("aborted")
+            if time.monotonic() > deadline:
+                raise RemoteError(f"{reg.where}: blob {digest}: too slow (under {MIN_RATE >> 10} KiB/s)")
             got += len(piece)
             if got > size:
                 raise IntegrityError(f"{reg.where}: blob {digest} is larger than its {size} bytes")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -277,3 +278,30 @@ def test_unreachable_token_realm(tmp_path: Path, served: tuple[FakeRegistry, str
     _auth_gate(fake, "Bearer x", 'Bearer realm="http://127.0.0.1:1/token",service="fake"')
     rc, err = _pull(fake, tmp_path / "b")
     assert rc == 1 and "token request" in err and err.count("\n") == 1, err
+
+
+def test_trickling_registry_is_cut_off(tmp_path: Path,
+                                       served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]) -> None:
+    fake, d, _, blobs = served
+    victim = min((x for x in blobs if x != d and len(blobs[x]) >= 80), key=lambda x: len(blobs[x]))
+
+    def trickle(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(blobs[victim])))
+        h.end_headers()
+        try:
+            for i in range(60):  # one byte every 0.1 s: never idle for a whole timeout; bounded anyway
+                h.wfile.write(blobs[victim][i:i + 1])
+                h.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass
+        h.close_connection = True
+
+    fake.routes[("GET", f"/v2/{REPO}/blobs/{victim}")] = trickle
+    b = tmp_path / "b"
+    start = time.monotonic()
+    rc, err = _pull(fake, b, env={"CONTINUITY_REGISTRY_TIMEOUT": "0.5"})
+    assert rc == 1 and "too slow" in err and err.count("\n") == 1, err
+    assert time.monotonic() - start < 30
+    assert Store.open(str(b)).tags() == []
