@@ -47,8 +47,9 @@ READ = 4 << 20
 # commit keeps one.
 _staged_here: dict[str, set[str]] = {}
 
-SmallResult = tuple[list[str], list[tuple[str, str]], str]
-ChunksResult = tuple[list[tuple[str, int, int]], list[tuple[str, str]], str]
+Staged = list[tuple[str, str, int]]  # (temp file, digest, inode)
+SmallResult = tuple[list[str], Staged, str]
+ChunksResult = tuple[list[tuple[str, int, int]], Staged, str]
 
 
 def _short(off: int) -> str:
@@ -64,7 +65,7 @@ class OffsetReader:
     blob_root: str
     chunking: ChunkParams
 
-    def _stage(self, digest: str, data: bytes | memoryview, staged: list[tuple[str, str]]) -> None:
+    def _stage(self, digest: str, data: bytes | memoryview, staged: Staged) -> None:
         seen = _staged_here.setdefault(self.tmp_dir, set())
         if digest in seen:
             return
@@ -78,14 +79,15 @@ class OffsetReader:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            ino = os.fstat(fd).st_ino
         finally:
             os.close(fd)
-        staged.append((name, digest))
+        staged.append((name, digest, ino))
 
     def small(self, items: list[tuple[int, int]]) -> SmallResult:
         """Digests of whole members given as (offset, size), each staged."""
         digests: list[str] = []
-        staged: list[tuple[str, str]] = []
+        staged: Staged = []
         for off, size in items:
             data = os.pread(self.fd, size, off)
             if len(data) != size:
@@ -115,7 +117,7 @@ class OffsetReader:
         cdc = pyfastcdc.FastCDC(cp.avg_size, min_size=cp.min_size, max_size=cp.max_size)
         src = _Range(self.fd, off, size)
         out: list[tuple[str, int, int]] = []
-        staged: list[tuple[str, str]] = []
+        staged: Staged = []
         for c in cdc.cut_stream(src):
             d = "sha256:" + hashlib.sha256(c.data).hexdigest()
             out.append((d, c.offset, c.offset + c.length))
@@ -151,8 +153,9 @@ class Dispatcher:
 
     ``add(off, size, done)``: ``done(digest, chunks)`` is called with the
     results of that member, in the order members were added, from ``add``,
-    ``flush`` or ``finish`` (always on the calling thread). ``staged`` and
-    ``sizes`` collect what was staged and the size of every content digest.
+    ``flush`` or ``finish`` (always on the calling thread). ``staged``,
+    ``inos`` and ``sizes`` collect what was staged (temp file, digest), the
+    inode of each staged blob, and the size of every content digest.
     Raises ``error(text)`` when a worker reports a short read.
     """
 
@@ -160,6 +163,7 @@ class Dispatcher:
                  error: Callable[[str], Exception]) -> None:
         self.reader, self.pool, self.error = reader, pool, error
         self.staged: list[tuple[str, str]] = []
+        self.inos: dict[str, int] = {}
         self.sizes: dict[str, int] = {}
         self.batch: list[tuple[int, int]] = []
         self.batch_done: list[Callable[[str, tuple[tuple[str, int, int], ...]], None]] = []
@@ -196,13 +200,18 @@ class Dispatcher:
         self.flush()
         self._collect(0)
 
+    def _staged(self, staged: Staged) -> None:
+        for name, digest, ino in staged:
+            self.staged.append((name, digest))
+            self.inos[digest] = ino
+
     def _collect(self, keep: int) -> None:
         while len(self.window) > keep or (self.window and self.window[0][1].done()
                                            and (self.window[0][0] != "chunks" or self.window[0][2].done())):
             kind, fut, a, b = self.window.popleft()
             if kind == "small":
                 digests, staged, err = fut.result()
-                self.staged.extend(staged)
+                self._staged(staged)
                 for d, (_, size) in zip(digests, a, strict=False):
                     self.sizes[d] = size
                 if err:
@@ -211,7 +220,7 @@ class Dispatcher:
                     done(d, ())
             else:
                 chunks, staged, err = fut.result()
-                self.staged.extend(staged)
+                self._staged(staged)
                 for d, begin, end in chunks:
                     self.sizes[d] = end - begin
                 digest, err2 = a.result()

@@ -12,10 +12,12 @@ sparse 1.0 members (``GNU.sparse.*`` PAX records, map in the data), which
 GNU tar and bsdtar restore with their holes. gzip output has mtime 0 and
 no name; zstd output is single-threaded.
 
-Every blob or chunk is hashed as it is read and compared with its digest;
-pieces up to 4 MiB are verified before a byte of them is written. A
-mismatch is an IntegrityError (exit 4); with ``-o FILE`` nothing is left
-behind, the tar is written to a temporary name and renamed at the end.
+Every blob or chunk is verified (``castore.tarsource``): proven unchanged
+since it was last hashed (the store's verified records), then copied by the
+kernel into a plain output; else hashed, pieces up to 4 MiB before a byte
+of them is written. A mismatch is an IntegrityError (exit 4); with ``-o
+FILE`` nothing is left behind, the tar is written to a temporary name and
+renamed at the end.
 
 Whiteouts and opaque directories are written as ``.wh.NAME`` and
 ``.wh..wh..opq`` with ``--whiteouts oci``, else left out with a note, like
@@ -29,14 +31,12 @@ import hashlib
 import os
 import secrets
 import sys
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import zstandard
 
-from castore.errors import BlobNotFound, IntegrityError
+from castore.errors import IntegrityError
 from castore.manifest.model import (
     Device,
     Directory,
@@ -65,22 +65,10 @@ from castore.tarformat import (
     padding,
     pax_record,
 )
+from castore.tarsource import Emitter, Out, Source, load_records, save_records
 
 RECORD = 20 * BLOCK
-VERIFY_WHOLE = 4 << 20
 READ = 1 << 20
-
-
-class _Out:
-    """Counts what is written, in big writes."""
-
-    def __init__(self, f: Any) -> None:
-        self.f = f
-        self.n = 0
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.f.write(data)
-        self.n += len(data)
 
 
 def _data_ranges(size: int, holes: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
@@ -100,11 +88,11 @@ class TarWriter:
     def __init__(self, store: Store, out: Any, *, whiteouts: str = "none",
                  note: Callable[[str], None] | None = None) -> None:
         self.store = store
-        self.out = _Out(out)
+        self.out = out
         self.whiteouts = whiteouts
         self.note = note or (lambda m: print(f"continuity: note: {m}", file=sys.stderr))
         self.skipped: dict[str, int] = {}
-        self.pool = ThreadPoolExecutor(2)
+        self.src: Source | None = None
 
     # ------------------------------------------------------------- headers
 
@@ -148,82 +136,30 @@ class TarWriter:
 
     # ------------------------------------------------------------- content
 
-    def _blob_fd(self, digest: str) -> int:
-        try:
-            return os.open(self.store.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise BlobNotFound(digest) from None
-
-    def _verified(self, digest: str, size: int, path: str) -> bytes:
-        """A whole blob of at most VERIFY_WHOLE bytes, read and checked (runs in a worker thread)."""
-        fd = self._blob_fd(digest)
-        try:
-            if os.fstat(fd).st_size != size:
-                raise IntegrityError(f"blob {digest} has the wrong size for {path}")
-            data = os.pread(fd, size, 0)
-        finally:
-            os.close(fd)
-        if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-            raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {path}; run `continuity fsck`")
-        return data
-
-    def _streamed(self, digest: str, size: int, path: str) -> Iterator[bytes]:
-        fd = self._blob_fd(digest)
-        try:
-            if os.fstat(fd).st_size != size:
-                raise IntegrityError(f"blob {digest} has the wrong size for {path}")
-            h = hashlib.sha256()
-            pos = 0
-            while pos < size:
-                data = os.read(fd, min(READ * 4, size - pos))
-                if not data:
-                    raise IntegrityError(f"blob {digest} is truncated")
-                h.update(data)
-                pos += len(data)
-                yield data
-            if "sha256:" + h.hexdigest() != digest:
-                raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {path}; "
-                                     "run `continuity fsck`")
-        finally:
-            os.close(fd)
-
-    def _pieces(self, r: RegularFile) -> Iterator[bytes]:
-        """The verified content of ``r`` as successive byte strings (logical, holes as zeros).
-
-        Pieces up to 4 MiB are read and hashed by two threads, a few ahead of the writer.
-        """
+    def _content(self, r: RegularFile, ranges: list[tuple[int, int]] | None) -> None:
+        """The verified content of ``r``: all of it, or only ``ranges`` (offset, length) of it."""
         if r.size == 0:
             if r.digest != "sha256:" + hashlib.sha256(b"").hexdigest():
                 raise IntegrityError(f"{r.path}: empty file with a non-empty digest")
             return
-        pieces = [(c.digest, c.end - c.begin) for c in r.chunks] or [(r.digest, r.size)]
-        if len(pieces) == 1 and pieces[0][1] > VERIFY_WHOLE:
-            yield from self._streamed(pieces[0][0], pieces[0][1], r.path)
-            return
-        ahead: deque[Future[bytes]] = deque()
-        todo = iter(pieces)
-        try:
-            while True:
-                while len(ahead) < 8:
-                    nxt = next(todo, None)
-                    if nxt is None:
-                        break
-                    if nxt[1] > VERIFY_WHOLE:  # a huge chunk: stream it when its turn comes
-                        ahead.append(self.pool.submit(lambda d=nxt: b"".join(self._streamed(d[0], d[1], r.path))))  # type: ignore[misc]
-                    else:
-                        ahead.append(self.pool.submit(self._verified, nxt[0], nxt[1], r.path))
-                if not ahead:
-                    return
-                yield ahead.popleft().result()
-        finally:
-            for f in ahead:
-                f.cancel()
+        assert self.src is not None
+        for begin, end in [(c.begin, c.end) for c in r.chunks] or [(0, r.size)]:
+            p = self.src.next()
+            try:
+                if ranges is None:
+                    self.emit.emit(p, 0, end - begin)
+                else:
+                    for o, n in ranges:
+                        lo, hi = max(o, begin), min(o + n, end)
+                        if lo < hi:
+                            self.emit.emit(p, lo - begin, hi - begin)
+            finally:
+                self.emit.finish(p)
 
     def _file(self, name: bytes, r: RegularFile) -> None:
         if not r.holes:
             self._header(name, r, REG, size=r.size)
-            for data in self._pieces(r):
-                self.out.write(data)
+            self._content(r, None)
             self.out.write(bytes(padding(r.size)))
             return
         ranges = _data_ranges(r.size, r.holes)
@@ -236,18 +172,7 @@ class TarWriter:
                  (b"GNU.sparse.realsize", str(r.size).encode())]
         self._header(fake, r, REG, size=stored, extra=extra)
         self.out.write(smap)
-        pos, ri = 0, 0
-        for data in self._pieces(r):
-            end = pos + len(data)
-            while ri < len(ranges):
-                o, n = ranges[ri]
-                lo, hi = max(o, pos), min(o + n, end)
-                if lo < hi:
-                    self.out.write(memoryview(data)[lo - pos:hi - pos])
-                if o + n > end:
-                    break
-                ri += 1
-            pos = end
+        self._content(r, ranges)
         self.out.write(bytes(padding(stored)))
 
     # ------------------------------------------------------------- members
@@ -275,12 +200,21 @@ class TarWriter:
                     else:
                         self._skip("opaque director(y/ies) (use --whiteouts oci)")
         entries.sort(key=lambda e: e[0])
+        pieces: list[tuple[str, int, str]] = []
+        for _, i, r in entries:
+            if i == 0 and isinstance(r, RegularFile) and r.size:
+                pieces.extend([(c.digest, c.end - c.begin, r.path) for c in r.chunks] or [(r.digest, r.size, r.path)])
+        records = load_records(self.store, {d for d, _, _ in pieces})
+        self.src = Source(self.store, pieces, records)
+        self.emit = Emitter(self.out, self.src.updates)
         try:
             self._write_entries(entries)
         finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.src.close()
         self.out.write(bytes(2 * BLOCK))
         self.out.write(bytes(-self.out.n % RECORD))
+        self.out.flush()
+        save_records(self.store, self.src.updates)
         for what, n in self.skipped.items():
             self.note(f"left out {n} {what}: a tar cannot hold them")
 
@@ -324,10 +258,14 @@ def export_tar(store: Store, manifest: Manifest, output: str | None, *, compress
     Raises BlobNotFound / IntegrityError (exit 4) when content is missing or corrupt.
     """
     if output in (None, "-"):
+        sys.stdout.flush()
+        if compress is None:
+            TarWriter(store, Out(fd=sys.stdout.fileno()), whiteouts=whiteouts, note=note).write_manifest(manifest)
+            return
         raw = open(sys.stdout.fileno(), "wb", buffering=READ, closefd=False)  # noqa: SIM115
         sink, close = _open_compressor(raw, compress)
         try:
-            TarWriter(store, sink, whiteouts=whiteouts, note=note).write_manifest(manifest)
+            TarWriter(store, Out(sink), whiteouts=whiteouts, note=note).write_manifest(manifest)
             close()
         finally:
             raw.flush()
@@ -337,10 +275,16 @@ def export_tar(store: Store, manifest: Manifest, output: str | None, *, compress
     tmp = os.path.join(out_dir, f".{os.path.basename(output)}.tmp-{secrets.token_hex(6)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        with open(fd, "wb", buffering=READ) as raw:
-            sink, close = _open_compressor(raw, compress)
-            TarWriter(store, sink, whiteouts=whiteouts, note=note).write_manifest(manifest)
-            close()
+        if compress is None:
+            try:
+                TarWriter(store, Out(fd=fd), whiteouts=whiteouts, note=note).write_manifest(manifest)
+            finally:
+                os.close(fd)
+        else:
+            with open(fd, "wb", buffering=READ) as raw:
+                sink, close = _open_compressor(raw, compress)
+                TarWriter(store, Out(sink), whiteouts=whiteouts, note=note).write_manifest(manifest)
+                close()
         os.replace(tmp, output)
     except BaseException:
         try:

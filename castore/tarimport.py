@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import stat
 import sys
 import threading
 from collections import deque
@@ -78,6 +79,7 @@ from castore.tarformat import (
     parse_appledouble,
 )
 from castore.tarreader import Member, Stream, members, open_stream
+from castore.tarsource import save_records, vkey, vval
 
 FS_BLOCK = 4096
 MAX_APPLEDOUBLE = 16 << 20
@@ -236,6 +238,7 @@ class _Importer:
         self.tmp_dir, self.blob_root, self.cp, self.opts = tmp_dir, blob_root, chunking, opts
         self.tree = _Tree()
         self.staged: list[tuple[str, str]] = []
+        self.inos: dict[str, int] = {}  # digest -> inode of the temp file staged for it
         self.sizes: dict[str, int] = {}
         self.whiteouts: dict[str, tuple[int, int]] = {}
         self.opaque: set[str] = set()
@@ -279,10 +282,12 @@ class _Importer:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            ino = os.fstat(fd).st_ino
         finally:
             os.close(fd)
         with self.lock:
             self.staged.append((name, digest))
+            self.inos[digest] = ino
 
     def content(self, m: Member, node: _Node) -> None:
         if self.disp is not None and m.sparse is None and m.size > 0:
@@ -454,8 +459,9 @@ class _Importer:
 
 
 def read_tar(stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams,
-             opts: TarOptions) -> tuple[Manifest, list[tuple[str, str]], dict[str, int]]:
-    """Parse a whole stream: its manifest, the staged (temp, digest) pairs and content sizes."""
+             opts: TarOptions) -> tuple[Manifest, list[tuple[str, str]], dict[str, int], dict[str, int]]:
+    """Parse a whole stream: its manifest, the staged (temp, digest) pairs, content sizes
+    and the inode of each staged temp file (by digest)."""
     imp = _Importer(tmp_dir, blob_root, chunking, opts)
     procs = None
     if stream.seekable:
@@ -471,6 +477,7 @@ def read_tar(stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams
             imp.disp.finish()
             imp.staged.extend(imp.disp.staged)
             imp.sizes.update(imp.disp.sizes)
+            imp.inos.update(imp.disp.inos)
     finally:
         if procs is not None:
             procs.shutdown(wait=True, cancel_futures=True)
@@ -478,7 +485,7 @@ def read_tar(stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams
     manifest = imp.manifest()
     refs = manifest_refs(manifest)
     staged = [(t, d) for t, d in imp.staged if d in refs]
-    return manifest, staged, imp.sizes
+    return manifest, staged, imp.sizes, imp.inos
 
 
 def ingest_tar(store: Store, src: str, *, name: str | None = None, opts: TarOptions | None = None) -> str:
@@ -491,8 +498,26 @@ def ingest_tar(store: Store, src: str, *, name: str | None = None, opts: TarOpti
         check_name(name)
     with open_stream(src) as stream, store.lease() as lease:
         os.makedirs(lease.tmp_dir, mode=0o700)
-        manifest, staged, sizes = read_tar(stream, lease.tmp_dir, store.blob_root, store.chunking, opts)
+        manifest, staged, sizes, inos = read_tar(stream, lease.tmp_dir, store.blob_root, store.chunking, opts)
         try:
-            return commit_manifest(store, manifest, staged, sizes, name=name)
+            digest = commit_manifest(store, manifest, staged, sizes, name=name)
         except IntegrityError as exc:
             raise IntegrityError(f"{exc} (removed by a concurrent gc? ingest the stream again)") from exc
+        _record_verified(store, {d: inos[d] for _, d in staged if d in inos})
+        return digest
+
+
+def _record_verified(store: Store, inos: dict[str, int]) -> None:
+    """Verified records for the blobs this ingest wrote: their bytes were hashed as they
+    were written, so export can trust them until they change (``castore.tarsource``).
+    Only a blob whose inode is the temp file staged here is recorded, never one that
+    already existed (its bytes were not hashed here)."""
+    rows = {}
+    for d, ino in inos.items():
+        try:
+            st = os.stat(store.blob_path(d), follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if st.st_ino == ino and stat.S_ISREG(st.st_mode):
+            rows[vkey(d)] = vval(st)
+    save_records(store, rows)
