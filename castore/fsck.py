@@ -197,8 +197,8 @@ class _Checker:
                 elif st.st_size != size:
                     self._damage(key, "size-mismatch", f"expected {size} bytes, file has {st.st_size}")
                 elif self._selected(key):
-                    got, n = hash_file(path)
-                    self.report.bytes_read += n
+                    got, nread = hash_file(path)
+                    self.report.bytes_read += nread
                     if got != digest:
                         self._damage(key, "corrupt-blob", f"content hashes to {got}")
 
@@ -219,7 +219,7 @@ class _Checker:
             for k, v in txn.cursor(db=self.meta.db("tags")):
                 name = bytes(k).decode(errors="replace")
                 try:
-                    rec = json.loads(v)
+                    rec = json.loads(bytes(v))
                     names.setdefault(dkey(rec["digest"]), []).append(name)
                 except (ValueError, KeyError, TypeError):
                     self._add("error", "bad-catalog-row", name, "catalog entry is not readable")
@@ -358,7 +358,7 @@ class _Checker:
             for f in self.report.findings:
                 if f.subject == path and f.kind in ("changed-link-object", "bad-cache-row"):
                     f.repaired = "removed (the next hardlink checkout makes a fresh one)"
-        incomplete = set()
+        incomplete: set[str] = set()
         for f in self.report.findings:
             if f.severity == "error":
                 incomplete.update(n for n in f.names if not n.startswith("(unnamed"))
@@ -434,6 +434,7 @@ class RebuildReport:
     catalog_lost: str = ""  # why the old catalog could not be read ("" when salvaged)
     old_meta: str = ""
     seconds: float = 0.0
+    manifest_digests: list[str] = field(default_factory=list)  # to name again when the catalog is lost
 
     def summary(self) -> str:
         out = (f"fsck: index rebuilt from {self.blobs} blob files ({self.manifests} manifests) in "
@@ -522,11 +523,12 @@ def rebuild_index(store_path: str) -> RebuildReport:
                 man = _as_manifest(data, got) if data else None
                 if man is not None:
                     refs[key] = {dkey(d) for d in manifest_refs(man)}
-                    for r in man.files():
-                        chunks.update(dkey(c.digest) for c in r.chunks)
-                    for r in man.resources:
-                        ads.update(dkey(a.digest) for a in r.ads if a.digest)
+                    for f in man.files():
+                        chunks.update(dkey(c.digest) for c in f.chunks)
+                    for res in man.resources:
+                        ads.update(dkey(a.digest) for a in res.ads if a.digest)
         rep.blobs, rep.manifests = len(sizes), len(refs)
+        rep.manifest_digests = sorted(dstr(k) for k in refs)
         new_path = os.path.join(path, f"meta.rebuild-{secrets.token_hex(4)}")
         new = MetaDB(new_path, create=True)
         try:

@@ -229,7 +229,8 @@ class _Collector:
             refs_db = self.meta.db("refs")
             manifests = {bytes(k) for k in txn.cursor(db=refs_db).iternext(values=False)}
             roots.update(m for m in manifests - roots if self._young(m))
-            marked = mark((r for r in roots if r in manifests), lambda k: split_refs(txn.get(k, db=refs_db)))
+            marked = mark((r for r in roots if r in manifests),
+                          lambda k: split_refs(bytes(txn.get(k, b"", db=refs_db))))
             marked.update(roots)
         return marked, manifests
 
@@ -434,7 +435,8 @@ class _Collector:
             if not drop:
                 continue
             if not self.opts.dry_run:
-                self.meta.write(lambda t, d=drop: [t.delete(b"o" + bytes.fromhex(n), db=links_db) for n, _ in d])
+                self.meta.write(lambda t, d=drop: [t.delete(b"o" + bytes.fromhex(n), db=links_db)  # type: ignore
+                                                   for n, _ in d])
             for n, size in drop:
                 path = os.path.join(sdir, n)
                 try:
@@ -473,7 +475,7 @@ class _Collector:
         db = self.meta.db(dbname)
         for i in range(0, len(keys), 5000):  # short write txns: ingest commits are not held up
             part = keys[i:i + 5000]
-            self.meta.write(lambda t, p=part: [t.delete(k, db=db) for k in p])
+            self.meta.write(lambda t, p=part: [t.delete(k, db=db) for k in p])  # type: ignore[misc]
 
 
 def _hexkey(name: str) -> bytes | None:
@@ -537,14 +539,14 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
             store.meta.env.reader_check()
             marked, manifests = c.snapshot()
             garbage, orphans = c.scan(marked)
-            with store.exclusive_lock():
+            with store.exclusive_lock():  # type: ignore[attr-defined]
                 t0 = time.monotonic()
                 files, dead = c.commit(marked, manifests, garbage, orphans)
                 pos = c.sweep(files, 0, t0 + BATCH_SECONDS)
                 c.report.lock_seconds = time.monotonic() - t0
             while pos < len(files):
                 time.sleep(0.002)  # let waiting ingest commits in between two holds
-                with store.exclusive_lock():
+                with store.exclusive_lock():  # type: ignore[attr-defined]
                     t1 = time.monotonic()
                     pos = c.sweep(files, pos, t1 + BATCH_SECONDS)
                     c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)

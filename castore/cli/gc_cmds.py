@@ -84,6 +84,9 @@ def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuil
     if rebuild:
         rebuilt = rebuild_index(path)
         if not as_json:
+            if rebuilt.catalog_lost:
+                for d in rebuilt.manifest_digests:
+                    click.echo(f"manifest {d}")
             click.echo(rebuilt.summary())
     hint = "; rebuild the index from the blob files with `continuity fsck --rebuild-index`"
     try:

@@ -155,7 +155,8 @@ def test_garbage_lmdb_page_is_reported_and_index_rebuilt(cli, tree, store_path: 
     assert list(store_path.glob("meta.damaged-*"))
 
 
-def test_garbage_lmdb_file_is_clear_and_rebuild_says_catalog_is_lost(cli, tree, store_path: Path, tmp_path: Path) -> None:  # type: ignore
+def test_garbage_lmdb_file_is_clear_and_rebuild_says_catalog_is_lost(cli, tree, store_path: Path,  # type: ignore
+                                                                     tmp_path: Path) -> None:
     src, d, _, _ = tree
     mdb = store_path / "meta" / "data.mdb"
     mdb.write_bytes(os.urandom(mdb.stat().st_size))
