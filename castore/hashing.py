@@ -80,6 +80,8 @@ class Processor:
     blob_dir: str | None = None
     chunking: ChunkParams | None = None
     hash_content: bool = True
+    #: when set, staged temps are renamed into this blob root at once (see _publish)
+    publish_dir: str | None = None
 
     def run_batch(self, jobs: list[FileJob]) -> list[FileResult]:
         root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -184,7 +186,7 @@ class Processor:
         digest = "sha256:" + h.hexdigest()
         if tmp_fd >= 0:
             os.close(tmp_fd)
-            res.staged.append((tmp_name, digest))
+            res.staged.append(self._publish(tmp_name, digest))
         return digest
 
     def _chunked(self, fd: int, job: FileJob, res: FileResult, cp: ChunkParams) -> None:
@@ -221,7 +223,29 @@ class Processor:
             os.unlink(name)
             raise
         os.close(fd)
-        res.staged.append((name, digest))
+        res.staged.append(self._publish(name, digest))
+
+    def _publish(self, tmp: str, digest: str) -> tuple[str, str]:
+        """Rename a written temp to its blob name now, or leave it staged.
+
+        Publishing early lets both workers do the renames while they read
+        (instead of the committer alone afterwards). It is safe because the
+        index, not the file name, is what makes a blob real: a published file
+        becomes durable at the commit's syncfs, before its index row is
+        written; after a crash an unindexed file is an orphan, and content
+        found by name but not indexed is re-hashed before it is indexed.
+        Returns ("", digest) once published, else (tmp, digest).
+        """
+        if self.publish_dir is None:
+            return tmp, digest
+        hexd = digest[7:]
+        try:
+            fs.renameat2(-100, tmp, -100, f"{self.publish_dir}/{hexd[:2]}/{hexd}")
+        except FileExistsError:
+            os.unlink(tmp)  # an identical blob is there already
+        except FileNotFoundError:
+            return tmp, digest  # no shard dir: the committer creates it
+        return "", digest
 
 
 class _HashingReader:

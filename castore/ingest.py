@@ -125,7 +125,7 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
             os.makedirs(lease.tmp_dir, mode=0o700)
             start_ns = time.time_ns()
             proc = Processor(root=src, root_id=(st.st_dev, st.st_ino), stage_dir=lease.tmp_dir,
-                             blob_dir=store.blob_root, chunking=store.chunking)
+                             blob_dir=store.blob_root, chunking=store.chunking, publish_dir=store.blob_root)
             prog = Progress()
             if own_pool:
                 pool = make_pool()
@@ -217,10 +217,13 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
         store.install_staged(staged)
         missing = store.missing_blobs(refs)
         just_staged = {d for _, d in staged}
-        gone = {d for d in missing - just_staged if not store.blob_file_ok(d, sizes.get(d, -1))}
+        # What we wrote must still be there (a gc may have swept the same name meanwhile);
+        # what we found by name but is not indexed (a crash's orphan) is trusted only once re-hashed.
+        gone = {d for d in missing & just_staged if not store.blob_file_ok(d, sizes.get(d, -1))}
+        gone |= {d for d in missing - just_staged if not store.blob_file_verified(d, sizes.get(d, -1))}
         if gone and redo is not None:
             store.install_staged(redo(gone))
-            gone = {d for d in gone if not store.blob_file_ok(d, sizes.get(d, -1))}
+            gone = {d for d in gone if not store.blob_file_verified(d, sizes.get(d, -1))}
         if gone:
             raise IntegrityError(f"content {sorted(gone)[0]} is neither staged nor in the store")
         crashpoint("ingest-before-manifest")

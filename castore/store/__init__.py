@@ -339,10 +339,13 @@ class Store:
         """Batched durability: syncfs, rename every staged temp into place, syncfs.
 
         Staged files were hashed as they were written, so their names are
-        their digests; they become visible only once durable.
+        their digests. Entries ("", digest) were published by a worker
+        already (castore.hashing.Processor._publish); the first syncfs makes
+        them durable. Either way a blob is indexed only after this returns.
         """
         if not staged:
             return
+        staged = [(tmp, d) for tmp, d in staged if tmp]  # ("", digest): already published, only needs the syncfs
         sfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fs.syncfs(sfd)
@@ -365,6 +368,26 @@ class Store:
     def _install_all(self, staged: list[tuple[str, str]]) -> None:
         for tmp, digest in staged:
             self._install(tmp, digest)
+
+    def blob_file_verified(self, digest: str, size: int) -> bool:
+        """True when the blob file exists with this size and its bytes hash to ``digest``."""
+        try:
+            fd = os.open(self.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+                return False
+            h = hashlib.sha256()
+            while True:
+                b = os.read(fd, 1 << 20)
+                if not b:
+                    break
+                h.update(b)
+            return "sha256:" + h.hexdigest() == digest
+        finally:
+            os.close(fd)
 
     def blob_file_ok(self, digest: str, size: int) -> bool:
         try:
