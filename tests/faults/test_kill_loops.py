@@ -16,7 +16,7 @@ import pytest
 from gc_util import make_tree
 
 from castore.checkout import checkout
-from castore.fsck import fsck
+from castore.fsck import FsckOptions, fsck
 from castore.materialize import Options
 from castore.store import Store
 from castore.verify import verify_tree
@@ -153,7 +153,7 @@ def test_gc_ingest_checkout_in_parallel_loops(tmp_path: Path) -> None:
         t.join(timeout=600)
     assert not failures, failures
     store = Store.open(str(sp))
-    rep = fsck(store, __import__("castore.fsck").fsck.FsckOptions(read_data=True))
+    rep = fsck(store, FsckOptions(read_data=True))
     assert rep.sound, [f.line() for f in rep.findings]
     check_all_names(store, tmp_path / "final")
     assert len(kept) >= 7
