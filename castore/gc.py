@@ -291,11 +291,7 @@ class _Collector:
             doomed = [(k, s, kind) for k, s, kind in garbage if k not in marked]
             dead = [lid for lid, alive in leases if not alive]
             expired = self._expired(t, leases)
-            out["doomed"], out["dead"] = doomed, dead
-            for k in prune:
-                self.report.add(Item("history", _history_name(k)), self.keep_items, is_file=False)
-            for lid in dead + expired:
-                self.report.add(Item("lease", lid), self.keep_items, is_file=False)
+            out["doomed"], out["dead"], out["prune"], out["leases"] = doomed, dead, prune, dead + expired
             if self.opts.dry_run:
                 return
             for k in prune:
@@ -313,6 +309,10 @@ class _Collector:
         else:
             self.meta.write(fn)
             crashpoint("gc-after-index-commit")
+        for k in out["prune"]:  # type: ignore[attr-defined]
+            self.report.add(Item("history", _history_name(k)), self.keep_items, is_file=False)
+        for lid in out["leases"]:  # type: ignore[attr-defined]
+            self.report.add(Item("lease", lid), self.keep_items, is_file=False)
         doomed: list[tuple[bytes, int, int]] = out["doomed"]  # type: ignore[assignment]
         self.report.kept_blobs += len(garbage) - len(doomed)
         files = doomed + [(k, s, -1) for k, s in orphans if k not in marked]
@@ -488,7 +488,8 @@ def _hexkey(name: str) -> bytes | None:
 def _history_name(key: bytes) -> str:
     name, t = key[:-9], key[-8:]
     when = struct.unpack(">Q", t)[0] if len(key) > 9 else 0
-    return f"{name.decode(errors='replace')}@{when}"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when // 10**9)) + f".{when % 10**9:09d}Z"
+    return f"{name.decode(errors='replace')}@{stamp}"
 
 
 def _listdir(path: str) -> list[str]:
