@@ -60,8 +60,8 @@ class Stream:
     """A decoded byte stream with exact reads and an offset for messages.
 
     ``fd`` is set when the stream is a plain (uncompressed) regular file:
-    then member data can be read by offset (``base + offset`` in the file,
-    ``size`` its length at open) and is skipped by seeking.
+    then it is read by offset (``base + offset`` in the file, ``size`` its
+    length at open) with pread, and member data is skipped, not read.
     """
 
     def __init__(self, f: Any, fd: int = -1, base: int = 0, size: int = 0) -> None:
@@ -77,6 +77,14 @@ class Stream:
     def readinto(self, mv: memoryview) -> int:
         """Fill ``mv``; fewer bytes only at the end of the stream."""
         got, want = 0, len(mv)
+        if self.fd >= 0:  # by offset: headers cost one small pread each, no read-ahead of data
+            while got < want:
+                n = os.preadv(self.fd, [mv[got:]], self.base + self.offset + got)
+                if not n:
+                    break
+                got += n
+            self.offset += got
+            return got
         try:
             while got < want:
                 n = self.f.readinto(mv[got:])
@@ -104,9 +112,7 @@ class Stream:
         if self.fd >= 0:
             if self.base + self.offset + n > self.size:
                 raise TarCorrupt(f"tar stream truncated in {what} at offset {self.size - self.base}")
-            if n:
-                self.f.seek(n, os.SEEK_CUR)
-                self.offset += n
+            self.offset += n
             return
         if len(self._scratch) < READ:
             self._scratch = bytearray(READ)
