@@ -9,9 +9,12 @@ as ``castore.hashing`` does for the files of a directory:
 
 - small members (below the chunking threshold) go in batches (at most 256
   members or 4 MiB), hashed once and staged whole;
-- a chunked member is split in two jobs that the two workers run side by
-  side: its whole-file digest, and its chunks (cut, hashed, staged), so
-  that even a tar of one huge member keeps both cores busy.
+- a chunked member is one job: read once, hashed whole and cut into chunks
+  (each hashed and staged), as ``ingest DIR`` does;
+- a member of ``SPLIT`` (64 MiB) or more is split in two jobs that the two
+  workers run side by side: its whole-file digest, and its chunks, so that
+  even a tar of one huge member keeps both cores busy (reading it twice
+  costs less than leaving a core idle).
 
 A worker returns an error text, never raises, when the file ends before a
 member's data (a truncated or lying tar); the parser turns it into
@@ -41,6 +44,7 @@ BATCH_FILES = 256
 BATCH_BYTES = 4 << 20
 WINDOW = 16
 READ = 4 << 20
+SPLIT = 64 << 20
 
 # Digests a worker process staged, per staging dir (a lease's): skips writing a
 # repeated member twice. The other worker may still stage it once more; the
@@ -111,11 +115,12 @@ class OffsetReader:
             pos += n
         return "sha256:" + h.hexdigest(), ""
 
-    def chunks(self, off: int, size: int) -> ChunksResult:
-        """The FastCDC chunks (digest, begin, end) of ``size`` bytes at ``off``, each staged."""
+    def chunks(self, off: int, size: int, whole: bool = False) -> ChunksResult:
+        """The FastCDC chunks (digest, begin, end) of ``size`` bytes at ``off``, each staged;
+        with ``whole``, the whole digest first (read once, hashed twice)."""
         cp = self.chunking
         cdc = pyfastcdc.FastCDC(cp.avg_size, min_size=cp.min_size, max_size=cp.max_size)
-        src = _Range(self.fd, off, size)
+        src = _Range(self.fd, off, size, hashlib.sha256() if whole else None)
         out: list[tuple[str, int, int]] = []
         staged: Staged = []
         for c in cdc.cut_stream(src):
@@ -124,20 +129,24 @@ class OffsetReader:
             self._stage(d, c.data, staged)
         if src.pos != size:
             return out, staged, _short(off + src.pos)
+        if src.h is not None:
+            out.insert(0, ("sha256:" + src.h.hexdigest(), 0, size))
         return out, staged, ""
 
 
 class _Range:
     """readinto() over ``size`` bytes at ``off`` of a file, by pread."""
 
-    def __init__(self, fd: int, off: int, size: int) -> None:
-        self.fd, self.off, self.size, self.pos = fd, off, size, 0
+    def __init__(self, fd: int, off: int, size: int, h: Any = None) -> None:
+        self.fd, self.off, self.size, self.pos, self.h = fd, off, size, 0, h
 
     def readinto(self, mv: memoryview) -> int:
         want = min(len(mv), self.size - self.pos)
         if want <= 0:
             return 0
         n = os.preadv(self.fd, [mv[:want]], self.off + self.pos)
+        if self.h is not None:
+            self.h.update(mv[:n])
         self.pos += n
         return n
 
@@ -176,10 +185,13 @@ class Dispatcher:
         return self.pool.submit(fn, *args)
 
     def add(self, off: int, size: int, done: Callable[[str, tuple[tuple[str, int, int], ...]], None]) -> None:
-        if size >= self.reader.chunking.threshold:
+        if size >= SPLIT:
             self.flush()
             whole = self._submit(self.reader.whole, off, size)
             self.window.append(("chunks", self._submit(self.reader.chunks, off, size), whole, done))
+        elif size >= self.reader.chunking.threshold:
+            self.flush()
+            self.window.append(("both", self._submit(self.reader.chunks, off, size, True), None, done))
         else:
             self.batch.append((off, size))
             self.batch_done.append(done)
@@ -221,9 +233,12 @@ class Dispatcher:
             else:
                 chunks, staged, err = fut.result()
                 self._staged(staged)
+                if kind == "both" and not err:
+                    digest, err2 = chunks.pop(0)[0], ""
+                else:
+                    digest, err2 = a.result() if kind == "chunks" else ("", "")
                 for d, begin, end in chunks:
                     self.sizes[d] = end - begin
-                digest, err2 = a.result()
                 if err or err2:
                     raise self.error(err or err2)
                 b(digest, tuple(chunks))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from castore import tarcontent
 from castore.hashing import ChunkParams
 from castore.ingest import ingest
 from castore.store import Store
@@ -68,6 +69,13 @@ def test_by_offset_equals_stream_and_extracted_tree(store: Store, cli, layer: Pa
     assert (out / "big1").read_bytes() == (tmp_path / "src/big1").read_bytes()
 
 
+def test_split_members_give_the_same_manifest(store: Store, layer: Path, monkeypatch):
+    # Members of SPLIT bytes or more are hashed whole and chunked by two jobs side by side.
+    whole_and_chunks_together = ingest_tar(store, str(layer))
+    monkeypatch.setattr(tarcontent, "SPLIT", 2 << 20)
+    assert ingest_tar(store, str(layer)) == whole_and_chunks_together
+
+
 def test_truncated_large_member_is_corrupt(cli, layer: Path, tmp_path: Path):
     data = layer.read_bytes()
     cut = tmp_path / "cut.tar"
@@ -78,7 +86,10 @@ def test_truncated_large_member_is_corrupt(cli, layer: Path, tmp_path: Path):
     assert not [n for n in os.listdir(tmp_path / "store" / "tmp") if not n.startswith(".")]
 
 
-def test_worker_reports_short_data(tmp_path: Path):
+@pytest.mark.parametrize("split", [False, True])
+def test_worker_reports_short_data(tmp_path: Path, monkeypatch, split: bool):
+    if split:
+        monkeypatch.setattr(tarcontent, "SPLIT", 4096)
     f = tmp_path / "short"
     f.write_bytes(b"x" * 5000)
     fd = os.open(f, os.O_RDONLY)
@@ -89,6 +100,7 @@ def test_worker_reports_short_data(tmp_path: Path):
         assert r.small([(0, 100), (4000, 2000)])[2].startswith("tar stream truncated")
         assert r.whole(1000, 5000)[1].startswith("tar stream truncated")
         assert r.chunks(1000, 5000)[2].startswith("tar stream truncated")
+        assert r.chunks(1000, 5000, True)[2].startswith("tar stream truncated")
         disp = Dispatcher(r, None, TarCorrupt)
         got: list[str] = []
         disp.add(0, 10, lambda d, c: got.append(d))
