@@ -277,7 +277,7 @@ class _Collector:
     def commit(self, marked: set[bytes], manifests: set[bytes], garbage: list[tuple[bytes, int, int]],
                orphans: list[tuple[bytes, int]]) -> tuple[list[tuple[bytes, int, int]], list[str]]:
         """Phase 2 (exclusive lock held): final roots and deletes in one write txn. Returns what to unlink."""
-        refs_db, blobs_db, links_db = self.meta.db("refs"), self.meta.db("blobs"), self.meta.db("links")
+        refs_db, blobs_db = self.meta.db("refs"), self.meta.db("blobs")
         out: dict[str, object] = {}
 
         def fn(txn: object) -> None:
@@ -300,8 +300,9 @@ class _Collector:
                 t.delete(lid.encode(), db=self.meta.db("leases"))  # type: ignore[attr-defined]
             for k, _, _ in doomed:
                 t.delete(k, db=blobs_db)  # type: ignore[attr-defined]
-                t.delete(k, db=refs_db)  # type: ignore[attr-defined]
-                t.delete(b"v" + k, db=links_db)  # type: ignore[attr-defined]
+                if k in now_manifests:
+                    t.delete(k, db=refs_db)  # type: ignore[attr-defined]
+            # "v" rows (verified-blob stat records) are a cache: dropped after the lock (phase 4).
 
         if self.opts.dry_run:
             with self.meta.read() as txn:
@@ -451,6 +452,20 @@ class _Collector:
                      if k[:1] == b"o" and not os.path.exists(os.path.join(root, k[1:2].hex(), k[1:].hex()))]
         self._delete_rows("links", stale, "cache-row")
 
+    def verified_rows(self, doomed: list[bytes]) -> None:
+        """Verified-blob records of deleted blobs (a cache; short txns, no store lock)."""
+        if self.opts.dry_run or not doomed:
+            return
+        db, blobs_db = self.meta.db("links"), self.meta.db("blobs")
+        for i in range(0, len(doomed), 5000):
+            part = doomed[i:i + 5000]
+
+            def fn(t: object, p: list[bytes] = part) -> None:
+                for k in p:
+                    if t.get(k, db=blobs_db) is None:  # type: ignore[attr-defined]
+                        t.delete(b"v" + k, db=db)  # type: ignore[attr-defined]
+            self.meta.write(fn)
+
     def stat_cache(self) -> None:
         """Stat-cache rows that name content the index no longer holds (ingest would re-read it anyway)."""
         cache_db, blobs_db = self.meta.db("statcache"), self.meta.db("blobs")
@@ -551,7 +566,9 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
                     t1 = time.monotonic()
                     pos = c.sweep(files, pos, t1 + BATCH_SECONDS)
                     c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)
-            del marked, manifests, garbage, orphans, files
+            del marked, manifests, garbage, orphans
+            c.verified_rows([k for k, _, kind in files if kind >= 0])
+            del files
             c.leases_and_temps(dead)
             c.link_objects()
             c.stat_cache()

@@ -22,11 +22,13 @@ MAX_INFO_LINES = 20
 @click.option("--keep-history", type=click.IntRange(min=0), default=None, metavar="N",
               help="Keep only the N newest history entries of each name (default: all).")
 @click.option("--wait", is_flag=True, help="Wait for a running gc instead of exiting 5.")
+@click.option("--nice", type=click.IntRange(0, 19), default=10, show_default=True,
+              help="Lower gc's CPU priority by this much (background work yields to ingests; 0: don't).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="List every object deleted.")
 @click.pass_obj
 @handle_errors
-def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: bool, as_json: bool,
+def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: bool, nice: int, as_json: bool,
            verbose: bool) -> None:
     """Delete what no catalog name, lease or recent write references (cron-safe).
 
@@ -43,6 +45,8 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
     store = obj.store_if_exists()
     if store is None:
         raise NotFound(f"no store at {obj.store_path or default_store_path()}")
+    if nice:
+        os.nice(nice)
     report = collect(store, opts)
     if as_json:
         print_json(report.as_json())
