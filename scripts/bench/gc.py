@@ -162,7 +162,8 @@ def main() -> None:
             sync()
             s, r, _, _ = timed([*CLI, "--store", sp, "ingest", src])
             alone.append(s)
-        print(f"ingest alone:      {statistics.median(alone):6.2f} s   (median; runs: {', '.join(f'{a:.2f}' for a in alone)}; "
+        runs = ", ".join(f"{a:.2f}" for a in alone)
+        print(f"ingest alone:      {statistics.median(alone):6.2f} s   (median; runs: {runs}; "
               f"peak RSS {r / 1024:.1f} MiB)")
         # Fresh garbage for the second gc: 10% of the blobs again, unnamed and old.
         g2 = build(store, args.blobs // 10, max(1, args.manifests // 10), 1.0, first=1, named=False)
