@@ -62,8 +62,10 @@ def checksum_ok(block: bytes) -> bool:
     except TarCorrupt:
         return False
     unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    if want == unsigned:
+        return True
     signed = sum(struct.unpack("148b", block[:148])) + 256 + sum(struct.unpack("356b", block[156:]))
-    return want in (unsigned, signed)
+    return want == signed
 
 
 @dataclass(slots=True)
