@@ -35,7 +35,8 @@ import os
 import re
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from castore.crash import crashpoint
@@ -47,6 +48,7 @@ from castore.store.meta import BLOB_ROW, KIND_MANIFEST, dkey, dstr
 DEFAULT_GRACE_NS = 3600 * 10**9
 ROWLESS_LEASE_FLOOR_NS = 60 * 10**9  # a lock file with no row may be a lease being born
 BATCH_SECONDS = 0.05  # longest hold of the store lock while unlinking
+COMMIT_CHUNK = 20_000  # index rows deleted per hold of the store lock
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+)([smhdw]?)")
 
@@ -102,6 +104,7 @@ class GcOptions:
     dry_run: bool = False
     keep_history: int | None = None
     wait: bool = False
+    nice: int = 0  # lower the CPU priority of the unlocked phases by this much (the CLI uses 10)
     list_items: bool = False  # keep every Item in the report (dry runs always do)
 
 
@@ -275,8 +278,15 @@ class _Collector:
         return garbage, orphans
 
     def commit(self, marked: set[bytes], manifests: set[bytes], garbage: list[tuple[bytes, int, int]],
-               orphans: list[tuple[bytes, int]]) -> tuple[list[tuple[bytes, int, int]], list[str]]:
-        """Phase 2 (exclusive lock held): final roots and deletes in one write txn. Returns what to unlink."""
+               orphans: list[tuple[bytes, int]], *,
+               first: bool = True) -> tuple[list[tuple[bytes, int, int]], list[str]]:
+        """Phase 2 (exclusive lock held): final roots and deletes in one write txn. Returns what to unlink.
+
+        Called once per chunk of ``garbage``, each under its own hold of the
+        lock; every call re-reads the roots, so what an ingest committed (or a
+        lease named) between two chunks is marked before anything is deleted.
+        The ``first`` call also deletes catalog rows and takes the orphans.
+        """
         refs_db, blobs_db = self.meta.db("refs"), self.meta.db("blobs")
         out: dict[str, object] = {}
 
@@ -287,10 +297,13 @@ class _Collector:
             extra = (roots | (now_manifests - manifests)) - marked
             young = {m for m, _, kind in garbage if kind == KIND_MANIFEST and m not in extra and self._young(m)}
             mark(extra | young, lambda k: split_refs(t.get(k, db=refs_db)), marked)  # type: ignore
-            crashpoint("gc-after-mark")
+            if first:
+                crashpoint("gc-after-mark")
             doomed = [(k, s, kind) for k, s, kind in garbage if k not in marked]
-            dead = [lid for lid, alive in leases if not alive]
-            expired = self._expired(t, leases)
+            dead = [lid for lid, alive in leases if not alive] if first else []
+            expired = self._expired(t, leases) if first else []
+            if not first:
+                prune = []
             out["doomed"], out["dead"], out["prune"], out["leases"] = doomed, dead, prune, dead + expired
             if self.opts.dry_run:
                 return
@@ -309,7 +322,8 @@ class _Collector:
                 fn(txn)
         else:
             self.meta.write(fn)
-            crashpoint("gc-after-index-commit")
+            if first:
+                crashpoint("gc-after-index-commit")
         for k in out["prune"]:  # type: ignore[attr-defined]
             self.report.add(Item("history", _history_name(k)), self.keep_items, is_file=False)
         for lid in out["leases"]:  # type: ignore[attr-defined]
@@ -540,6 +554,45 @@ def _tree_size(path: str) -> int:
     return total
 
 
+class _Nice:
+    """Lower CPU priority for the unlocked phases, normal priority while holding the store lock.
+
+    gc is background work, but a starved gc holding the store lock would make
+    ingests wait (priority inversion). Raising the priority back needs root;
+    other users stay niced for the whole run (as ``nice continuity gc`` would).
+    """
+
+    def __init__(self, nice: int) -> None:
+        self.nice = nice
+        self.base = os.getpriority(os.PRIO_PROCESS, 0)
+        self.can_restore = os.geteuid() == 0
+
+    def _set(self, value: int) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, min(value, 19))
+        except OSError:
+            pass
+
+    def __enter__(self) -> _Nice:
+        if self.nice:
+            self._set(self.base + self.nice)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.nice and self.can_restore:
+            self._set(self.base)
+
+    @contextmanager
+    def normal(self) -> Iterator[None]:
+        if self.nice and self.can_restore:
+            self._set(self.base)
+        try:
+            yield
+        finally:
+            if self.nice and self.can_restore:
+                self._set(self.base + self.nice)
+
+
 def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
     """Run gc on ``store``. Raises Busy when another gc runs (and not ``opts.wait``).
 
@@ -550,19 +603,29 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
     start = time.monotonic()
     gc_lock = os.path.join(store.path, "gc.lock")
     try:
-        with flocked(gc_lock, exclusive=True, wait=opts.wait, what="gc"):
+        with flocked(gc_lock, exclusive=True, wait=opts.wait, what="gc"), _Nice(opts.nice) as prio:
             c = _Collector(store, opts)
             store.meta.env.reader_check()
             marked, manifests = c.snapshot()
             garbage, orphans = c.scan(marked)
-            with store.exclusive_lock():  # type: ignore[attr-defined]
-                t0 = time.monotonic()
-                files, dead = c.commit(marked, manifests, garbage, orphans)
-                pos = c.sweep(files, 0, t0 + BATCH_SECONDS)
-                c.report.lock_seconds = time.monotonic() - t0
-            while pos < len(files):
-                time.sleep(0.002)  # let waiting ingest commits in between two holds
-                with store.exclusive_lock():  # type: ignore[attr-defined]
+            files: list[tuple[bytes, int, int]] = []
+            dead: list[str] = []
+            pos, first = 0, True
+            while first or pos < len(garbage):  # index deletes, a chunk per hold of the store lock
+                if not first:
+                    time.sleep(0.002)  # let waiting ingest commits in between two holds
+                with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
+                    t0 = time.monotonic()
+                    chunk = garbage[pos:pos + COMMIT_CHUNK]
+                    got, d = c.commit(marked, manifests, chunk, orphans if first else [], first=first)
+                    c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t0)
+                files.extend(got)
+                dead = d if first else dead
+                pos, first = pos + len(chunk), False
+            pos = 0
+            while pos < len(files):  # unlinks, in short holds
+                time.sleep(0.002)
+                with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
                     t1 = time.monotonic()
                     pos = c.sweep(files, pos, t1 + BATCH_SECONDS)
                     c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)

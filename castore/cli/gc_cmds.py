@@ -45,8 +45,7 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
     store = obj.store_if_exists()
     if store is None:
         raise NotFound(f"no store at {obj.store_path or default_store_path()}")
-    if nice:
-        os.nice(nice)
+    opts.nice = nice
     report = collect(store, opts)
     if as_json:
         print_json(report.as_json())

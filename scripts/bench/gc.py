@@ -122,17 +122,26 @@ def make_tree(root: str, seed: int, files: int = 2000, size: int = 8192) -> str:
     return root
 
 
+_MEASURE = ("import os,resource,subprocess,sys,time;t=time.monotonic();"
+            "r=subprocess.run(sys.argv[1:],capture_output=True);"
+            "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+            "sys.stderr.buffer.write(r.stderr);sys.stdout.buffer.write(r.stdout);"
+            "print(time.monotonic()-t,u.ru_maxrss,r.returncode)")
+
+
 def timed(argv: list[str]) -> tuple[float, int, int, str]:
-    """(seconds, peak RSS KiB, exit code, stdout) of one command."""
-    t = time.monotonic()
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = p.stdout.read() if p.stdout else b""
-    _, status, ru = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    err = p.stderr.read() if p.stderr else b""
-    if p.returncode:
-        print(f"  {' '.join(argv[3:6])}: exit {p.returncode}: {err.decode(errors='replace').strip()}")
-    return time.monotonic() - t, ru.ru_maxrss, p.returncode, out.decode().strip()
+    """(seconds, peak RSS KiB, exit code, stdout) of one command.
+
+    Measured from a small intermediate Python process: Linux carries a forking
+    parent's high-water RSS into the child across exec, so measuring children
+    of this (large) builder process directly would report the builder's size.
+    """
+    p = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True)
+    lines = p.stdout.decode().strip().splitlines()
+    secs, rss, rc = lines[-1].split()
+    if int(rc):
+        print(f"  {' '.join(argv[3:6])}: exit {rc}: {p.stderr.decode(errors='replace').strip()}")
+    return float(secs), int(rss), int(rc), "\n".join(lines[:-1])
 
 
 def main() -> None:

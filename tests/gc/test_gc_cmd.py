@@ -212,3 +212,20 @@ def test_digest_revived_between_index_commit_and_unlink_keeps_its_file(store: St
     assert collect(store, GcOptions(grace_ns=0)).objects == 0
     from castore.fsck import fsck
     assert fsck(store).sound
+
+
+def test_index_deletes_in_small_chunks(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import castore.gc as gcmod
+    from castore.fsck import fsck
+    from castore.ingest import ingest as do_ingest
+    monkeypatch.setattr(gcmod, "COMMIT_CHUNK", 3)
+    keep = do_ingest(store, str(rand_tree(tmp_path / "k", 20, n=12)), name="keep", progress=False)
+    gone = do_ingest(store, str(rand_tree(tmp_path / "g", 21, n=12)), name="gone", progress=False)
+    store.untag("gone")
+    dry = collect(store, GcOptions(grace_ns=0, dry_run=True))
+    real = collect(store, GcOptions(grace_ns=0, list_items=True, nice=5))
+    assert sorted((i.kind, i.name) for i in dry.items) == sorted((i.kind, i.name) for i in real.items)
+    assert real.counts["blob"] >= 10 and real.counts["manifest"] == 1
+    assert store.missing_blobs([gone]) == {gone} and not store.missing_blobs([keep])
+    assert fsck(store).sound and not fsck(store).findings
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0 or os.geteuid() != 0  # priority restored
