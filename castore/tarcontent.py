@@ -37,6 +37,7 @@ from typing import Any
 
 import pyfastcdc
 
+from castore import fs
 from castore.hashing import ChunkParams
 
 PARALLEL_MIN = 16 << 20
@@ -50,6 +51,9 @@ SPLIT = 64 << 20
 # repeated member twice. The other worker may still stage it once more; the
 # commit keeps one.
 _staged_here: dict[str, set[str]] = {}
+# Each process stages into its own subdirectory: two processes creating files in
+# one directory serialize on its lock.
+_own_dir: dict[str, str] = {}
 
 Staged = list[tuple[str, str, int]]  # (temp file, digest, inode)
 SmallResult = tuple[list[str], Staged, str]
@@ -75,9 +79,14 @@ class OffsetReader:
             return
         seen.add(digest)
         hexd = digest[7:]
-        if os.path.exists(os.path.join(self.blob_root, hexd[:2], hexd)):
-            return  # a hint only: commit_manifest checks again under the store lock
-        name = os.path.join(self.tmp_dir, secrets.token_hex(12))
+        path = os.path.join(self.blob_root, hexd[:2], hexd)
+        if os.path.exists(path):
+            return  # found by name: commit_manifest re-hashes it unless it is indexed
+        own = _own_dir.get(self.tmp_dir)
+        if own is None:
+            own = _own_dir[self.tmp_dir] = os.path.join(self.tmp_dir, f"w{os.getpid()}")
+            os.makedirs(own, mode=0o700, exist_ok=True)
+        name = os.path.join(own, secrets.token_hex(12))
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
         try:
             view = memoryview(data)
@@ -86,7 +95,18 @@ class OffsetReader:
             ino = os.fstat(fd).st_ino
         finally:
             os.close(fd)
-        staged.append((name, digest, ino))
+        # Published at once (Store.install_staged): the rename overlaps hashing instead of
+        # waiting for the committer; the blob is durable at the commit's syncfs and indexed
+        # only after it, so until then it is an unindexed file, re-hashed if anyone relies on it.
+        try:
+            fs.renameat2(-100, name, -100, path)
+        except FileExistsError:
+            os.unlink(name)  # there already: not ours, so not "staged" (the commit verifies it)
+            return
+        except FileNotFoundError:
+            staged.append((name, digest, ino))  # no shard directory yet: the committer renames it
+            return
+        staged.append(("", digest, ino))
 
     def small(self, items: list[tuple[int, int]]) -> SmallResult:
         """Digests of whole members given as (offset, size), each staged."""
