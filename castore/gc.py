@@ -33,6 +33,7 @@ import json
 import marshal
 import os
 import re
+import stat
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -421,7 +422,7 @@ class _Collector:
     def _remove(self, item: Item, path: str, *, tree: bool) -> None:
         if not self.opts.dry_run:
             try:
-                if tree:
+                if tree and stat.S_ISDIR(os.lstat(path).st_mode):
                     _remove_tree(path)
                 else:
                     os.unlink(path)
