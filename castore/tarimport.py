@@ -2,10 +2,15 @@
 
 Members are parsed by ``castore.tarreader``, applied to an in-memory model
 of the tree GNU tar would extract (``_Tree``), their content hashed, chunked
-with the store's FastCDC parameters and staged under the lease's tmp dir as
-it streams by. The resulting manifest is the one ``ingest DIR`` gives for
-the tree ``tar --xattrs --xattrs-include='*' --numeric-owner -xpf`` (as
-root) extracts, then it is validated and committed by
+with the store's FastCDC parameters and staged under the lease's tmp dir:
+for a plain tar file on disk (or stdin redirected from one) by two worker
+processes that read member data by offset (``castore.tarcontent``) while
+the parser reads only headers; for a pipe or a gzip/zstd stream as it
+streams by (two threads hash and stage chunks). The blobs it writes are
+recorded as verified, so that ``export`` can trust them until they change.
+The resulting manifest is the one ``ingest DIR`` gives for the tree
+``tar --xattrs --xattrs-include='*' --numeric-owner -xpf`` (as root)
+extracts, then it is validated and committed by
 ``castore.ingest.commit_manifest``.
 
 Rules (README "Tar streams"):
@@ -467,7 +472,8 @@ def read_tar(stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams
     if stream.seekable:
         reader = OffsetReader(stream.fd, tmp_dir, blob_root, chunking)
         if stream.size - stream.base >= PARALLEL_MIN:
-            procs = make_pool()  # before any thread exists: the workers are forked
+            procs = make_pool()
+            procs.submit(os.getpid)  # fork the workers now, before any thread of ours exists
         imp.disp = Dispatcher(reader, procs, TarCorrupt)
     try:
         for m in members(stream):
