@@ -60,7 +60,7 @@ from castore.manifest.model import (
     Whiteout,
 )
 from castore.manifest.validate import validate
-from castore.materialize import READ, Options, Writer, _data_ranges, _write_all, relative_target
+from castore.materialize import READ, Options, Writer, _write_all, data_ranges, relative_target
 from castore.store import Store, manifest_refs, remove_contents
 
 TMP_PREFIX = ".continuity-apply-"
@@ -279,7 +279,7 @@ def copy_verified(src_fd: int, out_fd: int, r: RegularFile, verify: bool, can_re
         fs.copy_fd(src_fd, out_fd, r.size)
         return
     h = hashlib.sha256()
-    ranges = _data_ranges(r.size, r.holes) if r.holes else [(0, r.size)]
+    ranges = data_ranges(r.size, r.holes) if r.holes else [(0, r.size)]
     pos = 0
     while True:
         data = os.pread(src_fd, READ * 4, pos)

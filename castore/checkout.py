@@ -23,7 +23,7 @@ from castore.errors import Busy, CastoreError, IntegrityError, ResourceLimit, Un
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Whiteout
 from castore.manifest.validate import validate
 from castore.materialize import Options, Writer
-from castore.store import Store, remove_contents
+from castore.store import Store, discard_dir
 
 DIR_FDS = 256
 
@@ -279,7 +279,7 @@ def checkout(store: Store | None, manifest: Manifest, target: str, opts: Options
             except FileExistsError:
                 raise UnsafeInput(f"{target}: target appeared during checkout") from None
         except BaseException as exc:
-            _discard(pfd, staging)
+            discard_dir(pfd, staging)
             if isinstance(exc, OSError) and not isinstance(exc, CastoreError):
                 if exc.errno == errno.ENOSPC:
                     raise ResourceLimit(f"{target}: no space left on device") from exc
@@ -297,18 +297,3 @@ def _require_blobs(store: Store, manifest: Manifest) -> None:
     missing = store.missing_blobs(manifest_refs(manifest))
     if missing:
         raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) of this manifest")
-
-
-def _discard(pfd: int, name: str) -> None:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-    except OSError:
-        return
-    try:
-        remove_contents(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.rmdir(name, dir_fd=pfd)
-    except OSError:
-        pass

@@ -34,7 +34,8 @@ from castore import fs
 from castore.build import _ignored, _raise_nofile_limit
 from castore.crash import crashpoint
 from castore.errors import CastoreError, NotFound, ResourceLimit, UnsafeInput
-from castore.store import remove_contents
+from castore.materialize import data_ranges
+from castore.store import discard_dir
 
 CHUNK = 1 << 20
 FALLBACK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
@@ -127,30 +128,6 @@ def copy_range(src: int, dst: int, off: int, length: int, mv: _Mover, stats: Cop
         done += len(buf)
 
 
-def _data_extents(fd: int, size: int) -> list[tuple[int, int]] | None:
-    """(offset, length) of the data of a sparse file, or None when SEEK_DATA is unsupported."""
-    out: list[tuple[int, int]] = []
-    pos = 0
-    try:
-        while pos < size:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:
-                    break
-                raise
-            if data >= size:
-                break
-            hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
-            out.append((data, hole - data))
-            pos = hole
-    except OSError as exc:
-        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-            return None
-        raise
-    return out
-
-
 def copy_data(src: int, dst: int, size: int, sparse: bool, mv: _Mover, stats: CopyStats) -> None:
     """Fill the empty ``dst`` with the ``size`` bytes of ``src``, holes kept."""
     if size == 0:
@@ -165,12 +142,12 @@ def copy_data(src: int, dst: int, size: int, sparse: bool, mv: _Mover, stats: Co
             if exc.errno not in FALLBACK and exc.errno != errno.ETXTBSY:
                 raise
             mv.reflink = False
-    extents = _data_extents(src, size) if sparse else None
-    if extents is None:
+    holes = fs.data_holes(src, size) if sparse else ()
+    if not holes:
         copy_range(src, dst, 0, size, mv, stats)
         return
-    for off, length in extents:
-        copy_range(src, dst, off, length, mv, stats)
+    for begin, end in data_ranges(size, holes):
+        copy_range(src, dst, begin, end - begin, mv, stats)
     os.ftruncate(dst, size)
 
 
@@ -443,7 +420,7 @@ def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int 
             except FileExistsError:
                 raise UnsafeInput(f"{dst}: appeared during the copy") from None
         except BaseException as exc:
-            _discard(pfd, staging)
+            discard_dir(pfd, staging)
             if isinstance(exc, OSError) and not isinstance(exc, CastoreError):
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise ResourceLimit(f"{dst}: no space left on device") from exc
@@ -453,18 +430,3 @@ def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int 
         os.close(pfd)
         os.close(sfd)
     return c.stats
-
-
-def _discard(pfd: int, name: str) -> None:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-    except OSError:
-        return
-    try:
-        remove_contents(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.rmdir(name, dir_fd=pfd)
-    except OSError:
-        pass

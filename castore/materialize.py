@@ -49,7 +49,7 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> 
         view = view[n:]
 
 
-def _data_ranges(size: int, holes: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+def data_ranges(size: int, holes: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
     out, pos = [], 0
     for b, e in holes:
         if b > pos:
@@ -170,7 +170,7 @@ class Writer:
     def _copy(self, r: RegularFile, out_fd: int) -> None:
         pieces = [(c.digest, c.begin, c.end) for c in r.chunks] or [(r.digest, 0, r.size)]
         whole = hashlib.sha256() if self.opts.verify and len(pieces) > 1 else None
-        ranges = _data_ranges(r.size, r.holes) if r.holes else None
+        ranges = data_ranges(r.size, r.holes) if r.holes else None
         for digest, begin, end in pieces:
             fd = self._blob_fd(digest)
             try:

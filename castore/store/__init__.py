@@ -525,6 +525,22 @@ def _remove_tree(path: str) -> None:
         pass
 
 
+def discard_dir(parent_fd: int, name: str) -> None:
+    """Remove the directory ``name`` in ``parent_fd`` and all below it, never following symlinks."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    except OSError:
+        return
+    try:
+        remove_contents(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=parent_fd)
+    except OSError:
+        pass
+
+
 def remove_contents(dir_fd: int) -> None:
     """Empty the directory ``dir_fd`` (iteratively; never follows symlinks)."""
     stack: list[tuple[int, str | None]] = [(os.dup(dir_fd), None)]
