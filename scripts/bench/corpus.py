@@ -59,7 +59,11 @@ def _run(*cmd: str) -> str:
 
 def create(prefix: str, size_gib: float = 6.0) -> Scratch:
     """Create ``PREFIX.img`` (sparse), mkfs.ext4 it, attach it and mount it at ``PREFIX.mnt``."""
-    image, mnt = prefix + ".img", prefix + ".mnt"
+    return create_at(prefix + ".img", prefix + ".mnt", size_gib)
+
+
+def create_at(image: str, mnt: str, size_gib: float = 6.0) -> Scratch:
+    """Create ``image`` (sparse), mkfs.ext4 it, attach it and mount it at ``mnt``."""
     if os.path.ismount(mnt):
         raise SystemExit(f"{mnt} is already mounted (left over? run: {sys.argv[0]} --teardown {image})")
     with open(image, "wb") as f:
