@@ -1,6 +1,6 @@
 """Benchmark tar streams: `ingest --tar` of a layer vs `tar -x` + `ingest DIR`, and `export` vs `tar -c`.
 
-    python scripts/bench/tar.py [--size 2G] [--runs 3] [--workdir DIR] [--keep]
+    python scripts/bench/tar.py [--size 2G] [--runs 3] [--fs scratch|host] [--workdir DIR] [--keep]
 
 Builds a layer of --size bytes (30% in 4-256 KiB files, 70% in 4-48 MiB files, random
 content), tars it with GNU tar (--format=posix), then times, each on a fresh store:
@@ -13,6 +13,9 @@ content), tars it with GNU tar (--format=posix), then times, each on a fresh sto
 and prints seconds (median of --runs rounds, each on fresh stores), CPU seconds (user + system of
 the process tree), the ratios B/A (target >= 1.5) and C/D (target <= 1.3), and the peak RSS of
 each command (ru_maxrss of its process tree; target < 200 MiB whatever --size is).
+As root, everything runs in a fresh ext4 filesystem (an image on a loop device, made and removed
+by scripts/bench/corpus.py), so that the host filesystem's state (other jobs' deletions, its
+lack of a journal) does not decide the figures; `--fs host` runs in --workdir instead.
 Caches are warm (the layer was just written): the figures compare CPU and write paths. Dirty
 pages are flushed (`sync`, not timed) before each of A, B, C and D, so that each path pays for
 the writeback of its own output and nobody else's (ingest's syncfs would otherwise flush the
@@ -98,51 +101,68 @@ def make_layer(root: str, size: int, seed: int = 1) -> int:
     return n
 
 
+def bench(work: str, size: int, runs: int, sync_between: bool, scratch: bool) -> None:
+    src, layer = os.path.join(work, "src"), os.path.join(work, "layer.tar")
+    if os.path.exists(layer):  # --workdir of an earlier --keep run: reuse its layer
+        files = sum(len(f) for _, _, f in os.walk(src))
+    else:
+        files = make_layer(src, size)
+        subprocess.run(["tar", "--format=posix", "-C", src, "-cf", layer, "."], check=True)
+    print(f"layer: {size / 2**20:.0f} MiB in {files} files, tar {os.path.getsize(layer) / 2**20:.0f} MiB"
+          f" ({'fresh ext4 image' if scratch else work})")
+    ta, tx, ti, tc, td = Timing(), Timing(), Timing(), Timing(), Timing()
+    co = os.path.join(work, "co")
+    rounds = os.path.join(work, f"rounds-{os.getpid()}")
+    for rnd in range(runs):
+        # Fresh directories each round. On the host's filesystem they are all deleted at the end
+        # only: on an ext4 without a journal, creating files soon after deleting thousands scans
+        # the deleted inodes (ext4's recently_deleted), which would charge one round's cleanup to
+        # the next. A scratch image has a journal, so each round is deleted after it.
+        r = os.path.join(rounds, str(rnd))
+        os.makedirs(r)
+        s1, s2, x = os.path.join(r, "store1"), os.path.join(r, "store2"), os.path.join(r, "x")
+        ta.run([*CLI, "--store", s1, "ingest", "--tar", layer, "--name", "layer"])
+        os.mkdir(x)
+        tx.run(["tar", "-xf", layer, "-C", x])
+        ti.run([*CLI, "--store", s2, "ingest", x], sync=sync_between)
+        if not os.path.exists(co):
+            subprocess.run([*CLI, "--store", s1, "checkout", "layer", co], check=True)
+        tc.run([*CLI, "--store", s1, "export", "layer", "-o", os.path.join(r, "out.tar")])
+        td.run(["tar", "-cf", os.path.join(r, "out2.tar"), "-C", co, "."])
+        if scratch:
+            shutil.rmtree(r)
+    shutil.rmtree(rounds)
+    tb = statistics.median(e + g for e, g in zip(tx.wall, ti.wall, strict=True))
+    print(ta.line("ingest --tar"))
+    print(tx.line("tar -x"))
+    print(ti.line("  + ingest DIR"))
+    print(f"  speedup (two-step {tb:.2f} s / ingest --tar): {tb / ta.secs:.2f}x  (target >= 1.5x)")
+    print(tc.line("export"))
+    print(td.line("tar -c"))
+    print(f"  export / tar -c: {tc.secs / td.secs:.2f}x  (target <= 1.3x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="2G", help="layer size (e.g. 512M, 2G)")
     ap.add_argument("--runs", type=int, default=3, help="rounds; medians are reported")
     ap.add_argument("--sync-between", action="store_true", help="sync (untimed) between tar -x and ingest DIR")
+    ap.add_argument("--fs", choices=("scratch", "host"), default="scratch" if os.geteuid() == 0 else "host",
+                    help="scratch (default as root): a fresh ext4 image on a loop device; host: --workdir")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     size = parse_size(a.size)
+    if a.fs == "scratch":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import corpus
+        prefix = os.path.join(a.workdir or "/var/tmp", f"bench-tar-{os.getpid()}")
+        with corpus.scratch_fs(prefix, size_gib=9 * size / 2**30 + 1) as s:
+            bench(s.mnt, size, a.runs, a.sync_between, True)
+        return
     work = a.workdir or tempfile.mkdtemp(prefix="bench-tar-", dir="/var/tmp")
     try:
-        src, layer = os.path.join(work, "src"), os.path.join(work, "layer.tar")
-        if os.path.exists(layer):  # --workdir of an earlier --keep run: reuse its layer
-            files = sum(len(f) for _, _, f in os.walk(src))
-        else:
-            files = make_layer(src, size)
-            subprocess.run(["tar", "--format=posix", "-C", src, "-cf", layer, "."], check=True)
-        print(f"layer: {size / 2**20:.0f} MiB in {files} files, tar {os.path.getsize(layer) / 2**20:.0f} MiB")
-        ta, tx, ti, tc, td = Timing(), Timing(), Timing(), Timing(), Timing()
-        co = os.path.join(work, "co")
-        rounds = os.path.join(work, f"rounds-{os.getpid()}")
-        for rnd in range(a.runs):
-            # Fresh directories each round, all deleted at the end: on an ext4 without a journal,
-            # creating files right after deleting thousands scans the deleted inodes (ext4's
-            # recently_deleted), which would charge one round's cleanup to the next.
-            r = os.path.join(rounds, str(rnd))
-            os.makedirs(r)
-            s1, s2, x = os.path.join(r, "store1"), os.path.join(r, "store2"), os.path.join(r, "x")
-            ta.run([*CLI, "--store", s1, "ingest", "--tar", layer, "--name", "layer"])
-            os.mkdir(x)
-            tx.run(["tar", "-xf", layer, "-C", x])
-            ti.run([*CLI, "--store", s2, "ingest", x], sync=a.sync_between)
-            if not os.path.exists(co):
-                subprocess.run([*CLI, "--store", s1, "checkout", "layer", co], check=True)
-            tc.run([*CLI, "--store", s1, "export", "layer", "-o", os.path.join(r, "out.tar")])
-            td.run(["tar", "-cf", os.path.join(r, "out2.tar"), "-C", co, "."])
-        shutil.rmtree(rounds)
-        tb = statistics.median(e + g for e, g in zip(tx.wall, ti.wall, strict=True))
-        print(ta.line("ingest --tar"))
-        print(tx.line("tar -x"))
-        print(ti.line("  + ingest DIR"))
-        print(f"  speedup (two-step {tb:.2f} s / ingest --tar): {tb / ta.secs:.2f}x  (target >= 1.5x)")
-        print(tc.line("export"))
-        print(td.line("tar -c"))
-        print(f"  export / tar -c: {tc.secs / td.secs:.2f}x  (target <= 1.3x)")
+        bench(work, size, a.runs, a.sync_between, False)
     finally:
         if a.keep:
             print(f"kept {work}")
