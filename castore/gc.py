@@ -612,6 +612,8 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
             files: list[tuple[bytes, int, int]] = []
             dead: list[str] = []
             pos, first = 0, True
+            if not opts.dry_run:
+                store.gc_deleting(True)  # ingests that publish blobs meanwhile re-check them
             while first or pos < len(garbage):  # index deletes, a chunk per hold of the store lock
                 if not first:
                     time.sleep(0.002)  # let waiting ingest commits in between two holds
@@ -630,6 +632,8 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
                     t1 = time.monotonic()
                     pos = c.sweep(files, pos, t1 + BATCH_SECONDS)
                     c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)
+            if not opts.dry_run:
+                store.gc_deleting(False)
             del marked, manifests, garbage, orphans
             c.verified_rows([k for k, _, kind in files if kind >= 0])
             del files

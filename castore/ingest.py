@@ -124,6 +124,7 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
         with store.lease() as lease:
             os.makedirs(lease.tmp_dir, mode=0o700)
             start_ns = time.time_ns()
+            epoch = store.gc_epoch()
             proc = Processor(root=src, root_id=(st.st_dev, st.st_ino), stage_dir=lease.tmp_dir,
                              blob_dir=store.blob_root, chunking=store.chunking, publish_dir=store.blob_root)
             prog = Progress()
@@ -165,7 +166,7 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
                     results[i] = fresh[slot]
                     jobs[i] = reader.jobs[slot]  # a retried file carries its fresh stat
             manifest = assemble(walked, results, whiteouts=opts.whiteouts)
-            digest = _commit(store, manifest, jobs, results, fresh, proc, name, start_ns, set(hits))
+            digest = _commit(store, manifest, jobs, results, fresh, proc, name, start_ns, set(hits), epoch)
             fp = _fingerprint(walked)
             if fp is not None:
                 store.meta.write(lambda t: t.put(tree_key, marshal.dumps((fp, digest)), db=cache_db))
@@ -201,14 +202,18 @@ def _unchanged_tree(store: Store, known: bytes, fp: bytes, name: str | None) -> 
 
 def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, str]], sizes: dict[str, int], *,
                     name: str | None = None, redo: Callable[[set[str]], list[tuple[str, str]]] | None = None,
-                    cache_rows: Iterable[tuple[bytes, bytes]] = ()) -> str:
+                    cache_rows: Iterable[tuple[bytes, bytes]] = (),
+                    epoch: tuple[bytes, bool] | None = None) -> str:
     """Make staged blobs durable and visible, store the manifest, record it (and ``name``).
 
     ``staged`` are (temp file, digest) pairs written under a lease's tmp dir;
     ``sizes`` maps every content digest the manifest references to its size.
     ``redo(gone)`` is called, under the lock, when content the manifest relies
     on but did not stage has vanished (gc ran meanwhile); it returns freshly
-    staged pairs. Locking: shared. Returns the manifest digest.
+    staged pairs. ``epoch`` is Store.gc_epoch() taken before anything was
+    published: if no gc deleted anything since, the blobs this ingest
+    published need no existence check (None: always check).
+    Locking: shared. Returns the manifest digest.
     """
     validate(manifest)
     data = codec.dumps(manifest)
@@ -219,7 +224,8 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
         just_staged = {d for _, d in staged}
         # What we wrote must still be there (a gc may have swept the same name meanwhile);
         # what we found by name but is not indexed (a crash's orphan) is trusted only once re-hashed.
-        gone = {d for d in missing & just_staged if not store.blob_file_ok(d, sizes.get(d, -1))}
+        gc_ran = epoch is None or epoch[1] or store.gc_epoch() != epoch
+        gone = {d for d in missing & just_staged if gc_ran and not store.blob_file_ok(d, sizes.get(d, -1))}
         gone |= {d for d in missing - just_staged if not store.blob_file_verified(d, sizes.get(d, -1))}
         if gone and redo is not None:
             store.install_staged(redo(gone))
@@ -250,7 +256,8 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
 
 
 def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list[FileResult],
-            fresh: list[FileResult], proc: Processor, name: str | None, start_ns: int, hit_idx: set[int]) -> str:
+            fresh: list[FileResult], proc: Processor, name: str | None, start_ns: int, hit_idx: set[int],
+            epoch: tuple[bytes, bool] | None = None) -> str:
     sizes = _sizes(jobs, results)
     staged = [s for r in fresh for s in r.staged]
 
@@ -271,4 +278,4 @@ def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list
             continue
         rows.append((_KEY.pack(j.dev, j.ino),
                      marshal.dumps((j.size, j.mtime_ns, j.ctime_ns, r.digest, r.chunks, r.xattrs, r.holes))))
-    return commit_manifest(store, manifest, staged, sizes, name=name, redo=redo, cache_rows=rows)
+    return commit_manifest(store, manifest, staged, sizes, name=name, redo=redo, cache_rows=rows, epoch=epoch)

@@ -396,6 +396,25 @@ class Store:
             return False
         return stat.S_ISREG(st.st_mode) and st.st_size == size
 
+    # ------------------------------------------------- gc / publisher handshake
+
+    def gc_epoch(self) -> tuple[bytes, bool]:
+        """(generation, a gc is deleting now): lets an ingest know whether a gc may
+        have unlinked names it published without the lock (see Processor._publish)."""
+        with self.meta.read() as txn:
+            db = self.meta.db("info")
+            return txn.get(b"gc-gen", db=db) or b"0", txn.get(b"gc-active", db=db) == b"1"
+
+    def gc_deleting(self, active: bool) -> None:
+        """Mark (before its first delete) or unmark (after its last unlink) a gc run."""
+        def fn(txn: object) -> None:
+            db = self.meta.db("info")
+            if active:
+                gen = int(txn.get(b"gc-gen", db=db) or b"0") + 1  # type: ignore[attr-defined]
+                txn.put(b"gc-gen", str(gen).encode(), db=db)  # type: ignore[attr-defined]
+            txn.put(b"gc-active", b"1" if active else b"0", db=db)  # type: ignore[attr-defined]
+        self.meta.write(fn)
+
     # ----------------------------------------------------------------- catalog
 
     def load_manifest(self, digest: str) -> Manifest:

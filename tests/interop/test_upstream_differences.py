@@ -130,7 +130,11 @@ def test_paths_longer_than_path_max(tmp_path: Path, upstream: Upstream) -> None:
             fd = nxt
     finally:
         os.close(fd)
-    built = upstream.run("build", root, check=False)
-    assert built.returncode != 0 and b"file name too long" in built.stderr
-    ours = codec.loads(_ours(root, tmp_path / "ours.pb").read_bytes())
-    assert len(ours.resources) == 251
+    try:
+        built = upstream.run("build", root, check=False)
+        assert built.returncode != 0 and b"file name too long" in built.stderr
+        ours = codec.loads(_ours(root, tmp_path / "ours.pb").read_bytes())
+        assert len(ours.resources) == 251
+    finally:
+        from castore.store import _remove_tree
+        _remove_tree(str(root))  # pytest's path-based cleanup cannot reach below PATH_MAX
