@@ -16,6 +16,10 @@ as ``castore.hashing`` does for the files of a directory:
   even a tar of one huge member keeps both cores busy (reading it twice
   costs less than leaving a core idle).
 
+Each staged file's writeback is started as soon as it is written
+(``fs.start_writeback``): the disk works while the workers hash, and the
+commit's syncfs has little left to wait for.
+
 A worker returns an error text, never raises, when the file ends before a
 member's data (a truncated or lying tar); the parser turns it into
 TarCorrupt. At most ``WINDOW`` jobs are in flight and a worker holds one
@@ -93,6 +97,7 @@ class OffsetReader:
             while view:
                 view = view[os.write(fd, view):]
             ino = os.fstat(fd).st_ino
+            fs.start_writeback(fd)  # the disk writes while we hash: the commit's syncfs waits less
         finally:
             os.close(fd)
         # Published at once (Store.install_staged): the rename overlaps hashing instead of

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import pyfastcdc
 
+from castore import fs
 from castore.build import _ignored, make_pool
 from castore.errors import IntegrityError
 from castore.hashing import ChunkParams
@@ -288,6 +289,7 @@ class _Importer:
             while view:
                 view = view[os.write(fd, view):]
             ino = os.fstat(fd).st_ino
+            fs.start_writeback(fd)
         finally:
             os.close(fd)
         with self.lock:

@@ -11,6 +11,7 @@ from castore.fs.linux import (
     reflink,
     renameat2,
     set_xattrs,
+    start_writeback,
     syncfs,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "reflink",
     "renameat2",
     "set_xattrs",
+    "start_writeback",
     "syncfs",
 ]
