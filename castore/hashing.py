@@ -80,8 +80,10 @@ class Processor:
     blob_dir: str | None = None
     chunking: ChunkParams | None = None
     hash_content: bool = True
-    #: when set, staged temps are renamed into this blob root at once (see _publish)
+    #: when set, blobs are written under their names in this blob root at once (see _publish)
     publish_dir: str | None = None
+    #: replace what stands under a blob's name (its bytes failed verification)
+    replace_existing: bool = False
 
     def run_batch(self, jobs: list[FileJob]) -> list[FileResult]:
         root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -210,10 +212,31 @@ class Processor:
         return fd, name
 
     def _stage(self, res: FileResult, digest: str, pieces: tuple[bytes | memoryview, ...]) -> None:
-        if self.blob_dir is not None:
-            hexd = digest[7:]
-            if os.path.exists(os.path.join(self.blob_dir, hexd[:2], hexd)):
+        hexd = digest[7:]
+        if self.publish_dir is not None and not self.replace_existing:
+            # Content known up front: create the blob under its own name, exclusively.
+            # One create instead of create + rename; an existing name is a dedup hit.
+            # Safe for the same reason as _publish: only the index makes a blob real.
+            final = f"{self.publish_dir}/{hexd[:2]}/{hexd}"
+            try:
+                fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+            except FileExistsError:
                 return
+            except FileNotFoundError:
+                pass  # no shard dir: stage a temp, the committer installs it
+            else:
+                try:
+                    for p in pieces:
+                        _write_all(fd, p)
+                except BaseException:
+                    os.close(fd)
+                    os.unlink(final)
+                    raise
+                os.close(fd)
+                res.staged.append(("", digest))
+                return
+        elif self.blob_dir is not None and os.path.exists(os.path.join(self.blob_dir, hexd[:2], hexd)):
+            return
         fd, name = self._open_tmp()
         try:
             for p in pieces:
@@ -239,6 +262,12 @@ class Processor:
         if self.publish_dir is None:
             return tmp, digest
         hexd = digest[7:]
+        if self.replace_existing:  # the name holds bytes that failed verification: replace them
+            try:
+                os.rename(tmp, f"{self.publish_dir}/{hexd[:2]}/{hexd}")
+            except FileNotFoundError:
+                return tmp, digest
+            return "", digest
         try:
             fs.renameat2(-100, tmp, -100, f"{self.publish_dir}/{hexd[:2]}/{hexd}")
         except FileExistsError:

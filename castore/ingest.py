@@ -266,6 +266,7 @@ def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list
         again_jobs = [j for j, r in zip(jobs, results, strict=True)
                       if r.digest in gone or any(c[0] in gone for c in r.chunks)]
         proc.blob_dir = None
+        proc.replace_existing = True
         again = proc.run_batch(again_jobs)
         for r in again:
             if r.error:

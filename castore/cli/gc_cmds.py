@@ -57,7 +57,9 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
 
 
 @main_group.command("fsck")
-@click.option("--read-data", is_flag=True, help="Re-hash every blob.")
+@click.option("--read-data/--no-read-data", default=True, show_default=True,
+              help="Re-hash every blob (SPEC: fsck re-hashes every blob); --no-read-data checks index, sizes "
+              "and references only, for a quick check of a large store.")
 @click.option("--read-data-subset", "subset", metavar="N/M", help="Re-hash only the N-th of M parts of the blobs.")
 @click.option("--repair", is_flag=True, help="Quarantine damaged blobs, drop index rows that point nowhere, "
               "remove edited hardlink objects.")
@@ -82,7 +84,8 @@ def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuil
         parts = parse_subset(subset) if subset else None
     except UnsafeInput as exc:
         raise click.BadParameter(str(exc), param_hint="--read-data-subset") from None
-    opts = FsckOptions(read_data=read_data or subset is not None, subset=parts, repair=repair)
+    opts = FsckOptions(read_data=read_data or parts is not None, subset=parts,
+                       repair=repair)
     rebuilt = None
     if rebuild:
         rebuilt = rebuild_index(path)
