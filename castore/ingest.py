@@ -134,26 +134,39 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
             hits: dict[int, FileResult] = {}
             slots: list[int] = []  # walk index -> reader index, or -1 for a cache hit
             cache_db = store.meta.db("statcache")
+            tree_key = _tree_key(src, opts, st)
             with store.meta.read() as txn:
-                def on_file(job: FileJob) -> None:
-                    hit = _cache_get(txn, cache_db, job)
-                    if hit is not None:
-                        hits[len(slots)] = hit
-                        slots.append(-1)
-                    else:
-                        slots.append(len(reader.jobs))
-                        reader.add(job)
-
-                walked = walk(root_fd, opts, on_file)
-                tree_key = _tree_key(src, opts, st)
                 known = txn.get(tree_key, db=cache_db)
+            deferred: list[FileJob] = []
+
+            def on_file(job: FileJob) -> None:
+                # With a fingerprint on record the tree is probably unchanged: look nothing
+                # up until the whole walk has been compared with it.
+                if known is not None:
+                    deferred.append(job)
+                    return
+                hit = _cache_get(txn, cache_db, job)
+                if hit is not None:
+                    hits[len(slots)] = hit
+                    slots.append(-1)
+                else:
+                    slots.append(len(reader.jobs))
+                    reader.add(job)
+
+            with store.meta.read() as txn:
+                walked = walk(root_fd, opts, on_file)
             if not walked.entries:
                 raise UnsafeInput(f"{src}: empty directory, nothing to ingest")
-            fp = _fingerprint(walked) if not reader.jobs else None
-            if fp is not None and known is not None:
-                shortcut = _unchanged_tree(store, known, fp, name)
-                if shortcut is not None:
-                    return shortcut
+            if known is not None:
+                fp = _fingerprint(walked)
+                if fp is not None:
+                    shortcut = _unchanged_tree(store, known, fp, name)
+                    if shortcut is not None:
+                        return shortcut
+                known = None
+                with store.meta.read() as txn:
+                    for job in deferred:
+                        on_file(job)
             fresh = read_with_retries(root_fd, proc, reader.jobs, pool, results=reader.results())
             prog.done()
             crashpoint("ingest-after-read")
