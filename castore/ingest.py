@@ -216,7 +216,7 @@ def _unchanged_tree(store: Store, known: bytes, fp: bytes, name: str | None) -> 
 def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, str]], sizes: dict[str, int], *,
                     name: str | None = None, redo: Callable[[set[str]], list[tuple[str, str]]] | None = None,
                     cache_rows: Iterable[tuple[bytes, bytes]] = (),
-                    epoch: tuple[bytes, bool] | None = None) -> str:
+                    epoch: tuple[bytes, bool] | None = None, validated: bool = False) -> str:
     """Make staged blobs durable and visible, store the manifest, record it (and ``name``).
 
     ``staged`` are (temp file, digest) pairs written under a lease's tmp dir;
@@ -226,9 +226,13 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
     staged pairs. ``epoch`` is Store.gc_epoch() taken before anything was
     published: if no gc deleted anything since, the blobs this ingest
     published need no existence check (None: always check).
+    ``validated`` skips the validator for a manifest that is valid by
+    construction (ingest DIR: paths from readdir, digests and chunks computed
+    here); input from outside (tars, registries, files) is always validated.
     Locking: shared. Returns the manifest digest.
     """
-    validate(manifest)
+    if not validated:
+        validate(manifest)
     data = codec.dumps(manifest)
     refs = manifest_refs(manifest)
     with store.shared_lock():
@@ -292,4 +296,5 @@ def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list
             continue
         rows.append((_KEY.pack(j.dev, j.ino),
                      marshal.dumps((j.size, j.mtime_ns, j.ctime_ns, r.digest, r.chunks, r.xattrs, r.holes))))
-    return commit_manifest(store, manifest, staged, sizes, name=name, redo=redo, cache_rows=rows, epoch=epoch)
+    return commit_manifest(store, manifest, staged, sizes, name=name, redo=redo, cache_rows=rows, epoch=epoch,
+                           validated=True)

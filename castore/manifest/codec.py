@@ -63,6 +63,15 @@ def go_mode(r: Resource) -> int:
 
 def to_proto(r: Resource) -> pb.Resource:
     """One resource as its protobuf message."""
+    if type(r) is RegularFile and len(r.paths) == 1 and not (r.chunks or r.holes or r.ads or r.xattrs):
+        # The common case in one constructor call (about twice as fast as field by field).
+        text, raw = _escaped(r.paths[0])
+        if raw is None:
+            if r.mtime_ns is None:
+                return pb.Resource(path=(text,), uid=r.uid, gid=r.gid, mode=gm.perm_to_go(r.perm), size=r.size,
+                                   digest=(r.digest,))
+            return pb.Resource(path=(text,), uid=r.uid, gid=r.gid, mode=gm.perm_to_go(r.perm), size=r.size,
+                               digest=(r.digest,), mtime_ns=r.mtime_ns, has_mtime=True)
     out = pb.Resource()
     raws: list[bytes] = []
     any_raw = False
