@@ -224,6 +224,8 @@ class Reader:
         self.pending_bytes = 0
         self.large: list[int] = []
         self.futures: list[tuple[list[int], Future[list[tuple[object, ...]]]]] = []
+        #: (temp or "", digest) of every blob staged or published by the batches that completed
+        self.done: list[tuple[str, str]] = []
 
     def add(self, job: FileJob) -> None:
         i = len(self.jobs)
@@ -255,13 +257,21 @@ class Reader:
             self._submit([i])
         self.large = []
         out: list[FileResult] = [_EMPTY] * len(self.jobs)
+        failure: BaseException | None = None
         for idx, fut in self.futures:
-            res = fut.result()
+            try:
+                res = fut.result()
+            except BaseException as exc:  # noqa: BLE001 - every batch is waited for, then the first error raised
+                failure = failure or exc
+                continue
             for i, r in zip(idx, res, strict=True):
                 out[i] = FileResult(*r)  # type: ignore[arg-type]
+                self.done.extend(out[i].staged)
             if self.progress:
                 self.progress(len(idx), sum(self.jobs[i].size for i in idx))
         self.futures = []
+        if failure is not None:
+            raise failure
         return out
 
 

@@ -11,6 +11,7 @@ recorded with a wrong digest.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -91,7 +92,15 @@ class Processor:
             st = os.fstat(root_fd)
             if (st.st_dev, st.st_ino) != self.root_id:
                 return [FileResult(error="the source root was replaced while reading") for _ in jobs]
-            return [self.run_one(root_fd, j) for j in jobs]
+            self._published: list[str] = []
+            try:
+                return [self.run_one(root_fd, j) for j in jobs]
+            except BaseException:
+                # The batch fails as a whole: take back the blobs it created (unindexed, so only ours).
+                for path in self._published:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                raise
         finally:
             os.close(root_fd)
 
@@ -188,7 +197,7 @@ class Processor:
         digest = "sha256:" + h.hexdigest()
         if tmp_fd >= 0:
             os.close(tmp_fd)
-            res.staged.append(self._publish(tmp_name, digest))
+            self._keep(res, self._publish(tmp_name, digest))
         return digest
 
     def _chunked(self, fd: int, job: FileJob, res: FileResult, cp: ChunkParams) -> None:
@@ -233,6 +242,7 @@ class Processor:
                     os.unlink(final)
                     raise
                 os.close(fd)
+                self._note_published(final)
                 res.staged.append(("", digest))
                 return
         elif self.blob_dir is not None and os.path.exists(os.path.join(self.blob_dir, hexd[:2], hexd)):
@@ -246,9 +256,9 @@ class Processor:
             os.unlink(name)
             raise
         os.close(fd)
-        res.staged.append(self._publish(name, digest))
+        self._keep(res, self._publish(name, digest))
 
-    def _publish(self, tmp: str, digest: str) -> tuple[str, str]:
+    def _publish(self, tmp: str, digest: str) -> tuple[str, str] | None:
         """Rename a written temp to its blob name now, or leave it staged.
 
         Publishing early lets both workers do the renames while they read
@@ -257,24 +267,39 @@ class Processor:
         becomes durable at the commit's syncfs, before its index row is
         written; after a crash an unindexed file is an orphan, and content
         found by name but not indexed is re-hashed before it is indexed.
-        Returns ("", digest) once published, else (tmp, digest).
+        Returns ("", digest) once published, (tmp, digest) when left staged,
+        None when the name already existed (not ours: the commit checks it).
         """
         if self.publish_dir is None:
             return tmp, digest
         hexd = digest[7:]
+        final = f"{self.publish_dir}/{hexd[:2]}/{hexd}"
         if self.replace_existing:  # the name holds bytes that failed verification: replace them
             try:
-                os.rename(tmp, f"{self.publish_dir}/{hexd[:2]}/{hexd}")
+                os.rename(tmp, final)
             except FileNotFoundError:
                 return tmp, digest
+            self._note_published(final)
             return "", digest
         try:
-            fs.renameat2(-100, tmp, -100, f"{self.publish_dir}/{hexd[:2]}/{hexd}")
+            fs.renameat2(-100, tmp, -100, final)
         except FileExistsError:
-            os.unlink(tmp)  # an identical blob is there already
+            os.unlink(tmp)  # the name exists: a dedup hit, not ours (the commit checks it)
+            return None
         except FileNotFoundError:
             return tmp, digest  # no shard dir: the committer creates it
+        self._note_published(final)
         return "", digest
+
+    @staticmethod
+    def _keep(res: FileResult, staged: tuple[str, str] | None) -> None:
+        if staged is not None:
+            res.staged.append(staged)
+
+    def _note_published(self, path: str) -> None:
+        published = getattr(self, "_published", None)
+        if published is not None:
+            published.append(path)
 
 
 class _HashingReader:

@@ -8,6 +8,7 @@ the manifest's references, the stat cache and, last, the catalog entry.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import marshal
 import os
@@ -131,59 +132,64 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
             if own_pool:
                 pool = make_pool()
             reader = Reader(proc, pool, prog if progress else None)
-            hits: dict[int, FileResult] = {}
-            slots: list[int] = []  # walk index -> reader index, or -1 for a cache hit
-            cache_db = store.meta.db("statcache")
-            tree_key = _tree_key(src, opts, st)
-            with store.meta.read() as txn:
-                known = txn.get(tree_key, db=cache_db)
-            deferred: list[FileJob] = []
+            fresh: list[FileResult] = []
+            try:
+                hits: dict[int, FileResult] = {}
+                slots: list[int] = []  # walk index -> reader index, or -1 for a cache hit
+                cache_db = store.meta.db("statcache")
+                tree_key = _tree_key(src, opts, st)
+                with store.meta.read() as txn:
+                    known = txn.get(tree_key, db=cache_db)
+                deferred: list[FileJob] = []
 
-            def on_file(job: FileJob) -> None:
-                # With a fingerprint on record the tree is probably unchanged: look nothing
-                # up until the whole walk has been compared with it.
+                def on_file(job: FileJob) -> None:
+                    # With a fingerprint on record the tree is probably unchanged: look nothing
+                    # up until the whole walk has been compared with it.
+                    if known is not None:
+                        deferred.append(job)
+                        return
+                    hit = _cache_get(txn, cache_db, job)
+                    if hit is not None:
+                        hits[len(slots)] = hit
+                        slots.append(-1)
+                    else:
+                        slots.append(len(reader.jobs))
+                        reader.add(job)
+
+                with store.meta.read() as txn:
+                    walked = walk(root_fd, opts, on_file)
+                if not walked.entries:
+                    raise UnsafeInput(f"{src}: empty directory, nothing to ingest")
                 if known is not None:
-                    deferred.append(job)
-                    return
-                hit = _cache_get(txn, cache_db, job)
-                if hit is not None:
-                    hits[len(slots)] = hit
-                    slots.append(-1)
-                else:
-                    slots.append(len(reader.jobs))
-                    reader.add(job)
-
-            with store.meta.read() as txn:
-                walked = walk(root_fd, opts, on_file)
-            if not walked.entries:
-                raise UnsafeInput(f"{src}: empty directory, nothing to ingest")
-            if known is not None:
+                    fp = _fingerprint(walked)
+                    if fp is not None:
+                        shortcut = _unchanged_tree(store, known, fp, name)
+                        if shortcut is not None:
+                            return shortcut
+                    known = None
+                    with store.meta.read() as txn:
+                        for job in deferred:
+                            on_file(job)
+                fresh = read_with_retries(root_fd, proc, reader.jobs, pool, results=reader.results())
+                prog.done()
+                crashpoint("ingest-after-read")
+                jobs = walked.files
+                results: list[FileResult] = [_NO_RESULT] * len(jobs)
+                for i, slot in enumerate(slots):
+                    if slot < 0:
+                        results[i] = hits[i]
+                    else:
+                        results[i] = fresh[slot]
+                        jobs[i] = reader.jobs[slot]  # a retried file carries its fresh stat
+                manifest = assemble(walked, results, whiteouts=opts.whiteouts)
+                digest = _commit(store, manifest, jobs, results, fresh, proc, name, start_ns, set(hits), epoch)
                 fp = _fingerprint(walked)
                 if fp is not None:
-                    shortcut = _unchanged_tree(store, known, fp, name)
-                    if shortcut is not None:
-                        return shortcut
-                known = None
-                with store.meta.read() as txn:
-                    for job in deferred:
-                        on_file(job)
-            fresh = read_with_retries(root_fd, proc, reader.jobs, pool, results=reader.results())
-            prog.done()
-            crashpoint("ingest-after-read")
-            jobs = walked.files
-            results: list[FileResult] = [_NO_RESULT] * len(jobs)
-            for i, slot in enumerate(slots):
-                if slot < 0:
-                    results[i] = hits[i]
-                else:
-                    results[i] = fresh[slot]
-                    jobs[i] = reader.jobs[slot]  # a retried file carries its fresh stat
-            manifest = assemble(walked, results, whiteouts=opts.whiteouts)
-            digest = _commit(store, manifest, jobs, results, fresh, proc, name, start_ns, set(hits), epoch)
-            fp = _fingerprint(walked)
-            if fp is not None:
-                store.meta.write(lambda t: t.put(tree_key, marshal.dumps((fp, digest)), db=cache_db))
-            return digest
+                    store.meta.write(lambda t: t.put(tree_key, marshal.dumps((fp, digest)), db=cache_db))
+                return digest
+            except BaseException:
+                _abandon(store, reader, fresh)
+                raise
     finally:
         os.close(root_fd)
         if own_pool and pool is not None:
@@ -191,6 +197,32 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
 
 
 _NO_RESULT = FileResult()
+
+
+def _abandon(store: Store, reader: Reader, fresh: list[FileResult]) -> None:
+    """A failed ingest takes back the blobs it published and did not index.
+
+    Batches still in flight are waited for first (what they create is ours
+    too). Only names this ingest created are considered, and only those the
+    index does not hold are removed, under the exclusive store lock so that
+    no commit is checking them at the same time; a concurrent ingest that
+    found one by name re-checks it at its own commit. Without this an
+    ingest that hit ENOSPC would leave the store full of orphans until gc.
+    """
+    try:
+        reader.results()
+    except BaseException:  # noqa: BLE001 - already failing; the first error is the one reported
+        pass
+    ours = {d for tmp, d in reader.done if not tmp} | {d for r in fresh for tmp, d in r.staged if not tmp}
+    if not ours:
+        return
+    try:
+        with store.exclusive_lock():
+            for d in store.missing_blobs(ours):
+                with contextlib.suppress(OSError):
+                    os.unlink(store.blob_path(d))
+    except CastoreError:
+        pass
 
 
 def _unchanged_tree(store: Store, known: bytes, fp: bytes, name: str | None) -> str | None:
