@@ -54,7 +54,8 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = bool(os.environ.get("CONTINUITY_DEBUG")) or "--debug" in sys.argv[1:3]
+        ctx = click.get_current_context(silent=True)
+        debug = bool(os.environ.get("CONTINUITY_DEBUG")) or bool(ctx and getattr(ctx.find_root().obj, "debug", False))
         try:
             return fn(*args, **kwargs)
         except CastoreError as exc:
