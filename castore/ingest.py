@@ -171,6 +171,7 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
                         for job in deferred:
                             on_file(job)
                 fresh = read_with_retries(root_fd, proc, reader.jobs, pool, results=reader.results())
+                synced = store.sync_in_background()  # every blob is written: flush while we encode
                 prog.done()
                 crashpoint("ingest-after-read")
                 jobs = walked.files
@@ -182,7 +183,8 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
                         results[i] = fresh[slot]
                         jobs[i] = reader.jobs[slot]  # a retried file carries its fresh stat
                 manifest = assemble(walked, results, whiteouts=opts.whiteouts)
-                digest = _commit(store, manifest, jobs, results, fresh, proc, name, start_ns, set(hits), epoch)
+                digest = _commit(store, manifest, jobs, results, fresh, proc, name, start_ns, set(hits), epoch,
+                                 synced)
                 fp = _fingerprint(walked)
                 if fp is not None:
                     store.meta.write(lambda t: t.put(tree_key, marshal.dumps((fp, digest)), db=cache_db))
@@ -248,7 +250,8 @@ def _unchanged_tree(store: Store, known: bytes, fp: bytes, name: str | None) -> 
 def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, str]], sizes: dict[str, int], *,
                     name: str | None = None, redo: Callable[[set[str]], list[tuple[str, str]]] | None = None,
                     cache_rows: Iterable[tuple[bytes, bytes]] = (),
-                    epoch: tuple[bytes, bool] | None = None, validated: bool = False) -> str:
+                    epoch: tuple[bytes, bool] | None = None, validated: bool = False,
+                    synced: Callable[[], None] | None = None) -> str:
     """Make staged blobs durable and visible, store the manifest, record it (and ``name``).
 
     ``staged`` are (temp file, digest) pairs written under a lease's tmp dir;
@@ -268,7 +271,7 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
     data = codec.dumps(manifest)
     refs = manifest_refs(manifest)
     with store.shared_lock():
-        store.install_staged(staged)
+        store.install_staged(staged, synced)
         missing = store.missing_blobs(refs)
         just_staged = {d for _, d in staged}
         # What we wrote must still be there (a gc may have swept the same name meanwhile);
@@ -306,7 +309,7 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
 
 def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list[FileResult],
             fresh: list[FileResult], proc: Processor, name: str | None, start_ns: int, hit_idx: set[int],
-            epoch: tuple[bytes, bool] | None = None) -> str:
+            epoch: tuple[bytes, bool] | None = None, synced: Callable[[], None] | None = None) -> str:
     sizes = _sizes(jobs, results)
     staged = [s for r in fresh for s in r.staged]
 
@@ -329,4 +332,4 @@ def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list
         rows.append((_KEY.pack(j.dev, j.ino),
                      marshal.dumps((j.size, j.mtime_ns, j.ctime_ns, r.digest, r.chunks, r.xattrs, r.holes))))
     return commit_manifest(store, manifest, staged, sizes, name=name, redo=redo, cache_rows=rows, epoch=epoch,
-                           validated=True)
+                           validated=True, synced=synced)

@@ -24,8 +24,9 @@ import os
 import secrets
 import stat
 import struct
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -335,7 +336,35 @@ class Store:
             return False
         return True
 
-    def install_staged(self, staged: list[tuple[str, str]]) -> None:
+    def sync_in_background(self) -> Callable[[], None]:
+        """Start a syncfs of the store now; returns a function that waits for it (re-raising its error).
+
+        An ingest starts it as soon as every blob is written, and encodes its
+        manifest while the disk catches up; install_staged waits for it
+        before anything is indexed.
+        """
+        box: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                sfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    fs.syncfs(sfd)
+                finally:
+                    os.close(sfd)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+                box.append(exc)
+
+        t = threading.Thread(target=run, name="syncfs", daemon=True)
+        t.start()
+
+        def wait() -> None:
+            t.join()
+            if box:
+                raise box[0]
+        return wait
+
+    def install_staged(self, staged: list[tuple[str, str]], synced: Callable[[], None] | None = None) -> None:
         """Batched durability: syncfs, rename every staged temp into place, syncfs.
 
         Staged files were hashed as they were written, so their names are
@@ -344,11 +373,16 @@ class Store:
         them durable. Either way a blob is indexed only after this returns.
         """
         if not staged:
+            if synced is not None:
+                synced()
             return
         staged = [(tmp, d) for tmp, d in staged if tmp]  # ("", digest): already published, only needs the syncfs
         sfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fs.syncfs(sfd)
+            if synced is not None:
+                synced()  # a syncfs started after the last blob was written
+            else:
+                fs.syncfs(sfd)
             crashpoint("ingest-after-syncfs")
             if len(staged) < 2048:
                 for tmp, digest in staged:
