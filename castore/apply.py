@@ -29,24 +29,22 @@ import dataclasses
 import errno
 import gc
 import hashlib
-import marshal
 import os
 import secrets
 import stat
-import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
-from castore import fs
+from castore import fs, statcache
 from castore.build import WalkOptions, WalkResult, _Seen, assemble, make_pool, read_with_retries, walk
 from castore.checkout import DirFds
 from castore.crash import crashpoint
 from castore.errors import CastoreError, IntegrityError, NotFound, ResourceLimit, UnsafeInput
 from castore.fs.linux import RENAME_EXCHANGE
-from castore.hashing import FileJob, FileResult, Processor
+from castore.hashing import FileResult, Processor
 from castore.manifest.diff import compare
 from castore.manifest.model import (
     Device,
@@ -66,11 +64,6 @@ from castore.store import Store, manifest_refs, remove_contents
 TMP_PREFIX = ".continuity-apply-"
 EMPTY = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 META_ATTRS = frozenset({"mode", "uid", "gid", "xattr", "mtime"})
-# The store's stat cache, shared with ingest (castore/ingest.py): (dev, ino) ->
-# marshal((size, mtime_ns, ctime_ns, digest, chunks, xattrs, holes)); rows are
-# written only for files whose ctime is RACY_NS older than the walk (git's rule).
-_KEY = struct.Struct("<QQ")
-RACY_NS = 2 * 10**9
 
 
 def _stderr_note(msg: str) -> None:
@@ -302,29 +295,6 @@ def copy_verified(src_fd: int, out_fd: int, r: RegularFile, verify: bool, can_re
 # ------------------------------------------------------------------ scanning
 
 
-def _cache_lookup(store: Store, jobs: list[FileJob]) -> dict[int, FileResult]:
-    """Cached results of files whose (dev, ino, size, mtime, ctime) match a stat-cache row.
-
-    One sorted batch read (``Cursor.getmulti``): 15x faster than a get per file.
-    """
-    hits: dict[int, FileResult] = {}
-    index = {_KEY.pack(j.dev, j.ino): i for i, j in enumerate(jobs)}
-    db = store.meta.db("statcache")
-    with store.meta.read() as txn:
-        rows = txn.cursor(db=db).getmulti(sorted(index))
-    for key, raw in rows:
-        i = index[bytes(key)]
-        j = jobs[i]
-        try:
-            size, mtime, ctime, digest, _chunks, xattrs, holes = marshal.loads(raw)
-        except (ValueError, EOFError, TypeError):
-            continue
-        if size == j.size and mtime == j.mtime_ns and ctime == j.ctime_ns:
-            hits[i] = FileResult(digest=digest, xattrs=tuple(map(tuple, xattrs)) if xattrs else (),
-                                          holes=tuple(map(tuple, holes)) if holes else ())
-    return hits
-
-
 @dataclass
 class Scan:
     """The current tree: its manifest by path, inode groups, and stat-cache rows to record."""
@@ -365,7 +335,7 @@ def scan_tree(root: str, root_fd: int, want: dict[str, Resource], store: Store |
     hits: dict[int, FileResult] = {}
     if store is not None and not rehash and todo_idx:
         sub = [jobs[i] for i in todo_idx]
-        hits = {todo_idx[i]: r for i, r in _cache_lookup(store, sub).items()}
+        hits = {todo_idx[i]: r for i, r in statcache.lookup_many(store, sub).items()}
     todo = [i for i in todo_idx if i not in hits]
     st = os.fstat(root_fd)
     proc = Processor(root=root, root_id=(st.st_dev, st.st_ino))
@@ -386,9 +356,8 @@ def scan_tree(root: str, root_fd: int, want: dict[str, Resource], store: Store |
     for i, j, r in zip(todo, todo_jobs, fresh, strict=True):
         by_key[key_of[i]] = r
         jobs[i] = j
-        if store is not None and r.digest and j.size < threshold and j.ctime_ns < start - RACY_NS:
-            rows.append((_KEY.pack(j.dev, j.ino),
-                         marshal.dumps((j.size, j.mtime_ns, j.ctime_ns, r.digest, (), r.xattrs, r.holes))))
+        if store is not None and r.digest and not r.chunks and j.size < threshold and statcache.cacheable(j, start):
+            rows.append((statcache.key(j), statcache.encode(j, r)))
     res_of: dict[str, FileResult] = {}
     for i, k in enumerate(key_of):
         got = by_key.get(k)
@@ -1101,7 +1070,7 @@ def _apply(root: str, manifest: Manifest, store: Store | None, source: str, opts
         finally:
             ap.dirs.close()
         if store is not None and scan.cache_rows:
-            _record_cache(store, scan.cache_rows)
+            statcache.record(store, scan.cache_rows)
         ap.report.hashed = scan.hashed
         return ap.report
     raise AssertionError("unreachable")
@@ -1123,12 +1092,3 @@ def _needed_content(m: Manifest, scan: Scan, opts: ApplyOptions) -> dict[str, Re
         if not ok:
             out[r.path] = r
     return out
-
-
-def _record_cache(store: Store, rows: list[tuple[bytes, bytes]]) -> None:
-    db = store.meta.db("statcache")
-
-    def fn(txn: object) -> None:
-        for k, v in rows:
-            txn.put(k, v, db=db)  # type: ignore[attr-defined]
-    store.meta.write(fn)

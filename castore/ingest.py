@@ -12,12 +12,12 @@ import contextlib
 import hashlib
 import marshal
 import os
-import struct
 import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 
+from castore import statcache
 from castore.build import (
     Reader,
     WalkOptions,
@@ -36,23 +36,10 @@ from castore.manifest.model import Manifest
 from castore.store import Store, check_name, manifest_refs
 from castore.store.meta import BLOB_ROW, KIND_CHUNK, KIND_MANIFEST, KIND_RAW, dkey
 
-_KEY = struct.Struct("<QQ")
-RACY_NS = 2 * 10**9  # files changed this close to the walk are not cached (git's racy-clean rule)
-
 
 def _cache_get(txn: object, db: object, j: FileJob) -> FileResult | None:
-    raw = txn.get(_KEY.pack(j.dev, j.ino), db=db)  # type: ignore[attr-defined]
-    if raw is None:
-        return None
-    try:
-        size, mtime, ctime, digest, chunks, xattrs, holes = marshal.loads(raw)
-    except (ValueError, EOFError, TypeError):
-        return None
-    if (size, mtime, ctime) != (j.size, j.mtime_ns, j.ctime_ns):
-        return None
-    return FileResult(digest=digest, chunks=tuple(tuple(c) for c in chunks),  # type: ignore[misc]
-                      xattrs=tuple(tuple(x) for x in xattrs),  # type: ignore[misc]
-                      holes=tuple(tuple(h) for h in holes))  # type: ignore[misc]
+    raw = txn.get(statcache.key(j), db=db)  # type: ignore[attr-defined]
+    return None if raw is None else statcache.decode(j, raw)
 
 
 def _tree_key(src: str, opts: WalkOptions, st: os.stat_result) -> bytes:
@@ -67,7 +54,7 @@ def _fingerprint(walked: WalkResult) -> bytes | None:
     unchanged fingerprint means an unchanged tree (given the racy-clean rule).
     """
     h = hashlib.sha256()
-    limit = time.time_ns() - RACY_NS
+    limit = time.time_ns() - statcache.RACY_NS
     for e in sorted(walked.entries, key=lambda e: e.path):
         st = e.st
         if st.st_ctime_ns > limit:
@@ -327,9 +314,8 @@ def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list
 
     rows = []
     for i, (j, r) in enumerate(zip(jobs, results, strict=False)):
-        if i in hit_idx or not r.digest or j.ctime_ns > start_ns - RACY_NS:
+        if i in hit_idx or not r.digest or not statcache.cacheable(j, start_ns):
             continue
-        rows.append((_KEY.pack(j.dev, j.ino),
-                     marshal.dumps((j.size, j.mtime_ns, j.ctime_ns, r.digest, r.chunks, r.xattrs, r.holes))))
+        rows.append((statcache.key(j), statcache.encode(j, r)))
     return commit_manifest(store, manifest, staged, sizes, name=name, redo=redo, cache_rows=rows, epoch=epoch,
                            validated=True, synced=synced)

@@ -141,7 +141,8 @@ def _store_bytes(store: Store) -> int:
 def test_stat_cache_skips_rehash(tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     import castore.hashing
     import castore.ingest
-    monkeypatch.setattr(castore.ingest, "RACY_NS", 0)
+    import castore.statcache
+    monkeypatch.setattr(castore.statcache, "RACY_NS", 0)
     src = tmp_path / "src"
     for i in range(5):
         write(src / f"f{i}", b"content %d" % i)
