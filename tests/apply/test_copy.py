@@ -216,5 +216,10 @@ def test_deep_tree(tmp_path: Path) -> None:
         fd = nfd
     os.close(os.open("leaf", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
     os.close(fd)
-    stats = copy_tree(str(src), str(tmp_path / "out"))
-    assert stats.dirs == 1200 and stats.files == 1
+    try:
+        stats = copy_tree(str(src), str(tmp_path / "out"))
+        assert stats.dirs == 1200 and stats.files == 1
+    finally:
+        from castore.store import _remove_tree
+        for p in ("src", "out"):
+            _remove_tree(str(tmp_path / p))  # pytest's recursive cleanup fails at this depth
