@@ -712,7 +712,7 @@ def set_metadata(fd: int, w: Resource, *, dfd: int = -1, name: str = "") -> bool
     if not is_link and (chowned or stat.S_IMODE(st.st_mode) != w.perm):
         os.chmod(where, w.perm)
         changed = True
-    have_x = _read_xattrs(where, follow)
+    have_x = fs.read_xattrs(where, follow=follow)
     if have_x != w.xattrs:
         keep = dict(w.xattrs)
         for n, _ in have_x:
@@ -725,23 +725,6 @@ def set_metadata(fd: int, w: Resource, *, dfd: int = -1, name: str = "") -> bool
         os.utime(where, ns=(w.mtime_ns, w.mtime_ns), follow_symlinks=follow)
         changed = True
     return changed
-
-
-def _read_xattrs(where: str, follow: bool) -> tuple[tuple[str, bytes], ...]:
-    try:
-        names = os.listxattr(where, follow_symlinks=follow)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
-            return ()
-        raise
-    out = []
-    for n in sorted(names):
-        try:
-            out.append((n, os.getxattr(where, n, follow_symlinks=follow)))
-        except OSError as exc:
-            if exc.errno != errno.ENODATA:
-                raise
-    return tuple(out)
 
 
 @contextmanager

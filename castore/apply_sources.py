@@ -16,6 +16,7 @@ import secrets
 import stat
 
 from castore import fs
+from castore.digest import hash_fd as digest_fd
 from castore.errors import IntegrityError, NotFound, UnsafeInput
 from castore.manifest.model import RegularFile
 from castore.materialize import READ, _write_all, data_ranges
@@ -147,17 +148,9 @@ def stage_tar(tar_path: str, stage_fd: int, needed: dict[str, RegularFile], veri
 
 
 def hash_fd(fd: int, size: int) -> str:
-    h = hashlib.sha256()
-    pos = 0
-    while True:
-        b = os.pread(fd, READ * 4, pos)
-        if not b:
-            break
-        h.update(b)
-        pos += len(b)
-    if pos != size:
-        return f"size {pos}"
-    return "sha256:" + h.hexdigest()
+    """The digest of ``fd``'s content, or "size N" when it is not ``size`` bytes long."""
+    digest, got = digest_fd(fd)
+    return digest if got == size else f"size {got}"
 
 
 def copy_verified(src_fd: int, out_fd: int, r: RegularFile, verify: bool, can_reflink: list[bool]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 
 from castore.errors import UnsafeInput
@@ -27,6 +28,19 @@ def check_digest(text: str) -> str:
 def hash_bytes(data: bytes) -> str:
     """The digest of ``data``."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def hash_fd(fd: int, chunk: int = 4 << 20) -> tuple[str, int]:
+    """(digest, size) of everything readable from ``fd``, from offset 0 (pread: the offset is untouched)."""
+    h = hashlib.sha256()
+    pos = 0
+    while True:
+        b = os.pread(fd, chunk, pos)
+        if not b:
+            break
+        h.update(b)
+        pos += len(b)
+    return "sha256:" + h.hexdigest(), pos
 
 
 def hex_of(digest: str) -> str:

@@ -21,6 +21,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 
+from castore.digest import hash_fd
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
 from castore.manifest import Manifest, codec, validate
 from castore.store import Store, manifest_refs
@@ -104,19 +105,11 @@ def parse_subset(text: str) -> tuple[int, int]:
 
 def hash_file(path: str) -> tuple[str, int]:
     """(digest, size) of a file's content, streamed."""
-    h = hashlib.sha256()
-    total = 0
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        while True:
-            b = os.read(fd, READ)
-            if not b:
-                break
-            h.update(b)
-            total += len(b)
+        return hash_fd(fd)
     finally:
         os.close(fd)
-    return "sha256:" + h.hexdigest(), total
 
 
 def quarantine(store_path: str, path: str) -> str:

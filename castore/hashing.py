@@ -234,28 +234,14 @@ class Processor:
             except FileNotFoundError:
                 pass  # no shard dir: stage a temp, the committer installs it
             else:
-                try:
-                    for p in pieces:
-                        _write_all(fd, p)
-                except BaseException:
-                    os.close(fd)
-                    os.unlink(final)
-                    raise
-                os.close(fd)
+                _fill(fd, final, pieces)
                 self._note_published(final)
                 res.staged.append(("", digest))
                 return
         elif self.blob_dir is not None and os.path.exists(os.path.join(self.blob_dir, hexd[:2], hexd)):
             return
         fd, name = self._open_tmp()
-        try:
-            for p in pieces:
-                _write_all(fd, p)
-        except BaseException:
-            os.close(fd)
-            os.unlink(name)
-            raise
-        os.close(fd)
+        _fill(fd, name, pieces)
         self._keep(res, self._publish(name, digest))
 
     def _publish(self, tmp: str, digest: str) -> tuple[str, str] | None:
@@ -314,6 +300,18 @@ class _HashingReader:
             self.h.update(b[:n])
             self.total += n
         return n
+
+
+def _fill(fd: int, path: str, pieces: tuple[bytes | memoryview, ...]) -> None:
+    """Write ``pieces`` to the new file ``fd`` at ``path`` and close it; on failure remove it."""
+    try:
+        for p in pieces:
+            _write_all(fd, p)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

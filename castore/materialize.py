@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 
 from castore import fs
+from castore.digest import hash_fd
 from castore.errors import BlobNotFound, CastoreError, IntegrityError, ResourceLimit, UnsafeInput
 from castore.manifest.model import Device, Directory, Entry, NamedPipe, RegularFile, Resource, Socket, Symlink, Whiteout
 from castore.store import Store
@@ -128,16 +129,8 @@ class Writer:
             (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
 
     def _hash_blob_fd(self, fd: int, digest: str, size: int) -> None:
-        h = hashlib.sha256()
-        total = 0
-        while True:
-            b = os.read(fd, READ)
-            if not b:
-                break
-            h.update(b)
-            total += len(b)
-        os.lseek(fd, 0, os.SEEK_SET)
-        if total != size or "sha256:" + h.hexdigest() != digest:
+        got, total = hash_fd(fd)
+        if total != size or got != digest:
             raise IntegrityError(f"blob {digest} is corrupt (digest mismatch); run `continuity fsck`")
 
     def write_content(self, r: RegularFile, out_fd: int) -> None:

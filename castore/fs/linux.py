@@ -194,13 +194,13 @@ def proc_path(dir_fd: int, name: str) -> str:
     return f"/proc/self/fd/{dir_fd}/{name}"
 
 
-def read_xattrs(target: int | str) -> tuple[tuple[str, bytes], ...]:
-    """Every xattr of an fd or (not followed) path, sorted by name."""
+def read_xattrs(target: int | str, *, follow: bool = False) -> tuple[tuple[str, bytes], ...]:
+    """Every xattr of an fd or path (not followed unless ``follow``, e.g. a /proc/self/fd link), sorted."""
     try:
         if isinstance(target, int):
             names = os.listxattr(target)
         else:
-            names = os.listxattr(target, follow_symlinks=False)
+            names = os.listxattr(target, follow_symlinks=follow)
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
             return ()
@@ -213,7 +213,7 @@ def read_xattrs(target: int | str) -> tuple[tuple[str, bytes], ...]:
             if isinstance(target, int):
                 v = os.getxattr(target, n)
             else:
-                v = os.getxattr(target, n, follow_symlinks=False)
+                v = os.getxattr(target, n, follow_symlinks=follow)
         except OSError as exc:
             if exc.errno == errno.ENODATA:
                 continue

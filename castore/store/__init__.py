@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from castore import fs
 from castore.crash import crashpoint
-from castore.digest import check_digest, is_digest
+from castore.digest import check_digest, hash_fd, is_digest
 from castore.errors import (
     BlobNotFound,
     CastoreError,
@@ -413,13 +413,7 @@ class Store:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size != size:
                 return False
-            h = hashlib.sha256()
-            while True:
-                b = os.read(fd, 1 << 20)
-                if not b:
-                    break
-                h.update(b)
-            return "sha256:" + h.hexdigest() == digest
+            return hash_fd(fd) == (digest, size)
         finally:
             os.close(fd)
 
