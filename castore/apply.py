@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import gc
+import itertools
 import os
 import secrets
 import stat
@@ -37,14 +38,14 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
-from castore import fs, statcache
+from castore import apply_state, fs, statcache
+from castore.apply_scan import Scan, TreeChanged, scan_changes, scan_tree
 from castore.apply_sources import DirSource, Source, StagedSource, copy_verified, hash_fd, stage_tar
-from castore.build import WalkOptions, WalkResult, _Seen, assemble, make_pool, read_with_retries, walk
 from castore.checkout import DirFds
 from castore.crash import crashpoint
 from castore.errors import CastoreError, IntegrityError, NotFound, ResourceLimit, UnsafeInput
 from castore.fs.linux import RENAME_EXCHANGE
-from castore.hashing import FileResult, Processor
+from castore.manifest import codec
 from castore.manifest.diff import compare
 from castore.manifest.model import (
     Device,
@@ -98,133 +99,11 @@ class ApplyReport:
     deleted: int = 0
     unchanged: int = 0
     hashed: int = 0
+    trusted: int = 0  # paths trusted unchanged from ROOT's record of the last apply (not scanned)
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
-
-
-class TreeChanged(CastoreError):
-    """ROOT changed under apply (a race); rerunning converges."""
-
-
-# ------------------------------------------------------------------ scanning
-
-
-@dataclass
-class Scan:
-    """The current tree: its manifest by path, inode groups, and stat-cache rows to record."""
-
-    by_path: dict[str, Resource]
-    groups: dict[str, set[str]]  # path -> the (shared) set of paths on its inode
-    inode: dict[str, tuple[int, int]]  # path -> (dev, ino) when scanned
-    local: dict[str, list[str]]  # digest -> paths holding it
-    cache_rows: list[tuple[bytes, bytes]]
-    hashed: int
-    clean: set[str] = field(default_factory=set)  # paths exactly as wanted (not in by_path)
-
-
-def scan_tree(root: str, root_fd: int, want: dict[str, Resource], store: Store | None, rehash: bool) -> Scan:
-    """Walk ROOT; hash (or take from the stat cache) only files the manifest wants with that size."""
-    start = time.time_ns()
-    try:
-        walked = walk(root_fd, WalkOptions(keep_appledouble=True, note=lambda _m: None))
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-            raise
-        # An entry changed type between readdir and readlink/open (another process).
-        raise TreeChanged(f"{root}: changed while it was scanned ({exc.strerror}); rerun apply") from exc
-    jobs = walked.files
-    key_of = [(j.dev, j.ino) for j in jobs]
-    wanted_keys: set[tuple[int, int]] = set()
-    for j, k in zip(jobs, key_of, strict=True):
-        w = want.get("/" + j.rel)
-        if isinstance(w, RegularFile) and w.size == j.size:
-            wanted_keys.add(k)
-    results: list[FileResult] = [FileResult()] * len(jobs)
-    todo_idx: list[int] = []
-    seen: dict[tuple[int, int], int] = {}
-    for i, k in enumerate(key_of):
-        if k in wanted_keys and k not in seen:
-            seen[k] = i
-            todo_idx.append(i)
-    hits: dict[int, FileResult] = {}
-    if store is not None and not rehash and todo_idx:
-        sub = [jobs[i] for i in todo_idx]
-        hits = {todo_idx[i]: r for i, r in statcache.lookup_many(store, sub).items()}
-    todo = [i for i in todo_idx if i not in hits]
-    st = os.fstat(root_fd)
-    proc = Processor(root=root, root_id=(st.st_dev, st.st_ino))
-    todo_jobs = [jobs[i] for i in todo]
-    # Worker processes pay off only for much reading (fork + pickling cost ~0.1 s).
-    big = len(todo_jobs) >= 1000 or sum(j.size for j in todo_jobs) >= 32 << 20
-    pool = make_pool() if big else None
-    try:
-        fresh = read_with_retries(root_fd, proc, todo_jobs, pool)
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    by_key: dict[tuple[int, int], FileResult] = {}
-    for i, r in hits.items():
-        by_key[key_of[i]] = r
-    rows: list[tuple[bytes, bytes]] = []
-    threshold = store.chunking.threshold if store is not None else 0
-    for i, j, r in zip(todo, todo_jobs, fresh, strict=True):
-        by_key[key_of[i]] = r
-        jobs[i] = j
-        if store is not None and r.digest and not r.chunks and j.size < threshold and statcache.cacheable(j, start):
-            rows.append((statcache.key(j), statcache.encode(j, r)))
-    res_of: dict[str, FileResult] = {}
-    for i, k in enumerate(key_of):
-        got = by_key.get(k)
-        if got is not None:
-            results[i] = got
-            res_of[jobs[i].rel] = got
-    # Entries already exactly as wanted (the common case) skip the Resource building.
-    clean: set[str] = set()
-    local: dict[str, list[str]] = {}
-    rest: list[_Seen] = []
-    for e in walked.entries:
-        p = "/" + e.path
-        w = want.get(p)
-        if w is not None and _is_clean(w, e, res_of):
-            clean.add(p)
-            if isinstance(w, RegularFile):
-                local.setdefault(w.digest, []).append(p)
-        else:
-            rest.append(e)
-    current = assemble(WalkResult(rest, walked.files), results) if rest else Manifest(())
-    by_path: dict[str, Resource] = {}
-    groups: dict[str, set[str]] = {}
-    for res in current.resources:
-        g = set(res.paths)
-        for p in res.paths:
-            by_path[p] = res
-            groups[p] = g
-        if isinstance(res, RegularFile) and res.digest:
-            local.setdefault(res.digest, []).extend(res.paths)
-    inode = {"/" + e.path: (e.st.st_dev, e.st.st_ino) for e in walked.entries}
-    return Scan(by_path, groups, inode, local, rows, len(todo), clean)
-
-
-def _is_clean(w: Resource, e: _Seen, res_of: dict[str, FileResult]) -> bool:
-    """``e`` is exactly ``w`` (what ``compare`` would find no difference in), for single-path entries."""
-    st = e.st
-    if len(w.paths) != 1 or st.st_uid != w.uid or st.st_gid != w.gid:
-        return False
-    if w.mtime_ns is not None and st.st_mtime_ns != w.mtime_ns:
-        return False
-    mode = st.st_mode
-    if isinstance(w, RegularFile):
-        if not stat.S_ISREG(mode) or st.st_nlink != 1 or st.st_size != w.size or stat.S_IMODE(mode) != w.perm:
-            return False
-        r = res_of.get(e.path)
-        return r is not None and r.digest == w.digest and r.xattrs == w.xattrs
-    if isinstance(w, Directory):
-        return stat.S_ISDIR(mode) and stat.S_IMODE(mode) == w.perm and e.xattrs == w.xattrs and not w.opaque
-    if isinstance(w, Symlink):
-        return stat.S_ISLNK(mode) and st.st_nlink == 1 and e.target == w.target and e.xattrs == w.xattrs
-    return False
 
 
 # ------------------------------------------------------------------ applying
@@ -290,6 +169,7 @@ class _Applier:
         self.euid = os.geteuid()
         self.can_reflink = [opts.link in ("auto", "reflink")]
         self.local_only: set[str] = set()  # digests the store lacks but ROOT holds
+        self.intact: set[str] = set()  # scanned paths found exactly as wanted and left alone
         self.scan: Scan
 
     # -- helpers
@@ -492,6 +372,7 @@ class _Applier:
             if h is not None and _same_content(w, h) and self.group_ok(p, w):
                 anchor = p
                 break
+        intact = False
         if anchor is not None:
             h = self.scan.by_path[anchor]
             diffs = [d.attr for d in compare(anchor, w, h) if d.attr in META_ATTRS]
@@ -501,6 +382,7 @@ class _Applier:
                 self.report.metadata += 1
             else:
                 self.report.unchanged += 1
+                intact = True
         else:
             anchor = w.paths[0]
             self.create(anchor, w)
@@ -509,6 +391,9 @@ class _Applier:
             if q == anchor or q in group:
                 continue
             self.link(anchor, q)
+            intact = False
+        if intact:
+            self.intact.update(w.paths)
 
     def link(self, anchor: str, q: str) -> None:
         ap, an = _split(anchor)
@@ -752,11 +637,15 @@ def _root(root: str) -> Iterator[tuple[str, int]]:
         os.close(fd)
 
 
-def apply_tree(root: str, manifest: Manifest, *, store: Store | None = None, source: str = "store",
+def apply_tree(root: str, manifest: Manifest | None, *, store: Store | None = None, source: str = "store",
                opts: ApplyOptions | None = None, manifest_digest: str | None = None,
                validated: bool = False) -> ApplyReport:
     """Make the tree at ``root`` match ``manifest`` in place; return what was done.
 
+    ``manifest`` may be None when ``manifest_digest`` names a manifest of
+    ``store``: it is then read only if ROOT has no usable record of an
+    earlier apply (``castore.apply_state``), and otherwise only the entries
+    that differ from that record are decoded.
     ``source`` is "store" (content from ``store``), a directory, or a tar file.
     ``validated``: the caller already ran ``validate`` on ``manifest`` (as
     ``Store.load_manifest`` and the CLI's ``resolve`` do).
@@ -774,12 +663,12 @@ def apply_tree(root: str, manifest: Manifest, *, store: Store | None = None, sou
             gc.enable()
 
 
-def _apply(root: str, manifest: Manifest, store: Store | None, source: str, opts: ApplyOptions,
+def _apply(root: str, manifest: Manifest | None, store: Store | None, source: str, opts: ApplyOptions,
            manifest_digest: str | None, validated: bool) -> ApplyReport:
-    if not validated:
+    if manifest is None and (store is None or manifest_digest is None):
+        raise CastoreError("apply needs a manifest, or a store and the digest of one of its manifests")
+    if manifest is not None and not validated:
         validate(manifest)
-    if opts.rewrite_absolute_symlinks:
-        manifest = _rewrite_symlinks(manifest)
     if opts.devices not in ("create", "check", "skip"):
         raise UnsafeInput(f"unknown device policy {opts.devices!r}")
     if source != "store" and not os.path.exists(source):
@@ -794,8 +683,34 @@ def _apply(root: str, manifest: Manifest, store: Store | None, source: str, opts
         if use_store:
             assert store is not None
             stack.enter_context(store.lease([manifest_digest] if manifest_digest else []))
-        want = manifest.by_path()
-        scan = scan_tree(root, root_fd, want, store, opts.rehash)
+        started = time.time_ns()
+        root_st = os.fstat(root_fd)
+        # ROOT's record: read the store's manifest as entries (no decoding) and apply only what
+        # differs from the record, or what changed in ROOT since.
+        table: tuple[list[bytes], list[tuple[str, ...]], dict[str, int]] | None = None
+        changes = None
+        if (store is not None and manifest_digest is not None and not opts.rewrite_absolute_symlinks
+                and store.manifest_indexed(manifest_digest)):
+            rec = None if opts.rehash else apply_state.load(store, root, root_st)
+            lstats = apply_state.ChangedPaths(root_fd, rec) if rec is not None else None
+            try:
+                entries, paths = codec.split_entries(store.read_blob(manifest_digest), source=manifest_digest)
+                table = entries, paths, apply_state.shared_paths(paths)
+                if rec is not None and lstats is not None:
+                    changes = scan_changes(root, root_fd, rec, lstats, *table, store, opts.rehash, started)
+            finally:
+                if lstats is not None:
+                    lstats.cancel()
+        if changes is not None:
+            manifest = changes.manifest
+            scan = changes.scan
+        else:
+            if manifest is None:
+                assert store is not None and manifest_digest is not None
+                manifest = store.load_manifest(manifest_digest)
+            if opts.rewrite_absolute_symlinks:
+                manifest = _rewrite_symlinks(manifest)
+            scan = scan_tree(root, root_fd, manifest.by_path(), store, opts.rehash)
         writer = Writer(store if use_store else None,
                         Options(link=opts.link if use_store else "copy", verify=opts.verify, devices=opts.devices,
                                 sockets=opts.sockets, note=opts.note))
@@ -871,8 +786,37 @@ def _apply(root: str, manifest: Manifest, store: Store | None, source: str, opts
         if store is not None and scan.cache_rows:
             statcache.record(store, scan.cache_rows)
         ap.report.hashed = scan.hashed
+        if changes is not None:
+            ap.report.trusted = len(changes.trusted)
+        if table is not None:
+            assert store is not None and manifest_digest is not None
+            trusted = changes.trusted if changes is not None else {}
+            trusted[""] = apply_state.trusted_row(root_st, started)
+            apply_state.save(store, root, root_st, _record(manifest_digest, table, ap, trusted))
         return ap.report
     raise AssertionError("unreachable")
+
+
+def _record(digest: str, table: tuple[list[bytes], list[tuple[str, ...]], dict[str, int]], ap: _Applier,
+            trusted: dict[str, apply_state.Row]) -> apply_state.Record:
+    """What ROOT holds now: ``trusted`` rows (relative path -> row), plus the paths the scan found
+    clean, less every directory apply changed or that keeps entries the manifest does not list."""
+    scan = ap.scan
+    for p in itertools.chain(scan.clean, ap.intact):
+        st = scan.stats.get(p)
+        if st is not None:
+            trusted[p[1:]] = apply_state.trusted_row(st, scan.started_ns)
+    for rel in ap.touched:
+        trusted.pop(rel, None)
+    for p in ap.made_dirs:
+        trusted.pop(p[1:], None)
+    for p in scan.by_path:
+        if p not in ap.want:  # an extra entry kept (no --delete): its directory must be listed again
+            trusted.pop(p[1:].rpartition("/")[0], None)
+    entries, paths, shared = table
+    order = apply_state.layout(paths)
+    return apply_state.Record(digest, entries, shared, order,
+                              [trusted.get(r) for r in order], trusted.get(""))
 
 
 def _needed_content(m: Manifest, scan: Scan, opts: ApplyOptions) -> dict[str, RegularFile]:

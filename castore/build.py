@@ -10,16 +10,19 @@ files.
 from __future__ import annotations
 
 import fnmatch
-import multiprocessing
 import os
 import resource as _rlimit
 import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from castore import fs
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 from castore.errors import CastoreError, NotFound, UnsafeInput
 from castore.hashing import FileJob, FileResult, Processor
 from castore.manifest.model import (
@@ -114,13 +117,37 @@ def open_root(root: str) -> int:
         raise CastoreError(f"{root}: permission denied") from None
 
 
-def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | None = None) -> WalkResult:
+def see_entry(dir_fd: int, rel: str, name: str, st: os.stat_result, out: WalkResult) -> bool:
+    """Add the entry ``name`` of ``dir_fd`` (path ``rel``, lstat ``st``) to ``out``; False for a directory.
+
+    A regular file becomes a FileJob (read later); other kinds get their
+    xattrs and link target now. Directories are left to the caller.
+    """
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        sparse = st.st_blocks * 512 < st.st_size
+        out.files.append(FileJob(rel, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sparse))
+        out.entries.append(_Seen(rel, Stat(st)))
+        return True
+    if stat.S_ISDIR(mode):
+        return False
+    seen = _Seen(rel, Stat(st), fs.read_xattrs(fs.proc_path(dir_fd, name)))
+    if stat.S_ISLNK(mode):
+        seen.target = os.readlink(name, dir_fd=dir_fd)
+    out.entries.append(seen)
+    return True
+
+
+def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | None = None, *,
+         prefix: str = "", out: WalkResult | None = None) -> WalkResult:
     """Every entry below ``root_fd`` (root excluded), in no particular order.
 
     ``on_file`` is called with each regular file's job as soon as it is seen.
+    ``prefix``: the relative path of ``root_fd`` (entries are named below it);
+    ``out``: a result to add to.
     """
     _raise_nofile_limit()
-    out = WalkResult()
+    out = out if out is not None else WalkResult()
     skipped_apple = 0
     # A stack of (dir fd, relative path, iterator over its subdirectories).
     stack: list[tuple[int, str, Iterator[str]]] = []
@@ -139,22 +166,15 @@ def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | N
                 skipped_apple += 1
                 continue
             st = e.stat(follow_symlinks=False)
-            mode = st.st_mode
-            if stat.S_ISREG(mode):
+            if stat.S_ISREG(st.st_mode):  # see_entry's first case, inlined (the hot path of ingest)
                 sparse = st.st_blocks * 512 < st.st_size
                 job = FileJob(child, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sparse)
                 out.files.append(job)
                 if on_file is not None:
                     on_file(job)
                 out.entries.append(_Seen(child, Stat(st)))
-            elif stat.S_ISDIR(mode):
+            elif not see_entry(dir_fd, child, name, st, out):
                 subdirs.append(name)
-            else:
-                p = fs.proc_path(dir_fd, name)
-                seen = _Seen(child, Stat(st), fs.read_xattrs(p))
-                if stat.S_ISLNK(mode):
-                    seen.target = os.readlink(name, dir_fd=dir_fd)
-                out.entries.append(seen)
         return subdirs
 
     def enter(parent_fd: int, rel: str, name: str) -> None:
@@ -164,7 +184,7 @@ def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | N
         out.entries.append(_Seen(child, Stat(st), fs.read_xattrs(fd)))
         stack.append((fd, child, iter(sorted(scan(fd, child)))))
 
-    stack.append((os.dup(root_fd), "", iter(sorted(scan(root_fd, "")))))
+    stack.append((os.dup(root_fd), prefix, iter(sorted(scan(root_fd, prefix)))))
     try:
         while stack:
             fd, rel, subdirs = stack[-1]
@@ -188,6 +208,9 @@ def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | N
 
 def make_pool(workers: int | None = None) -> ProcessPoolExecutor:
     """A pool of hashing processes (fork: cheap; the children never touch LMDB)."""
+    import multiprocessing  # here, not at the top: 5 ms of every CLI start that never hashes much
+    from concurrent.futures import ProcessPoolExecutor
+
     n = workers or max(1, min(2, os.cpu_count() or 1))
     return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"), initializer=_die_with_parent,
                                initargs=(os.getpid(),))

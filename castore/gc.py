@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from castore import apply_state
 from castore.crash import crashpoint
 from castore.errors import Busy, UnsafeInput
 from castore.store import Store, _remove_tree
@@ -638,6 +639,8 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
             c.verified_rows([k for k, _, kind in files if kind >= 0])
             del files
             c.leases_and_temps(dead)
+            if not opts.dry_run:
+                c.report.rows += apply_state.prune(store)  # records of applied ROOTs that are gone
             c.link_objects()
             c.stat_cache()
     except Busy:

@@ -9,7 +9,7 @@ import sys
 import click
 
 from castore.apply import ApplyOptions, apply_tree
-from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve
+from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve_lazy
 from castore.cli.tree_cmds import ignore_opt
 from castore.copy import copy_tree
 from castore.errors import Differences
@@ -46,14 +46,14 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
     gc.disable()
     if move and source == "store":
         raise click.UsageError("--move needs --source DIR")
-    m, digest, store = resolve(obj, manifest, need_store=source == "store")
+    m, digest, store = resolve_lazy(obj, manifest, need_store=source == "store")
     if devices is None:
         devices = "create" if os.geteuid() == 0 else "skip"
     opts = ApplyOptions(delete=delete, verify=not disable_digest, devices=devices, sockets=sockets,
                         rewrite_absolute_symlinks=rewrite_absolute_symlinks, link=link, move=move, rehash=rehash,
                         sync=sync,
                         log=(lambda msg: click.echo(msg, err=True)) if verbose else None)
-    # resolve() validated the manifest (a file or the store's blob).
+    # resolve_lazy() validated a manifest file; the store's manifests are read (and validated) by apply.
     report = apply_tree(root, m, store=store, source=source, opts=opts, manifest_digest=digest, validated=True)
     if as_json:
         print_json(report.as_dict())

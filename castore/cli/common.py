@@ -127,6 +127,15 @@ def looks_like_path(ref: str) -> bool:
 
 def resolve(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manifest, str | None, Store | None]:
     """A MANIFEST argument: catalog name, digest, unique prefix (>= 12 hex), or file path."""
+    m, digest, store = resolve_lazy(ctx, ref, need_store=need_store)
+    if m is None:
+        assert store is not None and digest is not None
+        m = store.load_manifest(digest)
+    return m, digest, store
+
+
+def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manifest | None, str | None, Store | None]:
+    """``resolve``, but a manifest of the store is not read: (None, digest, store)."""
     store = ctx.store() if need_store else ctx.store_if_exists()
     if store is not None:
         try:
@@ -136,7 +145,7 @@ def resolve(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manifest, 
         if digest is not None:
             if store.blob_size(digest) is None and not os.path.exists(store.blob_path(digest)):
                 raise NotFound(f"no manifest {digest} in the store")
-            return store.load_manifest(digest), digest, store
+            return None, digest, store
     if os.path.isfile(ref) or (os.path.exists(ref) and not os.path.isdir(ref)):
         return read_manifest_file(ref), None, store
     if os.path.isdir(ref):

@@ -455,9 +455,12 @@ class Store:
         """
         data = self.read_blob(digest)
         m = codec.loads(data, source=digest)
+        return m if self.manifest_indexed(digest) else validate(m)
+
+    def manifest_indexed(self, digest: str) -> bool:
+        """The manifest has its `refs` row: commit_manifest validated it (and its blobs are in)."""
         with self.meta.read() as txn:
-            indexed = txn.get(dkey(digest), db=self.meta.db("refs")) is not None
-        return m if indexed else validate(m)
+            return txn.get(dkey(digest), db=self.meta.db("refs")) is not None
 
     def set_tag(self, txn: object, name: str, digest: str, size: int) -> None:
         now = time.time_ns()

@@ -26,7 +26,7 @@ import lmdb
 from castore.errors import IntegrityError, ResourceLimit, StoreUnusable
 
 SCHEMA_VERSION = 1
-DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info")
+DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info", "roots")
 BLOB_ROW = struct.Struct("<QB")
 KIND_RAW, KIND_CHUNK, KIND_MANIFEST, KIND_ADS = 0, 1, 2, 3
 KIND_NAMES = {KIND_RAW: "file", KIND_CHUNK: "chunk", KIND_MANIFEST: "manifest", KIND_ADS: "ads"}

@@ -1,0 +1,248 @@
+"""Apply's record of each ROOT it brought to a manifest, so that the next apply skips what is unchanged.
+
+Like git's index. After an apply, the store keeps, per ROOT, the manifest's
+entries (their encoded bytes, split without decoding) and the lstat row of
+every path that apply found, or left, exactly as that manifest says. The next
+apply to the same ROOT lstat's the recorded paths (in two processes on big
+trees) and trusts each one whose row is unchanged: ctime moves on every change
+of content, mode, owner, xattrs or link count, and cannot be set back. Only the
+paths that changed locally, and the entries that differ between the recorded
+manifest and the new one, are then scanned and applied, by the same code as a
+full apply (``castore.apply``), on the sub-manifest that covers them.
+
+Trust rules:
+
+- a row is recorded only for a path that apply did not change and whose ctime
+  is ``RACY_NS`` older than its lstat (git's racy-clean rule: a change within
+  the same clock tick would otherwise go unseen);
+- a directory's row is recorded only when its listing held nothing the
+  manifest does not list (so a changed directory is listed again, and its
+  extras found);
+- nothing below a path that was a directory and no longer is (a symlink, say)
+  is trusted, whatever its lstat through that path says;
+- the record is keyed by ROOT's absolute path and checked against ROOT's
+  (dev, ino); it is a cache: when it is missing, stale or unreadable, apply
+  walks the whole tree, as without it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import marshal
+import os
+import stat
+import struct
+from dataclasses import dataclass
+
+from castore.statcache import RACY_NS
+from castore.store import Store
+
+VERSION = 3
+PARALLEL_MIN = 20_000  # recorded paths from which the lstat pass forks a second process
+
+#: A path's lstat as it was recorded: (dev, ino, mode, uid, gid, size, mtime_ns, ctime_ns, nlink)
+#: packed (3x faster to load than a tuple of ints), or None: not trusted.
+ROW = struct.Struct("<QQQQQqqqQ")
+Row = bytes | None
+
+
+def row_of(st: os.stat_result | object) -> bytes:
+    """The row of an lstat result (``os.stat_result`` or ``build.Stat``)."""
+    s: os.stat_result = st  # type: ignore[assignment]
+    return ROW.pack(s.st_dev, s.st_ino, s.st_mode, s.st_uid, s.st_gid, s.st_size, s.st_mtime_ns, s.st_ctime_ns,
+                    s.st_nlink)
+
+
+def trusted_row(st: os.stat_result | object, seen_ns: int) -> Row:
+    """The row of a path lstat'ed at ``seen_ns``, or None when its ctime is inside the racy window."""
+    s: os.stat_result = st  # type: ignore[assignment]
+    return row_of(s) if s.st_ctime_ns <= seen_ns - RACY_NS else None
+
+
+@dataclass
+class Record:
+    """What a ROOT held after an apply: the manifest's entries and the rows of its paths."""
+
+    digest: str
+    entries: list[bytes]  # encoded resources, in manifest order (``codec.split_entries``)
+    shared: dict[str, int]  # "/path" -> entry index, for the entries with more than one path (hardlinks)
+    order: list[str]  # every recorded path, relative ("a/b"), sorted
+    rows: list[Row]  # aligned with ``order``
+    root_row: Row
+
+
+def shared_paths(paths: list[tuple[str, ...]]) -> dict[str, int]:
+    """"/path" -> entry index, for the entries with more than one path."""
+    many = itertools.compress(range(len(paths)), map((1).__lt__, map(len, paths)))  # in C: 5x faster
+    return {p: i for i in many for p in paths[i]}
+
+
+def _key(root: str) -> bytes:
+    return os.fsencode(root)
+
+
+def load(store: Store, root: str, root_st: os.stat_result) -> Record | None:
+    """The record of ``root`` (an absolute path), if there is one for this very directory."""
+    with store.meta.read() as txn:
+        raw = txn.get(_key(root), db=store.meta.db("roots"))
+        data = bytes(raw) if raw is not None else None
+    if data is None:
+        return None
+    try:
+        version, dev, ino, digest, entries, shared, order, rows, root_row = marshal.loads(data)
+    except (ValueError, EOFError, TypeError):
+        return None
+    if version != VERSION or (dev, ino) != (root_st.st_dev, root_st.st_ino) or len(order) != len(rows):
+        return None
+    return Record(digest, entries, shared, order, rows, root_row)
+
+
+def save(store: Store, root: str, root_st: os.stat_result, rec: Record) -> None:
+    """Replace ``root``'s record (one synced LMDB transaction)."""
+    data = marshal.dumps((VERSION, root_st.st_dev, root_st.st_ino, rec.digest, rec.entries, rec.shared,
+                          rec.order, rec.rows, rec.root_row))
+    db = store.meta.db("roots")
+    store.meta.write(lambda txn: txn.put(_key(root), data, db=db))
+
+
+def prune(store: Store) -> int:
+    """Drop the records of ROOTs that are gone or replaced; return how many (gc calls this)."""
+    db = store.meta.db("roots")
+    stale: list[bytes] = []
+    with store.meta.read() as txn:
+        for k, v in txn.cursor(db=db):
+            try:
+                _, dev, ino = marshal.loads(bytes(v))[:3]
+                st = os.lstat(bytes(k))
+                if (st.st_dev, st.st_ino) == (dev, ino) and stat.S_ISDIR(st.st_mode):
+                    continue
+            except (OSError, ValueError, EOFError, TypeError):
+                pass
+            stale.append(bytes(k))
+    if stale:
+        def fn(txn: object) -> None:
+            for k in stale:
+                txn.delete(k, db=db)  # type: ignore[attr-defined]
+        store.meta.write(fn)
+    return len(stale)
+
+
+# ------------------------------------------------------------------ the lstat pass
+
+
+def _changed(root_fd: int, order: list[str], rows: list[Row], lo: int, hi: int) -> list[int]:
+    """Indexes in [lo, hi) whose lstat differs from the recorded row (or fails)."""
+    lstat, pack = os.lstat, ROW.pack
+    out = []
+    for k in range(lo, hi):
+        old = rows[k]
+        if old is None:
+            out.append(k)
+            continue
+        try:
+            s = lstat(order[k], dir_fd=root_fd)
+        except OSError:
+            out.append(k)
+            continue
+        if pack(s.st_dev, s.st_ino, s.st_mode, s.st_uid, s.st_gid, s.st_size, s.st_mtime_ns, s.st_ctime_ns,
+                s.st_nlink) != old:
+            out.append(k)
+    return out
+
+
+class ChangedPaths:
+    """The lstat pass over ``rec.order``, started at once: ``result()`` gives the indexes whose lstat
+    is not the recorded row.
+
+    On big trees two child processes share the pass while the caller reads
+    the new manifest (the pass is syscall-bound; this overlaps it with the
+    manifest's splitting and diffing). A path is lstat'ed by its whole
+    relative path (2x fewer syscalls than opening each directory); a symlink
+    met on the way is caught by the caller, which distrusts everything below
+    a directory that changed type.
+    """
+
+    def __init__(self, root_fd: int, rec: Record) -> None:
+        self.root_fd, self.rec = root_fd, rec
+        self.children: list[tuple[int, int]] = []  # (pid, read end of its pipe)
+        n = len(rec.order)
+        if n >= PARALLEL_MIN:
+            for lo, hi in ((0, n // 2), (n // 2, n)):
+                self._fork(lo, hi)
+
+    def _fork(self, lo: int, hi: int) -> None:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: lstat its share, send the indexes back, exit without cleanup
+            code = 1
+            try:
+                os.close(r)
+                data = marshal.dumps(_changed(self.root_fd, self.rec.order, self.rec.rows, lo, hi))
+                with os.fdopen(w, "wb") as out:
+                    out.write(data)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.children.append((pid, r))
+
+    def result(self) -> list[int]:
+        if not self.children:
+            return _changed(self.root_fd, self.rec.order, self.rec.rows, 0, len(self.rec.order))
+        out: list[int] = []
+        failed = False
+        while self.children:
+            pid, r = self.children.pop(0)
+            with os.fdopen(r, "rb") as inp:
+                data = inp.read()
+            _, status = os.waitpid(pid, 0)
+            if status != 0:
+                failed = True
+            else:
+                out += marshal.loads(data)
+        if failed:
+            raise OSError("an lstat process failed")
+        return out
+
+    def cancel(self) -> None:
+        """Stop the children (the caller gave up)."""
+        for pid, r in self.children:
+            os.close(r)
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+        self.children = []
+
+
+def below(order: list[str], rel: str) -> range:
+    """Indexes of the paths strictly below ``rel`` in the sorted ``order``."""
+    lo = bisect.bisect_left(order, rel + "/")
+    hi = bisect.bisect_left(order, rel + "0")  # "0" is the byte after "/"
+    return range(lo, hi)
+
+
+def children(order: list[str], rel: str) -> set[str]:
+    """Names recorded directly in directory ``rel`` ("" for ROOT)."""
+    if not rel:
+        return {p for p in order if "/" not in p}
+    plen = len(rel) + 1
+    return {order[k][plen:] for k in below(order, rel) if "/" not in order[k][plen:]}
+
+
+def layout(paths: list[tuple[str, ...]]) -> list[str]:
+    """Sorted relative paths of every entry's paths ("/a/b") and of every parent they need."""
+    rel = [ps[0][1:] for ps in paths]
+    rel.extend(p[1:] for ps in paths if len(ps) > 1 for p in ps[1:])
+    have = set(rel)
+    missing = {q for p in rel if (q := p.rpartition("/")[0]) not in have}
+    missing.discard("")
+    while missing:  # parents the manifest does not list (rare), and theirs
+        rel.extend(missing)
+        have |= missing
+        missing = {q for p in missing if (q := p.rpartition("/")[0]) not in have}
+        missing.discard("")
+    rel.sort()  # nearly sorted already: the manifest is in byte order
+    return rel
