@@ -687,17 +687,22 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
         root_st = os.fstat(root_fd)
         # ROOT's record: read the store's manifest as entries (no decoding) and apply only what
         # differs from the record, or what changed in ROOT since.
-        table: tuple[list[bytes], list[tuple[str, ...]], dict[str, int]] | None = None
+        table: tuple[list[bytes], list[tuple[str, ...]], dict[str, int], list[int]] | None = None
         changes = None
         if (store is not None and manifest_digest is not None and not opts.rewrite_absolute_symlinks
                 and store.manifest_indexed(manifest_digest)):
             rec = None if opts.rehash else apply_state.load(store, root, root_st)
             lstats = apply_state.ChangedPaths(root_fd, rec) if rec is not None else None
             try:
-                entries, paths = codec.split_entries(store.read_blob(manifest_digest), source=manifest_digest)
-                table = entries, paths, apply_state.shared_paths(paths)
-                if rec is not None and lstats is not None:
-                    changes = scan_changes(root, root_fd, rec, lstats, *table, store, opts.rehash, started)
+                starts: list[int] = []
+                blob = store.read_blob(manifest_digest)
+                entries, paths = codec.split_entries(blob, source=manifest_digest, starts=starts)
+                table = entries, paths, apply_state.shared_paths(paths), starts
+                old_e = _recorded_entries(store, rec) if rec is not None else None
+                if rec is not None and lstats is not None and old_e is not None:
+                    new_e = apply_state.Entries(blob, starts, [len(e) for e in entries])
+                    changes = scan_changes(root, root_fd, rec, old_e, lstats, new_e, paths, table[2], store,
+                                           opts.rehash, started)
             finally:
                 if lstats is not None:
                     lstats.cancel()
@@ -797,7 +802,15 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
     raise AssertionError("unreachable")
 
 
-def _record(digest: str, table: tuple[list[bytes], list[tuple[str, ...]], dict[str, int]], ap: _Applier,
+def _recorded_entries(store: Store, rec: apply_state.Record) -> apply_state.Entries | None:
+    """The entries of the manifest ``rec`` names, or None when the store lost it (gc): apply scans it all."""
+    try:
+        return rec.entries(store.read_blob(rec.digest))
+    except (NotFound, IntegrityError):  # gone (gc), or damaged: not to be trusted
+        return None
+
+
+def _record(digest: str, table: tuple[list[bytes], list[tuple[str, ...]], dict[str, int], list[int]], ap: _Applier,
             trusted: dict[str, apply_state.Row]) -> apply_state.Record:
     """What ROOT holds now: ``trusted`` rows (relative path -> row), plus the paths the scan found
     clean, less every directory apply changed or that keeps entries the manifest does not list."""
@@ -813,9 +826,9 @@ def _record(digest: str, table: tuple[list[bytes], list[tuple[str, ...]], dict[s
     for p in scan.by_path:
         if p not in ap.want:  # an extra entry kept (no --delete): its directory must be listed again
             trusted.pop(p[1:].rpartition("/")[0], None)
-    entries, paths, shared = table
+    entries, paths, shared, starts = table
     order = apply_state.layout(paths)
-    return apply_state.Record(digest, entries, shared, order,
+    return apply_state.Record(digest, apply_state.spans_of(starts, entries), shared, order,
                               [trusted.get(r) for r in order], trusted.get(""))
 
 

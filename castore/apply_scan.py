@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import bisect
 import errno
-import itertools
-import operator
 import os
 import stat
 import time
@@ -28,8 +26,8 @@ from castore.build import Stat, WalkOptions, WalkResult, _Seen, assemble, make_p
 from castore.checkout import DirFds
 from castore.errors import CastoreError
 from castore.hashing import FileResult, Processor
-from castore.manifest.codec import decode_entry
-from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Symlink
+from castore.manifest.codec import decode_entry, first_path
+from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Symlink, path_key
 from castore.store import Store
 
 
@@ -181,23 +179,17 @@ class Changes:
     differing: int  # paths whose entry differs between the recorded manifest and the new one
 
 
-def scan_changes(root: str, root_fd: int, rec: Record, lstats: apply_state.ChangedPaths, entries: list[bytes],
-                 paths: list[tuple[str, ...]], shared: dict[str, int], store: Store | None, rehash: bool,
-                 start: int) -> Changes:
-    """Scan what may differ between ROOT, as ``rec`` recorded it, and the manifest ``entries``/``paths``
-    (``shared``: ``apply_state.shared_paths(paths)``); ``lstats``: the lstat pass over ``rec``,
-    started at ``start``."""
+def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entries,
+                 lstats: apply_state.ChangedPaths, new_e: apply_state.Entries, paths: list[tuple[str, ...]],
+                 shared: dict[str, int], store: Store | None, rehash: bool, start: int) -> Changes:
+    """Scan what may differ between ROOT, as ``rec`` recorded it (with its manifest's entries
+    ``old_e``), and the manifest ``new_e``/``paths`` (``shared``: ``apply_state.shared_paths(paths)``);
+    ``lstats``: the lstat pass over ``rec``, started at ``start``."""
     order, rows = rec.order, rec.rows
     # Entries are compared as bytes (manifests are encoded deterministically): an entry holds all
     # its paths, so a path's entry is unchanged exactly when its bytes are in both manifests.
-    old_e = rec.entries
-    if rec.entries == entries:
-        gone: list[int] = []
-        came: list[int] = []
-    else:
-        old_set, new_set = set(old_e), set(entries)
-        gone = list(itertools.compress(range(len(old_e)), map(operator.not_, map(new_set.__contains__, old_e))))
-        came = list(itertools.compress(range(len(entries)), map(operator.not_, map(old_set.__contains__, entries))))
+    gone, came = apply_state.differing(old_e, new_e, lambda j: path_key(first_path(old_e[j])),
+                                       lambda i: path_key(paths[i][0]))
     old_of: dict[str, Resource] = {}
     for j in gone:
         r = decode_entry(old_e[j])
@@ -244,7 +236,7 @@ def scan_changes(root: str, root_fd: int, rec: Record, lstats: apply_state.Chang
             q = q.rpartition("/")[0]
     scanned.update(q for q in parents if q not in new_idx)
     wanted = sorted({new_idx[p] for p in sub_paths | parents if p in new_idx})
-    sub = Manifest(tuple(decode_entry(entries[i]) for i in wanted))
+    sub = Manifest(tuple(decode_entry(new_e[i]) for i in wanted))
     want = sub.by_path()
 
     walked = WalkResult()

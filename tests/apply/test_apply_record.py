@@ -227,3 +227,17 @@ def test_gc_drops_records_of_roots_that_are_gone(stocked: tuple[Store, dict[str,
     assert apply_state.prune(store) == 0
     shutil.rmtree(root)
     assert apply_state.prune(store) == 1
+
+
+def test_record_of_a_manifest_gc_removed_is_not_used(tmp_path: Path) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    src = state(tmp_path / "src", "basic")
+    v1 = ingest(store, str(src), progress=False)
+    (src / "etc/new").write_bytes(b"new\n")
+    v2 = ingest(store, str(src), progress=False)
+    root = tmp_path / "root"
+    run(store, root, v1)
+    os.unlink(store.blob_path(v1))  # as if gc had taken it
+    report = run(store, root, v2)
+    assert report.trusted == 0
+    check(store, root, v2)
