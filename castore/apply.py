@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import gc
 import itertools
 import os
@@ -792,12 +793,12 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
             statcache.record(store, scan.cache_rows)
         ap.report.hashed = scan.hashed
         if changes is not None:
-            ap.report.trusted = len(changes.trusted)
+            ap.report.trusted = len(changes.rows) - changes.rows.count(None)
         if table is not None:
             assert store is not None and manifest_digest is not None
-            trusted = changes.trusted if changes is not None else {}
-            trusted[""] = apply_state.trusted_row(root_st, started)
-            apply_state.save(store, root, root_st, _record(manifest_digest, table, ap, trusted))
+            base = (changes.order, changes.rows) if changes is not None else None
+            rec = _record(manifest_digest, table, ap, base, apply_state.trusted_row(root_st, started))
+            apply_state.save(store, root, root_st, rec)
         return ap.report
     raise AssertionError("unreachable")
 
@@ -811,25 +812,35 @@ def _recorded_entries(store: Store, rec: apply_state.Record) -> apply_state.Entr
 
 
 def _record(digest: str, table: tuple[list[bytes], list[tuple[str, ...]], dict[str, int], list[int]], ap: _Applier,
-            trusted: dict[str, apply_state.Row]) -> apply_state.Record:
-    """What ROOT holds now: ``trusted`` rows (relative path -> row), plus the paths the scan found
-    clean, less every directory apply changed or that keeps entries the manifest does not list."""
+            base: tuple[list[str], list[apply_state.Row]] | None, root_row: apply_state.Row) -> apply_state.Record:
+    """What ROOT holds now. ``base``: the manifest's paths with the rows still trusted from the last
+    record (``scan_changes``), or None after a full scan. Added: the rows of the paths the scan found
+    clean or apply left intact; taken out: every directory apply changed or that keeps entries the
+    manifest does not list."""
+    entries, paths, shared, starts = table
+    if base is None:
+        order = apply_state.layout(paths)
+        rows: list[apply_state.Row] = [None] * len(order)
+        pos = dict(zip(order, range(len(order)), strict=True))
+        at: Callable[[str], int] = lambda rel: pos.get(rel, -1)  # noqa: E731
+    else:
+        order, rows = base
+        at = functools.partial(apply_state.find, order)
     scan = ap.scan
     for p in itertools.chain(scan.clean, ap.intact):
         st = scan.stats.get(p)
-        if st is not None:
-            trusted[p[1:]] = apply_state.trusted_row(st, scan.started_ns)
-    for rel in ap.touched:
-        trusted.pop(rel, None)
-    for p in ap.made_dirs:
-        trusted.pop(p[1:], None)
-    for p in scan.by_path:
-        if p not in ap.want:  # an extra entry kept (no --delete): its directory must be listed again
-            trusted.pop(p[1:].rpartition("/")[0], None)
-    entries, paths, shared, starts = table
-    order = apply_state.layout(paths)
-    return apply_state.Record(digest, apply_state.spans_of(starts, entries), shared, order,
-                              [trusted.get(r) for r in order], trusted.get(""))
+        if st is not None and (k := at(p[1:])) >= 0:
+            rows[k] = apply_state.trusted_row(st, scan.started_ns)
+    untrusted = set(ap.touched)
+    untrusted.update(p[1:] for p in ap.made_dirs)
+    # An extra entry kept (no --delete): its directory must be listed again.
+    untrusted.update(p[1:].rpartition("/")[0] for p in scan.by_path if p not in ap.want)
+    for rel in untrusted:
+        if not rel:
+            root_row = None
+        elif (k := at(rel)) >= 0:
+            rows[k] = None
+    return apply_state.Record(digest, apply_state.spans_of(starts, entries), shared, order, rows, root_row)
 
 
 def _needed_content(m: Manifest, scan: Scan, opts: ApplyOptions) -> dict[str, RegularFile]:

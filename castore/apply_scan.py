@@ -13,7 +13,6 @@ the store's stat cache stands in for hashing where it can.
 
 from __future__ import annotations
 
-import bisect
 import errno
 import os
 import stat
@@ -170,11 +169,13 @@ def _is_clean(w: Resource, e: _Seen, res_of: dict[str, FileResult]) -> bool:
 
 @dataclass
 class Changes:
-    """What ``scan_changes`` found: the sub-manifest to apply, its scan, and the rows still trusted."""
+    """What ``scan_changes`` found: the sub-manifest to apply, its scan, and the record's layout for the
+    new manifest (``apply_state.relayout``) with the rows still trusted (None: not trusted)."""
 
     manifest: Manifest
     scan: Scan
-    trusted: dict[str, Row]  # relative path -> row, for paths unchanged and as the new manifest says
+    order: list[str]
+    rows: list[Row]
     dirty: int  # recorded paths whose lstat changed
     differing: int  # paths whose entry differs between the recorded manifest and the new one
 
@@ -200,11 +201,10 @@ def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entrie
     new_idx = dict(zip((ps[0] for ps in paths), range(len(paths)), strict=True))
     new_idx.update(shared)
 
-    dirty_idx = lstats.result()
-    dirty = {order[k] for k in dirty_idx}
+    dirty_k = set(lstats.result())
     # Below a path that was a directory and is not one now, nothing is trusted (an lstat through
     # a symlink that replaced a directory would see the moved directory's entries).
-    for k in dirty_idx:
+    for k in sorted(dirty_k):
         old = rows[k]
         if old is not None and not stat.S_ISDIR(apply_state.ROW.unpack(old)[2]):
             continue
@@ -213,7 +213,8 @@ def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entrie
         except OSError:
             now_dir = False
         if not now_dir:
-            dirty.update(order[i] for i in apply_state.below(order, order[k]))
+            dirty_k.update(apply_state.below(order, order[k]))
+    dirty = {order[k] for k in dirty_k}
     root_dirty = rec.root_row is None or apply_state.row_of(os.fstat(root_fd)) != rec.root_row
 
     # Paths scanned for real: the dirty ones, with every path of their recorded entry (an inode's
@@ -272,18 +273,20 @@ def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entrie
         if isinstance(w, RegularFile):
             scan.local.setdefault(w.digest, []).append(p)
 
-    trusted = dict(zip(order, rows, strict=True))
-    for r in dirty:
-        trusted.pop(r, None)
+    new_rows = list(rows)
+    for k in dirty_k:
+        new_rows[k] = None
     for p in differing:
-        trusted.pop(p[1:], None)
-    return Changes(sub, scan, trusted, len(dirty), len(differing))
+        k = _find(order, p[1:])
+        if k >= 0:
+            new_rows[k] = None
+    drop = {p[1:] for p in old_of if p not in new_idx}
+    add = {p[1:] for i in came for p in paths[i]}
+    new_order, new_rows = apply_state.relayout(order, new_rows, drop, add, new_idx.__contains__)
+    return Changes(sub, scan, new_order, new_rows, len(dirty), len(differing))
 
 
-def _find(order: list[str], rel: str) -> int:
-    """The index of ``rel`` in the sorted ``order``, or -1."""
-    k = bisect.bisect_left(order, rel)
-    return k if k < len(order) and order[k] == rel else -1
+_find = apply_state.find
 
 
 def _see_paths(dirs: DirFds, rels: list[str], dirty: set[str], order: list[str], out: WalkResult,

@@ -329,3 +329,55 @@ def layout(paths: list[tuple[str, ...]]) -> list[str]:
         missing.discard("")
     rel.sort()  # nearly sorted already: the manifest is in byte order
     return rel
+
+
+def find(order: list[str], rel: str) -> int:
+    """The index of ``rel`` in the sorted ``order``, or -1."""
+    k = bisect.bisect_left(order, rel)
+    return k if k < len(order) and order[k] == rel else -1
+
+
+def relayout(order: list[str], rows: list[Row], drop: set[str], add: set[str],
+             listed: Callable[[str], bool]) -> tuple[list[str], list[Row]]:
+    """``order`` and its ``rows`` without the paths ``drop`` and with the paths ``add`` (untrusted).
+
+    Parents keep their place while something below them stays; parents the
+    added paths need and ``order`` lacks are added; a parent the manifest
+    does not list (``listed``) goes once nothing below it is left.
+    O(changes) but for one pass of C-level filtering.
+    """
+    if drop:
+        keep = [o not in drop for o in order]
+        order = list(itertools.compress(order, keep))
+        rows = list(itertools.compress(rows, keep))
+    else:
+        order, rows = list(order), list(rows)
+    new: set[str] = set()
+    for rel in add:
+        q = rel
+        while q and q not in new and find(order, q) < 0:
+            new.add(q)
+            q = q.rpartition("/")[0]
+    for rel in sorted(new):
+        k = bisect.bisect_left(order, rel)
+        order.insert(k, rel)
+        rows.insert(k, None)
+    # A dropped path something still lies below stays (a parent the manifest no longer lists);
+    # a parent left with nothing below it that the manifest does not list goes.
+    back = sorted(d for d in drop if len(below(order, d)))
+    for rel in back:
+        k = bisect.bisect_left(order, rel)
+        order.insert(k, rel)
+        rows.insert(k, None)
+    parents = {d.rpartition("/")[0] for d in drop} - {""}
+    while parents:
+        up: set[str] = set()
+        for q in parents:
+            k = find(order, q)
+            if k >= 0 and not len(below(order, q)) and not listed("/" + q):
+                del order[k]
+                del rows[k]
+                if "/" in q:
+                    up.add(q.rpartition("/")[0])
+        parents = up
+    return order, rows

@@ -9,11 +9,14 @@ as many chmods. Targets: apply faster than rsync; copy <= 1.2x cp -a.
 
 Steps (only the starred ones are timed; every command is the real CLI):
   v1 generated; *copy v1 -> v2 with `continuity copy`* and *`cp -a` v1 -> v2cp*;
-  v2 edited; both ingested; v1 checked out twice (apply root A, rsync root B),
-  v2 checked out once (rsync source C); A's stat cache warmed by `apply A v1`
-  after the racy window (git's rule: ctimes must be 2 s old);
-  *apply A v2 --delete* vs *rsync -a --delete C/ B/*; then (untimed) verify A.
-  A cold apply (no stat cache: hashes every same-size file) is timed too.
+  v2 edited; both ingested; v1 checked out three times (apply root A, rsync
+  root B, and D to put B back), v2 once (rsync source C). Then --runs times:
+  after the racy window (git's rule: ctimes must be 2 s old), a no-op
+  `apply A v1` records ROOT (apply's record, castore/apply_state.py, and the
+  stat cache); *apply A v2 --delete* and *rsync -a --delete C/ B/* in
+  alternating order; (untimed) verify A, then A and B put back to v1.
+  Medians are printed. A cold apply (--rehash, no record: walks and hashes
+  every same-size file) is timed too.
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ def timed(fn: object, *args: object) -> Took:
 
 def ratio(a: Took, b: Took) -> str:
     return f"wall {a.wall / b.wall:.2f}x, cpu {a.cpu / max(b.cpu, 1e-3):.2f}x"
+
+
+def median(ts: list[Took]) -> Took:
+    """The run with the median wall time."""
+    return sorted(ts, key=lambda t: t.wall)[len(ts) // 2]
 
 
 def run(*cmd: str) -> None:
@@ -131,6 +139,7 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--scratch", action="store_true", help="work in a fresh ext4 image (root; corpus.py)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--runs", type=int, default=3, help="timed apply/rsync pairs (alternating order; medians)")
     ap.add_argument("--only", choices=["all", "copy"], default="all", help="copy: just copy vs cp -a")
     args = ap.parse_args()
     if shutil.which("rsync") is None:
@@ -153,25 +162,39 @@ def main() -> None:
         n = edit(v2, args.change)
         d1 = cli(store, "ingest", v1, "--name", "v1")
         d2 = cli(store, "ingest", v2, "--name", "v2")
-        a, b, c = (os.path.join(w, n) for n in ("A", "B", "C"))
+        a, b, c, d = (os.path.join(w, n) for n in ("A", "B", "C", "D"))
         cold = os.path.join(w, "cold")
-        for root, d in ((a, d1), (b, d1), (c, d2), (cold, d1)):
-            cli(store, "checkout", d, root)
-        run("sync")
-        time.sleep(2.5)  # ctimes leave the racy window: the stat cache may record them
-        t_warm = timed(cli, store, "apply", a, d1)
-        t_apply = timed(cli, store, "apply", a, d2, "--delete")
-        t_rsync = timed(run, "rsync", "-a", "--delete", c + "/", b + "/")
+        for root, dg in ((a, d1), (b, d1), (c, d2), (d, d1), (cold, d1)):
+            cli(store, "checkout", dg, root)
+        applies: list[Took] = []
+        rsyncs: list[Took] = []
+        warm: list[Took] = []
+        for rep in range(args.runs):
+            if rep:  # back to v1, untimed: A by apply, B by rsync from a v1 checkout
+                cli(store, "apply", a, d1, "--delete")
+                run("rsync", "-a", "--delete", d + "/", b + "/")
+            run("sync")
+            time.sleep(2.5)  # ctimes leave the racy window: the stat cache and apply's record may trust them
+            warm.append(timed(cli, store, "apply", a, d1))  # a no-op that records ROOT as v1
+            if rep % 2:
+                rsyncs.append(timed(run, "rsync", "-a", "--delete", c + "/", b + "/"))
+                applies.append(timed(cli, store, "apply", a, d2, "--delete"))
+            else:
+                applies.append(timed(cli, store, "apply", a, d2, "--delete"))
+                rsyncs.append(timed(run, "rsync", "-a", "--delete", c + "/", b + "/"))
+            cli(store, "verify", a, d2)
+        t_apply, t_rsync, t_warm = median(applies), median(rsyncs), median(warm)
         t_cold = timed(cli, store, "apply", cold, d2, "--delete", "--rehash")
-        cli(store, "verify", a, d2)
         cli(store, "verify", cold, d2)
         p = subprocess.run([sys.executable, "-m", "castore", "--store", store, "verify", b, d2], capture_output=True)
         rs = "rsync result verifies" if p.returncode == 0 else "rsync result differs (dir mtimes etc.)"
+        print("apply runs: " + " ".join(f"{t.wall:.2f}" for t in applies) + "   rsync runs: "
+              + " ".join(f"{t.wall:.2f}" for t in rsyncs))
         print(f"files={args.files} changed={n} ({args.change}%) load={os.getloadavg()[0]:.1f} cpus={os.cpu_count()}")
         print(f"copy   {t_copy}   cp -a  {t_cp}   copy/cp: {ratio(t_copy, t_cp)} (target <= 1.2)")
-        print(f"apply  {t_apply}   rsync  {t_rsync}   apply/rsync: {ratio(t_apply, t_rsync)} (target < 1)")
+        print(f"apply  {t_apply}   rsync  {t_rsync}   apply/rsync: {ratio(t_apply, t_rsync)} (target < 1; medians)")
         print(f"apply --rehash (cold stat cache) {t_cold}   vs rsync: {ratio(t_cold, t_rsync)}")
-        print(f"apply no-op (stat cache warm-up run) {t_warm}")
+        print(f"apply no-op (the warm-up run before each, which records ROOT) {t_warm}")
         print(f"startup of the CLI alone (--help) {t_help}")
         print(f"verify after apply: ok; {rs}")
 
