@@ -227,7 +227,14 @@ def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entrie
     sub_paths = differing | scanned
     for p in list(sub_paths):
         i = new_idx.get(p)
-        if i is not None and len(paths[i]) > 1:
+        if i is None:
+            # A directory the manifest does not list but needs (something it lists is below): one
+            # such entry in the sub-manifest makes it an implied parent there too, never an extra.
+            for k in apply_state.below(order, p[1:]):
+                if "/" + order[k] in new_idx:
+                    sub_paths.add("/" + order[k])
+                    break
+        elif len(paths[i]) > 1:
             sub_paths.update(paths[i])
     parents: set[str] = set()
     for p in sub_paths:

@@ -3,6 +3,7 @@ unchanged ones, scans the rest, and converges exactly as a full apply does."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import shutil
@@ -15,7 +16,8 @@ from apply_trees import STATES, state
 
 from castore import apply_state
 from castore.apply import ApplyOptions, ApplyReport, apply_tree
-from castore.ingest import ingest
+from castore.ingest import commit_manifest, ingest
+from castore.manifest.model import Directory, Manifest, RegularFile, Resource
 from castore.store import Store
 from castore.verify import VerifyOptions, verify_tree
 
@@ -241,3 +243,79 @@ def test_record_of_a_manifest_gc_removed_is_not_used(tmp_path: Path) -> None:
     report = run(store, root, v2)
     assert report.trusted == 0
     check(store, root, v2)
+
+
+def _tree(root: Path) -> list[tuple[str, int, bytes]]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            st = os.lstat(p)
+            data = p.read_bytes() if p.is_file() and not p.is_symlink() else b""
+            out.append((str(p.relative_to(root)), st.st_mode, data))
+    return sorted(out)
+
+
+def _commit(store: Store, *resources: Resource) -> str:
+    return commit_manifest(store, Manifest.of(list(resources)), [], {})
+
+
+Y = "sha256:" + hashlib.sha256(b"y").hexdigest()
+
+
+@pytest.mark.parametrize("delete", [True, False])
+def test_parents_the_manifest_stops_listing(tmp_path: Path, delete: bool) -> None:
+    """A directory listed, then only implied by what is below it, then not needed at all: the
+    record keeps it exactly as long as a full scan would (differential: fast vs full)."""
+    store = Store.open(str(tmp_path / "store"))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/y").write_bytes(b"y")
+    ingest(store, str(tmp_path / "src"), progress=False)  # puts the content in the store
+    f = RegularFile(paths=("/x/sub/y",), size=1, digest=Y, mtime_ns=10**18)
+    seq = [
+        _commit(store, Directory(paths=("/x",), mtime_ns=10**18), Directory(paths=("/x/sub",), mtime_ns=10**18), f),
+        _commit(store, f),  # /x and /x/sub only implied now
+        _commit(store, RegularFile(paths=("/z",), size=1, digest=Y, mtime_ns=10**18)),  # nothing under /x
+        _commit(store, f),
+    ]
+    fast, full = tmp_path / "fast", tmp_path / "full"
+    for d in seq:
+        settle()
+        report = run(store, fast, d, delete=delete)
+        apply_tree(str(full), None, store=store, manifest_digest=d,
+                   opts=ApplyOptions(delete=delete, rehash=True, note=lambda _m: None))
+        assert _tree(fast) == _tree(full), report
+        settle()
+        again = run(store, fast, d, delete=delete)  # and from the record it left
+        assert (again.created, again.replaced, again.deleted, again.metadata) == (0, 0, 0, 0)
+        assert _tree(fast) == _tree(full)
+
+
+def test_relayout_keeps_and_drops_parents() -> None:
+    order = ["a", "a/b", "a/b/c", "d"]
+    rows: list[apply_state.Row] = [b"1", b"2", b"3", b"4"]
+    listed = {"/a", "/a/b/c", "/d", "/e/f/g"}.__contains__
+    o, r = apply_state.relayout(order, rows, {"a/b/c"}, {"e/f/g"}, listed)
+    # a/b (implicit, nothing left below) goes; a is listed and stays; e and e/f are added for e/f/g.
+    assert o == ["a", "d", "e", "e/f", "e/f/g"]
+    assert r == [b"1", b"4", None, None, None]
+    o, r = apply_state.relayout(order, rows, {"a/b"}, set(), {"/a/b/c"}.__contains__)
+    assert o == ["a", "a/b", "a/b/c", "d"]  # a/b stays (a/b/c is below it), untrusted
+    assert r == [b"1", None, b"3", b"4"]
+
+
+def test_changed_parent_the_manifest_only_implies_is_kept(tmp_path: Path) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/y").write_bytes(b"y")
+    ingest(store, str(tmp_path / "src"), progress=False)
+    d = _commit(store, RegularFile(paths=("/x/sub/y",), size=1, digest=Y, mtime_ns=10**18))
+    root = tmp_path / "root"
+    run(store, root, d)
+    settle()
+    run(store, root, d)
+    settle()
+    os.chmod(root / "x", 0o700)  # the implied parent changes: scanned, and must not count as an extra
+    settle()
+    report = run(store, root, d)
+    assert report.deleted == 0 and (root / "x/sub/y").read_bytes() == b"y"
