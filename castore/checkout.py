@@ -15,14 +15,15 @@ import pickle
 import secrets
 import stat
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from castore import fs
 from castore.crash import crashpoint
 from castore.errors import Busy, CastoreError, IntegrityError, ResourceLimit, UnsafeInput
+from castore.manifest import codec
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Whiteout
 from castore.manifest.validate import validate
-from castore.materialize import Options, Writer
+from castore.materialize import LinkRef, Options, Writer
 from castore.store import Store, discard_dir
 
 DIR_FDS = 256
@@ -69,8 +70,11 @@ def _split(path: str) -> tuple[str, str]:
 PARALLEL_MIN = 1000  # entries below which forking a second writer does not pay
 
 
-def materialize_into(root_fd: int, manifest: Manifest, writer: Writer, *, parallel: bool = True) -> None:
-    """Create every resource of ``manifest`` below the empty directory ``root_fd``.
+Item = Resource | LinkRef  # what a checkout creates: a resource, or a store file still encoded
+
+
+def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, parallel: bool = True) -> None:
+    """Create every resource of ``items`` (a manifest's, in order) below the empty directory ``root_fd``.
 
     Directories first (0700 while filling), then everything else, split
     between this process and a forked one when there is enough work (writing
@@ -92,8 +96,8 @@ def materialize_into(root_fd: int, manifest: Manifest, writer: Writer, *, parall
                 pass
             made_dirs.add(rel)
 
-        others = []
-        for r in manifest.resources:
+        others: list[Item] = []
+        for r in items:
             if isinstance(r, Directory):
                 ensure_dir(r.path[1:])
             else:
@@ -103,7 +107,7 @@ def materialize_into(root_fd: int, manifest: Manifest, writer: Writer, *, parall
                 ensure_dir(_split(p)[0])
         crashpoint("checkout-after-dirs")
         if writer.store is not None:
-            writer.preload([r for r in others if isinstance(r, RegularFile)])
+            writer.preload([r for r in others if isinstance(r, (RegularFile, LinkRef))])
         if parallel and len(others) >= PARALLEL_MIN and (os.cpu_count() or 1) > 1:
             mine, theirs = _halves(others)
             extra = _in_child(root_fd, theirs, writer, lambda: _create_entries(dirs, mine, writer))
@@ -114,20 +118,21 @@ def materialize_into(root_fd: int, manifest: Manifest, writer: Writer, *, parall
         for rel in sorted(made_dirs, key=lambda p: -p.count("/")):
             parent, _, name = rel.rpartition("/")
             os.chmod(name, 0o755, dir_fd=dirs.get(parent))
-        for r in reversed(manifest.resources):
+        for r in reversed(items):
             if isinstance(r, Directory):
                 parent, name = _split(r.path)
                 writer.dir_metadata(dirs.get(parent), name, r)
     finally:
         dirs.close()
+        writer.close()
 
 
-def _create_entries(dirs: DirFds, entries: list[Resource], writer: Writer) -> None:
+def _create_entries(dirs: DirFds, entries: list[Item], writer: Writer) -> None:
     """Create non-directory entries (their parents exist), hardlink groups included."""
     for count, r in enumerate(entries):
         parent, name = _split(r.path)
         dfd = dirs.get(parent)
-        if isinstance(r, RegularFile):
+        if isinstance(r, (RegularFile, LinkRef)):
             writer.create_file(dfd, name, r)
         elif not writer.create_other(dfd, name, r, r.path):
             continue
@@ -140,9 +145,9 @@ def _create_entries(dirs: DirFds, entries: list[Resource], writer: Writer) -> No
             crashpoint("checkout-mid-files")
 
 
-def _halves(entries: list[Resource]) -> tuple[list[Resource], list[Resource]]:
+def _halves(entries: list[Item]) -> tuple[list[Item], list[Item]]:
     """Split into two contiguous runs of about equal work (bytes plus a per-entry cost)."""
-    cost = [(r.size if isinstance(r, RegularFile) else 0) + 16384 for r in entries]
+    cost = [(r.size if isinstance(r, RegularFile) else 0) + 16384 for r in entries]  # a LinkRef: a link
     half, acc = sum(cost) / 2, 0
     for i, c in enumerate(cost):
         acc += c
@@ -151,7 +156,7 @@ def _halves(entries: list[Resource]) -> tuple[list[Resource], list[Resource]]:
     return entries, []
 
 
-def _in_child(root_fd: int, entries: list[Resource], writer: Writer,
+def _in_child(root_fd: int, entries: list[Item], writer: Writer,
               also: Callable[[], None]) -> dict[bytes, bytes]:
     """Create ``entries`` in a forked child while this process runs ``also``.
 
@@ -234,17 +239,31 @@ def _prepare_target(target: str) -> tuple[str, str, bool]:
     return parent, base, True
 
 
-def checkout(store: Store | None, manifest: Manifest, target: str, opts: Options,
+def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: Options,
              manifest_digest: str | None = None, *, validated: bool = False) -> None:
     """Materialise ``manifest`` at ``target`` (complete or not at all).
 
-    ``validated`` says the caller already ran the validator on this manifest
-    (Store.load_manifest and the CLI's resolver do).
+    ``manifest`` may be None when ``manifest_digest`` names a manifest of
+    ``store``: it is read here, and for ``--link hardlink`` its regular files
+    are not even decoded (``LinkRef``: their objects are found by the hash of
+    their encoded entry). ``validated`` says the caller already ran the
+    validator on this manifest (Store.load_manifest and the CLI's resolver do).
     """
-    if not validated:
-        validate(manifest)
+    items: Sequence[Item]
+    if manifest is None:
+        if store is None or manifest_digest is None:
+            raise CastoreError("checkout needs a manifest, or a store and the digest of one of its manifests")
+        if opts.link == "hardlink" and store.manifest_indexed(manifest_digest):
+            items = _encoded_items(store, manifest_digest)
+        else:
+            manifest = store.load_manifest(manifest_digest)
+            items = manifest.resources
+    else:
+        if not validated:
+            validate(manifest)
+        items = manifest.resources
     parent, base, was_empty_dir = _prepare_target(target)
-    if store is not None and manifest_digest is None:
+    if store is not None and manifest_digest is None and manifest is not None:
         _require_blobs(store, manifest)
     os.makedirs(parent, exist_ok=True)
     pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -258,11 +277,14 @@ def checkout(store: Store | None, manifest: Manifest, target: str, opts: Options
                 writer = Writer(store, opts)
                 if store is not None:
                     with store.lease([manifest_digest] if manifest_digest else []):
-                        if manifest_digest is not None:
+                        if manifest is not None and manifest_digest is not None:
+                            # Every blob there, before anything is written. (Hardlink objects of an
+                            # encoded manifest need a blob only when made again: missing, it fails
+                            # then, with the staging directory discarded all the same.)
                             _require_blobs(store, manifest)
-                        materialize_into(sfd, manifest, writer)
+                        materialize_into(sfd, items, writer)
                 else:
-                    materialize_into(sfd, manifest, writer)
+                    materialize_into(sfd, items, writer)
                 os.fchmod(sfd, 0o755)
                 crashpoint("checkout-before-sync")
                 fs.syncfs(sfd)
@@ -289,6 +311,13 @@ def checkout(store: Store | None, manifest: Manifest, target: str, opts: Options
     finally:
         os.umask(old_umask)
         os.close(pfd)
+
+
+def _encoded_items(store: Store, digest: str) -> list[Item]:
+    """A store manifest (indexed: validated at commit) with its regular files left encoded."""
+    plain: list[bool] = []
+    entries, paths = codec.split_entries(store.read_blob(digest), source=digest, plain=plain)
+    return [LinkRef(e, ps) if f else codec.decode_entry(e) for e, ps, f in zip(entries, paths, plain, strict=True)]
 
 
 def _require_blobs(store: Store, manifest: Manifest) -> None:

@@ -9,7 +9,7 @@ import click
 
 from castore.build import WalkOptions
 from castore.checkout import checkout
-from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve
+from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve, resolve_lazy
 from castore.cli.tree_cmds import ignore_opt
 from castore.ingest import ingest
 from castore.materialize import LINK_MODES, Options
@@ -66,7 +66,7 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
                  sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool) -> None:
     """Materialise MANIFEST at TARGET (absent or empty), complete or not at all."""
     import os
-    m, digest, store = resolve(obj, manifest, need_store=True)
+    m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
     if devices is None:
         devices = "create" if os.geteuid() == 0 else "skip"
     opts = Options(link=link, verify=not disable_digest, devices=devices, sockets=sockets, whiteouts=whiteouts,

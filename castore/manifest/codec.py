@@ -223,8 +223,8 @@ def loads(data: bytes, *, source: str = "manifest") -> Manifest:
     return Manifest.of(resources)
 
 
-def split_entries(data: bytes, *, source: str = "manifest",
-                  starts: list[int] | None = None) -> tuple[list[bytes], list[tuple[str, ...]]]:
+def split_entries(data: bytes, *, source: str = "manifest", starts: list[int] | None = None,
+                  plain: list[bool] | None = None) -> tuple[list[bytes], list[tuple[str, ...]]]:
     """Each resource's encoded bytes and its paths, without decoding the rest (apply's fast path).
 
     Reads only the framing (field 1 of ``Manifest``) and each resource's
@@ -232,7 +232,8 @@ def split_entries(data: bytes, *, source: str = "manifest",
     whose paths need escaping (raw_path, a backslash) or do not come first
     is decoded in full for its paths. Equal entries have equal bytes, since
     manifests are encoded deterministically (``dumps``). ``starts``, when
-    given, gets each entry's offset in ``data``.
+    given, gets each entry's offset in ``data``; ``plain``, whether each
+    entry is a regular file (``is_plain_file``).
     """
     entries: list[bytes] = []
     paths: list[tuple[str, ...]] = []
@@ -261,6 +262,8 @@ def split_entries(data: bytes, *, source: str = "manifest",
             add_entry(data[i:end])
             if starts is not None:
                 starts.append(i)
+            if plain is not None:
+                plain.append(_plain_at(data, i, end))
             # The common case: one path shorter than 128 bytes, first in the entry.
             plen = data[i + 1]
             if data[i] == 0x0A and plen < 0x80 and (i + 2 + plen >= end or data[i + 2 + plen] != 0x0A):
@@ -274,6 +277,53 @@ def split_entries(data: bytes, *, source: str = "manifest",
     except (IndexError, UnicodeDecodeError, DecodeError, RuntimeError) as exc:
         raise CorruptManifest(f"{source}: not a manifest ({exc})") from exc
     return entries, paths
+
+
+_TYPE_MASK = gm.TYPE_BITS
+
+
+def _plain_at(data: bytes, i: int, end: int) -> bool:
+    """The entry data[i:end] is a regular file: its Go mode (field 6) has no type bits.
+
+    Reads only the fields before the mode (paths, uid, gid, user, group),
+    in field order as every protobuf encoder writes them; anything else
+    answers False (the caller then decodes the entry).
+    """
+    try:
+        while i < end:
+            tag = data[i]
+            i += 1
+            if tag in (0x0A, 0x22, 0x2A):  # path, user, group: length-delimited
+                n = shift = 0
+                while True:
+                    c = data[i]
+                    i += 1
+                    n |= (c & 0x7F) << shift
+                    shift += 7
+                    if c < 0x80:
+                        break
+                i += n
+            elif tag in (0x10, 0x18, 0x30):  # uid, gid, mode: varints
+                n = shift = 0
+                while True:
+                    c = data[i]
+                    i += 1
+                    n |= (c & 0x7F) << shift
+                    shift += 7
+                    if c < 0x80:
+                        break
+                if tag == 0x30:
+                    return not n & _TYPE_MASK
+            else:
+                return tag > 0x30 and tag < 0x80  # no mode field (0): size, digest... follow
+        return True
+    except IndexError:
+        return False
+
+
+def is_plain_file(entry: bytes) -> bool:
+    """An encoded entry is a regular file (one without the mode's type bits), read without decoding."""
+    return _plain_at(entry, 0, len(entry))
 
 
 def first_path(entry: bytes) -> str:

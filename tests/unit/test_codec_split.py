@@ -1,0 +1,54 @@
+"""codec.split_entries / is_plain_file / first_path against the full decoder, on every kind of entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from castore.ingest import ingest
+from castore.manifest import codec
+from castore.manifest.model import Manifest, RegularFile
+from castore.store import Store
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    import sys
+    sys.path.insert(0, str(Path(__file__).parents[1] / "apply"))
+    from apply_trees import STATES, state  # the fstest-style states: every kind, hardlinks, xattrs, modes
+
+    base = tmp_path_factory.mktemp("split")
+    store = Store.open(str(base / "store"))
+    out = []
+    for name in STATES:
+        d = ingest(store, str(state(base / name, name)), progress=False)
+        out.append(store.read_blob(d))
+    return out
+
+
+def test_split_agrees_with_the_decoder(blobs: list[bytes]) -> None:
+    for blob in blobs:
+        starts: list[int] = []
+        plain: list[bool] = []
+        entries, paths = codec.split_entries(blob, starts=starts, plain=plain)
+        m = codec.loads(blob)
+        assert len(entries) == len(m.resources)
+        for e, ps, s, f, r in zip(entries, paths, starts, plain, m.resources, strict=True):
+            assert codec.decode_entry(e) == r
+            assert ps == r.paths
+            assert blob[s:s + len(e)] == e
+            assert f == isinstance(r, RegularFile) == codec.is_plain_file(e)
+            assert codec.first_path(e) == r.paths[0]
+
+
+def test_odd_names_and_truncation() -> None:
+    names = ["/" + "x" * 300, "/back\\slash", "/caf\u00e9", "/" + b"\xff\xfe".decode("utf-8", "surrogateescape")]
+    m = Manifest.of([RegularFile(paths=(n,), size=0, digest="sha256:" + "0" * 64) for n in names])
+    blob = codec.dumps(m)
+    entries, paths = codec.split_entries(blob)
+    assert [ps[0] for ps in paths] == [r.path for r in m.resources]
+    assert [codec.first_path(e) for e in entries] == [r.path for r in m.resources]
+    for cut in (1, len(blob) // 2, len(blob) - 1):
+        with pytest.raises(codec.CorruptManifest):
+            codec.split_entries(blob[:cut])
