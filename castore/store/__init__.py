@@ -290,6 +290,16 @@ class Store:
 
     def put_blob(self, data: bytes, kind: int, txn: object | None = None) -> str:
         """Store ``data`` durably (per-blob fsync) and index it. Returns its digest."""
+        digest = self.write_blob_file(data)
+        row = BLOB_ROW.pack(len(data), kind)
+        if txn is not None:
+            txn.put(dkey(digest), row, db=self.meta.db("blobs"))  # type: ignore[attr-defined]
+        else:
+            self.meta.write(lambda t: t.put(dkey(digest), row, db=self.meta.db("blobs")))
+        return digest
+
+    def write_blob_file(self, data: bytes) -> str:
+        """Store ``data`` as a blob file, durably (per-blob fsync), not indexed. Returns its digest."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         if not os.path.exists(path):
@@ -312,11 +322,6 @@ class Store:
                 os.utime(path)  # freshen (git): gc's grace period for unnamed manifests counts from now
             except OSError:
                 pass
-        row = BLOB_ROW.pack(len(data), kind)
-        if txn is not None:
-            txn.put(dkey(digest), row, db=self.meta.db("blobs"))  # type: ignore[attr-defined]
-        else:
-            self.meta.write(lambda t: t.put(dkey(digest), row, db=self.meta.db("blobs")))
         return digest
 
     def _install(self, tmp: str, digest: str) -> bool:
