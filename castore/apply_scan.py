@@ -220,6 +220,9 @@ def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entrie
     # Paths scanned for real: the dirty ones, with every path of their recorded entry (an inode's
     # paths change together), and parents the new manifest does not list.
     scanned = {"/" + r for r in dirty}
+    # Also the changed entries whose recorded one set no mtime: the record vouches only for what that
+    # entry says, and it says nothing of the mtime there, which the new entry may set.
+    scanned.update(p for p, r in old_of.items() if r.mtime_ns is None)
     for p in list(scanned):
         j = rec.shared.get(p)
         if j is not None:
@@ -230,9 +233,11 @@ def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entrie
         if i is None:
             # A directory the manifest does not list but needs (something it lists is below): one
             # such entry in the sub-manifest makes it an implied parent there too, never an extra.
+            # All of that entry's paths: the parents of each are then in the sub-manifest's view.
             for k in apply_state.below(order, p[1:]):
-                if "/" + order[k] in new_idx:
-                    sub_paths.add("/" + order[k])
+                listed = new_idx.get("/" + order[k])
+                if listed is not None:
+                    sub_paths.update(paths[listed])
                     break
         elif len(paths[i]) > 1:
             sub_paths.update(paths[i])

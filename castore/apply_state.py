@@ -364,7 +364,8 @@ def relayout(order: list[str], rows: list[Row], drop: set[str], add: set[str],
         rows.insert(k, None)
     # A dropped path something still lies below stays (a parent the manifest no longer lists);
     # a parent left with nothing below it that the manifest does not list goes.
-    back = sorted(d for d in drop if len(below(order, d)))
+    # (unless an added path brought it back already: listed twice, its second row would never be trusted)
+    back = sorted(d for d in drop if len(below(order, d)) and find(order, d) < 0)
     for rel in back:
         k = bisect.bisect_left(order, rel)
         order.insert(k, rel)
