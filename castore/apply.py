@@ -379,13 +379,15 @@ class _Applier:
         if anchor is not None:
             h = self.scan.by_path[anchor]
             diffs = [d.attr for d in compare(anchor, w, h) if d.attr in META_ATTRS]
-            if diffs:
-                self.log(f"m {anchor} ({', '.join(diffs)})")
-                self.fix_metadata(anchor, w, h)
-                self.report.metadata += 1
-            else:
+            if not diffs:
                 self.report.unchanged += 1
                 intact = True
+            elif self.fix_metadata(anchor, w, h):
+                self.log(f"m {anchor} ({', '.join(diffs)})")
+                self.report.metadata += 1
+            else:  # its inode has links outside ROOT (a store object, a user's link): a new inode
+                self.log(f"M {anchor} ({', '.join(diffs)}; its inode is shared outside ROOT: not changed in place)")
+                self.create(anchor, w)
         else:
             anchor = w.paths[0]
             self.create(anchor, w)
@@ -514,8 +516,13 @@ class _Applier:
     def file_meta(self, fd: int, w: Resource) -> None:
         self.writer.file_metadata(fd, w)
 
-    def fix_metadata(self, path: str, w: Resource, h: Resource) -> None:
-        """Owner, mode, xattrs, mtime of an existing entry, in place, never through a symlink."""
+    def fix_metadata(self, path: str, w: Resource, h: Resource) -> bool:
+        """Owner, mode, xattrs, mtime of an existing entry, in place, never through a symlink.
+
+        False, with nothing changed, when the inode has more links than the
+        paths of ROOT known to share it: changing it would change a file
+        outside ROOT too (a hardlink checkout's store object, another tree).
+        """
         parent, name = _split(path)
         dfd = self.dir_fd(parent)
         try:
@@ -526,7 +533,10 @@ class _Applier:
             st = os.fstat(fd)
             if stat.S_IFMT(st.st_mode) != _ifmt(w) or (st.st_dev, st.st_ino) != self.scan.inode.get(path):
                 raise TreeChanged(f"{path}: changed type during apply; rerun apply")
+            if not stat.S_ISDIR(st.st_mode) and st.st_nlink > len(self.scan.groups.get(path, ())):
+                return False
             set_metadata(fd, w, dfd=dfd, name=name)
+            return True
         finally:
             os.close(fd)
 

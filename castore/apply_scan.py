@@ -202,14 +202,16 @@ def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entrie
     new_idx.update(shared)
 
     dirty_k = set(lstats.result())
-    # Below a path that was a directory and is not one now, nothing is trusted (an lstat through
-    # a symlink that replaced a directory would see the moved directory's entries).
+    # Below a path that was a directory and is not one now, nothing is trusted (the lstat pass
+    # already failed there, as it never follows a symlink: this also covers a racing swap).
     for k in sorted(dirty_k):
         old = rows[k]
         if old is not None and not stat.S_ISDIR(apply_state.ROW.unpack(old)[2]):
             continue
         try:
-            now_dir = stat.S_ISDIR(os.lstat(order[k], dir_fd=root_fd).st_mode)
+            fd = fs.open_beneath(root_fd, order[k], os.O_PATH | os.O_DIRECTORY)
+            os.close(fd)
+            now_dir = True
         except OSError:
             now_dir = False
         if not now_dir:

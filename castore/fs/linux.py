@@ -108,13 +108,12 @@ def _open_long(dir_fd: int, relpath: str, flags: int, mode: int) -> int:
     cur = os.dup(dir_fd)
     try:
         seg: list[str] = []
-        for p in parts[:-1]:
+        for p in parts:  # the last one too: the final segment must fit as well
             if seg and len("/".join(seg)) + len(p) + 1 > _SEGMENT:
                 nxt = open_beneath(cur, "/".join(seg), os.O_PATH | os.O_DIRECTORY)
                 os.close(cur)
                 cur, seg = nxt, []
             seg.append(p)
-        seg.append(parts[-1])
         return open_beneath(cur, "/".join(seg), flags, mode)
     finally:
         os.close(cur)
