@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from castore.errors import IntegrityError
+from castore.errors import CastoreError, IntegrityError, NotFound
 from castore.manifest.model import (
     Device,
     Directory,
@@ -272,6 +272,10 @@ def export_tar(store: Store, manifest: Manifest, output: str | None, *, compress
         return
     assert output is not None
     out_dir = os.path.dirname(os.path.abspath(output))
+    if os.path.isdir(output):
+        raise CastoreError(f"{output}: is a directory; give the tar file's name (-o DIR/NAME.tar)")
+    if not os.path.isdir(out_dir):
+        raise NotFound(f"{output}: no such directory {out_dir}")
     tmp = os.path.join(out_dir, f".{os.path.basename(output)}.tmp-{secrets.token_hex(6)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:

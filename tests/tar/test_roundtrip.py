@@ -155,3 +155,15 @@ def test_export_refuses_corrupt_content(store, tmp_path, cli):
     assert p.returncode == 4 and b"corrupt" in p.stderr
     assert not (tmp_path / "out.tar").exists()
     assert [n for n in os.listdir(tmp_path) if "out.tar" in n] == []
+
+
+def test_export_to_a_directory_or_nowhere_is_a_clear_error(store, tmp_path, cli):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s/f").write_bytes(b"x\n")
+    d = ingest(store, str(tmp_path / "s"), progress=False)
+    (tmp_path / "out").mkdir()
+    p = cli("export", d, "-o", tmp_path / "out")
+    assert p.returncode == 1 and str(tmp_path / "out").encode() + b": is a directory" in p.stderr
+    assert os.listdir(tmp_path / "out") == [] and len(p.stderr.splitlines()) == 1
+    q = cli("export", d, "-o", tmp_path / "missing/x.tar")
+    assert q.returncode == 1 and b"no such directory" in q.stderr and b"Traceback" not in q.stderr
