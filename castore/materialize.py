@@ -379,15 +379,14 @@ class Writer:
             self._keys[id(f)] = k
         return k
 
-    def _object_ok(self, sfd: int, name: str, f: RegularFile | LinkRef, key: bytes) -> bool:
-        """True when the object ``name`` of shard ``sfd`` provably still holds f's content and metadata."""
-        assert self.store is not None
+    def _object_ok(self, sfd: int, name: str, f: RegularFile | LinkRef, rec: tuple[object, ...] | None) -> bool:
+        """True when the object ``name`` of shard ``sfd`` provably still holds f's content and metadata
+        (``rec``: its record, unmarshalled)."""
         try:
             st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
         except FileNotFoundError:
             return False
-        raw = self._record(key)
-        if raw is not None and marshal.loads(raw)[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        if rec is not None and rec[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             return stat.S_ISREG(st.st_mode)
         # Changed since recorded (a link, or an edit through a checkout): prove it again.
         r = resource_of(f)
@@ -423,37 +422,38 @@ class Writer:
         return fd
 
     def link_object(self, dir_fd: int, name: str, f: RegularFile | LinkRef) -> None:
-        """Hardlink a store object holding f's content and metadata at ``name``."""
+        """Hardlink a store object holding f's content and metadata at ``name``.
+
+        Per file: stat the object (is it still what its record says?), link
+        it, stat it again (the link moved its ctime: the record must follow,
+        or the next checkout would have to re-hash it).
+        """
         assert self.store is not None
         key = self._object_key(f)
         k = key.hex()
-        sfd = self._shard_fd(k[:2])
+        sfd = self._shards.get(k[:2]) or self._shard_fd(k[:2])
         rkey = b"o" + key
+        raw = self._record(rkey)
+        rec: tuple[object, ...] | None = marshal.loads(raw) if raw is not None else None
         for _ in range(3):
-            if not self._object_ok(sfd, k, f, rkey):
+            if not self._object_ok(sfd, k, f, rec):
                 self._make_object(sfd, k, resource_of(f))
             try:
                 os.link(k, name, src_dir_fd=sfd, dst_dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue  # removed under us (gc): make it again
             st = os.stat(k, dir_fd=sfd, follow_symlinks=False)
-            # (stat identity, then what fsck checks the object against: digest, perm, uid, gid)
-            self.link_updates[rkey] = marshal.dumps((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                                     *self._fsck_fields(rkey, f)))
+            # (stat identity, then what fsck checks the object against: digest, perm, uid, gid). An
+            # entry left encoded was proven by its record, whose fields the key fixes: carried over.
+            r = f if isinstance(f, RegularFile) else f._res
+            if r is None and rec is not None and len(rec) == 8:
+                tail = rec[4:]
+            else:
+                r = resource_of(f)
+                tail = (r.digest, r.perm, r.uid, r.gid)
+            self.link_updates[rkey] = marshal.dumps((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *tail))
             return
         raise CastoreError(f"{f.path}: could not create a hardlink object")
-
-    def _fsck_fields(self, rkey: bytes, f: RegularFile | LinkRef) -> tuple[object, ...]:
-        """(digest, perm, uid, gid) of the object: from the file, or, for an entry not decoded (its
-        object was proven by its record), carried over from that record (the key fixes them)."""
-        r = f if isinstance(f, RegularFile) else f._res
-        if r is None:
-            old = self._record(rkey)
-            tail = marshal.loads(old)[4:] if old is not None else ()
-            if len(tail) == 4:
-                return tuple(tail)
-            r = resource_of(f)
-        return (r.digest, r.perm, r.uid, r.gid)
 
     def _make_object(self, sfd: int, name: str, r: RegularFile) -> None:
         tmp = f".tmp-{secrets.token_hex(8)}"
