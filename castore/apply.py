@@ -714,8 +714,11 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
                 old_e = _recorded_entries(store, rec) if rec is not None else None
                 if rec is not None and lstats is not None and old_e is not None:
                     new_e = apply_state.Entries(blob, starts, [len(e) for e in entries])
-                    changes = scan_changes(root, root_fd, rec, old_e, lstats, new_e, paths, table[2], store,
-                                           opts.rehash, started)
+                    try:
+                        changes = scan_changes(root, root_fd, rec, old_e, lstats, new_e, paths, table[2], store,
+                                               opts.rehash, started)
+                    except apply_state.PassFailed:
+                        changes = None  # the full scan below
             finally:
                 if lstats is not None:
                     lstats.cancel()

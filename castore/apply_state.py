@@ -3,9 +3,9 @@
 Like git's index. After an apply, the store keeps, per ROOT, the manifest's
 digest with where each entry lies in its bytes (``codec.split_entries``: no
 decoding), and the lstat row of every path that apply found, or left,
-exactly as that manifest says. The next
-apply to the same ROOT lstat's the recorded paths (in two processes on big
-trees) and trusts each one whose row is unchanged: ctime moves on every change
+exactly as that manifest says. The next apply to the same ROOT lstat's the
+recorded paths (in two processes on big trees) and trusts each one whose row
+is unchanged: ctime moves on every change
 of content, mode, owner, xattrs or link count, and cannot be set back. Only the
 paths that changed locally, and the entries that differ between the recorded
 manifest and the new one, are then scanned and applied, by the same code as a
@@ -20,7 +20,8 @@ Trust rules:
   manifest does not list (so a changed directory is listed again, and its
   extras found);
 - nothing below a path that was a directory and no longer is (a symlink, say)
-  is trusted, whatever its lstat through that path says;
+  is trusted: each path is lstat'ed in its parent opened beneath ROOT with no
+  symlink followed, so nothing outside ROOT is ever looked at;
 - the record is keyed by ROOT's absolute path and checked against ROOT's
   (dev, ino); it is a cache: when it is missing, stale or unreadable, apply
   walks the whole tree, as without it.
@@ -237,7 +238,7 @@ def _changed(root_fd: int, order: list[str], rows: list[Row], lo: int, hi: int) 
             if pfd is None:
                 if len(fds) > 64:  # sorted paths revisit few directories: keep a small set open
                     for d, fd in fds.items():
-                        if d:
+                        if d and fd >= 0:
                             os.close(fd)
                     fds = {"": root_fd}
                 try:
@@ -261,6 +262,10 @@ def _changed(root_fd: int, order: list[str], rows: list[Row], lo: int, hi: int) 
             if d and fd >= 0:
                 os.close(fd)
     return out
+
+
+class PassFailed(Exception):
+    """The lstat pass could not finish (a worker died): apply scans the whole tree instead."""
 
 
 class ChangedPaths:
@@ -314,7 +319,7 @@ class ChangedPaths:
             else:
                 out += marshal.loads(data)
         if failed:
-            raise OSError("an lstat process failed")
+            raise PassFailed("an lstat process failed")
         return out
 
     def cancel(self) -> None:

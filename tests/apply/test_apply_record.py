@@ -319,3 +319,23 @@ def test_changed_parent_the_manifest_only_implies_is_kept(tmp_path: Path) -> Non
     settle()
     report = run(store, root, d)
     assert report.deleted == 0 and (root / "x/sub/y").read_bytes() == b"y"
+
+
+def test_lstat_pass_with_many_missing_directories(tmp_path: Path) -> None:
+    """More than the pass's open-directory cache, most of them gone: each is distrusted, no error."""
+    store = Store.open(str(tmp_path / "store"))
+    src = tmp_path / "src"
+    for d in range(80):
+        (src / f"d{d:02}").mkdir(parents=True)
+        (src / f"d{d:02}/f").write_bytes(b"%d" % d)
+    v = ingest(store, str(src), progress=False)
+    root = tmp_path / "root"
+    run(store, root, v)
+    settle()
+    run(store, root, v)
+    for d in range(0, 80, 2):
+        shutil.rmtree(root / f"d{d:02}")
+    settle()
+    report = run(store, root, v)
+    assert report.created == 80
+    check(store, root, v)
