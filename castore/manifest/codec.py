@@ -280,6 +280,8 @@ def split_entries(data: bytes, *, source: str = "manifest", starts: list[int] | 
 
 
 _TYPE_MASK = gm.TYPE_BITS
+_LENGTH_DELIMITED = frozenset((0x0A, 0x22, 0x2A))  # path, user, group
+_BEFORE_MODE = _LENGTH_DELIMITED | {0x10, 0x18, 0x30}  # ... uid, gid, and the mode itself
 
 
 def _plain_at(data: bytes, i: int, end: int) -> bool:
@@ -293,29 +295,20 @@ def _plain_at(data: bytes, i: int, end: int) -> bool:
         while i < end:
             tag = data[i]
             i += 1
-            if tag in (0x0A, 0x22, 0x2A):  # path, user, group: length-delimited
-                n = shift = 0
-                while True:
-                    c = data[i]
-                    i += 1
-                    n |= (c & 0x7F) << shift
-                    shift += 7
-                    if c < 0x80:
-                        break
-                i += n
-            elif tag in (0x10, 0x18, 0x30):  # uid, gid, mode: varints
-                n = shift = 0
-                while True:
-                    c = data[i]
-                    i += 1
-                    n |= (c & 0x7F) << shift
-                    shift += 7
-                    if c < 0x80:
-                        break
-                if tag == 0x30:
-                    return not n & _TYPE_MASK
-            else:
+            if tag not in _BEFORE_MODE:
                 return tag > 0x30 and tag < 0x80  # no mode field (0): size, digest... follow
+            n = shift = 0  # a varint: the value, or the length of a path, user or group
+            while True:
+                c = data[i]
+                i += 1
+                n |= (c & 0x7F) << shift
+                shift += 7
+                if c < 0x80:
+                    break
+            if tag == 0x30:
+                return not n & _TYPE_MASK
+            if tag in _LENGTH_DELIMITED:
+                i += n
         return True
     except IndexError:
         return False
