@@ -339,3 +339,19 @@ def test_lstat_pass_with_many_missing_directories(tmp_path: Path) -> None:
     report = run(store, root, v)
     assert report.created == 80
     check(store, root, v)
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00garbage", b"\xff" * 100])
+def test_unreadable_record_means_a_full_scan(stocked: tuple[Store, dict[str, str]], tmp_path: Path,
+                                             garbage: bytes) -> None:
+    store, digests = stocked
+    root = state(tmp_path / "root", "basic")
+    run(store, root, digests["basic"])
+    db = store.meta.db("roots")
+    store.meta.write(lambda txn: txn.put(os.fsencode(str(root)), garbage, db=db))
+    settle()
+    report = run(store, root, digests["updates"])
+    assert report.trusted == 0
+    check(store, root, digests["updates"])
+    settle()
+    assert run(store, root, digests["updates"]).trusted > 0  # and a good record replaced it
