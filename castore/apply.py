@@ -124,6 +124,7 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
         # differs from the record, or what changed in ROOT since.
         table: tuple[list[bytes], list[tuple[str, ...]], dict[str, int], list[int]] | None = None
         changes = None
+        blob: bytes | None = None  # the store's manifest, read (and verified) once
         if (store is not None and manifest_digest is not None and not opts.rewrite_absolute_symlinks
                 and store.manifest_indexed(manifest_digest)):
             rec = None if opts.rehash else apply_state.load(store, root, root_st)
@@ -150,7 +151,9 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
         else:
             if manifest is None:
                 assert store is not None and manifest_digest is not None
-                manifest = store.load_manifest(manifest_digest)
+                # Indexed (validated at commit) when it was read above: decoded from those bytes.
+                manifest = (codec.loads(blob, source=manifest_digest) if blob is not None
+                            else store.load_manifest(manifest_digest))
             if opts.rewrite_absolute_symlinks:
                 manifest = _rewrite_symlinks(manifest)
             scan = scan_tree(root, root_fd, manifest.by_path(), store, opts.rehash)

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from castore import fs
 from castore.apply_scan import Scan, TreeChanged
 from castore.apply_sources import DirSource, Source, copy_verified, hash_fd
-from castore.checkout import DirFds
 from castore.crash import crashpoint
 from castore.errors import IntegrityError, NotFound
+from castore.fs import DirFds
 from castore.fs.linux import RENAME_EXCHANGE
 from castore.manifest.diff import compare
 from castore.manifest.model import (

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from castore import apply_state, fs, statcache
 from castore.apply_state import Record, Row
 from castore.build import Stat, WalkOptions, WalkResult, _Seen, assemble, make_pool, read_with_retries, see_entry, walk
-from castore.checkout import DirFds
 from castore.errors import CastoreError
+from castore.fs import DirFds
 from castore.hashing import FileResult, Processor
 from castore.manifest.codec import decode_entry, first_path
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Symlink, path_key
@@ -176,8 +176,6 @@ class Changes:
     scan: Scan
     order: list[str]
     rows: list[Row]
-    dirty: int  # recorded paths whose lstat changed
-    differing: int  # paths whose entry differs between the recorded manifest and the new one
 
 
 def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entries,
@@ -297,7 +295,7 @@ def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entrie
     drop = {p[1:] for p in old_of if p not in new_idx}
     add = {p[1:] for i in came for p in paths[i]}
     new_order, new_rows = apply_state.relayout(order, new_rows, drop, add, new_idx.__contains__)
-    return Changes(sub, scan, new_order, new_rows, len(dirty), len(differing))
+    return Changes(sub, scan, new_order, new_rows)
 
 
 _find = apply_state.find

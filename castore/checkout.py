@@ -14,52 +14,17 @@ import os
 import pickle
 import secrets
 import stat
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from castore import fs
 from castore.crash import crashpoint
 from castore.errors import Busy, CastoreError, IntegrityError, ResourceLimit, UnsafeInput
+from castore.fs import DirFds
 from castore.manifest import codec
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Whiteout
 from castore.manifest.validate import validate
 from castore.materialize import LinkRef, Options, Writer
 from castore.store import Store, discard_dir
-
-DIR_FDS = 256
-
-
-class DirFds:
-    """Open directory fds below a root, by relative path (an LRU cache).
-
-    Each directory is opened from its parent's fd with O_NOFOLLOW, so a
-    symlink can never stand in for a directory.
-    """
-
-    def __init__(self, root_fd: int) -> None:
-        self.root_fd = root_fd
-        self.cache: OrderedDict[str, int] = OrderedDict()
-
-    def get(self, rel: str) -> int:
-        if not rel:
-            return self.root_fd
-        fd = self.cache.get(rel)
-        if fd is not None:
-            self.cache.move_to_end(rel)
-            return fd
-        parent, _, name = rel.rpartition("/")
-        pfd = self.get(parent)
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-        self.cache[rel] = fd
-        if len(self.cache) > DIR_FDS:
-            _, old = self.cache.popitem(last=False)
-            os.close(old)
-        return fd
-
-    def close(self) -> None:
-        for fd in self.cache.values():
-            os.close(fd)
-        self.cache.clear()
 
 
 def _split(path: str) -> tuple[str, str]:

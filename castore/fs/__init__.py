@@ -1,5 +1,6 @@
 """Operating-system specific file code, chosen once for this platform."""
 
+from castore.fs.dirfds import DirFds
 from castore.fs.linux import (
     COPY_FALLBACK,
     copy_fd,
@@ -17,6 +18,7 @@ from castore.fs.linux import (
 
 __all__ = [
     "COPY_FALLBACK",
+    "DirFds",
     "copy_fd",
     "copy_fd_at",
     "data_holes",

@@ -233,7 +233,7 @@ def split_entries(data: bytes, *, source: str = "manifest", starts: list[int] | 
     is decoded in full for its paths. Equal entries have equal bytes, since
     manifests are encoded deterministically (``dumps``). ``starts``, when
     given, gets each entry's offset in ``data``; ``plain``, whether each
-    entry is a regular file (``is_plain_file``).
+    entry is a regular file (its mode has no type bits; read without decoding).
     """
     entries: list[bytes] = []
     paths: list[tuple[str, ...]] = []
@@ -245,17 +245,10 @@ def split_entries(data: bytes, *, source: str = "manifest", starts: list[int] | 
             if data[i] != 0x0A:
                 raise CorruptManifest(f"{source}: not a manifest (field tag {data[i]:#x})")
             length = data[i + 1]
-            i += 2
-            if length >= 0x80:
-                length &= 0x7F
-                shift = 7
-                while True:
-                    c = data[i]
-                    i += 1
-                    length |= (c & 0x7F) << shift
-                    shift += 7
-                    if c < 0x80:
-                        break
+            if length < 0x80:
+                i += 2
+            else:
+                length, i = _varint_at(data, i + 1)
             end = i + length
             if end > n:
                 raise CorruptManifest(f"{source}: truncated manifest")
@@ -264,9 +257,10 @@ def split_entries(data: bytes, *, source: str = "manifest", starts: list[int] | 
                 starts.append(i)
             if plain is not None:
                 plain.append(_plain_at(data, i, end))
-            # The common case: one path shorter than 128 bytes, first in the entry.
-            plen = data[i + 1]
-            if data[i] == 0x0A and plen < 0x80 and (i + 2 + plen >= end or data[i + 2 + plen] != 0x0A):
+            # The common case: one path shorter than 128 bytes, first in the entry, within it.
+            plen = data[i + 1] if end - i >= 2 else 0x80
+            pend = i + 2 + plen
+            if data[i] == 0x0A and plen < 0x80 and (pend == end or (pend < end and data[pend] != 0x0A)):
                 p = data[i + 2:i + 2 + plen].decode()
                 if "\\" not in p:
                     add_paths((p,))
@@ -277,6 +271,18 @@ def split_entries(data: bytes, *, source: str = "manifest", starts: list[int] | 
     except (IndexError, UnicodeDecodeError, DecodeError, RuntimeError) as exc:
         raise CorruptManifest(f"{source}: not a manifest ({exc})") from exc
     return entries, paths
+
+
+def _varint_at(data: bytes, i: int) -> tuple[int, int]:
+    """The protobuf varint at data[i] and the offset after it (IndexError when truncated)."""
+    n = shift = 0
+    while True:
+        c = data[i]
+        i += 1
+        n |= (c & 0x7F) << shift
+        shift += 7
+        if c < 0x80:
+            return n, i
 
 
 _TYPE_MASK = gm.TYPE_BITS
@@ -294,17 +300,13 @@ def _plain_at(data: bytes, i: int, end: int) -> bool:
     try:
         while i < end:
             tag = data[i]
-            i += 1
             if tag not in _BEFORE_MODE:
                 return tag > 0x30 and tag < 0x80  # no mode field (0): size, digest... follow
-            n = shift = 0  # a varint: the value, or the length of a path, user or group
-            while True:
-                c = data[i]
-                i += 1
-                n |= (c & 0x7F) << shift
-                shift += 7
-                if c < 0x80:
-                    break
+            n = data[i + 1]  # a varint: the value, or the length of a path, user or group
+            if n < 0x80:
+                i += 2
+            else:
+                n, i = _varint_at(data, i + 1)
             if tag == 0x30:
                 return not n & _TYPE_MASK
             if tag in _LENGTH_DELIMITED:
@@ -314,14 +316,9 @@ def _plain_at(data: bytes, i: int, end: int) -> bool:
         return False
 
 
-def is_plain_file(entry: bytes) -> bool:
-    """An encoded entry is a regular file (one without the mode's type bits), read without decoding."""
-    return _plain_at(entry, 0, len(entry))
-
-
 def first_path(entry: bytes) -> str:
     """The primary path of an encoded entry (its first path field)."""
-    if len(entry) > 2 and entry[0] == 0x0A and entry[1] < 0x80:
+    if len(entry) > 2 and entry[0] == 0x0A and entry[1] < 0x80 and 2 + entry[1] <= len(entry):
         p = entry[2:2 + entry[1]].decode("utf-8", "replace")
         if "\\" not in p and "\ufffd" not in p:
             return p

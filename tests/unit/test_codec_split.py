@@ -1,4 +1,4 @@
-"""codec.split_entries / is_plain_file / first_path against the full decoder, on every kind of entry."""
+"""codec.split_entries (paths, offsets, file flags) and first_path against the full decoder, every kind of entry."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_split_agrees_with_the_decoder(blobs: list[bytes]) -> None:
             assert codec.decode_entry(e) == r
             assert ps == r.paths
             assert blob[s:s + len(e)] == e
-            assert f == isinstance(r, RegularFile) == codec.is_plain_file(e)
+            assert f == isinstance(r, RegularFile)
             assert codec.first_path(e) == r.paths[0]
 
 
@@ -52,3 +52,12 @@ def test_odd_names_and_truncation() -> None:
     for cut in (1, len(blob) // 2, len(blob) - 1):
         with pytest.raises(codec.CorruptManifest):
             codec.split_entries(blob[:cut])
+
+
+def test_frames_that_lie_are_refused() -> None:
+    """An entry whose first path runs past its end, or an empty entry, is not read into the next one."""
+    from castore.manifest.model import Manifest
+    good = codec.dumps(Manifest.of([RegularFile(paths=("/a",), size=0, digest="sha256:" + "0" * 64)]))
+    for bad in (b"\x0a\x00" + good, b"\x0a\x03\x0a\x09/" + good):
+        with pytest.raises((codec.CorruptManifest, codec.InvalidManifest)):
+            codec.split_entries(bad)
