@@ -28,7 +28,7 @@ from castore.apply_changes import TMP_PREFIX, Applier, ApplyOptions, ApplyReport
 from castore.apply_scan import Scan, TreeChanged, scan_changes, scan_tree
 from castore.apply_sources import DirSource, Source, StagedSource, stage_tar
 from castore.crash import crashpoint
-from castore.errors import CastoreError, IntegrityError, NotFound, ResourceLimit, UnsafeInput
+from castore.errors import CastoreError, IntegrityError, NotFound, UnsafeInput, raise_if_full
 from castore.manifest import codec
 from castore.manifest.model import Manifest, RegularFile, Resource, Symlink
 from castore.manifest.validate import validate
@@ -218,10 +218,7 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
         except OSError as exc:
             if isinstance(exc, CastoreError):
                 raise
-            if exc.errno == errno.ENOSPC:
-                raise ResourceLimit(f"{root}: no space left on device") from exc
-            if exc.errno == errno.EDQUOT:
-                raise ResourceLimit(f"{root}: disk quota exceeded") from exc
+            raise_if_full(exc, root)
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EEXIST, errno.ENOTEMPTY):
                 # Something in ROOT changed between the scan and the change (another process).
                 where = f" ({os.fsdecode(exc.filename)})" if exc.filename else ""

@@ -9,7 +9,6 @@ first path); directory metadata bottom-up; one syncfs; rename.
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import secrets
@@ -18,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from castore import fs
 from castore.crash import crashpoint
-from castore.errors import Busy, CastoreError, IntegrityError, ResourceLimit, UnsafeInput
+from castore.errors import Busy, CastoreError, IntegrityError, ResourceLimit, UnsafeInput, raise_if_full
 from castore.fs import DirFds
 from castore.manifest import codec
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Whiteout
@@ -267,11 +266,7 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
                 raise UnsafeInput(f"{target}: target appeared during checkout") from None
         except BaseException as exc:
             discard_dir(pfd, staging)
-            if isinstance(exc, OSError) and not isinstance(exc, CastoreError):
-                if exc.errno == errno.ENOSPC:
-                    raise ResourceLimit(f"{target}: no space left on device") from exc
-                if exc.errno == errno.EDQUOT:
-                    raise ResourceLimit(f"{target}: disk quota exceeded") from exc
+            raise_if_full(exc, target)
             raise
     finally:
         os.umask(old_umask)

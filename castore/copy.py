@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from castore import fs
 from castore.build import _ignored, _raise_nofile_limit
 from castore.crash import crashpoint
-from castore.errors import CastoreError, NotFound, ResourceLimit, UnsafeInput
+from castore.errors import CastoreError, NotFound, UnsafeInput, raise_if_full
 from castore.materialize import data_ranges
 from castore.store import discard_dir
 
@@ -421,9 +421,7 @@ def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int 
                 raise UnsafeInput(f"{dst}: appeared during the copy") from None
         except BaseException as exc:
             discard_dir(pfd, staging)
-            if isinstance(exc, OSError) and not isinstance(exc, CastoreError):
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise ResourceLimit(f"{dst}: no space left on device") from exc
+            raise_if_full(exc, dst)
             raise
     finally:
         os.umask(old_umask)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
 
 
@@ -78,3 +79,12 @@ class ResourceLimit(CastoreError):
     """No space left, or a configured limit reached."""
 
     exit_code = 6
+
+
+def raise_if_full(exc: BaseException, where: str) -> None:
+    """Raise ResourceLimit (exit 6) naming ``where`` when ``exc`` is a full disk or quota."""
+    if isinstance(exc, OSError) and not isinstance(exc, CastoreError):
+        if exc.errno == errno.ENOSPC:
+            raise ResourceLimit(f"{where}: no space left on device") from exc
+        if exc.errno == errno.EDQUOT:
+            raise ResourceLimit(f"{where}: disk quota exceeded") from exc

@@ -91,15 +91,7 @@ class OffsetReader:
             own = _own_dir[self.tmp_dir] = os.path.join(self.tmp_dir, f"w{os.getpid()}")
             os.makedirs(own, mode=0o700, exist_ok=True)
         name = os.path.join(own, secrets.token_hex(12))
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            ino = os.fstat(fd).st_ino
-            fs.start_writeback(fd)  # the disk writes while we hash: the commit's syncfs waits less
-        finally:
-            os.close(fd)
+        ino = fs.write_new(name, data)
         # Published at once (Store.install_staged): the rename overlaps hashing instead of
         # waiting for the committer; the blob is durable at the commit's syncfs and indexed
         # only after it, so until then it is an unindexed file, re-hashed if anyone relies on it.

@@ -283,15 +283,7 @@ class _Importer:
         if os.path.exists(os.path.join(self.blob_root, hexd[:2], hexd)):
             return  # a hint only: commit_manifest checks again under the store lock
         name = os.path.join(self.tmp_dir, secrets.token_hex(12))
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            ino = os.fstat(fd).st_ino
-            fs.start_writeback(fd)
-        finally:
-            os.close(fd)
+        ino = fs.write_new(name, data)
         with self.lock:
             self.staged.append((name, digest))
             self.inos[digest] = ino

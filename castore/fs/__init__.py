@@ -14,6 +14,7 @@ from castore.fs.linux import (
     set_xattrs,
     start_writeback,
     syncfs,
+    write_new,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "set_xattrs",
     "start_writeback",
     "syncfs",
+    "write_new",
 ]
