@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
-import gc
 import itertools
 import os
 import secrets
@@ -29,6 +28,7 @@ from castore.apply_scan import Scan, TreeChanged, scan_changes, scan_tree
 from castore.apply_sources import DirSource, Source, StagedSource, stage_tar
 from castore.crash import crashpoint
 from castore.errors import CastoreError, IntegrityError, NotFound, UnsafeInput, raise_if_full
+from castore.gcpause import bulk
 from castore.manifest import codec
 from castore.manifest.model import Manifest, RegularFile, Resource, Symlink
 from castore.manifest.validate import validate
@@ -72,6 +72,7 @@ def _root(root: str) -> Iterator[tuple[str, int]]:
         os.close(fd)
 
 
+@bulk
 def apply_tree(root: str, manifest: Manifest | None, *, store: Store | None = None, source: str = "store",
                opts: ApplyOptions | None = None, manifest_digest: str | None = None,
                validated: bool = False) -> ApplyReport:
@@ -89,13 +90,7 @@ def apply_tree(root: str, manifest: Manifest | None, *, store: Store | None = No
     (content that does not match its digest), TreeChanged (ROOT changed under
     us: rerun), ResourceLimit (no space).
     """
-    gc_was = gc.isenabled()
-    gc.disable()  # a Resource per entry and no cycles: the cyclic GC only costs time here
-    try:
-        return _apply(root, manifest, store, source, opts or ApplyOptions(), manifest_digest, validated)
-    finally:
-        if gc_was:
-            gc.enable()
+    return _apply(root, manifest, store, source, opts or ApplyOptions(), manifest_digest, validated)
 
 
 def _apply(root: str, manifest: Manifest | None, store: Store | None, source: str, opts: ApplyOptions,

@@ -24,6 +24,7 @@ from castore import fs
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
 from castore.errors import CastoreError, NotFound, UnsafeInput
+from castore.gcpause import bulk
 from castore.hashing import FileJob, FileResult, Processor
 from castore.manifest.model import (
     Chunk,
@@ -424,6 +425,7 @@ def _resource(seen: _Seen, paths: tuple[str, ...], by_rel: dict[str, tuple[FileJ
     raise UnsafeInput(f"/{seen.path}: unsupported file type {stat.S_IFMT(mode):#o}")
 
 
+@bulk
 def build(root: str, opts: WalkOptions | None = None, *, pool: Executor | None = None,
           hash_files: bool = True) -> Manifest:
     """The manifest of the tree at ``root``. Raises NotFound, SourceChanged, CastoreError."""

@@ -19,6 +19,7 @@ from castore import fs
 from castore.crash import crashpoint
 from castore.errors import Busy, CastoreError, IntegrityError, ResourceLimit, UnsafeInput, raise_if_full
 from castore.fs import DirFds
+from castore.gcpause import bulk
 from castore.manifest import codec
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Whiteout
 from castore.manifest.validate import validate
@@ -203,6 +204,7 @@ def _prepare_target(target: str) -> tuple[str, str, bool]:
     return parent, base, True
 
 
+@bulk
 def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: Options,
              manifest_digest: str | None = None, *, validated: bool = False) -> None:
     """Materialise ``manifest`` at ``target`` (complete or not at all).

@@ -34,6 +34,7 @@ from castore import fs
 from castore.build import _ignored, _raise_nofile_limit
 from castore.crash import crashpoint
 from castore.errors import CastoreError, NotFound, UnsafeInput, raise_if_full
+from castore.gcpause import bulk
 from castore.materialize import data_ranges
 from castore.store import discard_dir
 
@@ -365,6 +366,7 @@ class _Copier:
         os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+@bulk
 def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int | None = None,
               sync: bool = False) -> CopyStats:
     """Duplicate the tree at ``src`` as ``dst`` (which must not exist); return what was copied.

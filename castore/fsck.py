@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from castore.digest import hash_fd
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
+from castore.gcpause import bulk
 from castore.manifest import Manifest, codec, validate
 from castore.store import Store, manifest_refs
 from castore.store.lock import flocked
@@ -394,6 +395,7 @@ def _paths_using(store: Store, manifest: str, digest: str) -> list[str]:
     return out
 
 
+@bulk
 def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
     """Check (and with ``opts.repair`` repair) the store. Raises IntegrityError on unreadable metadata."""
     opts = opts or FsckOptions()

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from castore import apply_state
 from castore.crash import crashpoint
 from castore.errors import Busy, UnsafeInput
+from castore.gcpause import bulk
 from castore.store import Store, _remove_tree
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, KIND_MANIFEST, dkey, dstr
@@ -595,6 +596,7 @@ class _Nice:
                 self._set(self.base + self.nice)
 
 
+@bulk
 def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
     """Run gc on ``store``. Raises Busy when another gc runs (and not ``opts.wait``).
 

@@ -31,6 +31,7 @@ from castore.build import (
 )
 from castore.crash import crashpoint
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
+from castore.gcpause import bulk
 from castore.hashing import FileJob, FileResult, Processor
 from castore.manifest import codec, validate
 from castore.manifest.model import Manifest
@@ -100,6 +101,7 @@ class Progress:
             print(file=sys.stderr)
 
 
+@bulk
 def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions | None = None,
            pool: Executor | None = None, progress: bool = True) -> str:
     """Store the tree at ``src``; return its manifest digest (tagged ``name`` if given)."""
@@ -258,9 +260,21 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
         validate(manifest)
     data = codec.dumps(manifest)
     refs = manifest_refs(manifest)
+    mdigest = "sha256:" + hashlib.sha256(data).hexdigest()
+    # Everything the transaction puts is prepared before waiting for the blobs'
+    # syncfs (on `many`, 0.45 s of CPU that otherwise ran after the disk was done).
+    chunk_digests = {c.digest for r in manifest.files() for c in r.chunks}
+    cache = sorted(cache_rows)
+    if fingerprint is not None:
+        cache.append((fingerprint[0], marshal.dumps((fingerprint[1], mdigest))))
     with store.shared_lock():
-        store.install_staged(staged, synced)
+        # Reading the index needs no flushed blob; under the shared lock no gc changes it meanwhile.
         missing = store.missing_blobs(refs)
+        # In key order (putmulti): each put lands next to the last one, 30% faster than scattered puts.
+        blob_rows = sorted((dkey(d), BLOB_ROW.pack(sizes.get(d, 0), KIND_CHUNK if d in chunk_digests else KIND_RAW))
+                           for d in missing)
+        blob_rows.append((dkey(mdigest), BLOB_ROW.pack(len(data), KIND_MANIFEST)))
+        store.install_staged(staged, synced)
         just_staged = {d for _, d in staged}
         # What we wrote must still be there (a gc may have swept the same name meanwhile);
         # what we found by name but is not indexed (a crash's orphan) is trusted only once re-hashed.
@@ -273,16 +287,8 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
         if gone:
             raise IntegrityError(f"content {sorted(gone)[0]} is neither staged nor in the store")
         crashpoint("ingest-before-manifest")
-        mdigest = store.write_blob_file(data)  # durable before the transaction that indexes it
+        store.write_blob_file(data)  # durable before the transaction that indexes it
         crashpoint("ingest-after-manifest")
-        chunk_digests = {c.digest for r in manifest.files() for c in r.chunks}
-        # In key order (putmulti): each put lands next to the last one, 30% faster than scattered puts.
-        blob_rows = sorted((dkey(d), BLOB_ROW.pack(sizes.get(d, 0), KIND_CHUNK if d in chunk_digests else KIND_RAW))
-                           for d in missing)
-        blob_rows.append((dkey(mdigest), BLOB_ROW.pack(len(data), KIND_MANIFEST)))
-        cache = sorted(cache_rows)
-        if fingerprint is not None:
-            cache.append((fingerprint[0], marshal.dumps((fingerprint[1], mdigest))))
 
         def txn_fn(txn: object) -> None:
             t: Any = txn

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from castore.errors import CastoreError, IntegrityError, NotFound
+from castore.gcpause import bulk
 from castore.manifest.model import (
     Device,
     Directory,
@@ -251,6 +252,7 @@ def _open_compressor(f: BinaryIO, compress: str | None) -> tuple[Any, Callable[[
     return f, lambda: None
 
 
+@bulk
 def export_tar(store: Store, manifest: Manifest, output: str | None, *, compress: str | None = None,
                whiteouts: str = "none", note: Callable[[str], None] | None = None) -> None:
     """Write ``manifest`` as a tar to ``output`` (a path; None or ``-`` for stdout).

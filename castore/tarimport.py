@@ -54,6 +54,7 @@ import pyfastcdc
 from castore import fs
 from castore.build import _ignored, make_pool
 from castore.errors import IntegrityError
+from castore.gcpause import bulk
 from castore.hashing import ChunkParams
 from castore.ingest import commit_manifest
 from castore.manifest import validate
@@ -488,6 +489,7 @@ def read_tar(stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams
     return manifest, staged, imp.sizes, imp.inos
 
 
+@bulk
 def ingest_tar(store: Store, src: str, *, name: str | None = None, opts: TarOptions | None = None) -> str:
     """Store the tree of the tar stream ``src`` (a file or ``-``); return its manifest digest.
 
