@@ -44,7 +44,7 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
     Directories first (0700 while filling), then everything else, split
     between this process and a forked one when there is enough work (writing
     small files is CPU-bound in Python; both cores help), then directory
-    metadata bottom-up.
+    metadata bottom-up, then ``root_fd`` 0755 and one syncfs of the tree.
     """
     dirs = DirFds(root_fd)
     made_dirs: set[str] = set()
@@ -67,19 +67,32 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
                 ensure_dir(r.path[1:])
             else:
                 others.append(r)
+        last = None
         for r in others:
             for p in r.paths:
-                ensure_dir(_split(p)[0])
+                parent = p[1:max(p.rfind("/"), 1)]
+                if parent != last:  # entries come sorted: runs of one parent (30 ms for 100k files)
+                    ensure_dir(parent)
+                    last = parent
         crashpoint("checkout-after-dirs")
-        if writer.store is not None:
-            writer.preload([r for r in others if isinstance(r, (RegularFile, LinkRef))])
+        def preload(entries: list[Item]) -> None:
+            if writer.store is not None:
+                writer.preload([r for r in entries if isinstance(r, (RegularFile, LinkRef))])
+
         if parallel and len(others) >= PARALLEL_MIN and (os.cpu_count() or 1) > 1:
             mine, theirs = _halves(others)
-            extra = _in_child(root_fd, theirs, writer, lambda: _create_entries(dirs, mine, writer))
+            # The child's records are read before it forks (it never touches LMDB); ours
+            # while it already works.
+            preload(theirs)
+
+            def also() -> None:
+                preload(mine)
+                _create_entries(dirs, mine, writer)
+            extra = _in_child(root_fd, theirs, writer, also)
         else:
+            preload(others)
             _create_entries(dirs, others, writer)
-            extra = {}
-        writer.flush(extra)
+            extra = []
         for rel in sorted(made_dirs, key=lambda p: -p.count("/")):
             parent, _, name = rel.rpartition("/")
             os.chmod(name, 0o755, dir_fd=dirs.get(parent))
@@ -87,6 +100,15 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
             if isinstance(r, Directory):
                 parent, name = _split(r.path)
                 writer.dir_metadata(dirs.get(parent), name, r)
+        os.fchmod(root_fd, 0o755)
+        crashpoint("checkout-before-sync")
+        # One syncfs for the whole tree; the records of hardlink objects and verified
+        # blobs (a cache: lost, they are proven again) are committed meanwhile.
+        synced = fs.syncfs_in_background(root_fd)
+        try:
+            writer.flush(extra)
+        finally:
+            synced()
     finally:
         dirs.close()
         writer.close()
@@ -122,7 +144,7 @@ def _halves(entries: list[Item]) -> tuple[list[Item], list[Item]]:
 
 
 def _in_child(root_fd: int, entries: list[Item], writer: Writer,
-              also: Callable[[], None]) -> dict[bytes, bytes]:
+              also: Callable[[], None]) -> list[tuple[bytes, bytes]]:
     """Create ``entries`` in a forked child while this process runs ``also``.
 
     The child never touches LMDB (its records were preloaded); it sends back
@@ -130,7 +152,7 @@ def _in_child(root_fd: int, entries: list[Item], writer: Writer,
     """
     if not entries:
         also()
-        return {}
+        return []
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -251,9 +273,6 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
                         materialize_into(sfd, items, writer)
                 else:
                     materialize_into(sfd, items, writer)
-                os.fchmod(sfd, 0o755)
-                crashpoint("checkout-before-sync")
-                fs.syncfs(sfd)
             finally:
                 os.close(sfd)
             crashpoint("checkout-before-rename")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import marshal
 import os
 import secrets
 import stat
@@ -25,6 +24,7 @@ from castore.digest import hash_fd
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
 from castore.gcpause import bulk
 from castore.manifest import Manifest, codec, validate
+from castore.materialize import object_record
 from castore.store import Store, manifest_refs
 from castore.store.lock import flocked
 from castore.store.meta import BLOB_ROW, KIND_NAMES, dkey, dstr
@@ -298,7 +298,7 @@ class _Checker:
         for k, v in rows:
             path = os.path.join(root, k[1:2].hex(), k[1:].hex())
             try:
-                rec = marshal.loads(v)
+                rec = object_record(v)
                 st = os.lstat(path)
             except FileNotFoundError:
                 self._add("info", "stale-cache-row", path, "hardlink object gone (gc drops the row)")

@@ -15,6 +15,7 @@ import marshal
 import os
 import secrets
 import stat
+import struct
 import sys
 from dataclasses import dataclass, field
 
@@ -70,11 +71,12 @@ class LinkRef:
     made or re-checked: a 100k-entry checkout decodes almost nothing.
     """
 
-    __slots__ = ("entry", "paths", "_res")
+    __slots__ = ("entry", "paths", "_res", "key")
 
     def __init__(self, entry: bytes, paths: tuple[str, ...]) -> None:
         self.entry, self.paths = entry, paths
         self._res: RegularFile | None = None
+        self.key: bytes | None = None  # the object key, once computed (Writer._object_key)
 
     @property
     def path(self) -> str:
@@ -91,6 +93,42 @@ class LinkRef:
 
 def resource_of(r: RegularFile | LinkRef) -> RegularFile:
     return r.resource() if isinstance(r, LinkRef) else r
+
+
+#: A hardlink object's record (the `links` db, key b"o" + object key): a version byte, the
+#: object's stat when last seen (ino, size, mtime_ns, ctime_ns), then what fsck checks it
+#: against (raw sha256, perm, uid, gid). Packed so that a checkout compares and rewrites the
+#: stat part as bytes on every link: the marshalled tuples it replaces cost ~1.5 us a file
+#: to load and dump. Rows of that older form are still read (object_record).
+OBJECT_RECORD = struct.Struct("<BQQqq32sIII")
+OBJECT_STAT = struct.Struct("<BQQqq")  # the record's first part
+RECORD_V2 = 2
+_pack_stat, _STAT_LEN, _RECORD_LEN = OBJECT_STAT.pack, OBJECT_STAT.size, OBJECT_RECORD.size
+
+
+def object_stat(st: os.stat_result) -> bytes:
+    """The stat part of an object record, for ``st``."""
+    return OBJECT_STAT.pack(RECORD_V2, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def pack_object_record(st: os.stat_result, digest: str, perm: int, uid: int, gid: int) -> bytes:
+    return object_stat(st) + OBJECT_RECORD.pack(0, 0, 0, 0, 0, bytes.fromhex(digest[7:]), perm, uid, gid)[
+        OBJECT_STAT.size:]
+
+
+def object_record(raw: bytes) -> tuple[object, ...]:
+    """(ino, size, mtime_ns, ctime_ns, digest, perm, uid, gid) of a record; older rows may lack
+    the last four. Raises ValueError when it is neither form."""
+    if raw[:1] == bytes([RECORD_V2]) and len(raw) == OBJECT_RECORD.size:
+        _, ino, size, mtime, ctime, d, perm, uid, gid = OBJECT_RECORD.unpack(raw)
+        return ino, size, mtime, ctime, "sha256:" + d.hex(), perm, uid, gid
+    try:
+        rec = marshal.loads(raw)
+    except (EOFError, TypeError) as exc:
+        raise ValueError(f"unreadable hardlink object record: {exc}") from None
+    if not isinstance(rec, tuple) or len(rec) not in (4, 8):
+        raise ValueError("unreadable hardlink object record")
+    return rec
 
 
 class Writer:
@@ -130,7 +168,7 @@ class Writer:
         """Read every record these files may need in one transaction, so that
         forked workers never touch LMDB (unsafe across fork)."""
         assert self.store is not None
-        keys = sorted(set(self.record_keys(files)))
+        keys = sorted(self.record_keys(files))  # (reflink's "v" keys come deduplicated)
         with self.store.meta.read() as txn:
             # One sorted batch through a cursor: 2x faster than a get per key (0.045 s for 100k).
             self.records = dict(txn.cursor(db=self.vdb).getmulti(keys))
@@ -372,22 +410,32 @@ class Writer:
         two checkouts shares one. A LinkRef's entry is hashed as it is stored;
         a decoded file is encoded first (the store encodes the same way).
         """
+        if isinstance(f, LinkRef):  # kept on the object: 100k dict lookups by id() cost 0.1 s
+            if f.key is None:
+                f.key = hashlib.sha256(f.entry).digest()
+            return f.key
         k = self._keys.get(id(f))
         if k is None:
-            entry = f.entry if isinstance(f, LinkRef) else codec.to_proto(f).SerializeToString(deterministic=True)
-            k = hashlib.sha256(entry).digest()
+            k = hashlib.sha256(codec.to_proto(f).SerializeToString(deterministic=True)).digest()
             self._keys[id(f)] = k
         return k
 
-    def _object_ok(self, sfd: int, name: str, f: RegularFile | LinkRef, rec: tuple[object, ...] | None) -> bool:
+    def _object_ok(self, sfd: int, name: str, f: RegularFile | LinkRef, raw: bytes | None) -> bool:
         """True when the object ``name`` of shard ``sfd`` provably still holds f's content and metadata
-        (``rec``: its record, unmarshalled)."""
+        (``raw``: its record)."""
         try:
             st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
         except FileNotFoundError:
             return False
-        if rec is not None and rec[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-            return stat.S_ISREG(st.st_mode)
+        if raw is not None and stat.S_ISREG(st.st_mode):
+            if raw[:_STAT_LEN] == _pack_stat(RECORD_V2, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                return True
+            if raw[:1] != bytes([RECORD_V2]):  # an older row: compare its tuple
+                try:
+                    if object_record(raw)[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                        return True
+                except ValueError:
+                    pass
         # Changed since recorded (a link, or an edit through a checkout): prove it again.
         r = resource_of(f)
         try:
@@ -396,6 +444,8 @@ class Writer:
             return False
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return False
             if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size) != (r.perm, r.uid, r.gid, r.size):
                 return False
             if r.mtime_ns is not None and st.st_mtime_ns != r.mtime_ns:
@@ -434,24 +484,23 @@ class Writer:
         sfd = self._shards.get(k[:2]) or self._shard_fd(k[:2])
         rkey = b"o" + key
         raw = self._record(rkey)
-        rec: tuple[object, ...] | None = marshal.loads(raw) if raw is not None else None
         for _ in range(3):
-            if not self._object_ok(sfd, k, f, rec):
+            proven = self._object_ok(sfd, k, f, raw)
+            if not proven:
                 self._make_object(sfd, k, resource_of(f))
             try:
                 os.link(k, name, src_dir_fd=sfd, dst_dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
+                raw = None
                 continue  # removed under us (gc): make it again
             st = os.stat(k, dir_fd=sfd, follow_symlinks=False)
-            # (stat identity, then what fsck checks the object against: digest, perm, uid, gid). An
-            # entry left encoded was proven by its record, whose fields the key fixes: carried over.
-            r = f if isinstance(f, RegularFile) else f._res
-            if r is None and rec is not None and len(rec) == 8:
-                tail = rec[4:]
+            if proven and raw is not None and len(raw) == _RECORD_LEN and raw[0] == RECORD_V2:
+                # The record's fixed part (digest, perm, uid, gid: what fsck checks) carries over.
+                self.link_updates[rkey] = _pack_stat(RECORD_V2, st.st_ino, st.st_size, st.st_mtime_ns,
+                                                     st.st_ctime_ns) + raw[_STAT_LEN:]
             else:
                 r = resource_of(f)
-                tail = (r.digest, r.perm, r.uid, r.gid)
-            self.link_updates[rkey] = marshal.dumps((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *tail))
+                self.link_updates[rkey] = pack_object_record(st, r.digest, r.perm, r.uid, r.gid)
             return
         raise CastoreError(f"{f.path}: could not create a hardlink object")
 
@@ -475,27 +524,33 @@ class Writer:
             os.close(fd)
         self._shards.clear()
 
-    def take_updates(self) -> dict[bytes, bytes]:
-        """Records to write (and forget them here): for a parent to commit a worker's."""
+    def take_updates(self) -> list[tuple[bytes, bytes]]:
+        """Records to write, sorted by key (and forget them here): for a parent to commit a worker's.
+
+        Sorted here, in the worker, so that the parent only merges two sorted
+        runs (6 ms for 100k rows) instead of sorting them all (70 ms).
+        """
         updates = {**self.verified_updates, **self.link_updates}
         self.link_updates.clear()
         self.verified_updates.clear()
-        return updates
+        return [(k, updates[k]) for k in sorted(updates)]
 
-    def flush(self, extra: dict[bytes, bytes] | None = None) -> None:
+    def flush(self, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         """Record verified blobs and hardlink objects (one LMDB transaction),
-        with ``extra`` records gathered from workers."""
-        updates = {**(extra or {}), **self.verified_updates, **self.link_updates}
-        if self.store is None or not updates:
+        with the sorted ``extra`` records gathered from a worker (take_updates)."""
+        if self.store is None:
             return
-
-        rows = sorted(updates.items())  # in key order: each put lands next to the last one
+        rows = self.take_updates()
+        if extra:
+            # Two sorted runs: timsort merges them in one pass. A key in both (a blob
+            # both processes verified) holds the same stat; putmulti keeps the last.
+            rows = sorted(rows + extra)
+        if not rows:
+            return
 
         def fn(txn: object) -> None:
             txn.cursor(db=self.vdb).putmulti(rows)  # type: ignore[attr-defined]
         self.store.meta.write(fn)
-        self.link_updates.clear()
-        self.verified_updates.clear()
 
 
 def relative_target(link_path: str, target: str) -> str:

@@ -204,6 +204,76 @@ def test_edit_through_hardlink_never_reaches_next_checkout(tmp_path: Path, store
     assert (tmp_path / "o3/conf").read_bytes() == b"original\n"
 
 
+def _object_records(store: Store) -> dict[bytes, bytes]:
+    with store.meta.read() as txn:
+        return {bytes(k): bytes(v) for k, v in txn.cursor(db=store.meta.db("links")) if k[:1] == b"o"}
+
+
+def test_hardlink_records_skip_rehash_and_read_the_older_form(tmp_path: Path, store: Store,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout proves an object by its packed record (no re-hash); a record of the older
+    marshal form still proves it, and is rewritten packed."""
+    import marshal
+
+    from castore import materialize
+
+    src = tmp_path / "src"
+    for i in range(5):
+        write(src / f"d/f{i}", f"file {i}\n".encode())
+    d = ingest(store, str(src), progress=False)
+    checkout(store, None, str(tmp_path / "o1"), Options(link="hardlink"), d)
+    recs = _object_records(store)
+    assert len(recs) == 5
+    for raw in recs.values():
+        rec = materialize.object_record(raw)
+        assert raw[0] == materialize.RECORD_V2 and len(raw) == materialize.OBJECT_RECORD.size
+        assert isinstance(rec[4], str) and rec[4].startswith("sha256:")
+    hashed: list[str] = []
+    real = materialize.Writer._hash_blob_fd
+
+    def spy(self: materialize.Writer, fd: int, digest: str, size: int) -> None:
+        hashed.append(digest)
+        real(self, fd, digest, size)
+    monkeypatch.setattr(materialize.Writer, "_hash_blob_fd", spy)
+    checkout(store, None, str(tmp_path / "o2"), Options(link="hardlink"), d)
+    assert hashed == []  # every object proven by its record
+    # Rows written by an older version (marshalled tuples) prove objects too.
+    old = {k: marshal.dumps(materialize.object_record(v)) for k, v in _object_records(store).items()}
+    store.meta.write(lambda t: [t.put(k, v, db=store.meta.db("links")) for k, v in old.items()])  # type: ignore
+    checkout(store, None, str(tmp_path / "o3"), Options(link="hardlink"), d)
+    assert hashed == []
+    assert all(v[0] == materialize.RECORD_V2 for v in _object_records(store).values())
+    # Removing a checkout moves the objects' ctime: they are proven again by hashing, once.
+    import shutil
+    shutil.rmtree(tmp_path / "o1")
+    checkout(store, None, str(tmp_path / "o4"), Options(link="hardlink"), d)
+    assert len(hashed) == 5
+    checkout(store, None, str(tmp_path / "o5"), Options(link="hardlink"), d)
+    assert len(hashed) == 5
+    assert_trees_equal(src, tmp_path / "o5")
+
+
+def test_edit_with_restored_mtime_after_unlink_is_caught(tmp_path: Path, store: Store) -> None:
+    """The nastiest edit: same size, mtime put back, and a checkout removed too (so nlink and
+    ctime both moved). The next checkout must still not hand it out."""
+    import shutil
+
+    src = tmp_path / "src"
+    write(src / "conf", b"original\n")
+    d = ingest(store, str(src), progress=False)
+    checkout(store, None, str(tmp_path / "o1"), Options(link="hardlink"), d)
+    checkout(store, None, str(tmp_path / "o2"), Options(link="hardlink"), d)
+    p = tmp_path / "o1/conf"
+    st = os.stat(p)
+    with open(p, "r+b") as f:
+        f.write(b"EVIL!!!!\n")
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    shutil.rmtree(tmp_path / "o2")
+    checkout(store, None, str(tmp_path / "o3"), Options(link="hardlink"), d)
+    assert (tmp_path / "o3/conf").read_bytes() == b"original\n"
+    assert os.stat(tmp_path / "o3/conf").st_ino != os.stat(p).st_ino
+
+
 def test_corrupt_blob_is_refused(tmp_path: Path, store: Store) -> None:
     src = tmp_path / "src"
     write(src / "f", b"precious")

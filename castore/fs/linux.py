@@ -9,6 +9,7 @@ import ctypes
 import errno
 import fcntl
 import os
+from collections.abc import Callable
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -38,6 +39,33 @@ def _check(ret: int) -> int:
 def syncfs(fd: int) -> None:
     """Flush every dirty page of the filesystem holding ``fd``."""
     _check(_libc.syncfs(fd))
+
+
+def syncfs_in_background(fd: int, *, close: bool = False) -> Callable[[], None]:
+    """Start syncfs(fd) in a thread (ctypes releases the GIL); returns a function that waits
+    for it and re-raises its error. ``fd`` must stay open until then, or ``close`` hands it
+    to the thread, which closes it when done."""
+    import threading
+
+    box: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            syncfs(fd)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+            box.append(exc)
+        finally:
+            if close:
+                os.close(fd)
+
+    t = threading.Thread(target=run, name="syncfs", daemon=True)
+    t.start()
+
+    def wait() -> None:
+        t.join()
+        if box:
+            raise box[0]
+    return wait
 
 
 _libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)

@@ -24,7 +24,6 @@ import os
 import secrets
 import stat
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -348,26 +347,7 @@ class Store:
         manifest while the disk catches up; install_staged waits for it
         before anything is indexed.
         """
-        box: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                sfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    fs.syncfs(sfd)
-                finally:
-                    os.close(sfd)
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiter
-                box.append(exc)
-
-        t = threading.Thread(target=run, name="syncfs", daemon=True)
-        t.start()
-
-        def wait() -> None:
-            t.join()
-            if box:
-                raise box[0]
-        return wait
+        return fs.syncfs_in_background(os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), close=True)
 
     def install_staged(self, staged: list[tuple[str, str]], synced: Callable[[], None] | None = None) -> None:
         """Batched durability: syncfs, rename every staged temp into place, syncfs.
