@@ -19,6 +19,9 @@ from castore.manifest import Manifest, codec, validate
 from castore.store import Store, default_store_path
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+ignore_opt = click.option("--ignore", "ignore", multiple=True, metavar="GLOB",
+                          help="Leave out entries matching GLOB (name, or path from the root). Repeatable.")
 MAX_MANIFEST_FILE = 1 << 31
 
 

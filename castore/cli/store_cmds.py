@@ -7,12 +7,8 @@ import sys
 
 import click
 
-from castore.build import WalkOptions
-from castore.checkout import checkout
-from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve, resolve_lazy
-from castore.cli.tree_cmds import ignore_opt
-from castore.ingest import ingest
-from castore.materialize import LINK_MODES, Options
+from castore.cli.common import Ctx, handle_errors, ignore_opt, main_group, print_json, resolve, resolve_lazy
+from castore.materialize import LINK_MODES
 from castore.store import check_name
 
 
@@ -44,6 +40,9 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
             raise click.UsageError("missing SRC (or --tar FILE)")
         if whiteouts == "oci":
             raise click.UsageError("--whiteouts oci applies to --tar; a directory holds overlay whiteouts")
+        from castore.build import WalkOptions
+        from castore.ingest import ingest  # here: `checkout` and the catalog verbs need neither
+
         opts = WalkOptions(ignore=ignore, keep_appledouble=keep_appledouble, whiteouts=whiteouts)
         digest = ingest(obj.store(), src, name=name, opts=opts)
     click.echo(digest)
@@ -66,6 +65,10 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
                  sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool) -> None:
     """Materialise MANIFEST at TARGET (absent or empty), complete or not at all."""
     import os
+
+    from castore.checkout import checkout
+    from castore.materialize import Options
+
     m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
     if devices is None:
         devices = "create" if os.geteuid() == 0 else "skip"

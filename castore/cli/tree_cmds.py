@@ -9,16 +9,13 @@ import sys
 import click
 
 from castore.build import WalkOptions, build
-from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve
+from castore.cli.common import Ctx, handle_errors, ignore_opt, main_group, print_json, resolve
 from castore.errors import UnsafeInput
 from castore.manifest import Manifest, codec
 from castore.manifest.diff import diff as diff_manifests
 from castore.manifest.diff import normalize_ignores
 from castore.manifest.model import Device, Directory, RegularFile, Symlink
 from castore.verify import VerifyOptions, verify_tree
-
-ignore_opt = click.option("--ignore", "ignore", multiple=True, metavar="GLOB",
-                          help="Leave out entries matching GLOB (name, or path from the root). Repeatable.")
 
 
 def walk_options(ignore: tuple[str, ...], keep_appledouble: bool) -> WalkOptions:
