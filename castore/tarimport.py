@@ -502,7 +502,7 @@ def ingest_tar(store: Store, src: str, *, name: str | None = None, opts: TarOpti
         os.makedirs(lease.tmp_dir, mode=0o700)
         manifest, staged, sizes, inos = read_tar(stream, lease.tmp_dir, store.blob_root, store.chunking, opts)
         try:
-            digest = commit_manifest(store, manifest, staged, sizes, name=name)
+            digest = commit_manifest(store, manifest, staged, sizes, name=name, sync_fd=lease.fd)
         except IntegrityError as exc:
             raise IntegrityError(f"{exc} (removed by a concurrent gc? ingest the stream again)") from exc
         _record_verified(store, {d: inos[d] for _, d in staged if d in inos})

@@ -14,6 +14,7 @@ from castore.fs.linux import (
     set_xattrs,
     start_writeback,
     syncfs,
+    syncfs_every,
     syncfs_in_background,
     write_new,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "set_xattrs",
     "start_writeback",
     "syncfs",
+    "syncfs_every",
     "syncfs_in_background",
     "write_new",
 ]

@@ -68,6 +68,35 @@ def syncfs_in_background(fd: int, *, close: bool = False) -> Callable[[], None]:
     return wait
 
 
+def syncfs_every(fd: int, seconds: float) -> Callable[[], None]:
+    """syncfs(fd) every ``seconds`` in a thread, so that the disk writes while the caller
+    computes instead of after; returns stop(), which ends the thread, waits for it and
+    re-raises its error (a writeback error is reported once per open file: it must reach
+    the caller, never be dropped here)."""
+    import threading
+
+    box: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        while not done.wait(seconds):
+            try:
+                syncfs(fd)
+            except BaseException as exc:  # noqa: BLE001 - handed to stop()
+                box.append(exc)
+                return
+
+    t = threading.Thread(target=run, name="syncfs-every", daemon=True)
+    t.start()
+
+    def stop() -> None:
+        done.set()
+        t.join()
+        if box:
+            raise box[0]
+    return stop
+
+
 _libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
 SYNC_FILE_RANGE_WRITE = 2
 

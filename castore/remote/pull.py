@@ -81,7 +81,7 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
             crashpoint("pull-after-download")
             # redo: content that was in the store when we looked but that gc removed before the commit.
             mdigest = commit_manifest(store, manifest, staged, sizes, name=name,
-                                      redo=lambda gone: fetch(sorted(gone), ".again"))
+                                      redo=lambda gone: fetch(sorted(gone), ".again"), sync_fd=lease.fd)
     return PullResult(mdigest, oci_digest, len(missing), len(refs) - len(missing),
                       sum(sizes[d] for d in missing))
 

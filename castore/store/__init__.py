@@ -340,29 +340,38 @@ class Store:
             return False
         return True
 
-    def sync_in_background(self) -> Callable[[], None]:
+    def sync_in_background(self, fd: int | None = None) -> Callable[[], None]:
         """Start a syncfs of the store now; returns a function that waits for it (re-raising its error).
 
         An ingest starts it as soon as every blob is written, and encodes its
         manifest while the disk catches up; install_staged waits for it
-        before anything is indexed.
+        before anything is indexed. ``fd``: see install_staged.
         """
-        return fs.syncfs_in_background(os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), close=True)
+        return fs.syncfs_in_background(self._sync_fd(fd), close=True)
 
-    def install_staged(self, staged: list[tuple[str, str]], synced: Callable[[], None] | None = None) -> None:
+    def _sync_fd(self, fd: int | None) -> int:
+        """An fd for syncfs: a duplicate of ``fd``, else the store opened now."""
+        return os.dup(fd) if fd is not None else os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def install_staged(self, staged: list[tuple[str, str]], synced: Callable[[], None] | None = None,
+                       sync_fd: int | None = None) -> None:
         """Batched durability: syncfs, rename every staged temp into place, syncfs.
 
         Staged files were hashed as they were written, so their names are
         their digests. Entries ("", digest) were published by a worker
         already (castore.hashing.Processor._publish); the first syncfs makes
         them durable. Either way a blob is indexed only after this returns.
+        ``sync_fd``: an fd on the store's filesystem opened before the blobs
+        were written (a lease's lock file): syncfs reports the writeback
+        errors that happened since its file was opened (errseq), so one
+        opened afterwards could miss an EIO that lost a staged blob.
         """
         if not staged:
             if synced is not None:
                 synced()
             return
         staged = [(tmp, d) for tmp, d in staged if tmp]  # ("", digest): already published, only needs the syncfs
-        sfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        sfd = self._sync_fd(sync_fd)
         try:
             if synced is not None:
                 synced()  # a syncfs started after the last blob was written
