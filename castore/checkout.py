@@ -9,8 +9,10 @@ first path); directory metadata bottom-up; one syncfs; rename.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import marshal
 import os
-import pickle
 import secrets
 import stat
 from collections.abc import Callable, Sequence
@@ -80,9 +82,10 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
                 writer.preload([r for r in entries if isinstance(r, (RegularFile, LinkRef))])
 
         if parallel and len(others) >= PARALLEL_MIN and (os.cpu_count() or 1) > 1:
-            mine, theirs = _halves(others)
             # The child's records are read before it forks (it never touches LMDB); ours
-            # while it already works.
+            # while it already works, and then the child sorts and sends its records: on
+            # `many` both ended together with 48.8% of the hardlinks here.
+            mine, theirs = _halves(others, 0.488 if writer.opts.link == "hardlink" else 0.5)
             preload(theirs)
 
             def also() -> None:
@@ -132,10 +135,11 @@ def _create_entries(dirs: DirFds, entries: list[Item], writer: Writer) -> None:
             crashpoint("checkout-mid-files")
 
 
-def _halves(entries: list[Item]) -> tuple[list[Item], list[Item]]:
-    """Split into two contiguous runs of about equal work (bytes plus a per-entry cost)."""
+def _halves(entries: list[Item], share: float = 0.5) -> tuple[list[Item], list[Item]]:
+    """Split into two contiguous runs, the first with about ``share`` of the work (bytes plus a
+    per-entry cost)."""
     cost = [(r.size if isinstance(r, RegularFile) else 0) + 16384 for r in entries]  # a LinkRef: a link
-    half, acc = sum(cost) / 2, 0
+    half, acc = sum(cost) * share, 0
     for i, c in enumerate(cost):
         acc += c
         if acc >= half:
@@ -164,21 +168,25 @@ def _in_child(root_fd: int, entries: list[Item], writer: Writer,
                 _create_entries(child_dirs, entries, writer)
             finally:
                 child_dirs.close()
-            payload = pickle.dumps(("ok", writer.take_updates()))
+            # marshal: plain tuples of bytes, twice as fast as pickle both ways
+            payload = marshal.dumps(("ok", writer.take_updates()))
         except CastoreError as exc:
-            payload = pickle.dumps(("error", exc.exit_code, str(exc)))
+            payload = marshal.dumps(("error", exc.exit_code, str(exc)))
         except OSError as exc:
-            payload = pickle.dumps(("oserror", exc.errno, exc.strerror, exc.filename))
+            payload = marshal.dumps(("oserror", exc.errno, exc.strerror, _plain(exc.filename)))
         except BaseException as exc:  # noqa: BLE001 - reported by the parent
-            payload = pickle.dumps(("error", 1, f"{type(exc).__name__}: {exc}"))
+            payload = marshal.dumps(("error", 1, f"{type(exc).__name__}: {exc}"))
         try:
             view = memoryview(payload)
             while view:
                 view = view[os.write(wfd, view):]
+            os.close(wfd)  # EOF for the parent now, not after this process is torn down
         except BaseException:  # noqa: BLE001
             code = 1
         os._exit(code)
     os.close(wfd)
+    with contextlib.suppress(OSError):  # 1 MiB instead of 64 KiB: fewer wake-ups for ~6 MB of records
+        fcntl.fcntl(rfd, fcntl.F_SETPIPE_SZ, 1 << 20)
     failure: BaseException | None = None
     try:
         also()
@@ -191,17 +199,24 @@ def _in_child(root_fd: int, entries: list[Item], writer: Writer,
             break
         chunks.append(b)
     os.close(rfd)
+    msg = None
+    if chunks:
+        with contextlib.suppress(Exception):  # a torn message: reported below as a dead worker
+            msg = marshal.loads(b"".join(chunks))  # while the child exits
     _, status = os.waitpid(pid, 0)
     if failure is not None:
         raise failure
-    if not chunks:
+    if msg is None:
         raise CastoreError(f"checkout worker died (status {status})")
-    msg = pickle.loads(b"".join(chunks))
     if msg[0] == "ok":
         return msg[1]  # type: ignore[no-any-return]
     if msg[0] == "oserror":
         raise OSError(msg[1], msg[2], msg[3])
     raise _ERROR_BY_CODE.get(msg[1], CastoreError)(msg[2])
+
+
+def _plain(name: object) -> str | bytes | None:
+    return name if isinstance(name, (str, bytes)) or name is None else str(name)
 
 
 _ERROR_BY_CODE: dict[int, type[CastoreError]] = {3: UnsafeInput, 4: IntegrityError, 5: Busy, 6: ResourceLimit}

@@ -73,3 +73,18 @@ def test_enospc_during_checkout(cli, small_fs: Path, tmp_path: Path) -> None:  #
         assert not target.exists()
         assert not os.listdir(small_fs)  # the staging dir was discarded too
     assert_usable(cli, tmp_path)
+
+
+def test_enospc_in_the_forked_checkout_writer(cli, small_fs: Path, tmp_path: Path) -> None:  # type: ignore
+    """Enough files for checkout to fork a second writer (castore.checkout.PARALLEL_MIN): the
+    child's ENOSPC comes back through its pipe as the same one-line error and exit 6."""
+    files = {f"d{i // 100}/f{i}": os.urandom(6000) for i in range(2400)}  # ~14 MiB of blocks
+    cli("ingest", make_tree(tmp_path / "many", files), "--name", "many", check=True)
+    target = small_fs / "target"
+    for link in ("copy", "hardlink"):
+        p = cli("checkout", "--link", link, "many", target)
+        assert p.returncode == 6, p.stderr
+        errors = [ln for ln in p.stderr.splitlines() if not ln.startswith(b"continuity: note:")]
+        assert len(errors) == 1 and errors[0].startswith(b"continuity: error:") and b"space" in errors[0]
+        assert not target.exists() and not os.listdir(small_fs)
+    assert_usable(cli, tmp_path)
