@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from castore.build import WalkOptions, build
+from castore.gcpause import bulk
 from castore.manifest.diff import Difference, compare
 from castore.manifest.model import Device, Manifest, Resource, Socket, Whiteout
 
@@ -29,6 +30,7 @@ def _skipped(r: Resource, opts: VerifyOptions) -> bool:
     return False
 
 
+@bulk
 def verify_tree(root: str, manifest: Manifest, opts: VerifyOptions = VerifyOptions()) -> list[Difference]:
     """Every difference between the tree at ``root`` and ``manifest``."""
     actual = build(root, WalkOptions(keep_appledouble=True, note=lambda _m: None), hash_files=not opts.disable_digest)

@@ -6,7 +6,6 @@ Only this package imports click. Errors become one line on stderr
 
 from __future__ import annotations
 
-import gc
 import sys
 
 import click
@@ -27,8 +26,6 @@ LazyGroup.lazy.update({
 
 def main() -> None:
     """Entry point of the console script."""
-    # A short-lived process of bulk work: no cyclic collection (castore.gcpause; `mount` turns it back on).
-    gc.disable()
     main_group(prog_name="continuity")
 
 

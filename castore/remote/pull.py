@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from castore.crash import crashpoint
 from castore.digest import hash_bytes, hex_of
 from castore.errors import IntegrityError
-from castore.gcpause import bulk
 from castore.ingest import commit_manifest
 from castore.manifest import codec, validate
 from castore.remote.client import Registry
@@ -38,7 +37,6 @@ class PullResult:
     downloaded_bytes: int
 
 
-@bulk
 def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4, username: str | None = None,
          password: str | None = None) -> PullResult:
     """Pull ``ref`` into ``store`` and record it under ``name`` (if given).

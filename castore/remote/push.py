@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from castore.digest import hash_bytes
 from castore.errors import BlobNotFound, IntegrityError
-from castore.gcpause import bulk
 from castore.manifest import Manifest, codec
 from castore.remote.client import Registry
 from castore.remote.oci import EMPTY_DIGEST, EMPTY_JSON, blob_sizes, build_oci_manifest
@@ -34,7 +33,6 @@ class PushResult:
     uploaded_bytes: int
 
 
-@bulk
 def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: str | None = None,
          jobs: int = 4, username: str | None = None, password: str | None = None) -> PushResult:
     """Push ``manifest`` (stored as ``manifest_digest``, or given by file) and its blobs to ``ref``'s tag.
