@@ -149,7 +149,7 @@ def stage_tar(tar_path: str, stage_fd: int, needed: dict[str, RegularFile], veri
 
 def hash_fd(fd: int, size: int) -> str:
     """The digest of ``fd``'s content, or "size N" when it is not ``size`` bytes long."""
-    digest, got = digest_fd(fd)
+    digest, got = digest_fd(fd, expect=size)
     return digest if got == size else f"size {got}"
 
 

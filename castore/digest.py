@@ -30,10 +30,22 @@ def hash_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def hash_fd(fd: int, chunk: int = 4 << 20) -> tuple[str, int]:
-    """(digest, size) of everything readable from ``fd``, from offset 0 (pread: the offset is untouched)."""
-    h = hashlib.sha256()
-    pos = 0
+def hash_fd(fd: int, chunk: int = 4 << 20, *, expect: int | None = None) -> tuple[str, int]:
+    """(digest, size) of everything readable from ``fd``, from offset 0 (pread: the offset is untouched).
+
+    ``expect``: the size the caller expects. A file that small is read with one
+    pread of expect+1 bytes (a short read proves the end): no 4 MiB buffer to
+    map and unmap twice, which cost more than hashing a small file.
+    """
+    if expect is not None and expect < chunk:
+        b = os.pread(fd, expect + 1, 0)
+        if len(b) <= expect:
+            return "sha256:" + hashlib.sha256(b).hexdigest(), len(b)
+        h = hashlib.sha256(b)
+        pos = len(b)
+    else:
+        h = hashlib.sha256()
+        pos = 0
     while True:
         b = os.pread(fd, chunk, pos)
         if not b:

@@ -228,13 +228,13 @@ def test_hardlink_records_skip_rehash_and_read_the_older_form(tmp_path: Path, st
         rec = materialize.object_record(raw)
         assert raw[0] == materialize.RECORD_V2 and len(raw) == materialize.OBJECT_RECORD.size
         assert isinstance(rec[4], str) and rec[4].startswith("sha256:")
-    hashed: list[str] = []
-    real = materialize.Writer._hash_blob_fd
+    hashed: list[int] = []
+    real = materialize.hash_fd
 
-    def spy(self: materialize.Writer, fd: int, digest: str, size: int) -> None:
-        hashed.append(digest)
-        real(self, fd, digest, size)
-    monkeypatch.setattr(materialize.Writer, "_hash_blob_fd", spy)
+    def spy(fd: int, *args: object, **kwargs: object) -> tuple[str, int]:
+        hashed.append(fd)
+        return real(fd, *args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(materialize, "hash_fd", spy)
     checkout(store, None, str(tmp_path / "o2"), Options(link="hardlink"), d)
     assert hashed == []  # every object proven by its record
     # Rows written by an older version (marshalled tuples) prove objects too.
@@ -272,6 +272,33 @@ def test_edit_with_restored_mtime_after_unlink_is_caught(tmp_path: Path, store: 
     checkout(store, None, str(tmp_path / "o3"), Options(link="hardlink"), d)
     assert (tmp_path / "o3/conf").read_bytes() == b"original\n"
     assert os.stat(tmp_path / "o3/conf").st_ino != os.stat(p).st_ino
+
+
+def test_after_a_removed_checkout_objects_are_proven_against_their_records(tmp_path: Path, store: Store) -> None:
+    """Once an earlier checkout is removed every object's ctime has moved: each is proven again
+    from its record (mode, owner, size, mtime, no xattrs, content), and one changed meanwhile
+    (chmod, an xattr) is replaced, never handed out."""
+    import shutil
+
+    src = tmp_path / "src"
+    write(src / "plain", b"plain\n")
+    write(src / "chmodded", b"mode\n")
+    write(src / "tagged", b"xattr\n")
+    write(src / "withx", b"has one\n")
+    os.setxattr(src / "withx", "user.k", b"v")
+    d = ingest(store, str(src), progress=False)
+    checkout(store, None, str(tmp_path / "o1"), Options(link="hardlink"), d)
+    checkout(store, None, str(tmp_path / "o2"), Options(link="hardlink"), d)
+    os.chmod(tmp_path / "o1/chmodded", 0o600)
+    os.setxattr(tmp_path / "o1/tagged", "user.added", b"1")
+    shutil.rmtree(tmp_path / "o2")
+    checkout(store, None, str(tmp_path / "o3"), Options(link="hardlink"), d)
+    assert_trees_equal(src, tmp_path / "o3")
+    ino = lambda p: os.stat(p).st_ino  # noqa: E731
+    assert ino(tmp_path / "o3/plain") == ino(tmp_path / "o1/plain")  # proven: shared
+    assert ino(tmp_path / "o3/withx") == ino(tmp_path / "o1/withx")  # proven through its entry
+    assert ino(tmp_path / "o3/chmodded") != ino(tmp_path / "o1/chmodded")  # replaced
+    assert ino(tmp_path / "o3/tagged") != ino(tmp_path / "o1/tagged")  # replaced
 
 
 def test_corrupt_blob_is_refused(tmp_path: Path, store: Store) -> None:

@@ -407,7 +407,7 @@ class Store:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size != size:
                 return False
-            return hash_fd(fd) == (digest, size)
+            return hash_fd(fd, expect=size) == (digest, size)
         finally:
             os.close(fd)
 
