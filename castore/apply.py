@@ -207,7 +207,9 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
             ap.leaves()
             crashpoint("apply-before-dir-metadata")
             ap.dir_metadata()
-            writer.flush()
+            # New hardlink objects (on ROOT's filesystem) are made durable before the records
+            # that vouch for them commit; root_fd predates every write, so syncfs sees any EIO.
+            writer.flush(before_commit=(lambda: fs.syncfs(root_fd)) if writer.made_objects else None)
             if opts.sync:
                 fs.syncfs(root_fd)
         except OSError as exc:

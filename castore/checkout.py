@@ -105,11 +105,11 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
                 writer.dir_metadata(dirs.get(parent), name, r)
         os.fchmod(root_fd, 0o755)
         crashpoint("checkout-before-sync")
-        # One syncfs for the whole tree; the records of hardlink objects and verified
-        # blobs (a cache: lost, they are proven again) are committed meanwhile.
+        # One syncfs for the whole tree (and the new hardlink objects, on the same
+        # filesystem); the records are written meanwhile and committed once it is done.
         synced = fs.syncfs_in_background(root_fd)
         try:
-            writer.flush(extra)
+            writer.flush(extra, before_commit=synced)
         finally:
             synced()
     finally:

@@ -17,6 +17,7 @@ import secrets
 import stat
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from castore import fs
@@ -151,6 +152,7 @@ class Writer:
         self.noted_xattr_skip = False
         self._keys: dict[int, bytes] = {}
         self._shards: dict[str, int] = {}
+        self.made_objects = False  # a new hardlink object was written (not yet durable)
         if store is not None:
             self._load_verified()
 
@@ -532,6 +534,7 @@ class Writer:
         raise CastoreError(f"{f.path}: could not create a hardlink object")
 
     def _make_object(self, sfd: int, name: str, r: RegularFile) -> None:
+        self.made_objects = True
         tmp = f".tmp-{secrets.token_hex(8)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=sfd)
         try:
@@ -562,9 +565,13 @@ class Writer:
         self.verified_updates.clear()
         return [(k, updates[k]) for k in sorted(updates)]
 
-    def flush(self, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    def flush(self, extra: list[tuple[bytes, bytes]] | None = None,
+              before_commit: Callable[[], None] | None = None) -> None:
         """Record verified blobs and hardlink objects (one LMDB transaction),
-        with the sorted ``extra`` records gathered from a worker (take_updates)."""
+        with the sorted ``extra`` records gathered from a worker (take_updates).
+        ``before_commit`` runs inside the transaction, just before it commits: a
+        wait for the syncfs that makes new objects durable, which a record must
+        never precede (it would vouch for bytes a power loss took)."""
         if self.store is None:
             return
         rows = self.take_updates()
@@ -577,6 +584,8 @@ class Writer:
 
         def fn(txn: object) -> None:
             txn.cursor(db=self.vdb).putmulti(rows)  # type: ignore[attr-defined]
+            if before_commit is not None:
+                before_commit()
         self.store.meta.write(fn)
 
 

@@ -301,6 +301,32 @@ def test_after_a_removed_checkout_objects_are_proven_against_their_records(tmp_p
     assert ino(tmp_path / "o3/tagged") != ino(tmp_path / "o1/tagged")  # replaced
 
 
+def test_no_object_record_outlives_a_failed_sync(tmp_path: Path, store: Store,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record vouches for an object's bytes, so it commits only after the syncfs that makes new
+    objects durable: when that syncfs fails, the checkout fails and no record is left."""
+    import errno
+
+    from castore.fs import linux
+
+    src = tmp_path / "src"
+    for i in range(3):
+        write(src / f"f{i}", f"{i}\n".encode())
+    d = ingest(store, str(src), progress=False)
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    monkeypatch.setattr(linux, "syncfs", eio)
+    with pytest.raises(OSError):
+        checkout(store, None, str(tmp_path / "o1"), Options(link="hardlink"), d)
+    assert _object_records(store) == {}
+    assert not (tmp_path / "o1").exists()
+    monkeypatch.undo()
+    checkout(store, None, str(tmp_path / "o2"), Options(link="hardlink"), d)
+    assert len(_object_records(store)) == 3
+    assert_trees_equal(src, tmp_path / "o2")
+
+
 def test_corrupt_blob_is_refused(tmp_path: Path, store: Store) -> None:
     src = tmp_path / "src"
     write(src / "f", b"precious")
