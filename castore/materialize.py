@@ -427,13 +427,13 @@ class Writer:
             self._keys[id(f)] = k
         return k
 
-    def _object_ok(self, sfd: int, name: str, f: RegularFile | LinkRef, raw: bytes | None) -> bool:
+    def _object_ok(self, sfd: int, name: str, f: RegularFile | LinkRef, raw: bytes | None) -> bool | None:
         """True when the object ``name`` of shard ``sfd`` provably still holds f's content and metadata
-        (``raw``: its record)."""
+        (``raw``: its record); False when it does not, None when there is none."""
         try:
             st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
         except FileNotFoundError:
-            return False
+            return None
         if raw is not None and stat.S_ISREG(st.st_mode):
             if raw[:_STAT_LEN] == _pack_stat(RECORD_V2, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
                 return True
@@ -514,10 +514,11 @@ class Writer:
         sfd = self._shards.get(k[:2]) or self._shard_fd(k[:2])
         rkey = b"o" + key
         raw = self._record(rkey)
-        for _ in range(3):
+        for _ in range(4):
             proven = self._object_ok(sfd, k, f, raw)
-            if not proven:
-                self._make_object(sfd, k, resource_of(f))
+            if not proven and not self._make_object(sfd, k, resource_of(f), replace=proven is False):
+                raw = None  # another checkout made it meanwhile: prove that one (from the entry)
+                continue
             try:
                 os.link(k, name, src_dir_fd=sfd, dst_dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
@@ -533,7 +534,11 @@ class Writer:
             return
         raise CastoreError(f"{f.path}: could not create a hardlink object")
 
-    def _make_object(self, sfd: int, name: str, r: RegularFile) -> None:
+    def _make_object(self, sfd: int, name: str, r: RegularFile, *, replace: bool) -> bool:
+        """Write the object ``name`` for ``r``. ``replace``: a stale or altered object stands there
+        (its old links keep the old inode). Otherwise the name must still be free: False when a
+        concurrent checkout made it first (two replacing each other left each one's record
+        naming the other's inode)."""
         self.made_objects = True
         tmp = f".tmp-{secrets.token_hex(8)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=sfd)
@@ -545,8 +550,15 @@ class Writer:
             os.unlink(tmp, dir_fd=sfd)
             raise
         os.close(fd)
-        # A stale or altered object is replaced; its old links keep the old inode.
-        os.replace(tmp, name, src_dir_fd=sfd, dst_dir_fd=sfd)
+        if replace:
+            os.replace(tmp, name, src_dir_fd=sfd, dst_dir_fd=sfd)
+            return True
+        try:
+            fs.renameat2(sfd, tmp, sfd, name)
+        except FileExistsError:
+            os.unlink(tmp, dir_fd=sfd)
+            return False
+        return True
 
     def close(self) -> None:
         """Close the shard fds (a Writer is usable again afterwards)."""

@@ -327,6 +327,27 @@ def test_no_object_record_outlives_a_failed_sync(tmp_path: Path, store: Store,
     assert_trees_equal(src, tmp_path / "o2")
 
 
+def test_concurrent_first_hardlink_checkouts_share_one_object_each(tmp_path: Path, store: Store) -> None:
+    """Three checkouts that all make the objects at once: one object per file wins, all three link
+    it, and fsck finds every record naming the object's inode (no replaced-object warnings)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    src = tmp_path / "src"
+    for i in range(1500):  # enough for each checkout to fork its second writer too
+        write(src / f"d{i % 7}/f{i}", f"file {i}\n".encode())
+    d = ingest(store, str(src), progress=False)
+    outs = [tmp_path / f"o{i}" for i in range(3)]
+    with ThreadPoolExecutor(3) as ex:
+        done = list(ex.map(lambda o: run_cli("checkout", "--link", "hardlink", d, o, store=Path(store.path)), outs))
+    assert all(p.returncode == 0 for p in done), [p.stderr for p in done]
+    for o in outs:
+        assert_trees_equal(src, o)
+        assert os.stat(o / "d3/f3").st_ino == os.stat(outs[0] / "d3/f3").st_ino
+    p = run_cli("fsck", "--json", store=Path(store.path))
+    assert p.returncode == 0, p.stdout
+    assert json.loads(p.stdout)["findings"] == []
+
+
 def test_corrupt_blob_is_refused(tmp_path: Path, store: Store) -> None:
     src = tmp_path / "src"
     write(src / "f", b"precious")
