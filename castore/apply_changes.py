@@ -37,6 +37,7 @@ from castore import fs
 from castore.apply_scan import Scan, TreeChanged
 from castore.apply_sources import DirSource, Source, copy_verified, hash_fd
 from castore.crash import crashpoint
+from castore.digest import EMPTY_DIGEST
 from castore.errors import IntegrityError, NotFound
 from castore.fs import DirFds
 from castore.fs.linux import RENAME_EXCHANGE
@@ -56,7 +57,6 @@ from castore.materialize import Writer
 from castore.store import remove_contents
 
 TMP_PREFIX = ".continuity-apply-"
-EMPTY = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 META_ATTRS = frozenset({"mode", "uid", "gid", "xattr", "mtime"})
 
 
@@ -436,7 +436,7 @@ class Applier:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
         try:
             if w.size == 0:
-                if w.digest != EMPTY:
+                if w.digest != EMPTY_DIGEST:
                     raise IntegrityError(f"{w.path}: empty file with a non-empty digest")
             elif src is None:
                 raise NotFound(f"{w.path}: content {w.digest} not found in the source")

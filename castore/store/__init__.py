@@ -340,21 +340,17 @@ class Store:
             return False
         return True
 
-    def sync_in_background(self, fd: int | None = None) -> Callable[[], None]:
+    def sync_in_background(self, fd: int) -> Callable[[], None]:
         """Start a syncfs of the store now; returns a function that waits for it (re-raising its error).
 
         An ingest starts it as soon as every blob is written, and encodes its
         manifest while the disk catches up; install_staged waits for it
         before anything is indexed. ``fd``: see install_staged.
         """
-        return fs.syncfs_in_background(self._sync_fd(fd), close=True)
+        return fs.syncfs_in_background(os.dup(fd), close=True)
 
-    def _sync_fd(self, fd: int | None) -> int:
-        """An fd for syncfs: a duplicate of ``fd``, else the store opened now."""
-        return os.dup(fd) if fd is not None else os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-
-    def install_staged(self, staged: list[tuple[str, str]], synced: Callable[[], None] | None = None,
-                       sync_fd: int | None = None) -> None:
+    def install_staged(self, staged: list[tuple[str, str]], synced: Callable[[], None] | None = None, *,
+                       sync_fd: int) -> None:
         """Batched durability: syncfs, rename every staged temp into place, syncfs.
 
         Staged files were hashed as they were written, so their names are
@@ -371,7 +367,7 @@ class Store:
                 synced()
             return
         staged = [(tmp, d) for tmp, d in staged if tmp]  # ("", digest): already published, only needs the syncfs
-        sfd = self._sync_fd(sync_fd)
+        sfd = os.dup(sync_fd)
         try:
             if synced is not None:
                 synced()  # a syncfs started after the last blob was written

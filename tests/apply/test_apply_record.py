@@ -257,7 +257,8 @@ def _tree(root: Path) -> list[tuple[str, int, bytes]]:
 
 
 def _commit(store: Store, *resources: Resource) -> str:
-    return commit_manifest(store, Manifest.of(list(resources)), [], {})
+    with store.lease() as lease:
+        return commit_manifest(store, Manifest.of(list(resources)), [], {}, sync_fd=lease.fd)
 
 
 Y = "sha256:" + hashlib.sha256(b"y").hexdigest()

@@ -79,7 +79,8 @@ def L(path: str, target: str, **kw: object) -> Symlink:
 
 
 def commit(store: Store, *resources: Resource) -> str:
-    return commit_manifest(store, Manifest.of(list(resources)), [], {})
+    with store.lease() as lease:
+        return commit_manifest(store, Manifest.of(list(resources)), [], {}, sync_fd=lease.fd)
 
 
 class Pair:
