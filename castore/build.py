@@ -2,7 +2,7 @@
 
 The walk is iterative and directory-fd relative: no RecursionError at any
 depth, symlinks never followed, FIFOs never opened. Regular files are read by
-``castore.hashing`` in worker processes; ``ingest`` passes a Processor that
+``castore.readers`` in worker processes; ``ingest`` passes a Processor that
 also stages their content as blobs, and a stat cache that skips unchanged
 files.
 """
@@ -23,9 +23,8 @@ from castore import fs
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
+from castore.bulkmode import bulk
 from castore.errors import CastoreError, NotFound, UnsafeInput
-from castore.gcpause import bulk
-from castore.hashing import FileJob, FileResult, Processor
 from castore.manifest.model import (
     Chunk,
     Device,
@@ -38,6 +37,7 @@ from castore.manifest.model import (
     Symlink,
     Whiteout,
 )
+from castore.readers import FileJob, FileResult, Processor
 
 BATCH_FILES = 512
 BATCH_BYTES = 32 << 20

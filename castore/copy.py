@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 from castore import fs
 from castore.build import _ignored, _raise_nofile_limit
-from castore.crash import crashpoint
+from castore.bulkmode import bulk
 from castore.errors import CastoreError, NotFound, UnsafeInput, raise_if_full
-from castore.gcpause import bulk
+from castore.faults import crashpoint
 from castore.materialize import data_ranges
 from castore.store import discard_dir
 

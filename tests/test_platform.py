@@ -18,7 +18,7 @@ from castore.checkout import checkout
 from castore.ingest import ingest
 from castore.materialize import Options
 from castore.store import Store
-from castore.testing import assert_trees_equal
+from castore.testing.compare import assert_trees_equal
 
 pytestmark = pytest.mark.skipif(not ROOT, reason="needs root (mount, unshare)")
 

@@ -16,7 +16,7 @@ from castore.checkout import checkout
 from castore.ingest import ingest
 from castore.materialize import Options
 from castore.store import Store, manifest_refs
-from castore.testing import assert_trees_equal, snapshot
+from castore.testing.compare import assert_trees_equal, snapshot
 
 MODES = ["copy", "hardlink", "auto", "reflink"]
 
@@ -139,21 +139,21 @@ def _store_bytes(store: Store) -> int:
 
 
 def test_stat_cache_skips_rehash(tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    import castore.hashing
     import castore.ingest
-    import castore.statcache
-    monkeypatch.setattr(castore.statcache, "RACY_NS", 0)
+    import castore.readers
+    import castore.store.statcache
+    monkeypatch.setattr(castore.store.statcache, "RACY_NS", 0)
     src = tmp_path / "src"
     for i in range(5):
         write(src / f"f{i}", b"content %d" % i)
     calls: list[str] = []
-    real = castore.hashing.Processor.run_one
+    real = castore.readers.Processor.run_one
 
-    def counting(self: castore.hashing.Processor, root_fd: int, job: castore.hashing.FileJob) -> object:
+    def counting(self: castore.readers.Processor, root_fd: int, job: castore.readers.FileJob) -> object:
         calls.append(job.rel)
         return real(self, root_fd, job)
 
-    monkeypatch.setattr(castore.hashing.Processor, "run_one", counting)
+    monkeypatch.setattr(castore.readers.Processor, "run_one", counting)
     from concurrent.futures import ThreadPoolExecutor
     pool = ThreadPoolExecutor(1)  # in-process, so the counter sees every read
     d1 = ingest(store, str(src), progress=False, pool=pool)

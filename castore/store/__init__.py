@@ -30,7 +30,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from castore import fs
-from castore.crash import crashpoint
 from castore.digest import check_digest, hash_fd, is_digest
 from castore.errors import (
     BlobNotFound,
@@ -41,8 +40,9 @@ from castore.errors import (
     StoreUnusable,
     UnsafeInput,
 )
-from castore.hashing import ChunkParams
+from castore.faults import crashpoint
 from castore.manifest import Manifest, codec, validate
+from castore.readers import ChunkParams
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, MetaDB, dkey, dstr
 
@@ -355,7 +355,7 @@ class Store:
 
         Staged files were hashed as they were written, so their names are
         their digests. Entries ("", digest) were published by a worker
-        already (castore.hashing.Processor._publish); the first syncfs makes
+        already (castore.readers.Processor._publish); the first syncfs makes
         them durable. Either way a blob is indexed only after this returns.
         ``sync_fd``: an fd on the store's filesystem opened before the blobs
         were written (a lease's lock file): syncfs reports the writeback

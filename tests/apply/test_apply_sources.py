@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from apply_trees import state
 
-from castore.apply import apply_tree
+from castore.apply.run import apply_tree
 from castore.build import build
 from castore.errors import IntegrityError, NotFound
 from castore.ingest import ingest

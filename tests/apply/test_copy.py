@@ -17,7 +17,7 @@ import castore.copy as copymod
 from castore import fs
 from castore.copy import copy_tree
 from castore.errors import UnsafeInput
-from castore.testing import assert_trees_equal
+from castore.testing.compare import assert_trees_equal
 
 ROOT = os.geteuid() == 0
 

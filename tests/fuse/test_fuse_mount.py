@@ -19,7 +19,7 @@ from helpers import ROOT, run_cli
 
 from castore.manifest.model import RegularFile
 from castore.store import Store, manifest_refs
-from castore.testing import assert_trees_equal
+from castore.testing.compare import assert_trees_equal
 from tests.interop.trees import rich_tree
 
 pytestmark = pytest.mark.fuse

@@ -12,7 +12,7 @@ from helpers import run_cli
 
 from castore.digest import hash_bytes
 from castore.store import Store
-from castore.testing import assert_trees_equal
+from castore.testing.compare import assert_trees_equal
 from remote.conftest import FakeRegistry, artifact
 
 REPO = "gc/race"

@@ -23,7 +23,7 @@ from castore.remote.oci import (
 )
 from castore.remote.ref import parse_reference
 from castore.store import Store, manifest_refs
-from castore.testing import assert_trees_equal
+from castore.testing.compare import assert_trees_equal
 
 
 def _hardlinks_and_more(root: Path) -> None:

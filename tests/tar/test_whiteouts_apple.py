@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from castore.testing import assert_trees_equal
+from castore.testing.compare import assert_trees_equal
 from tests.tar.craft import member, tar
 
 

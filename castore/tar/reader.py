@@ -30,7 +30,7 @@ from typing import Any
 import zstandard
 
 from castore.errors import NotFound, UnsafeInput
-from castore.tarformat import (
+from castore.tar.format import (
     BLOCK,
     GNU_LONGLINK,
     GNU_LONGNAME,

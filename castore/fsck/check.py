@@ -20,9 +20,9 @@ import stat
 import time
 from dataclasses import dataclass, field
 
+from castore.bulkmode import bulk
 from castore.digest import hash_fd
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
-from castore.gcpause import bulk
 from castore.manifest import Manifest, codec, validate
 from castore.materialize import object_record
 from castore.store import Store, manifest_refs

@@ -2,7 +2,7 @@
 (octal and base-256), PAX extended records, and the AppleDouble format that
 macOS puts in tars. Pure functions over bytes; no IO.
 
-Used by ``castore.tarimport`` (parse) and ``castore.tarexport`` (write).
+Used by ``castore.tar.importer`` (parse) and ``castore.tar.exporter`` (write).
 Python's ``tarfile`` is deliberately not used for parsing: it reads PAX
 headers and sparse maps of any declared size into memory, and cannot be
 told to stop at a limit.
