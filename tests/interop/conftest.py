@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TOOL_SRC = REPO / "tools" / "upstream-continuity"
+TOOL_SRC = REPO / "cmd" / "upstream-continuity"
 GOCODE = Path("/usr/share/gocode")
 LIBRARY = GOCODE / "src/github.com/containerd/continuity"
 CACHE = Path(os.environ.get("CONTINUITY_UPSTREAM_CACHE", "/tmp/continuity-upstream-go"))
