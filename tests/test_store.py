@@ -8,8 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli
-from test_build import write
 
 from castore.build import build
 from castore.checkout import checkout
@@ -17,28 +15,10 @@ from castore.ingest import ingest
 from castore.materialize import Options
 from castore.store import Store, manifest_refs
 from castore.testing.compare import assert_trees_equal, snapshot
+from castore.testing.trees import basic, write
+from tests.helpers import run_cli
 
 MODES = ["copy", "hardlink", "auto", "reflink"]
-
-
-def basic(root: Path) -> None:
-    write(root / "etc/hosts", b"127.0.0.1 localhost\n")
-    write(root / "etc/hostname", b"box\n")
-    write(root / "etc/fstab", b"/dev/sda1 / ext4 defaults 1 1\n", 0o600)
-    write(root / "bin/tool", b"#!/bin/sh\necho hi\n", 0o4755)
-    (root / "tmp").mkdir()
-    os.chmod(root / "tmp", 0o1777)
-    os.symlink("hosts", root / "etc/hosts.lnk")
-    os.symlink("/etc/hosts", root / "etc/abs")
-    os.mkfifo(root / "etc/initctl")
-    write(root / "usr/lib/a/__init__.py")
-    write(root / "usr/lib/b/__init__.py")
-    write(root / "data.bin", os.urandom(3 << 20))
-    os.setxattr(root / "etc/hosts", "user.x", b"1")
-    if ROOT:
-        os.chown(root / "etc/hostname", 1000, 1001)
-        os.setxattr(root / "etc/fstab", "trusted.t", b"2")
-        os.mknod(root / "null", 0o666 | 0o020000, os.makedev(1, 3))
 
 
 def deletion(root: Path) -> None:

@@ -1,1 +1,1 @@
-"""castore.testing.compare."""
+"""Helpers for tests and benchmarks: tree comparison (compare) and fstest-style appliers (trees)."""

@@ -56,7 +56,7 @@ RSS_LIMIT_MIB = 200
 
 def upstream_tool() -> str:
     """Build (or reuse) the Go program exactly as the interop tests do."""
-    spec = importlib.util.spec_from_file_location("interop_conftest", os.path.join(REPO, "tests/interop/conftest.py"))
+    spec = importlib.util.spec_from_file_location("interop_conftest", os.path.join(REPO, "tests/interop/upstream.py"))
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from apply_trees import STATES, state
 
 import castore.apply.state as apply_state
 from castore.apply.run import ApplyOptions, ApplyReport, apply_tree
@@ -20,6 +19,7 @@ from castore.ingest import commit_manifest, ingest
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource
 from castore.store import Store
 from castore.verify import VerifyOptions, verify_tree
+from tests.apply.apply_trees import STATES, state
 
 NAMES = list(STATES)
 RELATED = {"basic", "updates", "dir_perms", "parent_perms"}  # states that share most entries

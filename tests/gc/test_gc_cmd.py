@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from gc_util import blob_files, make_tree, manifest_blobs, rand_tree
 
 from castore.errors import UnsafeInput
 from castore.gc.collect import GcOptions, _Collector, collect, mark, parse_duration
 from castore.store import Store
+from tests.gc.gc_util import blob_files, make_tree, manifest_blobs, rand_tree
 
 
 def ingest(cli, src: Path, *names: str) -> str:  # type: ignore[no-untyped-def]
