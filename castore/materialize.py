@@ -613,7 +613,7 @@ def relative_target(link_path: str, target: str) -> str:
 def _make_socket(dir_fd: int, name: str) -> None:
     import socket
     path = fs.proc_path(dir_fd, name)
-    if len(path.encode()) > 100:
+    if len(os.fsencode(path)) > 100:
         raise ResourceLimit(f"socket name too long: {name}")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -8,6 +8,7 @@ where a blob should be fails fast; errors never name a /proc/self/fd/N alias.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import signal
@@ -251,3 +252,34 @@ def test_errors_name_the_tree_path_not_proc_self_fd(cli, tmp_path, verb):
     args = [f, tmp_path / "out"] if verb == "checkout" else [tmp_path / "ap", f]
     err = _one_line(cli(verb, *args), 1)
     assert err.startswith("continuity: error: /x: "), err
+
+
+# --------------------------------------------------------------------------- mount
+
+@pytest.mark.fuse
+def test_mount_serves_raw_names_and_fails_fast_on_a_fifo_blob(cli, store_path, tmp_path):
+    from tests.fuse.fuse_util import FUSE_MISSING, mounted
+    if FUSE_MISSING:
+        pytest.skip(FUSE_MISSING)
+    src = tmp_path / "src"
+    _tree(src)
+    (src / "big").write_bytes(os.urandom(5000))
+    cli("ingest", src, "--name", "t", check=True)
+    blob = next(p for p in (store_path / "blobs").rglob("*") if p.is_file() and p.stat().st_size == 5000)
+    with mounted(store_path, "t", tmp_path / "mnt") as m:
+        _check_tree(m.mnt)
+        blob.unlink()
+        os.mkfifo(blob)
+
+        def alarm(*_):
+            raise TimeoutError("hung on a FIFO blob")
+        old = signal.signal(signal.SIGALRM, alarm)
+        signal.alarm(20)
+        try:
+            with pytest.raises(OSError) as exc:
+                (m.mnt / "big").read_bytes()
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+        assert exc.value.errno == errno.EIO
+    assert "FIFO" in m.stderr() and "Traceback" not in m.stderr()
