@@ -283,3 +283,21 @@ def test_mount_serves_raw_names_and_fails_fast_on_a_fifo_blob(cli, store_path, t
             signal.signal(signal.SIGALRM, old)
         assert exc.value.errno == errno.EIO
     assert "FIFO" in m.stderr() and "Traceback" not in m.stderr()
+
+
+# --------------------------------------------------------------------------- upstream's reading
+
+@pytest.mark.go
+def test_upstream_reads_escaped_targets_and_xattr_names(cli, tmp_path):
+    from tests.interop.conftest import Upstream, build_upstream_tool
+    try:
+        upstream = Upstream(build_upstream_tool())
+    except FileNotFoundError as exc:
+        pytest.skip(f"upstream interop: {exc}")
+    src = tmp_path / "src"
+    _tree(src)
+    (tmp_path / "m.pb").write_bytes(cli("build", src, check=True).stdout)
+    # Go's proto3 decoder refuses a string field that is not UTF-8: the escaped form keeps it readable.
+    by = {d["paths"][0]: d for d in upstream.dump(tmp_path / "m.pb")}
+    assert by["/l"]["target"] == "tgt\\xff/\\xfe" and by["/p"]["target"] == "plain"
+    assert [x["name"] for x in by["/f"]["xattrs"]] == ["user.a\\xff", "user.ok"]
