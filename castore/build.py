@@ -132,7 +132,8 @@ def see_entry(dir_fd: int, rel: str, name: str, st: os.stat_result, out: WalkRes
         return True
     if stat.S_ISDIR(mode):
         return False
-    seen = _Seen(rel, Stat(st), fs.read_xattrs(fs.proc_path(dir_fd, name)))
+    with fs.named(f"/{rel}"):
+        seen = _Seen(rel, Stat(st), fs.read_xattrs(fs.proc_path(dir_fd, name)))
     if stat.S_ISLNK(mode):
         seen.target = os.readlink(name, dir_fd=dir_fd)
     out.entries.append(seen)

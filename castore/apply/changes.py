@@ -577,6 +577,11 @@ def set_metadata(fd: int, w: Resource, *, dfd: int = -1, name: str = "") -> bool
     Order: chown, chmod (chown clears setuid and capabilities), xattrs
     (security.capability last), mtime. Only what differs is changed.
     """
+    with fs.named(w.path):
+        return _set_metadata(fd, w, dfd, name)
+
+
+def _set_metadata(fd: int, w: Resource, dfd: int, name: str) -> bool:
     is_link = isinstance(w, Symlink)
     if is_link:
         where, follow = fs.proc_path(dfd, name), False

@@ -106,8 +106,10 @@ def parse_subset(text: str) -> tuple[int, int]:
 
 def hash_file(path: str) -> tuple[str, int]:
     """(digest, size) of a file's content, streamed."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IntegrityError(f"{path}: not a regular file")
         return hash_fd(fd)
     finally:
         os.close(fd)
