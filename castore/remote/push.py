@@ -13,10 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from castore.digest import hash_bytes
-from castore.errors import BlobNotFound, IntegrityError
+from castore.errors import BlobNotFound, IntegrityError, ResourceLimit
 from castore.manifest import Manifest, codec
 from castore.remote.client import Registry
-from castore.remote.oci import EMPTY_DIGEST, EMPTY_JSON, blob_sizes, build_oci_manifest
+from castore.remote.oci import (
+    EMPTY_DIGEST,
+    EMPTY_JSON,
+    MAX_CONTINUITY_MANIFEST,
+    MAX_OCI_MANIFEST,
+    blob_sizes,
+    build_oci_manifest,
+)
 from castore.remote.ref import Reference
 from castore.remote.transfer import Progress, run_all
 from castore.store import Store, manifest_refs
@@ -54,6 +61,11 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
             if not store.blob_file_ok(d, n):
                 raise IntegrityError(f"store blob {d} is missing or not {n} bytes (run fsck)")
         oci = build_oci_manifest(mdigest, len(data), sizes.items())
+        if len(oci) > MAX_OCI_MANIFEST or len(data) > MAX_CONTINUITY_MANIFEST:
+            # pull (ours, and registries that keep distribution's 4 MiB limit) would refuse it: fail before uploading
+            raise ResourceLimit(f"{mdigest}: too large for a registry: {len(sizes)} blobs make an OCI manifest of "
+                                f"{len(oci)} bytes (limit {MAX_OCI_MANIFEST}), the manifest is {len(data)} bytes "
+                                f"(limit {MAX_CONTINUITY_MANIFEST})")
         uploads: list[tuple[str, int, bytes | None]] = [(EMPTY_DIGEST, len(EMPTY_JSON), EMPTY_JSON),
                                                         (mdigest, len(data), data)]
         uploads += [(d, n, None) for d, n in sorted(sizes.items())]
