@@ -20,7 +20,9 @@ from test_store import basic
 
 from castore.digest import hash_bytes
 from castore.errors import CorruptManifest, IntegrityError
+from castore.manifest import Manifest, codec
 from castore.manifest.bounds import check_parse_cost
+from castore.manifest.model import RegularFile, Resource
 from castore.remote.oci import build_oci_manifest
 from castore.store import Store
 from remote.conftest import FakeRegistry, artifact
@@ -327,3 +329,16 @@ def test_redirect_keeps_credentials_home(tmp_path: Path,
         assert storage.requests and not any("Authorization" in h for _, _, h in storage.requests)
     finally:
         storage.close()
+
+
+def test_push_refuses_what_pull_would(tmp_path: Path) -> None:
+    """40,000 distinct blobs make an OCI manifest over 4 MiB: push says so before any request."""
+    rs: list[Resource] = [RegularFile(paths=(f"/f{i}",), perm=0o644, uid=0, gid=0, xattrs=(), mtime_ns=None,
+                                      ads=(), size=1, digest=f"sha256:{i:064x}", chunks=(), holes=())
+                          for i in range(40000)]
+    path = tmp_path / "big.pb"
+    path.write_bytes(codec.dumps(Manifest.of(rs)))
+    p = subprocess.run([sys.executable, "-m", "castore", "--store", str(tmp_path / "s"), "push", str(path),
+                        "127.0.0.1:1/big/tree:v1"], capture_output=True, timeout=300)
+    err = p.stderr.decode()
+    assert p.returncode == 6 and "too large for a registry" in err and err.count("\n") == 1, err
