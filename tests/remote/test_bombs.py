@@ -342,3 +342,15 @@ def test_push_refuses_what_pull_would(tmp_path: Path) -> None:
                         "127.0.0.1:1/big/tree:v1"], capture_output=True, timeout=300)
     err = p.stderr.decode()
     assert p.returncode == 6 and "too large for a registry" in err and err.count("\n") == 1, err
+
+
+def test_manifest_file_parse_bomb(tmp_path: Path) -> None:
+    """The same parse bomb given as a manifest file: refused before protobuf allocates."""
+    path = tmp_path / "bomb.pb"
+    path.write_bytes(b"\x0a\x00" * (3 << 20))
+    rss = tmp_path / "rss"
+    p = subprocess.run([sys.executable, "-c", _MEASURE, str(rss), sys.executable, "-m", "castore", "--store",
+                        str(tmp_path / "s"), "ls", str(path)], capture_output=True, timeout=300)
+    err = p.stderr.decode()
+    assert int(rss.read_text()) / 1024 < MAX_RSS_MIB
+    assert p.returncode == 4 and "entries (limit)" in err and err.count("\n") == 1, err
