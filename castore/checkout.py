@@ -12,13 +12,21 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
-import secrets
 import stat
 from collections.abc import Callable, Sequence
 
 from castore import fs
+from castore import staging as stage
 from castore.crash import crashpoint
-from castore.errors import Busy, CastoreError, IntegrityError, ResourceLimit, UnsafeInput, raise_if_full
+from castore.errors import (
+    Busy,
+    CastoreError,
+    IntegrityError,
+    ResourceLimit,
+    UnsafeInput,
+    raise_if_full,
+    warn_mounts_kept,
+)
 from castore.fs import DirFds
 from castore.gcpause import bulk
 from castore.manifest import codec
@@ -267,10 +275,15 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
         _require_blobs(store, manifest)
     os.makedirs(parent, exist_ok=True)
     pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    staging = f".{base}.continuity-{secrets.token_hex(6)}"
+    stage.sweep(pfd, parent)  # staging dirs of checkouts and copies killed here before
+    reg = None
+    if store is not None:
+        with contextlib.suppress(OSError):  # a read-only store: the next checkout here cleans up
+            reg = stage.Registration(store.path, parent)
     old_umask = os.umask(0)
+    lock_fd = -1
     try:
-        os.mkdir(staging, 0o700, dir_fd=pfd)
+        staging, lock_fd = stage.create(pfd, base, before=reg.note if reg is not None else None)
         try:
             sfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             try:
@@ -298,10 +311,14 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
             except FileExistsError:
                 raise UnsafeInput(f"{target}: target appeared during checkout") from None
         except BaseException as exc:
-            discard_dir(pfd, staging)
+            warn_mounts_kept([os.path.join(parent, k) for k in discard_dir(pfd, staging)])
             raise_if_full(exc, target)
             raise
     finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)  # only now: renamed into place or discarded
+        if reg is not None:
+            reg.close()
         os.umask(old_umask)
         os.close(pfd)
 
