@@ -59,16 +59,18 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
     made_dirs: set[str] = set()
     try:
         def ensure_dir(rel: str) -> None:
-            # Implicit parents (not in the manifest) are created 0755.
-            if not rel or rel in made_dirs:
-                return
-            parent, _, name = rel.rpartition("/")
-            ensure_dir(parent)
-            try:
-                os.mkdir(name, 0o700, dir_fd=dirs.get(parent))
-            except FileExistsError:
-                pass
-            made_dirs.add(rel)
+            # Implicit parents (not in the manifest) are created 0755. Iterative: no recursion per level.
+            todo = []
+            while rel and rel not in made_dirs:
+                todo.append(rel)
+                rel = rel.rpartition("/")[0]
+            for rel in reversed(todo):
+                parent, _, name = rel.rpartition("/")
+                try:
+                    os.mkdir(name, 0o700, dir_fd=dirs.get(parent))
+                except FileExistsError:
+                    pass
+                made_dirs.add(rel)
 
         others: list[Item] = []
         for r in items:
