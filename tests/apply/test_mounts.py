@@ -119,7 +119,7 @@ def _layer(tmp: Path, whiteouts: list[str]) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["bind", "tmpfs"])
-@pytest.mark.parametrize("whiteout", [".wh.data", "a/.wh..wh..opq"])
+@pytest.mark.parametrize("whiteout", [".wh.data", ".wh.a"])
 def test_whiteout_of_a_mount_point_leaves_it_alone(cli, tmp_path: Path, kind: str, whiteout: str) -> None:
     layer = _layer(tmp_path, [whiteout])
     assert cli("ingest", "--tar", layer, "--whiteouts", "oci", "--name", "layer").returncode == 0
@@ -134,8 +134,11 @@ def test_whiteout_of_a_mount_point_leaves_it_alone(cli, tmp_path: Path, kind: st
         assert p.returncode == 0, err
         assert snapshot(data) == before
         assert (root / "new").read_bytes() == b"new"
-        if whiteout == ".wh.data":
-            assert f"{root}/data" in err
+        assert str(data) in err and "mounted" in err
+        if whiteout == ".wh.a":  # the rest of the whited-out directory is gone, what holds the mount kept
+            assert os.listdir(root / "a") == ["data"]
+        else:
+            assert (root / "sibling").exists()
 
 
 def test_apply_refuses_to_replace_or_fill_a_mount_point(cli, tmp_path: Path) -> None:
