@@ -245,6 +245,13 @@ def _prepare_target(target: str) -> tuple[str, str, bool]:
         raise UnsafeInput(f"{target}: target exists and is not a directory")
     if os.listdir(target):
         raise UnsafeInput(f"{target}: target exists and is not empty")
+    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if fs.is_mount_root(fd, os.stat(parent).st_dev):
+            raise UnsafeInput(f"{target}: another filesystem is mounted there; checkout puts a new directory in "
+                              "TARGET's place, which would unmount nothing and fail: give a path below it")
+    finally:
+        os.close(fd)
     return parent, base, True
 
 

@@ -206,3 +206,20 @@ def test_clean_up_of_a_killed_checkout_leaves_a_mount_in_it(cli, tmp_path: Path)
         assert sorted(os.listdir(out / stale)) == ["etc"]
     assert cli("checkout", "m", out / "t3").returncode == 0
     assert sorted(os.listdir(out)) == ["t2", "t3"]
+
+
+def test_checkout_onto_an_empty_mount_point_is_refused(cli, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    assert cli("ingest", src, "--name", "m").returncode == 0
+    target = tmp_path / "t"
+    target.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)], check=True)
+    try:
+        p = cli("checkout", "m", target)
+        err = p.stderr.decode().strip().splitlines()
+        assert p.returncode == 3 and len(err) == 1 and str(target) in err[0] and "mounted" in err[0], err
+        assert is_mounted(target) and os.listdir(target) == []
+        assert [n for n in os.listdir(tmp_path) if ".continuity-" in n] == []
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=True)
