@@ -482,6 +482,8 @@ def rebuild_index(store_path: str) -> RebuildReport:
     from castore.store.meta import KIND_ADS, KIND_CHUNK, KIND_MANIFEST, KIND_RAW, MetaDB
     start = time.monotonic()
     path = os.path.abspath(store_path)
+    from castore.store import check_store_dir
+    check_store_dir(path)  # ours and private, no symlinked shard: the walk below follows none
     rep = RebuildReport()
     blob_root = os.path.join(path, "blobs", "sha256")
     with flocked(os.path.join(path, "gc.lock"), exclusive=True, what="gc/fsck"), \
