@@ -173,7 +173,7 @@ def open_beneath(dir_fd: int, relpath: str, flags: int, mode: int = 0) -> int:
         os.close(cur)
 
 
-_SHARD_FDS: dict[str, int] = {}
+_SHARD_FDS: dict[str, int] = {}  # the shards of one store at a time (the last one used in this process)
 
 
 def shard_dir_fd(path: str) -> int:
@@ -183,9 +183,13 @@ def shard_dir_fd(path: str) -> int:
     0700 root (Store.open). FileNotFoundError when the shard does not exist yet."""
     fd = _SHARD_FDS.get(path)
     if fd is not None and os.fstat(fd).st_nlink == 0:  # removed since (and maybe made again)
-        del _SHARD_FDS[path]
+        os.close(_SHARD_FDS.pop(path))
         fd = None
     if fd is None:
+        if _SHARD_FDS and os.path.dirname(next(iter(_SHARD_FDS))) != os.path.dirname(path):
+            for old in _SHARD_FDS.values():  # another store's (a long-lived process): at most 256 fds kept
+                os.close(old)
+            _SHARD_FDS.clear()
         try:
             fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
