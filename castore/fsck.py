@@ -253,7 +253,12 @@ class _Checker:
                 if m in self.bad or not self._selected(m):
                     continue
                 try:
-                    man = self.store.load_manifest(dstr(m))
+                    # Validated again, and in the encoding commit writes: checkout and apply trust an
+                    # indexed manifest and read its entries without decoding them (codec.split_entries).
+                    data = self.store.read_blob(dstr(m))
+                    man = validate(codec.loads(data, source=dstr(m)))
+                    if codec.dumps(man) != data:
+                        raise IntegrityError(f"manifest {dstr(m)} is indexed but not in the canonical encoding")
                 except CastoreError as exc:
                     self._damage(m, "corrupt-manifest", str(exc))
                     continue

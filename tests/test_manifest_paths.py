@@ -115,6 +115,8 @@ def test_indexed_hand_made_encoding_never_used(tmp_path: Path, seeded: Path) -> 
     assert p.returncode == 3, p.stderr
     assert os.listdir(root) == []
     assert _escaped(tmp_path) == []
+    p = run_cli("fsck", "--read-data", store=seeded)  # and fsck says so
+    assert p.returncode == 4 and digest.encode() in p.stdout + p.stderr, p.stdout + p.stderr
 
 
 def test_split_entries_paths_are_the_decoded_ones() -> None:
