@@ -29,7 +29,6 @@ import errno
 import os
 import secrets
 import stat
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -55,13 +54,14 @@ from castore.manifest.model import (
 )
 from castore.materialize import Writer
 from castore.store import remove_contents
+from castore.textsafe import note
 
 TMP_PREFIX = ".continuity-apply-"
 META_ATTRS = frozenset({"mode", "uid", "gid", "xattr", "mtime"})
 
 
 def _stderr_note(msg: str) -> None:
-    print(f"continuity: note: {msg}", file=sys.stderr)
+    note(msg)
 
 
 @dataclass

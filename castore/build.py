@@ -13,7 +13,6 @@ import fnmatch
 import os
 import resource as _rlimit
 import stat
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from castore.manifest.model import (
     Symlink,
     Whiteout,
 )
+from castore.textsafe import note
 
 BATCH_FILES = 512
 BATCH_BYTES = 32 << 20
@@ -55,7 +55,7 @@ class WalkOptions:
     ignore: tuple[str, ...] = ()
     keep_appledouble: bool = False
     whiteouts: str = "none"  # none | overlay
-    note: Callable[[str], None] = lambda msg: print(f"continuity: note: {msg}", file=sys.stderr)
+    note: Callable[[str], None] = note
 
 
 class Stat:

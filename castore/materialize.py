@@ -16,7 +16,6 @@ import os
 import secrets
 import stat
 import struct
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ from castore.errors import BlobNotFound, CastoreError, IntegrityError, ResourceL
 from castore.manifest import codec
 from castore.manifest.model import Device, Directory, Entry, NamedPipe, RegularFile, Resource, Socket, Symlink, Whiteout
 from castore.store import Store
+from castore.textsafe import note
 
 READ = 1 << 20
 LINK_MODES = ("auto", "hardlink", "reflink", "copy")
@@ -41,7 +41,7 @@ class Options:
     sockets: bool = False
     whiteouts: str = "none"  # none | overlay | oci
     rewrite_absolute_symlinks: bool = False
-    note: object = field(default=lambda m: print(f"continuity: note: {m}", file=sys.stderr))
+    note: object = field(default=note)
 
 
 def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
+from castore import textsafe
 from castore.errors import CastoreError, IntegrityError, NotFound
 from castore.gcpause import bulk
 from castore.manifest.model import (
@@ -91,7 +92,7 @@ class TarWriter:
         self.store = store
         self.out = out
         self.whiteouts = whiteouts
-        self.note = note or (lambda m: print(f"continuity: note: {m}", file=sys.stderr))
+        self.note = note or textsafe.note
         self.skipped: dict[str, int] = {}
         self.src: Source | None = None
 

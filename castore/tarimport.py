@@ -42,7 +42,6 @@ import hashlib
 import os
 import secrets
 import stat
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -87,6 +86,7 @@ from castore.tarformat import (
 )
 from castore.tarreader import Member, Stream, members, open_stream
 from castore.tarsource import save_records, vkey, vval
+from castore.textsafe import note
 
 FS_BLOCK = 4096
 MAX_APPLEDOUBLE = 16 << 20
@@ -101,7 +101,7 @@ class TarOptions:
     ignore: tuple[str, ...] = ()
     whiteouts: str = "none"  # none | oci
     appledouble: str = "fold"  # fold | drop | keep
-    note: Callable[[str], None] = lambda msg: print(f"continuity: note: {msg}", file=sys.stderr)
+    note: Callable[[str], None] = note
 
 
 @dataclass(eq=False)

@@ -12,6 +12,7 @@ from castore.apply import ApplyOptions, apply_tree
 from castore.cli.common import Ctx, handle_errors, ignore_opt, main_group, print_json, resolve_lazy
 from castore.errors import Differences
 from castore.materialize import LINK_MODES
+from castore.textsafe import safe_line
 
 
 @main_group.command("apply")
@@ -50,13 +51,13 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
     opts = ApplyOptions(delete=delete, verify=not disable_digest, devices=devices, sockets=sockets,
                         rewrite_absolute_symlinks=rewrite_absolute_symlinks, link=link, move=move, rehash=rehash,
                         sync=sync,
-                        log=(lambda msg: click.echo(msg, err=True)) if verbose else None)
+                        log=(lambda msg: click.echo(safe_line(msg), err=True)) if verbose else None)
     # resolve_lazy() validated a manifest file; the store's manifests are read (and validated) by apply.
     report = apply_tree(root, m, store=store, source=source, opts=opts, manifest_digest=digest, validated=True)
     if as_json:
         print_json(report.as_dict())
     for p in report.problems:
-        click.echo(f"continuity: {p}", err=True)
+        click.echo(f"continuity: {safe_line(p)}", err=True)
     if report.problems:
         raise Differences(f"{len(report.problems)} device node(s) not as the manifest says (--devices check)")
 

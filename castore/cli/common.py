@@ -17,6 +17,7 @@ import click
 from castore.errors import CastoreError, CorruptManifest, NotFound, ResourceLimit
 from castore.manifest import Manifest, codec, validate
 from castore.store import Store, default_store_path
+from castore.textsafe import safe_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,12 +44,8 @@ class Ctx:
         return self.store(create=False)
 
 
-def _escape(msg: str) -> str:
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in msg)
-
-
 def fail(msg: str, code: int) -> None:
-    click.echo(f"continuity: error: {_escape(msg)}", err=True)
+    click.echo(f"continuity: error: {safe_line(msg)}", err=True)
     sys.exit(code)
 
 

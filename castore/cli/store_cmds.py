@@ -10,6 +10,7 @@ import click
 from castore.cli.common import Ctx, handle_errors, ignore_opt, main_group, print_json, resolve, resolve_lazy
 from castore.materialize import LINK_MODES
 from castore.store import check_name
+from castore.textsafe import quote
 
 
 @main_group.command("ingest")
@@ -107,7 +108,7 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
         print_json(out)
         return
     for row in out:
-        click.echo(f"{row['name']}\t{row['digest']}\t{row['time']}\t{row['size']}")
+        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{row['size']}")
 
 
 def _tree_size(store: object, digest: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from castore.manifest.model import Device, Manifest, RegularFile, Resource, Symlink
+from castore.textsafe import quote, safe_line
 
 #: Attributes a comparison knows, for --ignore-attr.
 ATTRS = ("type", "mode", "uid", "gid", "size", "digest", "target", "device", "xattr", "mtime", "links")
@@ -38,11 +39,12 @@ class Difference:
     actual: str = ""
 
     def __str__(self) -> str:
+        path = quote(self.path)
         if self.attr == "missing":
-            return f"{self.path}: missing"
+            return f"{path}: missing"
         if self.attr == "extra":
-            return f"{self.path}: extra entry ({self.actual})"
-        return f"{self.path}: {self.attr} differs: expected {self.expected}, got {self.actual}"
+            return f"{path}: extra entry ({safe_line(self.actual)})"
+        return f"{path}: {self.attr} differs: expected {safe_line(self.expected)}, got {safe_line(self.actual)}"
 
 
 def _xattr_text(xattrs: tuple[tuple[str, bytes], ...]) -> str:
@@ -101,7 +103,7 @@ class Change:
     def __str__(self) -> str:
         sign = {"added": "A", "deleted": "D", "modified": "M", "metadata": "m"}[self.kind]
         extra = f" ({', '.join(self.attrs)})" if self.attrs else ""
-        return f"{sign} {self.path}{extra}"
+        return f"{sign} {quote(self.path)}{extra}"
 
 
 def diff(old: Manifest, new: Manifest, ignore: frozenset[str] = frozenset()) -> list[Change]:
