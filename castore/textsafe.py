@@ -9,7 +9,7 @@ fsck/gc reports, notes, warnings and error lines), close to GNU ``ls -b`` and gi
 - in a name (:func:`quote`) a backslash is doubled, so the escaped form is unambiguous.
 
 So ``\\xNN`` always stands for one byte of the name, ``\\uNNNN`` for one character.
-JSON output is not escaped here: ``json.dumps`` escapes controls itself.
+JSON output (:func:`json_text`) keeps its own escapes: ``\\uNNNN`` for every control character.
 """
 
 from __future__ import annotations
@@ -47,6 +47,20 @@ def safe_line(msg: str) -> str:
     if _clean(msg):
         return msg
     return msg.translate(_LINE)
+
+
+_JSON = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), *range(0xD800, 0xE000), 0x2028, 0x2029)}
+
+
+def json_text(obj: object, indent: int | None = 1) -> str:
+    """``json.dumps`` whose output holds no raw DEL, C1 control, line separator or undecodable byte.
+
+    These become ``\\uNNNN`` escapes (valid JSON, same value); a byte that is not UTF-8, kept as a
+    surrogate escape, reads back in Python as the same surrogate (``os.fsencode`` gives the byte).
+    """
+    import json
+
+    return json.dumps(obj, indent=indent, ensure_ascii=False).translate(_JSON)
 
 
 def note(msg: str, *, prefix: str = "note") -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import functools
 import importlib
-import json
 import os
 import sys
 import traceback
@@ -17,7 +16,7 @@ import click
 from castore.errors import CastoreError, CorruptManifest, NotFound, ResourceLimit
 from castore.manifest import Manifest, codec, validate
 from castore.store import Store, default_store_path
-from castore.textsafe import safe_line
+from castore.textsafe import json_text, safe_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -154,4 +153,4 @@ def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manif
 
 
 def print_json(obj: object) -> None:
-    click.echo(json.dumps(obj, indent=1, ensure_ascii=False))
+    click.echo(json_text(obj))

@@ -8,7 +8,6 @@ another kind); ``castore.manifest.validate`` checks the tree as a whole.
 from __future__ import annotations
 
 import base64
-import json
 import os
 from typing import Any
 
@@ -383,5 +382,7 @@ def resource_json(r: Resource) -> dict[str, Any]:
 
 def dumps_json(m: Manifest) -> str:
     """The JSON rendering: ``{"resources": [...]}``."""
-    return json.dumps({"resources": [resource_json(r) for r in m.resources]}, indent=1, ensure_ascii=False)
+    from castore.textsafe import json_text
+
+    return json_text({"resources": [resource_json(r) for r in m.resources]})
 
