@@ -439,8 +439,6 @@ def build(root: str, opts: WalkOptions | None = None, *, pool: Executor | None =
         try:
             reader = Reader(proc, p)
             walked = walk(root_fd, opts, reader.add)
-            if not walked.entries:
-                raise UnsafeInput(f"{root}: empty directory, nothing to record")
             results = read_with_retries(root_fd, proc, walked.files, p, results=reader.results())
         finally:
             if own_pool and p is not None:

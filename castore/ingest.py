@@ -30,7 +30,7 @@ from castore.build import (
     walk,
 )
 from castore.crash import crashpoint
-from castore.errors import CastoreError, IntegrityError, UnsafeInput
+from castore.errors import CastoreError, IntegrityError
 from castore.gcpause import bulk
 from castore.hashing import FileJob, FileResult, Processor
 from castore.manifest import codec, validate
@@ -148,8 +148,6 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
 
                 with store.meta.read() as txn:
                     walked = walk(root_fd, opts, on_file)
-                if not walked.entries:
-                    raise UnsafeInput(f"{src}: empty directory, nothing to ingest")
                 if known is not None:
                     fp = _fingerprint(walked)
                     if fp is not None:

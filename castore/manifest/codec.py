@@ -210,15 +210,15 @@ _SPECIAL_BITS = gm.MODE_SETUID | gm.MODE_SETGID | gm.MODE_STICKY
 def loads(data: bytes, *, source: str = "manifest") -> Manifest:
     """Decode manifest bytes. Raises CorruptManifest or InvalidManifest."""
     if not data:
-        raise CorruptManifest(f"{source}: empty manifest")
+        return Manifest.of([])  # an empty tree: upstream serializes it as zero bytes
     msg = pb.Manifest()
     try:
         msg.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise CorruptManifest(f"{source}: not a manifest ({exc})") from exc
     resources = [from_proto(r) for r in msg.resource]
-    if not resources:
-        raise CorruptManifest(f"{source}: manifest has no entries")
+    if not resources:  # the empty manifest is zero bytes; anything else without entries is not one
+        raise CorruptManifest(f"{source}: not a manifest ({len(data)} bytes without entries)")
     return Manifest.of(resources)
 
 

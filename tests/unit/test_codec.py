@@ -90,10 +90,16 @@ def test_deterministic_bytes() -> None:
     assert dumps(Manifest.of(rs)) == dumps(Manifest.of(list(reversed(rs))))
 
 
-@pytest.mark.parametrize("data", [b"", b"\xff\xff\xff\xff not a manifest", b"\x0a\x05\x0a\x03abc"[:4]])
+@pytest.mark.parametrize("data", [b"\x7a\x00", b"\xff\xff\xff\xff not a manifest", b"\x0a\x05\x0a\x03abc"[:4]])
 def test_garbage_is_corrupt(data: bytes) -> None:
     with pytest.raises(CorruptManifest):
         loads(data)
+
+
+def test_zero_bytes_are_the_empty_manifest() -> None:
+    """Upstream serializes an empty tree as zero bytes; so do we, and read them back."""
+    assert loads(b"").resources == ()
+    assert dumps(Manifest.of([])) == b""
 
 
 def test_truncated_between_resources_still_refused_by_digest_check() -> None:
