@@ -79,6 +79,7 @@ class ApplyOptions:
     sync: bool = False  # syncfs at the end (a rerun converges anyway, so off by default, as rsync)
     note: Callable[[str], None] = _stderr_note
     log: Callable[[str], None] | None = None  # one line per change (verbose)
+    ignore: frozenset[str] = frozenset()  # --ignore-attr: not applied (materialize.WRITE_IGNORABLE)
 
 
 @dataclass
@@ -364,7 +365,7 @@ class Applier:
         intact = False
         if anchor is not None:
             h = self.scan.by_path[anchor]
-            diffs = [d.attr for d in compare(anchor, w, h) if d.attr in META_ATTRS]
+            diffs = [d.attr for d in compare(anchor, w, h) if d.attr in META_ATTRS and d.attr not in self.opts.ignore]
             if not diffs:
                 self.report.unchanged += 1
                 intact = True
@@ -543,7 +544,7 @@ class Applier:
             if not changed and p in self.scan.clean:
                 continue
             if h is not None and not changed:
-                diffs = [d.attr for d in compare(p, w, h) if d.attr in META_ATTRS]
+                diffs = [d.attr for d in compare(p, w, h) if d.attr in META_ATTRS and d.attr not in self.opts.ignore]
                 if not diffs:
                     continue
                 self.log(f"m {p}/ ({', '.join(diffs)})")

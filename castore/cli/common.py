@@ -25,6 +25,25 @@ ignore_opt = click.option("--ignore", "ignore", multiple=True, metavar="GLOB",
 MAX_MANIFEST_FILE = 1 << 31
 
 
+def _write_ignores(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> frozenset[str]:
+    from castore.manifest.diff import normalize_ignores
+    from castore.materialize import WRITE_IGNORABLE
+    try:
+        ign = normalize_ignores(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if ign - WRITE_IGNORABLE:
+        raise click.BadParameter(f"{', '.join(sorted(ign - WRITE_IGNORABLE))} cannot be left unapplied "
+                                 f"(only {', '.join(sorted(WRITE_IGNORABLE))}, owner)")
+    return ign
+
+
+write_ignore_opt = click.option(
+    "--ignore-attr", "ignore_attr", multiple=True, metavar="ATTR", callback=_write_ignores,
+    help="Do not apply ATTR (mode, uid, gid, owner, xattr, mtime): what a plain write gives instead (owner: "
+         "you; mode: from the umask; no xattrs; mtime: now). Repeatable.")
+
+
 class Ctx:
     def __init__(self, store_path: str | None, debug: bool) -> None:
         self.store_path = store_path

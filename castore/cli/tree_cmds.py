@@ -70,7 +70,8 @@ def verify_options(ignore_attr: tuple[str, ...], ignore_mode_bits: int, disable_
 @click.argument("root", type=click.Path(file_okay=False))
 @click.argument("manifest")
 @click.option("--ignore-attr", multiple=True, metavar="ATTR",
-              help="Do not compare ATTR (mode, uid, gid, owner, size, digest, target, device, xattr, mtime, links).")
+              help="Do not compare ATTR (mode, uid, gid, owner, size, digest, target, device, xattr, mtime, links, "
+                   "ads).")
 @click.option("--ignore-mode-bits", callback=parse_octal, metavar="OCTAL", help="Permission bits not compared.")
 @click.option("--disable-digest", is_flag=True, help="Do not hash file contents.")
 @click.option("--sockets", is_flag=True, help="Compare sockets too.")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from castore.manifest.model import Device, Manifest, RegularFile, Resource, Symlink
+from castore.manifest.model import AdsEntry, Device, Manifest, RegularFile, Resource, Symlink
 from castore.textsafe import quote, safe_line
 
 #: Attributes a comparison knows, for --ignore-attr.
-ATTRS = ("type", "mode", "uid", "gid", "size", "digest", "target", "device", "xattr", "mtime", "links")
+ATTRS = ("type", "mode", "uid", "gid", "size", "digest", "target", "device", "xattr", "mtime", "links", "ads")
 ALIASES = {"owner": ("uid", "gid"), "xattrs": ("xattr",), "devices": ("device",), "major": ("device",),
            "minor": ("device",), "hardlinks": ("links",), "content": ("size", "digest"), "time": ("mtime",),
-           "mtimes": ("mtime",), "perm": ("mode",), "permissions": ("mode",), "chunks": ()}
-CONTENT_ATTRS = frozenset({"type", "size", "digest", "target", "device"})
+           "mtimes": ("mtime",), "perm": ("mode",), "permissions": ("mode",), "chunks": (), "streams": ("ads",)}
+CONTENT_ATTRS = frozenset({"type", "size", "digest", "target", "device", "ads"})
 
 
 def normalize_ignores(names: tuple[str, ...] | list[str]) -> frozenset[str]:
@@ -51,6 +51,12 @@ def _xattr_text(xattrs: tuple[tuple[str, bytes], ...]) -> str:
     return "{" + ", ".join(f"{n}={v!r}" for n, v in xattrs) + "}"
 
 
+def _ads_text(ads: tuple[AdsEntry, ...]) -> str:
+    if not ads:
+        return "no alternate data stream"
+    return f"{len(ads)} alternate data stream(s) " + "{" + ", ".join(a.name for a in ads) + "}"
+
+
 def compare(path: str, want: Resource, got: Resource, ignore: frozenset[str] = frozenset(),
             ignore_mode_bits: int = 0) -> list[Difference]:
     """Every attribute of ``got`` that differs from ``want``, at ``path``."""
@@ -85,6 +91,8 @@ def compare(path: str, want: Resource, got: Resource, ignore: frozenset[str] = f
                 f"{'c' if got.char else 'b'} {got.major}:{got.minor}")
     if want.xattrs != got.xattrs:
         add("xattr", _xattr_text(want.xattrs), _xattr_text(got.xattrs))
+    if want.ads != got.ads:  # on Linux a tree has none: a checkout could not write them
+        add("ads", _ads_text(want.ads), _ads_text(got.ads))
     if want.mtime_ns is not None and got.mtime_ns is not None and want.mtime_ns != got.mtime_ns:
         add("mtime", want.mtime_ns, got.mtime_ns)
     if want.paths != got.paths:
