@@ -415,7 +415,7 @@ def _resource(seen: _Seen, paths: tuple[str, ...], by_rel: dict[str, tuple[FileJ
         return Symlink(target=seen.target, xattrs=xattrs, **common)  # type: ignore[arg-type]
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         if whiteouts == "overlay" and stat.S_ISCHR(mode) and st.st_rdev == 0 and len(paths) == 1:
-            return Whiteout(paths=paths, uid=st.st_uid, gid=st.st_gid)
+            return Whiteout(paths=paths, perm=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid)
         return Device(char=stat.S_ISCHR(mode), major=os.major(st.st_rdev), minor=os.minor(st.st_rdev),
                       xattrs=xattrs, **common)  # type: ignore[arg-type]
     if stat.S_ISFIFO(mode):

@@ -422,11 +422,12 @@ class Writer:
         elif isinstance(r, Whiteout):
             if self.opts.whiteouts == "overlay":
                 os.mknod(name, stat.S_IFCHR | 0o000, 0, dir_fd=dir_fd)
-                os.chown(name, r.uid, r.gid, dir_fd=dir_fd, follow_symlinks=False)
+                self.path_metadata(dir_fd, name, r)  # owner, then its permission bits
             elif self.opts.whiteouts == "oci":
                 fd = os.open(".wh." + name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o000,
                              dir_fd=dir_fd)
                 os.close(fd)
+                self.path_metadata(dir_fd, ".wh." + name, r)
             else:
                 return False
         else:

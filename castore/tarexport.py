@@ -238,7 +238,7 @@ class TarWriter:
             elif isinstance(r, NamedPipe):
                 self._header(rel, r, FIFO)
             elif isinstance(r, Whiteout):
-                self._header(rel, r, REG, perm=0)
+                self._header(rel, r, REG)
             elif isinstance(r, Socket):
                 self._skip("socket(s)")
 

@@ -247,7 +247,7 @@ class _Importer:
         self.staged: list[tuple[str, str]] = []
         self.inos: dict[str, int] = {}  # digest -> inode of the temp file staged for it
         self.sizes: dict[str, int] = {}
-        self.whiteouts: dict[str, tuple[int, int]] = {}
+        self.whiteouts: dict[str, tuple[int, int, int]] = {}  # path -> uid, gid, perm
         self.opaque: set[str] = set()
         self.apple: dict[str, list[tuple[str, bytes]]] = {}
         self.dropped_apple = 0
@@ -364,7 +364,7 @@ class _Importer:
                 name = base[4:]
                 if name in ("", ".", ".."):
                     raise TarUnsafe(f"tar member {path!r}: invalid whiteout name")
-                self.whiteouts[(parent if parent != "/" else "") + "/" + name] = (m.uid, m.gid)
+                self.whiteouts[(parent if parent != "/" else "") + "/" + name] = (m.uid, m.gid, m.mode & 0o7777)
             return True
         return False
 
@@ -447,8 +447,8 @@ class _Importer:
             if p in self.tree.has_below or p in self.opaque:
                 out.append(Directory(paths=(p,), opaque=True))  # an implicit directory made opaque
             else:
-                uid, gid = self.whiteouts[p]
-                out.append(Whiteout(paths=(p,), uid=uid, gid=gid))
+                uid, gid, perm = self.whiteouts[p]
+                out.append(Whiteout(paths=(p,), perm=perm, uid=uid, gid=gid))
         if self.dropped_apple:
             self.opts.note(f"left out {self.dropped_apple} AppleDouble member(s) (._* and __MACOSX)")
         for p in sorted(orphans):

@@ -55,7 +55,7 @@ def go_mode(r: Resource) -> int:
         mode |= gm.MODE_SOCKET
     elif isinstance(r, Whiteout):
         # Upstream sees the overlayfs form (char device 0/0); the flag is authoritative.
-        mode = gm.MODE_DEVICE | gm.MODE_CHAR_DEVICE
+        mode |= gm.MODE_DEVICE | gm.MODE_CHAR_DEVICE  # with its permission bits, kept through re-encoding
     return mode
 
 
