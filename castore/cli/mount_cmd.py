@@ -36,4 +36,8 @@ def mount_cmd(obj: Ctx, manifest: str, mountpoint: str, allow_other: bool, foreg
         click.echo(safe_line(f"continuity: mounted {digest or manifest} at {path} (read-only); "
                              f"unmount with: fusermount3 -u {path}"), err=True)
 
+    from castore.materialize import count_ads, note_ads
+    from castore.textsafe import note
+
+    note_ads(count_ads(m.resources), note)  # the mount has no place for them either
     mount(store, m, digest, mountpoint, allow_other=allow_other, ready=ready)
