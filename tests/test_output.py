@@ -116,6 +116,9 @@ def test_json_output_stays_valid(tmp_path: Path) -> None:
     p = run_cli("dump", digest, "--format", "json", store=st, check=True)
     assert_clean(p.stdout)
     json.loads(p.stdout)
+    p = run_cli("dump", digest, store=st, check=True)  # prototext: its own escapes, C1 and DEL included
+    assert_clean(p.stdout)
+    assert '"/c1\\302\\205nel"' in p.stdout.decode()
     p = run_cli("diff", tmp_path / "src", digest, "--json", store=st, check=True)
     assert json.loads(p.stdout) == {"changes": []}
 

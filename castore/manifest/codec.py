@@ -338,7 +338,12 @@ def dumps_text(m: Manifest) -> str:
     msg.resource.extend(to_proto(r) for r in m.resources)
     from google.protobuf import text_format  # only here: 8 ms of every CLI start otherwise
 
-    return text_format.MessageToString(msg, as_utf8=True)
+    # as_utf8 leaves DEL, C1 controls and line separators raw: octal escapes of their UTF-8 bytes, as the
+    # format's own escapes for C0 (the text parses back to the same strings).
+    return text_format.MessageToString(msg, as_utf8=True).translate(_TEXT_ESCAPES)
+
+
+_TEXT_ESCAPES = {c: "".join(f"\\{b:03o}" for b in chr(c).encode()) for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)}
 
 
 def _xattr_json(data: bytes) -> dict[str, str]:
