@@ -21,6 +21,7 @@ from castore.bulkmode import bulk
 from castore.errors import (
     Busy,
     CastoreError,
+    Differences,
     IntegrityError,
     ResourceLimit,
     UnsafeInput,
@@ -30,9 +31,9 @@ from castore.errors import (
 from castore.faults import crashpoint
 from castore.fs import DirFds
 from castore.manifest import codec
-from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Whiteout
+from castore.manifest.model import Device, Directory, Manifest, RegularFile, Resource, Whiteout
 from castore.manifest.validate import validate
-from castore.materialize import LinkRef, Options, Writer
+from castore.materialize import LinkRef, Options, Writer, count_ads, note_ads, without_attrs
 from castore.store import Store, discard_dir
 
 
@@ -270,7 +271,7 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
     if manifest is None:
         if store is None or manifest_digest is None:
             raise CastoreError("checkout needs a manifest, or a store and the digest of one of its manifests")
-        if opts.link == "hardlink" and store.manifest_indexed(manifest_digest):
+        if opts.link == "hardlink" and not opts.ignore and store.manifest_indexed(manifest_digest):
             items = _encoded_items(store, manifest_digest)
         else:
             manifest = store.load_manifest(manifest_digest)
@@ -279,7 +280,16 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
         if not validated:
             validate(manifest)
         items = manifest.resources
+    if opts.ignore:
+        items = without_attrs(items, opts.ignore)  # type: ignore[arg-type]  # decoded above: Resources
+    if opts.devices == "check":
+        devices = [r.path for r in items if isinstance(r, Device)]
+        if devices:  # a new tree holds no device node to confirm: say so before writing anything
+            raise Differences(f"{devices[0]}: {len(devices)} device node(s) cannot be checked in a new tree "
+                              "(--devices check confirms existing nodes, as apply does); use --devices create "
+                              "or skip")
     parent, base, was_empty_dir = _prepare_target(target)
+    ads = count_ads(items)
     if store is not None and manifest_digest is None and manifest is not None:
         _require_blobs(store, manifest)
     os.makedirs(parent, exist_ok=True)
@@ -319,6 +329,7 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
                 fs.renameat2(pfd, staging, pfd, base)
             except FileExistsError:
                 raise UnsafeInput(f"{target}: target appeared during checkout") from None
+            note_ads(ads, opts.note)  # type: ignore[arg-type]
         except BaseException as exc:
             warn_mounts_kept([os.path.join(parent, k) for k in discard_dir(pfd, staging)])
             raise_if_full(exc, target)

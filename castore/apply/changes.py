@@ -55,13 +55,14 @@ from castore.manifest.model import (
 )
 from castore.materialize import Writer
 from castore.store import remove_contents
+from castore.textsafe import note
 
 TMP_PREFIX = ".continuity-apply-"
 META_ATTRS = frozenset({"mode", "uid", "gid", "xattr", "mtime"})
 
 
 def _stderr_note(msg: str) -> None:
-    print(f"continuity: note: {msg}", file=sys.stderr)
+    note(msg)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class ApplyOptions:
     sync: bool = False  # syncfs at the end (a rerun converges anyway, so off by default, as rsync)
     note: Callable[[str], None] = _stderr_note
     log: Callable[[str], None] | None = None  # one line per change (verbose)
+    ignore: frozenset[str] = frozenset()  # --ignore-attr: not applied (materialize.WRITE_IGNORABLE)
 
 
 @dataclass
@@ -412,7 +414,7 @@ class Applier:
         intact = False
         if anchor is not None:
             h = self.scan.by_path[anchor]
-            diffs = [d.attr for d in compare(anchor, w, h) if d.attr in META_ATTRS]
+            diffs = [d.attr for d in compare(anchor, w, h) if d.attr in META_ATTRS and d.attr not in self.opts.ignore]
             if not diffs:
                 self.report.unchanged += 1
                 intact = True
@@ -593,7 +595,7 @@ class Applier:
             if not changed and p in self.scan.clean:
                 continue
             if h is not None and not changed:
-                diffs = [d.attr for d in compare(p, w, h) if d.attr in META_ATTRS]
+                diffs = [d.attr for d in compare(p, w, h) if d.attr in META_ATTRS and d.attr not in self.opts.ignore]
                 if not diffs:
                     continue
                 self.log(f"m {p}/ ({', '.join(diffs)})")

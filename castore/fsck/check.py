@@ -28,6 +28,7 @@ from castore.materialize import object_record
 from castore.store import Store, manifest_refs
 from castore.store.lock import flocked
 from castore.store.meta import BLOB_ROW, KIND_NAMES, dkey, dstr
+from castore.textsafe import quote, safe_line
 
 READ = 1 << 20
 MAX_PATHS = 20
@@ -44,14 +45,14 @@ class Finding:
     repaired: str = ""
 
     def line(self) -> str:
-        out = f"{self.severity}: {self.kind}: {self.subject}: {self.detail}"
+        out = f"{self.severity}: {self.kind}: {quote(self.subject)}: {self.detail}"
         if self.names:
-            out += f"; names: {', '.join(self.names)}"
+            out += f"; names: {', '.join(map(quote, self.names))}"
         if self.paths:
-            out += f"; paths: {', '.join(self.paths)}"
+            out += f"; paths: {', '.join(map(quote, self.paths))}"
         if self.repaired:
             out += f" [{self.repaired}]"
-        return out
+        return safe_line(out)
 
 
 @dataclass

@@ -8,7 +8,6 @@ another kind); ``castore.manifest.validate`` checks the tree as a whole.
 from __future__ import annotations
 
 import base64
-import json
 import os
 from typing import Any
 
@@ -57,7 +56,7 @@ def go_mode(r: Resource) -> int:
         mode |= gm.MODE_SOCKET
     elif isinstance(r, Whiteout):
         # Upstream sees the overlayfs form (char device 0/0); the flag is authoritative.
-        mode = gm.MODE_DEVICE | gm.MODE_CHAR_DEVICE
+        mode |= gm.MODE_DEVICE | gm.MODE_CHAR_DEVICE  # with its permission bits, kept through re-encoding
     return mode
 
 
@@ -224,15 +223,15 @@ _SPECIAL_BITS = gm.MODE_SETUID | gm.MODE_SETGID | gm.MODE_STICKY
 def loads(data: bytes, *, source: str = "manifest") -> Manifest:
     """Decode manifest bytes. Raises CorruptManifest or InvalidManifest."""
     if not data:
-        raise CorruptManifest(f"{source}: empty manifest")
+        return Manifest.of([])  # an empty tree: upstream serializes it as zero bytes
     msg = pb.Manifest()
     try:
         msg.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise CorruptManifest(f"{source}: not a manifest ({exc})") from exc
     resources = [from_proto(r) for r in msg.resource]
-    if not resources:
-        raise CorruptManifest(f"{source}: manifest has no entries")
+    if not resources:  # the empty manifest is zero bytes; anything else without entries is not one
+        raise CorruptManifest(f"{source}: not a manifest ({len(data)} bytes without entries)")
     return Manifest.of(resources)
 
 
@@ -373,7 +372,12 @@ def dumps_text(m: Manifest) -> str:
     msg.resource.extend(to_proto(r) for r in m.resources)
     from google.protobuf import text_format  # only here: 8 ms of every CLI start otherwise
 
-    return text_format.MessageToString(msg, as_utf8=True)
+    # as_utf8 leaves DEL, C1 controls and line separators raw: octal escapes of their UTF-8 bytes, as the
+    # format's own escapes for C0 (the text parses back to the same strings).
+    return text_format.MessageToString(msg, as_utf8=True).translate(_TEXT_ESCAPES)
+
+
+_TEXT_ESCAPES = {c: "".join(f"\\{b:03o}" for b in chr(c).encode()) for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)}
 
 
 def _xattr_json(data: bytes, raw_name: bytes | None = None) -> dict[str, str]:
@@ -422,5 +426,7 @@ def resource_json(r: Resource) -> dict[str, Any]:
 
 def dumps_json(m: Manifest) -> str:
     """The JSON rendering: ``{"resources": [...]}``."""
-    return json.dumps({"resources": [resource_json(r) for r in m.resources]}, indent=1, ensure_ascii=False)
+    from castore.textsafe import json_text
+
+    return json_text({"resources": [resource_json(r) for r in m.resources]})
 
