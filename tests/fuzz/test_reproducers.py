@@ -1,0 +1,81 @@
+"""Crashes scripts/fuzz found, minimized: each must end in castore's own error (or succeed), never another
+exception. (Found 2026-12-07; see docs/design.md, Data-safety guarantees.)"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+from castore.checkout import checkout
+from castore.digest import EMPTY_DIGEST
+from castore.errors import CastoreError
+from castore.manifest import Manifest, NamedPipe, RegularFile, Symlink
+from castore.materialize import Options
+from castore.store import Store
+from castore.tarimport import ingest_tar
+
+
+def _only_our_errors(fn: Callable[[], object]) -> bool:
+    """True when ``fn`` succeeded, False when it raised a CastoreError; anything else propagates."""
+    try:
+        fn()
+    except CastoreError:
+        return False
+    return True
+
+
+def _checkout(store: Store, m: Manifest, target: Path) -> bool:
+    """Checkout without a store: these manifests have no content (an empty file needs no blob)."""
+    return _only_our_errors(lambda: checkout(None, m, str(target), Options(note=lambda _: None)))
+
+
+def test_kernel_refused_capability_xattr(store: Store, tmp_path: Path) -> None:
+    """manifest-ef20aedeea00: an empty security.capability value: setxattr says EINVAL (was OSError)."""
+    m = Manifest.of([RegularFile(paths=("/f",), size=0, digest=EMPTY_DIGEST, xattrs=(("security.capability", b""),))])
+    _checkout(store, m, tmp_path / "t")
+
+
+def test_kernel_refused_capability_xattr_on_a_fifo(store: Store, tmp_path: Path) -> None:
+    """manifest-428647ec1a0f: security.capability on a FIFO: EINVAL/EPERM (was OSError)."""
+    m = Manifest.of([NamedPipe(paths=("/p",), xattrs=(("security.capability", b""),))])
+    _checkout(store, m, tmp_path / "t")
+
+
+def test_user_xattr_on_a_symlink(store: Store, tmp_path: Path) -> None:
+    """manifest-5dbf5a102df3: Linux refuses user.* xattrs on symlinks with EPERM (was PermissionError)."""
+    m = Manifest.of([Symlink(paths=("/l",), target="x", xattrs=(("user.a", b""),))])
+    _checkout(store, m, tmp_path / "t")
+
+
+def test_user_xattr_on_a_symlink_from_a_tar(store: Store, tmp_path: Path) -> None:
+    """tar-348d57ad0ce5: the same through `ingest` of a tar whose symlink carries SCHILY.xattr.user.*."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("l")
+        ti.type, ti.linkname, ti.pax_headers = tarfile.SYMTYPE, "x", {"SCHILY.xattr.user.a": "v"}
+        tf.addfile(ti)
+    src = tmp_path / "in.tar"
+    src.write_bytes(buf.getvalue())
+    digest = ingest_tar(store, str(src))
+    _only_our_errors(lambda: checkout(store, None, str(tmp_path / "t"), Options(note=lambda _: None),
+                                      manifest_digest=digest))
+
+
+def test_deep_path_within_path_max(store: Store, tmp_path: Path) -> None:
+    """manifest-c171408cb3fe: 3000 levels (6 KB, under PATH_MAX) hit Python's recursion limit in
+    checkout's ensure_dir (was RecursionError)."""
+    deep = "/a" * 3000 + "/f"
+    m = Manifest.of([RegularFile(paths=(deep,), size=0, digest=EMPTY_DIGEST)])
+    if _checkout(store, m, tmp_path / "t"):
+        fd = os.open(tmp_path / "t", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for _ in range(3000):
+                nfd = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+            os.stat("f", dir_fd=fd)
+        finally:
+            os.close(fd)
