@@ -24,6 +24,9 @@ def test_short_run_of_every_target(tmp_path: Path) -> None:
     done = dict(re.findall(r"fuzz: (\w+): done: (\d+) executions", p.stdout))
     assert set(done) == {"manifest", "tar", "registry"}, p.stdout + p.stderr[-3000:]
     assert all(int(n) > 0 for n in done.values()), done
+    # Real seeds go all the way through (a harness whose valid inputs fail would only find refusals).
+    seeds_ok = dict(re.findall(r"fuzz: (\w+): seeds: \d+ .*'ok': (\d+)", p.stdout))
+    assert set(seeds_ok) == {"manifest", "tar", "registry"}, p.stdout
     # A crash found is saved with its traceback, and the exit code says so.
     saved = sorted(out.glob("*.bin")) if out.exists() else []
     assert (p.returncode == 1) == bool(saved), (p.returncode, saved)
