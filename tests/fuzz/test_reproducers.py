@@ -14,7 +14,7 @@ from helpers import run_cli
 from castore.checkout import checkout
 from castore.digest import EMPTY_DIGEST
 from castore.errors import CastoreError
-from castore.manifest import Manifest, NamedPipe, RegularFile, Symlink, dumps
+from castore.manifest import Directory, Manifest, NamedPipe, RegularFile, Symlink, dumps
 from castore.materialize import Options
 from castore.store import Store
 from castore.tarimport import ingest_tar
@@ -43,6 +43,13 @@ def test_kernel_refused_capability_xattr(store: Store, tmp_path: Path) -> None:
 def test_kernel_refused_capability_xattr_on_a_fifo(store: Store, tmp_path: Path) -> None:
     """manifest-428647ec1a0f: security.capability on a FIFO: EINVAL/EPERM (was OSError)."""
     m = Manifest.of([NamedPipe(paths=("/p",), xattrs=(("security.capability", b""),))])
+    _checkout(store, m, tmp_path / "t")
+
+
+def test_kernel_refused_capability_xattr_on_a_directory(store: Store, tmp_path: Path) -> None:
+    """registry-5b2f2358b39e: the same on a directory (set last, with its metadata), reached through `pull`
+    of a continuity manifest carrying it (was OSError)."""
+    m = Manifest.of([Directory(paths=("/d",), xattrs=(("security.capability", b""),))])
     _checkout(store, m, tmp_path / "t")
 
 
