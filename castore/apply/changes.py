@@ -660,7 +660,7 @@ def _set_metadata(fd: int, w: Resource, dfd: int, name: str) -> bool:
             if n not in keep:
                 os.removexattr(where, n, follow_symlinks=follow)
         for n, v in sorted((kv for kv in w.xattrs if kv not in have_x), key=lambda kv: kv[0] == "security.capability"):
-            os.setxattr(where, n, v, follow_symlinks=follow)
+            fs.set_xattr(where, n, v, follow=follow)
         changed = True
     if w.mtime_ns is not None and (changed or st.st_mtime_ns != w.mtime_ns):
         os.utime(where, ns=(w.mtime_ns, w.mtime_ns), follow_symlinks=follow)

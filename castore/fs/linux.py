@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from castore.errors import UnsafeInput
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -361,11 +363,29 @@ def set_xattrs(target: int | str, xattrs: tuple[tuple[str, bytes], ...]) -> list
     ordered = sorted((kv for kv in xattrs if kv[0].startswith(XATTR_NAMESPACES)),
                      key=lambda kv: kv[0] == "security.capability")
     for n, v in ordered:
-        if isinstance(target, int):
-            os.setxattr(target, n, v)
-        else:
-            os.setxattr(target, n, v, follow_symlinks=False)
+        set_xattr(target, n, v)
     return skipped
+
+
+#: setxattr errnos that mean "this xattr can never be applied here" (a bad value, a namespace the
+#: kernel refuses on this file type), as opposed to a full disk or quota (left to raise_if_full).
+XATTR_REFUSED = frozenset({errno.EINVAL, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.E2BIG, errno.ERANGE,
+                           errno.EACCES})
+
+
+def set_xattr(target: int | str, name: str, value: bytes, *, follow: bool = False) -> None:
+    """Set one xattr on an fd or path (not followed unless ``follow``); the kernel's refusal of the
+    xattr itself is an UnsafeInput (exit 3) naming it, never a bare OSError."""
+    try:
+        if isinstance(target, int):
+            os.setxattr(target, name, value)
+        else:
+            os.setxattr(target, name, value, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in XATTR_REFUSED:
+            raise UnsafeInput(f"xattr {name!r} ({len(value)} bytes) cannot be set here: "
+                              f"{os.strerror(exc.errno)}") from exc
+        raise
 
 
 STATX_ATTR_MOUNT_ROOT = 0x2000
