@@ -293,6 +293,9 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
         blob_rows = sorted((dkey(d), BLOB_ROW.pack(sizes.get(d, 0), KIND_CHUNK if d in chunk_digests else KIND_RAW))
                            for d in missing)
         blob_rows.append((dkey(mdigest), BLOB_ROW.pack(len(data), KIND_MANIFEST)))
+        # The marker that tells a rebuilt index this blob is a manifest: made durable by install_staged's
+        # last syncfs (after the renames), or here when nothing was staged.
+        store.mark_manifest(mdigest, "+" if name is not None else "", name or "", sync=not staged)
         store.install_staged(staged, synced, sync_fd=sync_fd)
         just_staged = {d for _, d in staged}
         # What we wrote must still be there (a gc may have swept the same name meanwhile);
