@@ -442,9 +442,9 @@ class RebuildReport:
     def summary(self) -> str:
         out = (f"fsck: index rebuilt from {self.blobs} blob files ({self.manifests} manifests) in "
                f"{self.seconds:.2f}s; {len(self.quarantined)} corrupt files quarantined; ")
-        if self.catalog_lost and self.catalog_restored:
-            out += (f"the old catalog could not be read ({self.catalog_lost}); {self.catalog_names} catalog rows "
-                    "restored from the manifest markers")
+        if self.catalog_restored:
+            out += (f"the old catalog could not be read ({self.catalog_lost or 'empty'}); {self.catalog_names} "
+                    "catalog rows restored from the manifest markers")
         elif self.catalog_lost:
             out += (f"the catalog (names, history) could not be salvaged ({self.catalog_lost}) and cannot be "
                     "rebuilt from blobs: re-tag manifests with `continuity tag DIGEST NAME`")
@@ -606,9 +606,9 @@ def rebuild_index(store_path: str) -> RebuildReport:
                     for res in man.resources:
                         ads.update(dkey(a.digest) for a in res.ads if a.digest)
         crashpoint("rebuild-after-scan")
-        if rep.catalog_lost and markers:
+        if (rep.catalog_lost or not catalog) and markers:  # lost, or an empty index re-created over the store
             catalog = _catalog_from_markers(markers, {k: sizes[k] for k in refs})
-            rep.catalog_restored = True
+            rep.catalog_restored = bool(rep.catalog_lost or catalog)
         rep.catalog_names = len(catalog)
         rep.blobs, rep.manifests = len(sizes), len(refs)
         rep.manifest_digests = sorted(dstr(k) for k in refs)
