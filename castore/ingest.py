@@ -247,6 +247,7 @@ def _unchanged_tree(store: Store, known: bytes, fp: bytes, name: str | None) -> 
             return None
         if name is not None:
             size = store.blob_size(digest) or 0
+            store.mark_manifest(digest, "+", name)  # the naming, for a rebuilt index
             store.meta.write(lambda t: store.set_tag(t, name, digest, size))
     return digest
 
