@@ -545,7 +545,8 @@ def rebuild_index(store_path: str) -> RebuildReport:
     not match its name is quarantined). Only blobs the store recorded as
     manifests (a marker in STORE/manifests/, or a `refs` row of the old index)
     are indexed as manifests: a user file that parses as one stays a file.
-    A store of an older version without markers falls back to parsing.
+    Only a store of an older version (no markers) whose old index is
+    unreadable falls back to parsing.
     The catalog (names, history) is copied from the old environment when that
     is readable, else replayed from the markers' naming events.
 
@@ -571,6 +572,8 @@ def rebuild_index(store_path: str) -> RebuildReport:
         catalog, known, rep.catalog_lost = _salvage(meta_path)
         markers, have_markers = _markers(path)
         known |= set(markers)
+        # Parsing decides only for a store of an older version (no markers) whose old index is unreadable.
+        guess = not have_markers and bool(rep.catalog_lost)
         sizes: dict[bytes, int] = {}
         refs: dict[bytes, set[bytes]] = {}
         chunks: set[bytes] = set()
@@ -587,7 +590,7 @@ def rebuild_index(store_path: str) -> RebuildReport:
                 if not stat.S_ISREG(st.st_mode) or not key:
                     continue
                 data = b""
-                may_be_manifest = key in known or not have_markers
+                may_be_manifest = key in known or guess
                 if may_be_manifest and st.st_size <= MAX_PARSE:
                     with open(fpath, "rb") as fh:
                         data = fh.read()

@@ -17,6 +17,7 @@ orphan files, which gc removes after a grace period.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -220,7 +221,8 @@ class Store:
         store = cls(path, config, meta)
         store._check_schema()
         if not os.path.isdir(os.path.join(path, MARKER_DIR)):
-            store._backfill_markers()
+            with contextlib.suppress(OSError):  # best effort (a read-only user): the first commit does it
+                store._backfill_markers()
         return store
 
     @staticmethod
@@ -309,11 +311,17 @@ class Store:
         """
         path = self.marker_path(digest)
         line = f"{event} {time.time_ns()} {name}\n".encode() if event else b""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        new_shard = False
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, flags, 0o644)
         except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            if not os.path.isdir(os.path.join(self.path, MARKER_DIR)):
+                self._backfill_markers()  # only the backfill makes the directory: it lists every older manifest
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(os.path.dirname(path))
+                new_shard = True
+            fd = os.open(path, flags, 0o644)
         try:
             if line:
                 _write_all(fd, line)
@@ -323,6 +331,8 @@ class Store:
             os.close(fd)
         if sync:
             _fsync_dir(os.path.dirname(path))
+            if new_shard:
+                _fsync_dir(os.path.dirname(os.path.dirname(path)))
 
     def _backfill_markers(self) -> None:
         """A store of an older version: a marker for every manifest its index records, then the directory."""

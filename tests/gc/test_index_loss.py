@@ -153,10 +153,11 @@ def lookalike(cli, tmp_path: Path, store_path: Path):  # type: ignore[no-untyped
     return d, evil
 
 
+@pytest.mark.parametrize("lost", ["meta", "manifests"])  # the index; or the markers (a store of an older version)
 def test_rebuild_does_not_take_a_user_file_for_a_manifest(cli, lookalike, store_path: Path,  # type: ignore
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path, lost: str) -> None:
     app, evil = lookalike
-    shutil.rmtree(store_path / "meta")
+    shutil.rmtree(store_path / lost)
     p = cli("fsck", "--rebuild-index", "--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
