@@ -311,22 +311,22 @@ class Store:
         """
         path = self.marker_path(digest)
         line = f"{event} {time.time_ns()} {name}\n".encode() if event else b""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
         new_shard = False
         try:
-            fd = os.open(path, flags, 0o644)
+            fd = os.open(path, flags)
         except FileNotFoundError:
             if not os.path.isdir(os.path.join(self.path, MARKER_DIR)):
                 self._backfill_markers()  # only the backfill makes the directory: it lists every older manifest
             with contextlib.suppress(FileExistsError):
                 os.mkdir(os.path.dirname(path))
                 new_shard = True
-            fd = os.open(path, flags, 0o644)
+            fd = os.open(path, flags | os.O_CREAT, 0o644)
         try:
             if line:
                 _write_all(fd, line)
-            if sync:
-                os.fsync(fd)
+            if sync:  # cheap when clean; a marker left by a killed commit may not be durable yet
+                os.fdatasync(fd)
         finally:
             os.close(fd)
         if sync:
