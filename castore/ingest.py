@@ -246,6 +246,7 @@ def _unchanged_tree(store: Store, known: bytes, fp: bytes, name: str | None) -> 
             return None
         if name is not None:
             size = store.blob_size(digest) or 0
+            store.mark_manifest(digest, "+", name)  # the naming, for a rebuilt index
             store.meta.write(lambda t: store.set_tag(t, name, digest, size))
     return digest
 
@@ -292,6 +293,9 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
         blob_rows = sorted((dkey(d), BLOB_ROW.pack(sizes.get(d, 0), KIND_CHUNK if d in chunk_digests else KIND_RAW))
                            for d in missing)
         blob_rows.append((dkey(mdigest), BLOB_ROW.pack(len(data), KIND_MANIFEST)))
+        # The marker that tells a rebuilt index this blob is a manifest: made durable by install_staged's
+        # last syncfs (after the renames), or here when nothing was staged.
+        store.mark_manifest(mdigest, "+" if name is not None else "", name or "", sync=not staged)
         store.install_staged(staged, synced, sync_fd=sync_fd)
         just_staged = {d for _, d in staged}
         # What we wrote must still be there (a gc may have swept the same name meanwhile);

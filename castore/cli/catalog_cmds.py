@@ -169,6 +169,7 @@ def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
         with store.shared_lock():
             data = codec.dumps(m)
             digest = store.put_blob(data, KIND_MANIFEST)
+            store.mark_manifest(digest, "+", name)
             store.meta.write(lambda t: (store.record_manifest(t, digest, refs),
                                         store.set_tag(t, name, digest, len(data))))
     else:

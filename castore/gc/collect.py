@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import castore.apply.state as apply_state
 from castore import staging
 from castore.bulkmode import bulk
-from castore.errors import Busy, UnsafeInput, warn_mounts_kept
+from castore.errors import Busy, IntegrityError, UnsafeInput, warn_mounts_kept
 from castore.faults import crashpoint
 from castore.store import Store, _remove_tree
 from castore.store.lock import flocked, is_held
@@ -387,6 +387,11 @@ class _Collector:
         except FileNotFoundError:
             self.report.add(Item("index-row", digest), self.keep_items, is_file=False)
             return
+        if kind == KIND_MANIFEST or kind < 0:
+            try:
+                os.unlink(self.store.marker_path(digest))  # after its blob: a marker alone is ignored
+            except FileNotFoundError:
+                pass
         self.report.add(item, self.keep_items)
 
     # ------------------------------------------------------- phase 4: caches
@@ -612,6 +617,9 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
     gc_lock = os.path.join(store.path, "gc.lock")
     try:
         with flocked(gc_lock, exclusive=True, wait=opts.wait, what="gc"), _Nice(opts.nice) as prio:
+            doubt = store.index_doubt()
+            if doubt:
+                raise IntegrityError(f"gc refused: {doubt}")
             c = _Collector(store, opts)
             store.meta.env.reader_check()
             marked, manifests = c.snapshot()
