@@ -275,10 +275,12 @@ class _Checker:
         blobs_db, map_db = self.meta.db("blobs"), self.meta.db("chunkmap")
         with self.meta.read() as txn:
             rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=map_db)]
-            indexed: set[bytes] = set()
+            indexed: dict[bytes, int] = {}  # chunk -> size in the index
             for _, v in rows:
-                indexed.update(bytes(v[i:i + 32]) for i in range(0, len(v), CHUNK_ROW.size)
-                               if txn.get(bytes(v[i:i + 32]), db=blobs_db) is not None)
+                for i in range(0, len(v) - 31, CHUNK_ROW.size):
+                    raw = txn.get(bytes(v[i:i + 32]), db=blobs_db)
+                    if raw is not None:
+                        indexed[bytes(v[i:i + 32])] = BLOB_ROW.unpack(raw)[0]
         for k, v in rows:
             chunks = unpack_chunks(v)
             if len(k) != 32 or not chunks:
@@ -287,6 +289,11 @@ class _Checker:
                 continue
             if any(dkey(c.digest) not in indexed for c in chunks):
                 self._add("info", "stale-chunk-map", dstr(k), "a chunk of this file left the store (gc drops the row)")
+                continue
+            if any(indexed[dkey(c.digest)] != c.end - c.begin for c in chunks):
+                self._add("error", "bad-chunk-map", dstr(k),
+                          "its chunks' sizes are not the index's (fsck --repair drops the row)")
+                self.bad_maps.append(k)
                 continue
             if not self._selected(k):
                 continue

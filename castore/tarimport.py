@@ -53,6 +53,7 @@ import pyfastcdc
 
 from castore import fs
 from castore.build import _ignored, make_pool
+from castore.crash import crashpoint
 from castore.errors import IntegrityError
 from castore.gcpause import bulk
 from castore.hashing import ChunkParams
@@ -507,6 +508,7 @@ def ingest_tar(store: Store, src: str, *, name: str | None = None, opts: TarOpti
         os.makedirs(lease.tmp_dir, mode=0o700)
         manifest, staged, sizes, inos, pinned = read_tar(stream, lease.tmp_dir, store.blob_root, store.chunking,
                                                          opts)
+        crashpoint("tar-before-commit")
         try:
             digest = commit_manifest(store, manifest, staged, sizes, name=name, sync_fd=lease.fd, pinned=pinned)
         except IntegrityError as exc:
