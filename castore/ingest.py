@@ -300,6 +300,8 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
         # content stored chunked): nothing to stage, gc keeps the chunks through the chunk map.
         served = {d for d in missing & unchunked if d not in staged_digests}
         missing -= _served_by_chunks(store, served) if served else set()
+        if pinned:  # a pin of an indexed blob is not needed: no gc frees it now (the lease tmp dir goes)
+            staged = [(t, d) for t, d in staged if d not in pinned or d in missing]
         # In key order (putmulti): each put lands next to the last one, 30% faster than scattered puts.
         blob_rows = sorted((dkey(d), BLOB_ROW.pack(sizes.get(d, 0), KIND_CHUNK if d in chunk_digests else KIND_RAW))
                            for d in missing)
