@@ -569,7 +569,7 @@ class Store:
         """The blobs serving ``m`` needs: manifest_refs, with every whole-file digest the index
         lacks but the chunk map knows replaced by its chunks."""
         refs = manifest_refs(m)
-        whole = {r.digest for r in m.files() if not r.chunks and r.size}
+        whole = {r.digest for r in m.files() if not r.chunks and r.size > self.chunking.min_size}
         for d, chunks in self.chunk_lists(self.missing_blobs(refs & whole)).items():
             refs.discard(d)
             refs.update(c.digest for c in chunks)
@@ -578,7 +578,8 @@ class Store:
     def with_chunks(self, m: Manifest) -> Manifest:
         """``m`` with a chunk list on every regular file whose whole-file blob the index lacks and
         whose chunks the chunk map records (chunk lists that do not cover the file are ignored)."""
-        need = {r.digest for r in m.files() if not r.chunks and r.size}
+        # A file no larger than one chunk at least is never split (a cheap filter: most files are small).
+        need = {r.digest for r in m.files() if not r.chunks and r.size > self.chunking.min_size}
         if not need:
             return m
         found = self.chunk_lists(self.missing_blobs(need))
