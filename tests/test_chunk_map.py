@@ -207,3 +207,17 @@ def test_gc_leaves_a_running_hardlink_checkouts_new_objects(tmp_path: Path) -> N
     assert rc == 0, err.decode(errors="replace")
     run_cli("verify", tmp_path / "co", "t", store=store, check=True)
     assert not list((store / "links").glob("*/.tmp-*"))
+
+
+def test_rebuild_index_restores_the_chunk_map(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    src = big_tree(tmp_path / "src")
+    run_cli("ingest", src, "--name", "t", store=store, check=True)
+    manifest = tmp_path / "built.pb"
+    manifest.write_bytes(run_cli("build", src, check=True).stdout)
+    run_cli("tag", manifest, "built", store=store, check=True)
+    run_cli("fsck", "--rebuild-index", store=store, check=True)
+    run_cli("checkout", "built", tmp_path / "co", store=store, check=True)
+    _same(tmp_path / "co", src)
+    p = run_cli("fsck", store=store)
+    assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
