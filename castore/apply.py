@@ -155,6 +155,8 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
         writer = Writer(store if use_store else None,
                         Options(link=opts.link if use_store else "copy", verify=opts.verify, devices=opts.devices,
                                 sockets=opts.sockets, note=opts.note))
+        if use_store:
+            writer.tmp_dir = lease.tmp_dir  # new hardlink objects: where gc leaves them alone
         src: Source = Source()
         needed = _needed_content(manifest, scan, opts)
         if use_store:
