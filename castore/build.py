@@ -2,7 +2,7 @@
 
 The walk is iterative and directory-fd relative: no RecursionError at any
 depth, symlinks never followed, FIFOs never opened. Regular files are read by
-``castore.hashing`` in worker processes; ``ingest`` passes a Processor that
+``castore.readers`` in worker processes; ``ingest`` passes a Processor that
 also stages their content as blobs, and a stat cache that skips unchanged
 files.
 """
@@ -23,9 +23,8 @@ from castore import fs
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
+from castore.bulkmode import bulk
 from castore.errors import CastoreError, NotFound, UnsafeInput
-from castore.gcpause import bulk
-from castore.hashing import FileJob, FileResult, Processor
 from castore.manifest.model import (
     Chunk,
     Device,
@@ -38,6 +37,7 @@ from castore.manifest.model import (
     Symlink,
     Whiteout,
 )
+from castore.readers import FileJob, FileResult, Processor
 
 BATCH_FILES = 512
 BATCH_BYTES = 32 << 20
@@ -132,7 +132,8 @@ def see_entry(dir_fd: int, rel: str, name: str, st: os.stat_result, out: WalkRes
         return True
     if stat.S_ISDIR(mode):
         return False
-    seen = _Seen(rel, Stat(st), fs.read_xattrs(fs.proc_path(dir_fd, name)))
+    with fs.named(f"/{rel}"):
+        seen = _Seen(rel, Stat(st), fs.read_xattrs(fs.proc_path(dir_fd, name)))
     if stat.S_ISLNK(mode):
         seen.target = os.readlink(name, dir_fd=dir_fd)
     out.entries.append(seen)

@@ -17,10 +17,10 @@ import stat
 from collections.abc import Callable, Sequence
 
 from castore import fs
-from castore.crash import crashpoint
+from castore.bulkmode import bulk
 from castore.errors import Busy, CastoreError, IntegrityError, ResourceLimit, UnsafeInput, raise_if_full
+from castore.faults import crashpoint
 from castore.fs import DirFds
-from castore.gcpause import bulk
 from castore.manifest import codec
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Whiteout
 from castore.manifest.validate import validate

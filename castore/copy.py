@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 from castore import fs
 from castore.build import _ignored, _raise_nofile_limit
-from castore.crash import crashpoint
+from castore.bulkmode import bulk
 from castore.errors import CastoreError, NotFound, UnsafeInput, raise_if_full
-from castore.gcpause import bulk
+from castore.faults import crashpoint
 from castore.materialize import data_ranges
 from castore.store import discard_dir
 
@@ -281,7 +281,8 @@ class _Copier:
         if stat.S_ISLNK(mode):
             _chown(self.mv, lambda: os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False),
                    st.st_uid, st.st_gid)
-            _copy_xattrs(fs.proc_path(sfd, name), fs.proc_path(dfd, name), False, self.stats)
+            with fs.named(f"/{child}"):
+                _copy_xattrs(fs.proc_path(sfd, name), fs.proc_path(dfd, name), False, self.stats)
             os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
             return
         spfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
@@ -290,11 +291,12 @@ class _Copier:
             if stat.S_IFMT(os.fstat(pfd).st_mode) != stat.S_IFMT(mode):
                 raise CastoreError(f"/{child}: replaced in the staging directory")
             where = f"/proc/self/fd/{pfd}"
-            _chown(self.mv, lambda: os.chown(where, st.st_uid, st.st_gid), st.st_uid, st.st_gid)
-            os.chmod(where, stat.S_IMODE(mode))
-            if stat.S_IFMT(os.fstat(spfd).st_mode) == stat.S_IFMT(mode):
-                _copy_xattrs(f"/proc/self/fd/{spfd}", where, True, self.stats)
-            os.utime(where, ns=(st.st_atime_ns, st.st_mtime_ns))
+            with fs.named(f"/{child}"):
+                _chown(self.mv, lambda: os.chown(where, st.st_uid, st.st_gid), st.st_uid, st.st_gid)
+                os.chmod(where, stat.S_IMODE(mode))
+                if stat.S_IFMT(os.fstat(spfd).st_mode) == stat.S_IFMT(mode):
+                    _copy_xattrs(f"/proc/self/fd/{spfd}", where, True, self.stats)
+                os.utime(where, ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:
             os.close(pfd)
             os.close(spfd)
@@ -354,7 +356,8 @@ class _Copier:
             sfd = fs.open_beneath(self.src_root, rel, os.O_PATH | os.O_DIRECTORY)
             dfd = fs.open_beneath(self.dst_root, rel, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                self.set_dir(sfd, dfd, st)
+                with fs.named(f"/{rel}"):
+                    self.set_dir(sfd, dfd, st)
             finally:
                 os.close(sfd)
                 os.close(dfd)

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any
 
-from castore import fs, statcache
+import castore.store.statcache as statcache
+from castore import fs
 from castore.build import (
     Reader,
     WalkOptions,
@@ -29,12 +30,12 @@ from castore.build import (
     read_with_retries,
     walk,
 )
-from castore.crash import crashpoint
+from castore.bulkmode import bulk
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
-from castore.gcpause import bulk
-from castore.hashing import FileJob, FileResult, Processor
+from castore.faults import crashpoint
 from castore.manifest import codec, validate
 from castore.manifest.model import Manifest
+from castore.readers import FileJob, FileResult, Processor
 from castore.store import Store, check_name, chunk_map_rows, manifest_refs
 from castore.store.meta import BLOB_ROW, KIND_CHUNK, KIND_MANIFEST, KIND_RAW, dkey
 

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from castore import fs
-from castore.crash import crashpoint
 from castore.digest import EMPTY_DIGEST, hash_fd
-from castore.errors import BlobNotFound, CastoreError, IntegrityError, ResourceLimit, UnsafeInput
+from castore.errors import CastoreError, IntegrityError, ResourceLimit, UnsafeInput
+from castore.faults import crashpoint
 from castore.manifest import codec
 from castore.manifest.model import (
     Chunk,
@@ -237,10 +237,7 @@ class Writer:
 
     def _blob_fd(self, digest: str) -> int:
         assert self.store is not None
-        try:
-            return os.open(self.store.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise BlobNotFound(digest) from None
+        return self.store.open_blob(digest)
 
     def _blob_trusted(self, digest: str, fd: int) -> bool:
         """True when the blob is provably unchanged since it was last verified."""
@@ -363,11 +360,13 @@ class Writer:
             try:
                 if stat.S_ISLNK(os.fstat(pfd).st_mode):
                     raise UnsafeInput(f"{r.path}: replaced by a symlink while it was written")
-                os.chmod(f"/proc/self/fd/{pfd}", r.perm)
+                with fs.named(r.path):
+                    os.chmod(f"/proc/self/fd/{pfd}", r.perm)
             finally:
                 os.close(pfd)
         if r.xattrs:
-            self._skipped(fs.set_xattrs(fs.proc_path(dir_fd, name), r.xattrs), r)
+            with fs.named(r.path):
+                self._skipped(fs.set_xattrs(fs.proc_path(dir_fd, name), r.xattrs), r)
         if r.mtime_ns is not None:
             os.utime(name, ns=(r.mtime_ns, r.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
@@ -498,7 +497,7 @@ class Writer:
         # Changed since recorded (a link, or an edit through a checkout): prove it again.
         r = resource_of(f)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sfd)
         except OSError:
             return False
         try:
@@ -530,12 +529,14 @@ class Writer:
         if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns) != (perm, uid, gid, size,
                                                                                             mtime):
             return False
+        if not stat.S_ISREG(st.st_mode):
+            return False
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sfd)
         except OSError:
             return False
         try:
-            if fs.read_xattrs(fd):
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or fs.read_xattrs(fd):
                 return False
             return hash_fd(fd, expect=size) == ("sha256:" + d.hex(), size)
         finally:
@@ -676,10 +677,11 @@ def relative_target(link_path: str, target: str) -> str:
 def _make_socket(dir_fd: int, name: str) -> None:
     import socket
     path = fs.proc_path(dir_fd, name)
-    if len(path.encode()) > 100:
+    if len(os.fsencode(path)) > 100:
         raise ResourceLimit(f"socket name too long: {name}")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        s.bind(path)
+        with fs.named(name):
+            s.bind(path)
     finally:
         s.close()

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from castore.build import WalkOptions, build
-from castore.gcpause import bulk
+from castore.bulkmode import bulk
 from castore.manifest.diff import Difference, compare
 from castore.manifest.model import Device, Manifest, Resource, Socket, Whiteout
 

@@ -1,4 +1,8 @@
-"""Shared fixtures: a fresh store and the CLI runner. Importable helpers are in helpers.py."""
+"""The one conftest: a fresh store and the CLI runner; the registry and upstream fixtures come in as plugins.
+
+Importable helpers are in tests/helpers.py and castore/testing/ (``from tests.helpers import run_cli``);
+tests run with ``--import-mode=importlib`` and the repository root on ``pythonpath`` (pyproject.toml).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ from pathlib import Path
 from subprocess import CompletedProcess
 
 import pytest
-from helpers import run_cli
 
 from castore.store import Store
+from tests.helpers import run_cli
+
+pytest_plugins = ["tests.interop.upstream", "tests.remote.registry"]
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Helpers every test module may import (``from helpers import ...``); fixtures live in conftest.py."""
+"""Helpers every test module may import (``from tests.helpers import ...``); fixtures live in conftest.py."""
 
 from __future__ import annotations
 

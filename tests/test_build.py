@@ -8,37 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import needs_root, run_cli
 
 from castore.build import WalkOptions, build
 from castore.digest import hash_bytes
 from castore.manifest import Device, Directory, NamedPipe, RegularFile, Socket, Symlink, dumps, loads
 from castore.store import _remove_tree as remove_tree
-
-
-def write(p: Path, data: bytes = b"", mode: int = 0o644) -> Path:
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(data)
-    os.chmod(p, mode)
-    return p
-
-
-def rich_tree(root: Path) -> Path:
-    write(root / "etc/hosts", b"127.0.0.1 localhost\n")
-    os.link(root / "etc/hosts", root / "etc/hosts.allow")
-    write(root / "etc/empty1")
-    write(root / "etc/empty2")
-    write(root / "bin/su", b"\x7fELF", 0o4755)
-    write(root / "bin/sg", b"\x7fELF2", 0o2755)
-    (root / "tmp").mkdir()
-    os.chmod(root / "tmp", 0o1777)
-    os.symlink("hosts", root / "etc/rel")
-    os.symlink("/etc/hosts", root / "etc/abs")
-    os.symlink("missing", root / "etc/dangling")
-    os.mkfifo(root / "etc/fifo")
-    os.setxattr(root / "etc/hosts", "user.origin", b"\x00\xffbinary")
-    os.utime(root / "etc/hosts", ns=(1, 1_234_567_890_123_456_789))
-    return root
+from castore.testing.trees import rich_tree, write
+from tests.helpers import needs_root, run_cli
 
 
 def test_every_attribute_recorded(tmp_path: Path) -> None:

@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
-from test_build import write
 
 from castore._pb import manifest_pb2 as pb
 from castore.digest import hash_bytes
 from castore.manifest import gomode as gm
+from castore.testing.trees import write
+from tests.helpers import run_cli
 
 PAYLOAD = b"payload\n"
 DG = hash_bytes(PAYLOAD)

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
 
 from castore.manifest import codec
 from castore.store import Store
 from castore.store.meta import dkey
+from tests.helpers import run_cli
 
 BIG = 3 << 20
 

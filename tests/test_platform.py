@@ -10,15 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli
-from test_build import write
-from test_store import basic
 
 from castore.checkout import checkout
 from castore.ingest import ingest
 from castore.materialize import Options
 from castore.store import Store
-from castore.testing import assert_trees_equal
+from castore.testing.compare import assert_trees_equal
+from castore.testing.trees import basic, write
+from tests.helpers import ROOT, run_cli
 
 pytestmark = pytest.mark.skipif(not ROOT, reason="needs root (mount, unshare)")
 

@@ -8,37 +8,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli
-from test_build import write
 
 from castore.build import build
 from castore.checkout import checkout
 from castore.ingest import ingest
 from castore.materialize import Options
 from castore.store import Store, manifest_refs
-from castore.testing import assert_trees_equal, snapshot
+from castore.testing.compare import assert_trees_equal, snapshot
+from castore.testing.trees import basic, write
+from tests.helpers import run_cli
 
 MODES = ["copy", "hardlink", "auto", "reflink"]
-
-
-def basic(root: Path) -> None:
-    write(root / "etc/hosts", b"127.0.0.1 localhost\n")
-    write(root / "etc/hostname", b"box\n")
-    write(root / "etc/fstab", b"/dev/sda1 / ext4 defaults 1 1\n", 0o600)
-    write(root / "bin/tool", b"#!/bin/sh\necho hi\n", 0o4755)
-    (root / "tmp").mkdir()
-    os.chmod(root / "tmp", 0o1777)
-    os.symlink("hosts", root / "etc/hosts.lnk")
-    os.symlink("/etc/hosts", root / "etc/abs")
-    os.mkfifo(root / "etc/initctl")
-    write(root / "usr/lib/a/__init__.py")
-    write(root / "usr/lib/b/__init__.py")
-    write(root / "data.bin", os.urandom(3 << 20))
-    os.setxattr(root / "etc/hosts", "user.x", b"1")
-    if ROOT:
-        os.chown(root / "etc/hostname", 1000, 1001)
-        os.setxattr(root / "etc/fstab", "trusted.t", b"2")
-        os.mknod(root / "null", 0o666 | 0o020000, os.makedev(1, 3))
 
 
 def deletion(root: Path) -> None:
@@ -139,21 +119,21 @@ def _store_bytes(store: Store) -> int:
 
 
 def test_stat_cache_skips_rehash(tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    import castore.hashing
     import castore.ingest
-    import castore.statcache
-    monkeypatch.setattr(castore.statcache, "RACY_NS", 0)
+    import castore.readers
+    import castore.store.statcache
+    monkeypatch.setattr(castore.store.statcache, "RACY_NS", 0)
     src = tmp_path / "src"
     for i in range(5):
         write(src / f"f{i}", b"content %d" % i)
     calls: list[str] = []
-    real = castore.hashing.Processor.run_one
+    real = castore.readers.Processor.run_one
 
-    def counting(self: castore.hashing.Processor, root_fd: int, job: castore.hashing.FileJob) -> object:
+    def counting(self: castore.readers.Processor, root_fd: int, job: castore.readers.FileJob) -> object:
         calls.append(job.rel)
         return real(self, root_fd, job)
 
-    monkeypatch.setattr(castore.hashing.Processor, "run_one", counting)
+    monkeypatch.setattr(castore.readers.Processor, "run_one", counting)
     from concurrent.futures import ThreadPoolExecutor
     pool = ThreadPoolExecutor(1)  # in-process, so the counter sees every read
     d1 = ingest(store, str(src), progress=False, pool=pool)

@@ -6,12 +6,11 @@ import json
 import os
 from pathlib import Path
 
-from helpers import ROOT, run_cli
-from test_build import rich_tree, write
-
 from castore.build import build
 from castore.manifest import dumps
+from castore.testing.trees import rich_tree, write
 from castore.verify import VerifyOptions, verify_tree
+from tests.helpers import ROOT, run_cli
 
 
 def test_clean_tree_verifies(tmp_path: Path) -> None:

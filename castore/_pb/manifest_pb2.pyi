@@ -12,7 +12,7 @@ class Manifest(_message.Message):
     def __init__(self, resource: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ...) -> None: ...
 
 class Resource(_message.Message):
-    __slots__ = ("path", "uid", "gid", "user", "group", "mode", "size", "digest", "target", "major", "minor", "xattr", "ads", "chunk", "mtime_ns", "has_mtime", "whiteout", "opaque", "raw_path", "hole")
+    __slots__ = ("path", "uid", "gid", "user", "group", "mode", "size", "digest", "target", "major", "minor", "xattr", "ads", "chunk", "mtime_ns", "has_mtime", "whiteout", "opaque", "raw_path", "hole", "raw_target")
     PATH_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class Resource(_message.Message):
     OPAQUE_FIELD_NUMBER: _ClassVar[int]
     RAW_PATH_FIELD_NUMBER: _ClassVar[int]
     HOLE_FIELD_NUMBER: _ClassVar[int]
+    RAW_TARGET_FIELD_NUMBER: _ClassVar[int]
     path: _containers.RepeatedScalarFieldContainer[str]
     uid: int
     gid: int
@@ -53,15 +54,18 @@ class Resource(_message.Message):
     opaque: bool
     raw_path: _containers.RepeatedScalarFieldContainer[bytes]
     hole: _containers.RepeatedCompositeFieldContainer[Extent]
-    def __init__(self, path: _Optional[_Iterable[str]] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., user: _Optional[str] = ..., group: _Optional[str] = ..., mode: _Optional[int] = ..., size: _Optional[int] = ..., digest: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ..., major: _Optional[int] = ..., minor: _Optional[int] = ..., xattr: _Optional[_Iterable[_Union[XAttr, _Mapping]]] = ..., ads: _Optional[_Iterable[_Union[ADSEntry, _Mapping]]] = ..., chunk: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., mtime_ns: _Optional[int] = ..., has_mtime: bool = ..., whiteout: bool = ..., opaque: bool = ..., raw_path: _Optional[_Iterable[bytes]] = ..., hole: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ...) -> None: ...
+    raw_target: bytes
+    def __init__(self, path: _Optional[_Iterable[str]] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., user: _Optional[str] = ..., group: _Optional[str] = ..., mode: _Optional[int] = ..., size: _Optional[int] = ..., digest: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ..., major: _Optional[int] = ..., minor: _Optional[int] = ..., xattr: _Optional[_Iterable[_Union[XAttr, _Mapping]]] = ..., ads: _Optional[_Iterable[_Union[ADSEntry, _Mapping]]] = ..., chunk: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., mtime_ns: _Optional[int] = ..., has_mtime: bool = ..., whiteout: bool = ..., opaque: bool = ..., raw_path: _Optional[_Iterable[bytes]] = ..., hole: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ..., raw_target: _Optional[bytes] = ...) -> None: ...
 
 class XAttr(_message.Message):
-    __slots__ = ("name", "data")
+    __slots__ = ("name", "data", "raw_name")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    RAW_NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     data: bytes
-    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    raw_name: bytes
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ..., raw_name: _Optional[bytes] = ...) -> None: ...
 
 class ADSEntry(_message.Message):
     __slots__ = ("name", "data", "digest")

@@ -15,7 +15,7 @@ from castore.cli.common import LazyGroup, main_group
 # Command name -> the module that defines it; imported only when the command runs.
 LazyGroup.lazy.update({
     **dict.fromkeys(["build", "verify", "ls", "dump", "stats", "diff", "du"], "castore.cli.tree_cmds"),
-    **dict.fromkeys(["ingest", "checkout", "list", "history", "tag", "rm"], "castore.cli.store_cmds"),
+    **dict.fromkeys(["ingest", "checkout", "list", "history", "tag", "rm"], "castore.cli.catalog_cmds"),
     **dict.fromkeys(["apply", "copy"], "castore.cli.apply_cmds"),
     "export": "castore.cli.export_cmd",
     **dict.fromkeys(["gc", "fsck"], "castore.cli.gc_cmds"),

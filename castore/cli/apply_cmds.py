@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from castore.apply import ApplyOptions, apply_tree
+from castore.apply.run import ApplyOptions, apply_tree
 from castore.cli.common import Ctx, handle_errors, ignore_opt, main_group, print_json, resolve_lazy
 from castore.errors import Differences
 from castore.materialize import LINK_MODES

@@ -47,6 +47,14 @@ def _escape(msg: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in msg)
 
 
+def _unproc(name: object) -> object:
+    """A /proc/self/fd/N[/rest] alias (the fd is closed by now) reduced to what it still tells: ``rest``."""
+    if isinstance(name, str) and name.startswith("/proc/self/fd/"):
+        rest = name[len("/proc/self/fd/"):].partition("/")[2]
+        return rest or "(an open file)"
+    return name
+
+
 def fail(msg: str, code: int) -> None:
     click.echo(f"continuity: error: {_escape(msg)}", err=True)
     sys.exit(code)
@@ -70,7 +78,7 @@ def handle_errors(fn: F) -> F:
         except OSError as exc:
             if debug:
                 traceback.print_exc()
-            where = f"{exc.filename}: " if exc.filename else ""
+            where = f"{_unproc(exc.filename)}: " if exc.filename else ""
             code = 6 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE) else 1
             fail(f"{where}{exc.strerror or exc}", code)
         except (MemoryError, RecursionError) as exc:

@@ -19,7 +19,7 @@ from castore.cli.common import Ctx, handle_errors, main_group, resolve
 @handle_errors
 def export_cmd(obj: Ctx, manifest: str, output: str | None, compress: str | None, whiteouts: str) -> None:
     """Write MANIFEST as a tar stream (PAX: xattrs, hardlinks, devices, sparse files, ns times)."""
-    from castore.tarexport import export_tar
+    from castore.tar.exporter import export_tar
     if output in (None, "-") and sys.stdout.isatty():
         raise click.UsageError("refusing to write a tar to a terminal; use -o FILE or a pipe")
     m, digest, store = resolve(obj, manifest, need_store=True)

@@ -8,8 +8,8 @@ import click
 
 from castore.cli.common import Ctx, handle_errors, main_group, print_json
 from castore.errors import IntegrityError, NotFound, StoreUnusable, UnsafeInput
-from castore.fsck import FsckOptions, FsckReport, fsck, parse_subset, rebuild_index
-from castore.gc import GcOptions, collect, parse_duration
+from castore.fsck.check import FsckOptions, FsckReport, fsck, parse_subset, rebuild_index
+from castore.gc.collect import GcOptions, collect, parse_duration
 from castore.store import default_store_path
 
 MAX_INFO_LINES = 20

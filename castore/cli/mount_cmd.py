@@ -25,7 +25,7 @@ def mount_cmd(obj: Ctx, manifest: str, mountpoint: str, allow_other: bool, foreg
     lease, so gc keeps its blobs. Unmount with `fusermount3 -u MOUNTPOINT`,
     Ctrl-C or SIGTERM.
     """
-    from castore.fuse import check_mountpoint, mount
+    from castore.mount.fuse import check_mountpoint, mount
 
     check_mountpoint(mountpoint)  # before touching the store: a bad mount point is exit 3, nothing else done
     m, digest, _ = resolve(obj, manifest, need_store=True)

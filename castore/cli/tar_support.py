@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from castore.cli.common import Ctx
-from castore.tarimport import TarOptions, ingest_tar
+from castore.tar.importer import TarOptions, ingest_tar
 
 
 def ingest_tar_cmd(obj: Ctx, tar_src: str, name: str | None, ignore: tuple[str, ...], *,

@@ -9,7 +9,8 @@ import ctypes
 import errno
 import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -266,6 +267,25 @@ def proc_path(dir_fd: int, name: str) -> str:
     not followed when the caller passes follow_symlinks=False.
     """
     return f"/proc/self/fd/{dir_fd}/{name}"
+
+
+PROC_FD = "/proc/self/fd/"
+
+
+@contextmanager
+def named(path: str) -> Iterator[None]:
+    """Make an OSError raised inside name ``path``, not the /proc/self/fd/N alias used to reach it.
+
+    Messages name what the user knows (a tree path); an fd number means nothing to them.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc.filename, str) and exc.filename.startswith(PROC_FD):
+            exc.filename = path
+        if isinstance(exc.filename2, str) and exc.filename2.startswith(PROC_FD):
+            exc.filename2 = path
+        raise
 
 
 def read_xattrs(target: int | str, *, follow: bool = False) -> tuple[tuple[str, bytes], ...]:

@@ -85,7 +85,11 @@ def to_proto(r: Resource) -> pb.Resource:
     out.gid = r.gid
     out.mode = go_mode(r)
     for name, data in r.xattrs:
-        out.xattr.add(name=name, data=data)
+        text, raw = _escaped(name)
+        if raw is None:
+            out.xattr.add(name=text, data=data)
+        else:
+            out.xattr.add(name=text, data=data, raw_name=raw)
     for a in r.ads:
         out.ads.add(name=a.name, data=a.data, digest=a.digest)
     if r.mtime_ns is not None:
@@ -99,7 +103,9 @@ def to_proto(r: Resource) -> pb.Resource:
         for b, e in r.holes:
             out.hole.add(begin=b, end=e)
     elif isinstance(r, Symlink):
-        out.target = r.target
+        out.target, raw = _escaped(r.target)
+        if raw is not None:
+            out.raw_target = raw
     elif isinstance(r, Device):
         out.major = r.major
         out.minor = r.minor
@@ -155,12 +161,13 @@ def from_proto(msg: pb.Resource) -> Resource:
     perm = mode & 0o777
     if mode & _SPECIAL_BITS:
         perm = gm.go_to_perm(mode)
-    xattrs = tuple((x.name, bytes(x.data)) for x in msg.xattr) if msg.xattr else ()
+    xattrs = tuple((os.fsdecode(x.raw_name) if x.raw_name else x.name, bytes(x.data)) for x in msg.xattr) \
+        if msg.xattr else ()
     mtime_ns = msg.mtime_ns if msg.has_mtime else None
     ads = tuple(AdsEntry(a.name, bytes(a.data), a.digest) for a in msg.ads) if msg.ads else ()
     whiteout = msg.whiteout
     if typ == 0 and not whiteout:  # the common case first: a regular file
-        if msg.target or msg.major or msg.minor or msg.opaque:
+        if msg.target or msg.raw_target or msg.major or msg.minor or msg.opaque:
             raise _bad(paths, "link target, device numbers or opaque flag on a regular file")
         digests = msg.digest
         if len(digests) == 1 and digests[0].startswith("sha256:"):
@@ -178,7 +185,7 @@ def from_proto(msg: pb.Resource) -> Resource:
                               "mtime_ns": mtime_ns, "ads": ads}
     if typ != 0 and (msg.size or msg.digest or msg.chunk or msg.hole):
         raise _bad(paths, "size or digest on a resource that is not a regular file")
-    if typ != gm.MODE_SYMLINK and msg.target:
+    if typ != gm.MODE_SYMLINK and (msg.target or msg.raw_target):
         raise _bad(paths, "link target on a resource that is not a symlink")
     if not typ & gm.MODE_DEVICE and (msg.major or msg.minor):
         raise _bad(paths, "device numbers on a resource that is not a device")
@@ -195,7 +202,7 @@ def from_proto(msg: pb.Resource) -> Resource:
     if typ == gm.MODE_DIR:
         return Directory(opaque=msg.opaque, **common)
     if typ == gm.MODE_SYMLINK:
-        return Symlink(target=msg.target, **common)
+        return Symlink(target=os.fsdecode(msg.raw_target) if msg.raw_target else msg.target, **common)
     if typ in (gm.MODE_DEVICE, gm.MODE_DEVICE | gm.MODE_CHAR_DEVICE):
         return Device(char=bool(typ & gm.MODE_CHAR_DEVICE), major=msg.major, minor=msg.minor, **common)
     if typ == gm.MODE_NAMED_PIPE:
@@ -342,11 +349,14 @@ def dumps_text(m: Manifest) -> str:
     return text_format.MessageToString(msg, as_utf8=True)
 
 
-def _xattr_json(data: bytes) -> dict[str, str]:
+def _xattr_json(data: bytes, raw_name: bytes | None = None) -> dict[str, str]:
     try:
-        return {"text": data.decode("utf-8")}
+        out = {"text": data.decode("utf-8")}
     except UnicodeDecodeError:
-        return {"base64": base64.b64encode(data).decode()}
+        out = {"base64": base64.b64encode(data).decode()}
+    if raw_name is not None:
+        out["raw_name"] = base64.b64encode(raw_name).decode()
+    return out
 
 
 def resource_json(r: Resource) -> dict[str, Any]:
@@ -363,7 +373,7 @@ def resource_json(r: Resource) -> dict[str, Any]:
     if r.mtime_ns is not None:
         d["mtime_ns"] = r.mtime_ns
     if r.xattrs:
-        d["xattrs"] = {n: _xattr_json(v) for n, v in r.xattrs}
+        d["xattrs"] = {_escaped(n)[0]: _xattr_json(v, _escaped(n)[1]) for n, v in r.xattrs}
     if isinstance(r, RegularFile):
         d["size"] = r.size
         d["digest"] = r.digest
@@ -372,7 +382,9 @@ def resource_json(r: Resource) -> dict[str, Any]:
         if r.holes:
             d["holes"] = [list(h) for h in r.holes]
     elif isinstance(r, Symlink):
-        d["target"] = r.target
+        d["target"], raw = _escaped(r.target)
+        if raw is not None:
+            d["raw_target"] = base64.b64encode(raw).decode()
     elif isinstance(r, Device):
         d["major"], d["minor"] = r.major, r.minor
         d["type"] = "char-device" if r.char else "block-device"

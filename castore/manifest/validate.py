@@ -17,6 +17,9 @@ TARGET_MAX = 4095  # a symlink target, as Linux allows
 MAX_DEVICE_MAJOR = (1 << 12) - 1
 MAX_DEVICE_MINOR = (1 << 20) - 1
 MAX_XATTR_BYTES = 64 * 1024
+MAX_ID = (1 << 32) - 2  # uid/gid: (uid_t)-1 means "unchanged" to chown, so it cannot be an owner
+#: Kinds the kernel lets carry user.* xattrs (fs/xattr.c: others get EPERM on set, so they can never be applied).
+USER_XATTR_KINDS = (RegularFile, Directory)
 
 
 def path_problem(path: str) -> str | None:
@@ -54,16 +57,21 @@ def _check_resource(r: Resource) -> None:
 
     if r.perm & ~0o7777:
         raise bad("impossible permission bits")
-    if not (-1 <= r.uid < 1 << 32) or not (-1 <= r.gid < 1 << 32):
-        raise bad("uid or gid out of range")
+    if not (0 <= r.uid <= MAX_ID) or not (0 <= r.gid <= MAX_ID):
+        raise bad(f"uid {r.uid} or gid {r.gid} out of range (0 to {MAX_ID})")
+    if r.mtime_ns is not None and not (-1 << 63) <= r.mtime_ns < 1 << 63:
+        raise bad(f"mtime {r.mtime_ns} ns out of range")
     names = [n for n, _ in r.xattrs]
     if names != sorted(names) or len(set(names)) != len(names):
         raise bad("xattrs not sorted or duplicated")
     for n, v in r.xattrs:
-        if not n or "\x00" in n or "." not in n or len(n) > 255:
-            raise bad(f"invalid xattr name {n!r}")
+        raw = os.fsencode(n)
+        if not raw or b"\x00" in raw or b"." not in raw or len(raw) > 255:
+            raise bad(f"invalid xattr name {n[:300]!r}")
         if len(v) > MAX_XATTR_BYTES:
-            raise bad(f"xattr {n} too large")
+            raise bad(f"xattr {n!r} too large")
+        if raw.startswith(b"user.") and not isinstance(r, USER_XATTR_KINDS):
+            raise bad(f"xattr {n!r} on a {r.kind}: Linux allows user.* xattrs only on files and directories")
     if isinstance(r, RegularFile):
         if r.size < 0 or r.size >= 1 << 63:
             raise bad("impossible size")
@@ -92,7 +100,7 @@ def _check_resource(r: Resource) -> None:
         if len(r.paths) != 1:
             raise bad("a directory cannot have several paths")
     elif hasattr(r, "major"):
-        if r.major > MAX_DEVICE_MAJOR or r.minor > MAX_DEVICE_MINOR:  # type: ignore[union-attr]
+        if not (0 <= r.major <= MAX_DEVICE_MAJOR and 0 <= r.minor <= MAX_DEVICE_MINOR):  # type: ignore[union-attr]
             raise bad("device numbers out of range")
     if len(r.paths) > 1 and list(r.paths) != sorted(r.paths, key=os.fsencode):
         raise bad("hardlink paths not sorted")

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from castore.crash import crashpoint
 from castore.digest import hash_bytes, hex_of
 from castore.errors import IntegrityError
+from castore.faults import crashpoint
 from castore.ingest import commit_manifest
 from castore.manifest import codec, validate
 from castore.remote.client import Registry

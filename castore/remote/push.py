@@ -89,10 +89,7 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
 
 def _opener(store: Store, digest: str) -> Callable[[], int]:
     def opener() -> int:
-        try:
-            return os.open(store.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise BlobNotFound(digest) from None
+        return store.open_blob(digest)
     return opener
 
 

@@ -30,7 +30,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from castore import fs
-from castore.crash import crashpoint
 from castore.digest import check_digest, hash_fd, is_digest
 from castore.errors import (
     BlobNotFound,
@@ -41,13 +40,16 @@ from castore.errors import (
     StoreUnusable,
     UnsafeInput,
 )
-from castore.hashing import ChunkParams
+from castore.faults import crashpoint
 from castore.manifest import Manifest, codec, validate
 from castore.manifest.model import Chunk, RegularFile
+from castore.readers import ChunkParams
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, MetaDB, dkey, dstr
 
 CONFIG_VERSION = 1
+_KIND_NAMES = {stat.S_IFIFO: "FIFO", stat.S_IFDIR: "directory", stat.S_IFCHR: "character device",
+               stat.S_IFBLK: "block device", stat.S_IFSOCK: "socket"}
 LEASE_TTL_NS = 24 * 3600 * 10**9
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:@+/")
 
@@ -260,6 +262,30 @@ class Store:
         h = digest[7:]
         return os.path.join(self.blob_root, h[:2], h)
 
+    def open_blob(self, digest: str) -> int:
+        """A read-only fd on the blob file of ``digest``, refused unless it is a regular file.
+
+        O_NONBLOCK: a FIFO put where a blob should be would block open() and
+        read() forever (checkout, export, mount); on a regular file it changes nothing.
+        Raises BlobNotFound, or IntegrityError for anything but a regular file.
+        """
+        path = self.blob_path(digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobNotFound(digest) from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise IntegrityError(f"blob {digest} is a symlink in the store ({path}), not a regular file") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            kind = _KIND_NAMES.get(stat.S_IFMT(mode), f"file of type {stat.S_IFMT(mode):#o}")
+            raise IntegrityError(f"blob {digest} is a {kind} in the store, not a regular file ({path}); "
+                                 "run `continuity fsck`")
+        return fd
+
     def has_blob(self, digest: str) -> bool:
         with self.meta.read() as txn:
             return txn.get(dkey(digest), db=self.meta.db("blobs")) is not None
@@ -277,10 +303,7 @@ class Store:
 
     def read_blob(self, digest: str, *, limit: int = 1 << 31) -> bytes:
         """The verified bytes of a blob. Raises BlobNotFound or IntegrityError."""
-        try:
-            fd = os.open(self.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise BlobNotFound(digest) from None
+        fd = self.open_blob(digest)
         try:
             size = os.fstat(fd).st_size
             if size > limit:
@@ -365,7 +388,7 @@ class Store:
 
         Staged files were hashed as they were written, so their names are
         their digests. Entries ("", digest) were published by a worker
-        already (castore.hashing.Processor._publish); the first syncfs makes
+        already (castore.readers.Processor._publish); the first syncfs makes
         them durable. Either way a blob is indexed only after this returns.
         ``sync_fd``: an fd on the store's filesystem opened before the blobs
         were written (a lease's lock file): syncfs reports the writeback
@@ -406,8 +429,8 @@ class Store:
     def blob_file_verified(self, digest: str, size: int) -> bool:
         """True when the blob file exists with this size and its bytes hash to ``digest``."""
         try:
-            fd = os.open(self.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
+            fd = self.open_blob(digest)
+        except (OSError, IntegrityError):
             return False
         try:
             st = os.fstat(fd)

@@ -12,7 +12,7 @@ Steps (only the starred ones are timed; every command is the real CLI):
   v2 edited; both ingested; v1 checked out three times (apply root A, rsync
   root B, and D to put B back), v2 once (rsync source C). Then --runs times:
   after the racy window (git's rule: ctimes must be 2 s old), a no-op
-  `apply A v1` records ROOT (apply's record, castore/apply_state.py, and the
+  `apply A v1` records ROOT (apply's record, castore/apply/state.py, and the
   stat cache); *apply A v2 --delete* and *rsync -a --delete C/ B/* in
   alternating order; (untimed) verify A, then A and B put back to v1.
   Medians are printed. A cold apply (--rehash, no record: walks and hashes

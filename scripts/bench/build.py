@@ -10,7 +10,7 @@ generated in a fresh ext4 image on a loop device (scripts/bench/corpus.py;
 three commands are timed (wall clock, whole process incl. interpreter start):
 
   ours      python -m castore build DIR > FILE
-  upstream  upstream-continuity build DIR > FILE   (tools/upstream-continuity: NewContext +
+  upstream  upstream-continuity build DIR > FILE   (cmd/upstream-continuity: NewContext +
             BuildManifest + Marshal of containerd/continuity, Go 1.19, built offline)
   openssl   cd DIR && xargs -0 -P2 -n B openssl dgst -sha256 < LIST > /dev/null
             LIST: every regular file (relative path, NUL-separated, walked beforehand,
@@ -56,7 +56,7 @@ RSS_LIMIT_MIB = 200
 
 def upstream_tool() -> str:
     """Build (or reuse) the Go program exactly as the interop tests do."""
-    spec = importlib.util.spec_from_file_location("interop_conftest", os.path.join(REPO, "tests/interop/conftest.py"))
+    spec = importlib.util.spec_from_file_location("interop_conftest", os.path.join(REPO, "tests/interop/upstream.py"))
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up

@@ -1,4 +1,4 @@
-"""apply's record of ROOT (castore.apply_state): the next apply lstat's the recorded paths, trusts the
+"""apply's record of ROOT (castore.apply.state): the next apply lstat's the recorded paths, trusts the
 unchanged ones, scans the rest, and converges exactly as a full apply does."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from apply_trees import STATES, state
 
-from castore import apply_state
-from castore.apply import ApplyOptions, ApplyReport, apply_tree
+import castore.apply.state as apply_state
+from castore.apply.run import ApplyOptions, ApplyReport, apply_tree
 from castore.ingest import commit_manifest, ingest
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource
 from castore.store import Store
 from castore.verify import VerifyOptions, verify_tree
+from tests.apply.apply_trees import STATES, state
 
 NAMES = list(STATES)
 RELATED = {"basic", "updates", "dir_perms", "parent_perms"}  # states that share most entries

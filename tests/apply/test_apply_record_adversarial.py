@@ -1,4 +1,4 @@
-"""apply's record of ROOT (castore.apply_state) against hostile sequences: each test applies the same
+"""apply's record of ROOT (castore.apply.state) against hostile sequences: each test applies the same
 manifests, with the same local changes in between, to one ROOT through the record's fast path and to
 another with ``rehash=True`` (a full scan that ignores the record), and compares the two trees."""
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-import castore.crash
-from castore import apply_state
-from castore.apply import ApplyOptions, ApplyReport, apply_tree
+import castore.apply.state as apply_state
+import castore.faults
+from castore.apply.run import ApplyOptions, ApplyReport, apply_tree
 from castore.errors import InvalidManifest
 from castore.ingest import commit_manifest, ingest
 from castore.manifest.model import (
@@ -35,7 +35,7 @@ from castore.manifest.model import (
 )
 from castore.manifest.validate import validate
 from castore.store import Store
-from castore.testing import snapshot
+from castore.testing.compare import snapshot
 
 T = 1_600_000_000_000_000_000  # fixed mtimes: both trees get the same ones
 DATA = [b"one\n", b"two\n", b"three\n", b"four" * 300, b"x"]
@@ -474,10 +474,10 @@ def test_apply_interrupted_before_its_record(store: Store, tmp_path: Path, monke
     pair = Pair(store, tmp_path)
     pair.prime(m1)
     settle()
-    monkeypatch.setattr(castore.crash, "_FAULT", point)
+    monkeypatch.setattr(castore.faults, "_FAULT", point)
     with pytest.raises(OSError, match="injected"):
         apply_tree(str(pair.fast), None, store=store, manifest_digest=m2, opts=ApplyOptions(delete=True))
-    monkeypatch.setattr(castore.crash, "_FAULT", "")
+    monkeypatch.setattr(castore.faults, "_FAULT", "")
     apply_tree(str(pair.full), None, store=store, manifest_digest=m2, opts=ApplyOptions(delete=True, rehash=True))
     pair.mutate(lambda r: (r / "d/g").write_bytes(b"local"))
     pair.apply(m3)
@@ -759,13 +759,13 @@ def test_random_sequences(store: Store, tmp_path: Path, monkeypatch: pytest.Monk
         opts = {"delete": rng.random() < 0.6, "devices": rng.choice(["create", "create", "check", "skip"])}
         if rng.random() < 0.15:
             settle()
-            monkeypatch.setattr(castore.crash, "_FAULT", rng.choice(["apply-after-deletes",
+            monkeypatch.setattr(castore.faults, "_FAULT", rng.choice(["apply-after-deletes",
                                                                      "apply-before-dir-metadata"]))
             for root, rehash in ((pair.fast, False), (pair.full, True)):
                 with pytest.raises(OSError):
                     apply_tree(str(root), None, store=store, manifest_digest=d,
                                opts=ApplyOptions(note=lambda _m: None, rehash=rehash, **opts))  # type: ignore[arg-type]
-            monkeypatch.setattr(castore.crash, "_FAULT", "")
+            monkeypatch.setattr(castore.faults, "_FAULT", "")
         for _ in range(rng.randint(1, 2)):
             pair.apply(d, **opts)
         for _ in range(rng.choice([0, 1, 1, 2])):

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from castore.apply import ApplyOptions, apply_tree
+from castore.apply.run import ApplyOptions, apply_tree
 from castore.errors import CastoreError
 from castore.fs.linux import RENAME_EXCHANGE, renameat2
 from castore.ingest import ingest
 from castore.store import Store
-from castore.testing import snapshot
+from castore.testing.compare import snapshot
 from castore.verify import verify_tree
 
 ITERATIONS = 60

@@ -12,15 +12,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from apply_trees import state
 
-from castore.apply import apply_tree
+from castore.apply.run import apply_tree
 from castore.build import build
 from castore.errors import IntegrityError, NotFound
 from castore.ingest import ingest
 from castore.manifest import codec
 from castore.store import Store
 from castore.verify import VerifyOptions, verify_tree
+from tests.apply.apply_trees import state
 
 ROOT = os.geteuid() == 0
 

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-from apply_trees import STATES, state
 
-from castore.apply import ApplyOptions, apply_tree
+from castore.apply.run import ApplyOptions, apply_tree
 from castore.ingest import ingest
 from castore.store import Store
 from castore.verify import VerifyOptions, verify_tree
+from tests.apply.apply_trees import STATES, state
 
 NAMES = list(STATES)
 

@@ -11,13 +11,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from apply_trees import state
 
 import castore.copy as copymod
 from castore import fs
 from castore.copy import copy_tree
 from castore.errors import UnsafeInput
-from castore.testing import assert_trees_equal
+from castore.testing.compare import assert_trees_equal
+from tests.apply.apply_trees import state
 
 ROOT = os.geteuid() == 0
 

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 import pytest
-from gc_util import make_tree, rand_tree
+
+from tests.gc.gc_util import make_tree, rand_tree
 
 INGEST_POINTS = ["ingest-after-read", "ingest-after-syncfs", "ingest-after-rename", "ingest-before-manifest",
                  "ingest-after-manifest", "ingest-before-tag", "ingest-after-commit"]

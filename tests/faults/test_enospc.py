@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gc_util import make_tree
+
+from tests.gc.gc_util import make_tree
 
 
 @pytest.fixture

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from gc_util import make_tree
 
 from castore.checkout import checkout
-from castore.fsck import FsckOptions, fsck
+from castore.fsck.check import FsckOptions, fsck
 from castore.materialize import Options
 from castore.store import Store
 from castore.verify import verify_tree
+from tests.gc.gc_util import make_tree
 
 CLI = [sys.executable, "-m", "castore"]
 

@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-from fuse_util import mounted, needs_fuse
-from helpers import run_cli
 
 from castore.store import Store
+from tests.fuse.fuse_util import mounted, needs_fuse
+from tests.helpers import run_cli
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
 

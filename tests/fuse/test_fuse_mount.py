@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from fuse_util import FUSE_MISSING, in_mount_table, mounted, needs_fuse, unmount
-from helpers import ROOT, run_cli
 
 from castore.manifest.model import RegularFile
 from castore.store import Store, manifest_refs
-from castore.testing import assert_trees_equal
+from castore.testing.compare import assert_trees_equal
+from tests.fuse.fuse_util import FUSE_MISSING, in_mount_table, mounted, needs_fuse, unmount
+from tests.helpers import ROOT, run_cli
 from tests.interop.trees import rich_tree
 
 pytestmark = pytest.mark.fuse

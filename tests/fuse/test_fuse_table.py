@@ -1,4 +1,4 @@
-"""castore.fuse without a kernel mount: the inode table and verified blob reads (no pyfuse3 needed)."""
+"""castore.mount.fuse without a kernel mount: the inode table and verified blob reads (no pyfuse3 needed)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from castore.errors import BlobNotFound, IntegrityError
-from castore.fuse import ROOT_INO, BlobReader, InodeTable, check_mountpoint
 from castore.ingest import ingest
 from castore.manifest.model import Device, Directory, Manifest, NamedPipe, RegularFile, Socket, Symlink, Whiteout
+from castore.mount.fuse import ROOT_INO, BlobReader, InodeTable, check_mountpoint
 from castore.store import Store
 
 E = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -133,7 +133,7 @@ def test_check_mountpoint(tmp_path: Path) -> None:
 def test_lease_renewal_pushes_expiry(store: Store) -> None:
     import json
 
-    from castore.fuse import _renew
+    from castore.mount.fuse import _renew
     with store.lease(["sha256:" + "ab" * 32]) as lease:
         def expiry() -> int:
             with store.meta.read() as txn:

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from gc_util import fsck_json, kinds, make_tree
 
 from castore.store import Store
+from tests.gc.gc_util import fsck_json, kinds, make_tree
 
 PAYLOAD = {"etc/keep.conf": b"keep me\n" * 500, "bin/tool": os.urandom(20_000), "small": b"s\n"}
 

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from gc_util import blob_files, make_tree, manifest_blobs, rand_tree
 
 from castore.errors import UnsafeInput
-from castore.gc import GcOptions, _Collector, collect, mark, parse_duration
+from castore.gc.collect import GcOptions, _Collector, collect, mark, parse_duration
 from castore.store import Store
+from tests.gc.gc_util import blob_files, make_tree, manifest_blobs, rand_tree
 
 
 def ingest(cli, src: Path, *names: str) -> str:  # type: ignore[no-untyped-def]
@@ -210,13 +210,13 @@ def test_digest_revived_between_index_commit_and_unlink_keeps_its_file(store: St
         c.sweep(files, 0, time.monotonic() + 10)
     assert os.path.exists(store.blob_path(d))
     assert collect(store, GcOptions(grace_ns=0)).objects == 0
-    from castore.fsck import fsck
+    from castore.fsck.check import fsck
     assert fsck(store).sound
 
 
 def test_index_deletes_in_small_chunks(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import castore.gc as gcmod
-    from castore.fsck import fsck
+    import castore.gc.collect as gcmod
+    from castore.fsck.check import fsck
     from castore.ingest import ingest as do_ingest
     monkeypatch.setattr(gcmod, "COMMIT_CHUNK", 3)
     keep = do_ingest(store, str(rand_tree(tmp_path / "k", 20, n=12)), name="keep", progress=False)

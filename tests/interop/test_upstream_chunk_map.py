@@ -8,10 +8,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
 
 from castore.manifest import codec
-from interop.conftest import Upstream
+from tests.helpers import run_cli
+from tests.interop.upstream import Upstream
 
 pytestmark = pytest.mark.go
 

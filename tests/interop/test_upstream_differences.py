@@ -23,11 +23,11 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli
 
 from castore.manifest import codec
 from castore.manifest.model import NamedPipe, Symlink
-from interop.conftest import Upstream
+from tests.helpers import ROOT, run_cli
+from tests.interop.upstream import Upstream
 
 pytestmark = pytest.mark.go
 needs_root = pytest.mark.skipif(not ROOT, reason="trusted.* xattrs need root")

@@ -21,14 +21,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
 
 from castore.build import build
 from castore.digest import hash_bytes
 from castore.manifest import codec
 from castore.manifest.model import Device, Manifest, RegularFile, Symlink
-from interop.conftest import Upstream
-from interop.trees import hardlink_groups, rich_tree
+from tests.helpers import run_cli
+from tests.interop.trees import hardlink_groups, rich_tree
+from tests.interop.upstream import Upstream
 
 pytestmark = pytest.mark.go
 

@@ -11,13 +11,13 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
-from test_store import basic
 
 from castore.digest import hash_bytes
 from castore.remote.oci import MANIFEST_MEDIA_TYPE, OCI_INDEX
 from castore.store import Store
-from remote.conftest import FakeRegistry, artifact
+from castore.testing.trees import basic
+from tests.helpers import run_cli
+from tests.remote.registry import FakeRegistry, artifact
 
 REPO = "lies/tree"
 

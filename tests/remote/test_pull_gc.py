@@ -8,12 +8,11 @@ import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from helpers import run_cli
-
 from castore.digest import hash_bytes
 from castore.store import Store
-from castore.testing import assert_trees_equal
-from remote.conftest import FakeRegistry, artifact
+from castore.testing.compare import assert_trees_equal
+from tests.helpers import run_cli
+from tests.remote.registry import FakeRegistry, artifact
 
 REPO = "gc/race"
 

@@ -8,8 +8,6 @@ import os
 from pathlib import Path
 
 import httpx
-from helpers import run_cli
-from test_store import basic
 
 from castore.digest import hash_bytes
 from castore.remote.client import Registry
@@ -23,7 +21,9 @@ from castore.remote.oci import (
 )
 from castore.remote.ref import parse_reference
 from castore.store import Store, manifest_refs
-from castore.testing import assert_trees_equal
+from castore.testing.compare import assert_trees_equal
+from castore.testing.trees import basic
+from tests.helpers import run_cli
 
 
 def _hardlinks_and_more(root: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from castore.tarformat import BLOCK, build_header, padding, pax_record
+from castore.tar.format import BLOCK, build_header, padding, pax_record
 
 
 def member(name: bytes, data: bytes = b"", *, typ: bytes = b"0", mode: int = 0o644, size: int | None = None,

@@ -1,4 +1,4 @@
-"""Export trusts a blob only while the store's verified record still matches it (castore.tarsource):
+"""Export trusts a blob only while the store's verified record still matches it (castore.tar.export_source):
 same bytes whether blobs are trusted (kernel copy) or hashed, and a blob changed since it was
 verified is caught."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 from castore.ingest import ingest
 from castore.store import Store
-from castore.tarexport import export_tar
-from castore.tarimport import ingest_tar
-from castore.tarsource import load_records, vkey
+from castore.tar.export_source import load_records, vkey
+from castore.tar.exporter import export_tar
+from castore.tar.importer import ingest_tar
 
 
 def _tree(root: Path) -> Path:

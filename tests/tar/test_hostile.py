@@ -10,7 +10,7 @@ import time
 import pytest
 
 from castore.store import Store
-from castore.tarformat import BLOCK, build_header
+from castore.tar.format import BLOCK, build_header
 from tests.tar.craft import END, member, raw_header, tar
 
 BIG = (1 << 63) - 1
@@ -114,7 +114,7 @@ def test_member_under_symlink_replaced_by_dir_is_fine(cli):
 
 def test_header_block_prefix_and_v7_dir():
     # ustar prefix field joins name; a v7 regular member ending in '/' is a directory.
-    from castore.tarformat import parse_header
+    from castore.tar.format import parse_header
     b = bytearray(build_header(name=b"leaf", mode=0o644, uid=0, gid=0, size=0, mtime=0, typ=b"0"))
     b[345:351] = b"pre/fx"
     b[148:156] = b" " * 8

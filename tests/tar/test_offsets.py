@@ -1,4 +1,4 @@
-"""A plain tar on disk is read by member offset in worker processes (castore.tarcontent): it must
+"""A plain tar on disk is read by member offset in worker processes (castore.tar.import_content): it must
 give exactly the manifest of the streamed path and of `ingest DIR`, and report short data."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from castore import tarcontent
-from castore.hashing import ChunkParams
+import castore.tar.import_content as tarcontent
 from castore.ingest import ingest
+from castore.readers import ChunkParams
 from castore.store import Store
-from castore.tarcontent import PARALLEL_MIN, Dispatcher, OffsetReader
-from castore.tarformat import TarCorrupt
-from castore.tarimport import ingest_tar
+from castore.tar.format import TarCorrupt
+from castore.tar.import_content import PARALLEL_MIN, Dispatcher, OffsetReader
+from castore.tar.importer import ingest_tar
 
 
 def _layer(root: Path) -> Path:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from helpers import ROOT, have
 
 from castore.ingest import ingest
-from castore.tarexport import export_tar
-from castore.tarimport import ingest_tar
-from castore.testing import assert_trees_equal
+from castore.tar.exporter import export_tar
+from castore.tar.importer import ingest_tar
+from castore.testing.compare import assert_trees_equal
+from tests.helpers import ROOT, have
 
 pytestmark = pytest.mark.skipif(not ROOT, reason="needs root (devices, owners, trusted xattrs)")
 GNU_X = ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"]

@@ -178,7 +178,8 @@ def test_validator_refuses_bad_digest_and_empty() -> None:
 
 names = st.text(alphabet=st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)),
                 min_size=1, max_size=12).filter(lambda s: s not in (".", ".."))
-xattrs = st.lists(st.tuples(st.sampled_from(["user.a", "user.b", "trusted.c", "security.d"]), st.binary(max_size=8)),
+xattrs = st.lists(st.tuples(st.sampled_from(["user.a", "user.b", "user.\udcff", "trusted.c", "trusted.\udcfe",
+                                             "security.d"]), st.binary(max_size=8)),
                   unique_by=lambda kv: kv[0]).map(lambda xs: tuple(sorted(xs)))
 
 
@@ -191,13 +192,15 @@ def manifests(draw: st.DrawFn) -> Manifest:
                       perm=draw(st.integers(0, 0o7777)), xattrs=draw(xattrs),
                       mtime_ns=draw(st.one_of(st.none(), st.integers(-(2**62), 2**62))))
         kind = draw(st.sampled_from(["file", "dir", "symlink", "dev", "fifo", "sock"]))
+        if kind not in ("file", "dir"):  # Linux allows user.* xattrs only on files and directories
+            common["xattrs"] = tuple(kv for kv in common["xattrs"] if not kv[0].startswith("user."))
         if kind == "file":
             size = draw(st.integers(0, 1 << 40))
             out.append(RegularFile(size=size, digest=hash_bytes(p.encode()), **common))
         elif kind == "dir":
             out.append(Directory(**common))
         elif kind == "symlink":
-            out.append(Symlink(target=draw(names), **common))
+            out.append(Symlink(target=draw(st.one_of(names, names.map(lambda t: t + "\udcff"))), **common))
         elif kind == "dev":
             out.append(Device(char=draw(st.booleans()), major=draw(st.integers(0, 4095)),
                               minor=draw(st.integers(0, 2**20 - 1)), **common))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from castore.ingest import ingest
@@ -14,9 +12,7 @@ from castore.store import Store
 
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
-    import sys
-    sys.path.insert(0, str(Path(__file__).parents[1] / "apply"))
-    from apply_trees import STATES, state  # the fstest-style states: every kind, hardlinks, xattrs, modes
+    from tests.apply.apply_trees import STATES, state  # the fstest-style states: every kind, hardlinks, xattrs, modes
 
     base = tmp_path_factory.mktemp("split")
     store = Store.open(str(base / "store"))

@@ -1,10 +1,10 @@
 """ingest --tar: a tar stream straight into the store, never unpacked to disk.
 
-Members are parsed by ``castore.tarreader``, applied to an in-memory model
+Members are parsed by ``castore.tar.reader``, applied to an in-memory model
 of the tree GNU tar would extract (``_Tree``), their content hashed, chunked
 with the store's FastCDC parameters and staged under the lease's tmp dir:
 for a plain tar file on disk (or stdin redirected from one) by two worker
-processes that read member data by offset (``castore.tarcontent``) while
+processes that read member data by offset (``castore.tar.import_content``) while
 the parser reads only headers; for a pipe or a gzip/zstd stream as it
 streams by (two threads hash and stage chunks). The blobs it writes are
 recorded as verified, so that ``export`` can trust them until they change.
@@ -53,10 +53,9 @@ import pyfastcdc
 
 from castore import fs
 from castore.build import _ignored, make_pool
-from castore.crash import crashpoint
+from castore.bulkmode import bulk
 from castore.errors import IntegrityError
-from castore.gcpause import bulk
-from castore.hashing import ChunkParams
+from castore.faults import crashpoint
 from castore.ingest import commit_manifest
 from castore.manifest import validate
 from castore.manifest.model import (
@@ -70,9 +69,10 @@ from castore.manifest.model import (
     Symlink,
     Whiteout,
 )
+from castore.readers import ChunkParams
 from castore.store import Store, check_name, manifest_refs
-from castore.tarcontent import PARALLEL_MIN, Dispatcher, OffsetReader, pin
-from castore.tarformat import (
+from castore.tar.export_source import save_records, vkey, vval
+from castore.tar.format import (
     AREG,
     BLK,
     CHR,
@@ -86,8 +86,8 @@ from castore.tarformat import (
     TarUnsafe,
     parse_appledouble,
 )
-from castore.tarreader import Member, Stream, members, open_stream
-from castore.tarsource import save_records, vkey, vval
+from castore.tar.import_content import PARALLEL_MIN, Dispatcher, OffsetReader, pin
+from castore.tar.reader import Member, Stream, members, open_stream
 
 FS_BLOCK = 4096
 MAX_APPLEDOUBLE = 16 << 20
@@ -519,7 +519,7 @@ def ingest_tar(store: Store, src: str, *, name: str | None = None, opts: TarOpti
 
 def _record_verified(store: Store, inos: dict[str, int]) -> None:
     """Verified records for the blobs this ingest wrote: their bytes were hashed as they
-    were written, so export can trust them until they change (``castore.tarsource``).
+    were written, so export can trust them until they change (``castore.tar.export_source``).
     Only a blob whose inode is the temp file staged here is recorded, never one that
     already existed (its bytes were not hashed here)."""
     rows = {}

@@ -1,6 +1,6 @@
 """The applier: brings the paths of a (sub-)manifest to what it says, in place, changing only what differs.
 
-Given what ROOT holds (a ``Scan``, from ``castore.apply_scan``), every path is
+Given what ROOT holds (a ``Scan``, from ``castore.apply.scan``), every path is
 brought to what the manifest says, in this order:
 
 1. leftovers of an interrupted apply (``.continuity-apply-*``), whiteouts,
@@ -34,11 +34,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from castore import fs
-from castore.apply_scan import Scan, TreeChanged
-from castore.apply_sources import DirSource, Source, copy_verified, hash_fd
-from castore.crash import crashpoint
+from castore.apply.scan import Scan, TreeChanged
+from castore.apply.sources import DirSource, Source, copy_verified, hash_fd
 from castore.digest import EMPTY_DIGEST
 from castore.errors import IntegrityError, NotFound
+from castore.faults import crashpoint
 from castore.fs import DirFds
 from castore.fs.linux import RENAME_EXCHANGE
 from castore.manifest.diff import compare
@@ -137,7 +137,7 @@ def _is_ignored(r: Resource, opts: ApplyOptions) -> bool:
 
 
 class Applier:
-    """One apply's changes to ROOT: the four phases, run in order by ``castore.apply``."""
+    """One apply's changes to ROOT: the four phases, run in order by ``castore.apply.run``."""
 
     def __init__(self, root: str, root_fd: int, manifest: Manifest, source: Source, writer: Writer,
                  opts: ApplyOptions) -> None:
@@ -577,6 +577,11 @@ def set_metadata(fd: int, w: Resource, *, dfd: int = -1, name: str = "") -> bool
     Order: chown, chmod (chown clears setuid and capabilities), xattrs
     (security.capability last), mtime. Only what differs is changed.
     """
+    with fs.named(w.path):
+        return _set_metadata(fd, w, dfd, name)
+
+
+def _set_metadata(fd: int, w: Resource, dfd: int, name: str) -> bool:
     is_link = isinstance(w, Symlink)
     if is_link:
         where, follow = fs.proc_path(dfd, name), False

@@ -13,7 +13,7 @@ import marshal
 import struct
 from collections.abc import Iterable
 
-from castore.hashing import FileJob, FileResult
+from castore.readers import FileJob, FileResult
 from castore.store import Store
 
 KEY = struct.Struct("<QQ")

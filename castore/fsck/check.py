@@ -20,9 +20,9 @@ import stat
 import time
 from dataclasses import dataclass, field
 
+from castore.bulkmode import bulk
 from castore.digest import hash_fd
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
-from castore.gcpause import bulk
 from castore.manifest import Manifest, codec, validate
 from castore.materialize import object_record
 from castore.store import Store, chunk_map_rows, manifest_refs, unpack_chunks
@@ -106,8 +106,10 @@ def parse_subset(text: str) -> tuple[int, int]:
 
 def hash_file(path: str) -> tuple[str, int]:
     """(digest, size) of a file's content, streamed."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IntegrityError(f"{path}: not a regular file")
         return hash_fd(fd)
     finally:
         os.close(fd)

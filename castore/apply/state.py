@@ -9,7 +9,7 @@ is unchanged: ctime moves on every change
 of content, mode, owner, xattrs or link count, and cannot be set back. Only the
 paths that changed locally, and the entries that differ between the recorded
 manifest and the new one, are then scanned and applied, by the same code as a
-full apply (``castore.apply``), on the sub-manifest that covers them.
+full apply (``castore.apply.run``), on the sub-manifest that covers them.
 
 Trust rules:
 
@@ -40,8 +40,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from castore import fs
-from castore.statcache import RACY_NS
 from castore.store import Store
+from castore.store.statcache import RACY_NS
 
 VERSION = 4
 PARALLEL_MIN = 20_000  # recorded paths from which the lstat pass forks a second process

@@ -1,6 +1,6 @@
 """Fixtures for interop with upstream containerd/continuity.
 
-``upstream`` builds ``tools/upstream-continuity`` (a small Go program over
+``upstream`` builds ``cmd/upstream-continuity`` (a small Go program over
 upstream's library, which Debian ships as source in
 golang-github-containerd-continuity-dev) once per session, offline, in GOPATH
 mode. The binary is cached under /tmp keyed by a hash of our source, the
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TOOL_SRC = REPO / "tools" / "upstream-continuity"
+TOOL_SRC = REPO / "cmd" / "upstream-continuity"
 GOCODE = Path("/usr/share/gocode")
 LIBRARY = GOCODE / "src/github.com/containerd/continuity"
 CACHE = Path(os.environ.get("CONTINUITY_UPSTREAM_CACHE", "/tmp/continuity-upstream-go"))
@@ -69,10 +69,10 @@ def build_upstream_tool(out_dir: Path | None = None) -> Path:
             "GOCACHE": str(cache / "gocache"),
         }
         tmp_bin = Path(tmp) / "upstream-continuity"
-        p = subprocess.run([go, "build", "-o", str(tmp_bin), "./tools/upstream-continuity"], cwd=REPO, env=env,
+        p = subprocess.run([go, "build", "-o", str(tmp_bin), "./cmd/upstream-continuity"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=600)
         if p.returncode != 0:
-            raise RuntimeError(f"go build of tools/upstream-continuity failed:\n{p.stderr}")
+            raise RuntimeError(f"go build of cmd/upstream-continuity failed:\n{p.stderr}")
         os.replace(tmp_bin, binary)  # atomic: concurrent sessions see a whole binary or none
     return binary
 

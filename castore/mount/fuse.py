@@ -287,9 +287,7 @@ class BlobReader:
 
     def _open(self, digest: str) -> int:
         try:
-            return os.open(self.store.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise BlobNotFound(digest) from None
+            return self.store.open_blob(digest)
         except OSError as exc:
             raise IntegrityError(f"blob {digest} cannot be opened: {exc.strerror}") from exc
 

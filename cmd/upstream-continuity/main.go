@@ -3,7 +3,7 @@
 // library (Debian's golang-github-containerd-continuity-dev ships the source
 // but no CLI), built offline in GOPATH mode:
 //
-//	GO111MODULE=off GOPATH=$tmp:/usr/share/gocode go build -o $bin ./tools/upstream-continuity
+//	GO111MODULE=off GOPATH=$tmp:/usr/share/gocode go build -o $bin ./cmd/upstream-continuity
 //
 // Usage:
 //

@@ -2,7 +2,7 @@
 (octal and base-256), PAX extended records, and the AppleDouble format that
 macOS puts in tars. Pure functions over bytes; no IO.
 
-Used by ``castore.tarimport`` (parse) and ``castore.tarexport`` (write).
+Used by ``castore.tar.importer`` (parse) and ``castore.tar.exporter`` (write).
 Python's ``tarfile`` is deliberately not used for parsing: it reads PAX
 headers and sparse maps of any declared size into memory, and cannot be
 told to stop at a limit.
@@ -18,6 +18,8 @@ from castore.errors import IntegrityError, UnsafeInput
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 MAX_SIZE = (1 << 63) - 1
+MIN_TIME_NS, MAX_TIME_NS = -(1 << 63), (1 << 63) - 1  # what a manifest's mtime_ns (int64) holds
+MAX_ID = (1 << 32) - 2  # a uid or gid; (uid_t)-1 is "no change" to chown, never an owner
 
 # typeflags
 REG, AREG, LNK, SYM, CHR, BLK, DIR, FIFO, CONT = b"0", b"\0", b"1", b"2", b"3", b"4", b"5", b"6", b"7"
@@ -41,11 +43,16 @@ def _nts(field: bytes) -> bytes:
 
 
 def parse_number(field: bytes) -> int:
-    """An octal (NUL/space padded) or base-256 (GNU/star) header number."""
-    if field and field[0] in (0x80, 0xFF):
-        n = int.from_bytes(field[1:], "big")
-        if field[0] == 0xFF:
-            n -= 1 << (8 * (len(field) - 1))
+    """An octal (NUL/space padded) or base-256 (GNU/star) header number.
+
+    Base-256 (the high bit of the first byte set): the other bits of the
+    field are a two's complement number, as GNU tar and Go's archive/tar read it.
+    """
+    if field and field[0] & 0x80:
+        bits = 8 * len(field) - 1
+        n = int.from_bytes(field, "big") & ((1 << bits) - 1)
+        if field[0] & 0x40:
+            n -= 1 << bits
         return n
     text = _nts(field).strip(b" \0")
     if not text:
@@ -169,7 +176,10 @@ def pax_time_ns(value: bytes) -> int:
     if not sec.isdigit() or (frac and not frac.isdigit()) or len(sec) > 20:
         raise TarCorrupt(f"invalid PAX time {value[:40]!r}")
     ns = int(sec) * 10**9 + int((frac[:9] or b"0").ljust(9, b"0"))
-    return -ns if neg else ns
+    ns = -ns if neg else ns
+    if not MIN_TIME_NS <= ns <= MAX_TIME_NS:
+        raise TarCorrupt(f"PAX time {value[:40]!r} out of range")
+    return ns
 
 
 def format_time_ns(ns: int) -> bytes:

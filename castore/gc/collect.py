@@ -41,10 +41,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from castore import apply_state
-from castore.crash import crashpoint
+import castore.apply.state as apply_state
+from castore.bulkmode import bulk
 from castore.errors import Busy, UnsafeInput
-from castore.gcpause import bulk
+from castore.faults import crashpoint
 from castore.store import Store, _remove_tree, unpack_chunks
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr

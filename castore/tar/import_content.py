@@ -5,7 +5,7 @@ For a seekable, uncompressed tar (a regular file, or stdin redirected from
 one) the parser reads only the headers and seeks over the data; the data of
 each regular member is read with ``pread`` by its offset in the tar, hashed,
 chunked with the store's FastCDC parameters and staged as blob temp files,
-as ``castore.hashing`` does for the files of a directory:
+as ``castore.readers`` does for the files of a directory:
 
 - small members (below the chunking threshold) go in batches (at most 256
   members or 4 MiB), hashed once and staged whole;
@@ -42,7 +42,7 @@ from typing import Any
 import pyfastcdc
 
 from castore import fs
-from castore.hashing import ChunkParams
+from castore.readers import ChunkParams
 
 PARALLEL_MIN = 16 << 20
 BATCH_FILES = 256

@@ -30,12 +30,15 @@ from typing import Any
 import zstandard
 
 from castore.errors import NotFound, UnsafeInput
-from castore.tarformat import (
+from castore.tar.format import (
     BLOCK,
     GNU_LONGLINK,
     GNU_LONGNAME,
     GNU_SPARSE,
+    MAX_ID,
     MAX_SIZE,
+    MAX_TIME_NS,
+    MIN_TIME_NS,
     PAX,
     PAX_GLOBAL,
     PAX_SOLARIS,
@@ -351,16 +354,23 @@ def members(stream: Stream) -> Iterator[Member]:
         if b"size" in pax:
             m.size = pax_int(b"size", pax[b"size"])
         if b"uid" in pax:
-            m.uid = pax_int(b"uid", pax[b"uid"], 0, (1 << 32) - 1)
+            m.uid = pax_int(b"uid", pax[b"uid"], 0, MAX_ID)
         if b"gid" in pax:
-            m.gid = pax_int(b"gid", pax[b"gid"], 0, (1 << 32) - 1)
+            m.gid = pax_int(b"gid", pax[b"gid"], 0, MAX_ID)
         if b"mtime" in pax:
             m.mtime_ns = pax_time_ns(pax[b"mtime"])
+        elif not MIN_TIME_NS <= m.mtime_ns <= MAX_TIME_NS:
+            raise TarCorrupt(f"mtime {h.mtime} of {m.name[:200]!r} at offset {off} out of range")
         if b"SCHILY.devmajor" in pax:
             m.devmajor = pax_int(b"SCHILY.devmajor", pax[b"SCHILY.devmajor"])
         if b"SCHILY.devminor" in pax:
             m.devminor = pax_int(b"SCHILY.devminor", pax[b"SCHILY.devminor"])
         m.xattrs = {**p.lib_xattrs, **p.xattrs}
+        if not (0 <= m.uid <= MAX_ID and 0 <= m.gid <= MAX_ID):
+            raise TarCorrupt(f"uid {m.uid} or gid {m.gid} of {m.name[:200]!r} at offset {off} out of range "
+                             f"(0 to {MAX_ID})")
+        if m.devmajor < 0 or m.devminor < 0:
+            raise TarCorrupt(f"negative device number {m.devmajor},{m.devminor} of {m.name[:200]!r} at offset {off}")
         m._stream = stream
         regions = _sparse_from_pax(pax, p)
         if h.type == GNU_SPARSE:

@@ -12,7 +12,7 @@ sparse 1.0 members (``GNU.sparse.*`` PAX records, map in the data), which
 GNU tar and bsdtar restore with their holes. gzip output has mtime 0 and
 no name; zstd output is single-threaded.
 
-Every blob or chunk is verified (``castore.tarsource``): proven unchanged
+Every blob or chunk is verified (``castore.tar.export_source``): proven unchanged
 since it was last hashed (the store's verified records), then copied by the
 kernel into a plain output; else hashed, pieces up to 4 MiB before a byte
 of them is written. A mismatch is an IntegrityError (exit 4); with ``-o
@@ -36,8 +36,8 @@ from typing import Any, BinaryIO
 
 import zstandard
 
+from castore.bulkmode import bulk
 from castore.errors import BlobNotFound, CastoreError, IntegrityError, NotFound
-from castore.gcpause import bulk
 from castore.manifest.model import (
     Device,
     Directory,
@@ -50,7 +50,8 @@ from castore.manifest.model import (
     Whiteout,
 )
 from castore.store import Store
-from castore.tarformat import (
+from castore.tar.export_source import Emitter, Out, Source, load_records, save_records
+from castore.tar.format import (
     BLK,
     BLOCK,
     CHR,
@@ -66,7 +67,6 @@ from castore.tarformat import (
     padding,
     pax_record,
 )
-from castore.tarsource import Emitter, Out, Source, load_records, save_records
 
 RECORD = 20 * BLOCK
 READ = 1 << 20

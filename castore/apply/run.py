@@ -1,12 +1,12 @@
 """apply: make an existing tree match a manifest, in place, changing only what differs.
 
 ``apply_tree`` finds what ROOT holds, by one of two scans
-(``castore.apply_scan``): the whole tree, or, when the store has a record of
-the last apply to ROOT (``castore.apply_state``), only what changed there or
-in the manifest since; then the applier (``castore.apply_changes``) changes
+(``castore.apply.scan``): the whole tree, or, when the store has a record of
+the last apply to ROOT (``castore.apply.state``), only what changed there or
+in the manifest since; then the applier (``castore.apply.changes``) changes
 what differs, in four phases, never through a symlink; then the record is
 written for the next apply. Content comes from the store, a directory or a
-tar (``castore.apply_sources``), verified.
+tar (``castore.apply.sources``), verified.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
-from castore import apply_state, fs, statcache
-from castore.apply_changes import TMP_PREFIX, Applier, ApplyOptions, ApplyReport, same_content
-from castore.apply_scan import Scan, TreeChanged, scan_changes, scan_tree
-from castore.apply_sources import DirSource, Source, StagedSource, stage_tar
-from castore.crash import crashpoint
+import castore.apply.state as apply_state
+import castore.store.statcache as statcache
+from castore import fs
+from castore.apply.changes import TMP_PREFIX, Applier, ApplyOptions, ApplyReport, same_content
+from castore.apply.scan import Scan, TreeChanged, scan_changes, scan_tree
+from castore.apply.sources import DirSource, Source, StagedSource, stage_tar
+from castore.bulkmode import bulk
 from castore.errors import CastoreError, IntegrityError, NotFound, UnsafeInput, raise_if_full
-from castore.gcpause import bulk
+from castore.faults import crashpoint
 from castore.manifest import codec
 from castore.manifest.model import Manifest, RegularFile, Resource, Symlink
 from castore.manifest.validate import validate
@@ -80,7 +82,7 @@ def apply_tree(root: str, manifest: Manifest | None, *, store: Store | None = No
 
     ``manifest`` may be None when ``manifest_digest`` names a manifest of
     ``store``: it is then read only if ROOT has no usable record of an
-    earlier apply (``castore.apply_state``), and otherwise only the entries
+    earlier apply (``castore.apply.state``), and otherwise only the entries
     that differ from that record are decoded.
     ``source`` is "store" (content from ``store``), a directory, or a tar file.
     ``validated``: the caller already ran ``validate`` on ``manifest`` (as

@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from castore.errors import BlobNotFound, IntegrityError
+from castore.errors import IntegrityError
 from castore.fs import COPY_FALLBACK
 from castore.store import Store
 
@@ -113,10 +113,7 @@ class Source:
         return job.result()
 
     def _load(self, digest: str, size: int, path: str) -> Piece:
-        try:
-            fd = os.open(self.store.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise BlobNotFound(digest) from None
+        fd = self.store.open_blob(digest)
         try:
             st = os.fstat(fd)
             if st.st_size != size:

@@ -1,11 +1,11 @@
 """What ROOT holds, for apply: a full scan, or only what may have changed since apply's record.
 
 ``scan_tree`` walks all of ROOT. ``scan_changes`` starts from the record an
-earlier apply left (``castore.apply_state``): it lstat's the recorded paths,
+earlier apply left (``castore.apply.state``): it lstat's the recorded paths,
 scans only those whose lstat changed (listing the directories among them for
 new names), takes the state of every other path from the recorded manifest,
 and returns the sub-manifest of the new manifest that covers what differs.
-Either way the result is a ``Scan``, which ``castore.apply`` acts on alike.
+Either way the result is a ``Scan``, which ``castore.apply.run`` acts on alike.
 
 Files are hashed only when the manifest wants a file of that size there, and
 the store's stat cache stands in for hashing where it can.
@@ -19,14 +19,16 @@ import stat
 import time
 from dataclasses import dataclass, field
 
-from castore import apply_state, fs, statcache
-from castore.apply_state import Record, Row
+import castore.apply.state as apply_state
+import castore.store.statcache as statcache
+from castore import fs
+from castore.apply.state import Record, Row
 from castore.build import Stat, WalkOptions, WalkResult, _Seen, assemble, make_pool, read_with_retries, see_entry, walk
 from castore.errors import CastoreError
 from castore.fs import DirFds
-from castore.hashing import FileResult, Processor
 from castore.manifest.codec import decode_entry, first_path
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Symlink, path_key
+from castore.readers import FileResult, Processor
 from castore.store import Store
 
 

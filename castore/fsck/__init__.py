@@ -1,0 +1,1 @@
+"""castore.fsck.check."""
