@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from castore import fs
 from castore.digest import check_digest, hash_fd, is_digest
@@ -42,7 +43,7 @@ from castore.errors import (
 )
 from castore.faults import crashpoint
 from castore.manifest import Manifest, codec, validate
-from castore.manifest.model import Chunk, RegularFile
+from castore.manifest.model import Chunk, RegularFile, Resource
 from castore.readers import ChunkParams
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, MetaDB, dkey, dstr
@@ -123,7 +124,8 @@ class Lease:
         def fn(txn: object) -> None:
             db = self.store.meta.db("leases")
             raw = txn.get(self.id.encode(), db=db)  # type: ignore[attr-defined]
-            rec = json.loads(raw) if raw else {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": []}
+            rec: dict[str, Any] = (json.loads(raw) if raw
+                                   else {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": []})
             have = set(rec["manifests"])
             rec["manifests"].extend(d for d in dict.fromkeys(new) if d not in have)
             txn.put(self.id.encode(), json.dumps(rec).encode(), db=db)  # type: ignore[attr-defined]
@@ -583,9 +585,9 @@ class Store:
             rows = txn.cursor(db=self.meta.db("chunkmap")).getmulti(keys)
         out = {}
         for k, raw in rows:
-            chunks = unpack_chunks(raw)
+            chunks = unpack_chunks(bytes(raw))
             if chunks:
-                out[dstr(k)] = chunks
+                out[dstr(bytes(k))] = chunks
         return out
 
     def content_refs(self, m: Manifest) -> set[str]:
@@ -608,13 +610,14 @@ class Store:
         found = self.chunk_lists(self.missing_blobs(need))
         if not found:
             return m
-        out: list[object] = []
+        out: list[Resource] = []
         for r in m.resources:
-            chunks = found.get(r.digest) if type(r) is RegularFile and not r.chunks else None  # type: ignore
-            if chunks and chunks[-1].end == r.size:  # type: ignore[union-attr]
-                r = _replace_chunks(r, chunks)  # type: ignore[arg-type]
+            if isinstance(r, RegularFile) and not r.chunks:
+                chunks = found.get(r.digest)
+                if chunks and chunks[-1].end == r.size:
+                    r = _replace_chunks(r, chunks)
             out.append(r)
-        return Manifest(tuple(out))  # type: ignore[arg-type]
+        return Manifest(tuple(out))
 
 
 def manifest_refs(m: Manifest) -> set[str]:
