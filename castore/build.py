@@ -55,6 +55,7 @@ class WalkOptions:
     ignore: tuple[str, ...] = ()
     keep_appledouble: bool = False
     whiteouts: str = "none"  # none | overlay
+    prune: frozenset[str] = frozenset()  # relative paths neither listed nor entered (mount points, for apply)
     note: Callable[[str], None] = lambda msg: print(f"continuity: note: {msg}", file=sys.stderr)
 
 
@@ -163,6 +164,8 @@ def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | N
             name = e.name
             child = f"{rel}/{name}" if rel else name
             if opts.ignore and _ignored(child, name, opts.ignore):
+                continue
+            if opts.prune and child in opts.prune:
                 continue
             if not opts.keep_appledouble and (name.startswith("._") or name == "__MACOSX"):
                 skipped_apple += 1

@@ -12,13 +12,21 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
-import secrets
 import stat
 from collections.abc import Callable, Sequence
 
 from castore import fs
+from castore import staging as stage
 from castore.bulkmode import bulk
-from castore.errors import Busy, CastoreError, IntegrityError, ResourceLimit, UnsafeInput, raise_if_full
+from castore.errors import (
+    Busy,
+    CastoreError,
+    IntegrityError,
+    ResourceLimit,
+    UnsafeInput,
+    raise_if_full,
+    warn_mounts_kept,
+)
 from castore.faults import crashpoint
 from castore.fs import DirFds
 from castore.manifest import codec
@@ -51,16 +59,18 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
     made_dirs: set[str] = set()
     try:
         def ensure_dir(rel: str) -> None:
-            # Implicit parents (not in the manifest) are created 0755.
-            if not rel or rel in made_dirs:
-                return
-            parent, _, name = rel.rpartition("/")
-            ensure_dir(parent)
-            try:
-                os.mkdir(name, 0o700, dir_fd=dirs.get(parent))
-            except FileExistsError:
-                pass
-            made_dirs.add(rel)
+            # Implicit parents (not in the manifest) are created 0755. Iterative: no recursion per level.
+            todo = []
+            while rel and rel not in made_dirs:
+                todo.append(rel)
+                rel = rel.rpartition("/")[0]
+            for rel in reversed(todo):
+                parent, _, name = rel.rpartition("/")
+                try:
+                    os.mkdir(name, 0o700, dir_fd=dirs.get(parent))
+                except FileExistsError:
+                    pass
+                made_dirs.add(rel)
 
         others: list[Item] = []
         for r in items:
@@ -236,6 +246,13 @@ def _prepare_target(target: str) -> tuple[str, str, bool]:
         raise UnsafeInput(f"{target}: target exists and is not a directory")
     if os.listdir(target):
         raise UnsafeInput(f"{target}: target exists and is not empty")
+    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if fs.is_mount_root(fd, os.stat(parent).st_dev):
+            raise UnsafeInput(f"{target}: another filesystem is mounted there; checkout puts a new directory in "
+                              "TARGET's place, which would unmount nothing and fail: give a path below it")
+    finally:
+        os.close(fd)
     return parent, base, True
 
 
@@ -268,10 +285,15 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
         _require_blobs(store, manifest)  # early, before anything is made (again under the lease below)
     os.makedirs(parent, exist_ok=True)
     pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    staging = f".{base}.continuity-{secrets.token_hex(6)}"
+    stage.sweep(pfd, parent)  # staging dirs of checkouts and copies killed here before
+    reg = None
+    if store is not None:
+        with contextlib.suppress(OSError):  # a read-only store: the next checkout here cleans up
+            reg = stage.Registration(store.path, parent)
     old_umask = os.umask(0)
+    lock_fd = -1
     try:
-        os.mkdir(staging, 0o700, dir_fd=pfd)
+        staging, lock_fd = stage.create(pfd, base, before=reg.note if reg is not None else None)
         try:
             sfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             try:
@@ -301,10 +323,14 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
             except FileExistsError:
                 raise UnsafeInput(f"{target}: target appeared during checkout") from None
         except BaseException as exc:
-            discard_dir(pfd, staging)
+            warn_mounts_kept([os.path.join(parent, k) for k in discard_dir(pfd, staging)])
             raise_if_full(exc, target)
             raise
     finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)  # only now: renamed into place or discarded
+        if reg is not None:
+            reg.close()
         os.umask(old_umask)
         os.close(pfd)
 

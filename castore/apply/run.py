@@ -153,7 +153,8 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
                             else store.load_manifest(manifest_digest))
             if opts.rewrite_absolute_symlinks:
                 manifest = _rewrite_symlinks(manifest)
-            scan = scan_tree(root, root_fd, manifest.by_path(), store, opts.rehash)
+            scan = scan_tree(root, root_fd, manifest.by_path(), store, opts.rehash,
+                             frozenset(fs.mounts_below(root_fd)))
         writer = Writer(store if use_store else None,
                         Options(link=opts.link if use_store else "copy", verify=opts.verify, devices=opts.devices,
                                 sockets=opts.sockets, note=opts.note))
@@ -209,6 +210,7 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
             src = StagedSource(sfd, staged)
         ap = Applier(root, root_fd, manifest, src, writer, opts)
         ap.scan = scan
+        ap.check_mounts()
         if use_store:
             ap.local_only = local_only
         try:

@@ -334,3 +334,59 @@ def set_xattrs(target: int | str, xattrs: tuple[tuple[str, bytes], ...]) -> list
         else:
             os.setxattr(target, n, v, follow_symlinks=False)
     return skipped
+
+
+STATX_ATTR_MOUNT_ROOT = 0x2000
+_AT_EMPTY_PATH = 0x1000
+_AT_SYMLINK_NOFOLLOW = 0x100
+_AT_STATX_DONT_SYNC = 0x4000
+_statx = getattr(_libc, "statx", None)
+
+
+def is_mount_root(fd: int, parent_dev: int | None = None) -> bool:
+    """Whether the directory ``fd`` is the root of a mount (bind mounts on the same device included).
+
+    statx's STATX_ATTR_MOUNT_ROOT (Linux 5.8); without it, a device other than ``parent_dev``.
+    """
+    if _statx is not None:
+        buf = ctypes.create_string_buffer(256)
+        if _statx(fd, b"", _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC, 0, buf) == 0:
+            attrs = int.from_bytes(buf.raw[8:16], "little")
+            supported = int.from_bytes(buf.raw[56:64], "little")
+            if supported & STATX_ATTR_MOUNT_ROOT:
+                return bool(attrs & STATX_ATTR_MOUNT_ROOT)
+    return parent_dev is not None and os.fstat(fd).st_dev != parent_dev
+
+
+def _unescape_mountinfo(field: str) -> str:
+    out, i = bytearray(), 0
+    raw = field.encode("utf-8", "surrogateescape")
+    while i < len(raw):
+        if raw[i] == 0x5C and i + 3 < len(raw) and raw[i + 1:i + 4].isdigit():
+            out.append(int(raw[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def mounts_below(root_fd: int) -> list[str]:
+    """Paths (relative, no leading "/") of the mount points strictly below the directory ``root_fd``,
+    from /proc/self/mountinfo; sorted, outermost first."""
+    try:
+        root = os.readlink(f"/proc/self/fd/{root_fd}")
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return []
+    prefix = root.rstrip("/") + "/"
+    out = set()
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        point = _unescape_mountinfo(fields[4])
+        if point.startswith(prefix) and len(point) > len(prefix):
+            out.add(point[len(prefix):].rstrip("/"))
+    return sorted(out, key=lambda p: (p.count("/"), p))
