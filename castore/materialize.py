@@ -547,9 +547,7 @@ class Writer:
         assert self.store is not None
         fd = self._shards.get(shard)
         if fd is None:
-            path = f"{self.store.path}/links/{shard}"
-            os.makedirs(path, exist_ok=True)
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = self.store.open_shard("links", shard)  # from the store root fd, following no symlink
             self._shards[shard] = fd
         return fd
 

@@ -174,6 +174,38 @@ def open_beneath(dir_fd: int, relpath: str, flags: int, mode: int = 0) -> int:
         os.close(cur)
 
 
+_SHARD_FDS: dict[str, int] = {}  # the shards of one store at a time (the last one used in this process)
+
+
+def shard_dir_fd(path: str) -> int:
+    """A cached O_PATH fd on a store shard directory ``path`` (STORE/blobs/sha256/ab), opened
+    with O_NOFOLLOW: a shard replaced by a symlink is refused (UnsafeInput), never written
+    through. The components above it were checked when the store was opened and lie in its
+    0700 root (Store.open). FileNotFoundError when the shard does not exist yet."""
+    fd = _SHARD_FDS.get(path)
+    if fd is not None and os.fstat(fd).st_nlink == 0:  # removed since (and maybe made again)
+        os.close(_SHARD_FDS.pop(path))
+        fd = None
+    if fd is None:
+        if _SHARD_FDS and os.path.dirname(next(iter(_SHARD_FDS))) != os.path.dirname(path):
+            for old in _SHARD_FDS.values():  # another store's (a long-lived process): at most 256 fds kept
+                os.close(old)
+            _SHARD_FDS.clear()
+        try:
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                from castore.errors import UnsafeInput
+                raise UnsafeInput(f"{path}: store shard is not a plain directory (a symlink?); "
+                                  "refusing to write through it") from exc
+            raise
+        old = _SHARD_FDS.setdefault(path, fd)
+        if old != fd:
+            os.close(fd)
+        fd = old
+    return fd
+
+
 _SEGMENT = 3072  # below PATH_MAX (4096), so every openat2 argument fits
 
 
