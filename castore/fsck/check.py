@@ -29,9 +29,9 @@ from castore.faults import crashpoint
 from castore.fs.linux import RENAME_EXCHANGE
 from castore.manifest import Manifest, codec, validate
 from castore.materialize import object_record
-from castore.store import MARKER_DIR, Store, check_name, manifest_refs
+from castore.store import MARKER_DIR, Store, check_name, chunk_map_rows, manifest_refs, unpack_chunks
 from castore.store.lock import flocked
-from castore.store.meta import BLOB_ROW, KIND_NAMES, dkey, dstr
+from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_NAMES, dkey, dstr
 from castore.textsafe import quote, safe_line
 
 READ = 1 << 20
@@ -135,6 +135,7 @@ class _Checker:
         self.meta = store.meta
         self.report = FsckReport()
         self.bad: dict[bytes, Finding] = {}  # damaged or missing content, by key
+        self.bad_maps: list[bytes] = []  # chunk-map rows to drop on --repair
 
     def _selected(self, key: bytes) -> bool:
         if not self.opts.read_data:
@@ -241,6 +242,12 @@ class _Checker:
             missing_manifest = {m for m in set(refs) | set(catalog) if txn.get(m, db=blobs_db) is None}
             needed = {c for raw in refs.values() for c in _split(raw)}
             absent = {c for c in needed if txn.get(c, db=blobs_db) is None}
+            # A whole-file digest stored as chunks only is there when its chunk map row's chunks are.
+            map_db = self.meta.db("chunkmap")
+            for c in list(absent):
+                chunks = unpack_chunks(bytes(txn.get(c, b"", db=map_db)))
+                if chunks and all(txn.get(dkey(x.digest), db=blobs_db) is not None for x in chunks):
+                    absent.discard(c)
         self.report.manifests = len(refs)
         for m in sorted(set(catalog) - set(refs)):
             if m in missing_manifest:
@@ -273,6 +280,45 @@ class _Checker:
                     self._add("error", "refs-mismatch", dstr(m), "index references differ from the manifest's "
                               "(run fsck --rebuild-index)").names = sorted(catalog.get(m, []))
         self._attribute(refs, catalog)
+
+    def chunk_map(self) -> None:
+        """Chunk-map rows: well formed; chunks that left the index make a row stale (info: gc drops
+        it); with data reading, the chunks put together hash to the row's whole-file digest."""
+        blobs_db, map_db = self.meta.db("blobs"), self.meta.db("chunkmap")
+        with self.meta.read() as txn:
+            rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=map_db)]
+            indexed: dict[bytes, int] = {}  # chunk -> size in the index
+            for _, v in rows:
+                for i in range(0, len(v) - 31, CHUNK_ROW.size):
+                    raw = txn.get(bytes(v[i:i + 32]), db=blobs_db)
+                    if raw is not None:
+                        indexed[bytes(v[i:i + 32])] = BLOB_ROW.unpack(raw)[0]
+        for k, v in rows:
+            chunks = unpack_chunks(v)
+            if len(k) != 32 or not chunks:
+                self._add("error", "bad-chunk-map", k.hex(), "chunk map row is malformed (fsck --repair drops it)")
+                self.bad_maps.append(k)
+                continue
+            if any(dkey(c.digest) not in indexed for c in chunks):
+                self._add("info", "stale-chunk-map", dstr(k), "a chunk of this file left the store (gc drops the row)")
+                continue
+            if any(indexed[dkey(c.digest)] != c.end - c.begin for c in chunks):
+                self._add("error", "bad-chunk-map", dstr(k),
+                          "its chunks' sizes are not the index's (fsck --repair drops the row)")
+                self.bad_maps.append(k)
+                continue
+            if not self._selected(k):
+                continue
+            h = hashlib.sha256()
+            try:
+                for c in chunks:
+                    h.update(self.store.read_blob(c.digest, limit=c.end - c.begin))
+            except CastoreError:
+                continue  # the chunk's own damage is reported by the blob check
+            if "sha256:" + h.hexdigest() != dstr(k):
+                self._add("error", "bad-chunk-map", dstr(k),
+                          "its chunks do not add up to this file (fsck --repair drops the row)")
+                self.bad_maps.append(k)
 
     def _attribute(self, refs: dict[bytes, bytes], catalog: dict[bytes, list[str]]) -> None:
         """Name the manifests, catalog names and paths each damaged blob affects."""
@@ -355,7 +401,12 @@ class _Checker:
                 txn.delete(b"v" + k, db=links_db)  # type: ignore[attr-defined]
             for k, _ in changed_links:
                 txn.delete(k, db=links_db)  # type: ignore[attr-defined]
+            for k in self.bad_maps:
+                txn.delete(k, db=self.meta.db("chunkmap"))  # type: ignore[attr-defined]
         self.meta.write(fn)
+        for f in self.report.findings:
+            if f.kind == "bad-chunk-map":
+                f.repaired = "row dropped"
         for _, path in changed_links:
             try:
                 os.unlink(path)
@@ -423,6 +474,7 @@ def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
                 c._add("error", "index-younger-than-blobs", store.path, doubt)
             c.blobs()
             c.manifests()
+            c.chunk_map()
             changed = c.link_objects()
             if opts.repair:
                 c.repair(changed)
@@ -587,6 +639,7 @@ def rebuild_index(store_path: str) -> RebuildReport:
         sizes: dict[bytes, int] = {}
         refs: dict[bytes, set[bytes]] = {}
         chunks: set[bytes] = set()
+        chunk_map: set[tuple[bytes, bytes]] = set()  # whole file -> chunks, from manifests with chunk lists
         ads: set[bytes] = set()
         for shard in sorted(_listdir(blob_root)):
             sdir = os.path.join(blob_root, shard)
@@ -616,6 +669,7 @@ def rebuild_index(store_path: str) -> RebuildReport:
                     refs[key] = {dkey(d) for d in manifest_refs(man)}
                     for f in man.files():
                         chunks.update(dkey(c.digest) for c in f.chunks)
+                    chunk_map.update(chunk_map_rows(man))
                     for res in man.resources:
                         ads.update(dkey(a.digest) for a in res.ads if a.digest)
         crashpoint("rebuild-after-scan")
@@ -659,6 +713,8 @@ def rebuild_index(store_path: str) -> RebuildReport:
                     t.put(k, b"".join(sorted(rs)), db=new.db("refs"))  # type: ignore[attr-defined]
                 for dbname, k, v in catalog:
                     t.put(k, v, db=new.db(dbname))  # type: ignore[attr-defined]
+                for k, v in sorted(chunk_map):
+                    t.put(k, v, db=new.db("chunkmap"))  # type: ignore[attr-defined]
                 t.put(b"schema", b"1", db=new.db("info"))  # type: ignore[attr-defined]
                 t.put(b"index-state", b"complete", db=new.db("info"))  # type: ignore[attr-defined]
             new.write(put_rest)  # last: the completion record

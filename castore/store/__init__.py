@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from castore import fs
 from castore.digest import check_digest, hash_fd, is_digest
@@ -44,9 +45,10 @@ from castore.errors import (
 )
 from castore.faults import crashpoint
 from castore.manifest import Manifest, codec, validate
+from castore.manifest.model import Chunk, RegularFile, Resource
 from castore.readers import ChunkParams
 from castore.store.lock import flocked, is_held
-from castore.store.meta import BLOB_ROW, REBUILD_HINT, MetaDB, dkey, dstr
+from castore.store.meta import BLOB_ROW, CHUNK_ROW, REBUILD_HINT, MetaDB, dkey, dstr
 
 CONFIG_VERSION = 1
 _KIND_NAMES = {stat.S_IFIFO: "FIFO", stat.S_IFDIR: "directory", stat.S_IFCHR: "character device",
@@ -155,12 +157,22 @@ class Lease:
         return os.path.join(self.store.path, "tmp", self.id)
 
     def add_manifest(self, digest: str) -> None:
+        self.add([digest])
+
+    def add(self, digests: Iterable[str]) -> None:
+        """Protect these manifests or blobs too (one transaction); a blob must be checked for
+        afterwards: gc honours the lease from this commit on."""
+        new = list(digests)
+        if not new:
+            return
+
         def fn(txn: object) -> None:
             db = self.store.meta.db("leases")
             raw = txn.get(self.id.encode(), db=db)  # type: ignore[attr-defined]
-            rec = json.loads(raw) if raw else {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": []}
-            if digest not in rec["manifests"]:
-                rec["manifests"].append(digest)
+            rec: dict[str, Any] = (json.loads(raw) if raw
+                                   else {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": []})
+            have = set(rec["manifests"])
+            rec["manifests"].extend(d for d in dict.fromkeys(new) if d not in have)
             txn.put(self.id.encode(), json.dumps(rec).encode(), db=db)  # type: ignore[attr-defined]
         self.store.meta.write(fn)
 
@@ -783,6 +795,56 @@ class Store:
             return []
         return [dstr(raw[i:i + 32]) for i in range(0, len(raw), 32)]
 
+    # ------------------------------------------------ whole file -> its chunks
+
+    def chunk_lists(self, digests: Iterable[str]) -> dict[str, tuple[Chunk, ...]]:
+        """The chunk lists recorded (``chunkmap``) for these whole-file digests, where there is one.
+
+        A file of the chunking threshold or more is stored as chunks only; a
+        manifest that names it by its whole-file digest alone (``build``,
+        upstream's Go ``continuity build``) is served through this mapping.
+        """
+        keys = sorted({dkey(d) for d in digests})
+        if not keys:
+            return {}
+        with self.meta.read() as txn:
+            rows = txn.cursor(db=self.meta.db("chunkmap")).getmulti(keys)
+        out = {}
+        for k, raw in rows:
+            chunks = unpack_chunks(bytes(raw))
+            if chunks:
+                out[dstr(bytes(k))] = chunks
+        return out
+
+    def content_refs(self, m: Manifest) -> set[str]:
+        """The blobs serving ``m`` needs: manifest_refs, with every whole-file digest the index
+        lacks but the chunk map knows replaced by its chunks."""
+        refs = manifest_refs(m)
+        whole = {r.digest for r in m.files() if not r.chunks and r.size > self.chunking.min_size}
+        for d, chunks in self.chunk_lists(self.missing_blobs(refs & whole)).items():
+            refs.discard(d)
+            refs.update(c.digest for c in chunks)
+        return refs
+
+    def with_chunks(self, m: Manifest) -> Manifest:
+        """``m`` with a chunk list on every regular file whose whole-file blob the index lacks and
+        whose chunks the chunk map records (chunk lists that do not cover the file are ignored)."""
+        # A file no larger than one chunk at least is never split (a cheap filter: most files are small).
+        need = {r.digest for r in m.files() if not r.chunks and r.size > self.chunking.min_size}
+        if not need:
+            return m
+        found = self.chunk_lists(self.missing_blobs(need))
+        if not found:
+            return m
+        out: list[Resource] = []
+        for r in m.resources:
+            if isinstance(r, RegularFile) and not r.chunks:
+                chunks = found.get(r.digest)
+                if chunks and chunks[-1].end == r.size:
+                    r = _replace_chunks(r, chunks)
+            out.append(r)
+        return Manifest(tuple(out))
+
 
 def manifest_refs(m: Manifest) -> set[str]:
     """Every blob digest a manifest needs: whole files or their chunks, ADS blobs."""
@@ -798,6 +860,34 @@ def manifest_refs(m: Manifest) -> set[str]:
             if a.digest:
                 out.add(a.digest)
     return out
+
+
+def pack_chunks(chunks: Iterable[Chunk]) -> bytes:
+    """A ``chunkmap`` row: (raw digest, end) per chunk; each begins where the one before ends."""
+    return b"".join(CHUNK_ROW.pack(bytes.fromhex(c.digest[7:]), c.end) for c in chunks)
+
+
+def unpack_chunks(raw: bytes) -> tuple[Chunk, ...]:
+    """The chunks of a ``chunkmap`` row; () when it is malformed (fsck reports it)."""
+    if not raw or len(raw) % CHUNK_ROW.size:
+        return ()
+    out, begin = [], 0
+    for d, end in CHUNK_ROW.iter_unpack(raw):
+        if end <= begin:
+            return ()
+        out.append(Chunk("sha256:" + d.hex(), begin, end))
+        begin = end
+    return tuple(out)
+
+
+def chunk_map_rows(m: Manifest) -> list[tuple[bytes, bytes]]:
+    """The ``chunkmap`` rows of a manifest's chunked files, sorted by key (for putmulti)."""
+    return sorted({(dkey(r.digest), pack_chunks(r.chunks)) for r in m.files() if r.chunks})
+
+
+def _replace_chunks(r: RegularFile, chunks: tuple[Chunk, ...]) -> RegularFile:
+    import dataclasses
+    return dataclasses.replace(r, chunks=chunks)
 
 
 def _remove_tree(path: str) -> list[str]:
@@ -987,5 +1077,5 @@ def remove_contents(dir_fd: int) -> list[str]:
     return kept
 
 
-__all__ = ["Lease", "Store", "TagInfo", "check_digest", "check_name", "default_store_path", "manifest_refs",
-           "CastoreError"]
+__all__ = ["Lease", "Store", "TagInfo", "check_digest", "check_name", "chunk_map_rows", "default_store_path",
+           "manifest_refs", "pack_chunks", "unpack_chunks", "CastoreError"]

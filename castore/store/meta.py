@@ -9,6 +9,7 @@ Sub-databases (keys and values are bytes; see docs/design.md):
     leases     lease id (ascii)           -> json {expiry_ns, manifests, pid}
     statcache  dev u64, ino u64           -> marshal (size, mtime, ctime, digest, chunks, xattrs, holes)
     links      hardlink-object key        -> marshal (digest, ino, size, mtime_ns, ctime_ns)
+    chunkmap   whole-file digest (32)     -> its chunks: (chunk digest 32 bytes, end u64 LE) each
     info       b"schema"                  -> version
 """
 
@@ -27,8 +28,9 @@ import lmdb
 from castore.errors import IntegrityError, ResourceLimit, StoreUnusable
 
 SCHEMA_VERSION = 1
-DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info", "roots")
+DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info", "roots", "chunkmap")
 BLOB_ROW = struct.Struct("<QB")
+CHUNK_ROW = struct.Struct("<32sQ")  # one chunk of a `chunkmap` row: raw digest, end offset
 KIND_RAW, KIND_CHUNK, KIND_MANIFEST, KIND_ADS = 0, 1, 2, 3
 KIND_NAMES = {KIND_RAW: "file", KIND_CHUNK: "chunk", KIND_MANIFEST: "manifest", KIND_ADS: "ads"}
 INITIAL_MAP = 1 << 30
