@@ -8,6 +8,7 @@ import sys
 import click
 
 from castore.cli.common import Ctx, handle_errors, ignore_opt, main_group, print_json, resolve, resolve_lazy
+from castore.cli.trust import check_trust
 from castore.materialize import LINK_MODES
 from castore.store import check_name
 
@@ -70,6 +71,7 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
     from castore.materialize import Options
 
     m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
+    check_trust(obj, manifest, digest, store)
     if devices is None:
         devices = "create" if os.geteuid() == 0 else "skip"
     opts = Options(link=link, verify=not disable_digest, devices=devices, sockets=sockets, whiteouts=whiteouts,

@@ -10,6 +10,7 @@ Sub-databases (keys and values are bytes; see docs/design.md):
     statcache  dev u64, ino u64           -> marshal (size, mtime, ctime, digest, chunks, xattrs, holes)
     links      hardlink-object key        -> marshal (digest, ino, size, mtime_ns, ctime_ns)
     info       b"schema"                  -> version
+    signatures manifest digest (32) + sha256 of the SSHSIG (32) -> json (castore/store/signatures.py)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import lmdb
 from castore.errors import IntegrityError, ResourceLimit, StoreUnusable
 
 SCHEMA_VERSION = 1
-DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info", "roots")
+DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info", "roots", "signatures")
 BLOB_ROW = struct.Struct("<QB")
 KIND_RAW, KIND_CHUNK, KIND_MANIFEST, KIND_ADS = 0, 1, 2, 3
 KIND_NAMES = {KIND_RAW: "file", KIND_CHUNK: "chunk", KIND_MANIFEST: "manifest", KIND_ADS: "ads"}
