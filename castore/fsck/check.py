@@ -27,6 +27,7 @@ from castore.manifest import Manifest, codec, validate
 from castore.materialize import object_record
 from castore.store import Store, manifest_refs
 from castore.store.lock import flocked
+from castore.fsck.signatures import check_signatures
 from castore.store.meta import BLOB_ROW, KIND_NAMES, dkey, dstr
 
 READ = 1 << 20
@@ -410,6 +411,7 @@ def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
             c = _Checker(store, opts)
             c.blobs()
             c.manifests()
+            check_signatures(store, c._add, repair=opts.repair)
             changed = c.link_objects()
             if opts.repair:
                 c.repair(changed)
