@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from castore.bulkmode import bulk
 from castore.digest import hash_fd
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
+from castore.fsck.signatures import check_signatures
 from castore.manifest import Manifest, codec, validate
 from castore.materialize import object_record
 from castore.store import Store, manifest_refs
 from castore.store.lock import flocked
-from castore.fsck.signatures import check_signatures
 from castore.store.meta import BLOB_ROW, KIND_NAMES, dkey, dstr
 
 READ = 1 << 20

@@ -87,7 +87,8 @@ class Reader:
 def signed_data(namespace: str, hash_algorithm: str, message: bytes) -> bytes:
     """What the key signs for ``message``."""
     h = HASHES[hash_algorithm](message).digest()
-    return MAGIC + ssh_string(namespace.encode()) + ssh_string(b"") + ssh_string(hash_algorithm.encode()) + ssh_string(h)
+    return (MAGIC + ssh_string(namespace.encode()) + ssh_string(b"") + ssh_string(hash_algorithm.encode())
+            + ssh_string(h))
 
 
 def armor(raw: bytes) -> str:
