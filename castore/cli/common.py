@@ -16,6 +16,7 @@ import click
 
 from castore.errors import CastoreError, CorruptManifest, NotFound, ResourceLimit
 from castore.manifest import Manifest, codec, validate
+from castore.manifest.bounds import check_parse_cost
 from castore.store import Store, default_store_path
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -133,6 +134,7 @@ def read_manifest_file(path: str) -> Manifest:
         raise CorruptManifest(f"{path}: is a directory, not a manifest") from None
     if len(data) > MAX_MANIFEST_FILE:
         raise CorruptManifest(f"{path}: manifest file too large")
+    check_parse_cost(data, source=path)  # a file can be a parse bomb too: priced before protobuf allocates
     return validate(codec.loads(data, source=path))
 
 

@@ -1,9 +1,14 @@
 """A small OCI Distribution client over httpx: blobs (HEAD, GET, POST+PUT upload) and manifests.
 
 Nothing a registry sends is trusted here: sizes are bounded before and while
-reading, and callers verify digests. Transport failures and unexpected
-statuses become one-line ``RemoteError`` (exit 1); answers that contradict
-what was asked for become ``IntegrityError`` (exit 4).
+reading, and callers verify digests. Bodies are read raw (``iter_raw``) with a
+byte budget and never decoded: we ask for ``Accept-Encoding: identity`` and
+refuse any other ``Content-Encoding`` (a compression bomb of a few KiB on the
+wire would otherwise become GiBs in memory before any limit applies).
+Redirects are followed here, not by httpx, which reads and decodes every
+redirect's body in full. Transport failures and unexpected statuses become
+one-line ``RemoteError`` (exit 1); answers that contradict what was asked
+for become ``IntegrityError`` (exit 4).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlencode, urljoin
@@ -30,6 +36,8 @@ T = TypeVar("T")
 PIECE = 1 << 20
 SMALL_BLOB = 8 << 20  # read, verify, then send; larger blobs are streamed and checked as they go
 MAX_TOKEN_ANSWER = 1 << 20
+MAX_REDIRECTS = 10
+REDIRECTS = (301, 302, 303, 307, 308)
 RETRIES = 2
 USER_AGENT = "continuity/0.1 (castore)"
 MIN_RATE = 64 << 10  # bytes/s a transfer must average (after 2 x the timeout of grace)
@@ -77,13 +85,36 @@ class Answer:
     reason: str
 
 
-def _bounded_body(resp: httpx.Response, limit: int = MAX_SMALL_ANSWER) -> bytes:
+def _encoding(resp: httpx.Response) -> str | None:
+    """The response's Content-Encoding when it is anything but identity (we never decode)."""
+    codings = [c.strip().lower() for c in resp.headers.get_list("content-encoding", split_commas=True)]
+    codings = [c for c in codings if c and c != "identity"]
+    return ", ".join(codings)[:60] if codings else None
+
+
+def _refuse_encoding(resp: httpx.Response, what: str) -> None:
+    """IntegrityError (exit 4) when the answer is compressed although we asked for identity."""
+    enc = _encoding(resp)
+    if enc is not None:
+        raise IntegrityError(f"{what}: answer has Content-Encoding {enc!r} although identity was asked "
+                             "for (refused, never decoded)")
+
+
+def _raw_body(resp: httpx.Response, limit: int, deadline: float) -> tuple[bytes, bool]:
+    """Up to ``limit`` raw bytes of the body, never decoded; and whether it was cut (too long or too slow)."""
     data = bytearray()
-    for piece in resp.iter_bytes():
+    for piece in resp.iter_raw():
         data += piece
-        if len(data) > limit:
-            break  # the rest of an oversized answer is dropped, never buffered
-    return bytes(data[:limit])
+        if len(data) > limit or time.monotonic() > deadline:
+            return bytes(data[:limit]), True  # the rest is dropped, never buffered
+    return bytes(data), False
+
+
+def _bounded_body(resp: httpx.Response, deadline: float, limit: int = MAX_SMALL_ANSWER) -> bytes:
+    """An error answer's body for its message: at most ``limit`` raw bytes; empty when compressed."""
+    if _encoding(resp) is not None:
+        return b""
+    return _raw_body(resp, limit, deadline)[0]
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -114,9 +145,9 @@ class Registry:
         self._origin = _origin(ref.base)
         self.http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            follow_redirects=True,  # blob GETs may redirect to storage; httpx drops Authorization off-origin
+            follow_redirects=False,  # followed by _stream: httpx would read each redirect's body in full
             limits=httpx.Limits(max_connections=max(jobs, 1) + 2, max_keepalive_connections=max(jobs, 1) + 2),
-            headers={"User-Agent": USER_AGENT},
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             trust_env=not is_loopback(ref.registry),  # no proxy for loopback registries
         )
 
@@ -135,19 +166,46 @@ class Registry:
         """When a transfer of ``size`` bytes must be over: a trickling server cannot hold us forever."""
         return time.monotonic() + 2 * self.timeout + size / MIN_RATE
 
-    def _headers(self, extra: dict[str, str] | None = None, url: str | None = None) -> dict[str, str]:
-        """Request headers; credentials only for the registry's own origin (an upload Location may point
-        elsewhere, e.g. at a storage backend, which must not see them)."""
-        h = dict(extra or {})
-        if self._authz and (url is None or _origin(url) == self._origin):
-            h["Authorization"] = self._authz
-        return h
+    def small_deadline(self, limit: int = MAX_SMALL_ANSWER) -> float:
+        """When reading a small answer (error body, token) of at most ``limit`` bytes must be over."""
+        return time.monotonic() + 2 * self.timeout + limit / MIN_RATE
+
+    @contextmanager
+    def _stream(self, method: str, url: str, *, headers: dict[str, str] | None = None,
+                content: bytes | Iterator[bytes] | None = None, authz: str | None = None,
+                authz_origin: tuple[str, str] | None = None) -> Iterator[httpx.Response]:
+        """One request, its body unread; redirects followed here (at most MAX_REDIRECTS, bodies never read).
+
+        Credentials (``authz``, default the registry's) go only to ``authz_origin`` (default the
+        registry's): never to an upload Location, a blob redirect or anything else on another origin.
+        A redirect from https to plain http is refused.
+        """
+        if authz_origin is None:
+            authz, authz_origin = self._authz, self._origin
+        for _ in range(MAX_REDIRECTS + 1):
+            h = dict(headers or {})
+            if authz and _origin(url) == authz_origin:
+                h["Authorization"] = authz
+            with self.http.stream(method, url, headers=h, content=content) as resp:
+                loc = resp.headers.get("location")
+                if resp.status_code not in REDIRECTS or not loc:
+                    yield resp
+                    return
+                nxt = resp.url.join(loc)  # the redirect's body is dropped unread with the response
+            if nxt.scheme not in ("http", "https") or (httpx.URL(url).scheme == "https" and nxt.scheme == "http"):
+                raise RemoteError(f"{self.where}: {method} {url[:100]}: redirect to {str(nxt)[:100]!r} refused")
+            if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
+                method, content = ("HEAD" if method == "HEAD" else "GET"), None
+            elif content is not None and not isinstance(content, bytes):
+                raise RemoteError(f"{self.where}: {method} {url[:100]}: redirected upload refused")
+            url = str(nxt)
+        raise RemoteError(f"{self.where}: {method} {url[:100]}: more than {MAX_REDIRECTS} redirects")
 
     def _send(self, method: str, url: str, *, headers: dict[str, str] | None = None,
               content: bytes | Iterator[bytes] | None = None) -> Answer:
         """One request; the answer's body is read, bounded (registries answer small JSON or nothing)."""
-        with self.http.stream(method, url, headers=self._headers(headers, url), content=content) as resp:
-            body = b"" if method == "HEAD" else _bounded_body(resp)
+        with self._stream(method, url, headers=headers, content=content) as resp:
+            body = b"" if method == "HEAD" else _bounded_body(resp, self.small_deadline())
             return Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase)
 
     def _login(self, challenge: str) -> None:
@@ -164,15 +222,23 @@ class Registry:
                 q = {"scope": self._scope}
                 if "service" in params:
                     q["service"] = params["service"]
-                auth = httpx.BasicAuth(*self._creds) if self._creds else None
                 url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urlencode(q)
+                basic = None
+                if self._creds:
+                    basic = "Basic " + base64.b64encode(f"{self._creds[0]}:{self._creds[1]}".encode()).decode()
+                what = f"{self.where}: token request to {params['realm'][:100]}"
                 try:
-                    with self.http.stream("GET", url, auth=auth) as resp:
-                        body = _bounded_body(resp, MAX_TOKEN_ANSWER)
+                    # the credentials go to the realm's origin only, not to where it may redirect
+                    with self._stream("GET", url, authz=basic, authz_origin=_origin(url)) as resp:
                         status = resp.status_code
+                        if status == 200:
+                            _refuse_encoding(resp, what)
+                            body, cut = _raw_body(resp, MAX_TOKEN_ANSWER, self.small_deadline(MAX_TOKEN_ANSWER))
+                            if cut:
+                                raise RemoteError(f"{what}: answer over {MAX_TOKEN_ANSWER} bytes or too slow")
                 except (httpx.HTTPError, httpx.InvalidURL) as exc:
                     reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
-                    raise RemoteError(f"{self.where}: token request to {params['realm'][:100]}: {reason}") from None
+                    raise RemoteError(f"{what}: {reason}") from None
                 if status != 200:
                     raise RemoteError(f"{self.where}: token request refused ({status})")
                 try:
@@ -221,7 +287,7 @@ class Registry:
     def _check(self, ans: Answer, what: str, ok: tuple[int, ...]) -> None:
         if ans.status in ok:
             return
-        if ans.status == 401:
+        if ans.status == 401 and _origin(ans.url) == self._origin:  # never log in to a redirect's origin
             raise _Unauthorized(ans.headers.get("www-authenticate", ""))
         text = _error_text(ans.status, ans.reason, ans.body)
         if ans.status == 429 or ans.status >= 500:
@@ -306,18 +372,18 @@ class Registry:
 
         def go() -> tuple[bytes, str]:
             accept = f"{OCI_MANIFEST}, {OCI_INDEX};q=0.5"
-            with self.http.stream("GET", f"{self.ref.base}/manifests/{reference}",
-                                  headers=self._headers({"Accept": accept})) as resp:
+            with self._stream("GET", f"{self.ref.base}/manifests/{reference}", headers={"Accept": accept}) as resp:
                 if resp.status_code != 200:
-                    body = _bounded_body(resp)
+                    body = _bounded_body(resp, self.small_deadline())
                     self._check(Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase),
                                 what, (200,))
                 length = resp.headers.get("content-length")
                 if length is not None and length.isdigit() and int(length) > limit:
                     raise IntegrityError(f"{self.where}: {what} is {length} bytes (limit {limit})")
+                _refuse_encoding(resp, f"{self.where}: {what}")
                 data = bytearray()
                 deadline = self.deadline(limit)
-                for piece in resp.iter_bytes():
+                for piece in resp.iter_raw():
                     data += piece
                     if time.monotonic() > deadline:
                         raise RemoteError(f"{self.where}: {what}: too slow (under {MIN_RATE >> 10} KiB/s)")
@@ -363,19 +429,19 @@ class _Transient(Exception):
 def _download(reg: Registry, digest: str, size: int, fd: int) -> None:
     h = hashlib.sha256()
     got = 0
-    with reg.http.stream("GET", f"{reg.ref.base}/blobs/{digest}",
-                         headers=reg._headers({"Accept-Encoding": "identity"})) as resp:
+    with reg._stream("GET", f"{reg.ref.base}/blobs/{digest}") as resp:
         if resp.status_code != 200:
-            body = _bounded_body(resp)
+            body = _bounded_body(resp, reg.small_deadline())
             if resp.status_code == 404:
                 raise IntegrityError(f"{reg.where}: blob {digest} is listed but missing")
             reg._check(Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase),
                        f"GET blob {digest}", (200,))
+        _refuse_encoding(resp, f"{reg.where}: blob {digest}")
         length = resp.headers.get("content-length")
-        if length is not None and "content-encoding" not in resp.headers and length != str(size):
+        if length is not None and length != str(size):
             raise IntegrityError(f"{reg.where}: blob {digest} has size {length[:30]}, expected {size}")
         deadline = reg.deadline(size)
-        for piece in resp.iter_bytes():
+        for piece in resp.iter_raw():
             if reg.abort.is_set():
                 raise Aborted("aborted")
             if time.monotonic() > deadline:

@@ -29,8 +29,8 @@ BLOB_MEDIA_TYPE = "application/vnd.continuity.blob.v1"
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
 EMPTY_DIGEST = hash_bytes(EMPTY_JSON)
-MAX_OCI_MANIFEST = 64 << 20  # what pull accepts; OCI asks registries to take at least 4 MiB
-MAX_CONTINUITY_MANIFEST = 1 << 30
+MAX_OCI_MANIFEST = 4 << 20  # what push writes and pull reads: the size registries take (distribution's limit)
+MAX_CONTINUITY_MANIFEST = 256 << 20  # ~2M files; parsing is bounded further by castore.manifest.bounds
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,8 @@
 
 Nothing the registry sends is trusted. Order: GET the OCI manifest (bounded;
 its digest checked when pulled by digest) -> check it is a continuity tree ->
-lease -> continuity manifest blob (digest checked before parsing, then
-validated) -> the layer list must be exactly the manifest's references, with
+lease -> continuity manifest blob (digest checked, then its entry and field
+counts bounded before parsing, then validated) -> the layer list must be exactly the manifest's references, with
 its sizes -> missing blobs streamed into the lease's tmp dir, size and digest
 checked as they arrive -> ``commit_manifest`` (blobs durable, index rows,
 manifest, catalog entry), the same write order as ingest.
@@ -19,6 +19,7 @@ from castore.errors import IntegrityError
 from castore.faults import crashpoint
 from castore.ingest import commit_manifest
 from castore.manifest import codec, validate
+from castore.manifest.bounds import check_parse_cost
 from castore.remote.client import Registry
 from castore.remote.oci import MAX_OCI_MANIFEST, blob_sizes, check_layers, parse_oci_manifest
 from castore.remote.ref import Reference
@@ -60,6 +61,7 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
         with store.lease() as lease:
             os.makedirs(lease.tmp_dir, mode=0o700)
             data = _manifest_bytes(store, reg, first.digest, first.size, lease.tmp_dir)
+            check_parse_cost(data, source=f"{ref} manifest {first.digest}")  # before any parse allocates
             manifest = validate(codec.loads(data, source=f"{ref} manifest {first.digest}"))
             sigs = fetch_signatures(reg, oci_digest, lease.tmp_dir)
             if policy is not None:  # before any blob is fetched: a refused tree writes nothing

@@ -12,10 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from castore.digest import hash_bytes
-from castore.errors import BlobNotFound, IntegrityError
+from castore.errors import BlobNotFound, IntegrityError, ResourceLimit
 from castore.manifest import Manifest, codec
 from castore.remote.client import Registry
-from castore.remote.oci import EMPTY_DIGEST, EMPTY_JSON, blob_sizes, build_oci_manifest
+from castore.remote.oci import (
+    EMPTY_DIGEST,
+    EMPTY_JSON,
+    MAX_CONTINUITY_MANIFEST,
+    MAX_OCI_MANIFEST,
+    blob_sizes,
+    build_oci_manifest,
+)
 from castore.remote.ref import Reference
 from castore.remote.signatures import push_signatures
 from castore.remote.transfer import Progress, run_all
@@ -45,6 +52,7 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
     mdigest = hash_bytes(data)
     refs = manifest_refs(manifest)
     sizes = blob_sizes(manifest)
+    _fitting_oci_manifest(mdigest, len(data), {d: sizes.get(d, 0) for d in refs})  # before any IO
     with store.lease(manifests=[mdigest]):
         missing = store.missing_blobs(refs)
         if missing:
@@ -54,7 +62,7 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
         for d, n in sizes.items():
             if not store.blob_file_ok(d, n):
                 raise IntegrityError(f"store blob {d} is missing or not {n} bytes (run fsck)")
-        oci = build_oci_manifest(mdigest, len(data), sizes.items())
+        oci = _fitting_oci_manifest(mdigest, len(data), sizes)
         uploads: list[tuple[str, int, bytes | None]] = [(EMPTY_DIGEST, len(EMPTY_JSON), EMPTY_JSON),
                                                         (mdigest, len(data), data)]
         uploads += [(d, n, None) for d, n in sorted(sizes.items())]
@@ -80,6 +88,17 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
                                      f"expected {oci_digest}")
             signed = push_signatures(reg, store, mdigest, oci_digest, len(oci))  # after the tree: never dangling
     return PushResult(oci_digest, mdigest, len(done), len(uploads) - len(done), sum(done), signed)
+
+
+def _fitting_oci_manifest(mdigest: str, size: int, sizes: dict[str, int]) -> bytes:
+    """The OCI manifest; ResourceLimit (exit 6) when pull, ours or a registry keeping distribution's
+    4 MiB limit, would refuse it, so that nothing is uploaded in vain."""
+    oci = build_oci_manifest(mdigest, size, sizes.items())
+    if len(oci) > MAX_OCI_MANIFEST or size > MAX_CONTINUITY_MANIFEST:
+        raise ResourceLimit(f"{mdigest}: too large for a registry: {len(sizes)} blobs make an OCI manifest of "
+                            f"{len(oci)} bytes (limit {MAX_OCI_MANIFEST}); the manifest is {size} bytes "
+                            f"(limit {MAX_CONTINUITY_MANIFEST})")
+    return oci
 
 
 def _opener(store: Store, digest: str) -> Callable[[], int]:
