@@ -91,14 +91,14 @@ def sign_cmd(obj: Ctx, manifest: str, key_file: str | None, import_file: str | N
     message = store.read_blob(digest)  # type: ignore[attr-defined]
     if key_file is not None:
         key = load_private_key(os.path.expanduser(key_file), _passphrase)
-        raw = sign_message(key, message)
+        raw = sign_message(key, message, sha256=bytes.fromhex(digest[7:]))
         sig = parse_signature(raw)
         principal = principal or public_comment(os.path.expanduser(key_file))
         source = "sign"
     else:
         assert import_file is not None
         sig = parse_signature(_read_sig(import_file), what=import_file)
-        verify_message(sig, message, NAMESPACE, what=f"signature {import_file}")
+        verify_message(sig, message, NAMESPACE, what=f"signature {import_file}", sha256=bytes.fromhex(digest[7:]))
         raw, source = sig.raw, "import"
     rec, added = add(store, digest, sig, principal=principal, source=source, message=message)  # type: ignore[arg-type]
     if output is not None:
@@ -144,7 +144,7 @@ def verify_signature_cmd(obj: Ctx, manifest: str, signers_file: str, principals:
             if who is None:
                 problems.append(f"{sig.fingerprint} is not an allowed signer")
                 continue
-            verify_message(sig, message, what=f"signature of {digest}")
+            verify_message(sig, message, what=f"signature of {digest}", sha256=bytes.fromhex(digest[7:]))
         except BadSignature as exc:
             problems.append(str(exc))
             continue

@@ -47,7 +47,8 @@ def check_signatures(store: Store, add: Callable[[str, str, str, str], object], 
         if not message:
             continue
         try:
-            verify_message(parse_signature(rec.raw), message, what=f"stored signature {rec.sig_id[:12]}")
+            verify_message(parse_signature(rec.raw), message, what=f"stored signature {rec.sig_id[:12]}",
+                           sha256=bytes.fromhex(rec.manifest[7:]))
         except BadSignature as exc:
             add("error", "bad-signature", rec.manifest, str(exc))
             doomed.append(key)

@@ -90,7 +90,7 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
             # redo: content that was in the store when we looked but that gc removed before the commit.
             mdigest = commit_manifest(store, manifest, staged, sizes, name=name,
                                       redo=lambda gone: fetch(sorted(gone), ".again"), sync_fd=lease.fd)
-            signed = store_signatures(store, mdigest, data, sigs)
+            signed = store_signatures(store, mdigest, data, first.digest, sigs)
     return PullResult(mdigest, oci_digest, len(missing), len(refs) - len(missing),
                       sum(sizes[d] for d in missing), signed)
 

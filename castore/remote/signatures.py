@@ -175,13 +175,20 @@ def fetch_signatures(reg: Registry, oci_digest: str, tmp_dir: str) -> list[Remot
     return list(seen.values())
 
 
-def store_signatures(store: Store, manifest_digest: str, message: bytes, sigs: list[RemoteSignature]) -> int:
-    """Keep the fetched signatures that verify over the manifest's bytes. Returns how many."""
+def store_signatures(store: Store, manifest_digest: str, message: bytes, message_digest: str,
+                     sigs: list[RemoteSignature]) -> int:
+    """Keep the fetched signatures that verify over the stored manifest's bytes. Returns how many.
+
+    ``message`` (checked to hash to ``message_digest``) is used when it is what the store holds.
+    """
+    if not sigs:
+        return 0
+    stored = message if message_digest == manifest_digest else None
     kept = 0
     for s in sigs:
         try:
             sigdb.add(store, manifest_digest, parse_signature(s.raw), principal=s.principal, source="pull",
-                      message=message)
+                      message=stored)
         except CastoreError:
             continue
         kept += 1

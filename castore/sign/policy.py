@@ -160,7 +160,7 @@ def select(policy: Policy, names: Iterable[str]) -> tuple[str | None, tuple[Requ
 
 
 def evaluate(reqs: tuple[Requirement, ...], message: bytes, signatures: Iterable[bytes], *, what: str,
-             scope: str | None) -> list[str]:
+             scope: str | None, sha256: bytes | None = None) -> list[str]:
     """Check every requirement for a manifest's bytes and its stored signatures (binary SSHSIGs).
 
     Returns the principals that signed (for signedBy). Raises PolicyRefused (exit 4).
@@ -175,7 +175,7 @@ def evaluate(reqs: tuple[Requirement, ...], message: bytes, signatures: Iterable
             raise PolicyRefused(f"{what}: refused by the trust policy ({label} rejects it)")
         assert req.allowed_signers is not None
         signers = allowed_signers.load(req.allowed_signers)
-        found = check_signed(signers, req.principals, message, sigs)
+        found = check_signed(signers, req.principals, message, sigs, sha256=sha256)
         if found is None:
             wanted = f" by {', '.join(req.principals)}" if req.principals else ""
             state = "has no signature" if not sigs else f"has no valid signature{wanted}"
@@ -186,8 +186,11 @@ def evaluate(reqs: tuple[Requirement, ...], message: bytes, signatures: Iterable
 
 
 def check_signed(signers: list[allowed_signers.Signer], principals: tuple[str, ...] | list[str] | None,
-                 message: bytes, sigs: Iterable[bytes]) -> str | None:
-    """The principal of the first signature in ``sigs`` that verifies over ``message`` and is allowed."""
+                 message: bytes, sigs: Iterable[bytes], *, sha256: bytes | None = None) -> str | None:
+    """The principal of the first signature in ``sigs`` that verifies over ``message`` and is allowed.
+
+    ``sha256``: the message's sha256, when the caller checked it already (see sshsig.verify_message).
+    """
     now = time.time()
     for raw in sigs:
         try:
@@ -196,7 +199,7 @@ def check_signed(signers: list[allowed_signers.Signer], principals: tuple[str, .
                                              NAMESPACE, now)
             if principal is None:
                 continue
-            verify_message(sig, message)
+            verify_message(sig, message, sha256=sha256)
         except BadSignature:
             continue
         return principal

@@ -55,13 +55,14 @@ def add(store: Store, digest: str, sig: Signature, *, principal: str | None, sou
         message: bytes | None = None) -> tuple[SignatureRecord, bool]:
     """Verify ``sig`` over the stored manifest ``digest`` and keep it. Returns (record, newly added).
 
+    ``message``: the manifest's bytes, already checked against ``digest`` by the caller (else read here).
     Raises NotFound when the store lacks the manifest, BadSignature (exit 4) when it does not verify.
     """
     if message is None:
         if not store.manifest_indexed(digest):
             raise NotFound(f"no manifest {digest} in the store")
         message = store.read_blob(digest)
-    verify_message(sig, message, NAMESPACE, what=f"signature for {digest}")
+    verify_message(sig, message, NAMESPACE, what=f"signature for {digest}", sha256=dkey(digest))
     sid = hashlib.sha256(sig.raw).digest()
     key = dkey(digest) + sid
     rec = SignatureRecord(digest, sid.hex(), sig.raw, sig.fingerprint, sig.key.key_type, principal,
@@ -161,6 +162,7 @@ def enforce(store: Store | None, policy: Policy, digest: str | None, names: Iter
     ``names``: the catalog names or registry references it is known by
     (none for a manifest named by digest or file: the default applies).
     ``extra``: signatures not (yet) in the store, e.g. fetched by pull.
+    ``message``, when given with ``digest``, must be the bytes the caller checked against it.
     Returns the principals that signed. Raises PolicyRefused (exit 4).
     """
     scope, reqs = select(policy, names)
@@ -170,10 +172,9 @@ def enforce(store: Store | None, policy: Policy, digest: str | None, names: Iter
     if digest is not None and store is not None:
         sigs += [r.raw for r in for_manifest(store, digest)]
         if message is None:
-            message = store.read_blob(digest)
-    if message is None:
-        message = b""
-    return evaluate(reqs, message, sigs, what=what, scope=scope)
+            message = store.read_blob(digest)  # checked against the digest: H(message) for sha256 signatures
+    return evaluate(reqs, message or b"", sigs, what=what, scope=scope,
+                    sha256=dkey(digest) if digest is not None and message else None)
 
 
 __all__ = ["SignatureRecord", "add", "all_rows", "count_by_manifest", "decode_row", "delete_for", "enforce",
