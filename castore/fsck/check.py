@@ -450,7 +450,7 @@ MAX_PARSE = 256 << 20
 
 
 def _salvage(meta_path: str) -> tuple[list[tuple[str, bytes, bytes]], str]:
-    """Catalog rows (tags, history) of the old environment, and why not all could be read."""
+    """Catalog rows (tags, history) and signatures of the old environment, and why not all could be read."""
     from castore.store.meta import MetaDB
     if not os.path.exists(os.path.join(meta_path, "data.mdb")):
         return [], "no metadata file"
@@ -461,7 +461,7 @@ def _salvage(meta_path: str) -> tuple[list[tuple[str, bytes, bytes]], str]:
     rows: list[tuple[str, bytes, bytes]] = []
     why = ""
     try:
-        for dbname in ("tags", "history"):
+        for dbname in ("tags", "history", "signatures"):  # not derivable from the blobs
             try:
                 with old.read() as txn:
                     for k, v in txn.cursor(db=old.db(dbname)):

@@ -191,3 +191,12 @@ def test_gc_drops_signatures_with_their_manifest_and_fsck_checks_them(cli: Cli, 
     cli("fsck", "--repair")
     assert cli("fsck", check=True).returncode == 0
     assert len(sigdb.for_manifest(Store.open(str(store_path)), keep)) == 1
+
+
+def test_rebuild_index_keeps_signatures(cli: Cli, tmp_path: Path) -> None:
+    ingest(cli, tmp_path, "web")
+    cli("keygen", tmp_path / "k", "-C", "me@example.com", check=True)
+    cli("sign", "web", "--key", tmp_path / "k", check=True)
+    cli("fsck", "--rebuild-index", check=True)
+    assert [s["principal"] for s in _sigs(cli, "web")] == ["me@example.com"]
+    cli("fsck", check=True)
