@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections.abc import Sequence
 
 import click
 
@@ -104,7 +105,8 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
         print_json(out)
         return
     for row in out:
-        click.echo(f"{row['name']}\t{row['digest']}\t{row['time']}\t{row['size']}\t{_signers(row['signatures'])}")
+        click.echo(f"{row['name']}\t{row['digest']}\t{row['time']}\t{row['size']}\t"
+                   f"{_signers(row['signatures'])}")  # type: ignore[arg-type]
 
 
 def _sigs(store: object, digest: str) -> list[dict[str, object]]:
@@ -119,7 +121,7 @@ def _signers(sigs: list[dict[str, object]]) -> str:
     return ",".join(sorted({str(s["principal"] or s["fingerprint"]) for s in sigs})) or "-"
 
 
-def _print_history(store: object, rows: list[object], as_json: bool) -> None:
+def _print_history(store: object, rows: Sequence[object], as_json: bool) -> None:
     if as_json:
         print_json([{"name": t.name, "digest": t.digest, "time": _when(t.time_ns),  # type: ignore[attr-defined]
                      "signatures": _sigs(store, t.digest)} for t in rows])  # type: ignore[attr-defined]
@@ -148,7 +150,7 @@ def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
     if not rows:
         from castore.errors import NotFound
         raise NotFound(f"no history for {name!r}")
-    _print_history(store, rows, as_json)  # type: ignore[arg-type]
+    _print_history(store, rows, as_json)
 
 
 @main_group.command("tag")

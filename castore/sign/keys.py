@@ -189,6 +189,7 @@ def load_private_key(path: str, passphrase: Callable[[], bytes]) -> PrivateKey:
     if data.lstrip().startswith((b"ssh-", b"ecdsa-")):
         raise KeyError_(f"{path}: is a public key; give the private key (without .pub)")
     password = passphrase() if _is_encrypted(data) or b"ENCRYPTED" in data[:200] else None
+    obj: object
     try:
         if b"OPENSSH PRIVATE KEY" in data[:100]:
             obj = serialization.load_ssh_private_key(data, password)

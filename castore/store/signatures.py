@@ -93,7 +93,7 @@ def for_manifest(store: Store, digest: str) -> list[SignatureRecord]:
         cur = txn.cursor(db=store.meta.db(DB))
         if cur.set_range(prefix):
             for k, v in cur:
-                if not k.startswith(prefix):
+                if not bytes(k).startswith(prefix):
                     break
                 out.append(_decode(bytes(k), bytes(v)))
     return sorted(out, key=lambda r: r.time_ns)
