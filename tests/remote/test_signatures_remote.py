@@ -9,9 +9,14 @@ from pathlib import Path
 
 import httpx
 
-from castore.remote.signatures import SIGNATURE_ARTIFACT_TYPE, sig_tag
+from castore.digest import hash_bytes
+from castore.remote.oci import OCI_INDEX, OCI_MANIFEST
+from castore.remote.signatures import SIGNATURE_ARTIFACT_TYPE, build_artifact, sig_tag
+from castore.sign.sshsig import armor
 from castore.store import Store
+from castore.store import signatures as sigdb
 from tests.helpers import run_cli
+from tests.remote.registry import FakeRegistry, artifact
 from tests.sign.signing_util import allowed, needs_ssh_keygen, policy, pubkey, ssh_key, ssh_sign
 
 
@@ -112,3 +117,62 @@ def test_signatures_merge_and_ssh_keygen_verifies_a_pulled_one(tmp_path: Path, r
     v = subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", "alice@example.com", "-n",
                         "continuity", "-s", str(sig)], input=pulled, capture_output=True)
     assert v.returncode == 0, v.stderr
+
+
+def _signed_fake(tmp_path: Path, fake: FakeRegistry, sig_bytes: bytes | None = None,
+                 lie: bool = False) -> tuple[str, Path, str]:
+    """A fake registry serving a signed tree through the referrers API; (manifest digest, signers, oci digest)."""
+    a = tmp_path / "a"
+    d = _tree(tmp_path, a)
+    key = tmp_path / "k"
+    run_cli("keygen", key, "-C", "rel@example.com", store=a, check=True)
+    run_cli("sign", "web", "--key", key, store=a, check=True)
+    s = Store.open(str(a))
+    [rec] = sigdb.for_manifest(s, d)
+    oci, blobs = artifact(s, d)
+    fake.serve_artifact("t", "v1", oci, blobs)
+    armored = armor(rec.raw).encode() if sig_bytes is None else sig_bytes
+    sd = hash_bytes(armor(rec.raw).encode() if lie else armored)  # the digest the artifact names (a lie: not these)
+    art = build_artifact(hash_bytes(oci), len(oci), d, [(sd, len(armored), "rel@example.com", rec.fingerprint)])
+    fake.routes[("GET", f"/v2/t/manifests/{hash_bytes(art)}")] = (200, {"Content-Type": OCI_MANIFEST}, art)
+    fake.routes[("GET", f"/v2/t/blobs/{sd}")] = (200, {}, armored)
+    bogus = "sha256:" + "ab" * 32  # listed, but its bytes will not hash to it: ignored
+    fake.routes[("GET", f"/v2/t/manifests/{bogus}")] = (200, {"Content-Type": OCI_MANIFEST}, art + b" ")
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "artifactType": SIGNATURE_ARTIFACT_TYPE, "digest": dd, "size": len(art)}
+        for dd in (bogus, hash_bytes(art))]}).encode()
+    fake.routes[("GET", f"/v2/t/referrers/{hash_bytes(oci)}")] = (200, {"Content-Type": OCI_INDEX}, index)
+    return d, allowed(tmp_path, [f"rel@example.com {pubkey(key)}"]), hash_bytes(oci)
+
+
+def test_referrers_api(tmp_path: Path, fake: FakeRegistry) -> None:
+    d, signers, oci_digest = _signed_fake(tmp_path, fake)
+    pol = policy(tmp_path, {"default": {"type": "signedBy", "allowedSigners": str(signers)}})
+    got = json.loads(run_cli("--policy", pol, "pull", f"{fake.host}/t:v1", "--json", store=tmp_path / "b",
+                             check=True).stdout)
+    assert got["manifest"] == d and got["signatures"] == 1
+    asked = [p for _, p, _ in fake.requests]
+    assert any("/referrers/" in p and "artifactType=" in p for p in asked)
+    assert not any(p.endswith(".sig") for p in asked)  # the referrers API answered: no tag fallback
+
+
+def test_hostile_signature_blobs(tmp_path: Path, fake: FakeRegistry) -> None:
+    """A signature blob with wrong bytes, or a signature of another manifest: never stored, never trusted."""
+    other = tmp_path / "o"
+    _tree(tmp_path, other, "other", b"something else\n")
+    run_cli("keygen", tmp_path / "ok", store=other, check=True)
+    run_cli("sign", "other", "--key", tmp_path / "ok", store=other, check=True)
+    so = Store.open(str(other))
+    foreign = armor(sigdb.for_manifest(so, so.get_tag("other") or "")[0].raw).encode()
+    for i, (payload, lie) in enumerate([(b"x" * 300, True), (foreign, False), (b"-----BEGIN SSH SIG", False)]):
+        work = tmp_path / f"w{i}"
+        work.mkdir()
+        fake.routes.clear()
+        _, signers, _ = _signed_fake(work, fake, payload, lie)
+        pol = policy(work, {"default": {"type": "signedBy", "allowedSigners": str(signers)}})
+        b = work / "b"
+        p = run_cli("--policy", pol, "pull", f"{fake.host}/t:v1", store=b)
+        assert p.returncode == 4 and b"signature that the trust policy accepts" in p.stderr, p.stderr
+        _nothing_recorded(b)
+        got = json.loads(run_cli("pull", f"{fake.host}/t:v1", "--json", store=b, check=True).stdout)
+        assert got["signatures"] == 0
