@@ -124,7 +124,7 @@ def _sigs(store: object, digest: str) -> list[dict[str, object]]:
     """The stored signatures of a manifest, for list/history (docs/signing.md)."""
     from castore.store.signatures import for_manifest
 
-    return [{**r.as_json(), "time": _when(r.time_ns)} for r in for_manifest(store, digest)]  # type: ignore[arg-type]
+    return [r.as_json() for r in for_manifest(store, digest)]  # type: ignore[arg-type]
 
 
 def _signers(sigs: list[dict[str, object]]) -> str:

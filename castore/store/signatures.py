@@ -37,8 +37,9 @@ class SignatureRecord:
     source: str  # sign | import | pull
 
     def as_json(self) -> dict[str, object]:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.time_ns / 1e9))
         return {"fingerprint": self.fingerprint, "key_type": self.key_type, "principal": self.principal,
-                "time": self.time_ns, "source": self.source, "id": self.sig_id}
+                "time": when, "source": self.source, "id": self.sig_id}
 
 
 def _decode(key: bytes, value: bytes) -> SignatureRecord:

@@ -148,6 +148,9 @@ def test_usage_and_bad_inputs(cli: Cli, tmp_path: Path) -> None:
     key = tmp_path / "k"
     cli("keygen", key, check=True)
     assert cli("keygen", key).returncode == 3  # never overwrites a key
+    armored = cli("sign", "web", "--key", key, "-o", "-", check=True).stdout
+    assert armored.startswith(b"-----BEGIN SSH SIGNATURE-----\n") and armored.endswith(b"-----END SSH SIGNATURE-----\n")
+    assert max(len(ln) for ln in armored.splitlines()) == 70  # base64 wrapped at 70 columns, as ssh-keygen
     assert cli("sign", "web").returncode == 2
     assert cli("sign", "web", "--key", key, "--import", key).returncode == 2
     assert cli("sign", "web", "--key", str(key) + ".pub").returncode == 3
