@@ -44,8 +44,24 @@ class Signer:
         return not (self.valid_before is not None and when > self.valid_before)
 
 
-def _pattern(p: str) -> re.Pattern[str]:
-    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in p), re.DOTALL)
+def match_pattern(text: str, pattern: str) -> bool:
+    """OpenSSH's match_pattern: ``*`` any run, ``?`` one character; linear time (no regex backtracking)."""
+    t = p = 0
+    star, mark = -1, 0
+    while t < len(text):
+        if p < len(pattern) and (pattern[p] == "?" or pattern[p] == text[t]):
+            t, p = t + 1, p + 1
+        elif p < len(pattern) and pattern[p] == "*":
+            star, mark = p, t
+            p += 1
+        elif star >= 0:
+            p, mark = star + 1, mark + 1
+            t = mark
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "*":
+        p += 1
+    return p == len(pattern)
 
 
 def match_list(text: str, patterns: str) -> bool:
@@ -55,7 +71,7 @@ def match_list(text: str, patterns: str) -> bool:
         neg = p.startswith("!")
         if neg:
             p = p[1:]
-        if _pattern(p).fullmatch(text):
+        if match_pattern(text, p):
             if neg:
                 return False
             found = True

@@ -55,3 +55,11 @@ ca@example.com cert-authority {KEY}
 def test_bad_lines(line: str) -> None:
     with pytest.raises(UnsafeInput, match="f:1"):
         parse(line, "f")
+
+
+def test_patterns_are_linear() -> None:
+    t = time.perf_counter()
+    assert not match_list("a" * 255, "*a" * 40 + "b")
+    assert time.perf_counter() - t < 1.0
+    assert match_list("a" * 255, "*a" * 40)
+    assert match_list("", "*") and not match_list("", "?") and match_list("abc", "a*c") and not match_list("ab", "a*c")
