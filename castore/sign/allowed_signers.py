@@ -165,6 +165,8 @@ def load(path: str) -> list[Signer]:
             data = f.read(MAX_FILE + 1)
     except IsADirectoryError:
         raise UnsafeInput(f"{path}: is a directory, not an allowed_signers file") from None
+    except FileNotFoundError:
+        raise UnsafeInput(f"{path}: no such allowed_signers file") from None
     if len(data) > MAX_FILE:
         raise UnsafeInput(f"{path}: too large for an allowed_signers file")
     return parse(data.decode("utf-8", "replace"), path)
