@@ -203,3 +203,37 @@ def test_rebuild_index_keeps_signatures(cli: Cli, tmp_path: Path) -> None:
     cli("fsck", "--rebuild-index", check=True)
     assert [s["principal"] for s in _sigs(cli, "web")] == ["me@example.com"]
     cli("fsck", check=True)
+
+
+def test_passphrase_prompted_on_a_terminal(cli: Cli, tmp_path: Path, store_path: Path) -> None:
+    import fcntl
+    import pty
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    ingest(cli, tmp_path, "web")
+    key = ssh_key(tmp_path, "enc", passphrase="tty pass")
+    master, slave = pty.openpty()
+
+    def ctty() -> None:
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([sys.executable, "-m", "castore", "--store", str(store_path), "sign", "web", "--key",
+                             str(key)], stdin=slave, stdout=subprocess.PIPE, stderr=slave, preexec_fn=ctty)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"Passphrase" not in seen and time.monotonic() < deadline:
+        try:
+            seen += os.read(master, 1024)
+        except OSError:
+            break
+    assert b"Passphrase" in seen
+    os.write(master, b"tty pass\n")
+    out, _ = proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0 and out.startswith(b"sha256:")
+    assert len(_sigs(cli, "web")) == 1
