@@ -179,13 +179,14 @@ def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
         from castore.manifest import codec
         from castore.store import manifest_refs
         from castore.store.meta import KIND_MANIFEST
-        refs = manifest_refs(m)
-        missing = store.missing_blobs(refs)
-        if missing:
-            raise BlobNotFound(sorted(missing)[0], "this manifest; ingest its content first")
-        with store.shared_lock():
+        refs = manifest_refs(m)  # recorded as the manifest names them; gc follows the chunk map from there
+        with store.shared_lock():  # checked under the lock: no gc frees them before the rows are written
+            missing = store.missing_blobs(store.content_refs(m))
+            if missing:
+                raise BlobNotFound(sorted(missing)[0], "this manifest; ingest its content first")
             data = codec.dumps(m)
             digest = store.put_blob(data, KIND_MANIFEST)
+            store.mark_manifest(digest, "+", name)
             store.meta.write(lambda t: (store.record_manifest(t, digest, refs),
                                         store.set_tag(t, name, digest, len(data))))
     else:

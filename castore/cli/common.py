@@ -175,8 +175,7 @@ def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manif
         except NotFound:
             digest = None
         if digest is not None:
-            if store.blob_size(digest) is None and not os.path.exists(store.blob_path(digest)):
-                raise NotFound(f"no manifest {digest} in the store")
+            store.require_manifest(digest)  # a stored blob is never taken for a manifest
             return None, digest, store
     if os.path.isfile(ref) or (os.path.exists(ref) and not os.path.isdir(ref)):
         return read_manifest_file(ref), None, store

@@ -8,12 +8,15 @@ incomplete artifact.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from castore.digest import hash_bytes
 from castore.errors import BlobNotFound, IntegrityError, ResourceLimit
 from castore.manifest import Manifest, codec
+from castore.manifest.model import Chunk
 from castore.remote.client import Registry
 from castore.remote.oci import (
     EMPTY_DIGEST,
@@ -53,14 +56,18 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
     refs = manifest_refs(manifest)
     sizes = blob_sizes(manifest)
     _fitting_oci_manifest(mdigest, len(data), {d: sizes.get(d, 0) for d in refs})  # before any IO
-    with store.lease(manifests=[mdigest]):
-        missing = store.missing_blobs(refs)
+    # A file the store holds as chunks only (a manifest without chunk lists) is pushed as the
+    # whole-file blob the manifest names, put together from its chunks and verified.
+    content = store.content_refs(manifest)
+    with store.lease(manifests=[manifest_digest] if manifest_digest else sorted(content)) as lease:
+        missing = store.missing_blobs(content)
         if missing:
             raise BlobNotFound(min(missing), context=mdigest)
+        assembled = store.chunk_lists(refs - content)
         for d in refs - sizes.keys():  # ADS blobs: their size is in the index only
             sizes[d] = store.blob_size(d) or 0
-        for d, n in sizes.items():
-            if not store.blob_file_ok(d, n):
+        for d, n in [*sizes.items(), *((c.digest, c.end - c.begin) for cs in assembled.values() for c in cs)]:
+            if d not in assembled and not store.blob_file_ok(d, n):
                 raise IntegrityError(f"store blob {d} is missing or not {n} bytes (run fsck)")
         oci = _fitting_oci_manifest(mdigest, len(data), sizes)
         uploads: list[tuple[str, int, bytes | None]] = [(EMPTY_DIGEST, len(EMPTY_JSON), EMPTY_JSON),
@@ -73,7 +80,9 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
             def one(item: tuple[str, int, bytes | None]) -> None:
                 d, n, inline = item
                 if not reg.has_blob(d):
-                    reg.upload_blob(d, n, inline if inline is not None else _opener(store, d))
+                    opener = (_assembler(store, d, assembled[d], lease.tmp_dir) if d in assembled
+                              else _opener(store, d))
+                    reg.upload_blob(d, n, inline if inline is not None else opener)
                     done.append(n)
                 prog.add(n)
 
@@ -104,4 +113,28 @@ def _fitting_oci_manifest(mdigest: str, size: int, sizes: dict[str, int]) -> byt
 def _opener(store: Store, digest: str) -> Callable[[], int]:
     def opener() -> int:
         return store.open_blob(digest)
+    return opener
+
+
+def _assembler(store: Store, digest: str, chunks: tuple[Chunk, ...], tmp_dir: str) -> Callable[[], int]:
+    """An opener of the whole-file blob ``digest`` put together from its chunks (verified) in an
+    unnamed temp file under ``tmp_dir`` (gone when closed)."""
+    def opener() -> int:
+        os.makedirs(tmp_dir, mode=0o700, exist_ok=True)
+        fd = os.open(tmp_dir, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+        try:
+            whole = hashlib.sha256()
+            for c in chunks:
+                data = store.read_blob(c.digest, limit=c.end - c.begin)  # verified
+                whole.update(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            if "sha256:" + whole.hexdigest() != digest:
+                raise IntegrityError(f"chunks recorded for {digest} do not add up to it (run fsck)")
+            os.lseek(fd, 0, os.SEEK_SET)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
     return opener
