@@ -25,9 +25,9 @@ from castore import fs
 from castore.bulkmode import bulk
 from castore.digest import hash_fd
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
-from castore.fsck.signatures import check_signatures
 from castore.faults import crashpoint
 from castore.fs.linux import RENAME_EXCHANGE
+from castore.fsck.signatures import check_signatures
 from castore.manifest import Manifest, codec, validate
 from castore.materialize import object_record
 from castore.store import MARKER_DIR, Store, check_name, chunk_map_rows, manifest_refs, unpack_chunks
