@@ -18,10 +18,12 @@ from castore.cli.common import (
     resolve_lazy,
     write_ignore_opt,
 )
-from castore.cli.trust import check_trust
-from castore.materialize import LINK_MODES
 from castore.store import check_name
 from castore.textsafe import quote
+
+# castore.materialize.LINK_MODES, spelt out so that `list` does not import the checkout machinery
+# (tests/test_startup.py checks they agree).
+LINK_MODES = ("auto", "hardlink", "reflink", "copy")
 
 
 @main_group.command("ingest")
@@ -80,6 +82,7 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
     import os
 
     from castore.checkout import checkout
+    from castore.cli.trust import check_trust
     from castore.materialize import Options
 
     m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
@@ -122,9 +125,16 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
 
 def _sigs(store: object, digest: str) -> list[dict[str, object]]:
     """The stored signatures of a manifest, for list/history (docs/signing.md)."""
+    if not _any_signature(store):
+        return []  # the signing code (cryptography) is not imported for a store without signatures
     from castore.store.signatures import for_manifest
 
     return [r.as_json() for r in for_manifest(store, digest)]  # type: ignore[arg-type]
+
+
+def _any_signature(store: object) -> bool:
+    with store.meta.read() as txn:  # type: ignore[attr-defined]
+        return bool(txn.stat(store.meta.db("signatures"))["entries"])  # type: ignore[attr-defined]
 
 
 def _signers(sigs: list[dict[str, object]]) -> str:

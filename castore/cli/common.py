@@ -9,15 +9,16 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from castore.errors import CastoreError, CorruptManifest, NotFound, ResourceLimit
-from castore.manifest import Manifest, codec, validate
-from castore.manifest.bounds import check_parse_cost
-from castore.store import Store, default_store_path
 from castore.textsafe import json_text, safe_line
+
+if TYPE_CHECKING:  # imported where used: `--help` needs neither the store nor the manifest code
+    from castore.manifest import Manifest
+    from castore.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,10 +55,12 @@ class Ctx:
 
     def store(self, create: bool = True) -> Store:
         if self._store is None:
+            from castore.store import Store, default_store_path  # noqa: PLC0415
             self._store = Store.open(self.store_path or default_store_path(), create=create)
         return self._store
 
     def store_if_exists(self) -> Store | None:
+        from castore.store import default_store_path  # noqa: PLC0415
         path = self.store_path or default_store_path()
         if not os.path.exists(os.path.join(path, "config")):
             return None
@@ -126,6 +129,27 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(self.commands) | set(self.lazy))
 
+    #: command name -> its help's first line, so that ``--help`` imports no command module
+    #: (tests/test_startup.py checks each against the command's own help)
+    summaries: dict[str, str] = {}
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list, from ``summaries`` where a command's module is not imported yet."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            if name not in self.commands and name in self.summaries:
+                rows.append((name, click.utils.make_default_short_help(self.summaries[name], limit)))
+                continue
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "store_path", envvar="CONTINUITY_STORE", metavar="PATH",
@@ -149,6 +173,8 @@ def read_manifest_file(path: str) -> Manifest:
         raise CorruptManifest(f"{path}: is a directory, not a manifest") from None
     if len(data) > MAX_MANIFEST_FILE:
         raise CorruptManifest(f"{path}: manifest file too large")
+    from castore.manifest import codec, validate  # noqa: PLC0415 - protobuf only when a manifest is read
+    from castore.manifest.bounds import check_parse_cost  # noqa: PLC0415
     check_parse_cost(data, source=path)  # a file can be a parse bomb too: priced before protobuf allocates
     return validate(codec.loads(data, source=path))
 

@@ -44,7 +44,7 @@ from castore.errors import (
     warn_mounts_kept,
 )
 from castore.faults import crashpoint
-from castore.manifest import Manifest, codec, validate
+from castore.manifest import Manifest, validate
 from castore.manifest.model import Chunk, RegularFile, Resource
 from castore.readers import ChunkParams
 from castore.store.lock import flocked, is_held
@@ -690,6 +690,7 @@ class Store:
         100k-entry checkout).
         """
         data = self.read_blob(digest)
+        from castore.manifest import codec  # noqa: PLC0415 - protobuf only for verbs that read manifests
         m = codec.loads(data, source=digest)
         return m if self.manifest_indexed(digest) else validate(m)
 
