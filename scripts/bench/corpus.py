@@ -62,14 +62,16 @@ def create(prefix: str, size_gib: float = 6.0) -> Scratch:
     return create_at(prefix + ".img", prefix + ".mnt", size_gib)
 
 
-def create_at(image: str, mnt: str, size_gib: float = 6.0) -> Scratch:
-    """Create ``image`` (sparse), mkfs.ext4 it, attach it and mount it at ``mnt``."""
+def create_at(image: str, mnt: str, size_gib: float = 6.0, inodes: int = 0) -> Scratch:
+    """Create ``image`` (sparse), mkfs.ext4 it (with at least ``inodes`` inodes when given), attach it
+    and mount it at ``mnt``."""
     if os.path.ismount(mnt):
         raise SystemExit(f"{mnt} is already mounted (left over? run: {sys.argv[0]} --teardown {image})")
     with open(image, "wb") as f:
         f.truncate(int(size_gib * (1 << 30)))
     # Initialise inode tables and journal now, so no ext4lazyinit thread writes during timings.
-    _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", image)
+    _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+         *(["-N", str(inodes)] if inodes else []), image)
     loopdev = _run("losetup", "-f", "--show", image)
     os.makedirs(mnt, exist_ok=True)
     try:

@@ -34,6 +34,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import corpus  # noqa: E402  (scripts/bench/corpus.py: the scratch ext4 image)
+
 from castore.manifest import codec
 from castore.manifest.model import Directory, Manifest, RegularFile
 from castore.store import Store
@@ -155,7 +158,7 @@ def gc_alone(work: str, blobs: int, manifests: int, garbage: float) -> tuple[str
     orphans(store, 1000)
     print(f"built {blobs} blobs / {manifests} manifests ({g} garbage blobs + 1000 orphans) "
           f"in {time.monotonic() - t:.1f}s")
-    subprocess.run(["sync"])
+    subprocess.run(["sync", "-f", sp])
     secs, rss, rc, out = timed([*CLI, "--store", sp, "gc", "--grace", "1h"])
     print(f"gc alone {blobs:>9} blobs: {secs:6.2f} s   peak RSS {rss / 1024:6.1f} MiB (target < 200)   "
           f"exit {rc}   {out}")
@@ -165,7 +168,7 @@ def gc_alone(work: str, blobs: int, manifests: int, garbage: float) -> tuple[str
 def ingest_beside_gc(work: str, sp: str, blobs: int, manifests: int) -> None:
     """Ingest alone vs ingest while a second gc (default --nice 10) runs over fresh garbage."""
     store = Store.open(sp)
-    sync = lambda: subprocess.run(["sync"])  # noqa: E731
+    sync = lambda: subprocess.run(["sync", "-f", sp])  # noqa: E731
     alone = []
     r = 0
     for i in range(5):
@@ -208,11 +211,21 @@ def main() -> None:
     ap.add_argument("--manifests", type=int, default=0, help="manifests per store (default: blobs / 100)")
     ap.add_argument("--garbage", type=float, default=0.1, help="fraction of manifests left unnamed (garbage)")
     ap.add_argument("--no-ingest", action="store_true", help="skip ingest beside gc (run on the first size)")
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--workdir", default=None,
+                    help="an existing directory to work in (default: a fresh ext4 image on a loop device)")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     sizes = [int(x) for x in args.blobs.split(",") if x.strip()]
-    work = tempfile.mkdtemp(prefix="gc-bench-", dir=args.workdir)
+    scratch = None
+    if args.workdir:
+        work = tempfile.mkdtemp(prefix="gc-bench-", dir=args.workdir)
+    else:  # blobs take a 4 KiB block and an inode each; the image is sparse
+        big = max(sizes)
+        prefix = tempfile.mktemp(prefix="gc-bench-")
+        scratch = corpus.create_at(prefix + ".img", prefix + ".mnt", max(4.0, big * 6.5 * 1024 / (1 << 30)),
+                                   inodes=int(big * 1.25) + 200_000)
+        work = scratch.mnt
+        print(f"fresh ext4 on {scratch.loopdev} at {work}", flush=True)
     try:
         results = []
         for i, n in enumerate(sizes):
@@ -233,6 +246,8 @@ def main() -> None:
     finally:
         if args.keep:
             print(f"kept {work}")
+        elif scratch is not None:
+            corpus.teardown(scratch)
         else:
             shutil.rmtree(work, ignore_errors=True)
 
