@@ -53,3 +53,15 @@ def test_link_modes_spelt_out_in_the_cli_agree() -> None:
     from castore.cli.catalog_cmds import LINK_MODES
     from castore.materialize import LINK_MODES as REAL
     assert LINK_MODES == REAL
+
+
+def test_debug_prints_the_phases_and_only_with_debug(tmp_path: Path) -> None:
+    from tests.helpers import run_cli
+    store = tmp_path / "s"
+    quiet = run_cli("list", store=store)
+    assert quiet.returncode == 0 and b"phases" not in quiet.stderr
+    loud = run_cli("--debug", "list", store=store)
+    line = loud.stderr.decode().strip().splitlines()[-1]
+    assert loud.returncode == 0 and line.startswith("continuity: debug: phases (ms): ")
+    names = [p.rsplit(" ", 1)[0] for p in line.split(": ", 2)[2].split(", ")]
+    assert names[-5:] == ["command module", "before store", "store open", "command", "total"]

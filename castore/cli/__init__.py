@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import sys
 
+from castore.cli import phases  # first: its clock starts before the other imports
+
+# isort: split
 import click
 
 from castore.cli.common import LazyGroup, fail, main_group
+
+phases.mark("cli imports")
 
 # Command name -> the module that defines it; imported only when the command runs.
 LazyGroup.lazy.update({

@@ -55,8 +55,11 @@ class Ctx:
 
     def store(self, create: bool = True) -> Store:
         if self._store is None:
+            from castore.cli import phases  # noqa: PLC0415
             from castore.store import Store, default_store_path  # noqa: PLC0415
+            phases.mark("before store")
             self._store = Store.open(self.store_path or default_store_path(), create=create)
+            phases.mark("store open")
         return self._store
 
     def store_if_exists(self) -> Store | None:
@@ -163,6 +166,10 @@ class LazyGroup(click.Group):
 def main_group(ctx: click.Context, store_path: str | None, debug: bool, policy_path: str | None) -> None:
     """A content-addressed store with a manifest catalog (containerd/continuity manifests)."""
     ctx.obj = Ctx(store_path, debug, policy_path)
+    if debug:
+        from castore.cli import phases  # noqa: PLC0415
+        phases.mark("command module")  # click resolved (and imported) the command before this callback
+        phases.enable()
 
 
 def read_manifest_file(path: str) -> Manifest:
