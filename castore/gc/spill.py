@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import struct
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
+
+from castore.errors import UnsafeInput
 
 KEY = 32
 RECORD = struct.Struct("<32sqb")  # digest, size, kind (-1: an orphan file)
@@ -178,8 +181,14 @@ class Scratch:
 
     def __init__(self, tmp_dir: str) -> None:
         os.makedirs(tmp_dir, exist_ok=True)
+        if not stat.S_ISDIR(os.lstat(tmp_dir).st_mode):  # never written through a symlink swapped in
+            raise UnsafeInput(f"{tmp_dir}: not a directory (a symlink?): gc refuses to write its scratch files there")
         self.dir = os.path.join(tmp_dir, f".gc-scratch-{os.getpid()}")
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if os.path.lexists(self.dir):  # left by a killed gc that had our pid
+            if os.path.islink(self.dir):
+                os.unlink(self.dir)
+            else:
+                shutil.rmtree(self.dir)
         os.mkdir(self.dir, 0o700)
         self.marked = MarkSet(self.dir)
         self.manifests = SortedKeys(os.path.join(self.dir, "manifests"))

@@ -80,3 +80,18 @@ def test_gc_with_tiny_spill_bounds_frees_exactly_the_garbage(store: Store, tmp_p
     assert {i.name for i in rep.items if i.kind in ("blob", "manifest")} == before - live
     assert not [n for n in os.listdir(sp / "tmp") if n.startswith(".gc-scratch")]  # scratch removed
     assert fsck(store).sound
+
+
+def test_gc_refuses_a_tmp_dir_swapped_for_a_symlink_after_open(store: Store, tmp_path: Path) -> None:
+    """Store.open refuses a symlinked tmp/; one swapped in later must not receive gc's scratch files."""
+    import shutil
+
+    from castore.errors import UnsafeInput
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tmp = Path(store.path) / "tmp"
+    shutil.rmtree(tmp)
+    tmp.symlink_to(outside)
+    with pytest.raises(UnsafeInput, match="not a directory"):
+        collect(store, GcOptions(grace_ns=0))
+    assert os.listdir(outside) == []
