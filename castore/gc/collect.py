@@ -413,7 +413,7 @@ class _Collector:
         blobs_db = self.meta.db("blobs")
         half = len(files) // 2
         while pos < len(files):
-            batch = files.read(pos, 256)
+            batch = files.read(pos, 64)  # the deadline is checked per batch: short even when unlinks are slow
             live: set[bytes] = set()
             if not self.opts.dry_run:  # a dry run deleted no rows: nothing to re-check
                 with self.meta.read() as txn:
