@@ -142,11 +142,10 @@ class LazyGroup(click.Group):
         if not names:
             return
         limit = formatter.width - 6 - max(len(n) for n in names)
-        from click.utils import make_default_short_help  # noqa: PLC0415
         rows = []
         for name in names:
-            if name not in self.commands and name in self.summaries:
-                rows.append((name, make_default_short_help(self.summaries[name], limit)))
+            if name not in self.commands and name in self.summaries:  # click's own shortening, on a stand-in
+                rows.append((name, click.Command(name, help=self.summaries[name]).get_short_help_str(limit)))
                 continue
             cmd = self.get_command(ctx, name)
             if cmd is not None and not cmd.hidden:
