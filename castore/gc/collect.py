@@ -54,7 +54,7 @@ from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr
 DEFAULT_GRACE_NS = 3600 * 10**9
 ROWLESS_LEASE_FLOOR_NS = 60 * 10**9  # a lock file with no row may be a lease being born
 BATCH_SECONDS = 0.05  # longest hold of the store lock while unlinking
-COMMIT_CHUNK = 20_000  # index rows deleted per hold of the store lock
+COMMIT_CHUNK = 5_000  # index rows deleted per hold of the store lock (and per write txn: its dirty pages)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+)([smhdw]?)")
 
@@ -701,19 +701,24 @@ def _mark_and_delete(c: _Collector, store: Store, sc: Scratch, prio: _Nice) -> l
             t0 = time.monotonic()
             d = c.commit(sc, snap_roots, late, chunk, first=first)
             c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t0)
+        store.meta.drop_mapped_pages()  # what the commit's walk of the roots and the index touched
         dead = d if first else dead
         pos, first = pos + len(chunk), False
-    pos = 0
+    pos, holds = 0, 0
     while pos < len(sc.unlink):  # unlinks, in short holds
         time.sleep(0.002)
+        holds += 1
         with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
             t1 = time.monotonic()
             pos = c.sweep(sc.unlink, pos, t1 + BATCH_SECONDS)
             c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)
+        if holds % 16 == 0:
+            store.meta.drop_mapped_pages()
     if not opts.dry_run:
         store.gc_deleting(False)
     for chunk in sc.unlink.chunks(5000):
         c.verified_rows([k for k, _, kind in chunk if kind >= 0])
+        store.meta.drop_mapped_pages()
     return dead
 
 
