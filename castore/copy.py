@@ -35,7 +35,6 @@ from castore.build import _ignored, _raise_nofile_limit
 from castore.bulkmode import bulk
 from castore.errors import CastoreError, NotFound, UnsafeInput, raise_if_full, warn_mounts_kept
 from castore.faults import crashpoint
-from castore.materialize import data_ranges
 from castore.store import discard_dir
 
 CHUNK = 1 << 20
@@ -94,14 +93,6 @@ def _fault(name: str) -> None:
     crashpoint(name)  # CONTINUITY_FAULT=name:ERRNO raises OSError(ERRNO) here
 
 
-def _write_all(fd: int, data: bytes | memoryview, pos: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, pos)
-        view = view[n:]
-        pos += n
-
-
 def copy_range(src: int, dst: int, off: int, length: int, mv: _Mover, stats: CopyStats) -> None:
     """Copy ``[off, off+length)`` of src to the same offset of dst: copy_file_range, else read/write."""
     done = 0
@@ -125,7 +116,7 @@ def copy_range(src: int, dst: int, off: int, length: int, mv: _Mover, stats: Cop
         buf = os.pread(src, min(CHUNK, length - done), off + done)
         if not buf:
             raise SourceChanged("source file shrank while it was copied")
-        _write_all(dst, buf, off + done)
+        fs.pwrite_all(dst, buf, off + done)
         done += len(buf)
 
 
@@ -147,7 +138,7 @@ def copy_data(src: int, dst: int, size: int, sparse: bool, mv: _Mover, stats: Co
     if not holes:
         copy_range(src, dst, 0, size, mv, stats)
         return
-    for begin, end in data_ranges(size, holes):
+    for begin, end in fs.data_ranges(size, holes):
         copy_range(src, dst, begin, end - begin, mv, stats)
     os.ftruncate(dst, size)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from castore import fs
 from castore.apply.scan import Scan, TreeChanged
-from castore.apply.sources import DirSource, Source, copy_verified, hash_fd
+from castore.apply.sources import DirSource, Source, copy_verified, digest_or_size
 from castore.digest import EMPTY_DIGEST
 from castore.errors import IntegrityError, NotFound, UnsafeInput
 from castore.faults import crashpoint
@@ -535,7 +535,7 @@ class Applier:
             fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
             try:
                 st = os.fstat(fd)
-                ok = stat.S_ISREG(st.st_mode) and (not self.opts.verify or hash_fd(fd, w.size) == w.digest)
+                ok = stat.S_ISREG(st.st_mode) and (not self.opts.verify or digest_or_size(fd, w.size) == w.digest)
                 if not ok:
                     os.rename(tmp, sname, src_dir_fd=dfd, dst_dir_fd=pfd)
                     raise IntegrityError(f"{w.path}: source file {spath} does not match {w.digest}")

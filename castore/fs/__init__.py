@@ -1,6 +1,7 @@
 """Operating-system specific file code, chosen once for this platform."""
 
 from castore.fs.dirfds import DirFds
+from castore.fs.io import READ, data_ranges, hash_fd, pwrite_all, pwrite_sparse, write_all, write_new
 from castore.fs.linux import (
     COPY_FALLBACK,
     copy_fd,
@@ -21,20 +22,24 @@ from castore.fs.linux import (
     syncfs,
     syncfs_every,
     syncfs_in_background,
-    write_new,
 )
 
 __all__ = [
     "COPY_FALLBACK",
+    "READ",
     "DirFds",
     "copy_fd",
     "copy_fd_at",
     "data_holes",
+    "data_ranges",
+    "hash_fd",
     "named",
     "is_mount_root",
     "mounts_below",
     "open_beneath",
     "proc_path",
+    "pwrite_all",
+    "pwrite_sparse",
     "read_xattrs",
     "reflink",
     "renameat2",
@@ -45,5 +50,6 @@ __all__ = [
     "syncfs",
     "syncfs_every",
     "syncfs_in_background",
+    "write_all",
     "write_new",
 ]

@@ -104,24 +104,6 @@ _libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_long
 SYNC_FILE_RANGE_WRITE = 2
 
 
-def write_new(path: str, data: bytes | memoryview, mode: int = 0o444) -> int:
-    """Create ``path`` (which must not exist; never through a symlink), write ``data``, start its
-    writeback, close it; return its inode. On failure the file is removed."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        ino = os.fstat(fd).st_ino
-        start_writeback(fd)  # the disk writes while the caller hashes on: a later syncfs waits less
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    os.close(fd)
-    return ino
-
-
 def start_writeback(fd: int) -> None:
     """Start writing the dirty pages of ``fd`` to disk without waiting for them (best effort):
     a later syncfs has less left to wait for, the disk works while the caller computes."""

@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 
 from castore import fs
 from castore.bulkmode import bulk
-from castore.digest import hash_fd
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
 from castore.faults import crashpoint
 from castore.fs.linux import RENAME_EXCHANGE
 from castore.manifest import Manifest, codec, validate
-from castore.materialize import object_record
 from castore.store import MARKER_DIR, Store, check_name, chunk_map_rows, manifest_refs, unpack_chunks
+from castore.store.links import object_record
 from castore.store.lock import flocked
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_NAMES, dkey, dstr
 from castore.textsafe import quote, safe_line
@@ -115,7 +114,7 @@ def hash_file(path: str) -> tuple[str, int]:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise IntegrityError(f"{path}: not a regular file")
-        return hash_fd(fd)
+        return fs.hash_fd(fd)
     finally:
         os.close(fd)
 

@@ -29,6 +29,7 @@ from urllib.parse import urlencode, urljoin
 import httpx
 
 from castore.errors import CastoreError, IntegrityError, NotFound
+from castore.fs.io import write_all
 from castore.remote.oci import OCI_INDEX, OCI_MANIFEST
 from castore.remote.ref import Reference, is_loopback
 
@@ -437,7 +438,7 @@ def _download(reg: Registry, digest: str, size: int, fd: int) -> None:
             if got > size:
                 raise IntegrityError(f"{reg.where}: blob {digest} is larger than its {size} bytes")
             h.update(piece)
-            _write_all(fd, piece)
+            write_all(fd, piece)
     if got != size:
         raise IntegrityError(f"{reg.where}: blob {digest} is {got} bytes, expected {size}")
     if "sha256:" + h.hexdigest() != digest:
@@ -447,16 +448,10 @@ def _download(reg: Registry, digest: str, size: int, fd: int) -> None:
 def _memory_fd(data: bytes) -> Callable[[], int]:
     def opener() -> int:
         fd = os.memfd_create("continuity-upload", os.MFD_CLOEXEC)
-        _write_all(fd, data)
+        write_all(fd, data)
         os.lseek(fd, 0, os.SEEK_SET)
         return fd
     return opener
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _read_exact(fd: int, size: int, digest: str) -> bytes:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from castore import fs
-from castore.digest import check_digest, hash_fd, is_digest
+from castore.digest import check_digest, is_digest
 from castore.errors import (
     BlobNotFound,
     CastoreError,
@@ -130,12 +130,6 @@ def new_index(store_path: str, origin: str) -> None:
             raise
         _remove_tree(tmp)
     _fsync_dir(store_path)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 @dataclass(frozen=True)
@@ -356,7 +350,7 @@ class Store:
             fd = os.open(path, flags | os.O_CREAT, 0o644)
         try:
             if line:
-                _write_all(fd, line)
+                fs.write_all(fd, line)
             if sync:  # cheap when clean; a marker left by a killed commit may not be durable yet
                 os.fdatasync(fd)
         finally:
@@ -506,7 +500,7 @@ class Store:
             tmp = os.path.join(self.path, "tmp", f".put-{secrets.token_hex(8)}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
             try:
-                _write_all(fd, data)
+                fs.write_all(fd, data)
                 os.fsync(fd)
             except OSError as exc:
                 os.close(fd)
@@ -649,7 +643,7 @@ class Store:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size != size:
                 return False
-            return hash_fd(fd, expect=size) == (digest, size)
+            return fs.hash_fd(fd, expect=size) == (digest, size)
         finally:
             os.close(fd)
 

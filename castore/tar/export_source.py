@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from castore.errors import IntegrityError
-from castore.fs import COPY_FALLBACK
+from castore.fs import COPY_FALLBACK, write_all
 from castore.store import Store
 
 VERIFY_WHOLE = 4 << 20
@@ -177,11 +177,11 @@ class Out:
                 self.flush()
             return
         self.flush()
-        _write_all(self.fd, data)
+        write_all(self.fd, data)
 
     def flush(self) -> None:
         if self.buf:
-            _write_all(self.fd, self.buf)
+            write_all(self.fd, self.buf)
             self.buf = bytearray()
 
     def copy(self, src_fd: int, off: int, count: int) -> None:
@@ -208,12 +208,6 @@ class Out:
                 raise IntegrityError("blob shorter than its size while exporting")
             self.write(data)
             pos += len(data)
-
-
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class Emitter:
