@@ -223,12 +223,8 @@ def make_pool(workers: int | None = None) -> ProcessPoolExecutor:
 
 def _die_with_parent(parent: int) -> None:
     """Pool workers die with their parent: a SIGKILLed ingest leaves no process behind."""
-    try:
-        import ctypes
-        import signal
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    import signal
+    fs.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 

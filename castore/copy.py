@@ -30,12 +30,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from castore import fs
-from castore import staging as stage
 from castore.build import _ignored, _raise_nofile_limit
 from castore.bulkmode import bulk
-from castore.errors import CastoreError, NotFound, UnsafeInput, raise_if_full, warn_mounts_kept
+from castore.errors import CastoreError, NotFound, UnsafeInput
 from castore.faults import crashpoint
-from castore.store import discard_dir
+from castore.fs import publish
 
 CHUNK = 1 << 20
 FALLBACK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
@@ -391,15 +390,13 @@ def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int 
     sfd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     old_umask = os.umask(0)
-    lock_fd = -1
     try:
         got = os.fstat(sfd)
         if (got.st_dev, got.st_ino) != (sst.st_dev, sst.st_ino):
             raise SourceChanged(f"{src}: replaced while it was opened")
-        stage.sweep(pfd, parent)  # staging dirs of copies and checkouts killed here before
-        staging, lock_fd = stage.create(pfd, base, "copy-")
-        try:
-            dfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        publish.sweep(pfd, parent)  # staging dirs of copies and checkouts killed here before
+        with publish.staged_dir(pfd, parent, base, dst, "copy-") as staging:
+            dfd = staging.open()
             try:
                 c = _Copier(sfd, dfd, ignore, workers)
                 c.walk()
@@ -412,17 +409,8 @@ def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int 
                     fs.syncfs(dfd)
             finally:
                 os.close(dfd)
-            try:
-                fs.renameat2(pfd, staging, pfd, base)
-            except FileExistsError:
-                raise UnsafeInput(f"{dst}: appeared during the copy") from None
-        except BaseException as exc:
-            warn_mounts_kept([os.path.join(parent, k) for k in discard_dir(pfd, staging)])
-            raise_if_full(exc, dst)
-            raise
+            staging.rename_into_place(f"{dst}: appeared during the copy")
     finally:
-        if lock_fd >= 0:
-            os.close(lock_fd)  # only now: renamed into place or discarded
         os.umask(old_umask)
         os.close(pfd)
         os.close(sfd)

@@ -39,8 +39,7 @@ from castore.apply.sources import DirSource, Source, copy_verified, digest_or_si
 from castore.digest import EMPTY_DIGEST
 from castore.errors import IntegrityError, NotFound, UnsafeInput
 from castore.faults import crashpoint
-from castore.fs import DirFds
-from castore.fs.linux import RENAME_EXCHANGE
+from castore.fs import RENAME_EXCHANGE, DirFds
 from castore.manifest.diff import compare
 from castore.manifest.model import (
     Device,

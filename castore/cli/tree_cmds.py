@@ -15,7 +15,7 @@ from castore.manifest import Manifest, codec
 from castore.manifest.diff import diff as diff_manifests
 from castore.manifest.diff import normalize_ignores
 from castore.manifest.model import Device, Directory, RegularFile, Symlink
-from castore.textsafe import quote
+from castore.textsafe import human_size, quote
 from castore.verify import VerifyOptions, verify_tree
 
 
@@ -222,12 +222,4 @@ def du_cmd(obj: Ctx, ref: str, as_json: bool, human: bool) -> None:
     if as_json:
         print_json(out)
     else:
-        click.echo(f"{_human(apparent) if human else apparent}\t{quote(ref)}")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "K", "M", "G", "T"):
-        if n < 1024 or unit == "T":
-            return f"{n:.1f}{unit}" if unit != "B" else f"{int(n)}B"
-        n /= 1024
-    return str(n)
+        click.echo(f"{human_size(apparent, short=True) if human else apparent}\t{quote(ref)}")

@@ -1,12 +1,14 @@
 """Operating-system specific file code, chosen once for this platform."""
 
 from castore.fs.dirfds import DirFds
-from castore.fs.io import READ, data_ranges, hash_fd, pwrite_all, pwrite_sparse, write_all, write_new
+from castore.fs.io import READ, data_ranges, hash_fd, listdir, pwrite_all, pwrite_sparse, write_all, write_new
 from castore.fs.linux import (
     COPY_FALLBACK,
+    RENAME_EXCHANGE,
     copy_fd,
     copy_fd_at,
     data_holes,
+    flock,
     is_mount_root,
     mounts_below,
     named,
@@ -15,6 +17,7 @@ from castore.fs.linux import (
     read_xattrs,
     reflink,
     renameat2,
+    set_parent_death_signal,
     set_xattr,
     set_xattrs,
     shard_dir_fd,
@@ -27,6 +30,7 @@ from castore.fs.linux import (
 __all__ = [
     "COPY_FALLBACK",
     "READ",
+    "RENAME_EXCHANGE",
     "DirFds",
     "copy_fd",
     "copy_fd_at",
@@ -35,7 +39,9 @@ __all__ = [
     "hash_fd",
     "named",
     "is_mount_root",
+    "listdir",
     "mounts_below",
+    "flock",
     "open_beneath",
     "proc_path",
     "pwrite_all",
@@ -44,6 +50,7 @@ __all__ = [
     "reflink",
     "renameat2",
     "set_xattr",
+    "set_parent_death_signal",
     "set_xattrs",
     "shard_dir_fd",
     "start_writeback",

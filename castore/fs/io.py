@@ -93,3 +93,11 @@ def hash_fd(fd: int, chunk: int = 4 << 20, *, expect: int | None = None) -> tupl
         h.update(b)
         pos += len(b)
     return "sha256:" + h.hexdigest(), pos
+
+
+def listdir(path: str) -> list[str]:
+    """The names in directory ``path``; none when it is missing or not a directory."""
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []

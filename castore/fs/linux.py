@@ -104,6 +104,28 @@ _libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_long
 SYNC_FILE_RANGE_WRITE = 2
 
 
+def flock(fd: int, *, wait: bool = True) -> bool:
+    """Take an exclusive flock(2) on ``fd``; without ``wait``, False when another holds it."""
+    if wait:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """prctl(PR_SET_PDEATHSIG): this process gets ``sig`` when its parent dies (best effort)."""
+    _libc.prctl(PR_SET_PDEATHSIG, sig)
+
+
 def start_writeback(fd: int) -> None:
     """Start writing the dirty pages of ``fd`` to disk without waiting for them (best effort):
     a later syncfs has less left to wait for, the disk works while the caller computes."""

@@ -25,12 +25,11 @@ from castore import fs
 from castore.bulkmode import bulk
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
 from castore.faults import crashpoint
-from castore.fs.linux import RENAME_EXCHANGE
 from castore.manifest import Manifest, codec, validate
 from castore.store import MARKER_DIR, Store, check_name, chunk_map_rows, manifest_refs, unpack_chunks
 from castore.store.links import object_record
 from castore.store.lock import flocked
-from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_NAMES, dkey, dstr
+from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_NAMES, dkey, dstr, prefix_rows
 from castore.textsafe import quote, safe_line
 
 READ = 1 << 20
@@ -147,20 +146,14 @@ class _Checker:
     # --------------------------------------------------------- index <-> files
 
     def blobs(self) -> None:
-        db = self.meta.db("blobs")
         for b in range(256):
             prefix = bytes([b])
             rows: dict[bytes, tuple[int, int]] = {}
-            with self.meta.read() as txn:
-                cur = txn.cursor(db=db)
-                if cur.set_range(prefix):
-                    for k, v in cur:
-                        if k[:1] != prefix:
-                            break
-                        if len(k) != 32 or len(v) != BLOB_ROW.size:
-                            self._add("error", "bad-index-row", bytes(k).hex(), "malformed blob index row")
-                            continue
-                        rows[bytes(k)] = BLOB_ROW.unpack(v)
+            for k, v in prefix_rows(self.meta, "blobs", prefix):
+                if len(k) != 32 or len(v) != BLOB_ROW.size:
+                    self._add("error", "bad-index-row", k.hex(), "malformed blob index row")
+                    continue
+                rows[k] = BLOB_ROW.unpack(v)
             sdir = os.path.join(self.store.blob_root, prefix.hex())
             try:
                 names = os.listdir(sdir)
@@ -553,8 +546,8 @@ def _markers(path: str) -> tuple[dict[bytes, list[tuple[str, int, str]]], bool]:
     if not os.path.isdir(root):
         return {}, False
     out: dict[bytes, list[tuple[str, int, str]]] = {}
-    for shard in _listdir(root):
-        for n in _listdir(os.path.join(root, shard)):
+    for shard in fs.listdir(root):
+        for n in fs.listdir(os.path.join(root, shard)):
             try:
                 key = bytes.fromhex(n)
             except ValueError:
@@ -625,7 +618,7 @@ def rebuild_index(store_path: str) -> RebuildReport:
     blob_root = os.path.join(path, "blobs", "sha256")
     with flocked(os.path.join(path, "gc.lock"), exclusive=True, what="gc/fsck"), \
             flocked(os.path.join(path, "lock"), exclusive=True):
-        for n in _listdir(path):
+        for n in fs.listdir(path):
             if n.startswith("meta.rebuild-"):  # an earlier rebuild's, killed: keep it, it may be the old index
                 os.rename(os.path.join(path, n), os.path.join(path, _damaged_name()))
         created_ns = time.time_ns()
@@ -640,9 +633,9 @@ def rebuild_index(store_path: str) -> RebuildReport:
         chunks: set[bytes] = set()
         chunk_map: set[tuple[bytes, bytes]] = set()  # whole file -> chunks, from manifests with chunk lists
         ads: set[bytes] = set()
-        for shard in sorted(_listdir(blob_root)):
+        for shard in sorted(fs.listdir(blob_root)):
             sdir = os.path.join(blob_root, shard)
-            for n in sorted(_listdir(sdir)):
+            for n in sorted(fs.listdir(sdir)):
                 fpath = os.path.join(sdir, n)
                 try:
                     st = os.lstat(fpath)
@@ -722,7 +715,7 @@ def rebuild_index(store_path: str) -> RebuildReport:
         crashpoint("rebuild-after-build")
         rep.old_meta = os.path.join(path, _damaged_name())
         if os.path.lexists(meta_path):
-            fs.renameat2(-100, new_path, -100, meta_path, RENAME_EXCHANGE)  # atomic: old or new, never none
+            fs.renameat2(-100, new_path, -100, meta_path, fs.RENAME_EXCHANGE)  # atomic: old or new, never none
             crashpoint("rebuild-after-swap")
             _fsync_dir(path)
             os.rename(new_path, rep.old_meta)
@@ -760,13 +753,6 @@ def _as_manifest(data: bytes, source: str) -> Manifest | None:
         return m if codec.dumps(m) == data else None
     except (CastoreError, ValueError, UnicodeError, RecursionError, OverflowError):
         return None
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 __all__ = ["Finding", "FsckOptions", "FsckReport", "IntegrityError", "RebuildReport", "fsck", "hash_file",

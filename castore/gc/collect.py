@@ -42,13 +42,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import castore.apply.state as apply_state
-from castore import staging
+from castore import fs
 from castore.bulkmode import bulk
 from castore.errors import Busy, IntegrityError, UnsafeInput, warn_mounts_kept
 from castore.faults import crashpoint
+from castore.fs import publish
 from castore.store import Store, _remove_tree, unpack_chunks
 from castore.store.lock import flocked, is_held
-from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr
+from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr, prefix_rows
+from castore.textsafe import human_size
 
 DEFAULT_GRACE_NS = 3600 * 10**9
 ROWLESS_LEASE_FLOOR_NS = 60 * 10**9  # a lock file with no row may be a lease being born
@@ -138,7 +140,7 @@ class GcReport:
     def summary(self) -> str:
         verb = "would free" if self.dry_run else "freed"
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
-        return (f"gc: {verb} {self.objects} objects, {self.bytes} bytes ({_human(self.bytes)}) in "
+        return (f"gc: {verb} {self.objects} objects, {self.bytes} bytes ({human_size(self.bytes)}) in "
                 f"{self.seconds:.2f}s; kept {self.kept_blobs} blobs; longest store lock "
                 f"{self.lock_seconds * 1000:.0f} ms" + (f" [{parts}]" if parts else ""))
 
@@ -147,14 +149,6 @@ class GcReport:
                 "kept_blobs": self.kept_blobs, "seconds": round(self.seconds, 3),
                 "lock_seconds": round(self.lock_seconds, 3), "counts": self.counts,
                 "items": [{"kind": i.kind, "name": i.name, "size": i.size} for i in self.items]}
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _age_ns(path: str, now: int) -> int | None:
@@ -264,26 +258,19 @@ class _Collector:
         """
         garbage: list[tuple[bytes, int, int]] = []
         orphans: list[tuple[bytes, int]] = []
-        blobs_db = self.meta.db("blobs")
         kept = 0
         for b in range(256):
             prefix = bytes([b])
             indexed: set[bytes] = set()
-            with self.meta.read() as txn:
-                cur = txn.cursor(db=blobs_db)
-                if cur.set_range(prefix):
-                    for k, v in cur:
-                        if k[:1] != prefix:
-                            break
-                        k = bytes(k)
-                        indexed.add(k)
-                        if k in marked:
-                            kept += 1
-                        else:
-                            size, kind = BLOB_ROW.unpack(v)
-                            garbage.append((k, size, kind))
+            for k, v in prefix_rows(self.meta, "blobs", prefix):
+                indexed.add(k)
+                if k in marked:
+                    kept += 1
+                else:
+                    size, kind = BLOB_ROW.unpack(v)
+                    garbage.append((k, size, kind))
             sdir = os.path.join(self.store.blob_root, prefix.hex())
-            for n in _listdir(sdir):
+            for n in fs.listdir(sdir):
                 key = _hexkey(n)
                 if key is None or key in indexed:
                     continue
@@ -417,9 +404,9 @@ class _Collector:
         dead_set = set(dead)
         floor = max(self.opts.grace_ns, ROWLESS_LEASE_FLOOR_NS)
         # Staging directories of this store's checkouts that were killed (their owners' locks are free).
-        for path in staging.sweep_registered(self.store.path, self.opts.dry_run):
+        for path in publish.sweep_registered(self.store.path, self.opts.dry_run):
             self.report.add(Item("tmp", path), self.keep_items)
-        for n in _listdir(lease_dir):
+        for n in fs.listdir(lease_dir):
             lid, dot, ext = n.rpartition(".")
             path = os.path.join(lease_dir, n)
             if not dot or ext != "lock":
@@ -427,7 +414,7 @@ class _Collector:
             if lid in dead_set or ((_age_ns(path, self.now) or 0) >= floor and not self._has_row(lid)
                                    and not is_held(path)):
                 self._remove(Item("lease", path), path, tree=False)
-        for n in _listdir(tmp_dir):
+        for n in fs.listdir(tmp_dir):
             path = os.path.join(tmp_dir, n)
             age = _age_ns(path, self.now) or 0
             if n.startswith(".put-"):
@@ -460,10 +447,10 @@ class _Collector:
         """Hardlink-checkout objects no checkout uses (st_nlink == 1), their rows, old ``.tmp-*``."""
         root = os.path.join(self.store.path, "links")
         links_db = self.meta.db("links")
-        for shard in sorted(_listdir(root)):
+        for shard in sorted(fs.listdir(root)):
             sdir = os.path.join(root, shard)
             drop: list[tuple[str, int]] = []
-            for n in _listdir(sdir):
+            for n in fs.listdir(sdir):
                 path = os.path.join(sdir, n)
                 try:
                     st = os.lstat(path)
@@ -570,15 +557,6 @@ def _history_name(key: bytes) -> str:
     when = struct.unpack(">Q", t)[0] if len(key) > 9 else 0
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when // 10**9)) + f".{when % 10**9:09d}Z"
     return f"{name.decode(errors='replace')}@{stamp}"
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
-    except NotADirectoryError:
-        return []
 
 
 def _size(path: str) -> int:

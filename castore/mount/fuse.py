@@ -42,7 +42,7 @@ from typing import Any
 
 from castore import textsafe
 from castore.digest import EMPTY_DIGEST
-from castore.errors import BlobNotFound, CastoreError, IntegrityError, UnsafeInput
+from castore.errors import CastoreError, IntegrityError, UnsafeInput
 from castore.manifest.model import (
     Device,
     Directory,
@@ -54,6 +54,7 @@ from castore.manifest.model import (
     Whiteout,
 )
 from castore.store import LEASE_TTL_NS, Lease, Store
+from castore.store.blobfile import require_blobs
 
 ROOT_INO = 1
 CACHE_BYTES = 64 << 20  # verified blob bytes kept in memory
@@ -413,9 +414,7 @@ def mount(store: Store, manifest: Manifest, digest: str | None, mountpoint: str,
 
     refs = store.content_refs(manifest)  # a file stored as chunks only is served by its chunks
     with store.lease([digest] if digest else sorted(refs)) as lease:
-        missing = store.missing_blobs(refs)  # checked under the lease: gc cannot take them from now on
-        if missing:
-            raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) of this manifest")
+        require_blobs(store, refs)  # checked under the lease: gc cannot take them from now on
         table = InodeTable(store.with_chunks(manifest), uid=os.geteuid(), gid=os.getegid(), now_ns=time.time_ns())
         ops = make_operations(pyfuse3, table, BlobReader(store))
         options = set(MOUNT_OPTIONS) | {f"fsname=continuity:{digest[7:19]}" if digest else "fsname=continuity"}

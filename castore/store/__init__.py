@@ -91,13 +91,6 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
 def _sync_tree(top: str) -> None:
     """fsync every file and directory below ``top`` (small trees: marker backfill)."""
     for dirpath, _dirs, files in os.walk(top):
@@ -301,9 +294,9 @@ class Store:
             raw = txn.get(b"index-created-ns", db=self.meta.db("info"))
         created = int(raw) - INDEX_CLOCK_SLACK_NS if raw else None
         blobs_db = self.meta.db("blobs")
-        for shard in sorted(_listdir(self.blob_root)):
+        for shard in sorted(fs.listdir(self.blob_root)):
             sdir = os.path.join(self.blob_root, shard)
-            for n in _listdir(sdir):
+            for n in fs.listdir(sdir):
                 if len(n) != 64:
                     continue
                 try:

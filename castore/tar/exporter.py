@@ -38,7 +38,7 @@ import zstandard
 
 from castore import textsafe
 from castore.bulkmode import bulk
-from castore.errors import BlobNotFound, CastoreError, IntegrityError, NotFound
+from castore.errors import CastoreError, IntegrityError, NotFound
 from castore.manifest.model import (
     Device,
     Directory,
@@ -51,6 +51,7 @@ from castore.manifest.model import (
     Whiteout,
 )
 from castore.store import Store
+from castore.store.blobfile import require_blobs
 from castore.tar.export_source import Emitter, Out, Source, load_records, save_records
 from castore.tar.format import (
     BLK,
@@ -265,9 +266,7 @@ def export_tar(store: Store, manifest: Manifest, output: str | None, *, compress
     """
     refs = store.content_refs(manifest)
     with store.lease([manifest_digest] if manifest_digest else sorted(refs)):
-        missing = store.missing_blobs(refs)
-        if missing:
-            raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) of this manifest")
+        require_blobs(store, refs)
         _export_tar(store, store.with_chunks(manifest), output, compress=compress, whiteouts=whiteouts, note=note)
 
 
