@@ -30,20 +30,16 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from castore import fs
-from castore.build import _ignored, _raise_nofile_limit
 from castore.bulkmode import bulk
 from castore.errors import CastoreError, NotFound, UnsafeInput
 from castore.faults import crashpoint
 from castore.fs import publish
+from castore.walk import SourceChanged, ignored, raise_nofile_limit
 
 CHUNK = 1 << 20
 FALLBACK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
 POOL_MIN_FILES = 2000
 BATCH = 256
-
-
-class SourceChanged(CastoreError):
-    """An entry of SRC changed (type or inode) while it was copied."""
 
 
 @dataclass
@@ -226,7 +222,7 @@ class _Copier:
     def entry(self, sfd: int, dfd: int, rel: str, e: os.DirEntry[str]) -> tuple[int, int, str] | None:
         name = e.name
         child = f"{rel}/{name}" if rel else name
-        if self.ignore and _ignored(child, name, self.ignore):
+        if self.ignore and ignored(child, name, self.ignore):
             return None
         st = e.stat(follow_symlinks=False)
         mode = st.st_mode
@@ -368,7 +364,7 @@ def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int 
     DST exists, a device node without privilege), SourceChanged (SRC changed
     under us), ResourceLimit (no space). On failure DST does not appear.
     """
-    _raise_nofile_limit()
+    raise_nofile_limit()
     src = os.path.abspath(src)
     try:
         sst = os.lstat(src)

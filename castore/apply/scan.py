@@ -23,13 +23,14 @@ import castore.apply.state as apply_state
 import castore.store.statcache as statcache
 from castore import fs
 from castore.apply.state import Record, Row
-from castore.build import Stat, WalkOptions, WalkResult, _Seen, assemble, make_pool, read_with_retries, see_entry, walk
+from castore.build import make_pool, read_with_retries
 from castore.errors import CastoreError
 from castore.fs import DirFds
 from castore.manifest.codec import decode_entry, first_path
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Symlink, path_key
 from castore.readers import FileResult, Processor
 from castore.store import Store
+from castore.walk import Seen, Stat, WalkOptions, WalkResult, assemble, see_entry, walk
 
 
 class TreeChanged(CastoreError):
@@ -122,7 +123,7 @@ def classify(root: str, root_fd: int, walked: WalkResult, want: dict[str, Resour
     # Entries already exactly as wanted (the common case) skip the Resource building.
     clean: set[str] = set()
     local: dict[str, list[str]] = {}
-    rest: list[_Seen] = []
+    rest: list[Seen] = []
     for e in walked.entries:
         p = "/" + e.path
         w = want.get(p)
@@ -147,7 +148,7 @@ def classify(root: str, root_fd: int, walked: WalkResult, want: dict[str, Resour
     return Scan(by_path, groups, inode, local, rows, len(todo), clean, stats, start)
 
 
-def _is_clean(w: Resource, e: _Seen, res_of: dict[str, FileResult]) -> bool:
+def _is_clean(w: Resource, e: Seen, res_of: dict[str, FileResult]) -> bool:
     """``e`` is exactly ``w`` (what ``compare`` would find no difference in), for single-path entries."""
     st = e.st
     if len(w.paths) != 1 or st.st_uid != w.uid or st.st_gid != w.gid:
@@ -346,7 +347,7 @@ def _see_paths(dirs: DirFds, rels: list[str], dirty: set[str], order: list[str],
         if see_entry(pfd, rel, name, st, out):
             continue
         fd = dirs.get(rel)
-        out.entries.append(_Seen(rel, Stat(os.fstat(fd)), fs.read_xattrs(fd)))
+        out.entries.append(Seen(rel, Stat(os.fstat(fd)), fs.read_xattrs(fd)))
         if rel in dirty:
             _list_new(fd, rel, order, out, seen)
         elif _find(order, rel) < 0:
@@ -371,7 +372,7 @@ def _list_new(dir_fd: int, rel: str, order: list[str], out: WalkResult, seen: se
             continue
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
-            out.entries.append(_Seen(child, Stat(os.fstat(fd)), fs.read_xattrs(fd)))
+            out.entries.append(Seen(child, Stat(os.fstat(fd)), fs.read_xattrs(fd)))
             _walk_into(fd, child, out, seen)
         finally:
             os.close(fd)

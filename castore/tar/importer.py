@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import pyfastcdc
 
 from castore import fs
-from castore.build import _ignored, make_pool
+from castore.build import make_pool
 from castore.bulkmode import bulk
 from castore.errors import IntegrityError
 from castore.faults import crashpoint
@@ -89,6 +89,7 @@ from castore.tar.import_content import PARALLEL_MIN, Dispatcher, OffsetReader, p
 from castore.tar.reader import Member, Stream, members, open_stream
 from castore.tar.tree import LogicalReader, TarNode, TarTree, clean_name, holes_of, parent_of
 from castore.textsafe import note
+from castore.walk import ignored
 
 MAX_APPLEDOUBLE = 16 << 20
 MAX_SPARSE_REALSIZE = 1 << 40  # 1 TiB of logical content: hashing holes costs time
@@ -278,7 +279,7 @@ class _Importer:
 
     def _ignored(self, path: str) -> bool:
         parts = path[1:].split("/")
-        return any(_ignored("/".join(parts[:i + 1]), parts[i], self.opts.ignore) for i in range(len(parts)))
+        return any(ignored("/".join(parts[:i + 1]), parts[i], self.opts.ignore) for i in range(len(parts)))
 
     # ------------------------------------------------------------ manifest
 
