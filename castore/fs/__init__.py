@@ -1,7 +1,17 @@
 """Operating-system specific file code, chosen once for this platform."""
 
 from castore.fs.dirfds import DirFds
-from castore.fs.io import READ, data_ranges, hash_fd, listdir, pwrite_all, pwrite_sparse, write_all, write_new
+from castore.fs.io import (
+    READ,
+    data_ranges,
+    fsync_dir,
+    hash_fd,
+    listdir,
+    pwrite_all,
+    pwrite_sparse,
+    write_all,
+    write_new,
+)
 from castore.fs.linux import (
     COPY_FALLBACK,
     RENAME_EXCHANGE,
@@ -36,6 +46,7 @@ __all__ = [
     "copy_fd_at",
     "data_holes",
     "data_ranges",
+    "fsync_dir",
     "hash_fd",
     "named",
     "is_mount_root",

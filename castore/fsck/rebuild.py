@@ -185,7 +185,7 @@ def rebuild_index(store_path: str) -> RebuildReport:
                 os.makedirs(os.path.dirname(mpath), exist_ok=True)
                 with open(mpath, "ab") as fh:
                     os.fsync(fh.fileno())
-                _fsync_dir(os.path.dirname(mpath))
+                fs.fsync_dir(os.path.dirname(mpath))
         os.makedirs(os.path.join(path, MARKER_DIR), exist_ok=True)
         new_path = os.path.join(path, f"meta.rebuild-{secrets.token_hex(4)}")
         _build_index(new_path, created_ns, sizes, refs, chunks, ads, catalog, chunk_map)
@@ -194,13 +194,13 @@ def rebuild_index(store_path: str) -> RebuildReport:
         if os.path.lexists(meta_path):
             fs.renameat2(-100, new_path, -100, meta_path, fs.RENAME_EXCHANGE)  # atomic: old or new, never none
             crashpoint("rebuild-after-swap")
-            _fsync_dir(path)
+            fs.fsync_dir(path)
             os.rename(new_path, rep.old_meta)
         else:
             rep.old_meta = "(none)"
             fs.renameat2(-100, new_path, -100, meta_path)
         crashpoint("rebuild-after-rename")
-        _fsync_dir(path)
+        fs.fsync_dir(path)
     rep.seconds = time.monotonic() - start
     return rep
 
@@ -289,14 +289,6 @@ def _build_index(new_path: str, created_ns: int, sizes: dict[bytes, int], refs: 
 
 def _damaged_name() -> str:
     return f"meta.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def _fsync_dir(path: str) -> None:
-    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _as_manifest(data: bytes, source: str) -> Manifest | None:
