@@ -332,6 +332,7 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
         os.umask(old_umask)
         os.close(pfd)
 
+
 def _encoded_items(store: Store, digest: str) -> list[Item]:
     """A store manifest (indexed: validated at commit) with its regular files left encoded."""
     plain: list[bool] = []
