@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from castore import textsafe
+from castore import fs, textsafe
 from castore.bulkmode import bulk
 from castore.errors import CastoreError, IntegrityError, NotFound
 from castore.manifest.model import (
@@ -76,12 +76,9 @@ READ = 1 << 20
 
 def _data_ranges(size: int, holes: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
     """(offset, length) of the data between holes; a trailing hole ends with (size, 0)."""
-    out, pos = [], 0
-    for b, e in holes:
-        if b > pos:
-            out.append((pos, b - pos))
-        pos = e
-    out.append((pos, size - pos))
+    out = [(b, e - b) for b, e in fs.data_ranges(size, holes)]
+    if not out or out[-1][0] + out[-1][1] != size:
+        out.append((size, 0))
     return out
 
 
