@@ -43,6 +43,7 @@ class LeafPhases:
     local_only: set[str]
     intact: set[str]
     scan: Scan
+    mounts: set[str]
 
     if TYPE_CHECKING:
         def log(self, msg: str) -> None: ...

@@ -16,12 +16,18 @@ from castore.fs.linux import named, proc_path, set_xattrs
 class Attrs(Protocol):
     """What is set: a manifest entry has these fields."""
 
-    path: str
-    uid: int
-    gid: int
-    perm: int
-    xattrs: tuple[tuple[str, bytes], ...]
-    mtime_ns: int | None
+    @property
+    def path(self) -> str: ...
+    @property
+    def uid(self) -> int: ...
+    @property
+    def gid(self) -> int: ...
+    @property
+    def perm(self) -> int: ...
+    @property
+    def xattrs(self) -> tuple[tuple[str, bytes], ...]: ...
+    @property
+    def mtime_ns(self) -> int | None: ...
 
 
 def set_fd_attrs(fd: int, r: Attrs, owner: tuple[int, int], xattrs: tuple[tuple[str, bytes], ...]) -> list[str]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import marshal
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from castore import fs
 from castore.gc.report import GcOptions, GcReport, Item
 from castore.store import Store, unpack_chunks
-from castore.store.meta import CHUNK_ROW, dkey
+from castore.store.meta import CHUNK_ROW, MetaDB, dkey
 
 
 class CacheSweeps:
@@ -19,7 +19,7 @@ class CacheSweeps:
 
     store: Store
     opts: GcOptions
-    meta: Any
+    meta: MetaDB
     now: int
     report: GcReport
     keep_items: bool

@@ -19,7 +19,7 @@ from castore.mount.fuse import BLKSIZE, INLINE_READ, TIMEOUT, InodeTable, Node
 FUSEError = pyfuse3.FUSEError
 
 
-class ReadOnlyOps(pyfuse3.Operations):  # type: ignore[misc]
+class ReadOnlyOps(pyfuse3.Operations):
     """The file system of a mount: ``table`` served read-only through ``reader``; every write is EROFS."""
 
     supports_dot_lookup = True

@@ -16,6 +16,7 @@ from typing import Any
 from castore.errors import IntegrityError
 from castore.manifest import codec
 from castore.manifest.model import RegularFile
+from castore.store.meta import MetaDB
 
 LINKS_DB = "links"
 
@@ -108,20 +109,21 @@ def is_verified(raw: bytes | None, st: os.stat_result) -> bool:
     return raw is not None and marshal.loads(raw) == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def read_records(meta: Any, keys: list[bytes]) -> dict[bytes, bytes]:
+def read_records(meta: MetaDB, keys: list[bytes]) -> dict[bytes, bytes]:
     """The rows of sorted ``keys`` that exist, in one read transaction (one cursor batch: 2x faster
     than a get per key, 0.045 s for 100k)."""
     with meta.read() as txn:
-        return dict(txn.cursor(db=meta.db(LINKS_DB)).getmulti(keys))
+        return dict(txn.cursor(db=meta.db(LINKS_DB)).getmulti(keys))  # type: ignore[arg-type]  # bytes: no buffers
 
 
-def read_record(meta: Any, key: bytes) -> bytes | None:
+def read_record(meta: MetaDB, key: bytes) -> bytes | None:
     """One row of the `links` table, or None."""
     with meta.read() as txn:
-        return txn.get(key, db=meta.db(LINKS_DB))  # type: ignore[no-any-return]
+        return txn.get(key, db=meta.db(LINKS_DB))  # type: ignore[return-value]  # bytes: no buffers
 
 
-def write_records(meta: Any, rows: list[tuple[bytes, bytes]], before_commit: Callable[[], None] | None = None) -> None:
+def write_records(meta: MetaDB, rows: list[tuple[bytes, bytes]],
+                  before_commit: Callable[[], None] | None = None) -> None:
     """Write sorted ``rows`` in one transaction; ``before_commit`` runs inside it, just before it commits."""
     db = meta.db(LINKS_DB)
 
