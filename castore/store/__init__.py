@@ -83,12 +83,7 @@ def _is_hex_prefix(text: str) -> bool:
     return len(text) >= 12 and all(c in "0123456789abcdef" for c in text)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_dir = fs.fsync_dir
 
 
 def _sync_tree(top: str) -> None:
