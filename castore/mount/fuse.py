@@ -235,7 +235,7 @@ def _load_pyfuse3() -> Any:
     return pyfuse3
 
 
-def _renew(lease: Lease) -> None:
+def renew_lease(lease: Lease) -> None:
     """Push the lease's expiry another LEASE_TTL_NS into the future (a mount may outlive 24 h)."""
     meta = lease.store.meta
 
@@ -302,7 +302,7 @@ async def _serve(pyfuse3: Any, lease: Lease) -> None:
     async def renew() -> None:
         while True:
             await trio.sleep(RENEW_EVERY)
-            _renew(lease)
+            renew_lease(lease)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(on_signals, nursery.cancel_scope)
