@@ -23,6 +23,7 @@ from castore.errors import CastoreError, IntegrityError
 from castore.fsck.quarantine import hash_file, quarantine
 from castore.fsck.rebuild import RebuildReport, rebuild_index
 from castore.fsck.report import Finding, FsckOptions, FsckReport, parse_subset
+from castore.fsck.signatures import check_signatures
 from castore.manifest import Manifest, codec, validate
 from castore.store import Store, manifest_refs, unpack_chunks
 from castore.store.links import object_record
@@ -373,6 +374,7 @@ def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
             c.blobs()
             c.manifests()
             c.chunk_map()
+            check_signatures(store, c._add, repair=opts.repair)
             changed = c.link_objects()
             if opts.repair:
                 c.repair(changed)

@@ -53,7 +53,8 @@ MAX_PARSE = 256 << 20
 
 
 def _salvage(meta_path: str) -> tuple[list[tuple[str, bytes, bytes]], set[bytes], str]:
-    """Catalog rows (tags, history) and recorded manifests of the old environment, and why not all could be read.
+    """Catalog rows (tags, history), signatures and recorded manifests of the old environment, and why not all
+    could be read.
 
     The environment is opened only once its header proved the file whole
     (MetaDB checks it): a truncated map would SIGBUS the rebuild itself.
@@ -69,7 +70,7 @@ def _salvage(meta_path: str) -> tuple[list[tuple[str, bytes, bytes]], set[bytes]
     known: set[bytes] = set()
     why = ""
     try:
-        for dbname in ("tags", "history", "refs"):
+        for dbname in ("tags", "history", "refs", "signatures"):
             try:
                 with old.read() as txn:
                     for k, v in txn.cursor(db=old.db(dbname)):
@@ -167,6 +168,8 @@ def rebuild_index(store_path: str) -> RebuildReport:
         created_ns = time.time_ns()
         meta_path = os.path.join(path, "meta")
         catalog, known, rep.catalog_lost = _salvage(meta_path)
+        sig_rows = [r for r in catalog if r[0] == "signatures"]  # kept apart: not catalog rows (fsck re-verifies)
+        catalog = [r for r in catalog if r[0] != "signatures"]
         markers, have_markers = _markers(path)
         known |= set(markers)
         # Parsing decides only for a store of an older version (no markers) whose old index is unreadable.
@@ -188,7 +191,7 @@ def rebuild_index(store_path: str) -> RebuildReport:
                 fs.fsync_dir(os.path.dirname(mpath))
         os.makedirs(os.path.join(path, MARKER_DIR), exist_ok=True)
         new_path = os.path.join(path, f"meta.rebuild-{secrets.token_hex(4)}")
-        _build_index(new_path, created_ns, sizes, refs, chunks, ads, catalog, chunk_map)
+        _build_index(new_path, created_ns, sizes, refs, chunks, ads, catalog + sig_rows, chunk_map)
         crashpoint("rebuild-after-build")
         rep.old_meta = os.path.join(path, _damaged_name())
         if os.path.lexists(meta_path):

@@ -46,7 +46,7 @@ from castore.gc.caches import CacheSweeps, hexkey
 from castore.gc.files import age_ns, size_of, tree_size
 from castore.gc.nice import Nice
 from castore.gc.report import GcOptions, GcReport, Item, parse_duration
-from castore.store import Store, _remove_tree
+from castore.store import Store, _remove_tree, signatures
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr, prefix_rows
 
@@ -231,6 +231,8 @@ class _Collector(CacheSweeps):
                 t.delete(k, db=blobs_db)  # type: ignore[attr-defined]
                 if k in now_manifests:
                     t.delete(k, db=refs_db)  # type: ignore[attr-defined]
+            out["signatures"] = signatures.delete_for(self.store, t, [k for k, _, kind in doomed
+                                                                       if kind == KIND_MANIFEST])
             # "v" rows (verified-blob stat records) are a cache: dropped after the lock (phase 4).
 
         if self.opts.dry_run:
@@ -244,6 +246,7 @@ class _Collector(CacheSweeps):
             self.report.add(Item("history", _history_name(k)), self.keep_items, is_file=False)
         for lid in out["leases"]:  # type: ignore[attr-defined]
             self.report.add(Item("lease", lid), self.keep_items, is_file=False)
+        self.report.rows += int(out.get("signatures", 0))  # type: ignore[call-overload]
         doomed: list[tuple[bytes, int, int]] = out["doomed"]  # type: ignore[assignment]
         self.report.kept_blobs += len(garbage) - len(doomed)
         files = doomed + [(k, s, -1) for k, s in orphans if k not in marked]
