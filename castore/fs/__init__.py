@@ -24,18 +24,16 @@ from castore.fs.linux import (
     named,
     open_beneath,
     proc_path,
-    read_xattrs,
     reflink,
     renameat2,
     set_parent_death_signal,
-    set_xattr,
-    set_xattrs,
     shard_dir_fd,
     start_writeback,
     syncfs,
     syncfs_every,
     syncfs_in_background,
 )
+from castore.fs.xattrs import read_xattrs, set_xattr, set_xattrs
 
 __all__ = [
     "COPY_FALLBACK",

@@ -10,7 +10,8 @@ import stat
 from typing import Protocol
 
 from castore.errors import UnsafeInput
-from castore.fs.linux import named, proc_path, set_xattrs
+from castore.fs.linux import named, proc_path
+from castore.fs.xattrs import set_xattrs
 
 
 class Attrs(Protocol):
