@@ -41,12 +41,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import castore.apply.state as apply_state
 from castore import staging
 from castore.bulkmode import bulk
 from castore.errors import Busy, IntegrityError, UnsafeInput, warn_mounts_kept
 from castore.faults import crashpoint
-from castore.store import Store, _remove_tree, unpack_chunks
+from castore.store import Store, _remove_tree, apply_records, unpack_chunks
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr
 
@@ -693,7 +692,7 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
             del files
             c.leases_and_temps(dead)
             if not opts.dry_run:
-                c.report.rows += apply_state.prune(store)  # records of applied ROOTs that are gone
+                c.report.rows += apply_records.prune(store)  # records of applied ROOTs that are gone
             c.link_objects()
             c.stat_cache()
             c.chunk_map()

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from castore.digest import hash_bytes, hex_of
 from castore.errors import IntegrityError
 from castore.faults import crashpoint
-from castore.ingest import commit_manifest
 from castore.manifest import codec, validate
 from castore.manifest.bounds import check_parse_cost
 from castore.remote.client import Registry
@@ -25,6 +24,7 @@ from castore.remote.oci import MAX_OCI_MANIFEST, blob_sizes, check_layers, parse
 from castore.remote.ref import Reference
 from castore.remote.transfer import Progress, run_all
 from castore.store import Store, check_name, manifest_refs
+from castore.store.commit import commit_manifest
 
 
 @dataclass(frozen=True, slots=True)
