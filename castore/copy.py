@@ -35,8 +35,8 @@ from castore.build import _ignored, _raise_nofile_limit
 from castore.bulkmode import bulk
 from castore.errors import CastoreError, NotFound, UnsafeInput, raise_if_full, warn_mounts_kept
 from castore.faults import crashpoint
+from castore.fs.tree import discard_dir
 from castore.materialize import data_ranges
-from castore.store import discard_dir
 
 CHUNK = 1 << 20
 FALLBACK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})

@@ -45,7 +45,8 @@ from castore import staging
 from castore.bulkmode import bulk
 from castore.errors import Busy, IntegrityError, UnsafeInput, warn_mounts_kept
 from castore.faults import crashpoint
-from castore.store import Store, _remove_tree, apply_records, unpack_chunks
+from castore.fs.tree import remove_tree
+from castore.store import Store, apply_records, unpack_chunks
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr
 
@@ -448,7 +449,7 @@ class _Collector:
         if not self.opts.dry_run:
             try:
                 if tree and stat.S_ISDIR(os.lstat(path).st_mode):
-                    warn_mounts_kept(_remove_tree(path))
+                    warn_mounts_kept(remove_tree(path))
                 else:
                     os.unlink(path)
             except FileNotFoundError:

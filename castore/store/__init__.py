@@ -44,6 +44,7 @@ from castore.errors import (
     warn_mounts_kept,
 )
 from castore.faults import crashpoint
+from castore.fs.tree import remove_tree
 from castore.manifest import Manifest, codec, validate
 from castore.manifest.model import Chunk, RegularFile, Resource
 from castore.readers import ChunkParams
@@ -128,7 +129,7 @@ def new_index(store_path: str, origin: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
             raise
-        _remove_tree(tmp)
+        remove_tree(tmp)
     _fsync_dir(store_path)
 
 
@@ -380,7 +381,7 @@ class Store:
         try:
             fs.renameat2(-100, tmp, -100, os.path.join(self.path, MARKER_DIR))
         except FileExistsError:
-            _remove_tree(tmp)
+            remove_tree(tmp)
             return
         _fsync_dir(self.path)
 
@@ -408,7 +409,7 @@ class Store:
         try:
             yield lease
         finally:
-            warn_mounts_kept(_remove_tree(lease.tmp_dir))
+            warn_mounts_kept(remove_tree(lease.tmp_dir))
             lease.release()
 
     def live_leases(self) -> list[tuple[str, dict[str, object]]]:
@@ -890,28 +891,6 @@ def _replace_chunks(r: RegularFile, chunks: tuple[Chunk, ...]) -> RegularFile:
     return dataclasses.replace(r, chunks=chunks)
 
 
-def _remove_tree(path: str) -> list[str]:
-    """Remove a directory tree without following symlinks (fd-relative, iterative).
-
-    Mount points below it are left untouched (see ``remove_contents``); their paths are returned.
-    """
-    try:
-        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    try:
-        if fs.is_mount_root(top):
-            return [path]
-        kept = remove_contents(top)
-    finally:
-        os.close(top)
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
-    return [f"{path}/{k}" for k in kept]
-
-
 def _open_root(path: str, *, new: bool) -> int:
     """An fd on the store directory once it is safe to use: ours (root's, when root runs),
     writable by no one else, mode 0700 (tightened when it is ours and only readable by others:
@@ -992,89 +971,6 @@ def _check_shards(root_fd: int, rel: str, path: str) -> None:
                     raise OSError(errno.ELOOP, "is a symlink", f"{rel}/{e.name}")
     finally:
         os.close(fd)
-
-
-def discard_dir(parent_fd: int, name: str) -> list[str]:
-    """Remove the directory ``name`` in ``parent_fd`` and all below it, never following symlinks.
-
-    Mount points at or below it are left untouched; their paths (relative to ``parent_fd``) are returned.
-    """
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-    except OSError:
-        return []
-    try:
-        if fs.is_mount_root(fd, os.fstat(parent_fd).st_dev):
-            return [name]
-        kept = remove_contents(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.rmdir(name, dir_fd=parent_fd)
-    except OSError:
-        pass
-    return [f"{name}/{k}" for k in kept]
-
-
-def remove_contents(dir_fd: int) -> list[str]:
-    """Empty the directory ``dir_fd`` (iteratively; never follows symlinks).
-
-    Never crosses into another filesystem (like ``rm --one-file-system``): a mount point below
-    ``dir_fd`` (a directory on another device, or any mount root, bind mounts included) is neither
-    entered, chmod'ed nor removed, and a mounted file is not unlinked. Their paths (relative to
-    ``dir_fd``) are returned; the directories holding them stay, emptied of everything else.
-    """
-    kept: list[str] = []
-    stack: list[tuple[int, str | None, str]] = [(os.dup(dir_fd), None, "")]
-    tried: set[tuple[int, int]] = set()
-    while stack:
-        fd, name_in_parent, rel = stack[-1]
-        pushed = False
-        with os.scandir(fd) as it:
-            entries = list(it)
-        dev = os.fstat(fd).st_dev
-        for e in entries:
-            child = f"{rel}/{e.name}" if rel else e.name
-            if e.is_dir(follow_symlinks=False):
-                try:
-                    cfd = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                except OSError:
-                    continue
-                cst = os.fstat(cfd)
-                if (cst.st_dev, cst.st_ino) in tried:
-                    os.close(cfd)
-                    continue
-                tried.add((cst.st_dev, cst.st_ino))
-                if cst.st_dev != dev or fs.is_mount_root(cfd, dev):
-                    os.close(cfd)
-                    kept.append(child)
-                    continue
-                try:
-                    os.fchmod(cfd, 0o700)
-                except OSError:
-                    pass
-                stack.append((cfd, e.name, child))
-                pushed = True
-                break
-            try:
-                os.unlink(e.name, dir_fd=fd)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if exc.errno != errno.EBUSY:  # a file bind-mounted there
-                    raise
-                if child not in kept:
-                    kept.append(child)
-        if pushed:
-            continue
-        os.close(fd)
-        stack.pop()
-        if stack and name_in_parent is not None:
-            try:
-                os.rmdir(name_in_parent, dir_fd=stack[-1][0])
-            except OSError:
-                pass
-    return kept
 
 
 __all__ = ["Lease", "Store", "TagInfo", "check_digest", "check_name", "chunk_map_rows", "default_store_path",
