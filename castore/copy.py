@@ -33,7 +33,7 @@ from castore import fs
 from castore import staging as stage
 from castore.build import _ignored, _raise_nofile_limit
 from castore.bulkmode import bulk
-from castore.errors import CastoreError, NotFound, UnsafeInput, raise_if_full, warn_mounts_kept
+from castore.errors import CastoreError, NotFound, SourceChanged, UnsafeInput, raise_if_full, warn_mounts_kept
 from castore.faults import crashpoint
 from castore.fs.tree import discard_dir
 from castore.materialize import data_ranges
@@ -42,10 +42,6 @@ CHUNK = 1 << 20
 FALLBACK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
 POOL_MIN_FILES = 2000
 BATCH = 256
-
-
-class SourceChanged(CastoreError):
-    """An entry of SRC changed (type or inode) while it was copied."""
 
 
 @dataclass

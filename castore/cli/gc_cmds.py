@@ -6,7 +6,7 @@ import os
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, print_json
+from castore.cli.common import Ctx, main_group, print_json
 from castore.errors import IntegrityError, NotFound, StoreUnusable, UnsafeInput
 from castore.fsck.check import FsckOptions, FsckReport, fsck, parse_subset, rebuild_index
 from castore.gc.collect import GcOptions, collect, parse_duration
@@ -28,7 +28,6 @@ MAX_INFO_LINES = 20
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="List every object deleted.")
 @click.pass_obj
-@handle_errors
 def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: bool, nice: int, as_json: bool,
            verbose: bool) -> None:
     """Delete what no catalog name, lease or recent write references (cron-safe).
@@ -69,7 +68,6 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every finding, info included.")
 @click.pass_obj
-@handle_errors
 def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuild: bool, as_json: bool,
              verbose: bool) -> None:
     """Check index <-> files, catalog references and (--read-data) content; exit 4 on damage.

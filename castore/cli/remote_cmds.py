@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve
+from castore.cli.common import Ctx, main_group, print_json, resolve
 from castore.errors import UnsafeInput
 from castore.remote.ref import Reference, parse_reference
 
@@ -37,7 +37,6 @@ def _password(password_stdin: bool) -> str | None:
 @pw_opt
 @json_opt
 @click.pass_obj
-@handle_errors
 def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int, username: str | None,
              password_stdin: bool, as_json: bool) -> None:
     """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST."""
@@ -66,7 +65,6 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int,
 @pw_opt
 @json_opt
 @click.pass_obj
-@handle_errors
 def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: int, username: str | None,
              password_stdin: bool, as_json: bool) -> None:
     """Copy a tree from a registry into the store; print its manifest digest."""

@@ -38,9 +38,9 @@ from castore.errors import (
     CastoreError,
     IntegrityError,
     NotFound,
-    ResourceLimit,
     StoreUnusable,
     UnsafeInput,
+    raise_if_full,
     warn_mounts_kept,
 )
 from castore.faults import crashpoint
@@ -246,8 +246,7 @@ class Store:
             if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
                 raise UnsafeInput(f"store at {path}: {exc.filename or 'a path'} is a symlink; refusing to "
                                   "follow it (it could redirect the store's writes)") from exc
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise ResourceLimit(f"store at {path}: no space left on device") from exc
+            raise_if_full(exc, f"store at {path}")
             if isinstance(exc, OSError):
                 raise StoreUnusable(f"store at {path}: {exc.strerror}") from exc
             raise
@@ -512,8 +511,7 @@ class Store:
             except OSError as exc:
                 os.close(fd)
                 os.unlink(tmp)
-                if exc.errno == errno.ENOSPC:
-                    raise ResourceLimit(f"no space left on device writing {digest}") from exc
+                raise_if_full(exc, f"writing {digest}")
                 raise
             os.close(fd)
             self._install(tmp, digest)

@@ -53,7 +53,7 @@ import pyfastcdc
 from castore import fs
 from castore.build import _ignored, make_pool
 from castore.bulkmode import bulk
-from castore.errors import IntegrityError
+from castore.errors import IntegrityError, TarCorrupt, TarUnsafe
 from castore.faults import crashpoint
 from castore.manifest import validate
 from castore.manifest.model import (
@@ -81,8 +81,6 @@ from castore.tar.format import (
     LNK,
     REG,
     SYM,
-    TarCorrupt,
-    TarUnsafe,
     parse_appledouble,
 )
 from castore.tar.import_content import PARALLEL_MIN, Dispatcher, OffsetReader, pin
