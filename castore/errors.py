@@ -147,7 +147,7 @@ def raise_if_full(exc: BaseException, where: str) -> None:
     """
     if is_disk_full(exc):
         assert isinstance(exc, OSError)
-        raise ResourceLimit(f"{where}: {DISK_FULL_ERRNOS[exc.errno]}") from exc
+        raise ResourceLimit(f"{where}: {DISK_FULL_ERRNOS.get(exc.errno or 0, 'disk full')}") from exc
 
 
 def warn_mounts_kept(paths: list[str]) -> None:

@@ -81,7 +81,7 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
         print_json(out)
         return
     for row in out:
-        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{row['size']}")
+        click.echo(f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{row['size']}")
 
 
 def _tree_size(store: object, digest: str) -> int:
@@ -131,8 +131,11 @@ def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
             data = codec.dumps(m)
             digest = store.put_blob(data, KIND_MANIFEST)
             store.mark_manifest(digest, "+", name)
-            store.meta.write(lambda t: (store.record_manifest(t, digest, refs),
-                                        store.set_tag(t, name, digest, len(data))))
+
+            def record(t: object) -> None:
+                store.record_manifest(t, digest, refs)
+                store.set_tag(t, name, digest, len(data))
+            store.meta.write(record)
     else:
         store.tag(name, digest)
     click.echo(digest)

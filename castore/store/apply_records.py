@@ -12,7 +12,7 @@ from __future__ import annotations
 import marshal
 import os
 import stat
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from castore.store import Store
@@ -45,7 +45,7 @@ def load_row(store: Store, root: str, root_st: os.stat_result) -> tuple[object, 
     return tuple(fields[3:])
 
 
-def save_row(store: Store, root: str, root_st: os.stat_result, fields: tuple[object, ...]) -> None:
+def save_row(store: Store, root: str, root_st: os.stat_result, fields: tuple[Any, ...]) -> None:
     """Replace ``root``'s record with ``fields`` (one synced LMDB transaction)."""
     data = marshal.dumps((VERSION, root_st.st_dev, root_st.st_ino, *fields))
     db = store.meta.db(TABLE)
