@@ -181,13 +181,18 @@ def du(store: StoreLike | None, ref: ManifestRef) -> dict[str, int]:
 
 
 def gc(store: StoreLike, *, grace_seconds: float | None = None, dry_run: bool = False,
-       keep_history: int | None = None, wait: bool = False) -> GcReport:
-    """Remove what no manifest, name, lease or history entry keeps (``grace_seconds``: orphans younger
-    than this are kept; default one hour)."""
+       keep_history: int | None = None, wait: bool = False, nice: int = 0, list_items: bool = False) -> GcReport:
+    """Remove what no name, history entry or lease keeps.
+
+    ``grace_seconds``: orphan files and unnamed manifests younger than this are kept (default one
+    hour). ``keep_history``: keep only the N newest history entries of each name. ``wait``: wait
+    for a running gc (else Busy). ``nice``: lower the CPU priority of the unlocked phases.
+    ``list_items``: keep every item in the report (dry runs always do).
+    """
     from castore.gc.collect import GcOptions, collect
-    opts = GcOptions(dry_run=dry_run, keep_history=keep_history, wait=wait)
+    opts = GcOptions(dry_run=dry_run, keep_history=keep_history, wait=wait, nice=nice, list_items=list_items)
     if grace_seconds is not None:
-        opts.grace_ns = int(grace_seconds * 1e9)
+        opts.grace_ns = grace_seconds * 10**9 if isinstance(grace_seconds, int) else round(grace_seconds * 10**9)
     return collect(open_store(store, create=False), opts)
 
 
