@@ -4,7 +4,8 @@
 ``remove_contents`` (an open directory) work iteratively, fd-relative, and
 leave any mount point below them in place (like ``rm --one-file-system``),
 returning the paths they kept. ``require_dir`` checks a directory a verb is
-given (ROOT, SRC) before it is opened.
+given (ROOT, SRC) before it is opened; ``listdir``, ``fsync_dir`` and
+``sync_tree`` are the small directory helpers the store, gc and fsck share.
 """
 
 from __future__ import annotations
@@ -15,6 +16,35 @@ import stat
 
 from castore.errors import NotFound, UnsafeInput
 from castore.fs.linux import is_mount_root
+
+
+def fsync_dir(path: str) -> None:
+    """fsync the directory ``path`` (its entries: a rename or create in it made durable)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def listdir(path: str) -> list[str]:
+    """The names in ``path``; [] when it is missing or not a directory."""
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def sync_tree(top: str) -> None:
+    """fsync every file and directory below ``top`` (small trees: marker backfill)."""
+    for dirpath, _dirs, files in os.walk(top):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(dirpath)
 
 
 def require_dir(path: str, what: str = "") -> os.stat_result:

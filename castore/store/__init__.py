@@ -26,6 +26,7 @@ import os
 from castore import fs
 from castore.digest import check_digest
 from castore.errors import CastoreError, IntegrityError, StoreUnusable, UnsafeInput, raise_if_full
+from castore.fs.tree import listdir
 from castore.readers import ChunkParams
 from castore.store.blobs import BlobFiles
 from castore.store.catalog import Catalog, TagInfo
@@ -39,7 +40,6 @@ from castore.store.layout import (
     create_store,
     default_store_path,
     ensure_dir,
-    listdir,
     new_index,
     open_root,
 )

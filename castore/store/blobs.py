@@ -18,8 +18,8 @@ from castore import fs
 from castore.digest import hash_fd
 from castore.errors import BlobNotFound, CastoreError, IntegrityError, UnsafeInput, raise_if_full
 from castore.faults import crashpoint
+from castore.fs.tree import fsync_dir
 from castore.store.base import StoreState
-from castore.store.layout import fsync_dir
 from castore.store.meta import BLOB_ROW, dkey
 
 _KIND_NAMES = {stat.S_IFIFO: "FIFO", stat.S_IFDIR: "directory", stat.S_IFCHR: "character device",

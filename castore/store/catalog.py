@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 from castore import fs
 from castore.digest import is_digest
 from castore.errors import BlobNotFound, IntegrityError, NotFound, UnsafeInput
-from castore.fs.tree import remove_tree
+from castore.fs.tree import fsync_dir, remove_tree, sync_tree
 from castore.manifest import Manifest, codec, validate
 from castore.store.base import StoreState
 from castore.store.blobs import write_all
-from castore.store.layout import MARKER_DIR, check_name, fsync_dir, is_hex_prefix, sync_tree
+from castore.store.layout import MARKER_DIR, check_name, is_hex_prefix
 from castore.store.meta import dkey, dstr
 
 

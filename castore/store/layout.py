@@ -23,7 +23,7 @@ import time
 
 from castore import fs
 from castore.errors import StoreUnusable, UnsafeInput
-from castore.fs.tree import remove_tree
+from castore.fs.tree import fsync_dir, remove_tree
 from castore.readers import ChunkParams
 from castore.store.meta import MetaDB
 
@@ -54,33 +54,6 @@ def check_name(name: str) -> str:
 
 def is_hex_prefix(text: str) -> bool:
     return len(text) >= 12 and all(c in "0123456789abcdef" for c in text)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def sync_tree(top: str) -> None:
-    """fsync every file and directory below ``top`` (small trees: marker backfill)."""
-    for dirpath, _dirs, files in os.walk(top):
-        for f in files:
-            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(dirpath)
 
 
 def new_index(store_path: str, origin: str) -> None:
