@@ -52,11 +52,15 @@ def manifest_of(store: Store | None, ref: ManifestRef) -> tuple[Manifest | None,
     return None, digest
 
 
-def load(store: StoreLike, ref: ManifestRef) -> Manifest:
-    """The manifest ``ref`` names (read, verified, validated)."""
-    st = open_store(store)
+def load(store: StoreLike | None, ref: ManifestRef) -> Manifest:
+    """The manifest ``ref`` names (read, verified, validated); a Manifest itself needs no store."""
+    from castore.manifest.model import Manifest
+    if isinstance(ref, Manifest):
+        return ref
+    st = open_store(store) if store is not None else None
     m, digest = manifest_of(st, ref)
-    return m if m is not None else st.load_manifest(digest)  # type: ignore[arg-type]
+    assert st is not None and digest is not None
+    return st.load_manifest(digest)
 
 
 def _default_devices(devices: str | None) -> str:
@@ -147,10 +151,10 @@ def verify(store: StoreLike | None, manifest: ManifestRef, root: str, *, ignore_
            devices: str = "check") -> list[Difference]:
     """Every difference between the tree at ``root`` and ``manifest`` (empty: they match)."""
     from castore.verify import VerifyOptions, verify_tree
-    m = manifest if store is None else load(store, manifest)
+    m = load(store, manifest)
     opts = VerifyOptions(ignore=_attrs(ignore_attrs), ignore_mode_bits=ignore_mode_bits, disable_digest=not digest,
                          sockets=sockets, devices="skip" if devices == "skip" else "check")
-    return verify_tree(root, m, opts)  # type: ignore[arg-type]
+    return verify_tree(root, m, opts)
 
 
 def tree_or_manifest(store: StoreLike | None, ref: ManifestRef) -> Manifest:
@@ -159,7 +163,7 @@ def tree_or_manifest(store: StoreLike | None, ref: ManifestRef) -> Manifest:
         from castore.build import WalkOptions
         from castore.build import build as build_tree
         return build_tree(ref, WalkOptions(keep_appledouble=True, note=lambda _m: None))
-    return ref if store is None else load(store, ref)  # type: ignore[return-value]
+    return load(store, ref)
 
 
 def diff(store: StoreLike | None, a: ManifestRef, b: ManifestRef, *, ignore_attrs: Iterable[str] = ()) -> list[Change]:
@@ -171,7 +175,7 @@ def diff(store: StoreLike | None, a: ManifestRef, b: ManifestRef, *, ignore_attr
 def stats(store: StoreLike | None, manifest: ManifestRef) -> dict[str, int]:
     """Counts and sizes of ``manifest`` (``castore.stats.manifest_stats``)."""
     from castore.stats import manifest_stats
-    return manifest_stats(manifest if store is None else load(store, manifest))  # type: ignore[arg-type]
+    return manifest_stats(load(store, manifest))
 
 
 def du(store: StoreLike | None, ref: ManifestRef) -> dict[str, int]:

@@ -173,7 +173,7 @@ def load(store: Store, root: str, root_st: os.stat_result) -> Record | None:
         return None
     if not isinstance(order, list) or not isinstance(rows, list) or len(order) != len(rows):
         return None
-    return Record(digest, spans, shared, order, rows, root_row)  # type: ignore[arg-type]
+    return Record(digest, spans, shared, order, rows, root_row)
 
 
 def save(store: Store, root: str, root_st: os.stat_result, rec: Record) -> None:

@@ -47,7 +47,9 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
     m, digest, store = resolve_lazy(obj, manifest, need_store=source == "store")
     log = (lambda msg: click.echo(safe_line(msg), err=True)) if verbose else None
     # resolve_lazy() validated a manifest file; the store's manifests are read (and validated) by apply.
-    report = apply(store, m if m is not None else digest, root, source=source, delete=delete,  # type: ignore[arg-type]
+    ref = m if m is not None else digest
+    assert ref is not None
+    report = apply(store, ref, root, source=source, delete=delete,
                    verify=not disable_digest, rehash=rehash, link=link, devices=devices, sockets=sockets,
                    rewrite_absolute_symlinks=rewrite_absolute_symlinks, move=move, sync=sync,
                    ignore_attrs=ignore_attr, log=log, validated=True)

@@ -27,6 +27,8 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
     from castore.api import checkout
 
     m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
-    checkout(store, m if m is not None else digest, target, link=link, verify=not disable_digest,  # type: ignore[arg-type]
+    ref = m if m is not None else digest
+    assert ref is not None
+    checkout(store, ref, target, link=link, verify=not disable_digest,
              devices=devices, sockets=sockets, whiteouts=whiteouts,
              rewrite_absolute_symlinks=rewrite_absolute_symlinks, ignore_attrs=ignore_attr, validated=True)

@@ -27,7 +27,7 @@ def record_key(root: str) -> bytes:
     return os.fsencode(root)
 
 
-def load_row(store: Store, root: str, root_st: os.stat_result) -> tuple[object, ...] | None:
+def load_row(store: Store, root: str, root_st: os.stat_result) -> tuple[Any, ...] | None:
     """The fields after (version, dev, ino) of ``root``'s record, if there is one of this version
     for this very directory (same dev and inode); None otherwise or when it is unreadable."""
     with store.meta.read() as txn:

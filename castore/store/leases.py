@@ -13,15 +13,12 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from castore.errors import warn_mounts_kept
 from castore.fs.tree import remove_tree
 from castore.store.base import StoreState
 from castore.store.lock import flocked, hold_new, is_held
-
-if TYPE_CHECKING:
-    from castore.store import Store
 
 LEASE_TTL_NS = 24 * 3600 * 10**9
 
@@ -29,7 +26,7 @@ LEASE_TTL_NS = 24 * 3600 * 10**9
 class Lease:
     """Protects what it names from gc while its owner lives (flock on a lock file)."""
 
-    def __init__(self, store: Store, lease_id: str, fd: int) -> None:
+    def __init__(self, store: StoreState, lease_id: str, fd: int) -> None:
         self.store, self.id, self.fd = store, lease_id, fd
 
     @property
@@ -86,7 +83,7 @@ class Leases(StoreState):
         fd = hold_new(os.path.join(self.path, "leases", lid + ".lock"))
         rec = {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": list(manifests), "pid": os.getpid()}
         self.meta.write(lambda t: t.put(lid.encode(), json.dumps(rec).encode(), db=self.meta.db("leases")))
-        lease = Lease(self, lid, fd)  # type: ignore[arg-type]  # self is the Store
+        lease = Lease(self, lid, fd)
         try:
             yield lease
         finally:
