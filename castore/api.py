@@ -85,6 +85,17 @@ def ingest(store: StoreLike, src: str, *, name: str | None = None, ignore: Itera
     return ingest_tree(open_store(store), src, name=name, opts=opts, progress=progress)
 
 
+def ingest_tar(store: StoreLike, src: str, *, name: str | None = None, ignore: Iterable[str] = (),
+               whiteouts: str = "none", appledouble: str = "fold") -> str:
+    """Store the tree of the tar stream ``src`` (a file, or ``-`` for stdin; plain, gzip or zstd);
+    return its manifest digest. ``whiteouts``: none | oci (``.wh.*`` members as whiteouts);
+    ``appledouble``: fold (into com.apple.* xattrs) | drop | keep."""
+    from castore.tar.importer import TarOptions
+    from castore.tar.importer import ingest_tar as import_tar
+    opts = TarOptions(ignore=tuple(ignore), whiteouts=whiteouts, appledouble=appledouble)
+    return import_tar(open_store(store), src, name=name, opts=opts)
+
+
 def checkout(store: StoreLike | None, manifest: ManifestRef, target: str, *, link: str = "auto",
              verify: bool = True, devices: str | None = None, sockets: bool = False, whiteouts: str = "none",
              rewrite_absolute_symlinks: bool = False, ignore_attrs: Iterable[str] = (),
@@ -208,5 +219,5 @@ def fsck(store: StoreLike, *, read_data: bool = False, subset: tuple[int, int] |
     return check_store(open_store(store, create=False), FsckOptions(read_data=read_data, subset=subset, repair=repair))
 
 
-__all__ = ["apply", "build", "checkout", "diff", "du", "fsck", "gc", "ingest", "load", "manifest_of",
+__all__ = ["apply", "build", "checkout", "diff", "du", "fsck", "gc", "ingest", "ingest_tar", "load", "manifest_of",
            "open_store", "stats", "tree_or_manifest", "verify", "write_ignores"]
