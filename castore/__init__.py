@@ -30,11 +30,43 @@ _VERBS = ("apply", "build", "checkout", "diff", "du", "fsck", "gc", "ingest", "l
 #: that module is made callable (it forwards to ``castore.api``), so ``castore.gc(store)`` works whether
 #: or not ``castore.gc.collect`` was imported first, and ``import castore.gc.collect`` keeps working.
 _VERB_MODULES = frozenset({"apply", "build", "checkout", "fsck", "gc", "ingest", "stats", "verify"})
-_TYPES = ("AdsEntry", "Chunk", "Device", "Directory", "Manifest", "NamedPipe", "RegularFile", "Resource", "Socket",
-          "Symlink", "Whiteout")
-_ERRORS = ("Aborted", "BlobNotFound", "Busy", "CastoreError", "CorruptManifest", "Differences", "IntegrityError",
-           "InvalidManifest", "MountUnavailable", "NotFound", "RemoteError", "ResourceLimit", "SourceChanged",
-           "StoreUnusable", "TarCorrupt", "TarUnsafe", "TreeChanged", "UnsafeInput")
+_TYPES = (
+    "AdsEntry",
+    "Chunk",
+    "Device",
+    "Directory",
+    "Manifest",
+    "NamedPipe",
+    "RegularFile",
+    "Resource",
+    "Socket",
+    "Symlink",
+    "Whiteout",
+)
+_ERRORS = (
+    "Aborted",
+    "BadPassphrase",
+    "BadSignature",
+    "BlobNotFound",
+    "Busy",
+    "CastoreError",
+    "CorruptManifest",
+    "Differences",
+    "IntegrityError",
+    "InvalidManifest",
+    "KeyError_",
+    "MountUnavailable",
+    "NotFound",
+    "PolicyRefused",
+    "RemoteError",
+    "ResourceLimit",
+    "SourceChanged",
+    "StoreUnusable",
+    "TarCorrupt",
+    "TarUnsafe",
+    "TreeChanged",
+    "UnsafeInput",
+)
 
 #: public name -> the module that defines it
 _HOME: dict[str, str] = {
@@ -47,6 +79,8 @@ _HOME: dict[str, str] = {
 __all__ = [
     "Aborted",
     "AdsEntry",
+    "BadPassphrase",
+    "BadSignature",
     "BlobNotFound",
     "Busy",
     "CastoreError",
@@ -57,10 +91,12 @@ __all__ = [
     "Directory",
     "IntegrityError",
     "InvalidManifest",
+    "KeyError_",
     "Manifest",
     "MountUnavailable",
     "NamedPipe",
     "NotFound",
+    "PolicyRefused",
     "RegularFile",
     "RemoteError",
     "Resource",
@@ -110,6 +146,7 @@ class _Package(types.ModuleType):
 def __getattr__(name: str) -> Any:
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
+
         try:
             value: Any = version("continuity")
         except PackageNotFoundError:  # a source tree that was never installed

@@ -8,13 +8,17 @@
     ├── RemoteError (1)          a registry could not be reached or refused a request
     ├── Aborted (1)              another transfer of the same operation failed first
     ├── MountUnavailable (1)     FUSE cannot be used here (no /dev/fuse, no library, mount failed)
+    ├── BadPassphrase (1)        the passphrase does not open the signing key
     ├── UnsafeInput (3)          paths, types, modes, names, tar members refused
     │   ├── InvalidManifest (3)  a manifest that parses but breaks the rules
-    │   └── TarUnsafe (3)        a tar member refused as unsafe or beyond a limit
+    │   ├── TarUnsafe (3)        a tar member refused as unsafe or beyond a limit
+    │   └── KeyError_ (3)        a key file that cannot be used
     ├── IntegrityError (4)       digest or size mismatch, corrupt manifest/blob/metadata
     │   ├── CorruptManifest (4)  bytes that are not a manifest
     │   ├── BlobNotFound (4)     a blob the operation needs is not in the store
-    │   └── TarCorrupt (4)       a tar stream that breaks the format
+    │   ├── TarCorrupt (4)       a tar stream that breaks the format
+    │   ├── BadSignature (4)     a signature that is malformed or does not verify
+    │   └── PolicyRefused (4)    the trust policy does not accept the manifest
     ├── Busy (5)                 a lock held by another process
     ├── StoreUnusable (5)        store locked, unreadable or of another version
     └── ResourceLimit (6)        no space, quota, open files, configured limits
@@ -66,6 +70,10 @@ class MountUnavailable(CastoreError):
     """FUSE cannot be used here: no /dev/fuse, no library, or the mount failed (exit 1)."""
 
 
+class BadPassphrase(CastoreError):
+    """The passphrase does not open the key (exit 1)."""
+
+
 class UnsafeInput(CastoreError):
     """Input refused as unsafe or invalid: paths, types, modes, names."""
 
@@ -78,6 +86,10 @@ class InvalidManifest(UnsafeInput):
 
 class TarUnsafe(UnsafeInput):
     """A tar member refused as unsafe or beyond a limit (exit 3)."""
+
+
+class KeyError_(UnsafeInput):  # noqa: N801 - KeyError is Python's own
+    """A key file that cannot be used (exit 3)."""
 
 
 class IntegrityError(CastoreError):
@@ -103,6 +115,14 @@ class BlobNotFound(IntegrityError):
 
 class TarCorrupt(IntegrityError):
     """A tar stream that breaks the format (exit 4)."""
+
+
+class BadSignature(IntegrityError):
+    """A signature that is malformed, or does not verify."""
+
+
+class PolicyRefused(IntegrityError):
+    """The trust policy does not accept the manifest (exit 4)."""
 
 
 class Busy(CastoreError):
@@ -160,6 +180,8 @@ def warn_mounts_kept(paths: list[str]) -> None:
 
 __all__ = [
     "Aborted",
+    "BadPassphrase",
+    "BadSignature",
     "BlobNotFound",
     "Busy",
     "CastoreError",
@@ -168,8 +190,10 @@ __all__ = [
     "Differences",
     "IntegrityError",
     "InvalidManifest",
+    "KeyError_",
     "MountUnavailable",
     "NotFound",
+    "PolicyRefused",
     "RESOURCE_ERRNOS",
     "RemoteError",
     "ResourceLimit",

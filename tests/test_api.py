@@ -14,11 +14,52 @@ from castore.store import Store
 from tests.helpers import run_cli
 
 EXPORTED = [
-    "Aborted", "AdsEntry", "BlobNotFound", "Busy", "CastoreError", "Chunk", "CorruptManifest", "Device",
-    "Differences", "Directory", "IntegrityError", "InvalidManifest", "Manifest", "MountUnavailable", "NamedPipe",
-    "NotFound", "RegularFile", "RemoteError", "Resource", "ResourceLimit", "Socket", "SourceChanged", "Store",
-    "StoreUnusable", "Symlink", "TarCorrupt", "TarUnsafe", "TreeChanged", "UnsafeInput", "Whiteout",
-    "__version__", "apply", "build", "checkout", "diff", "du", "fsck", "gc", "ingest", "load", "stats", "verify",
+    "Aborted",
+    "AdsEntry",
+    "BadPassphrase",
+    "BadSignature",
+    "BlobNotFound",
+    "Busy",
+    "CastoreError",
+    "Chunk",
+    "CorruptManifest",
+    "Device",
+    "Differences",
+    "Directory",
+    "IntegrityError",
+    "InvalidManifest",
+    "KeyError_",
+    "Manifest",
+    "MountUnavailable",
+    "NamedPipe",
+    "NotFound",
+    "PolicyRefused",
+    "RegularFile",
+    "RemoteError",
+    "Resource",
+    "ResourceLimit",
+    "Socket",
+    "SourceChanged",
+    "Store",
+    "StoreUnusable",
+    "Symlink",
+    "TarCorrupt",
+    "TarUnsafe",
+    "TreeChanged",
+    "UnsafeInput",
+    "Whiteout",
+    "__version__",
+    "apply",
+    "build",
+    "checkout",
+    "diff",
+    "du",
+    "fsck",
+    "gc",
+    "ingest",
+    "load",
+    "stats",
+    "verify",
 ]
 
 
@@ -43,6 +84,7 @@ def test_exported_names_are_pinned_and_sorted() -> None:
 
 def test_error_classes_come_from_one_module() -> None:
     from castore import errors
+
     for name in EXPORTED:
         obj = getattr(castore, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
@@ -56,16 +98,24 @@ def test_error_classes_come_from_one_module() -> None:
 
 
 def test_import_is_cheap_and_lazy() -> None:
-    code = ("import sys, castore; heavy = [m for m in ('castore.store', 'castore.api', 'castore.manifest', "
-            "'lmdb', 'click', 'typing') if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    code = (
+        "import sys, castore; heavy = [m for m in ('castore.store', 'castore.api', 'castore.manifest', "
+        "'lmdb', 'click', 'typing') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert out.stdout.strip() == "[]"
 
 
 def test_verbs_that_share_a_module_name_stay_callable() -> None:
     import castore.apply.state  # binds castore.apply to the package
     import castore.gc.collect  # noqa: F401
+
     assert callable(castore.apply) and callable(castore.gc) and callable(castore.checkout)
     assert castore.apply.state.__name__ == "castore.apply.state"
 
@@ -123,6 +173,7 @@ def test_cli_stats_and_du_print_what_the_library_computes(tmp_path: Path) -> Non
     st = tmp_path / "store"
     run_cli("ingest", src, "--name", "web", store=st, check=True)
     import json
+
     got = json.loads(run_cli("stats", "web", "--json", store=st, check=True).stdout)
     want = castore.stats(str(st), "web")
     assert {k: got[k] for k in want} == want

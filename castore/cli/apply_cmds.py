@@ -9,6 +9,7 @@ import click
 
 from castore.api import apply
 from castore.cli.common import Ctx, ignore_opt, main_group, print_json, resolve_lazy, write_ignore_opt
+from castore.cli.trust import check_trust
 from castore.errors import Differences
 from castore.materialize import LINK_MODES
 from castore.textsafe import safe_line
@@ -45,6 +46,7 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
     if move and source == "store":
         raise click.UsageError("--move needs --source DIR")
     m, digest, store = resolve_lazy(obj, manifest, need_store=source == "store")
+    check_trust(obj, manifest, digest, store)
     log = (lambda msg: click.echo(safe_line(msg), err=True)) if verbose else None
     # resolve_lazy() validated a manifest file; the store's manifests are read (and validated) by apply.
     ref = m if m is not None else digest

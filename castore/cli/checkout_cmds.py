@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from castore.cli.common import Ctx, main_group, resolve_lazy, write_ignore_opt
+from castore.cli.trust import check_trust
 from castore.materialize import LINK_MODES
 
 
@@ -27,6 +28,7 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
     from castore.api import checkout
 
     m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
+    check_trust(obj, manifest, digest, store)
     ref = m if m is not None else digest
     assert ref is not None
     checkout(store, ref, target, link=link, verify=not disable_digest,
