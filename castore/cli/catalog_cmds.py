@@ -77,7 +77,7 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
         print_json(out)
         return
     for row in out:
-        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{row['size']}\t"
+        click.echo(f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{row['size']}\t"
                    f"{_signers(row['signatures'])}")  # type: ignore[arg-type]
 
 
