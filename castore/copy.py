@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 
 from castore import fs
 from castore.bulkmode import bulk
-from castore.errors import CastoreError, NotFound, UnsafeInput
+from castore.errors import CastoreError, SourceChanged, UnsafeInput
 from castore.faults import crashpoint
 from castore.fs import publish
-from castore.walk import SourceChanged, ignored, raise_nofile_limit
+from castore.fs.tree import require_dir
+from castore.walk import ignored, raise_nofile_limit
 
 CHUNK = 1 << 20
 FALLBACK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
@@ -366,14 +367,7 @@ def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int 
     """
     raise_nofile_limit()
     src = os.path.abspath(src)
-    try:
-        sst = os.lstat(src)
-    except FileNotFoundError:
-        raise NotFound(f"{src}: no such directory") from None
-    if stat.S_ISLNK(sst.st_mode):
-        raise UnsafeInput(f"{src}: SRC is a symlink; refusing to follow it (give the real path)")
-    if not stat.S_ISDIR(sst.st_mode):
-        raise UnsafeInput(f"{src}: SRC is not a directory")
+    sst = require_dir(src, "SRC")
     dst = os.path.abspath(dst)
     parent, base = os.path.split(dst.rstrip("/"))
     if not base:

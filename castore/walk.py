@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from castore import fs
-from castore.errors import CastoreError, NotFound, UnsafeInput
+from castore.errors import CastoreError, NotFound, SourceChanged, UnsafeInput
 from castore.manifest.model import (
     Chunk,
     Device,
@@ -28,10 +28,6 @@ from castore.manifest.model import (
 )
 from castore.readers import FileJob, FileResult
 from castore.textsafe import note
-
-
-class SourceChanged(CastoreError):
-    """A source entry changed (type, inode or content) while it was read or copied."""
 
 
 @dataclass

@@ -39,6 +39,7 @@ from castore.apply.sources import Source
 from castore.errors import UnsafeInput
 from castore.faults import crashpoint
 from castore.fs import RENAME_EXCHANGE, DirFds
+from castore.fs.tree import remove_contents
 from castore.manifest.model import (
     Directory,
     Manifest,
@@ -46,7 +47,6 @@ from castore.manifest.model import (
     Whiteout,
 )
 from castore.materialize import Writer
-from castore.store import remove_contents
 
 __all__ = ["TMP_PREFIX", "Applier", "ApplyOptions", "ApplyReport", "same_content"]
 

@@ -24,17 +24,13 @@ import castore.store.statcache as statcache
 from castore import fs
 from castore.apply.state import Record, Row
 from castore.build import make_pool, read_with_retries
-from castore.errors import CastoreError
+from castore.errors import TreeChanged
 from castore.fs import DirFds
 from castore.manifest.codec import decode_entry, first_path
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Symlink, path_key
 from castore.readers import FileResult, Processor
 from castore.store import Store
 from castore.walk import Seen, Stat, WalkOptions, WalkResult, assemble, see_entry, walk
-
-
-class TreeChanged(CastoreError):
-    """ROOT changed under apply (a race); rerunning converges."""
 
 
 @dataclass

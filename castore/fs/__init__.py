@@ -4,9 +4,7 @@ from castore.fs.dirfds import DirFds
 from castore.fs.io import (
     READ,
     data_ranges,
-    fsync_dir,
     hash_fd,
-    listdir,
     pwrite_all,
     pwrite_sparse,
     write_all,
@@ -33,6 +31,7 @@ from castore.fs.linux import (
     syncfs_every,
     syncfs_in_background,
 )
+from castore.fs.tree import fsync_dir, listdir
 from castore.fs.xattrs import read_xattrs, set_xattr, set_xattrs
 
 __all__ = [

@@ -93,20 +93,3 @@ def hash_fd(fd: int, chunk: int = 4 << 20, *, expect: int | None = None) -> tupl
         h.update(b)
         pos += len(b)
     return "sha256:" + h.hexdigest(), pos
-
-
-def listdir(path: str) -> list[str]:
-    """The names in directory ``path``; none when it is missing or not a directory."""
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def fsync_dir(path: str) -> None:
-    """fsync(2) the directory ``path``: the names created, renamed or removed in it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

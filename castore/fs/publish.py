@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from castore.errors import UnsafeInput, raise_if_full, warn_mounts_kept
 from castore.fs.linux import flock, is_mount_root, renameat2
+from castore.fs.tree import discard_dir, remove_contents
 
 PATTERN = re.compile(r"\..+\.continuity-(?:copy-)?[0-9a-f]{12}\Z", re.S)
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -71,7 +72,6 @@ def remove_if_abandoned(pfd: int, name: str, where: str) -> bool:
         if is_mount_root(fd, os.fstat(pfd).st_dev):
             warn_mounts_kept([os.path.join(where, name)])
             return False
-        from castore.store import remove_contents
         kept = remove_contents(fd)  # under our lock: a new owner cannot take it meanwhile
         if kept:
             warn_mounts_kept([os.path.join(where, name, k) for k in kept])
@@ -117,7 +117,6 @@ def staged_dir(pfd: int, parent: str, base: str, target: str, kind: str = "",
         try:
             yield Staging(pfd, name, base)
         except BaseException as exc:
-            from castore.store import discard_dir  # (moves to castore.fs.tree with issue 12's store split)
             warn_mounts_kept([os.path.join(parent, k) for k in discard_dir(pfd, name)])
             raise_if_full(exc, target)
             raise

@@ -36,17 +36,17 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 
-import castore.apply.state as apply_state
 from castore import fs
 from castore.bulkmode import bulk
 from castore.errors import Busy, IntegrityError, warn_mounts_kept
 from castore.faults import crashpoint
 from castore.fs import publish
+from castore.fs.tree import remove_tree
 from castore.gc.caches import CacheSweeps, hexkey
 from castore.gc.files import age_ns, size_of, tree_size
 from castore.gc.nice import Nice
 from castore.gc.report import GcOptions, GcReport, Item, parse_duration
-from castore.store import Store, _remove_tree, signatures
+from castore.store import Store, apply_records, signatures
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr, prefix_rows
 
@@ -349,7 +349,7 @@ class _Collector(CacheSweeps):
         if not self.opts.dry_run:
             try:
                 if tree and stat.S_ISDIR(os.lstat(path).st_mode):
-                    warn_mounts_kept(_remove_tree(path))
+                    warn_mounts_kept(remove_tree(path))
                 else:
                     os.unlink(path)
             except FileNotFoundError:
@@ -412,7 +412,7 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
             del files
             c.leases_and_temps(dead)
             if not opts.dry_run:
-                c.report.rows += apply_state.prune(store)  # records of applied ROOTs that are gone
+                c.report.rows += apply_records.prune(store)  # records of applied ROOTs that are gone
             c.link_objects()
             c.stat_cache()
             c.chunk_map()

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from castore.errors import CastoreError, UnsafeInput
+from castore.errors import MountUnavailable, UnsafeInput
 from castore.manifest.model import (
     Device,
     Directory,
@@ -56,10 +56,6 @@ TIMEOUT = 3600.0  # entry/attr cache timeout: nothing here ever changes
 RENEW_EVERY = 3600.0  # seconds between lease renewals (leases expire after 24 h)
 BLKSIZE = 128 << 10
 MOUNT_OPTIONS = ("ro", "nosuid", "nodev", "default_permissions", "subtype=continuity")
-
-
-class MountUnavailable(CastoreError):
-    """FUSE cannot be used here: no /dev/fuse, no library, or the mount failed (exit 1)."""
 
 
 # --------------------------------------------------------------------------- the inode table

@@ -29,7 +29,7 @@ from typing import Any
 
 import zstandard
 
-from castore.errors import NotFound, UnsafeInput
+from castore.errors import NotFound, TarCorrupt, TarUnsafe, UnsafeInput
 from castore.tar.format import (
     BLOCK,
     GNU_LONGLINK,
@@ -44,8 +44,6 @@ from castore.tar.format import (
     PAX_SOLARIS,
     ZERO_BLOCK,
     Header,
-    TarCorrupt,
-    TarUnsafe,
     padding,
     parse_header,
     parse_pax,

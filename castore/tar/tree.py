@@ -8,8 +8,8 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+from castore.errors import TarUnsafe
 from castore.manifest.model import Chunk
-from castore.tar.format import TarUnsafe
 from castore.tar.reader import Member
 
 FS_BLOCK = 4096
