@@ -34,6 +34,8 @@ def _password(password_stdin: bool) -> str | None:
 @click.option("--base", "bases", multiple=True, metavar="REF",
               help="Another artifact of the same repository (TAG, @DIGEST or full reference) whose packs "
                    "may be reused; the tag being overwritten always is. Repeatable.")
+@click.option("--pack-size", type=click.IntRange(64 << 10, 1 << 30), default=None, metavar="BYTES",
+              help="Target size of new packs (default 32 MiB; larger when a tree would need over 4096 packs).")
 @insecure_opt
 @jobs_opt
 @user_opt
@@ -41,9 +43,10 @@ def _password(password_stdin: bool) -> str | None:
 @json_opt
 @click.pass_obj
 @handle_errors
-def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], insecure: bool, jobs: int,
-             username: str | None, password_stdin: bool, as_json: bool) -> None:
+def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], pack_size: int | None,
+             insecure: bool, jobs: int, username: str | None, password_stdin: bool, as_json: bool) -> None:
     """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST."""
+    from castore.remote.packer import PACK_TARGET
     from castore.remote.push import push  # httpx is imported only by the verbs that need it
 
     ref = parse_reference_or_usage(reference, insecure, allow_digest=False)
@@ -51,7 +54,7 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], in
     m, digest, store = resolve(obj, manifest, need_store=True)
     assert store is not None
     res = push(store, m, ref, manifest_digest=digest, jobs=jobs, username=username,
-               password=_password(password_stdin), bases=base_refs)
+               password=_password(password_stdin), bases=base_refs, pack_target=pack_size or PACK_TARGET)
     pinned = f"{ref.registry}/{ref.repo}@{res.oci_digest}"
     if as_json:
         print_json({"reference": pinned, "tag": str(ref), "oci_digest": res.oci_digest,

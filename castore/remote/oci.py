@@ -31,6 +31,11 @@ PACK_INDEX_MEDIA_TYPE = "application/vnd.continuity.pack.index.v1+zstd"
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
 EMPTY_DIGEST = hash_bytes(EMPTY_JSON)
+# The config: a minimal image config rather than the empty descriptor, which skopeo/containers-image
+# refuse to inspect ("unsupported image-specific operation on artifact"); "unknown" platform: not runnable.
+CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+CONFIG_JSON = b'{"architecture":"unknown","os":"unknown","rootfs":{"type":"layers","diff_ids":[]}}'
+CONFIG_DIGEST = hash_bytes(CONFIG_JSON)
 MAX_OCI_MANIFEST = 4 << 20  # what push writes and pull reads: the size registries take (distribution's limit)
 MAX_CONTINUITY_MANIFEST = 256 << 20  # ~2M files; parsing is bounded further by castore.manifest.bounds
 
@@ -78,7 +83,7 @@ def build_oci_manifest(manifest_digest: str, manifest_size: int, blobs: Iterable
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": ARTIFACT_TYPE,
-        "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": EMPTY_DIGEST, "size": len(EMPTY_JSON), "data": "e30="},
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": CONFIG_DIGEST, "size": len(CONFIG_JSON)},
         "layers": [x.to_json() for x in layers],
     }
     return json.dumps(doc, separators=(",", ":")).encode()

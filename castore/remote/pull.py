@@ -163,6 +163,7 @@ def fetch_blobs(reg: Registry, digests: list[str], where: Mapping[str, Where], l
             prog.add(w.size)
         else:
             fetch_entries(reg, w[0], w[1], sink, counter)
+        crashpoint("pull-after-pack")
 
     work.sort(key=lambda w: -(w.size if isinstance(w, Descriptor) else sum(e.stored for e in w[1])))
     try:

@@ -22,8 +22,8 @@ from castore.faults import crashpoint
 from castore.manifest import Manifest, codec
 from castore.remote.client import Registry
 from castore.remote.oci import (
-    EMPTY_DIGEST,
-    EMPTY_JSON,
+    CONFIG_DIGEST,
+    CONFIG_JSON,
     MAX_CONTINUITY_MANIFEST,
     MAX_OCI_MANIFEST,
     Descriptor,
@@ -112,7 +112,7 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
                 in_flight = max(1, min(jobs, MAX_PACK_MEMORY // max(pack_target, 1)))
                 run_all(range(len(plan.new)), one_pack, jobs=in_flight, abort=reg.abort)
                 run_all(plan.solo, one_solo, jobs=jobs, abort=reg.abort)
-                send(EMPTY_DIGEST, len(EMPTY_JSON), EMPTY_JSON)
+                send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
                 send(mdigest, len(data), data)
             finally:
                 prog.done()

@@ -13,6 +13,7 @@ from castore.digest import hash_bytes
 from castore.remote.client import Registry
 from castore.remote.oci import (
     ARTIFACT_TYPE,
+    CONFIG_DIGEST,
     EMPTY_DIGEST,
     EMPTY_JSON,
     MANIFEST_MEDIA_TYPE,
@@ -203,7 +204,7 @@ def test_oci_manifest_is_deterministic() -> None:
     assert a == b
     doc = json.loads(a)
     assert [x["digest"][7] for x in doc["layers"]] == ["a", "b", "c"]
-    assert doc["config"]["digest"] == EMPTY_DIGEST and doc["artifactType"] == ARTIFACT_TYPE
+    assert doc["config"]["digest"] == CONFIG_DIGEST and doc["artifactType"] == ARTIFACT_TYPE
 
 
 def test_crash_or_enospc_during_pull_leaves_a_sound_store(tmp_path: Path, repo: str) -> None:
