@@ -13,7 +13,6 @@ import fnmatch
 import os
 import resource as _rlimit
 import stat
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from castore.manifest.model import (
     Whiteout,
 )
 from castore.readers import FileJob, FileResult, Processor
+from castore.textsafe import note
 
 BATCH_FILES = 512
 BATCH_BYTES = 32 << 20
@@ -55,7 +55,8 @@ class WalkOptions:
     ignore: tuple[str, ...] = ()
     keep_appledouble: bool = False
     whiteouts: str = "none"  # none | overlay
-    note: Callable[[str], None] = lambda msg: print(f"continuity: note: {msg}", file=sys.stderr)
+    prune: frozenset[str] = frozenset()  # relative paths neither listed nor entered (mount points, for apply)
+    note: Callable[[str], None] = note
 
 
 class Stat:
@@ -163,6 +164,8 @@ def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | N
             name = e.name
             child = f"{rel}/{name}" if rel else name
             if opts.ignore and _ignored(child, name, opts.ignore):
+                continue
+            if opts.prune and child in opts.prune:
                 continue
             if not opts.keep_appledouble and (name.startswith("._") or name == "__MACOSX"):
                 skipped_apple += 1
@@ -416,7 +419,7 @@ def _resource(seen: _Seen, paths: tuple[str, ...], by_rel: dict[str, tuple[FileJ
         return Symlink(target=seen.target, xattrs=xattrs, **common)  # type: ignore[arg-type]
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         if whiteouts == "overlay" and stat.S_ISCHR(mode) and st.st_rdev == 0 and len(paths) == 1:
-            return Whiteout(paths=paths, uid=st.st_uid, gid=st.st_gid)
+            return Whiteout(paths=paths, perm=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid)
         return Device(char=stat.S_ISCHR(mode), major=os.major(st.st_rdev), minor=os.minor(st.st_rdev),
                       xattrs=xattrs, **common)  # type: ignore[arg-type]
     if stat.S_ISFIFO(mode):
@@ -440,8 +443,6 @@ def build(root: str, opts: WalkOptions | None = None, *, pool: Executor | None =
         try:
             reader = Reader(proc, p)
             walked = walk(root_fd, opts, reader.add)
-            if not walked.entries:
-                raise UnsafeInput(f"{root}: empty directory, nothing to record")
             results = read_with_retries(root_fd, proc, walked.files, p, results=reader.results())
         finally:
             if own_pool and p is not None:

@@ -12,19 +12,28 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
-import secrets
 import stat
 from collections.abc import Callable, Sequence
 
 from castore import fs
+from castore import staging as stage
 from castore.bulkmode import bulk
-from castore.errors import Busy, CastoreError, IntegrityError, ResourceLimit, UnsafeInput, raise_if_full
+from castore.errors import (
+    Busy,
+    CastoreError,
+    Differences,
+    IntegrityError,
+    ResourceLimit,
+    UnsafeInput,
+    raise_if_full,
+    warn_mounts_kept,
+)
 from castore.faults import crashpoint
 from castore.fs import DirFds
 from castore.manifest import codec
-from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Whiteout
+from castore.manifest.model import Device, Directory, Manifest, RegularFile, Resource, Whiteout
 from castore.manifest.validate import validate
-from castore.materialize import LinkRef, Options, Writer
+from castore.materialize import LinkRef, Options, Writer, count_ads, note_ads, without_attrs
 from castore.store import Store, discard_dir
 
 
@@ -51,16 +60,18 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
     made_dirs: set[str] = set()
     try:
         def ensure_dir(rel: str) -> None:
-            # Implicit parents (not in the manifest) are created 0755.
-            if not rel or rel in made_dirs:
-                return
-            parent, _, name = rel.rpartition("/")
-            ensure_dir(parent)
-            try:
-                os.mkdir(name, 0o700, dir_fd=dirs.get(parent))
-            except FileExistsError:
-                pass
-            made_dirs.add(rel)
+            # Implicit parents (not in the manifest) are created 0755. Iterative: no recursion per level.
+            todo = []
+            while rel and rel not in made_dirs:
+                todo.append(rel)
+                rel = rel.rpartition("/")[0]
+            for rel in reversed(todo):
+                parent, _, name = rel.rpartition("/")
+                try:
+                    os.mkdir(name, 0o700, dir_fd=dirs.get(parent))
+                except FileExistsError:
+                    pass
+                made_dirs.add(rel)
 
         others: list[Item] = []
         for r in items:
@@ -235,6 +246,13 @@ def _prepare_target(target: str) -> tuple[str, str, bool]:
         raise UnsafeInput(f"{target}: target exists and is not a directory")
     if os.listdir(target):
         raise UnsafeInput(f"{target}: target exists and is not empty")
+    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if fs.is_mount_root(fd, os.stat(parent).st_dev):
+            raise UnsafeInput(f"{target}: another filesystem is mounted there; checkout puts a new directory in "
+                              "TARGET's place, which would unmount nothing and fail: give a path below it")
+    finally:
+        os.close(fd)
     return parent, base, True
 
 
@@ -253,7 +271,7 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
     if manifest is None:
         if store is None or manifest_digest is None:
             raise CastoreError("checkout needs a manifest, or a store and the digest of one of its manifests")
-        if opts.link == "hardlink" and store.manifest_indexed(manifest_digest):
+        if opts.link == "hardlink" and not opts.ignore and store.manifest_indexed(manifest_digest):
             items = _encoded_items(store, manifest_digest)
         else:
             manifest = store.load_manifest(manifest_digest)
@@ -262,15 +280,29 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
         if not validated:
             validate(manifest)
         items = manifest.resources
+    if opts.ignore:
+        items = without_attrs(items, opts.ignore)  # type: ignore[arg-type]  # decoded above: Resources
+    if opts.devices == "check":
+        devices = [r.path for r in items if isinstance(r, Device)]
+        if devices:  # a new tree holds no device node to confirm: say so before writing anything
+            raise Differences(f"{devices[0]}: {len(devices)} device node(s) cannot be checked in a new tree "
+                              "(--devices check confirms existing nodes, as apply does); use --devices create "
+                              "or skip")
     parent, base, was_empty_dir = _prepare_target(target)
+    ads = count_ads(items)
     if store is not None and manifest_digest is None and manifest is not None:
         _require_blobs(store, manifest)
     os.makedirs(parent, exist_ok=True)
     pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    staging = f".{base}.continuity-{secrets.token_hex(6)}"
+    stage.sweep(pfd, parent)  # staging dirs of checkouts and copies killed here before
+    reg = None
+    if store is not None:
+        with contextlib.suppress(OSError):  # a read-only store: the next checkout here cleans up
+            reg = stage.Registration(store.path, parent)
     old_umask = os.umask(0)
+    lock_fd = -1
     try:
-        os.mkdir(staging, 0o700, dir_fd=pfd)
+        staging, lock_fd = stage.create(pfd, base, before=reg.note if reg is not None else None)
         try:
             sfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             try:
@@ -297,11 +329,16 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
                 fs.renameat2(pfd, staging, pfd, base)
             except FileExistsError:
                 raise UnsafeInput(f"{target}: target appeared during checkout") from None
+            note_ads(ads, opts.note)  # type: ignore[arg-type]
         except BaseException as exc:
-            discard_dir(pfd, staging)
+            warn_mounts_kept([os.path.join(parent, k) for k in discard_dir(pfd, staging)])
             raise_if_full(exc, target)
             raise
     finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)  # only now: renamed into place or discarded
+        if reg is not None:
+            reg.close()
         os.umask(old_umask)
         os.close(pfd)
 

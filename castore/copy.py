@@ -24,16 +24,16 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
-import secrets
 import stat
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from castore import fs
+from castore import staging as stage
 from castore.build import _ignored, _raise_nofile_limit
 from castore.bulkmode import bulk
-from castore.errors import CastoreError, NotFound, UnsafeInput, raise_if_full
+from castore.errors import CastoreError, NotFound, UnsafeInput, raise_if_full, warn_mounts_kept
 from castore.faults import crashpoint
 from castore.materialize import data_ranges
 from castore.store import discard_dir
@@ -399,13 +399,14 @@ def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int 
     os.makedirs(parent, exist_ok=True)
     sfd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    staging = f".{base}.continuity-copy-{secrets.token_hex(6)}"
     old_umask = os.umask(0)
+    lock_fd = -1
     try:
         got = os.fstat(sfd)
         if (got.st_dev, got.st_ino) != (sst.st_dev, sst.st_ino):
             raise SourceChanged(f"{src}: replaced while it was opened")
-        os.mkdir(staging, 0o700, dir_fd=pfd)
+        stage.sweep(pfd, parent)  # staging dirs of copies and checkouts killed here before
+        staging, lock_fd = stage.create(pfd, base, "copy-")
         try:
             dfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             try:
@@ -425,10 +426,12 @@ def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int 
             except FileExistsError:
                 raise UnsafeInput(f"{dst}: appeared during the copy") from None
         except BaseException as exc:
-            discard_dir(pfd, staging)
+            warn_mounts_kept([os.path.join(parent, k) for k in discard_dir(pfd, staging)])
             raise_if_full(exc, dst)
             raise
     finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)  # only now: renamed into place or discarded
         os.umask(old_umask)
         os.close(pfd)
         os.close(sfd)

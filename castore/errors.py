@@ -88,3 +88,11 @@ def raise_if_full(exc: BaseException, where: str) -> None:
             raise ResourceLimit(f"{where}: no space left on device") from exc
         if exc.errno == errno.EDQUOT:
             raise ResourceLimit(f"{where}: disk quota exceeded") from exc
+
+
+def warn_mounts_kept(paths: list[str]) -> None:
+    """One warning line per mount point a removal left in place (it never crosses filesystems)."""
+    import sys
+    for p in paths:
+        print(f"continuity: warning: {p}: another filesystem is mounted there; left in place, "
+              "not removed", file=sys.stderr)

@@ -31,7 +31,7 @@ from castore.build import (
     walk,
 )
 from castore.bulkmode import bulk
-from castore.errors import CastoreError, IntegrityError, UnsafeInput
+from castore.errors import CastoreError, IntegrityError
 from castore.faults import crashpoint
 from castore.manifest import codec, validate
 from castore.manifest.model import Manifest
@@ -149,8 +149,6 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
 
                 with store.meta.read() as txn:
                     walked = walk(root_fd, opts, on_file)
-                if not walked.entries:
-                    raise UnsafeInput(f"{src}: empty directory, nothing to ingest")
                 if known is not None:
                     fp = _fingerprint(walked)
                     if fp is not None:

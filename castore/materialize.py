@@ -9,6 +9,7 @@ symlink or outside the tree.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import marshal
@@ -16,8 +17,7 @@ import os
 import secrets
 import stat
 import struct
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from castore import fs
@@ -26,6 +26,7 @@ from castore.errors import CastoreError, IntegrityError, ResourceLimit, UnsafeIn
 from castore.manifest import codec
 from castore.manifest.model import Device, Directory, Entry, NamedPipe, RegularFile, Resource, Socket, Symlink, Whiteout
 from castore.store import Store
+from castore.textsafe import note
 
 READ = 1 << 20
 LINK_MODES = ("auto", "hardlink", "reflink", "copy")
@@ -41,7 +42,8 @@ class Options:
     sockets: bool = False
     whiteouts: str = "none"  # none | overlay | oci
     rewrite_absolute_symlinks: bool = False
-    note: object = field(default=lambda m: print(f"continuity: note: {m}", file=sys.stderr))
+    note: object = field(default=note)
+    ignore: frozenset[str] = frozenset()  # --ignore-attr: attributes not applied (WRITE_IGNORABLE)
 
 
 def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
@@ -62,6 +64,53 @@ def data_ranges(size: int, holes: tuple[tuple[int, int], ...]) -> list[tuple[int
     if pos < size:
         out.append((pos, size))
     return out
+
+
+#: Attributes checkout and apply can leave unapplied (--ignore-attr); the others are the tree itself.
+WRITE_IGNORABLE = frozenset({"mode", "uid", "gid", "xattr", "mtime"})
+
+
+def without_attrs(resources: Iterable[Resource], ignore: frozenset[str], umask: int | None = None) -> list[Resource]:
+    """``resources`` with the ``ignore``d attributes at what a plain write gives (as ``tar`` without
+    ``--same-owner``/``-p``): owner the caller, mode from the umask (x bits kept), no xattrs, no mtime."""
+    if umask is None:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    uid, gid = os.geteuid(), os.getegid()
+    out: list[Resource] = []
+    for r in resources:
+        ch: dict[str, object] = {}
+        if "uid" in ignore:
+            ch["uid"] = uid
+        if "gid" in ignore:
+            ch["gid"] = gid
+        if "xattr" in ignore and r.xattrs:
+            ch["xattrs"] = ()
+        if "mtime" in ignore and r.mtime_ns is not None:
+            ch["mtime_ns"] = None
+        if "mode" in ignore and not isinstance(r, Symlink):
+            ch["perm"] = (0o777 if isinstance(r, Directory) or r.perm & 0o111 else 0o666) & ~umask
+        out.append(dataclasses.replace(r, **ch) if ch else r)  # type: ignore[arg-type]
+    return out
+
+
+def count_ads(items: Iterable[Resource | LinkRef]) -> int:
+    """How many alternate data streams ``items`` carry (Linux has no place for them)."""
+    n = 0
+    for r in items:
+        if isinstance(r, LinkRef):
+            if b"\x6a" in r.entry:  # field 13 (ads), length-delimited: decode only the entries that may hold one
+                n += len(codec.decode_entry(r.entry).ads)
+        else:
+            n += len(r.ads)
+    return n
+
+
+def note_ads(n: int, note: Callable[[str], None]) -> None:
+    """Say that ``n`` alternate data streams were not written (nothing silent)."""
+    if n:
+        note(f"{n} alternate data stream{'s' if n != 1 else ''} not materialized "
+             "(Windows ADS; Linux has no place for them; `verify` reports them)")
 
 
 class LinkRef:
@@ -372,11 +421,12 @@ class Writer:
         elif isinstance(r, Whiteout):
             if self.opts.whiteouts == "overlay":
                 os.mknod(name, stat.S_IFCHR | 0o000, 0, dir_fd=dir_fd)
-                os.chown(name, r.uid, r.gid, dir_fd=dir_fd, follow_symlinks=False)
+                self.path_metadata(dir_fd, name, r)  # owner, then its permission bits
             elif self.opts.whiteouts == "oci":
                 fd = os.open(".wh." + name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o000,
                              dir_fd=dir_fd)
                 os.close(fd)
+                self.path_metadata(dir_fd, ".wh." + name, r)
             else:
                 return False
         else:
@@ -497,9 +547,7 @@ class Writer:
         assert self.store is not None
         fd = self._shards.get(shard)
         if fd is None:
-            path = f"{self.store.path}/links/{shard}"
-            os.makedirs(path, exist_ok=True)
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = self.store.open_shard("links", shard)  # from the store root fd, following no symlink
             self._shards[shard] = fd
         return fd
 

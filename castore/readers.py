@@ -228,7 +228,8 @@ class Processor:
             # Safe for the same reason as _publish: only the index makes a blob real.
             final = f"{self.publish_dir}/{hexd[:2]}/{hexd}"
             try:
-                fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+                fd = os.open(hexd, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444,
+                             dir_fd=fs.shard_dir_fd(f"{self.publish_dir}/{hexd[:2]}"))
             except FileExistsError:
                 return
             except FileNotFoundError:
@@ -262,13 +263,13 @@ class Processor:
         final = f"{self.publish_dir}/{hexd[:2]}/{hexd}"
         if self.replace_existing:  # the name holds bytes that failed verification: replace them
             try:
-                os.rename(tmp, final)
+                os.rename(tmp, hexd, dst_dir_fd=fs.shard_dir_fd(f"{self.publish_dir}/{hexd[:2]}"))
             except FileNotFoundError:
                 return tmp, digest
             self._note_published(final)
             return "", digest
         try:
-            fs.renameat2(-100, tmp, -100, final)
+            fs.renameat2(-100, tmp, fs.shard_dir_fd(f"{self.publish_dir}/{hexd[:2]}"), hexd)
         except FileExistsError:
             os.unlink(tmp)  # the name exists: a dedup hit, not ours (the commit checks it)
             return None

@@ -48,7 +48,7 @@ HOSTILE = {
 }
 CORRUPT = {
     "garbage": b"\xff\xff\xff\xff not a manifest",
-    "empty": b"",
+    "no-entries": b"\x7a\x00",  # parses, but only zero bytes are the empty manifest
     "truncated": manifest(f("/a"), f("/b"))[:-7],
 }
 

@@ -129,6 +129,6 @@ def test_missing_manifest_and_garbage(tmp_path: Path) -> None:
     p = run_cli("verify", root, junk, store=st)
     assert p.returncode == 4 and p.stderr.startswith(b"continuity: error:")
     empty = tmp_path / "empty.pb"
-    empty.write_bytes(b"")
+    empty.write_bytes(b"\x7a\x00")  # parses, no entry: only zero bytes are the empty manifest
     assert run_cli("ls", empty, store=st).returncode == 4
     assert run_cli("ls", tmp_path / "none.pb", store=st).returncode == 1

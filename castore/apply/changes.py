@@ -37,7 +37,7 @@ from castore import fs
 from castore.apply.scan import Scan, TreeChanged
 from castore.apply.sources import DirSource, Source, copy_verified, hash_fd
 from castore.digest import EMPTY_DIGEST
-from castore.errors import IntegrityError, NotFound
+from castore.errors import IntegrityError, NotFound, UnsafeInput
 from castore.faults import crashpoint
 from castore.fs import DirFds
 from castore.fs.linux import RENAME_EXCHANGE
@@ -55,13 +55,14 @@ from castore.manifest.model import (
 )
 from castore.materialize import Writer
 from castore.store import remove_contents
+from castore.textsafe import note
 
 TMP_PREFIX = ".continuity-apply-"
 META_ATTRS = frozenset({"mode", "uid", "gid", "xattr", "mtime"})
 
 
 def _stderr_note(msg: str) -> None:
-    print(f"continuity: note: {msg}", file=sys.stderr)
+    note(msg)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class ApplyOptions:
     sync: bool = False  # syncfs at the end (a rerun converges anyway, so off by default, as rsync)
     note: Callable[[str], None] = _stderr_note
     log: Callable[[str], None] | None = None  # one line per change (verbose)
+    ignore: frozenset[str] = frozenset()  # --ignore-attr: not applied (materialize.WRITE_IGNORABLE)
 
 
 @dataclass
@@ -158,6 +160,37 @@ class Applier:
         self.local_only: set[str] = set()  # digests the store lacks but ROOT holds
         self.intact: set[str] = set()  # scanned paths found exactly as wanted and left alone
         self.scan: Scan
+        # Other filesystems mounted below ROOT (outermost only): never entered, changed or removed.
+        found = ["/" + m for m in fs.mounts_below(root_fd)]
+        self.mounts = {m for m in found if not any(m.startswith(o + "/") for o in found)}
+        self.mount_parents = {q for m in self.mounts for q in _parents(m)}
+
+    def in_mount(self, path: str) -> bool:
+        return any(path.startswith(m + "/") for m in self.mounts)
+
+    def check_mounts(self) -> None:
+        """Before any change: refuse a manifest that would change a mount point below ROOT or
+        anything on it; warn about those a deletion or whiteout leaves in place."""
+        for m in sorted(self.mounts, key=os.fsencode):
+            where = f"{self.root}{m}: another filesystem is mounted there"
+            w = self.want.get(m)
+            below = next((p for p, r in self.want.items() if p.startswith(m + "/") and not isinstance(r, Whiteout)),
+                         None)
+            if below is not None:
+                raise UnsafeInput(f"{where}; apply does not change it, but the manifest lists {below}")
+            if w is not None and not isinstance(w, (Directory, Whiteout)):
+                raise UnsafeInput(f"{where}; apply does not replace it, but the manifest has a {w.kind} there")
+            parent, name = _split(m)
+            is_dir = stat.S_ISDIR(os.lstat(name, dir_fd=self.dir_fd(parent)).st_mode)
+            if isinstance(w, Directory) and not is_dir:
+                raise UnsafeInput(f"{where}; apply does not replace it, but the manifest has a directory there")
+            for q in _parents(m):
+                a = self.want.get(q)
+                if a is not None and not isinstance(a, (Directory, Whiteout)):
+                    raise UnsafeInput(f"{where}; apply does not remove it, but the manifest has a {a.kind} at {q}")
+            gone = isinstance(w, Whiteout) or any(isinstance(self.want.get(q), Whiteout) for q in _parents(m))
+            if gone or (w is None and self.opts.delete):
+                print(f"continuity: warning: {where}; left in place, not deleted", file=sys.stderr)
 
     # -- helpers
 
@@ -219,12 +252,18 @@ class Applier:
                 self.detach(c)
 
     def _remove_dir(self, dfd: int, name: str, parent: str) -> None:
-        self.forget_dir(f"{parent}/{name}" if parent else name)
+        rel = f"{parent}/{name}" if parent else name
+        self.forget_dir(rel)
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         try:
-            remove_contents(fd)
+            if fs.is_mount_root(fd, os.fstat(dfd).st_dev):
+                raise UnsafeInput(f"{self.root}/{rel}: another filesystem is mounted there; apply does not remove it")
+            kept = remove_contents(fd)
         finally:
             os.close(fd)
+        if kept:  # mounted since the scan
+            raise UnsafeInput(f"{self.root}/{rel}/{kept[0]}: another filesystem is mounted there; "
+                              "apply does not remove it")
         os.rmdir(name, dir_fd=dfd)
 
     def install(self, dfd: int, tmp: str, path: str) -> None:
@@ -254,9 +293,12 @@ class Applier:
             while q and q not in implicit and q not in self.want:
                 implicit.add(q)
                 q = q.rsplit("/", 1)[0]
+        hollow: set[str] = set()  # directories kept (they hold a mount point), emptied of the rest
         for p in sorted(self.scan.by_path, key=os.fsencode):
             if removed and any(q in removed for q in _parents(p)):
                 continue
+            if self.mounts and (p in self.mounts or self.in_mount(p)):
+                continue  # never deleted, never entered (warned about by check_mounts)
             h = self.scan.by_path[p]
             w = self.want.get(p)
             reason = ""
@@ -268,6 +310,12 @@ class Applier:
                     reason = "not in the manifest"
             elif isinstance(w, Whiteout):
                 reason = "whiteout"
+            if not reason and w is None and hollow and p.rsplit("/", 1)[0] in hollow:
+                reason = "in a removed directory"
+            if reason and p in self.mount_parents:
+                self.log(f"K {p} ({reason}; kept: holds a mount point)")
+                hollow.add(p)
+                continue
             if reason:
                 self.log(f"D {p} ({reason})")
                 self.remove(p)
@@ -288,6 +336,8 @@ class Applier:
                 needed.add(q)
                 q = q.rsplit("/", 1)[0]
         for p in sorted(needed, key=os.fsencode):
+            if p in self.mounts:
+                continue  # a directory already (check_mounts), on another filesystem: left as it is
             h = self.scan.by_path.get(p)
             if p in self.scan.clean:
                 h = self.want[p]
@@ -364,7 +414,7 @@ class Applier:
         intact = False
         if anchor is not None:
             h = self.scan.by_path[anchor]
-            diffs = [d.attr for d in compare(anchor, w, h) if d.attr in META_ATTRS]
+            diffs = [d.attr for d in compare(anchor, w, h) if d.attr in META_ATTRS and d.attr not in self.opts.ignore]
             if not diffs:
                 self.report.unchanged += 1
                 intact = True
@@ -532,6 +582,8 @@ class Applier:
         wanted_dirs = {p for p, w in self.want.items() if isinstance(w, Directory)}
         todo = wanted_dirs | self.made_dirs | {"/" + t for t in self.touched if t}
         for p in sorted(todo, key=lambda s: (-s.count("/"), os.fsencode(s))):
+            if p in self.mounts:
+                continue
             w = self.want.get(p)
             h = self.scan.by_path.get(p)
             if p not in wanted_dirs:
@@ -543,7 +595,7 @@ class Applier:
             if not changed and p in self.scan.clean:
                 continue
             if h is not None and not changed:
-                diffs = [d.attr for d in compare(p, w, h) if d.attr in META_ATTRS]
+                diffs = [d.attr for d in compare(p, w, h) if d.attr in META_ATTRS and d.attr not in self.opts.ignore]
                 if not diffs:
                     continue
                 self.log(f"m {p}/ ({', '.join(diffs)})")
@@ -608,7 +660,7 @@ def _set_metadata(fd: int, w: Resource, dfd: int, name: str) -> bool:
             if n not in keep:
                 os.removexattr(where, n, follow_symlinks=follow)
         for n, v in sorted((kv for kv in w.xattrs if kv not in have_x), key=lambda kv: kv[0] == "security.capability"):
-            os.setxattr(where, n, v, follow_symlinks=follow)
+            fs.set_xattr(where, n, v, follow=follow)
         changed = True
     if w.mtime_ns is not None and (changed or st.st_mtime_ns != w.mtime_ns):
         os.utime(where, ns=(w.mtime_ns, w.mtime_ns), follow_symlinks=follow)

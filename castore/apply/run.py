@@ -34,7 +34,7 @@ from castore.faults import crashpoint
 from castore.manifest import codec
 from castore.manifest.model import Manifest, RegularFile, Resource, Symlink
 from castore.manifest.validate import validate
-from castore.materialize import Options, Writer, relative_target
+from castore.materialize import Options, Writer, count_ads, note_ads, relative_target, without_attrs
 from castore.store import Store, manifest_refs, remove_contents
 
 __all__ = ["ApplyOptions", "ApplyReport", "TreeChanged", "apply_tree"]
@@ -123,7 +123,7 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
         changes = None
         blob: bytes | None = None  # the store's manifest, read (and verified) once
         if (store is not None and manifest_digest is not None and not opts.rewrite_absolute_symlinks
-                and store.manifest_indexed(manifest_digest)):
+                and not opts.ignore and store.manifest_indexed(manifest_digest)):
             rec = None if opts.rehash else apply_state.load(store, root, root_st)
             lstats = apply_state.ChangedPaths(root_fd, rec) if rec is not None else None
             try:
@@ -153,7 +153,11 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
                             else store.load_manifest(manifest_digest))
             if opts.rewrite_absolute_symlinks:
                 manifest = _rewrite_symlinks(manifest)
-            scan = scan_tree(root, root_fd, manifest.by_path(), store, opts.rehash)
+            if opts.ignore:
+                manifest = Manifest(tuple(without_attrs(manifest.resources, opts.ignore, old_umask)))
+            scan = scan_tree(root, root_fd, manifest.by_path(), store, opts.rehash,
+                             frozenset(fs.mounts_below(root_fd)))
+        note_ads(count_ads(manifest.resources), opts.note)
         writer = Writer(store if use_store else None,
                         Options(link=opts.link if use_store else "copy", verify=opts.verify, devices=opts.devices,
                                 sockets=opts.sockets, note=opts.note))
@@ -201,6 +205,7 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
             src = StagedSource(sfd, staged)
         ap = Applier(root, root_fd, manifest, src, writer, opts)
         ap.scan = scan
+        ap.check_mounts()
         if use_store:
             ap.local_only = local_only
         try:

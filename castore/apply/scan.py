@@ -51,11 +51,12 @@ class Scan:
     started_ns: int = 0  # when the scan began (the racy window of its lstats)
 
 
-def scan_tree(root: str, root_fd: int, want: dict[str, Resource], store: Store | None, rehash: bool) -> Scan:
-    """Walk all of ROOT."""
+def scan_tree(root: str, root_fd: int, want: dict[str, Resource], store: Store | None, rehash: bool,
+              prune: frozenset[str] = frozenset()) -> Scan:
+    """Walk all of ROOT but the relative paths in ``prune`` (mount points: never entered)."""
     start = time.time_ns()
     try:
-        walked = walk(root_fd, WalkOptions(keep_appledouble=True, note=lambda _m: None))
+        walked = walk(root_fd, WalkOptions(keep_appledouble=True, note=lambda _m: None, prune=prune))
     except OSError as exc:
         raise _changed_while_scanned(root, exc) from exc
     return classify(root, root_fd, walked, want, store, rehash, start)

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from castore.cli.common import LazyGroup, main_group
+from castore.cli.common import LazyGroup, fail, main_group
 
 # Command name -> the module that defines it; imported only when the command runs.
 LazyGroup.lazy.update({
@@ -25,8 +25,25 @@ LazyGroup.lazy.update({
 
 
 def main() -> None:
-    """Entry point of the console script."""
-    main_group(prog_name="continuity")
+    """Entry point of the console script.
+
+    click's own errors (bad usage, exit 2) end, like every other failure, with one
+    ``continuity: error: ...`` line on stderr (the usage hint precedes it).
+    """
+    try:
+        rv = main_group.main(prog_name="continuity", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+        fail("missing command (see the list above)", exc.exit_code)
+    except click.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        if isinstance(exc, click.UsageError) and ctx is not None:
+            click.echo(ctx.get_usage(), err=True)
+            click.echo(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.", err=True)
+        fail(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        fail("aborted", 1)
+    sys.exit(rv if type(rv) is int else 0)
 
 
 __all__ = ["main", "click", "sys"]

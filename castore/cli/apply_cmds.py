@@ -9,9 +9,10 @@ import sys
 import click
 
 from castore.apply.run import ApplyOptions, apply_tree
-from castore.cli.common import Ctx, handle_errors, ignore_opt, main_group, print_json, resolve_lazy
+from castore.cli.common import Ctx, handle_errors, ignore_opt, main_group, print_json, resolve_lazy, write_ignore_opt
 from castore.errors import Differences
 from castore.materialize import LINK_MODES
+from castore.textsafe import safe_line
 
 
 @main_group.command("apply")
@@ -33,11 +34,12 @@ from castore.materialize import LINK_MODES
 @click.option("--sync", is_flag=True, help="Flush ROOT's filesystem at the end (syncfs).")
 @click.option("-v", "--verbose", is_flag=True, help="One line per change on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@write_ignore_opt
 @click.pass_obj
 @handle_errors
 def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delete: bool, disable_digest: bool,
               rehash: bool, link: str, devices: str | None, sockets: bool, rewrite_absolute_symlinks: bool,
-              sync: bool, verbose: bool, as_json: bool) -> None:
+              sync: bool, verbose: bool, as_json: bool, ignore_attr: frozenset[str]) -> None:
     """Make ROOT match MANIFEST in place, changing only what differs."""
     # Short-lived and allocation-heavy (a Resource per entry, no cycles): the cyclic GC only
     # costs time here (~25% of a no-op apply).
@@ -49,14 +51,14 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
         devices = "create" if os.geteuid() == 0 else "skip"
     opts = ApplyOptions(delete=delete, verify=not disable_digest, devices=devices, sockets=sockets,
                         rewrite_absolute_symlinks=rewrite_absolute_symlinks, link=link, move=move, rehash=rehash,
-                        sync=sync,
-                        log=(lambda msg: click.echo(msg, err=True)) if verbose else None)
+                        sync=sync, ignore=ignore_attr,
+                        log=(lambda msg: click.echo(safe_line(msg), err=True)) if verbose else None)
     # resolve_lazy() validated a manifest file; the store's manifests are read (and validated) by apply.
     report = apply_tree(root, m, store=store, source=source, opts=opts, manifest_digest=digest, validated=True)
     if as_json:
         print_json(report.as_dict())
     for p in report.problems:
-        click.echo(f"continuity: {p}", err=True)
+        click.echo(f"continuity: {safe_line(p)}", err=True)
     if report.problems:
         raise Differences(f"{len(report.problems)} device node(s) not as the manifest says (--devices check)")
 

@@ -7,9 +7,19 @@ import sys
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, ignore_opt, main_group, print_json, resolve, resolve_lazy
+from castore.cli.common import (
+    Ctx,
+    handle_errors,
+    ignore_opt,
+    main_group,
+    print_json,
+    resolve,
+    resolve_lazy,
+    write_ignore_opt,
+)
 from castore.materialize import LINK_MODES
 from castore.store import check_name
+from castore.textsafe import quote
 
 
 @main_group.command("ingest")
@@ -59,10 +69,11 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
 @click.option("--sockets", is_flag=True, help="Create sockets too.")
 @click.option("--whiteouts", type=click.Choice(["none", "overlay", "oci"]), default="none", show_default=True)
 @click.option("--rewrite-absolute-symlinks", is_flag=True, help="Make in-tree absolute symlinks relative.")
+@write_ignore_opt
 @click.pass_obj
 @handle_errors
 def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest: bool, devices: str | None,
-                 sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool) -> None:
+                 sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool, ignore_attr: frozenset[str]) -> None:
     """Materialise MANIFEST at TARGET (absent or empty), complete or not at all."""
     import os
 
@@ -73,7 +84,7 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
     if devices is None:
         devices = "create" if os.geteuid() == 0 else "skip"
     opts = Options(link=link, verify=not disable_digest, devices=devices, sockets=sockets, whiteouts=whiteouts,
-                   rewrite_absolute_symlinks=rewrite_absolute_symlinks)
+                   rewrite_absolute_symlinks=rewrite_absolute_symlinks, ignore=ignore_attr)
     checkout(store, m, target, opts, manifest_digest=digest, validated=True)
 
 
@@ -107,7 +118,7 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
         print_json(out)
         return
     for row in out:
-        click.echo(f"{row['name']}\t{row['digest']}\t{row['time']}\t{row['size']}")
+        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{row['size']}")
 
 
 def _tree_size(store: object, digest: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import functools
 import importlib
-import json
 import os
 import sys
 import traceback
@@ -18,12 +17,32 @@ from castore.errors import CastoreError, CorruptManifest, NotFound, ResourceLimi
 from castore.manifest import Manifest, codec, validate
 from castore.manifest.bounds import check_parse_cost
 from castore.store import Store, default_store_path
+from castore.textsafe import json_text, safe_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 ignore_opt = click.option("--ignore", "ignore", multiple=True, metavar="GLOB",
                           help="Leave out entries matching GLOB (name, or path from the root). Repeatable.")
 MAX_MANIFEST_FILE = 1 << 31
+
+
+def _write_ignores(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> frozenset[str]:
+    from castore.manifest.diff import normalize_ignores
+    from castore.materialize import WRITE_IGNORABLE
+    try:
+        ign = normalize_ignores(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if ign - WRITE_IGNORABLE:
+        raise click.BadParameter(f"{', '.join(sorted(ign - WRITE_IGNORABLE))} cannot be left unapplied "
+                                 f"(only {', '.join(sorted(WRITE_IGNORABLE))}, owner)")
+    return ign
+
+
+write_ignore_opt = click.option(
+    "--ignore-attr", "ignore_attr", multiple=True, metavar="ATTR", callback=_write_ignores,
+    help="Do not apply ATTR (mode, uid, gid, owner, xattr, mtime): what a plain write gives instead (owner: "
+         "you; mode: from the umask; no xattrs; mtime: now). Repeatable.")
 
 
 class Ctx:
@@ -44,10 +63,6 @@ class Ctx:
         return self.store(create=False)
 
 
-def _escape(msg: str) -> str:
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in msg)
-
-
 def _unproc(name: object) -> object:
     """A /proc/self/fd/N[/rest] alias (the fd is closed by now) reduced to what it still tells: ``rest``."""
     if isinstance(name, str) and name.startswith("/proc/self/fd/"):
@@ -57,7 +72,7 @@ def _unproc(name: object) -> object:
 
 
 def fail(msg: str, code: int) -> None:
-    click.echo(f"continuity: error: {_escape(msg)}", err=True)
+    click.echo(f"continuity: error: {safe_line(msg)}", err=True)
     sys.exit(code)
 
 
@@ -167,4 +182,4 @@ def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manif
 
 
 def print_json(obj: object) -> None:
-    click.echo(json.dumps(obj, indent=1, ensure_ascii=False))
+    click.echo(json_text(obj))

@@ -11,6 +11,7 @@ from castore.errors import IntegrityError, NotFound, StoreUnusable, UnsafeInput
 from castore.fsck.check import FsckOptions, FsckReport, fsck, parse_subset, rebuild_index
 from castore.gc.collect import GcOptions, collect, parse_duration
 from castore.store import default_store_path
+from castore.textsafe import quote, safe_line
 
 MAX_INFO_LINES = 20
 
@@ -52,8 +53,8 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
         return
     if dry_run or verbose:
         for item in report.items:
-            click.echo(f"{'would delete' if dry_run else 'deleted'} {item.kind} {item.name} {item.size}")
-    click.echo(report.summary())
+            click.echo(f"{'would delete' if dry_run else 'deleted'} {item.kind} {quote(item.name)} {item.size}")
+    click.echo(safe_line(report.summary()))
 
 
 @main_group.command("fsck")
@@ -93,7 +94,7 @@ def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuil
             if rebuilt.catalog_lost:
                 for d in rebuilt.manifest_digests:
                     click.echo(f"manifest {d}")
-            click.echo(rebuilt.summary())
+            click.echo(safe_line(rebuilt.summary()))
     hint = "; rebuild the index from the blob files with `continuity fsck --rebuild-index`"
     try:
         store = obj.store(create=False)
@@ -113,7 +114,7 @@ def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuil
     else:
         _print(report, verbose)
     if not report.sound:
-        raise SystemExit(IntegrityError.exit_code)
+        raise IntegrityError(f"store damaged: {report.count('error')} error(s) (report on stdout)")
 
 
 def _print(report: FsckReport, verbose: bool) -> None:
@@ -126,4 +127,4 @@ def _print(report: FsckReport, verbose: bool) -> None:
         click.echo(f.line())
     if info > MAX_INFO_LINES:
         click.echo(f"info: ... and {info - MAX_INFO_LINES} more (use --verbose)")
-    click.echo(report.summary())
+    click.echo(safe_line(report.summary()))

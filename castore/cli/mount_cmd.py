@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from castore.cli.common import Ctx, handle_errors, main_group, resolve
+from castore.textsafe import safe_line
 
 
 @main_group.command("mount")
@@ -32,7 +33,11 @@ def mount_cmd(obj: Ctx, manifest: str, mountpoint: str, allow_other: bool, foreg
     store = obj.store()
 
     def ready(path: str) -> None:
-        click.echo(f"continuity: mounted {digest or manifest} at {path} (read-only); "
-                   f"unmount with: fusermount3 -u {path}", err=True)
+        click.echo(safe_line(f"continuity: mounted {digest or manifest} at {path} (read-only); "
+                             f"unmount with: fusermount3 -u {path}"), err=True)
 
+    from castore.materialize import count_ads, note_ads
+    from castore.textsafe import note
+
+    note_ads(count_ads(m.resources), note)  # the mount has no place for them either
     mount(store, m, digest, mountpoint, allow_other=allow_other, ready=ready)

@@ -10,11 +10,12 @@ import click
 
 from castore.build import WalkOptions, build
 from castore.cli.common import Ctx, handle_errors, ignore_opt, main_group, print_json, resolve
-from castore.errors import UnsafeInput
+from castore.errors import Differences, UnsafeInput
 from castore.manifest import Manifest, codec
 from castore.manifest.diff import diff as diff_manifests
 from castore.manifest.diff import normalize_ignores
 from castore.manifest.model import Device, Directory, RegularFile, Symlink
+from castore.textsafe import quote
 from castore.verify import VerifyOptions, verify_tree
 
 
@@ -69,7 +70,8 @@ def verify_options(ignore_attr: tuple[str, ...], ignore_mode_bits: int, disable_
 @click.argument("root", type=click.Path(file_okay=False))
 @click.argument("manifest")
 @click.option("--ignore-attr", multiple=True, metavar="ATTR",
-              help="Do not compare ATTR (mode, uid, gid, owner, size, digest, target, device, xattr, mtime, links).")
+              help="Do not compare ATTR (mode, uid, gid, owner, size, digest, target, device, xattr, mtime, links, "
+                   "ads).")
 @click.option("--ignore-mode-bits", callback=parse_octal, metavar="OCTAL", help="Permission bits not compared.")
 @click.option("--disable-digest", is_flag=True, help="Do not hash file contents.")
 @click.option("--sockets", is_flag=True, help="Compare sockets too.")
@@ -91,9 +93,7 @@ def verify_cmd(obj: Ctx, root: str, manifest: str, ignore_attr: tuple[str, ...],
         for d in found:
             click.echo(str(d))
     if found:
-        if not as_json:
-            click.echo(f"continuity: {len(found)} difference(s)", err=True)
-        sys.exit(1)
+        raise Differences(f"{len(found)} difference(s) between {root} and {manifest}")
 
 
 def _type_char(r: object) -> str:
@@ -116,13 +116,13 @@ def ls_cmd(obj: Ctx, manifest: str, long_: bool) -> None:
     for r in m.resources:
         for p in r.paths:
             if not long_:
-                click.echo(p)
+                click.echo(quote(p))
                 continue
             size = r.size if isinstance(r, RegularFile) else 0
-            extra = f" -> {r.target}" if isinstance(r, Symlink) else ""
+            extra = f" -> {quote(r.target)}" if isinstance(r, Symlink) else ""
             if isinstance(r, Device):
                 extra = f" {r.major},{r.minor}"
-            click.echo(f"{_type_char(r)}{_perm_string(r.perm)} {r.uid:>5} {r.gid:>5} {size:>12} {p}{extra}")
+            click.echo(f"{_type_char(r)}{_perm_string(r.perm)} {r.uid:>5} {r.gid:>5} {size:>12} {quote(p)}{extra}")
 
 
 @main_group.command("dump")
@@ -199,7 +199,7 @@ def diff_cmd(obj: Ctx, a: str, b: str, ignore_attr: tuple[str, ...], as_json: bo
         for c in changes:
             click.echo(str(c))
     if changes:
-        sys.exit(1)
+        raise Differences(f"{len(changes)} change(s) from {a} to {b}")
 
 
 @main_group.command("du")
@@ -222,7 +222,7 @@ def du_cmd(obj: Ctx, ref: str, as_json: bool, human: bool) -> None:
     if as_json:
         print_json(out)
     else:
-        click.echo(f"{_human(apparent) if human else apparent}\t{ref}")
+        click.echo(f"{_human(apparent) if human else apparent}\t{quote(ref)}")
 
 
 def _human(n: float) -> str:

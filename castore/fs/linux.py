@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from castore.errors import UnsafeInput
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -174,6 +176,38 @@ def open_beneath(dir_fd: int, relpath: str, flags: int, mode: int = 0) -> int:
         os.close(cur)
 
 
+_SHARD_FDS: dict[str, int] = {}  # the shards of one store at a time (the last one used in this process)
+
+
+def shard_dir_fd(path: str) -> int:
+    """A cached O_PATH fd on a store shard directory ``path`` (STORE/blobs/sha256/ab), opened
+    with O_NOFOLLOW: a shard replaced by a symlink is refused (UnsafeInput), never written
+    through. The components above it were checked when the store was opened and lie in its
+    0700 root (Store.open). FileNotFoundError when the shard does not exist yet."""
+    fd = _SHARD_FDS.get(path)
+    if fd is not None and os.fstat(fd).st_nlink == 0:  # removed since (and maybe made again)
+        os.close(_SHARD_FDS.pop(path))
+        fd = None
+    if fd is None:
+        if _SHARD_FDS and os.path.dirname(next(iter(_SHARD_FDS))) != os.path.dirname(path):
+            for old in _SHARD_FDS.values():  # another store's (a long-lived process): at most 256 fds kept
+                os.close(old)
+            _SHARD_FDS.clear()
+        try:
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                from castore.errors import UnsafeInput
+                raise UnsafeInput(f"{path}: store shard is not a plain directory (a symlink?); "
+                                  "refusing to write through it") from exc
+            raise
+        old = _SHARD_FDS.setdefault(path, fd)
+        if old != fd:
+            os.close(fd)
+        fd = old
+    return fd
+
+
 _SEGMENT = 3072  # below PATH_MAX (4096), so every openat2 argument fits
 
 
@@ -329,8 +363,82 @@ def set_xattrs(target: int | str, xattrs: tuple[tuple[str, bytes], ...]) -> list
     ordered = sorted((kv for kv in xattrs if kv[0].startswith(XATTR_NAMESPACES)),
                      key=lambda kv: kv[0] == "security.capability")
     for n, v in ordered:
-        if isinstance(target, int):
-            os.setxattr(target, n, v)
-        else:
-            os.setxattr(target, n, v, follow_symlinks=False)
+        set_xattr(target, n, v)
     return skipped
+
+
+#: setxattr errnos that mean "this xattr can never be applied here" (a bad value, a namespace the
+#: kernel refuses on this file type), as opposed to a full disk or quota (left to raise_if_full).
+XATTR_REFUSED = frozenset({errno.EINVAL, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.E2BIG, errno.ERANGE,
+                           errno.EACCES})
+
+
+def set_xattr(target: int | str, name: str, value: bytes, *, follow: bool = False) -> None:
+    """Set one xattr on an fd or path (not followed unless ``follow``); the kernel's refusal of the
+    xattr itself is an UnsafeInput (exit 3) naming it, never a bare OSError."""
+    try:
+        if isinstance(target, int):
+            os.setxattr(target, name, value)
+        else:
+            os.setxattr(target, name, value, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in XATTR_REFUSED:
+            raise UnsafeInput(f"xattr {name!r} ({len(value)} bytes) cannot be set here: "
+                              f"{os.strerror(exc.errno)}") from exc
+        raise
+
+
+STATX_ATTR_MOUNT_ROOT = 0x2000
+_AT_EMPTY_PATH = 0x1000
+_AT_SYMLINK_NOFOLLOW = 0x100
+_AT_STATX_DONT_SYNC = 0x4000
+_statx = getattr(_libc, "statx", None)
+
+
+def is_mount_root(fd: int, parent_dev: int | None = None) -> bool:
+    """Whether the directory ``fd`` is the root of a mount (bind mounts on the same device included).
+
+    statx's STATX_ATTR_MOUNT_ROOT (Linux 5.8); without it, a device other than ``parent_dev``.
+    """
+    if _statx is not None:
+        buf = ctypes.create_string_buffer(256)
+        if _statx(fd, b"", _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC, 0, buf) == 0:
+            attrs = int.from_bytes(buf.raw[8:16], "little")
+            supported = int.from_bytes(buf.raw[56:64], "little")
+            if supported & STATX_ATTR_MOUNT_ROOT:
+                return bool(attrs & STATX_ATTR_MOUNT_ROOT)
+    return parent_dev is not None and os.fstat(fd).st_dev != parent_dev
+
+
+def _unescape_mountinfo(field: str) -> str:
+    out, i = bytearray(), 0
+    raw = field.encode("utf-8", "surrogateescape")
+    while i < len(raw):
+        if raw[i] == 0x5C and i + 3 < len(raw) and raw[i + 1:i + 4].isdigit():
+            out.append(int(raw[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def mounts_below(root_fd: int) -> list[str]:
+    """Paths (relative, no leading "/") of the mount points strictly below the directory ``root_fd``,
+    from /proc/self/mountinfo; sorted, outermost first."""
+    try:
+        root = os.readlink(f"/proc/self/fd/{root_fd}")
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return []
+    prefix = root.rstrip("/") + "/"
+    out = set()
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        point = _unescape_mountinfo(fields[4])
+        if point.startswith(prefix) and len(point) > len(prefix):
+            out.add(point[len(prefix):].rstrip("/"))
+    return sorted(out, key=lambda p: (p.count("/"), p))

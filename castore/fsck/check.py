@@ -28,6 +28,7 @@ from castore.materialize import object_record
 from castore.store import Store, manifest_refs
 from castore.store.lock import flocked
 from castore.store.meta import BLOB_ROW, KIND_NAMES, dkey, dstr
+from castore.textsafe import quote, safe_line
 
 READ = 1 << 20
 MAX_PATHS = 20
@@ -44,14 +45,14 @@ class Finding:
     repaired: str = ""
 
     def line(self) -> str:
-        out = f"{self.severity}: {self.kind}: {self.subject}: {self.detail}"
+        out = f"{self.severity}: {self.kind}: {quote(self.subject)}: {self.detail}"
         if self.names:
-            out += f"; names: {', '.join(self.names)}"
+            out += f"; names: {', '.join(map(quote, self.names))}"
         if self.paths:
-            out += f"; paths: {', '.join(self.paths)}"
+            out += f"; paths: {', '.join(map(quote, self.paths))}"
         if self.repaired:
             out += f" [{self.repaired}]"
-        return out
+        return safe_line(out)
 
 
 @dataclass
@@ -255,7 +256,12 @@ class _Checker:
                 if m in self.bad or not self._selected(m):
                     continue
                 try:
-                    man = self.store.load_manifest(dstr(m))
+                    # Validated again, and in the encoding commit writes: checkout and apply trust an
+                    # indexed manifest and read its entries without decoding them (codec.split_entries).
+                    data = self.store.read_blob(dstr(m))
+                    man = validate(codec.loads(data, source=dstr(m)))
+                    if codec.dumps(man) != data:
+                        raise IntegrityError(f"manifest {dstr(m)} is indexed but not in the canonical encoding")
                 except CastoreError as exc:
                     self._damage(m, "corrupt-manifest", str(exc))
                     continue
@@ -484,6 +490,8 @@ def rebuild_index(store_path: str) -> RebuildReport:
     from castore.store.meta import KIND_ADS, KIND_CHUNK, KIND_MANIFEST, KIND_RAW, MetaDB
     start = time.monotonic()
     path = os.path.abspath(store_path)
+    from castore.store import check_store_dir
+    check_store_dir(path)  # ours and private, no symlinked shard: the walk below follows none
     rep = RebuildReport()
     blob_root = os.path.join(path, "blobs", "sha256")
     with flocked(os.path.join(path, "gc.lock"), exclusive=True, what="gc/fsck"), \
@@ -566,8 +574,16 @@ def rebuild_index(store_path: str) -> RebuildReport:
 
 
 def _as_manifest(data: bytes, source: str) -> Manifest | None:
+    """The manifest these bytes are, if valid and in the canonical encoding (``codec.dumps``).
+
+    An indexed manifest is trusted as validated, and its encoded entries are read without
+    decoding them (``codec.split_entries``): only bytes that ``commit_manifest`` could have
+    written may be indexed (a hand-made encoding could say one path in a field the validator
+    reads and another in the one used).
+    """
     try:
-        return validate(codec.loads(data, source=source))
+        m = validate(codec.loads(data, source=source))
+        return m if codec.dumps(m) == data else None
     except (CastoreError, ValueError, UnicodeError, RecursionError, OverflowError):
         return None
 

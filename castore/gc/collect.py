@@ -41,8 +41,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import castore.apply.state as apply_state
+from castore import staging
 from castore.bulkmode import bulk
-from castore.errors import Busy, UnsafeInput
+from castore.errors import Busy, UnsafeInput, warn_mounts_kept
 from castore.faults import crashpoint
 from castore.store import Store, _remove_tree
 from castore.store.lock import flocked, is_held
@@ -395,6 +396,9 @@ class _Collector:
         lease_dir, tmp_dir = os.path.join(self.store.path, "leases"), os.path.join(self.store.path, "tmp")
         dead_set = set(dead)
         floor = max(self.opts.grace_ns, ROWLESS_LEASE_FLOOR_NS)
+        # Staging directories of this store's checkouts that were killed (their owners' locks are free).
+        for path in staging.sweep_registered(self.store.path, self.opts.dry_run):
+            self.report.add(Item("tmp", path), self.keep_items)
         for n in _listdir(lease_dir):
             lid, dot, ext = n.rpartition(".")
             path = os.path.join(lease_dir, n)
@@ -425,7 +429,7 @@ class _Collector:
         if not self.opts.dry_run:
             try:
                 if tree and stat.S_ISDIR(os.lstat(path).st_mode):
-                    _remove_tree(path)
+                    warn_mounts_kept(_remove_tree(path))
                 else:
                     os.unlink(path)
             except FileNotFoundError:

@@ -8,7 +8,6 @@ another kind); ``castore.manifest.validate`` checks the tree as a whole.
 from __future__ import annotations
 
 import base64
-import json
 import os
 from typing import Any
 
@@ -30,6 +29,7 @@ from castore.manifest.model import (
     Symlink,
     Whiteout,
 )
+from castore.manifest.validate import path_problem
 
 
 def _escaped(path: str) -> tuple[str, bytes | None]:
@@ -56,7 +56,7 @@ def go_mode(r: Resource) -> int:
         mode |= gm.MODE_SOCKET
     elif isinstance(r, Whiteout):
         # Upstream sees the overlayfs form (char device 0/0); the flag is authoritative.
-        mode = gm.MODE_DEVICE | gm.MODE_CHAR_DEVICE
+        mode |= gm.MODE_DEVICE | gm.MODE_CHAR_DEVICE  # with its permission bits, kept through re-encoding
     return mode
 
 
@@ -147,9 +147,14 @@ def _bad(paths: Any, why: str) -> InvalidManifest:
 def from_proto(msg: pb.Resource) -> Resource:
     """One protobuf resource as a value, refusing impossible combinations."""
     if msg.raw_path:
+        # One path source: raw_path is what is used, so path must be its escaped text form
+        # exactly (as ``to_proto`` writes it); a reader of either field then sees the same paths.
         if len(msg.raw_path) != len(msg.path):
             raise _bad(list(msg.path), "raw_path does not match path")
         paths = tuple(os.fsdecode(bytes(b)) for b in msg.raw_path)
+        for text, p in zip(msg.path, paths, strict=True):
+            if _escaped(p)[0] != text:
+                raise _bad(paths, f"path {text[:200]!r} and its raw_path disagree")
     else:
         paths = tuple(msg.path)
     if not paths:
@@ -218,15 +223,15 @@ _SPECIAL_BITS = gm.MODE_SETUID | gm.MODE_SETGID | gm.MODE_STICKY
 def loads(data: bytes, *, source: str = "manifest") -> Manifest:
     """Decode manifest bytes. Raises CorruptManifest or InvalidManifest."""
     if not data:
-        raise CorruptManifest(f"{source}: empty manifest")
+        return Manifest.of([])  # an empty tree: upstream serializes it as zero bytes
     msg = pb.Manifest()
     try:
         msg.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise CorruptManifest(f"{source}: not a manifest ({exc})") from exc
     resources = [from_proto(r) for r in msg.resource]
-    if not resources:
-        raise CorruptManifest(f"{source}: manifest has no entries")
+    if not resources:  # the empty manifest is zero bytes; anything else without entries is not one
+        raise CorruptManifest(f"{source}: not a manifest ({len(data)} bytes without entries)")
     return Manifest.of(resources)
 
 
@@ -247,6 +252,8 @@ def split_entries(data: bytes, *, source: str = "manifest", starts: list[int] | 
     add_entry, add_paths = entries.append, paths.append
     n = len(data)
     i = 0
+    # Where a raw_path field (19) may be, the paths are those of field 19, not field 1: decode.
+    has_raw = b"\x9a\x01" in data
     try:
         while i < n:
             if data[i] != 0x0A:
@@ -267,17 +274,35 @@ def split_entries(data: bytes, *, source: str = "manifest", starts: list[int] | 
             # The common case: one path shorter than 128 bytes, first in the entry, within it.
             plen = data[i + 1] if end - i >= 2 else 0x80
             pend = i + 2 + plen
-            if data[i] == 0x0A and plen < 0x80 and (pend == end or (pend < end and data[pend] != 0x0A)):
+            if (data[i] == 0x0A and plen < 0x80 and (pend == end or (pend < end and data[pend] != 0x0A))
+                    and not (has_raw and data.find(b"\x9a\x01", i, end) >= 0)):
                 p = data[i + 2:i + 2 + plen].decode()
                 if "\\" not in p:
+                    if "/." in p or "//" in p or not p.startswith("/") or p.endswith("/"):
+                        _check_path(p, source)
                     add_paths((p,))
                     i = end
                     continue
-            add_paths(tuple(from_proto(pb.Resource.FromString(data[i:end])).paths))
+            ps = tuple(from_proto(pb.Resource.FromString(data[i:end])).paths)
+            for p in ps:
+                _check_path(p, source)
+            add_paths(ps)
             i = end
     except (IndexError, UnicodeDecodeError, DecodeError, RuntimeError) as exc:
         raise CorruptManifest(f"{source}: not a manifest ({exc})") from exc
     return entries, paths
+
+
+def _check_path(path: str, source: str) -> None:
+    """Refuse a path ``split_entries`` would hand out that the validator would refuse.
+
+    Its callers use the paths of an indexed manifest (validated when indexed) without
+    running the validator again; this keeps a path that escapes the tree from being used
+    even if such a manifest got indexed (an older store's rebuilt index).
+    """
+    why = path_problem(path)
+    if why:
+        raise InvalidManifest(f"{source}: invalid path {path[:200]!r} in manifest: {why}")
 
 
 def _varint_at(data: bytes, i: int) -> tuple[int, int]:
@@ -325,7 +350,8 @@ def _plain_at(data: bytes, i: int, end: int) -> bool:
 
 def first_path(entry: bytes) -> str:
     """The primary path of an encoded entry (its first path field)."""
-    if len(entry) > 2 and entry[0] == 0x0A and entry[1] < 0x80 and 2 + entry[1] <= len(entry):
+    if (len(entry) > 2 and entry[0] == 0x0A and entry[1] < 0x80 and 2 + entry[1] <= len(entry)
+            and b"\x9a\x01" not in entry):  # no raw_path (field 19), whose paths would be the ones
         p = entry[2:2 + entry[1]].decode("utf-8", "replace")
         if "\\" not in p and "\ufffd" not in p:
             return p
@@ -346,7 +372,12 @@ def dumps_text(m: Manifest) -> str:
     msg.resource.extend(to_proto(r) for r in m.resources)
     from google.protobuf import text_format  # only here: 8 ms of every CLI start otherwise
 
-    return text_format.MessageToString(msg, as_utf8=True)
+    # as_utf8 leaves DEL, C1 controls and line separators raw: octal escapes of their UTF-8 bytes, as the
+    # format's own escapes for C0 (the text parses back to the same strings).
+    return text_format.MessageToString(msg, as_utf8=True).translate(_TEXT_ESCAPES)
+
+
+_TEXT_ESCAPES = {c: "".join(f"\\{b:03o}" for b in chr(c).encode()) for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)}
 
 
 def _xattr_json(data: bytes, raw_name: bytes | None = None) -> dict[str, str]:
@@ -395,5 +426,7 @@ def resource_json(r: Resource) -> dict[str, Any]:
 
 def dumps_json(m: Manifest) -> str:
     """The JSON rendering: ``{"resources": [...]}``."""
-    return json.dumps({"resources": [resource_json(r) for r in m.resources]}, indent=1, ensure_ascii=False)
+    from castore.textsafe import json_text
+
+    return json_text({"resources": [resource_json(r) for r in m.resources]})
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from castore.manifest.model import Device, Manifest, RegularFile, Resource, Symlink
+from castore.manifest.model import AdsEntry, Device, Manifest, RegularFile, Resource, Symlink
+from castore.textsafe import quote, safe_line
 
 #: Attributes a comparison knows, for --ignore-attr.
-ATTRS = ("type", "mode", "uid", "gid", "size", "digest", "target", "device", "xattr", "mtime", "links")
+ATTRS = ("type", "mode", "uid", "gid", "size", "digest", "target", "device", "xattr", "mtime", "links", "ads")
 ALIASES = {"owner": ("uid", "gid"), "xattrs": ("xattr",), "devices": ("device",), "major": ("device",),
            "minor": ("device",), "hardlinks": ("links",), "content": ("size", "digest"), "time": ("mtime",),
-           "mtimes": ("mtime",), "perm": ("mode",), "permissions": ("mode",), "chunks": ()}
-CONTENT_ATTRS = frozenset({"type", "size", "digest", "target", "device"})
+           "mtimes": ("mtime",), "perm": ("mode",), "permissions": ("mode",), "chunks": (), "streams": ("ads",)}
+CONTENT_ATTRS = frozenset({"type", "size", "digest", "target", "device", "ads"})
 
 
 def normalize_ignores(names: tuple[str, ...] | list[str]) -> frozenset[str]:
@@ -38,15 +39,22 @@ class Difference:
     actual: str = ""
 
     def __str__(self) -> str:
+        path = quote(self.path)
         if self.attr == "missing":
-            return f"{self.path}: missing"
+            return f"{path}: missing"
         if self.attr == "extra":
-            return f"{self.path}: extra entry ({self.actual})"
-        return f"{self.path}: {self.attr} differs: expected {self.expected}, got {self.actual}"
+            return f"{path}: extra entry ({safe_line(self.actual)})"
+        return f"{path}: {self.attr} differs: expected {safe_line(self.expected)}, got {safe_line(self.actual)}"
 
 
 def _xattr_text(xattrs: tuple[tuple[str, bytes], ...]) -> str:
     return "{" + ", ".join(f"{n}={v!r}" for n, v in xattrs) + "}"
+
+
+def _ads_text(ads: tuple[AdsEntry, ...]) -> str:
+    if not ads:
+        return "no alternate data stream"
+    return f"{len(ads)} alternate data stream(s) " + "{" + ", ".join(a.name for a in ads) + "}"
 
 
 def compare(path: str, want: Resource, got: Resource, ignore: frozenset[str] = frozenset(),
@@ -83,6 +91,8 @@ def compare(path: str, want: Resource, got: Resource, ignore: frozenset[str] = f
                 f"{'c' if got.char else 'b'} {got.major}:{got.minor}")
     if want.xattrs != got.xattrs:
         add("xattr", _xattr_text(want.xattrs), _xattr_text(got.xattrs))
+    if want.ads != got.ads:  # on Linux a tree has none: a checkout could not write them
+        add("ads", _ads_text(want.ads), _ads_text(got.ads))
     if want.mtime_ns is not None and got.mtime_ns is not None and want.mtime_ns != got.mtime_ns:
         add("mtime", want.mtime_ns, got.mtime_ns)
     if want.paths != got.paths:
@@ -101,7 +111,7 @@ class Change:
     def __str__(self) -> str:
         sign = {"added": "A", "deleted": "D", "modified": "M", "metadata": "m"}[self.kind]
         extra = f" ({', '.join(self.attrs)})" if self.attrs else ""
-        return f"{sign} {self.path}{extra}"
+        return f"{sign} {quote(self.path)}{extra}"
 
 
 def diff(old: Manifest, new: Manifest, ignore: frozenset[str] = frozenset()) -> list[Change]:

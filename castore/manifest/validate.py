@@ -111,8 +111,6 @@ def _check_resource(r: Resource) -> None:
 
 def validate(m: Manifest) -> Manifest:
     """Check the whole manifest; return it unchanged or raise InvalidManifest."""
-    if not m.resources:
-        raise InvalidManifest("manifest has no entries")
     kinds: dict[str, Resource] = {}
     for r in m.resources:
         for p in r.paths:

@@ -32,7 +32,6 @@ import json
 import os
 import signal
 import stat
-import sys
 import threading
 import time
 from bisect import bisect_right
@@ -41,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from castore import textsafe
 from castore.digest import EMPTY_DIGEST
 from castore.errors import BlobNotFound, CastoreError, IntegrityError, UnsafeInput
 from castore.manifest.model import (
@@ -222,7 +222,7 @@ class BlobReader:
                  note: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.cache_bytes, self.item_max = cache_bytes, item_max
-        self.note = note or (lambda m: print(f"continuity: error: {m}", file=sys.stderr, flush=True))
+        self.note = note or (lambda m: textsafe.note(m, prefix="error"))
         self._lru: OrderedDict[str, bytes] = OrderedDict()
         self._held = 0
         self._proven: dict[str, tuple[int, int, int, int, int]] = {}  # large blobs: stat when verified

@@ -39,6 +39,7 @@ from castore.errors import (
     ResourceLimit,
     StoreUnusable,
     UnsafeInput,
+    warn_mounts_kept,
 )
 from castore.faults import crashpoint
 from castore.manifest import Manifest, codec, validate
@@ -142,6 +143,8 @@ class Store:
         assert isinstance(ch, dict)
         self.chunking = ChunkParams(ch["min_size"], ch["avg_size"], ch["max_size"], ch["threshold"])
         self.blob_root = os.path.join(path, "blobs", "sha256")
+        self.root_fd = -1  # the store directory, checked (Store.open); every store dir is reached from it
+        self._shard_fds: dict[str, int] = {}
 
     # ------------------------------------------------------------------ opening
 
@@ -149,38 +152,53 @@ class Store:
     def open(cls, path: str | None = None, *, create: bool = True) -> Store:
         """Open (and on first use create) the store at ``path``. Raises StoreUnusable."""
         path = os.path.abspath(path or default_store_path())
+        root_fd = -1
         try:
             cfg_path = os.path.join(path, "config")
-            if not os.path.exists(cfg_path):
+            if not os.path.lexists(cfg_path):
                 if not create:
                     raise StoreUnusable(f"no store at {path}")
+                os.makedirs(path, mode=0o700, exist_ok=True)
+                root_fd = _open_root(path, new=True)
                 cls._create(path)
-            with open(cfg_path, "rb") as f:
+            else:
+                root_fd = _open_root(path, new=False)
+            cfd = fs.open_beneath(root_fd, "config", os.O_RDONLY)
+            with open(cfd, "rb") as f:
                 config = json.loads(f.read())
             if not isinstance(config, dict) or config.get("version") != CONFIG_VERSION:
                 raise StoreUnusable(f"store at {path} has an unknown format version")
             if config.get("digest_algorithm") != "sha256":
                 raise StoreUnusable(f"store at {path} uses an unsupported digest algorithm")
-            for d in ("blobs/sha256", "tmp", "leases", "links"):
-                os.makedirs(os.path.join(path, d), exist_ok=True)
+            for d in ("blobs", "blobs/sha256", "tmp", "leases", "links", "meta"):
+                _ensure_dir(root_fd, d, path)
+            for d in ("blobs/sha256", "links"):
+                _check_shards(root_fd, d, path)
             meta = MetaDB(os.path.join(path, "meta"), create=True)
-        except (ValueError, KeyError) as exc:
-            raise StoreUnusable(f"store at {path}: unreadable config ({exc})") from exc
-        except PermissionError as exc:
-            raise StoreUnusable(f"store at {path}: permission denied") from exc
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+        except BaseException as exc:
+            if root_fd >= 0:
+                os.close(root_fd)
+            if isinstance(exc, (ValueError, KeyError)):
+                raise StoreUnusable(f"store at {path}: unreadable config ({exc})") from exc
+            if isinstance(exc, PermissionError):
+                raise StoreUnusable(f"store at {path}: permission denied") from exc
+            if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+                raise UnsafeInput(f"store at {path}: {exc.filename or 'a path'} is a symlink; refusing to "
+                                  "follow it (it could redirect the store's writes)") from exc
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise ResourceLimit(f"store at {path}: no space left on device") from exc
-            raise StoreUnusable(f"store at {path}: {exc.strerror}") from exc
+            if isinstance(exc, OSError):
+                raise StoreUnusable(f"store at {path}: {exc.strerror}") from exc
+            raise
         store = cls(path, config, meta)
+        store.root_fd = root_fd
         store._check_schema()
         return store
 
     @staticmethod
     def _create(path: str) -> None:
-        os.makedirs(path, mode=0o700, exist_ok=True)
         for i in range(256):
-            os.makedirs(os.path.join(path, "blobs", "sha256", f"{i:02x}"), exist_ok=True)
+            os.makedirs(os.path.join(path, "blobs", "sha256", f"{i:02x}"), mode=0o700, exist_ok=True)
         cp = ChunkParams()
         config = {"version": CONFIG_VERSION, "store_id": secrets.token_hex(16), "digest_algorithm": "sha256",
                   "chunker": {"algorithm": "fastcdc2020", "min_size": cp.min_size, "avg_size": cp.avg_size,
@@ -230,7 +248,7 @@ class Store:
         try:
             yield lease
         finally:
-            _remove_tree(lease.tmp_dir)
+            warn_mounts_kept(_remove_tree(lease.tmp_dir))
             lease.release()
 
     def live_leases(self) -> list[tuple[str, dict[str, object]]]:
@@ -346,18 +364,63 @@ class Store:
                 pass
         return digest
 
+    def shard_fd(self, area: str, shard: str) -> int:
+        """An fd (kept open) on the shard directory ``area/shard`` (``blobs/sha256`` or ``links``),
+        made when missing, reached from the store root without following any symlink: a shard
+        replaced by a symlink is refused (UnsafeInput), never written through."""
+        key = f"{area}/{shard}"
+        fd = self._shard_fds.get(key)
+        if fd is not None:
+            return fd
+        fd = self.open_shard(area, shard)
+        old = self._shard_fds.setdefault(key, fd)
+        if old != fd:  # another thread opened it meanwhile
+            os.close(fd)
+        return old
+
+    def open_shard(self, area: str, shard: str) -> int:
+        """A new fd on ``area/shard`` (see ``shard_fd``); the caller closes it."""
+        key = f"{area}/{shard}"
+        if self.root_fd < 0:
+            raise CastoreError(f"store at {self.path} is not open")
+        try:
+            afd = fs.open_beneath(self.root_fd, area, os.O_PATH | os.O_DIRECTORY)
+            try:
+                try:
+                    os.mkdir(shard, 0o700, dir_fd=afd)
+                except FileExistsError:
+                    pass
+                fd = fs.open_beneath(afd, shard, os.O_RDONLY | os.O_DIRECTORY)
+            finally:
+                os.close(afd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                raise UnsafeInput(f"store at {self.path}: {key} is not a plain directory (a symlink?); "
+                                  "refusing to write through it") from exc
+            raise
+        return fd
+
+    def __del__(self) -> None:
+        for fd in [*getattr(self, "_shard_fds", {}).values(), getattr(self, "root_fd", -1)]:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._shard_fds, self.root_fd = {}, -1
+
     def _install(self, tmp: str, digest: str) -> bool:
         """Rename a verified temp file into place; False when it already existed."""
-        path = self.blob_path(digest)
+        h = digest[7:]
         try:
-            fs.renameat2(-100, tmp, -100, path)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
             try:
-                fs.renameat2(-100, tmp, -100, path)
-            except FileExistsError:
-                os.unlink(tmp)
-                return False
+                fs.renameat2(-100, tmp, self.shard_fd("blobs/sha256", h[:2]), h)
+            except FileNotFoundError:
+                # The shard was removed since it was opened (creating in it fails): open it again.
+                old = self._shard_fds.pop(f"blobs/sha256/{h[:2]}", -1)
+                if old >= 0:
+                    os.close(old)
+                fs.renameat2(-100, tmp, self.shard_fd("blobs/sha256", h[:2]), h)
         except FileExistsError:
             os.unlink(tmp)
             return False
@@ -574,46 +637,151 @@ def manifest_refs(m: Manifest) -> set[str]:
     return out
 
 
-def _remove_tree(path: str) -> None:
-    """Remove a directory tree without following symlinks (fd-relative, iterative)."""
+def _remove_tree(path: str) -> list[str]:
+    """Remove a directory tree without following symlinks (fd-relative, iterative).
+
+    Mount points below it are left untouched (see ``remove_contents``); their paths are returned.
+    """
     try:
         top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
-        return
-    remove_contents(top)
-    os.close(top)
+        return []
+    try:
+        if fs.is_mount_root(top):
+            return [path]
+        kept = remove_contents(top)
+    finally:
+        os.close(top)
     try:
         os.rmdir(path)
     except OSError:
         pass
+    return [f"{path}/{k}" for k in kept]
 
 
-def discard_dir(parent_fd: int, name: str) -> None:
-    """Remove the directory ``name`` in ``parent_fd`` and all below it, never following symlinks."""
+def _open_root(path: str, *, new: bool) -> int:
+    """An fd on the store directory once it is safe to use: ours (root's, when root runs),
+    writable by no one else, mode 0700 (tightened when it is ours and only readable by others:
+    blobs of 0600 files and setuid hardlink objects are then no one else's to read or run).
+    A new store may be made in an existing empty directory, which is then chmod 0700."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        me = os.geteuid()
+        if st.st_uid != me:
+            raise UnsafeInput(f"store at {path} is owned by uid {st.st_uid}, not by uid {me} who runs this: "
+                              "refusing to use it (its owner could redirect the store's writes); "
+                              "use a store of your own")
+        if new and st.st_mode & 0o077:
+            if os.listdir(fd) and st.st_mode & 0o022:
+                raise UnsafeInput(f"store at {path}: directory is not empty and others may write in it: "
+                                  "refusing to make a store there")
+            os.fchmod(fd, 0o700)
+        elif st.st_mode & 0o022:
+            raise UnsafeInput(f"store at {path} is writable by group or others (mode {st.st_mode & 0o7777:04o}): "
+                              "refusing to use it; check its contents, then chmod 0700 it")
+        elif st.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_store_dir(path: str) -> None:
+    """The checks of ``Store.open`` on an existing store's directory, for the verbs that work on its
+    files without opening it (``fsck --rebuild-index``). Raises UnsafeInput."""
+    fd = _open_root(path, new=False)
+    try:
+        for d in ("blobs", "blobs/sha256", "links"):
+            if os.path.lexists(os.path.join(path, d)):
+                st = os.stat(d, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                    raise UnsafeInput(f"store at {path}: {d} is not a directory of ours (a symlink?): refusing it")
+                if d != "blobs":
+                    _check_shards(fd, d, path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeInput(f"store at {path}: {exc.filename} is a symlink; refusing to follow it") from exc
+        raise
+    finally:
+        os.close(fd)
+
+
+def _ensure_dir(root_fd: int, rel: str, path: str) -> None:
+    """``rel`` below the store root is a directory of ours (made 0700 when missing), reached
+    without following symlinks."""
+    parent, _, name = rel.rpartition("/")
+    pfd = fs.open_beneath(root_fd, parent or ".", os.O_PATH | os.O_DIRECTORY)
+    try:
+        try:
+            os.mkdir(name, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            pass
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+    finally:
+        os.close(pfd)
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, "is a symlink", rel)
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreUnusable(f"store at {path}: {rel} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise UnsafeInput(f"store at {path}: {rel} is owned by uid {st.st_uid}: refusing to use the store")
+
+
+def _check_shards(root_fd: int, rel: str, path: str) -> None:
+    """No shard directory below ``rel`` is a symlink (one readdir: the types come with the names)."""
+    fd = fs.open_beneath(root_fd, rel, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with os.scandir(fd) as it:
+            for e in it:
+                if e.is_symlink():
+                    raise OSError(errno.ELOOP, "is a symlink", f"{rel}/{e.name}")
+    finally:
+        os.close(fd)
+
+
+def discard_dir(parent_fd: int, name: str) -> list[str]:
+    """Remove the directory ``name`` in ``parent_fd`` and all below it, never following symlinks.
+
+    Mount points at or below it are left untouched; their paths (relative to ``parent_fd``) are returned.
+    """
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
     except OSError:
-        return
+        return []
     try:
-        remove_contents(fd)
+        if fs.is_mount_root(fd, os.fstat(parent_fd).st_dev):
+            return [name]
+        kept = remove_contents(fd)
     finally:
         os.close(fd)
     try:
         os.rmdir(name, dir_fd=parent_fd)
     except OSError:
         pass
+    return [f"{name}/{k}" for k in kept]
 
 
-def remove_contents(dir_fd: int) -> None:
-    """Empty the directory ``dir_fd`` (iteratively; never follows symlinks)."""
-    stack: list[tuple[int, str | None]] = [(os.dup(dir_fd), None)]
+def remove_contents(dir_fd: int) -> list[str]:
+    """Empty the directory ``dir_fd`` (iteratively; never follows symlinks).
+
+    Never crosses into another filesystem (like ``rm --one-file-system``): a mount point below
+    ``dir_fd`` (a directory on another device, or any mount root, bind mounts included) is neither
+    entered, chmod'ed nor removed, and a mounted file is not unlinked. Their paths (relative to
+    ``dir_fd``) are returned; the directories holding them stay, emptied of everything else.
+    """
+    kept: list[str] = []
+    stack: list[tuple[int, str | None, str]] = [(os.dup(dir_fd), None, "")]
     tried: set[tuple[int, int]] = set()
     while stack:
-        fd, name_in_parent = stack[-1]
+        fd, name_in_parent, rel = stack[-1]
         pushed = False
         with os.scandir(fd) as it:
             entries = list(it)
+        dev = os.fstat(fd).st_dev
         for e in entries:
+            child = f"{rel}/{e.name}" if rel else e.name
             if e.is_dir(follow_symlinks=False):
                 try:
                     cfd = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
@@ -624,17 +792,26 @@ def remove_contents(dir_fd: int) -> None:
                     os.close(cfd)
                     continue
                 tried.add((cst.st_dev, cst.st_ino))
+                if cst.st_dev != dev or fs.is_mount_root(cfd, dev):
+                    os.close(cfd)
+                    kept.append(child)
+                    continue
                 try:
                     os.fchmod(cfd, 0o700)
                 except OSError:
                     pass
-                stack.append((cfd, e.name))
+                stack.append((cfd, e.name, child))
                 pushed = True
                 break
             try:
                 os.unlink(e.name, dir_fd=fd)
             except FileNotFoundError:
                 pass
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:  # a file bind-mounted there
+                    raise
+                if child not in kept:
+                    kept.append(child)
         if pushed:
             continue
         os.close(fd)
@@ -644,6 +821,7 @@ def remove_contents(dir_fd: int) -> None:
                 os.rmdir(name_in_parent, dir_fd=stack[-1][0])
             except OSError:
                 pass
+    return kept
 
 
 __all__ = ["Lease", "Store", "TagInfo", "check_digest", "check_name", "default_store_path", "manifest_refs",

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
+from castore import textsafe
 from castore.bulkmode import bulk
 from castore.errors import CastoreError, IntegrityError, NotFound
 from castore.manifest.model import (
@@ -91,7 +92,7 @@ class TarWriter:
         self.store = store
         self.out = out
         self.whiteouts = whiteouts
-        self.note = note or (lambda m: print(f"continuity: note: {m}", file=sys.stderr))
+        self.note = note or textsafe.note
         self.skipped: dict[str, int] = {}
         self.src: Source | None = None
 
@@ -237,7 +238,7 @@ class TarWriter:
             elif isinstance(r, NamedPipe):
                 self._header(rel, r, FIFO)
             elif isinstance(r, Whiteout):
-                self._header(rel, r, REG, perm=0)
+                self._header(rel, r, REG)
             elif isinstance(r, Socket):
                 self._skip("socket(s)")
 

@@ -96,7 +96,7 @@ class OffsetReader:
         # waiting for the committer; the blob is durable at the commit's syncfs and indexed
         # only after it, so until then it is an unindexed file, re-hashed if anyone relies on it.
         try:
-            fs.renameat2(-100, name, -100, path)
+            fs.renameat2(-100, name, fs.shard_dir_fd(os.path.join(self.blob_root, hexd[:2])), hexd)
         except FileExistsError:
             os.unlink(name)  # there already: not ours, so not "staged" (the commit verifies it)
             return

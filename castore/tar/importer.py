@@ -42,7 +42,6 @@ import hashlib
 import os
 import secrets
 import stat
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -87,6 +86,7 @@ from castore.tar.format import (
 )
 from castore.tar.import_content import PARALLEL_MIN, Dispatcher, OffsetReader
 from castore.tar.reader import Member, Stream, members, open_stream
+from castore.textsafe import note
 
 FS_BLOCK = 4096
 MAX_APPLEDOUBLE = 16 << 20
@@ -101,7 +101,7 @@ class TarOptions:
     ignore: tuple[str, ...] = ()
     whiteouts: str = "none"  # none | oci
     appledouble: str = "fold"  # fold | drop | keep
-    note: Callable[[str], None] = lambda msg: print(f"continuity: note: {msg}", file=sys.stderr)
+    note: Callable[[str], None] = note
 
 
 @dataclass(eq=False)
@@ -247,7 +247,7 @@ class _Importer:
         self.staged: list[tuple[str, str]] = []
         self.inos: dict[str, int] = {}  # digest -> inode of the temp file staged for it
         self.sizes: dict[str, int] = {}
-        self.whiteouts: dict[str, tuple[int, int]] = {}
+        self.whiteouts: dict[str, tuple[int, int, int]] = {}  # path -> uid, gid, perm
         self.opaque: set[str] = set()
         self.apple: dict[str, list[tuple[str, bytes]]] = {}
         self.dropped_apple = 0
@@ -364,7 +364,7 @@ class _Importer:
                 name = base[4:]
                 if name in ("", ".", ".."):
                     raise TarUnsafe(f"tar member {path!r}: invalid whiteout name")
-                self.whiteouts[(parent if parent != "/" else "") + "/" + name] = (m.uid, m.gid)
+                self.whiteouts[(parent if parent != "/" else "") + "/" + name] = (m.uid, m.gid, m.mode & 0o7777)
             return True
         return False
 
@@ -447,14 +447,12 @@ class _Importer:
             if p in self.tree.has_below or p in self.opaque:
                 out.append(Directory(paths=(p,), opaque=True))  # an implicit directory made opaque
             else:
-                uid, gid = self.whiteouts[p]
-                out.append(Whiteout(paths=(p,), uid=uid, gid=gid))
+                uid, gid, perm = self.whiteouts[p]
+                out.append(Whiteout(paths=(p,), perm=perm, uid=uid, gid=gid))
         if self.dropped_apple:
             self.opts.note(f"left out {self.dropped_apple} AppleDouble member(s) (._* and __MACOSX)")
         for p in sorted(orphans):
             self.opts.note(f"AppleDouble data for {p}, which is not in the stream, left out")
-        if not out:
-            raise TarUnsafe("the tar stream has no members to ingest")
         return validate(Manifest.of(out))
 
 

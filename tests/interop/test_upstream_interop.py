@@ -26,6 +26,7 @@ from castore.build import build
 from castore.digest import hash_bytes
 from castore.manifest import codec
 from castore.manifest.model import Device, Manifest, RegularFile, Symlink
+from castore.textsafe import quote
 from tests.helpers import run_cli
 from tests.interop.trees import hardlink_groups, rich_tree
 from tests.interop.upstream import Upstream
@@ -64,7 +65,7 @@ def without_mtimes(m: Manifest) -> Manifest:
 
 def test_upstream_manifest_lists_and_dumps_here(tree: Path, upstream_pb: Path) -> None:
     ours = build(str(tree))
-    expected = "".join(p + "\n" for r in ours.resources for p in r.paths)
+    expected = "".join(quote(p) + "\n" for r in ours.resources for p in r.paths)  # ls escapes control chars
     ls = run_cli("ls", upstream_pb, check=True)
     assert ls.stdout.decode() == expected
     assert run_cli("ls", "-l", upstream_pb, check=True).stdout.count(b"\n") >= len(ours.resources)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 import tarfile
 from pathlib import Path
@@ -81,3 +82,27 @@ def test_appledouble_members(cli, mode):
         assert set(xattrs) == {"com.apple.FinderInfo", "com.apple.ResourceFork"}
     else:
         assert xattrs == {}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a whiteout needs root")
+def test_whiteout_permission_bits_survive_reencoding(cli, tmp_path: Path):
+    """overlay char 0/0 -> manifest -> OCI .wh. member -> manifest -> overlay: mode bits and owner kept."""
+    up = tmp_path / "upper"
+    up.mkdir()
+    (up / "f").write_bytes(b"1")
+    os.mknod(up / "gone", stat.S_IFCHR | 0o640, os.makedev(0, 0))
+    os.chmod(up / "gone", 0o640)
+    os.chown(up / "gone", 123, 456)
+    d1 = cli("ingest", "--whiteouts", "overlay", up, check=True).stdout.decode().strip()
+    assert '"mode": "0640"' in cli("dump", d1, "--format", "json", check=True).stdout.decode()
+    layer = tmp_path / "layer.tar"
+    cli("export", d1, "--whiteouts", "oci", "-o", layer, check=True)
+    wh = tarfile.open(layer).getmember(".wh.gone")
+    assert (wh.mode & 0o7777, wh.uid, wh.gid) == (0o640, 123, 456)
+    d2 = cli("ingest", "--tar", layer, "--whiteouts", "oci", check=True).stdout.decode().strip()
+    assert d2 == d1
+    for form, name in (("overlay", "gone"), ("oci", ".wh.gone")):
+        out = tmp_path / f"back-{form}"
+        cli("checkout", d2, out, "--whiteouts", form, check=True)
+        st = os.lstat(out / name)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 123, 456), form
