@@ -1,5 +1,5 @@
-"""Where pulled blobs land: verified bytes are written under the lease's tmp dir, then renamed under
-their own name in the store at once (unindexed, like ingest's readers publish), so that a pull killed
+"""Where pulled blobs land: verified bytes are written under their own name in the store at once
+(unindexed, exclusively, like ingest's readers publish), so that a pull killed
 half-way keeps what it fetched: the next pull of the same tree finds those files, and commit re-hashes
 them before indexing (castore.ingest.commit_manifest: content not staged by this run is verified).
 
@@ -13,10 +13,13 @@ import contextlib
 import errno
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from castore import fs
 from castore.errors import ResourceLimit
 from castore.store import Store
+
+MAX_PENDING = 64 << 20  # bytes handed to the writers and not yet written
 
 
 class Landing:
@@ -27,6 +30,43 @@ class Landing:
         self.published: list[str] = []  # digests renamed into place by this pull (list.append is atomic)
         self._seq = iter(range(1 << 62))
         self._lock = threading.Lock()
+        self._dirs: set[str] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: list[Future[None]] = []
+        self._pending = 0
+        self._room = threading.Condition()
+
+    def put_async(self, digest: str, data: bytes, *, jobs: int, replace: bool = False) -> Future[None]:
+        """``put`` on a pool of ``jobs`` writer threads (file creation, not the network, bounds a pull of
+        small files); at most MAX_PENDING bytes wait. Errors surface in ``drain``."""
+        with self._room:
+            while self._pending > MAX_PENDING:
+                self._room.wait()
+            self._pending += len(data)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="land")
+        fut = self._pool.submit(self._put_then_free, digest, data, replace)
+        self._futures.append(fut)
+        return fut
+
+    def _put_then_free(self, digest: str, data: bytes, replace: bool) -> None:
+        try:
+            self.put(digest, data, replace=replace)
+        finally:
+            with self._room:
+                self._pending -= len(data)
+                self._room.notify_all()
+
+    def drain(self) -> None:
+        """Wait for every ``put_async``; raise the first writer error."""
+        futures, self._futures = self._futures, []
+        errors = [f.exception() for f in futures]
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
 
     def _tmp(self) -> str:
         with self._lock:
@@ -37,10 +77,26 @@ class Landing:
         """A fresh path in the tmp dir (for downloads that write their own file)."""
         return self._tmp()
 
+    def _dir(self, dest: str) -> None:
+        d = os.path.dirname(dest)
+        if d not in self._dirs:
+            os.makedirs(d, exist_ok=True)
+            self._dirs.add(d)
+
     def put(self, digest: str, data: bytes, *, replace: bool = False) -> None:
-        """Write verified ``data`` and publish it under ``digest``."""
-        path = self._tmp()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+        """Write verified ``data`` under its blob name at once (exclusively: an existing name is kept, as
+        in publish); with ``replace``, through a temp file and a rename."""
+        if replace:
+            path = self._tmp()
+        else:
+            path = self.store.blob_path(digest)
+            self._dir(path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+        except FileExistsError:
+            return
+        if not replace:
+            self.published.append(digest)  # before writing: a failed write is taken back too
         try:
             view = memoryview(data)
             while view:
@@ -52,13 +108,14 @@ class Landing:
                 raise ResourceLimit(f"no space left on device writing {digest}") from exc
             raise
         os.close(fd)
-        self.publish(path, digest, replace=replace)
+        if replace:
+            self.publish(path, digest, replace=True)
 
     def publish(self, path: str, digest: str, *, replace: bool = False) -> None:
         """Rename the verified file ``path`` to the blob's name. An existing name is kept unless
         ``replace`` (its bytes failed verification): commit verifies what it did not stage."""
         dest = self.store.blob_path(digest)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        self._dir(dest)
         if replace:
             os.replace(path, dest)
             self.published.append(digest)

@@ -13,7 +13,9 @@ SOLO_MIN bytes or more travel alone, as their own layer.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from castore.manifest import Manifest
@@ -105,16 +107,25 @@ class BuiltPack:
     index_data: bytes
 
 
-def build_pack(store: Store, blobs: list[tuple[str, int]]) -> BuiltPack:
-    """Read (verifying each digest: store.read_blob) and pack ``blobs``; deterministic bytes."""
-    cctx = compressor()
+def build_pack(store: Store, blobs: list[tuple[str, int]], jobs: int = 1) -> BuiltPack:
+    """Read (verifying each digest: store.read_blob) and pack ``blobs``, on ``jobs`` threads (reading and
+    compressing release the GIL); the bytes depend only on ``blobs``."""
+    local = threading.local()
+
+    def batch(items: list[tuple[str, int]]) -> list[tuple[bytes, int]]:
+        cctx = getattr(local, "cctx", None)
+        if cctx is None:
+            cctx = local.cctx = compressor()
+        return [encode_entry(store.read_blob(d, limit=n), cctx) for d, n in items]
+
     out = bytearray()
     entries = []
-    for d, n in blobs:
-        data = store.read_blob(d, limit=n)
-        stored, comp = encode_entry(data, cctx)
-        entries.append(Entry(d, len(out), len(stored), n, comp))
-        out += stored
+    step = 256 if jobs > 1 else len(blobs) or 1
+    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="pack") as pool:
+        parts = pool.map(batch, [blobs[i:i + step] for i in range(0, len(blobs), step)])
+        for (d, n), (stored, comp) in zip(blobs, (x for part in parts for x in part), strict=True):
+            entries.append(Entry(d, len(out), len(stored), n, comp))
+            out += stored
     digest = "sha256:" + hashlib.sha256(out).hexdigest()
     index = encode_index(PackIndex(digest, len(out), tuple(entries)))
     return BuiltPack(Descriptor(PACK_MEDIA_TYPE, digest, len(out)),

@@ -14,8 +14,10 @@ same write order as ingest. Old artifacts (one layer per blob) have no packs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 from castore.digest import hash_bytes, hex_of
@@ -96,7 +98,7 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
                     return [("", d) for d in landing.published[before:]]
 
                 mdigest = commit_manifest(store, manifest, landing.staged(), sizes, name=name, redo=redo,
-                                          sync_fd=lease.fd)
+                                          validated=True, sync_fd=lease.fd)  # validated above
             except IntegrityError:
                 landing.take_back()
                 raise
@@ -150,10 +152,6 @@ def fetch_blobs(reg: Registry, digests: list[str], where: Mapping[str, Where], l
     work += lone
     prog = Progress("pull", sum(len(w[1]) if isinstance(w, tuple) else 1 for w in work))
 
-    def sink(e: Entry, data: bytes) -> None:
-        landing.put(e.digest, data, replace=replace)
-        prog.add(len(data))
-
     def one(w: tuple[Descriptor, list[Entry]] | Descriptor) -> None:
         if isinstance(w, Descriptor):
             path = landing.tmp_path()
@@ -162,14 +160,26 @@ def fetch_blobs(reg: Registry, digests: list[str], where: Mapping[str, Where], l
             landing.publish(path, w.digest, replace=replace)
             prog.add(w.size)
         else:
+            writes: list[Future[None]] = []
+
+            def sink(e: Entry, data: bytes) -> None:
+                writes.append(landing.put_async(e.digest, data, jobs=jobs, replace=replace))
+                prog.add(len(data))
+
             fetch_entries(reg, w[0], w[1], sink, counter)
+            wait(writes)  # the pack is in the store (errors surface in drain)
         crashpoint("pull-after-pack")
 
     work.sort(key=lambda w: -(w.size if isinstance(w, Descriptor) else sum(e.stored for e in w[1])))
     try:
         run_all(work, one, jobs=jobs, abort=reg.abort)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            landing.drain()
+        raise
     finally:
         prog.done()
+    landing.drain()
 
 
 def _manifest_bytes(store: Store, reg: Registry, digest: str, size: int, tmp_dir: str, counter: Counter) -> bytes:

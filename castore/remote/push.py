@@ -97,7 +97,7 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
             built: list[tuple[int, Descriptor, Descriptor]] = []
 
             def one_pack(i: int) -> None:
-                bp = build_pack(store, plan.new[i])
+                bp = build_pack(store, plan.new[i], jobs=min(jobs, 4))
                 send(bp.pack.digest, bp.pack.size, bp.data)
                 send(bp.index.digest, bp.index.size, bp.index_data)
                 built.append((i, bp.pack, bp.index))
