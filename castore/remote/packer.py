@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from castore.manifest import Manifest
@@ -26,6 +27,7 @@ from castore.store import Store
 PACK_TARGET = 32 << 20  # measured: docs/benchmarks.md "remote"
 SOLO_MIN = 16 << 20
 REUSE_MIN = 0.5
+BATCH_BYTES = 4 << 20  # blobs read ahead per pack-building thread
 MAX_LAYERS = 8192  # packs grow beyond PACK_TARGET so a tree never needs more (OCI manifest < 4 MiB)
 
 
@@ -99,6 +101,20 @@ def make_plan(order: list[tuple[str, int]], base: Iterable[BasePack], target: in
     return plan
 
 
+def _batches(blobs: list[tuple[str, int]], limit: int) -> Iterator[list[tuple[str, int]]]:
+    """Runs of ``blobs`` of at most 256 blobs or ``limit`` bytes (a read-ahead that bounds memory)."""
+    cur: list[tuple[str, int]] = []
+    acc = 0
+    for d, n in blobs:
+        if cur and (len(cur) >= 256 or acc + n > limit):
+            yield cur
+            cur, acc = [], 0
+        cur.append((d, n))
+        acc += n
+    if cur:
+        yield cur
+
+
 @dataclass(frozen=True, slots=True)
 class BuiltPack:
     pack: Descriptor
@@ -120,12 +136,21 @@ def build_pack(store: Store, blobs: list[tuple[str, int]], jobs: int = 1) -> Bui
 
     out = bytearray()
     entries = []
-    step = 256 if jobs > 1 else len(blobs) or 1
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="pack") as pool:
-        parts = pool.map(batch, [blobs[i:i + step] for i in range(0, len(blobs), step)])
-        for (d, n), (stored, comp) in zip(blobs, (x for part in parts for x in part), strict=True):
-            entries.append(Entry(d, len(out), len(stored), n, comp))
-            out += stored
+        window: deque[tuple[list[tuple[str, int]], Future[list[tuple[bytes, int]]]]] = deque()
+        todo = _batches(blobs, BATCH_BYTES)
+        while True:
+            while len(window) < 2 * jobs:  # read ahead at most 2 batches per thread
+                items = next(todo, None)
+                if items is None:
+                    break
+                window.append((items, pool.submit(batch, items)))
+            if not window:
+                break
+            items, fut = window.popleft()
+            for (d, n), (stored, comp) in zip(items, fut.result(), strict=True):
+                entries.append(Entry(d, len(out), len(stored), n, comp))
+                out += stored
     digest = "sha256:" + hashlib.sha256(out).hexdigest()
     index = encode_index(PackIndex(digest, len(out), tuple(entries)))
     return BuiltPack(Descriptor(PACK_MEDIA_TYPE, digest, len(out)),

@@ -36,7 +36,7 @@ from castore.remote.ref import Reference
 from castore.remote.transfer import Progress, run_all
 from castore.store import Store, manifest_refs
 
-MAX_PACK_MEMORY = 256 << 20  # packs being built or sent at once, in bytes
+MAX_PACK_MEMORY = 160 << 20  # packs being built or sent at once (each held twice at worst), in bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +109,7 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
                 prog.add(item[1])
 
             try:
-                in_flight = max(1, min(jobs, MAX_PACK_MEMORY // max(pack_target, 1)))
+                in_flight = max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1))))
                 run_all(range(len(plan.new)), one_pack, jobs=in_flight, abort=reg.abort)
                 run_all(plan.solo, one_solo, jobs=jobs, abort=reg.abort)
                 send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
