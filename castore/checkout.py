@@ -34,7 +34,7 @@ from castore.manifest import codec
 from castore.manifest.model import Device, Directory, Manifest, RegularFile, Resource, Whiteout
 from castore.manifest.validate import validate
 from castore.materialize import LinkRef, Options, Writer, count_ads, note_ads, without_attrs
-from castore.store import Store, discard_dir
+from castore.store import Lease, Store, discard_dir
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -173,6 +173,7 @@ def _in_child(root_fd: int, entries: list[Item], writer: Writer,
         code = 0
         try:
             os.close(rfd)
+            writer.forked = True
             child_dirs = DirFds(root_fd)
             try:
                 _create_entries(child_dirs, entries, writer)
@@ -291,7 +292,7 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
     parent, base, was_empty_dir = _prepare_target(target)
     ads = count_ads(items)
     if store is not None and manifest_digest is None and manifest is not None:
-        _require_blobs(store, manifest)
+        _require_blobs(store, manifest)  # early, before anything is made (again under the lease below)
     os.makedirs(parent, exist_ok=True)
     pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     stage.sweep(pfd, parent)  # staging dirs of checkouts and copies killed here before
@@ -308,12 +309,14 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
             try:
                 writer = Writer(store, opts)
                 if store is not None:
-                    with store.lease([manifest_digest] if manifest_digest else []):
-                        if manifest is not None and manifest_digest is not None:
+                    with store.lease([manifest_digest] if manifest_digest else []) as lease:
+                        writer.tmp_dir = lease.tmp_dir  # its new hardlink objects are written there
+                        if manifest is not None:
                             # Every blob there, before anything is written. (Hardlink objects of an
                             # encoded manifest need a blob only when made again: missing, it fails
-                            # then, with the staging directory discarded all the same.)
-                            _require_blobs(store, manifest)
+                            # then, with the staging directory discarded all the same.) A manifest
+                            # file's blobs are named by the lease first: gc keeps them from then on.
+                            _require_blobs(store, manifest, None if manifest_digest else lease)
                         materialize_into(sfd, items, writer)
                 else:
                     materialize_into(sfd, items, writer)
@@ -350,9 +353,11 @@ def _encoded_items(store: Store, digest: str) -> list[Item]:
     return [LinkRef(e, ps) if f else codec.decode_entry(e) for e, ps, f in zip(entries, paths, plain, strict=True)]
 
 
-def _require_blobs(store: Store, manifest: Manifest) -> None:
+def _require_blobs(store: Store, manifest: Manifest, lease: Lease | None = None) -> None:
     from castore.errors import BlobNotFound
-    from castore.store import manifest_refs
-    missing = store.missing_blobs(manifest_refs(manifest))
+    refs = store.content_refs(manifest)
+    if lease is not None:
+        lease.add(sorted(refs))
+    missing = store.missing_blobs(refs)
     if missing:
         raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) of this manifest")

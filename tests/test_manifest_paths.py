@@ -94,7 +94,8 @@ def test_rebuilt_index_does_not_index_a_hand_made_encoding(tmp_path: Path, seede
     s.meta.close()
     for link in ("hardlink", "copy"):
         p = run_cli("checkout", digest, _deep(tmp_path, f"co-{link}"), "--link", link, store=seeded)
-        assert p.returncode == 3, p.stderr
+        # refused: as a blob that is not a recorded manifest (4), or, were it ever taken for one, as unsafe (3)
+        assert p.returncode in (3, 4), p.stderr
     assert _escaped(tmp_path) == []
 
 

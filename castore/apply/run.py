@@ -114,7 +114,7 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
             raise CastoreError("no store to take content from; give --source DIR|TAR")
         if use_store:
             assert store is not None
-            stack.enter_context(store.lease([manifest_digest] if manifest_digest else []))
+            lease = stack.enter_context(store.lease([manifest_digest] if manifest_digest else []))
         started = time.time_ns()
         root_st = os.fstat(root_fd)
         # ROOT's record: read the store's manifest as entries (no decoding) and apply only what
@@ -161,6 +161,8 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
         writer = Writer(store if use_store else None,
                         Options(link=opts.link if use_store else "copy", verify=opts.verify, devices=opts.devices,
                                 sockets=opts.sockets, note=opts.note))
+        if use_store:
+            writer.tmp_dir = lease.tmp_dir  # new hardlink objects: where gc leaves them alone
         src: Source = Source()
         needed = _needed_content(manifest, scan, opts)
         if use_store:
@@ -168,8 +170,14 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
             missing = store.missing_blobs(manifest_refs(Manifest(tuple(needed.values()))))
             local_only = {r.digest for r in needed.values() if r.digest in scan.local
                           and (r.digest in missing or any(c.digest in missing for c in r.chunks))}
-            missing -= {d for r in needed.values() if r.digest in local_only
-                        for d in ([c.digest for c in r.chunks] or [r.digest])}
+            from_store = Manifest(tuple(r for r in needed.values() if r.digest not in local_only))
+            # Whole-file digests stored as chunks only (a manifest without chunk lists) count by their chunks.
+            if manifest_digest is None:  # a manifest file: the lease names its blobs, checked from then on
+                refs = store.content_refs(from_store)
+                lease.add(sorted(refs))
+                missing = store.missing_blobs(refs)
+            elif missing:
+                missing = store.missing_blobs(store.content_refs(from_store))
             if missing:
                 from castore.errors import BlobNotFound
                 raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) apply needs")

@@ -22,6 +22,6 @@ def export_cmd(obj: Ctx, manifest: str, output: str | None, compress: str | None
     from castore.tar.exporter import export_tar
     if output in (None, "-") and sys.stdout.isatty():
         raise click.UsageError("refusing to write a tar to a terminal; use -o FILE or a pipe")
-    m, _, store = resolve(obj, manifest, need_store=True)
+    m, digest, store = resolve(obj, manifest, need_store=True)
     assert store is not None
-    export_tar(store, m, output, compress=compress, whiteouts=whiteouts)
+    export_tar(store, m, output, compress=compress, whiteouts=whiteouts, manifest_digest=digest)

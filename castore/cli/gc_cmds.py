@@ -91,7 +91,7 @@ def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuil
     if rebuild:
         rebuilt = rebuild_index(path)
         if not as_json:
-            if rebuilt.catalog_lost:
+            if rebuilt.catalog_lost and not rebuilt.catalog_restored:
                 for d in rebuilt.manifest_digests:
                     click.echo(f"manifest {d}")
             click.echo(safe_line(rebuilt.summary()))

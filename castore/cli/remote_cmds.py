@@ -59,8 +59,9 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], pa
     if as_json:
         print_json({"reference": pinned, "tag": str(ref), "oci_digest": res.oci_digest,
                     "manifest": res.manifest_digest, "uploaded": res.uploaded, "skipped": res.skipped,
-                    "uploaded_bytes": res.uploaded_bytes, "packs_new": res.packs_new,
-                    "packs_reused": res.packs_reused, "oci_manifest_size": res.oci_manifest_size})
+                    "uploaded_bytes": res.uploaded_bytes, "signatures": res.signatures,
+                    "packs_new": res.packs_new, "packs_reused": res.packs_reused,
+                    "oci_manifest_size": res.oci_manifest_size})
     else:
         click.echo(pinned)
 
@@ -91,12 +92,15 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: i
     from castore.remote.pull import pull
 
     ref = parse_reference_or_usage(reference, insecure, allow_digest=True)
+    from castore.sign.policy import load_policy
+
+    policy = load_policy(obj.policy_path)
     res = pull(obj.store(), ref, name=name if name is not None else str(ref), jobs=jobs, username=username,
-               password=_password(password_stdin))
+               password=_password(password_stdin), policy=None if policy.accepts_all else policy)
     if as_json:
         print_json({"manifest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
                     "downloaded": res.downloaded, "present": res.present,
-                    "downloaded_bytes": res.downloaded_bytes})
+                    "downloaded_bytes": res.downloaded_bytes, "signatures": res.signatures})
     else:
         click.echo(res.manifest_digest)
 

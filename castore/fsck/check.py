@@ -17,17 +17,22 @@ import json
 import os
 import secrets
 import stat
+import struct
 import time
 from dataclasses import dataclass, field
 
+from castore import fs
 from castore.bulkmode import bulk
 from castore.digest import hash_fd
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
+from castore.faults import crashpoint
+from castore.fs.linux import RENAME_EXCHANGE
+from castore.fsck.signatures import check_signatures
 from castore.manifest import Manifest, codec, validate
 from castore.materialize import object_record
-from castore.store import Store, manifest_refs
+from castore.store import MARKER_DIR, Store, check_name, chunk_map_rows, manifest_refs, unpack_chunks
 from castore.store.lock import flocked
-from castore.store.meta import BLOB_ROW, KIND_NAMES, dkey, dstr
+from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_NAMES, dkey, dstr
 from castore.textsafe import quote, safe_line
 
 READ = 1 << 20
@@ -131,6 +136,7 @@ class _Checker:
         self.meta = store.meta
         self.report = FsckReport()
         self.bad: dict[bytes, Finding] = {}  # damaged or missing content, by key
+        self.bad_maps: list[bytes] = []  # chunk-map rows to drop on --repair
 
     def _selected(self, key: bytes) -> bool:
         if not self.opts.read_data:
@@ -237,6 +243,12 @@ class _Checker:
             missing_manifest = {m for m in set(refs) | set(catalog) if txn.get(m, db=blobs_db) is None}
             needed = {c for raw in refs.values() for c in _split(raw)}
             absent = {c for c in needed if txn.get(c, db=blobs_db) is None}
+            # A whole-file digest stored as chunks only is there when its chunk map row's chunks are.
+            map_db = self.meta.db("chunkmap")
+            for c in list(absent):
+                chunks = unpack_chunks(bytes(txn.get(c, b"", db=map_db)))
+                if chunks and all(txn.get(dkey(x.digest), db=blobs_db) is not None for x in chunks):
+                    absent.discard(c)
         self.report.manifests = len(refs)
         for m in sorted(set(catalog) - set(refs)):
             if m in missing_manifest:
@@ -269,6 +281,45 @@ class _Checker:
                     self._add("error", "refs-mismatch", dstr(m), "index references differ from the manifest's "
                               "(run fsck --rebuild-index)").names = sorted(catalog.get(m, []))
         self._attribute(refs, catalog)
+
+    def chunk_map(self) -> None:
+        """Chunk-map rows: well formed; chunks that left the index make a row stale (info: gc drops
+        it); with data reading, the chunks put together hash to the row's whole-file digest."""
+        blobs_db, map_db = self.meta.db("blobs"), self.meta.db("chunkmap")
+        with self.meta.read() as txn:
+            rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=map_db)]
+            indexed: dict[bytes, int] = {}  # chunk -> size in the index
+            for _, v in rows:
+                for i in range(0, len(v) - 31, CHUNK_ROW.size):
+                    raw = txn.get(bytes(v[i:i + 32]), db=blobs_db)
+                    if raw is not None:
+                        indexed[bytes(v[i:i + 32])] = BLOB_ROW.unpack(raw)[0]
+        for k, v in rows:
+            chunks = unpack_chunks(v)
+            if len(k) != 32 or not chunks:
+                self._add("error", "bad-chunk-map", k.hex(), "chunk map row is malformed (fsck --repair drops it)")
+                self.bad_maps.append(k)
+                continue
+            if any(dkey(c.digest) not in indexed for c in chunks):
+                self._add("info", "stale-chunk-map", dstr(k), "a chunk of this file left the store (gc drops the row)")
+                continue
+            if any(indexed[dkey(c.digest)] != c.end - c.begin for c in chunks):
+                self._add("error", "bad-chunk-map", dstr(k),
+                          "its chunks' sizes are not the index's (fsck --repair drops the row)")
+                self.bad_maps.append(k)
+                continue
+            if not self._selected(k):
+                continue
+            h = hashlib.sha256()
+            try:
+                for c in chunks:
+                    h.update(self.store.read_blob(c.digest, limit=c.end - c.begin))
+            except CastoreError:
+                continue  # the chunk's own damage is reported by the blob check
+            if "sha256:" + h.hexdigest() != dstr(k):
+                self._add("error", "bad-chunk-map", dstr(k),
+                          "its chunks do not add up to this file (fsck --repair drops the row)")
+                self.bad_maps.append(k)
 
     def _attribute(self, refs: dict[bytes, bytes], catalog: dict[bytes, list[str]]) -> None:
         """Name the manifests, catalog names and paths each damaged blob affects."""
@@ -351,7 +402,12 @@ class _Checker:
                 txn.delete(b"v" + k, db=links_db)  # type: ignore[attr-defined]
             for k, _ in changed_links:
                 txn.delete(k, db=links_db)  # type: ignore[attr-defined]
+            for k in self.bad_maps:
+                txn.delete(k, db=self.meta.db("chunkmap"))  # type: ignore[attr-defined]
         self.meta.write(fn)
+        for f in self.report.findings:
+            if f.kind == "bad-chunk-map":
+                f.repaired = "row dropped"
         for _, path in changed_links:
             try:
                 os.unlink(path)
@@ -414,8 +470,13 @@ def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
             lock.__enter__()  # type: ignore[attr-defined]
         try:
             c = _Checker(store, opts)
+            doubt = store.index_doubt()
+            if doubt:
+                c._add("error", "index-younger-than-blobs", store.path, doubt)
             c.blobs()
             c.manifests()
+            c.chunk_map()
+            check_signatures(store, c._add, repair=opts.repair)
             changed = c.link_objects()
             if opts.repair:
                 c.repair(changed)
@@ -438,11 +499,15 @@ class RebuildReport:
     old_meta: str = ""
     seconds: float = 0.0
     manifest_digests: list[str] = field(default_factory=list)  # to name again when the catalog is lost
+    catalog_restored: bool = False  # names replayed from the manifest markers
 
     def summary(self) -> str:
         out = (f"fsck: index rebuilt from {self.blobs} blob files ({self.manifests} manifests) in "
                f"{self.seconds:.2f}s; {len(self.quarantined)} corrupt files quarantined; ")
-        if self.catalog_lost:
+        if self.catalog_restored:
+            out += (f"the old catalog could not be read ({self.catalog_lost or 'empty'}); {self.catalog_names} "
+                    "catalog rows restored from the manifest markers")
+        elif self.catalog_lost:
             out += (f"the catalog (names, history) could not be salvaged ({self.catalog_lost}) and cannot be "
                     "rebuilt from blobs: re-tag manifests with `continuity tag DIGEST NAME`")
         else:
@@ -453,38 +518,106 @@ class RebuildReport:
 MAX_PARSE = 256 << 20
 
 
-def _salvage(meta_path: str) -> tuple[list[tuple[str, bytes, bytes]], str]:
-    """Catalog rows (tags, history) of the old environment, and why not all could be read."""
+def _salvage(meta_path: str) -> tuple[list[tuple[str, bytes, bytes]], set[bytes], str]:
+    """Catalog rows (tags, history), signatures and recorded manifests of the old environment, and why not all
+    could be read.
+
+    The environment is opened only once its header proved the file whole
+    (MetaDB checks it): a truncated map would SIGBUS the rebuild itself.
+    """
     from castore.store.meta import MetaDB
     if not os.path.exists(os.path.join(meta_path, "data.mdb")):
-        return [], "no metadata file"
+        return [], set(), "no metadata file"
     try:
         old = MetaDB(meta_path, create=False)
     except CastoreError as exc:
-        return [], str(exc)
+        return [], set(), str(exc)
     rows: list[tuple[str, bytes, bytes]] = []
+    known: set[bytes] = set()
     why = ""
     try:
-        for dbname in ("tags", "history"):
+        for dbname in ("tags", "history", "refs", "signatures"):
             try:
                 with old.read() as txn:
                     for k, v in txn.cursor(db=old.db(dbname)):
-                        rows.append((dbname, bytes(k), bytes(v)))
+                        if dbname == "refs":
+                            known.add(bytes(k))
+                        else:
+                            rows.append((dbname, bytes(k), bytes(v)))
             except CastoreError as exc:
                 why = str(exc)
     finally:
         old.close()
-    return rows, why
+    return rows, known, why
+
+
+def _markers(path: str) -> tuple[dict[bytes, list[tuple[str, int, str]]], bool]:
+    """Manifest markers (STORE/manifests/ab/<hex>) -> their catalog events; False for a store without any."""
+    root = os.path.join(path, MARKER_DIR)
+    if not os.path.isdir(root):
+        return {}, False
+    out: dict[bytes, list[tuple[str, int, str]]] = {}
+    for shard in _listdir(root):
+        for n in _listdir(os.path.join(root, shard)):
+            try:
+                key = bytes.fromhex(n)
+            except ValueError:
+                continue
+            if len(key) != 32:
+                continue
+            events = []
+            try:
+                with open(os.path.join(root, shard, n), "rb") as fh:
+                    text = fh.read(1 << 20).decode(errors="replace")
+            except OSError:
+                text = ""
+            for line in text.splitlines():
+                parts = line.split(" ")
+                if len(parts) == 3 and parts[0] in "+-" and parts[1].isdigit():
+                    try:
+                        events.append((parts[0], int(parts[1]), check_name(parts[2])))
+                    except CastoreError:
+                        continue
+            out[key] = events
+    return out, True
+
+
+def _catalog_from_markers(markers: dict[bytes, list[tuple[str, int, str]]],
+                          manifests: dict[bytes, int]) -> list[tuple[str, bytes, bytes]]:
+    """Catalog rows from the markers' events: every naming is history; a name's newest event decides it."""
+    events = sorted((t, op, name, key) for key, evs in markers.items() if key in manifests for op, t, name in evs)
+    rows: list[tuple[str, bytes, bytes]] = []
+    current: dict[str, tuple[int, bytes] | None] = {}
+    for t, op, name, key in events:
+        if op == "+":
+            rows.append(("history", name.encode() + b"\0" + struct.pack(">Q", t), key))
+            current[name] = (t, key)
+        else:
+            current[name] = None
+    for name, cur in current.items():
+        if cur is not None:
+            rows.append(("tags", name.encode(), json.dumps({"digest": dstr(cur[1]), "time_ns": cur[0],
+                                                            "size": manifests[cur[1]]}).encode()))
+    return rows
 
 
 def rebuild_index(store_path: str) -> RebuildReport:
     """Re-derive the blob index and manifest references from the blob files.
 
     Every file is hashed (blobs are self-verifying: a file whose content does
-    not match its name is quarantined); a blob that parses as a valid manifest
-    is indexed as one, with its references. The catalog (names, history)
-    cannot be derived from blobs: it is copied from the old environment when
-    that is readable. The old environment is kept as ``meta.damaged-TIME``.
+    not match its name is quarantined). Only blobs the store recorded as
+    manifests (a marker in STORE/manifests/, or a `refs` row of the old index)
+    are indexed as manifests: a user file that parses as one stays a file.
+    Only a store of an older version (no markers) whose old index is
+    unreadable falls back to parsing.
+    The catalog (names, history) is copied from the old environment when that
+    is readable, else replayed from the markers' naming events.
+
+    Crash-safe at every step: the new index is built aside and swapped in by
+    one renameat2(RENAME_EXCHANGE), so STORE/meta is always the old index or
+    the new, complete one; the old one is then kept as ``meta.damaged-TIME``.
+    A crash leaves at most a ``meta.rebuild-*`` directory, which the next
+    rebuild keeps as ``meta.damaged-*`` (it may be the old index).
     Locking: gc.lock and the store lock, exclusive.
     """
     from castore.store.meta import KIND_ADS, KIND_CHUNK, KIND_MANIFEST, KIND_RAW, MetaDB
@@ -496,12 +629,22 @@ def rebuild_index(store_path: str) -> RebuildReport:
     blob_root = os.path.join(path, "blobs", "sha256")
     with flocked(os.path.join(path, "gc.lock"), exclusive=True, what="gc/fsck"), \
             flocked(os.path.join(path, "lock"), exclusive=True):
+        for n in _listdir(path):
+            if n.startswith("meta.rebuild-"):  # an earlier rebuild's, killed: keep it, it may be the old index
+                os.rename(os.path.join(path, n), os.path.join(path, _damaged_name()))
+        created_ns = time.time_ns()
         meta_path = os.path.join(path, "meta")
-        catalog, rep.catalog_lost = _salvage(meta_path)
-        rep.catalog_names = len(catalog)
+        catalog, known, rep.catalog_lost = _salvage(meta_path)
+        sig_rows = [r for r in catalog if r[0] == "signatures"]  # kept apart: not catalog rows (fsck re-verifies)
+        catalog = [r for r in catalog if r[0] != "signatures"]
+        markers, have_markers = _markers(path)
+        known |= set(markers)
+        # Parsing decides only for a store of an older version (no markers) whose old index is unreadable.
+        guess = not have_markers and bool(rep.catalog_lost)
         sizes: dict[bytes, int] = {}
         refs: dict[bytes, set[bytes]] = {}
         chunks: set[bytes] = set()
+        chunk_map: set[tuple[bytes, bytes]] = set()  # whole file -> chunks, from manifests with chunk lists
         ads: set[bytes] = set()
         for shard in sorted(_listdir(blob_root)):
             sdir = os.path.join(blob_root, shard)
@@ -509,12 +652,14 @@ def rebuild_index(store_path: str) -> RebuildReport:
                 fpath = os.path.join(sdir, n)
                 try:
                     st = os.lstat(fpath)
-                except FileNotFoundError:
+                    key = bytes.fromhex(n) if len(n) == 64 else b""
+                except (FileNotFoundError, ValueError):
                     continue
-                if not stat.S_ISREG(st.st_mode) or len(n) != 64:
+                if not stat.S_ISREG(st.st_mode) or not key:
                     continue
                 data = b""
-                if st.st_size <= MAX_PARSE:
+                may_be_manifest = key in known or guess
+                if may_be_manifest and st.st_size <= MAX_PARSE:
                     with open(fpath, "rb") as fh:
                         data = fh.read()
                     got, size = "sha256:" + hashlib.sha256(data).hexdigest(), len(data)
@@ -523,20 +668,38 @@ def rebuild_index(store_path: str) -> RebuildReport:
                 if got != "sha256:" + n:
                     rep.quarantined.append(quarantine(path, fpath))
                     continue
-                key = bytes.fromhex(n)
                 sizes[key] = size
                 man = _as_manifest(data, got) if data else None
                 if man is not None:
                     refs[key] = {dkey(d) for d in manifest_refs(man)}
                     for f in man.files():
                         chunks.update(dkey(c.digest) for c in f.chunks)
+                    chunk_map.update(chunk_map_rows(man))
                     for res in man.resources:
                         ads.update(dkey(a.digest) for a in res.ads if a.digest)
+        crashpoint("rebuild-after-scan")
+        if (rep.catalog_lost or not catalog) and markers:  # lost, or an empty index re-created over the store
+            catalog = _catalog_from_markers(markers, {k: sizes[k] for k in refs})
+            rep.catalog_restored = bool(rep.catalog_lost or catalog)
+        rep.catalog_names = len(catalog)
         rep.blobs, rep.manifests = len(sizes), len(refs)
         rep.manifest_digests = sorted(dstr(k) for k in refs)
+        for k in refs:  # markers for what the old index knew (or, without markers, parsing found)
+            mpath = os.path.join(path, MARKER_DIR, k[:1].hex(), k.hex())
+            if not os.path.exists(mpath):
+                os.makedirs(os.path.dirname(mpath), exist_ok=True)
+                with open(mpath, "ab") as fh:
+                    os.fsync(fh.fileno())
+                _fsync_dir(os.path.dirname(mpath))
+        os.makedirs(os.path.join(path, MARKER_DIR), exist_ok=True)
         new_path = os.path.join(path, f"meta.rebuild-{secrets.token_hex(4)}")
         new = MetaDB(new_path, create=True)
         try:
+            def begin(txn: object) -> None:
+                t: object = txn
+                t.put(b"index-state", b"building", db=new.db("info"))  # type: ignore[attr-defined]
+                t.put(b"index-created-ns", str(created_ns).encode(), db=new.db("info"))  # type: ignore
+            new.write(begin)
             items = sorted(sizes.items())
             for i in range(0, len(items), 20000):
                 part = items[i:i + 20000]
@@ -547,30 +710,47 @@ def rebuild_index(store_path: str) -> RebuildReport:
                                 else KIND_ADS if k in ads else KIND_RAW)
                         txn.put(k, BLOB_ROW.pack(size, kind), db=new.db("blobs"))  # type: ignore[attr-defined]
                 new.write(put_blobs)
+            crashpoint("rebuild-mid-build")
 
             def put_rest(txn: object) -> None:
                 t: object = txn
                 for k, rs in refs.items():
                     t.put(k, b"".join(sorted(rs)), db=new.db("refs"))  # type: ignore[attr-defined]
-                for dbname, k, v in catalog:
+                for dbname, k, v in catalog + sig_rows:
                     t.put(k, v, db=new.db(dbname))  # type: ignore[attr-defined]
+                for k, v in sorted(chunk_map):
+                    t.put(k, v, db=new.db("chunkmap"))  # type: ignore[attr-defined]
                 t.put(b"schema", b"1", db=new.db("info"))  # type: ignore[attr-defined]
-            new.write(put_rest)
+                t.put(b"index-state", b"complete", db=new.db("info"))  # type: ignore[attr-defined]
+            new.write(put_rest)  # last: the completion record
         finally:
             new.close()
-        rep.old_meta = os.path.join(path, f"meta.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}")
-        if os.path.exists(meta_path):
-            os.rename(meta_path, rep.old_meta)
+        crashpoint("rebuild-after-build")
+        rep.old_meta = os.path.join(path, _damaged_name())
+        if os.path.lexists(meta_path):
+            fs.renameat2(-100, new_path, -100, meta_path, RENAME_EXCHANGE)  # atomic: old or new, never none
+            crashpoint("rebuild-after-swap")
+            _fsync_dir(path)
+            os.rename(new_path, rep.old_meta)
         else:
             rep.old_meta = "(none)"
-        os.rename(new_path, meta_path)
-        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            fs.renameat2(-100, new_path, -100, meta_path)
+        crashpoint("rebuild-after-rename")
+        _fsync_dir(path)
     rep.seconds = time.monotonic() - start
     return rep
+
+
+def _damaged_name() -> str:
+    return f"meta.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def _fsync_dir(path: str) -> None:
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _as_manifest(data: bytes, source: str) -> Manifest | None:

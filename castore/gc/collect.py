@@ -5,7 +5,8 @@ catalog (``keep_history`` prunes the older ones; the history of a removed
 name goes with it), the manifests of live leases (lock held, not expired),
 every manifest committed while gc runs, and unnamed manifests younger than
 the grace period (just ingested: their user will tag or check them out).
-Mark follows manifests to file blobs, chunks and ADS blobs; the rest of the
+Mark follows manifests to file blobs, chunks and ADS blobs, and a whole-file
+digest stored as chunks only to its chunks (the chunk map); the rest of the
 index is garbage.
 
 Phases (docs/gc.md):
@@ -43,11 +44,11 @@ from dataclasses import dataclass, field
 import castore.apply.state as apply_state
 from castore import staging
 from castore.bulkmode import bulk
-from castore.errors import Busy, UnsafeInput, warn_mounts_kept
+from castore.errors import Busy, IntegrityError, UnsafeInput, warn_mounts_kept
 from castore.faults import crashpoint
-from castore.store import Store, _remove_tree
+from castore.store import Store, _remove_tree, signatures, unpack_chunks
 from castore.store.lock import flocked, is_held
-from castore.store.meta import BLOB_ROW, KIND_MANIFEST, dkey, dstr
+from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr
 
 DEFAULT_GRACE_NS = 3600 * 10**9
 ROWLESS_LEASE_FLOOR_NS = 60 * 10**9  # a lock file with no row may be a lease being born
@@ -222,6 +223,20 @@ class _Collector:
             leases.append((lid, alive))
         return roots, prune, leases
 
+    def _refs_of(self, txn: object) -> Callable[[bytes], list[bytes]]:
+        """What a key references: a manifest its blobs (``refs``); a whole-file digest stored as
+        chunks only (a manifest without chunk lists names it) its chunks (``chunkmap``)."""
+        t: object = txn
+        refs_db, map_db = self.meta.db("refs"), self.meta.db("chunkmap")
+
+        def refs(k: bytes) -> list[bytes]:
+            raw = t.get(k, db=refs_db)  # type: ignore[attr-defined]
+            if raw is not None:
+                return split_refs(bytes(raw))
+            row = t.get(k, db=map_db)  # type: ignore[attr-defined]
+            return [bytes(row[i:i + 32]) for i in range(0, len(row), CHUNK_ROW.size)] if row else []
+        return refs
+
     def _young(self, key: bytes) -> bool:
         """An unnamed manifest written (or re-ingested) within the grace period."""
         age = _age_ns(self.store.blob_path(dstr(key)), self.now)
@@ -236,8 +251,8 @@ class _Collector:
             refs_db = self.meta.db("refs")
             manifests = {bytes(k) for k in txn.cursor(db=refs_db).iternext(values=False)}
             roots.update(m for m in manifests - roots if self._young(m))
-            marked = mark((r for r in roots if r in manifests),
-                          lambda k: split_refs(bytes(txn.get(k, b"", db=refs_db))))
+            # Every root is followed: a lease may name whole-file digests served by chunks.
+            marked = mark(roots, self._refs_of(txn))
             marked.update(roots)
         return marked, manifests
 
@@ -300,7 +315,7 @@ class _Collector:
             now_manifests = {bytes(k) for k in t.cursor(db=refs_db).iternext(values=False)}  # type: ignore
             extra = (roots | (now_manifests - manifests)) - marked
             young = {m for m, _, kind in garbage if kind == KIND_MANIFEST and m not in extra and self._young(m)}
-            mark(extra | young, lambda k: split_refs(t.get(k, db=refs_db)), marked)  # type: ignore
+            mark(extra | young, self._refs_of(t), marked)
             if first:
                 crashpoint("gc-after-mark")
             doomed = [(k, s, kind) for k, s, kind in garbage if k not in marked]
@@ -319,6 +334,8 @@ class _Collector:
                 t.delete(k, db=blobs_db)  # type: ignore[attr-defined]
                 if k in now_manifests:
                     t.delete(k, db=refs_db)  # type: ignore[attr-defined]
+            out["signatures"] = signatures.delete_for(self.store, t, [k for k, _, kind in doomed
+                                                                       if kind == KIND_MANIFEST])
             # "v" rows (verified-blob stat records) are a cache: dropped after the lock (phase 4).
 
         if self.opts.dry_run:
@@ -332,6 +349,7 @@ class _Collector:
             self.report.add(Item("history", _history_name(k)), self.keep_items, is_file=False)
         for lid in out["leases"]:  # type: ignore[attr-defined]
             self.report.add(Item("lease", lid), self.keep_items, is_file=False)
+        self.report.rows += int(out.get("signatures", 0))  # type: ignore[call-overload]
         doomed: list[tuple[bytes, int, int]] = out["doomed"]  # type: ignore[assignment]
         self.report.kept_blobs += len(garbage) - len(doomed)
         files = doomed + [(k, s, -1) for k, s in orphans if k not in marked]
@@ -387,6 +405,11 @@ class _Collector:
         except FileNotFoundError:
             self.report.add(Item("index-row", digest), self.keep_items, is_file=False)
             return
+        if kind == KIND_MANIFEST or kind < 0:
+            try:
+                os.unlink(self.store.marker_path(digest))  # after its blob: a marker alone is ignored
+            except FileNotFoundError:
+                pass
         self.report.add(item, self.keep_items)
 
     # ------------------------------------------------------- phase 4: caches
@@ -503,6 +526,30 @@ class _Collector:
                 stale.append(bytes(k))
         self._delete_rows("statcache", stale, "cache-row")
 
+    def chunk_map(self) -> None:
+        """Chunk-map rows that can no longer serve their file (a chunk left the index). Checked
+        again in the deleting transaction: an ingest may have stored those chunks meanwhile."""
+        map_db, blobs_db = self.meta.db("chunkmap"), self.meta.db("blobs")
+
+        def stale_row(t: object, k: bytes) -> bool:
+            row = t.get(k, db=map_db)  # type: ignore[attr-defined]
+            if row is None:
+                return False
+            if not unpack_chunks(bytes(row)):
+                return True
+            return any(t.get(bytes(row[i:i + 32]), db=blobs_db) is None  # type: ignore[attr-defined]
+                       for i in range(0, len(row), CHUNK_ROW.size))
+
+        with self.meta.read() as txn:
+            stale = [bytes(k) for k in txn.cursor(db=map_db).iternext(values=False) if stale_row(txn, bytes(k))]
+        for k in stale:
+            self.report.add(Item("cache-row", f"chunkmap:{k.hex()}"), self.keep_items, is_file=False)
+        if self.opts.dry_run:
+            return
+        for i in range(0, len(stale), 5000):
+            part = stale[i:i + 5000]
+            self.meta.write(lambda t, p=part: [t.delete(k, db=map_db) for k in p if stale_row(t, k)])  # type: ignore
+
     def _delete_rows(self, dbname: str, keys: list[bytes], kind: str) -> None:
         for k in keys:
             self.report.add(Item(kind, f"{dbname}:{k.hex()}"), self.keep_items, is_file=False)
@@ -612,6 +659,9 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
     gc_lock = os.path.join(store.path, "gc.lock")
     try:
         with flocked(gc_lock, exclusive=True, wait=opts.wait, what="gc"), _Nice(opts.nice) as prio:
+            doubt = store.index_doubt()
+            if doubt:
+                raise IntegrityError(f"gc refused: {doubt}")
             c = _Collector(store, opts)
             store.meta.env.reader_check()
             marked, manifests = c.snapshot()
@@ -649,6 +699,7 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
                 c.report.rows += apply_state.prune(store)  # records of applied ROOTs that are gone
             c.link_objects()
             c.stat_cache()
+            c.chunk_map()
     except Busy:
         raise Busy(f"another gc is running on {store.path} (lock {gc_lock}); use --wait to wait for it") from None
     c.report.seconds = time.monotonic() - start

@@ -53,7 +53,7 @@ from castore.manifest.model import (
     Symlink,
     Whiteout,
 )
-from castore.store import LEASE_TTL_NS, Lease, Store, manifest_refs
+from castore.store import LEASE_TTL_NS, Lease, Store
 
 ROOT_INO = 1
 CACHE_BYTES = 64 << 20  # verified blob bytes kept in memory
@@ -411,12 +411,12 @@ def mount(store: Store, manifest: Manifest, digest: str | None, mountpoint: str,
     pyfuse3 = _load_pyfuse3()
     import trio
 
-    table = InodeTable(manifest, uid=os.geteuid(), gid=os.getegid(), now_ns=time.time_ns())
-    refs = manifest_refs(manifest)
+    refs = store.content_refs(manifest)  # a file stored as chunks only is served by its chunks
     with store.lease([digest] if digest else sorted(refs)) as lease:
         missing = store.missing_blobs(refs)  # checked under the lease: gc cannot take them from now on
         if missing:
             raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) of this manifest")
+        table = InodeTable(store.with_chunks(manifest), uid=os.geteuid(), gid=os.getegid(), now_ns=time.time_ns())
         ops = make_operations(pyfuse3, table, BlobReader(store))
         options = set(MOUNT_OPTIONS) | {f"fsname=continuity:{digest[7:19]}" if digest else "fsname=continuity"}
         if allow_other:

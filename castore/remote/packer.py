@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -123,16 +123,20 @@ class BuiltPack:
     index_data: bytes
 
 
-def build_pack(store: Store, blobs: list[tuple[str, int]], jobs: int = 1) -> BuiltPack:
-    """Read (verifying each digest: store.read_blob) and pack ``blobs``, on ``jobs`` threads (reading and
-    compressing release the GIL); the bytes depend only on ``blobs``."""
+def build_pack(store: Store, blobs: list[tuple[str, int]], jobs: int = 1,
+               read: Callable[[str, int], bytes] | None = None) -> BuiltPack:
+    """Read (verifying each digest: ``read``, default store.read_blob) and pack ``blobs``, on ``jobs``
+    threads (reading and compressing release the GIL); the bytes depend only on ``blobs``."""
     local = threading.local()
+    if read is None:
+        def read(d: str, n: int) -> bytes:
+            return store.read_blob(d, limit=n)
 
     def batch(items: list[tuple[str, int]]) -> list[tuple[bytes, int]]:
         cctx = getattr(local, "cctx", None)
         if cctx is None:
             cctx = local.cctx = compressor()
-        return [encode_entry(store.read_blob(d, limit=n), cctx) for d, n in items]
+        return [encode_entry(read(d, n), cctx) for d, n in items]
 
     out = bytearray()
     entries = []

@@ -32,8 +32,11 @@ from castore.remote.oci import MAX_OCI_MANIFEST, Descriptor, blob_sizes, parse_o
 from castore.remote.packfmt import Entry, PackIndex
 from castore.remote.packio import Counter, fetch_entries, read_index
 from castore.remote.ref import Reference
+from castore.remote.signatures import fetch_signatures, store_signatures
 from castore.remote.transfer import Progress, run_all
+from castore.sign.policy import Policy
 from castore.store import Store, check_name, manifest_refs
+from castore.store.signatures import enforce
 
 Where = tuple[Descriptor, Entry] | Descriptor  # in a pack, or a lone layer
 
@@ -47,11 +50,12 @@ class PullResult:
     downloaded: int
     present: int
     downloaded_bytes: int
+    signatures: int = 0
     resumed: int = 0  # blobs a killed pull had published, re-hashed and kept
 
 
 def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4, username: str | None = None,
-         password: str | None = None) -> PullResult:
+         password: str | None = None, policy: Policy | None = None) -> PullResult:
     """Pull ``ref`` into ``store`` and record it under ``name`` (if given).
 
     Raises IntegrityError (exit 4) for any answer that contradicts itself or
@@ -73,6 +77,10 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
             data = _manifest_bytes(store, reg, first.digest, first.size, lease.tmp_dir, counter)
             check_parse_cost(data, source=f"{ref} manifest {first.digest}")  # before any parse allocates
             manifest = validate(codec.loads(data, source=f"{ref} manifest {first.digest}"))
+            sigs = fetch_signatures(reg, oci_digest, lease.tmp_dir)
+            if policy is not None:  # before any blob is fetched: a refused tree writes nothing
+                enforce(store, policy, first.digest, [str(ref)] + ([name] if name else []), what=str(ref),
+                        message=data, extra=[s.raw for s in sigs])
             refs = manifest_refs(manifest)
             indexes: list[PackIndex | None] = [None] * len(packs)
 
@@ -102,7 +110,9 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
             except IntegrityError:
                 landing.take_back()
                 raise
-    return PullResult(mdigest, oci_digest, len(todo), len(refs) - len(missing), counter.total, len(resumed))
+            signed = store_signatures(store, mdigest, data, first.digest, sigs)
+    return PullResult(mdigest, oci_digest, len(todo), len(refs) - len(missing), counter.total, signed,
+                      len(resumed))
 
 
 def locate(refs: set[str], msizes: Mapping[str, int], packs: list[tuple[Descriptor, Descriptor]],

@@ -7,19 +7,21 @@ new packs, lone blobs) -> each new pack is built in memory from verified
 store blobs, deterministically, then HEAD and uploaded if missing (a re-run
 of a killed push rebuilds the same packs and skips what arrived) -> lone
 blobs, the continuity manifest, the config -> PUT the OCI manifest under the
-tag, last, so a tag never names an incomplete artifact.
+tag, last, so a tag never names an incomplete artifact -> signatures.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from castore.digest import hash_bytes
 from castore.errors import BlobNotFound, IntegrityError, ResourceLimit
 from castore.faults import crashpoint
 from castore.manifest import Manifest, codec
+from castore.manifest.model import Chunk
 from castore.remote.client import Registry
 from castore.remote.oci import (
     CONFIG_DIGEST,
@@ -33,6 +35,7 @@ from castore.remote.oci import (
 from castore.remote.packbase import load_bases
 from castore.remote.packer import PACK_TARGET, blob_order, build_pack, make_plan
 from castore.remote.ref import Reference
+from castore.remote.signatures import push_signatures
 from castore.remote.transfer import Progress, run_all
 from castore.store import Store, manifest_refs
 
@@ -48,6 +51,7 @@ class PushResult:
     uploaded: int
     skipped: int
     uploaded_bytes: int
+    signatures: int = 0
     packs_new: int = 0
     packs_reused: int = 0
     oci_manifest_size: int = 0
@@ -61,7 +65,7 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
     ``bases``: other artifacts of the repository whose packs may be reused
     (the tag being overwritten always is). Raises BlobNotFound/IntegrityError
     (exit 4) for missing or corrupt local blobs, RemoteError (exit 1) when the
-    registry refuses or cannot be reached, NotFound for a missing base.
+    registry refuses or cannot be reached, NotFound for a missing ``bases`` reference.
     """
     data = store.read_blob(manifest_digest) if manifest_digest else codec.dumps(manifest)
     mdigest = hash_bytes(data)
@@ -70,16 +74,21 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
                             f"({MAX_CONTINUITY_MANIFEST})")
     refs = manifest_refs(manifest)
     sizes = blob_sizes(manifest)
-    with store.lease(manifests=[mdigest]) as lease:
-        os.makedirs(lease.tmp_dir, mode=0o700)
-        missing = store.missing_blobs(refs)
+    # A file the store holds as chunks only (a manifest without chunk lists) is pushed as the
+    # whole-file blob the manifest names, put together from its chunks and verified.
+    content = store.content_refs(manifest)
+    with store.lease(manifests=[manifest_digest] if manifest_digest else sorted(content)) as lease:
+        os.makedirs(lease.tmp_dir, mode=0o700, exist_ok=True)
+        missing = store.missing_blobs(content)
         if missing:
             raise BlobNotFound(min(missing), context=mdigest)
+        assembled = store.chunk_lists(refs - content)
         for d in refs - sizes.keys():  # ADS blobs: their size is in the index only
             sizes[d] = store.blob_size(d) or 0
-        for d, n in sizes.items():
-            if not store.blob_file_ok(d, n):
+        for d, n in [*sizes.items(), *((c.digest, c.end - c.begin) for cs in assembled.values() for c in cs)]:
+            if d not in assembled and not store.blob_file_ok(d, n):
                 raise IntegrityError(f"store blob {d} is missing or not {n} bytes (run fsck)")
+        read = _reader(store, assembled)
         with Registry(ref, username=username, password=password, push=True, jobs=jobs) as reg:
             base = load_bases(reg, ref, bases, lease.tmp_dir)
             plan = make_plan(blob_order(manifest, sizes), base, pack_target)
@@ -97,7 +106,7 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
             built: list[tuple[int, Descriptor, Descriptor]] = []
 
             def one_pack(i: int) -> None:
-                bp = build_pack(store, plan.new[i], jobs=min(jobs, 4))
+                bp = build_pack(store, plan.new[i], jobs=min(jobs, 4), read=read)
                 send(bp.pack.digest, bp.pack.size, bp.data)
                 send(bp.index.digest, bp.index.size, bp.index_data)
                 built.append((i, bp.pack, bp.index))
@@ -105,8 +114,10 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
                 prog.add(bp.pack.size)
 
             def one_solo(item: tuple[str, int]) -> None:
-                send(item[0], item[1], _opener(store, item[0]))
-                prog.add(item[1])
+                d, n = item
+                send(d, n, _assembler(store, d, assembled[d], lease.tmp_dir) if d in assembled
+                     else _opener(store, d))
+                prog.add(n)
 
             try:
                 in_flight = max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1))))
@@ -122,11 +133,26 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
                 raise ResourceLimit(f"{mdigest}: the OCI manifest would be {len(oci)} bytes "
                                     f"(registries take {MAX_OCI_MANIFEST})")
             reported = reg.put_manifest(ref.tag, oci)
-    oci_digest = hash_bytes(oci)
-    if reported and reported != oci_digest:
-        raise IntegrityError(f"registry {ref.registry} stored the manifest as {reported[:80]}, expected {oci_digest}")
-    return PushResult(oci_digest, mdigest, len(sent), len(skipped), sum(sent), len(plan.new), len(plan.reused),
-                      len(oci))
+            oci_digest = hash_bytes(oci)
+            if reported and reported != oci_digest:
+                raise IntegrityError(f"registry {ref.registry} stored the manifest as {reported[:80]}, "
+                                     f"expected {oci_digest}")
+            signed = push_signatures(reg, store, mdigest, oci_digest, len(oci))  # after the tree: never dangling
+    return PushResult(oci_digest, mdigest, len(sent), len(skipped), sum(sent), signed, len(plan.new),
+                      len(plan.reused), len(oci))
+
+
+def _reader(store: Store, assembled: Mapping[str, tuple[Chunk, ...]]) -> Callable[[str, int], bytes]:
+    """Verified bytes of a blob for a pack: from the store, or put together from its chunks."""
+    def read(digest: str, size: int) -> bytes:
+        chunks = assembled.get(digest)
+        if chunks is None:
+            return store.read_blob(digest, limit=size)
+        data = b"".join(store.read_blob(c.digest, limit=c.end - c.begin) for c in chunks)
+        if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise IntegrityError(f"chunks recorded for {digest} do not add up to it (run fsck)")
+        return data
+    return read
 
 
 def _opener(store: Store, digest: str) -> Callable[[], int]:
@@ -134,3 +160,26 @@ def _opener(store: Store, digest: str) -> Callable[[], int]:
         return store.open_blob(digest)
     return opener
 
+
+def _assembler(store: Store, digest: str, chunks: tuple[Chunk, ...], tmp_dir: str) -> Callable[[], int]:
+    """An opener of the whole-file blob ``digest`` put together from its chunks (verified) in an
+    unnamed temp file under ``tmp_dir`` (gone when closed)."""
+    def opener() -> int:
+        os.makedirs(tmp_dir, mode=0o700, exist_ok=True)
+        fd = os.open(tmp_dir, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+        try:
+            whole = hashlib.sha256()
+            for c in chunks:
+                data = store.read_blob(c.digest, limit=c.end - c.begin)  # verified
+                whole.update(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            if "sha256:" + whole.hexdigest() != digest:
+                raise IntegrityError(f"chunks recorded for {digest} do not add up to it (run fsck)")
+            os.lseek(fd, 0, os.SEEK_SET)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+    return opener

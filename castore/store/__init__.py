@@ -17,6 +17,7 @@ orphan files, which gc removes after a grace period.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from castore import fs
 from castore.digest import check_digest, hash_fd, is_digest
@@ -43,13 +45,16 @@ from castore.errors import (
 )
 from castore.faults import crashpoint
 from castore.manifest import Manifest, codec, validate
+from castore.manifest.model import Chunk, RegularFile, Resource
 from castore.readers import ChunkParams
 from castore.store.lock import flocked, is_held
-from castore.store.meta import BLOB_ROW, MetaDB, dkey, dstr
+from castore.store.meta import BLOB_ROW, CHUNK_ROW, REBUILD_HINT, MetaDB, dkey, dstr
 
 CONFIG_VERSION = 1
 _KIND_NAMES = {stat.S_IFIFO: "FIFO", stat.S_IFDIR: "directory", stat.S_IFCHR: "character device",
                stat.S_IFBLK: "block device", stat.S_IFSOCK: "socket"}
+MARKER_DIR = "manifests"
+INDEX_CLOCK_SLACK_NS = 2 * 10**9  # file times come from a coarser clock than time.time_ns()
 LEASE_TTL_NS = 24 * 3600 * 10**9
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:@+/")
 
@@ -86,6 +91,47 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _sync_tree(top: str) -> None:
+    """fsync every file and directory below ``top`` (small trees: marker backfill)."""
+    for dirpath, _dirs, files in os.walk(top):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(dirpath)
+
+
+def new_index(store_path: str, origin: str) -> None:
+    """Create an empty, initialised index at STORE/meta (made aside, renamed in; the first creator wins)."""
+    tmp = os.path.join(store_path, f"meta.{origin}-{secrets.token_hex(4)}")
+    meta = MetaDB(tmp, create=True)
+    try:
+        def fn(txn: object) -> None:
+            t: object = txn
+            t.put(b"schema", b"1", db=meta.db("info"))  # type: ignore[attr-defined]
+            t.put(b"index-created-ns", str(time.time_ns()).encode(), db=meta.db("info"))  # type: ignore
+            t.put(b"index-state", b"complete", db=meta.db("info"))  # type: ignore[attr-defined]
+        meta.write(fn)
+    finally:
+        meta.close()
+    try:
+        fs.renameat2(-100, tmp, -100, os.path.join(store_path, "meta"))
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        _remove_tree(tmp)
+    _fsync_dir(store_path)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -111,12 +157,22 @@ class Lease:
         return os.path.join(self.store.path, "tmp", self.id)
 
     def add_manifest(self, digest: str) -> None:
+        self.add([digest])
+
+    def add(self, digests: Iterable[str]) -> None:
+        """Protect these manifests or blobs too (one transaction); a blob must be checked for
+        afterwards: gc honours the lease from this commit on."""
+        new = list(digests)
+        if not new:
+            return
+
         def fn(txn: object) -> None:
             db = self.store.meta.db("leases")
             raw = txn.get(self.id.encode(), db=db)  # type: ignore[attr-defined]
-            rec = json.loads(raw) if raw else {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": []}
-            if digest not in rec["manifests"]:
-                rec["manifests"].append(digest)
+            rec: dict[str, Any] = (json.loads(raw) if raw
+                                   else {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": []})
+            have = set(rec["manifests"])
+            rec["manifests"].extend(d for d in dict.fromkeys(new) if d not in have)
             txn.put(self.id.encode(), json.dumps(rec).encode(), db=db)  # type: ignore[attr-defined]
         self.store.meta.write(fn)
 
@@ -170,11 +226,15 @@ class Store:
                 raise StoreUnusable(f"store at {path} has an unknown format version")
             if config.get("digest_algorithm") != "sha256":
                 raise StoreUnusable(f"store at {path} uses an unsupported digest algorithm")
-            for d in ("blobs", "blobs/sha256", "tmp", "leases", "links", "meta"):
+            for d in ("blobs", "blobs/sha256", "tmp", "leases", "links"):
                 _ensure_dir(root_fd, d, path)
             for d in ("blobs/sha256", "links"):
                 _check_shards(root_fd, d, path)
-            meta = MetaDB(os.path.join(path, "meta"), create=True)
+            # Only _create and fsck --rebuild-index make an index: a lost one is refused, never re-created
+            # empty (gc would take every blob for an orphan).
+            if not os.path.exists(os.path.join(path, "meta", "data.mdb")):
+                raise IntegrityError(f"store at {path} has no index (meta/data.mdb is missing); {REBUILD_HINT}")
+            meta = MetaDB(os.path.join(path, "meta"), create=False)
         except BaseException as exc:
             if root_fd >= 0:
                 os.close(root_fd)
@@ -193,6 +253,9 @@ class Store:
         store = cls(path, config, meta)
         store.root_fd = root_fd
         store._check_schema()
+        if not os.path.isdir(os.path.join(path, MARKER_DIR)):
+            with contextlib.suppress(OSError):  # best effort (a read-only user): the first commit does it
+                store._backfill_markers()
         return store
 
     @staticmethod
@@ -204,6 +267,9 @@ class Store:
                   "chunker": {"algorithm": "fastcdc2020", "min_size": cp.min_size, "avg_size": cp.avg_size,
                               "max_size": cp.max_size, "threshold": cp.threshold},
                   "schema_version": 1}
+        os.makedirs(os.path.join(path, MARKER_DIR), exist_ok=True)
+        if not os.path.exists(os.path.join(path, "meta", "data.mdb")):
+            new_index(path, "init")
         tmp = os.path.join(path, f".config.{secrets.token_hex(6)}")
         with open(tmp, "wb") as f:
             f.write(json.dumps(config, indent=1).encode())
@@ -219,10 +285,104 @@ class Store:
     def _check_schema(self) -> None:
         with self.meta.read() as txn:
             v = txn.get(b"schema", db=self.meta.db("info"))
-        if v is None:
-            self.meta.write(lambda t: t.put(b"schema", b"1", db=self.meta.db("info"), overwrite=False))
-        elif v != b"1":
+            state = txn.get(b"index-state", db=self.meta.db("info"))
+        if v is None or state == b"building":
+            why = "was never initialised" if v is None else "is an unfinished rebuild"
+            raise IntegrityError(f"store at {self.path}: the index {why}; {REBUILD_HINT}")
+        if v != b"1":
             raise StoreUnusable(f"store at {self.path}: metadata schema {v!r} is not supported")
+
+    def index_doubt(self) -> str:
+        """Why the index looks younger than the store's blobs ('' when it does not).
+
+        An index that records no manifest while blob files it does not know
+        predate its creation (``index-created-ns``; any such file for an index
+        of an older version, which has no creation record) was lost and made
+        again empty: gc would take every blob for an orphan. Only a store
+        without manifests pays the scan, and it stops at the first such file.
+        """
+        with self.meta.read() as txn:
+            if txn.cursor(db=self.meta.db("refs")).first():
+                return ""
+            raw = txn.get(b"index-created-ns", db=self.meta.db("info"))
+        created = int(raw) - INDEX_CLOCK_SLACK_NS if raw else None
+        blobs_db = self.meta.db("blobs")
+        for shard in sorted(_listdir(self.blob_root)):
+            sdir = os.path.join(self.blob_root, shard)
+            for n in _listdir(sdir):
+                if len(n) != 64:
+                    continue
+                try:
+                    st = os.lstat(os.path.join(sdir, n))
+                    key = bytes.fromhex(n)
+                except (OSError, ValueError):
+                    continue
+                if created is not None and st.st_mtime_ns >= created:
+                    continue
+                with self.meta.read() as txn:
+                    if txn.get(key, db=blobs_db) is not None:
+                        continue
+                when = "before this index was created" if raw else "and the index has no creation record"
+                return (f"store at {self.path}: the index holds no manifest, but blob files it does not know "
+                        f"exist {when} (sha256:{n}): the index was lost and re-created; {REBUILD_HINT}")
+        return ""
+
+    # ----------------------------------------------------------- manifest markers
+
+    def marker_path(self, digest: str) -> str:
+        return os.path.join(self.path, MARKER_DIR, digest[7:9], digest[7:])
+
+    def mark_manifest(self, digest: str, event: str = "", name: str = "", *, sync: bool = True) -> None:
+        """Record, outside the index, that ``digest`` is a manifest (and a catalog event for it).
+
+        STORE/manifests/ab/<hex> exists for every manifest the store committed;
+        its lines ``+ TIME_NS NAME`` / ``- TIME_NS NAME`` log the names given
+        to and taken from it. fsck --rebuild-index trusts only these files (and
+        the old index) to tell manifests from user files that parse as one.
+        ``sync=False``: the caller makes it durable (a syncfs that follows).
+        """
+        path = self.marker_path(digest)
+        line = f"{event} {time.time_ns()} {name}\n".encode() if event else b""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        new_shard = False
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            if not os.path.isdir(os.path.join(self.path, MARKER_DIR)):
+                self._backfill_markers()  # only the backfill makes the directory: it lists every older manifest
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(os.path.dirname(path))
+                new_shard = True
+            fd = os.open(path, flags | os.O_CREAT, 0o644)
+        try:
+            if line:
+                _write_all(fd, line)
+            if sync:  # cheap when clean; a marker left by a killed commit may not be durable yet
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        if sync:
+            _fsync_dir(os.path.dirname(path))
+            if new_shard:
+                _fsync_dir(os.path.dirname(os.path.dirname(path)))
+
+    def _backfill_markers(self) -> None:
+        """A store of an older version: a marker for every manifest its index records, then the directory."""
+        tmp = os.path.join(self.path, f"{MARKER_DIR}.new-{secrets.token_hex(4)}")
+        os.makedirs(tmp)
+        for d in self.manifests():
+            os.makedirs(os.path.join(tmp, d[7:9]), exist_ok=True)
+            with open(os.path.join(tmp, d[7:9], d[7:]), "wb") as f:
+                for t in self.tags():
+                    if t.digest == d:
+                        f.write(f"+ {t.time_ns} {t.name}\n".encode())
+        _sync_tree(tmp)
+        try:
+            fs.renameat2(-100, tmp, -100, os.path.join(self.path, MARKER_DIR))
+        except FileExistsError:
+            _remove_tree(tmp)
+            return
+        _fsync_dir(self.path)
 
     # ------------------------------------------------------------------- locks
 
@@ -546,15 +706,30 @@ class Store:
         t.put(name.encode() + b"\0" + struct.pack(">Q", now), dkey(digest), db=self.meta.db("history"))  # type: ignore
 
     def tag(self, name: str, digest: str) -> None:
+        """Name a manifest the store recorded as one (its `refs` row); any other blob is refused."""
         check_name(name)
         size = self.blob_size(digest)
         if size is None:
             raise BlobNotFound(digest)
+        self.require_manifest(digest)
+        self.mark_manifest(digest, "+", name)
         self.meta.write(lambda t: self.set_tag(t, name, digest, size))
+
+    def require_manifest(self, digest: str) -> None:
+        """Raise unless ``digest`` is a manifest the store recorded (a blob that merely parses as one is not)."""
+        if self.manifest_indexed(digest):
+            return
+        if self.blob_size(digest) is None and not os.path.exists(self.blob_path(digest)):
+            raise NotFound(f"no manifest {digest} in the store")
+        raise IntegrityError(f"{digest} is a blob of the store, not a manifest it recorded (a stored file is "
+                             "never taken for a manifest; name a manifest file to store it)")
 
     def untag(self, name: str) -> None:
         def fn(t: object) -> bool:
             return bool(t.delete(name.encode(), db=self.meta.db("tags")))  # type: ignore[attr-defined]
+        digest = self.get_tag(name)
+        if digest is not None:
+            self.mark_manifest(digest, "-", name)
         if not self.meta.write(fn):
             raise NotFound(f"no manifest named {name!r}")
 
@@ -620,6 +795,56 @@ class Store:
             return []
         return [dstr(raw[i:i + 32]) for i in range(0, len(raw), 32)]
 
+    # ------------------------------------------------ whole file -> its chunks
+
+    def chunk_lists(self, digests: Iterable[str]) -> dict[str, tuple[Chunk, ...]]:
+        """The chunk lists recorded (``chunkmap``) for these whole-file digests, where there is one.
+
+        A file of the chunking threshold or more is stored as chunks only; a
+        manifest that names it by its whole-file digest alone (``build``,
+        upstream's Go ``continuity build``) is served through this mapping.
+        """
+        keys = sorted({dkey(d) for d in digests})
+        if not keys:
+            return {}
+        with self.meta.read() as txn:
+            rows = txn.cursor(db=self.meta.db("chunkmap")).getmulti(keys)
+        out = {}
+        for k, raw in rows:
+            chunks = unpack_chunks(bytes(raw))
+            if chunks:
+                out[dstr(bytes(k))] = chunks
+        return out
+
+    def content_refs(self, m: Manifest) -> set[str]:
+        """The blobs serving ``m`` needs: manifest_refs, with every whole-file digest the index
+        lacks but the chunk map knows replaced by its chunks."""
+        refs = manifest_refs(m)
+        whole = {r.digest for r in m.files() if not r.chunks and r.size > self.chunking.min_size}
+        for d, chunks in self.chunk_lists(self.missing_blobs(refs & whole)).items():
+            refs.discard(d)
+            refs.update(c.digest for c in chunks)
+        return refs
+
+    def with_chunks(self, m: Manifest) -> Manifest:
+        """``m`` with a chunk list on every regular file whose whole-file blob the index lacks and
+        whose chunks the chunk map records (chunk lists that do not cover the file are ignored)."""
+        # A file no larger than one chunk at least is never split (a cheap filter: most files are small).
+        need = {r.digest for r in m.files() if not r.chunks and r.size > self.chunking.min_size}
+        if not need:
+            return m
+        found = self.chunk_lists(self.missing_blobs(need))
+        if not found:
+            return m
+        out: list[Resource] = []
+        for r in m.resources:
+            if isinstance(r, RegularFile) and not r.chunks:
+                chunks = found.get(r.digest)
+                if chunks and chunks[-1].end == r.size:
+                    r = _replace_chunks(r, chunks)
+            out.append(r)
+        return Manifest(tuple(out))
+
 
 def manifest_refs(m: Manifest) -> set[str]:
     """Every blob digest a manifest needs: whole files or their chunks, ADS blobs."""
@@ -635,6 +860,34 @@ def manifest_refs(m: Manifest) -> set[str]:
             if a.digest:
                 out.add(a.digest)
     return out
+
+
+def pack_chunks(chunks: Iterable[Chunk]) -> bytes:
+    """A ``chunkmap`` row: (raw digest, end) per chunk; each begins where the one before ends."""
+    return b"".join(CHUNK_ROW.pack(bytes.fromhex(c.digest[7:]), c.end) for c in chunks)
+
+
+def unpack_chunks(raw: bytes) -> tuple[Chunk, ...]:
+    """The chunks of a ``chunkmap`` row; () when it is malformed (fsck reports it)."""
+    if not raw or len(raw) % CHUNK_ROW.size:
+        return ()
+    out, begin = [], 0
+    for d, end in CHUNK_ROW.iter_unpack(raw):
+        if end <= begin:
+            return ()
+        out.append(Chunk("sha256:" + d.hex(), begin, end))
+        begin = end
+    return tuple(out)
+
+
+def chunk_map_rows(m: Manifest) -> list[tuple[bytes, bytes]]:
+    """The ``chunkmap`` rows of a manifest's chunked files, sorted by key (for putmulti)."""
+    return sorted({(dkey(r.digest), pack_chunks(r.chunks)) for r in m.files() if r.chunks})
+
+
+def _replace_chunks(r: RegularFile, chunks: tuple[Chunk, ...]) -> RegularFile:
+    import dataclasses
+    return dataclasses.replace(r, chunks=chunks)
 
 
 def _remove_tree(path: str) -> list[str]:
@@ -824,5 +1077,5 @@ def remove_contents(dir_fd: int) -> list[str]:
     return kept
 
 
-__all__ = ["Lease", "Store", "TagInfo", "check_digest", "check_name", "default_store_path", "manifest_refs",
-           "CastoreError"]
+__all__ = ["Lease", "Store", "TagInfo", "check_digest", "check_name", "chunk_map_rows", "default_store_path",
+           "manifest_refs", "pack_chunks", "unpack_chunks", "CastoreError"]

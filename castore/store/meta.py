@@ -9,13 +9,16 @@ Sub-databases (keys and values are bytes; see docs/design.md):
     leases     lease id (ascii)           -> json {expiry_ns, manifests, pid}
     statcache  dev u64, ino u64           -> marshal (size, mtime, ctime, digest, chunks, xattrs, holes)
     links      hardlink-object key        -> marshal (digest, ino, size, mtime_ns, ctime_ns)
+    chunkmap   whole-file digest (32)     -> its chunks: (chunk digest 32 bytes, end u64 LE) each
     info       b"schema"                  -> version
+    signatures manifest digest (32) + sha256 of the SSHSIG (32) -> json (castore/store/signatures.py)
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,14 +29,65 @@ import lmdb
 from castore.errors import IntegrityError, ResourceLimit, StoreUnusable
 
 SCHEMA_VERSION = 1
-DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info", "roots")
+DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info", "roots", "chunkmap", "signatures")
 BLOB_ROW = struct.Struct("<QB")
+CHUNK_ROW = struct.Struct("<32sQ")  # one chunk of a `chunkmap` row: raw digest, end offset
 KIND_RAW, KIND_CHUNK, KIND_MANIFEST, KIND_ADS = 0, 1, 2, 3
 KIND_NAMES = {KIND_RAW: "file", KIND_CHUNK: "chunk", KIND_MANIFEST: "manifest", KIND_ADS: "ads"}
 INITIAL_MAP = 1 << 30
 T = TypeVar("T")
 
 _ENVS: dict[str, tuple[int, lmdb.Environment]] = {}
+REBUILD_HINT = "run `continuity fsck --rebuild-index` to rebuild it from the blob files"
+# LMDB's meta pages (pages 0 and 1): page header (16 bytes), then magic u32, version u32, address u64,
+# mapsize u64, two MDB_db of 48 bytes (the first one's md_pad holds the page size), last_pgno u64, txnid u64.
+_LMDB_MAGIC = 0xBEEFC0DE
+_META = struct.Struct("<16xIIQQI44x48xQQ")
+
+
+def _meta_page(data: bytes) -> tuple[int, int, int] | None:
+    """(page size, last page number, txnid) of one LMDB meta page, None when it is not one."""
+    if len(data) < _META.size:
+        return None
+    magic, _version, _addr, _mapsize, psize, last_pg, txnid = _META.unpack_from(data)
+    if magic != _LMDB_MAGIC or psize < 512 or psize > 1 << 16 or psize & (psize - 1):
+        return None
+    return psize, last_pg, txnid
+
+
+def check_data_file(path: str) -> None:
+    """Refuse a data.mdb shorter than its meta pages say (mapping it would SIGBUS every reader).
+
+    Reads the two meta pages with plain reads; the newer valid one names the
+    last page in use: the file must hold at least (last_pgno + 1) pages.
+    Raises IntegrityError naming the way out.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise IntegrityError(f"store index {path} is missing; {REBUILD_HINT}") from None
+    except OSError as exc:
+        raise IntegrityError(f"store index {path} cannot be read ({exc.strerror}); {REBUILD_HINT}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IntegrityError(f"store index {path} is not a regular file; {REBUILD_HINT}")
+        first = _meta_page(os.pread(fd, _META.size, 0))
+        metas = [first] if first else []
+        if first:
+            second = _meta_page(os.pread(fd, _META.size, first[0]))
+            if second and second[0] == first[0]:
+                metas.append(second)
+    finally:
+        os.close(fd)
+    if not metas:
+        raise IntegrityError(f"store index {path} is damaged ({st.st_size} bytes, no valid LMDB header); "
+                             f"{REBUILD_HINT}")
+    psize, last_pg, _ = max(metas, key=lambda m: m[2])
+    need = max(2, last_pg + 1) * psize
+    if st.st_size < need:
+        raise IntegrityError(f"store index {path} is truncated ({st.st_size} bytes, its header needs {need}); "
+                             f"{REBUILD_HINT}")
 
 
 def dkey(digest: str) -> bytes:
@@ -55,6 +109,8 @@ class MetaDB:
         if cached and cached[0] == pid:
             self.env = cached[1]
         else:
+            if not create or os.path.exists(os.path.join(path, "data.mdb")):
+                check_data_file(os.path.join(path, "data.mdb"))
             try:
                 self.env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=len(DBS) + 2, subdir=True,
                                      create=create, sync=True, metasync=True, writemap=False,

@@ -38,7 +38,7 @@ import zstandard
 
 from castore import textsafe
 from castore.bulkmode import bulk
-from castore.errors import CastoreError, IntegrityError, NotFound
+from castore.errors import BlobNotFound, CastoreError, IntegrityError, NotFound
 from castore.manifest.model import (
     Device,
     Directory,
@@ -255,11 +255,24 @@ def _open_compressor(f: BinaryIO, compress: str | None) -> tuple[Any, Callable[[
 
 @bulk
 def export_tar(store: Store, manifest: Manifest, output: str | None, *, compress: str | None = None,
-               whiteouts: str = "none", note: Callable[[str], None] | None = None) -> None:
+               whiteouts: str = "none", note: Callable[[str], None] | None = None,
+               manifest_digest: str | None = None) -> None:
     """Write ``manifest`` as a tar to ``output`` (a path; None or ``-`` for stdout).
 
+    Holds a lease on ``manifest_digest`` (else on the manifest's blobs) meanwhile, so gc
+    keeps the content; a file stored as chunks only is read from its chunks.
     Raises BlobNotFound / IntegrityError (exit 4) when content is missing or corrupt.
     """
+    refs = store.content_refs(manifest)
+    with store.lease([manifest_digest] if manifest_digest else sorted(refs)):
+        missing = store.missing_blobs(refs)
+        if missing:
+            raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) of this manifest")
+        _export_tar(store, store.with_chunks(manifest), output, compress=compress, whiteouts=whiteouts, note=note)
+
+
+def _export_tar(store: Store, manifest: Manifest, output: str | None, *, compress: str | None,
+                whiteouts: str, note: Callable[[str], None] | None) -> None:
     if output in (None, "-"):
         sys.stdout.flush()
         if compress is None:

@@ -64,6 +64,21 @@ SmallResult = tuple[list[str], Staged, str]
 ChunksResult = tuple[list[tuple[str, int, int]], Staged, str]
 
 
+#: The inode of a staged entry that is a pin (a hardlink to a blob found by name), not bytes written here.
+PINNED = -1
+
+
+def pin(blob: str, name: str) -> bool:
+    """Hardlink the existing blob file ``blob`` at ``name`` (a lease's tmp dir): a dedup hit that a
+    concurrent gc cannot take away, since the commit puts the pin back if the name is gone.
+    False when there is no such blob (or it cannot be linked): write the content then."""
+    try:
+        os.link(blob, name, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+
+
 def _short(off: int) -> str:
     return f"tar stream truncated in member data at offset {off}"
 
@@ -84,13 +99,14 @@ class OffsetReader:
         seen.add(digest)
         hexd = digest[7:]
         path = os.path.join(self.blob_root, hexd[:2], hexd)
-        if os.path.exists(path):
-            return  # found by name: commit_manifest re-hashes it unless it is indexed
         own = _own_dir.get(self.tmp_dir)
         if own is None:
             own = _own_dir[self.tmp_dir] = os.path.join(self.tmp_dir, f"w{os.getpid()}")
             os.makedirs(own, mode=0o700, exist_ok=True)
         name = os.path.join(own, secrets.token_hex(12))
+        if pin(path, name):
+            staged.append((name, digest, PINNED))  # found by name: commit_manifest re-hashes it unless indexed
+            return
         ino = fs.write_new(name, data)
         # Published at once (Store.install_staged): the rename overlaps hashing instead of
         # waiting for the committer; the blob is durable at the commit's syncfs and indexed
@@ -190,6 +206,7 @@ class Dispatcher:
         self.reader, self.pool, self.error = reader, pool, error
         self.staged: list[tuple[str, str]] = []
         self.inos: dict[str, int] = {}
+        self.pinned: set[str] = set()  # digests staged as pins (tarcontent.pin), not written here
         self.sizes: dict[str, int] = {}
         self.batch: list[tuple[int, int]] = []
         self.batch_done: list[Callable[[str, tuple[tuple[str, int, int], ...]], None]] = []
@@ -232,7 +249,10 @@ class Dispatcher:
     def _staged(self, staged: Staged) -> None:
         for name, digest, ino in staged:
             self.staged.append((name, digest))
-            self.inos[digest] = ino
+            if ino == PINNED:
+                self.pinned.add(digest)
+            else:
+                self.inos[digest] = ino
 
     def _collect(self, keep: int) -> None:
         while len(self.window) > keep or (self.window and self.window[0][1].done()

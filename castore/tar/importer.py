@@ -54,6 +54,7 @@ from castore import fs
 from castore.build import _ignored, make_pool
 from castore.bulkmode import bulk
 from castore.errors import IntegrityError
+from castore.faults import crashpoint
 from castore.ingest import commit_manifest
 from castore.manifest import validate
 from castore.manifest.model import (
@@ -84,7 +85,7 @@ from castore.tar.format import (
     TarUnsafe,
     parse_appledouble,
 )
-from castore.tar.import_content import PARALLEL_MIN, Dispatcher, OffsetReader
+from castore.tar.import_content import PARALLEL_MIN, Dispatcher, OffsetReader, pin
 from castore.tar.reader import Member, Stream, members, open_stream
 from castore.textsafe import note
 
@@ -246,6 +247,7 @@ class _Importer:
         self.tree = _Tree()
         self.staged: list[tuple[str, str]] = []
         self.inos: dict[str, int] = {}  # digest -> inode of the temp file staged for it
+        self.pinned: set[str] = set()  # digests staged as pins (hardlinks to blobs found by name)
         self.sizes: dict[str, int] = {}
         self.whiteouts: dict[str, tuple[int, int, int]] = {}  # path -> uid, gid, perm
         self.opaque: set[str] = set()
@@ -281,9 +283,12 @@ class _Importer:
                 return
             self.sizes[digest] = len(data)
         hexd = digest[7:]
-        if os.path.exists(os.path.join(self.blob_root, hexd[:2], hexd)):
-            return  # a hint only: commit_manifest checks again under the store lock
         name = os.path.join(self.tmp_dir, secrets.token_hex(12))
+        if pin(os.path.join(self.blob_root, hexd[:2], hexd), name):
+            with self.lock:  # found by name and pinned: commit_manifest re-hashes it unless indexed
+                self.staged.append((name, digest))
+                self.pinned.add(digest)
+            return
         ino = fs.write_new(name, data)
         with self.lock:
             self.staged.append((name, digest))
@@ -457,9 +462,9 @@ class _Importer:
 
 
 def read_tar(stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams,
-             opts: TarOptions) -> tuple[Manifest, list[tuple[str, str]], dict[str, int], dict[str, int]]:
-    """Parse a whole stream: its manifest, the staged (temp, digest) pairs, content sizes
-    and the inode of each staged temp file (by digest)."""
+             opts: TarOptions) -> tuple[Manifest, list[tuple[str, str]], dict[str, int], dict[str, int], set[str]]:
+    """Parse a whole stream: its manifest, the staged (temp, digest) pairs, content sizes,
+    the inode of each staged temp file (by digest) and the digests staged as pins."""
     imp = _Importer(tmp_dir, blob_root, chunking, opts)
     procs = None
     if stream.seekable:
@@ -477,6 +482,7 @@ def read_tar(stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams
             imp.staged.extend(imp.disp.staged)
             imp.sizes.update(imp.disp.sizes)
             imp.inos.update(imp.disp.inos)
+            imp.pinned.update(imp.disp.pinned)
     finally:
         if procs is not None:
             procs.shutdown(wait=True, cancel_futures=True)
@@ -484,7 +490,7 @@ def read_tar(stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams
     manifest = imp.manifest()
     refs = manifest_refs(manifest)
     staged = [(t, d) for t, d in imp.staged if d in refs]
-    return manifest, staged, imp.sizes, imp.inos
+    return manifest, staged, imp.sizes, imp.inos, imp.pinned - imp.inos.keys()  # pins only, never written here
 
 
 @bulk
@@ -498,9 +504,11 @@ def ingest_tar(store: Store, src: str, *, name: str | None = None, opts: TarOpti
         check_name(name)
     with open_stream(src) as stream, store.lease() as lease:
         os.makedirs(lease.tmp_dir, mode=0o700)
-        manifest, staged, sizes, inos = read_tar(stream, lease.tmp_dir, store.blob_root, store.chunking, opts)
+        manifest, staged, sizes, inos, pinned = read_tar(stream, lease.tmp_dir, store.blob_root, store.chunking,
+                                                         opts)
+        crashpoint("tar-before-commit")
         try:
-            digest = commit_manifest(store, manifest, staged, sizes, name=name, sync_fd=lease.fd)
+            digest = commit_manifest(store, manifest, staged, sizes, name=name, sync_fd=lease.fd, pinned=pinned)
         except IntegrityError as exc:
             raise IntegrityError(f"{exc} (removed by a concurrent gc? ingest the stream again)") from exc
         _record_verified(store, {d: inos[d] for _, d in staged if d in inos})

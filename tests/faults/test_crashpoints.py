@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ INGEST_POINTS = ["ingest-after-read", "ingest-after-syncfs", "ingest-after-renam
                  "ingest-after-manifest", "ingest-before-tag", "ingest-after-commit"]
 CHECKOUT_POINTS = ["checkout-after-dirs", "checkout-mid-files", "checkout-before-sync", "checkout-before-rename"]
 GC_POINTS = ["gc-after-mark", "gc-mid-sweep", "gc-after-index-commit"]
+REBUILD_POINTS = ["rebuild-after-scan", "rebuild-mid-build", "rebuild-after-build", "rebuild-after-swap",
+                  "rebuild-after-rename"]
 
 
 def big_tree(root: Path, seed: int) -> Path:
@@ -86,3 +89,30 @@ def test_gc_crash(cli, seeded: Path, store_path: Path, point: str) -> None:  # t
     p = cli("fsck", "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["findings"] == []
     cli("checkout", "base", seeded / "after", check=True)
+
+
+def _catalog(cli) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return [(r["name"], r["digest"]) for r in json.loads(cli("list", "--json", check=True).stdout)]
+
+
+@pytest.mark.parametrize(("index", "point"), [("sound", p) for p in REBUILD_POINTS] +
+                         [("lost", p) for p in REBUILD_POINTS if p != "rebuild-after-swap"])  # nothing to swap
+def test_rebuild_index_crash(cli, seeded: Path, store_path: Path, point: str, index: str) -> None:  # type: ignore
+    """STORE/meta is the old index or the new one at every step (never none); a re-run completes."""
+    before = _catalog(cli)
+    if index == "lost":
+        shutil.rmtree(store_path / "meta")
+    p = cli("fsck", "--rebuild-index", env=crash(point))
+    assert p.returncode == -9, p.stderr
+    p = cli("list", "--json")
+    if p.returncode == 4:  # still the old state: only possible while the index was lost
+        assert index == "lost" and b"--rebuild-index" in p.stderr and not (store_path / "meta").exists()
+    else:
+        assert p.returncode == 0 and _catalog(cli) == before, p.stderr
+        assert_sound(cli, seeded)
+    cli("fsck", "--rebuild-index", check=True)
+    assert _catalog(cli) == before
+    assert not list(store_path.glob("meta.rebuild-*"))
+    assert_sound(cli, seeded)
+    cli("gc", "--grace", "0", check=True)
+    assert _catalog(cli) == before

@@ -89,10 +89,13 @@ def test_push_manifest_file_and_tag_digest_refused(tmp_path: Path, repo: str) ->
     mfile.write_bytes(Store.open(str(a)).read_blob(d))
     res = json.loads(run_cli("push", mfile, f"http://{repo}:file", "--json", store=a, check=True).stdout)
     assert res["uploaded"] >= 1 and res["manifest"] == d
-    # build's manifest names whole files, not the chunks the store keeps: refused, nothing pushed
+    # build's manifest names whole files, the store keeps their chunks (the chunk map): each such
+    # file is pushed as the whole-file blob the manifest names, put together from its chunks.
     mfile.write_bytes(run_cli("build", src, check=True).stdout)
-    p = run_cli("push", mfile, f"{repo}:built", store=a)
-    assert p.returncode == 4 and b"not found in store" in p.stderr
+    run_cli("push", mfile, f"{repo}:built", store=a, check=True)
+    run_cli("pull", f"{repo}:built", store=tmp_path / "fresh", check=True)
+    run_cli("checkout", f"{repo}:built", tmp_path / "built-out", store=tmp_path / "fresh", check=True)
+    assert_trees_equal(src, tmp_path / "built-out")
     bad = run_cli("push", "t", f"{repo}@{d}", store=a)
     assert bad.returncode == 2 and b"push takes a tag" in bad.stderr
 
