@@ -219,8 +219,9 @@ class BlobReader:
     """
 
     def __init__(self, store: Store, *, cache_bytes: int = CACHE_BYTES, item_max: int = CACHE_ITEM_MAX,
-                 note: Callable[[str], None] | None = None) -> None:
+                 note: Callable[[str], None] | None = None, fetch: Callable[[str], None] | None = None) -> None:
         self.store = store
+        self.fetch = fetch  # lazy mounts: puts a missing blob into the store (verified) or raises
         self.cache_bytes, self.item_max = cache_bytes, item_max
         self.note = note or (lambda m: textsafe.note(m, prefix="error"))
         self._lru: OrderedDict[str, bytes] = OrderedDict()
@@ -288,8 +289,19 @@ class BlobReader:
     def _open(self, digest: str) -> int:
         try:
             return self.store.open_blob(digest)
+        except BlobNotFound:
+            if self.fetch is None:
+                raise
         except OSError as exc:
             raise IntegrityError(f"blob {digest} cannot be opened: {exc.strerror}") from exc
+        try:
+            self.fetch(digest)  # verified before it is stored; IntegrityError for wrong bytes
+        except IntegrityError:
+            raise
+        except CastoreError as exc:  # the registry is unreachable or refused: EIO for this read, retried later
+            self.note(f"{exc}; this read returns EIO")
+            raise OSError(errno.EIO, str(exc)) from None
+        return self.store.open_blob(digest)
 
     def _load(self, digest: str, size: int) -> bytes:
         fd = self._open(digest)
@@ -398,7 +410,8 @@ def _renew(lease: Lease) -> None:
 
 
 def mount(store: Store, manifest: Manifest, digest: str | None, mountpoint: str, *,
-          allow_other: bool = False, ready: Callable[[str], None] | None = None) -> None:
+          allow_other: bool = False, ready: Callable[[str], None] | None = None,
+          lease: Lease | None = None, fetch: Callable[[str], None] | None = None) -> None:
     """Serve ``manifest`` (already validated) read-only at ``mountpoint`` until unmounted or signalled.
 
     Returns after a clean unmount (``fusermount3 -u``, SIGINT, SIGTERM or
@@ -406,37 +419,52 @@ def mount(store: Store, manifest: Manifest, digest: str | None, mountpoint: str,
     BlobNotFound (blobs missing from the store).
     Locking: none; a lease naming the manifest (or, for a manifest file that
     is not in the store, its blobs) for the mount's lifetime.
+
+    Lazy mounts (a remote tree) pass their own ``lease`` and ``fetch``: a blob
+    missing from the store is fetched on first read (``fetch(digest)`` leaves
+    it verified in the store, under ``lease``, or raises), nothing up front.
     """
     full = check_mountpoint(mountpoint)
     pyfuse3 = _load_pyfuse3()
     import trio
 
+    if fetch is not None:
+        assert lease is not None, "a lazy mount brings its lease"
+        _serve_mount(pyfuse3, trio, InodeTable(manifest, uid=os.geteuid(), gid=os.getegid(), now_ns=time.time_ns()),
+                     BlobReader(store, fetch=fetch), lease, digest, full, mountpoint, allow_other, ready)
+        return
     refs = store.content_refs(manifest)  # a file stored as chunks only is served by its chunks
     with store.lease([digest] if digest else sorted(refs)) as lease:
         missing = store.missing_blobs(refs)  # checked under the lease: gc cannot take them from now on
         if missing:
             raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) of this manifest")
         table = InodeTable(store.with_chunks(manifest), uid=os.geteuid(), gid=os.getegid(), now_ns=time.time_ns())
-        ops = make_operations(pyfuse3, table, BlobReader(store))
-        options = set(MOUNT_OPTIONS) | {f"fsname=continuity:{digest[7:19]}" if digest else "fsname=continuity"}
-        if allow_other:
-            options.add("allow_other")
+        _serve_mount(pyfuse3, trio, table, BlobReader(store), lease, digest, full, mountpoint, allow_other, ready)
+
+
+def _serve_mount(pyfuse3: Any, trio: Any, table: InodeTable, reader: BlobReader, lease: Lease, digest: str | None,
+                 full: str, mountpoint: str, allow_other: bool, ready: Callable[[str], None] | None) -> None:
+    """Mount ``table`` at ``full`` and serve it until unmounted (the lease is renewed meanwhile)."""
+    ops = make_operations(pyfuse3, table, reader)
+    options = set(MOUNT_OPTIONS) | {f"fsname=continuity:{digest[7:19]}" if digest else "fsname=continuity"}
+    if allow_other:
+        options.add("allow_other")
+    try:
+        pyfuse3.init(ops, full, options)
+    except RuntimeError as exc:
+        raise MountUnavailable(f"{mountpoint}: mount failed ({exc}; see libfuse's message above)") from None
+    unmounted = False
+    try:
+        if ready is not None:
+            ready(full)
+        trio.run(_serve, pyfuse3, lease)
+        unmounted = True
+    finally:
         try:
-            pyfuse3.init(ops, full, options)
-        except RuntimeError as exc:
-            raise MountUnavailable(f"{mountpoint}: mount failed ({exc}; see libfuse's message above)") from None
-        unmounted = False
-        try:
-            if ready is not None:
-                ready(full)
-            trio.run(_serve, pyfuse3, lease)
-            unmounted = True
-        finally:
-            try:
-                pyfuse3.close(unmount=True)
-            except Exception:  # noqa: BLE001 - best effort; the kernel drops a dead connection anyway
-                if not unmounted:
-                    raise
+            pyfuse3.close(unmount=True)
+        except Exception:  # noqa: BLE001 - best effort; the kernel drops a dead connection anyway
+            if not unmounted:
+                raise
 
 
 async def _serve(pyfuse3: Any, lease: Lease) -> None:
@@ -551,7 +579,7 @@ def make_operations(pyfuse3: Any, table: InodeTable, reader: BlobReader) -> Any:
         async def read(self, fh: int, off: int, size: int) -> bytes:
             node = self._node(fh)
             try:
-                if node.size <= INLINE_READ:  # a thread hop costs more than reading a small blob
+                if node.size <= INLINE_READ and reader.fetch is None:  # a thread hop costs more than a small read
                     return reader.read_file(node, off, size)
                 return await trio.to_thread.run_sync(reader.read_file, node, off, size)
             except IntegrityError:

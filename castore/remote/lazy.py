@@ -1,0 +1,79 @@
+"""Lazy mounts: a blob a read needs is fetched from the registry, verified, and kept in the store.
+
+``LazyFetcher.fetch(digest)`` is what the FUSE layer calls (castore.mount.fuse,
+which imports nothing of castore.remote: the CLI hands it this callable) when
+a blob of the mounted tree is not in the store. Order, per blob:
+
+1. the blob is added to the mount's lease (gc keeps it from this commit on);
+2. its bytes come from ``RemoteBlobs`` (castore.remote.blobsource), verified
+   (size and sha256; a pack entry decompressed within its size first);
+3. they are written durably (fsync) under their own name and indexed, so the
+   next read, and a later mount of the same tree, reads them locally.
+
+Wrong bytes raise IntegrityError before anything is written: the read is EIO
+and the store is unchanged. One fetch per blob at a time (concurrent readers
+of one blob wait for the first); a blob that failed is fetched again on the
+next read (a registry may recover), never served unverified.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Mapping
+
+from castore.errors import IntegrityError
+from castore.remote.blobsource import BlobSource
+from castore.store import Lease, Store
+from castore.store.meta import BLOB_ROW, KIND_CHUNK, KIND_RAW, dkey
+
+
+class LazyFetcher:
+    """Fetch-on-miss for one mount: ``fetch(digest)`` leaves the verified blob in the store. Thread-safe."""
+
+    def __init__(self, store: Store, lease: Lease, source: BlobSource, chunks: Mapping[str, bool]) -> None:
+        self.store, self.lease, self.source, self.chunks = store, lease, source, chunks
+        self._mu = threading.Lock()
+        self._gates: dict[str, threading.Lock] = {}
+        self.fetched = 0  # blobs written into the store by this mount
+
+    def fetch(self, digest: str) -> None:
+        """Make ``digest`` present in the store. IntegrityError (wrong bytes, or a digest the tree does
+        not reference), RemoteError (registry unreachable); nothing is stored on failure."""
+        if digest not in self.chunks:
+            raise IntegrityError(f"blob {digest} is not part of the mounted tree")
+        with self._mu:
+            gate = self._gates.setdefault(digest, threading.Lock())
+        with gate:  # one fetch per blob; the others wait and then find it in the store
+            if self.store.has_blob(digest) and self.store.blob_file_ok(digest, self.source.size(digest)):
+                return
+            self.lease.add([digest])  # before the file exists: gc cannot take it once written
+            kind = KIND_CHUNK if self.chunks[digest] else KIND_RAW
+            if self.source.is_lone_large(digest):
+                self._keep_file(digest, kind)
+            else:
+                data = self.source.read(digest)  # verified
+                got = self.store.put_blob(data, kind)  # fsync'd, then indexed
+                if got != digest:  # cannot happen: read() verified the digest
+                    raise IntegrityError(f"blob {digest} changed while being stored ({got})")
+            with self._mu:
+                self.fetched += 1
+                self._gates.pop(digest, None)
+
+    def _keep_file(self, digest: str, kind: int) -> None:
+        """A blob too large for memory: streamed (verified) into the lease's tmp dir, then installed."""
+        os.makedirs(self.lease.tmp_dir, mode=0o700, exist_ok=True)
+        tmp = os.path.join(self.lease.tmp_dir, f"lazy-{digest[7:19]}-{secrets.token_hex(4)}")
+        self.source.fetch_to(digest, tmp)  # removed by fetch_blob when it fails
+        try:
+            self.store.install_staged([(tmp, digest)], sync_fd=self.lease.fd)  # syncfs, rename, syncfs
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        size = self.source.size(digest)
+        self.store.meta.write(lambda t: t.put(dkey(digest), BLOB_ROW.pack(size, kind),
+                                              db=self.store.meta.db("blobs")))
+
+
+__all__ = ["LazyFetcher"]
