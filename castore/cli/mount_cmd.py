@@ -114,5 +114,7 @@ def _lazy_mount(obj: Ctx, store: Store, ref: Reference, mountpoint: str, allow_o
                   ready=_ready(f"{ref} ({tree.manifest_digest}, lazily)"), lease=lease,
                   fetch=fetcher.fetch)
         finally:
-            note(f"lazy mount fetched {fetcher.fetched} blob(s), {tree.blobs.counter.total} bytes "
-                 "(manifests and pack indexes included); kept in the store")
+            fetcher.close()
+            read = tree.blobs.counter.total - tree.opened_bytes
+            note(f"lazy mount: {tree.opened_bytes} bytes at mount (manifests, pack indexes); reads fetched "
+                 f"{fetcher.fetched} blob(s), {read} bytes, kept in the store")

@@ -141,6 +141,7 @@ class RemoteTree:
     oci_digest: str
     blobs: RemoteBlobs
     kinds: dict[str, bool]  # digest -> True for a chunk, False for a whole file or an ADS blob
+    opened_bytes: int  # what opening cost on the wire (manifest, pack indexes); reads add to blobs.counter
 
 
 def open_remote_tree(store: Store, reg: Registry, ref: Reference, tmp_dir: str, *, jobs: int = 4,
@@ -175,7 +176,8 @@ def open_remote_tree(store: Store, reg: Registry, ref: Reference, tmp_dir: str, 
     where, sizes = locate(refs, blob_sizes(manifest), packs, [x for x in indexes if x], solo, source=str(ref))
     chunks = {c.digest for r in manifest.resources for c in (getattr(r, "chunks", None) or ())}
     kinds = {d: d in chunks for d in refs}
-    return RemoteTree(manifest, first.digest, data, oci_digest, RemoteBlobs(reg, where, sizes, counter, tmp_dir), kinds)
+    return RemoteTree(manifest, first.digest, data, oci_digest, RemoteBlobs(reg, where, sizes, counter, tmp_dir), kinds,
+                      counter.total)
 
 
 __all__ = ["BlobSource", "RemoteBlobs", "RemoteTree", "Stats", "open_remote_tree"]

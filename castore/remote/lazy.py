@@ -4,7 +4,8 @@
 which imports nothing of castore.remote: the CLI hands it this callable) when
 a blob of the mounted tree is not in the store. Order, per blob:
 
-1. the blob is added to the mount's lease (gc keeps it from this commit on);
+1. the blob is added to the mount's lease (gc keeps it from this commit on; every LEASE_ROW blobs a
+   further lease is opened, so a lease row stays small however much of the tree is read);
 2. its bytes come from ``RemoteBlobs`` (castore.remote.blobsource), verified
    (size and sha256; a pack entry decompressed within its size first);
 3. they are written durably (fsync) under their own name and indexed, so the
@@ -22,11 +23,14 @@ import os
 import secrets
 import threading
 from collections.abc import Mapping
+from contextlib import ExitStack
 
 from castore.errors import IntegrityError
 from castore.remote.blobsource import BlobSource
 from castore.store import Lease, Store
 from castore.store.meta import BLOB_ROW, KIND_CHUNK, KIND_RAW, dkey
+
+LEASE_ROW = 2048  # blob digests per lease row (each add rewrites its row)
 
 
 class LazyFetcher:
@@ -36,7 +40,23 @@ class LazyFetcher:
         self.store, self.lease, self.source, self.chunks = store, lease, source, chunks
         self._mu = threading.Lock()
         self._gates: dict[str, threading.Lock] = {}
+        self._extra = ExitStack()  # the further leases, released by ``close``
+        self._in_lease = 0
         self.fetched = 0  # blobs written into the store by this mount
+
+    def close(self) -> None:
+        """Release the further leases (the mount's own lease is its owner's)."""
+        self._extra.close()
+
+    def _protect(self, digest: str) -> Lease:
+        with self._mu:
+            if self._in_lease >= LEASE_ROW:
+                self.lease = self._extra.enter_context(self.store.lease())
+                self._in_lease = 0
+            self._in_lease += 1
+            lease = self.lease
+        lease.add([digest])
+        return lease
 
     def fetch(self, digest: str) -> None:
         """Make ``digest`` present in the store. IntegrityError (wrong bytes, or a digest the tree does
@@ -48,10 +68,10 @@ class LazyFetcher:
         with gate:  # one fetch per blob; the others wait and then find it in the store
             if self.store.has_blob(digest) and self.store.blob_file_ok(digest, self.source.size(digest)):
                 return
-            self.lease.add([digest])  # before the file exists: gc cannot take it once written
+            lease = self._protect(digest)  # before the file exists: gc cannot take it once written
             kind = KIND_CHUNK if self.chunks[digest] else KIND_RAW
             if self.source.is_lone_large(digest):
-                self._keep_file(digest, kind)
+                self._keep_file(digest, kind, lease)
             else:
                 data = self.source.read(digest)  # verified
                 got = self.store.put_blob(data, kind)  # fsync'd, then indexed
@@ -61,13 +81,13 @@ class LazyFetcher:
                 self.fetched += 1
                 self._gates.pop(digest, None)
 
-    def _keep_file(self, digest: str, kind: int) -> None:
+    def _keep_file(self, digest: str, kind: int, lease: Lease) -> None:
         """A blob too large for memory: streamed (verified) into the lease's tmp dir, then installed."""
-        os.makedirs(self.lease.tmp_dir, mode=0o700, exist_ok=True)
-        tmp = os.path.join(self.lease.tmp_dir, f"lazy-{digest[7:19]}-{secrets.token_hex(4)}")
+        os.makedirs(lease.tmp_dir, mode=0o700, exist_ok=True)
+        tmp = os.path.join(lease.tmp_dir, f"lazy-{digest[7:19]}-{secrets.token_hex(4)}")
         self.source.fetch_to(digest, tmp)  # removed by fetch_blob when it fails
         try:
-            self.store.install_staged([(tmp, digest)], sync_fd=self.lease.fd)  # syncfs, rename, syncfs
+            self.store.install_staged([(tmp, digest)], sync_fd=lease.fd)  # syncfs, rename, syncfs
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
