@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 
 import click
@@ -51,7 +52,7 @@ def mount_cmd(obj: Ctx, manifest: str, mountpoint: str, allow_other: bool, foreg
     store = obj.store()
     ref = _registry_reference(store, manifest, insecure)
     if ref is not None:
-        password = click.get_text_stream("stdin").readline().rstrip("\r\n") if password_stdin \
+        password = sys.stdin.readline().rstrip("\r\n") if password_stdin \
             else os.environ.get("CONTINUITY_REGISTRY_PASSWORD")
         _lazy_mount(obj, store, ref, mountpoint, allow_other, username, password)
         return
