@@ -86,3 +86,29 @@ def test_wrong_bytes_store_nothing_and_foreign_digest_refused(tmp_path: Path) ->
         f.fetch(d)
         assert store.read_blob(d) == data
         f.close()
+
+
+class FileSource(MemorySource):
+    """Every blob as a lone large layer: written to a file (``fetch_to``), never read into memory."""
+
+    def is_lone_large(self, digest: str) -> bool:
+        return True
+
+    def read(self, digest: str) -> bytes:
+        raise AssertionError("large lone blobs are streamed to a file")
+
+    def fetch_to(self, digest: str, path: str) -> None:
+        with open(path, "xb") as f:
+            f.write(self.blobs[digest])
+
+
+def test_large_lone_blob_is_streamed_to_a_file_then_installed(tmp_path: Path) -> None:
+    store = Store.open(str(tmp_path / "s"))
+    data = os.urandom(1 << 20)
+    d = _digest(data)
+    with store.lease() as lease:
+        f = lazy.LazyFetcher(store, lease, FileSource({d: data}), {d: False})
+        f.fetch(d)
+        assert store.blob_size(d) == len(data) and store.read_blob(d) == data
+        assert os.listdir(lease.tmp_dir) == []  # the temp file was renamed into place
+        f.close()
