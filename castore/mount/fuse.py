@@ -15,6 +15,11 @@ without it.
   once and then served from its file while ``fstat`` proves it unchanged
   (dev, ino, size, mtime, ctime). A digest or size mismatch, or a missing
   blob, is EIO for that read only.
+- Lazy mounts (a tree in a registry): ``BlobReader(fetch=...)`` calls
+  ``fetch(digest)`` for a blob missing from the store, which leaves it there
+  verified or raises (wrong bytes: EIO; registry unreachable: EIO, retried on
+  the next read). The callable comes from the CLI (castore.remote.lazy): this
+  module never imports the registry client.
 - Every operation that would write is EROFS; the mount itself is
   ``ro,nosuid,nodev,default_permissions`` (``allow_other`` on request).
 - ``mount()`` holds a store lease naming the manifest for the mount's
