@@ -158,3 +158,16 @@ def test_lazy_mount_refuses_unknown_reference_in_one_line(tmp_path: Path, regist
     err = p.stderr.decode().strip().splitlines()
     assert len(err) == 1 and err[0].startswith("continuity: error:") and "not found" in err[0], err
     assert not os.path.ismount(mnt)
+
+
+def test_lazy_mount_enforces_the_policy_before_serving(tmp_path: Path, repo: str, proxy: CountingProxy) -> None:
+    _push_tree(tmp_path, f"{repo}:v1")
+    pol = tmp_path / "policy.json"
+    pol.write_text('{"default": {"type": "reject"}}')
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    before = len(proxy.seen)
+    p = run_cli("--policy", pol, "mount", f"{proxy.address}/{repo.split('/', 1)[1]}:v1", mnt, store=tmp_path / "b")
+    assert p.returncode == 4 and b"rejects it" in p.stderr, p.stderr
+    assert not os.path.ismount(mnt) and os.listdir(mnt) == []
+    assert len(proxy.blob_gets(before)) <= 1  # at most the continuity manifest, no content blob
