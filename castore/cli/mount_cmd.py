@@ -109,7 +109,7 @@ def _lazy_mount(obj: Ctx, store: Store, ref: Reference, mountpoint: str, allow_o
     with Registry(ref, username=username, password=password) as reg, store.lease() as lease:
         os.makedirs(lease.tmp_dir, mode=0o700, exist_ok=True)
         tree = open_remote_tree(store, reg, ref, lease.tmp_dir, policy=None if policy.accepts_all else policy)
-        fetcher = LazyFetcher(store, lease, tree.blobs, tree.kinds)
+        fetcher = LazyFetcher(store, lease, tree.blobs, tree.kinds, tree.sequence)
         try:
             mount(store, tree.manifest, tree.manifest_digest, mountpoint, allow_other=allow_other,
                   ready=_ready(f"{ref} ({tree.manifest_digest}, lazily)"), lease=lease,

@@ -30,11 +30,11 @@ from castore.digest import hash_bytes
 from castore.errors import IntegrityError
 from castore.manifest import codec, validate
 from castore.manifest.bounds import check_parse_cost
-from castore.manifest.model import Manifest
+from castore.manifest.model import Manifest, RegularFile
 from castore.remote.client import Registry
 from castore.remote.oci import MAX_OCI_MANIFEST, Descriptor, blob_sizes, parse_oci_manifest, split_layers
 from castore.remote.packfmt import Entry, PackIndex
-from castore.remote.packio import Counter, fetch_entries, read_index, read_small_blob
+from castore.remote.packio import WHOLE_MIN, Counter, fetch_entries, read_index, read_small_blob
 from castore.remote.pull import Where, _manifest_bytes, locate
 from castore.remote.ref import Reference
 from castore.remote.signatures import fetch_signatures
@@ -52,6 +52,8 @@ class BlobSource(Protocol):
     def size(self, digest: str) -> int: ...
 
     def read(self, digest: str) -> bytes: ...
+
+    def read_along(self, digest: str, more: list[str]) -> dict[str, bytes]: ...
 
     def is_lone_large(self, digest: str) -> bool: ...
 
@@ -98,6 +100,32 @@ class RemoteBlobs:
             return b""
         return self._read_entry(pack, entry)
 
+    def read_along(self, digest: str, more: list[str]) -> dict[str, bytes]:
+        """``digest`` and those of ``more`` (read-ahead) that lie in the same pack, in as few requests
+        as castore.remote.packio plans (adjacent entries: one range); each blob verified. The result
+        always holds ``digest``; a blob of ``more`` elsewhere is left out."""
+        w = self.where[digest]
+        if isinstance(w, Descriptor) or w[1].stored == 0:
+            return {digest: self.read(digest)}
+        pack, entry = w
+        entries = {entry.digest: entry}
+        room = WHOLE_MIN * pack.size - entry.stored  # read-ahead never turns the range into the whole pack
+        for d in more:
+            x = self.where.get(d)
+            if isinstance(x, tuple) and x[0].digest == pack.digest and 0 < x[1].stored < room:
+                entries[d] = x[1]
+                room -= x[1].stored
+        got: dict[str, bytes] = {}
+
+        def sink(e: Entry, data: bytes) -> None:  # decode_entry checked length, compression and digest
+            got[e.digest] = data
+
+        self.stats.add()
+        fetch_entries(self.reg, pack, sorted(entries.values(), key=lambda e: e.offset), sink, self.counter)
+        if digest not in got:
+            raise IntegrityError(f"{self.reg.where}: pack {pack.digest} did not yield blob {digest}")
+        return got
+
     def fetch_to(self, digest: str, path: str) -> None:
         """Write the verified bytes of ``digest`` into the new file ``path`` (removed on failure)."""
         w = self.where[digest]
@@ -141,6 +169,7 @@ class RemoteTree:
     oci_digest: str
     blobs: RemoteBlobs
     kinds: dict[str, bool]  # digest -> True for a chunk, False for a whole file or an ADS blob
+    sequence: dict[str, tuple[tuple[str, ...], int]]  # chunk digest -> (its file's chunk digests, its index)
     opened_bytes: int  # what opening cost on the wire (manifest, pack indexes); reads add to blobs.counter
 
 
@@ -174,10 +203,15 @@ def open_remote_tree(store: Store, reg: Registry, ref: Reference, tmp_dir: str, 
 
     run_all(range(len(packs)), one_index, jobs=jobs, abort=reg.abort)
     where, sizes = locate(refs, blob_sizes(manifest), packs, [x for x in indexes if x], solo, source=str(ref))
-    chunks = {c.digest for r in manifest.resources for c in (getattr(r, "chunks", None) or ())}
-    kinds = {d: d in chunks for d in refs}
+    sequence: dict[str, tuple[tuple[str, ...], int]] = {}
+    for r in manifest.resources:
+        if isinstance(r, RegularFile) and r.chunks:
+            order = tuple(c.digest for c in r.chunks)
+            for i, d in enumerate(order):
+                sequence.setdefault(d, (order, i))
+    kinds = {d: d in sequence for d in refs}
     return RemoteTree(manifest, first.digest, data, oci_digest, RemoteBlobs(reg, where, sizes, counter, tmp_dir), kinds,
-                      counter.total)
+                      sequence, counter.total)
 
 
 __all__ = ["BlobSource", "RemoteBlobs", "RemoteTree", "Stats", "open_remote_tree"]

@@ -171,3 +171,20 @@ def test_lazy_mount_enforces_the_policy_before_serving(tmp_path: Path, repo: str
     assert p.returncode == 4 and b"rejects it" in p.stderr, p.stderr
     assert not os.path.ismount(mnt) and os.listdir(mnt) == []
     assert len(proxy.blob_gets(before)) <= 1  # at most the continuity manifest, no content blob
+
+
+def test_lazy_mount_sequential_read_fetches_chunks_ahead(tmp_path: Path, repo: str, proxy: CountingProxy) -> None:
+    src, a = tmp_path / "src", tmp_path / "a"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(6 << 20))
+    d = run_cli("ingest", src, "--name", "t", store=a, check=True).stdout.decode().strip()
+    run_cli("push", "t", f"{repo}:v1", store=a, check=True)  # default pack size: the chunks share a pack
+    chunks = next(r.chunks for r in Store.open(str(a)).load_manifest(d).resources if r.path == "/big.bin")
+    assert len(chunks) >= 8
+    with mounted(tmp_path / "b", f"{proxy.address}/{repo.split('/', 1)[1]}:v1", tmp_path / "mnt") as m:
+        before = len(proxy.seen)
+        assert (tmp_path / "mnt" / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+        gets = proxy.blob_gets(before)
+        assert len(gets) <= len(chunks) // 4, (len(gets), len(chunks))  # READ_AHEAD: several chunks a request
+        assert sum(s.nbytes for s in gets) <= (6 << 20) + 4096  # and nothing beyond the file
+    assert m.proc.returncode == 0, m.stderr()
