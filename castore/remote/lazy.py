@@ -47,7 +47,7 @@ class LazyFetcher:
         self.store, self.lease, self.source, self.chunks = store, lease, source, chunks
         self.sequence = sequence or {}
         self._mu = threading.Lock()
-        self._gates: dict[str, threading.Lock] = {}
+        self._inflight: dict[str, threading.Event] = {}  # digest -> set when the fetch carrying it ends
         self._extra = ExitStack()  # the further leases, released by ``close``
         self._in_lease = 0
         self.fetched = 0  # blobs written into the store by this mount
@@ -87,22 +87,38 @@ class LazyFetcher:
         not reference), RemoteError (registry unreachable); nothing is stored on failure."""
         if digest not in self.chunks:
             raise IntegrityError(f"blob {digest} is not part of the mounted tree")
-        with self._mu:
-            gate = self._gates.setdefault(digest, threading.Lock())
-        with gate:  # one fetch per blob; the others wait and then find it in the store
+        while True:  # one fetch per blob: a blob in flight (asked for, or read ahead) is waited for
             if self.store.has_blob(digest) and self.store.blob_file_ok(digest, self.source.size(digest)):
                 return
+            with self._mu:
+                busy = self._inflight.get(digest)
+                if busy is None:
+                    mine = threading.Event()
+                    self._inflight[digest] = mine
+                    break
+            busy.wait()  # then look again: the other fetch may have failed
+        ahead: list[str] = []
+        try:
             n = 1
             if self.source.is_lone_large(digest):
                 lease = self._protect([digest])  # before the file exists: gc cannot take it once written
                 self._keep_file(digest, KIND_CHUNK if self.chunks[digest] else KIND_RAW, lease)
             else:
-                ahead = self._ahead(digest)
+                wanted = self._ahead(digest)
+                with self._mu:
+                    ahead = [d for d in wanted if d not in self._inflight]
+                    for d in ahead:
+                        self._inflight[d] = mine
                 self._protect([digest, *ahead])
                 n = self._keep(self.source.read_along(digest, ahead))  # verified
             with self._mu:
                 self.fetched += n
-                self._gates.pop(digest, None)
+        finally:
+            with self._mu:
+                for d in (digest, *ahead):
+                    if self._inflight.get(d) is mine:
+                        del self._inflight[d]
+            mine.set()
 
     def _keep(self, blobs: dict[str, bytes]) -> int:
         """Write verified blobs durably (fsync each), then index them in one transaction; their number."""
