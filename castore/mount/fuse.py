@@ -219,8 +219,9 @@ class BlobReader:
     """
 
     def __init__(self, store: Store, *, cache_bytes: int = CACHE_BYTES, item_max: int = CACHE_ITEM_MAX,
-                 note: Callable[[str], None] | None = None) -> None:
+                 note: Callable[[str], None] | None = None, fetch: Callable[[str], None] | None = None) -> None:
         self.store = store
+        self.fetch = fetch  # brings a blob the store lacks (a lazily mounted remote tree), or None
         self.cache_bytes, self.item_max = cache_bytes, item_max
         self.note = note or (lambda m: textsafe.note(m, prefix="error"))
         self._lru: OrderedDict[str, bytes] = OrderedDict()
@@ -287,6 +288,15 @@ class BlobReader:
 
     def _open(self, digest: str) -> int:
         try:
+            try:
+                return self.store.open_blob(digest)
+            except BlobNotFound:
+                if self.fetch is None:
+                    raise
+            try:
+                self.fetch(digest)  # verified before it lands in the store; read (and verified) again below
+            except CastoreError as exc:
+                raise IntegrityError(f"blob {digest} could not be fetched: {exc}") from None
             return self.store.open_blob(digest)
         except OSError as exc:
             raise IntegrityError(f"blob {digest} cannot be opened: {exc.strerror}") from exc
@@ -398,12 +408,13 @@ def _renew(lease: Lease) -> None:
 
 
 def mount(store: Store, manifest: Manifest, digest: str | None, mountpoint: str, *,
-          allow_other: bool = False, ready: Callable[[str], None] | None = None) -> None:
+          allow_other: bool = False, ready: Callable[[str], None] | None = None,
+          fetch: Callable[[str], None] | None = None) -> None:
     """Serve ``manifest`` (already validated) read-only at ``mountpoint`` until unmounted or signalled.
 
     Returns after a clean unmount (``fusermount3 -u``, SIGINT, SIGTERM or
     SIGHUP). Raises UnsafeInput (mount point), MountUnavailable (no FUSE),
-    BlobNotFound (blobs missing from the store).
+    BlobNotFound (blobs missing from the store, unless ``fetch`` brings them on first read).
     Locking: none; a lease naming the manifest (or, for a manifest file that
     is not in the store, its blobs) for the mount's lifetime.
     """
@@ -414,10 +425,10 @@ def mount(store: Store, manifest: Manifest, digest: str | None, mountpoint: str,
     refs = store.content_refs(manifest)  # a file stored as chunks only is served by its chunks
     with store.lease([digest] if digest else sorted(refs)) as lease:
         missing = store.missing_blobs(refs)  # checked under the lease: gc cannot take them from now on
-        if missing:
+        if missing and fetch is None:
             raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) of this manifest")
         table = InodeTable(store.with_chunks(manifest), uid=os.geteuid(), gid=os.getegid(), now_ns=time.time_ns())
-        ops = make_operations(pyfuse3, table, BlobReader(store))
+        ops = make_operations(pyfuse3, table, BlobReader(store, fetch=fetch))
         options = set(MOUNT_OPTIONS) | {f"fsname=continuity:{digest[7:19]}" if digest else "fsname=continuity"}
         if allow_other:
             options.add("allow_other")
