@@ -100,7 +100,8 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: i
     if as_json:
         print_json({"manifest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
                     "downloaded": res.downloaded, "present": res.present,
-                    "downloaded_bytes": res.downloaded_bytes, "signatures": res.signatures})
+                    "downloaded_bytes": res.downloaded_bytes, "signatures": res.signatures,
+                    "resumed": res.resumed})
     else:
         click.echo(res.manifest_digest)
 

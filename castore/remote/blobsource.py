@@ -35,7 +35,7 @@ from castore.remote.client import Registry
 from castore.remote.oci import MAX_OCI_MANIFEST, Descriptor, blob_sizes, parse_oci_manifest, split_layers
 from castore.remote.packfmt import Entry, PackIndex
 from castore.remote.packio import WHOLE_MIN, Counter, fetch_entries, read_index, read_small_blob
-from castore.remote.pull import Where, _manifest_bytes, locate
+from castore.remote.pull import Where, locate, manifest_bytes
 from castore.remote.ref import Reference
 from castore.remote.signatures import fetch_signatures
 from castore.remote.transfer import run_all
@@ -189,7 +189,7 @@ def open_remote_tree(store: Store, reg: Registry, ref: Reference, tmp_dir: str, 
     first, layers = parse_oci_manifest(raw, source=str(ref))
     packs, solo = split_layers(layers, source=str(ref))
     counter = Counter([])
-    data = _manifest_bytes(store, reg, first.digest, first.size, tmp_dir, counter)
+    data = manifest_bytes(store, reg, first.digest, first.size, tmp_dir, counter)
     check_parse_cost(data, source=f"{ref} manifest {first.digest}")  # before any parse allocates
     manifest = validate(codec.loads(data, source=f"{ref} manifest {first.digest}"))
     if policy is not None:  # before any blob is read: a refused tree is never served

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from castore.errors import IntegrityError, NotFound
 from castore.remote.client import Registry
-from castore.remote.oci import MAX_OCI_MANIFEST, parse_oci_manifest, split_layers
+from castore.remote.oci import MAX_OCI_MANIFEST, Descriptor, parse_oci_manifest, split_layers
 from castore.remote.packer import BasePack
 from castore.remote.packio import Counter, read_index
 from castore.remote.ref import Reference
@@ -45,7 +45,8 @@ def load_bases(reg: Registry, ref: Reference, bases: Sequence[Reference], tmp_di
         seen.update(p.digest for p, _ in todo)
         found: list[BasePack | None] = [None] * len(todo)
 
-        def one(i: int, todo: list = todo, found: list = found) -> None:  # type: ignore[type-arg]
+        def one(i: int, todo: list[tuple[Descriptor, Descriptor]] = todo,
+                found: list[BasePack | None] = found) -> None:
             p, x = todo[i]
             if reg.has_blob(p.digest):
                 found[i] = BasePack(p, x, read_index(reg, p, x, tmp_dir, Counter([])))

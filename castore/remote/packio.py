@@ -11,6 +11,7 @@ decompressed within its size and hashed before ``sink`` sees it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -125,7 +126,7 @@ def fetch_entries(reg: Registry, pack: Descriptor, entries: list[Entry], sink: S
     for start, end in ranges:
         part = [e for e in left if start <= e.offset and e.end <= end]
         whole = reg._call(f"GET pack {pack.digest} range {start}-{end - 1}",
-                          lambda s=start, t=end, p=part, a=left: _range(reg, pack, s, t, p, a, sink, counter, what))
+                          functools.partial(_range, reg, pack, start, end, part, left, sink, counter, what))
         if whole:  # the registry ignored Range and sent (and we cut) every entry
             return
         left = [e for e in left if e.end > end]

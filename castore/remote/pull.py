@@ -74,7 +74,7 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
         with store.lease() as lease:
             os.makedirs(lease.tmp_dir, mode=0o700)
             counter = Counter([])
-            data = _manifest_bytes(store, reg, first.digest, first.size, lease.tmp_dir, counter)
+            data = manifest_bytes(store, reg, first.digest, first.size, lease.tmp_dir, counter)
             check_parse_cost(data, source=f"{ref} manifest {first.digest}")  # before any parse allocates
             manifest = validate(codec.loads(data, source=f"{ref} manifest {first.digest}"))
             sigs = fetch_signatures(reg, oci_digest, lease.tmp_dir)
@@ -192,7 +192,7 @@ def fetch_blobs(reg: Registry, digests: list[str], where: Mapping[str, Where], l
     landing.drain()
 
 
-def _manifest_bytes(store: Store, reg: Registry, digest: str, size: int, tmp_dir: str, counter: Counter) -> bytes:
+def manifest_bytes(store: Store, reg: Registry, digest: str, size: int, tmp_dir: str, counter: Counter) -> bytes:
     """The continuity manifest's verified bytes: from the store when it has them, else downloaded."""
     if store.blob_file_ok(digest, size) and store.has_blob(digest):
         return store.read_blob(digest)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -17,11 +18,12 @@ import pytest
 
 from castore.remote.ref import parse_reference
 from castore.store import Store
+from castore.testing.compare import assert_trees_equal
 from tests.fuse.fuse_util import mounted, needs_fuse
 from tests.helpers import run_cli
-from tests.remote.packs_helpers import make_tree
+from tests.remote.packs_helpers import make_tree, packed_artifact, range_server
 from tests.remote.proxy import CountingProxy
-from tests.remote.registry import artifact
+from tests.remote.registry import FakeRegistry, artifact
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
 
@@ -96,6 +98,7 @@ def test_lazy_mount_lists_without_blobs_reads_one_file_small(tmp_path: Path, rep
         assert (mnt / "words.txt").read_bytes() == (src / "words.txt").read_bytes()
         assert (mnt / "big.bin").read_bytes() == (src / "big.bin").read_bytes()  # chunked: chunk by chunk
         assert (mnt / "empty").read_bytes() == b""
+        assert_trees_equal(src, mnt)  # every file read: equal to the source
     assert m.proc.returncode == 0, m.stderr()
     digest = "sha256:" + hashlib.sha256(f.read_bytes()).hexdigest()
     assert Store.open(str(b)).has_blob(digest)
@@ -108,6 +111,12 @@ def test_lazy_mount_lists_without_blobs_reads_one_file_small(tmp_path: Path, rep
     assert m2.proc.returncode == 0, m2.stderr()
     fsck = run_cli("fsck", store=b)
     assert fsck.returncode == 0, fsck.stderr
+    # what the mounts fetched stays: a pull of the same tree fetches none of it again
+    before = len(proxy.seen)
+    pulled = json.loads(run_cli("pull", ref, "--json", store=b, check=True).stdout)
+    assert pulled["downloaded"] <= 1, pulled  # the empty file's blob: never read, so pull adds it
+    assert all(not s.path.endswith(digest) for s in proxy.blob_gets(before))
+    run_cli("fsck", store=b, check=True)
 
 
 def test_lazy_mount_old_artifact_one_layer_per_blob(tmp_path: Path, repo: str, proxy: CountingProxy) -> None:
@@ -189,3 +198,23 @@ def test_lazy_mount_sequential_read_fetches_chunks_ahead(tmp_path: Path, repo: s
         # about the file's bytes: parallel kernel reads may read through a few fetched chunks (packio's GAP)
         assert sum(s.nbytes for s in gets) <= (6 << 20) * 1.1
     assert m.proc.returncode == 0, m.stderr()
+
+
+def test_lying_range_from_a_fake_registry_gives_eio(tmp_path: Path, fake: FakeRegistry) -> None:
+    src, a, b = tmp_path / "src", tmp_path / "a", tmp_path / "b"
+    make_tree(src, files=60)
+    d = run_cli("ingest", src, store=a, check=True).stdout.decode().strip()
+    oci, blobs, built = packed_artifact(Store.open(str(a)), d, 1 << 20)
+    fake.serve_artifact("lazy/tree", "v1", oci, blobs)
+    for bp in built:
+        data = bytes(bp.data)
+        fake.routes[("GET", f"/v2/lazy/tree/blobs/{bp.pack.digest}")] = range_server(
+            data, lambda s, e, body, n=len(data): (206, {"Content-Range": f"bytes {s}-{e - 1}/{n}"},
+                                                   bytes(x ^ 0xFF for x in body)))
+    with mounted(b, f"{fake.host}/lazy/tree:v1", tmp_path / "mnt") as m:
+        with pytest.raises(OSError) as exc:
+            (m.mnt / "d00" / "f0001.bin").read_bytes()
+        assert exc.value.errno == errno.EIO
+        assert os.listdir(m.mnt / "d00")  # the rest of the view still works
+    assert "wrong bytes" in m.stderr() or "digest" in m.stderr(), m.stderr()
+    assert [p for p in (b / "blobs").rglob("*") if p.is_file()] == []
