@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, resolve
+from castore.cli.common import Ctx, main_group, resolve
 from castore.cli.trust import check_trust
 from castore.errors import NotFound, UnsafeInput
 from castore.remote.ref import Reference, parse_reference
@@ -31,7 +31,6 @@ from castore.textsafe import safe_line
                    "or --password-stdin.")
 @click.option("--password-stdin", is_flag=True, help="Read the registry password from stdin.")
 @click.pass_obj
-@handle_errors
 def mount_cmd(obj: Ctx, manifest: str, mountpoint: str, allow_other: bool, foreground: bool, insecure: bool,
               username: str | None, password_stdin: bool) -> None:
     """Mount MANIFEST read-only at MOUNTPOINT (an existing empty directory) until unmounted.
