@@ -6,6 +6,7 @@ size, mtime, ctime). A digest or size mismatch, or a missing blob, is EIO for th
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from castore import textsafe
 from castore.digest import EMPTY_DIGEST
-from castore.errors import IntegrityError
+from castore.errors import BlobNotFound, CastoreError, IntegrityError
 from castore.store import Store
 
 if TYPE_CHECKING:
@@ -34,8 +35,9 @@ class BlobReader:
     """
 
     def __init__(self, store: Store, *, cache_bytes: int = CACHE_BYTES, item_max: int = CACHE_ITEM_MAX,
-                 note: Callable[[str], None] | None = None) -> None:
+                 note: Callable[[str], None] | None = None, fetch: Callable[[str], None] | None = None) -> None:
         self.store = store
+        self.fetch = fetch  # lazy mounts: puts a missing blob into the store (verified) or raises
         self.cache_bytes, self.item_max = cache_bytes, item_max
         self.note = note or (lambda m: textsafe.note(m, prefix="error"))
         self._lru: OrderedDict[str, bytes] = OrderedDict()
@@ -103,8 +105,19 @@ class BlobReader:
     def _open(self, digest: str) -> int:
         try:
             return self.store.open_blob(digest)
+        except BlobNotFound:
+            if self.fetch is None:
+                raise
         except OSError as exc:
             raise IntegrityError(f"blob {digest} cannot be opened: {exc.strerror}") from exc
+        try:
+            self.fetch(digest)  # verified before it is stored; IntegrityError for wrong bytes
+        except IntegrityError:
+            raise
+        except CastoreError as exc:  # the registry is unreachable or refused: EIO for this read, retried later
+            self.note(f"{exc}; this read returns EIO")
+            raise OSError(errno.EIO, str(exc)) from None
+        return self.store.open_blob(digest)
 
     def _load(self, digest: str, size: int) -> bytes:
         fd = self._open(digest)

@@ -15,6 +15,11 @@ without it.
   once and then served from its file while ``fstat`` proves it unchanged
   (dev, ino, size, mtime, ctime). A digest or size mismatch, or a missing
   blob, is EIO for that read only.
+- Lazy mounts (a tree in a registry): ``BlobReader(fetch=...)`` calls
+  ``fetch(digest)`` for a blob missing from the store, which leaves it there
+  verified or raises (wrong bytes: EIO; registry unreachable: EIO, retried on
+  the next read). The callable comes from the CLI (castore.remote.lazy): this
+  module never imports the registry client.
 - Every operation that would write is EROFS; the mount itself is
   ``ro,nosuid,nodev,default_permissions`` (``allow_other`` on request).
 - ``mount()`` holds a store lease naming the manifest for the mount's
@@ -247,7 +252,8 @@ def renew_lease(lease: Lease) -> None:
 
 
 def mount(store: Store, manifest: Manifest, digest: str | None, mountpoint: str, *,
-          allow_other: bool = False, ready: Callable[[str], None] | None = None) -> None:
+          allow_other: bool = False, ready: Callable[[str], None] | None = None,
+          lease: Lease | None = None, fetch: Callable[[str], None] | None = None) -> None:
     """Serve ``manifest`` (already validated) read-only at ``mountpoint`` until unmounted or signalled.
 
     Returns after a clean unmount (``fusermount3 -u``, SIGINT, SIGTERM or
@@ -255,35 +261,50 @@ def mount(store: Store, manifest: Manifest, digest: str | None, mountpoint: str,
     BlobNotFound (blobs missing from the store).
     Locking: none; a lease naming the manifest (or, for a manifest file that
     is not in the store, its blobs) for the mount's lifetime.
+
+    Lazy mounts (a remote tree) pass their own ``lease`` and ``fetch``: a blob
+    missing from the store is fetched on first read (``fetch(digest)`` leaves
+    it verified in the store, under ``lease``, or raises), nothing up front.
     """
     full = check_mountpoint(mountpoint)
     pyfuse3 = _load_pyfuse3()
     import trio
 
+    if fetch is not None:
+        assert lease is not None, "a lazy mount brings its lease"
+        _serve_mount(pyfuse3, trio, InodeTable(manifest, uid=os.geteuid(), gid=os.getegid(), now_ns=time.time_ns()),
+                     BlobReader(store, fetch=fetch), lease, digest, full, mountpoint, allow_other, ready)
+        return
     refs = store.content_refs(manifest)  # a file stored as chunks only is served by its chunks
     with store.lease([digest] if digest else sorted(refs)) as lease:
         require_blobs(store, refs)  # checked under the lease: gc cannot take them from now on
         table = InodeTable(store.with_chunks(manifest), uid=os.geteuid(), gid=os.getegid(), now_ns=time.time_ns())
-        ops = make_operations(pyfuse3, table, BlobReader(store))
-        options = set(MOUNT_OPTIONS) | {f"fsname=continuity:{digest[7:19]}" if digest else "fsname=continuity"}
-        if allow_other:
-            options.add("allow_other")
+        _serve_mount(pyfuse3, trio, table, BlobReader(store), lease, digest, full, mountpoint, allow_other, ready)
+
+
+def _serve_mount(pyfuse3: Any, trio: Any, table: InodeTable, reader: BlobReader, lease: Lease, digest: str | None,
+                 full: str, mountpoint: str, allow_other: bool, ready: Callable[[str], None] | None) -> None:
+    """Mount ``table`` at ``full`` and serve it until unmounted (the lease is renewed meanwhile)."""
+    ops = make_operations(pyfuse3, table, reader)
+    options = set(MOUNT_OPTIONS) | {f"fsname=continuity:{digest[7:19]}" if digest else "fsname=continuity"}
+    if allow_other:
+        options.add("allow_other")
+    try:
+        pyfuse3.init(ops, full, options)
+    except RuntimeError as exc:
+        raise MountUnavailable(f"{mountpoint}: mount failed ({exc}; see libfuse's message above)") from None
+    unmounted = False
+    try:
+        if ready is not None:
+            ready(full)
+        trio.run(_serve, pyfuse3, lease)
+        unmounted = True
+    finally:
         try:
-            pyfuse3.init(ops, full, options)
-        except RuntimeError as exc:
-            raise MountUnavailable(f"{mountpoint}: mount failed ({exc}; see libfuse's message above)") from None
-        unmounted = False
-        try:
-            if ready is not None:
-                ready(full)
-            trio.run(_serve, pyfuse3, lease)
-            unmounted = True
-        finally:
-            try:
-                pyfuse3.close(unmount=True)
-            except Exception:  # noqa: BLE001 - best effort; the kernel drops a dead connection anyway
-                if not unmounted:
-                    raise
+            pyfuse3.close(unmount=True)
+        except Exception:  # noqa: BLE001 - best effort; the kernel drops a dead connection anyway
+            if not unmounted:
+                raise
 
 
 async def _serve(pyfuse3: Any, lease: Lease) -> None:

@@ -111,7 +111,7 @@ class ReadOnlyOps(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         node = self._node(fh)
         try:
-            if node.size <= INLINE_READ:  # a thread hop costs more than reading a small blob
+            if node.size <= INLINE_READ and self.reader.fetch is None:  # a thread hop costs more than a small read
                 return self.reader.read_file(node, off, size)
             return await trio.to_thread.run_sync(self.reader.read_file, node, off, size)
         except IntegrityError:
