@@ -15,7 +15,8 @@ from castore.gc.collect import GcOptions, collect
 from castore.gc.spill import MarkSet, Records, SortedKeys
 from castore.ingest import ingest
 from castore.store import Store
-from tests.gc.gc_util import blob_files, manifest_blobs, rand_tree
+from castore.testing.trees import rand_tree
+from tests.gc.gc_util import blob_files, manifest_blobs
 
 
 def _keys(n: int, seed: int) -> list[bytes]:
