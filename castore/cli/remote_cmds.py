@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import click
 
 from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve
+from castore.cli.registry_opts import access_options, make_access, registry_reference
 from castore.errors import UnsafeInput
 from castore.remote.ref import Reference, parse_reference
 
@@ -22,32 +20,48 @@ pw_opt = click.option("--password-stdin", is_flag=True, help="Read the registry 
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
-def _password(password_stdin: bool) -> str | None:
-    if password_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    return os.environ.get("CONTINUITY_REGISTRY_PASSWORD")
-
-
 @main_group.command("push")
 @click.argument("manifest")
 @click.argument("reference", metavar="REGISTRY/REPO[:TAG]")
+@click.option("--format", "fmt", type=click.Choice(["tree", "image"]), default="tree", show_default=True,
+              help="tree: the continuity artifact (pull gets it back exactly); image: a one-layer OCI image "
+                   "(export's tar) that podman, skopeo and docker run.")
+@click.option("--layer-compression", type=click.Choice(["gzip", "none"]), default="gzip", show_default=True,
+              help="With --format image: the layer's compression.")
 @insecure_opt
 @jobs_opt
 @user_opt
 @pw_opt
+@access_options
 @json_opt
 @click.pass_obj
 @handle_errors
-def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int, username: str | None,
-             password_stdin: bool, as_json: bool) -> None:
+def push_cmd(obj: Ctx, manifest: str, reference: str, fmt: str, layer_compression: str, insecure: bool, jobs: int,
+             username: str | None, password_stdin: bool, creds: str | None, authfile: str | None,
+             cert_dir: str | None, tls_verify: bool | None, as_json: bool) -> None:
     """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST."""
     from castore.remote.push import push  # httpx is imported only by the verbs that need it
 
-    ref = parse_reference_or_usage(reference, insecure, allow_digest=False)
+    access = make_access(creds=creds, authfile=authfile, cert_dir=cert_dir, tls_verify=tls_verify,
+                         username=username, password_stdin=password_stdin)
+    ref = registry_reference(reference, insecure, allow_digest=False, tls_asked=tls_verify is not None,
+                             access=access)
     m, digest, store = resolve(obj, manifest, need_store=True)
     assert store is not None
-    res = push(store, m, ref, manifest_digest=digest, jobs=jobs, username=username,
-               password=_password(password_stdin))
+    if fmt == "image":
+        from castore.remote.image_push import push_image
+
+        img = push_image(store, m, ref, manifest_digest=digest, compress=layer_compression == "gzip", jobs=jobs,
+                         access=access)
+        pinned = f"{ref.registry}/{ref.repo}@{img.oci_digest}"
+        if as_json:
+            print_json({"reference": pinned, "tag": str(ref), "oci_digest": img.oci_digest, "manifest": digest,
+                        "layer": img.layer_digest, "diff_id": img.diff_id, "uploaded": img.uploaded,
+                        "uploaded_bytes": img.uploaded_bytes})
+        else:
+            click.echo(pinned)
+        return
+    res = push(store, m, ref, manifest_digest=digest, jobs=jobs, access=access)
     pinned = f"{ref.registry}/{ref.repo}@{res.oci_digest}"
     if as_json:
         print_json({"reference": pinned, "tag": str(ref), "oci_digest": res.oci_digest,
@@ -58,23 +72,49 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int,
 
 
 @main_group.command("pull")
-@click.argument("reference", metavar="REGISTRY/REPO[:TAG|@DIGEST]")
+@click.argument("reference", metavar="REGISTRY/REPO[:TAG|@DIGEST]|oci:DIR[:TAG]")
 @click.option("--name", help="Catalog name (default: the reference without its scheme).")
+@click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
+              help="The image to take from an image index (default: the host's).")
 @insecure_opt
 @jobs_opt
 @user_opt
 @pw_opt
+@access_options
 @json_opt
 @click.pass_obj
 @handle_errors
-def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: int, username: str | None,
-             password_stdin: bool, as_json: bool) -> None:
-    """Copy a tree from a registry into the store; print its manifest digest."""
+def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, insecure: bool, jobs: int,
+             username: str | None, password_stdin: bool, creds: str | None, authfile: str | None,
+             cert_dir: str | None, tls_verify: bool | None, as_json: bool) -> None:
+    """Copy a tree or a container image (flattened) from a registry or an OCI layout into the store;
+    print its manifest digest."""
+    from castore.remote.image import parse_platform
+
+    plat = parse_platform(platform) if platform else None
+    if reference.startswith("oci:"):
+        from castore.remote.image import pull_image
+        from castore.remote.ocilayout import Layout, parse_layout_ref
+
+        path, tag = parse_layout_ref(reference)
+        layout = Layout(path)
+        label = name if name is not None else reference
+        md, oci_digest, n, nbytes = pull_image(obj.store(), layout, layout.top(tag), reference, name=label,
+                                               jobs=jobs, platform=plat)
+        if as_json:
+            print_json({"manifest": md, "oci_digest": oci_digest, "name": label, "downloaded": n, "present": 0,
+                        "downloaded_bytes": nbytes})
+        else:
+            click.echo(md)
+        return
     from castore.remote.pull import pull
 
-    ref = parse_reference_or_usage(reference, insecure, allow_digest=True)
-    res = pull(obj.store(), ref, name=name if name is not None else str(ref), jobs=jobs, username=username,
-               password=_password(password_stdin))
+    access = make_access(creds=creds, authfile=authfile, cert_dir=cert_dir, tls_verify=tls_verify,
+                         username=username, password_stdin=password_stdin)
+    ref = registry_reference(reference, insecure, allow_digest=True, tls_asked=tls_verify is not None,
+                             access=access)
+    res = pull(obj.store(), ref, name=name if name is not None else str(ref), jobs=jobs, access=access,
+               platform=plat)
     if as_json:
         print_json({"manifest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
                     "downloaded": res.downloaded, "present": res.present,

@@ -31,6 +31,7 @@ import httpx
 from castore.errors import CastoreError, IntegrityError, NotFound
 from castore.remote.oci import OCI_INDEX, OCI_MANIFEST
 from castore.remote.ref import Reference, is_loopback
+from castore.remote.tls import TlsOptions, explain_tls_failure, ssl_context
 
 T = TypeVar("T")
 PIECE = 1 << 20
@@ -55,6 +56,18 @@ def _env_timeout() -> float:
 
 class RemoteError(CastoreError):
     """The registry could not be reached or refused a request (exit 1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """How to reach a registry: credentials given (``--creds``), whether to look up stored ones
+    (``castore.remote.auth``: auth.json, docker config, credential helpers) and TLS options."""
+
+    username: str | None = None
+    password: str | None = None
+    authfile: str | None = None
+    stored: bool = True
+    tls: TlsOptions = TlsOptions()
 
 
 class Aborted(CastoreError):
@@ -131,14 +144,20 @@ class Registry:
     """One repository of one registry. Thread-safe: transfers run on a pool sharing one connection pool."""
 
     def __init__(self, ref: Reference, *, username: str | None = None, password: str | None = None,
-                 push: bool = False, jobs: int = 4, timeout: float | None = None) -> None:
+                 push: bool = False, jobs: int = 4, timeout: float | None = None,
+                 access: Access | None = None) -> None:
         if timeout is None:
             timeout = _env_timeout()
         self.timeout = timeout
         self.ref = ref
         self.where = f"registry {ref.registry}"
+        self.access = access or Access()
+        if not username and self.access.username:
+            username, password = self.access.username, self.access.password
         self._creds = (username, password or "") if username else None
-        self._scope = f"repository:{ref.repo}:{'pull,push' if push else 'pull'}"
+        self._creds_source = "given"
+        self._looked_up = False
+        self._scope = f"repository:{ref.repo}:{'pull,push' if push else 'pull'}" if ref.repo else None
         self._authz: str | None = None
         self._auth_lock = threading.Lock()
         self.abort = threading.Event()
@@ -149,6 +168,7 @@ class Registry:
             limits=httpx.Limits(max_connections=max(jobs, 1) + 2, max_keepalive_connections=max(jobs, 1) + 2),
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             trust_env=not is_loopback(ref.registry),  # no proxy for loopback registries
+            verify=ssl_context(ref.registry, self.access.tls) if ref.scheme == "https" else True,
         )
 
     def close(self) -> None:
@@ -212,14 +232,15 @@ class Registry:
         """Answer a 401's WWW-Authenticate: Basic with the credentials, or fetch a Bearer token."""
         scheme, params = _challenge_params(challenge)
         with self._auth_lock:
+            self._stored_creds()
             if scheme == "basic":
                 if self._creds is None:
-                    raise RemoteError(f"{self.where}: authentication required "
-                                      "(set CONTINUITY_REGISTRY_USERNAME and CONTINUITY_REGISTRY_PASSWORD)")
+                    raise RemoteError(f"{self.where}: authentication required: run 'continuity login "
+                                      f"{self.ref.registry}' or give --creds USER[:PASSWORD]")
                 raw = f"{self._creds[0]}:{self._creds[1]}".encode()
                 self._authz = "Basic " + base64.b64encode(raw).decode()
             elif scheme == "bearer" and params.get("realm", "").startswith(("https://", "http://")):
-                q = {"scope": self._scope}
+                q = {"scope": self._scope} if self._scope else {}
                 if "service" in params:
                     q["service"] = params["service"]
                 url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urlencode(q)
@@ -239,6 +260,9 @@ class Registry:
                 except (httpx.HTTPError, httpx.InvalidURL) as exc:
                     reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
                     raise RemoteError(f"{what}: {reason}") from None
+                if status in (401, 403):
+                    raise RemoteError(f"{self.where}: token request refused ({status}): "
+                                      + self._creds_hint())
                 if status != 200:
                     raise RemoteError(f"{self.where}: token request refused ({status})")
                 try:
@@ -264,7 +288,7 @@ class Registry:
                 return fn()
             except _Unauthorized as exc:
                 if logged_in:
-                    raise RemoteError(f"{self.where}: {what}: authentication failed") from None
+                    raise RemoteError(f"{self.where}: {what}: authentication failed: {self._creds_hint()}") from None
                 self._login(exc.challenge)
                 logged_in = True
                 continue
@@ -276,6 +300,9 @@ class Registry:
                 reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
                 if isinstance(exc, httpx.UnsupportedProtocol) or "SSL" in reason:
                     attempt = RETRIES
+                    explained = explain_tls_failure(self.where, reason, self.ref.scheme)
+                    if explained:
+                        raise RemoteError(explained) from None
             except (httpx.HTTPError, httpx.InvalidURL) as exc:  # redirects, decoding, a bad Location: no retry
                 reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
                 attempt = RETRIES
@@ -290,11 +317,40 @@ class Registry:
         if ans.status == 401 and _origin(ans.url) == self._origin:  # never log in to a redirect's origin
             raise _Unauthorized(ans.headers.get("www-authenticate", ""))
         text = _error_text(ans.status, ans.reason, ans.body)
+        if ans.status == 400 and b"HTTP request to an HTTPS server" in ans.body:
+            raise RemoteError(f"{self.where}: the registry speaks https, not plain http: drop --insecure "
+                              "(or use an https:// prefix)")
         if ans.status == 429 or ans.status >= 500:
             raise _Transient(f"{ans.status} {text}")
         if ans.status == 404:
             raise NotFound(f"{self.where}: {what}: not found ({text})")
         raise RemoteError(f"{self.where}: {what}: {ans.status} {text}")
+
+    def _stored_creds(self) -> None:
+        """Look up stored credentials once, on the first challenge (helpers run only when needed)."""
+        if self._creds is not None or self._looked_up or not self.access.stored:
+            return
+        self._looked_up = True
+        from castore.remote.auth import lookup
+
+        found = lookup(self.ref.registry, self.ref.repo or None, authfile=self.access.authfile)
+        if found is not None:
+            self._creds = (found.username, found.password)
+            self._creds_source = found.source
+
+    def _creds_hint(self) -> str:
+        if self._creds is None:
+            return (f"no credentials: run 'continuity login {self.ref.registry}' or give --creds USER[:PASSWORD]")
+        return (f"user {self._creds[0]!r} (credentials {self._creds_source}) was refused: check the password, "
+                f"run 'continuity login {self.ref.registry}' or give --creds USER[:PASSWORD]")
+
+    def ping(self) -> None:
+        """GET /v2/, logging in when challenged: checks the registry is there and the credentials work."""
+        url = f"{self.ref.scheme}://{self.ref.registry}/v2/"
+
+        def go() -> None:
+            self._check(self._send("GET", url), "GET /v2/", (200,))
+        self._call("GET /v2/", go)
 
     # --------------------------------------------------------------- blobs
 
@@ -365,14 +421,14 @@ class Registry:
 
     # ----------------------------------------------------------- manifests
 
-    def get_manifest(self, reference: str, limit: int) -> tuple[bytes, str]:
+    def get_manifest(self, reference: str, limit: int, accept: str | None = None) -> tuple[bytes, str]:
         """The raw OCI manifest bytes (at most ``limit``, else IntegrityError) and their Content-Type."""
         sep = "@" if reference.startswith("sha256:") else ":"
         what = f"manifest {self.ref.repo}{sep}{reference}"
 
         def go() -> tuple[bytes, str]:
-            accept = f"{OCI_MANIFEST}, {OCI_INDEX};q=0.5"
-            with self._stream("GET", f"{self.ref.base}/manifests/{reference}", headers={"Accept": accept}) as resp:
+            with self._stream("GET", f"{self.ref.base}/manifests/{reference}",
+                              headers={"Accept": accept or f"{OCI_MANIFEST}, {OCI_INDEX};q=0.5"}) as resp:
                 if resp.status_code != 200:
                     body = _bounded_body(resp, self.small_deadline())
                     self._check(Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase),

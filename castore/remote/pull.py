@@ -20,7 +20,9 @@ from castore.faults import crashpoint
 from castore.ingest import commit_manifest
 from castore.manifest import codec, validate
 from castore.manifest.bounds import check_parse_cost
-from castore.remote.client import Registry
+from castore.remote import image
+from castore.remote.client import Access, Registry
+from castore.remote.image import Platform
 from castore.remote.oci import MAX_OCI_MANIFEST, blob_sizes, check_layers, parse_oci_manifest
 from castore.remote.ref import Reference
 from castore.remote.transfer import Progress, run_all
@@ -39,7 +41,7 @@ class PullResult:
 
 
 def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4, username: str | None = None,
-         password: str | None = None) -> PullResult:
+         password: str | None = None, access: Access | None = None, platform: Platform | None = None) -> PullResult:
     """Pull ``ref`` into ``store`` and record it under ``name`` (if given).
 
     Raises IntegrityError (exit 4) for any answer that contradicts itself or
@@ -48,11 +50,14 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
     """
     if name is not None:
         check_name(name)
-    with Registry(ref, username=username, password=password, jobs=jobs) as reg:
-        raw, _ctype = reg.get_manifest(ref.reference, MAX_OCI_MANIFEST)
+    with Registry(ref, username=username, password=password, jobs=jobs, access=access) as reg:
+        raw, _ctype = reg.get_manifest(ref.reference, MAX_OCI_MANIFEST, accept=image.ACCEPT)
         oci_digest = hash_bytes(raw)
         if ref.digest and oci_digest != ref.digest:
             raise IntegrityError(f"registry {ref.registry}: manifest {ref.digest} has digest {oci_digest}")
+        if image.kind_of(raw) is not None:  # an ordinary container image: flattened (castore.remote.image)
+            got = image.pull_image(store, reg, raw, str(ref), name=name, jobs=jobs, platform=platform)
+            return PullResult(got[0], got[1], got[2], 0, got[3])
         first, blobs = parse_oci_manifest(raw, source=str(ref))
         with store.lease() as lease:
             os.makedirs(lease.tmp_dir, mode=0o700)

@@ -17,7 +17,7 @@ from castore.digest import hash_bytes
 from castore.errors import BlobNotFound, IntegrityError, ResourceLimit
 from castore.manifest import Manifest, codec
 from castore.manifest.model import Chunk
-from castore.remote.client import Registry
+from castore.remote.client import Access, Registry
 from castore.remote.oci import (
     EMPTY_DIGEST,
     EMPTY_JSON,
@@ -43,7 +43,8 @@ class PushResult:
 
 
 def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: str | None = None,
-         jobs: int = 4, username: str | None = None, password: str | None = None) -> PushResult:
+         jobs: int = 4, username: str | None = None, password: str | None = None,
+         access: Access | None = None) -> PushResult:
     """Push ``manifest`` (stored as ``manifest_digest``, or given by file) and its blobs to ``ref``'s tag.
 
     Raises BlobNotFound/IntegrityError (exit 4) for missing or corrupt local
@@ -72,7 +73,7 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
                                                         (mdigest, len(data), data)]
         uploads += [(d, n, None) for d, n in sorted(sizes.items())]
         done: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)
-        with Registry(ref, username=username, password=password, push=True, jobs=jobs) as reg:
+        with Registry(ref, username=username, password=password, push=True, jobs=jobs, access=access) as reg:
             prog = Progress("push", len(uploads))
 
             def one(item: tuple[str, int, bytes | None]) -> None:
