@@ -114,7 +114,8 @@ def explain_tls_failure(where: str, reason: str, scheme: str) -> str | None:
         return (f"{where}: the registry's TLS certificate is not trusted ({reason[:120]}): give its CA with "
                 "--cert-dir DIR (DIR/ca.crt) or /etc/containers/certs.d/HOST:PORT/ca.crt; --tls-verify=false "
                 "skips the check")
-    if scheme == "https" and ("tlsv1 alert" in low or "certificate required" in low or "handshake failure" in low):
+    if scheme == "https" and ("alert bad certificate" in low or "tlsv1 alert" in low or "certificate required" in low
+                              or "handshake failure" in low):
         return (f"{where}: TLS handshake refused ({reason[:120]}): the registry may want a client certificate "
                 "(client.cert and client.key in --cert-dir DIR or /etc/containers/certs.d/HOST:PORT/)")
     return None
