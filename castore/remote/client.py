@@ -346,7 +346,7 @@ class Registry:
 
     def ping(self) -> None:
         """GET /v2/, logging in when challenged: checks the registry is there and the credentials work."""
-        url = f"{self.ref.scheme}://{self.ref.registry}/v2/"
+        url = f"{self.ref.scheme}://{self.ref.endpoint}/v2/"
 
         def go() -> None:
             self._check(self._send("GET", url), "GET /v2/", (200,))
