@@ -66,7 +66,7 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, fmt: str, layer_compressio
     if as_json:
         print_json({"reference": pinned, "tag": str(ref), "oci_digest": res.oci_digest,
                     "manifest": res.manifest_digest, "uploaded": res.uploaded, "skipped": res.skipped,
-                    "uploaded_bytes": res.uploaded_bytes})
+                    "uploaded_bytes": res.uploaded_bytes, "signatures": res.signatures})
     else:
         click.echo(pinned)
 
@@ -92,6 +92,10 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, i
     from castore.remote.image import parse_platform
 
     plat = parse_platform(platform) if platform else None
+    from castore.sign.policy import load_policy
+
+    loaded = load_policy(obj.policy_path)
+    policy = None if loaded.accepts_all else loaded
     if reference.startswith("oci:"):
         from castore.remote.image import pull_image
         from castore.remote.ocilayout import Layout, parse_layout_ref
@@ -99,6 +103,10 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, i
         path, tag = parse_layout_ref(reference)
         layout = Layout(path)
         label = name if name is not None else reference
+        if policy is not None:  # images carry no continuity signatures: only an accepting scope takes them
+            from castore.store.signatures import enforce
+
+            enforce(None, policy, None, [label], what=reference)
         md, oci_digest, n, nbytes = pull_image(obj.store(), layout, layout.top(tag), reference, name=label,
                                                jobs=jobs, platform=plat)
         if as_json:
@@ -114,11 +122,11 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, i
     ref = registry_reference(reference, insecure, allow_digest=True, tls_asked=tls_verify is not None,
                              access=access)
     res = pull(obj.store(), ref, name=name if name is not None else str(ref), jobs=jobs, access=access,
-               platform=plat)
+               platform=plat, policy=policy)
     if as_json:
         print_json({"manifest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
                     "downloaded": res.downloaded, "present": res.present,
-                    "downloaded_bytes": res.downloaded_bytes})
+                    "downloaded_bytes": res.downloaded_bytes, "signatures": res.signatures})
     else:
         click.echo(res.manifest_digest)
 

@@ -25,8 +25,11 @@ from castore.remote.client import Access, Registry
 from castore.remote.image import Platform
 from castore.remote.oci import MAX_OCI_MANIFEST, blob_sizes, check_layers, parse_oci_manifest
 from castore.remote.ref import Reference
+from castore.remote.signatures import fetch_signatures, store_signatures
 from castore.remote.transfer import Progress, run_all
+from castore.sign.policy import Policy
 from castore.store import Store, check_name, manifest_refs
+from castore.store.signatures import enforce
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +41,12 @@ class PullResult:
     downloaded: int
     present: int
     downloaded_bytes: int
+    signatures: int = 0
 
 
 def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4, username: str | None = None,
-         password: str | None = None, access: Access | None = None, platform: Platform | None = None) -> PullResult:
+         password: str | None = None, access: Access | None = None, platform: Platform | None = None,
+         policy: Policy | None = None) -> PullResult:
     """Pull ``ref`` into ``store`` and record it under ``name`` (if given).
 
     Raises IntegrityError (exit 4) for any answer that contradicts itself or
@@ -56,6 +61,8 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
         if ref.digest and oci_digest != ref.digest:
             raise IntegrityError(f"registry {ref.registry}: manifest {ref.digest} has digest {oci_digest}")
         if image.kind_of(raw) is not None:  # an ordinary container image: flattened (castore.remote.image)
+            if policy is not None:  # images carry no continuity signatures: only an accepting scope takes them
+                enforce(None, policy, None, [str(ref)] + ([name] if name else []), what=str(ref))
             got = image.pull_image(store, reg, raw, str(ref), name=name, jobs=jobs, platform=platform)
             return PullResult(got[0], got[1], got[2], 0, got[3])
         first, blobs = parse_oci_manifest(raw, source=str(ref))
@@ -64,6 +71,10 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
             data = _manifest_bytes(store, reg, first.digest, first.size, lease.tmp_dir)
             check_parse_cost(data, source=f"{ref} manifest {first.digest}")  # before any parse allocates
             manifest = validate(codec.loads(data, source=f"{ref} manifest {first.digest}"))
+            sigs = fetch_signatures(reg, oci_digest, lease.tmp_dir)
+            if policy is not None:  # before any blob is fetched: a refused tree writes nothing
+                enforce(store, policy, first.digest, [str(ref)] + ([name] if name else []), what=str(ref),
+                        message=data, extra=[s.raw for s in sigs])
             refs = manifest_refs(manifest)
             sizes = check_layers(refs, blob_sizes(manifest), blobs, source=str(ref))
             missing = sorted(store.missing_blobs(refs))
@@ -87,8 +98,9 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
             # redo: content that was in the store when we looked but that gc removed before the commit.
             mdigest = commit_manifest(store, manifest, staged, sizes, name=name,
                                       redo=lambda gone: fetch(sorted(gone), ".again"), sync_fd=lease.fd)
+            signed = store_signatures(store, mdigest, data, first.digest, sigs)
     return PullResult(mdigest, oci_digest, len(missing), len(refs) - len(missing),
-                      sum(sizes[d] for d in missing))
+                      sum(sizes[d] for d in missing), signed)
 
 
 def _manifest_bytes(store: Store, reg: Registry, digest: str, size: int, tmp_dir: str) -> bytes:
