@@ -246,6 +246,9 @@ class Registry:
                 url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urlencode(q)
                 basic = None
                 if self._creds:
+                    if self.ref.scheme == "https" and not params["realm"].startswith("https://"):
+                        raise RemoteError(f"{self.where}: the token realm {params['realm'][:100]!r} is plain http; "
+                                          "credentials are not sent there")
                     basic = "Basic " + base64.b64encode(f"{self._creds[0]}:{self._creds[1]}".encode()).decode()
                 what = f"{self.where}: token request to {params['realm'][:100]}"
                 try:
