@@ -3,10 +3,10 @@
 The image manifest is chosen from an index by platform (``--platform OS/ARCH[/VARIANT]``,
 default the host's), its config is checked (``rootfs.diff_ids`` one per layer), every
 layer blob is downloaded into the lease's tmp dir (in parallel, digest and size verified
-as it streams), then each layer in order is read by the tar importer with OCI whiteouts
-(plain, gzip or zstd, detected from the bytes) while the next ones download: its files
-are hashed, chunked and staged, deduplicating against the store (a file the store has is
-pinned, never written again). ``castore.remote.layers`` flattens the layer manifests; the
+as it streams), and read by the tar importer with OCI whiteouts (plain, gzip or zstd,
+detected from the bytes; compressed layers in parallel as they arrive, a plain tar once
+the downloads are over, as its reader forks): its files are hashed, chunked and staged,
+deduplicating against the store (a file the store has is pinned, never written again). ``castore.remote.layers`` flattens the layer manifests; the
 result is committed like any ingest and recorded under the name given.
 
 Where blobs come from is a ``Source``: a registry (``castore.remote.client.Registry``)
@@ -19,7 +19,7 @@ import json
 import os
 import platform as _platform
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +28,7 @@ from castore.digest import hash_bytes, hex_of
 from castore.errors import IntegrityError, NotFound, UnsafeInput
 from castore.faults import crashpoint
 from castore.ingest import commit_manifest
+from castore.manifest.model import Manifest
 from castore.remote.layers import Flattener
 from castore.remote.oci import OCI_INDEX, OCI_MANIFEST, Descriptor
 from castore.remote.transfer import Progress
@@ -51,6 +52,7 @@ ACCEPT = f"{OCI_MANIFEST}, {DOCKER_MANIFEST}, {OCI_INDEX}, {DOCKER_LIST}"
 MAX_MANIFEST = 4 << 20
 MAX_CONFIG = 8 << 20
 MAX_LAYERS = 512
+Parsed = tuple[Manifest, list[tuple[str, str]], dict[str, int], dict[str, int], set[str]]
 
 
 class Source(Protocol):
@@ -224,20 +226,35 @@ def pull_image(store: Store, src: Source, raw: bytes, what: str, *, name: str | 
         pinned: set[str] = set()
         sizes: dict[str, int] = {}
 
-        def fetch(i: int, d: Descriptor) -> str:
+        def parse(path: str) -> Parsed:
+            with open_stream(path) as stream:
+                got = read_tar(stream, lease.tmp_dir, store.blob_root, store.chunking, opts)
+            os.unlink(path)
+            return got
+
+        def load(i: int, d: Descriptor) -> tuple[str, Parsed | None]:
+            """Download layer ``i``; parse it here too when compressed (zlib, zstd and hashing release
+            the GIL, so layers parse in parallel). A plain tar is parsed by the caller once every
+            download is over: its reader forks worker processes, never beside running threads."""
             path = os.path.join(lease.tmp_dir, f"layer-{i}")
             src.fetch_blob(d.digest, d.size, path)
             prog.add(d.size)
-            return path
+            with open(path, "rb") as f:
+                head = f.read(4)
+            if head[:2] == b"\x1f\x8b" or head == b"\x28\xb5\x2f\xfd":
+                return path, parse(path)
+            return path, None
 
         pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(img.layers) or 1)), thread_name_prefix="layer")
         try:
-            futures: list[Future[str]] = [pool.submit(fetch, i, d) for i, d in enumerate(img.layers)]
+            futures: list[Future[tuple[str, Parsed | None]]] = [pool.submit(load, i, d)
+                                                                for i, d in enumerate(img.layers)]
             for fut in futures:
-                path = fut.result()
-                with open_stream(path) as stream:
-                    layer, st, sz, inos, pins = read_tar(stream, lease.tmp_dir, store.blob_root, store.chunking, opts)
-                os.unlink(path)
+                path, parsed = fut.result()
+                if parsed is None:
+                    wait(futures)
+                    parsed = parse(path)
+                layer, st, sz, _inos, pins = parsed
                 flat.add_layer(layer)
                 sizes.update(sz)
                 for tmp, d in st:
