@@ -198,3 +198,51 @@ def test_push_image_read_by_skopeo_and_umoci(tmp_path: Path, image_layout: tuple
 def test_reference_without_registry(tmp_path: Path) -> None:
     p = run_cli("pull", "alpine:3", store=tmp_path / "st")
     assert p.returncode == 2 and b"REGISTRY/REPO[:TAG|@DIGEST]" in p.stderr
+
+
+def _blob(layout: Path, data: bytes) -> dict[str, object]:
+    d = hashlib.sha256(data).hexdigest()
+    (layout / "blobs/sha256").mkdir(parents=True, exist_ok=True)
+    (layout / "blobs/sha256" / d).write_bytes(data)
+    return {"digest": "sha256:" + d, "size": len(data)}
+
+
+@pytest.mark.parametrize("kind", ["docker-gzip", "oci-zstd"])
+def test_hand_made_layouts(tmp_path: Path, kind: str) -> None:
+    """Docker schema 2 media types with a gzip layer, and an OCI zstd layer, in a layout written here."""
+    import gzip
+
+    import zstandard
+    layer_tar = raw_layer([("dir", "d", ""), ("file", "d/f", b"content\n"), ("file", "top", b"t\n")])
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    if kind == "docker-gzip":
+        layer = {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                 **_blob(layout, gzip.compress(layer_tar, mtime=0))}
+        cfg_type, man_type = ("application/vnd.docker.container.image.v1+json",
+                              "application/vnd.docker.distribution.manifest.v2+json")
+    else:
+        layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd",
+                 **_blob(layout, zstandard.ZstdCompressor().compress(layer_tar))}
+        cfg_type, man_type = ("application/vnd.oci.image.config.v1+json",
+                              "application/vnd.oci.image.manifest.v1+json")
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]}}).encode()
+    man = json.dumps({"schemaVersion": 2, "mediaType": man_type, "config": {"mediaType": cfg_type,
+                      **_blob(layout, config)}, "layers": [layer]}).encode()
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": man_type, **_blob(layout, man), "annotations": {"org.opencontainers.image.ref.name": "v"}}]}))
+    st = tmp_path / "st"
+    run_cli("pull", f"oci:{layout}", "--name", "h", store=st, check=True)
+    assert run_cli("ls", "h", store=st, check=True).stdout.split() == [b"/d", b"/d/f", b"/top"]
+    # a config whose diff_ids do not match the layer count: exit 4, nothing recorded
+    bad = json.dumps({"rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    man2 = json.loads(man)
+    man2["config"].update(_blob(layout, bad))
+    raw = json.dumps(man2).encode()
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": man_type, **_blob(layout, raw)}]}))
+    p = run_cli("pull", f"oci:{layout}", "--name", "bad", store=st)
+    assert p.returncode == 4 and b"diff_ids" in p.stderr
+    assert b"bad" not in run_cli("list", store=st, check=True).stdout
