@@ -6,8 +6,9 @@ layer blob is downloaded into the lease's tmp dir (in parallel, digest and size 
 as it streams), and read by the tar importer with OCI whiteouts (plain, gzip or zstd,
 detected from the bytes; compressed layers in parallel as they arrive, a plain tar once
 the downloads are over, as its reader forks): its files are hashed, chunked and staged,
-deduplicating against the store (a file the store has is pinned, never written again). ``castore.remote.layers`` flattens the layer manifests; the
-result is committed like any ingest and recorded under the name given.
+deduplicating against the store (a file the store has is pinned, never written again).
+``castore.remote.layers`` flattens the layer manifests; the result is committed like any
+ingest and recorded under the name given.
 
 Where blobs come from is a ``Source``: a registry (``castore.remote.client.Registry``)
 or an OCI image layout on disk (``castore.remote.ocilayout.Layout``).
