@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve
+from castore.cli.common import Ctx, F, main_group, print_json, resolve
 from castore.cli.registry_opts import access_options, make_access, registry_reference
 from castore.errors import UnsafeInput
 from castore.remote.ref import Reference, parse_reference
@@ -20,32 +23,48 @@ pw_opt = click.option("--password-stdin", is_flag=True, help="Read the registry 
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
+def _password(password_stdin: bool) -> str | None:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return os.environ.get("CONTINUITY_REGISTRY_PASSWORD")
+
+
+def remote_options(fn: F) -> F:
+    """The options push and pull share: --insecure, --jobs, --username, --password-stdin, --json."""
+    for opt in (json_opt, pw_opt, user_opt, jobs_opt, insecure_opt):
+        fn = opt(fn)
+    return fn
+
+
 @main_group.command("push")
 @click.argument("manifest")
 @click.argument("reference", metavar="REGISTRY/REPO[:TAG]")
+@click.option("--base", "bases", multiple=True, metavar="REF",
+              help="Another artifact of the same repository (TAG, @DIGEST or full reference) whose packs "
+                   "may be reused; the tag being overwritten always is. Repeatable.")
+@click.option("--pack-size", type=click.IntRange(64 << 10, 1 << 30), default=None, metavar="BYTES",
+              help="Target size of new packs (default 32 MiB; larger when a tree would need over 4096 packs).")
 @click.option("--format", "fmt", type=click.Choice(["tree", "image"]), default="tree", show_default=True,
               help="tree: the continuity artifact (pull gets it back exactly); image: a one-layer OCI image "
                    "(export's tar) that podman, skopeo and docker run.")
 @click.option("--layer-compression", type=click.Choice(["gzip", "none"]), default="gzip", show_default=True,
               help="With --format image: the layer's compression.")
-@insecure_opt
-@jobs_opt
-@user_opt
-@pw_opt
+@remote_options
 @access_options
-@json_opt
 @click.pass_obj
-@handle_errors
-def push_cmd(obj: Ctx, manifest: str, reference: str, fmt: str, layer_compression: str, insecure: bool, jobs: int,
-             username: str | None, password_stdin: bool, creds: str | None, authfile: str | None,
-             cert_dir: str | None, tls_verify: bool | None, as_json: bool) -> None:
+def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], pack_size: int | None, fmt: str,
+             layer_compression: str, insecure: bool, jobs: int, username: str | None, password_stdin: bool,
+             as_json: bool, creds: str | None, authfile: str | None, cert_dir: str | None,
+             tls_verify: bool | None) -> None:
     """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST."""
+    from castore.remote.packer import PACK_TARGET
     from castore.remote.push import push  # httpx is imported only by the verbs that need it
 
     access = make_access(creds=creds, authfile=authfile, cert_dir=cert_dir, tls_verify=tls_verify,
                          username=username, password_stdin=password_stdin)
     ref = registry_reference(reference, insecure, allow_digest=False, tls_asked=tls_verify is not None,
                              access=access)
+    base_refs = [_base_reference(ref, b, insecure) for b in bases]
     m, digest, store = resolve(obj, manifest, need_store=True)
     assert store is not None
     if fmt == "image":
@@ -61,14 +80,27 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, fmt: str, layer_compressio
         else:
             click.echo(pinned)
         return
-    res = push(store, m, ref, manifest_digest=digest, jobs=jobs, access=access)
+    res = push(store, m, ref, manifest_digest=digest, jobs=jobs, bases=base_refs,
+               pack_target=pack_size or PACK_TARGET, access=access)
     pinned = f"{ref.registry}/{ref.repo}@{res.oci_digest}"
     if as_json:
         print_json({"reference": pinned, "tag": str(ref), "oci_digest": res.oci_digest,
                     "manifest": res.manifest_digest, "uploaded": res.uploaded, "skipped": res.skipped,
-                    "uploaded_bytes": res.uploaded_bytes, "signatures": res.signatures})
+                    "uploaded_bytes": res.uploaded_bytes, "signatures": res.signatures,
+                    "packs_new": res.packs_new, "packs_reused": res.packs_reused,
+                    "oci_manifest_size": res.oci_manifest_size})
     else:
         click.echo(pinned)
+
+
+def _base_reference(ref: Reference, text: str, insecure: bool) -> Reference:
+    """``--base``: a tag (``v1``) or digest (``@sha256:…``, ``sha256:…``) of ``ref``'s repository, or a full one."""
+    if "/" not in text:
+        sep = "" if text.startswith("@") else "@" if text.startswith("sha256:") else ":"
+        text = f"{ref.registry}/{ref.repo}{sep}{text}"
+        if ref.base.startswith("http://"):
+            insecure = True
+    return parse_reference_or_usage(text, insecure, allow_digest=True)
 
 
 @main_group.command("pull")
@@ -76,24 +108,18 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, fmt: str, layer_compressio
 @click.option("--name", help="Catalog name (default: the reference without its scheme).")
 @click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
               help="The image to take from an image index (default: the host's).")
-@insecure_opt
-@jobs_opt
-@user_opt
-@pw_opt
+@remote_options
 @access_options
-@json_opt
 @click.pass_obj
-@handle_errors
 def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, insecure: bool, jobs: int,
-             username: str | None, password_stdin: bool, creds: str | None, authfile: str | None,
-             cert_dir: str | None, tls_verify: bool | None, as_json: bool) -> None:
+             username: str | None, password_stdin: bool, as_json: bool, creds: str | None, authfile: str | None,
+             cert_dir: str | None, tls_verify: bool | None) -> None:
     """Copy a tree or a container image (flattened) from a registry or an OCI layout into the store;
     print its manifest digest."""
     from castore.remote.image import parse_platform
-
-    plat = parse_platform(platform) if platform else None
     from castore.sign.policy import load_policy
 
+    plat = parse_platform(platform) if platform else None
     loaded = load_policy(obj.policy_path)
     policy = None if loaded.accepts_all else loaded
     if reference.startswith("oci:"):
@@ -126,7 +152,8 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, i
     if as_json:
         print_json({"manifest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
                     "downloaded": res.downloaded, "present": res.present,
-                    "downloaded_bytes": res.downloaded_bytes, "signatures": res.signatures})
+                    "downloaded_bytes": res.downloaded_bytes, "signatures": res.signatures,
+                    "resumed": res.resumed})
     else:
         click.echo(res.manifest_digest)
 
