@@ -297,6 +297,8 @@ class BlobReader:
                 self.fetch(digest)  # verified before it lands in the store; read (and verified) again below
             except CastoreError as exc:
                 raise IntegrityError(f"blob {digest} could not be fetched: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - a network fault is EIO for this read, never the end of the mount
+                raise IntegrityError(f"blob {digest} could not be fetched ({type(exc).__name__})") from None
             return self.store.open_blob(digest)
         except OSError as exc:
             raise IntegrityError(f"blob {digest} cannot be opened: {exc.strerror}") from exc

@@ -45,7 +45,7 @@ class RemoteTree:
             os.makedirs(lease.tmp_dir, mode=0o700)
             self.counter = Counter([])
             self.manifest, self.digest = self._open(lease.tmp_dir, jobs)
-            self.landing = Landing(store, lease.tmp_dir)
+            self.tmp_dir = lease.tmp_dir
         except BaseException:
             self._stack.close()
             raise
@@ -83,8 +83,9 @@ class RemoteTree:
         with lock:
             size = self.sizes[digest]
             replace = self.store.blob_file_ok(digest, size)  # there, yet the reader found it bad
-            self.reg.abort.clear()
-            fetch_blobs(self.reg, [digest], self.where, self.landing, self.counter, jobs=1, replace=replace)
+            # one Landing per fetch: FUSE reads run on several threads, each drains only its own writes
+            fetch_blobs(self.reg, [digest], self.where, Landing(self.store, self.tmp_dir), self.counter, jobs=1,
+                        replace=replace)
 
     @property
     def fetched_bytes(self) -> int:
