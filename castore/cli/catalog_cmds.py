@@ -1,4 +1,4 @@
-"""Verbs over the store: ingest, checkout, list, tag, rm, history."""
+"""Verbs over the store: ingest, list, tag, rm, history."""
 
 from __future__ import annotations
 
@@ -10,16 +10,11 @@ import click
 
 from castore.cli.common import (
     Ctx,
-    handle_errors,
     ignore_opt,
     main_group,
     print_json,
     resolve,
-    resolve_lazy,
-    write_ignore_opt,
 )
-from castore.cli.trust import check_trust
-from castore.materialize import LINK_MODES
 from castore.store import check_name
 from castore.textsafe import quote
 
@@ -35,7 +30,6 @@ from castore.textsafe import quote
 @click.option("--appledouble", type=click.Choice(["fold", "drop", "keep"]), default=None,
               help="--tar: AppleDouble members into com.apple.* xattrs (fold, default), left out, or kept.")
 @click.pass_obj
-@handle_errors
 def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, ...], keep_appledouble: bool,
                whiteouts: str, tar_src: str | None, appledouble: str | None) -> None:
     """Store the tree SRC; print the manifest digest alone on stdout."""
@@ -52,43 +46,11 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
             raise click.UsageError("missing SRC (or --tar FILE)")
         if whiteouts == "oci":
             raise click.UsageError("--whiteouts oci applies to --tar; a directory holds overlay whiteouts")
-        from castore.build import WalkOptions
-        from castore.ingest import ingest  # here: `checkout` and the catalog verbs need neither
+        from castore.api import ingest
 
-        opts = WalkOptions(ignore=ignore, keep_appledouble=keep_appledouble, whiteouts=whiteouts)
-        digest = ingest(obj.store(), src, name=name, opts=opts)
+        digest = ingest(obj.store(), src, name=name, ignore=ignore, keep_appledouble=keep_appledouble,
+                        whiteouts=whiteouts, progress=True)
     click.echo(digest)
-
-
-@main_group.command("checkout")
-@click.argument("manifest")
-@click.argument("target", type=click.Path())
-@click.option("--link", type=click.Choice(LINK_MODES), default="auto", show_default=True,
-              help="auto: reflink where possible, else copy; hardlink: share store inodes.")
-@click.option("--disable-digest", is_flag=True, help="Do not re-hash content (trusted stores).")
-@click.option("--devices", type=click.Choice(["create", "check", "skip"]), default=None,
-              help="Device nodes: create (default as root), check, skip (default otherwise).")
-@click.option("--sockets", is_flag=True, help="Create sockets too.")
-@click.option("--whiteouts", type=click.Choice(["none", "overlay", "oci"]), default="none", show_default=True)
-@click.option("--rewrite-absolute-symlinks", is_flag=True, help="Make in-tree absolute symlinks relative.")
-@write_ignore_opt
-@click.pass_obj
-@handle_errors
-def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest: bool, devices: str | None,
-                 sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool, ignore_attr: frozenset[str]) -> None:
-    """Materialise MANIFEST at TARGET (absent or empty), complete or not at all."""
-    import os
-
-    from castore.checkout import checkout
-    from castore.materialize import Options
-
-    m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
-    check_trust(obj, manifest, digest, store)
-    if devices is None:
-        devices = "create" if os.geteuid() == 0 else "skip"
-    opts = Options(link=link, verify=not disable_digest, devices=devices, sockets=sockets, whiteouts=whiteouts,
-                   rewrite_absolute_symlinks=rewrite_absolute_symlinks, ignore=ignore_attr)
-    checkout(store, m, target, opts, manifest_digest=digest, validated=True)
 
 
 def _when(ns: int) -> str:
@@ -99,7 +61,6 @@ def _when(ns: int) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--history", "history", metavar="NAME", help="Every manifest recorded under NAME.")
 @click.pass_obj
-@handle_errors
 def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
     """The catalog: names, digests, dates, sizes."""
     store = obj.store()
@@ -116,7 +77,7 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
         print_json(out)
         return
     for row in out:
-        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{row['size']}\t"
+        click.echo(f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{row['size']}\t"
                    f"{_signers(row['signatures'])}")  # type: ignore[arg-type]
 
 
@@ -153,7 +114,6 @@ def _tree_size(store: object, digest: str) -> int:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-@handle_errors
 def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
     """Every manifest recorded under NAME, oldest first."""
     store = obj.store()
@@ -168,7 +128,6 @@ def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
 @click.argument("manifest")
 @click.argument("name")
 @click.pass_obj
-@handle_errors
 def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
     """Record MANIFEST under NAME (a manifest file is stored first)."""
     check_name(name)
@@ -187,8 +146,11 @@ def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
             data = codec.dumps(m)
             digest = store.put_blob(data, KIND_MANIFEST)
             store.mark_manifest(digest, "+", name)
-            store.meta.write(lambda t: (store.record_manifest(t, digest, refs),
-                                        store.set_tag(t, name, digest, len(data))))
+
+            def record(t: object) -> None:
+                store.record_manifest(t, digest, refs)
+                store.set_tag(t, name, digest, len(data))
+            store.meta.write(record)
     else:
         store.tag(name, digest)
     click.echo(digest)
@@ -197,7 +159,6 @@ def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
 @main_group.command("rm")
 @click.argument("names", nargs=-1, required=True)
 @click.pass_obj
-@handle_errors
 def rm_cmd(obj: Ctx, names: tuple[str, ...]) -> None:
     """Remove NAMES from the catalog (content goes at the next gc)."""
     store = obj.store()

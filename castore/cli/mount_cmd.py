@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, resolve
+from castore.cli.common import Ctx, main_group, resolve
 from castore.cli.trust import check_trust
 from castore.errors import NotFound, UnsafeInput
 from castore.textsafe import safe_line
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 @click.option("-f", "--foreground", is_flag=True,
               help="Stay in the foreground until unmounted (the default; accepted for borg/sshfs habits).")
 @click.pass_obj
-@handle_errors
 def mount_cmd(obj: Ctx, manifest: str, mountpoint: str, allow_other: bool, foreground: bool) -> None:
     """Mount MANIFEST read-only at MOUNTPOINT (an existing empty directory) until unmounted.
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve
+from castore.cli.common import Ctx, F, main_group, print_json, resolve
 from castore.errors import UnsafeInput
 from castore.remote.ref import Reference, parse_reference
 
@@ -28,6 +28,13 @@ def _password(password_stdin: bool) -> str | None:
     return os.environ.get("CONTINUITY_REGISTRY_PASSWORD")
 
 
+def remote_options(fn: F) -> F:
+    """The options push and pull share: --insecure, --jobs, --username, --password-stdin, --json."""
+    for opt in (json_opt, pw_opt, user_opt, jobs_opt, insecure_opt):
+        fn = opt(fn)
+    return fn
+
+
 @main_group.command("push")
 @click.argument("manifest")
 @click.argument("reference", metavar="REGISTRY/REPO[:TAG]")
@@ -36,13 +43,8 @@ def _password(password_stdin: bool) -> str | None:
                    "may be reused; the tag being overwritten always is. Repeatable.")
 @click.option("--pack-size", type=click.IntRange(64 << 10, 1 << 30), default=None, metavar="BYTES",
               help="Target size of new packs (default 32 MiB; larger when a tree would need over 4096 packs).")
-@insecure_opt
-@jobs_opt
-@user_opt
-@pw_opt
-@json_opt
+@remote_options
 @click.pass_obj
-@handle_errors
 def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], pack_size: int | None,
              insecure: bool, jobs: int, username: str | None, password_stdin: bool, as_json: bool) -> None:
     """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST."""
@@ -79,13 +81,8 @@ def _base_reference(ref: Reference, text: str, insecure: bool) -> Reference:
 @main_group.command("pull")
 @click.argument("reference", metavar="REGISTRY/REPO[:TAG|@DIGEST]")
 @click.option("--name", help="Catalog name (default: the reference without its scheme).")
-@insecure_opt
-@jobs_opt
-@user_opt
-@pw_opt
-@json_opt
+@remote_options
 @click.pass_obj
-@handle_errors
 def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: int, username: str | None,
              password_stdin: bool, as_json: bool) -> None:
     """Copy a tree from a registry into the store; print its manifest digest."""

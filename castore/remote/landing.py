@@ -1,7 +1,7 @@
 """Where pulled blobs land: verified bytes are written under their own name in the store at once
 (unindexed, exclusively, like ingest's readers publish), so that a pull killed
 half-way keeps what it fetched: the next pull of the same tree finds those files, and commit re-hashes
-them before indexing (castore.ingest.commit_manifest: content not staged by this run is verified).
+them before indexing (castore.store.commit.commit_manifest: content not staged by this run is verified).
 
 Files published but not indexed are orphans for gc, which keeps them for its grace period, long
 enough for a re-run. A pull refused for a lie (IntegrityError) takes back what it published.
