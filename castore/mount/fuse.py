@@ -42,7 +42,7 @@ from typing import Any
 
 from castore import textsafe
 from castore.digest import EMPTY_DIGEST
-from castore.errors import BlobNotFound, IntegrityError, MountUnavailable, UnsafeInput
+from castore.errors import BlobNotFound, CastoreError, IntegrityError, MountUnavailable, UnsafeInput
 from castore.manifest.model import (
     Device,
     Directory,
