@@ -30,6 +30,7 @@ from urllib.parse import urlencode, urljoin
 import httpx
 
 from castore.errors import Aborted, IntegrityError, NotFound, RemoteError
+from castore.fs.io import write_all
 from castore.remote.oci import OCI_INDEX, OCI_MANIFEST
 from castore.remote.ref import Reference, is_loopback
 
@@ -499,7 +500,7 @@ def _download(reg: Registry, digest: str, size: int, fd: int) -> None:
             if got > size:
                 raise IntegrityError(f"{reg.where}: blob {digest} is larger than its {size} bytes")
             h.update(piece)
-            _write_all(fd, piece)
+            write_all(fd, piece)
     if got != size:
         raise IntegrityError(f"{reg.where}: blob {digest} is {got} bytes, expected {size}")
     if "sha256:" + h.hexdigest() != digest:
@@ -511,12 +512,6 @@ def _pieces(view: memoryview, abort: threading.Event) -> Iterator[bytes]:
         if abort.is_set():
             raise Aborted("aborted")
         yield bytes(view[i:i + PIECE])
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _read_exact(fd: int, size: int, digest: str) -> bytes:

@@ -16,6 +16,7 @@ a fresh repository (no dedup between runs) and a fresh store:
 and printed: medians, the ratios A/B (target <= 1.5) and C/D (target <= 1.5), the OCI manifest size,
 peak RSS of push and pull (ru_maxrss of the process tree; target < 300 MiB), and the bytes a re-push
 uploads after a one-file change (target <= 1% of the tree + 1 MiB), with that share of the tree.
+For ``many``, the lazy mount's first read of one ~4 KiB file (scripts/bench/lazy_mount.py).
 As root the whole benchmark runs in a fresh ext4 image on a loop device (scripts/bench/corpus.py).
 """
 
@@ -158,9 +159,11 @@ def bench_corpus(name: str, src: str, work: str, reg: str, runs: int, jobs: int)
                                       check=True, capture_output=True, text=True).stdout)
     from castore.store import Store
     mbytes = Store.open(store).blob_size(again["manifest"]) or 0
-    lazy = lazy_first_read(reg, f"{repo}:v1", src, work) if name == "many" else ""
     ma, mb, mc, md = (statistics.median(x) for x in (a, b, c, d))
     limit = 0.01 * tree + (1 << 20)
+    from lazy_mount import lazy_first_read  # scripts/bench/lazy_mount.py
+
+    lazy = lazy_first_read(f"{reg}/{repo}:v1", src, work, runs) if name == "many" else []
     return [
         f"{name}: {files} files, {tree / 1e6:.1f} MB, {runs} runs, jobs {jobs}",
         f"  push      {ma:7.2f} s   tar -c | curl -T  {mb:6.2f} s   ratio {ma / mb:5.2f}  (target <= 1.5)",
@@ -170,41 +173,7 @@ def bench_corpus(name: str, src: str, work: str, reg: str, runs: int, jobs: int)
         f"  re-push after a one-file change: {again['uploaded_bytes']} bytes uploaded "
         f"({again['uploaded_bytes'] / tree * 100:.2f}% of the tree; limit {limit / 1e6:.2f} MB) of which "
         f"{mbytes} the continuity manifest; packs reused {again['packs_reused']}, new {again['packs_new']}",
-    ] + ([lazy] if lazy else [])
-
-
-def lazy_first_read(reg: str, ref: str, src: str, work: str) -> str:
-    """Lazy mount of ``ref`` into a fresh store; the first read of one ~4 KiB file: seconds and bytes fetched."""
-    store, mnt = os.path.join(work, "lazy-store"), os.path.join(work, "lazy-mnt")
-    os.makedirs(mnt)
-    rel = next(os.path.relpath(os.path.join(dp, f), src) for dp, _, fs in sorted(os.walk(src)) for f in sorted(fs)
-               if 3000 <= os.path.getsize(os.path.join(dp, f)) <= 4096 or f.endswith("f099.dat"))
-    proc = subprocess.Popen([*CLI, "--store", store, "mount", f"{reg}/{ref}", mnt],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while not os.path.ismount(mnt):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("lazy mount did not come up")
-            time.sleep(0.01)
-        before = _stored_bytes(store)
-        t = time.monotonic()
-        with open(os.path.join(mnt, rel), "rb") as f:
-            data = f.read()
-        secs = time.monotonic() - t
-        with open(os.path.join(src, rel), "rb") as f:
-            assert f.read() == data, "lazy read differs from the source"
-        fetched = _stored_bytes(store) - before
-    finally:
-        subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
-        proc.wait(30)
-    return (f"  lazy mount, first read of {rel} ({len(data)} bytes): {secs:.3f} s after mount "
-            f"(target < 0.5 s), {fetched} bytes of content stored (target < 1 MiB)")
-
-
-def _stored_bytes(store: str) -> int:
-    root = os.path.join(store, "blobs")
-    return sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(root) for f in fs)
+    ] + lazy
 
 
 def main() -> None:
