@@ -1,7 +1,7 @@
 """Where pulled blobs land: verified bytes are written under their own name in the store at once
 (unindexed, exclusively, like ingest's readers publish), so that a pull killed
 half-way keeps what it fetched: the next pull of the same tree finds those files, and commit re-hashes
-them before indexing (castore.ingest.commit_manifest: content not staged by this run is verified).
+them before indexing (castore.store.commit.commit_manifest: content not staged by this run is verified).
 
 Files published but not indexed are orphans for gc, which keeps them for its grace period, long
 enough for a re-run. A pull refused for a lie (IntegrityError) takes back what it published.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -29,6 +30,7 @@ class Landing:
         self.store, self.tmp_dir = store, tmp_dir
         self.published: list[str] = []  # digests renamed into place by this pull (list.append is atomic)
         self._seq = iter(range(1 << 62))
+        self._prefix = secrets.token_hex(6)  # several Landings may share one tmp dir (lazy mount)
         self._lock = threading.Lock()
         self._dirs: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
@@ -71,7 +73,7 @@ class Landing:
     def _tmp(self) -> str:
         with self._lock:
             n = next(self._seq)
-        return os.path.join(self.tmp_dir, f"land-{n}")
+        return os.path.join(self.tmp_dir, f"land-{self._prefix}-{n}")
 
     def tmp_path(self) -> str:
         """A fresh path in the tmp dir (for downloads that write their own file)."""
