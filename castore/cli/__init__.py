@@ -46,6 +46,8 @@ LazyGroup.summaries.update({
     "ingest": "Store the tree SRC; print the manifest digest alone on stdout.",
     "keygen": "Write a new OpenSSH Ed25519 key pair: FILE (private, 0600) and FILE.pub.",
     "list": "The catalog: names, digests, dates, sizes.",
+    "login": "Check USER's password against REGISTRY (GET /v2/), then store it for push and pull.",
+    "logout": "Forget the stored credentials of REGISTRY.",
     "ls": "List the entries of MANIFEST, one path per line.",
     "mount": "Mount MANIFEST read-only at MOUNTPOINT (an existing empty directory) until unmounted.",
     "pull": "Copy a tree from a registry into the store; print its manifest digest.",
