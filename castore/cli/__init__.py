@@ -50,7 +50,8 @@ LazyGroup.summaries.update({
     "logout": "Forget the stored credentials of REGISTRY.",
     "ls": "List the entries of MANIFEST, one path per line.",
     "mount": "Mount MANIFEST read-only at MOUNTPOINT (an existing empty directory) until unmounted.",
-    "pull": "Copy a tree from a registry into the store; print its manifest digest.",
+    "pull": "Copy a tree or a container image (flattened) from a registry or an OCI layout into the store; "
+            "print its manifest digest.",
     "push": "Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST.",
     "rm": "Remove NAMES from the catalog (content goes at the next gc).",
     "sign": "Sign MANIFEST (namespace \"continuity\", over its stored bytes) and keep the signature in the store.",

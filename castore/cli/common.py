@@ -137,7 +137,7 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(self.commands) | set(self.lazy))
 
-    #: command name -> its help's first line, so that ``--help`` imports no command module
+    #: command name -> its help's first paragraph, so that ``--help`` imports no command module
     #: (tests/test_startup.py checks each against the command's own help)
     summaries: dict[str, str] = {}
 
