@@ -33,7 +33,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from castore import fs
+from castore import fs, progress
 from castore.apply.scan import Scan, TreeChanged
 from castore.apply.sources import DirSource, Source, copy_verified, hash_fd
 from castore.digest import EMPTY_DIGEST
@@ -457,6 +457,7 @@ class Applier:
         try:
             if isinstance(w, RegularFile):
                 self.create_file(dfd, tmp, w)
+                progress.advance(w.size)
             else:
                 self.writer.create_other(dfd, tmp, w, path)
         except BaseException:

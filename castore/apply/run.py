@@ -24,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 
 import castore.apply.state as apply_state
 import castore.store.statcache as statcache
-from castore import fs
+from castore import fs, progress
 from castore.apply.changes import TMP_PREFIX, Applier, ApplyOptions, ApplyReport, same_content
 from castore.apply.scan import Scan, TreeChanged, scan_changes, scan_tree
 from castore.apply.sources import DirSource, Source, StagedSource, stage_tar
@@ -219,7 +219,8 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
         try:
             ap.deletions()
             ap.directories()
-            ap.leaves()
+            with progress.task("apply", total=sum(r.size * len(r.paths) for r in needed.values())):
+                ap.leaves()
             crashpoint("apply-before-dir-metadata")
             ap.dir_metadata()
             # New hardlink objects (on ROOT's filesystem) are made durable before the records

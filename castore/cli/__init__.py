@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from castore.cli.common import LazyGroup, fail, main_group
+from castore.cli.common import LazyGroup, fail, main_group, quiet_broken_pipe
 
 # Command name -> the module that defines it; imported only when the command runs.
 LazyGroup.lazy.update({
@@ -24,25 +24,50 @@ LazyGroup.lazy.update({
 })
 
 
-def main() -> None:
+def hoist_store(argv: list[str]) -> list[str]:
+    """``--store PATH`` (or ``--store=PATH``) anywhere before ``--`` moves in front of the verb."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest.extend(argv[i:])
+            break
+        if a == "--store" and i + 1 < len(argv):
+            front += argv[i:i + 2]
+            i += 2
+            continue
+        if a.startswith("--store="):
+            front.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
+
+
+def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script.
 
-    click's own errors (bad usage, exit 2) end, like every other failure, with one
-    ``continuity: error: ...`` line on stderr (the usage hint precedes it).
+    click's own errors (bad usage, exit 2) end, like every other failure, in one
+    ``continuity: error: ...`` line on stderr, with the help command to run.
     """
+    args = hoist_store(list(sys.argv[1:] if argv is None else argv))
     try:
-        rv = main_group.main(prog_name="continuity", standalone_mode=False)
+        rv = main_group.main(args=args, prog_name="continuity", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
         fail("missing command (see the list above)", exc.exit_code)
     except click.ClickException as exc:
         ctx = getattr(exc, "ctx", None)
+        hint = ""
         if isinstance(exc, click.UsageError) and ctx is not None:
-            click.echo(ctx.get_usage(), err=True)
-            click.echo(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.", err=True)
-        fail(exc.format_message(), exc.exit_code)
+            hint = f" (see '{ctx.command_path} --help')"
+        fail(exc.format_message() + hint, exc.exit_code)
     except click.Abort:
         fail("aborted", 1)
+    except BrokenPipeError:
+        quiet_broken_pipe()
     sys.exit(rv if type(rv) is int else 0)
 
 

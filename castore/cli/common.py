@@ -46,9 +46,11 @@ write_ignore_opt = click.option(
 
 
 class Ctx:
-    def __init__(self, store_path: str | None, debug: bool) -> None:
+    def __init__(self, store_path: str | None, debug: bool, quiet: bool = False, verbose: int = 0) -> None:
         self.store_path = store_path
         self.debug = debug
+        self.quiet = quiet  # -q: no progress, no notes; errors still print
+        self.verbose = verbose  # -v: more detail on stderr (-vv: more)
         self._store: Store | None = None
 
     def store(self, create: bool = True) -> Store:
@@ -72,8 +74,20 @@ def _unproc(name: object) -> object:
 
 
 def fail(msg: str, code: int) -> None:
+    from castore import progress
+    progress.finish()
     click.echo(f"continuity: error: {safe_line(msg)}", err=True)
     sys.exit(code)
+
+
+def quiet_broken_pipe() -> None:
+    """The reader went away (``continuity ls X | head -1``): stop quietly, exit 141 as a shell's SIGPIPE would."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    except (OSError, ValueError):
+        pass
+    sys.exit(141)
 
 
 def handle_errors(fn: F) -> F:
@@ -91,7 +105,11 @@ def handle_errors(fn: F) -> F:
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except BrokenPipeError:
+            quiet_broken_pipe()
         except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                quiet_broken_pipe()
             if debug:
                 traceback.print_exc()
             where = f"{_unproc(exc.filename)}: " if exc.filename else ""
@@ -128,13 +146,32 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "store_path", envvar="CONTINUITY_STORE", metavar="PATH",
-              help="Store location (default: /var/lib/continuity for root, else $XDG_DATA_HOME/continuity).")
+              help="Store location (default: /var/lib/continuity for root, else $XDG_DATA_HOME/continuity; "
+                   "env CONTINUITY_STORE). Accepted before or after the verb.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr (errors still print).")
+@click.option("-v", "--verbose", count=True, help="More detail on stderr (repeat for more).")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-@click.version_option(package_name="continuity", prog_name="continuity")
+@click.version_option(package_name="castore", prog_name="continuity")
 @click.pass_context
-def main_group(ctx: click.Context, store_path: str | None, debug: bool) -> None:
-    """A content-addressed store with a manifest catalog (containerd/continuity manifests)."""
-    ctx.obj = Ctx(store_path, debug)
+def main_group(ctx: click.Context, store_path: str | None, quiet: bool, verbose: int, debug: bool) -> None:
+    """A content-addressed store with a manifest catalog (containerd/continuity manifests).
+
+    \b
+    Examples:
+      continuity ingest /srv/web --name web       # store a tree, print its manifest digest
+      continuity list                             # the catalog
+      continuity checkout web /tmp/web            # materialise it elsewhere
+      continuity ls web | head                    # its paths
+      continuity gc --dry-run                     # what garbage collection would free
+
+    Exit codes: 0 ok, 1 differences or other failure, 2 usage, 3 unsafe input
+    refused, 4 integrity, 5 busy, 6 resource limit. `continuity VERB --help`
+    shows each verb's options and examples.
+    """
+    ctx.obj = Ctx(store_path, debug, quiet, verbose)
+    if ctx.invoked_subcommand not in (None, "mount"):
+        from castore.cli.progress_view import install_if_terminal
+        install_if_terminal(quiet)
 
 
 def read_manifest_file(path: str) -> Manifest:
@@ -181,4 +218,6 @@ def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manif
 
 
 def print_json(obj: object) -> None:
-    click.echo(json_text(obj))
+    """Print one JSON document: ``{"schema": 1, ...}`` (see docs/json.md for the keys)."""
+    from castore.cli.jsonout import document
+    click.echo(json_text(document(obj)))
