@@ -29,7 +29,8 @@ from castore.textsafe import quote
 @click.option("--keep-appledouble", is_flag=True, help="Keep ._* and __MACOSX entries.")
 @click.option("--whiteouts", type=click.Choice(["none", "overlay", "oci"]), default="none", show_default=True,
               help="Read whiteouts as such: overlay (char 0/0, opaque xattrs) for SRC, oci (.wh.*) for --tar.")
-@click.option("--tar", "tar_src", metavar="FILE|-", help="Read a tar stream (plain, gzip, zstd, xz, bzip2) instead of SRC.")
+@click.option("--tar", "tar_src", metavar="FILE|-",
+              help="Read a tar stream (plain, gzip, zstd, xz, bzip2) instead of SRC.")
 @click.option("--appledouble", type=click.Choice(["fold", "drop", "keep"]), default=None,
               help="--tar: AppleDouble members into com.apple.* xattrs (fold, default), left out, or kept.")
 @click.pass_obj

@@ -20,10 +20,6 @@ from castore.units import human_rate, human_size
 REDRAW = 0.1
 
 
-def _amount(n: int, unit: str) -> str:
-    return human_size(n) if unit == "B" else f"{n} {unit}"
-
-
 class ClickReporter:
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -40,9 +36,13 @@ class ClickReporter:
             self.start, self.last, self.done, self.shown = time.monotonic(), 0.0, 0, 0
 
     def _info(self, _item: object = None) -> str:
-        rate = human_rate(self.done, time.monotonic() - self.start) if self.unit == "B" else ""
-        tot = f"/{_amount(self.total, self.unit)}" if self.total is not None else ""
-        return f"{_amount(self.done, self.unit)}{tot}" + (f"  {rate}" if rate else "")
+        secs = time.monotonic() - self.start
+        if self.unit == "B":
+            tot = f"/{human_size(self.total)}" if self.total is not None else ""
+            return f"{human_size(self.done)}{tot}  {human_rate(self.done, secs)}"
+        tot = f"/{self.total}" if self.total is not None else ""
+        rate = f"  {self.done / secs:.0f}/s" if secs > 0 else ""
+        return f"{self.done}{tot} {self.unit}{rate}"
 
     def update(self, done: int, total: int | None) -> None:
         with self.lock:
@@ -60,7 +60,7 @@ class ClickReporter:
                                                  show_eta=True, show_percent=True, show_pos=False,
                                                  item_show_func=self._info, update_min_steps=1)
                     self.bar.__enter__()
-                    self.bar.start = self.start
+                    self.bar.start = time.time() - (now - self.start)  # click's clock for its ETA
                 self.bar.update(max(0, min(done, self.total) - self.shown))
                 self.shown = min(done, self.total)
             else:
@@ -80,7 +80,7 @@ class ClickReporter:
     def end(self) -> None:
         with self.lock:
             if self.bar is not None and self.total:
-                self.bar.update(max(0, self.total - self.shown) if self.done >= self.total else 0)
+                self.bar.update(max(0, min(self.done, self.total) - self.shown))
             self._close_bar()
 
 

@@ -21,7 +21,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from castore import fs
+from castore import fs, progress
 from castore.bulkmode import bulk
 from castore.digest import hash_fd
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
@@ -148,61 +148,66 @@ class _Checker:
     # --------------------------------------------------------- index <-> files
 
     def blobs(self) -> None:
+        with progress.task("fsck", total=256, unit="shards") as bar:
+            for b in range(256):
+                self._blob_shard(b)
+                bar.advance()
+
+    def _blob_shard(self, b: int) -> None:
         db = self.meta.db("blobs")
-        for b in range(256):
-            prefix = bytes([b])
-            rows: dict[bytes, tuple[int, int]] = {}
-            with self.meta.read() as txn:
-                cur = txn.cursor(db=db)
-                if cur.set_range(prefix):
-                    for k, v in cur:
-                        if k[:1] != prefix:
-                            break
-                        if len(k) != 32 or len(v) != BLOB_ROW.size:
-                            self._add("error", "bad-index-row", bytes(k).hex(), "malformed blob index row")
-                            continue
-                        rows[bytes(k)] = BLOB_ROW.unpack(v)
-            sdir = os.path.join(self.store.blob_root, prefix.hex())
+        prefix = bytes([b])
+        rows: dict[bytes, tuple[int, int]] = {}
+        with self.meta.read() as txn:
+            cur = txn.cursor(db=db)
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if k[:1] != prefix:
+                        break
+                    if len(k) != 32 or len(v) != BLOB_ROW.size:
+                        self._add("error", "bad-index-row", bytes(k).hex(), "malformed blob index row")
+                        continue
+                    rows[bytes(k)] = BLOB_ROW.unpack(v)
+        sdir = os.path.join(self.store.blob_root, prefix.hex())
+        try:
+            names = os.listdir(sdir)
+        except FileNotFoundError:
+            names = []
+        on_disk = set()
+        for n in names:
             try:
-                names = os.listdir(sdir)
+                key = bytes.fromhex(n) if len(n) == 64 else None
+            except ValueError:
+                key = None
+            path = os.path.join(sdir, n)
+            if key is None:
+                self._add("info", "stray-file", path, "not a blob name (gc leaves it; remove by hand)")
+                continue
+            on_disk.add(key)
+            if key not in rows:
+                self._add("info", "orphan", dstr(key), "blob file not in the index (gc removes it after "
+                          "the grace period)")
+        for key, (size, kind) in rows.items():
+            self.report.blobs += 1
+            digest = dstr(key)
+            path = self.store.blob_path(digest)
+            if key not in on_disk:
+                self._damage(key, "missing-blob", f"{KIND_NAMES.get(kind, kind)} blob indexed but its file "
+                             "is missing")
+                continue
+            try:
+                st = os.lstat(path)
             except FileNotFoundError:
-                names = []
-            on_disk = set()
-            for n in names:
-                try:
-                    key = bytes.fromhex(n) if len(n) == 64 else None
-                except ValueError:
-                    key = None
-                path = os.path.join(sdir, n)
-                if key is None:
-                    self._add("info", "stray-file", path, "not a blob name (gc leaves it; remove by hand)")
-                    continue
-                on_disk.add(key)
-                if key not in rows:
-                    self._add("info", "orphan", dstr(key), "blob file not in the index (gc removes it after "
-                              "the grace period)")
-            for key, (size, kind) in rows.items():
-                self.report.blobs += 1
-                digest = dstr(key)
-                path = self.store.blob_path(digest)
-                if key not in on_disk:
-                    self._damage(key, "missing-blob", f"{KIND_NAMES.get(kind, kind)} blob indexed but its file "
-                                 "is missing")
-                    continue
-                try:
-                    st = os.lstat(path)
-                except FileNotFoundError:
-                    self._damage(key, "missing-blob", "blob file vanished")
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    self._damage(key, "not-a-file", "blob path is not a regular file")
-                elif st.st_size != size:
-                    self._damage(key, "size-mismatch", f"expected {size} bytes, file has {st.st_size}")
-                elif self._selected(key):
-                    got, nread = hash_file(path)
-                    self.report.bytes_read += nread
-                    if got != digest:
-                        self._damage(key, "corrupt-blob", f"content hashes to {got}")
+                self._damage(key, "missing-blob", "blob file vanished")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                self._damage(key, "not-a-file", "blob path is not a regular file")
+            elif st.st_size != size:
+                self._damage(key, "size-mismatch", f"expected {size} bytes, file has {st.st_size}")
+            elif self._selected(key):
+                got, nread = hash_file(path)
+                self.report.bytes_read += nread
+                if got != digest:
+                    self._damage(key, "corrupt-blob", f"content hashes to {got}")
 
     def _add(self, severity: str, kind: str, subject: str, detail: str) -> Finding:
         f = Finding(severity, kind, subject, detail)

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import castore.apply.state as apply_state
-from castore import staging
+from castore import progress, staging
 from castore.bulkmode import bulk
 from castore.errors import Busy, IntegrityError, UnsafeInput, warn_mounts_kept
 from castore.faults import crashpoint
@@ -680,12 +680,15 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
                 dead = d if first else dead
                 pos, first = pos + len(chunk), False
             pos = 0
-            while pos < len(files):  # unlinks, in short holds
-                time.sleep(0.002)
-                with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
-                    t1 = time.monotonic()
-                    pos = c.sweep(files, pos, t1 + BATCH_SECONDS)
-                    c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)
+            with progress.task("gc", total=len(files), unit="files") as bar:
+                while pos < len(files):  # unlinks, in short holds
+                    time.sleep(0.002)
+                    with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
+                        t1 = time.monotonic()
+                        new = c.sweep(files, pos, t1 + BATCH_SECONDS)
+                        c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)
+                    bar.advance(new - pos)
+                    pos = new
             if not opts.dry_run:
                 store.gc_deleting(False)
             del marked, manifests, garbage, orphans

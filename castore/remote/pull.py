@@ -62,7 +62,7 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
             refs = manifest_refs(manifest)
             sizes = check_layers(refs, blob_sizes(manifest), blobs, source=str(ref))
             missing = sorted(store.missing_blobs(refs))
-            prog = Progress("pull", len(missing))
+            prog = Progress("pull", sum(sizes[d] for d in missing))
 
             def fetch(digests: list[str], suffix: str) -> list[tuple[str, str]]:
                 staged = [(os.path.join(lease.tmp_dir, hex_of(d) + suffix), d) for d in digests]

@@ -73,7 +73,7 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
         uploads += [(d, n, None) for d, n in sorted(sizes.items())]
         done: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)
         with Registry(ref, username=username, password=password, push=True, jobs=jobs) as reg:
-            prog = Progress("push", len(uploads))
+            prog = Progress("push", sum(n for _, n, _ in uploads))
 
             def one(item: tuple[str, int, bytes | None]) -> None:
                 d, n, inline = item
