@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import os
 import sys
+from typing import Any
 
 import click
 
 from castore.cli.common import (
     Ctx,
+    complete_names,
     handle_errors,
     ignore_opt,
+    json_opt,
     main_group,
     print_json,
     resolve,
@@ -20,6 +23,7 @@ from castore.cli.common import (
 from castore.materialize import LINK_MODES
 from castore.store import check_name
 from castore.textsafe import quote
+from castore.units import human_size, iso_s
 
 
 @main_group.command("ingest")
@@ -33,11 +37,20 @@ from castore.textsafe import quote
               help="Read a tar stream (plain, gzip, zstd, xz, bzip2) instead of SRC.")
 @click.option("--appledouble", type=click.Choice(["fold", "drop", "keep"]), default=None,
               help="--tar: AppleDouble members into com.apple.* xattrs (fold, default), left out, or kept.")
+@json_opt
 @click.pass_obj
 @handle_errors
 def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, ...], keep_appledouble: bool,
-               whiteouts: str, tar_src: str | None, appledouble: str | None) -> None:
-    """Store the tree SRC; print the manifest digest alone on stdout."""
+               whiteouts: str, tar_src: str | None, appledouble: str | None, as_json: bool) -> None:
+    """Store the tree SRC; print the manifest digest alone on stdout.
+
+    \b
+    Examples:
+      continuity ingest /srv/web --name web
+      continuity ingest --tar rootfs.tar.xz --name rootfs
+      curl -sL URL | continuity ingest --tar - --name fetched
+      continuity ingest /srv/web --ignore '*.log' --json
+    """
     if name is not None:
         check_name(name)
     if tar_src is not None:
@@ -56,11 +69,14 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
 
         opts = WalkOptions(ignore=ignore, keep_appledouble=keep_appledouble, whiteouts=whiteouts)
         digest = ingest(obj.store(), src, name=name, opts=opts)
-    click.echo(digest)
+    if as_json:
+        print_json({"digest": digest, "name": name})
+    else:
+        click.echo(digest)
 
 
 @main_group.command("checkout")
-@click.argument("manifest")
+@click.argument("manifest", shell_complete=complete_names)
 @click.argument("target", type=click.Path())
 @click.option("--link", type=click.Choice(LINK_MODES), default="auto", show_default=True,
               help="auto: reflink where possible, else copy; hardlink: share store inodes.")
@@ -71,13 +87,20 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
 @click.option("--whiteouts", type=click.Choice(["none", "overlay", "oci"]), default="none", show_default=True)
 @click.option("--rewrite-absolute-symlinks", is_flag=True, help="Make in-tree absolute symlinks relative.")
 @write_ignore_opt
+@json_opt
 @click.pass_obj
 @handle_errors
 def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest: bool, devices: str | None,
-                 sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool, ignore_attr: frozenset[str]) -> None:
-    """Materialise MANIFEST at TARGET (absent or empty), complete or not at all."""
-    import os
+                 sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool, ignore_attr: frozenset[str],
+                 as_json: bool) -> None:
+    """Materialise MANIFEST at TARGET (absent or empty), complete or not at all.
 
+    \b
+    Examples:
+      continuity checkout web /srv/web-copy
+      continuity checkout web /srv/web-ro --link hardlink    # share the store's inodes
+      continuity checkout sha256:3f2a9c0d1e7b /tmp/t          # a digest prefix (12+ hex digits)
+    """
     from castore.checkout import checkout
     from castore.materialize import Options
 
@@ -87,24 +110,38 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
     opts = Options(link=link, verify=not disable_digest, devices=devices, sockets=sockets, whiteouts=whiteouts,
                    rewrite_absolute_symlinks=rewrite_absolute_symlinks, ignore=ignore_attr)
     checkout(store, m, target, opts, manifest_digest=digest, validated=True)
+    if as_json:
+        print_json({"digest": digest, "path": os.path.abspath(target)})
 
 
-def _when(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_when = iso_s
+
+
+def _history_json(name: str, rows: list[Any]) -> dict[str, object]:
+    return {"name": name, "versions": [{"digest": t.digest, "time": _when(t.time_ns)} for t in rows]}
 
 
 @main_group.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_opt
 @click.option("--history", "history", metavar="NAME", help="Every manifest recorded under NAME.")
+@click.option("-H", "--human", is_flag=True, help="Sizes in KiB, MiB, GiB.")
 @click.pass_obj
 @handle_errors
-def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
-    """The catalog: names, digests, dates, sizes."""
+def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
+    """The catalog: name, digest, date (UTC) and tree size in bytes, tab-separated.
+
+    \b
+    Examples:
+      continuity list
+      continuity list -H
+      continuity list --json | jq -r '.names[].name'
+      continuity list --history web
+    """
     store = obj.store()
     if history is not None:
         rows = store.history(history)
         if as_json:
-            print_json([{"name": t.name, "digest": t.digest, "time": _when(t.time_ns)} for t in rows])
+            print_json(_history_json(history, rows))
         else:
             for t in rows:
                 click.echo(f"{_when(t.time_ns)}  {t.digest}")
@@ -116,10 +153,11 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
         out.append({"name": t.name, "digest": t.digest, "time": _when(t.time_ns), "manifest_size": t.size,
                     "size": total, "versions": len(store.history(t.name))})
     if as_json:
-        print_json(out)
+        print_json({"names": out})
         return
     for row in out:
-        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{row['size']}")
+        size = human_size(row["size"]) if human else row["size"]
+        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{size}")
 
 
 def _tree_size(store: object, digest: str) -> int:
@@ -131,30 +169,43 @@ def _tree_size(store: object, digest: str) -> int:
 
 
 @main_group.command("history")
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("name", shell_complete=complete_names)
+@json_opt
 @click.pass_obj
 @handle_errors
 def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
-    """Every manifest recorded under NAME, oldest first."""
+    """Every manifest recorded under NAME, oldest first.
+
+    \b
+    Examples:
+      continuity history web
+      continuity history web --json
+    """
     rows = obj.store().history(name)
     if not rows:
         from castore.errors import NotFound
         raise NotFound(f"no history for {name!r}")
     if as_json:
-        print_json([{"name": t.name, "digest": t.digest, "time": _when(t.time_ns)} for t in rows])
+        print_json(_history_json(name, rows))
     else:
         for t in rows:
             click.echo(f"{_when(t.time_ns)}  {t.digest}")
 
 
 @main_group.command("tag")
-@click.argument("manifest")
+@click.argument("manifest", shell_complete=complete_names)
 @click.argument("name")
+@json_opt
 @click.pass_obj
 @handle_errors
-def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
-    """Record MANIFEST under NAME (a manifest file is stored first)."""
+def tag_cmd(obj: Ctx, manifest: str, name: str, as_json: bool) -> None:
+    """Record MANIFEST under NAME (a manifest file is stored first).
+
+    \b
+    Examples:
+      continuity tag web web-2026-12-07
+      continuity tag ./site.pb site          # a manifest file, its blobs already stored
+    """
     check_name(name)
     store = obj.store()
     m, digest, _ = resolve(obj, manifest, need_store=True)
@@ -175,18 +226,39 @@ def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
                                         store.set_tag(t, name, digest, len(data))))
     else:
         store.tag(name, digest)
-    click.echo(digest)
+    if as_json:
+        print_json({"name": name, "digest": digest})
+    else:
+        click.echo(digest)
 
 
 @main_group.command("rm")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_names)
+@json_opt
 @click.pass_obj
 @handle_errors
-def rm_cmd(obj: Ctx, names: tuple[str, ...]) -> None:
-    """Remove NAMES from the catalog (content goes at the next gc)."""
+def rm_cmd(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+    """Remove NAMES from the catalog (content goes at the next gc).
+
+    All or nothing: every name is checked first; if one is not in the
+    catalog, none is removed.
+
+    \b
+    Examples:
+      continuity rm web-old
+      continuity rm a b c && continuity gc
+    """
     store = obj.store()
-    for n in names:
+    missing = [n for n in dict.fromkeys(names) if store.get_tag(n) is None]
+    if missing:
+        from castore.errors import NotFound
+        raise NotFound(f"no manifest named {', '.join(map(repr, missing))}; nothing removed")
+    removed = []
+    for n in dict.fromkeys(names):
         store.untag(n)
+        removed.append(n)
+    if as_json:
+        print_json({"removed": removed})
 
 
 __all__ = ["sys"]

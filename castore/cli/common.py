@@ -25,6 +25,22 @@ ignore_opt = click.option("--ignore", "ignore", multiple=True, metavar="GLOB",
                           help="Leave out entries matching GLOB (name, or path from the root). Repeatable.")
 MAX_MANIFEST_FILE = 1 << 31
 
+json_opt = click.option("--json", "as_json", is_flag=True,
+                        help="Print the result as one JSON document (keys: docs/json.md).")
+
+
+def complete_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of MANIFEST/NAME arguments: the catalog's names (the store is only read)."""
+    path = ctx.find_root().params.get("store_path") or os.environ.get("CONTINUITY_STORE") or default_store_path()
+    if not os.path.exists(os.path.join(path, "config")):
+        return []
+    try:
+        names = [t.name for t in Store.open(path, create=False).tags()]
+    except Exception:  # noqa: BLE001 - completion never fails loudly
+        return []
+    from click.shell_completion import CompletionItem
+    return [CompletionItem(n) for n in sorted(names) if n.startswith(incomplete)]
+
 
 def _write_ignores(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> frozenset[str]:
     from castore.manifest.diff import normalize_ignores

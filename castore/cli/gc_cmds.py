@@ -6,12 +6,13 @@ import os
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, print_json
+from castore.cli.common import Ctx, handle_errors, json_opt, main_group, print_json
 from castore.errors import IntegrityError, NotFound, StoreUnusable, UnsafeInput
 from castore.fsck.check import FsckOptions, FsckReport, fsck, parse_subset, rebuild_index
 from castore.gc.collect import GcOptions, collect, parse_duration
 from castore.store import default_store_path
 from castore.textsafe import quote, safe_line
+from castore.units import human_size
 
 MAX_INFO_LINES = 20
 
@@ -25,8 +26,8 @@ MAX_INFO_LINES = 20
 @click.option("--wait", is_flag=True, help="Wait for a running gc instead of exiting 5.")
 @click.option("--nice", type=click.IntRange(0, 19), default=10, show_default=True,
               help="Lower gc's CPU priority by this much (background work yields to ingests; 0: don't).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("-v", "--verbose", is_flag=True, help="List every object deleted.")
+@json_opt
+@click.option("-v", "--verbose", is_flag=True, help="List every object deleted (as the global -v).")
 @click.pass_obj
 @handle_errors
 def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: bool, nice: int, as_json: bool,
@@ -35,8 +36,17 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
 
     Roots: every name and its history, live leases (running ingests,
     checkouts, mounts) and unnamed manifests younger than the grace period.
-    A second gc exits 5 unless --wait.
+    A second gc exits 5 unless --wait. --dry-run prints what would go per
+    kind (count and size); -v lists every object.
+
+    \b
+    Examples:
+      continuity gc --dry-run
+      continuity gc --grace 2h --keep-history 10
+      continuity gc --json
+      cmd/continuity-gc/continuity-gc     # the cron/systemd wrapper (README: gc from cron)
     """
+    verbose = verbose or obj.verbose > 0
     try:
         grace_ns = parse_duration(grace)
     except UnsafeInput as exc:
@@ -49,12 +59,35 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
     opts.nice = nice
     report = collect(store, opts)
     if as_json:
-        print_json(report.as_json())
+        print_json({"ok": True, **report.as_json()})
         return
-    if dry_run or verbose:
+    if verbose:
         for item in report.items:
             click.echo(f"{'would delete' if dry_run else 'deleted'} {item.kind} {quote(item.name)} {item.size}")
+    elif dry_run:
+        for line in dry_run_lines(report):
+            click.echo(line)
     click.echo(safe_line(report.summary()))
+
+
+#: gc item kinds in words, for the dry-run summary (what a person would call them)
+KIND_WORDS = {"blob": "content blobs", "manifest": "unnamed manifests", "orphan": "orphan files (crash leftovers)",
+              "history": "history entries", "lease": "stale leases", "tmp": "temporary directories",
+              "link": "hardlink objects", "index-row": "index rows", "cache-row": "cache rows"}
+
+
+def dry_run_lines(report: object) -> list[str]:
+    """What a real run would free, per kind: ``would delete 12 content blobs (3.4 MiB)``."""
+    sizes: dict[str, int] = {}
+    for item in report.items:  # type: ignore[attr-defined]
+        sizes[item.kind] = sizes.get(item.kind, 0) + item.size
+    out = []
+    for kind, n in sorted(report.counts.items(), key=lambda kv: -sizes.get(kv[0], 0)):  # type: ignore
+        if kind in ("cache-row", "index-row"):
+            continue  # bookkeeping, not the user's data: in the summary's counts only
+        size = f" ({human_size(sizes[kind])})" if sizes.get(kind) else ""
+        out.append(f"would delete {n} {KIND_WORDS.get(kind, kind)}{size}")
+    return out
 
 
 @main_group.command("fsck")
@@ -66,8 +99,8 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
               "remove edited hardlink objects.")
 @click.option("--rebuild-index", "rebuild", is_flag=True, help="Re-derive the blob index and references from the "
               "blob files (the catalog is copied from the old metadata when readable).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("-v", "--verbose", is_flag=True, help="Print every finding, info included.")
+@json_opt
+@click.option("-v", "--verbose", is_flag=True, help="Print every finding, info included (as the global -v).")
 @click.pass_obj
 @handle_errors
 def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuild: bool, as_json: bool,
@@ -77,7 +110,15 @@ def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuil
     Orphan files are info (gc removes them); missing, truncated or corrupt
     blobs and dangling references are errors, reported with the names and
     paths they affect.
+
+    \b
+    Examples:
+      continuity fsck
+      continuity fsck --no-read-data          # index and references only: quick
+      continuity fsck --read-data-subset 1/7  # a seventh of the blobs (one per weekday)
+      continuity fsck --repair --json
     """
+    verbose = verbose or obj.verbose > 0
     path = obj.store_path or default_store_path()
     if not os.path.exists(os.path.join(path, "config")):
         raise NotFound(f"no store at {path}")

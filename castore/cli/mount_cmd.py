@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, resolve
+from castore.cli.common import Ctx, complete_names, handle_errors, main_group, resolve
 from castore.textsafe import safe_line
 
 
 @main_group.command("mount")
-@click.argument("manifest")
+@click.argument("manifest", shell_complete=complete_names)
 @click.argument("mountpoint")
 @click.option("--allow-other", is_flag=True,
               help="Let other users see the mount (FUSE allow_other; non-root needs user_allow_other "
@@ -25,6 +25,12 @@ def mount_cmd(obj: Ctx, manifest: str, mountpoint: str, allow_other: bool, foreg
     first time it is read; a corrupt one reads as EIO. The mount holds a
     lease, so gc keeps its blobs. Unmount with `fusermount3 -u MOUNTPOINT`,
     Ctrl-C or SIGTERM.
+
+    \b
+    Examples:
+      continuity mount web /mnt/web &
+      continuity mount web /mnt/web --allow-other
+      fusermount3 -u /mnt/web
     """
     from castore.mount.fuse import check_mountpoint, mount
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve
+from castore.cli.common import Ctx, complete_names, handle_errors, json_opt, main_group, print_json, resolve
 from castore.errors import UnsafeInput
 from castore.remote.ref import Reference, parse_reference
 
@@ -19,7 +19,6 @@ user_opt = click.option("--username", envvar="CONTINUITY_REGISTRY_USERNAME", met
                         help="Registry user (env CONTINUITY_REGISTRY_USERNAME); password from "
                              "CONTINUITY_REGISTRY_PASSWORD or --password-stdin.")
 pw_opt = click.option("--password-stdin", is_flag=True, help="Read the registry password from stdin.")
-json_opt = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
 def _password(password_stdin: bool) -> str | None:
@@ -29,7 +28,7 @@ def _password(password_stdin: bool) -> str | None:
 
 
 @main_group.command("push")
-@click.argument("manifest")
+@click.argument("manifest", shell_complete=complete_names)
 @click.argument("reference", metavar="REGISTRY/REPO[:TAG]")
 @insecure_opt
 @jobs_opt
@@ -40,7 +39,13 @@ def _password(password_stdin: bool) -> str | None:
 @handle_errors
 def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int, username: str | None,
              password_stdin: bool, as_json: bool) -> None:
-    """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST."""
+    """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST.
+
+    \b
+    Examples:
+      continuity push web registry.example.com/team/web:2026-12-07
+      continuity push web localhost:5000/web --json
+    """
     from castore.remote.push import push  # httpx is imported only by the verbs that need it
 
     ref = parse_reference_or_usage(reference, insecure, allow_digest=False)
@@ -51,8 +56,8 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int,
     pinned = f"{ref.registry}/{ref.repo}@{res.oci_digest}"
     if as_json:
         print_json({"reference": pinned, "tag": str(ref), "oci_digest": res.oci_digest,
-                    "manifest": res.manifest_digest, "uploaded": res.uploaded, "skipped": res.skipped,
-                    "uploaded_bytes": res.uploaded_bytes})
+                    "digest": res.manifest_digest, "uploaded": res.uploaded, "skipped": res.skipped,
+                    "uploaded_size": res.uploaded_bytes})
     else:
         click.echo(pinned)
 
@@ -69,16 +74,22 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int,
 @handle_errors
 def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: int, username: str | None,
              password_stdin: bool, as_json: bool) -> None:
-    """Copy a tree from a registry into the store; print its manifest digest."""
+    """Copy a tree from a registry into the store; print its manifest digest.
+
+    \b
+    Examples:
+      continuity pull registry.example.com/team/web:2026-12-07 --name web
+      continuity pull localhost:5000/web@sha256:3f2a... --json
+    """
     from castore.remote.pull import pull
 
     ref = parse_reference_or_usage(reference, insecure, allow_digest=True)
     res = pull(obj.store(), ref, name=name if name is not None else str(ref), jobs=jobs, username=username,
                password=_password(password_stdin))
     if as_json:
-        print_json({"manifest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
+        print_json({"digest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
                     "downloaded": res.downloaded, "present": res.present,
-                    "downloaded_bytes": res.downloaded_bytes})
+                    "downloaded_size": res.downloaded_bytes})
     else:
         click.echo(res.manifest_digest)
 

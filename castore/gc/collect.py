@@ -49,6 +49,7 @@ from castore.faults import crashpoint
 from castore.store import Store, _remove_tree, unpack_chunks
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr
+from castore.units import human_size
 
 DEFAULT_GRACE_NS = 3600 * 10**9
 ROWLESS_LEASE_FLOOR_NS = 60 * 10**9  # a lock file with no row may be a lease being born
@@ -138,7 +139,7 @@ class GcReport:
     def summary(self) -> str:
         verb = "would free" if self.dry_run else "freed"
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
-        return (f"gc: {verb} {self.objects} objects, {self.bytes} bytes ({_human(self.bytes)}) in "
+        return (f"gc: {verb} {self.objects} objects, {self.bytes} bytes ({human_size(self.bytes)}) in "
                 f"{self.seconds:.2f}s; kept {self.kept_blobs} blobs; longest store lock "
                 f"{self.lock_seconds * 1000:.0f} ms" + (f" [{parts}]" if parts else ""))
 
@@ -147,14 +148,6 @@ class GcReport:
                 "kept_blobs": self.kept_blobs, "seconds": round(self.seconds, 3),
                 "lock_seconds": round(self.lock_seconds, 3), "counts": self.counts,
                 "items": [{"kind": i.kind, "name": i.name, "size": i.size} for i in self.items]}
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _age_ns(path: str, now: int) -> int | None:

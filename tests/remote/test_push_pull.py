@@ -55,11 +55,11 @@ def test_roundtrip_dedup_and_pinned_pull(tmp_path: Path, repo: str) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     src, d = _ingest(tmp_path, a)
     first = json.loads(run_cli("push", "t", f"{repo}:v1", "--json", store=a, check=True).stdout)
-    assert first["manifest"] == d and first["uploaded"] > 3 and first["skipped"] == 0
+    assert first["digest"] == d and first["uploaded"] > 3 and first["skipped"] == 0
     assert first["reference"] == f"{repo}@{first['oci_digest']}"
 
     again = json.loads(run_cli("push", d, f"{repo}:v1", "--json", "--jobs", "1", store=a, check=True).stdout)
-    assert again["uploaded"] == 0 and again["uploaded_bytes"] == 0
+    assert again["uploaded"] == 0 and again["uploaded_size"] == 0
     assert again["skipped"] == first["uploaded"] and again["oci_digest"] == first["oci_digest"]
 
     p = run_cli("pull", f"{repo}:v1", store=b, check=True)
@@ -71,12 +71,12 @@ def test_roundtrip_dedup_and_pinned_pull(tmp_path: Path, repo: str) -> None:
 
     pinned = json.loads(run_cli("pull", first["reference"], "--name", "pinned", "--json", "--jobs", "1",
                                 store=b, check=True).stdout)
-    assert pinned["manifest"] == d and pinned["downloaded"] == 0 and pinned["present"] > 3
+    assert pinned["digest"] == d and pinned["downloaded"] == 0 and pinned["present"] > 3
     assert Store.open(str(b)).get_tag("pinned") == d
 
     fresh = tmp_path / "c"
     q = json.loads(run_cli("pull", first["reference"], "--json", "--jobs", "8", store=fresh, check=True).stdout)
-    assert q["manifest"] == d and q["name"] == first["reference"] and q["downloaded_bytes"] > 3 << 20
+    assert q["digest"] == d and q["name"] == first["reference"] and q["downloaded_size"] > 3 << 20
 
 
 def test_push_manifest_file_and_tag_digest_refused(tmp_path: Path, repo: str) -> None:
@@ -85,7 +85,7 @@ def test_push_manifest_file_and_tag_digest_refused(tmp_path: Path, repo: str) ->
     mfile = tmp_path / "m.pb"
     mfile.write_bytes(Store.open(str(a)).read_blob(d))
     res = json.loads(run_cli("push", mfile, f"http://{repo}:file", "--json", store=a, check=True).stdout)
-    assert res["uploaded"] >= 1 and res["manifest"] == d
+    assert res["uploaded"] >= 1 and res["digest"] == d
     # build's manifest names whole files, the store keeps their chunks (the chunk map): each such
     # file is pushed as the whole-file blob the manifest names, put together from its chunks.
     mfile.write_bytes(run_cli("build", src, check=True).stdout)
