@@ -92,7 +92,7 @@ def dry_run_lines(report: object) -> list[str]:
 
 @main_group.command("fsck")
 @click.option("--read-data/--no-read-data", default=True, show_default=True,
-              help="Re-hash every blob (SPEC: fsck re-hashes every blob); --no-read-data checks index, sizes "
+              help="Re-hash every blob (the default); --no-read-data checks index, sizes "
               "and references only, for a quick check of a large store.")
 @click.option("--read-data-subset", "subset", metavar="N/M", help="Re-hash only the N-th of M parts of the blobs.")
 @click.option("--repair", is_flag=True, help="Quarantine damaged blobs, drop index rows that point nowhere, "
