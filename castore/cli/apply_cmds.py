@@ -20,6 +20,7 @@ from castore.cli.common import (
     resolve_lazy,
     write_ignore_opt,
 )
+from castore.cli.trust import check_trust
 from castore.errors import Differences
 from castore.materialize import LINK_MODES
 from castore.textsafe import safe_line
@@ -69,6 +70,7 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
     if move and source == "store":
         raise click.UsageError("--move needs --source DIR")
     m, digest, store = resolve_lazy(obj, manifest, need_store=source == "store")
+    check_trust(obj, manifest, digest, store)
     if devices is None:
         devices = "create" if os.geteuid() == 0 else "skip"
     opts = ApplyOptions(delete=delete, verify=not disable_digest, devices=devices, sockets=sockets,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -20,6 +21,7 @@ from castore.cli.common import (
     resolve_lazy,
     write_ignore_opt,
 )
+from castore.cli.trust import check_trust
 from castore.materialize import LINK_MODES
 from castore.store import check_name
 from castore.textsafe import quote
@@ -105,6 +107,7 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
     from castore.materialize import Options
 
     m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
+    check_trust(obj, manifest, digest, store)
     if devices is None:
         devices = "create" if os.geteuid() == 0 else "skip"
     opts = Options(link=link, verify=not disable_digest, devices=devices, sockets=sockets, whiteouts=whiteouts,
@@ -115,10 +118,6 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
 
 
 _when = iso_s
-
-
-def _history_json(name: str, rows: list[Any]) -> dict[str, object]:
-    return {"name": name, "versions": [{"digest": t.digest, "time": _when(t.time_ns)} for t in rows]}
 
 
 @main_group.command("list")
@@ -139,25 +138,42 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
     """
     store = obj.store()
     if history is not None:
-        rows = store.history(history)
-        if as_json:
-            print_json(_history_json(history, rows))
-        else:
-            for t in rows:
-                click.echo(f"{_when(t.time_ns)}  {t.digest}")
+        _print_history(store, history, store.history(history), as_json)
         return
     tags = store.tags()
     out = []
     for t in tags:
         total = _tree_size(store, t.digest)
         out.append({"name": t.name, "digest": t.digest, "time": _when(t.time_ns), "manifest_size": t.size,
-                    "size": total, "versions": len(store.history(t.name))})
+                    "size": total, "versions": len(store.history(t.name)), "signatures": _sigs(store, t.digest)})
     if as_json:
         print_json({"names": out})
         return
     for row in out:
         size = human_size(row["size"]) if human else row["size"]
-        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{size}")
+        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{size}\t"
+                   f"{_signers(row['signatures'])}")  # type: ignore[arg-type]
+
+
+def _sigs(store: object, digest: str) -> list[dict[str, object]]:
+    """The stored signatures of a manifest, for list/history (docs/signing.md)."""
+    from castore.store.signatures import for_manifest
+
+    return [r.as_json() for r in for_manifest(store, digest)]  # type: ignore[arg-type]
+
+
+def _signers(sigs: list[dict[str, object]]) -> str:
+    """The text column: who signed (principal, else key fingerprint), or "-" for unsigned."""
+    return ",".join(sorted({quote(str(s["principal"] or s["fingerprint"])) for s in sigs})) or "-"
+
+
+def _print_history(store: object, name: str, rows: Sequence[Any], as_json: bool) -> None:
+    if as_json:
+        print_json({"name": name, "versions": [{"digest": t.digest, "time": _when(t.time_ns),
+                                                "signatures": _sigs(store, t.digest)} for t in rows]})
+    else:
+        for t in rows:
+            click.echo(f"{_when(t.time_ns)}  {t.digest}  {_signers(_sigs(store, t.digest))}")
 
 
 def _tree_size(store: object, digest: str) -> int:
@@ -181,15 +197,12 @@ def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
       continuity history web
       continuity history web --json
     """
-    rows = obj.store().history(name)
+    store = obj.store()
+    rows = store.history(name)
     if not rows:
         from castore.errors import NotFound
         raise NotFound(f"no history for {name!r}")
-    if as_json:
-        print_json(_history_json(name, rows))
-    else:
-        for t in rows:
-            click.echo(f"{_when(t.time_ns)}  {t.digest}")
+    _print_history(store, name, rows, as_json)
 
 
 @main_group.command("tag")

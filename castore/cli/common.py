@@ -62,11 +62,13 @@ write_ignore_opt = click.option(
 
 
 class Ctx:
-    def __init__(self, store_path: str | None, debug: bool, quiet: bool = False, verbose: int = 0) -> None:
+    def __init__(self, store_path: str | None, debug: bool, quiet: bool = False, verbose: int = 0,
+                 policy_path: str | None = None) -> None:
         self.store_path = store_path
         self.debug = debug
         self.quiet = quiet  # -q: no progress, no notes; errors still print
         self.verbose = verbose  # -v: more detail on stderr (-vv: more)
+        self.policy_path = policy_path  # --policy FILE (castore/sign/policy.py looks further)
         self._store: Store | None = None
 
     def store(self, create: bool = True) -> Store:
@@ -167,9 +169,13 @@ class LazyGroup(click.Group):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr (errors still print).")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (repeat for more).")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option("--policy", "policy_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Trust policy (default: $CONTINUITY_POLICY, $XDG_CONFIG_HOME/continuity/policy.json, "
+                   "/etc/continuity/policy.json, else accept all; see docs/signing.md).")
 @click.version_option(package_name="castore", prog_name="continuity")
 @click.pass_context
-def main_group(ctx: click.Context, store_path: str | None, quiet: bool, verbose: int, debug: bool) -> None:
+def main_group(ctx: click.Context, store_path: str | None, quiet: bool, verbose: int, debug: bool,
+               policy_path: str | None) -> None:
     """A content-addressed store with a manifest catalog (containerd/continuity manifests).
 
     \b
@@ -184,7 +190,7 @@ def main_group(ctx: click.Context, store_path: str | None, quiet: bool, verbose:
     refused, 4 integrity, 5 busy, 6 resource limit. `continuity VERB --help`
     shows each verb's options and examples.
     """
-    ctx.obj = Ctx(store_path, debug, quiet, verbose)
+    ctx.obj = Ctx(store_path, debug, quiet, verbose, policy_path)
     if ctx.invoked_subcommand not in (None, "mount"):
         from castore.cli.progress_view import install_if_terminal
         install_if_terminal(quiet)

@@ -175,20 +175,33 @@ def _entry_json(r: object, path: str) -> dict[str, object]:
 
 @main_group.command("dump")
 @click.argument("manifest", shell_complete=complete_names)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "pb"]), default="text", show_default=True,
+              help="pb: the stored manifest bytes, exactly (what `sign` signs).")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.pass_obj
 @handle_errors
 def dump_cmd(obj: Ctx, manifest: str, fmt: str, as_json: bool) -> None:
-    """Dump MANIFEST as prototext (upstream's dump) or JSON.
+    """Dump MANIFEST as prototext (upstream's dump), JSON, or its stored protobuf bytes.
 
     \b
     Examples:
       continuity dump web
       continuity dump web --json | jq '.resources[0]'
+      continuity dump web --format pb > web.pb
     """
-    m, _, _ = resolve(obj, manifest)
-    if fmt == "text" and not as_json:
+    fmt = "json" if as_json else fmt
+    m, digest, store = resolve(obj, manifest)
+    if fmt == "pb":
+        if sys.stdout.isatty():
+            raise UnsafeInput("refusing to write a binary manifest to a terminal; redirect or pipe it")
+        if store is not None and digest is not None:
+            data = store.read_blob(digest)
+        else:  # a manifest file, read and validated by resolve(): its own bytes
+            with open(manifest, "rb") as f:
+                data = f.read()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    elif fmt == "text":
         click.echo(codec.dumps_text(m), nl=False)
     else:
         print_manifest_json(m)
