@@ -24,6 +24,7 @@ from castore.store import Store, manifest_refs
 from castore.testing.compare import assert_trees_equal
 from castore.testing.trees import basic
 from tests.helpers import run_cli
+from tests.test_json_contract import check as check_json
 
 
 def _hardlinks_and_more(root: Path) -> None:
@@ -54,7 +55,7 @@ def _nothing_recorded(store: Path) -> None:
 def test_roundtrip_dedup_and_pinned_pull(tmp_path: Path, repo: str) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     src, d = _ingest(tmp_path, a)
-    first = json.loads(run_cli("push", "t", f"{repo}:v1", "--json", store=a, check=True).stdout)
+    first = check_json("push", run_cli("push", "t", f"{repo}:v1", "--json", store=a, check=True).stdout)
     assert first["digest"] == d and first["uploaded"] > 3 and first["skipped"] == 0
     assert first["reference"] == f"{repo}@{first['oci_digest']}"
 
@@ -75,7 +76,8 @@ def test_roundtrip_dedup_and_pinned_pull(tmp_path: Path, repo: str) -> None:
     assert Store.open(str(b)).get_tag("pinned") == d
 
     fresh = tmp_path / "c"
-    q = json.loads(run_cli("pull", first["reference"], "--json", "--jobs", "8", store=fresh, check=True).stdout)
+    q = check_json("pull", run_cli("pull", first["reference"], "--json", "--jobs", "8", store=fresh,
+                                   check=True).stdout)
     assert q["digest"] == d and q["name"] == first["reference"] and q["downloaded_size"] > 3 << 20
 
 
