@@ -1,5 +1,8 @@
 """Size limits of the code: a module or class over 450 lines, or a function over 100, fails scripts/check."""
-import ast, sys, pathlib
+import ast
+import pathlib
+import sys
+
 bad = 0
 for p in sorted(pathlib.Path(sys.argv[1]).rglob('*.py')):
     if '_pb' in p.parts: continue
