@@ -162,6 +162,10 @@ class LazyGroup(click.Group):
         return sorted(set(self.commands) | set(self.lazy))
 
 
+#: verbs that draw a progress bar on a terminal (docs/cli.md)
+LONG_VERBS = frozenset({"ingest", "checkout", "apply", "export", "copy", "push", "pull", "gc", "fsck"})
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "store_path", envvar="CONTINUITY_STORE", metavar="PATH",
               help="Store location (default: /var/lib/continuity for root, else $XDG_DATA_HOME/continuity; "
@@ -191,8 +195,8 @@ def main_group(ctx: click.Context, store_path: str | None, quiet: bool, verbose:
     shows each verb's options and examples.
     """
     ctx.obj = Ctx(store_path, debug, quiet, verbose, policy_path)
-    if ctx.invoked_subcommand not in (None, "mount"):
-        from castore.cli.progress_view import install_if_terminal
+    if ctx.invoked_subcommand in LONG_VERBS and not quiet and sys.stderr.isatty():
+        from castore.cli.progress_view import install_if_terminal  # only when a bar can be drawn
         install_if_terminal(quiet)
 
 

@@ -18,7 +18,8 @@ MAX_INFO_LINES = 20
 
 
 @main_group.command("gc")
-@click.option("--dry-run", is_flag=True, help="List exactly what a real run would delete; delete nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Say what a real run would delete, per kind with sizes (-v: every object); delete nothing.")
 @click.option("--grace", default="1h", show_default=True, metavar="DURATION",
               help="Keep orphan files and unnamed manifests younger than this (0, 90s, 15m, 2h, 7d).")
 @click.option("--keep-history", type=click.IntRange(min=0), default=None, metavar="N",
