@@ -18,7 +18,7 @@ from tests.helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 VERBS = ["ingest", "checkout", "list", "history", "tag", "rm", "build", "verify", "ls", "dump", "stats", "diff",
-         "du", "apply", "copy", "export", "gc", "fsck", "mount", "push", "pull"]
+         "du", "apply", "copy", "export", "gc", "fsck", "mount", "push", "pull", "keygen", "sign", "verify-signature"]
 
 
 @pytest.fixture

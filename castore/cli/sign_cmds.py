@@ -57,7 +57,13 @@ def _read_sig(path: str) -> bytes:
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def keygen_cmd(file: str, comment: str, passphrase_stdin: bool, as_json: bool) -> None:
-    """Write a new OpenSSH Ed25519 key pair: FILE (private, 0600) and FILE.pub."""
+    """Write a new OpenSSH Ed25519 key pair: FILE (private, 0600) and FILE.pub.
+
+    \b
+    Examples:
+      continuity keygen ~/.config/continuity/release-key
+      continuity keygen release-key --json
+    """
     pw = sys.stdin.buffer.readline(4096).rstrip(b"\r\n") if passphrase_stdin else None
     if passphrase_stdin and not pw:
         raise UnsafeInput("--passphrase-stdin: empty passphrase")
@@ -80,7 +86,14 @@ def keygen_cmd(file: str, comment: str, passphrase_stdin: bool, as_json: bool) -
 @handle_errors
 def sign_cmd(obj: Ctx, manifest: str, key_file: str | None, import_file: str | None, output: str | None,
              principal: str | None, as_json: bool) -> None:
-    """Sign MANIFEST (namespace "continuity", over its stored bytes) and keep the signature in the store."""
+    """Sign MANIFEST (namespace "continuity", over its stored bytes) and keep the signature in the store.
+
+    \b
+    Examples:
+      continuity sign web --key release-key
+      continuity sign web --key release-key -o web.sig
+      continuity sign web --import web.sig
+    """
     from castore.store.signatures import add
 
     if (key_file is None) == (import_file is None):
@@ -125,7 +138,13 @@ def sign_cmd(obj: Ctx, manifest: str, key_file: str | None, import_file: str | N
 @handle_errors
 def verify_signature_cmd(obj: Ctx, manifest: str, signers_file: str, principals: tuple[str, ...],
                          sig_file: str | None, as_json: bool) -> None:
-    """Exit 0 when a signature of MANIFEST verifies for a principal of FILE, 4 otherwise."""
+    """Exit 0 when a signature of MANIFEST verifies for a principal of FILE, 4 otherwise.
+
+    \b
+    Examples:
+      continuity verify-signature web --allowed-signers allowed_signers
+      continuity verify-signature web --allowed-signers allowed_signers --json
+    """
     import time
 
     from castore.store.signatures import for_manifest
