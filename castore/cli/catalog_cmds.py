@@ -150,8 +150,8 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
         print_json({"names": out})
         return
     for row in out:
-        size = human_size(row["size"]) if human else row["size"]
-        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{size}\t"
+        size = human_size(row["size"]) if human else row["size"]  # type: ignore[arg-type]
+        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{size}\t"  # type: ignore[arg-type]
                    f"{_signers(row['signatures'])}")  # type: ignore[arg-type]
 
 

@@ -24,7 +24,8 @@ class ClickReporter:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.bar: Any = None
-        self.label, self.unit, self.total = "", "B", None
+        self.label, self.unit = "", "B"
+        self.total: int | None = None
         self.start = self.last = 0.0
         self.done = self.shown = 0
         self.line = False

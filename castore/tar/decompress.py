@@ -71,4 +71,4 @@ class _Decoded(io.RawIOBase):
 
 def open_decoded(src: BinaryIO, kind: str) -> BinaryIO:
     """``kind`` is ``xz`` or ``bz2``; the result is a buffered reader of the decoded bytes."""
-    return io.BufferedReader(_Decoded(src, kind), buffer_size=PIECE)  # type: ignore[return-value]
+    return io.BufferedReader(_Decoded(src, kind), buffer_size=PIECE)
