@@ -114,10 +114,24 @@ def test_progress_on_a_terminal_only(tmp_path: Path) -> None:
     assert rc == 0 and b"export" in out and b"100%" in out, out
     rc, out = _pty([*cli, "checkout", "a", str(tmp_path / "co")])
     assert rc == 0 and b"checkout" in out and b"entries" in out, out
+    rc, out = _pty([*cli, "ingest", "--tar", str(tmp_path / "a.tar")])
+    assert rc == 0 and b"ingest" in out and b"MiB/" in out, out
+    (tmp_path / "ap").mkdir()
+    rc, out = _pty([*cli, "apply", str(tmp_path / "ap"), "a"])
+    assert rc == 0 and b"apply" in out and b"100%" in out and b"8.0 MiB/8.0 MiB" in out, out
+    rc, out = _pty([*cli, "copy", str(src), str(tmp_path / "cp")])
+    assert rc == 0 and b"copy" in out and b"8.0 MiB/8.0 MiB" in out, out
+    rc, out = _pty([*cli, "fsck"])
+    assert rc == 0 and b"256/256 shards" in out, out
     rc, out = _pty([*cli, "-q", "checkout", "a", str(tmp_path / "co2")])
     assert rc == 0 and out == b"", out
     p = run_cli("checkout", "a", tmp_path / "co3", store=st, check=True)  # not a terminal: silent
     assert p.stderr == b"" and p.stdout == b""
+    rc, out = _pty([*cli, "list"])  # a short verb draws nothing
+    assert rc == 0 and b"\x1b[" not in out and b"%" not in out, out
+    run_cli("rm", "a", store=st, check=True)
+    rc, out = _pty([*cli, "gc", "--grace", "0"])
+    assert rc == 0 and b"files" in out and b"100%" in out, out
 
 
 def test_apply_says_how_many_extra_entries_it_left(web: tuple[Path, Path], tmp_path: Path) -> None:
