@@ -93,12 +93,16 @@ def draw(chart: dict[str, object], out: Path) -> Path:
             if k not in series:
                 series.append(k)
     series.sort(key=lambda s: s != "ours")  # ours first, in one colour across charts
-    width = 0.8 / len(series)
+    width = 0.8 / max(len(g["bars"]) for g in groups)  # type: ignore[arg-type]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) + 2), 4.8), dpi=100)
-    for i, s in enumerate(series):
-        xs = [j + (i - (len(series) - 1) / 2) * width for j, g in enumerate(groups) if s in g["bars"]]  # type: ignore
-        ys = [g["bars"][s] for g in groups if s in g["bars"]]  # type: ignore[index,operator]
-        ax.bar(xs, ys, width, label=s, color="C0" if s == "ours" else f"C{i + 1}")
+    labelled: set[str] = set()
+    for j, g in enumerate(groups):
+        present = [s for s in series if s in g["bars"]]  # type: ignore[operator]
+        for i, s in enumerate(present):  # each group's bars side by side, centred on its tick
+            x = j + (i - (len(present) - 1) / 2) * width
+            ax.bar(x, g["bars"][s], width, color=f"C{series.index(s)}",  # type: ignore[index]
+                   label=None if s in labelled else s)
+            labelled.add(s)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([str(g["label"]) for g in groups], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(str(chart.get("unit", "seconds")) + " (lower is better)")
