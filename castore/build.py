@@ -23,7 +23,7 @@ from castore import fs
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
 from castore.bulkmode import bulk
-from castore.errors import CastoreError, NotFound, UnsafeInput
+from castore.errors import CastoreError, NotFound, SourceChanged, UnsafeInput
 from castore.manifest.model import (
     Chunk,
     Device,
@@ -42,10 +42,6 @@ from castore.textsafe import note
 BATCH_FILES = 512
 BATCH_BYTES = 32 << 20
 RETRIES = 3
-
-
-class SourceChanged(CastoreError):
-    """A file kept changing while it was read."""
 
 
 @dataclass

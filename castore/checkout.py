@@ -30,11 +30,12 @@ from castore.errors import (
 )
 from castore.faults import crashpoint
 from castore.fs import DirFds
+from castore.fs.tree import discard_dir
 from castore.manifest import codec
 from castore.manifest.model import Device, Directory, Manifest, RegularFile, Resource, Whiteout
 from castore.manifest.validate import validate
 from castore.materialize import LinkRef, Options, Writer, count_ads, note_ads, without_attrs
-from castore.store import Lease, Store, discard_dir
+from castore.store import Lease, Store
 
 
 def _split(path: str) -> tuple[str, str]:

@@ -33,19 +33,15 @@ from castore import fs, progress
 from castore import staging as stage
 from castore.build import _ignored, _raise_nofile_limit
 from castore.bulkmode import bulk
-from castore.errors import CastoreError, NotFound, UnsafeInput, raise_if_full, warn_mounts_kept
+from castore.errors import CastoreError, SourceChanged, UnsafeInput, raise_if_full, warn_mounts_kept
 from castore.faults import crashpoint
+from castore.fs.tree import discard_dir, require_dir
 from castore.materialize import data_ranges
-from castore.store import discard_dir
 
 CHUNK = 1 << 20
 FALLBACK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
 POOL_MIN_FILES = 2000
 BATCH = 256
-
-
-class SourceChanged(CastoreError):
-    """An entry of SRC changed (type or inode) while it was copied."""
 
 
 @dataclass
@@ -383,14 +379,7 @@ def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int 
     """
     _raise_nofile_limit()
     src = os.path.abspath(src)
-    try:
-        sst = os.lstat(src)
-    except FileNotFoundError:
-        raise NotFound(f"{src}: no such directory") from None
-    if stat.S_ISLNK(sst.st_mode):
-        raise UnsafeInput(f"{src}: SRC is a symlink; refusing to follow it (give the real path)")
-    if not stat.S_ISDIR(sst.st_mode):
-        raise UnsafeInput(f"{src}: SRC is not a directory")
+    sst = require_dir(src, "SRC")
     dst = os.path.abspath(dst)
     parent, base = os.path.split(dst.rstrip("/"))
     if not base:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import pyfastcdc
 
 from castore import fs
-from castore.errors import ResourceLimit
+from castore.errors import ResourceLimit, is_disk_full
 
 READ_SIZE = 1 << 20
 
@@ -121,7 +121,7 @@ class Processor:
         except FileChanged:
             return FileResult(error=f"/{job.rel}: changed while reading", changed=True)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # staging a blob: exit 6, not a source error
+            if is_disk_full(exc):  # staging a blob: exit 6, not a source error
                 raise ResourceLimit(f"no space left in the store while staging /{job.rel} ({exc.strerror})") from None
             return FileResult(error=f"/{job.rel}: {exc.strerror}")
         finally:

@@ -74,7 +74,7 @@ def remove_if_abandoned(pfd: int, name: str, where: str) -> bool:
         if fs.is_mount_root(fd, os.fstat(pfd).st_dev):
             warn_mounts_kept([os.path.join(where, name)])
             return False
-        from castore.store import remove_contents
+        from castore.fs.tree import remove_contents
         kept = remove_contents(fd)  # under our lock: a new owner cannot take it meanwhile
         if kept:
             warn_mounts_kept([os.path.join(where, name, k) for k in kept])

@@ -408,7 +408,7 @@ def test_parallel_checkout(tmp_path: Path, store: Store, link: str, monkeypatch:
 
 def test_paths_longer_than_path_max_round_trip(tmp_path: Path, store: Store) -> None:
     """Deeper than PATH_MAX (4096 bytes): walked, stored and written through directory fds."""
-    from castore.store import _remove_tree
+    from castore.fs.tree import remove_tree
     from castore.verify import verify_tree
     src = tmp_path / "src"
     src.mkdir()
@@ -434,4 +434,4 @@ def test_paths_longer_than_path_max_round_trip(tmp_path: Path, store: Store) -> 
             assert verify_tree(str(out), m) == []
     finally:
         for p in ("src", "out-copy", "out-hardlink"):
-            _remove_tree(str(tmp_path / p))
+            remove_tree(str(tmp_path / p))

@@ -41,6 +41,7 @@ from castore.errors import IntegrityError, NotFound, UnsafeInput
 from castore.faults import crashpoint
 from castore.fs import DirFds
 from castore.fs.linux import RENAME_EXCHANGE
+from castore.fs.tree import remove_contents
 from castore.manifest.diff import compare
 from castore.manifest.model import (
     Device,
@@ -54,7 +55,6 @@ from castore.manifest.model import (
     Whiteout,
 )
 from castore.materialize import Writer
-from castore.store import remove_contents
 from castore.textsafe import note
 
 TMP_PREFIX = ".continuity-apply-"

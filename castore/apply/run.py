@@ -31,11 +31,12 @@ from castore.apply.sources import DirSource, Source, StagedSource, stage_tar
 from castore.bulkmode import bulk
 from castore.errors import CastoreError, IntegrityError, NotFound, UnsafeInput, raise_if_full
 from castore.faults import crashpoint
+from castore.fs.tree import remove_contents
 from castore.manifest import codec
 from castore.manifest.model import Manifest, RegularFile, Resource, Symlink
 from castore.manifest.validate import validate
 from castore.materialize import Options, Writer, count_ads, note_ads, relative_target, without_attrs
-from castore.store import Store, manifest_refs, remove_contents
+from castore.store import Store, manifest_refs
 
 __all__ = ["ApplyOptions", "ApplyReport", "TreeChanged", "apply_tree"]
 

@@ -24,16 +24,12 @@ import castore.store.statcache as statcache
 from castore import fs
 from castore.apply.state import Record, Row
 from castore.build import Stat, WalkOptions, WalkResult, _Seen, assemble, make_pool, read_with_retries, see_entry, walk
-from castore.errors import CastoreError
+from castore.errors import TreeChanged
 from castore.fs import DirFds
 from castore.manifest.codec import decode_entry, first_path
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Symlink, path_key
 from castore.readers import FileResult, Processor
 from castore.store import Store
-
-
-class TreeChanged(CastoreError):
-    """ROOT changed under apply (a race); rerunning converges."""
 
 
 @dataclass

@@ -8,11 +8,10 @@ import sys
 
 import click
 
-from castore.apply.run import ApplyOptions, apply_tree
+from castore.api import apply
 from castore.cli.common import (
     Ctx,
     complete_names,
-    handle_errors,
     ignore_opt,
     json_opt,
     main_group,
@@ -47,7 +46,6 @@ from castore.textsafe import safe_line
 @json_opt
 @write_ignore_opt
 @click.pass_obj
-@handle_errors
 def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delete: bool, disable_digest: bool,
               rehash: bool, link: str, devices: str | None, sockets: bool, rewrite_absolute_symlinks: bool,
               sync: bool, verbose: bool, as_json: bool, ignore_attr: frozenset[str]) -> None:
@@ -71,14 +69,14 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
         raise click.UsageError("--move needs --source DIR")
     m, digest, store = resolve_lazy(obj, manifest, need_store=source == "store")
     check_trust(obj, manifest, digest, store)
-    if devices is None:
-        devices = "create" if os.geteuid() == 0 else "skip"
-    opts = ApplyOptions(delete=delete, verify=not disable_digest, devices=devices, sockets=sockets,
-                        rewrite_absolute_symlinks=rewrite_absolute_symlinks, link=link, move=move, rehash=rehash,
-                        sync=sync, ignore=ignore_attr,
-                        log=(lambda msg: click.echo(safe_line(msg), err=True)) if verbose else None)
+    log = (lambda msg: click.echo(safe_line(msg), err=True)) if verbose else None
     # resolve_lazy() validated a manifest file; the store's manifests are read (and validated) by apply.
-    report = apply_tree(root, m, store=store, source=source, opts=opts, manifest_digest=digest, validated=True)
+    ref = m if m is not None else digest
+    assert ref is not None
+    report = apply(store, ref, root, source=source, delete=delete,
+                   verify=not disable_digest, rehash=rehash, link=link, devices=devices, sockets=sockets,
+                   rewrite_absolute_symlinks=rewrite_absolute_symlinks, move=move, sync=sync,
+                   ignore_attrs=ignore_attr, log=log, validated=True)
     if as_json:
         print_json({"digest": digest, "path": os.path.abspath(root), **report.as_dict()})
     if report.extra and not obj.quiet:
@@ -96,7 +94,6 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
 @ignore_opt
 @json_opt
 @click.pass_obj
-@handle_errors
 def copy_cmd(obj: Ctx, src: str, dst: str, ignore: tuple[str, ...], as_json: bool) -> None:
     """Duplicate the tree SRC at DST (which must not exist), safely, keeping everything.
 

@@ -1,8 +1,7 @@
-"""Verbs over the store: ingest, checkout, list, tag, rm, history."""
+"""Verbs over the store: ingest, list, tag, rm, history."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -12,17 +11,12 @@ import click
 from castore.cli.common import (
     Ctx,
     complete_names,
-    handle_errors,
     ignore_opt,
     json_opt,
     main_group,
     print_json,
     resolve,
-    resolve_lazy,
-    write_ignore_opt,
 )
-from castore.cli.trust import check_trust
-from castore.materialize import LINK_MODES
 from castore.store import check_name
 from castore.textsafe import quote
 from castore.units import human_size, iso_s
@@ -41,7 +35,6 @@ from castore.units import human_size, iso_s
               help="--tar: AppleDouble members into com.apple.* xattrs (fold, default), left out, or kept.")
 @json_opt
 @click.pass_obj
-@handle_errors
 def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, ...], keep_appledouble: bool,
                whiteouts: str, tar_src: str | None, appledouble: str | None, as_json: bool) -> None:
     """Store the tree SRC; print the manifest digest alone on stdout.
@@ -66,55 +59,14 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
             raise click.UsageError("missing SRC (or --tar FILE)")
         if whiteouts == "oci":
             raise click.UsageError("--whiteouts oci applies to --tar; a directory holds overlay whiteouts")
-        from castore.build import WalkOptions
-        from castore.ingest import ingest  # here: `checkout` and the catalog verbs need neither
+        from castore.api import ingest
 
-        opts = WalkOptions(ignore=ignore, keep_appledouble=keep_appledouble, whiteouts=whiteouts)
-        digest = ingest(obj.store(), src, name=name, opts=opts)
+        digest = ingest(obj.store(), src, name=name, ignore=ignore, keep_appledouble=keep_appledouble,
+                        whiteouts=whiteouts, progress=True)
     if as_json:
         print_json({"digest": digest, "name": name})
     else:
         click.echo(digest)
-
-
-@main_group.command("checkout")
-@click.argument("manifest", shell_complete=complete_names)
-@click.argument("target", type=click.Path())
-@click.option("--link", type=click.Choice(LINK_MODES), default="auto", show_default=True,
-              help="auto: reflink where possible, else copy; hardlink: share store inodes.")
-@click.option("--disable-digest", is_flag=True, help="Do not re-hash content (trusted stores).")
-@click.option("--devices", type=click.Choice(["create", "check", "skip"]), default=None,
-              help="Device nodes: create (default as root), check, skip (default otherwise).")
-@click.option("--sockets", is_flag=True, help="Create sockets too.")
-@click.option("--whiteouts", type=click.Choice(["none", "overlay", "oci"]), default="none", show_default=True)
-@click.option("--rewrite-absolute-symlinks", is_flag=True, help="Make in-tree absolute symlinks relative.")
-@write_ignore_opt
-@json_opt
-@click.pass_obj
-@handle_errors
-def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest: bool, devices: str | None,
-                 sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool, ignore_attr: frozenset[str],
-                 as_json: bool) -> None:
-    """Materialise MANIFEST at TARGET (absent or empty), complete or not at all.
-
-    \b
-    Examples:
-      continuity checkout web /srv/web-copy
-      continuity checkout web /srv/web-ro --link hardlink    # share the store's inodes
-      continuity checkout sha256:3f2a9c0d1e7b /tmp/t          # a digest prefix (12+ hex digits)
-    """
-    from castore.checkout import checkout
-    from castore.materialize import Options
-
-    m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
-    check_trust(obj, manifest, digest, store)
-    if devices is None:
-        devices = "create" if os.geteuid() == 0 else "skip"
-    opts = Options(link=link, verify=not disable_digest, devices=devices, sockets=sockets, whiteouts=whiteouts,
-                   rewrite_absolute_symlinks=rewrite_absolute_symlinks, ignore=ignore_attr)
-    checkout(store, m, target, opts, manifest_digest=digest, validated=True)
-    if as_json:
-        print_json({"digest": digest, "path": os.path.abspath(target)})
 
 
 _when = iso_s
@@ -125,7 +77,6 @@ _when = iso_s
 @click.option("--history", "history", metavar="NAME", help="Every manifest recorded under NAME.")
 @click.option("-H", "--human", is_flag=True, help="Sizes in KiB, MiB, GiB.")
 @click.pass_obj
-@handle_errors
 def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
     """The catalog: name, digest, date (UTC) and tree size in bytes, tab-separated.
 
@@ -151,7 +102,7 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
         return
     for row in out:
         size = human_size(row["size"]) if human else row["size"]  # type: ignore[arg-type]
-        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{size}\t"  # type: ignore[arg-type]
+        click.echo(f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{size}\t"
                    f"{_signers(row['signatures'])}")  # type: ignore[arg-type]
 
 
@@ -188,7 +139,6 @@ def _tree_size(store: object, digest: str) -> int:
 @click.argument("name", shell_complete=complete_names)
 @json_opt
 @click.pass_obj
-@handle_errors
 def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
     """Every manifest recorded under NAME, oldest first.
 
@@ -210,7 +160,6 @@ def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
 @click.argument("name")
 @json_opt
 @click.pass_obj
-@handle_errors
 def tag_cmd(obj: Ctx, manifest: str, name: str, as_json: bool) -> None:
     """Record MANIFEST under NAME (a manifest file is stored first).
 
@@ -235,8 +184,11 @@ def tag_cmd(obj: Ctx, manifest: str, name: str, as_json: bool) -> None:
             data = codec.dumps(m)
             digest = store.put_blob(data, KIND_MANIFEST)
             store.mark_manifest(digest, "+", name)
-            store.meta.write(lambda t: (store.record_manifest(t, digest, refs),
-                                        store.set_tag(t, name, digest, len(data))))
+
+            def record(t: object) -> None:
+                store.record_manifest(t, digest, refs)
+                store.set_tag(t, name, digest, len(data))
+            store.meta.write(record)
     else:
         store.tag(name, digest)
     if as_json:
@@ -249,7 +201,6 @@ def tag_cmd(obj: Ctx, manifest: str, name: str, as_json: bool) -> None:
 @click.argument("names", nargs=-1, required=True, shell_complete=complete_names)
 @json_opt
 @click.pass_obj
-@handle_errors
 def rm_cmd(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
     """Remove NAMES from the catalog (content goes at the next gc).
 

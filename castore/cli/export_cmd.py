@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from castore.cli.common import Ctx, complete_names, handle_errors, json_opt, main_group, print_json, resolve
+from castore.cli.common import Ctx, complete_names, json_opt, main_group, print_json, resolve
 
 
 @main_group.command("export")
@@ -18,7 +18,6 @@ from castore.cli.common import Ctx, complete_names, handle_errors, json_opt, mai
               help="oci: write whiteouts and opaque directories as .wh.NAME / .wh..wh..opq.")
 @json_opt
 @click.pass_obj
-@handle_errors
 def export_cmd(obj: Ctx, manifest: str, output: str | None, compress: str | None, whiteouts: str,
                as_json: bool) -> None:
     """Write MANIFEST as a tar stream (PAX: xattrs, hardlinks, devices, sparse files, ns times).

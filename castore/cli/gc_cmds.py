@@ -6,10 +6,11 @@ import os
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, json_opt, main_group, print_json
+from castore.api import fsck, gc
+from castore.cli.common import Ctx, json_opt, main_group, print_json
 from castore.errors import IntegrityError, NotFound, StoreUnusable, UnsafeInput
-from castore.fsck.check import FsckOptions, FsckReport, fsck, parse_subset, rebuild_index
-from castore.gc.collect import GcOptions, collect, parse_duration
+from castore.fsck.check import FsckReport, parse_subset, rebuild_index
+from castore.gc.collect import parse_duration
 from castore.store import default_store_path
 from castore.textsafe import quote, safe_line
 from castore.units import human_size
@@ -30,7 +31,6 @@ MAX_INFO_LINES = 20
 @json_opt
 @click.option("-v", "--verbose", is_flag=True, help="List every object deleted (as the global -v).")
 @click.pass_obj
-@handle_errors
 def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: bool, nice: int, as_json: bool,
            verbose: bool) -> None:
     """Delete what no catalog name, lease or recent write references (cron-safe).
@@ -52,13 +52,11 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
         grace_ns = parse_duration(grace)
     except UnsafeInput as exc:
         raise click.BadParameter(str(exc), param_hint="--grace") from None
-    opts = GcOptions(grace_ns=grace_ns, dry_run=dry_run, keep_history=keep_history, wait=wait,
-                     list_items=verbose or as_json)
     store = obj.store_if_exists()
     if store is None:
         raise NotFound(f"no store at {obj.store_path or default_store_path()}")
-    opts.nice = nice
-    report = collect(store, opts)
+    report = gc(store, grace_seconds=grace_ns // 10**9, dry_run=dry_run, keep_history=keep_history, wait=wait,
+                nice=nice, list_items=verbose or as_json)
     if as_json:
         print_json({"ok": True, **report.as_json()})
         return
@@ -103,7 +101,6 @@ def dry_run_lines(report: object) -> list[str]:
 @json_opt
 @click.option("-v", "--verbose", is_flag=True, help="Print every finding, info included (as the global -v).")
 @click.pass_obj
-@handle_errors
 def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuild: bool, as_json: bool,
              verbose: bool) -> None:
     """Check index <-> files, catalog references and (--read-data) content; exit 4 on damage.
@@ -127,8 +124,6 @@ def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuil
         parts = parse_subset(subset) if subset else None
     except UnsafeInput as exc:
         raise click.BadParameter(str(exc), param_hint="--read-data-subset") from None
-    opts = FsckOptions(read_data=read_data or parts is not None, subset=parts,
-                       repair=repair)
     rebuilt = None
     if rebuild:
         rebuilt = rebuild_index(path)
@@ -145,7 +140,7 @@ def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuil
             raise
         raise IntegrityError(f"{exc}{hint}") from exc
     try:
-        report = fsck(store, opts)
+        report = fsck(store, read_data=read_data or parts is not None, subset=parts, repair=repair)
     except IntegrityError as exc:
         raise IntegrityError(f"{exc}{hint}") from exc
     if as_json:

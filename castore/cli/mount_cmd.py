@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from castore.cli.common import Ctx, complete_names, handle_errors, main_group, resolve
+from castore.cli.common import Ctx, complete_names, main_group, resolve
 from castore.cli.trust import check_trust
 from castore.textsafe import safe_line
 
@@ -18,7 +18,6 @@ from castore.textsafe import safe_line
 @click.option("-f", "--foreground", is_flag=True,
               help="Stay in the foreground until unmounted (the default; accepted for borg/sshfs habits).")
 @click.pass_obj
-@handle_errors
 def mount_cmd(obj: Ctx, manifest: str, mountpoint: str, allow_other: bool, foreground: bool) -> None:
     """Mount MANIFEST read-only at MOUNTPOINT (an existing empty directory) until unmounted.
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from castore.cli.common import Ctx, complete_names, handle_errors, json_opt, main_group, print_json, resolve
+from castore.cli.common import Ctx, F, complete_names, json_opt, main_group, print_json, resolve
 from castore.errors import UnsafeInput
 from castore.remote.ref import Reference, parse_reference
 
@@ -27,16 +27,18 @@ def _password(password_stdin: bool) -> str | None:
     return os.environ.get("CONTINUITY_REGISTRY_PASSWORD")
 
 
+def remote_options(fn: F) -> F:
+    """The options push and pull share: --insecure, --jobs, --username, --password-stdin, --json."""
+    for opt in (json_opt, pw_opt, user_opt, jobs_opt, insecure_opt):
+        fn = opt(fn)
+    return fn
+
+
 @main_group.command("push")
 @click.argument("manifest", shell_complete=complete_names)
 @click.argument("reference", metavar="REGISTRY/REPO[:TAG]")
-@insecure_opt
-@jobs_opt
-@user_opt
-@pw_opt
-@json_opt
+@remote_options
 @click.pass_obj
-@handle_errors
 def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int, username: str | None,
              password_stdin: bool, as_json: bool) -> None:
     """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST.
@@ -65,13 +67,8 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int,
 @main_group.command("pull")
 @click.argument("reference", metavar="REGISTRY/REPO[:TAG|@DIGEST]")
 @click.option("--name", help="Catalog name (default: the reference without its scheme).")
-@insecure_opt
-@jobs_opt
-@user_opt
-@pw_opt
-@json_opt
+@remote_options
 @click.pass_obj
-@handle_errors
 def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: int, username: str | None,
              password_stdin: bool, as_json: bool) -> None:
     """Copy a tree from a registry into the store; print its manifest digest.

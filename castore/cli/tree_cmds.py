@@ -8,20 +8,15 @@ import sys
 
 import click
 
-from castore.build import WalkOptions, build
-from castore.cli.common import Ctx, complete_names, handle_errors, ignore_opt, json_opt, main_group, print_json, resolve
+from castore.api import build, diff, tree_or_manifest, verify
+from castore.cli.common import Ctx, complete_names, ignore_opt, json_opt, main_group, print_json, resolve
 from castore.errors import Differences, UnsafeInput
 from castore.manifest import Manifest, codec
-from castore.manifest.diff import diff as diff_manifests
 from castore.manifest.diff import normalize_ignores
-from castore.manifest.model import Device, Directory, RegularFile, Symlink
+from castore.manifest.model import Device, RegularFile, Symlink
+from castore.stats import disk_usage, manifest_stats
 from castore.textsafe import quote
 from castore.units import human_size
-from castore.verify import VerifyOptions, verify_tree
-
-
-def walk_options(ignore: tuple[str, ...], keep_appledouble: bool) -> WalkOptions:
-    return WalkOptions(ignore=ignore, keep_appledouble=keep_appledouble)
 
 
 @main_group.command("build")
@@ -30,7 +25,6 @@ def walk_options(ignore: tuple[str, ...], keep_appledouble: bool) -> WalkOptions
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @ignore_opt
 @click.option("--keep-appledouble", is_flag=True, help="Keep ._* and __MACOSX entries.")
-@handle_errors
 def build_cmd(root: str, fmt: str, as_json: bool, ignore: tuple[str, ...], keep_appledouble: bool) -> None:
     """Write the manifest of ROOT to stdout (store untouched).
 
@@ -41,7 +35,7 @@ def build_cmd(root: str, fmt: str, as_json: bool, ignore: tuple[str, ...], keep_
       continuity build /srv/web --json | jq '.resources | length'
     """
     fmt = "json" if as_json else fmt
-    m = build(root, walk_options(ignore, keep_appledouble))
+    m = build(root, ignore=ignore, keep_appledouble=keep_appledouble)
     if fmt == "pb":
         data = codec.dumps(m)
         if sys.stdout.isatty():
@@ -71,14 +65,13 @@ def parse_octal(ctx: click.Context, param: click.Parameter, value: str | None) -
     return n
 
 
-def verify_options(ignore_attr: tuple[str, ...], ignore_mode_bits: int, disable_digest: bool, sockets: bool,
-                   devices: str) -> VerifyOptions:
+def check_ignores(ignore_attr: tuple[str, ...]) -> tuple[str, ...]:
+    """``--ignore-attr`` values, refused as a usage error (exit 2) when one names no attribute."""
     try:
-        ign = normalize_ignores(ignore_attr)
+        normalize_ignores(ignore_attr)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--ignore-attr") from None
-    return VerifyOptions(ignore=ign, ignore_mode_bits=ignore_mode_bits, disable_digest=disable_digest,
-                         sockets=sockets, devices=devices)
+    return ignore_attr
 
 
 @main_group.command("verify")
@@ -93,7 +86,6 @@ def verify_options(ignore_attr: tuple[str, ...], ignore_mode_bits: int, disable_
 @click.option("--devices", type=click.Choice(["check", "skip", "create"]), default="check", show_default=True)
 @json_opt
 @click.pass_obj
-@handle_errors
 def verify_cmd(obj: Ctx, root: str, manifest: str, ignore_attr: tuple[str, ...], ignore_mode_bits: int,
                disable_digest: bool, sockets: bool, devices: str, as_json: bool) -> None:
     """Report every difference between ROOT and MANIFEST; exit 1 if any.
@@ -106,10 +98,10 @@ def verify_cmd(obj: Ctx, root: str, manifest: str, ignore_attr: tuple[str, ...],
       continuity verify /srv/web web --ignore-attr mtime --json
       continuity verify /mnt/restore ./web.pb --disable-digest
     """
-    opts = verify_options(ignore_attr, ignore_mode_bits, disable_digest, sockets,
-                          "skip" if devices == "skip" else "check")
+    check_ignores(ignore_attr)
     m, _, _ = resolve(obj, manifest)
-    found = verify_tree(root, m, opts)
+    found = verify(None, m, root, ignore_attrs=ignore_attr, ignore_mode_bits=ignore_mode_bits,
+                   digest=not disable_digest, sockets=sockets, devices=devices)
     if as_json:
         print_json({"ok": not found, "differences": [
             {"path": d.path, "attr": d.attr, "expected": d.expected, "actual": d.actual} for d in found]})
@@ -135,7 +127,6 @@ def _perm_string(perm: int) -> str:
               help="Type and mode, uid, gid, size in bytes, content digest (files; '-' otherwise), path.")
 @json_opt
 @click.pass_obj
-@handle_errors
 def ls_cmd(obj: Ctx, manifest: str, long_: bool, as_json: bool) -> None:
     """List the entries of MANIFEST, one path per line.
 
@@ -179,7 +170,6 @@ def _entry_json(r: object, path: str) -> dict[str, object]:
               help="pb: the stored manifest bytes, exactly (what `sign` signs).")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.pass_obj
-@handle_errors
 def dump_cmd(obj: Ctx, manifest: str, fmt: str, as_json: bool) -> None:
     """Dump MANIFEST as prototext (upstream's dump), JSON, or its stored protobuf bytes.
 
@@ -207,29 +197,12 @@ def dump_cmd(obj: Ctx, manifest: str, fmt: str, as_json: bool) -> None:
         print_manifest_json(m)
 
 
-def manifest_stats(m: Manifest) -> dict[str, int]:
-    counts = {k: 0 for k in ("file", "dir", "symlink", "device", "fifo", "socket", "whiteout")}
-    size = chunks = links = 0
-    for r in m.resources:
-        counts[r.kind] += 1
-        if isinstance(r, RegularFile):
-            size += r.size
-            chunks += len(r.chunks)
-            links += len(r.paths) - 1
-    return {"entries": sum(len(r.paths) for r in m.resources), "resources": len(m.resources),
-            "files": counts["file"], "directories": counts["dir"], "symlinks": counts["symlink"],
-            "devices": counts["device"], "fifos": counts["fifo"], "sockets": counts["socket"],
-            "whiteouts": counts["whiteout"], "hardlinks": links, "size": size, "chunks": chunks,
-            "unique_contents": len({r.digest for r in m.files()})}
-
-
 @main_group.command("stats")
 @click.argument("manifest", required=False, shell_complete=complete_names)
 @json_opt
 @click.option("--plot", "plot", metavar="FILE.png", type=click.Path(dir_okay=False),
               help="Draw the store's growth and dedup over time (every name's history) as a PNG (needs matplotlib).")
 @click.pass_obj
-@handle_errors
 def stats_cmd(obj: Ctx, manifest: str | None, as_json: bool, plot: str | None) -> None:
     """Counts and sizes of MANIFEST (size: bytes of its files).
 
@@ -253,12 +226,12 @@ def stats_cmd(obj: Ctx, manifest: str | None, as_json: bool, plot: str | None) -
     if digest:
         click.echo(f"digest: {digest}")
     for k, v in s.items():
-        click.echo(f"{k}: {v}" + (f" ({human_size(v)})" if k == "size" else ""))
+        click.echo(f"{k}: {v}" + (f" ({human_size(v)})" if k in ("size", "bytes") else ""))
 
 
 def _manifest_or_tree(obj: Ctx, ref: str) -> Manifest:
     if os.path.isdir(ref):
-        return build(ref, WalkOptions(keep_appledouble=True, note=lambda _m: None))
+        return tree_or_manifest(None, ref)
     return resolve(obj, ref)[0]
 
 
@@ -268,7 +241,6 @@ def _manifest_or_tree(obj: Ctx, ref: str) -> Manifest:
 @click.option("--ignore-attr", multiple=True, metavar="ATTR", help="Do not compare ATTR (as verify). Repeatable.")
 @json_opt
 @click.pass_obj
-@handle_errors
 def diff_cmd(obj: Ctx, a: str, b: str, ignore_attr: tuple[str, ...], as_json: bool) -> None:
     """Changes from A to B (manifests or trees): A added, D deleted, M modified, m metadata only.
 
@@ -280,11 +252,8 @@ def diff_cmd(obj: Ctx, a: str, b: str, ignore_attr: tuple[str, ...], as_json: bo
       continuity diff web /srv/web --ignore-attr mtime
       continuity diff web-old web --json
     """
-    try:
-        ign = normalize_ignores(ignore_attr)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--ignore-attr") from None
-    changes = diff_manifests(_manifest_or_tree(obj, a), _manifest_or_tree(obj, b), ign)
+    check_ignores(ignore_attr)
+    changes = diff(None, _manifest_or_tree(obj, a), _manifest_or_tree(obj, b), ignore_attrs=ignore_attr)
     if as_json:
         print_json({"ok": not changes,
                     "changes": [{"path": c.path, "change": c.kind, "attrs": list(c.attrs)} for c in changes]})
@@ -300,7 +269,6 @@ def diff_cmd(obj: Ctx, a: str, b: str, ignore_attr: tuple[str, ...], as_json: bo
 @json_opt
 @click.option("-H", "--human", is_flag=True, help="Sizes in KiB, MiB, GiB.")
 @click.pass_obj
-@handle_errors
 def du_cmd(obj: Ctx, ref: str, as_json: bool, human: bool) -> None:
     """Disk usage (bytes) of a manifest or tree, hardlinks counted once.
 
@@ -310,16 +278,8 @@ def du_cmd(obj: Ctx, ref: str, as_json: bool, human: bool) -> None:
       continuity du -H /srv/web
       continuity du web --json
     """
-    m = _manifest_or_tree(obj, ref)
-    apparent = sum(r.size for r in m.files())
-    allocated = sum(r.size - sum(e - b for b, e in r.holes) for r in m.files())
-    unique = {}
-    for r in m.files():
-        unique[r.digest] = r.size
-    out = {"bytes": apparent, "allocated": allocated, "unique_content_bytes": sum(unique.values()),
-           "files": len(m.files()), "entries": sum(len(r.paths) for r in m.resources),
-           "directories": sum(1 for r in m.resources if isinstance(r, Directory))}
+    out = disk_usage(_manifest_or_tree(obj, ref))
     if as_json:
         print_json(out)
     else:
-        click.echo(f"{human_size(apparent) if human else apparent}\t{quote(ref)}")
+        click.echo(f"{human_size(out['bytes']) if human else out['bytes']}\t{quote(ref)}")

@@ -27,6 +27,7 @@ from castore.digest import hash_fd
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
 from castore.faults import crashpoint
 from castore.fs.linux import RENAME_EXCHANGE
+from castore.fs.tree import fsync_dir, listdir
 from castore.fsck.signatures import check_signatures
 from castore.manifest import Manifest, codec, validate
 from castore.materialize import object_record
@@ -562,8 +563,8 @@ def _markers(path: str) -> tuple[dict[bytes, list[tuple[str, int, str]]], bool]:
     if not os.path.isdir(root):
         return {}, False
     out: dict[bytes, list[tuple[str, int, str]]] = {}
-    for shard in _listdir(root):
-        for n in _listdir(os.path.join(root, shard)):
+    for shard in listdir(root):
+        for n in listdir(os.path.join(root, shard)):
             try:
                 key = bytes.fromhex(n)
             except ValueError:
@@ -634,7 +635,7 @@ def rebuild_index(store_path: str) -> RebuildReport:
     blob_root = os.path.join(path, "blobs", "sha256")
     with flocked(os.path.join(path, "gc.lock"), exclusive=True, what="gc/fsck"), \
             flocked(os.path.join(path, "lock"), exclusive=True):
-        for n in _listdir(path):
+        for n in listdir(path):
             if n.startswith("meta.rebuild-"):  # an earlier rebuild's, killed: keep it, it may be the old index
                 os.rename(os.path.join(path, n), os.path.join(path, _damaged_name()))
         created_ns = time.time_ns()
@@ -651,9 +652,9 @@ def rebuild_index(store_path: str) -> RebuildReport:
         chunks: set[bytes] = set()
         chunk_map: set[tuple[bytes, bytes]] = set()  # whole file -> chunks, from manifests with chunk lists
         ads: set[bytes] = set()
-        for shard in sorted(_listdir(blob_root)):
+        for shard in sorted(listdir(blob_root)):
             sdir = os.path.join(blob_root, shard)
-            for n in sorted(_listdir(sdir)):
+            for n in sorted(listdir(sdir)):
                 fpath = os.path.join(sdir, n)
                 try:
                     st = os.lstat(fpath)
@@ -695,7 +696,7 @@ def rebuild_index(store_path: str) -> RebuildReport:
                 os.makedirs(os.path.dirname(mpath), exist_ok=True)
                 with open(mpath, "ab") as fh:
                     os.fsync(fh.fileno())
-                _fsync_dir(os.path.dirname(mpath))
+                fsync_dir(os.path.dirname(mpath))
         os.makedirs(os.path.join(path, MARKER_DIR), exist_ok=True)
         new_path = os.path.join(path, f"meta.rebuild-{secrets.token_hex(4)}")
         new = MetaDB(new_path, create=True)
@@ -735,27 +736,19 @@ def rebuild_index(store_path: str) -> RebuildReport:
         if os.path.lexists(meta_path):
             fs.renameat2(-100, new_path, -100, meta_path, RENAME_EXCHANGE)  # atomic: old or new, never none
             crashpoint("rebuild-after-swap")
-            _fsync_dir(path)
+            fsync_dir(path)
             os.rename(new_path, rep.old_meta)
         else:
             rep.old_meta = "(none)"
             fs.renameat2(-100, new_path, -100, meta_path)
         crashpoint("rebuild-after-rename")
-        _fsync_dir(path)
+        fsync_dir(path)
     rep.seconds = time.monotonic() - start
     return rep
 
 
 def _damaged_name() -> str:
     return f"meta.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def _fsync_dir(path: str) -> None:
-    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _as_manifest(data: bytes, source: str) -> Manifest | None:
@@ -771,13 +764,6 @@ def _as_manifest(data: bytes, source: str) -> Manifest | None:
         return m if codec.dumps(m) == data else None
     except (CastoreError, ValueError, UnicodeError, RecursionError, OverflowError):
         return None
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 __all__ = ["Finding", "FsckOptions", "FsckReport", "IntegrityError", "RebuildReport", "fsck", "hash_file",

@@ -41,12 +41,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import castore.apply.state as apply_state
 from castore import progress, staging
 from castore.bulkmode import bulk
 from castore.errors import Busy, IntegrityError, UnsafeInput, warn_mounts_kept
 from castore.faults import crashpoint
-from castore.store import Store, _remove_tree, signatures, unpack_chunks
+from castore.fs.tree import listdir, remove_tree
+from castore.store import Store, apply_records, signatures, unpack_chunks
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr
 from castore.units import human_size
@@ -276,7 +276,7 @@ class _Collector:
                             size, kind = BLOB_ROW.unpack(v)
                             garbage.append((k, size, kind))
             sdir = os.path.join(self.store.blob_root, prefix.hex())
-            for n in _listdir(sdir):
+            for n in listdir(sdir):
                 key = _hexkey(n)
                 if key is None or key in indexed:
                     continue
@@ -415,7 +415,7 @@ class _Collector:
         # Staging directories of this store's checkouts that were killed (their owners' locks are free).
         for path in staging.sweep_registered(self.store.path, self.opts.dry_run):
             self.report.add(Item("tmp", path), self.keep_items)
-        for n in _listdir(lease_dir):
+        for n in listdir(lease_dir):
             lid, dot, ext = n.rpartition(".")
             path = os.path.join(lease_dir, n)
             if not dot or ext != "lock":
@@ -423,7 +423,7 @@ class _Collector:
             if lid in dead_set or ((_age_ns(path, self.now) or 0) >= floor and not self._has_row(lid)
                                    and not is_held(path)):
                 self._remove(Item("lease", path), path, tree=False)
-        for n in _listdir(tmp_dir):
+        for n in listdir(tmp_dir):
             path = os.path.join(tmp_dir, n)
             age = _age_ns(path, self.now) or 0
             if n.startswith(".put-"):
@@ -445,7 +445,7 @@ class _Collector:
         if not self.opts.dry_run:
             try:
                 if tree and stat.S_ISDIR(os.lstat(path).st_mode):
-                    warn_mounts_kept(_remove_tree(path))
+                    warn_mounts_kept(remove_tree(path))
                 else:
                     os.unlink(path)
             except FileNotFoundError:
@@ -456,10 +456,10 @@ class _Collector:
         """Hardlink-checkout objects no checkout uses (st_nlink == 1), their rows, old ``.tmp-*``."""
         root = os.path.join(self.store.path, "links")
         links_db = self.meta.db("links")
-        for shard in sorted(_listdir(root)):
+        for shard in sorted(listdir(root)):
             sdir = os.path.join(root, shard)
             drop: list[tuple[str, int]] = []
-            for n in _listdir(sdir):
+            for n in listdir(sdir):
                 path = os.path.join(sdir, n)
                 try:
                     st = os.lstat(path)
@@ -566,15 +566,6 @@ def _history_name(key: bytes) -> str:
     when = struct.unpack(">Q", t)[0] if len(key) > 9 else 0
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when // 10**9)) + f".{when % 10**9:09d}Z"
     return f"{name.decode(errors='replace')}@{stamp}"
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
-    except NotADirectoryError:
-        return []
 
 
 def _size(path: str) -> int:
@@ -692,7 +683,7 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
             del files
             c.leases_and_temps(dead)
             if not opts.dry_run:
-                c.report.rows += apply_state.prune(store)  # records of applied ROOTs that are gone
+                c.report.rows += apply_records.prune(store)  # records of applied ROOTs that are gone
             c.link_objects()
             c.stat_cache()
             c.chunk_map()

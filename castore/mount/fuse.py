@@ -42,7 +42,7 @@ from typing import Any
 
 from castore import textsafe
 from castore.digest import EMPTY_DIGEST
-from castore.errors import BlobNotFound, CastoreError, IntegrityError, UnsafeInput
+from castore.errors import BlobNotFound, IntegrityError, MountUnavailable, UnsafeInput
 from castore.manifest.model import (
     Device,
     Directory,
@@ -64,10 +64,6 @@ TIMEOUT = 3600.0  # entry/attr cache timeout: nothing here ever changes
 RENEW_EVERY = 3600.0  # seconds between lease renewals (leases expire after 24 h)
 BLKSIZE = 128 << 10
 MOUNT_OPTIONS = ("ro", "nosuid", "nodev", "default_permissions", "subtype=continuity")
-
-
-class MountUnavailable(CastoreError):
-    """FUSE cannot be used here: no /dev/fuse, no library, or the mount failed (exit 1)."""
 
 
 # --------------------------------------------------------------------------- the inode table

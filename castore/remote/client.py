@@ -28,7 +28,7 @@ from urllib.parse import urlencode, urljoin
 
 import httpx
 
-from castore.errors import CastoreError, IntegrityError, NotFound
+from castore.errors import Aborted, IntegrityError, NotFound, RemoteError
 from castore.remote.oci import OCI_INDEX, OCI_MANIFEST
 from castore.remote.ref import Reference, is_loopback
 
@@ -51,14 +51,6 @@ def _env_timeout() -> float:
     except ValueError:
         return DEFAULT_TIMEOUT
     return value if 0 < value <= 3600 else DEFAULT_TIMEOUT
-
-
-class RemoteError(CastoreError):
-    """The registry could not be reached or refused a request (exit 1)."""
-
-
-class Aborted(CastoreError):
-    """Another transfer of the same operation failed first."""
 
 
 MAX_SMALL_ANSWER = 64 << 10

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from castore.digest import hash_bytes, hex_of
 from castore.errors import IntegrityError
 from castore.faults import crashpoint
-from castore.ingest import commit_manifest
 from castore.manifest import codec, validate
 from castore.manifest.bounds import check_parse_cost
 from castore.remote.client import Registry
@@ -27,6 +26,7 @@ from castore.remote.signatures import fetch_signatures, store_signatures
 from castore.remote.transfer import Progress, run_all
 from castore.sign.policy import Policy
 from castore.store import Store, check_name, manifest_refs
+from castore.store.commit import commit_manifest
 from castore.store.signatures import enforce
 
 

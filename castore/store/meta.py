@@ -16,7 +16,6 @@ Sub-databases (keys and values are bytes; see docs/design.md):
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import struct
@@ -26,7 +25,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from castore.errors import IntegrityError, ResourceLimit, StoreUnusable
+from castore.errors import DISK_FULL_ERRNOS, IntegrityError, ResourceLimit, StoreUnusable
 
 SCHEMA_VERSION = 1
 DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info", "roots", "chunkmap", "signatures")
@@ -166,7 +165,7 @@ class MetaDB:
             except lmdb.DiskError as exc:
                 raise ResourceLimit(f"store metadata: no space left ({exc})") from exc
             except lmdb.Error as exc:
-                if "No space" in str(exc) or getattr(exc, "errno", 0) == errno.ENOSPC:
+                if "No space" in str(exc) or getattr(exc, "errno", 0) in DISK_FULL_ERRNOS:
                     raise ResourceLimit(f"store metadata: no space left ({exc})") from exc
                 raise IntegrityError(f"store metadata at {self.path}: {exc}") from exc
         raise ResourceLimit("store metadata: map cannot grow")

@@ -11,7 +11,7 @@ recorded as verified, so that ``export`` can trust them until they change.
 The resulting manifest is the one ``ingest DIR`` gives for the tree
 ``tar --xattrs --xattrs-include='*' --numeric-owner -xpf`` (as root)
 extracts, then it is validated and committed by
-``castore.ingest.commit_manifest``.
+``castore.store.commit.commit_manifest``.
 
 Rules (README "Tar streams"):
 
@@ -53,9 +53,8 @@ import pyfastcdc
 from castore import fs, progress
 from castore.build import _ignored, make_pool
 from castore.bulkmode import bulk
-from castore.errors import IntegrityError
+from castore.errors import IntegrityError, TarCorrupt, TarUnsafe
 from castore.faults import crashpoint
-from castore.ingest import commit_manifest
 from castore.manifest import validate
 from castore.manifest.model import (
     Chunk,
@@ -70,6 +69,7 @@ from castore.manifest.model import (
 )
 from castore.readers import ChunkParams
 from castore.store import Store, check_name, manifest_refs
+from castore.store.commit import commit_manifest
 from castore.tar.export_source import save_records, vkey, vval
 from castore.tar.format import (
     AREG,
@@ -81,8 +81,6 @@ from castore.tar.format import (
     LNK,
     REG,
     SYM,
-    TarCorrupt,
-    TarUnsafe,
     parse_appledouble,
 )
 from castore.tar.import_content import PARALLEL_MIN, Dispatcher, OffsetReader, pin

@@ -29,7 +29,7 @@ from typing import Any
 
 import zstandard
 
-from castore.errors import NotFound, UnsafeInput
+from castore.errors import NotFound, TarCorrupt, TarUnsafe, UnsafeInput
 from castore.tar.format import (
     BLOCK,
     GNU_LONGLINK,
@@ -43,8 +43,6 @@ from castore.tar.format import (
     PAX_GLOBAL,
     PAX_SOLARIS,
     ZERO_BLOCK,
-    TarCorrupt,
-    TarUnsafe,
     padding,
     parse_header,
     parse_pax,

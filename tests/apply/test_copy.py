@@ -220,6 +220,6 @@ def test_deep_tree(tmp_path: Path) -> None:
         stats = copy_tree(str(src), str(tmp_path / "out"))
         assert stats.dirs == 1200 and stats.files == 1
     finally:
-        from castore.store import _remove_tree
+        from castore.fs.tree import remove_tree
         for p in ("src", "out"):
-            _remove_tree(str(tmp_path / p))  # pytest's recursive cleanup fails at this depth
+            remove_tree(str(tmp_path / p))  # pytest's recursive cleanup fails at this depth

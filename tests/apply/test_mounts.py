@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from castore.store import _remove_tree, discard_dir
+from castore.fs.tree import discard_dir, remove_tree
 from tests.helpers import ROOT
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not ROOT, reason="needs root (mount)")]
@@ -180,7 +180,7 @@ def test_tree_removal_never_crosses_a_mount(tmp_path: Path) -> None:
                     os.close(fd)
                 assert kept == [f"{top.name}/x/y/m"]
             else:
-                assert _remove_tree(str(top)) == [f"{top}/x/y/m"]
+                assert remove_tree(str(top)) == [f"{top}/x/y/m"]
             assert snapshot(data) == before
             assert not (top / "x" / "f").exists()
 
