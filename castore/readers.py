@@ -183,7 +183,7 @@ class Processor:
                     break
                 h.update(view[:n])
                 if tmp_fd >= 0:
-                    _write_all(tmp_fd, view[:n])
+                    fs.write_all(tmp_fd, view[:n])
                 total += n
                 if total > job.size:
                     raise FileChanged
@@ -307,16 +307,9 @@ def _fill(fd: int, path: str, pieces: tuple[bytes | memoryview, ...]) -> None:
     """Write ``pieces`` to the new file ``fd`` at ``path`` and close it; on failure remove it."""
     try:
         for p in pieces:
-            _write_all(fd, p)
+            fs.write_all(fd, p)
     except BaseException:
         os.close(fd)
         os.unlink(path)
         raise
     os.close(fd)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]

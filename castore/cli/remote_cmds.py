@@ -37,10 +37,15 @@ def remote_options(fn: F) -> F:
 @main_group.command("push")
 @click.argument("manifest", shell_complete=complete_names)
 @click.argument("reference", metavar="REGISTRY/REPO[:TAG]")
+@click.option("--base", "bases", multiple=True, metavar="REF",
+              help="Another artifact of the same repository (TAG, @DIGEST or full reference) whose packs "
+                   "may be reused; the tag being overwritten always is. Repeatable.")
+@click.option("--pack-size", type=click.IntRange(64 << 10, 1 << 30), default=None, metavar="BYTES",
+              help="Target size of new packs (default 32 MiB; larger when a tree would need over 4096 packs).")
 @remote_options
 @click.pass_obj
-def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int, username: str | None,
-             password_stdin: bool, as_json: bool) -> None:
+def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], pack_size: int | None,
+             insecure: bool, jobs: int, username: str | None, password_stdin: bool, as_json: bool) -> None:
     """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST.
 
     \b
@@ -48,20 +53,34 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int,
       continuity push web registry.example.com/team/web:2026-12-07
       continuity push web localhost:5000/web --json
     """
+    from castore.remote.packer import PACK_TARGET
     from castore.remote.push import push  # httpx is imported only by the verbs that need it
 
     ref = parse_reference_or_usage(reference, insecure, allow_digest=False)
+    base_refs = [_base_reference(ref, b, insecure) for b in bases]
     m, digest, store = resolve(obj, manifest, need_store=True)
     assert store is not None
     res = push(store, m, ref, manifest_digest=digest, jobs=jobs, username=username,
-               password=_password(password_stdin))
+               password=_password(password_stdin), bases=base_refs, pack_target=pack_size or PACK_TARGET)
     pinned = f"{ref.registry}/{ref.repo}@{res.oci_digest}"
     if as_json:
         print_json({"reference": pinned, "tag": str(ref), "oci_digest": res.oci_digest,
                     "digest": res.manifest_digest, "uploaded": res.uploaded, "skipped": res.skipped,
-                    "uploaded_size": res.uploaded_bytes, "signatures": res.signatures})
+                    "uploaded_size": res.uploaded_bytes, "signatures": res.signatures,
+                    "packs_new": res.packs_new, "packs_reused": res.packs_reused,
+                    "oci_manifest_size": res.oci_manifest_size})
     else:
         click.echo(pinned)
+
+
+def _base_reference(ref: Reference, text: str, insecure: bool) -> Reference:
+    """``--base``: a tag (``v1``) or digest (``@sha256:…``, ``sha256:…``) of ``ref``'s repository, or a full one."""
+    if "/" not in text:
+        sep = "" if text.startswith("@") else "@" if text.startswith("sha256:") else ":"
+        text = f"{ref.registry}/{ref.repo}{sep}{text}"
+        if ref.base.startswith("http://"):
+            insecure = True
+    return parse_reference_or_usage(text, insecure, allow_digest=True)
 
 
 @main_group.command("pull")
@@ -89,7 +108,8 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: i
     if as_json:
         print_json({"digest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
                     "downloaded": res.downloaded, "present": res.present,
-                    "downloaded_size": res.downloaded_bytes, "signatures": res.signatures})
+                    "downloaded_size": res.downloaded_bytes, "signatures": res.signatures,
+                    "resumed": res.resumed})
     else:
         click.echo(res.manifest_digest)
 

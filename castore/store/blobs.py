@@ -15,9 +15,9 @@ import stat
 from collections.abc import Callable, Iterable
 
 from castore import fs
-from castore.digest import hash_fd
 from castore.errors import BlobNotFound, CastoreError, IntegrityError, UnsafeInput, raise_if_full
 from castore.faults import crashpoint
+from castore.fs.io import hash_fd
 from castore.fs.tree import fsync_dir
 from castore.store.base import StoreState
 from castore.store.meta import BLOB_ROW, dkey
