@@ -155,7 +155,7 @@ def test_live_lease_protects_its_manifest_and_dead_lease_is_cleaned(cli, store_p
     rep = gc_json(cli, "--grace", "0")
     assert not (store_path / "tmp" / lid).exists()
     assert not (store_path / "leases" / f"{lid}.lock").exists()
-    assert rep["counts"]["lease"] >= 1 and rep["counts"]["digest"] == 1
+    assert rep["counts"]["lease"] >= 1 and rep["counts"]["manifest"] == 1
     assert d not in blob_files(store_path)
 
 
@@ -226,7 +226,7 @@ def test_index_deletes_in_small_chunks(store: Store, tmp_path: Path, monkeypatch
     dry = collect(store, GcOptions(grace_ns=0, dry_run=True))
     real = collect(store, GcOptions(grace_ns=0, list_items=True, nice=5))
     assert sorted((i.kind, i.name) for i in dry.items) == sorted((i.kind, i.name) for i in real.items)
-    assert real.counts["blob"] >= 10 and real.counts["digest"] == 1
+    assert real.counts["blob"] >= 10 and real.counts["manifest"] == 1
     assert store.missing_blobs([gone]) == {gone} and not store.missing_blobs([keep])
     assert fsck(store).sound and not fsck(store).findings
     assert os.getpriority(os.PRIO_PROCESS, 0) == 0 or os.geteuid() != 0  # priority restored
