@@ -22,6 +22,7 @@ LazyGroup.lazy.update({
     **dict.fromkeys(["gc", "fsck"], "castore.cli.gc_cmds"),
     "mount": "castore.cli.mount_cmd",
     **dict.fromkeys(["push", "pull"], "castore.cli.remote_cmds"),
+    **dict.fromkeys(["login", "logout"], "castore.cli.login_cmds"),
     **dict.fromkeys(["keygen", "sign", "verify-signature"], "castore.cli.sign_cmds"),
 })
 
