@@ -15,7 +15,7 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 
-from castore import fs
+from castore import fs, progress
 from castore.bulkmode import bulk
 from castore.errors import (
     Busy,
@@ -89,11 +89,14 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
             if writer.store is not None:
                 writer.preload([r for r in entries if isinstance(r, (RegularFile, LinkRef))])
 
+        bar = progress.task("checkout", total=len(others), unit="entries")
+        bar.__enter__()  # closed below, or by the CLI's error line
         if parallel and len(others) >= PARALLEL_MIN and (os.cpu_count() or 1) > 1:
             # The child's records are read before it forks (it never touches LMDB); ours
             # while it already works, and then the child sorts and sends its records: on
             # `many` both ended together with 48.8% of the hardlinks here.
             mine, theirs = _halves(others, 0.488 if writer.opts.link == "hardlink" else 0.5)
+            bar.set_total(len(mine))  # the forked half does not report: this process's share is shown
             preload(theirs)
 
             def also() -> None:
@@ -104,6 +107,7 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
             preload(others)
             _create_entries(dirs, others, writer)
             extra = []
+        bar.__exit__(None, None, None)
         for rel in sorted(made_dirs, key=lambda p: -p.count("/")):
             parent, _, name = rel.rpartition("/")
             os.chmod(name, 0o755, dir_fd=dirs.get(parent))
@@ -139,6 +143,7 @@ def _create_entries(dirs: DirFds, entries: list[Item], writer: Writer) -> None:
         for other in r.paths[1:]:
             p2, n2 = _split(other)
             os.link(name, n2, src_dir_fd=dfd, dst_dir_fd=dirs.get(p2), follow_symlinks=False)
+        progress.advance()
         if count == 100:
             crashpoint("checkout-mid-files")
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from castore import fs
+from castore import fs, progress
 from castore.bulkmode import bulk
 from castore.errors import CastoreError, SourceChanged, UnsafeInput
 from castore.faults import crashpoint
@@ -316,17 +316,20 @@ class _Copier:
 
     def copy_files(self) -> None:
         jobs = self.files
-        workers = self.workers if self.workers is not None else min(2, os.cpu_count() or 1)
-        if workers <= 1 or len(jobs) < POOL_MIN_FILES:
-            for j in jobs:
-                copy_file(self.src_root, self.dst_root, j, self.mv, self.stats)
-            return
-        batches = [jobs[i:i + BATCH] for i in range(0, len(jobs), BATCH)]
-        # fork: the workers inherit the two root fds (numbers passed as they are).
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            for res in pool.map(_copy_batch, [self.src_root] * len(batches), [self.dst_root] * len(batches),
-                                batches):
-                self.stats.add(res)
+        with progress.task("copy", total=sum(j.size for j in jobs)) as bar:
+            workers = self.workers if self.workers is not None else min(2, os.cpu_count() or 1)
+            if workers <= 1 or len(jobs) < POOL_MIN_FILES:
+                for j in jobs:
+                    copy_file(self.src_root, self.dst_root, j, self.mv, self.stats)
+                    bar.advance(j.size)
+                return
+            batches = [jobs[i:i + BATCH] for i in range(0, len(jobs), BATCH)]
+            # fork: the workers inherit the two root fds (numbers passed as they are).
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                for batch, res in zip(batches, pool.map(_copy_batch, [self.src_root] * len(batches),
+                                                        [self.dst_root] * len(batches), batches), strict=True):
+                    self.stats.add(res)
+                    bar.advance(sum(j.size for j in batch))
 
     def hardlinks(self) -> None:
         for first, other in self.links:

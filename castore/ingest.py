@@ -12,13 +12,12 @@ import contextlib
 import hashlib
 import marshal
 import os
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
 import castore.store.statcache as statcache
-from castore import fs
+from castore import fs, progress
 from castore.build import (
     Reader,
     WalkOptions,
@@ -78,26 +77,20 @@ def _sizes(jobs: list[FileJob], results: list[FileResult]) -> dict[str, int]:
 
 
 class Progress:
-    """Files, bytes and rate on stderr when it is a terminal; silent otherwise."""
+    """Bytes read of the files to read (known once the walk is over), as a ``castore.progress`` task."""
 
     def __init__(self) -> None:
-        self.on = sys.stderr.isatty()
-        self.files = self.bytes = 0
-        self.start = self.last = time.monotonic()
+        self.task = progress.task("ingest")
+        self.task.__enter__()
 
     def __call__(self, files: int, nbytes: int) -> None:
-        self.files += files
-        self.bytes += nbytes
-        now = time.monotonic()
-        if self.on and now - self.last > 0.2:
-            self.last = now
-            rate = self.bytes / max(now - self.start, 1e-6) / 1e6
-            print(f"\r{self.files} files, {self.bytes / 1e6:.0f} MB stored, {rate:.0f} MB/s ",
-                  end="", file=sys.stderr, flush=True)
+        self.task.advance(nbytes)
+
+    def total(self, nbytes: int) -> None:
+        self.task.set_total(nbytes)
 
     def done(self) -> None:
-        if self.on and self.files:
-            print(file=sys.stderr)
+        self.task.__exit__(None, None, None)
 
 
 @bulk
@@ -152,11 +145,13 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
                     if fp is not None:
                         shortcut = _unchanged_tree(store, known, fp, name)
                         if shortcut is not None:
+                            prog.done()
                             return shortcut
                     known = None
                     with store.meta.read() as txn:
                         for job in deferred:
                             on_file(job)
+                prog.total(sum(j.size for j in reader.jobs))
                 fresh = read_with_retries(root_fd, proc, reader.jobs, pool, results=_results(reader, lease.fd))
                 synced = store.sync_in_background(lease.fd)  # every blob is written: flush while we encode
                 prog.done()

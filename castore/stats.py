@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from castore.manifest.model import Directory, Manifest, RegularFile
+from castore.units import human_size  # IEC (KiB, MiB): one style everywhere; re-exported
 
 KINDS = ("file", "dir", "symlink", "device", "fifo", "socket", "whiteout")
 
@@ -35,15 +36,6 @@ def disk_usage(m: Manifest) -> dict[str, int]:
             "unique_content_bytes": sum(unique.values()),
             "files": len(files), "entries": sum(len(r.paths) for r in m.resources),
             "directories": sum(1 for r in m.resources if isinstance(r, Directory))}
-
-
-def human_size(n: float) -> str:
-    """``n`` bytes as du -h prints them: 512B, 1.5K, 3.0M, ... (powers of 1024)."""
-    for unit in ("B", "K", "M", "G", "T"):
-        if n < 1024 or unit == "T":
-            return f"{n:.1f}{unit}" if unit != "B" else f"{int(n)}B"
-        n /= 1024
-    return str(n)
 
 
 __all__ = ["disk_usage", "human_size", "manifest_stats"]

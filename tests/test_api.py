@@ -175,7 +175,10 @@ def test_cli_stats_and_du_print_what_the_library_computes(tmp_path: Path) -> Non
     import json
 
     got = json.loads(run_cli("stats", "web", "--json", store=st, check=True).stdout)
-    want = castore.stats(str(st), "web")
+    from castore.cli.jsonout import canonical, document  # the CLI's key names (docs/json.md)
+
+    want = canonical(castore.stats(str(st), "web"))
     assert {k: got[k] for k in want} == want
-    assert json.loads(run_cli("du", "web", "--json", store=st, check=True).stdout) == castore.du(str(st), "web")
-    assert run_cli("du", "web", "--human", store=st, check=True).stdout.split(b"\t")[0] == b"4.9K"
+    assert json.loads(run_cli("du", "web", "--json", store=st, check=True).stdout) == document(
+        castore.du(str(st), "web"))
+    assert run_cli("du", "web", "--human", store=st, check=True).stdout.split(b"\t")[0] == b"4.9 KiB"

@@ -76,7 +76,7 @@ def test_listings_one_line_per_entry(tmp_path: Path) -> None:
     assert len(lines(run_cli("history", "hostile", store=st, check=True).stdout)) == 1
     assert len(lines(run_cli("list", "--history", "hostile", store=st, check=True).stdout)) == 1
     stats = json.loads(run_cli("stats", digest, "--json", store=st, check=True).stdout)
-    assert len(lines(run_cli("stats", digest, store=st, check=True).stdout)) == len(stats)
+    assert len(lines(run_cli("stats", digest, store=st, check=True).stdout)) == len(stats) - 1  # "schema" is JSON only
     odd = tmp_path / "du\ndir\x1b"
     os.rename(src, odd)
     p = run_cli("du", odd, store=st, check=True)
@@ -119,7 +119,7 @@ def test_json_output_stays_valid(tmp_path: Path) -> None:
     assert_clean(p.stdout)
     assert '"/c1\\302\\205nel"' in p.stdout.decode()
     p = run_cli("diff", tmp_path / "src", digest, "--json", store=st, check=True)
-    assert json.loads(p.stdout) == {"changes": []}
+    assert json.loads(p.stdout) == {"schema": 1, "ok": True, "changes": []}
 
 
 def test_fsck_report_names_paths_on_one_line(tmp_path: Path) -> None:

@@ -351,7 +351,7 @@ def test_catalog_verbs(tmp_path: Path, cli: Callable[..., object], store_path: P
     d = cli("ingest", src, "--name", "first").stdout.decode().strip()  # type: ignore[attr-defined]
     assert d.startswith("sha256:")
     assert cli("tag", d[7:19], "second").returncode == 0  # type: ignore[attr-defined]
-    rows = json.loads(cli("list", "--json").stdout)  # type: ignore[attr-defined]
+    rows = json.loads(cli("list", "--json").stdout)["names"]  # type: ignore[attr-defined]
     assert {r["name"] for r in rows} == {"first", "second"} and all(r["digest"] == d for r in rows)
     assert cli("ls", d[:19]).returncode == 0  # type: ignore[attr-defined]
     assert cli("ls", "second").returncode == 0  # type: ignore[attr-defined]
@@ -362,7 +362,7 @@ def test_catalog_verbs(tmp_path: Path, cli: Callable[..., object], store_path: P
     assert cli("tag", d, "sha256:" + "a" * 64).returncode == 3  # type: ignore[attr-defined]
     assert cli("ingest", src, "--name", "").returncode == 3  # type: ignore[attr-defined]
     hist = cli("history", "first", "--json")  # type: ignore[attr-defined]
-    assert json.loads(hist.stdout)[0]["digest"] == d  # type: ignore[attr-defined]
+    assert json.loads(hist.stdout)["versions"][0]["digest"] == d  # type: ignore[attr-defined]
 
 
 def test_ingest_unchanged_tree_is_identical(tmp_path: Path, store: Store) -> None:

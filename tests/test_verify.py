@@ -117,7 +117,7 @@ def test_cli_ls_dump_stats_diff_du(tmp_path: Path) -> None:
     assert kinds["/added"] == "added" and kinds["/etc/empty1"] == "deleted"
     assert kinds["/etc/empty2"] == "modified" and kinds["/bin/su"] == "metadata"
     du = json.loads(run_cli("du", "--json", mf, store=st).stdout)
-    assert du["bytes"] == 20 + 4 + 5  # hosts counted once
+    assert du["size"] == 20 + 4 + 5  # hosts counted once
 
 
 def test_missing_manifest_and_garbage(tmp_path: Path) -> None:

@@ -218,9 +218,12 @@ class Applier(LeafPhases):
             if w is None:
                 if p.rsplit("/", 1)[1].startswith(TMP_PREFIX):
                     reason = "leftover of an interrupted apply"
-                elif self.opts.delete and not is_ignored(h, self.opts) and not (
-                        p in implicit and isinstance(h, Directory)):
-                    reason = "not in the manifest"
+                elif not is_ignored(h, self.opts) and not (p in implicit and isinstance(h, Directory)):
+                    if self.opts.delete:
+                        reason = "not in the manifest"
+                    elif not (removed and any(q in removed for q in _parents(p))):
+                        self.report.extra += 1  # left in place: the caller says so
+                        self.log(f"E {p} (not in the manifest; kept without --delete)")
             elif isinstance(w, Whiteout):
                 reason = "whiteout"
             if not reason and w is None and hollow and p.rsplit("/", 1)[0] in hollow:

@@ -10,7 +10,7 @@ import secrets
 import stat
 from typing import TYPE_CHECKING
 
-from castore import fs
+from castore import fs, progress
 from castore.apply.metadata import ifmt, set_metadata
 from castore.apply.options import META_ATTRS, TMP_PREFIX, ApplyOptions, ApplyReport, same_content
 from castore.apply.options import split_path as _split
@@ -149,6 +149,7 @@ class LeafPhases:
         try:
             if isinstance(w, RegularFile):
                 self.create_file(dfd, tmp, w)
+                progress.advance(w.size)
             else:
                 self.writer.create_other(dfd, tmp, w, path)
         except BaseException:

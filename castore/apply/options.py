@@ -47,6 +47,7 @@ class ApplyReport:
     unchanged: int = 0
     hashed: int = 0
     trusted: int = 0  # paths trusted unchanged from ROOT's record of the last apply (not scanned)
+    extra: int = 0  # entries of ROOT the manifest does not list, left in place (no --delete)
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:

@@ -24,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 
 import castore.apply.state as apply_state
 import castore.store.statcache as statcache
-from castore import fs
+from castore import fs, progress
 from castore.apply.changes import TMP_PREFIX, Applier, ApplyOptions, ApplyReport, same_content
 from castore.apply.scan import Changes, Scan, TreeChanged, scan_changes, scan_tree
 from castore.apply.sources import DirSource, Source, StagedSource, stage_tar
@@ -266,7 +266,8 @@ def _phases(ap: Applier, writer: Writer, root: str, root_fd: int, opts: ApplyOpt
     try:
         ap.deletions()
         ap.directories()
-        ap.leaves()
+        with progress.task("apply", total=sum(w.size * len(w.paths) for w in ap.m.files())):
+            ap.leaves()
         crashpoint("apply-before-dir-metadata")
         ap.dir_metadata()
         # New hardlink objects (on ROOT's filesystem) are made durable before the records

@@ -13,7 +13,7 @@ from castore.cli import phases  # first: its clock starts before the other impor
 # isort: split
 import click
 
-from castore.cli.common import LazyGroup, fail, main_group
+from castore.cli.common import LazyGroup, fail, main_group, quiet_broken_pipe
 
 phases.mark("cli imports")
 
@@ -37,7 +37,7 @@ LazyGroup.summaries.update({
     "checkout": "Materialise MANIFEST at TARGET (absent or empty), complete or not at all.",
     "copy": "Duplicate the tree SRC at DST (which must not exist), safely, keeping everything.",
     "diff": "Changes from A to B (manifests or trees): A added, D deleted, M modified, m metadata only.",
-    "du": "Disk usage of a manifest or tree, hardlinks counted once.",
+    "du": "Disk usage (bytes) of a manifest or tree, hardlinks counted once.",
     "dump": "Dump MANIFEST as prototext (upstream's dump), JSON, or its stored protobuf bytes.",
     "export": "Write MANIFEST as a tar stream (PAX: xattrs, hardlinks, devices, sparse files, ns times).",
     "fsck": "Check index <-> files, catalog references and (--read-data) content; exit 4 on damage.",
@@ -45,7 +45,7 @@ LazyGroup.summaries.update({
     "history": "Every manifest recorded under NAME, oldest first.",
     "ingest": "Store the tree SRC; print the manifest digest alone on stdout.",
     "keygen": "Write a new OpenSSH Ed25519 key pair: FILE (private, 0600) and FILE.pub.",
-    "list": "The catalog: names, digests, dates, sizes.",
+    "list": "The catalog: name, digest, date (UTC) and tree size in bytes, tab-separated.",
     "login": "Check USER's password against REGISTRY (GET /v2/), then store it for push and pull.",
     "logout": "Forget the stored credentials of REGISTRY.",
     "ls": "List the entries of MANIFEST, one path per line.",
@@ -55,32 +55,57 @@ LazyGroup.summaries.update({
     "push": "Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST.",
     "rm": "Remove NAMES from the catalog (content goes at the next gc).",
     "sign": "Sign MANIFEST (namespace \"continuity\", over its stored bytes) and keep the signature in the store.",
-    "stats": "Counts and sizes of MANIFEST.",
+    "stats": "Counts and sizes of MANIFEST (size: bytes of its files).",
     "tag": "Record MANIFEST under NAME (a manifest file is stored first).",
     "verify": "Report every difference between ROOT and MANIFEST; exit 1 if any.",
     "verify-signature": "Exit 0 when a signature of MANIFEST verifies for a principal of FILE, 4 otherwise.",
 })
 
 
-def main() -> None:
+def hoist_store(argv: list[str]) -> list[str]:
+    """``--store PATH`` (or ``--store=PATH``) anywhere before ``--`` moves in front of the verb."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest.extend(argv[i:])
+            break
+        if a == "--store" and i + 1 < len(argv):
+            front += argv[i:i + 2]
+            i += 2
+            continue
+        if a.startswith("--store="):
+            front.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
+
+
+def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script.
 
-    click's own errors (bad usage, exit 2) end, like every other failure, with one
-    ``continuity: error: ...`` line on stderr (the usage hint precedes it).
+    click's own errors (bad usage, exit 2) end, like every other failure, in one
+    ``continuity: error: ...`` line on stderr, with the help command to run.
     """
+    args = hoist_store(list(sys.argv[1:] if argv is None else argv))
     try:
-        rv = main_group.main(prog_name="continuity", standalone_mode=False)
+        rv = main_group.main(args=args, prog_name="continuity", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
         fail("missing command (see the list above)", exc.exit_code)
     except click.ClickException as exc:
         ctx = getattr(exc, "ctx", None)
+        hint = ""
         if isinstance(exc, click.UsageError) and ctx is not None:
-            click.echo(ctx.get_usage(), err=True)
-            click.echo(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.", err=True)
-        fail(exc.format_message(), exc.exit_code)
+            hint = f" (see '{ctx.command_path} --help')"
+        fail(exc.format_message() + hint, exc.exit_code)
     except click.Abort:
         fail("aborted", 1)
+    except BrokenPipeError:
+        quiet_broken_pipe()
     sys.exit(rv if type(rv) is int else 0)
 
 

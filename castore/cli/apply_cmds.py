@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 import click
 
 from castore.api import apply
-from castore.cli.common import Ctx, ignore_opt, main_group, print_json, resolve_lazy, write_ignore_opt
+from castore.cli.common import (
+    Ctx,
+    complete_names,
+    ignore_opt,
+    json_opt,
+    main_group,
+    print_json,
+    resolve_lazy,
+    write_ignore_opt,
+)
 from castore.cli.trust import check_trust
 from castore.errors import Differences
 from castore.materialize import LINK_MODES
@@ -17,7 +27,7 @@ from castore.textsafe import safe_line
 
 @main_group.command("apply")
 @click.argument("root", type=click.Path(file_okay=False))
-@click.argument("manifest")
+@click.argument("manifest", shell_complete=complete_names)
 @click.option("--source", default="store", show_default=True, metavar="DIR|TAR|store",
               help="Where file content comes from: the store, a directory (by path) or a tar file.")
 @click.option("--move", is_flag=True, help="With --source DIR: rename files out of it (same filesystem).")
@@ -32,14 +42,26 @@ from castore.textsafe import safe_line
 @click.option("--rewrite-absolute-symlinks", is_flag=True,
               help="Make absolute symlink targets relative to the link's directory (relocatable trees).")
 @click.option("--sync", is_flag=True, help="Flush ROOT's filesystem at the end (syncfs).")
-@click.option("-v", "--verbose", is_flag=True, help="One line per change on stderr.")
-@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="One line per change on stderr (as the global -v).")
+@json_opt
 @write_ignore_opt
 @click.pass_obj
 def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delete: bool, disable_digest: bool,
               rehash: bool, link: str, devices: str | None, sockets: bool, rewrite_absolute_symlinks: bool,
               sync: bool, verbose: bool, as_json: bool, ignore_attr: frozenset[str]) -> None:
-    """Make ROOT match MANIFEST in place, changing only what differs."""
+    """Make ROOT match MANIFEST in place, changing only what differs.
+
+    Without --delete, entries of ROOT the manifest does not list stay; their
+    number is said on stderr (-v lists them).
+
+    \b
+    Examples:
+      continuity apply /srv/web web
+      continuity apply /srv/web web --delete -v
+      continuity apply /srv/web ./web.pb --source web.tar.xz
+      continuity apply /srv/web web --json
+    """
+    verbose = verbose or obj.verbose > 0
     # Short-lived and allocation-heavy (a Resource per entry, no cycles): the cyclic GC only
     # costs time here (~25% of a no-op apply).
     gc.disable()
@@ -56,7 +78,10 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
                    rewrite_absolute_symlinks=rewrite_absolute_symlinks, move=move, sync=sync,
                    ignore_attrs=ignore_attr, log=log, validated=True)
     if as_json:
-        print_json(report.as_dict())
+        print_json({"digest": digest, "path": os.path.abspath(root), **report.as_dict()})
+    if report.extra and not obj.quiet:
+        click.echo(f"continuity: apply left {report.extra} entr{'y' if report.extra == 1 else 'ies'} the manifest "
+                   f"does not list (--delete removes them{'' if verbose else '; -v lists them'})", err=True)
     for p in report.problems:
         click.echo(f"continuity: {safe_line(p)}", err=True)
     if report.problems:
@@ -67,13 +92,24 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
 @click.argument("src", type=click.Path(file_okay=False))
 @click.argument("dst", type=click.Path())
 @ignore_opt
+@json_opt
 @click.pass_obj
-def copy_cmd(obj: Ctx, src: str, dst: str, ignore: tuple[str, ...]) -> None:
-    """Duplicate the tree SRC at DST (which must not exist), safely, keeping everything."""
+def copy_cmd(obj: Ctx, src: str, dst: str, ignore: tuple[str, ...], as_json: bool) -> None:
+    """Duplicate the tree SRC at DST (which must not exist), safely, keeping everything.
+
+    \b
+    Examples:
+      continuity copy /srv/web /srv/web.bak
+      continuity copy /srv/web /srv/web.bak --ignore '*.tmp' --json
+    """
+    import dataclasses
+
     from castore.copy import copy_tree  # here: its imports (multiprocessing, shutil) cost apply 7 ms
 
     gc.disable()
-    copy_tree(src, dst, ignore=ignore)
+    stats = copy_tree(src, dst, ignore=ignore)
+    if as_json:
+        print_json({"source": os.path.abspath(src), "path": os.path.abspath(dst), **dataclasses.asdict(stats)})
 
 
 __all__ = ["sys"]

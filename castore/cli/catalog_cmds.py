@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
 from castore.cli.common import (
     Ctx,
+    complete_names,
     ignore_opt,
+    json_opt,
     main_group,
     print_json,
     resolve,
 )
 from castore.store import check_name
 from castore.textsafe import quote
+from castore.units import human_size, iso_s
 
 
 @main_group.command("ingest")
@@ -26,13 +29,23 @@ from castore.textsafe import quote
 @click.option("--keep-appledouble", is_flag=True, help="Keep ._* and __MACOSX entries.")
 @click.option("--whiteouts", type=click.Choice(["none", "overlay", "oci"]), default="none", show_default=True,
               help="Read whiteouts as such: overlay (char 0/0, opaque xattrs) for SRC, oci (.wh.*) for --tar.")
-@click.option("--tar", "tar_src", metavar="FILE|-", help="Read a tar stream (plain, gzip, zstd) instead of SRC.")
+@click.option("--tar", "tar_src", metavar="FILE|-",
+              help="Read a tar stream (plain, gzip, zstd, xz, bzip2) instead of SRC.")
 @click.option("--appledouble", type=click.Choice(["fold", "drop", "keep"]), default=None,
               help="--tar: AppleDouble members into com.apple.* xattrs (fold, default), left out, or kept.")
+@json_opt
 @click.pass_obj
 def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, ...], keep_appledouble: bool,
-               whiteouts: str, tar_src: str | None, appledouble: str | None) -> None:
-    """Store the tree SRC; print the manifest digest alone on stdout."""
+               whiteouts: str, tar_src: str | None, appledouble: str | None, as_json: bool) -> None:
+    """Store the tree SRC; print the manifest digest alone on stdout.
+
+    \b
+    Examples:
+      continuity ingest /srv/web --name web
+      continuity ingest --tar rootfs.tar.xz --name rootfs
+      curl -sL URL | continuity ingest --tar - --name fetched
+      continuity ingest /srv/web --ignore '*.log' --json
+    """
     if name is not None:
         check_name(name)
     if tar_src is not None:
@@ -50,22 +63,33 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
 
         digest = ingest(obj.store(), src, name=name, ignore=ignore, keep_appledouble=keep_appledouble,
                         whiteouts=whiteouts, progress=True)
-    click.echo(digest)
+    if as_json:
+        print_json({"digest": digest, "name": name})
+    else:
+        click.echo(digest)
 
 
-def _when(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_when = iso_s
 
 
 @main_group.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_opt
 @click.option("--history", "history", metavar="NAME", help="Every manifest recorded under NAME.")
+@click.option("-H", "--human", is_flag=True, help="Sizes in KiB, MiB, GiB.")
 @click.pass_obj
-def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
-    """The catalog: names, digests, dates, sizes."""
+def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
+    """The catalog: name, digest, date (UTC) and tree size in bytes, tab-separated.
+
+    \b
+    Examples:
+      continuity list
+      continuity list -H
+      continuity list --json | jq -r '.names[].name'
+      continuity list --history web
+    """
     store = obj.store()
     if history is not None:
-        _print_history(store, store.history(history), as_json)
+        _print_history(store, history, store.history(history), as_json)
         return
     tags = store.tags()
     out = []
@@ -74,10 +98,11 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
         out.append({"name": t.name, "digest": t.digest, "time": _when(t.time_ns), "manifest_size": t.size,
                     "size": total, "versions": len(store.history(t.name)), "signatures": _sigs(store, t.digest)})
     if as_json:
-        print_json(out)
+        print_json({"names": out})
         return
     for row in out:
-        click.echo(f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{row['size']}\t"
+        size = human_size(row["size"]) if human else row["size"]  # type: ignore[arg-type]
+        click.echo(f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{size}\t"
                    f"{_signers(row['signatures'])}")  # type: ignore[arg-type]
 
 
@@ -100,13 +125,13 @@ def _signers(sigs: list[dict[str, object]]) -> str:
     return ",".join(sorted({quote(str(s["principal"] or s["fingerprint"])) for s in sigs})) or "-"
 
 
-def _print_history(store: object, rows: Sequence[object], as_json: bool) -> None:
+def _print_history(store: object, name: str, rows: Sequence[Any], as_json: bool) -> None:
     if as_json:
-        print_json([{"name": t.name, "digest": t.digest, "time": _when(t.time_ns),  # type: ignore[attr-defined]
-                     "signatures": _sigs(store, t.digest)} for t in rows])  # type: ignore[attr-defined]
+        print_json({"name": name, "versions": [{"digest": t.digest, "time": _when(t.time_ns),
+                                                "signatures": _sigs(store, t.digest)} for t in rows]})
     else:
         for t in rows:
-            click.echo(f"{_when(t.time_ns)}  {t.digest}  {_signers(_sigs(store, t.digest))}")  # type: ignore
+            click.echo(f"{_when(t.time_ns)}  {t.digest}  {_signers(_sigs(store, t.digest))}")
 
 
 def _tree_size(store: object, digest: str) -> int:
@@ -118,25 +143,38 @@ def _tree_size(store: object, digest: str) -> int:
 
 
 @main_group.command("history")
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("name", shell_complete=complete_names)
+@json_opt
 @click.pass_obj
 def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
-    """Every manifest recorded under NAME, oldest first."""
+    """Every manifest recorded under NAME, oldest first.
+
+    \b
+    Examples:
+      continuity history web
+      continuity history web --json
+    """
     store = obj.store()
     rows = store.history(name)
     if not rows:
         from castore.errors import NotFound
         raise NotFound(f"no history for {name!r}")
-    _print_history(store, rows, as_json)
+    _print_history(store, name, rows, as_json)
 
 
 @main_group.command("tag")
-@click.argument("manifest")
+@click.argument("manifest", shell_complete=complete_names)
 @click.argument("name")
+@json_opt
 @click.pass_obj
-def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
-    """Record MANIFEST under NAME (a manifest file is stored first)."""
+def tag_cmd(obj: Ctx, manifest: str, name: str, as_json: bool) -> None:
+    """Record MANIFEST under NAME (a manifest file is stored first).
+
+    \b
+    Examples:
+      continuity tag web web-2026-12-07
+      continuity tag ./site.pb site          # a manifest file, its blobs already stored
+    """
     check_name(name)
     store = obj.store()
     m, digest, _ = resolve(obj, manifest, need_store=True)
@@ -160,17 +198,38 @@ def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
             store.meta.write(record)
     else:
         store.tag(name, digest)
-    click.echo(digest)
+    if as_json:
+        print_json({"name": name, "digest": digest})
+    else:
+        click.echo(digest)
 
 
 @main_group.command("rm")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_names)
+@json_opt
 @click.pass_obj
-def rm_cmd(obj: Ctx, names: tuple[str, ...]) -> None:
-    """Remove NAMES from the catalog (content goes at the next gc)."""
+def rm_cmd(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+    """Remove NAMES from the catalog (content goes at the next gc).
+
+    All or nothing: every name is checked first; if one is not in the
+    catalog, none is removed.
+
+    \b
+    Examples:
+      continuity rm web-old
+      continuity rm a b c && continuity gc
+    """
     store = obj.store()
-    for n in names:
+    missing = [n for n in dict.fromkeys(names) if store.get_tag(n) is None]
+    if missing:
+        from castore.errors import NotFound
+        raise NotFound(f"no manifest named {', '.join(map(repr, missing))}; nothing removed")
+    removed = []
+    for n in dict.fromkeys(names):
         store.untag(n)
+        removed.append(n)
+    if as_json:
+        print_json({"removed": removed})
 
 
 __all__ = ["sys"]

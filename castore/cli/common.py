@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import os
@@ -26,6 +27,24 @@ ignore_opt = click.option("--ignore", "ignore", multiple=True, metavar="GLOB",
                           help="Leave out entries matching GLOB (name, or path from the root). Repeatable.")
 MAX_MANIFEST_FILE = 1 << 31
 
+json_opt = click.option("--json", "as_json", is_flag=True,
+                        help="Print the result as one JSON document (keys: docs/json.md).")
+
+
+def complete_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of MANIFEST/NAME arguments: the catalog's names (the store is only read)."""
+    from castore.store import default_store_path  # noqa: PLC0415
+
+    path = ctx.find_root().params.get("store_path") or os.environ.get("CONTINUITY_STORE") or default_store_path()
+    if not os.path.exists(os.path.join(path, "config")):
+        return []
+    try:
+        names = [t.name for t in Store.open(path, create=False).tags()]
+    except Exception:  # noqa: BLE001 - completion never fails loudly
+        return []
+    from click.shell_completion import CompletionItem
+    return [CompletionItem(n) for n in sorted(names) if n.startswith(incomplete)]
+
 
 def _write_ignores(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> frozenset[str]:
     from castore.api import write_ignores
@@ -42,9 +61,12 @@ write_ignore_opt = click.option(
 
 
 class Ctx:
-    def __init__(self, store_path: str | None, debug: bool, policy_path: str | None = None) -> None:
+    def __init__(self, store_path: str | None, debug: bool, quiet: bool = False, verbose: int = 0,
+                 policy_path: str | None = None) -> None:
         self.store_path = store_path
         self.debug = debug
+        self.quiet = quiet  # -q: no progress, no notes; errors still print
+        self.verbose = verbose  # -v: more detail on stderr (-vv: more)
         self.policy_path = policy_path  # --policy FILE (castore/sign/policy.py looks further)
         self._store: Store | None = None
 
@@ -74,8 +96,20 @@ def _unproc(name: object) -> object:
 
 
 def fail(msg: str, code: int) -> None:
+    from castore import progress
+    progress.finish()
     click.echo(f"continuity: error: {safe_line(msg)}", err=True)
     sys.exit(code)
+
+
+def quiet_broken_pipe() -> None:
+    """The reader went away (``continuity ls X | head -1``): stop quietly, exit 141 as a shell's SIGPIPE would."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    except (OSError, ValueError):
+        pass
+    sys.exit(141)
 
 
 @contextmanager
@@ -92,7 +126,11 @@ def mapped_errors() -> Iterator[None]:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except BrokenPipeError:
+        quiet_broken_pipe()
     except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            quiet_broken_pipe()
         _traceback_if_debug()
         where = f"{_unproc(exc.filename)}: " if exc.filename else ""
         code = ResourceLimit.exit_code if is_resource_errno(exc.errno) else 1
@@ -164,22 +202,46 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
 
 
+#: verbs that draw a progress bar on a terminal (docs/cli.md)
+LONG_VERBS = frozenset({"ingest", "checkout", "apply", "export", "copy", "push", "pull", "gc", "fsck"})
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "store_path", envvar="CONTINUITY_STORE", metavar="PATH",
-              help="Store location (default: /var/lib/continuity for root, else $XDG_DATA_HOME/continuity).")
+              help="Store location (default: /var/lib/continuity for root, else $XDG_DATA_HOME/continuity; "
+                   "env CONTINUITY_STORE). Accepted before or after the verb.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr (errors still print).")
+@click.option("-v", "--verbose", count=True, help="More detail on stderr (repeat for more).")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.option("--policy", "policy_path", metavar="FILE", type=click.Path(dir_okay=False),
               help="Trust policy (default: $CONTINUITY_POLICY, $XDG_CONFIG_HOME/continuity/policy.json, "
                    "/etc/continuity/policy.json, else accept all; see docs/signing.md).")
-@click.version_option(package_name="continuity", prog_name="continuity")
+@click.version_option(package_name="castore", prog_name="continuity")
 @click.pass_context
-def main_group(ctx: click.Context, store_path: str | None, debug: bool, policy_path: str | None) -> None:
-    """A content-addressed store with a manifest catalog (containerd/continuity manifests)."""
-    ctx.obj = Ctx(store_path, debug, policy_path)
+def main_group(ctx: click.Context, store_path: str | None, quiet: bool, verbose: int, debug: bool,
+               policy_path: str | None) -> None:
+    """A content-addressed store with a manifest catalog (containerd/continuity manifests).
+
+    \b
+    Examples:
+      continuity ingest /srv/web --name web       # store a tree, print its manifest digest
+      continuity list                             # the catalog
+      continuity checkout web /tmp/web            # materialise it elsewhere
+      continuity ls web | head                    # its paths
+      continuity gc --dry-run                     # what garbage collection would free
+
+    Exit codes: 0 ok, 1 differences or other failure, 2 usage, 3 unsafe input
+    refused, 4 integrity, 5 busy, 6 resource limit. `continuity VERB --help`
+    shows each verb's options and examples.
+    """
+    ctx.obj = Ctx(store_path, debug, quiet, verbose, policy_path)
     if debug:
         from castore.cli import phases  # noqa: PLC0415
         phases.mark("command module")  # click resolved (and imported) the command before this callback
         phases.enable()
+    if ctx.invoked_subcommand in LONG_VERBS and not quiet and sys.stderr.isatty():
+        from castore.cli.progress_view import install_if_terminal  # only when a bar can be drawn
+        install_if_terminal(quiet)
 
 
 def read_manifest_file(path: str) -> Manifest:
@@ -228,4 +290,6 @@ def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manif
 
 
 def print_json(obj: object) -> None:
-    click.echo(json_text(obj))
+    """Print one JSON document: ``{"schema": 1, ...}`` (see docs/json.md for the keys)."""
+    from castore.cli.jsonout import document
+    click.echo(json_text(document(obj)))

@@ -7,18 +7,20 @@ import os
 import click
 
 from castore.api import fsck, gc
-from castore.cli.common import Ctx, main_group, print_json
+from castore.cli.common import Ctx, json_opt, main_group, print_json
 from castore.errors import IntegrityError, NotFound, StoreUnusable, UnsafeInput
 from castore.fsck.check import FsckReport, parse_subset, rebuild_index
 from castore.gc.collect import parse_duration
 from castore.store import default_store_path
 from castore.textsafe import quote, safe_line
+from castore.units import human_size
 
 MAX_INFO_LINES = 20
 
 
 @main_group.command("gc")
-@click.option("--dry-run", is_flag=True, help="List exactly what a real run would delete; delete nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Say what a real run would delete, per kind with sizes (-v: every object); delete nothing.")
 @click.option("--grace", default="1h", show_default=True, metavar="DURATION",
               help="Keep orphan files and unnamed manifests younger than this (0, 90s, 15m, 2h, 7d).")
 @click.option("--keep-history", type=click.IntRange(min=0), default=None, metavar="N",
@@ -26,8 +28,8 @@ MAX_INFO_LINES = 20
 @click.option("--wait", is_flag=True, help="Wait for a running gc instead of exiting 5.")
 @click.option("--nice", type=click.IntRange(0, 19), default=10, show_default=True,
               help="Lower gc's CPU priority by this much (background work yields to ingests; 0: don't).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("-v", "--verbose", is_flag=True, help="List every object deleted.")
+@json_opt
+@click.option("-v", "--verbose", is_flag=True, help="List every object deleted (as the global -v).")
 @click.pass_obj
 def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: bool, nice: int, as_json: bool,
            verbose: bool) -> None:
@@ -35,8 +37,17 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
 
     Roots: every name and its history, live leases (running ingests,
     checkouts, mounts) and unnamed manifests younger than the grace period.
-    A second gc exits 5 unless --wait.
+    A second gc exits 5 unless --wait. --dry-run prints what would go per
+    kind (count and size); -v lists every object.
+
+    \b
+    Examples:
+      continuity gc --dry-run
+      continuity gc --grace 2h --keep-history 10
+      continuity gc --json
+      cmd/continuity-gc/continuity-gc     # the cron/systemd wrapper (README: gc from cron)
     """
+    verbose = verbose or obj.verbose > 0
     try:
         grace_ns = parse_duration(grace)
     except UnsafeInput as exc:
@@ -47,25 +58,48 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
     report = gc(store, grace_seconds=grace_ns // 10**9, dry_run=dry_run, keep_history=keep_history, wait=wait,
                 nice=nice, list_items=verbose or as_json)
     if as_json:
-        print_json(report.as_json())
+        print_json({"ok": True, **report.as_json()})
         return
-    if dry_run or verbose:
+    if verbose:
         for item in report.items:
             click.echo(f"{'would delete' if dry_run else 'deleted'} {item.kind} {quote(item.name)} {item.size}")
+    elif dry_run:
+        for line in dry_run_lines(report):
+            click.echo(line)
     click.echo(safe_line(report.summary()))
+
+
+#: gc item kinds in words, for the dry-run summary (what a person would call them)
+KIND_WORDS = {"blob": "content blobs", "manifest": "unnamed manifests", "orphan": "orphan files (crash leftovers)",
+              "history": "history entries", "lease": "stale leases", "tmp": "temporary directories",
+              "link": "hardlink objects", "index-row": "index rows", "cache-row": "cache rows"}
+
+
+def dry_run_lines(report: object) -> list[str]:
+    """What a real run would free, per kind: ``would delete 12 content blobs (3.4 MiB)``."""
+    sizes: dict[str, int] = {}
+    for item in report.items:  # type: ignore[attr-defined]
+        sizes[item.kind] = sizes.get(item.kind, 0) + item.size
+    out = []
+    for kind, n in sorted(report.counts.items(), key=lambda kv: -sizes.get(kv[0], 0)):  # type: ignore
+        if kind in ("cache-row", "index-row"):
+            continue  # bookkeeping, not the user's data: in the summary's counts only
+        size = f" ({human_size(sizes[kind])})" if sizes.get(kind) else ""
+        out.append(f"would delete {n} {KIND_WORDS.get(kind, kind)}{size}")
+    return out
 
 
 @main_group.command("fsck")
 @click.option("--read-data/--no-read-data", default=True, show_default=True,
-              help="Re-hash every blob (SPEC: fsck re-hashes every blob); --no-read-data checks index, sizes "
+              help="Re-hash every blob (the default); --no-read-data checks index, sizes "
               "and references only, for a quick check of a large store.")
 @click.option("--read-data-subset", "subset", metavar="N/M", help="Re-hash only the N-th of M parts of the blobs.")
 @click.option("--repair", is_flag=True, help="Quarantine damaged blobs, drop index rows that point nowhere, "
               "remove edited hardlink objects.")
 @click.option("--rebuild-index", "rebuild", is_flag=True, help="Re-derive the blob index and references from the "
               "blob files (the catalog is copied from the old metadata when readable).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("-v", "--verbose", is_flag=True, help="Print every finding, info included.")
+@json_opt
+@click.option("-v", "--verbose", is_flag=True, help="Print every finding, info included (as the global -v).")
 @click.pass_obj
 def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuild: bool, as_json: bool,
              verbose: bool) -> None:
@@ -74,7 +108,15 @@ def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuil
     Orphan files are info (gc removes them); missing, truncated or corrupt
     blobs and dangling references are errors, reported with the names and
     paths they affect.
+
+    \b
+    Examples:
+      continuity fsck
+      continuity fsck --no-read-data          # index and references only: quick
+      continuity fsck --read-data-subset 1/7  # a seventh of the blobs (one per weekday)
+      continuity fsck --repair --json
     """
+    verbose = verbose or obj.verbose > 0
     path = obj.store_path or default_store_path()
     if not os.path.exists(os.path.join(path, "config")):
         raise NotFound(f"no store at {path}")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import click
 
-from castore.cli.common import Ctx, main_group, resolve
+from castore.cli.common import Ctx, complete_names, main_group, resolve
 from castore.cli.trust import check_trust
 from castore.errors import NotFound, UnsafeInput
 from castore.remote.ref import Reference, parse_reference
@@ -17,7 +17,7 @@ from castore.textsafe import safe_line
 
 
 @main_group.command("mount")
-@click.argument("manifest", metavar="MANIFEST|REGISTRY/REPO[:TAG|@DIGEST]")
+@click.argument("manifest", metavar="MANIFEST|REGISTRY/REPO[:TAG|@DIGEST]", shell_complete=complete_names)
 @click.argument("mountpoint")
 @click.option("--allow-other", is_flag=True,
               help="Let other users see the mount (FUSE allow_other; non-root needs user_allow_other "
@@ -44,6 +44,12 @@ def mount_cmd(obj: Ctx, manifest: str, mountpoint: str, allow_other: bool, foreg
     in the catalog) is mounted lazily: listing and stat read only the
     manifests (and pack indexes); a file's blobs are fetched on first read,
     verified, and kept in the store, so later reads are local.
+
+    \b
+    Examples:
+      continuity mount web /mnt/web &
+      continuity mount web /mnt/web --allow-other
+      fusermount3 -u /mnt/web
     """
     from castore.mount.fuse import check_mountpoint
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from castore.cli.common import Ctx, F, main_group, print_json, resolve
+from castore.cli.common import Ctx, F, complete_names, json_opt, main_group, print_json, resolve
 from castore.cli.registry_opts import access_options, make_access, registry_reference
 from castore.errors import UnsafeInput
 from castore.remote.ref import Reference, parse_reference
@@ -20,7 +20,6 @@ user_opt = click.option("--username", envvar="CONTINUITY_REGISTRY_USERNAME", met
                         help="Registry user (env CONTINUITY_REGISTRY_USERNAME); password from "
                              "CONTINUITY_REGISTRY_PASSWORD or --password-stdin.")
 pw_opt = click.option("--password-stdin", is_flag=True, help="Read the registry password from stdin.")
-json_opt = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
 def _password(password_stdin: bool) -> str | None:
@@ -37,7 +36,7 @@ def remote_options(fn: F) -> F:
 
 
 @main_group.command("push")
-@click.argument("manifest")
+@click.argument("manifest", shell_complete=complete_names)
 @click.argument("reference", metavar="REGISTRY/REPO[:TAG]")
 @click.option("--base", "bases", multiple=True, metavar="REF",
               help="Another artifact of the same repository (TAG, @DIGEST or full reference) whose packs "
@@ -56,7 +55,13 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], pa
              layer_compression: str, insecure: bool, jobs: int, username: str | None, password_stdin: bool,
              as_json: bool, creds: str | None, authfile: str | None, cert_dir: str | None,
              tls_verify: bool | None) -> None:
-    """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST."""
+    """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST.
+
+    \b
+    Examples:
+      continuity push web registry.example.com/team/web:2026-12-07
+      continuity push web localhost:5000/web --json
+    """
     from castore.remote.packer import PACK_TARGET
     from castore.remote.push import push  # httpx is imported only by the verbs that need it
 
@@ -74,9 +79,9 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], pa
                          access=access)
         pinned = f"{ref.registry}/{ref.repo}@{img.oci_digest}"
         if as_json:
-            print_json({"reference": pinned, "tag": str(ref), "oci_digest": img.oci_digest, "manifest": digest,
+            print_json({"reference": pinned, "tag": str(ref), "oci_digest": img.oci_digest, "digest": digest,
                         "layer": img.layer_digest, "diff_id": img.diff_id, "uploaded": img.uploaded,
-                        "uploaded_bytes": img.uploaded_bytes})
+                        "uploaded_size": img.uploaded_bytes})
         else:
             click.echo(pinned)
         return
@@ -85,8 +90,8 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], pa
     pinned = f"{ref.registry}/{ref.repo}@{res.oci_digest}"
     if as_json:
         print_json({"reference": pinned, "tag": str(ref), "oci_digest": res.oci_digest,
-                    "manifest": res.manifest_digest, "uploaded": res.uploaded, "skipped": res.skipped,
-                    "uploaded_bytes": res.uploaded_bytes, "signatures": res.signatures,
+                    "digest": res.manifest_digest, "uploaded": res.uploaded, "skipped": res.skipped,
+                    "uploaded_size": res.uploaded_bytes, "signatures": res.signatures,
                     "packs_new": res.packs_new, "packs_reused": res.packs_reused,
                     "oci_manifest_size": res.oci_manifest_size})
     else:
@@ -115,7 +120,13 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, i
              username: str | None, password_stdin: bool, as_json: bool, creds: str | None, authfile: str | None,
              cert_dir: str | None, tls_verify: bool | None) -> None:
     """Copy a tree or a container image (flattened) from a registry or an OCI layout into the store;
-    print its manifest digest."""
+    print its manifest digest.
+
+    \b
+    Examples:
+      continuity pull registry.example.com/team/web:2026-12-07 --name web
+      continuity pull localhost:5000/web@sha256:3f2a... --json
+    """
     from castore.remote.image import parse_platform
     from castore.sign.policy import load_policy
 
@@ -136,8 +147,8 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, i
         md, oci_digest, n, nbytes = pull_image(obj.store(), layout, layout.top(tag), reference, name=label,
                                                jobs=jobs, platform=plat)
         if as_json:
-            print_json({"manifest": md, "oci_digest": oci_digest, "name": label, "downloaded": n, "present": 0,
-                        "downloaded_bytes": nbytes})
+            print_json({"digest": md, "oci_digest": oci_digest, "name": label, "downloaded": n, "present": 0,
+                        "downloaded_size": nbytes})
         else:
             click.echo(md)
         return
@@ -150,9 +161,9 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, i
     res = pull(obj.store(), ref, name=name if name is not None else str(ref), jobs=jobs, access=access,
                platform=plat, policy=policy)
     if as_json:
-        print_json({"manifest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
+        print_json({"digest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
                     "downloaded": res.downloaded, "present": res.present,
-                    "downloaded_bytes": res.downloaded_bytes, "signatures": res.signatures,
+                    "downloaded_size": res.downloaded_bytes, "signatures": res.signatures,
                     "resumed": res.resumed})
     else:
         click.echo(res.manifest_digest)

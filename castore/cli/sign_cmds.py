@@ -56,7 +56,13 @@ def _read_sig(path: str) -> bytes:
 @click.option("--passphrase-stdin", is_flag=True, help="Encrypt the key with a passphrase read from stdin.")
 @click.option("--json", "as_json", is_flag=True)
 def keygen_cmd(file: str, comment: str, passphrase_stdin: bool, as_json: bool) -> None:
-    """Write a new OpenSSH Ed25519 key pair: FILE (private, 0600) and FILE.pub."""
+    """Write a new OpenSSH Ed25519 key pair: FILE (private, 0600) and FILE.pub.
+
+    \b
+    Examples:
+      continuity keygen ~/.config/continuity/release-key
+      continuity keygen release-key --json
+    """
     pw = sys.stdin.buffer.readline(4096).rstrip(b"\r\n") if passphrase_stdin else None
     if passphrase_stdin and not pw:
         raise UnsafeInput("--passphrase-stdin: empty passphrase")
@@ -78,7 +84,14 @@ def keygen_cmd(file: str, comment: str, passphrase_stdin: bool, as_json: bool) -
 @click.pass_obj
 def sign_cmd(obj: Ctx, manifest: str, key_file: str | None, import_file: str | None, output: str | None,
              principal: str | None, as_json: bool) -> None:
-    """Sign MANIFEST (namespace "continuity", over its stored bytes) and keep the signature in the store."""
+    """Sign MANIFEST (namespace "continuity", over its stored bytes) and keep the signature in the store.
+
+    \b
+    Examples:
+      continuity sign web --key release-key
+      continuity sign web --key release-key -o web.sig
+      continuity sign web --import web.sig
+    """
     from castore.store.signatures import add
 
     if (key_file is None) == (import_file is None):
@@ -107,7 +120,7 @@ def sign_cmd(obj: Ctx, manifest: str, key_file: str | None, import_file: str | N
             with open(output, "w") as f:
                 f.write(text)
     if as_json:
-        print_json({"manifest": digest, **rec.as_json(), "added": added})
+        print_json({"digest": digest, **rec.as_json(), "added": added})
     elif output != "-":
         click.echo(f"{digest} {rec.fingerprint}" + (f" {rec.principal}" if rec.principal else ""))
 
@@ -122,7 +135,13 @@ def sign_cmd(obj: Ctx, manifest: str, key_file: str | None, import_file: str | N
 @click.pass_obj
 def verify_signature_cmd(obj: Ctx, manifest: str, signers_file: str, principals: tuple[str, ...],
                          sig_file: str | None, as_json: bool) -> None:
-    """Exit 0 when a signature of MANIFEST verifies for a principal of FILE, 4 otherwise."""
+    """Exit 0 when a signature of MANIFEST verifies for a principal of FILE, 4 otherwise.
+
+    \b
+    Examples:
+      continuity verify-signature web --allowed-signers allowed_signers
+      continuity verify-signature web --allowed-signers allowed_signers --json
+    """
     import time
 
     from castore.store.signatures import for_manifest
@@ -147,7 +166,7 @@ def verify_signature_cmd(obj: Ctx, manifest: str, signers_file: str, principals:
             continue
         good.append({"principal": who, "fingerprint": sig.fingerprint, "key_type": sig.key.key_type})
     if as_json:
-        print_json({"manifest": digest, "verified": bool(good), "signatures": good, "problems": problems})
+        print_json({"digest": digest, "verified": bool(good), "signatures": good, "problems": problems})
     else:
         for g in good:
             click.echo(f"Good \"{NAMESPACE}\" signature of {digest} for {g['principal']} "

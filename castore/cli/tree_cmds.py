@@ -9,22 +9,32 @@ import sys
 import click
 
 from castore.api import build, diff, tree_or_manifest, verify
-from castore.cli.common import Ctx, ignore_opt, main_group, print_json, resolve
+from castore.cli.common import Ctx, complete_names, ignore_opt, json_opt, main_group, print_json, resolve
 from castore.errors import Differences, UnsafeInput
 from castore.manifest import Manifest, codec
 from castore.manifest.diff import normalize_ignores
 from castore.manifest.model import Device, RegularFile, Symlink
-from castore.stats import disk_usage, human_size, manifest_stats
+from castore.stats import disk_usage, manifest_stats
 from castore.textsafe import quote
+from castore.units import human_size
 
 
 @main_group.command("build")
 @click.argument("root", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["pb", "text", "json"]), default="pb", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @ignore_opt
 @click.option("--keep-appledouble", is_flag=True, help="Keep ._* and __MACOSX entries.")
-def build_cmd(root: str, fmt: str, ignore: tuple[str, ...], keep_appledouble: bool) -> None:
-    """Write the manifest of ROOT to stdout (store untouched)."""
+def build_cmd(root: str, fmt: str, as_json: bool, ignore: tuple[str, ...], keep_appledouble: bool) -> None:
+    """Write the manifest of ROOT to stdout (store untouched).
+
+    \b
+    Examples:
+      continuity build /srv/web > web.pb
+      continuity build /srv/web --format text | less
+      continuity build /srv/web --json | jq '.resources | length'
+    """
+    fmt = "json" if as_json else fmt
     m = build(root, ignore=ignore, keep_appledouble=keep_appledouble)
     if fmt == "pb":
         data = codec.dumps(m)
@@ -35,7 +45,12 @@ def build_cmd(root: str, fmt: str, ignore: tuple[str, ...], keep_appledouble: bo
     elif fmt == "text":
         click.echo(codec.dumps_text(m), nl=False)
     else:
-        click.echo(codec.dumps_json(m))
+        print_manifest_json(m)
+
+
+def print_manifest_json(m: Manifest) -> None:
+    from castore.manifest.codec import resource_json
+    print_json({"resources": [resource_json(r) for r in m.resources]})
 
 
 def parse_octal(ctx: click.Context, param: click.Parameter, value: str | None) -> int:
@@ -61,7 +76,7 @@ def check_ignores(ignore_attr: tuple[str, ...]) -> tuple[str, ...]:
 
 @main_group.command("verify")
 @click.argument("root", type=click.Path(file_okay=False))
-@click.argument("manifest")
+@click.argument("manifest", shell_complete=complete_names)
 @click.option("--ignore-attr", multiple=True, metavar="ATTR",
               help="Do not compare ATTR (mode, uid, gid, owner, size, digest, target, device, xattr, mtime, links, "
                    "ads).")
@@ -69,11 +84,20 @@ def check_ignores(ignore_attr: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--disable-digest", is_flag=True, help="Do not hash file contents.")
 @click.option("--sockets", is_flag=True, help="Compare sockets too.")
 @click.option("--devices", type=click.Choice(["check", "skip", "create"]), default="check", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_opt
 @click.pass_obj
 def verify_cmd(obj: Ctx, root: str, manifest: str, ignore_attr: tuple[str, ...], ignore_mode_bits: int,
                disable_digest: bool, sockets: bool, devices: str, as_json: bool) -> None:
-    """Report every difference between ROOT and MANIFEST; exit 1 if any."""
+    """Report every difference between ROOT and MANIFEST; exit 1 if any.
+
+    Times are shown as ISO-8601 UTC with nanoseconds.
+
+    \b
+    Examples:
+      continuity verify /srv/web web
+      continuity verify /srv/web web --ignore-attr mtime --json
+      continuity verify /mnt/restore ./web.pb --disable-digest
+    """
     check_ignores(ignore_attr)
     m, _, _ = resolve(obj, manifest)
     found = verify(None, m, root, ignore_attrs=ignore_attr, ignore_mode_bits=ignore_mode_bits,
@@ -98,12 +122,24 @@ def _perm_string(perm: int) -> str:
 
 
 @main_group.command("ls")
-@click.argument("manifest")
-@click.option("-l", "--long", "long_", is_flag=True, help="Mode, owner, size and digest too.")
+@click.argument("manifest", shell_complete=complete_names)
+@click.option("-l", "--long", "long_", is_flag=True,
+              help="Type and mode, uid, gid, size in bytes, content digest (files; '-' otherwise), path.")
+@json_opt
 @click.pass_obj
-def ls_cmd(obj: Ctx, manifest: str, long_: bool) -> None:
-    """List the entries of MANIFEST, one path per line."""
-    m, _, _ = resolve(obj, manifest)
+def ls_cmd(obj: Ctx, manifest: str, long_: bool, as_json: bool) -> None:
+    """List the entries of MANIFEST, one path per line.
+
+    \b
+    Examples:
+      continuity ls web
+      continuity ls -l web | sort -k4 -n | tail    # the largest files
+      continuity ls web --json
+    """
+    m, digest, _ = resolve(obj, manifest)
+    if as_json:
+        print_json({"digest": digest, "entries": [_entry_json(r, p) for r in m.resources for p in r.paths]})
+        return
     for r in m.resources:
         for p in r.paths:
             if not long_:
@@ -113,16 +149,37 @@ def ls_cmd(obj: Ctx, manifest: str, long_: bool) -> None:
             extra = f" -> {quote(r.target)}" if isinstance(r, Symlink) else ""
             if isinstance(r, Device):
                 extra = f" {r.major},{r.minor}"
-            click.echo(f"{_type_char(r)}{_perm_string(r.perm)} {r.uid:>5} {r.gid:>5} {size:>12} {quote(p)}{extra}")
+            dg = r.digest if isinstance(r, RegularFile) else "-"
+            click.echo(f"{_type_char(r)}{_perm_string(r.perm)} {r.uid:>5} {r.gid:>5} {size:>12} {dg} "
+                       f"{quote(p)}{extra}")
+
+
+def _entry_json(r: object, path: str) -> dict[str, object]:
+    out: dict[str, object] = {"path": path, "type": getattr(r, "kind", ""), "mode": f"{r.perm:04o}",  # type: ignore
+                              "uid": r.uid, "gid": r.gid,  # type: ignore[attr-defined]
+                              "size": r.size if isinstance(r, RegularFile) else 0,
+                              "digest": r.digest if isinstance(r, RegularFile) else None}
+    if isinstance(r, Symlink):
+        out["target"] = r.target
+    return out
 
 
 @main_group.command("dump")
-@click.argument("manifest")
+@click.argument("manifest", shell_complete=complete_names)
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "pb"]), default="text", show_default=True,
               help="pb: the stored manifest bytes, exactly (what `sign` signs).")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.pass_obj
-def dump_cmd(obj: Ctx, manifest: str, fmt: str) -> None:
-    """Dump MANIFEST as prototext (upstream's dump), JSON, or its stored protobuf bytes."""
+def dump_cmd(obj: Ctx, manifest: str, fmt: str, as_json: bool) -> None:
+    """Dump MANIFEST as prototext (upstream's dump), JSON, or its stored protobuf bytes.
+
+    \b
+    Examples:
+      continuity dump web
+      continuity dump web --json | jq '.resources[0]'
+      continuity dump web --format pb > web.pb
+    """
+    fmt = "json" if as_json else fmt
     m, digest, store = resolve(obj, manifest)
     if fmt == "pb":
         if sys.stdout.isatty():
@@ -137,24 +194,39 @@ def dump_cmd(obj: Ctx, manifest: str, fmt: str) -> None:
     elif fmt == "text":
         click.echo(codec.dumps_text(m), nl=False)
     else:
-        click.echo(codec.dumps_json(m))
+        print_manifest_json(m)
 
 
 @main_group.command("stats")
-@click.argument("manifest")
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("manifest", required=False, shell_complete=complete_names)
+@json_opt
+@click.option("--plot", "plot", metavar="FILE.png", type=click.Path(dir_okay=False),
+              help="Draw the store's growth and dedup over time (every name's history) as a PNG (needs matplotlib).")
 @click.pass_obj
-def stats_cmd(obj: Ctx, manifest: str, as_json: bool) -> None:
-    """Counts and sizes of MANIFEST."""
+def stats_cmd(obj: Ctx, manifest: str | None, as_json: bool, plot: str | None) -> None:
+    """Counts and sizes of MANIFEST (size: bytes of its files).
+
+    \b
+    Examples:
+      continuity stats web
+      continuity stats web --json
+      continuity stats --plot growth.png     # logical vs stored bytes over time
+    """
+    if plot is not None:
+        from castore.cli.plot_cmds import plot_store_growth
+        plot_store_growth(obj, plot, as_json=as_json)
+        return
+    if manifest is None:
+        raise click.UsageError("missing MANIFEST (or --plot FILE)")
     m, digest, _ = resolve(obj, manifest)
     s = manifest_stats(m)
     if as_json:
-        print_json({"digest": digest, **s} if digest else s)
+        print_json({"digest": digest, **s})
         return
     if digest:
         click.echo(f"digest: {digest}")
     for k, v in s.items():
-        click.echo(f"{k}: {v}")
+        click.echo(f"{k}: {v}" + (f" ({human_size(v)})" if k in ("size", "bytes") else ""))
 
 
 def _manifest_or_tree(obj: Ctx, ref: str) -> Manifest:
@@ -164,17 +236,27 @@ def _manifest_or_tree(obj: Ctx, ref: str) -> Manifest:
 
 
 @main_group.command("diff")
-@click.argument("a")
-@click.argument("b")
-@click.option("--ignore-attr", multiple=True, metavar="ATTR")
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("a", shell_complete=complete_names)
+@click.argument("b", shell_complete=complete_names)
+@click.option("--ignore-attr", multiple=True, metavar="ATTR", help="Do not compare ATTR (as verify). Repeatable.")
+@json_opt
 @click.pass_obj
 def diff_cmd(obj: Ctx, a: str, b: str, ignore_attr: tuple[str, ...], as_json: bool) -> None:
-    """Changes from A to B (manifests or trees): A added, D deleted, M modified, m metadata only."""
+    """Changes from A to B (manifests or trees): A added, D deleted, M modified, m metadata only.
+
+    Exit 1 when they differ.
+
+    \b
+    Examples:
+      continuity diff web-old web
+      continuity diff web /srv/web --ignore-attr mtime
+      continuity diff web-old web --json
+    """
     check_ignores(ignore_attr)
     changes = diff(None, _manifest_or_tree(obj, a), _manifest_or_tree(obj, b), ignore_attrs=ignore_attr)
     if as_json:
-        print_json({"changes": [{"path": c.path, "change": c.kind, "attrs": list(c.attrs)} for c in changes]})
+        print_json({"ok": not changes,
+                    "changes": [{"path": c.path, "change": c.kind, "attrs": list(c.attrs)} for c in changes]})
     else:
         for c in changes:
             click.echo(str(c))
@@ -183,12 +265,19 @@ def diff_cmd(obj: Ctx, a: str, b: str, ignore_attr: tuple[str, ...], as_json: bo
 
 
 @main_group.command("du")
-@click.argument("ref")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--human", is_flag=True, help="Human-readable sizes.")
+@click.argument("ref", shell_complete=complete_names)
+@json_opt
+@click.option("-H", "--human", is_flag=True, help="Sizes in KiB, MiB, GiB.")
 @click.pass_obj
 def du_cmd(obj: Ctx, ref: str, as_json: bool, human: bool) -> None:
-    """Disk usage of a manifest or tree, hardlinks counted once."""
+    """Disk usage (bytes) of a manifest or tree, hardlinks counted once.
+
+    \b
+    Examples:
+      continuity du web
+      continuity du -H /srv/web
+      continuity du web --json
+    """
     out = disk_usage(_manifest_or_tree(obj, ref))
     if as_json:
         print_json(out)

@@ -36,7 +36,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 
-from castore import fs
+from castore import fs, progress
 from castore.bulkmode import bulk
 from castore.errors import Busy, IntegrityError, warn_mounts_kept
 from castore.faults import crashpoint
@@ -428,15 +428,18 @@ def _mark_and_delete(c: _Collector, store: Store, sc: Scratch, prio: Nice) -> li
         dead = d if first else dead
         pos, first = pos + len(chunk), False
     pos, holds = 0, 0
-    while pos < len(sc.unlink):  # unlinks, in short holds
-        time.sleep(0.002)
-        holds += 1
-        with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
-            t1 = time.monotonic()
-            pos = c.sweep(sc.unlink, pos, t1 + BATCH_SECONDS)
-            c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)
-        if holds % 16 == 0:
-            store.meta.drop_mapped_pages()
+    with progress.task("gc", total=len(sc.unlink), unit="files") as bar:
+        while pos < len(sc.unlink):  # unlinks, in short holds
+            time.sleep(0.002)
+            holds += 1
+            with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
+                t1 = time.monotonic()
+                new = c.sweep(sc.unlink, pos, t1 + BATCH_SECONDS)
+                c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)
+            bar.advance(new - pos)
+            pos = new
+            if holds % 16 == 0:
+                store.meta.drop_mapped_pages()
     if not opts.dry_run:
         store.gc_deleting(False)
     for chunk in sc.unlink.chunks(5000):

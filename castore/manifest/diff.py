@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from castore.manifest.model import AdsEntry, Device, Manifest, RegularFile, Resource, Symlink
 from castore.textsafe import quote, safe_line
+from castore.units import iso_ns
 
 #: Attributes a comparison knows, for --ignore-attr.
 ATTRS = ("type", "mode", "uid", "gid", "size", "digest", "target", "device", "xattr", "mtime", "links", "ads")
@@ -94,7 +95,7 @@ def compare(path: str, want: Resource, got: Resource, ignore: frozenset[str] = f
     if want.ads != got.ads:  # on Linux a tree has none: a checkout could not write them
         add("ads", _ads_text(want.ads), _ads_text(got.ads))
     if want.mtime_ns is not None and got.mtime_ns is not None and want.mtime_ns != got.mtime_ns:
-        add("mtime", want.mtime_ns, got.mtime_ns)
+        add("mtime", iso_ns(want.mtime_ns), iso_ns(got.mtime_ns))  # ISO-8601 with the nanoseconds
     if want.paths != got.paths:
         add("links", list(want.paths), list(got.paths))
     return out

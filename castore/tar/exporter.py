@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from castore import fs, textsafe
+from castore import fs, progress, textsafe
 from castore.bulkmode import bulk
 from castore.errors import CastoreError, IntegrityError, NotFound
 from castore.manifest.model import (
@@ -199,7 +199,10 @@ class TarWriter:
                         entries.append((rel + b"/.wh..wh..opq", -1, r))
                     else:
                         self._skip("opaque director(y/ies) (use --whiteouts oci)")
-        entries.sort(key=lambda e: e[0])
+        # By path components, not whole-path bytes: a directory's members come before any sibling
+        # sharing its name as a prefix (`a/`, `a/x`, then `a.b/`), so GNU tar, which sets a
+        # directory's times once it has left it, leaves them as recorded.
+        entries.sort(key=lambda e: e[0].split(b"/"))
         pieces: list[tuple[str, int, str]] = []
         for _, i, r in entries:
             if i == 0 and isinstance(r, RegularFile) and r.size:
@@ -208,7 +211,8 @@ class TarWriter:
         self.src = Source(self.store, pieces, records)
         self.emit = Emitter(self.out, self.src.updates)
         try:
-            self._write_entries(entries)
+            with progress.task("export", total=sum(size for _, size, _ in pieces)):
+                self._write_entries(entries)
         finally:
             self.src.close()
         self.out.write(bytes(2 * BLOCK))
@@ -227,6 +231,7 @@ class TarWriter:
                 self.out.write(b"")
             elif isinstance(r, RegularFile):
                 self._file(rel, r)
+                progress.advance(r.size)
             elif isinstance(r, Directory):
                 self._header(rel + b"/", r, DIR)
             elif isinstance(r, Symlink):

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import pyfastcdc
 
-from castore import fs
+from castore import fs, progress
 from castore.build import make_pool
 from castore.bulkmode import bulk
 from castore.errors import IntegrityError, TarCorrupt, TarUnsafe
@@ -349,8 +349,12 @@ def read_tar(stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams
             procs.submit(os.getpid)  # fork the workers now, before any thread of ours exists
         imp.disp = Dispatcher(reader, procs, TarCorrupt)
     try:
-        for m in members(stream):
-            imp.member(m)
+        with progress.task("ingest", total=stream.size - stream.base if stream.seekable else None) as bar:
+            seen = 0
+            for m in members(stream):
+                imp.member(m)
+                bar.advance(stream.offset - seen)  # bytes of the (decoded) stream read so far
+                seen = stream.offset
         imp.drain()
         if imp.disp is not None:
             imp.disp.finish()

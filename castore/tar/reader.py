@@ -1,6 +1,6 @@
 """Reading a tar stream member by member, in constant memory.
 
-``open_stream`` detects the compression (gzip, zstd or none) from the magic
+``open_stream`` detects the compression (gzip, zstd, xz, bzip2 or none) from the magic
 bytes; ``members`` yields one ``Member`` per archive entry after folding in
 PAX (local and global), GNU long names/links and every GNU sparse format
 (old ``S`` headers, PAX 0.0, 0.1 and 1.0). A member's data must be read
@@ -128,7 +128,7 @@ class Stream:
 
 @contextmanager
 def open_stream(src: str) -> Iterator[Stream]:
-    """The decoded stream of a tar file or ``-`` (stdin): plain, gzip or zstd."""
+    """The decoded stream of a tar file or ``-`` (stdin): plain, gzip, zstd, xz or bzip2."""
     if src == "-":
         raw = open(sys.stdin.fileno(), "rb", buffering=READ, closefd=False)
     else:
@@ -147,7 +147,8 @@ def open_stream(src: str) -> Iterator[Stream]:
             f = zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(
                 raw, read_size=READ, read_across_frames=True)
         elif head[:6] == b"\xfd7zXZ\x00" or head[:3] == b"BZh":
-            raise UnsafeInput(f"{src}: xz/bzip2 compression is not supported (use gzip, zstd or none)")
+            from castore.tar.decompress import open_decoded  # stdlib lzma/bz2, memory bounded
+            f = open_decoded(raw, "xz" if head[:1] == b"\xfd" else "bz2")
         else:
             f = raw
         if f is raw:

@@ -35,7 +35,7 @@ def assert_sound(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     rep = json.loads(p.stdout)
     assert p.returncode == 0, rep
     assert {f["kind"] for f in rep["findings"]} <= {"orphan", "stale-cache-row"}, rep["findings"]
-    for row in json.loads(cli("list", "--json", check=True).stdout):
+    for row in json.loads(cli("list", "--json", check=True).stdout)["names"]:
         out = tmp_path / f"check-{row['name']}-{os.urandom(3).hex()}"
         cli("checkout", row["name"], out, check=True)
         cli("verify", out, row["name"], check=True)
@@ -92,7 +92,7 @@ def test_gc_crash(cli, seeded: Path, store_path: Path, point: str) -> None:  # t
 
 
 def _catalog(cli) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
-    return [(r["name"], r["digest"]) for r in json.loads(cli("list", "--json", check=True).stdout)]
+    return [(r["name"], r["digest"]) for r in json.loads(cli("list", "--json", check=True).stdout)["names"]]
 
 
 @pytest.mark.parametrize(("index", "point"), [("sound", p) for p in REBUILD_POINTS] +

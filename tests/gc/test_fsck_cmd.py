@@ -32,7 +32,7 @@ def _writable(path: str) -> None:
 
 def test_clean_store_is_sound(cli, tree) -> None:  # type: ignore[no-untyped-def]
     rc, rep = fsck_json(cli, "--read-data")
-    assert rc == 0 and rep["sound"] and rep["bytes_read"] > 20_000
+    assert rc == 0 and rep["ok"] and rep["read_size"] > 20_000
     assert cli("fsck").stdout.startswith(b"fsck: store sound")
 
 
@@ -47,7 +47,7 @@ def test_flipped_byte_found_by_read_data_with_names_and_paths(cli, tree) -> None
     assert fsck_json(cli, "--no-read-data")[0] == 0  # same size: only re-reading finds it
     assert fsck_json(cli)[0] == 4  # fsck re-reads by default (SPEC)
     rc, rep = fsck_json(cli, "--read-data")
-    assert rc == 4 and not rep["sound"]
+    assert rc == 4 and not rep["ok"]
     (f,) = [f for f in rep["findings"] if f["severity"] == "error"]
     assert f["kind"] == "corrupt-blob" and f["subject"] == digest
     assert any(n.startswith("app") for n in f["names"]) and "/bin/tool" in f["paths"]

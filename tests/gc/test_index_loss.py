@@ -43,7 +43,7 @@ def _refused(cli, tmp_path: Path, want: bytes) -> None:  # type: ignore[no-untyp
 
 
 def _restored(cli, tmp_path: Path, app: str, manifests: int = 2) -> None:  # type: ignore[no-untyped-def]
-    rows = json.loads(cli("list", "--json", check=True).stdout)
+    rows = json.loads(cli("list", "--json", check=True).stdout)["names"]
     assert [(r["name"], r["digest"]) for r in rows] == [("app", app)]  # "gone" was removed: not brought back
     rc, rep = fsck_json(cli, "--read-data")
     assert rc == 0 and rep["manifests"] == manifests, rep
@@ -163,7 +163,7 @@ def test_rebuild_does_not_take_a_user_file_for_a_manifest(cli, lookalike, store_
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["rebuild"]["manifest_digests"] == [app] and rep["manifests"] == 1
-    assert [r["digest"] for r in json.loads(cli("list", "--json", check=True).stdout)] == [app]
+    assert [r["digest"] for r in json.loads(cli("list", "--json", check=True).stdout)["names"]] == [app]
     assert cli("tag", evil, "evil").returncode == 4
     cli("rm", "app", check=True)
     cli("gc", "--grace", "0", check=True)
@@ -181,7 +181,7 @@ def test_tag_and_checkout_refuse_a_blob_that_parses_as_a_manifest(cli, lookalike
         if args[1] == evil:
             assert b"not a manifest it recorded" in p.stderr, (args, p.stderr)
     assert not (tmp_path / "o").exists()
-    assert [r["name"] for r in json.loads(cli("list", "--json", check=True).stdout)] == ["app"]
+    assert [r["name"] for r in json.loads(cli("list", "--json", check=True).stdout)["names"]] == ["app"]
     cli("tag", app, "again", check=True)  # a recorded manifest still takes a name
     rc, rep = fsck_json(cli, "--read-data")
     assert rc == 0 and rep["manifests"] == 1

@@ -81,7 +81,7 @@ def test_upstream_manifest_verifies_here(tree: Path, upstream_pb: Path) -> None:
     p = run_cli("verify", tree, upstream_pb)
     assert (p.returncode, p.stdout, p.stderr) == (0, b"", b"")
     report = json.loads(run_cli("verify", "--json", tree, upstream_pb, check=True).stdout)
-    assert report == {"ok": True, "differences": []}
+    assert report == {"schema": 1, "ok": True, "differences": []}
 
 
 def test_upstream_records_no_mtimes(upstream_pb: Path) -> None:

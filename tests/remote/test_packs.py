@@ -57,7 +57,7 @@ def test_roundtrip_in_packs(tmp_path: Path, repo: str) -> None:
     # compression paid on the text files: the packs are smaller than the tree
     assert sum(int(x["size"]) for x in layers[1:]) < _tree_bytes(src)  # type: ignore[call-overload]
     got = _pull(b, f"{repo}:v1", "--jobs", "3")
-    assert got["manifest"] == d and got["present"] == 0
+    assert got["digest"] == d and got["present"] == 0
     run_cli("checkout", f"{repo}:v1", tmp_path / "out", store=b, check=True)
     assert_trees_equal(src, tmp_path / "out")
     run_cli("fsck", store=b, check=True)
@@ -75,13 +75,13 @@ def test_repush_after_one_file_change_and_pull_of_the_difference(tmp_path: Path,
     m2 = len(Store.open(str(a)).read_blob(d2))
     second = _push(a, "v2", f"{repo}:latest")  # overwrites the tag: its packs are reused
     assert second["packs_new"] == 1 and second["packs_reused"] == first["packs_new"]
-    content = int(second["uploaded_bytes"]) - m2  # type: ignore[call-overload]
+    content = int(second["uploaded_size"]) - m2  # type: ignore[call-overload]
     assert content <= changed.stat().st_size + 4096, second  # the file (compressed) + its pack's index
     assert content <= 0.01 * _tree_bytes(src) + (1 << 20)
     got = _pull(b, f"{repo}:latest", "--name", "new")
-    assert got["manifest"] == d2 and got["downloaded"] == 1
+    assert got["digest"] == d2 and got["downloaded"] == 1
     indexes = sum(int(x["size"]) for x in _layers(f"{repo}:latest") if x["mediaType"] == PACK_INDEX_MEDIA_TYPE)  # type: ignore[call-overload]
-    assert int(got["downloaded_bytes"]) <= m2 + indexes + changed.stat().st_size  # type: ignore[call-overload]
+    assert int(got["downloaded_size"]) <= m2 + indexes + changed.stat().st_size  # type: ignore[call-overload]
     run_cli("checkout", "new", tmp_path / "out", store=b, check=True)
     assert_trees_equal(src, tmp_path / "out")
 
@@ -100,7 +100,7 @@ def test_pull_into_a_store_holding_most_uses_ranges(tmp_path: Path, repo: str) -
     run_cli("ingest", older, "--name", "older", store=b, check=True)
     got = _pull(b, f"{repo}:v1")
     assert got["downloaded"] == 3 and res["packs_new"] >= 2
-    assert int(got["downloaded_bytes"]) < total / 3, (got, total)  # type: ignore[call-overload]
+    assert int(got["downloaded_size"]) < total / 3, (got, total)  # type: ignore[call-overload]
     run_cli("checkout", f"{repo}:v1", tmp_path / "out", store=b, check=True)
     assert_trees_equal(src, tmp_path / "out")
 
@@ -117,7 +117,7 @@ def test_push_killed_half_way_resumes(tmp_path: Path, repo: str) -> None:
     assert httpx.get(f"{r.base}/manifests/v1").status_code == 404  # no tag names an incomplete artifact
     again = _push(a, "t", f"{repo}:v1")
     assert again["skipped"] >= 2 and again["oci_digest"] == full["oci_digest"]  # the same packs, rebuilt
-    assert int(again["uploaded_bytes"]) < int(full["uploaded_bytes"])  # type: ignore[call-overload]
+    assert int(again["uploaded_size"]) < int(full["uploaded_size"])  # type: ignore[call-overload]
     got = _pull(tmp_path / "b", f"{repo}:v1")
     run_cli("checkout", got["name"], tmp_path / "out", store=tmp_path / "b", check=True)
     assert_trees_equal(src, tmp_path / "out")
@@ -134,8 +134,8 @@ def test_pull_killed_half_way_keeps_what_it_fetched(tmp_path: Path, repo: str) -
     assert Store.open(str(b)).tags() == []
     run_cli("fsck", store=b, check=True)
     again = _pull(b, f"{repo}:v1")
-    assert again["manifest"] == full["manifest"] and int(again["resumed"]) > 0  # type: ignore[call-overload]
-    assert int(again["downloaded_bytes"]) < int(full["downloaded_bytes"])  # type: ignore[call-overload]
+    assert again["digest"] == full["digest"] and int(again["resumed"]) > 0  # type: ignore[call-overload]
+    assert int(again["downloaded_size"]) < int(full["downloaded_size"])  # type: ignore[call-overload]
     run_cli("checkout", f"{repo}:v1", tmp_path / "out", store=b, check=True)
     assert_trees_equal(src, tmp_path / "out")
     run_cli("fsck", store=b, check=True)
@@ -151,7 +151,7 @@ def test_base_reuses_another_tags_packs(tmp_path: Path, repo: str) -> None:
     alone = _push(a, "v2", f"{repo}-other:v2")
     based = _push(a, "v2", f"{repo}:v2", "--base", "v1")
     assert based["packs_reused"] == first["packs_new"] and alone["packs_reused"] == 0
-    assert int(based["uploaded_bytes"]) < int(alone["uploaded_bytes"]) / 4  # type: ignore[call-overload]
+    assert int(based["uploaded_size"]) < int(alone["uploaded_size"]) / 4  # type: ignore[call-overload]
     bad = run_cli("push", "v2", f"{repo}:v3", "--base", "nope", store=a)
     assert bad.returncode == 1 and b"not found" in bad.stderr and bad.stderr.count(b"\n") == 1
 
@@ -181,6 +181,6 @@ def test_skopeo_inspect_and_copy_round_trip(tmp_path: Path, repo: str) -> None:
     skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:v1", f"docker://{repo}-back:v1")
     for i, ref in enumerate((f"{repo}-copy:v1", f"{repo}-back:v1")):
         store = tmp_path / f"s{i}"
-        assert _pull(store, ref)["manifest"] == d
+        assert _pull(store, ref)["digest"] == d
         run_cli("checkout", ref, tmp_path / f"out{i}", store=store, check=True)
         assert_trees_equal(src, tmp_path / f"out{i}")

@@ -25,6 +25,7 @@ from castore.store import Store, manifest_refs
 from castore.testing.compare import assert_trees_equal
 from castore.testing.trees import basic
 from tests.helpers import run_cli
+from tests.test_json_contract import check as check_json
 
 
 def _hardlinks_and_more(root: Path) -> None:
@@ -55,14 +56,14 @@ def _nothing_recorded(store: Path) -> None:
 def test_roundtrip_dedup_and_pinned_pull(tmp_path: Path, repo: str) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     src, d = _ingest(tmp_path, a)
-    first = json.loads(run_cli("push", "t", f"{repo}:v1", "--json", store=a, check=True).stdout)
+    first = check_json("push", run_cli("push", "t", f"{repo}:v1", "--json", store=a, check=True).stdout)
     # one pack and its index, the config, the manifest
-    assert first["manifest"] == d and first["uploaded"] == 4 and first["skipped"] == 0
+    assert first["digest"] == d and first["uploaded"] == 4 and first["skipped"] == 0
     assert first["packs_new"] == 1 and first["packs_reused"] == 0
     assert first["reference"] == f"{repo}@{first['oci_digest']}"
 
     again = json.loads(run_cli("push", d, f"{repo}:v1", "--json", "--jobs", "1", store=a, check=True).stdout)
-    assert again["uploaded"] == 0 and again["uploaded_bytes"] == 0 and again["packs_reused"] == 1
+    assert again["uploaded"] == 0 and again["uploaded_size"] == 0 and again["packs_reused"] == 1
     assert again["skipped"] == 2 and again["oci_digest"] == first["oci_digest"]
 
     p = run_cli("pull", f"{repo}:v1", store=b, check=True)
@@ -74,12 +75,13 @@ def test_roundtrip_dedup_and_pinned_pull(tmp_path: Path, repo: str) -> None:
 
     pinned = json.loads(run_cli("pull", first["reference"], "--name", "pinned", "--json", "--jobs", "1",
                                 store=b, check=True).stdout)
-    assert pinned["manifest"] == d and pinned["downloaded"] == 0 and pinned["present"] > 3
+    assert pinned["digest"] == d and pinned["downloaded"] == 0 and pinned["present"] > 3
     assert Store.open(str(b)).get_tag("pinned") == d
 
     fresh = tmp_path / "c"
-    q = json.loads(run_cli("pull", first["reference"], "--json", "--jobs", "8", store=fresh, check=True).stdout)
-    assert q["manifest"] == d and q["name"] == first["reference"] and q["downloaded_bytes"] > 3 << 20
+    q = check_json("pull", run_cli("pull", first["reference"], "--json", "--jobs", "8", store=fresh,
+                                   check=True).stdout)
+    assert q["digest"] == d and q["name"] == first["reference"] and q["downloaded_size"] > 3 << 20
 
 
 def test_push_manifest_file_and_tag_digest_refused(tmp_path: Path, repo: str) -> None:
@@ -88,7 +90,7 @@ def test_push_manifest_file_and_tag_digest_refused(tmp_path: Path, repo: str) ->
     mfile = tmp_path / "m.pb"
     mfile.write_bytes(Store.open(str(a)).read_blob(d))
     res = json.loads(run_cli("push", mfile, f"http://{repo}:file", "--json", store=a, check=True).stdout)
-    assert res["uploaded"] >= 1 and res["manifest"] == d
+    assert res["uploaded"] >= 1 and res["digest"] == d
     # build's manifest names whole files, the store keeps their chunks (the chunk map): each such
     # file is pushed as the whole-file blob the manifest names, put together from its chunks.
     mfile.write_bytes(run_cli("build", src, check=True).stdout)

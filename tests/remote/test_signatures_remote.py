@@ -55,9 +55,9 @@ def test_push_pull_signatures_and_policy(tmp_path: Path, repo: str) -> None:
                             "scopes": {f"{repo}": {"type": "signedBy", "allowedSigners": str(signers),
                                                    "principals": ["release@example.com"]}}})
     got = json.loads(run_cli("--policy", pol, "pull", f"{repo}:v1", "--json", store=b, check=True).stdout)
-    assert got["manifest"] == d and got["signatures"] == 1
+    assert got["digest"] == d and got["signatures"] == 1
     run_cli("verify-signature", d, "--allowed-signers", signers, store=b, check=True)
-    rows = json.loads(run_cli("list", "--json", store=b, check=True).stdout)
+    rows = json.loads(run_cli("list", "--json", store=b, check=True).stdout)["names"]
     assert rows[0]["signatures"][0]["principal"] == "release@example.com"
     assert rows[0]["signatures"][0]["source"] == "pull"
     # checkout of the pulled name under the same policy: the stored signature satisfies it
@@ -150,7 +150,7 @@ def test_referrers_api(tmp_path: Path, fake: FakeRegistry) -> None:
     pol = policy(tmp_path, {"default": {"type": "signedBy", "allowedSigners": str(signers)}})
     got = json.loads(run_cli("--policy", pol, "pull", f"{fake.host}/t:v1", "--json", store=tmp_path / "b",
                              check=True).stdout)
-    assert got["manifest"] == d and got["signatures"] == 1
+    assert got["digest"] == d and got["signatures"] == 1
     asked = [p for _, p, _ in fake.requests]
     assert any("/referrers/" in p and "artifactType=" in p for p in asked)
     assert not any(p.endswith(".sig") for p in asked)  # the referrers API answered: no tag fallback

@@ -61,7 +61,7 @@ def test_tampered_manifest_is_refused(cli: Cli, tmp_path: Path, store_path: Path
     signers, _ = _signed_setup(cli, tmp_path)
     d = cli("list", "--json", check=True)
     import json
-    digest = next(r["digest"] for r in json.loads(d.stdout) if r["name"] == "web")
+    digest = next(r["digest"] for r in json.loads(d.stdout)["names"] if r["name"] == "web")
     blob = store_path / "blobs" / "sha256" / digest[7:9] / digest[7:]
     os.chmod(blob, 0o644)
     data = bytearray(blob.read_bytes())
@@ -86,7 +86,7 @@ def test_reject_longest_scope_default_and_where_the_policy_comes_from(cli: Cli, 
     p = cli("--policy", pol, "checkout", "unsigned", tmp_path / "c")  # default: reject
     assert p.returncode == 4 and b"the default policy rejects it" in p.stderr
     import json
-    d = next(r["digest"] for r in json.loads(digest.stdout) if r["name"] == "web")
+    d = next(r["digest"] for r in json.loads(digest.stdout)["names"] if r["name"] == "web")
     p = cli("--policy", pol, "checkout", d, tmp_path / "d")  # by digest alone: the default
     assert p.returncode == 4 and not (tmp_path / "d").exists()
     # $CONTINUITY_POLICY, then $XDG_CONFIG_HOME/continuity/policy.json

@@ -25,7 +25,7 @@ pytestmark = needs_ssh_keygen
 
 
 def _sigs(cli: Cli, name: str) -> list[dict[str, object]]:
-    rows = json.loads(cli("list", "--json", check=True).stdout)
+    rows = json.loads(cli("list", "--json", check=True).stdout)["names"]
     return next(r["signatures"] for r in rows if r["name"] == name)
 
 
