@@ -20,6 +20,8 @@ LazyGroup.lazy.update({
     "export": "castore.cli.export_cmd",
     **dict.fromkeys(["gc", "fsck"], "castore.cli.gc_cmds"),
     "mount": "castore.cli.mount_cmd",
+    "init": "castore.cli.init_cmds",
+    "log": "castore.cli.log_cmds",
     **dict.fromkeys(["push", "pull"], "castore.cli.remote_cmds"),
 })
 

@@ -32,13 +32,22 @@ from castore.textsafe import quote
 @click.option("--tar", "tar_src", metavar="FILE|-", help="Read a tar stream (plain, gzip, zstd) instead of SRC.")
 @click.option("--appledouble", type=click.Choice(["fold", "drop", "keep"]), default=None,
               help="--tar: AppleDouble members into com.apple.* xattrs (fold, default), left out, or kept.")
+@click.option("--force-history", is_flag=True,
+              help="Record a new version under --name even when the tree is unchanged (by default it is not).")
 @click.pass_obj
 @handle_errors
 def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, ...], keep_appledouble: bool,
-               whiteouts: str, tar_src: str | None, appledouble: str | None) -> None:
-    """Store the tree SRC; print the manifest digest alone on stdout."""
+               whiteouts: str, tar_src: str | None, appledouble: str | None, force_history: bool) -> None:
+    """Store the tree SRC; print the manifest digest alone on stdout.
+
+    An unchanged tree records no new version under NAME (stderr says "unchanged").
+    Entries that cannot be read are skipped with a warning each; the version is then
+    recorded as incomplete and the exit code is 3 (the digest is still printed).
+    """
     if name is not None:
         check_name(name)
+    from castore.cli.ingest_report import begin, finish
+    begin(obj, force_history)
     if tar_src is not None:
         if src is not None:
             raise click.UsageError("give either SRC or --tar, not both")
@@ -54,8 +63,9 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
         from castore.ingest import ingest  # here: `checkout` and the catalog verbs need neither
 
         opts = WalkOptions(ignore=ignore, keep_appledouble=keep_appledouble, whiteouts=whiteouts)
-        digest = ingest(obj.store(), src, name=name, opts=opts)
+        digest = ingest(obj.store(create=True), src, name=name, opts=opts)
     click.echo(digest)
+    finish(obj, name, digest)
 
 
 @main_group.command("checkout")

@@ -13,10 +13,11 @@ from typing import Any, TypeVar
 
 import click
 
-from castore.errors import CastoreError, CorruptManifest, NotFound, ResourceLimit
+from castore.errors import CastoreError, CorruptManifest, NoStore, NotFound, ResourceLimit
 from castore.manifest import Manifest, codec, validate
 from castore.manifest.bounds import check_parse_cost
 from castore.store import Store, default_store_path
+from castore.store.revisions import NoSuchRevision, short_prefix_hint
 from castore.textsafe import json_text, safe_line
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,9 +52,17 @@ class Ctx:
         self.debug = debug
         self._store: Store | None = None
 
-    def store(self, create: bool = True) -> Store:
+    def store(self, create: bool = False) -> Store:
+        """The store; a missing one is an error with a hint (``continuity init``), unless ``create``:
+        the verbs that bring content in (ingest, pull, mount of a registry reference) make it, and say so."""
         if self._store is None:
-            self._store = Store.open(self.store_path or default_store_path(), create=create)
+            path = self.store_path or default_store_path()
+            if not os.path.lexists(os.path.join(path, "config")):
+                if not create:
+                    raise NoStore(f"no store at {path}: run `continuity init` to make one "
+                                  "(or check --store / CONTINUITY_STORE)")
+                click.echo(f"continuity: creating a new store at {safe_line(os.path.abspath(path))}", err=True)
+            self._store = Store.open(path, create=create)
         return self._store
 
     def store_if_exists(self) -> Store | None:
@@ -168,6 +177,10 @@ def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manif
     if store is not None:
         try:
             digest = store.resolve(ref)
+        except NoSuchRevision:
+            if not os.path.isfile(ref):
+                raise
+            digest = None
         except NotFound:
             digest = None
         if digest is not None:
@@ -177,7 +190,7 @@ def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manif
         return read_manifest_file(ref), None, store
     if os.path.isdir(ref):
         raise CorruptManifest(f"{ref}: is a directory, not a manifest")
-    raise NotFound(f"no manifest named {ref!r} (not a name, digest or file)")
+    raise NotFound(f"no manifest named {ref!r} (not a name, revision, digest or file){short_prefix_hint(ref)}")
 
 
 def print_json(obj: object) -> None:

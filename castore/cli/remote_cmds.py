@@ -73,7 +73,7 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: i
     from castore.remote.pull import pull
 
     ref = parse_reference_or_usage(reference, insecure, allow_digest=True)
-    res = pull(obj.store(), ref, name=name if name is not None else str(ref), jobs=jobs, username=username,
+    res = pull(obj.store(create=True), ref, name=name if name is not None else str(ref), jobs=jobs, username=username,
                password=_password(password_stdin))
     if as_json:
         print_json({"manifest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),

@@ -17,4 +17,4 @@ def ingest_tar_cmd(obj: Ctx, tar_src: str, name: str | None, ignore: tuple[str, 
         import click
         raise click.UsageError("--tar reads whiteouts in the oci form only (--whiteouts oci)")
     opts = TarOptions(ignore=ignore, whiteouts=whiteouts, appledouble=appledouble)
-    return ingest_tar(obj.store(), tar_src, name=name, opts=opts)
+    return ingest_tar(obj.store(create=True), tar_src, name=name, opts=opts)

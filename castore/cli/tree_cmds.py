@@ -156,12 +156,17 @@ def manifest_stats(m: Manifest) -> dict[str, int]:
 
 
 @main_group.command("stats")
-@click.argument("manifest")
+@click.argument("manifest", required=False)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
-def stats_cmd(obj: Ctx, manifest: str, as_json: bool) -> None:
-    """Counts and sizes of MANIFEST."""
+def stats_cmd(obj: Ctx, manifest: str | None, as_json: bool) -> None:
+    """Counts and sizes of MANIFEST; without it, of the whole store (bytes stored, logical bytes,
+    dedup ratio, growth of each name)."""
+    if manifest is None:
+        from castore.cli.store_stats import print_store_stats
+        print_store_stats(obj, as_json)
+        return
     m, digest, _ = resolve(obj, manifest)
     s = manifest_stats(m)
     if as_json:

@@ -47,8 +47,10 @@ from castore.faults import crashpoint
 from castore.manifest import Manifest, codec, validate
 from castore.manifest.model import Chunk, RegularFile, Resource
 from castore.readers import ChunkParams
+from castore.store import revisions
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, REBUILD_HINT, MetaDB, dkey, dstr
+from castore.store.readonly import no_lease, no_lock, readonly_reason, refuse_write
 
 CONFIG_VERSION = 1
 _KIND_NAMES = {stat.S_IFIFO: "FIFO", stat.S_IFDIR: "directory", stat.S_IFCHR: "character device",
@@ -199,6 +201,8 @@ class Store:
         assert isinstance(ch, dict)
         self.chunking = ChunkParams(ch["min_size"], ch["avg_size"], ch["max_size"], ch["threshold"])
         self.blob_root = os.path.join(path, "blobs", "sha256")
+        self.readonly = getattr(meta, "readonly", False)  # castore/store/readonly.py
+        self.record = revisions.RecordPolicy()  # how set_tag records versions
         self.root_fd = -1  # the store directory, checked (Store.open); every store dir is reached from it
         self._shard_fds: dict[str, int] = {}
 
@@ -219,6 +223,7 @@ class Store:
                 cls._create(path)
             else:
                 root_fd = _open_root(path, new=False)
+            ro = bool(readonly_reason(path))
             cfd = fs.open_beneath(root_fd, "config", os.O_RDONLY)
             with open(cfd, "rb") as f:
                 config = json.loads(f.read())
@@ -226,7 +231,7 @@ class Store:
                 raise StoreUnusable(f"store at {path} has an unknown format version")
             if config.get("digest_algorithm") != "sha256":
                 raise StoreUnusable(f"store at {path} uses an unsupported digest algorithm")
-            for d in ("blobs", "blobs/sha256", "tmp", "leases", "links"):
+            for d in ("blobs", "blobs/sha256", "tmp", "leases", "links") if not ro else ():
                 _ensure_dir(root_fd, d, path)
             for d in ("blobs/sha256", "links"):
                 _check_shards(root_fd, d, path)
@@ -234,7 +239,7 @@ class Store:
             # empty (gc would take every blob for an orphan).
             if not os.path.exists(os.path.join(path, "meta", "data.mdb")):
                 raise IntegrityError(f"store at {path} has no index (meta/data.mdb is missing); {REBUILD_HINT}")
-            meta = MetaDB(os.path.join(path, "meta"), create=False)
+            meta = MetaDB(os.path.join(path, "meta"), create=False, readonly=ro)
         except BaseException as exc:
             if root_fd >= 0:
                 os.close(root_fd)
@@ -253,7 +258,7 @@ class Store:
         store = cls(path, config, meta)
         store.root_fd = root_fd
         store._check_schema()
-        if not os.path.isdir(os.path.join(path, MARKER_DIR)):
+        if not ro and not os.path.isdir(os.path.join(path, MARKER_DIR)):
             with contextlib.suppress(OSError):  # best effort (a read-only user): the first commit does it
                 store._backfill_markers()
         return store
@@ -388,16 +393,24 @@ class Store:
 
     def shared_lock(self) -> object:
         """Locking: shared. Held while an ingest commits; gc waits for it."""
+        if self.readonly:
+            return no_lock()
         return flocked(os.path.join(self.path, "lock"), exclusive=False)
 
     def exclusive_lock(self, wait: bool = True) -> object:
         """Locking: exclusive (gc)."""
+        if self.readonly:
+            refuse_write(self.path)
         return flocked(os.path.join(self.path, "lock"), exclusive=True, wait=wait)
 
     @contextmanager
     def lease(self, manifests: Iterable[str] = ()) -> Iterator[Lease]:
         """A lease for the duration of the block; its tmp dir is removed at the end."""
         import fcntl
+        if self.readonly:
+            with no_lease(self.path) as nl:
+                yield nl  # type: ignore[misc]
+            return
         lid = f"{time.time_ns():x}-{secrets.token_hex(6)}"
         lock_path = os.path.join(self.path, "leases", lid + ".lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -699,11 +712,16 @@ class Store:
             return txn.get(dkey(digest), db=self.meta.db("refs")) is not None
 
     def set_tag(self, txn: object, name: str, digest: str, size: int) -> None:
+        """Point ``name`` at ``digest`` and record a version (not when the name's newest version already
+        is this manifest, unless forced: see castore/store/revisions.py RecordPolicy)."""
+        if revisions.unchanged(txn, self.meta.db("tags"), self.meta.db("history"), name, digest, self.record):
+            return
         now = time.time_ns()
         t: object = txn
         t.put(name.encode(), json.dumps({"digest": digest, "time_ns": now, "size": size}).encode(),  # type: ignore
               db=self.meta.db("tags"))
-        t.put(name.encode() + b"\0" + struct.pack(">Q", now), dkey(digest), db=self.meta.db("history"))  # type: ignore
+        t.put(revisions.history_key(name, now), revisions.history_value(digest, self.record.flags),  # type: ignore
+              db=self.meta.db("history"))
 
     def tag(self, name: str, digest: str) -> None:
         """Name a manifest the store recorded as one (its `refs` row); any other blob is refused."""
@@ -752,8 +770,10 @@ class Store:
                 for k, v in cur:
                     if not k.startswith(prefix):
                         break
+                    if len(k) != len(prefix) + 8:
+                        continue
                     (t,) = struct.unpack(">Q", k[len(prefix):])
-                    d = dstr(v)
+                    d = dstr(v[:32])
                     out.append(TagInfo(name, d, t, 0))
         return out
 
@@ -774,6 +794,9 @@ class Store:
         d = self.get_tag(ref) if len(ref.encode()) < 500 else None
         if d is not None:
             return d
+        d = revisions.resolve_revision(self, ref) if len(ref.encode()) < 600 else None
+        if d is not None:
+            return d
         hexpart = ref[7:] if ref.startswith("sha256:") else ref
         if _is_hex_prefix(hexpart) and len(hexpart) < 64:
             found = [m for m in self.manifests() if m[7:].startswith(hexpart)]
@@ -781,7 +804,7 @@ class Store:
                 return found[0]
             if len(found) > 1:
                 raise UnsafeInput(f"digest prefix {hexpart} is ambiguous ({len(found)} manifests)")
-        raise NotFound(f"no manifest named {ref!r} in the store")
+        raise NotFound(f"no manifest named {ref!r} in the store{revisions.short_prefix_hint(ref)}")
 
     def record_manifest(self, txn: object, digest: str, refs: Iterable[str]) -> None:
         """Index a manifest's references (for gc), in the caller's transaction."""
@@ -934,7 +957,8 @@ def _open_root(path: str, *, new: bool) -> int:
             raise UnsafeInput(f"store at {path} is writable by group or others (mode {st.st_mode & 0o7777:04o}): "
                               "refusing to use it; check its contents, then chmod 0700 it")
         elif st.st_mode & 0o077:
-            os.fchmod(fd, 0o700)
+            with contextlib.suppress(OSError):  # a read-only filesystem: nothing can be written there anyway
+                os.fchmod(fd, 0o700)
         return fd
     except BaseException:
         os.close(fd)

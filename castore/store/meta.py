@@ -101,8 +101,11 @@ def dstr(key: bytes) -> str:
 class MetaDB:
     """Typed access to the store's LMDB environment (one per path per process)."""
 
-    def __init__(self, path: str, *, create: bool) -> None:
+    def __init__(self, path: str, *, create: bool, readonly: bool = False) -> None:
+        """``readonly``: a store we may not write (read-only filesystem, another's files): LMDB opened
+        read-only without its lock file (nothing is created; see castore/store/readonly.py)."""
         self.path = path
+        self.readonly = readonly
         pid = os.getpid()
         cached = _ENVS.get(path)
         if cached and cached[0] == pid:
@@ -113,7 +116,8 @@ class MetaDB:
             try:
                 self.env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=len(DBS) + 2, subdir=True,
                                      create=create, sync=True, metasync=True, writemap=False,
-                                     max_spare_txns=0, lock=True, readahead=False)
+                                     max_spare_txns=0, lock=not readonly, readahead=False,
+                                     readonly=readonly)
             except lmdb.Error as exc:
                 if "Resource temporarily unavailable" in str(exc):
                     # LMDB's per-PID reader lock is taken: a process with our PID in another PID namespace.
@@ -124,6 +128,11 @@ class MetaDB:
                 raise StoreUnusable(f"store metadata at {path} cannot be opened: {exc}") from exc
             _ENVS[path] = (pid, self.env)
         try:
+            if readonly:
+                with self.env.begin() as txn:  # a read-only env cannot create sub-databases: only known ones
+                    self.dbs = {n: self.env.open_db(n.encode(), txn=txn, create=False) for n in DBS
+                                if txn.get(n.encode()) is not None}
+                return
             self.dbs = {n: self.env.open_db(n.encode()) for n in DBS}
             self.env.reader_check()
             if not (cached and cached[0] == pid):
@@ -154,6 +163,9 @@ class MetaDB:
 
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``fn`` in one write transaction, growing the map and retrying when full."""
+        if self.readonly:
+            from castore.store.readonly import refuse_write
+            refuse_write(os.path.dirname(self.path))
         for _ in range(40):
             try:
                 with self.env.begin(write=True) as txn:
