@@ -227,11 +227,11 @@ class _Checker:
                     self._add("error", "bad-catalog-row", name, "catalog entry is not readable")
             for k, v in txn.cursor(db=self.meta.db("history")):
                 k = bytes(k)
-                if len(k) < 10 or len(v) != 32:
+                if len(k) < 10 or len(v) not in (32, 33):  # digest [flags] (castore/store/revisions.py)
                     self._add("error", "bad-catalog-row", k.hex(), "history entry is malformed")
                     continue
                 when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int.from_bytes(k[-8:], "big") / 1e9))
-                names.setdefault(bytes(v), []).append(f"{k[:-9].decode(errors='replace')}@{when}")
+                names.setdefault(bytes(v[:32]), []).append(f"{k[:-9].decode(errors='replace')}@{when}")
         return names
 
     def manifests(self) -> None:

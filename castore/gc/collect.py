@@ -46,6 +46,7 @@ from castore import staging
 from castore.bulkmode import bulk
 from castore.errors import Busy, IntegrityError, UnsafeInput, warn_mounts_kept
 from castore.faults import crashpoint
+from castore.gc.retention import Policy, select
 from castore.store import Store, _remove_tree, unpack_chunks
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr
@@ -108,6 +109,7 @@ class GcOptions:
     grace_ns: int = DEFAULT_GRACE_NS
     dry_run: bool = False
     keep_history: int | None = None
+    retention: Policy | None = None  # per-name history policy (castore/gc/retention.py); keep_history: its `last`
     wait: bool = False
     nice: int = 0  # lower the CPU priority of the unlocked phases by this much (the CLI uses 10)
     list_items: bool = False  # keep every Item in the report (dry runs always do)
@@ -205,9 +207,14 @@ class _Collector:
                 prune.extend(k for k, _ in rows)  # the name was removed: its versions go too
                 continue
             rows.sort()  # time order (big-endian suffix)
+            if self.opts.retention is not None and not self.opts.retention.empty():
+                why = select([struct.unpack(">Q", k[-8:])[0] for k, _ in rows], self.opts.retention)
+                prune.extend(k for (k, _), r in zip(rows, why, strict=True) if not r)
+                roots.update(v[:32] for (_, v), r in zip(rows, why, strict=True) if r)
+                continue
             cut = 0 if keep_n is None else max(len(rows) - keep_n, 0)
             prune.extend(k for k, _ in rows[:cut])
-            roots.update(v for _, v in rows[cut:])
+            roots.update(v[:32] for _, v in rows[cut:])
         leases: list[tuple[str, bool]] = []
         for k, v in t.cursor(db=self.meta.db("leases")):  # type: ignore[attr-defined]
             lid = bytes(k).decode(errors="replace")
