@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 
 import click
@@ -18,7 +19,8 @@ from castore.cli.common import (
     write_ignore_opt,
 )
 from castore.materialize import LINK_MODES
-from castore.store import check_name
+from castore.store import check_name, default_store_path
+from castore.store.revisions import Version
 from castore.textsafe import quote
 
 
@@ -61,8 +63,9 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
             raise click.UsageError("--whiteouts oci applies to --tar; a directory holds overlay whiteouts")
         from castore.build import WalkOptions
         from castore.ingest import ingest  # here: `checkout` and the catalog verbs need neither
-
-        opts = WalkOptions(ignore=ignore, keep_appledouble=keep_appledouble, whiteouts=whiteouts)
+        from castore.ingest_skips import SkipLog
+        opts = WalkOptions(ignore=ignore, keep_appledouble=keep_appledouble, whiteouts=whiteouts,
+                           on_skip=SkipLog(src))
         digest = ingest(obj.store(create=True), src, name=name, opts=opts)
     click.echo(digest)
     finish(obj, name, digest)
@@ -85,7 +88,6 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
 def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest: bool, devices: str | None,
                  sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool, ignore_attr: frozenset[str]) -> None:
     """Materialise MANIFEST at TARGET (absent or empty), complete or not at all."""
-    import os
 
     from castore.checkout import checkout
     from castore.materialize import Options
@@ -109,26 +111,38 @@ def _when(ns: int) -> str:
 @handle_errors
 def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
     """The catalog: names, digests, dates, sizes."""
+    from castore.store.revisions import versions
+    if obj.store_path is None and not os.path.lexists(os.path.join(default_store_path(), "config")):
+        if as_json:  # the default location before anything was stored: an empty catalog (README "Stores")
+            print_json([])
+        return
     store = obj.store()
     if history is not None:
-        rows = store.history(history)
-        if as_json:
-            print_json([{"name": t.name, "digest": t.digest, "time": _when(t.time_ns)} for t in rows])
-        else:
-            for t in rows:
-                click.echo(f"{_when(t.time_ns)}  {t.digest}")
+        _print_history(versions(store, history), as_json)
         return
     tags = store.tags()
     out = []
     for t in tags:
         total = _tree_size(store, t.digest)
+        vs = versions(store, t.name)
         out.append({"name": t.name, "digest": t.digest, "time": _when(t.time_ns), "manifest_size": t.size,
-                    "size": total, "versions": len(store.history(t.name))})
+                    "size": total, "versions": len(vs),
+                    "incomplete": bool(vs and vs[-1].digest == t.digest and vs[-1].incomplete)})
     if as_json:
         print_json(out)
         return
     for row in out:
-        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{row['size']}")
+        flag = "\tincomplete" if row["incomplete"] else ""
+        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{row['size']}{flag}")
+
+
+def _print_history(rows: list[Version], as_json: bool) -> None:
+    if as_json:
+        print_json([{"name": t.name, "digest": t.digest, "time": _when(t.time_ns), "incomplete": t.incomplete}
+                    for t in rows])
+    else:
+        for t in rows:
+            click.echo(f"{_when(t.time_ns)}  {t.digest}{'  incomplete' if t.incomplete else ''}")
 
 
 def _tree_size(store: object, digest: str) -> int:
@@ -146,15 +160,12 @@ def _tree_size(store: object, digest: str) -> int:
 @handle_errors
 def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
     """Every manifest recorded under NAME, oldest first."""
-    rows = obj.store().history(name)
+    from castore.store.revisions import versions
+    rows = versions(obj.store(), name)
     if not rows:
         from castore.errors import NotFound
         raise NotFound(f"no history for {name!r}")
-    if as_json:
-        print_json([{"name": t.name, "digest": t.digest, "time": _when(t.time_ns)} for t in rows])
-    else:
-        for t in rows:
-            click.echo(f"{_when(t.time_ns)}  {t.digest}")
+    _print_history(rows, as_json)
 
 
 @main_group.command("tag")
