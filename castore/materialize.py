@@ -705,7 +705,7 @@ class Writer:
             # Two sorted runs: timsort merges them in one pass. A key in both (a blob
             # both processes verified) holds the same stat; putmulti keeps the last.
             rows = sorted(rows + extra)
-        if not rows:
+        if not rows or self.store.readonly:  # a cache: a read-only store keeps none
             return
 
         def fn(txn: object) -> None:

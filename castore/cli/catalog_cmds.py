@@ -88,11 +88,13 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
 def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest: bool, devices: str | None,
                  sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool, ignore_attr: frozenset[str]) -> None:
     """Materialise MANIFEST at TARGET (absent or empty), complete or not at all."""
-
     from castore.checkout import checkout
     from castore.materialize import Options
 
     m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
+    if link == "hardlink" and store is not None and store.readonly:
+        from castore.store.readonly import refuse_write
+        refuse_write(store.path, "--link hardlink makes link objects in it; use --link copy or reflink")
     if devices is None:
         devices = "create" if os.geteuid() == 0 else "skip"
     opts = Options(link=link, verify=not disable_digest, devices=devices, sockets=sockets, whiteouts=whiteouts,
@@ -176,7 +178,7 @@ def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
 def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
     """Record MANIFEST under NAME (a manifest file is stored first)."""
     check_name(name)
-    store = obj.store()
+    store = obj.writable_store()
     m, digest, _ = resolve(obj, manifest, need_store=True)
     if digest is None:
         from castore.errors import BlobNotFound
@@ -204,7 +206,7 @@ def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
 @handle_errors
 def rm_cmd(obj: Ctx, names: tuple[str, ...]) -> None:
     """Remove NAMES from the catalog (content goes at the next gc)."""
-    store = obj.store()
+    store = obj.writable_store()
     for n in names:
         store.untag(n)
 

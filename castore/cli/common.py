@@ -52,6 +52,19 @@ class Ctx:
         self.debug = debug
         self._store: Store | None = None
 
+    @property
+    def open_store(self) -> Store | None:
+        """The store, if this command opened it."""
+        return self._store
+
+    def writable_store(self, create: bool = False) -> Store:
+        """The store, refused (ReadOnlyStore, with a hint) when it is read-only: for the verbs that write."""
+        store = self.store(create=create)
+        if store.readonly:
+            from castore.store.readonly import refuse_write
+            refuse_write(store.path)
+        return store
+
     def store(self, create: bool = False) -> Store:
         """The store; a missing one is an error with a hint (``continuity init``), unless ``create``:
         the verbs that bring content in (ingest, pull, mount of a registry reference) make it, and say so."""
@@ -104,6 +117,10 @@ def handle_errors(fn: F) -> F:
             if debug:
                 traceback.print_exc()
             where = f"{_unproc(exc.filename)}: " if exc.filename else ""
+            ro = ctx.find_root().obj.open_store if ctx and isinstance(ctx.find_root().obj, Ctx) else None
+            if exc.errno == errno.EROFS and ro is not None and ro.readonly:
+                fail(f"{where}read-only file system: the store at {ro.path} is read-only and this verb writes to "
+                     "it; run it where the store is writable", 1)
             code = 6 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE) else 1
             fail(f"{where}{exc.strerror or exc}", code)
         except (MemoryError, RecursionError) as exc:

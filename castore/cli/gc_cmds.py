@@ -60,6 +60,9 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
     if store is None:
         raise NotFound(f"no store at {obj.store_path or default_store_path()}: "
                        "run `continuity init` to make one (or check --store / CONTINUITY_STORE)")
+    if store.readonly:
+        from castore.store.readonly import refuse_write
+        refuse_write(store.path, "gc deletes from it")
     opts.nice = nice
     plan = retention_plan(store, policy) if policy is not None else None
     report = collect(store, opts)

@@ -16,7 +16,7 @@ INCOMPLETE_EXIT = 3
 
 def begin(obj: Ctx, force_history: bool) -> None:
     """Before an ingest: how its version is recorded."""
-    obj.store(create=True).record.force = force_history
+    obj.writable_store(create=True).record.force = force_history
 
 
 def finish(obj: Ctx, name: str | None, digest: str) -> None:

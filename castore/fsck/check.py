@@ -12,6 +12,7 @@ holds the store lock exclusive for the whole run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -463,7 +464,9 @@ def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
     """Check (and with ``opts.repair`` repair) the store. Raises IntegrityError on unreadable metadata."""
     opts = opts or FsckOptions()
     start = time.monotonic()
-    with flocked(os.path.join(store.path, "gc.lock"), exclusive=True, what="gc/fsck"):
+    # A read-only store (castore/store/readonly.py) is checked without the lock: no gc can run on it.
+    with (flocked(os.path.join(store.path, "gc.lock"), exclusive=True, what="gc/fsck")
+          if not store.readonly or opts.repair else contextlib.nullcontext()):
         lock = store.exclusive_lock() if opts.repair else None
         if lock is not None:
             lock.__enter__()  # type: ignore[attr-defined]

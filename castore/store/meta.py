@@ -128,11 +128,11 @@ class MetaDB:
                 raise StoreUnusable(f"store metadata at {path} cannot be opened: {exc}") from exc
             _ENVS[path] = (pid, self.env)
         try:
-            if readonly:
-                with self.env.begin() as txn:  # a read-only env cannot create sub-databases: only known ones
-                    self.dbs = {n: self.env.open_db(n.encode(), txn=txn, create=False) for n in DBS
-                                if txn.get(n.encode()) is not None}
-                return
+            if readonly:  # a read-only env cannot create sub-databases: only the ones it has are opened
+                with self.env.begin() as txn:
+                    have = [n for n in DBS if txn.get(n.encode()) is not None]
+                self.dbs = {n: self.env.open_db(n.encode(), create=False) for n in have}  # (handles opened in
+                return  # a read transaction of py-lmdb die with it)
             self.dbs = {n: self.env.open_db(n.encode()) for n in DBS}
             self.env.reader_check()
             if not (cached and cached[0] == pid):

@@ -60,8 +60,8 @@ def load_records(store: Store, digests: set[str]) -> dict[bytes, bytes]:
 
 
 def save_records(store: Store, rows: dict[bytes, bytes]) -> None:
-    """Write verified records (one write transaction)."""
-    if not rows:
+    """Write verified records (one write transaction); a read-only store keeps none (a cache)."""
+    if not rows or store.readonly:
         return
     db = store.meta.db("links")
 
