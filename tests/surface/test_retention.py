@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -22,7 +23,8 @@ def test_select_rules() -> None:
     times = [T0 + i * 6 * HOUR for i in range(40)]
     assert sum(1 for r in select(times, Policy(last=3)) if r) == 3
     kept = [t for t, r in zip(times, select(times, Policy(daily=4)), strict=True) if r]
-    assert len(kept) == 4 and kept == sorted(times)[-4 * 4 + 3::4]  # the newest of each of the last 4 days
+    # T0 is noon: the last version (index 39) is at 06:00 of day 10, the newest of days 7-9 at 18:00
+    assert kept == [times[i] for i in (29, 33, 37, 39)]
     assert len({time.gmtime(t // 10**9).tm_yday for t in kept}) == 4
     kept = [r for r in select(times, Policy(within_ns=DAY)) if r]
     assert len(kept) == 5  # the newest and the four of the day before it (24 h inclusive)
@@ -55,11 +57,14 @@ def test_gc_dry_run_lists_what_goes_then_gc_forgets_it(tmp_path: Path) -> None:
     plan = json.loads(p.stdout)["retention"]
     assert len(plan) == 43 and [r["revision"] for r in plan[:2]] == ["t@0", "t@1"]
     keep = [r for r in plan if r["keep"]]
-    assert "last" in keep[0]["reasons"] and any(r["reasons"] == ["weekly 2026-W05"] for r in keep)
-    assert len(keep) == 5  # 2 last (the real ingests, newest) + the newest of 3 ISO weeks of the dated rows
+    year, week, _ = dt.datetime.now(dt.UTC).isocalendar()
+    now_week = f"weekly {year}-W{week:02d}"
+    # the 2 real ingests (newest: its week is the first of 3), then the newest of the 2 last weeks of the
+    # dated rows (2026-01-01 .. 2026-02-09, a Monday: ISO weeks 7 and 6)
+    assert [r["reasons"] for r in keep] == [["last", now_week], ["last"], ["weekly 2026-W07"], ["weekly 2026-W06"]]
     human = run_cli("gc", "--dry-run", "--keep-last", "2", "--keep-weekly", "3", "--grace", "0", store=path,
                     check=True).stdout.decode().splitlines()
-    assert sum(1 for line in human if line.startswith("would forget t@")) == 38
+    assert sum(1 for line in human if line.startswith("would forget t@")) == 39
     assert len(json.loads(run_cli("history", "t", "--json", store=path, check=True).stdout)) == 43  # dry run
     run_cli("gc", "--keep-last", "2", "--keep-weekly", "3", "--grace", "0", store=path, check=True)
     after = json.loads(run_cli("history", "t", "--json", store=path, check=True).stdout)
