@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-from castore.build import WalkResult
 from castore.readers import FileJob, FileResult
 from castore.textsafe import safe_line
 
@@ -36,9 +36,10 @@ class SkipLog:
         return len(self.paths)
 
 
-def drop_unread(walked: WalkResult, jobs: list[FileJob], results: list[FileResult],
+def drop_unread(walked: Any, jobs: list[FileJob], results: list[FileResult],
                 hit_idx: set[int]) -> tuple[list[FileJob], list[FileResult], set[int]]:
-    """Leave the files whose read failed (``error`` set) out of the walk, the jobs and the results.
+    """Leave the files whose read failed (``error`` set) out of the walk (a castore.build.WalkResult),
+    the jobs and the results.
 
     ``walked.files`` and ``jobs`` are the same list in ingest; ``hit_idx`` holds
     indexes into it (stat-cache hits), renumbered here.

@@ -10,6 +10,7 @@ import click
 
 from castore.apply.run import ApplyOptions, apply_tree
 from castore.cli.common import Ctx, handle_errors, ignore_opt, main_group, print_json, resolve_lazy, write_ignore_opt
+from castore.cli.trust import check_trust
 from castore.errors import Differences
 from castore.materialize import LINK_MODES
 from castore.textsafe import safe_line
@@ -47,6 +48,7 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
     if move and source == "store":
         raise click.UsageError("--move needs --source DIR")
     m, digest, store = resolve_lazy(obj, manifest, need_store=source == "store")
+    check_trust(obj, manifest, digest, store)
     if devices is None:
         devices = "create" if os.geteuid() == 0 else "skip"
     opts = ApplyOptions(delete=delete, verify=not disable_digest, devices=devices, sockets=sockets,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+from collections.abc import Sequence
 
 import click
 
@@ -18,6 +19,7 @@ from castore.cli.common import (
     resolve_lazy,
     write_ignore_opt,
 )
+from castore.cli.trust import check_trust
 from castore.materialize import LINK_MODES
 from castore.store import check_name, default_store_path
 from castore.store.revisions import Version
@@ -88,6 +90,8 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
 def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest: bool, devices: str | None,
                  sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool, ignore_attr: frozenset[str]) -> None:
     """Materialise MANIFEST at TARGET (absent or empty), complete or not at all."""
+    import os
+
     from castore.checkout import checkout
     from castore.materialize import Options
 
@@ -95,6 +99,7 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
     if link == "hardlink" and store is not None and store.readonly:
         from castore.store.readonly import refuse_write
         refuse_write(store.path, "--link hardlink makes link objects in it; use --link copy or reflink")
+    check_trust(obj, manifest, digest, store)
     if devices is None:
         devices = "create" if os.geteuid() == 0 else "skip"
     opts = Options(link=link, verify=not disable_digest, devices=devices, sockets=sockets, whiteouts=whiteouts,
@@ -120,7 +125,7 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
         return
     store = obj.store()
     if history is not None:
-        _print_history(versions(store, history), as_json)
+        _print_history(store, versions(store, history), as_json)
         return
     tags = store.tags()
     out = []
@@ -128,23 +133,37 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
         total = _tree_size(store, t.digest)
         vs = versions(store, t.name)
         out.append({"name": t.name, "digest": t.digest, "time": _when(t.time_ns), "manifest_size": t.size,
-                    "size": total, "versions": len(vs),
+                    "size": total, "versions": len(vs), "signatures": _sigs(store, t.digest),
                     "incomplete": bool(vs and vs[-1].digest == t.digest and vs[-1].incomplete)})
     if as_json:
         print_json(out)
         return
     for row in out:
         flag = "\tincomplete" if row["incomplete"] else ""
-        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{row['size']}{flag}")
+        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{row['size']}\t"
+                   f"{_signers(row['signatures'])}{flag}")  # type: ignore[arg-type]
 
 
-def _print_history(rows: list[Version], as_json: bool) -> None:
+def _sigs(store: object, digest: str) -> list[dict[str, object]]:
+    """The stored signatures of a manifest, for list/history (docs/signing.md)."""
+    from castore.store.signatures import for_manifest
+
+    return [r.as_json() for r in for_manifest(store, digest)]  # type: ignore[arg-type]
+
+
+def _signers(sigs: list[dict[str, object]]) -> str:
+    """The text column: who signed (principal, else key fingerprint), or "-" for unsigned."""
+    return ",".join(sorted({quote(str(s["principal"] or s["fingerprint"])) for s in sigs})) or "-"
+
+
+def _print_history(store: object, rows: Sequence[Version], as_json: bool) -> None:
     if as_json:
-        print_json([{"name": t.name, "digest": t.digest, "time": _when(t.time_ns), "incomplete": t.incomplete}
-                    for t in rows])
+        print_json([{"name": t.name, "digest": t.digest, "time": _when(t.time_ns),
+                     "signatures": _sigs(store, t.digest), "incomplete": t.incomplete} for t in rows])
     else:
         for t in rows:
-            click.echo(f"{_when(t.time_ns)}  {t.digest}{'  incomplete' if t.incomplete else ''}")
+            click.echo(f"{_when(t.time_ns)}  {t.digest}  {_signers(_sigs(store, t.digest))}"
+                       f"{'  incomplete' if t.incomplete else ''}")
 
 
 def _tree_size(store: object, digest: str) -> int:
@@ -163,11 +182,12 @@ def _tree_size(store: object, digest: str) -> int:
 def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
     """Every manifest recorded under NAME, oldest first."""
     from castore.store.revisions import versions
-    rows = versions(obj.store(), name)
+    store = obj.store()
+    rows = versions(store, name)
     if not rows:
         from castore.errors import NotFound
         raise NotFound(f"no history for {name!r}")
-    _print_history(rows, as_json)
+    _print_history(store, rows, as_json)
 
 
 @main_group.command("tag")

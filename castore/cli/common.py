@@ -47,9 +47,10 @@ write_ignore_opt = click.option(
 
 
 class Ctx:
-    def __init__(self, store_path: str | None, debug: bool) -> None:
+    def __init__(self, store_path: str | None, debug: bool, policy_path: str | None = None) -> None:
         self.store_path = store_path
         self.debug = debug
+        self.policy_path = policy_path  # --policy FILE (castore/sign/policy.py looks further)
         self._store: Store | None = None
 
     @property
@@ -156,11 +157,14 @@ class LazyGroup(click.Group):
 @click.option("--store", "store_path", envvar="CONTINUITY_STORE", metavar="PATH",
               help="Store location (default: /var/lib/continuity for root, else $XDG_DATA_HOME/continuity).")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option("--policy", "policy_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Trust policy (default: $CONTINUITY_POLICY, $XDG_CONFIG_HOME/continuity/policy.json, "
+                   "/etc/continuity/policy.json, else accept all; see docs/signing.md).")
 @click.version_option(package_name="continuity", prog_name="continuity")
 @click.pass_context
-def main_group(ctx: click.Context, store_path: str | None, debug: bool) -> None:
+def main_group(ctx: click.Context, store_path: str | None, debug: bool, policy_path: str | None) -> None:
     """A content-addressed store with a manifest catalog (containerd/continuity manifests)."""
-    ctx.obj = Ctx(store_path, debug)
+    ctx.obj = Ctx(store_path, debug, policy_path)
 
 
 def read_manifest_file(path: str) -> Manifest:

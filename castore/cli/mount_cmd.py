@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from castore.cli.common import Ctx, handle_errors, main_group, resolve
+from castore.cli.trust import check_trust
 from castore.textsafe import safe_line
 
 
@@ -31,6 +32,7 @@ def mount_cmd(obj: Ctx, manifest: str, mountpoint: str, allow_other: bool, foreg
     check_mountpoint(mountpoint)  # before touching the store: a bad mount point is exit 3, nothing else done
     m, digest, _ = resolve(obj, manifest, need_store=True)
     store = obj.store()
+    check_trust(obj, manifest, digest, store)
 
     def ready(path: str) -> None:
         click.echo(safe_line(f"continuity: mounted {digest or manifest} at {path} (read-only); "

@@ -52,7 +52,7 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int,
     if as_json:
         print_json({"reference": pinned, "tag": str(ref), "oci_digest": res.oci_digest,
                     "manifest": res.manifest_digest, "uploaded": res.uploaded, "skipped": res.skipped,
-                    "uploaded_bytes": res.uploaded_bytes})
+                    "uploaded_bytes": res.uploaded_bytes, "signatures": res.signatures})
     else:
         click.echo(pinned)
 
@@ -73,12 +73,15 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: i
     from castore.remote.pull import pull
 
     ref = parse_reference_or_usage(reference, insecure, allow_digest=True)
-    res = pull(obj.store(create=True), ref, name=name if name is not None else str(ref), jobs=jobs, username=username,
-               password=_password(password_stdin))
+    from castore.sign.policy import load_policy
+
+    policy = load_policy(obj.policy_path)
+    res = pull(obj.store(create=True), ref, name=name if name is not None else str(ref), jobs=jobs,
+               username=username, password=_password(password_stdin), policy=None if policy.accepts_all else policy)
     if as_json:
         print_json({"manifest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
                     "downloaded": res.downloaded, "present": res.present,
-                    "downloaded_bytes": res.downloaded_bytes})
+                    "downloaded_bytes": res.downloaded_bytes, "signatures": res.signatures})
     else:
         click.echo(res.manifest_digest)
 

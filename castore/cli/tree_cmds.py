@@ -127,13 +127,24 @@ def ls_cmd(obj: Ctx, manifest: str, long_: bool) -> None:
 
 @main_group.command("dump")
 @click.argument("manifest")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "pb"]), default="text", show_default=True,
+              help="pb: the stored manifest bytes, exactly (what `sign` signs).")
 @click.pass_obj
 @handle_errors
 def dump_cmd(obj: Ctx, manifest: str, fmt: str) -> None:
-    """Dump MANIFEST as prototext (upstream's dump) or JSON."""
-    m, _, _ = resolve(obj, manifest)
-    if fmt == "text":
+    """Dump MANIFEST as prototext (upstream's dump), JSON, or its stored protobuf bytes."""
+    m, digest, store = resolve(obj, manifest)
+    if fmt == "pb":
+        if sys.stdout.isatty():
+            raise UnsafeInput("refusing to write a binary manifest to a terminal; redirect or pipe it")
+        if store is not None and digest is not None:
+            data = store.read_blob(digest)
+        else:  # a manifest file, read and validated by resolve(): its own bytes
+            with open(manifest, "rb") as f:
+                data = f.read()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    elif fmt == "text":
         click.echo(codec.dumps_text(m), nl=False)
     else:
         click.echo(codec.dumps_json(m))

@@ -314,6 +314,10 @@ def named(path: str) -> Iterator[None]:
     """
     try:
         yield
+    except UnsafeInput as exc:
+        if getattr(exc, "unnamed", False):  # set_xattr's refusal: it knows no path
+            raise UnsafeInput(f"{path}: {exc}") from exc
+        raise
     except OSError as exc:
         if isinstance(exc.filename, str) and exc.filename.startswith(PROC_FD):
             exc.filename = path
@@ -383,8 +387,9 @@ def set_xattr(target: int | str, name: str, value: bytes, *, follow: bool = Fals
             os.setxattr(target, name, value, follow_symlinks=follow)
     except OSError as exc:
         if exc.errno in XATTR_REFUSED:
-            raise UnsafeInput(f"xattr {name!r} ({len(value)} bytes) cannot be set here: "
-                              f"{os.strerror(exc.errno)}") from exc
+            refused = UnsafeInput(f"xattr {name!r} ({len(value)} bytes) cannot be set: {os.strerror(exc.errno)}")
+            refused.unnamed = True  # type: ignore[attr-defined]  # fs.named() puts the tree path in front
+            raise refused from exc
         raise
 
 

@@ -28,6 +28,7 @@ from castore.digest import hash_fd
 from castore.errors import CastoreError, IntegrityError, UnsafeInput
 from castore.faults import crashpoint
 from castore.fs.linux import RENAME_EXCHANGE
+from castore.fsck.signatures import check_signatures
 from castore.manifest import Manifest, codec, validate
 from castore.materialize import object_record
 from castore.store import MARKER_DIR, Store, check_name, chunk_map_rows, manifest_refs, unpack_chunks
@@ -478,6 +479,7 @@ def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
             c.blobs()
             c.manifests()
             c.chunk_map()
+            check_signatures(store, c._add, repair=opts.repair)
             changed = c.link_objects()
             if opts.repair:
                 c.repair(changed)
@@ -520,7 +522,8 @@ MAX_PARSE = 256 << 20
 
 
 def _salvage(meta_path: str) -> tuple[list[tuple[str, bytes, bytes]], set[bytes], str]:
-    """Catalog rows (tags, history) and recorded manifests of the old environment, and why not all could be read.
+    """Catalog rows (tags, history), signatures and recorded manifests of the old environment, and why not all
+    could be read.
 
     The environment is opened only once its header proved the file whole
     (MetaDB checks it): a truncated map would SIGBUS the rebuild itself.
@@ -536,7 +539,7 @@ def _salvage(meta_path: str) -> tuple[list[tuple[str, bytes, bytes]], set[bytes]
     known: set[bytes] = set()
     why = ""
     try:
-        for dbname in ("tags", "history", "refs"):
+        for dbname in ("tags", "history", "refs", "signatures"):
             try:
                 with old.read() as txn:
                     for k, v in txn.cursor(db=old.db(dbname)):
@@ -635,6 +638,8 @@ def rebuild_index(store_path: str) -> RebuildReport:
         created_ns = time.time_ns()
         meta_path = os.path.join(path, "meta")
         catalog, known, rep.catalog_lost = _salvage(meta_path)
+        sig_rows = [r for r in catalog if r[0] == "signatures"]  # kept apart: not catalog rows (fsck re-verifies)
+        catalog = [r for r in catalog if r[0] != "signatures"]
         markers, have_markers = _markers(path)
         known |= set(markers)
         # Parsing decides only for a store of an older version (no markers) whose old index is unreadable.
@@ -714,7 +719,7 @@ def rebuild_index(store_path: str) -> RebuildReport:
                 t: object = txn
                 for k, rs in refs.items():
                     t.put(k, b"".join(sorted(rs)), db=new.db("refs"))  # type: ignore[attr-defined]
-                for dbname, k, v in catalog:
+                for dbname, k, v in catalog + sig_rows:
                     t.put(k, v, db=new.db(dbname))  # type: ignore[attr-defined]
                 for k, v in sorted(chunk_map):
                     t.put(k, v, db=new.db("chunkmap"))  # type: ignore[attr-defined]

@@ -47,7 +47,7 @@ from castore.bulkmode import bulk
 from castore.errors import Busy, IntegrityError, UnsafeInput, warn_mounts_kept
 from castore.faults import crashpoint
 from castore.gc.retention import Policy, select
-from castore.store import Store, _remove_tree, unpack_chunks
+from castore.store import Store, _remove_tree, signatures, unpack_chunks
 from castore.store.lock import flocked, is_held
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr
 
@@ -341,6 +341,8 @@ class _Collector:
                 t.delete(k, db=blobs_db)  # type: ignore[attr-defined]
                 if k in now_manifests:
                     t.delete(k, db=refs_db)  # type: ignore[attr-defined]
+            out["signatures"] = signatures.delete_for(self.store, t, [k for k, _, kind in doomed
+                                                                       if kind == KIND_MANIFEST])
             # "v" rows (verified-blob stat records) are a cache: dropped after the lock (phase 4).
 
         if self.opts.dry_run:
@@ -354,6 +356,7 @@ class _Collector:
             self.report.add(Item("history", _history_name(k)), self.keep_items, is_file=False)
         for lid in out["leases"]:  # type: ignore[attr-defined]
             self.report.add(Item("lease", lid), self.keep_items, is_file=False)
+        self.report.rows += int(out.get("signatures", 0))  # type: ignore[call-overload]
         doomed: list[tuple[bytes, int, int]] = out["doomed"]  # type: ignore[assignment]
         self.report.kept_blobs += len(garbage) - len(doomed)
         files = doomed + [(k, s, -1) for k, s in orphans if k not in marked]

@@ -402,6 +402,19 @@ class Registry:
             return reported
         return self._call(f"PUT manifest {self.ref.repo}:{tag}", go)
 
+    def get_referrers(self, digest: str, artifact_type: str) -> bytes | None:
+        """The OCI 1.1 referrers index of ``digest`` (bounded), or None when the registry lacks the API (404)."""
+        what = f"referrers of {self.ref.repo}@{digest}"
+
+        def go() -> bytes | None:
+            ans = self._send("GET", f"{self.ref.base}/referrers/{digest}?{urlencode({'artifactType': artifact_type})}",
+                             headers={"Accept": OCI_INDEX})
+            if ans.status == 404:
+                return None
+            self._check(ans, what, (200,))
+            return ans.body
+        return self._call(f"GET {what}", go)
+
 
 class _Unauthorized(Exception):
     def __init__(self, challenge: str) -> None:

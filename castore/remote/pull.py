@@ -23,8 +23,11 @@ from castore.manifest.bounds import check_parse_cost
 from castore.remote.client import Registry
 from castore.remote.oci import MAX_OCI_MANIFEST, blob_sizes, check_layers, parse_oci_manifest
 from castore.remote.ref import Reference
+from castore.remote.signatures import fetch_signatures, store_signatures
 from castore.remote.transfer import Progress, run_all
+from castore.sign.policy import Policy
 from castore.store import Store, check_name, manifest_refs
+from castore.store.signatures import enforce
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +39,11 @@ class PullResult:
     downloaded: int
     present: int
     downloaded_bytes: int
+    signatures: int = 0
 
 
 def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4, username: str | None = None,
-         password: str | None = None) -> PullResult:
+         password: str | None = None, policy: Policy | None = None) -> PullResult:
     """Pull ``ref`` into ``store`` and record it under ``name`` (if given).
 
     Raises IntegrityError (exit 4) for any answer that contradicts itself or
@@ -59,6 +63,10 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
             data = _manifest_bytes(store, reg, first.digest, first.size, lease.tmp_dir)
             check_parse_cost(data, source=f"{ref} manifest {first.digest}")  # before any parse allocates
             manifest = validate(codec.loads(data, source=f"{ref} manifest {first.digest}"))
+            sigs = fetch_signatures(reg, oci_digest, lease.tmp_dir)
+            if policy is not None:  # before any blob is fetched: a refused tree writes nothing
+                enforce(store, policy, first.digest, [str(ref)] + ([name] if name else []), what=str(ref),
+                        message=data, extra=[s.raw for s in sigs])
             refs = manifest_refs(manifest)
             sizes = check_layers(refs, blob_sizes(manifest), blobs, source=str(ref))
             missing = sorted(store.missing_blobs(refs))
@@ -82,8 +90,9 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
             # redo: content that was in the store when we looked but that gc removed before the commit.
             mdigest = commit_manifest(store, manifest, staged, sizes, name=name,
                                       redo=lambda gone: fetch(sorted(gone), ".again"), sync_fd=lease.fd)
+            signed = store_signatures(store, mdigest, data, first.digest, sigs)
     return PullResult(mdigest, oci_digest, len(missing), len(refs) - len(missing),
-                      sum(sizes[d] for d in missing))
+                      sum(sizes[d] for d in missing), signed)
 
 
 def _manifest_bytes(store: Store, reg: Registry, digest: str, size: int, tmp_dir: str) -> bytes:

@@ -27,6 +27,7 @@ from castore.remote.oci import (
     build_oci_manifest,
 )
 from castore.remote.ref import Reference
+from castore.remote.signatures import push_signatures
 from castore.remote.transfer import Progress, run_all
 from castore.store import Store, manifest_refs
 
@@ -40,6 +41,7 @@ class PushResult:
     uploaded: int
     skipped: int
     uploaded_bytes: int
+    signatures: int = 0
 
 
 def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: str | None = None,
@@ -89,10 +91,12 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
             finally:
                 prog.done()
             reported = reg.put_manifest(ref.tag, oci)
-    oci_digest = hash_bytes(oci)
-    if reported and reported != oci_digest:
-        raise IntegrityError(f"registry {ref.registry} stored the manifest as {reported[:80]}, expected {oci_digest}")
-    return PushResult(oci_digest, mdigest, len(done), len(uploads) - len(done), sum(done))
+            oci_digest = hash_bytes(oci)
+            if reported and reported != oci_digest:
+                raise IntegrityError(f"registry {ref.registry} stored the manifest as {reported[:80]}, "
+                                     f"expected {oci_digest}")
+            signed = push_signatures(reg, store, mdigest, oci_digest, len(oci))  # after the tree: never dangling
+    return PushResult(oci_digest, mdigest, len(done), len(uploads) - len(done), sum(done), signed)
 
 
 def _fitting_oci_manifest(mdigest: str, size: int, sizes: dict[str, int]) -> bytes:

@@ -11,6 +11,7 @@ Sub-databases (keys and values are bytes; see docs/design.md):
     links      hardlink-object key        -> marshal (digest, ino, size, mtime_ns, ctime_ns)
     chunkmap   whole-file digest (32)     -> its chunks: (chunk digest 32 bytes, end u64 LE) each
     info       b"schema"                  -> version
+    signatures manifest digest (32) + sha256 of the SSHSIG (32) -> json (castore/store/signatures.py)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import lmdb
 from castore.errors import IntegrityError, ResourceLimit, StoreUnusable
 
 SCHEMA_VERSION = 1
-DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info", "roots", "chunkmap")
+DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info", "roots", "chunkmap", "signatures")
 BLOB_ROW = struct.Struct("<QB")
 CHUNK_ROW = struct.Struct("<32sQ")  # one chunk of a `chunkmap` row: raw digest, end offset
 KIND_RAW, KIND_CHUNK, KIND_MANIFEST, KIND_ADS = 0, 1, 2, 3
