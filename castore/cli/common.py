@@ -71,12 +71,13 @@ class Ctx:
         the verbs that bring content in (ingest, pull, mount of a registry reference) make it, and say so."""
         if self._store is None:
             path = self.store_path or default_store_path()
-            if not os.path.lexists(os.path.join(path, "config")):
-                if not create:
-                    raise NoStore(f"no store at {path}: run `continuity init` to make one "
-                                  "(or check --store / CONTINUITY_STORE)")
-                click.echo(f"continuity: creating a new store at {safe_line(os.path.abspath(path))}", err=True)
+            new = not os.path.lexists(os.path.join(path, "config"))
+            if new and not create:
+                raise NoStore(f"no store at {path}: run `continuity init` to make one "
+                              "(or check --store / CONTINUITY_STORE)")
             self._store = Store.open(path, create=create)
+            if new:  # said once it is made (a refused location says only why)
+                click.echo(f"continuity: created a new store at {safe_line(os.path.abspath(path))}", err=True)
         return self._store
 
     def store_if_exists(self) -> Store | None:

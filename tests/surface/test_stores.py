@@ -48,9 +48,9 @@ def test_ingest_creates_the_store_and_says_so(tmp_path: Path) -> None:
     src.mkdir()
     (src / "f").write_bytes(b"x")
     p = run_cli("ingest", src, "--name", "t", store=store, check=True)
-    assert b"creating a new store at" in p.stderr and (store / "config").is_file()
+    assert b"created a new store at" in p.stderr and (store / "config").is_file()
     p = run_cli("ingest", src, "--name", "u", store=store, check=True)
-    assert b"creating" not in p.stderr
+    assert b"created" not in p.stderr
 
 
 def test_default_store_list_is_empty_before_first_use(tmp_path: Path) -> None:
