@@ -46,9 +46,7 @@ def build_policy(keep_history: int | None, keep_last: int | None, keep_within: s
         except UnsafeInput as exc:
             raise click.BadParameter(str(exc), param_hint="--keep-within") from None
     policy = Policy(last=last, within_ns=within, **{k: buckets.get(f"keep_{k}") for k in BUCKETS})
-    if last == 0 and policy.empty():
-        return None
-    return None if policy.empty() else policy
+    return None if policy.empty() else policy  # --keep-history 0: only each name's current version stays
 
 
 def retention_plan(store: Store, policy: Policy) -> list[dict[str, Any]]:
