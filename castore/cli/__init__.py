@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from castore.cli.common import LazyGroup, fail, main_group
+from castore.cli.common import LazyGroup, announce_new_store, fail, main_group
 
 # Command name -> the module that defines it; imported only when the command runs.
 LazyGroup.lazy.update({
@@ -46,6 +46,7 @@ def main() -> None:
         fail(exc.format_message(), exc.exit_code)
     except click.Abort:
         fail("aborted", 1)
+    announce_new_store()
     sys.exit(rv if type(rv) is int else 0)
 
 

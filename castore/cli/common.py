@@ -46,6 +46,16 @@ write_ignore_opt = click.option(
          "you; mode: from the umask; no xattrs; mtime: now). Repeatable.")
 
 
+#: the store this command made (ingest, pull), announced on stderr when it succeeds
+NEW_STORE: list[str] = []
+
+
+def announce_new_store() -> None:
+    """Say that this command made a new store (once, at the end of a successful run)."""
+    while NEW_STORE:
+        click.echo(f"continuity: created a new store at {safe_line(NEW_STORE.pop())}", err=True)
+
+
 class Ctx:
     def __init__(self, store_path: str | None, debug: bool, policy_path: str | None = None) -> None:
         self.store_path = store_path
@@ -76,8 +86,8 @@ class Ctx:
                 raise NoStore(f"no store at {path}: run `continuity init` to make one "
                               "(or check --store / CONTINUITY_STORE)")
             self._store = Store.open(path, create=create)
-            if new:  # said once it is made (a refused location says only why)
-                click.echo(f"continuity: created a new store at {safe_line(os.path.abspath(path))}", err=True)
+            if new:  # said when the command succeeds (announce_new_store): a failure's stderr is its one error line
+                NEW_STORE.append(os.path.abspath(path))
         return self._store
 
     def store_if_exists(self) -> Store | None:

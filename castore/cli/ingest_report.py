@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from castore.cli.common import Ctx
+from castore.cli.common import Ctx, announce_new_store
 from castore.store.revisions import FLAG_INCOMPLETE
 from castore.textsafe import safe_line
 
@@ -21,6 +21,7 @@ def begin(obj: Ctx, force_history: bool) -> None:
 
 def finish(obj: Ctx, name: str | None, digest: str) -> None:
     """After the digest is printed: say "unchanged", or end with exit 3 for an incomplete snapshot."""
+    announce_new_store()  # before the warnings of an incomplete snapshot, which exits 3
     rec = obj.store().record
     if name is not None and name in rec.unchanged:
         click.echo(safe_line(f"continuity: {name}: unchanged ({digest} is already its newest version; "
