@@ -5,7 +5,7 @@ Sub-databases (keys and values are bytes; see docs/design.md):
     blobs      digest hex (32 raw bytes)  -> size u64, kind u8
     refs       manifest digest (32 bytes) -> every blob digest it references
     tags       name (utf-8)               -> json {digest, time_ns, size}
-    history    name \\0 time_ns (8 bytes)  -> manifest digest (32 bytes)
+    history    name \\0 time_ns (8 bytes)  -> manifest digest (32 bytes) [flags (1 byte): revisions.py]
     leases     lease id (ascii)           -> json {expiry_ns, manifests, pid}
     statcache  dev u64, ino u64           -> marshal (size, mtime, ctime, digest, chunks, xattrs, holes)
     links      hardlink-object key        -> marshal (digest, ino, size, mtime_ns, ctime_ns)
