@@ -129,7 +129,7 @@ def test_symlinked_shard_refused(tmp_path: Path) -> None:
     elsewhere.mkdir()
     src = tmp_path / "src"
     write(src / "f", SECRET)
-    assert run_cli("list", store=store).returncode == 0  # made
+    assert run_cli("init", store=store).returncode == 0  # made
     shard = store / "blobs/sha256" / _shard(SECRET)
     shard.rmdir()
     shard.symlink_to(elsewhere)

@@ -205,6 +205,14 @@ def resolve(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manifest, 
 
 def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manifest | None, str | None, Store | None]:
     """``resolve``, but a manifest of the store is not read: (None, digest, store)."""
+    if need_store and ctx.store_if_exists() is None and os.path.isfile(ref):
+        # No store: a manifest file is still checked first (bad input is refused as such, exit 3), and one
+        # that needs no content (fifos, empty files, directories) is served without a store.
+        m = read_manifest_file(ref)
+        from castore.store import manifest_refs
+        if not manifest_refs(m):
+            return m, None, None
+        ctx.store()  # NoStore, with the hint
     store = ctx.store() if need_store else ctx.store_if_exists()
     if store is not None:
         try:
