@@ -16,7 +16,6 @@ import stat
 from collections.abc import Callable, Sequence
 
 from castore import fs
-from castore import staging as stage
 from castore.bulkmode import bulk
 from castore.errors import (
     Busy,
@@ -25,16 +24,15 @@ from castore.errors import (
     IntegrityError,
     ResourceLimit,
     UnsafeInput,
-    raise_if_full,
-    warn_mounts_kept,
 )
 from castore.faults import crashpoint
-from castore.fs import DirFds
+from castore.fs import DirFds, publish
 from castore.manifest import codec
 from castore.manifest.model import Device, Directory, Manifest, RegularFile, Resource, Whiteout
 from castore.manifest.validate import validate
 from castore.materialize import LinkRef, Options, Writer, count_ads, note_ads, without_attrs
-from castore.store import Lease, Store, discard_dir
+from castore.store import Lease, Store
+from castore.store.blobfile import require_blobs
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -295,17 +293,15 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
         _require_blobs(store, manifest)  # early, before anything is made (again under the lease below)
     os.makedirs(parent, exist_ok=True)
     pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    stage.sweep(pfd, parent)  # staging dirs of checkouts and copies killed here before
+    publish.sweep(pfd, parent)  # staging dirs of checkouts and copies killed here before
     reg = None
     if store is not None:
         with contextlib.suppress(OSError):  # a read-only store: the next checkout here cleans up
-            reg = stage.Registration(store.path, parent)
+            reg = publish.Registration(store.path, parent)
     old_umask = os.umask(0)
-    lock_fd = -1
     try:
-        staging, lock_fd = stage.create(pfd, base, before=reg.note if reg is not None else None)
-        try:
-            sfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        with publish.staged_dir(pfd, parent, base, target, before=reg.note if reg is not None else None) as staging:
+            sfd = staging.open()
             try:
                 writer = Writer(store, opts)
                 if store is not None:
@@ -328,18 +324,9 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
                     os.rmdir(base, dir_fd=pfd)
                 except OSError as exc:
                     raise UnsafeInput(f"{target}: target changed during checkout") from exc
-            try:
-                fs.renameat2(pfd, staging, pfd, base)
-            except FileExistsError:
-                raise UnsafeInput(f"{target}: target appeared during checkout") from None
+            staging.rename_into_place(f"{target}: target appeared during checkout")
             note_ads(ads, opts.note)  # type: ignore[arg-type]
-        except BaseException as exc:
-            warn_mounts_kept([os.path.join(parent, k) for k in discard_dir(pfd, staging)])
-            raise_if_full(exc, target)
-            raise
     finally:
-        if lock_fd >= 0:
-            os.close(lock_fd)  # only now: renamed into place or discarded
         if reg is not None:
             reg.close()
         os.umask(old_umask)
@@ -354,10 +341,7 @@ def _encoded_items(store: Store, digest: str) -> list[Item]:
 
 
 def _require_blobs(store: Store, manifest: Manifest, lease: Lease | None = None) -> None:
-    from castore.errors import BlobNotFound
     refs = store.content_refs(manifest)
     if lease is not None:
         lease.add(sorted(refs))
-    missing = store.missing_blobs(refs)
-    if missing:
-        raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) of this manifest")
+    require_blobs(store, refs)

@@ -30,22 +30,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from castore import fs
-from castore import staging as stage
-from castore.build import _ignored, _raise_nofile_limit
 from castore.bulkmode import bulk
-from castore.errors import CastoreError, NotFound, UnsafeInput, raise_if_full, warn_mounts_kept
+from castore.errors import CastoreError, SourceChanged, UnsafeInput
 from castore.faults import crashpoint
-from castore.materialize import data_ranges
-from castore.store import discard_dir
+from castore.fs import publish
+from castore.fs.tree import require_dir
+from castore.walk import ignored, raise_nofile_limit
 
 CHUNK = 1 << 20
 FALLBACK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
 POOL_MIN_FILES = 2000
 BATCH = 256
-
-
-class SourceChanged(CastoreError):
-    """An entry of SRC changed (type or inode) while it was copied."""
 
 
 @dataclass
@@ -94,14 +89,6 @@ def _fault(name: str) -> None:
     crashpoint(name)  # CONTINUITY_FAULT=name:ERRNO raises OSError(ERRNO) here
 
 
-def _write_all(fd: int, data: bytes | memoryview, pos: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, pos)
-        view = view[n:]
-        pos += n
-
-
 def copy_range(src: int, dst: int, off: int, length: int, mv: _Mover, stats: CopyStats) -> None:
     """Copy ``[off, off+length)`` of src to the same offset of dst: copy_file_range, else read/write."""
     done = 0
@@ -125,7 +112,7 @@ def copy_range(src: int, dst: int, off: int, length: int, mv: _Mover, stats: Cop
         buf = os.pread(src, min(CHUNK, length - done), off + done)
         if not buf:
             raise SourceChanged("source file shrank while it was copied")
-        _write_all(dst, buf, off + done)
+        fs.pwrite_all(dst, buf, off + done)
         done += len(buf)
 
 
@@ -147,7 +134,7 @@ def copy_data(src: int, dst: int, size: int, sparse: bool, mv: _Mover, stats: Co
     if not holes:
         copy_range(src, dst, 0, size, mv, stats)
         return
-    for begin, end in data_ranges(size, holes):
+    for begin, end in fs.data_ranges(size, holes):
         copy_range(src, dst, begin, end - begin, mv, stats)
     os.ftruncate(dst, size)
 
@@ -236,7 +223,7 @@ class _Copier:
     def entry(self, sfd: int, dfd: int, rel: str, e: os.DirEntry[str]) -> tuple[int, int, str] | None:
         name = e.name
         child = f"{rel}/{name}" if rel else name
-        if self.ignore and _ignored(child, name, self.ignore):
+        if self.ignore and ignored(child, name, self.ignore):
             return None
         st = e.stat(follow_symlinks=False)
         mode = st.st_mode
@@ -378,16 +365,9 @@ def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int 
     DST exists, a device node without privilege), SourceChanged (SRC changed
     under us), ResourceLimit (no space). On failure DST does not appear.
     """
-    _raise_nofile_limit()
+    raise_nofile_limit()
     src = os.path.abspath(src)
-    try:
-        sst = os.lstat(src)
-    except FileNotFoundError:
-        raise NotFound(f"{src}: no such directory") from None
-    if stat.S_ISLNK(sst.st_mode):
-        raise UnsafeInput(f"{src}: SRC is a symlink; refusing to follow it (give the real path)")
-    if not stat.S_ISDIR(sst.st_mode):
-        raise UnsafeInput(f"{src}: SRC is not a directory")
+    sst = require_dir(src, "SRC")
     dst = os.path.abspath(dst)
     parent, base = os.path.split(dst.rstrip("/"))
     if not base:
@@ -400,15 +380,13 @@ def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int 
     sfd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     old_umask = os.umask(0)
-    lock_fd = -1
     try:
         got = os.fstat(sfd)
         if (got.st_dev, got.st_ino) != (sst.st_dev, sst.st_ino):
             raise SourceChanged(f"{src}: replaced while it was opened")
-        stage.sweep(pfd, parent)  # staging dirs of copies and checkouts killed here before
-        staging, lock_fd = stage.create(pfd, base, "copy-")
-        try:
-            dfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        publish.sweep(pfd, parent)  # staging dirs of copies and checkouts killed here before
+        with publish.staged_dir(pfd, parent, base, dst, "copy-") as staging:
+            dfd = staging.open()
             try:
                 c = _Copier(sfd, dfd, ignore, workers)
                 c.walk()
@@ -421,17 +399,8 @@ def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int 
                     fs.syncfs(dfd)
             finally:
                 os.close(dfd)
-            try:
-                fs.renameat2(pfd, staging, pfd, base)
-            except FileExistsError:
-                raise UnsafeInput(f"{dst}: appeared during the copy") from None
-        except BaseException as exc:
-            warn_mounts_kept([os.path.join(parent, k) for k in discard_dir(pfd, staging)])
-            raise_if_full(exc, dst)
-            raise
+            staging.rename_into_place(f"{dst}: appeared during the copy")
     finally:
-        if lock_fd >= 0:
-            os.close(lock_fd)  # only now: renamed into place or discarded
         os.umask(old_umask)
         os.close(pfd)
         os.close(sfd)

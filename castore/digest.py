@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 
 from castore.errors import UnsafeInput
@@ -28,31 +27,6 @@ def check_digest(text: str) -> str:
 def hash_bytes(data: bytes) -> str:
     """The digest of ``data``."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def hash_fd(fd: int, chunk: int = 4 << 20, *, expect: int | None = None) -> tuple[str, int]:
-    """(digest, size) of everything readable from ``fd``, from offset 0 (pread: the offset is untouched).
-
-    ``expect``: the size the caller expects. A file that small is read with one
-    pread of expect+1 bytes (a short read proves the end), not two preads that
-    each allocate a 4 MiB buffer.
-    """
-    if expect is not None and expect < chunk:
-        b = os.pread(fd, expect + 1, 0)
-        if len(b) <= expect:
-            return "sha256:" + hashlib.sha256(b).hexdigest(), len(b)
-        h = hashlib.sha256(b)
-        pos = len(b)
-    else:
-        h = hashlib.sha256()
-        pos = 0
-    while True:
-        b = os.pread(fd, chunk, pos)
-        if not b:
-            break
-        h.update(b)
-        pos += len(b)
-    return "sha256:" + h.hexdigest(), pos
 
 
 def hex_of(digest: str) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import pyfastcdc
 
 from castore import fs
-from castore.errors import ResourceLimit
+from castore.errors import ResourceLimit, is_disk_full
 
 READ_SIZE = 1 << 20
 
@@ -121,7 +121,7 @@ class Processor:
         except FileChanged:
             return FileResult(error=f"/{job.rel}: changed while reading", changed=True)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # staging a blob: exit 6, not a source error
+            if is_disk_full(exc):  # staging a blob: exit 6, not a source error
                 raise ResourceLimit(f"no space left in the store while staging /{job.rel} ({exc.strerror})") from None
             return FileResult(error=f"/{job.rel}: {exc.strerror}")
         finally:
@@ -183,7 +183,7 @@ class Processor:
                     break
                 h.update(view[:n])
                 if tmp_fd >= 0:
-                    _write_all(tmp_fd, view[:n])
+                    fs.write_all(tmp_fd, view[:n])
                 total += n
                 if total > job.size:
                     raise FileChanged
@@ -307,16 +307,9 @@ def _fill(fd: int, path: str, pieces: tuple[bytes | memoryview, ...]) -> None:
     """Write ``pieces`` to the new file ``fd`` at ``path`` and close it; on failure remove it."""
     try:
         for p in pieces:
-            _write_all(fd, p)
+            fs.write_all(fd, p)
     except BaseException:
         os.close(fd)
         os.unlink(path)
         raise
     os.close(fd)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]

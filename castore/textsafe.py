@@ -66,3 +66,14 @@ def json_text(obj: object, indent: int | None = 1) -> str:
 def note(msg: str, *, prefix: str = "note") -> None:
     """One ``continuity: note: ...`` line on stderr."""
     print(f"continuity: {prefix}: {safe_line(msg)}", file=sys.stderr, flush=True)
+
+
+def human_size(n: float, *, short: bool = False) -> str:
+    """``n`` bytes in binary units: "1.5 MiB", or with ``short`` as ``du -h`` writes it ("1.5M")."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            if short:
+                return f"{int(n)}B" if unit == "B" else f"{n:.1f}{unit[0]}"
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

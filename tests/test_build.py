@@ -11,8 +11,8 @@ import pytest
 
 from castore.build import WalkOptions, build
 from castore.digest import hash_bytes
+from castore.fs.tree import remove_tree
 from castore.manifest import Device, Directory, NamedPipe, RegularFile, Socket, Symlink, dumps, loads
-from castore.store import _remove_tree as remove_tree
 from castore.testing.trees import rich_tree, write
 from tests.helpers import needs_root, run_cli
 

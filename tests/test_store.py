@@ -195,7 +195,8 @@ def test_hardlink_records_skip_rehash_and_read_the_older_form(tmp_path: Path, st
     marshal form still proves it, and is rewritten packed."""
     import marshal
 
-    from castore import materialize
+    from castore import fs
+    from castore.store import links
 
     src = tmp_path / "src"
     for i in range(5):
@@ -205,24 +206,24 @@ def test_hardlink_records_skip_rehash_and_read_the_older_form(tmp_path: Path, st
     recs = _object_records(store)
     assert len(recs) == 5
     for raw in recs.values():
-        rec = materialize.object_record(raw)
-        assert raw[0] == materialize.RECORD_V2 and len(raw) == materialize.OBJECT_RECORD.size
+        rec = links.object_record(raw)
+        assert raw[0] == links.RECORD_V2 and len(raw) == links.OBJECT_RECORD.size
         assert isinstance(rec[4], str) and rec[4].startswith("sha256:")
     hashed: list[int] = []
-    real = materialize.hash_fd
+    real = fs.hash_fd
 
     def spy(fd: int, *args: object, **kwargs: object) -> tuple[str, int]:
         hashed.append(fd)
         return real(fd, *args, **kwargs)  # type: ignore[arg-type]
-    monkeypatch.setattr(materialize, "hash_fd", spy)
+    monkeypatch.setattr(fs, "hash_fd", spy)
     checkout(store, None, str(tmp_path / "o2"), Options(link="hardlink"), d)
     assert hashed == []  # every object proven by its record
     # Rows written by an older version (marshalled tuples) prove objects too.
-    old = {k: marshal.dumps(materialize.object_record(v)) for k, v in _object_records(store).items()}
+    old = {k: marshal.dumps(links.object_record(v)) for k, v in _object_records(store).items()}
     store.meta.write(lambda t: [t.put(k, v, db=store.meta.db("links")) for k, v in old.items()])  # type: ignore
     checkout(store, None, str(tmp_path / "o3"), Options(link="hardlink"), d)
     assert hashed == []
-    assert all(v[0] == materialize.RECORD_V2 for v in _object_records(store).values())
+    assert all(v[0] == links.RECORD_V2 for v in _object_records(store).values())
     # Removing a checkout moves the objects' ctime: they are proven again by hashing, once.
     import shutil
     shutil.rmtree(tmp_path / "o1")
@@ -408,7 +409,7 @@ def test_parallel_checkout(tmp_path: Path, store: Store, link: str, monkeypatch:
 
 def test_paths_longer_than_path_max_round_trip(tmp_path: Path, store: Store) -> None:
     """Deeper than PATH_MAX (4096 bytes): walked, stored and written through directory fds."""
-    from castore.store import _remove_tree
+    from castore.fs.tree import remove_tree
     from castore.verify import verify_tree
     src = tmp_path / "src"
     src.mkdir()
@@ -434,4 +435,4 @@ def test_paths_longer_than_path_max_round_trip(tmp_path: Path, store: Store) -> 
             assert verify_tree(str(out), m) == []
     finally:
         for p in ("src", "out-copy", "out-hardlink"):
-            _remove_tree(str(tmp_path / p))
+            remove_tree(str(tmp_path / p))

@@ -26,16 +26,18 @@ import castore.apply.state as apply_state
 import castore.store.statcache as statcache
 from castore import fs
 from castore.apply.changes import TMP_PREFIX, Applier, ApplyOptions, ApplyReport, same_content
-from castore.apply.scan import Scan, TreeChanged, scan_changes, scan_tree
+from castore.apply.scan import Changes, Scan, TreeChanged, scan_changes, scan_tree
 from castore.apply.sources import DirSource, Source, StagedSource, stage_tar
 from castore.bulkmode import bulk
 from castore.errors import CastoreError, IntegrityError, NotFound, UnsafeInput, raise_if_full
 from castore.faults import crashpoint
+from castore.fs.tree import remove_contents
 from castore.manifest import codec
 from castore.manifest.model import Manifest, RegularFile, Resource, Symlink
 from castore.manifest.validate import validate
 from castore.materialize import Options, Writer, count_ads, note_ads, relative_target, without_attrs
-from castore.store import Store, manifest_refs, remove_contents
+from castore.store import Lease, Store, manifest_refs
+from castore.store.blobfile import require_blobs
 
 __all__ = ["ApplyOptions", "ApplyReport", "TreeChanged", "apply_tree"]
 
@@ -119,29 +121,7 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
         root_st = os.fstat(root_fd)
         # ROOT's record: read the store's manifest as entries (no decoding) and apply only what
         # differs from the record, or what changed in ROOT since.
-        table: tuple[list[bytes], list[tuple[str, ...]], dict[str, int], list[int]] | None = None
-        changes = None
-        blob: bytes | None = None  # the store's manifest, read (and verified) once
-        if (store is not None and manifest_digest is not None and not opts.rewrite_absolute_symlinks
-                and not opts.ignore and store.manifest_indexed(manifest_digest)):
-            rec = None if opts.rehash else apply_state.load(store, root, root_st)
-            lstats = apply_state.ChangedPaths(root_fd, rec) if rec is not None else None
-            try:
-                starts: list[int] = []
-                blob = store.read_blob(manifest_digest)
-                entries, paths = codec.split_entries(blob, source=manifest_digest, starts=starts)
-                table = entries, paths, apply_state.shared_paths(paths), starts
-                old_e = _recorded_entries(store, rec) if rec is not None else None
-                if rec is not None and lstats is not None and old_e is not None:
-                    new_e = apply_state.Entries(blob, starts, [len(e) for e in entries])
-                    try:
-                        changes = scan_changes(root, root_fd, rec, old_e, lstats, new_e, paths, table[2], store,
-                                               opts.rehash, started)
-                    except apply_state.PassFailed:
-                        changes = None  # the full scan below
-            finally:
-                if lstats is not None:
-                    lstats.cancel()
+        table, changes, blob = _incremental(root, root_fd, root_st, store, manifest_digest, opts, started)
         if changes is not None:
             manifest = changes.manifest
             scan = changes.scan
@@ -167,75 +147,18 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
         needed = _needed_content(manifest, scan, opts)
         if use_store:
             assert store is not None
-            missing = store.missing_blobs(manifest_refs(Manifest(tuple(needed.values()))))
-            local_only = {r.digest for r in needed.values() if r.digest in scan.local
-                          and (r.digest in missing or any(c.digest in missing for c in r.chunks))}
-            from_store = Manifest(tuple(r for r in needed.values() if r.digest not in local_only))
-            # Whole-file digests stored as chunks only (a manifest without chunk lists) count by their chunks.
-            if manifest_digest is None:  # a manifest file: the lease names its blobs, checked from then on
-                refs = store.content_refs(from_store)
-                lease.add(sorted(refs))
-                missing = store.missing_blobs(refs)
-            elif missing:
-                missing = store.missing_blobs(store.content_refs(from_store))
-            if missing:
-                from castore.errors import BlobNotFound
-                raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) apply needs")
+            local_only = _check_store_content(store, lease, manifest_digest, needed, scan)
         elif os.path.isdir(source):
-            dsrc = DirSource(source)
-            stack.callback(dsrc.close)
-            src = dsrc
-            absent = []
-            for r in needed.values():
-                found = dsrc.lookup(r)
-                if found is not None:
-                    os.close(found[0])
-                elif r.digest not in scan.local:
-                    absent.append(r.path)
-            if absent:
-                raise NotFound(f"{absent[0]}: not in the source directory {source} "
-                               f"({len(absent)} file(s) missing)")
+            src = _dir_source(stack, source, needed, scan)
         else:
-            stage = TMP_PREFIX + "stage-" + secrets.token_hex(4)
-            os.mkdir(stage, 0o700, dir_fd=root_fd)
-            sfd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
-
-            def _drop_stage() -> None:
-                remove_contents(sfd)
-                os.close(sfd)
-                os.rmdir(stage, dir_fd=root_fd)
-            stack.callback(_drop_stage)
-            tar_needed = {p: r for r in needed.values() if r.digest not in scan.local for p in r.paths}
-            staged = stage_tar(source, sfd, tar_needed, opts.verify)
-            lacking = sorted({r.path for r in tar_needed.values() if r.digest not in staged})
-            if lacking:
-                raise NotFound(f"{lacking[0]}: not in the tar {source} ({len(lacking)} file(s) missing)")
-            src = StagedSource(sfd, staged)
+            src = _tar_source(stack, root_fd, source, needed, scan, opts)
         ap = Applier(root, root_fd, manifest, src, writer, opts)
         ap.scan = scan
         ap.check_mounts()
         if use_store:
             ap.local_only = local_only
         try:
-            ap.deletions()
-            ap.directories()
-            ap.leaves()
-            crashpoint("apply-before-dir-metadata")
-            ap.dir_metadata()
-            # New hardlink objects (on ROOT's filesystem) are made durable before the records
-            # that vouch for them commit; root_fd predates every write, so syncfs sees any EIO.
-            writer.flush(before_commit=(lambda: fs.syncfs(root_fd)) if writer.made_objects else None)
-            if opts.sync:
-                fs.syncfs(root_fd)
-        except OSError as exc:
-            if isinstance(exc, CastoreError):
-                raise
-            raise_if_full(exc, root)
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EEXIST, errno.ENOTEMPTY):
-                # Something in ROOT changed between the scan and the change (another process).
-                where = f" ({os.fsdecode(exc.filename)})" if exc.filename else ""
-                raise TreeChanged(f"{root}: changed during apply{where}: {exc.strerror}; rerun apply") from exc
-            raise
+            _phases(ap, writer, root, root_fd, opts)
         finally:
             ap.dirs.close()
         if store is not None and scan.cache_rows:
@@ -250,6 +173,116 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
             apply_state.save(store, root, root_st, rec)
         return ap.report
     raise AssertionError("unreachable")
+
+
+def _incremental(root: str, root_fd: int, root_st: os.stat_result, store: Store | None,
+                 manifest_digest: str | None, opts: ApplyOptions, started: int
+                 ) -> tuple[tuple[list[bytes], list[tuple[str, ...]], dict[str, int], list[int]] | None,
+                            Changes | None, bytes | None]:
+    """(the store manifest's entry table, the changes since ROOT's record, the manifest's bytes):
+    each None when it does not apply (no indexed store manifest, no usable record)."""
+    table: tuple[list[bytes], list[tuple[str, ...]], dict[str, int], list[int]] | None = None
+    changes = None
+    blob: bytes | None = None  # the store's manifest, read (and verified) once
+    if (store is not None and manifest_digest is not None and not opts.rewrite_absolute_symlinks
+            and not opts.ignore and store.manifest_indexed(manifest_digest)):
+        rec = None if opts.rehash else apply_state.load(store, root, root_st)
+        lstats = apply_state.ChangedPaths(root_fd, rec) if rec is not None else None
+        try:
+            starts: list[int] = []
+            blob = store.read_blob(manifest_digest)
+            entries, paths = codec.split_entries(blob, source=manifest_digest, starts=starts)
+            table = entries, paths, apply_state.shared_paths(paths), starts
+            old_e = _recorded_entries(store, rec) if rec is not None else None
+            if rec is not None and lstats is not None and old_e is not None:
+                new_e = apply_state.Entries(blob, starts, [len(e) for e in entries])
+                try:
+                    changes = scan_changes(root, root_fd, rec, old_e, lstats, new_e, paths, table[2], store,
+                                           opts.rehash, started)
+                except apply_state.PassFailed:
+                    changes = None  # the full scan below
+        finally:
+            if lstats is not None:
+                lstats.cancel()
+    return table, changes, blob
+
+
+def _check_store_content(store: Store, lease: Lease, manifest_digest: str | None, needed: dict[str, RegularFile],
+                         scan: Scan) -> set[str]:
+    """Every blob apply needs from the store is there (else BlobNotFound); the digests only ROOT holds."""
+    missing = store.missing_blobs(manifest_refs(Manifest(tuple(needed.values()))))
+    local_only = {r.digest for r in needed.values() if r.digest in scan.local
+                  and (r.digest in missing or any(c.digest in missing for c in r.chunks))}
+    from_store = Manifest(tuple(r for r in needed.values() if r.digest not in local_only))
+    # Whole-file digests stored as chunks only (a manifest without chunk lists) count by their chunks.
+    if manifest_digest is None:  # a manifest file: the lease names its blobs, checked from then on
+        refs = store.content_refs(from_store)
+        lease.add(sorted(refs))
+        require_blobs(store, refs, "apply needs")
+    elif missing:
+        require_blobs(store, store.content_refs(from_store), "apply needs")
+    return local_only
+
+
+def _dir_source(stack: ExitStack, source: str, needed: dict[str, RegularFile], scan: Scan) -> Source:
+    """The directory ``source``, holding every file ROOT lacks (else NotFound)."""
+    dsrc = DirSource(source)
+    stack.callback(dsrc.close)
+    absent = []
+    for r in needed.values():
+        found = dsrc.lookup(r)
+        if found is not None:
+            os.close(found[0])
+        elif r.digest not in scan.local:
+            absent.append(r.path)
+    if absent:
+        raise NotFound(f"{absent[0]}: not in the source directory {source} "
+                       f"({len(absent)} file(s) missing)")
+    return dsrc
+
+
+def _tar_source(stack: ExitStack, root_fd: int, source: str, needed: dict[str, RegularFile], scan: Scan,
+                opts: ApplyOptions) -> Source:
+    """The files ROOT lacks, staged from the tar ``source`` into a private directory of ROOT."""
+    stage = TMP_PREFIX + "stage-" + secrets.token_hex(4)
+    os.mkdir(stage, 0o700, dir_fd=root_fd)
+    sfd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+
+    def _drop_stage() -> None:
+        remove_contents(sfd)
+        os.close(sfd)
+        os.rmdir(stage, dir_fd=root_fd)
+    stack.callback(_drop_stage)
+    tar_needed = {p: r for r in needed.values() if r.digest not in scan.local for p in r.paths}
+    staged = stage_tar(source, sfd, tar_needed, opts.verify)
+    lacking = sorted({r.path for r in tar_needed.values() if r.digest not in staged})
+    if lacking:
+        raise NotFound(f"{lacking[0]}: not in the tar {source} ({len(lacking)} file(s) missing)")
+    return StagedSource(sfd, staged)
+
+
+def _phases(ap: Applier, writer: Writer, root: str, root_fd: int, opts: ApplyOptions) -> None:
+    """The four phases, then the records and syncs; an OSError from a ROOT changed meanwhile is TreeChanged."""
+    try:
+        ap.deletions()
+        ap.directories()
+        ap.leaves()
+        crashpoint("apply-before-dir-metadata")
+        ap.dir_metadata()
+        # New hardlink objects (on ROOT's filesystem) are made durable before the records
+        # that vouch for them commit; root_fd predates every write, so syncfs sees any EIO.
+        writer.flush(before_commit=(lambda: fs.syncfs(root_fd)) if writer.made_objects else None)
+        if opts.sync:
+            fs.syncfs(root_fd)
+    except OSError as exc:
+        if isinstance(exc, CastoreError):
+            raise
+        raise_if_full(exc, root)
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EEXIST, errno.ENOTEMPTY):
+            # Something in ROOT changed between the scan and the change (another process).
+            where = f" ({os.fsdecode(exc.filename)})" if exc.filename else ""
+            raise TreeChanged(f"{root}: changed during apply{where}: {exc.strerror}; rerun apply") from exc
+        raise
 
 
 def _recorded_entries(store: Store, rec: apply_state.Record) -> apply_state.Entries | None:

@@ -23,17 +23,14 @@ import castore.apply.state as apply_state
 import castore.store.statcache as statcache
 from castore import fs
 from castore.apply.state import Record, Row
-from castore.build import Stat, WalkOptions, WalkResult, _Seen, assemble, make_pool, read_with_retries, see_entry, walk
-from castore.errors import CastoreError
+from castore.build import make_pool, read_with_retries
+from castore.errors import TreeChanged
 from castore.fs import DirFds
 from castore.manifest.codec import decode_entry, first_path
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Symlink, path_key
 from castore.readers import FileResult, Processor
 from castore.store import Store
-
-
-class TreeChanged(CastoreError):
-    """ROOT changed under apply (a race); rerunning converges."""
+from castore.walk import Seen, Stat, WalkOptions, WalkResult, assemble, see_entry, walk
 
 
 @dataclass
@@ -122,7 +119,7 @@ def classify(root: str, root_fd: int, walked: WalkResult, want: dict[str, Resour
     # Entries already exactly as wanted (the common case) skip the Resource building.
     clean: set[str] = set()
     local: dict[str, list[str]] = {}
-    rest: list[_Seen] = []
+    rest: list[Seen] = []
     for e in walked.entries:
         p = "/" + e.path
         w = want.get(p)
@@ -147,7 +144,7 @@ def classify(root: str, root_fd: int, walked: WalkResult, want: dict[str, Resour
     return Scan(by_path, groups, inode, local, rows, len(todo), clean, stats, start)
 
 
-def _is_clean(w: Resource, e: _Seen, res_of: dict[str, FileResult]) -> bool:
+def _is_clean(w: Resource, e: Seen, res_of: dict[str, FileResult]) -> bool:
     """``e`` is exactly ``w`` (what ``compare`` would find no difference in), for single-path entries."""
     st = e.st
     if len(w.paths) != 1 or st.st_uid != w.uid or st.st_gid != w.gid:
@@ -202,21 +199,7 @@ def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entrie
     new_idx = dict(zip((ps[0] for ps in paths), range(len(paths)), strict=True))
     new_idx.update(shared)
 
-    dirty_k = set(lstats.result())
-    # Below a path that was a directory and is not one now, nothing is trusted (the lstat pass
-    # already failed there, as it never follows a symlink: this also covers a racing swap).
-    for k in sorted(dirty_k):
-        old = rows[k]
-        if old is not None and not stat.S_ISDIR(apply_state.ROW.unpack(old)[2]):
-            continue
-        try:
-            fd = fs.open_beneath(root_fd, order[k], os.O_PATH | os.O_DIRECTORY)
-            os.close(fd)
-            now_dir = True
-        except OSError:
-            now_dir = False
-        if not now_dir:
-            dirty_k.update(apply_state.below(order, order[k]))
+    dirty_k = _dirty_rows(root_fd, order, rows, lstats)
     dirty = {order[k] for k in dirty_k}
     root_dirty = rec.root_row is None or apply_state.row_of(os.fstat(root_fd)) != rec.root_row
 
@@ -230,7 +213,64 @@ def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entrie
         j = rec.shared.get(p)
         if j is not None:
             scanned.update(decode_entry(old_e[j]).paths)
-    sub_paths = differing | scanned
+    sub_paths, parents = _sub_paths(differing | scanned, new_idx, order, paths)
+    scanned.update(q for q in parents if q not in new_idx)
+    wanted = sorted({new_idx[p] for p in sub_paths | parents if p in new_idx})
+    sub = Manifest(tuple(decode_entry(new_e[i]) for i in wanted))
+    want = sub.by_path()
+
+    walked = WalkResult()
+    dirs = DirFds(root_fd)
+    try:
+        seen: set[str] = set()
+        if root_dirty:
+            _list_new(root_fd, "", order, walked, seen)
+        _see_paths(dirs, sorted(p[1:] for p in scanned), dirty, order, walked, seen)
+    except OSError as exc:
+        raise _changed_while_scanned(root, exc) from exc
+    finally:
+        dirs.close()
+    scan = classify(root, root_fd, walked, want, store, rehash, start)
+
+    _as_recorded(scan, differing - scanned, want.keys() - differing - scanned, old_of, want, order, rows)
+
+    new_rows = list(rows)
+    for k in dirty_k:
+        new_rows[k] = None
+    for p in differing:
+        k = _find(order, p[1:])
+        if k >= 0:
+            new_rows[k] = None
+    drop = {p[1:] for p in old_of if p not in new_idx}
+    add = {p[1:] for i in came for p in paths[i]}
+    new_order, new_rows = apply_state.relayout(order, new_rows, drop, add, new_idx.__contains__)
+    return Changes(sub, scan, new_order, new_rows)
+
+
+def _dirty_rows(root_fd: int, order: list[str], rows: list[Row], lstats: apply_state.ChangedPaths) -> set[int]:
+    """Rows of the record the lstat pass found changed, and every row below one that was a
+    directory and is not one now: there nothing is trusted (the lstat pass already failed there,
+    as it never follows a symlink: this also covers a racing swap)."""
+    dirty_k = set(lstats.result())
+    for k in sorted(dirty_k):
+        old = rows[k]
+        if old is not None and not stat.S_ISDIR(apply_state.ROW.unpack(old)[2]):
+            continue
+        try:
+            fd = fs.open_beneath(root_fd, order[k], os.O_PATH | os.O_DIRECTORY)
+            os.close(fd)
+            now_dir = True
+        except OSError:
+            now_dir = False
+        if not now_dir:
+            dirty_k.update(apply_state.below(order, order[k]))
+    return dirty_k
+
+
+def _sub_paths(sub_paths: set[str], new_idx: dict[str, int], order: list[str],
+               paths: list[tuple[str, ...]]) -> tuple[set[str], set[str]]:
+    """(the paths of the sub-manifest, their parents): ``sub_paths`` with every path of their new
+    entries, and the listed entry below each directory the manifest does not list."""
     for p in list(sub_paths):
         i = new_idx.get(p)
         if i is None:
@@ -250,27 +290,15 @@ def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entrie
         while q and q not in parents:
             parents.add(q)
             q = q.rpartition("/")[0]
-    scanned.update(q for q in parents if q not in new_idx)
-    wanted = sorted({new_idx[p] for p in sub_paths | parents if p in new_idx})
-    sub = Manifest(tuple(decode_entry(new_e[i]) for i in wanted))
-    want = sub.by_path()
+    return sub_paths, parents
 
-    walked = WalkResult()
-    dirs = DirFds(root_fd)
-    try:
-        seen: set[str] = set()
-        if root_dirty:
-            _list_new(root_fd, "", order, walked, seen)
-        _see_paths(dirs, sorted(p[1:] for p in scanned), dirty, order, walked, seen)
-    except OSError as exc:
-        raise _changed_while_scanned(root, exc) from exc
-    finally:
-        dirs.close()
-    scan = classify(root, root_fd, walked, want, store, rehash, start)
 
-    # The rest of what differs is as the recorded manifest says (its lstat is unchanged).
+def _as_recorded(scan: Scan, unscanned: set[str], clean: set[str], old_of: dict[str, Resource],
+                 want: dict[str, Resource], order: list[str], rows: list[Row]) -> None:
+    """Enter in ``scan`` the differing paths not scanned, as the recorded manifest says (their
+    lstat is unchanged), and the ``clean`` paths, as the new manifest says."""
     groups: dict[int, set[str]] = {}
-    for p in differing - scanned:
+    for p in unscanned:
         r = old_of.get(p)
         if r is None:
             continue  # new in the manifest, and not in ROOT
@@ -282,23 +310,11 @@ def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entrie
             scan.inode[p] = apply_state.ROW.unpack(row)[:2]
         if isinstance(r, RegularFile) and r.digest:
             scan.local.setdefault(r.digest, []).append(p)
-    for p in want.keys() - differing - scanned:
+    for p in clean:
         scan.clean.add(p)
         w = want[p]
         if isinstance(w, RegularFile):
             scan.local.setdefault(w.digest, []).append(p)
-
-    new_rows = list(rows)
-    for k in dirty_k:
-        new_rows[k] = None
-    for p in differing:
-        k = _find(order, p[1:])
-        if k >= 0:
-            new_rows[k] = None
-    drop = {p[1:] for p in old_of if p not in new_idx}
-    add = {p[1:] for i in came for p in paths[i]}
-    new_order, new_rows = apply_state.relayout(order, new_rows, drop, add, new_idx.__contains__)
-    return Changes(sub, scan, new_order, new_rows)
 
 
 _find = apply_state.find
@@ -327,7 +343,7 @@ def _see_paths(dirs: DirFds, rels: list[str], dirty: set[str], order: list[str],
         if see_entry(pfd, rel, name, st, out):
             continue
         fd = dirs.get(rel)
-        out.entries.append(_Seen(rel, Stat(os.fstat(fd)), fs.read_xattrs(fd)))
+        out.entries.append(Seen(rel, Stat(os.fstat(fd)), fs.read_xattrs(fd)))
         if rel in dirty:
             _list_new(fd, rel, order, out, seen)
         elif _find(order, rel) < 0:
@@ -352,7 +368,7 @@ def _list_new(dir_fd: int, rel: str, order: list[str], out: WalkResult, seen: se
             continue
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
-            out.entries.append(_Seen(child, Stat(os.fstat(fd)), fs.read_xattrs(fd)))
+            out.entries.append(Seen(child, Stat(os.fstat(fd)), fs.read_xattrs(fd)))
             _walk_into(fd, child, out, seen)
         finally:
             os.close(fd)

@@ -16,10 +16,8 @@ import secrets
 import stat
 
 from castore import fs
-from castore.digest import hash_fd as digest_fd
 from castore.errors import IntegrityError, NotFound, UnsafeInput
 from castore.manifest.model import RegularFile
-from castore.materialize import READ, _write_all, data_ranges
 
 
 class Source:
@@ -124,11 +122,11 @@ def stage_tar(tar_path: str, stage_fd: int, needed: dict[str, RegularFile], veri
                 h = hashlib.sha256()
                 try:
                     while True:
-                        data = src.read(READ)
+                        data = src.read(fs.READ)
                         if not data:
                             break
                         h.update(data)
-                        _write_all(fd, data)
+                        fs.write_all(fd, data)
                 finally:
                     os.close(fd)
                 got = "sha256:" + h.hexdigest()
@@ -147,9 +145,9 @@ def stage_tar(tar_path: str, stage_fd: int, needed: dict[str, RegularFile], veri
 # ------------------------------------------------------------------ content
 
 
-def hash_fd(fd: int, size: int) -> str:
+def digest_or_size(fd: int, size: int) -> str:
     """The digest of ``fd``'s content, or "size N" when it is not ``size`` bytes long."""
-    digest, got = digest_fd(fd, expect=size)
+    digest, got = fs.hash_fd(fd, expect=size)
     return digest if got == size else f"size {got}"
 
 
@@ -163,7 +161,7 @@ def copy_verified(src_fd: int, out_fd: int, r: RegularFile, verify: bool, can_re
         try:
             fs.reflink(src_fd, out_fd)
             if verify:
-                got = hash_fd(out_fd, r.size)
+                got = digest_or_size(out_fd, r.size)
                 if got != r.digest:
                     raise IntegrityError(f"{r.path}: digest mismatch: expected {r.digest}, got {got}")
             return
@@ -175,19 +173,15 @@ def copy_verified(src_fd: int, out_fd: int, r: RegularFile, verify: bool, can_re
         fs.copy_fd(src_fd, out_fd, r.size)
         return
     h = hashlib.sha256()
-    ranges = data_ranges(r.size, r.holes) if r.holes else [(0, r.size)]
+    ranges = fs.data_ranges(r.size, r.holes) if r.holes else [(0, r.size)]
     pos = 0
     while True:
-        data = os.pread(src_fd, READ * 4, pos)
+        data = os.pread(src_fd, fs.READ * 4, pos)
         if not data:
             break
         h.update(data)
-        end = pos + len(data)
-        for b, e in ranges:
-            lo, hi = max(b, pos), min(e, end)
-            if lo < hi:
-                _write_all(out_fd, memoryview(data)[lo - pos:hi - pos], lo)
-        pos = end
+        fs.pwrite_sparse(out_fd, data, pos, ranges)
+        pos += len(data)
     if r.holes:
         os.ftruncate(out_fd, r.size)
     got = "sha256:" + h.hexdigest() if pos == r.size else f"size {pos}"

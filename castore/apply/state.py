@@ -34,16 +34,15 @@ import bisect
 import itertools
 import marshal
 import os
-import stat
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from castore import fs
-from castore.store import Store
+from castore.store import Store, apply_records
 from castore.store.statcache import RACY_NS
 
-VERSION = 4
+VERSION = apply_records.VERSION
 PARALLEL_MIN = 20_000  # recorded paths from which the lstat pass forks a second process
 
 #: A path's lstat as it was recorded: (dev, ino, mode, uid, gid, size, mtime_ns, ctime_ns, nlink)
@@ -163,54 +162,27 @@ def shared_paths(paths: list[tuple[str, ...]]) -> dict[str, int]:
     return {p: i for i in many for p in paths[i]}
 
 
-def _key(root: str) -> bytes:
-    return os.fsencode(root)
-
-
 def load(store: Store, root: str, root_st: os.stat_result) -> Record | None:
     """The record of ``root`` (an absolute path), if there is one for this very directory."""
-    with store.meta.read() as txn:
-        raw = txn.get(_key(root), db=store.meta.db("roots"))
-        data = bytes(raw) if raw is not None else None
-    if data is None:
+    fields = apply_records.load_row(store, root, root_st)
+    if fields is None:
         return None
     try:
-        version, dev, ino, digest, spans, shared, order, rows, root_row = marshal.loads(data)
-    except (ValueError, EOFError, TypeError):
+        digest, spans, shared, order, rows, root_row = fields
+    except ValueError:
         return None
-    if version != VERSION or (dev, ino) != (root_st.st_dev, root_st.st_ino) or len(order) != len(rows):
+    if not isinstance(order, list) or not isinstance(rows, list) or len(order) != len(rows):
         return None
     return Record(digest, spans, shared, order, rows, root_row)
 
 
 def save(store: Store, root: str, root_st: os.stat_result, rec: Record) -> None:
     """Replace ``root``'s record (one synced LMDB transaction)."""
-    data = marshal.dumps((VERSION, root_st.st_dev, root_st.st_ino, rec.digest, rec.spans, rec.shared,
-                          rec.order, rec.rows, rec.root_row))
-    db = store.meta.db("roots")
-    store.meta.write(lambda txn: txn.put(_key(root), data, db=db))
+    apply_records.save_row(store, root, root_st, (rec.digest, rec.spans, rec.shared, rec.order, rec.rows,
+                                                  rec.root_row))
 
 
-def prune(store: Store) -> int:
-    """Drop the records of ROOTs that are gone or replaced; return how many (gc calls this)."""
-    db = store.meta.db("roots")
-    stale: list[bytes] = []
-    with store.meta.read() as txn:
-        for k, v in txn.cursor(db=db):
-            try:
-                _, dev, ino = marshal.loads(bytes(v))[:3]
-                st = os.lstat(bytes(k))
-                if (st.st_dev, st.st_ino) == (dev, ino) and stat.S_ISDIR(st.st_mode):
-                    continue
-            except (OSError, ValueError, EOFError, TypeError):
-                pass
-            stale.append(bytes(k))
-    if stale:
-        def fn(txn: object) -> None:
-            for k in stale:
-                txn.delete(k, db=db)  # type: ignore[attr-defined]
-        store.meta.write(fn)
-    return len(stale)
+prune = apply_records.prune
 
 
 # ------------------------------------------------------------------ the lstat pass

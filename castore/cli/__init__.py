@@ -15,7 +15,8 @@ from castore.cli.common import LazyGroup, announce_new_store, fail, main_group
 # Command name -> the module that defines it; imported only when the command runs.
 LazyGroup.lazy.update({
     **dict.fromkeys(["build", "verify", "ls", "dump", "stats", "diff", "du"], "castore.cli.tree_cmds"),
-    **dict.fromkeys(["ingest", "checkout", "list", "history", "tag", "rm"], "castore.cli.catalog_cmds"),
+    **dict.fromkeys(["ingest", "list", "history", "tag", "rm"], "castore.cli.catalog_cmds"),
+    "checkout": "castore.cli.checkout_cmds",
     **dict.fromkeys(["apply", "copy"], "castore.cli.apply_cmds"),
     "export": "castore.cli.export_cmd",
     **dict.fromkeys(["gc", "fsck"], "castore.cli.gc_cmds"),

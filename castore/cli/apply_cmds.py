@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import gc
-import os
 import sys
 
 import click
 
-from castore.apply.run import ApplyOptions, apply_tree
-from castore.cli.common import Ctx, handle_errors, ignore_opt, main_group, print_json, resolve_lazy, write_ignore_opt
+from castore.api import apply
+from castore.cli.common import Ctx, ignore_opt, main_group, print_json, resolve_lazy, write_ignore_opt
 from castore.cli.trust import check_trust
 from castore.errors import Differences
 from castore.materialize import LINK_MODES
@@ -37,7 +36,6 @@ from castore.textsafe import safe_line
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @write_ignore_opt
 @click.pass_obj
-@handle_errors
 def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delete: bool, disable_digest: bool,
               rehash: bool, link: str, devices: str | None, sockets: bool, rewrite_absolute_symlinks: bool,
               sync: bool, verbose: bool, as_json: bool, ignore_attr: frozenset[str]) -> None:
@@ -49,14 +47,14 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
         raise click.UsageError("--move needs --source DIR")
     m, digest, store = resolve_lazy(obj, manifest, need_store=source == "store")
     check_trust(obj, manifest, digest, store)
-    if devices is None:
-        devices = "create" if os.geteuid() == 0 else "skip"
-    opts = ApplyOptions(delete=delete, verify=not disable_digest, devices=devices, sockets=sockets,
-                        rewrite_absolute_symlinks=rewrite_absolute_symlinks, link=link, move=move, rehash=rehash,
-                        sync=sync, ignore=ignore_attr,
-                        log=(lambda msg: click.echo(safe_line(msg), err=True)) if verbose else None)
+    log = (lambda msg: click.echo(safe_line(msg), err=True)) if verbose else None
     # resolve_lazy() validated a manifest file; the store's manifests are read (and validated) by apply.
-    report = apply_tree(root, m, store=store, source=source, opts=opts, manifest_digest=digest, validated=True)
+    ref = m if m is not None else digest
+    assert ref is not None
+    report = apply(store, ref, root, source=source, delete=delete,
+                   verify=not disable_digest, rehash=rehash, link=link, devices=devices, sockets=sockets,
+                   rewrite_absolute_symlinks=rewrite_absolute_symlinks, move=move, sync=sync,
+                   ignore_attrs=ignore_attr, log=log, validated=True)
     if as_json:
         print_json(report.as_dict())
     for p in report.problems:
@@ -70,7 +68,6 @@ def apply_cmd(obj: Ctx, root: str, manifest: str, source: str, move: bool, delet
 @click.argument("dst", type=click.Path())
 @ignore_opt
 @click.pass_obj
-@handle_errors
 def copy_cmd(obj: Ctx, src: str, dst: str, ignore: tuple[str, ...]) -> None:
     """Duplicate the tree SRC at DST (which must not exist), safely, keeping everything."""
     from castore.copy import copy_tree  # here: its imports (multiprocessing, shutil) cost apply 7 ms

@@ -1,4 +1,4 @@
-"""Verbs over the store: ingest, checkout, list, tag, rm, history."""
+"""Verbs over the store: ingest, list, tag, rm, history."""
 
 from __future__ import annotations
 
@@ -11,16 +11,11 @@ import click
 
 from castore.cli.common import (
     Ctx,
-    handle_errors,
     ignore_opt,
     main_group,
     print_json,
     resolve,
-    resolve_lazy,
-    write_ignore_opt,
 )
-from castore.cli.trust import check_trust
-from castore.materialize import LINK_MODES
 from castore.store import check_name, default_store_path
 from castore.store.revisions import Version
 from castore.textsafe import quote
@@ -39,7 +34,6 @@ from castore.textsafe import quote
 @click.option("--force-history", is_flag=True,
               help="Record a new version under --name even when the tree is unchanged (by default it is not).")
 @click.pass_obj
-@handle_errors
 def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, ...], keep_appledouble: bool,
                whiteouts: str, tar_src: str | None, appledouble: str | None, force_history: bool) -> None:
     """Store the tree SRC; print the manifest digest alone on stdout.
@@ -63,48 +57,13 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
             raise click.UsageError("missing SRC (or --tar FILE)")
         if whiteouts == "oci":
             raise click.UsageError("--whiteouts oci applies to --tar; a directory holds overlay whiteouts")
-        from castore.build import WalkOptions
-        from castore.ingest import ingest  # here: `checkout` and the catalog verbs need neither
+        from castore.api import ingest
         from castore.ingest_skips import SkipLog
-        opts = WalkOptions(ignore=ignore, keep_appledouble=keep_appledouble, whiteouts=whiteouts,
-                           on_skip=SkipLog(src))
-        digest = ingest(obj.store(create=True), src, name=name, opts=opts)
+
+        digest = ingest(obj.store(create=True), src, name=name, ignore=ignore, keep_appledouble=keep_appledouble,
+                        whiteouts=whiteouts, progress=True, on_skip=SkipLog(src))
     click.echo(digest)
     finish(obj, name, digest)
-
-
-@main_group.command("checkout")
-@click.argument("manifest")
-@click.argument("target", type=click.Path())
-@click.option("--link", type=click.Choice(LINK_MODES), default="auto", show_default=True,
-              help="auto: reflink where possible, else copy; hardlink: share store inodes.")
-@click.option("--disable-digest", is_flag=True, help="Do not re-hash content (trusted stores).")
-@click.option("--devices", type=click.Choice(["create", "check", "skip"]), default=None,
-              help="Device nodes: create (default as root), check, skip (default otherwise).")
-@click.option("--sockets", is_flag=True, help="Create sockets too.")
-@click.option("--whiteouts", type=click.Choice(["none", "overlay", "oci"]), default="none", show_default=True)
-@click.option("--rewrite-absolute-symlinks", is_flag=True, help="Make in-tree absolute symlinks relative.")
-@write_ignore_opt
-@click.pass_obj
-@handle_errors
-def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest: bool, devices: str | None,
-                 sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool, ignore_attr: frozenset[str]) -> None:
-    """Materialise MANIFEST at TARGET (absent or empty), complete or not at all."""
-    import os
-
-    from castore.checkout import checkout
-    from castore.materialize import Options
-
-    m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
-    if link == "hardlink" and store is not None and store.readonly:
-        from castore.store.readonly import refuse_write
-        refuse_write(store.path, "--link hardlink makes link objects in it; use --link copy or reflink")
-    check_trust(obj, manifest, digest, store)
-    if devices is None:
-        devices = "create" if os.geteuid() == 0 else "skip"
-    opts = Options(link=link, verify=not disable_digest, devices=devices, sockets=sockets, whiteouts=whiteouts,
-                   rewrite_absolute_symlinks=rewrite_absolute_symlinks, ignore=ignore_attr)
-    checkout(store, m, target, opts, manifest_digest=digest, validated=True)
 
 
 def _when(ns: int) -> str:
@@ -115,7 +74,6 @@ def _when(ns: int) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--history", "history", metavar="NAME", help="Every manifest recorded under NAME.")
 @click.pass_obj
-@handle_errors
 def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
     """The catalog: names, digests, dates, sizes."""
     from castore.store.revisions import versions
@@ -140,7 +98,7 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
         return
     for row in out:
         flag = "\tincomplete" if row["incomplete"] else ""
-        click.echo(f"{quote(row['name'])}\t{row['digest']}\t{row['time']}\t{row['size']}\t"
+        click.echo(f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{row['size']}\t"
                    f"{_signers(row['signatures'])}{flag}")  # type: ignore[arg-type]
 
 
@@ -178,7 +136,6 @@ def _tree_size(store: object, digest: str) -> int:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-@handle_errors
 def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
     """Every manifest recorded under NAME, oldest first."""
     from castore.store.revisions import versions
@@ -194,7 +151,6 @@ def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
 @click.argument("manifest")
 @click.argument("name")
 @click.pass_obj
-@handle_errors
 def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
     """Record MANIFEST under NAME (a manifest file is stored first)."""
     check_name(name)
@@ -213,8 +169,11 @@ def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
             data = codec.dumps(m)
             digest = store.put_blob(data, KIND_MANIFEST)
             store.mark_manifest(digest, "+", name)
-            store.meta.write(lambda t: (store.record_manifest(t, digest, refs),
-                                        store.set_tag(t, name, digest, len(data))))
+
+            def record(t: object) -> None:
+                store.record_manifest(t, digest, refs)
+                store.set_tag(t, name, digest, len(data))
+            store.meta.write(record)
     else:
         store.tag(name, digest)
     click.echo(digest)
@@ -223,7 +182,6 @@ def tag_cmd(obj: Ctx, manifest: str, name: str) -> None:
 @main_group.command("rm")
 @click.argument("names", nargs=-1, required=True)
 @click.pass_obj
-@handle_errors
 def rm_cmd(obj: Ctx, names: tuple[str, ...]) -> None:
     """Remove NAMES from the catalog (content goes at the next gc)."""
     store = obj.writable_store()

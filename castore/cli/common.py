@@ -8,12 +8,21 @@ import importlib
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
 
-from castore.errors import CastoreError, CorruptManifest, NoStore, NotFound, ResourceLimit
+from castore.errors import (
+    CastoreError,
+    CorruptManifest,
+    NoStore,
+    NotFound,
+    ResourceLimit,
+    UnsafeInput,
+    is_resource_errno,
+)
 from castore.manifest import Manifest, codec, validate
 from castore.manifest.bounds import check_parse_cost
 from castore.store import Store, default_store_path
@@ -28,16 +37,11 @@ MAX_MANIFEST_FILE = 1 << 31
 
 
 def _write_ignores(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> frozenset[str]:
-    from castore.manifest.diff import normalize_ignores
-    from castore.materialize import WRITE_IGNORABLE
+    from castore.api import write_ignores
     try:
-        ign = normalize_ignores(value)
-    except ValueError as exc:
+        return write_ignores(value)
+    except UnsafeInput as exc:
         raise click.BadParameter(str(exc)) from None
-    if ign - WRITE_IGNORABLE:
-        raise click.BadParameter(f"{', '.join(sorted(ign - WRITE_IGNORABLE))} cannot be left unapplied "
-                                 f"(only {', '.join(sorted(WRITE_IGNORABLE))}, owner)")
-    return ign
 
 
 write_ignore_opt = click.option(
@@ -110,41 +114,52 @@ def fail(msg: str, code: int) -> None:
     sys.exit(code)
 
 
+@contextmanager
+def mapped_errors() -> Iterator[None]:
+    """Map library errors raised in the block to one line on stderr and their exit code.
+
+    Entered once, by the group around every command (``LazyGroup.invoke``):
+    no command wraps itself. click's own exceptions pass through to ``main``.
+    """
+    try:
+        yield
+    except CastoreError as exc:
+        _traceback_if_debug()
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except OSError as exc:
+        _traceback_if_debug()
+        where = f"{_unproc(exc.filename)}: " if exc.filename else ""
+        ctx = click.get_current_context(silent=True)
+        ro = ctx.find_root().obj.open_store if ctx and isinstance(ctx.find_root().obj, Ctx) else None
+        if exc.errno == errno.EROFS and ro is not None and ro.readonly:
+            fail(f"{where}read-only file system: the store at {ro.path} is read-only and this verb writes to "
+                 "it; run it where the store is writable", 1)
+        code = ResourceLimit.exit_code if is_resource_errno(exc.errno) else 1
+        fail(f"{where}{exc.strerror or exc}", code)
+    except (MemoryError, RecursionError) as exc:
+        fail(f"resource limit: {type(exc).__name__}", ResourceLimit.exit_code)
+    except (click.exceptions.Exit, click.ClickException, click.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 - last line of defence: never a traceback
+        _traceback_if_debug()
+        fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)", 1)
+
+
+def _traceback_if_debug() -> None:
+    ctx = click.get_current_context(silent=True)
+    if os.environ.get("CONTINUITY_DEBUG") or (ctx and getattr(ctx.find_root().obj, "debug", False)):
+        traceback.print_exc()
+
+
 def handle_errors(fn: F) -> F:
-    """Map library errors to one line on stderr and their exit code."""
+    """``mapped_errors`` around one function (the group applies it to every command already)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context(silent=True)
-        debug = bool(os.environ.get("CONTINUITY_DEBUG")) or bool(ctx and getattr(ctx.find_root().obj, "debug", False))
-        try:
+        with mapped_errors():
             return fn(*args, **kwargs)
-        except CastoreError as exc:
-            if debug:
-                traceback.print_exc()
-            fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
-        except OSError as exc:
-            if debug:
-                traceback.print_exc()
-            where = f"{_unproc(exc.filename)}: " if exc.filename else ""
-            ro = ctx.find_root().obj.open_store if ctx and isinstance(ctx.find_root().obj, Ctx) else None
-            if exc.errno == errno.EROFS and ro is not None and ro.readonly:
-                fail(f"{where}read-only file system: the store at {ro.path} is read-only and this verb writes to "
-                     "it; run it where the store is writable", 1)
-            code = 6 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE) else 1
-            fail(f"{where}{exc.strerror or exc}", code)
-        except (MemoryError, RecursionError) as exc:
-            fail(f"resource limit: {type(exc).__name__}", ResourceLimit.exit_code)
-        except click.exceptions.Exit:
-            raise
-        except click.ClickException:
-            raise
-        except Exception as exc:  # noqa: BLE001 - last line of defence: never a traceback
-            if debug:
-                traceback.print_exc()
-            fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)", 1)
 
     return wrapper  # type: ignore[return-value]
 
@@ -162,6 +177,11 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(self.commands) | set(self.lazy))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the group and its command with every library error mapped (``mapped_errors``)."""
+        with mapped_errors():
+            return super().invoke(ctx)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, resolve
+from castore.cli.common import Ctx, main_group, resolve
 
 
 @main_group.command("export")
@@ -16,7 +16,6 @@ from castore.cli.common import Ctx, handle_errors, main_group, resolve
 @click.option("--whiteouts", type=click.Choice(["none", "oci"]), default="none", show_default=True,
               help="oci: write whiteouts and opaque directories as .wh.NAME / .wh..wh..opq.")
 @click.pass_obj
-@handle_errors
 def export_cmd(obj: Ctx, manifest: str, output: str | None, compress: str | None, whiteouts: str) -> None:
     """Write MANIFEST as a tar stream (PAX: xattrs, hardlinks, devices, sparse files, ns times)."""
     from castore.tar.exporter import export_tar

@@ -6,11 +6,12 @@ import os
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, print_json
+from castore.api import fsck, gc
+from castore.cli.common import Ctx, main_group, print_json
 from castore.cli.retention_opts import build_policy, print_plan, retention_options, retention_plan
 from castore.errors import IntegrityError, NotFound, StoreUnusable, UnsafeInput
-from castore.fsck.check import FsckOptions, FsckReport, fsck, parse_subset, rebuild_index
-from castore.gc.collect import GcOptions, collect, parse_duration
+from castore.fsck.check import FsckReport, parse_subset, rebuild_index
+from castore.gc.collect import parse_duration
 from castore.store import default_store_path
 from castore.textsafe import quote, safe_line
 
@@ -30,7 +31,6 @@ MAX_INFO_LINES = 20
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="List every object deleted.")
 @click.pass_obj
-@handle_errors
 def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: bool, nice: int, as_json: bool,
            verbose: bool, keep_last: int | None, keep_within: str | None, **buckets: int | None) -> None:
     """Delete what no catalog name, lease or recent write references (cron-safe).
@@ -54,8 +54,6 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
     except UnsafeInput as exc:
         raise click.BadParameter(str(exc), param_hint="--grace") from None
     policy = build_policy(keep_history, keep_last, keep_within, **buckets)
-    opts = GcOptions(grace_ns=grace_ns, dry_run=dry_run, keep_history=keep_history, wait=wait,
-                     list_items=verbose or as_json, retention=policy)
     store = obj.store_if_exists()
     if store is None:
         raise NotFound(f"no store at {obj.store_path or default_store_path()}: "
@@ -63,9 +61,9 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
     if store.readonly:
         from castore.store.readonly import refuse_write
         refuse_write(store.path, "gc deletes from it")
-    opts.nice = nice
     plan = retention_plan(store, policy) if policy is not None else None
-    report = collect(store, opts)
+    report = gc(store, grace_seconds=grace_ns // 10**9, dry_run=dry_run, keep_history=keep_history, wait=wait,
+                nice=nice, list_items=verbose or as_json, retention=policy)
     if as_json:
         print_json({**report.as_json(), **({"retention": plan} if plan is not None else {})})
         return
@@ -89,7 +87,6 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every finding, info included.")
 @click.pass_obj
-@handle_errors
 def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuild: bool, as_json: bool,
              verbose: bool) -> None:
     """Check index <-> files, catalog references and (--read-data) content; exit 4 on damage.
@@ -105,8 +102,6 @@ def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuil
         parts = parse_subset(subset) if subset else None
     except UnsafeInput as exc:
         raise click.BadParameter(str(exc), param_hint="--read-data-subset") from None
-    opts = FsckOptions(read_data=read_data or parts is not None, subset=parts,
-                       repair=repair)
     rebuilt = None
     if rebuild:
         rebuilt = rebuild_index(path)
@@ -123,7 +118,7 @@ def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuil
             raise
         raise IntegrityError(f"{exc}{hint}") from exc
     try:
-        report = fsck(store, opts)
+        report = fsck(store, read_data=read_data or parts is not None, subset=parts, repair=repair)
     except IntegrityError as exc:
         raise IntegrityError(f"{exc}{hint}") from exc
     if as_json:

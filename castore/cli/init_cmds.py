@@ -6,7 +6,7 @@ import os
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, print_json
+from castore.cli.common import Ctx, main_group, print_json
 from castore.store import Store, default_store_path
 from castore.textsafe import safe_line
 
@@ -14,7 +14,6 @@ from castore.textsafe import safe_line
 @main_group.command("init")
 @click.option("--json", "as_json", is_flag=True, help="Print {path, created} as JSON.")
 @click.pass_obj
-@handle_errors
 def init_cmd(obj: Ctx, as_json: bool) -> None:
     """Make a store at --store / CONTINUITY_STORE (else the default location).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, print_json
+from castore.cli.common import Ctx, main_group, print_json
 from castore.textsafe import quote
 
 
@@ -26,7 +26,6 @@ def human(n: int) -> str:
               help="Show only the N newest versions.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON list, newest first.")
 @click.pass_obj
-@handle_errors
 def log_cmd(obj: Ctx, name: str, limit: int | None, as_json: bool) -> None:
     """The versions recorded under NAME, newest first.
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve
+from castore.cli.common import Ctx, F, main_group, print_json, resolve
 from castore.errors import UnsafeInput
 from castore.remote.ref import Reference, parse_reference
 
@@ -28,45 +28,61 @@ def _password(password_stdin: bool) -> str | None:
     return os.environ.get("CONTINUITY_REGISTRY_PASSWORD")
 
 
+def remote_options(fn: F) -> F:
+    """The options push and pull share: --insecure, --jobs, --username, --password-stdin, --json."""
+    for opt in (json_opt, pw_opt, user_opt, jobs_opt, insecure_opt):
+        fn = opt(fn)
+    return fn
+
+
 @main_group.command("push")
 @click.argument("manifest")
 @click.argument("reference", metavar="REGISTRY/REPO[:TAG]")
-@insecure_opt
-@jobs_opt
-@user_opt
-@pw_opt
-@json_opt
+@click.option("--base", "bases", multiple=True, metavar="REF",
+              help="Another artifact of the same repository (TAG, @DIGEST or full reference) whose packs "
+                   "may be reused; the tag being overwritten always is. Repeatable.")
+@click.option("--pack-size", type=click.IntRange(64 << 10, 1 << 30), default=None, metavar="BYTES",
+              help="Target size of new packs (default 32 MiB; larger when a tree would need over 4096 packs).")
+@remote_options
 @click.pass_obj
-@handle_errors
-def push_cmd(obj: Ctx, manifest: str, reference: str, insecure: bool, jobs: int, username: str | None,
-             password_stdin: bool, as_json: bool) -> None:
+def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], pack_size: int | None,
+             insecure: bool, jobs: int, username: str | None, password_stdin: bool, as_json: bool) -> None:
     """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST."""
+    from castore.remote.packer import PACK_TARGET
     from castore.remote.push import push  # httpx is imported only by the verbs that need it
 
     ref = parse_reference_or_usage(reference, insecure, allow_digest=False)
+    base_refs = [_base_reference(ref, b, insecure) for b in bases]
     m, digest, store = resolve(obj, manifest, need_store=True)
     assert store is not None
     res = push(store, m, ref, manifest_digest=digest, jobs=jobs, username=username,
-               password=_password(password_stdin))
+               password=_password(password_stdin), bases=base_refs, pack_target=pack_size or PACK_TARGET)
     pinned = f"{ref.registry}/{ref.repo}@{res.oci_digest}"
     if as_json:
         print_json({"reference": pinned, "tag": str(ref), "oci_digest": res.oci_digest,
                     "manifest": res.manifest_digest, "uploaded": res.uploaded, "skipped": res.skipped,
-                    "uploaded_bytes": res.uploaded_bytes, "signatures": res.signatures})
+                    "uploaded_bytes": res.uploaded_bytes, "signatures": res.signatures,
+                    "packs_new": res.packs_new, "packs_reused": res.packs_reused,
+                    "oci_manifest_size": res.oci_manifest_size})
     else:
         click.echo(pinned)
+
+
+def _base_reference(ref: Reference, text: str, insecure: bool) -> Reference:
+    """``--base``: a tag (``v1``) or digest (``@sha256:…``, ``sha256:…``) of ``ref``'s repository, or a full one."""
+    if "/" not in text:
+        sep = "" if text.startswith("@") else "@" if text.startswith("sha256:") else ":"
+        text = f"{ref.registry}/{ref.repo}{sep}{text}"
+        if ref.base.startswith("http://"):
+            insecure = True
+    return parse_reference_or_usage(text, insecure, allow_digest=True)
 
 
 @main_group.command("pull")
 @click.argument("reference", metavar="REGISTRY/REPO[:TAG|@DIGEST]")
 @click.option("--name", help="Catalog name (default: the reference without its scheme).")
-@insecure_opt
-@jobs_opt
-@user_opt
-@pw_opt
-@json_opt
+@remote_options
 @click.pass_obj
-@handle_errors
 def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: int, username: str | None,
              password_stdin: bool, as_json: bool) -> None:
     """Copy a tree from a registry into the store; print its manifest digest."""
@@ -81,7 +97,8 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: i
     if as_json:
         print_json({"manifest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
                     "downloaded": res.downloaded, "present": res.present,
-                    "downloaded_bytes": res.downloaded_bytes, "signatures": res.signatures})
+                    "downloaded_bytes": res.downloaded_bytes, "signatures": res.signatures,
+                    "resumed": res.resumed})
     else:
         click.echo(res.manifest_digest)
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from castore.cli.common import Ctx, handle_errors, main_group, print_json, resolve_lazy
+from castore.cli.common import Ctx, main_group, print_json, resolve_lazy
 from castore.errors import IntegrityError, NotFound, UnsafeInput
 from castore.sign import allowed_signers
 from castore.sign.keys import generate, load_private_key, public_comment
@@ -55,7 +55,6 @@ def _read_sig(path: str) -> bytes:
 @click.option("-C", "--comment", default="", help="Comment of the public key (e.g. your email: the principal).")
 @click.option("--passphrase-stdin", is_flag=True, help="Encrypt the key with a passphrase read from stdin.")
 @click.option("--json", "as_json", is_flag=True)
-@handle_errors
 def keygen_cmd(file: str, comment: str, passphrase_stdin: bool, as_json: bool) -> None:
     """Write a new OpenSSH Ed25519 key pair: FILE (private, 0600) and FILE.pub."""
     pw = sys.stdin.buffer.readline(4096).rstrip(b"\r\n") if passphrase_stdin else None
@@ -77,7 +76,6 @@ def keygen_cmd(file: str, comment: str, passphrase_stdin: bool, as_json: bool) -
 @click.option("--principal", help="Who signs (default: the comment of the key's .pub file).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-@handle_errors
 def sign_cmd(obj: Ctx, manifest: str, key_file: str | None, import_file: str | None, output: str | None,
              principal: str | None, as_json: bool) -> None:
     """Sign MANIFEST (namespace "continuity", over its stored bytes) and keep the signature in the store."""
@@ -122,7 +120,6 @@ def sign_cmd(obj: Ctx, manifest: str, key_file: str | None, import_file: str | N
 @click.option("-s", "--signature", "sig_file", metavar="SIG", help="Check this signature file, not the stored ones.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-@handle_errors
 def verify_signature_cmd(obj: Ctx, manifest: str, signers_file: str, principals: tuple[str, ...],
                          sig_file: str | None, as_json: bool) -> None:
     """Exit 0 when a signature of MANIFEST verifies for a principal of FILE, 4 otherwise."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from castore.api import ingest_tar
 from castore.cli.common import Ctx
-from castore.tar.importer import TarOptions, ingest_tar
 
 
 def ingest_tar_cmd(obj: Ctx, tar_src: str, name: str | None, ignore: tuple[str, ...], *,
@@ -16,5 +16,5 @@ def ingest_tar_cmd(obj: Ctx, tar_src: str, name: str | None, ignore: tuple[str, 
     if whiteouts not in ("none", "oci"):
         import click
         raise click.UsageError("--tar reads whiteouts in the oci form only (--whiteouts oci)")
-    opts = TarOptions(ignore=ignore, whiteouts=whiteouts, appledouble=appledouble)
-    return ingest_tar(obj.store(create=True), tar_src, name=name, opts=opts)
+    return ingest_tar(obj.store(create=True), tar_src, name=name, ignore=ignore, whiteouts=whiteouts,
+                      appledouble=appledouble)

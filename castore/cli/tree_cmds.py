@@ -8,19 +8,14 @@ import sys
 
 import click
 
-from castore.build import WalkOptions, build
-from castore.cli.common import Ctx, handle_errors, ignore_opt, main_group, print_json, resolve
+from castore.api import build, diff, tree_or_manifest, verify
+from castore.cli.common import Ctx, ignore_opt, main_group, print_json, resolve
 from castore.errors import Differences, UnsafeInput
 from castore.manifest import Manifest, codec
-from castore.manifest.diff import diff as diff_manifests
 from castore.manifest.diff import normalize_ignores
-from castore.manifest.model import Device, Directory, RegularFile, Symlink
+from castore.manifest.model import Device, RegularFile, Symlink
+from castore.stats import disk_usage, human_size, manifest_stats
 from castore.textsafe import quote
-from castore.verify import VerifyOptions, verify_tree
-
-
-def walk_options(ignore: tuple[str, ...], keep_appledouble: bool) -> WalkOptions:
-    return WalkOptions(ignore=ignore, keep_appledouble=keep_appledouble)
 
 
 @main_group.command("build")
@@ -28,10 +23,9 @@ def walk_options(ignore: tuple[str, ...], keep_appledouble: bool) -> WalkOptions
 @click.option("--format", "fmt", type=click.Choice(["pb", "text", "json"]), default="pb", show_default=True)
 @ignore_opt
 @click.option("--keep-appledouble", is_flag=True, help="Keep ._* and __MACOSX entries.")
-@handle_errors
 def build_cmd(root: str, fmt: str, ignore: tuple[str, ...], keep_appledouble: bool) -> None:
     """Write the manifest of ROOT to stdout (store untouched)."""
-    m = build(root, walk_options(ignore, keep_appledouble))
+    m = build(root, ignore=ignore, keep_appledouble=keep_appledouble)
     if fmt == "pb":
         data = codec.dumps(m)
         if sys.stdout.isatty():
@@ -56,14 +50,13 @@ def parse_octal(ctx: click.Context, param: click.Parameter, value: str | None) -
     return n
 
 
-def verify_options(ignore_attr: tuple[str, ...], ignore_mode_bits: int, disable_digest: bool, sockets: bool,
-                   devices: str) -> VerifyOptions:
+def check_ignores(ignore_attr: tuple[str, ...]) -> tuple[str, ...]:
+    """``--ignore-attr`` values, refused as a usage error (exit 2) when one names no attribute."""
     try:
-        ign = normalize_ignores(ignore_attr)
+        normalize_ignores(ignore_attr)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--ignore-attr") from None
-    return VerifyOptions(ignore=ign, ignore_mode_bits=ignore_mode_bits, disable_digest=disable_digest,
-                         sockets=sockets, devices=devices)
+    return ignore_attr
 
 
 @main_group.command("verify")
@@ -78,14 +71,13 @@ def verify_options(ignore_attr: tuple[str, ...], ignore_mode_bits: int, disable_
 @click.option("--devices", type=click.Choice(["check", "skip", "create"]), default="check", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-@handle_errors
 def verify_cmd(obj: Ctx, root: str, manifest: str, ignore_attr: tuple[str, ...], ignore_mode_bits: int,
                disable_digest: bool, sockets: bool, devices: str, as_json: bool) -> None:
     """Report every difference between ROOT and MANIFEST; exit 1 if any."""
-    opts = verify_options(ignore_attr, ignore_mode_bits, disable_digest, sockets,
-                          "skip" if devices == "skip" else "check")
+    check_ignores(ignore_attr)
     m, _, _ = resolve(obj, manifest)
-    found = verify_tree(root, m, opts)
+    found = verify(None, m, root, ignore_attrs=ignore_attr, ignore_mode_bits=ignore_mode_bits,
+                   digest=not disable_digest, sockets=sockets, devices=devices)
     if as_json:
         print_json({"ok": not found, "differences": [
             {"path": d.path, "attr": d.attr, "expected": d.expected, "actual": d.actual} for d in found]})
@@ -109,7 +101,6 @@ def _perm_string(perm: int) -> str:
 @click.argument("manifest")
 @click.option("-l", "--long", "long_", is_flag=True, help="Mode, owner, size and digest too.")
 @click.pass_obj
-@handle_errors
 def ls_cmd(obj: Ctx, manifest: str, long_: bool) -> None:
     """List the entries of MANIFEST, one path per line."""
     m, _, _ = resolve(obj, manifest)
@@ -130,7 +121,6 @@ def ls_cmd(obj: Ctx, manifest: str, long_: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "pb"]), default="text", show_default=True,
               help="pb: the stored manifest bytes, exactly (what `sign` signs).")
 @click.pass_obj
-@handle_errors
 def dump_cmd(obj: Ctx, manifest: str, fmt: str) -> None:
     """Dump MANIFEST as prototext (upstream's dump), JSON, or its stored protobuf bytes."""
     m, digest, store = resolve(obj, manifest)
@@ -150,27 +140,10 @@ def dump_cmd(obj: Ctx, manifest: str, fmt: str) -> None:
         click.echo(codec.dumps_json(m))
 
 
-def manifest_stats(m: Manifest) -> dict[str, int]:
-    counts = {k: 0 for k in ("file", "dir", "symlink", "device", "fifo", "socket", "whiteout")}
-    size = chunks = links = 0
-    for r in m.resources:
-        counts[r.kind] += 1
-        if isinstance(r, RegularFile):
-            size += r.size
-            chunks += len(r.chunks)
-            links += len(r.paths) - 1
-    return {"entries": sum(len(r.paths) for r in m.resources), "resources": len(m.resources),
-            "files": counts["file"], "directories": counts["dir"], "symlinks": counts["symlink"],
-            "devices": counts["device"], "fifos": counts["fifo"], "sockets": counts["socket"],
-            "whiteouts": counts["whiteout"], "hardlinks": links, "bytes": size, "chunks": chunks,
-            "unique_contents": len({r.digest for r in m.files()})}
-
-
 @main_group.command("stats")
 @click.argument("manifest", required=False)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-@handle_errors
 def stats_cmd(obj: Ctx, manifest: str | None, as_json: bool) -> None:
     """Counts and sizes of MANIFEST; without it, of the whole store (bytes stored, logical bytes,
     dedup ratio, growth of each name)."""
@@ -191,7 +164,7 @@ def stats_cmd(obj: Ctx, manifest: str | None, as_json: bool) -> None:
 
 def _manifest_or_tree(obj: Ctx, ref: str) -> Manifest:
     if os.path.isdir(ref):
-        return build(ref, WalkOptions(keep_appledouble=True, note=lambda _m: None))
+        return tree_or_manifest(None, ref)
     return resolve(obj, ref)[0]
 
 
@@ -201,14 +174,10 @@ def _manifest_or_tree(obj: Ctx, ref: str) -> Manifest:
 @click.option("--ignore-attr", multiple=True, metavar="ATTR")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-@handle_errors
 def diff_cmd(obj: Ctx, a: str, b: str, ignore_attr: tuple[str, ...], as_json: bool) -> None:
     """Changes from A to B (manifests or trees): A added, D deleted, M modified, m metadata only."""
-    try:
-        ign = normalize_ignores(ignore_attr)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--ignore-attr") from None
-    changes = diff_manifests(_manifest_or_tree(obj, a), _manifest_or_tree(obj, b), ign)
+    check_ignores(ignore_attr)
+    changes = diff(None, _manifest_or_tree(obj, a), _manifest_or_tree(obj, b), ignore_attrs=ignore_attr)
     if as_json:
         print_json({"changes": [{"path": c.path, "change": c.kind, "attrs": list(c.attrs)} for c in changes]})
     else:
@@ -223,27 +192,10 @@ def diff_cmd(obj: Ctx, a: str, b: str, ignore_attr: tuple[str, ...], as_json: bo
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--human", is_flag=True, help="Human-readable sizes.")
 @click.pass_obj
-@handle_errors
 def du_cmd(obj: Ctx, ref: str, as_json: bool, human: bool) -> None:
     """Disk usage of a manifest or tree, hardlinks counted once."""
-    m = _manifest_or_tree(obj, ref)
-    apparent = sum(r.size for r in m.files())
-    allocated = sum(r.size - sum(e - b for b, e in r.holes) for r in m.files())
-    unique = {}
-    for r in m.files():
-        unique[r.digest] = r.size
-    out = {"bytes": apparent, "allocated": allocated, "unique_content_bytes": sum(unique.values()),
-           "files": len(m.files()), "entries": sum(len(r.paths) for r in m.resources),
-           "directories": sum(1 for r in m.resources if isinstance(r, Directory))}
+    out = disk_usage(_manifest_or_tree(obj, ref))
     if as_json:
         print_json(out)
     else:
-        click.echo(f"{_human(apparent) if human else apparent}\t{quote(ref)}")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "K", "M", "G", "T"):
-        if n < 1024 or unit == "T":
-            return f"{n:.1f}{unit}" if unit != "B" else f"{int(n)}B"
-        n /= 1024
-    return str(n)
+        click.echo(f"{human_size(out['bytes']) if human else out['bytes']}\t{quote(ref)}")

@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import os
+import random
 import re
 import threading
 import time
@@ -28,7 +29,8 @@ from urllib.parse import urlencode, urljoin
 
 import httpx
 
-from castore.errors import CastoreError, IntegrityError, NotFound
+from castore.errors import Aborted, IntegrityError, NotFound, RemoteError
+from castore.fs.io import write_all
 from castore.remote.oci import OCI_INDEX, OCI_MANIFEST
 from castore.remote.ref import Reference, is_loopback
 
@@ -38,7 +40,8 @@ SMALL_BLOB = 8 << 20  # read, verify, then send; larger blobs are streamed and c
 MAX_TOKEN_ANSWER = 1 << 20
 MAX_REDIRECTS = 10
 REDIRECTS = (301, 302, 303, 307, 308)
-RETRIES = 2
+RETRIES = 4  # transient failures (429, 5xx, connection errors) retried with exponential backoff
+MAX_BACKOFF = 10.0  # seconds, also the most a Retry-After is honoured
 USER_AGENT = "continuity/0.1 (castore)"
 MIN_RATE = 64 << 10  # bytes/s a transfer must average (after 2 x the timeout of grace)
 DEFAULT_TIMEOUT = 30.0
@@ -51,14 +54,6 @@ def _env_timeout() -> float:
     except ValueError:
         return DEFAULT_TIMEOUT
     return value if 0 < value <= 3600 else DEFAULT_TIMEOUT
-
-
-class RemoteError(CastoreError):
-    """The registry could not be reached or refused a request (exit 1)."""
-
-
-class Aborted(CastoreError):
-    """Another transfer of the same operation failed first."""
 
 
 MAX_SMALL_ANSWER = 64 << 10
@@ -258,6 +253,7 @@ class Registry:
         logged_in = False
         attempt = 0
         while True:
+            wait: float | None = None
             if self.abort.is_set():
                 raise Aborted("aborted")
             try:
@@ -270,6 +266,7 @@ class Registry:
                 continue
             except _Transient as exc:
                 reason = str(exc)
+                wait = exc.retry_after
             except httpx.TimeoutException:
                 reason = "timed out"
             except httpx.TransportError as exc:
@@ -280,9 +277,12 @@ class Registry:
                 reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
                 attempt = RETRIES
             if attempt >= RETRIES:
-                raise RemoteError(f"{self.where}: {what}: {reason}")
+                raise RemoteError(f"{self.where}: {what}: {reason}"
+                                  + (f" (after {attempt + 1} attempts)" if attempt else ""))
             attempt += 1
-            time.sleep(0.3 * attempt)
+            if wait is None:
+                wait = min(MAX_BACKOFF, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2)
+            time.sleep(min(wait, MAX_BACKOFF))
 
     def _check(self, ans: Answer, what: str, ok: tuple[int, ...]) -> None:
         if ans.status in ok:
@@ -291,10 +291,10 @@ class Registry:
             raise _Unauthorized(ans.headers.get("www-authenticate", ""))
         text = _error_text(ans.status, ans.reason, ans.body)
         if ans.status == 429 or ans.status >= 500:
-            raise _Transient(f"{ans.status} {text}")
+            raise _Transient(f"{ans.status} {text}", _retry_after(ans.headers.get("retry-after")))
         if ans.status == 404:
-            raise NotFound(f"{self.where}: {what}: not found ({text})")
-        raise RemoteError(f"{self.where}: {what}: {ans.status} {text}")
+            raise NotFound(f"{self.where}: {what}: not found ({text}){_hint(ans.status, what)}")
+        raise RemoteError(f"{self.where}: {what}: {ans.status} {text}{_hint(ans.status, what)}")
 
     # --------------------------------------------------------------- blobs
 
@@ -316,7 +316,10 @@ class Registry:
         (large) they are sent; raises IntegrityError when they do not match
         ``digest`` and ``size``.
         """
-        opener = source if callable(source) else _memory_fd(source)
+        if not callable(source):
+            self._upload_memory(digest, source)
+            return
+        opener = source
         def go() -> None:
             ans = self._send("POST", f"{self.ref.base}/blobs/uploads/")
             self._check(ans, f"upload of {digest}", (202,))
@@ -341,6 +344,26 @@ class Registry:
                         raise IntegrityError(f"store blob {digest} is corrupt (digest mismatch; run fsck)")
             finally:
                 os.close(fd)
+            self._check(put, f"upload of {digest}", (201, 204))
+        self._call(f"upload of {digest}", go)
+
+    def _upload_memory(self, digest: str, data: bytes | bytearray) -> None:
+        """Upload bytes held in memory (packs): hashed once, then sent in pieces (no copy)."""
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise IntegrityError(f"upload of {digest}: the bytes have another digest")
+        view = memoryview(data)
+
+        def go() -> None:
+            ans = self._send("POST", f"{self.ref.base}/blobs/uploads/")
+            self._check(ans, f"upload of {digest}", (202,))
+            loc = ans.headers.get("location")
+            if not loc:
+                raise RemoteError(f"{self.where}: upload of {digest}: no Location in the answer")
+            url = urljoin(ans.url, loc)
+            url += ("&" if "?" in url else "?") + urlencode({"digest": digest})
+            hdrs = {"Content-Type": "application/octet-stream", "Content-Length": str(len(view))}
+            body = bytes(view) if len(view) <= PIECE else _pieces(view, self.abort)
+            put = self._send("PUT", url, headers=hdrs, content=body)
             self._check(put, f"upload of {digest}", (201, 204))
         self._call(f"upload of {digest}", go)
 
@@ -423,7 +446,34 @@ class _Unauthorized(Exception):
 
 
 class _Transient(Exception):
-    pass
+    def __init__(self, text: str, retry_after: float | None = None) -> None:
+        super().__init__(text)
+        self.retry_after = retry_after
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds only), None when absent or not a number."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())
+
+
+def _hint(status: int, what: str) -> str:
+    """What a user can do about a refusal that retrying will not change."""
+    if status in (401, 403):
+        return ("; hint: check the credentials (--username, CONTINUITY_REGISTRY_PASSWORD) and their "
+                "rights on this repository")
+    if status == 404 and what.startswith("upload"):
+        return "; hint: the repository name may be wrong, or the registry does not allow pushing to it"
+    if status == 404 and "manifest" in what:
+        return "; hint: check the tag or digest"
+    if status == 413:
+        return "; hint: the registry refuses blobs this large (its body size limit)"
+    if status == 400 and "PUT manifest" in what:
+        return "; hint: the registry may not accept OCI 1.1 artifacts (artifactType, custom media types)"
+    if status == 405:
+        return "; hint: the registry does not allow this method here (read-only mirror?)"
+    return ""
 
 
 def _download(reg: Registry, digest: str, size: int, fd: int) -> None:
@@ -450,26 +500,18 @@ def _download(reg: Registry, digest: str, size: int, fd: int) -> None:
             if got > size:
                 raise IntegrityError(f"{reg.where}: blob {digest} is larger than its {size} bytes")
             h.update(piece)
-            _write_all(fd, piece)
+            write_all(fd, piece)
     if got != size:
         raise IntegrityError(f"{reg.where}: blob {digest} is {got} bytes, expected {size}")
     if "sha256:" + h.hexdigest() != digest:
         raise IntegrityError(f"{reg.where}: blob {digest} has digest sha256:{h.hexdigest()} (wrong bytes)")
 
 
-def _memory_fd(data: bytes) -> Callable[[], int]:
-    def opener() -> int:
-        fd = os.memfd_create("continuity-upload", os.MFD_CLOEXEC)
-        _write_all(fd, data)
-        os.lseek(fd, 0, os.SEEK_SET)
-        return fd
-    return opener
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _pieces(view: memoryview, abort: threading.Event) -> Iterator[bytes]:
+    for i in range(0, len(view), PIECE):
+        if abort.is_set():
+            raise Aborted("aborted")
+        yield bytes(view[i:i + PIECE])
 
 
 def _read_exact(fd: int, size: int, digest: str) -> bytes:

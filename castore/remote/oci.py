@@ -26,9 +26,16 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 ARTIFACT_TYPE = "application/vnd.continuity.tree.v1"
 MANIFEST_MEDIA_TYPE = "application/vnd.continuity.manifest.v1+protobuf"
 BLOB_MEDIA_TYPE = "application/vnd.continuity.blob.v1"
+PACK_MEDIA_TYPE = "application/vnd.continuity.pack.v1"
+PACK_INDEX_MEDIA_TYPE = "application/vnd.continuity.pack.index.v1+zstd"
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
 EMPTY_DIGEST = hash_bytes(EMPTY_JSON)
+# The config: a minimal image config rather than the empty descriptor, which skopeo/containers-image
+# refuse to inspect ("unsupported image-specific operation on artifact"); "unknown" platform: not runnable.
+CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+CONFIG_JSON = b'{"architecture":"unknown","os":"unknown","rootfs":{"type":"layers","diff_ids":[]}}'
+CONFIG_DIGEST = hash_bytes(CONFIG_JSON)
 MAX_OCI_MANIFEST = 4 << 20  # what push writes and pull reads: the size registries take (distribution's limit)
 MAX_CONTINUITY_MANIFEST = 256 << 20  # ~2M files; parsing is bounded further by castore.manifest.bounds
 
@@ -64,15 +71,19 @@ def blob_sizes(m: Manifest) -> dict[str, int]:
     return sizes
 
 
-def build_oci_manifest(manifest_digest: str, manifest_size: int, blobs: Iterable[tuple[str, int]]) -> bytes:
-    """The OCI manifest JSON for a continuity manifest and its (digest, size) blobs."""
+def build_oci_manifest(manifest_digest: str, manifest_size: int, blobs: Iterable[tuple[str, int]],
+                       packs: Iterable[tuple[Descriptor, Descriptor]] = ()) -> bytes:
+    """The OCI manifest JSON for a continuity manifest, its (pack, index) layer pairs and its lone
+    (digest, size) blobs (the only layers of the first, unpacked, format)."""
     layers = [Descriptor(MANIFEST_MEDIA_TYPE, manifest_digest, manifest_size)]
+    for pack, index in packs:
+        layers += [pack, index]
     layers += [Descriptor(BLOB_MEDIA_TYPE, d, n) for d, n in sorted(set(blobs))]
     doc = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": ARTIFACT_TYPE,
-        "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": EMPTY_DIGEST, "size": len(EMPTY_JSON), "data": "e30="},
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": CONFIG_DIGEST, "size": len(CONFIG_JSON)},
         "layers": [x.to_json() for x in layers],
     }
     return json.dumps(doc, separators=(",", ":")).encode()
@@ -116,6 +127,28 @@ def parse_oci_manifest(data: bytes, *, source: str) -> tuple[Descriptor, list[De
         raise IntegrityError(f"{source}: continuity manifest size {first.size} is out of range "
                              f"(1..{MAX_CONTINUITY_MANIFEST})")
     return first, descs[1:]
+
+
+def split_layers(blobs: list[Descriptor], *, source: str) -> tuple[list[tuple[Descriptor, Descriptor]],
+                                                                 list[Descriptor]]:
+    """The layers after the manifest as ((pack, index) pairs, lone blobs): each pack must be followed by
+    its index, lone blobs come last; the same pack twice or another media type is refused (IntegrityError)."""
+    packs: list[tuple[Descriptor, Descriptor]] = []
+    seen: set[str] = set()
+    i = 0
+    while i < len(blobs) and blobs[i].media_type == PACK_MEDIA_TYPE:
+        if i + 1 >= len(blobs) or blobs[i + 1].media_type != PACK_INDEX_MEDIA_TYPE:
+            raise IntegrityError(f"{source}: pack layer {blobs[i].digest} is not followed by its index")
+        if blobs[i].digest in seen:
+            raise IntegrityError(f"{source}: pack {blobs[i].digest} is listed twice")
+        seen.add(blobs[i].digest)
+        packs.append((blobs[i], blobs[i + 1]))
+        i += 2
+    solo = blobs[i:]
+    for b in solo:
+        if b.media_type != BLOB_MEDIA_TYPE:
+            raise IntegrityError(f"{source}: unexpected layer type {b.media_type[:100]!r} ({b.digest})")
+    return packs, solo
 
 
 def check_layers(refs: set[str], sizes: Mapping[str, int], blobs: list[Descriptor], *, source: str) -> dict[str, int]:

@@ -3,31 +3,42 @@
 Nothing the registry sends is trusted. Order: GET the OCI manifest (bounded;
 its digest checked when pulled by digest) -> check it is a continuity tree ->
 lease -> continuity manifest blob (digest checked, then its entry and field
-counts bounded before parsing, then validated) -> the layer list must be exactly the manifest's references, with
-its sizes -> missing blobs streamed into the lease's tmp dir, size and digest
-checked as they arrive -> ``commit_manifest`` (blobs durable, index rows,
-manifest, catalog entry), the same write order as ingest.
+counts bounded before parsing, then validated) -> the pack index layers
+(bounded, checked against their packs) -> every referenced blob must be in a
+pack or a lone layer, with the manifest's size -> the blobs the store lacks
+are fetched (whole packs, byte ranges of packs, lone layers: castore.remote.packio),
+each verified before it is published (castore.remote.landing) ->
+``commit_manifest`` (blobs durable, index rows, manifest, catalog entry), the
+same write order as ingest. Old artifacts (one layer per blob) have no packs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Mapping
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 from castore.digest import hash_bytes, hex_of
 from castore.errors import IntegrityError
 from castore.faults import crashpoint
-from castore.ingest import commit_manifest
 from castore.manifest import codec, validate
 from castore.manifest.bounds import check_parse_cost
 from castore.remote.client import Registry
-from castore.remote.oci import MAX_OCI_MANIFEST, blob_sizes, check_layers, parse_oci_manifest
+from castore.remote.landing import Landing
+from castore.remote.oci import MAX_OCI_MANIFEST, Descriptor, blob_sizes, parse_oci_manifest, split_layers
+from castore.remote.packfmt import Entry, PackIndex
+from castore.remote.packio import Counter, fetch_entries, read_index
 from castore.remote.ref import Reference
 from castore.remote.signatures import fetch_signatures, store_signatures
 from castore.remote.transfer import Progress, run_all
 from castore.sign.policy import Policy
 from castore.store import Store, check_name, manifest_refs
+from castore.store.commit import commit_manifest
 from castore.store.signatures import enforce
+
+Where = tuple[Descriptor, Entry] | Descriptor  # in a pack, or a lone layer
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +51,7 @@ class PullResult:
     present: int
     downloaded_bytes: int
     signatures: int = 0
+    resumed: int = 0  # blobs a killed pull had published, re-hashed and kept
 
 
 def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4, username: str | None = None,
@@ -57,10 +69,12 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
         oci_digest = hash_bytes(raw)
         if ref.digest and oci_digest != ref.digest:
             raise IntegrityError(f"registry {ref.registry}: manifest {ref.digest} has digest {oci_digest}")
-        first, blobs = parse_oci_manifest(raw, source=str(ref))
+        first, layers = parse_oci_manifest(raw, source=str(ref))
+        packs, solo = split_layers(layers, source=str(ref))
         with store.lease() as lease:
             os.makedirs(lease.tmp_dir, mode=0o700)
-            data = _manifest_bytes(store, reg, first.digest, first.size, lease.tmp_dir)
+            counter = Counter([])
+            data = manifest_bytes(store, reg, first.digest, first.size, lease.tmp_dir, counter)
             check_parse_cost(data, source=f"{ref} manifest {first.digest}")  # before any parse allocates
             manifest = validate(codec.loads(data, source=f"{ref} manifest {first.digest}"))
             sigs = fetch_signatures(reg, oci_digest, lease.tmp_dir)
@@ -68,39 +82,123 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
                 enforce(store, policy, first.digest, [str(ref)] + ([name] if name else []), what=str(ref),
                         message=data, extra=[s.raw for s in sigs])
             refs = manifest_refs(manifest)
-            sizes = check_layers(refs, blob_sizes(manifest), blobs, source=str(ref))
-            missing = sorted(store.missing_blobs(refs))
-            prog = Progress("pull", len(missing))
+            indexes: list[PackIndex | None] = [None] * len(packs)
 
-            def fetch(digests: list[str], suffix: str) -> list[tuple[str, str]]:
-                staged = [(os.path.join(lease.tmp_dir, hex_of(d) + suffix), d) for d in digests]
+            def one_index(i: int) -> None:
+                indexes[i] = read_index(reg, packs[i][0], packs[i][1], lease.tmp_dir, counter)
 
-                def one(item: tuple[str, str]) -> None:
-                    reg.fetch_blob(item[1], sizes[item[1]], item[0])
-                    prog.add(sizes[item[1]])
+            run_all(range(len(packs)), one_index, jobs=jobs, abort=reg.abort)
+            where, sizes = locate(refs, blob_sizes(manifest), packs, [x for x in indexes if x], solo,
+                                  source=str(ref))
+            missing = store.missing_blobs(refs)
+            resumed = {d for d in missing if store.blob_file_ok(d, sizes[d])}  # a killed pull's; commit re-hashes
+            todo = sorted(missing - resumed)
+            landing = Landing(store, lease.tmp_dir)
+            try:
+                fetch_blobs(reg, todo, where, landing, counter, jobs=jobs)
+                crashpoint("pull-after-download")
 
-                try:
-                    run_all(staged, one, jobs=jobs, abort=reg.abort)
-                finally:
-                    prog.done()
-                return staged
+                def redo(gone: set[str]) -> list[tuple[str, str]]:
+                    # content that was in the store when we looked but that gc removed (or a killed
+                    # pull's file that failed its re-hash) before the commit: fetched again.
+                    before = len(landing.published)
+                    fetch_blobs(reg, sorted(gone), where, landing, counter, jobs=jobs, replace=True)
+                    return [("", d) for d in landing.published[before:]]
 
-            staged = fetch(missing, "")
-            crashpoint("pull-after-download")
-            # redo: content that was in the store when we looked but that gc removed before the commit.
-            mdigest = commit_manifest(store, manifest, staged, sizes, name=name,
-                                      redo=lambda gone: fetch(sorted(gone), ".again"), sync_fd=lease.fd)
+                mdigest = commit_manifest(store, manifest, landing.staged(), sizes, name=name, redo=redo,
+                                          validated=True, sync_fd=lease.fd)  # validated above
+            except IntegrityError:
+                landing.take_back()
+                raise
             signed = store_signatures(store, mdigest, data, first.digest, sigs)
-    return PullResult(mdigest, oci_digest, len(missing), len(refs) - len(missing),
-                      sum(sizes[d] for d in missing), signed)
+    return PullResult(mdigest, oci_digest, len(todo), len(refs) - len(missing), counter.total, signed,
+                      len(resumed))
 
 
-def _manifest_bytes(store: Store, reg: Registry, digest: str, size: int, tmp_dir: str) -> bytes:
+def locate(refs: set[str], msizes: Mapping[str, int], packs: list[tuple[Descriptor, Descriptor]],
+           indexes: list[PackIndex], solo: list[Descriptor], *, source: str) -> tuple[dict[str, Where], dict[str, int]]:
+    """Where each referenced blob is, and its size. Every reference must be in a pack or a lone layer,
+    every lone layer must be referenced, sizes must agree with the manifest (IntegrityError)."""
+    where: dict[str, Where] = {}
+    for b in solo:
+        if b.digest in where:
+            raise IntegrityError(f"{source}: layer {b.digest} is listed twice")
+        if b.digest not in refs:
+            raise IntegrityError(f"{source}: layer {b.digest} is not referenced by the continuity manifest")
+        where[b.digest] = b
+    for (pack, _), idx in zip(packs, indexes, strict=True):
+        for e in idx.entries:
+            if e.digest in refs and e.digest not in where:
+                where[e.digest] = (pack, e)
+    absent = refs - where.keys()
+    if absent:
+        raise IntegrityError(f"{source}: blob {min(absent)} referenced by the continuity manifest is not a layer "
+                             "and in no pack")
+    sizes: dict[str, int] = {}
+    for d, w in where.items():
+        n = w.size if isinstance(w, Descriptor) else w[1].size
+        if d in msizes and msizes[d] != n:
+            kind = "layer" if isinstance(w, Descriptor) else "pack entry"
+            raise IntegrityError(f"{source}: {kind} {d} has size {n}, the manifest says {msizes[d]}")
+        sizes[d] = n
+    return where, sizes
+
+
+def fetch_blobs(reg: Registry, digests: list[str], where: Mapping[str, Where], landing: Landing, counter: Counter,
+                *, jobs: int, replace: bool = False) -> None:
+    """Fetch ``digests`` (whole packs, ranges, lone layers) on ``jobs`` threads, publishing each verified blob."""
+    by_pack: dict[str, tuple[Descriptor, list[Entry]]] = {}
+    lone: list[Descriptor] = []
+    for d in digests:
+        w = where[d]
+        if isinstance(w, Descriptor):
+            lone.append(w)
+        elif w[1].stored == 0:
+            landing.put(d, b"", replace=replace)  # the empty blob: nothing to fetch
+        else:
+            by_pack.setdefault(w[0].digest, (w[0], []))[1].append(w[1])
+    work: list[tuple[Descriptor, list[Entry]] | Descriptor] = []
+    work += [(p, sorted(es, key=lambda e: e.offset)) for p, es in by_pack.values()]
+    work += lone
+    prog = Progress("pull", sum(len(w[1]) if isinstance(w, tuple) else 1 for w in work))
+
+    def one(w: tuple[Descriptor, list[Entry]] | Descriptor) -> None:
+        if isinstance(w, Descriptor):
+            path = landing.tmp_path()
+            reg.fetch_blob(w.digest, w.size, path)  # size and digest verified while streaming
+            counter.add(w.size)
+            landing.publish(path, w.digest, replace=replace)
+            prog.add(w.size)
+        else:
+            writes: list[Future[None]] = []
+
+            def sink(e: Entry, data: bytes) -> None:
+                writes.append(landing.put_async(e.digest, data, jobs=jobs, replace=replace))
+                prog.add(len(data))
+
+            fetch_entries(reg, w[0], w[1], sink, counter)
+            wait(writes)  # the pack is in the store (errors surface in drain)
+        crashpoint("pull-after-pack")
+
+    work.sort(key=lambda w: -(w.size if isinstance(w, Descriptor) else sum(e.stored for e in w[1])))
+    try:
+        run_all(work, one, jobs=jobs, abort=reg.abort)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            landing.drain()
+        raise
+    finally:
+        prog.done()
+    landing.drain()
+
+
+def manifest_bytes(store: Store, reg: Registry, digest: str, size: int, tmp_dir: str, counter: Counter) -> bytes:
     """The continuity manifest's verified bytes: from the store when it has them, else downloaded."""
     if store.blob_file_ok(digest, size) and store.has_blob(digest):
         return store.read_blob(digest)
     path = os.path.join(tmp_dir, "manifest-" + hex_of(digest))
     reg.fetch_blob(digest, size, path)  # size and digest verified while streaming
+    counter.add(size)
     with open(path, "rb") as f:
         data = f.read(size + 1)
     os.unlink(path)

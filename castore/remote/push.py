@@ -1,35 +1,45 @@
-"""push: copy a manifest and every blob it references to an OCI registry.
+"""push: copy a manifest and the blobs it references to an OCI registry, in packs.
 
-Order: lease on the manifest (gc keeps its blobs while we read them) ->
-HEAD each blob, upload the missing ones (their bytes re-hashed on the way
-out) -> PUT the OCI manifest under the tag, last, so a tag never names an
-incomplete artifact.
+Order: lease on the manifest (gc keeps its blobs while we read them) -> the
+indexes of the artifacts already in the repository (the tag we overwrite,
+every ``bases`` reference) -> a plan (castore.remote.packer: reused packs,
+new packs, lone blobs) -> each new pack is built in memory from verified
+store blobs, deterministically, then HEAD and uploaded if missing (a re-run
+of a killed push rebuilds the same packs and skips what arrived) -> lone
+blobs, the continuity manifest, the config -> PUT the OCI manifest under the
+tag, last, so a tag never names an incomplete artifact -> signatures.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from castore.digest import hash_bytes
 from castore.errors import BlobNotFound, IntegrityError, ResourceLimit
+from castore.faults import crashpoint
 from castore.manifest import Manifest, codec
 from castore.manifest.model import Chunk
 from castore.remote.client import Registry
 from castore.remote.oci import (
-    EMPTY_DIGEST,
-    EMPTY_JSON,
+    CONFIG_DIGEST,
+    CONFIG_JSON,
     MAX_CONTINUITY_MANIFEST,
     MAX_OCI_MANIFEST,
+    Descriptor,
     blob_sizes,
     build_oci_manifest,
 )
+from castore.remote.packbase import load_bases
+from castore.remote.packer import PACK_TARGET, blob_order, build_pack, make_plan
 from castore.remote.ref import Reference
 from castore.remote.signatures import push_signatures
 from castore.remote.transfer import Progress, run_all
 from castore.store import Store, manifest_refs
+
+MAX_PACK_MEMORY = 160 << 20  # packs being built or sent at once (each held twice at worst), in bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,24 +52,33 @@ class PushResult:
     skipped: int
     uploaded_bytes: int
     signatures: int = 0
+    packs_new: int = 0
+    packs_reused: int = 0
+    oci_manifest_size: int = 0
 
 
 def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: str | None = None,
-         jobs: int = 4, username: str | None = None, password: str | None = None) -> PushResult:
+         jobs: int = 4, username: str | None = None, password: str | None = None,
+         bases: Sequence[Reference] = (), pack_target: int = PACK_TARGET) -> PushResult:
     """Push ``manifest`` (stored as ``manifest_digest``, or given by file) and its blobs to ``ref``'s tag.
 
-    Raises BlobNotFound/IntegrityError (exit 4) for missing or corrupt local
-    blobs, RemoteError (exit 1) when the registry refuses or cannot be reached.
+    ``bases``: other artifacts of the repository whose packs may be reused
+    (the tag being overwritten always is). Raises BlobNotFound/IntegrityError
+    (exit 4) for missing or corrupt local blobs, RemoteError (exit 1) when the
+    registry refuses or cannot be reached, NotFound for a missing ``bases`` reference.
     """
     data = store.read_blob(manifest_digest) if manifest_digest else codec.dumps(manifest)
     mdigest = hash_bytes(data)
+    if len(data) > MAX_CONTINUITY_MANIFEST:
+        raise ResourceLimit(f"{mdigest}: the manifest is {len(data)} bytes, more than a pull accepts "
+                            f"({MAX_CONTINUITY_MANIFEST})")
     refs = manifest_refs(manifest)
     sizes = blob_sizes(manifest)
-    _fitting_oci_manifest(mdigest, len(data), {d: sizes.get(d, 0) for d in refs})  # before any IO
     # A file the store holds as chunks only (a manifest without chunk lists) is pushed as the
     # whole-file blob the manifest names, put together from its chunks and verified.
     content = store.content_refs(manifest)
     with store.lease(manifests=[manifest_digest] if manifest_digest else sorted(content)) as lease:
+        os.makedirs(lease.tmp_dir, mode=0o700, exist_ok=True)
         missing = store.missing_blobs(content)
         if missing:
             raise BlobNotFound(min(missing), context=mdigest)
@@ -69,45 +88,71 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
         for d, n in [*sizes.items(), *((c.digest, c.end - c.begin) for cs in assembled.values() for c in cs)]:
             if d not in assembled and not store.blob_file_ok(d, n):
                 raise IntegrityError(f"store blob {d} is missing or not {n} bytes (run fsck)")
-        oci = _fitting_oci_manifest(mdigest, len(data), sizes)
-        uploads: list[tuple[str, int, bytes | None]] = [(EMPTY_DIGEST, len(EMPTY_JSON), EMPTY_JSON),
-                                                        (mdigest, len(data), data)]
-        uploads += [(d, n, None) for d, n in sorted(sizes.items())]
-        done: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)
+        read = _reader(store, assembled)
         with Registry(ref, username=username, password=password, push=True, jobs=jobs) as reg:
-            prog = Progress("push", len(uploads))
+            base = load_bases(reg, ref, bases, lease.tmp_dir)
+            plan = make_plan(blob_order(manifest, sizes), base, pack_target)
+            sent: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)
+            skipped: list[int] = []
+            prog = Progress("push", len(plan.new) + len(plan.solo) + 2)
 
-            def one(item: tuple[str, int, bytes | None]) -> None:
-                d, n, inline = item
-                if not reg.has_blob(d):
-                    opener = (_assembler(store, d, assembled[d], lease.tmp_dir) if d in assembled
-                              else _opener(store, d))
-                    reg.upload_blob(d, n, inline if inline is not None else opener)
-                    done.append(n)
+            def send(d: str, n: int, source: bytes | bytearray | Callable[[], int]) -> None:
+                if reg.has_blob(d):
+                    skipped.append(n)
+                else:
+                    reg.upload_blob(d, n, source)  # type: ignore[arg-type]
+                    sent.append(n)
+
+            built: list[tuple[int, Descriptor, Descriptor]] = []
+
+            def one_pack(i: int) -> None:
+                bp = build_pack(store, plan.new[i], jobs=min(jobs, 4), read=read)
+                send(bp.pack.digest, bp.pack.size, bp.data)
+                send(bp.index.digest, bp.index.size, bp.index_data)
+                built.append((i, bp.pack, bp.index))
+                crashpoint("push-after-pack")
+                prog.add(bp.pack.size)
+
+            def one_solo(item: tuple[str, int]) -> None:
+                d, n = item
+                send(d, n, _assembler(store, d, assembled[d], lease.tmp_dir) if d in assembled
+                     else _opener(store, d))
                 prog.add(n)
 
             try:
-                run_all(uploads, one, jobs=jobs, abort=reg.abort)
+                in_flight = max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1))))
+                run_all(range(len(plan.new)), one_pack, jobs=in_flight, abort=reg.abort)
+                run_all(plan.solo, one_solo, jobs=jobs, abort=reg.abort)
+                send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
+                send(mdigest, len(data), data)
             finally:
                 prog.done()
+            pairs = [(b.pack, b.index) for b in plan.reused] + [(p, x) for _, p, x in sorted(built, key=lambda t: t[0])]
+            oci = build_oci_manifest(mdigest, len(data), plan.solo, pairs)
+            if len(oci) > MAX_OCI_MANIFEST:
+                raise ResourceLimit(f"{mdigest}: the OCI manifest would be {len(oci)} bytes "
+                                    f"(registries take {MAX_OCI_MANIFEST})")
             reported = reg.put_manifest(ref.tag, oci)
             oci_digest = hash_bytes(oci)
             if reported and reported != oci_digest:
                 raise IntegrityError(f"registry {ref.registry} stored the manifest as {reported[:80]}, "
                                      f"expected {oci_digest}")
             signed = push_signatures(reg, store, mdigest, oci_digest, len(oci))  # after the tree: never dangling
-    return PushResult(oci_digest, mdigest, len(done), len(uploads) - len(done), sum(done), signed)
+    return PushResult(oci_digest, mdigest, len(sent), len(skipped), sum(sent), signed, len(plan.new),
+                      len(plan.reused), len(oci))
 
 
-def _fitting_oci_manifest(mdigest: str, size: int, sizes: dict[str, int]) -> bytes:
-    """The OCI manifest; ResourceLimit (exit 6) when pull, ours or a registry keeping distribution's
-    4 MiB limit, would refuse it, so that nothing is uploaded in vain."""
-    oci = build_oci_manifest(mdigest, size, sizes.items())
-    if len(oci) > MAX_OCI_MANIFEST or size > MAX_CONTINUITY_MANIFEST:
-        raise ResourceLimit(f"{mdigest}: too large for a registry: {len(sizes)} blobs make an OCI manifest of "
-                            f"{len(oci)} bytes (limit {MAX_OCI_MANIFEST}); the manifest is {size} bytes "
-                            f"(limit {MAX_CONTINUITY_MANIFEST})")
-    return oci
+def _reader(store: Store, assembled: Mapping[str, tuple[Chunk, ...]]) -> Callable[[str, int], bytes]:
+    """Verified bytes of a blob for a pack: from the store, or put together from its chunks."""
+    def read(digest: str, size: int) -> bytes:
+        chunks = assembled.get(digest)
+        if chunks is None:
+            return store.read_blob(digest, limit=size)
+        data = b"".join(store.read_blob(c.digest, limit=c.end - c.begin) for c in chunks)
+        if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise IntegrityError(f"chunks recorded for {digest} do not add up to it (run fsck)")
+        return data
+    return read
 
 
 def _opener(store: Store, digest: str) -> Callable[[], int]:

@@ -19,20 +19,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from castore.errors import CastoreError, UnsafeInput
+from castore.errors import BadPassphrase, KeyError_
 
 ED25519 = "ssh-ed25519"
 ECDSA_P256 = "ecdsa-sha2-nistp256"
 KEY_TYPES = (ED25519, ECDSA_P256)
 MAX_KEY_FILE = 64 << 10
-
-
-class KeyError_(UnsafeInput):
-    """A key file that cannot be used (exit 3)."""
-
-
-class BadPassphrase(CastoreError):
-    """The passphrase does not open the key (exit 1)."""
 
 
 def _s(data: bytes) -> bytes:

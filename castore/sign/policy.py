@@ -27,16 +27,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from castore.errors import IntegrityError, UnsafeInput
+from castore.errors import PolicyRefused, UnsafeInput
 from castore.sign import allowed_signers
 from castore.sign.sshsig import NAMESPACE, BadSignature, dearmor, parse_signature, verify_message
 
 MAX_POLICY = 1 << 20
 SYSTEM_POLICY = "/etc/continuity/policy.json"
-
-
-class PolicyRefused(IntegrityError):
-    """The trust policy does not accept the manifest (exit 4)."""
 
 
 @dataclass(frozen=True, slots=True)

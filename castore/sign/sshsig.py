@@ -20,7 +20,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from castore.errors import IntegrityError
+from castore.errors import BadSignature
 from castore.sign.keys import PrivateKey, PublicKey, parse_public_blob
 
 MAGIC = b"SSHSIG"
@@ -30,10 +30,6 @@ BEGIN = "-----BEGIN SSH SIGNATURE-----"
 END = "-----END SSH SIGNATURE-----"
 HASHES = {"sha512": hashlib.sha512, "sha256": hashlib.sha256}
 MAX_SIGNATURE = 16 << 10  # an Ed25519 SSHSIG is ~300 bytes; anything this large is not one
-
-
-class BadSignature(IntegrityError):
-    """A signature that is malformed, or does not verify."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Store-wide flock: shared for ingest commits, exclusive for gc; and lease lock files."""
+"""Every flock of the store: the store-wide lock (shared for ingest commits, exclusive for gc), gc.lock,
+and lease lock files."""
 
 from __future__ import annotations
 
@@ -26,6 +27,18 @@ def flocked(path: str, *, exclusive: bool, wait: bool = True, what: str = "store
         yield fd
     finally:
         os.close(fd)
+
+
+def hold_new(path: str) -> int:
+    """Create the lock file ``path`` (it must not exist) and hold a shared flock on it; returns its fd
+    (closing it releases the lock). A lease's owner holds its lock file so while it lives."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def is_held(path: str) -> bool:

@@ -16,7 +16,6 @@ Sub-databases (keys and values are bytes; see docs/design.md):
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import struct
@@ -26,7 +25,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from castore.errors import IntegrityError, ResourceLimit, StoreUnusable
+from castore.errors import DISK_FULL_ERRNOS, IntegrityError, ResourceLimit, StoreUnusable
 
 SCHEMA_VERSION = 1
 DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info", "roots", "chunkmap", "signatures")
@@ -178,7 +177,7 @@ class MetaDB:
             except lmdb.DiskError as exc:
                 raise ResourceLimit(f"store metadata: no space left ({exc})") from exc
             except lmdb.Error as exc:
-                if "No space" in str(exc) or getattr(exc, "errno", 0) == errno.ENOSPC:
+                if "No space" in str(exc) or getattr(exc, "errno", 0) in DISK_FULL_ERRNOS:
                     raise ResourceLimit(f"store metadata: no space left ({exc})") from exc
                 raise IntegrityError(f"store metadata at {self.path}: {exc}") from exc
         raise ResourceLimit("store metadata: map cannot grow")
@@ -203,3 +202,18 @@ class MetaDB:
             raise IntegrityError(f"store metadata at {self.path}: {exc}") from exc
         finally:
             txn.abort()
+
+
+def prefix_rows(meta: MetaDB, db_name: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
+    """The (key, value) rows of ``db_name`` whose key starts with ``prefix``, in key order, read
+    in one short transaction (a shard of a table at a time: fsck and gc walk 256 of them)."""
+    rows: list[tuple[bytes, bytes]] = []
+    with meta.read() as txn:
+        cur = txn.cursor(db=meta.db(db_name))
+        if cur.set_range(prefix):
+            n = len(prefix)
+            for k, v in cur:
+                if k[:n] != prefix:
+                    break
+                rows.append((bytes(k), bytes(v)))
+    return rows

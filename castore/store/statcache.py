@@ -38,9 +38,9 @@ def decode(job: FileJob, raw: bytes) -> FileResult | None:
         return None
     if (size, mtime, ctime) != (job.size, job.mtime_ns, job.ctime_ns):
         return None
-    return FileResult(digest=digest, chunks=tuple(tuple(c) for c in chunks) if chunks else (),  # type: ignore[misc]
-                      xattrs=tuple(tuple(x) for x in xattrs) if xattrs else (),  # type: ignore[misc]
-                      holes=tuple(tuple(h) for h in holes) if holes else ())  # type: ignore[misc]
+    return FileResult(digest=digest, chunks=tuple(tuple(c) for c in chunks) if chunks else (),
+                      xattrs=tuple(tuple(x) for x in xattrs) if xattrs else (),
+                      holes=tuple(tuple(h) for h in holes) if holes else ())
 
 
 def cacheable(job: FileJob, walk_start_ns: int) -> bool:

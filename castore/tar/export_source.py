@@ -20,7 +20,6 @@ Memory: at most ``AHEAD`` pieces or ``AHEAD_BYTES`` bytes are read ahead.
 from __future__ import annotations
 
 import hashlib
-import marshal
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from castore.errors import IntegrityError
-from castore.fs import COPY_FALLBACK
-from castore.store import Store
+from castore.fs import COPY_FALLBACK, write_all
+from castore.store import Store, links
 
 VERIFY_WHOLE = 4 << 20
 AHEAD = 64
@@ -37,38 +36,19 @@ AHEAD_BYTES = 32 << 20
 READ = 4 << 20
 
 
-def vkey(digest: str) -> bytes:
-    """The ``links`` key of a blob's verified record."""
-    return b"v" + bytes.fromhex(digest[7:])
-
-
-def vval(st: os.stat_result) -> bytes:
-    """A verified record: what must not change for the blob to stay trusted."""
-    return marshal.dumps((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+vkey = links.verified_key  # the `links` key of a blob's verified record
+vval = links.verified_record  # a verified record: what must not change for the blob to stay trusted
 
 
 def load_records(store: Store, digests: set[str]) -> dict[bytes, bytes]:
     """The verified records of ``digests`` (one read transaction)."""
-    db = store.meta.db("links")
-    with store.meta.read() as txn:
-        out = {}
-        for d in digests:
-            raw = txn.get(vkey(d), db=db)
-            if raw is not None:
-                out[vkey(d)] = bytes(raw)
-        return out
+    return links.read_records(store.meta, sorted({vkey(d) for d in digests}))
 
 
 def save_records(store: Store, rows: dict[bytes, bytes]) -> None:
     """Write verified records (one write transaction); a read-only store keeps none (a cache)."""
-    if not rows or store.readonly:
-        return
-    db = store.meta.db("links")
-
-    def fn(txn: Any) -> None:
-        for k, v in rows.items():
-            txn.put(k, v, db=db)
-    store.meta.write(fn)
+    if rows and not store.readonly:
+        links.write_records(store.meta, sorted(rows.items()))
 
 
 @dataclass(slots=True)
@@ -177,11 +157,11 @@ class Out:
                 self.flush()
             return
         self.flush()
-        _write_all(self.fd, data)
+        write_all(self.fd, data)
 
     def flush(self) -> None:
         if self.buf:
-            _write_all(self.fd, self.buf)
+            write_all(self.fd, self.buf)
             self.buf = bytearray()
 
     def copy(self, src_fd: int, off: int, count: int) -> None:
@@ -208,12 +188,6 @@ class Out:
                 raise IntegrityError("blob shorter than its size while exporting")
             self.write(data)
             pos += len(data)
-
-
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class Emitter:

@@ -36,9 +36,9 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from castore import textsafe
+from castore import fs, textsafe
 from castore.bulkmode import bulk
-from castore.errors import BlobNotFound, CastoreError, IntegrityError, NotFound
+from castore.errors import CastoreError, IntegrityError, NotFound
 from castore.manifest.model import (
     Device,
     Directory,
@@ -51,6 +51,7 @@ from castore.manifest.model import (
     Whiteout,
 )
 from castore.store import Store
+from castore.store.blobfile import require_blobs
 from castore.tar.export_source import Emitter, Out, Source, load_records, save_records
 from castore.tar.format import (
     BLK,
@@ -75,12 +76,9 @@ READ = 1 << 20
 
 def _data_ranges(size: int, holes: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
     """(offset, length) of the data between holes; a trailing hole ends with (size, 0)."""
-    out, pos = [], 0
-    for b, e in holes:
-        if b > pos:
-            out.append((pos, b - pos))
-        pos = e
-    out.append((pos, size - pos))
+    out = [(b, e - b) for b, e in fs.data_ranges(size, holes)]
+    if not out or out[-1][0] + out[-1][1] != size:
+        out.append((size, 0))
     return out
 
 
@@ -265,9 +263,7 @@ def export_tar(store: Store, manifest: Manifest, output: str | None, *, compress
     """
     refs = store.content_refs(manifest)
     with store.lease([manifest_digest] if manifest_digest else sorted(refs)):
-        missing = store.missing_blobs(refs)
-        if missing:
-            raise BlobNotFound(sorted(missing)[0], f"{len(missing)} blob(s) of this manifest")
+        require_blobs(store, refs)
         _export_tar(store, store.with_chunks(manifest), output, compress=compress, whiteouts=whiteouts, note=note)
 
 

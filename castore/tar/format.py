@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from castore.errors import IntegrityError, UnsafeInput
+from castore.errors import TarCorrupt
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -26,14 +26,6 @@ REG, AREG, LNK, SYM, CHR, BLK, DIR, FIFO, CONT = b"0", b"\0", b"1", b"2", b"3", 
 PAX, PAX_GLOBAL, PAX_SOLARIS = b"x", b"g", b"X"
 GNU_LONGNAME, GNU_LONGLINK, GNU_SPARSE = b"L", b"K", b"S"
 MAGIC_POSIX, MAGIC_GNU = b"ustar\x0000", b"ustar  \x00"
-
-
-class TarCorrupt(IntegrityError):
-    """A tar stream that breaks the format (exit 4)."""
-
-
-class TarUnsafe(UnsafeInput):
-    """A tar member refused as unsafe or beyond a limit (exit 3)."""
 
 
 def _nts(field: bytes) -> bytes:

@@ -1,7 +1,7 @@
 """ingest --tar: a tar stream straight into the store, never unpacked to disk.
 
 Members are parsed by ``castore.tar.reader``, applied to an in-memory model
-of the tree GNU tar would extract (``_Tree``), their content hashed, chunked
+of the tree GNU tar would extract (``TarTree``), their content hashed, chunked
 with the store's FastCDC parameters and staged under the lease's tmp dir:
 for a plain tar file on disk (or stdin redirected from one) by two worker
 processes that read member data by offset (``castore.tar.import_content``) while
@@ -11,7 +11,7 @@ recorded as verified, so that ``export`` can trust them until they change.
 The resulting manifest is the one ``ingest DIR`` gives for the tree
 ``tar --xattrs --xattrs-include='*' --numeric-owner -xpf`` (as root)
 extracts, then it is validated and committed by
-``castore.ingest.commit_manifest``.
+``castore.store.commit.commit_manifest``.
 
 Rules (README "Tar streams"):
 
@@ -46,16 +46,15 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyfastcdc
 
 from castore import fs
-from castore.build import _ignored, make_pool
+from castore.build import make_pool
 from castore.bulkmode import bulk
-from castore.errors import IntegrityError
+from castore.errors import IntegrityError, TarCorrupt, TarUnsafe
 from castore.faults import crashpoint
-from castore.ingest import commit_manifest
 from castore.manifest import validate
 from castore.manifest.model import (
     Chunk,
@@ -70,6 +69,7 @@ from castore.manifest.model import (
 )
 from castore.readers import ChunkParams
 from castore.store import Store, check_name, manifest_refs
+from castore.store.commit import commit_manifest
 from castore.tar.export_source import save_records, vkey, vval
 from castore.tar.format import (
     AREG,
@@ -81,18 +81,16 @@ from castore.tar.format import (
     LNK,
     REG,
     SYM,
-    TarCorrupt,
-    TarUnsafe,
     parse_appledouble,
 )
 from castore.tar.import_content import PARALLEL_MIN, Dispatcher, OffsetReader, pin
 from castore.tar.reader import Member, Stream, members, open_stream
+from castore.tar.tree import LogicalReader, TarNode, TarTree, clean_name, holes_of, parent_of
 from castore.textsafe import note
+from castore.walk import ignored
 
-FS_BLOCK = 4096
 MAX_APPLEDOUBLE = 16 << 20
 MAX_SPARSE_REALSIZE = 1 << 40  # 1 TiB of logical content: hashing holes costs time
-_ZEROS = bytes(1 << 20)
 
 
 @dataclass
@@ -105,146 +103,10 @@ class TarOptions:
     note: Callable[[str], None] = note
 
 
-@dataclass(eq=False)
-class _Node:
-    """An inode of the extracted tree; ``paths`` are its current names."""
-
-    kind: str
-    perm: int
-    uid: int
-    gid: int
-    mtime_ns: int
-    xattrs: dict[str, bytes]
-    paths: list[str] = field(default_factory=list)
-    size: int = 0
-    digest: str = ""
-    chunks: tuple[Chunk, ...] = ()
-    holes: tuple[tuple[int, int], ...] = ()
-    target: str = ""
-    char: bool = False
-    major: int = 0
-    minor: int = 0
-
-
-def _parent(path: str) -> str:
-    return path.rsplit("/", 1)[0] or "/"
-
-
-def clean_name(raw: bytes, what: str) -> str | None:
-    """A member name as a manifest path; None for the root. Raises TarUnsafe."""
-    if raw.startswith(b"/"):
-        raise TarUnsafe(f"tar member {raw[:200]!r}: absolute {what} refused")
-    if b"\0" in raw:
-        raise TarUnsafe(f"tar member {raw[:200]!r}: NUL in {what}")
-    parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
-    if b".." in parts:
-        raise TarUnsafe(f"tar member {raw[:200]!r}: '..' in {what} refused")
-    if not parts:
-        return None
-    return "/" + os.fsdecode(b"/".join(parts))
-
-
-class _Tree:
-    """The tree ``tar -x`` would leave, built member by member."""
-
-    def __init__(self) -> None:
-        self.at: dict[str, _Node] = {}
-        self.has_below: set[str] = set()  # paths with at least one member below them
-
-    def _check_parents(self, path: str) -> None:
-        parent = _parent(path)
-        while parent != "/":
-            n = self.at.get(parent)
-            if n is not None:
-                if n.kind != "dir":
-                    raise TarUnsafe(f"tar member {path!r} is below {parent!r}, a {n.kind} member; refused")
-                break
-            parent = _parent(parent)
-
-    def add(self, path: str, node: _Node) -> None:
-        self._check_parents(path)
-        old = self.at.get(path)
-        if old is not None:
-            if old.kind == "dir" or node.kind == "dir":
-                if node.kind != "dir" and path in self.has_below:
-                    raise TarUnsafe(f"tar member {path!r} would replace a directory that has members; refused")
-            old.paths.remove(path)
-        elif node.kind != "dir" and path in self.has_below:
-            raise TarUnsafe(f"tar member {path!r} would replace a directory that has members; refused")
-        self.at[path] = node
-        node.paths.append(path)
-        p = _parent(path)
-        while p != "/" and p not in self.has_below:
-            self.has_below.add(p)
-            p = _parent(p)
-
-    def link(self, path: str, target: str) -> None:
-        node = self.at.get(target)
-        if node is None:
-            raise TarUnsafe(f"tar member {path!r}: hardlink to {target!r}, which is not an earlier member; refused")
-        if node.kind == "dir":
-            raise TarUnsafe(f"tar member {path!r}: hardlink to directory {target!r} refused")
-        if path == target:
-            return
-        self.add(path, node)
-
-    def nodes(self) -> list[_Node]:
-        seen: dict[int, _Node] = {}
-        for n in self.at.values():
-            seen.setdefault(id(n), n)
-        return list(seen.values())
-
-
-def _holes(regions: list[tuple[int, int]], size: int) -> tuple[tuple[int, int], ...]:
-    """The holes a filesystem keeps for these data regions (4 KiB granularity)."""
-    out = []
-    pos = 0
-    for off, n in [*regions, (size, 0)]:
-        b, e = pos, off
-        b = -(-b // FS_BLOCK) * FS_BLOCK
-        if e != size:
-            e = e // FS_BLOCK * FS_BLOCK
-        if e > b:
-            out.append((b, e))
-        pos = max(pos, off + n)
-    return tuple(out)
-
-
-class _Logical:
-    """readinto() over a member's logical content (zeros in sparse holes), hashing it."""
-
-    def __init__(self, m: Member) -> None:
-        self.m = m
-        self.h = hashlib.sha256()
-        self.pos = 0
-        self.size = m.logical_size
-        self.regions = list(reversed(m.sparse)) if m.sparse is not None else None
-
-    def readinto(self, mv: memoryview) -> int:
-        want = min(len(mv), self.size - self.pos)
-        if want <= 0:
-            return 0
-        if self.regions is None:
-            n = self.m.readinto(mv[:want])
-        else:
-            if self.regions and self.regions[-1][0] <= self.pos:
-                off, ln = self.regions[-1]
-                n = self.m.readinto(mv[:min(want, off + ln - self.pos)])
-                if self.pos + n == off + ln:
-                    self.regions.pop()
-            else:
-                nxt = self.regions[-1][0] if self.regions else self.size
-                n = min(want, nxt - self.pos, len(_ZEROS))
-                mv[:n] = _ZEROS[:n]
-        self.h.update(mv[:n])
-        self.pos += n
-        return n
-
-
 class _Importer:
     def __init__(self, tmp_dir: str, blob_root: str, chunking: ChunkParams, opts: TarOptions) -> None:
         self.tmp_dir, self.blob_root, self.cp, self.opts = tmp_dir, blob_root, chunking, opts
-        self.tree = _Tree()
+        self.tree = TarTree()
         self.staged: list[tuple[str, str]] = []
         self.inos: dict[str, int] = {}  # digest -> inode of the temp file staged for it
         self.pinned: set[str] = set()  # digests staged as pins (hardlinks to blobs found by name)
@@ -294,7 +156,7 @@ class _Importer:
             self.staged.append((name, digest))
             self.inos[digest] = ino
 
-    def content(self, m: Member, node: _Node) -> None:
+    def content(self, m: Member, node: TarNode) -> None:
         if self.disp is not None and m.sparse is None and m.size > 0:
             stream = m._stream
             assert stream is not None
@@ -308,7 +170,7 @@ class _Importer:
                                  f"at offset {stream.size - stream.base}")
             self.disp.add(stream.base + stream.offset, m.size, done)
             return
-        src = _Logical(m)
+        src = LogicalReader(m)
         size = src.size
         if size >= self.cp.threshold:
             chunks: list[Chunk | None] = []
@@ -330,14 +192,14 @@ class _Importer:
             raise TarCorrupt(f"tar member {m.name[:200]!r} ended early")
         node.size, node.digest = size, "sha256:" + src.h.hexdigest()
         if m.sparse is not None:
-            node.holes = _holes(m.sparse, size)
+            node.holes = holes_of(m.sparse, size)
 
     # ------------------------------------------------------------- members
 
     def _special(self, path: str, m: Member) -> bool:
         """AppleDouble and OCI whiteout members; True when handled here."""
         base = path.rsplit("/", 1)[1]
-        parent = _parent(path)
+        parent = parent_of(path)
         in_macosx = "/__MACOSX/" in path + "/"
         if self.opts.appledouble != "keep" and (base.startswith("._") or in_macosx):
             rest = path.replace("/__MACOSX", "", 1) if in_macosx else path
@@ -353,7 +215,7 @@ class _Importer:
             except TarCorrupt:
                 self.opts.note(f"{path}: not a valid AppleDouble file; left out")
                 return True
-            rparent = _parent(rest)
+            rparent = parent_of(rest)
             self.apple.setdefault((rparent if rparent != "/" else "") + "/" + rbase[2:], []).extend(attrs)
             return True
         if self.opts.whiteouts == "oci" and base.startswith(".wh."):
@@ -395,27 +257,27 @@ class _Importer:
         if t in (REG, AREG, CONT):
             if m.sparse is not None and m.realsize > MAX_SPARSE_REALSIZE:
                 raise TarUnsafe(f"tar member {path!r}: sparse size {m.realsize} over the 1 TiB limit; refused")
-            node = _Node("file", perm, m.uid, m.gid, m.mtime_ns, xattrs)
+            node = TarNode("file", perm, m.uid, m.gid, m.mtime_ns, xattrs)
             self.tree._check_parents(path)
             self.content(m, node)
         elif t == DIR:
-            node = _Node("dir", perm, m.uid, m.gid, m.mtime_ns, xattrs)
+            node = TarNode("dir", perm, m.uid, m.gid, m.mtime_ns, xattrs)
         elif t == SYM:
             if not m.linkname or b"\0" in m.linkname:
                 raise TarUnsafe(f"tar member {path!r}: empty symlink target")
-            node = _Node("symlink", 0o777, m.uid, m.gid, m.mtime_ns, xattrs, target=os.fsdecode(m.linkname))
+            node = TarNode("symlink", 0o777, m.uid, m.gid, m.mtime_ns, xattrs, target=os.fsdecode(m.linkname))
         elif t in (CHR, BLK):
-            node = _Node("device", perm, m.uid, m.gid, m.mtime_ns, xattrs, char=t == CHR,
+            node = TarNode("device", perm, m.uid, m.gid, m.mtime_ns, xattrs, char=t == CHR,
                          major=m.devmajor, minor=m.devminor)
         elif t == FIFO:
-            node = _Node("fifo", perm, m.uid, m.gid, m.mtime_ns, xattrs)
+            node = TarNode("fifo", perm, m.uid, m.gid, m.mtime_ns, xattrs)
         else:
             raise TarUnsafe(f"tar member {path!r}: unsupported member type {t!r}")
         self.tree.add(path, node)
 
     def _ignored(self, path: str) -> bool:
         parts = path[1:].split("/")
-        return any(_ignored("/".join(parts[:i + 1]), parts[i], self.opts.ignore) for i in range(len(parts)))
+        return any(ignored("/".join(parts[:i + 1]), parts[i], self.opts.ignore) for i in range(len(parts)))
 
     # ------------------------------------------------------------ manifest
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import zstandard
 
-from castore.errors import NotFound, UnsafeInput
+from castore.errors import NotFound, TarCorrupt, TarUnsafe, UnsafeInput
 from castore.tar.format import (
     BLOCK,
     GNU_LONGLINK,
@@ -43,8 +43,7 @@ from castore.tar.format import (
     PAX_GLOBAL,
     PAX_SOLARIS,
     ZERO_BLOCK,
-    TarCorrupt,
-    TarUnsafe,
+    Header,
     padding,
     parse_header,
     parse_pax,
@@ -297,6 +296,42 @@ def _check_sparse(m: Member, regions: list[tuple[int, int]]) -> None:
     m.sparse = [(o, n) for o, n in regions if n]
 
 
+def _member_of(h: Header, off: int, pax: dict[bytes, bytes], p: _Pending) -> Member:
+    """The member a header at ``off`` describes, as its PAX records (``pax``) and GNU long names
+    (in ``p``) amend it. Raises TarCorrupt for values out of range."""
+    m = Member(name=h.name, type=h.type, mode=h.mode, uid=h.uid, gid=h.gid, mtime_ns=h.mtime * 10**9,
+               linkname=h.linkname, devmajor=h.devmajor, devminor=h.devminor, size=h.size, offset=off)
+    if p.longname is not None:
+        m.name = p.longname
+    if p.longlink is not None:
+        m.linkname = p.longlink
+    if b"path" in pax:
+        m.name = pax[b"path"]
+    if b"linkpath" in pax:
+        m.linkname = pax[b"linkpath"]
+    if b"size" in pax:
+        m.size = pax_int(b"size", pax[b"size"])
+    if b"uid" in pax:
+        m.uid = pax_int(b"uid", pax[b"uid"], 0, MAX_ID)
+    if b"gid" in pax:
+        m.gid = pax_int(b"gid", pax[b"gid"], 0, MAX_ID)
+    if b"mtime" in pax:
+        m.mtime_ns = pax_time_ns(pax[b"mtime"])
+    elif not MIN_TIME_NS <= m.mtime_ns <= MAX_TIME_NS:
+        raise TarCorrupt(f"mtime {h.mtime} of {m.name[:200]!r} at offset {off} out of range")
+    if b"SCHILY.devmajor" in pax:
+        m.devmajor = pax_int(b"SCHILY.devmajor", pax[b"SCHILY.devmajor"])
+    if b"SCHILY.devminor" in pax:
+        m.devminor = pax_int(b"SCHILY.devminor", pax[b"SCHILY.devminor"])
+    m.xattrs = {**p.lib_xattrs, **p.xattrs}
+    if not (0 <= m.uid <= MAX_ID and 0 <= m.gid <= MAX_ID):
+        raise TarCorrupt(f"uid {m.uid} or gid {m.gid} of {m.name[:200]!r} at offset {off} out of range "
+                         f"(0 to {MAX_ID})")
+    if m.devmajor < 0 or m.devminor < 0:
+        raise TarCorrupt(f"negative device number {m.devmajor},{m.devminor} of {m.name[:200]!r} at offset {off}")
+    return m
+
+
 def members(stream: Stream) -> Iterator[Member]:
     """Every entry of the archive, in order. Raises TarCorrupt / TarUnsafe."""
     glob: dict[bytes, bytes] = {}
@@ -341,36 +376,7 @@ def members(stream: Stream) -> Iterator[Member]:
                         raise TarUnsafe(f"global PAX headers over 1 MiB at offset {off} refused")
             continue
         pax = {**glob, **p.pax}
-        m = Member(name=h.name, type=h.type, mode=h.mode, uid=h.uid, gid=h.gid, mtime_ns=h.mtime * 10**9,
-                   linkname=h.linkname, devmajor=h.devmajor, devminor=h.devminor, size=h.size, offset=off)
-        if p.longname is not None:
-            m.name = p.longname
-        if p.longlink is not None:
-            m.linkname = p.longlink
-        if b"path" in pax:
-            m.name = pax[b"path"]
-        if b"linkpath" in pax:
-            m.linkname = pax[b"linkpath"]
-        if b"size" in pax:
-            m.size = pax_int(b"size", pax[b"size"])
-        if b"uid" in pax:
-            m.uid = pax_int(b"uid", pax[b"uid"], 0, MAX_ID)
-        if b"gid" in pax:
-            m.gid = pax_int(b"gid", pax[b"gid"], 0, MAX_ID)
-        if b"mtime" in pax:
-            m.mtime_ns = pax_time_ns(pax[b"mtime"])
-        elif not MIN_TIME_NS <= m.mtime_ns <= MAX_TIME_NS:
-            raise TarCorrupt(f"mtime {h.mtime} of {m.name[:200]!r} at offset {off} out of range")
-        if b"SCHILY.devmajor" in pax:
-            m.devmajor = pax_int(b"SCHILY.devmajor", pax[b"SCHILY.devmajor"])
-        if b"SCHILY.devminor" in pax:
-            m.devminor = pax_int(b"SCHILY.devminor", pax[b"SCHILY.devminor"])
-        m.xattrs = {**p.lib_xattrs, **p.xattrs}
-        if not (0 <= m.uid <= MAX_ID and 0 <= m.gid <= MAX_ID):
-            raise TarCorrupt(f"uid {m.uid} or gid {m.gid} of {m.name[:200]!r} at offset {off} out of range "
-                             f"(0 to {MAX_ID})")
-        if m.devmajor < 0 or m.devminor < 0:
-            raise TarCorrupt(f"negative device number {m.devmajor},{m.devminor} of {m.name[:200]!r} at offset {off}")
+        m = _member_of(h, off, pax, p)
         m._stream = stream
         regions = _sparse_from_pax(pax, p)
         if h.type == GNU_SPARSE:

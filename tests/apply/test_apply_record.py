@@ -18,8 +18,8 @@ from castore.apply.run import ApplyOptions, ApplyReport, apply_tree
 from castore.ingest import commit_manifest, ingest
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource
 from castore.store import Store
+from castore.testing.states import STATES, state
 from castore.verify import VerifyOptions, verify_tree
-from tests.apply.apply_trees import STATES, state
 
 NAMES = list(STATES)
 RELATED = {"basic", "updates", "dir_perms", "parent_perms"}  # states that share most entries

@@ -19,8 +19,8 @@ from castore.errors import IntegrityError, NotFound
 from castore.ingest import ingest
 from castore.manifest import codec
 from castore.store import Store
+from castore.testing.states import state
 from castore.verify import VerifyOptions, verify_tree
-from tests.apply.apply_trees import state
 
 ROOT = os.geteuid() == 0
 

@@ -11,8 +11,8 @@ import pytest
 from castore.apply.run import ApplyOptions, apply_tree
 from castore.ingest import ingest
 from castore.store import Store
+from castore.testing.states import STATES, state
 from castore.verify import VerifyOptions, verify_tree
-from tests.apply.apply_trees import STATES, state
 
 NAMES = list(STATES)
 

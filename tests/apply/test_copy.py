@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -17,7 +16,7 @@ from castore import fs
 from castore.copy import copy_tree
 from castore.errors import UnsafeInput
 from castore.testing.compare import assert_trees_equal
-from tests.apply.apply_trees import state
+from castore.testing.trees import cp_a_tree
 
 ROOT = os.geteuid() == 0
 
@@ -30,44 +29,11 @@ def _holes(p: Path) -> tuple[tuple[int, int], ...]:
         os.close(fd)
 
 
-def rich_tree(root: Path) -> Path:
-    """Everything copy must keep: hardlinks, xattrs, modes, owners, sparse holes, fifos, sockets, links."""
-    state(root, "basic")
-    sparse = root / "sparse.img"
-    with open(sparse, "wb") as f:
-        f.truncate(8 << 20)
-        f.seek(1 << 20)
-        f.write(b"data in the middle" * 1000)
-        f.seek((6 << 20) + 123)
-        f.write(b"tail data")
-    (root / "allhole").write_bytes(b"")
-    os.truncate(root / "allhole", 3 << 20)
-    big = root / "big.bin"
-    big.write_bytes(os.urandom(3 << 20))
-    os.link(big, root / "etc" / "big.link")
-    os.symlink("/definitely/not/there", root / "dangling-abs")
-    os.symlink("../../outside", root / "etc" / "up")
-    os.setxattr(root / "usr", "user.dir", b"on a directory")
-    s = socket.socket(socket.AF_UNIX)
-    s.bind(str(root / "sock"))
-    s.close()
-    if ROOT:
-        os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
-        os.mknod(root / "blk", stat.S_IFBLK | 0o600, os.makedev(7, 200))
-        os.chown(root / "etc/hostname", 1234, 5678)
-        os.chown(root / "etc/hosts.lnk", 42, 43, follow_symlinks=False)
-        os.chown(root / "var", 7, 8)
-        os.setxattr(root / "etc/hosts", "trusted.t", b"trusted value")
-        os.chmod(root / "usr/bin/tool", 0o2755)
-    for p in sorted(root.rglob("*"), key=lambda q: -len(q.parts)):
-        os.utime(p, ns=(1_500_000_000_123_456_789, 1_600_000_000_987_654_321), follow_symlinks=False)
-    os.chmod(root, 0o750)
-    return root
 
 
 @pytest.fixture
 def rich(tmp_path: Path) -> Path:
-    return rich_tree(tmp_path / "src")
+    return cp_a_tree(tmp_path / "src")
 
 
 def _cp_a(src: Path, dst: Path) -> None:
@@ -220,6 +186,6 @@ def test_deep_tree(tmp_path: Path) -> None:
         stats = copy_tree(str(src), str(tmp_path / "out"))
         assert stats.dirs == 1200 and stats.files == 1
     finally:
-        from castore.store import _remove_tree
+        from castore.fs.tree import remove_tree
         for p in ("src", "out"):
-            _remove_tree(str(tmp_path / p))  # pytest's recursive cleanup fails at this depth
+            remove_tree(str(tmp_path / p))  # pytest's recursive cleanup fails at this depth

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from castore.store import _remove_tree, discard_dir
+from castore.fs.tree import discard_dir, remove_tree
+from castore.testing.trees import make_tree
 from tests.helpers import ROOT
+
+TREE = {"etc/conf": b"conf", "top": b"top"}
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not ROOT, reason="needs root (mount)")]
 
@@ -57,19 +60,13 @@ def snapshot(at: Path) -> dict[str, tuple[int, int, bytes]]:
     return out
 
 
-def make_tree(root: Path) -> None:
-    (root / "etc").mkdir(parents=True)
-    (root / "etc" / "conf").write_bytes(b"conf")
-    (root / "top").write_bytes(b"top")
-
-
 @pytest.mark.parametrize("kind", ["bind", "tmpfs"])
 def test_apply_delete_leaves_a_mount_point_alone(cli, tmp_path: Path, kind: str) -> None:
     src = tmp_path / "src"
-    make_tree(src)
+    make_tree(src, TREE)
     assert cli("ingest", src, "--name", "m").returncode == 0
     root = tmp_path / "root"
-    make_tree(root)
+    make_tree(root, TREE)
     (root / "extra").write_bytes(b"x")
     with mounted(kind, root / "data", tmp_path) as data:
         before = snapshot(data)
@@ -88,10 +85,10 @@ def test_apply_delete_leaves_a_mount_point_alone(cli, tmp_path: Path, kind: str)
 
 def test_apply_delete_keeps_the_parents_of_a_mount_point(cli, tmp_path: Path) -> None:
     src = tmp_path / "src"
-    make_tree(src)
+    make_tree(src, TREE)
     assert cli("ingest", src, "--name", "m").returncode == 0
     root = tmp_path / "root"
-    make_tree(root)
+    make_tree(root, TREE)
     (root / "a" / "b").mkdir(parents=True)
     (root / "a" / "other").write_bytes(b"o")
     (root / "a" / "b" / "x").write_bytes(b"x")
@@ -124,7 +121,7 @@ def test_whiteout_of_a_mount_point_leaves_it_alone(cli, tmp_path: Path, kind: st
     layer = _layer(tmp_path, [whiteout])
     assert cli("ingest", "--tar", layer, "--whiteouts", "oci", "--name", "layer").returncode == 0
     root = tmp_path / "root"
-    make_tree(root)
+    make_tree(root, TREE)
     at = root / "data" if whiteout == ".wh.data" else root / "a" / "data"
     with mounted(kind, at, tmp_path) as data:
         (data.parent / "sibling").write_bytes(b"s")
@@ -143,16 +140,16 @@ def test_whiteout_of_a_mount_point_leaves_it_alone(cli, tmp_path: Path, kind: st
 
 def test_apply_refuses_to_replace_or_fill_a_mount_point(cli, tmp_path: Path) -> None:
     src = tmp_path / "src"
-    make_tree(src)
+    make_tree(src, TREE)
     (src / "data").write_bytes(b"a file where the mount is")
     assert cli("ingest", src, "--name", "file").returncode == 0
     src2 = tmp_path / "src2"
-    make_tree(src2)
+    make_tree(src2, TREE)
     (src2 / "data").mkdir()
     (src2 / "data" / "keep").write_bytes(b"other")
     assert cli("ingest", src2, "--name", "inside").returncode == 0
     root = tmp_path / "root"
-    make_tree(root)
+    make_tree(root, TREE)
     with mounted("bind", root / "data", tmp_path) as data:
         before = snapshot(data)
         for name in ("file", "inside"):
@@ -180,7 +177,7 @@ def test_tree_removal_never_crosses_a_mount(tmp_path: Path) -> None:
                     os.close(fd)
                 assert kept == [f"{top.name}/x/y/m"]
             else:
-                assert _remove_tree(str(top)) == [f"{top}/x/y/m"]
+                assert remove_tree(str(top)) == [f"{top}/x/y/m"]
             assert snapshot(data) == before
             assert not (top / "x" / "f").exists()
 
@@ -189,7 +186,7 @@ def test_clean_up_of_a_killed_checkout_leaves_a_mount_in_it(cli, tmp_path: Path)
     """A checkout SIGKILLed with a filesystem then mounted in its staging directory: the next
     checkout's clean-up (and gc's) removes all but the mount, and warns about it."""
     src = tmp_path / "src"
-    make_tree(src)
+    make_tree(src, TREE)
     assert cli("ingest", src, "--name", "m").returncode == 0
     out = tmp_path / "out"
     out.mkdir()
@@ -210,7 +207,7 @@ def test_clean_up_of_a_killed_checkout_leaves_a_mount_in_it(cli, tmp_path: Path)
 
 def test_checkout_onto_an_empty_mount_point_is_refused(cli, tmp_path: Path) -> None:
     src = tmp_path / "src"
-    make_tree(src)
+    make_tree(src, TREE)
     assert cli("ingest", src, "--name", "m").returncode == 0
     target = tmp_path / "t"
     target.mkdir()

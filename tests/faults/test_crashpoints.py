@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gc.gc_util import make_tree, rand_tree
+from castore.testing.trees import make_tree, rand_tree
 
 INGEST_POINTS = ["ingest-after-read", "ingest-after-syncfs", "ingest-after-rename", "ingest-before-manifest",
                  "ingest-after-manifest", "ingest-before-tag", "ingest-after-commit"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gc.gc_util import make_tree
+from castore.testing.trees import make_tree
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from castore.checkout import checkout
 from castore.fsck.check import FsckOptions, fsck
 from castore.materialize import Options
 from castore.store import Store
+from castore.testing.trees import make_tree
 from castore.verify import verify_tree
-from tests.gc.gc_util import make_tree
 
 CLI = [sys.executable, "-m", "castore"]
 

@@ -18,9 +18,9 @@ import pytest
 from castore.manifest.model import RegularFile
 from castore.store import Store, manifest_refs
 from castore.testing.compare import assert_trees_equal
+from castore.testing.trees import upstream_tree
 from tests.fuse.fuse_util import FUSE_MISSING, in_mount_table, mounted, needs_fuse, unmount
 from tests.helpers import ROOT, run_cli
-from tests.interop.trees import rich_tree
 
 pytestmark = pytest.mark.fuse
 NON_UTF8 = b"latin1-\xe9t\xe9"
@@ -29,7 +29,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def source_tree(root: Path) -> Path:
     """rich_tree plus what it leaves out: a name that is not UTF-8, a sparse chunked file, a socket."""
-    rich_tree(root)
+    upstream_tree(root)
     with open(os.path.join(os.fsencode(root), NON_UTF8), "wb") as f:
         f.write(b"not utf-8\n")
     with open(root / "sparse.bin", "wb") as f:

@@ -133,14 +133,14 @@ def test_check_mountpoint(tmp_path: Path) -> None:
 def test_lease_renewal_pushes_expiry(store: Store) -> None:
     import json
 
-    from castore.mount.fuse import _renew
+    from castore.mount.fuse import renew_lease
     with store.lease(["sha256:" + "ab" * 32]) as lease:
         def expiry() -> int:
             with store.meta.read() as txn:
                 return int(json.loads(txn.get(lease.id.encode(), db=store.meta.db("leases")))["expiry_ns"])
         store.meta.write(lambda t: t.put(lease.id.encode(), json.dumps(
             {"expiry_ns": 1, "manifests": ["sha256:" + "ab" * 32]}).encode(), db=store.meta.db("leases")))
-        _renew(lease)
+        renew_lease(lease)
         import time
         assert expiry() > time.time_ns() + 23 * 3600 * 10**9
         assert [lid for lid, _ in store.live_leases()] == [lease.id]

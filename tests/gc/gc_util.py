@@ -4,23 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from pathlib import Path
 
 from castore.store import Store
-
-
-def make_tree(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return root
-
-
-def rand_tree(root: Path, seed: int, n: int = 5, size: int = 3000) -> Path:
-    rnd = random.Random(seed)
-    return make_tree(root, {f"d{i % 3}/f{i}": rnd.randbytes(rnd.randint(1, size)) for i in range(n)})
 
 
 def blob_files(store_path: Path) -> set[str]:

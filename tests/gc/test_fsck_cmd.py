@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from castore.store import Store
-from tests.gc.gc_util import fsck_json, kinds, make_tree
+from castore.testing.trees import make_tree
+from tests.gc.gc_util import fsck_json, kinds
 
 PAYLOAD = {"etc/keep.conf": b"keep me\n" * 500, "bin/tool": os.urandom(20_000), "small": b"s\n"}
 

@@ -16,7 +16,8 @@ import pytest
 from castore.errors import UnsafeInput
 from castore.gc.collect import GcOptions, _Collector, collect, mark, parse_duration
 from castore.store import Store
-from tests.gc.gc_util import blob_files, make_tree, manifest_blobs, rand_tree
+from castore.testing.trees import make_tree, rand_tree
+from tests.gc.gc_util import blob_files, manifest_blobs
 
 
 def ingest(cli, src: Path, *names: str) -> str:  # type: ignore[no-untyped-def]

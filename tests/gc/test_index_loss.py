@@ -17,7 +17,8 @@ import lmdb
 import pytest
 
 from castore.store import new_index
-from tests.gc.gc_util import blob_files, fsck_json, make_tree
+from castore.testing.trees import make_tree
+from tests.gc.gc_util import blob_files, fsck_json
 
 PAYLOAD = {"etc/a.conf": b"alpha\n" * 300, "bin/tool": os.urandom(30_000), "data": b"shared content\n"}
 VERBS = (("list",), ("fsck",), ("gc", "--grace", "0"), ("checkout", "app", "{out}"))

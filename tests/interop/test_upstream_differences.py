@@ -136,5 +136,5 @@ def test_paths_longer_than_path_max(tmp_path: Path, upstream: Upstream) -> None:
         ours = codec.loads(_ours(root, tmp_path / "ours.pb").read_bytes())
         assert len(ours.resources) == 251
     finally:
-        from castore.store import _remove_tree
-        _remove_tree(str(root))  # pytest's path-based cleanup cannot reach below PATH_MAX
+        from castore.fs.tree import remove_tree
+        remove_tree(str(root))  # pytest's path-based cleanup cannot reach below PATH_MAX

@@ -26,9 +26,9 @@ from castore.build import build
 from castore.digest import hash_bytes
 from castore.manifest import codec
 from castore.manifest.model import Device, Manifest, RegularFile, Symlink
+from castore.testing.trees import hardlink_groups, upstream_tree
 from castore.textsafe import quote
 from tests.helpers import run_cli
-from tests.interop.trees import hardlink_groups, rich_tree
 from tests.interop.upstream import Upstream
 
 pytestmark = pytest.mark.go
@@ -38,7 +38,7 @@ EMPTY = hash_bytes(b"")
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return rich_tree(tmp_path_factory.mktemp("interop") / "root")
+    return upstream_tree(tmp_path_factory.mktemp("interop") / "root")
 
 
 @pytest.fixture(scope="module")

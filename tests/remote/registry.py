@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from castore.digest import hash_bytes
-from castore.remote.oci import EMPTY_DIGEST, EMPTY_JSON, blob_sizes, build_oci_manifest
+from castore.remote.oci import CONFIG_DIGEST, CONFIG_JSON, blob_sizes, build_oci_manifest
 from castore.store import Store, manifest_refs
 
 REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
@@ -178,5 +178,5 @@ def artifact(store: Store, mdigest: str) -> tuple[bytes, dict[str, bytes]]:
     sizes = blob_sizes(m)
     sizes.update({d: len(b) for d, b in blobs.items() if d not in sizes})
     blobs[mdigest] = data
-    blobs[EMPTY_DIGEST] = EMPTY_JSON
+    blobs[CONFIG_DIGEST] = CONFIG_JSON
     return build_oci_manifest(mdigest, len(data), sizes.items()), blobs

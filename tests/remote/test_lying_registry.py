@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from castore.digest import hash_bytes
-from castore.remote.oci import MANIFEST_MEDIA_TYPE, OCI_INDEX
+from castore.remote.oci import CONFIG_DIGEST, MANIFEST_MEDIA_TYPE, OCI_INDEX
 from castore.store import Store
 from castore.testing.trees import basic
 from tests.helpers import run_cli
@@ -176,7 +176,7 @@ def test_server_errors_exit_1(tmp_path: Path, fake: FakeRegistry) -> None:
     fake.routes[("GET", f"/v2/{REPO}/manifests/v1")] = (
         503, {}, b'{"errors":[{"code":"UNAVAILABLE","message":"try later \\u001b[31m"}]}')
     _refused(tmp_path, fake, 1, "503 UNAVAILABLE: try later")
-    assert sum(1 for m, p, _ in fake.requests if p.endswith("/manifests/v1")) == 3  # bounded retries
+    assert sum(1 for m, p, _ in fake.requests if p.endswith("/manifests/v1")) == 5  # bounded retries
 
 
 def _auth_gate(fake: FakeRegistry, expected: str, challenge: str) -> None:
@@ -265,9 +265,9 @@ def test_push_credentials_stay_on_the_registry_origin(tmp_path: Path, fake: Fake
         env = {"CONTINUITY_REGISTRY_USERNAME": "bob", "CONTINUITY_REGISTRY_PASSWORD": "pw"}
         p = run_cli("push", "t", f"{fake.host}/{REPO}:v1", "--json", store=a, env=env)
         assert p.returncode == 0, p.stderr
-        assert json.loads(p.stdout)["uploaded"] == 3  # config, manifest, one file
+        assert json.loads(p.stdout)["uploaded"] == 4  # config, manifest, one pack and its index
         puts = [h for m, _, h in storage.requests if m == "PUT"]
-        assert len(puts) == 3 and not any("Authorization" in h for h in puts)
+        assert len(puts) == 4 and not any("Authorization" in h for h in puts)
         assert any("Authorization" in h for m, _, h in fake.requests if m == "PUT")
     finally:
         storage.close()
@@ -283,7 +283,8 @@ def test_unreachable_token_realm(tmp_path: Path, served: tuple[FakeRegistry, str
 def test_trickling_registry_is_cut_off(tmp_path: Path,
                                        served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]) -> None:
     fake, d, _, blobs = served
-    victim = min((x for x in blobs if x != d and len(blobs[x]) >= 80), key=lambda x: len(blobs[x]))
+    victim = min((x for x in blobs if x not in (d, CONFIG_DIGEST) and len(blobs[x]) >= 80),
+                 key=lambda x: len(blobs[x]))
 
     def trickle(h: BaseHTTPRequestHandler) -> None:
         h.send_response(200)

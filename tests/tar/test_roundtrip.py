@@ -15,63 +15,23 @@ from castore.ingest import ingest
 from castore.tar.exporter import export_tar
 from castore.tar.importer import ingest_tar
 from castore.testing.compare import assert_trees_equal
+from castore.testing.trees import special_files
 from tests.helpers import ROOT, have
 
 pytestmark = pytest.mark.skipif(not ROOT, reason="needs root (devices, owners, trusted xattrs)")
 GNU_X = ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"]
 
 
-def make_tree(root: Path, *, libarchive: bool = False) -> Path:
-    """A tree with every kind of entry. ``libarchive``: no negative fractional mtime, which
-    libarchive writes and reads as floor seconds plus a positive fraction (``-2.5`` for -1.5 s)
-    where POSIX and GNU tar read a plain decimal."""
-    root.mkdir()
-    (root / "a").write_bytes(b"hello\n")
-    os.setxattr(root / "a", "user.note", b"v\x00\xff")
-    (root / "big").write_bytes(os.urandom(3 << 20) + bytes(1 << 20))
-    (root / "empty").write_bytes(b"")
-    (root / "d").mkdir()
-    os.setxattr(root / "d", "trusted.tag", b"t")
-    os.link(root / "a", root / "d/hl")
-    os.symlink("../a", root / "d/sym")
-    os.symlink("x" * 180, root / "d/longtarget")
-    deep = root / ("n" * 120) / ("m" * 120)
-    deep.mkdir(parents=True)
-    (deep / "file").write_bytes(b"deep\n")
-    os.mkfifo(root / "fifo")
-    os.mknod(root / "cdev", 0o620 | 0o020000, os.makedev(1, 3))
-    os.mknod(root / "bdev", 0o640 | 0o060000, os.makedev(7, 0))
-    (root / "suid").write_bytes(b"#!/bin/sh\n")
-    os.chmod(root / "suid", 0o4755)
-    (root / "sticky").mkdir()
-    os.chmod(root / "sticky", 0o1777)
-    (root / "bigid").write_bytes(b"owner\n")
-    os.chown(root / "bigid", 3_000_000, 4_000_000)
-    (root / os.fsdecode(b"caf\xe9")).write_bytes(b"latin-1 name\n")
-    with open(root / "sparse", "wb") as f:
-        f.truncate(10 << 20)
-        f.seek(5 << 20)
-        f.write(b"data in the middle")
-    with open(root / "sparse-tail", "wb") as f:
-        f.write(b"head" * 2000)
-        f.truncate(3 << 20)
-    os.utime(root / "a", ns=(1_577_836_800_123_456_789, 1_577_836_800_123_456_789))
-    neg = -2_000_000_000 if libarchive else -1_500_000_000
-    os.utime(root / "empty", ns=(neg, neg))
-    for dirpath, dirnames, _ in os.walk(root, topdown=False):
-        for d in dirnames:
-            os.utime(os.path.join(dirpath, d), ns=(1_600_000_000_500_000_000, 1_600_000_000_500_000_000))
-    return root
 
 
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
-    return make_tree(tmp_path / "src")
+    return special_files(tmp_path / "src")
 
 
 @pytest.fixture
 def src_la(tmp_path: Path) -> Path:
-    return make_tree(tmp_path / "src", libarchive=True)
+    return special_files(tmp_path / "src", libarchive=True)
 
 
 def _run(*argv: object) -> None:
@@ -105,7 +65,7 @@ def test_bsdtar_stream_equals_ingest_of_extracted_tree(store, src_la, tmp_path):
 def test_export_extracts_to_the_source_tree(store, tmp_path, tool):
     if tool == "bsdtar" and not have("bsdtar"):
         pytest.skip("bsdtar missing")
-    src = make_tree(tmp_path / "src", libarchive=tool == "bsdtar")
+    src = special_files(tmp_path / "src", libarchive=tool == "bsdtar")
     d = ingest(store, str(src), progress=False)
     t = tmp_path / "e.tar"
     export_tar(store, store.load_manifest(d), str(t))

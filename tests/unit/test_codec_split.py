@@ -12,7 +12,7 @@ from castore.store import Store
 
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
-    from tests.apply.apply_trees import STATES, state  # the fstest-style states: every kind, hardlinks, xattrs, modes
+    from castore.testing.states import STATES, state  # the fstest-style states: every kind, hardlinks, xattrs, modes
 
     base = tmp_path_factory.mktemp("split")
     store = Store.open(str(base / "store"))

@@ -1,4 +1,6 @@
-"""Staging directories beside a checkout's or copy's TARGET, and the removal of abandoned ones.
+"""Publishing a directory tree: staged beside its TARGET, renamed into place with RENAME_NOREPLACE
+(TARGET appears complete or not at all), discarded on failure (``staged_dir``); and the removal of
+abandoned staging directories.
 
 A staging directory ``.BASE.continuity-[copy-]HEX`` is flock'ed (LOCK_EX, on the directory
 itself) by the process that made it, from before anything is written in it until after it
@@ -12,15 +14,15 @@ A live one is never touched: its lock cannot be taken.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from castore import fs
-from castore.errors import warn_mounts_kept
+from castore.errors import UnsafeInput, raise_if_full, warn_mounts_kept
+from castore.fs.linux import flock, is_mount_root, renameat2
+from castore.fs.tree import discard_dir, remove_contents
 
 PATTERN = re.compile(r"\..+\.continuity-(?:copy-)?[0-9a-f]{12}\Z", re.S)
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -39,7 +41,7 @@ def create(pfd: int, base: str, kind: str = "", before: Callable[[str], None] | 
             before(name)
         os.mkdir(name, 0o700, dir_fd=pfd)
         fd = os.open(name, _DIR, dir_fd=pfd)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        flock(fd)
         if os.fstat(fd).st_nlink > 0:
             return name, fd
         os.close(fd)
@@ -58,12 +60,8 @@ def remove_if_abandoned(pfd: int, name: str, where: str) -> bool:
     except OSError:
         return False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return False  # its checkout or copy is alive
-            raise
+        if not flock(fd, wait=False):
+            return False  # its checkout or copy is alive
         st = os.fstat(fd)
         try:
             now = os.lstat(name, dir_fd=pfd)
@@ -71,10 +69,9 @@ def remove_if_abandoned(pfd: int, name: str, where: str) -> bool:
             return False
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or st.st_nlink == 0:
             return False  # renamed into place (or replaced) before we got the lock
-        if fs.is_mount_root(fd, os.fstat(pfd).st_dev):
+        if is_mount_root(fd, os.fstat(pfd).st_dev):
             warn_mounts_kept([os.path.join(where, name)])
             return False
-        from castore.store import remove_contents
         kept = remove_contents(fd)  # under our lock: a new owner cannot take it meanwhile
         if kept:
             warn_mounts_kept([os.path.join(where, name, k) for k in kept])
@@ -86,6 +83,45 @@ def remove_if_abandoned(pfd: int, name: str, where: str) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+@dataclass
+class Staging:
+    """A staging directory ``name`` in ``pfd``, to be renamed to ``base`` there."""
+
+    pfd: int
+    name: str
+    base: str
+
+    def open(self) -> int:
+        """An fd on the staging directory (the caller closes it)."""
+        return os.open(self.name, _DIR, dir_fd=self.pfd)
+
+    def rename_into_place(self, appeared: str) -> None:
+        """Rename it to ``base`` with RENAME_NOREPLACE; UnsafeInput(``appeared``) when ``base`` exists."""
+        try:
+            renameat2(self.pfd, self.name, self.pfd, self.base)
+        except FileExistsError:
+            raise UnsafeInput(appeared) from None
+
+
+@contextlib.contextmanager
+def staged_dir(pfd: int, parent: str, base: str, target: str, kind: str = "",
+               before: Callable[[str], None] | None = None) -> Iterator[Staging]:
+    """A new, locked staging directory for ``base`` in ``pfd`` (``parent``'s fd; ``target`` its
+    path), kept locked until the block ends: renamed into place by then (``rename_into_place``)
+    or, when the block raises, removed (mounts below it kept and warned about; a full disk
+    reported as ResourceLimit)."""
+    name, lock_fd = create(pfd, base, kind, before)
+    try:
+        try:
+            yield Staging(pfd, name, base)
+        except BaseException as exc:
+            warn_mounts_kept([os.path.join(parent, k) for k in discard_dir(pfd, name)])
+            raise_if_full(exc, target)
+            raise
+    finally:
+        os.close(lock_fd)  # only now: renamed into place or discarded
 
 
 def sweep(pfd: int, where: str) -> int:
@@ -112,7 +148,7 @@ class Registration:
         self.path = os.path.join(self.dir, secrets.token_hex(8))
         self.parent = parent
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        flock(self.fd)
 
     def note(self, name: str) -> None:
         data = os.fsencode(os.path.join(self.parent, name))
@@ -141,9 +177,7 @@ def sweep_registered(store_path: str, dry_run: bool = False) -> list[str]:
         except OSError:
             continue
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not flock(fd, wait=False):
                 continue  # its checkout is alive
             target = os.fsdecode(os.pread(fd, 1 << 16, 0))
             parent, name = os.path.split(target)

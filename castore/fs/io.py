@@ -1,0 +1,95 @@
+"""Writing and hashing through file descriptors: one copy of each loop.
+
+``write_all``/``pwrite_all`` finish short writes; ``data_ranges`` and ``pwrite_sparse`` keep a
+file's holes; ``write_new`` creates a file that must not exist; ``hash_fd`` digests an fd with
+pread (its offset untouched).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from castore.fs.linux import start_writeback
+
+#: A read/write buffer size the content paths share.
+READ = 1 << 20
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """write(2) until all of ``data`` is written (at the fd's offset)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """pwrite(2) until all of ``data`` is written at ``offset`` (the fd's offset untouched)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        offset += n
+        view = view[n:]
+
+
+def data_ranges(size: int, holes: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+    """The [begin, end) ranges of a ``size``-byte file that are not in ``holes`` (sorted, disjoint)."""
+    out, pos = [], 0
+    for b, e in holes:
+        if b > pos:
+            out.append((pos, b))
+        pos = e
+    if pos < size:
+        out.append((pos, size))
+    return out
+
+
+def pwrite_sparse(fd: int, data: bytes | memoryview, pos: int, ranges: list[tuple[int, int]]) -> None:
+    """Write the parts of ``data`` (file bytes [pos, pos+len)) that fall in the data ``ranges``:
+    what lies in a hole is skipped, so the hole stays one (the caller ftruncates to the size)."""
+    end = pos + len(data)
+    for b, e in ranges:
+        lo, hi = max(b, pos), min(e, end)
+        if lo < hi:
+            pwrite_all(fd, memoryview(data)[lo - pos:hi - pos], lo)
+
+
+def write_new(path: str, data: bytes | memoryview, mode: int = 0o444) -> int:
+    """Create ``path`` (which must not exist; never through a symlink), write ``data``, start its
+    writeback, close it; return its inode. On failure the file is removed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        write_all(fd, data)
+        ino = os.fstat(fd).st_ino
+        start_writeback(fd)  # the disk writes while the caller hashes on: a later syncfs waits less
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    return ino
+
+
+def hash_fd(fd: int, chunk: int = 4 << 20, *, expect: int | None = None) -> tuple[str, int]:
+    """(digest, size) of everything readable from ``fd``, from offset 0 (pread: the offset is untouched).
+
+    ``expect``: the size the caller expects. A file that small is read with one
+    pread of expect+1 bytes (a short read proves the end), not two preads that
+    each allocate a 4 MiB buffer.
+    """
+    if expect is not None and expect < chunk:
+        b = os.pread(fd, expect + 1, 0)
+        if len(b) <= expect:
+            return "sha256:" + hashlib.sha256(b).hexdigest(), len(b)
+        h = hashlib.sha256(b)
+        pos = len(b)
+    else:
+        h = hashlib.sha256()
+        pos = 0
+    while True:
+        b = os.pread(fd, chunk, pos)
+        if not b:
+            break
+        h.update(b)
+        pos += len(b)
+    return "sha256:" + h.hexdigest(), pos

@@ -1,0 +1,179 @@
+"""Reading a mounted file's bytes from its blob or chunks, verified: each blob is hashed whole the
+first time it is read and served from a bounded LRU of verified bytes; a blob too large for the
+cache is hashed once and then served from its file while ``fstat`` proves it unchanged (dev, ino,
+size, mtime, ctime). A digest or size mismatch, or a missing blob, is EIO for that read only.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from castore import textsafe
+from castore.digest import EMPTY_DIGEST
+from castore.errors import BlobNotFound, CastoreError, IntegrityError
+from castore.store import Store
+
+if TYPE_CHECKING:
+    from castore.mount.fuse import Node
+
+CACHE_BYTES = 64 << 20  # verified blob bytes kept in memory
+CACHE_ITEM_MAX = 8 << 20  # larger blobs: hashed once, then served from the file while fstat proves it unchanged
+READ = 1 << 20
+
+
+class BlobReader:
+    """Verified reads of blobs by digest: a bounded LRU of verified bytes (thread-safe).
+
+    ``note`` receives one message per blob that fails (corrupt, wrong size, missing).
+    """
+
+    def __init__(self, store: Store, *, cache_bytes: int = CACHE_BYTES, item_max: int = CACHE_ITEM_MAX,
+                 note: Callable[[str], None] | None = None, fetch: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self.fetch = fetch  # lazy mounts: puts a missing blob into the store (verified) or raises
+        self.cache_bytes, self.item_max = cache_bytes, item_max
+        self.note = note or (lambda m: textsafe.note(m, prefix="error"))
+        self._lru: OrderedDict[str, bytes] = OrderedDict()
+        self._held = 0
+        self._proven: dict[str, tuple[int, int, int, int, int]] = {}  # large blobs: stat when verified
+        self._mu = threading.Lock()
+        self._gates: dict[str, threading.Lock] = {}
+        self._noted: set[str] = set()
+        self.hashed = 0  # blobs hashed (for tests and stats)
+
+    def read_file(self, node: Node, offset: int, size: int) -> bytes:
+        """Bytes ``[offset, offset+size)`` of a file node, clipped to its size. Raises IntegrityError."""
+        if node.size == 0 and node.digest and node.digest != EMPTY_DIGEST:
+            raise IntegrityError(f"{node.path}: empty file with a non-empty digest {node.digest}")
+        end = min(node.size, offset + size)
+        if offset >= end:
+            return b""
+        out: list[bytes] = []
+        i = max(bisect_right(node.starts, offset) - 1, 0)
+        pos = offset
+        while pos < end:
+            begin, pend, digest = node.pieces[i]
+            lo, hi = pos - begin, min(pend, end) - begin
+            out.append(self._piece(digest, pend - begin, lo, hi, node.path))
+            pos = begin + hi
+            i += 1
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _piece(self, digest: str, size: int, lo: int, hi: int, path: str) -> bytes:
+        try:
+            if size > self.item_max:
+                return self._large(digest, size, lo, hi)
+            return self._verified(digest, size)[lo:hi]
+        except IntegrityError as exc:
+            with self._mu:
+                first = digest not in self._noted
+                self._noted.add(digest)
+            if first:
+                self.note(f"{exc} (read of {path}); reads of it return EIO; run `continuity fsck`")
+            raise
+
+    def _verified(self, digest: str, size: int) -> bytes:
+        with self._mu:
+            data = self._lru.get(digest)
+            if data is not None:
+                self._lru.move_to_end(digest)
+                return data
+            gate = self._gates.setdefault(digest, threading.Lock())
+        with gate:  # one reader hashes a blob; concurrent readers of it wait and then hit the cache
+            with self._mu:
+                data = self._lru.get(digest)
+                if data is not None:
+                    return data
+            data = self._load(digest, size)
+            with self._mu:
+                self._gates.pop(digest, None)
+                if digest not in self._lru:
+                    self._lru[digest] = data
+                    self._held += len(data)
+                while self._held > self.cache_bytes and len(self._lru) > 1:
+                    _, old = self._lru.popitem(last=False)
+                    self._held -= len(old)
+        return data
+
+    def _open(self, digest: str) -> int:
+        try:
+            return self.store.open_blob(digest)
+        except BlobNotFound:
+            if self.fetch is None:
+                raise
+        except OSError as exc:
+            raise IntegrityError(f"blob {digest} cannot be opened: {exc.strerror}") from exc
+        try:
+            self.fetch(digest)  # verified before it is stored; IntegrityError for wrong bytes
+        except IntegrityError:
+            raise
+        except CastoreError as exc:  # the registry is unreachable or refused: EIO for this read, retried later
+            self.note(f"{exc}; this read returns EIO")
+            raise OSError(errno.EIO, str(exc)) from None
+        return self.store.open_blob(digest)
+
+    def _load(self, digest: str, size: int) -> bytes:
+        fd = self._open(digest)
+        try:
+            if os.fstat(fd).st_size != size:
+                raise IntegrityError(f"blob {digest} has the wrong size (expected {size} bytes)")
+            parts = []
+            got = 0
+            while got <= size:
+                b = os.read(fd, max(size - got, 0) + 1)  # one byte more: detect growth
+                if not b:
+                    break
+                parts.append(b)
+                got += len(b)
+        finally:
+            os.close(fd)
+        data = b"".join(parts)
+        self.hashed += 1
+        if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise IntegrityError(f"blob {digest} is corrupt (digest mismatch)")
+        return data
+
+    def _large(self, digest: str, size: int, lo: int, hi: int) -> bytes:
+        fd = self._open(digest)
+        try:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if st.st_size != size:
+                raise IntegrityError(f"blob {digest} has the wrong size (expected {size} bytes)")
+            with self._mu:
+                proven = self._proven.get(digest) == key
+            if not proven:
+                h = hashlib.sha256()
+                pos = 0
+                while pos < size:
+                    b = os.pread(fd, min(READ, size - pos), pos)
+                    if not b:
+                        break
+                    h.update(b)
+                    pos += len(b)
+                self.hashed += 1
+                if pos != size or "sha256:" + h.hexdigest() != digest:
+                    raise IntegrityError(f"blob {digest} is corrupt (digest mismatch)")
+                with self._mu:
+                    self._proven[digest] = key
+            parts = []
+            pos = lo
+            while pos < hi:
+                b = os.pread(fd, hi - pos, pos)
+                if not b:
+                    raise IntegrityError(f"blob {digest} is truncated")
+                parts.append(b)
+                pos += len(b)
+            return b"".join(parts)
+        finally:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------- mounting

@@ -1,0 +1,162 @@
+"""Push side of packs: which blobs go where (reuse, new packs, alone), and building a pack from the store.
+
+Policy (docs/remote.md "Dedup across versions"): a pack already in the
+repository (an artifact push found there: the tag it overwrites and every
+``--base``) is reused when the blobs the tree needs from it make up at least
+REUSE_MIN of its bytes; below that its needed blobs are packed again, so an
+artifact never drags along mostly dead packs. The remaining blobs go, in
+manifest order (files of one directory stay together for range requests),
+into new packs cut at ``target`` raw bytes or MAX_ENTRIES entries; blobs of
+SOLO_MIN bytes or more travel alone, as their own layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from castore.manifest import Manifest
+from castore.remote.oci import PACK_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE, Descriptor
+from castore.remote.packfmt import MAX_ENTRIES, Entry, PackIndex, compressor, encode_entry, encode_index
+from castore.store import Store
+
+PACK_TARGET = 32 << 20  # measured: docs/benchmarks.md "remote"
+SOLO_MIN = 16 << 20
+REUSE_MIN = 0.5
+BATCH_BYTES = 4 << 20  # blobs read ahead per pack-building thread
+MAX_LAYERS = 8192  # packs grow beyond PACK_TARGET so a tree never needs more (OCI manifest < 4 MiB)
+
+
+@dataclass(frozen=True, slots=True)
+class BasePack:
+    """A pack already in the repository, with its index layer and parsed index."""
+
+    pack: Descriptor
+    index: Descriptor
+    parsed: PackIndex
+
+
+@dataclass(slots=True)
+class Plan:
+    reused: list[BasePack] = field(default_factory=list)
+    new: list[list[tuple[str, int]]] = field(default_factory=list)  # each: (digest, size) in pack order
+    solo: list[tuple[str, int]] = field(default_factory=list)
+
+
+def blob_order(m: Manifest, sizes: dict[str, int]) -> list[tuple[str, int]]:
+    """Every referenced blob once, in manifest (path) order; ADS blobs after their file."""
+    seen: set[str] = set()
+    out: list[tuple[str, int]] = []
+
+    def put(d: str) -> None:
+        if d not in seen:
+            seen.add(d)
+            out.append((d, sizes[d]))
+
+    for r in m.resources:
+        digest = getattr(r, "digest", None)
+        if isinstance(digest, str) and digest:
+            chunks = getattr(r, "chunks", ())
+            for d in [c.digest for c in chunks] if chunks else [digest]:
+                put(d)
+        for a in r.ads:
+            if a.digest:
+                put(a.digest)
+    return out
+
+
+def pack_target(total: int, target: int = PACK_TARGET) -> int:
+    """The pack size for ``total`` bytes of new blobs: ``target``, larger when packs would pass MAX_LAYERS / 2."""
+    return max(target, -(-total // (MAX_LAYERS // 2)))
+
+
+def make_plan(order: list[tuple[str, int]], base: Iterable[BasePack], target: int = PACK_TARGET) -> Plan:
+    """Decide, for each blob of ``order``, whether it rides in a reused pack, a new pack, or alone."""
+    plan = Plan()
+    need = dict(order)
+    covered: set[str] = set()
+    for bp in base:
+        live = [e for e in bp.parsed.entries if e.digest in need and e.digest not in covered]
+        if live and sum(e.stored for e in live) >= REUSE_MIN * bp.pack.size:
+            plan.reused.append(bp)
+            covered.update(e.digest for e in live)
+    rest = [(d, n) for d, n in order if d not in covered]
+    plan.solo = sorted((d, n) for d, n in rest if n >= SOLO_MIN)
+    small = [(d, n) for d, n in rest if n < SOLO_MIN]
+    cut = pack_target(sum(n for _, n in small), target)
+    cur: list[tuple[str, int]] = []
+    acc = 0
+    for d, n in small:
+        if cur and (acc + n > cut or len(cur) >= MAX_ENTRIES):
+            plan.new.append(cur)
+            cur, acc = [], 0
+        cur.append((d, n))
+        acc += n
+    if cur:
+        plan.new.append(cur)
+    return plan
+
+
+def _batches(blobs: list[tuple[str, int]], limit: int) -> Iterator[list[tuple[str, int]]]:
+    """Runs of ``blobs`` of at most 256 blobs or ``limit`` bytes (a read-ahead that bounds memory)."""
+    cur: list[tuple[str, int]] = []
+    acc = 0
+    for d, n in blobs:
+        if cur and (len(cur) >= 256 or acc + n > limit):
+            yield cur
+            cur, acc = [], 0
+        cur.append((d, n))
+        acc += n
+    if cur:
+        yield cur
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltPack:
+    pack: Descriptor
+    index: Descriptor
+    data: bytearray
+    index_data: bytes
+
+
+def build_pack(store: Store, blobs: list[tuple[str, int]], jobs: int = 1,
+               read: Callable[[str, int], bytes] | None = None) -> BuiltPack:
+    """Read (verifying each digest: ``read``, default store.read_blob) and pack ``blobs``, on ``jobs``
+    threads (reading and compressing release the GIL); the bytes depend only on ``blobs``."""
+    local = threading.local()
+    if read is None:
+        def read(d: str, n: int) -> bytes:
+            return store.read_blob(d, limit=n)
+
+    def batch(items: list[tuple[str, int]]) -> list[tuple[bytes, int]]:
+        cctx = getattr(local, "cctx", None)
+        if cctx is None:
+            cctx = local.cctx = compressor()
+        return [encode_entry(read(d, n), cctx) for d, n in items]
+
+    out = bytearray()
+    entries = []
+    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="pack") as pool:
+        window: deque[tuple[list[tuple[str, int]], Future[list[tuple[bytes, int]]]]] = deque()
+        todo = _batches(blobs, BATCH_BYTES)
+        while True:
+            while len(window) < 2 * jobs:  # read ahead at most 2 batches per thread
+                items = next(todo, None)
+                if items is None:
+                    break
+                window.append((items, pool.submit(batch, items)))
+            if not window:
+                break
+            items, fut = window.popleft()
+            for (d, n), (stored, comp) in zip(items, fut.result(), strict=True):
+                entries.append(Entry(d, len(out), len(stored), n, comp))
+                out += stored
+    digest = "sha256:" + hashlib.sha256(out).hexdigest()
+    index = encode_index(PackIndex(digest, len(out), tuple(entries)))
+    return BuiltPack(Descriptor(PACK_MEDIA_TYPE, digest, len(out)),
+                     Descriptor(PACK_INDEX_MEDIA_TYPE, "sha256:" + hashlib.sha256(index).hexdigest(), len(index)),
+                     out, index)
