@@ -15,7 +15,7 @@ import pytest
 from castore.store import Store
 from tests.helpers import run_cli
 
-pytest_plugins = ["tests.interop.upstream", "tests.remote.registry"]
+pytest_plugins = ["tests.interop.upstream", "tests.remote.registry", "tests.remote.secure"]
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ LazyGroup.lazy.update({
     "init": "castore.cli.init_cmds",
     "log": "castore.cli.log_cmds",
     **dict.fromkeys(["push", "pull"], "castore.cli.remote_cmds"),
+    **dict.fromkeys(["login", "logout"], "castore.cli.login_cmds"),
     **dict.fromkeys(["keygen", "sign", "verify-signature"], "castore.cli.sign_cmds"),
 })
 

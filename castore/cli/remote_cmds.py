@@ -8,6 +8,7 @@ import sys
 import click
 
 from castore.cli.common import Ctx, F, main_group, print_json, resolve
+from castore.cli.registry_opts import access_options, make_access, registry_reference
 from castore.errors import UnsafeInput
 from castore.remote.ref import Reference, parse_reference
 
@@ -43,20 +44,44 @@ def remote_options(fn: F) -> F:
                    "may be reused; the tag being overwritten always is. Repeatable.")
 @click.option("--pack-size", type=click.IntRange(64 << 10, 1 << 30), default=None, metavar="BYTES",
               help="Target size of new packs (default 32 MiB; larger when a tree would need over 4096 packs).")
+@click.option("--format", "fmt", type=click.Choice(["tree", "image"]), default="tree", show_default=True,
+              help="tree: the continuity artifact (pull gets it back exactly); image: a one-layer OCI image "
+                   "(export's tar) that podman, skopeo and docker run.")
+@click.option("--layer-compression", type=click.Choice(["gzip", "none"]), default="gzip", show_default=True,
+              help="With --format image: the layer's compression.")
 @remote_options
+@access_options
 @click.pass_obj
-def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], pack_size: int | None,
-             insecure: bool, jobs: int, username: str | None, password_stdin: bool, as_json: bool) -> None:
+def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], pack_size: int | None, fmt: str,
+             layer_compression: str, insecure: bool, jobs: int, username: str | None, password_stdin: bool,
+             as_json: bool, creds: str | None, authfile: str | None, cert_dir: str | None,
+             tls_verify: bool | None) -> None:
     """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST."""
     from castore.remote.packer import PACK_TARGET
     from castore.remote.push import push  # httpx is imported only by the verbs that need it
 
-    ref = parse_reference_or_usage(reference, insecure, allow_digest=False)
+    access = make_access(creds=creds, authfile=authfile, cert_dir=cert_dir, tls_verify=tls_verify,
+                         username=username, password_stdin=password_stdin)
+    ref = registry_reference(reference, insecure, allow_digest=False, tls_asked=tls_verify is not None,
+                             access=access)
     base_refs = [_base_reference(ref, b, insecure) for b in bases]
     m, digest, store = resolve(obj, manifest, need_store=True)
     assert store is not None
-    res = push(store, m, ref, manifest_digest=digest, jobs=jobs, username=username,
-               password=_password(password_stdin), bases=base_refs, pack_target=pack_size or PACK_TARGET)
+    if fmt == "image":
+        from castore.remote.image_push import push_image
+
+        img = push_image(store, m, ref, manifest_digest=digest, compress=layer_compression == "gzip", jobs=jobs,
+                         access=access)
+        pinned = f"{ref.registry}/{ref.repo}@{img.oci_digest}"
+        if as_json:
+            print_json({"reference": pinned, "tag": str(ref), "oci_digest": img.oci_digest, "manifest": digest,
+                        "layer": img.layer_digest, "diff_id": img.diff_id, "uploaded": img.uploaded,
+                        "uploaded_bytes": img.uploaded_bytes})
+        else:
+            click.echo(pinned)
+        return
+    res = push(store, m, ref, manifest_digest=digest, jobs=jobs, bases=base_refs,
+               pack_target=pack_size or PACK_TARGET, access=access)
     pinned = f"{ref.registry}/{ref.repo}@{res.oci_digest}"
     if as_json:
         print_json({"reference": pinned, "tag": str(ref), "oci_digest": res.oci_digest,
@@ -79,21 +104,51 @@ def _base_reference(ref: Reference, text: str, insecure: bool) -> Reference:
 
 
 @main_group.command("pull")
-@click.argument("reference", metavar="REGISTRY/REPO[:TAG|@DIGEST]")
+@click.argument("reference", metavar="REGISTRY/REPO[:TAG|@DIGEST]|oci:DIR[:TAG]")
 @click.option("--name", help="Catalog name (default: the reference without its scheme).")
+@click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
+              help="The image to take from an image index (default: the host's).")
 @remote_options
+@access_options
 @click.pass_obj
-def pull_cmd(obj: Ctx, reference: str, name: str | None, insecure: bool, jobs: int, username: str | None,
-             password_stdin: bool, as_json: bool) -> None:
-    """Copy a tree from a registry into the store; print its manifest digest."""
-    from castore.remote.pull import pull
-
-    ref = parse_reference_or_usage(reference, insecure, allow_digest=True)
+def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, insecure: bool, jobs: int,
+             username: str | None, password_stdin: bool, as_json: bool, creds: str | None, authfile: str | None,
+             cert_dir: str | None, tls_verify: bool | None) -> None:
+    """Copy a tree or a container image (flattened) from a registry or an OCI layout into the store;
+    print its manifest digest."""
+    from castore.remote.image import parse_platform
     from castore.sign.policy import load_policy
 
-    policy = load_policy(obj.policy_path)
-    res = pull(obj.store(create=True), ref, name=name if name is not None else str(ref), jobs=jobs,
-               username=username, password=_password(password_stdin), policy=None if policy.accepts_all else policy)
+    plat = parse_platform(platform) if platform else None
+    loaded = load_policy(obj.policy_path)
+    policy = None if loaded.accepts_all else loaded
+    if reference.startswith("oci:"):
+        from castore.remote.image import pull_image
+        from castore.remote.ocilayout import Layout, parse_layout_ref
+
+        path, tag = parse_layout_ref(reference)
+        layout = Layout(path)
+        label = name if name is not None else reference
+        if policy is not None:  # images carry no continuity signatures: only an accepting scope takes them
+            from castore.store.signatures import enforce
+
+            enforce(None, policy, None, [label], what=reference)
+        md, oci_digest, n, nbytes = pull_image(obj.store(create=True), layout, layout.top(tag), reference,
+                                               name=label, jobs=jobs, platform=plat)
+        if as_json:
+            print_json({"manifest": md, "oci_digest": oci_digest, "name": label, "downloaded": n, "present": 0,
+                        "downloaded_bytes": nbytes})
+        else:
+            click.echo(md)
+        return
+    from castore.remote.pull import pull
+
+    access = make_access(creds=creds, authfile=authfile, cert_dir=cert_dir, tls_verify=tls_verify,
+                         username=username, password_stdin=password_stdin)
+    ref = registry_reference(reference, insecure, allow_digest=True, tls_asked=tls_verify is not None,
+                             access=access)
+    res = pull(obj.store(create=True), ref, name=name if name is not None else str(ref), jobs=jobs, access=access,
+               platform=plat, policy=policy)
     if as_json:
         print_json({"manifest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
                     "downloaded": res.downloaded, "present": res.present,

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,12 +29,31 @@ from urllib.parse import urlencode, urljoin
 import httpx
 
 from castore.errors import Aborted, IntegrityError, NotFound, RemoteError
-from castore.fs.io import write_all
 from castore.remote.oci import OCI_INDEX, OCI_MANIFEST
 from castore.remote.ref import Reference, is_loopback
+from castore.remote.tls import TlsOptions, explain_tls_failure, ssl_context
+from castore.remote.wire import (
+    MAX_SMALL_ANSWER,
+    MIN_RATE,
+    PIECE,
+    Answer,
+    _bounded_body,
+    _challenge_params,
+    _download,
+    _error_text,
+    _hashing_reader,
+    _hint,
+    _origin,
+    _pieces,
+    _raw_body,
+    _read_exact,
+    _refuse_encoding,
+    _retry_after,
+    _Transient,
+    _Unauthorized,
+)
 
 T = TypeVar("T")
-PIECE = 1 << 20
 SMALL_BLOB = 8 << 20  # read, verify, then send; larger blobs are streamed and checked as they go
 MAX_TOKEN_ANSWER = 1 << 20
 MAX_REDIRECTS = 10
@@ -43,7 +61,6 @@ REDIRECTS = (301, 302, 303, 307, 308)
 RETRIES = 4  # transient failures (429, 5xx, connection errors) retried with exponential backoff
 MAX_BACKOFF = 10.0  # seconds, also the most a Retry-After is honoured
 USER_AGENT = "continuity/0.1 (castore)"
-MIN_RATE = 64 << 10  # bytes/s a transfer must average (after 2 x the timeout of grace)
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -56,84 +73,36 @@ def _env_timeout() -> float:
     return value if 0 < value <= 3600 else DEFAULT_TIMEOUT
 
 
-MAX_SMALL_ANSWER = 64 << 10
-
-
-def _error_text(status: int, reason: str, body: bytes) -> str:
-    """The registry's own error code and message, when it sent the spec's JSON error body."""
-    try:
-        err = json.loads(body)["errors"][0]
-        text = f"{err.get('code', '')}: {err.get('message', '')}".strip(": ")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
-        text = reason
-    return text[:200]
-
-
 @dataclass(frozen=True, slots=True)
-class Answer:
-    """A response whose body was read, at most MAX_SMALL_ANSWER bytes of it."""
+class Access:
+    """How to reach a registry: credentials given (``--creds``), whether to look up stored ones
+    (``castore.remote.auth``: auth.json, docker config, credential helpers) and TLS options."""
 
-    status: int
-    headers: httpx.Headers
-    url: str
-    body: bytes
-    reason: str
-
-
-def _encoding(resp: httpx.Response) -> str | None:
-    """The response's Content-Encoding when it is anything but identity (we never decode)."""
-    codings = [c.strip().lower() for c in resp.headers.get_list("content-encoding", split_commas=True)]
-    codings = [c for c in codings if c and c != "identity"]
-    return ", ".join(codings)[:60] if codings else None
-
-
-def _refuse_encoding(resp: httpx.Response, what: str) -> None:
-    """IntegrityError (exit 4) when the answer is compressed although we asked for identity."""
-    enc = _encoding(resp)
-    if enc is not None:
-        raise IntegrityError(f"{what}: answer has Content-Encoding {enc!r} although identity was asked "
-                             "for (refused, never decoded)")
-
-
-def _raw_body(resp: httpx.Response, limit: int, deadline: float) -> tuple[bytes, bool]:
-    """Up to ``limit`` raw bytes of the body, never decoded; and whether it was cut (too long or too slow)."""
-    data = bytearray()
-    for piece in resp.iter_raw():
-        data += piece
-        if len(data) > limit or time.monotonic() > deadline:
-            return bytes(data[:limit]), True  # the rest is dropped, never buffered
-    return bytes(data), False
-
-
-def _bounded_body(resp: httpx.Response, deadline: float, limit: int = MAX_SMALL_ANSWER) -> bytes:
-    """An error answer's body for its message: at most ``limit`` raw bytes; empty when compressed."""
-    if _encoding(resp) is not None:
-        return b""
-    return _raw_body(resp, limit, deadline)[0]
-
-
-def _origin(url: str) -> tuple[str, str]:
-    u = httpx.URL(url)
-    return u.scheme, u.netloc.decode("ascii", "replace")
-
-
-def _challenge_params(header: str) -> tuple[str, dict[str, str]]:
-    scheme, _, rest = header.strip().partition(" ")
-    return scheme.lower(), {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', rest)}
+    username: str | None = None
+    password: str | None = None
+    authfile: str | None = None
+    stored: bool = True
+    tls: TlsOptions = TlsOptions()
 
 
 class Registry:
     """One repository of one registry. Thread-safe: transfers run on a pool sharing one connection pool."""
 
     def __init__(self, ref: Reference, *, username: str | None = None, password: str | None = None,
-                 push: bool = False, jobs: int = 4, timeout: float | None = None) -> None:
+                 push: bool = False, jobs: int = 4, timeout: float | None = None,
+                 access: Access | None = None) -> None:
         if timeout is None:
             timeout = _env_timeout()
         self.timeout = timeout
         self.ref = ref
         self.where = f"registry {ref.registry}"
+        self.access = access or Access()
+        if not username and self.access.username:
+            username, password = self.access.username, self.access.password
         self._creds = (username, password or "") if username else None
-        self._scope = f"repository:{ref.repo}:{'pull,push' if push else 'pull'}"
+        self._creds_source = "given"
+        self._looked_up = False
+        self._scope = f"repository:{ref.repo}:{'pull,push' if push else 'pull'}" if ref.repo else None
         self._authz: str | None = None
         self._auth_lock = threading.Lock()
         self.abort = threading.Event()
@@ -144,6 +113,7 @@ class Registry:
             limits=httpx.Limits(max_connections=max(jobs, 1) + 2, max_keepalive_connections=max(jobs, 1) + 2),
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             trust_env=not is_loopback(ref.registry),  # no proxy for loopback registries
+            verify=ssl_context(ref.registry, self.access.tls) if ref.scheme == "https" else True,
         )
 
     def close(self) -> None:
@@ -207,19 +177,23 @@ class Registry:
         """Answer a 401's WWW-Authenticate: Basic with the credentials, or fetch a Bearer token."""
         scheme, params = _challenge_params(challenge)
         with self._auth_lock:
+            self._stored_creds()
             if scheme == "basic":
                 if self._creds is None:
-                    raise RemoteError(f"{self.where}: authentication required "
-                                      "(set CONTINUITY_REGISTRY_USERNAME and CONTINUITY_REGISTRY_PASSWORD)")
+                    raise RemoteError(f"{self.where}: authentication required: run 'continuity login "
+                                      f"{self.ref.registry}' or give --creds USER[:PASSWORD]")
                 raw = f"{self._creds[0]}:{self._creds[1]}".encode()
                 self._authz = "Basic " + base64.b64encode(raw).decode()
             elif scheme == "bearer" and params.get("realm", "").startswith(("https://", "http://")):
-                q = {"scope": self._scope}
+                q = {"scope": self._scope} if self._scope else {}
                 if "service" in params:
                     q["service"] = params["service"]
                 url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urlencode(q)
                 basic = None
                 if self._creds:
+                    if self.ref.scheme == "https" and not params["realm"].startswith("https://"):
+                        raise RemoteError(f"{self.where}: the token realm {params['realm'][:100]!r} is plain http; "
+                                          "credentials are not sent there")
                     basic = "Basic " + base64.b64encode(f"{self._creds[0]}:{self._creds[1]}".encode()).decode()
                 what = f"{self.where}: token request to {params['realm'][:100]}"
                 try:
@@ -234,6 +208,9 @@ class Registry:
                 except (httpx.HTTPError, httpx.InvalidURL) as exc:
                     reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
                     raise RemoteError(f"{what}: {reason}") from None
+                if status in (401, 403):
+                    raise RemoteError(f"{self.where}: token request refused ({status}): "
+                                      + self._creds_hint())
                 if status != 200:
                     raise RemoteError(f"{self.where}: token request refused ({status})")
                 try:
@@ -260,7 +237,7 @@ class Registry:
                 return fn()
             except _Unauthorized as exc:
                 if logged_in:
-                    raise RemoteError(f"{self.where}: {what}: authentication failed") from None
+                    raise RemoteError(f"{self.where}: {what}: authentication failed: {self._creds_hint()}") from None
                 self._login(exc.challenge)
                 logged_in = True
                 continue
@@ -273,6 +250,9 @@ class Registry:
                 reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
                 if isinstance(exc, httpx.UnsupportedProtocol) or "SSL" in reason:
                     attempt = RETRIES
+                    explained = explain_tls_failure(self.where, reason, self.ref.scheme)
+                    if explained:
+                        raise RemoteError(explained) from None
             except (httpx.HTTPError, httpx.InvalidURL) as exc:  # redirects, decoding, a bad Location: no retry
                 reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
                 attempt = RETRIES
@@ -290,11 +270,40 @@ class Registry:
         if ans.status == 401 and _origin(ans.url) == self._origin:  # never log in to a redirect's origin
             raise _Unauthorized(ans.headers.get("www-authenticate", ""))
         text = _error_text(ans.status, ans.reason, ans.body)
+        if ans.status == 400 and b"HTTP request to an HTTPS server" in ans.body:
+            raise RemoteError(f"{self.where}: the registry speaks https, not plain http: drop --insecure "
+                              "(or use an https:// prefix)")
         if ans.status == 429 or ans.status >= 500:
             raise _Transient(f"{ans.status} {text}", _retry_after(ans.headers.get("retry-after")))
         if ans.status == 404:
             raise NotFound(f"{self.where}: {what}: not found ({text}){_hint(ans.status, what)}")
         raise RemoteError(f"{self.where}: {what}: {ans.status} {text}{_hint(ans.status, what)}")
+
+    def _stored_creds(self) -> None:
+        """Look up stored credentials once, on the first challenge (helpers run only when needed)."""
+        if self._creds is not None or self._looked_up or not self.access.stored:
+            return
+        self._looked_up = True
+        from castore.remote.auth import lookup
+
+        found = lookup(self.ref.registry, self.ref.repo or None, authfile=self.access.authfile)
+        if found is not None:
+            self._creds = (found.username, found.password)
+            self._creds_source = found.source
+
+    def _creds_hint(self) -> str:
+        if self._creds is None:
+            return (f"no credentials: run 'continuity login {self.ref.registry}' or give --creds USER[:PASSWORD]")
+        return (f"user {self._creds[0]!r} (credentials {self._creds_source}) was refused: check the password, "
+                f"run 'continuity login {self.ref.registry}' or give --creds USER[:PASSWORD]")
+
+    def ping(self) -> None:
+        """GET /v2/, logging in when challenged: checks the registry is there and the credentials work."""
+        url = f"{self.ref.scheme}://{self.ref.endpoint}/v2/"
+
+        def go() -> None:
+            self._check(self._send("GET", url), "GET /v2/", (200,))
+        self._call("GET /v2/", go)
 
     # --------------------------------------------------------------- blobs
 
@@ -388,14 +397,14 @@ class Registry:
 
     # ----------------------------------------------------------- manifests
 
-    def get_manifest(self, reference: str, limit: int) -> tuple[bytes, str]:
+    def get_manifest(self, reference: str, limit: int, accept: str | None = None) -> tuple[bytes, str]:
         """The raw OCI manifest bytes (at most ``limit``, else IntegrityError) and their Content-Type."""
         sep = "@" if reference.startswith("sha256:") else ":"
         what = f"manifest {self.ref.repo}{sep}{reference}"
 
         def go() -> tuple[bytes, str]:
-            accept = f"{OCI_MANIFEST}, {OCI_INDEX};q=0.5"
-            with self._stream("GET", f"{self.ref.base}/manifests/{reference}", headers={"Accept": accept}) as resp:
+            with self._stream("GET", f"{self.ref.base}/manifests/{reference}",
+                              headers={"Accept": accept or f"{OCI_MANIFEST}, {OCI_INDEX};q=0.5"}) as resp:
                 if resp.status_code != 200:
                     body = _bounded_body(resp, self.small_deadline())
                     self._check(Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase),
@@ -438,100 +447,3 @@ class Registry:
             return ans.body
         return self._call(f"GET {what}", go)
 
-
-class _Unauthorized(Exception):
-    def __init__(self, challenge: str) -> None:
-        super().__init__("401")
-        self.challenge = challenge
-
-
-class _Transient(Exception):
-    def __init__(self, text: str, retry_after: float | None = None) -> None:
-        super().__init__(text)
-        self.retry_after = retry_after
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds only), None when absent or not a number."""
-    if value is None or not value.strip().isdigit():
-        return None
-    return float(value.strip())
-
-
-def _hint(status: int, what: str) -> str:
-    """What a user can do about a refusal that retrying will not change."""
-    if status in (401, 403):
-        return ("; hint: check the credentials (--username, CONTINUITY_REGISTRY_PASSWORD) and their "
-                "rights on this repository")
-    if status == 404 and what.startswith("upload"):
-        return "; hint: the repository name may be wrong, or the registry does not allow pushing to it"
-    if status == 404 and "manifest" in what:
-        return "; hint: check the tag or digest"
-    if status == 413:
-        return "; hint: the registry refuses blobs this large (its body size limit)"
-    if status == 400 and "PUT manifest" in what:
-        return "; hint: the registry may not accept OCI 1.1 artifacts (artifactType, custom media types)"
-    if status == 405:
-        return "; hint: the registry does not allow this method here (read-only mirror?)"
-    return ""
-
-
-def _download(reg: Registry, digest: str, size: int, fd: int) -> None:
-    h = hashlib.sha256()
-    got = 0
-    with reg._stream("GET", f"{reg.ref.base}/blobs/{digest}") as resp:
-        if resp.status_code != 200:
-            body = _bounded_body(resp, reg.small_deadline())
-            if resp.status_code == 404:
-                raise IntegrityError(f"{reg.where}: blob {digest} is listed but missing")
-            reg._check(Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase),
-                       f"GET blob {digest}", (200,))
-        _refuse_encoding(resp, f"{reg.where}: blob {digest}")
-        length = resp.headers.get("content-length")
-        if length is not None and length != str(size):
-            raise IntegrityError(f"{reg.where}: blob {digest} has size {length[:30]}, expected {size}")
-        deadline = reg.deadline(size)
-        for piece in resp.iter_raw():
-            if reg.abort.is_set():
-                raise Aborted("aborted")
-            if time.monotonic() > deadline:
-                raise RemoteError(f"{reg.where}: blob {digest}: too slow (under {MIN_RATE >> 10} KiB/s)")
-            got += len(piece)
-            if got > size:
-                raise IntegrityError(f"{reg.where}: blob {digest} is larger than its {size} bytes")
-            h.update(piece)
-            write_all(fd, piece)
-    if got != size:
-        raise IntegrityError(f"{reg.where}: blob {digest} is {got} bytes, expected {size}")
-    if "sha256:" + h.hexdigest() != digest:
-        raise IntegrityError(f"{reg.where}: blob {digest} has digest sha256:{h.hexdigest()} (wrong bytes)")
-
-
-def _pieces(view: memoryview, abort: threading.Event) -> Iterator[bytes]:
-    for i in range(0, len(view), PIECE):
-        if abort.is_set():
-            raise Aborted("aborted")
-        yield bytes(view[i:i + PIECE])
-
-
-def _read_exact(fd: int, size: int, digest: str) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        more = os.read(fd, min(PIECE, size - len(data)))
-        if not more:
-            raise IntegrityError(f"store blob {digest} is truncated ({len(data)} of {size} bytes; run fsck)")
-        data += more
-    return bytes(data)
-
-
-def _hashing_reader(fd: int, size: int, h: hashlib._Hash, abort: threading.Event, digest: str) -> Iterator[bytes]:
-    left = size
-    while left:
-        if abort.is_set():
-            raise Aborted("aborted")
-        piece = os.read(fd, min(PIECE, left))
-        if not piece:
-            raise IntegrityError(f"store blob {digest} is truncated (run fsck)")
-        h.update(piece)
-        left -= len(piece)
-        yield piece

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import httpx
 
-from castore.errors import IntegrityError
-from castore.remote.client import Aborted, Answer, Registry, RemoteError, _bounded_body, _refuse_encoding
+from castore.errors import Aborted, IntegrityError, RemoteError
+from castore.remote.client import Registry
 from castore.remote.oci import Descriptor
 from castore.remote.packfmt import MAX_INDEX, Entry, PackIndex, decode_entry, decode_index
+from castore.remote.wire import Answer, _bounded_body, _refuse_encoding
 
 WHOLE_MIN = 0.5
 GAP = 256 << 10

@@ -25,7 +25,9 @@ from castore.errors import IntegrityError
 from castore.faults import crashpoint
 from castore.manifest import codec, validate
 from castore.manifest.bounds import check_parse_cost
-from castore.remote.client import Registry
+from castore.remote import image
+from castore.remote.client import Access, Registry
+from castore.remote.image import Platform
 from castore.remote.landing import Landing
 from castore.remote.oci import MAX_OCI_MANIFEST, Descriptor, blob_sizes, parse_oci_manifest, split_layers
 from castore.remote.packfmt import Entry, PackIndex
@@ -55,7 +57,8 @@ class PullResult:
 
 
 def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4, username: str | None = None,
-         password: str | None = None, policy: Policy | None = None) -> PullResult:
+         password: str | None = None, access: Access | None = None, platform: Platform | None = None,
+         policy: Policy | None = None) -> PullResult:
     """Pull ``ref`` into ``store`` and record it under ``name`` (if given).
 
     Raises IntegrityError (exit 4) for any answer that contradicts itself or
@@ -64,11 +67,16 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
     """
     if name is not None:
         check_name(name)
-    with Registry(ref, username=username, password=password, jobs=jobs) as reg:
-        raw, _ctype = reg.get_manifest(ref.reference, MAX_OCI_MANIFEST)
+    with Registry(ref, username=username, password=password, jobs=jobs, access=access) as reg:
+        raw, _ctype = reg.get_manifest(ref.reference, MAX_OCI_MANIFEST, accept=image.ACCEPT)
         oci_digest = hash_bytes(raw)
         if ref.digest and oci_digest != ref.digest:
             raise IntegrityError(f"registry {ref.registry}: manifest {ref.digest} has digest {oci_digest}")
+        if image.kind_of(raw) is not None:  # an ordinary container image: flattened (castore.remote.image)
+            if policy is not None:  # images carry no continuity signatures: only an accepting scope takes them
+                enforce(None, policy, None, [str(ref)] + ([name] if name else []), what=str(ref))
+            got = image.pull_image(store, reg, raw, str(ref), name=name, jobs=jobs, platform=platform)
+            return PullResult(got[0], got[1], got[2], 0, got[3])
         first, layers = parse_oci_manifest(raw, source=str(ref))
         packs, solo = split_layers(layers, source=str(ref))
         with store.lease() as lease:

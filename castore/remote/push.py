@@ -22,7 +22,7 @@ from castore.errors import BlobNotFound, IntegrityError, ResourceLimit
 from castore.faults import crashpoint
 from castore.manifest import Manifest, codec
 from castore.manifest.model import Chunk
-from castore.remote.client import Registry
+from castore.remote.client import Access, Registry
 from castore.remote.oci import (
     CONFIG_DIGEST,
     CONFIG_JSON,
@@ -59,7 +59,8 @@ class PushResult:
 
 def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: str | None = None,
          jobs: int = 4, username: str | None = None, password: str | None = None,
-         bases: Sequence[Reference] = (), pack_target: int = PACK_TARGET) -> PushResult:
+         bases: Sequence[Reference] = (), pack_target: int = PACK_TARGET,
+         access: Access | None = None) -> PushResult:
     """Push ``manifest`` (stored as ``manifest_digest``, or given by file) and its blobs to ``ref``'s tag.
 
     ``bases``: other artifacts of the repository whose packs may be reused
@@ -89,7 +90,8 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
             if d not in assembled and not store.blob_file_ok(d, n):
                 raise IntegrityError(f"store blob {d} is missing or not {n} bytes (run fsck)")
         read = _reader(store, assembled)
-        with Registry(ref, username=username, password=password, push=True, jobs=jobs) as reg:
+        with Registry(ref, username=username, password=password, push=True, jobs=jobs,
+                      access=access) as reg:
             base = load_bases(reg, ref, bases, lease.tmp_dir)
             plan = make_plan(blob_order(manifest, sizes), base, pack_target)
             sent: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)

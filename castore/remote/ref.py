@@ -34,9 +34,14 @@ class Reference:
         return self.digest or self.tag
 
     @property
+    def endpoint(self) -> str:
+        """Where the registry answers: ``docker.io`` is served by ``registry-1.docker.io``."""
+        return "registry-1.docker.io" if self.registry in ("docker.io", "index.docker.io") else self.registry
+
+    @property
     def base(self) -> str:
-        """``scheme://registry/v2/repo``."""
-        return f"{self.scheme}://{self.registry}/v2/{self.repo}"
+        """``scheme://endpoint/v2/repo``."""
+        return f"{self.scheme}://{self.endpoint}/v2/{self.repo}"
 
     def with_digest(self, digest: str) -> Reference:
         return Reference(self.registry, self.repo, self.tag, digest, self.scheme)
@@ -76,9 +81,13 @@ def parse_reference(text: str, *, insecure: bool = False, allow_digest: bool = T
             scheme, rest = prefix[:-3], rest[len(prefix):]
     registry, sep, path = rest.partition("/")
     if not sep or not registry or not path:
-        raise UnsafeInput(f"invalid reference {text[:200]!r}: expected REGISTRY/REPO[:TAG|@DIGEST]")
+        raise UnsafeInput(f"invalid reference {text[:200]!r}: expected REGISTRY/REPO[:TAG|@DIGEST] (the registry "
+                          "is always named, e.g. docker.io/library/alpine:3)")
     if not _HOST_RE.fullmatch(registry):
         raise UnsafeInput(f"invalid registry {registry[:200]!r} in {text[:200]!r}")
+    if not scheme and "." not in registry and ":" not in registry and registry != "localhost":
+        raise UnsafeInput(f"reference {text[:200]!r} names no registry ({registry[:100]!r} is not a host): expected "
+                          "REGISTRY/REPO[:TAG|@DIGEST], e.g. docker.io/library/alpine:3 or 127.0.0.1:5000/team/app")
     tag, digest = DEFAULT_TAG, ""
     if "@" in path:
         path, _, digest = path.partition("@")
@@ -90,6 +99,8 @@ def parse_reference(text: str, *, insecure: bool = False, allow_digest: bool = T
         path, _, tag = path.partition(":")
         if not TAG_RE.fullmatch(tag):
             raise UnsafeInput(f"invalid tag {tag[:200]!r} in {text[:200]!r}")
+    if registry in ("docker.io", "index.docker.io") and "/" not in path:
+        path = "library/" + path  # docker.io/alpine is docker.io/library/alpine
     if len(path) > 255 or not REPO_RE.fullmatch(path):
         raise UnsafeInput(f"invalid repository {path[:200]!r} in {text[:200]!r}: lowercase [a-z0-9._-/] only")
     if not scheme:

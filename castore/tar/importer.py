@@ -30,7 +30,8 @@ Rules (README "Tar streams"):
   filesystem stores them (what the walker reads back with SEEK_HOLE).
 - ``--whiteouts oci``: ``.wh.NAME`` is a whiteout of NAME and
   ``.wh..wh..opq`` makes its directory opaque; a whiteout of a name the same
-  layer also creates is dropped (a directory becomes opaque instead).
+  layer also creates is dropped (a directory becomes opaque instead), and so
+  is one below a name the layer makes a non-directory (umoci writes those).
 - AppleDouble members (``._NAME``, ``__MACOSX/``): ``fold`` (default) turns
   them into ``com.apple.*`` xattrs of NAME, ``drop`` leaves them out,
   ``keep`` stores them as files; fold and drop say so on stderr.
@@ -219,7 +220,8 @@ class _Importer:
             self.apple.setdefault((rparent if rparent != "/" else "") + "/" + rbase[2:], []).extend(attrs)
             return True
         if self.opts.whiteouts == "oci" and base.startswith(".wh."):
-            self.tree._check_parents(path)
+            if self._below_non_dir(path):
+                return True  # the layer replaces that directory by a non-directory: nothing below is left anyway
             if base == ".wh..wh..opq":
                 if parent == "/":
                     self.opts.note("opaque marker at the root of the layer left out")
@@ -233,6 +235,17 @@ class _Importer:
                     raise TarUnsafe(f"tar member {path!r}: invalid whiteout name")
                 self.whiteouts[(parent if parent != "/" else "") + "/" + name] = (m.uid, m.gid, m.mode & 0o7777)
             return True
+        return False
+
+    def _below_non_dir(self, path: str) -> bool:
+        """True when a member of this layer that is not a directory stands above ``path`` (OCI whiteouts
+        there are moot: umoci writes them for the contents of a directory a file replaced)."""
+        p = parent_of(path)
+        while p != "/":
+            n = self.tree.at.get(p)
+            if n is not None and n.kind != "dir":
+                return True
+            p = parent_of(p)
         return False
 
     def member(self, m: Member) -> None:
@@ -309,7 +322,7 @@ class _Importer:
                 out.append(NamedPipe(**common))  # type: ignore[arg-type]
         at = self.tree.at
         for p in sorted(self.opaque | set(self.whiteouts)):
-            if p in at:
+            if p in at or self._below_non_dir(p):
                 continue
             if p in self.tree.has_below or p in self.opaque:
                 out.append(Directory(paths=(p,), opaque=True))  # an implicit directory made opaque

@@ -144,6 +144,7 @@ def test_huge_or_foreign_manifests(tmp_path: Path, served: tuple[FakeRegistry, s
                                    case: str) -> None:
     fake, d, oci, blobs = served
     route = f"/v2/{REPO}/manifests/v1"
+    code = 4
     if case == "declared-huge":
         def huge(h: BaseHTTPRequestHandler) -> None:
             h.send_response(200)
@@ -165,11 +166,11 @@ def test_huge_or_foreign_manifests(tmp_path: Path, served: tuple[FakeRegistry, s
         fake.routes[("GET", route)] = (200, {"Content-Type": OCI_INDEX},
                                        json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
                                                    "manifests": []}).encode())
-        text = "unexpected mediaType"
+        text, code = "no image for", 1  # an image index (castore.remote.image) without this platform's image
     else:
         fake.routes[("GET", route)] = (200, {}, b"[" * 100000 + b"]" * 100000)
         text = "not JSON"
-    _refused(tmp_path, fake, 4, text)
+    _refused(tmp_path, fake, code, text)
 
 
 def test_server_errors_exit_1(tmp_path: Path, fake: FakeRegistry) -> None:

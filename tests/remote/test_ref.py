@@ -50,7 +50,7 @@ def test_parse_refuses(text: str) -> None:
 
 def test_push_refuses_digest() -> None:
     with pytest.raises(UnsafeInput, match="push takes a tag"):
-        parse_reference(f"reg/a@{D}", allow_digest=False)
+        parse_reference(f"reg.example/a@{D}", allow_digest=False)
 
 
 def test_oci_roundtrip_and_layers() -> None:
@@ -83,3 +83,14 @@ def test_oci_parse_refuses(mutate: object) -> None:
     mutate(doc)  # type: ignore[operator]
     with pytest.raises(IntegrityError):
         parse_oci_manifest(json.dumps(doc).encode(), source="t")
+
+
+@pytest.mark.parametrize("text", ["alpine:3", "library/alpine", "team/app:1"])
+def test_reference_names_its_registry(text: str) -> None:
+    with pytest.raises(UnsafeInput, match=r"REGISTRY/REPO\[:TAG\|@DIGEST\]"):
+        parse_reference(text)
+
+
+def test_docker_hub_names() -> None:
+    r = parse_reference("docker.io/alpine:3")
+    assert (r.registry, r.repo, r.base) == ("docker.io", "library/alpine", "https://registry-1.docker.io/v2/library/alpine")
