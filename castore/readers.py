@@ -18,8 +18,6 @@ import os
 import secrets
 from dataclasses import dataclass, field
 
-import pyfastcdc
-
 from castore import fs
 from castore.errors import ResourceLimit, is_disk_full
 
@@ -203,6 +201,7 @@ class Processor:
     def _chunked(self, fd: int, job: FileJob, res: FileResult, cp: ChunkParams) -> None:
         whole = hashlib.sha256()
         reader = _HashingReader(fd, whole)
+        import pyfastcdc  # noqa: PLC0415 - only files large enough to chunk need it
         cdc = pyfastcdc.FastCDC(cp.avg_size, min_size=cp.min_size, max_size=cp.max_size)
         chunks = []
         for c in cdc.cut_stream(reader):

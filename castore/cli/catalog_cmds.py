@@ -104,9 +104,16 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None) -> None:
 
 def _sigs(store: object, digest: str) -> list[dict[str, object]]:
     """The stored signatures of a manifest, for list/history (docs/signing.md)."""
+    if not _any_signature(store):
+        return []  # the signing code (cryptography) is not imported for a store without signatures
     from castore.store.signatures import for_manifest
 
     return [r.as_json() for r in for_manifest(store, digest)]  # type: ignore[arg-type]
+
+
+def _any_signature(store: object) -> bool:
+    with store.meta.read() as txn:  # type: ignore[attr-defined]
+        return bool(txn.stat(store.meta.db("signatures"))["entries"])  # type: ignore[attr-defined]
 
 
 def _signers(sigs: list[dict[str, object]]) -> str:

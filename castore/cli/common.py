@@ -10,7 +10,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -23,11 +23,11 @@ from castore.errors import (
     UnsafeInput,
     is_resource_errno,
 )
-from castore.manifest import Manifest, codec, validate
-from castore.manifest.bounds import check_parse_cost
-from castore.store import Store, default_store_path
-from castore.store.revisions import NoSuchRevision, short_prefix_hint
 from castore.textsafe import json_text, safe_line
+
+if TYPE_CHECKING:  # imported where used: `--help` needs neither the store nor the manifest code
+    from castore.manifest import Manifest
+    from castore.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,17 +84,22 @@ class Ctx:
         """The store; a missing one is an error with a hint (``continuity init``), unless ``create``:
         the verbs that bring content in (ingest, pull, mount of a registry reference) make it, and say so."""
         if self._store is None:
+            from castore.cli import phases  # noqa: PLC0415
+            from castore.store import Store, default_store_path  # noqa: PLC0415
             path = self.store_path or default_store_path()
             new = not os.path.lexists(os.path.join(path, "config"))
             if new and not create:
                 raise NoStore(f"no store at {path}: run `continuity init` to make one "
                               "(or check --store / CONTINUITY_STORE)")
+            phases.mark("before store")
             self._store = Store.open(path, create=create)
+            phases.mark("store open")
             if new:  # said when the command succeeds (announce_new_store): a failure's stderr is its one error line
                 NEW_STORE.append(os.path.abspath(path))
         return self._store
 
     def store_if_exists(self) -> Store | None:
+        from castore.store import default_store_path  # noqa: PLC0415
         path = self.store_path or default_store_path()
         if not os.path.exists(os.path.join(path, "config")):
             return None
@@ -178,6 +183,27 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(self.commands) | set(self.lazy))
 
+    #: command name -> its help's first paragraph, so that ``--help`` imports no command module
+    #: (tests/test_startup.py checks each against the command's own help)
+    summaries: dict[str, str] = {}
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list, from ``summaries`` where a command's module is not imported yet."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            if name not in self.commands and name in self.summaries:  # click's own shortening, on a stand-in
+                rows.append((name, click.Command(name, help=self.summaries[name]).get_short_help_str(limit)))
+                continue
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context) -> Any:
         """Run the group and its command with every library error mapped (``mapped_errors``)."""
         with mapped_errors():
@@ -196,6 +222,10 @@ class LazyGroup(click.Group):
 def main_group(ctx: click.Context, store_path: str | None, debug: bool, policy_path: str | None) -> None:
     """A content-addressed store with a manifest catalog (containerd/continuity manifests)."""
     ctx.obj = Ctx(store_path, debug, policy_path)
+    if debug:
+        from castore.cli import phases  # noqa: PLC0415
+        phases.mark("command module")  # click resolved (and imported) the command before this callback
+        phases.enable()
 
 
 def read_manifest_file(path: str) -> Manifest:
@@ -206,6 +236,8 @@ def read_manifest_file(path: str) -> Manifest:
         raise CorruptManifest(f"{path}: is a directory, not a manifest") from None
     if len(data) > MAX_MANIFEST_FILE:
         raise CorruptManifest(f"{path}: manifest file too large")
+    from castore.manifest import codec, validate  # noqa: PLC0415 - protobuf only when a manifest is read
+    from castore.manifest.bounds import check_parse_cost  # noqa: PLC0415
     check_parse_cost(data, source=path)  # a file can be a parse bomb too: priced before protobuf allocates
     return validate(codec.loads(data, source=path))
 
@@ -225,6 +257,7 @@ def resolve(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manifest, 
 
 def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manifest | None, str | None, Store | None]:
     """``resolve``, but a manifest of the store is not read: (None, digest, store)."""
+    from castore.store.revisions import NoSuchRevision, short_prefix_hint  # noqa: PLC0415
     if need_store and ctx.store_if_exists() is None and os.path.isfile(ref):
         # No store: a manifest file is still checked first (bad input is refused as such, exit 3), and one
         # that needs no content (fifos, empty files, directories) is served without a store.

@@ -47,13 +47,14 @@ from castore.gc.files import age_ns, size_of, tree_size
 from castore.gc.nice import Nice
 from castore.gc.report import GcOptions, GcReport, Item, parse_duration
 from castore.gc.retention import select
+from castore.gc.spill import MarkSet, Records, Scratch
 from castore.store import Store, apply_records, signatures
 from castore.store.lock import flocked, is_held
-from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr, prefix_rows
+from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr
 
 ROWLESS_LEASE_FLOOR_NS = 60 * 10**9  # a lock file with no row may be a lease being born
 BATCH_SECONDS = 0.05  # longest hold of the store lock while unlinking
-COMMIT_CHUNK = 20_000  # index rows deleted per hold of the store lock
+COMMIT_CHUNK = 5_000  # index rows deleted per hold of the store lock (and per write txn: its dirty pages)
 
 
 def mark(roots: Iterable[bytes], refs: Callable[[bytes], Iterable[bytes]],
@@ -68,6 +69,31 @@ def mark(roots: Iterable[bytes], refs: Callable[[bytes], Iterable[bytes]],
                 seen.add(child)
                 stack.append(child)
     return seen
+
+
+def mark_to(roots: Iterable[bytes], refs: Callable[[bytes], Iterable[bytes]], out: MarkSet,
+            tick: Callable[[], None] = lambda: None) -> None:
+    """Every key reachable from ``roots`` through ``refs``, written to ``out`` (on disk).
+
+    Only keys that reference others (manifests, files stored as chunks) are
+    remembered in memory, to follow each once; leaves are written per
+    reference and de-duplicated by ``out``. ``tick`` is called every 65,536 keys.
+    """
+    followed: set[bytes] = set()
+    stack = list(roots)
+    n = 0
+    while stack:
+        n += 1
+        if not n & 0xFFFF:
+            tick()
+        k = stack.pop()
+        if k in followed:
+            continue
+        out.add(k)
+        children = refs(k)
+        if children:
+            followed.add(k)
+            stack.extend(children)
 
 
 def split_refs(raw: bytes | None) -> list[bytes]:
@@ -154,59 +180,71 @@ class _Collector(CacheSweeps):
 
     # -------------------------------------------------------------- phases
 
-    def snapshot(self) -> tuple[set[bytes], set[bytes]]:
-        """Phase 1a: (marked keys, manifest keys) from one read transaction."""
+    def snapshot(self, sc: Scratch) -> set[bytes]:
+        """Phase 1a: mark from one read transaction into ``sc`` (on disk); the root keys.
+
+        The manifest keys of the snapshot go to ``sc.manifests`` in index order.
+        """
         with self.meta.read() as txn:
             roots, _, _ = self._roots(txn)
-            refs_db = self.meta.db("refs")
-            manifests = {bytes(k) for k in txn.cursor(db=refs_db).iternext(values=False)}
-            roots.update(m for m in manifests - roots if self._young(m))
+            for k in txn.cursor(db=self.meta.db("refs")).iternext(values=False):
+                k = bytes(k)
+                sc.manifests.add(k)
+                if k not in roots and self._young(k):
+                    roots.add(k)
             # Every root is followed: a lease may name whole-file digests served by chunks.
-            marked = mark(roots, self._refs_of(txn))
-            marked.update(roots)
-        return marked, manifests
+            mark_to(roots, self._refs_of(txn), sc.marked, self.meta.drop_mapped_pages)
+        return roots
 
-    def scan(self, marked: set[bytes]) -> tuple[list[tuple[bytes, int, int]], list[tuple[bytes, int]]]:
-        """Phase 1b, shard by shard (short read txns): (garbage: key, size, kind), (orphans: key, size).
+    def scan(self, sc: Scratch) -> None:
+        """Phase 1b, shard by shard (short read txns): garbage (indexed, unmarked: key, size, kind) to
+        ``sc.garbage``, orphans (files the index does not hold, older than the grace period) to ``sc.orphans``.
 
-        Garbage is indexed and unmarked; orphans are files the index does not
-        hold, older than the grace period.
+        Only one shard's marks are in memory at a time.
         """
-        garbage: list[tuple[bytes, int, int]] = []
-        orphans: list[tuple[bytes, int]] = []
+        blobs_db = self.meta.db("blobs")
         kept = 0
         for b in range(256):
             prefix = bytes([b])
+            marked = sc.marked.shard(b)
             indexed: set[bytes] = set()
-            for k, v in prefix_rows(self.meta, "blobs", prefix):
-                indexed.add(k)
-                if k in marked:
-                    kept += 1
-                else:
-                    size, kind = BLOB_ROW.unpack(v)
-                    garbage.append((k, size, kind))
+            with self.meta.read() as txn:
+                cur = txn.cursor(db=blobs_db)
+                if cur.set_range(prefix):
+                    for k, v in cur:
+                        if k[:1] != prefix:
+                            break
+                        k = bytes(k)
+                        indexed.add(k)
+                        if k in marked:
+                            kept += 1
+                        else:
+                            size, kind = BLOB_ROW.unpack(v)
+                            sc.garbage.add(k, size, kind)
+            if b % 16 == 15:
+                self.meta.drop_mapped_pages()
             sdir = os.path.join(self.store.blob_root, prefix.hex())
             for n in fs.listdir(sdir):
                 key = hexkey(n)
-                if key is None or key in indexed:
+                if key is None or key in indexed or key in marked:
                     continue
                 try:
                     st = os.lstat(os.path.join(sdir, n))
                 except FileNotFoundError:
                     continue
                 if self.now - st.st_mtime_ns >= self.opts.grace_ns:
-                    orphans.append((key, st.st_size))
+                    sc.orphans.add(key, st.st_size, -1)
         self.report.kept_blobs = kept
-        return garbage, orphans
 
-    def commit(self, marked: set[bytes], manifests: set[bytes], garbage: list[tuple[bytes, int, int]],
-               orphans: list[tuple[bytes, int]], *,
-               first: bool = True) -> tuple[list[tuple[bytes, int, int]], list[str]]:
-        """Phase 2 (exclusive lock held): final roots and deletes in one write txn. Returns what to unlink.
+    def commit(self, sc: Scratch, snap_roots: set[bytes], late: set[bytes],
+               garbage: list[tuple[bytes, int, int]], *, first: bool = True) -> list[str]:
+        """Phase 2 (exclusive lock held): final roots and deletes in one write txn; what to unlink
+        goes to ``sc.unlink``. Returns the dead leases (first call).
 
         Called once per chunk of ``garbage``, each under its own hold of the
         lock; every call re-reads the roots, so what an ingest committed (or a
-        lease named) between two chunks is marked before anything is deleted.
+        lease named) between two chunks is marked (into ``late``, in memory:
+        only what appeared since the snapshot) before anything is deleted.
         The ``first`` call also deletes catalog rows and takes the orphans.
         """
         refs_db, blobs_db = self.meta.db("refs"), self.meta.db("blobs")
@@ -215,13 +253,13 @@ class _Collector(CacheSweeps):
         def fn(txn: object) -> None:
             t: object = txn
             roots, prune, leases = self._roots(txn)
-            now_manifests = {bytes(k) for k in t.cursor(db=refs_db).iternext(values=False)}  # type: ignore
-            extra = (roots | (now_manifests - manifests)) - marked
+            new = sc.manifests.missing(bytes(k) for k in t.cursor(db=refs_db).iternext(values=False))  # type: ignore
+            extra = (roots - snap_roots) | set(new)
             young = {m for m, _, kind in garbage if kind == KIND_MANIFEST and m not in extra and self._young(m)}
-            mark(extra | young, self._refs_of(t), marked)
+            mark(extra | young, self._refs_of(t), late)
             if first:
                 crashpoint("gc-after-mark")
-            doomed = [(k, s, kind) for k, s, kind in garbage if k not in marked]
+            doomed = [(k, s, kind) for k, s, kind in garbage if k not in late]
             dead = [lid for lid, alive in leases if not alive] if first else []
             expired = self._expired(t, leases) if first else []
             if not first:
@@ -235,8 +273,7 @@ class _Collector(CacheSweeps):
                 t.delete(lid.encode(), db=self.meta.db("leases"))  # type: ignore[attr-defined]
             for k, _, _ in doomed:
                 t.delete(k, db=blobs_db)  # type: ignore[attr-defined]
-                if k in now_manifests:
-                    t.delete(k, db=refs_db)  # type: ignore[attr-defined]
+                t.delete(k, db=refs_db)  # type: ignore[attr-defined]  # a manifest's (absent otherwise)
             out["signatures"] = signatures.delete_for(self.store, t, [k for k, _, kind in doomed
                                                                        if kind == KIND_MANIFEST])
             # "v" rows (verified-blob stat records) are a cache: dropped after the lock (phase 4).
@@ -255,8 +292,14 @@ class _Collector(CacheSweeps):
         self.report.rows += int(out.get("signatures", 0))  # type: ignore[call-overload]
         doomed: list[tuple[bytes, int, int]] = out["doomed"]  # type: ignore[assignment]
         self.report.kept_blobs += len(garbage) - len(doomed)
-        files = doomed + [(k, s, -1) for k, s in orphans if k not in marked]
-        return files, out["dead"]  # type: ignore[return-value]
+        for rec in doomed:
+            sc.unlink.add(*rec)
+        if first:
+            for chunk in sc.orphans.chunks(COMMIT_CHUNK):
+                for k, s, _ in chunk:
+                    if k not in late:
+                        sc.unlink.add(k, s, -1)
+        return out["dead"]  # type: ignore[return-value]
 
     def _expired(self, txn: object, leases: list[tuple[str, bool]]) -> list[str]:
         out = []
@@ -271,7 +314,7 @@ class _Collector(CacheSweeps):
                 out.append(lid)
         return out
 
-    def sweep(self, files: list[tuple[bytes, int, int]], pos: int, deadline: float) -> int:
+    def sweep(self, files: Records, pos: int, deadline: float) -> int:
         """Phase 3, one hold of the exclusive lock: unlink from ``pos`` until ``deadline``; the new pos.
 
         Each batch re-checks the index first: an ingest that committed between
@@ -280,7 +323,7 @@ class _Collector(CacheSweeps):
         blobs_db = self.meta.db("blobs")
         half = len(files) // 2
         while pos < len(files):
-            batch = files[pos:pos + 256]
+            batch = files.read(pos, 64)  # the deadline is checked per batch: short even when unlinks are slow
             live: set[bytes] = set()
             if not self.opts.dry_run:  # a dry run deleted no rows: nothing to re-check
                 with self.meta.read() as txn:
@@ -369,6 +412,45 @@ def _history_name(key: bytes) -> str:
     return f"{name.decode(errors='replace')}@{stamp}"
 
 
+def _mark_and_delete(c: _Collector, store: Store, sc: Scratch, prio: Nice) -> list[str]:
+    """Phases 1-3 with the working sets in ``sc``; the dead leases."""
+    opts = c.opts
+    snap_roots = c.snapshot(sc)
+    c.scan(sc)
+    late: set[bytes] = set()  # marked under the lock: what appeared since the snapshot
+    dead: list[str] = []
+    pos, first = 0, True
+    if not opts.dry_run:
+        store.gc_deleting(True)  # ingests that publish blobs meanwhile re-check them
+    while first or pos < len(sc.garbage):  # index deletes, a chunk per hold of the store lock
+        if not first:
+            time.sleep(0.002)  # let waiting ingest commits in between two holds
+        chunk = sc.garbage.read(pos, COMMIT_CHUNK)
+        with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
+            t0 = time.monotonic()
+            d = c.commit(sc, snap_roots, late, chunk, first=first)
+            c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t0)
+        store.meta.drop_mapped_pages()  # what the commit's walk of the roots and the index touched
+        dead = d if first else dead
+        pos, first = pos + len(chunk), False
+    pos, holds = 0, 0
+    while pos < len(sc.unlink):  # unlinks, in short holds
+        time.sleep(0.002)
+        holds += 1
+        with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
+            t1 = time.monotonic()
+            pos = c.sweep(sc.unlink, pos, t1 + BATCH_SECONDS)
+            c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)
+        if holds % 16 == 0:
+            store.meta.drop_mapped_pages()
+    if not opts.dry_run:
+        store.gc_deleting(False)
+    for chunk in sc.unlink.chunks(5000):
+        c.verified_rows([k for k, _, kind in chunk if kind >= 0])
+        store.meta.drop_mapped_pages()
+    return dead
+
+
 @bulk
 def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
     """Run gc on ``store``. Raises Busy when another gc runs (and not ``opts.wait``).
@@ -386,36 +468,11 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
                 raise IntegrityError(f"gc refused: {doubt}")
             c = _Collector(store, opts)
             store.meta.env.reader_check()
-            marked, manifests = c.snapshot()
-            garbage, orphans = c.scan(marked)
-            files: list[tuple[bytes, int, int]] = []
-            dead: list[str] = []
-            pos, first = 0, True
-            if not opts.dry_run:
-                store.gc_deleting(True)  # ingests that publish blobs meanwhile re-check them
-            while first or pos < len(garbage):  # index deletes, a chunk per hold of the store lock
-                if not first:
-                    time.sleep(0.002)  # let waiting ingest commits in between two holds
-                with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
-                    t0 = time.monotonic()
-                    chunk = garbage[pos:pos + COMMIT_CHUNK]
-                    got, d = c.commit(marked, manifests, chunk, orphans if first else [], first=first)
-                    c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t0)
-                files.extend(got)
-                dead = d if first else dead
-                pos, first = pos + len(chunk), False
-            pos = 0
-            while pos < len(files):  # unlinks, in short holds
-                time.sleep(0.002)
-                with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
-                    t1 = time.monotonic()
-                    pos = c.sweep(files, pos, t1 + BATCH_SECONDS)
-                    c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)
-            if not opts.dry_run:
-                store.gc_deleting(False)
-            del marked, manifests, garbage, orphans
-            c.verified_rows([k for k, _, kind in files if kind >= 0])
-            del files
+            sc = Scratch(os.path.join(store.path, "tmp"))
+            try:
+                dead = _mark_and_delete(c, store, sc, prio)
+            finally:
+                sc.close()
             c.leases_and_temps(dead)
             if not opts.dry_run:
                 c.report.rows += apply_records.prune(store)  # records of applied ROOTs that are gone

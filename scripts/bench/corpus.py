@@ -62,14 +62,16 @@ def create(prefix: str, size_gib: float = 6.0) -> Scratch:
     return create_at(prefix + ".img", prefix + ".mnt", size_gib)
 
 
-def create_at(image: str, mnt: str, size_gib: float = 6.0) -> Scratch:
-    """Create ``image`` (sparse), mkfs.ext4 it, attach it and mount it at ``mnt``."""
+def create_at(image: str, mnt: str, size_gib: float = 6.0, inodes: int = 0) -> Scratch:
+    """Create ``image`` (sparse), mkfs.ext4 it (with at least ``inodes`` inodes when given), attach it
+    and mount it at ``mnt``."""
     if os.path.ismount(mnt):
         raise SystemExit(f"{mnt} is already mounted (left over? run: {sys.argv[0]} --teardown {image})")
     with open(image, "wb") as f:
         f.truncate(int(size_gib * (1 << 30)))
     # Initialise inode tables and journal now, so no ext4lazyinit thread writes during timings.
-    _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", image)
+    _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+         *(["-N", str(inodes)] if inodes else []), image)
     loopdev = _run("losetup", "-f", "--show", image)
     os.makedirs(mnt, exist_ok=True)
     try:
@@ -120,10 +122,57 @@ def scratch_fs(prefix: str, size_gib: float = 6.0) -> Iterator[Scratch]:
 
 
 def make_corpora(out: str, names: list[str], scale: float = 1.0) -> None:
-    """Generate corpora ``names`` under ``out`` with make_corpus.py (``src`` ignores scale)."""
-    cmd = [sys.executable, make_corpus_script(), "--out", out, "--only", ",".join(names),
-           "--scale", str(scale), "--no-summary"]
-    subprocess.run(cmd, check=True)
+    """Generate corpora ``names`` under ``out``: ``rootfs`` here (make_rootfs), the others with
+    make_corpus.py (``src`` ignores scale)."""
+    if "rootfs" in names:
+        make_rootfs(out, scale)
+    rest = [n for n in names if n != "rootfs"]
+    if rest:
+        cmd = [sys.executable, make_corpus_script(), "--out", out, "--only", ",".join(rest),
+               "--scale", str(scale), "--no-summary"]
+        subprocess.run(cmd, check=True)
+
+
+ROOTFS_MTIME = 1_600_000_000
+
+
+def make_rootfs(out: str, scale: float = 1.0) -> dict[str, int]:
+    """``out/rootfs``: a root filesystem's shape (issue 16): 30,000 files of 0-2 KiB in 1,000
+    directories (40 x 25, a tenth of the files executable, one in ten a copy of an earlier one),
+    a few symlinks, and 4 files of 2-8 MiB; all scaled by ``scale``. Deterministic."""
+    import random
+    root = os.path.join(out, "rootfs")
+    rng = random.Random(16)
+    n_dirs = max(1, round(1000 * scale))
+    per_dir = 30
+    prev: list[bytes] = []
+    count = 0
+    for i in range(n_dirs):
+        d = os.path.join(root, f"usr{i // 25:02d}", f"lib{i % 25:02d}")
+        os.makedirs(d)
+        for j in range(per_dir):
+            if count % 10 == 9 and prev:
+                data = prev[rng.randrange(len(prev))]
+            else:
+                data = rng.randbytes(rng.randrange(0, 2049))
+                if len(prev) < 2048:
+                    prev.append(data)
+            p = os.path.join(d, f"f{j:02d}.so" if j % 10 else f"bin{j:02d}")
+            with open(p, "wb") as f:
+                f.write(data)
+            os.chmod(p, 0o755 if j % 10 == 0 else 0o644)
+            os.utime(p, (ROOTFS_MTIME, ROOTFS_MTIME))
+            count += 1
+        if i % 50 == 0:
+            os.symlink("f01.so", os.path.join(d, "link.so"))
+    big = os.path.join(root, "opt")
+    os.makedirs(big)
+    for k, mib in enumerate((2, 3, 5, 8)):
+        p = os.path.join(big, f"blob{k}.bin")
+        with open(p, "wb") as f:
+            f.write(rng.randbytes(mib << 20))
+        os.utime(p, (ROOTFS_MTIME, ROOTFS_MTIME))
+    return {"files": count + 4}
 
 
 def warm(path: str) -> None:

@@ -1,6 +1,7 @@
 """Benchmark gc on a large store, and an ingest running beside a gc.
 
-    python scripts/bench/gc.py [--blobs 1000000] [--manifests 10000] [--garbage 0.1] [--workdir DIR] [--keep]
+    python scripts/bench/gc.py [--blobs 1000000,3000000] [--manifests N] [--garbage 0.1] [--no-ingest]
+                               [--workdir DIR] [--keep]
 
 Builds a store FAST by writing blob files and LMDB rows directly through the Store/meta API
 (not one ingest per manifest): --blobs small blobs (13-40 bytes, unique) spread over
@@ -8,9 +9,10 @@ Builds a store FAST by writing blob files and LMDB rows directly through the Sto
 blobs); 1 - --garbage of the manifests are named, the rest are unnamed and older than the
 grace period, so their blobs are garbage; 1,000 old orphan files are added too. Then:
 
-  gc alone            `continuity gc --grace 1h` (a subprocess): seconds, peak RSS (target < 60 s,
-                      < 500 MiB at 1M blobs / 10k manifests), objects freed, longest store-lock hold
-  ingest alone        `continuity ingest` of a 2,000-file tree (16 MiB, new content), 5 times, into
+  gc alone            `continuity gc --grace 1h` (a subprocess) on a store of each --blobs size (manifests:
+                      blobs / 100): seconds, peak RSS (target < 200 MiB at every size, time growing no
+                      worse than linearly), objects freed, longest store-lock hold
+  ingest alone        (first size only) `continuity ingest` of a 2,000-file tree (16 MiB, new content), 5 times, into
                       the big store: median
   ingest during gc    the same, one after another while a second gc (default --nice 10) runs over
                       freshly added garbage; ratio of the medians (target <= 1.5), and the worst
@@ -31,6 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import corpus  # noqa: E402  (scripts/bench/corpus.py: the scratch ext4 image)
 
 from castore.manifest import codec
 from castore.manifest.model import Directory, Manifest, RegularFile
@@ -144,64 +149,105 @@ def timed(argv: list[str]) -> tuple[float, int, int, str]:
     return float(secs), int(rss), int(rc), "\n".join(lines[:-1])
 
 
+def gc_alone(work: str, blobs: int, manifests: int, garbage: float) -> tuple[str, float, int]:
+    """Build a store of ``blobs`` blobs in ``work`` and gc it once: (store path, seconds, peak RSS KiB)."""
+    sp = os.path.join(work, f"store-{blobs}")
+    store = Store.open(sp)
+    t = time.monotonic()
+    g = build(store, blobs, manifests, garbage)
+    orphans(store, 1000)
+    print(f"built {blobs} blobs / {manifests} manifests ({g} garbage blobs + 1000 orphans) "
+          f"in {time.monotonic() - t:.1f}s")
+    subprocess.run(["sync", "-f", sp])
+    secs, rss, rc, out = timed([*CLI, "--store", sp, "gc", "--grace", "1h"])
+    print(f"gc alone {blobs:>9} blobs: {secs:6.2f} s   peak RSS {rss / 1024:6.1f} MiB (target < 200)   "
+          f"exit {rc}   {out}")
+    return sp, secs, rss
+
+
+def ingest_beside_gc(work: str, sp: str, blobs: int, manifests: int) -> None:
+    """Ingest alone vs ingest while a second gc (default --nice 10) runs over fresh garbage."""
+    store = Store.open(sp)
+    sync = lambda: subprocess.run(["sync", "-f", sp])  # noqa: E731
+    alone = []
+    r = 0
+    for i in range(5):
+        src = make_tree(os.path.join(work, f"alone{i}"), 100 + i)
+        sync()
+        s, r, _, _ = timed([*CLI, "--store", sp, "ingest", src])
+        alone.append(s)
+    runs = ", ".join(f"{a:.2f}" for a in alone)
+    print(f"ingest alone:      {statistics.median(alone):6.2f} s   (median; runs: {runs}; "
+          f"peak RSS {r / 1024:.1f} MiB)")
+    # Fresh garbage for the second gc: 10% of the blobs again, unnamed and old.
+    g2 = build(store, blobs // 10, max(1, manifests // 10), 1.0, first=1, named=False)
+    srcs = [make_tree(os.path.join(work, f"during{i}"), 200 + i) for i in range(8)]
+    sync()
+    gcp = subprocess.Popen([*CLI, "--store", sp, "gc", "--grace", "1h"], stdout=subprocess.PIPE)
+    t0 = time.monotonic()
+    time.sleep(0.3)
+    during = []
+    for src in srcs:
+        if gcp.poll() is not None:
+            break
+        s, _, _, _ = timed([*CLI, "--store", sp, "ingest", src])
+        during.append(s)
+    out2 = gcp.communicate()[0].decode().strip()
+    gc2 = time.monotonic() - t0
+    base = statistics.median(alone)
+    if during:
+        print(f"ingest during gc:  {statistics.median(during):6.2f} s   (median; runs: "
+              f"{', '.join(f'{d:.2f}' for d in during)}); ratio median {statistics.median(during) / base:.2f}, "
+              f"worst {max(during) / base:.2f} (target <= 1.5)")
+    else:
+        print("ingest during gc:  gc finished before an ingest could start; use more --blobs")
+    print(f"gc with ingests:   {gc2:6.2f} s   ({g2} garbage blobs)   {out2}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--blobs", type=int, default=1_000_000)
-    ap.add_argument("--manifests", type=int, default=10_000)
+    ap.add_argument("--blobs", default="1000000,3000000",
+                    help="comma-separated store sizes; each gets its own store and gc run")
+    ap.add_argument("--manifests", type=int, default=0, help="manifests per store (default: blobs / 100)")
     ap.add_argument("--garbage", type=float, default=0.1, help="fraction of manifests left unnamed (garbage)")
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--no-ingest", action="store_true", help="skip ingest beside gc (run on the first size)")
+    ap.add_argument("--workdir", default=None,
+                    help="an existing directory to work in (default: a fresh ext4 image on a loop device)")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="gc-bench-", dir=args.workdir)
+    sizes = [int(x) for x in args.blobs.split(",") if x.strip()]
+    scratch = None
+    if args.workdir:
+        work = tempfile.mkdtemp(prefix="gc-bench-", dir=args.workdir)
+    else:  # blobs take a 4 KiB block and an inode each; the image is sparse
+        big = max(sizes)
+        prefix = tempfile.mktemp(prefix="gc-bench-")
+        scratch = corpus.create_at(prefix + ".img", prefix + ".mnt", max(4.0, big * 6.5 * 1024 / (1 << 30)),
+                                   inodes=int(big * 1.25) + 200_000)
+        work = scratch.mnt
+        print(f"fresh ext4 on {scratch.loopdev} at {work}", flush=True)
     try:
-        sp = os.path.join(work, "store")
-        store = Store.open(sp)
-        t = time.monotonic()
-        g = build(store, args.blobs, args.manifests, args.garbage)
-        orphans(store, 1000)
-        print(f"built {args.blobs} blobs / {args.manifests} manifests ({g} garbage blobs + 1000 orphans) "
-              f"in {time.monotonic() - t:.1f}s")
-        sync = lambda: subprocess.run(["sync"])  # noqa: E731
-        sync()
-        secs, rss, rc, out = timed([*CLI, "--store", sp, "gc", "--grace", "1h"])
-        print(f"gc alone:          {secs:6.2f} s   peak RSS {rss / 1024:6.1f} MiB   exit {rc}   {out}")
-        alone = []
-        for i in range(5):
-            src = make_tree(os.path.join(work, f"alone{i}"), 100 + i)
-            sync()
-            s, r, _, _ = timed([*CLI, "--store", sp, "ingest", src])
-            alone.append(s)
-        runs = ", ".join(f"{a:.2f}" for a in alone)
-        print(f"ingest alone:      {statistics.median(alone):6.2f} s   (median; runs: {runs}; "
-              f"peak RSS {r / 1024:.1f} MiB)")
-        # Fresh garbage for the second gc: 10% of the blobs again, unnamed and old.
-        g2 = build(store, args.blobs // 10, max(1, args.manifests // 10), 1.0, first=1, named=False)
-        srcs = [make_tree(os.path.join(work, f"during{i}"), 200 + i) for i in range(8)]
-        sync()
-        gcp = subprocess.Popen([*CLI, "--store", sp, "gc", "--grace", "1h"], stdout=subprocess.PIPE)
-        t0 = time.monotonic()
-        time.sleep(0.3)
-        during = []
-        for src in srcs:
-            if gcp.poll() is not None:
-                break
-            s, _, _, _ = timed([*CLI, "--store", sp, "ingest", src])
-            during.append(s)
-        out2 = gcp.communicate()[0].decode().strip()
-        gc2 = time.monotonic() - t0
-        base = statistics.median(alone)
-        if during:
-            print(f"ingest during gc:  {statistics.median(during):6.2f} s   (median; runs: "
-                  f"{', '.join(f'{d:.2f}' for d in during)}); ratio median {statistics.median(during) / base:.2f}, "
-                  f"worst {max(during) / base:.2f} (target <= 1.5)")
-        else:
-            print("ingest during gc:  gc finished before an ingest could start; use more --blobs")
-        print(f"gc with ingests:   {gc2:6.2f} s   ({g2} garbage blobs)   {out2}")
+        results = []
+        for i, n in enumerate(sizes):
+            m = args.manifests or max(1, n // 100)
+            sp, secs, rss = gc_alone(work, n, m, args.garbage)
+            results.append((n, secs, rss))
+            if i == 0 and not args.no_ingest:
+                ingest_beside_gc(work, sp, n, m)
+            if not args.keep:
+                shutil.rmtree(sp, ignore_errors=True)
+        if len(results) > 1:
+            (n0, s0, _), (n1, s1, _) = results[0], results[-1]
+            print(f"gc growth {n0} -> {n1} blobs: time x{s1 / s0:.2f} for size x{n1 / n0:.2f} "
+                  f"({'no worse than linear' if s1 / s0 <= 1.1 * n1 / n0 else 'WORSE than linear'}); "
+                  f"peak RSS {', '.join(f'{r / 1024:.0f}' for _, _, r in results)} MiB")
         ru = resource.getrusage(resource.RUSAGE_SELF)
         print(f"builder peak RSS {ru.ru_maxrss / 1024:.0f} MiB")
     finally:
         if args.keep:
             print(f"kept {work}")
+        elif scratch is not None:
+            corpus.teardown(scratch)
         else:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -14,6 +14,7 @@ Usage (root; needs ostree restic borgbackup casync time)::
     python scripts/bench/store.py                       # everything, 3 runs
     python scripts/bench/store.py --quick --runs 1      # small corpora, a smoke run
     python scripts/bench/store.py --corpus many --sections reingest,checkout
+    python scripts/bench/store.py --corpus many,rootfs --sections reingest,checkout   # issue 16's trees
     python scripts/bench/store.py --keep ...            # leave the image mounted
     python scripts/bench/store.py --reuse ...           # use the mounted image again
     python scripts/bench/store.py --rev HEAD ...        # castore/ as committed at REV, not the work tree
@@ -22,6 +23,10 @@ Others edit castore/ while a run lasts minutes: ``--rev`` runs
 ``python -m castore`` from a ``git archive`` of REV put first on PYTHONPATH
 (castore is a namespace package, so that copy wins), which pins the code
 being measured.
+
+``rootfs`` (scripts/bench/corpus.py make_rootfs: 30,000 files of 0-2 KiB in 1,000
+directories and 4 files of 2-8 MiB) gets the re-ingest and checkout lines of ``many``
+beside them: on trees of that size the fixed costs decide.
 
 "cp -a+sync" syncs only the benchmark filesystem (``sync -f``, i.e. syncfs,
 what ``continuity`` itself does), so writeback of other users of the
@@ -46,7 +51,8 @@ from dataclasses import dataclass, field
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from store_corpus import make_corpora, setup_scratch, warm  # noqa: E402
 
-ALL_CORPORA = ("src", "many", "big", "versions")
+ALL_CORPORA = ("src", "many", "big", "versions", "rootfs")
+SMALL_FILE_CORPORA = ("many", "rootfs")  # re-ingest and checkout run on each of these present
 ALL_SECTIONS = ("ingest", "reingest", "checkout", "versions")
 MiB = 1 << 20
 
@@ -267,45 +273,46 @@ class Bench:
         self.compare(f"ingest {corpus} vs restic backup", k + "continuity", k + "restic backup", "info")
         self.compare(f"ingest {corpus} vs borg create", k + "continuity", k + "borg create", "info")
 
-    def reingest(self) -> None:
-        src = os.path.join(self.corpus, "many")
-        print("[re-ingest many, unchanged]", flush=True)
-        store, cstore, cache, idx = self.p("store"), self.p("castr"), self.p("cacache"), self.p("many.caidx")
+    def reingest(self, corpus: str = "many") -> None:
+        src = os.path.join(self.corpus, corpus)
+        print(f"[re-ingest {corpus}, unchanged]", flush=True)
+        store, cstore, cache, idx = self.p("store"), self.p("castr"), self.p("cacache"), self.p(f"{corpus}.caidx")
         self.clean(store, cstore, cache, idx)
         first = self.untimed(self.ct("--store", store, "ingest", src), ours="ingest").stdout.strip()
         self.untimed(["casync", "make", f"--store={cstore}", f"--cache={cache}", idx, src])
         digests: set[str] = set()
 
         def ours() -> None:
-            s = self.timed("re-ingest many: continuity", self.ct("--store", store, "ingest", src), ours="re-ingest")
+            s = self.timed(f"re-ingest {corpus}: continuity", self.ct("--store", store, "ingest", src),
+                           ours="re-ingest")
             digests.add(s.stdout.strip())
 
         def find() -> None:
-            self.timed("re-ingest many: find -printf",
+            self.timed(f"re-ingest {corpus}: find -printf",
                        sh('find "$1" -printf "%p %s %T@ %C@ %i %m %U %G\\n" > /dev/null', src))
 
         def casync() -> None:
             os.unlink(idx)
-            self.timed("re-ingest many: casync make --cache",
+            self.timed(f"re-ingest {corpus}: casync make --cache",
                        ["casync", "make", f"--store={cstore}", f"--cache={cache}", idx, src])
 
         self.rounds([("continuity", ours), ("find", find), ("casync", casync)])
         if digests != {first}:
             print(f"  WARNING: re-ingest printed {sorted(digests)} after {first}", flush=True)
         self.clean(store, cstore, cache, idx)
-        k = "re-ingest many: "
-        self.compare("re-ingest many vs find -printf", k + "continuity", k + "find -printf", "<=5x")
-        self.compare("re-ingest many vs casync --cache", k + "continuity", k + "casync make --cache", "<1x")
+        k = f"re-ingest {corpus}: "
+        self.compare(f"re-ingest {corpus} vs find -printf", k + "continuity", k + "find -printf", "<=5x")
+        self.compare(f"re-ingest {corpus} vs casync --cache", k + "continuity", k + "casync make --cache", "<1x")
 
-    def checkout(self) -> None:
-        src = os.path.join(self.corpus, "many")
-        print("[checkout many]", flush=True)
+    def checkout(self, corpus: str = "many") -> None:
+        src = os.path.join(self.corpus, corpus)
+        print(f"[checkout {corpus}]", flush=True)
         store, repo = self.p("store"), self.p("repo")
         t1, t2 = self.p("co1"), self.p("co2")
         self.clean(repo)
         self.untimed(["ostree", f"--repo={repo}", "init", "--mode=bare"])
         self.untimed(["ostree", f"--repo={repo}", "commit", "--branch=b", "-s", "bench", f"--tree=dir={src}"])
-        k = "checkout many: "
+        k = f"checkout {corpus}: "
 
         def hardlink() -> None:
             # A fresh store per round, so the first checkout really creates the store-side objects.
@@ -350,13 +357,13 @@ class Bench:
         self.clean(repo)
         for nth in ("1st", "2nd", "after rm"):
             ours = k + f"continuity --link hardlink ({nth})"
-            self.compare(f"checkout hardlink ({nth}) vs cp -al", ours, k + "cp -al", "<=1.5x")
-            self.compare(f"checkout hardlink ({nth}) vs ostree -H", ours, k + "ostree checkout -H", "<1x")
-            self.compare(f"checkout hardlink ({nth}) vs cp -al+sync", ours, k + "cp -al+sync", "info")
+            self.compare(f"checkout {corpus} hardlink ({nth}) vs cp -al", ours, k + "cp -al", "<=1.5x")
+            self.compare(f"checkout {corpus} hardlink ({nth}) vs ostree -H", ours, k + "ostree checkout -H", "<1x")
+            self.compare(f"checkout {corpus} hardlink ({nth}) vs cp -al+sync", ours, k + "cp -al+sync", "info")
         ours = k + "continuity --link copy"
-        self.compare("checkout copy vs cp -a", ours, k + "cp -a", "<=1.3x")
-        self.compare("checkout copy vs ostree -C", ours, k + "ostree checkout -C", "<1x")
-        self.compare("checkout copy vs cp -a+sync", ours, k + "cp -a+sync", "info")
+        self.compare(f"checkout {corpus} copy vs cp -a", ours, k + "cp -a", "<=1.3x")
+        self.compare(f"checkout {corpus} copy vs ostree -C", ours, k + "ostree checkout -C", "<1x")
+        self.compare(f"checkout {corpus} copy vs cp -a+sync", ours, k + "cp -a+sync", "info")
 
     def versions(self) -> None:
         base = os.path.join(self.corpus, "versions")
@@ -455,7 +462,7 @@ def check_tools(sections: list[str]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--corpus", default=",".join(ALL_CORPORA), help="comma list of src,many,big,versions")
+    ap.add_argument("--corpus", default=",".join(ALL_CORPORA), help="comma list of " + ",".join(ALL_CORPORA))
     ap.add_argument("--sections", default=",".join(ALL_SECTIONS), help="comma list of " + ",".join(ALL_SECTIONS))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="corpora at --scale 0.05 (src is not scaled)")
@@ -514,10 +521,11 @@ def main() -> int:
         if "ingest" in sections:
             for c in corpora:
                 b.ingest(c)
-        if "many" in corpora and "reingest" in sections:
-            b.reingest()
-        if "many" in corpora and "checkout" in sections:
-            b.checkout()
+        for c in SMALL_FILE_CORPORA:
+            if c in corpora and "reingest" in sections:
+                b.reingest(c)
+            if c in corpora and "checkout" in sections:
+                b.checkout(c)
         if "versions" in corpora and "versions" in sections:
             b.versions()
         b.rss_rows()

@@ -15,6 +15,7 @@ import pytest
 
 from castore.errors import UnsafeInput
 from castore.gc.collect import GcOptions, _Collector, collect, mark, parse_duration
+from castore.gc.spill import Scratch
 from castore.store import Store
 from castore.testing.trees import make_tree, rand_tree
 from tests.gc.gc_util import blob_files, manifest_blobs
@@ -200,15 +201,18 @@ def test_digest_revived_between_index_commit_and_unlink_keeps_its_file(store: St
     from castore.ingest import ingest as do_ingest
     d = do_ingest(store, str(rand_tree(tmp_path / "r", 12)), progress=False)
     c = _Collector(store, GcOptions(grace_ns=0))
-    marked, manifests = c.snapshot()
-    garbage, orphans = c.scan(marked)
+    sc = Scratch(os.path.join(store.path, "tmp"))
+    roots = c.snapshot(sc)
+    c.scan(sc)
     with store.exclusive_lock():
-        files, _ = c.commit(marked, manifests, garbage, orphans)
-    assert store.missing_blobs([d]) == {d}
+        c.commit(sc, roots, set(), sc.garbage.read(0, len(sc.garbage)))
+    assert store.missing_blobs([d]) == {d} and len(sc.unlink) > 1
     # An ingest commits the same tree again before the unlink batch (its files are still there).
     assert do_ingest(store, str(tmp_path / "r"), progress=False, name="r") == d
     with store.exclusive_lock():
-        c.sweep(files, 0, time.monotonic() + 10)
+        c.sweep(sc.unlink, 0, time.monotonic() + 10)
+    sc.close()
+    assert not os.path.exists(sc.dir)
     assert os.path.exists(store.blob_path(d))
     assert collect(store, GcOptions(grace_ns=0)).objects == 0
     from castore.fsck.check import fsck

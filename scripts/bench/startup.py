@@ -1,0 +1,91 @@
+"""Start-up cost of the continuity command (issue 16 item 1).
+
+    python scripts/bench/startup.py [--runs 15] [--script PATH]
+
+Times, in milliseconds (the minimum and the median of --runs alternating runs, so
+that a shared machine's noise hits every command alike):
+
+  python -c pass             the interpreter alone (the floor)
+  python -m castore --help   target <= 50 ms
+  python -m castore list     on a small store (3 names), target <= 60 ms
+  continuity list / --help   the installed console script (the setuptools wrapper), when found
+
+and the modules each imports (``-X importtime``: the ten slowest of ``list``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def _ms(argv: list[str], env: dict[str, str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)
+    return (time.perf_counter() - t) * 1000
+
+
+def _slowest_imports(argv: list[str], env: dict[str, str], n: int = 10) -> list[str]:
+    p = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True, env=env, check=False)
+    rows = []
+    for line in p.stderr.decode().splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[1].strip().isdigit():
+            rows.append((int(parts[1]), parts[2].rstrip()))
+    top = [r for r in rows if not r[1].startswith("   ")]  # top-level imports (cumulative)
+    return [f"{us / 1000:7.1f} ms {name.strip()}" for us, name in sorted(top, reverse=True)[:n]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--script", default=shutil.which("continuity") or os.path.join(os.path.dirname(sys.executable),
+                                                                                 "continuity"))
+    args = ap.parse_args()
+    env = dict(os.environ)
+    work = tempfile.mkdtemp(prefix="startup-bench-")
+    try:
+        store = os.path.join(work, "store")
+        tree = os.path.join(work, "tree")
+        os.makedirs(tree)
+        with open(os.path.join(tree, "f"), "w") as f:
+            f.write("x")
+        py = [sys.executable, "-m", "castore", "--store", store]
+        subprocess.run([*py, "init"], capture_output=True, check=False)
+        for name in ("a", "b", "c"):
+            subprocess.run([*py, "ingest", "--name", name, tree], capture_output=True, check=True)
+        cases = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "python -m castore --help": [sys.executable, "-m", "castore", "--help"],
+            "python -m castore list": [*py, "list"],
+        }
+        if os.path.exists(args.script):
+            cases["continuity --help (script)"] = [args.script, "--help"]
+            cases["continuity list (script)"] = [args.script, "--store", store, "list"]
+        times: dict[str, list[float]] = {k: [] for k in cases}
+        for _ in range(args.runs):
+            for k, argv in cases.items():
+                times[k].append(_ms(argv, env))
+        floor = min(times["python -c pass"])
+        targets = {"python -m castore --help": 50, "python -m castore list": 60,
+                   "continuity --help (script)": 50, "continuity list (script)": 60}
+        for k, ts in times.items():
+            tgt = targets.get(k)
+            verdict = "" if tgt is None else f"   target <= {tgt} ms: {'ok' if min(ts) <= tgt else 'MISSED'}"
+            print(f"{k:30s} min {min(ts):6.1f} ms  median {statistics.median(ts):6.1f} ms  "
+                  f"(+{min(ts) - floor:5.1f} over python){verdict}")
+        print("slowest top-level imports of `list` (-X importtime, one run):")
+        for line in _slowest_imports(["-m", "castore", "--store", store, "list"], env):
+            print("   " + line)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

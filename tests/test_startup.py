@@ -1,0 +1,61 @@
+"""Start-up stays cheap: `--help` and `list` import only what they use (issue 16 item 1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from castore.cli import main_group
+from castore.cli.common import LazyGroup
+
+_MODULES = ("import sys, json\nsys.argv = ['continuity', *json.loads(sys.argv[1])]\nfrom castore.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint(json.dumps(sorted(sys.modules)), file=sys.stderr)")
+
+
+def _imported(*args: str) -> set[str]:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p = subprocess.run([sys.executable, "-c", _MODULES, json.dumps(list(args))], capture_output=True, env=env,
+                       check=False)
+    return set(json.loads(p.stderr.decode().strip().splitlines()[-1]))
+
+
+def test_help_imports_no_store_manifest_or_command_module() -> None:
+    mods = _imported("--help")
+    assert "click" in mods
+    heavy = {"castore.store", "lmdb", "castore.manifest", "google.protobuf", "pyfastcdc", "cryptography",
+             "castore.materialize", *LazyGroup.lazy.values()}
+    assert not mods & heavy, mods & heavy
+
+
+def test_list_without_signatures_skips_chunking_signing_and_checkout_code(tmp_path: Path) -> None:
+    mods = _imported("--store", str(tmp_path / "s"), "list")
+    assert "castore.store" in mods and "castore.cli.catalog_cmds" in mods
+    heavy = {"pyfastcdc", "cryptography", "castore.sign", "castore.materialize",
+             "castore.checkout", "castore.cli.tree_cmds"}  # (the store's modules import the codec: protobuf)
+    assert not mods & heavy, mods & heavy
+
+
+def test_help_summaries_match_the_commands() -> None:
+    ctx = click.Context(main_group)
+    assert set(LazyGroup.summaries) == set(LazyGroup.lazy)
+    for name, summary in LazyGroup.summaries.items():
+        cmd = main_group.get_command(ctx, name)
+        assert cmd is not None and cmd.help is not None
+        assert " ".join(cmd.help.strip().split("\n\n")[0].split()) == summary, name  # the first paragraph
+
+
+def test_debug_prints_the_phases_and_only_with_debug(tmp_path: Path) -> None:
+    from tests.helpers import run_cli
+    store = tmp_path / "s"
+    quiet = run_cli("list", store=store)
+    assert quiet.returncode == 0 and b"phases" not in quiet.stderr
+    loud = run_cli("--debug", "list", store=store)
+    line = loud.stderr.decode().strip().splitlines()[-1]
+    assert loud.returncode == 0 and line.startswith("continuity: debug: phases (ms): ")
+    names = [p.rsplit(" ", 1)[0] for p in line.split(": ", 2)[2].split(", ")]
+    assert names[-5:] == ["command module", "before store", "store open", "command", "total"]
