@@ -50,6 +50,8 @@ LazyGroup.summaries.update({
     "list": "The catalog: names, digests, dates, sizes.",
     "login": "Check USER's password against REGISTRY (GET /v2/), then store it for push and pull.",
     "logout": "Forget the stored credentials of REGISTRY.",
+    "init": "Make a store at --store / CONTINUITY_STORE (else the default location).",
+    "log": "The versions recorded under NAME, newest first.",
     "ls": "List the entries of MANIFEST, one path per line.",
     "mount": "Mount MANIFEST read-only at MOUNTPOINT (an existing empty directory) until unmounted.",
     "pull": "Copy a tree or a container image (flattened) from a registry or an OCI layout into the store; "
@@ -57,7 +59,8 @@ LazyGroup.summaries.update({
     "push": "Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST.",
     "rm": "Remove NAMES from the catalog (content goes at the next gc).",
     "sign": "Sign MANIFEST (namespace \"continuity\", over its stored bytes) and keep the signature in the store.",
-    "stats": "Counts and sizes of MANIFEST.",
+    "stats": ("Counts and sizes of MANIFEST; without it, of the whole store (bytes stored, logical bytes, dedup "
+              "ratio, growth of each name)."),
     "tag": "Record MANIFEST under NAME (a manifest file is stored first).",
     "verify": "Report every difference between ROOT and MANIFEST; exit 1 if any.",
     "verify-signature": "Exit 0 when a signature of MANIFEST verifies for a principal of FILE, 4 otherwise.",
