@@ -15,13 +15,14 @@ classes of ``castore.errors``; nothing here prints or exits.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     from castore.apply.run import ApplyReport
     from castore.fsck.check import FsckReport
     from castore.gc.collect import GcReport
+    from castore.gc.retention import Policy
     from castore.manifest.diff import Change, Difference
     from castore.manifest.model import Manifest
     from castore.store import Store
@@ -77,11 +78,15 @@ def _attrs(ignore_attrs: Iterable[str]) -> frozenset[str]:
 
 
 def ingest(store: StoreLike, src: str, *, name: str | None = None, ignore: Iterable[str] = (),
-           keep_appledouble: bool = False, whiteouts: str = "none", progress: bool = False) -> str:
-    """Store the tree at ``src``; return its manifest digest (recorded under ``name`` when given)."""
+           keep_appledouble: bool = False, whiteouts: str = "none", progress: bool = False,
+           on_skip: Callable[[str, str], None] | None = None) -> str:
+    """Store the tree at ``src``; return its manifest digest (recorded under ``name`` when given).
+
+    ``on_skip(path, why)``: an entry that cannot be read is reported there and left out (the version is
+    recorded as incomplete); None: it fails the ingest."""
     from castore.build import WalkOptions
     from castore.ingest import ingest as ingest_tree
-    opts = WalkOptions(ignore=tuple(ignore), keep_appledouble=keep_appledouble, whiteouts=whiteouts)
+    opts = WalkOptions(ignore=tuple(ignore), keep_appledouble=keep_appledouble, whiteouts=whiteouts, on_skip=on_skip)
     return ingest_tree(open_store(store), src, name=name, opts=opts, progress=progress)
 
 
@@ -196,16 +201,19 @@ def du(store: StoreLike | None, ref: ManifestRef) -> dict[str, int]:
 
 
 def gc(store: StoreLike, *, grace_seconds: float | None = None, dry_run: bool = False,
-       keep_history: int | None = None, wait: bool = False, nice: int = 0, list_items: bool = False) -> GcReport:
+       keep_history: int | None = None, wait: bool = False, nice: int = 0, list_items: bool = False,
+       retention: Policy | None = None) -> GcReport:
     """Remove what no name, history entry or lease keeps.
 
     ``grace_seconds``: orphan files and unnamed manifests younger than this are kept (default one
     hour). ``keep_history``: keep only the N newest history entries of each name. ``wait``: wait
     for a running gc (else Busy). ``nice``: lower the CPU priority of the unlocked phases.
-    ``list_items``: keep every item in the report (dry runs always do).
+    ``list_items``: keep every item in the report (dry runs always do). ``retention``: a per-name
+    history policy (castore/gc/retention.py; replaces ``keep_history``).
     """
     from castore.gc.collect import GcOptions, collect
-    opts = GcOptions(dry_run=dry_run, keep_history=keep_history, wait=wait, nice=nice, list_items=list_items)
+    opts = GcOptions(dry_run=dry_run, keep_history=keep_history, wait=wait, nice=nice, list_items=list_items,
+                     retention=retention)
     if grace_seconds is not None:
         opts.grace_ns = grace_seconds * 10**9 if isinstance(grace_seconds, int) else round(grace_seconds * 10**9)
     return collect(open_store(store, create=False), opts)

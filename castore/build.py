@@ -164,9 +164,12 @@ def restat(root_fd: int, job: FileJob) -> FileJob | None:
 
 def read_with_retries(root_fd: int, proc: Processor, jobs: list[FileJob], pool: Executor | None,
                       progress: Callable[[int, int], None] | None = None,
-                      results: list[FileResult] | None = None) -> list[FileResult]:
+                      results: list[FileResult] | None = None,
+                      on_skip: Callable[[str, str], None] | None = None) -> list[FileResult]:
     """read_files (unless ``results`` are given), re-reading files that changed
-    under us up to RETRIES times; ``jobs`` is updated with their fresh stat."""
+    under us up to RETRIES times; ``jobs`` is updated with their fresh stat.
+    ``on_skip``: a file that cannot be read is reported there (its result keeps
+    its ``error``: the caller leaves it out) instead of failing."""
     if results is None:
         results = read_files(proc, jobs, pool, progress)
     for _ in range(RETRIES):
@@ -180,7 +183,11 @@ def read_with_retries(root_fd: int, proc: Processor, jobs: list[FileJob], pool: 
             jobs[i] = fresh
             results[i] = proc.run_batch([fresh])[0]
     for j, r in zip(jobs, results, strict=True):
-        if r.error:
+        if r.error and on_skip is not None:
+            why = r.error.lstrip("/")
+            why = why[len(j.rel) + 2:] if why.startswith(j.rel + ": ") else why
+            on_skip(j.rel, "vanished or kept changing while it was read" if r.changed else why)
+        elif r.error:
             if r.changed:
                 raise SourceChanged(f"/{j.rel}: changed while it was read; not recorded")
             raise CastoreError(r.error if r.error.startswith("/") else "/" + r.error)

@@ -45,6 +45,14 @@ class NotFound(CastoreError):
     """A name, path or manifest the user asked for does not exist."""
 
 
+class NoStore(NotFound):
+    """No store where ``--store``/CONTINUITY_STORE points (exit 1): ``continuity init`` makes one."""
+
+
+class ReadOnlyStore(CastoreError):
+    """The verb must write to a store that is read-only (a read-only filesystem, or not ours to write)."""
+
+
 class Differences(CastoreError):
     """verify or diff found differences (exit 1)."""
 

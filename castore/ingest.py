@@ -31,10 +31,12 @@ from castore.build import (
 from castore.bulkmode import bulk
 from castore.errors import CastoreError
 from castore.faults import crashpoint
+from castore.ingest_skips import drop_unread
 from castore.manifest.model import Manifest
 from castore.readers import FileJob, FileResult, Processor
 from castore.store import Store, check_name
 from castore.store.commit import commit_manifest
+from castore.store.revisions import FLAG_INCOMPLETE
 
 
 def _cache_get(txn: object, db: object, j: FileJob) -> FileResult | None:
@@ -140,6 +142,11 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
 
                 with store.meta.read() as txn:
                     walked = walk(root_fd, opts, on_file)
+                if known is not None and opts.on_skip is not None and len(opts.on_skip):  # type: ignore[arg-type]
+                    known = None  # entries were left out: this walk is no match for a complete one
+                    with store.meta.read() as txn:
+                        for job in deferred:
+                            on_file(job)
                 if known is not None:
                     fp = _fingerprint(walked)
                     if fp is not None:
@@ -152,7 +159,8 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
                         for job in deferred:
                             on_file(job)
                 prog.total(sum(j.size for j in reader.jobs))
-                fresh = read_with_retries(root_fd, proc, reader.jobs, pool, results=_results(reader, lease.fd))
+                fresh = read_with_retries(root_fd, proc, reader.jobs, pool, results=_results(reader, lease.fd),
+                                          on_skip=opts.on_skip)
                 synced = store.sync_in_background(lease.fd)  # every blob is written: flush while we encode
                 prog.done()
                 crashpoint("ingest-after-read")
@@ -164,9 +172,15 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
                     else:
                         results[i] = fresh[slot]
                         jobs[i] = reader.jobs[slot]  # a retried file carries its fresh stat
-                manifest = assemble(walked, results, whiteouts=opts.whiteouts)
+                hit_idx = set(hits)
                 fp = _fingerprint(walked)
-                return _commit(store, manifest, jobs, results, fresh, proc, name, start_ns, set(hits), epoch,
+                if opts.on_skip is not None and len(opts.on_skip):  # type: ignore[arg-type]
+                    jobs, results, hit_idx = drop_unread(walked, jobs, results, hit_idx)
+                    store.record.flags |= FLAG_INCOMPLETE
+                    store.record.skipped = len(opts.on_skip)  # type: ignore[arg-type]
+                    fp = None  # an incomplete walk is never the shortcut of the next ingest
+                manifest = assemble(walked, results, whiteouts=opts.whiteouts)
+                return _commit(store, manifest, jobs, results, fresh, proc, name, start_ns, hit_idx, epoch,
                                synced, None if fp is None else (tree_key, fp), sync_fd=lease.fd)
             except BaseException:
                 _abandon(store, reader, fresh)

@@ -39,6 +39,9 @@ class WalkOptions:
     whiteouts: str = "none"  # none | overlay
     prune: frozenset[str] = frozenset()  # relative paths neither listed nor entered (mount points, for apply)
     note: Callable[[str], None] = note
+    #: (relative path, why): an entry that cannot be read or vanished is reported here and left out
+    #: (ingest: castore/ingest_skips.py); None: it fails the walk
+    on_skip: Callable[[str, str], None] | None = None
 
 
 class Stat:
@@ -152,7 +155,13 @@ def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | N
             if not opts.keep_appledouble and (name.startswith("._") or name == "__MACOSX"):
                 skipped_apple += 1
                 continue
-            st = e.stat(follow_symlinks=False)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError as exc:
+                if opts.on_skip is None:
+                    raise
+                opts.on_skip(child, exc.strerror or str(exc))
+                continue
             if stat.S_ISREG(st.st_mode):  # see_entry's first case, inlined (the hot path of ingest)
                 sparse = st.st_blocks * 512 < st.st_size
                 job = FileJob(child, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sparse)
@@ -160,16 +169,28 @@ def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | N
                 if on_file is not None:
                     on_file(job)
                 out.entries.append(Seen(child, Stat(st)))
-            elif not see_entry(dir_fd, child, name, st, out):
-                subdirs.append(name)
+            elif opts.on_skip is None:
+                if not see_entry(dir_fd, child, name, st, out):
+                    subdirs.append(name)
+            else:
+                try:
+                    if not see_entry(dir_fd, child, name, st, out):
+                        subdirs.append(name)
+                except OSError as exc:
+                    opts.on_skip(child, exc.strerror or str(exc))
         return subdirs
 
     def enter(parent_fd: int, rel: str, name: str) -> None:
         child = f"{rel}/{name}" if rel else name
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-        st = os.fstat(fd)
-        out.entries.append(Seen(child, Stat(st), fs.read_xattrs(fd)))
-        stack.append((fd, child, iter(sorted(scan(fd, child)))))
+        try:
+            seen = Seen(child, Stat(os.fstat(fd)), fs.read_xattrs(fd))
+            subdirs = iter(sorted(scan(fd, child)))
+        except BaseException:
+            os.close(fd)
+            raise
+        out.entries.append(seen)
+        stack.append((fd, child, subdirs))
 
     stack.append((os.dup(root_fd), prefix, iter(sorted(scan(root_fd, prefix)))))
     try:
@@ -183,6 +204,9 @@ def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | N
             try:
                 enter(fd, rel, name)
             except OSError as exc:
+                if opts.on_skip is not None:
+                    opts.on_skip(f"{rel}/{name}" if rel else name, exc.strerror or str(exc))
+                    continue
                 raise SourceChanged(f"/{rel}/{name}: cannot open directory ({exc.strerror})") from exc
     finally:
         for fd, _, _ in stack:

@@ -166,6 +166,7 @@ def test_warning_naming_a_hostile_path_is_one_line(tmp_path: Path) -> None:
             ti = tarfile.TarInfo(name)
             ti.size = 3
             tf.addfile(ti, io.BytesIO(b"abc"))  # not a valid AppleDouble file: a note names it
+    run_cli("init", store=tmp_path / "store", check=True)  # else ingest's first line says it makes the store
     p = run_cli("ingest", "--tar", "-", input=buf.getvalue(), store=tmp_path / "store", check=True)
     err = lines(p.stderr)
     assert len(err) == 1 and "bad\\nname\\x1b" in err[0], err

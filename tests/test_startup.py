@@ -52,6 +52,7 @@ def test_help_summaries_match_the_commands() -> None:
 def test_debug_prints_the_phases_and_only_with_debug(tmp_path: Path) -> None:
     from tests.helpers import run_cli
     store = tmp_path / "s"
+    assert run_cli("init", store=store).returncode == 0  # a missing store is an error (README "Stores")
     quiet = run_cli("list", store=store)
     assert quiet.returncode == 0 and b"phases" not in quiet.stderr
     loud = run_cli("--debug", "list", store=store)

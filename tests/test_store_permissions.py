@@ -79,11 +79,13 @@ def test_store_owned_by_another_user_refused(open_dir: Path) -> None:
     theirs = open_dir / "theirs"
     theirs.mkdir()
     os.chown(theirs, NOBODY, NOBODY)
-    for args in (("ingest", src), ("list",)):
+    for args in (("ingest", src), ("init",)):
         p = run_cli(*args, store=theirs)
         assert p.returncode == 3, p.stderr
         assert p.stderr.startswith(b"continuity: error:") and p.stderr.count(b"\n") == 1
         assert b"owned by uid 65534" in p.stderr, p.stderr
+    p = run_cli("list", store=theirs)  # no store there (issue 15): said, and none is made
+    assert p.returncode == 1 and b"no store" in p.stderr and p.stderr.count(b"\n") == 1
     assert os.listdir(theirs) == []
     # An existing store handed to another user afterwards: refused too, nothing written.
     ours = open_dir / "ours"
@@ -127,7 +129,7 @@ def test_symlinked_shard_refused(tmp_path: Path) -> None:
     elsewhere.mkdir()
     src = tmp_path / "src"
     write(src / "f", SECRET)
-    assert run_cli("list", store=store).returncode == 0  # made
+    assert run_cli("init", store=store).returncode == 0  # made
     shard = store / "blobs/sha256" / _shard(SECRET)
     shard.rmdir()
     shard.symlink_to(elsewhere)

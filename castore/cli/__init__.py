@@ -13,7 +13,7 @@ from castore.cli import phases  # first: its clock starts before the other impor
 # isort: split
 import click
 
-from castore.cli.common import LazyGroup, fail, main_group, quiet_broken_pipe
+from castore.cli.common import LazyGroup, announce_new_store, fail, main_group, quiet_broken_pipe
 
 phases.mark("cli imports")
 
@@ -26,6 +26,8 @@ LazyGroup.lazy.update({
     "export": "castore.cli.export_cmd",
     **dict.fromkeys(["gc", "fsck"], "castore.cli.gc_cmds"),
     "mount": "castore.cli.mount_cmd",
+    "init": "castore.cli.init_cmds",
+    "log": "castore.cli.log_cmds",
     **dict.fromkeys(["push", "pull"], "castore.cli.remote_cmds"),
     **dict.fromkeys(["login", "logout"], "castore.cli.login_cmds"),
     **dict.fromkeys(["keygen", "sign", "verify-signature"], "castore.cli.sign_cmds"),
@@ -48,6 +50,8 @@ LazyGroup.summaries.update({
     "list": "The catalog: name, digest, date (UTC) and tree size in bytes, tab-separated.",
     "login": "Check USER's password against REGISTRY (GET /v2/), then store it for push and pull.",
     "logout": "Forget the stored credentials of REGISTRY.",
+    "init": "Make a store at --store / CONTINUITY_STORE (else the default location).",
+    "log": "The versions recorded under NAME, newest first.",
     "ls": "List the entries of MANIFEST, one path per line.",
     "mount": "Mount MANIFEST read-only at MOUNTPOINT (an existing empty directory) until unmounted.",
     "pull": "Copy a tree or a container image (flattened) from a registry or an OCI layout into the store; "
@@ -55,7 +59,8 @@ LazyGroup.summaries.update({
     "push": "Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST.",
     "rm": "Remove NAMES from the catalog (content goes at the next gc).",
     "sign": "Sign MANIFEST (namespace \"continuity\", over its stored bytes) and keep the signature in the store.",
-    "stats": "Counts and sizes of MANIFEST (size: bytes of its files).",
+    "stats": ("Counts and sizes of MANIFEST; without it, of the whole store (bytes stored, logical bytes, dedup "
+              "ratio, growth of each name)."),
     "tag": "Record MANIFEST under NAME (a manifest file is stored first).",
     "verify": "Report every difference between ROOT and MANIFEST; exit 1 if any.",
     "verify-signature": "Exit 0 when a signature of MANIFEST verifies for a principal of FILE, 4 otherwise.",
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         fail("aborted", 1)
     except BrokenPipeError:
         quiet_broken_pipe()
+    announce_new_store()
     sys.exit(rv if type(rv) is int else 0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +18,7 @@ from castore.cli.common import (
     print_json,
     resolve,
 )
-from castore.store import check_name
+from castore.store import check_name, default_store_path
 from castore.textsafe import quote
 from castore.units import human_size, iso_s
 
@@ -33,11 +34,18 @@ from castore.units import human_size, iso_s
               help="Read a tar stream (plain, gzip, zstd, xz, bzip2) instead of SRC.")
 @click.option("--appledouble", type=click.Choice(["fold", "drop", "keep"]), default=None,
               help="--tar: AppleDouble members into com.apple.* xattrs (fold, default), left out, or kept.")
+@click.option("--force-history", is_flag=True,
+              help="Record a new version under --name even when the tree is unchanged (by default it is not).")
 @json_opt
 @click.pass_obj
 def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, ...], keep_appledouble: bool,
-               whiteouts: str, tar_src: str | None, appledouble: str | None, as_json: bool) -> None:
+               whiteouts: str, tar_src: str | None, appledouble: str | None, force_history: bool,
+               as_json: bool) -> None:
     """Store the tree SRC; print the manifest digest alone on stdout.
+
+    An unchanged tree records no new version under NAME (stderr says "unchanged").
+    Entries that cannot be read are skipped with a warning each; the version is then
+    recorded as incomplete and the exit code is 3 (the digest is still printed).
 
     \b
     Examples:
@@ -48,6 +56,8 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
     """
     if name is not None:
         check_name(name)
+    from castore.cli.ingest_report import begin, finish
+    begin(obj, force_history)
     if tar_src is not None:
         if src is not None:
             raise click.UsageError("give either SRC or --tar, not both")
@@ -60,13 +70,15 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
         if whiteouts == "oci":
             raise click.UsageError("--whiteouts oci applies to --tar; a directory holds overlay whiteouts")
         from castore.api import ingest
+        from castore.ingest_skips import SkipLog
 
-        digest = ingest(obj.store(), src, name=name, ignore=ignore, keep_appledouble=keep_appledouble,
-                        whiteouts=whiteouts, progress=True)
+        digest = ingest(obj.store(create=True), src, name=name, ignore=ignore, keep_appledouble=keep_appledouble,
+                        whiteouts=whiteouts, progress=True, on_skip=SkipLog(src))
     if as_json:
         print_json({"digest": digest, "name": name})
     else:
         click.echo(digest)
+    finish(obj, name, digest)
 
 
 _when = iso_s
@@ -87,23 +99,31 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
       continuity list --json | jq -r '.names[].name'
       continuity list --history web
     """
+    from castore.store.revisions import versions
+    if obj.store_path is None and not os.path.lexists(os.path.join(default_store_path(), "config")):
+        if as_json:  # the default location before anything was stored: an empty catalog (README "Stores")
+            print_json({"names": []})
+        return
     store = obj.store()
     if history is not None:
-        _print_history(store, history, store.history(history), as_json)
+        _print_history(store, history, versions(store, history), as_json)
         return
     tags = store.tags()
     out = []
     for t in tags:
         total = _tree_size(store, t.digest)
+        vs = versions(store, t.name)
         out.append({"name": t.name, "digest": t.digest, "time": _when(t.time_ns), "manifest_size": t.size,
-                    "size": total, "versions": len(store.history(t.name)), "signatures": _sigs(store, t.digest)})
+                    "size": total, "versions": len(vs), "signatures": _sigs(store, t.digest),
+                    "incomplete": bool(vs and vs[-1].digest == t.digest and vs[-1].incomplete)})
     if as_json:
         print_json({"names": out})
         return
     for row in out:
         size = human_size(row["size"]) if human else row["size"]  # type: ignore[arg-type]
+        flag = "\tincomplete" if row["incomplete"] else ""
         click.echo(f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{size}\t"
-                   f"{_signers(row['signatures'])}")  # type: ignore[arg-type]
+                   f"{_signers(row['signatures'])}{flag}")  # type: ignore[arg-type]
 
 
 def _sigs(store: object, digest: str) -> list[dict[str, object]]:
@@ -128,10 +148,12 @@ def _signers(sigs: list[dict[str, object]]) -> str:
 def _print_history(store: object, name: str, rows: Sequence[Any], as_json: bool) -> None:
     if as_json:
         print_json({"name": name, "versions": [{"digest": t.digest, "time": _when(t.time_ns),
-                                                "signatures": _sigs(store, t.digest)} for t in rows]})
+                                                "signatures": _sigs(store, t.digest),
+                                                "incomplete": t.incomplete} for t in rows]})
     else:
         for t in rows:
-            click.echo(f"{_when(t.time_ns)}  {t.digest}  {_signers(_sigs(store, t.digest))}")
+            click.echo(f"{_when(t.time_ns)}  {t.digest}  {_signers(_sigs(store, t.digest))}"
+                       f"{'  incomplete' if t.incomplete else ''}")
 
 
 def _tree_size(store: object, digest: str) -> int:
@@ -154,8 +176,9 @@ def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
       continuity history web
       continuity history web --json
     """
+    from castore.store.revisions import versions
     store = obj.store()
-    rows = store.history(name)
+    rows = versions(store, name)
     if not rows:
         from castore.errors import NotFound
         raise NotFound(f"no history for {name!r}")
@@ -176,7 +199,7 @@ def tag_cmd(obj: Ctx, manifest: str, name: str, as_json: bool) -> None:
       continuity tag ./site.pb site          # a manifest file, its blobs already stored
     """
     check_name(name)
-    store = obj.store()
+    store = obj.writable_store()
     m, digest, _ = resolve(obj, manifest, need_store=True)
     if digest is None:
         from castore.errors import BlobNotFound
@@ -219,7 +242,7 @@ def rm_cmd(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
       continuity rm web-old
       continuity rm a b c && continuity gc
     """
-    store = obj.store()
+    store = obj.writable_store()
     missing = [n for n in dict.fromkeys(names) if store.get_tag(n) is None]
     if missing:
         from castore.errors import NotFound

@@ -39,6 +39,9 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
     from castore.api import checkout
 
     m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
+    if link == "hardlink" and store is not None and store.readonly:
+        from castore.store.readonly import refuse_write
+        refuse_write(store.path, "--link hardlink makes link objects in it; use --link copy or reflink")
     check_trust(obj, manifest, digest, store)
     ref = m if m is not None else digest
     assert ref is not None

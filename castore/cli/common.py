@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from castore.errors import CastoreError, CorruptManifest, NotFound, ResourceLimit, UnsafeInput, is_resource_errno
+from castore.errors import (
+    CastoreError,
+    CorruptManifest,
+    NoStore,
+    NotFound,
+    ResourceLimit,
+    UnsafeInput,
+    is_resource_errno,
+)
 from castore.textsafe import json_text, safe_line
 
 if TYPE_CHECKING:  # imported where used: `--help` needs neither the store nor the manifest code
@@ -60,6 +68,16 @@ write_ignore_opt = click.option(
          "you; mode: from the umask; no xattrs; mtime: now). Repeatable.")
 
 
+#: the store this command made (ingest, pull), announced on stderr when it succeeds
+NEW_STORE: list[str] = []
+
+
+def announce_new_store() -> None:
+    """Say that this command made a new store (once, at the end of a successful run)."""
+    while NEW_STORE:
+        click.echo(f"continuity: created a new store at {safe_line(NEW_STORE.pop())}", err=True)
+
+
 class Ctx:
     def __init__(self, store_path: str | None, debug: bool, quiet: bool = False, verbose: int = 0,
                  policy_path: str | None = None) -> None:
@@ -70,13 +88,35 @@ class Ctx:
         self.policy_path = policy_path  # --policy FILE (castore/sign/policy.py looks further)
         self._store: Store | None = None
 
-    def store(self, create: bool = True) -> Store:
+    @property
+    def open_store(self) -> Store | None:
+        """The store, if this command opened it."""
+        return self._store
+
+    def writable_store(self, create: bool = False) -> Store:
+        """The store, refused (ReadOnlyStore, with a hint) when it is read-only: for the verbs that write."""
+        store = self.store(create=create)
+        if store.readonly:
+            from castore.store.readonly import refuse_write
+            refuse_write(store.path)
+        return store
+
+    def store(self, create: bool = False) -> Store:
+        """The store; a missing one is an error with a hint (``continuity init``), unless ``create``:
+        the verbs that bring content in (ingest, pull, mount of a registry reference) make it, and say so."""
         if self._store is None:
             from castore.cli import phases  # noqa: PLC0415
             from castore.store import Store, default_store_path  # noqa: PLC0415
+            path = self.store_path or default_store_path()
+            new = not os.path.lexists(os.path.join(path, "config"))
+            if new and not create:
+                raise NoStore(f"no store at {path}: run `continuity init` to make one "
+                              "(or check --store / CONTINUITY_STORE)")
             phases.mark("before store")
-            self._store = Store.open(self.store_path or default_store_path(), create=create)
+            self._store = Store.open(path, create=create)
             phases.mark("store open")
+            if new:  # said when the command succeeds (announce_new_store): a failure's stderr is its one error line
+                NEW_STORE.append(os.path.abspath(path))
         return self._store
 
     def store_if_exists(self) -> Store | None:
@@ -133,6 +173,11 @@ def mapped_errors() -> Iterator[None]:
             quiet_broken_pipe()
         _traceback_if_debug()
         where = f"{_unproc(exc.filename)}: " if exc.filename else ""
+        ctx = click.get_current_context(silent=True)
+        ro = ctx.find_root().obj.open_store if ctx and isinstance(ctx.find_root().obj, Ctx) else None
+        if exc.errno == errno.EROFS and ro is not None and ro.readonly:
+            fail(f"{where}read-only file system: the store at {ro.path} is read-only and this verb writes to "
+                 "it; run it where the store is writable", 1)
         code = ResourceLimit.exit_code if is_resource_errno(exc.errno) else 1
         fail(f"{where}{exc.strerror or exc}", code)
     except (MemoryError, RecursionError) as exc:
@@ -273,10 +318,23 @@ def resolve(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manifest, 
 
 def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manifest | None, str | None, Store | None]:
     """``resolve``, but a manifest of the store is not read: (None, digest, store)."""
+    from castore.store.revisions import NoSuchRevision, short_prefix_hint  # noqa: PLC0415
+    if need_store and ctx.store_if_exists() is None and os.path.isfile(ref):
+        # No store: a manifest file is still checked first (bad input is refused as such, exit 3), and one
+        # that needs no content (fifos, empty files, directories) is served without a store.
+        m = read_manifest_file(ref)
+        from castore.store import manifest_refs
+        if not manifest_refs(m):
+            return m, None, None
+        ctx.store()  # NoStore, with the hint
     store = ctx.store() if need_store else ctx.store_if_exists()
     if store is not None:
         try:
             digest = store.resolve(ref)
+        except NoSuchRevision:
+            if not os.path.isfile(ref):
+                raise
+            digest = None
         except NotFound:
             digest = None
         if digest is not None:
@@ -286,7 +344,7 @@ def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manif
         return read_manifest_file(ref), None, store
     if os.path.isdir(ref):
         raise CorruptManifest(f"{ref}: is a directory, not a manifest")
-    raise NotFound(f"no manifest named {ref!r} (not a name, digest or file)")
+    raise NotFound(f"no manifest named {ref!r} (not a name, revision, digest or file){short_prefix_hint(ref)}")
 
 
 def print_json(obj: object) -> None:

@@ -8,6 +8,7 @@ import click
 
 from castore.api import fsck, gc
 from castore.cli.common import Ctx, json_opt, main_group, print_json
+from castore.cli.retention_opts import build_policy, print_plan, retention_options, retention_plan
 from castore.errors import IntegrityError, NotFound, StoreUnusable, UnsafeInput
 from castore.fsck.check import FsckReport, parse_subset, rebuild_index
 from castore.gc.collect import parse_duration
@@ -24,7 +25,8 @@ MAX_INFO_LINES = 20
 @click.option("--grace", default="1h", show_default=True, metavar="DURATION",
               help="Keep orphan files and unnamed manifests younger than this (0, 90s, 15m, 2h, 7d).")
 @click.option("--keep-history", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Keep only the N newest history entries of each name (default: all).")
+              help="Keep only the N newest history entries of each name (default: all); --keep-last N.")
+@retention_options
 @click.option("--wait", is_flag=True, help="Wait for a running gc instead of exiting 5.")
 @click.option("--nice", type=click.IntRange(0, 19), default=10, show_default=True,
               help="Lower gc's CPU priority by this much (background work yields to ingests; 0: don't).")
@@ -32,7 +34,7 @@ MAX_INFO_LINES = 20
 @click.option("-v", "--verbose", is_flag=True, help="List every object deleted (as the global -v).")
 @click.pass_obj
 def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: bool, nice: int, as_json: bool,
-           verbose: bool) -> None:
+           verbose: bool, keep_last: int | None, keep_within: str | None, **buckets: int | None) -> None:
     """Delete what no catalog name, lease or recent write references (cron-safe).
 
     Roots: every name and its history, live leases (running ingests,
@@ -40,11 +42,16 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
     A second gc exits 5 unless --wait. --dry-run prints what would go per
     kind (count and size); -v lists every object.
 
+    Retention (like restic forget / borg prune), per name: --keep-last,
+    --keep-hourly/-daily/-weekly/-monthly/-yearly, --keep-within; a version
+    any rule keeps stays, the others are forgotten (listed first; with
+    --dry-run nothing goes). A name's current version always stays.
+
     \b
     Examples:
       continuity gc --dry-run
-      continuity gc --grace 2h --keep-history 10
-      continuity gc --json
+      continuity gc --dry-run --keep-daily 7 --keep-weekly 4 --keep-monthly 12
+      continuity gc --keep-last 10 --keep-within 2d --json
       cmd/continuity-gc/continuity-gc     # the cron/systemd wrapper (README: gc from cron)
     """
     verbose = verbose or obj.verbose > 0
@@ -52,14 +59,22 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
         grace_ns = parse_duration(grace)
     except UnsafeInput as exc:
         raise click.BadParameter(str(exc), param_hint="--grace") from None
+    policy = build_policy(keep_history, keep_last, keep_within, **buckets)
     store = obj.store_if_exists()
     if store is None:
-        raise NotFound(f"no store at {obj.store_path or default_store_path()}")
+        raise NotFound(f"no store at {obj.store_path or default_store_path()}: "
+                       "run `continuity init` to make one (or check --store / CONTINUITY_STORE)")
+    if store.readonly:
+        from castore.store.readonly import refuse_write
+        refuse_write(store.path, "gc deletes from it")
+    plan = retention_plan(store, policy) if policy is not None else None
     report = gc(store, grace_seconds=grace_ns // 10**9, dry_run=dry_run, keep_history=keep_history, wait=wait,
-                nice=nice, list_items=verbose or as_json)
+                nice=nice, list_items=verbose or as_json, retention=policy)
     if as_json:
-        print_json({"ok": True, **report.as_json()})
+        print_json({"ok": True, **report.as_json(), **({"retention": plan} if plan is not None else {})})
         return
+    if plan is not None:
+        print_plan(plan, dry_run)
     if verbose:
         for item in report.items:
             click.echo(f"{'would delete' if dry_run else 'deleted'} {item.kind} {quote(item.name)} {item.size}")

@@ -144,8 +144,8 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, i
             from castore.store.signatures import enforce
 
             enforce(None, policy, None, [label], what=reference)
-        md, oci_digest, n, nbytes = pull_image(obj.store(), layout, layout.top(tag), reference, name=label,
-                                               jobs=jobs, platform=plat)
+        md, oci_digest, n, nbytes = pull_image(obj.store(create=True), layout, layout.top(tag), reference,
+                                               name=label, jobs=jobs, platform=plat)
         if as_json:
             print_json({"digest": md, "oci_digest": oci_digest, "name": label, "downloaded": n, "present": 0,
                         "downloaded_size": nbytes})
@@ -158,7 +158,7 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, i
                          username=username, password_stdin=password_stdin)
     ref = registry_reference(reference, insecure, allow_digest=True, tls_asked=tls_verify is not None,
                              access=access)
-    res = pull(obj.store(), ref, name=name if name is not None else str(ref), jobs=jobs, access=access,
+    res = pull(obj.store(create=True), ref, name=name if name is not None else str(ref), jobs=jobs, access=access,
                platform=plat, policy=policy)
     if as_json:
         print_json({"digest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),

@@ -16,4 +16,5 @@ def ingest_tar_cmd(obj: Ctx, tar_src: str, name: str | None, ignore: tuple[str, 
     if whiteouts not in ("none", "oci"):
         import click
         raise click.UsageError("--tar reads whiteouts in the oci form only (--whiteouts oci)")
-    return ingest_tar(obj.store(), tar_src, name=name, ignore=ignore, whiteouts=whiteouts, appledouble=appledouble)
+    return ingest_tar(obj.store(create=True), tar_src, name=name, ignore=ignore, whiteouts=whiteouts,
+                      appledouble=appledouble)

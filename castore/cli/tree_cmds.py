@@ -204,10 +204,12 @@ def dump_cmd(obj: Ctx, manifest: str, fmt: str, as_json: bool) -> None:
               help="Draw the store's growth and dedup over time (every name's history) as a PNG (needs matplotlib).")
 @click.pass_obj
 def stats_cmd(obj: Ctx, manifest: str | None, as_json: bool, plot: str | None) -> None:
-    """Counts and sizes of MANIFEST (size: bytes of its files).
+    """Counts and sizes of MANIFEST; without it, of the whole store (bytes stored, logical bytes,
+    dedup ratio, growth of each name).
 
     \b
     Examples:
+      continuity stats                       # the whole store: stored vs logical bytes, dedup
       continuity stats web
       continuity stats web --json
       continuity stats --plot growth.png     # logical vs stored bytes over time
@@ -217,7 +219,9 @@ def stats_cmd(obj: Ctx, manifest: str | None, as_json: bool, plot: str | None) -
         plot_store_growth(obj, plot, as_json=as_json)
         return
     if manifest is None:
-        raise click.UsageError("missing MANIFEST (or --plot FILE)")
+        from castore.cli.store_stats import print_store_stats
+        print_store_stats(obj, as_json)
+        return
     m, digest, _ = resolve(obj, manifest)
     s = manifest_stats(m)
     if as_json:

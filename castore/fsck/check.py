@@ -12,6 +12,7 @@ holds the store lock exclusive for the whole run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -126,11 +127,11 @@ class _Checker:
                     self._add("error", "bad-catalog-row", name, "catalog entry is not readable")
             for k, v in txn.cursor(db=self.meta.db("history")):
                 k = bytes(k)
-                if len(k) < 10 or len(v) != 32:
+                if len(k) < 10 or len(v) not in (32, 33):  # digest [flags] (castore/store/revisions.py)
                     self._add("error", "bad-catalog-row", k.hex(), "history entry is malformed")
                     continue
                 when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int.from_bytes(k[-8:], "big") / 1e9))
-                names.setdefault(bytes(v), []).append(f"{k[:-9].decode(errors='replace')}@{when}")
+                names.setdefault(bytes(v[:32]), []).append(f"{k[:-9].decode(errors='replace')}@{when}")
         return names
 
     def manifests(self) -> None:
@@ -362,7 +363,9 @@ def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
     """Check (and with ``opts.repair`` repair) the store. Raises IntegrityError on unreadable metadata."""
     opts = opts or FsckOptions()
     start = time.monotonic()
-    with flocked(os.path.join(store.path, "gc.lock"), exclusive=True, what="gc/fsck"):
+    # A read-only store (castore/store/readonly.py) is checked without the lock: no gc can run on it.
+    with (flocked(os.path.join(store.path, "gc.lock"), exclusive=True, what="gc/fsck")
+          if not store.readonly or opts.repair else contextlib.nullcontext()):
         lock = store.exclusive_lock() if opts.repair else None
         if lock is not None:
             lock.__enter__()  # type: ignore[attr-defined]

@@ -46,6 +46,7 @@ from castore.gc.caches import CacheSweeps, hexkey
 from castore.gc.files import age_ns, size_of, tree_size
 from castore.gc.nice import Nice
 from castore.gc.report import GcOptions, GcReport, Item, parse_duration
+from castore.gc.retention import select
 from castore.gc.spill import MarkSet, Records, Scratch
 from castore.store import Store, apply_records, signatures
 from castore.store.lock import flocked, is_held
@@ -135,9 +136,14 @@ class _Collector(CacheSweeps):
                 prune.extend(k for k, _ in rows)  # the name was removed: its versions go too
                 continue
             rows.sort()  # time order (big-endian suffix)
+            if self.opts.retention is not None and not self.opts.retention.empty():
+                why = select([struct.unpack(">Q", k[-8:])[0] for k, _ in rows], self.opts.retention)
+                prune.extend(k for (k, _), r in zip(rows, why, strict=True) if not r)
+                roots.update(v[:32] for (_, v), r in zip(rows, why, strict=True) if r)
+                continue
             cut = 0 if keep_n is None else max(len(rows) - keep_n, 0)
             prune.extend(k for k, _ in rows[:cut])
-            roots.update(v for _, v in rows[cut:])
+            roots.update(v[:32] for _, v in rows[cut:])
         leases: list[tuple[str, bool]] = []
         for k, v in t.cursor(db=self.meta.db("leases")):  # type: ignore[attr-defined]
             lid = bytes(k).decode(errors="replace")

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from castore.errors import UnsafeInput
+from castore.gc.retention import Policy
 from castore.textsafe import human_size
 
 DEFAULT_GRACE_NS = 3600 * 10**9
@@ -42,6 +43,7 @@ class GcOptions:
     grace_ns: int = DEFAULT_GRACE_NS
     dry_run: bool = False
     keep_history: int | None = None
+    retention: Policy | None = None  # per-name history policy (castore/gc/retention.py); keep_history: its `last`
     wait: bool = False
     nice: int = 0  # lower the CPU priority of the unlocked phases by this much (the CLI uses 10)
     list_items: bool = False  # keep every Item in the report (dry runs always do)

@@ -247,6 +247,6 @@ class ObjectLinker:
             # Two sorted runs: timsort merges them in one pass. A key in both (a blob
             # both processes verified) holds the same stat; putmulti keeps the last.
             rows = sorted(rows + extra)
-        if not rows:
+        if not rows or self.store.readonly:  # a cache: a read-only store keeps none
             return
         links.write_records(self.store.meta, rows, before_commit)

@@ -45,6 +45,8 @@ from castore.store.layout import (
 )
 from castore.store.leases import LEASE_TTL_NS, Lease, Leases
 from castore.store.meta import REBUILD_HINT, MetaDB
+from castore.store.readonly import readonly_reason
+from castore.store.revisions import RecordPolicy
 
 INDEX_CLOCK_SLACK_NS = 2 * 10**9  # file times come from a coarser clock than time.time_ns()
 
@@ -60,6 +62,8 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
         assert isinstance(ch, dict)
         self.chunking = ChunkParams(ch["min_size"], ch["avg_size"], ch["max_size"], ch["threshold"])
         self.blob_root = os.path.join(path, "blobs", "sha256")
+        self.readonly = getattr(meta, "readonly", False)  # castore/store/readonly.py
+        self.record = RecordPolicy()  # how set_tag records versions (castore/store/revisions.py)
         self.root_fd = -1  # the store directory, checked (Store.open); every store dir is reached from it
         self._shard_fds: dict[str, int] = {}
 
@@ -78,6 +82,7 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
                 create_store(path)
             else:
                 root_fd = open_root(path, new=False)
+            ro = bool(readonly_reason(path))
             cfd = fs.open_beneath(root_fd, "config", os.O_RDONLY)
             with open(cfd, "rb") as f:
                 config = json.loads(f.read())
@@ -85,7 +90,7 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
                 raise StoreUnusable(f"store at {path} has an unknown format version")
             if config.get("digest_algorithm") != "sha256":
                 raise StoreUnusable(f"store at {path} uses an unsupported digest algorithm")
-            for d in ("blobs", "blobs/sha256", "tmp", "leases", "links"):
+            for d in ("blobs", "blobs/sha256", "tmp", "leases", "links") if not ro else ():
                 ensure_dir(root_fd, d, path)
             for d in ("blobs/sha256", "links"):
                 check_shards(root_fd, d, path)
@@ -93,7 +98,7 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
             # empty (gc would take every blob for an orphan).
             if not os.path.exists(os.path.join(path, "meta", "data.mdb")):
                 raise IntegrityError(f"store at {path} has no index (meta/data.mdb is missing); {REBUILD_HINT}")
-            meta = MetaDB(os.path.join(path, "meta"), create=False)
+            meta = MetaDB(os.path.join(path, "meta"), create=False, readonly=ro)
         except BaseException as exc:
             if root_fd >= 0:
                 os.close(root_fd)
@@ -111,7 +116,7 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
         store = cls(path, config, meta)
         store.root_fd = root_fd
         store._check_schema()
-        if not os.path.isdir(os.path.join(path, MARKER_DIR)):
+        if not ro and not os.path.isdir(os.path.join(path, MARKER_DIR)):
             with contextlib.suppress(OSError):  # best effort (a read-only user): the first commit does it
                 store._backfill_markers()
         return store

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from castore.readers import ChunkParams
 from castore.store.meta import MetaDB
+from castore.store.revisions import RecordPolicy
 
 
 class StoreState:
@@ -22,3 +23,5 @@ class StoreState:
     blob_root: str  # STORE/blobs/sha256
     root_fd: int  # the store directory, checked (Store.open); every store dir is reached from it
     _shard_fds: dict[str, int]
+    readonly: bool  # castore/store/readonly.py: nothing is written (no locks, leases, caches)
+    record: RecordPolicy  # how set_tag records versions (castore/store/revisions.py)

@@ -23,6 +23,7 @@ from castore.digest import is_digest
 from castore.errors import BlobNotFound, IntegrityError, NotFound, UnsafeInput
 from castore.fs.tree import fsync_dir, remove_tree, sync_tree
 from castore.manifest import Manifest, codec, validate
+from castore.store import revisions
 from castore.store.base import StoreState
 from castore.store.blobs import write_all
 from castore.store.layout import MARKER_DIR, check_name, is_hex_prefix
@@ -118,11 +119,16 @@ class Catalog(StoreState):
             return txn.get(dkey(digest), db=self.meta.db("refs")) is not None
 
     def set_tag(self, txn: object, name: str, digest: str, size: int) -> None:
+        """Point ``name`` at ``digest`` and record a version (not when the name's newest version already
+        is this manifest, unless forced: see castore/store/revisions.py RecordPolicy)."""
+        if revisions.unchanged(txn, self.meta.db("tags"), self.meta.db("history"), name, digest, self.record):
+            return
         now = time.time_ns()
         t: object = txn
         t.put(name.encode(), json.dumps({"digest": digest, "time_ns": now, "size": size}).encode(),  # type: ignore
               db=self.meta.db("tags"))
-        t.put(name.encode() + b"\0" + struct.pack(">Q", now), dkey(digest), db=self.meta.db("history"))  # type: ignore
+        t.put(revisions.history_key(name, now), revisions.history_value(digest, self.record.flags),  # type: ignore
+              db=self.meta.db("history"))
 
     def tag(self, name: str, digest: str) -> None:
         """Name a manifest the store recorded as one (its `refs` row); any other blob is refused."""
@@ -171,8 +177,10 @@ class Catalog(StoreState):
                 for k, v in cur:
                     if not k.startswith(prefix):
                         break
+                    if len(k) != len(prefix) + 8:
+                        continue
                     (t,) = struct.unpack(">Q", k[len(prefix):])
-                    d = dstr(v)
+                    d = dstr(v[:32])
                     out.append(TagInfo(name, d, t, 0))
         return out
 
@@ -193,6 +201,9 @@ class Catalog(StoreState):
         d = self.get_tag(ref) if len(ref.encode()) < 500 else None
         if d is not None:
             return d
+        d = revisions.resolve_revision(self, ref) if len(ref.encode()) < 600 else None
+        if d is not None:
+            return d
         hexpart = ref[7:] if ref.startswith("sha256:") else ref
         if is_hex_prefix(hexpart) and len(hexpart) < 64:
             found = [m for m in self.manifests() if m[7:].startswith(hexpart)]
@@ -200,7 +211,7 @@ class Catalog(StoreState):
                 return found[0]
             if len(found) > 1:
                 raise UnsafeInput(f"digest prefix {hexpart} is ambiguous ({len(found)} manifests)")
-        raise NotFound(f"no manifest named {ref!r} in the store")
+        raise NotFound(f"no manifest named {ref!r} in the store{revisions.short_prefix_hint(ref)}")
 
     def record_manifest(self, txn: object, digest: str, refs: Iterable[str]) -> None:
         """Index a manifest's references (for gc), in the caller's transaction."""

@@ -14,6 +14,7 @@ Layout (see docs/design.md)::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -125,7 +126,8 @@ def open_root(path: str, *, new: bool) -> int:
             raise UnsafeInput(f"store at {path} is writable by group or others (mode {st.st_mode & 0o7777:04o}): "
                               "refusing to use it; check its contents, then chmod 0700 it")
         elif st.st_mode & 0o077:
-            os.fchmod(fd, 0o700)
+            with contextlib.suppress(OSError):  # a read-only filesystem: nothing can be written there anyway
+                os.fchmod(fd, 0o700)
         return fd
     except BaseException:
         os.close(fd)

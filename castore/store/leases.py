@@ -19,6 +19,7 @@ from castore.errors import warn_mounts_kept
 from castore.fs.tree import remove_tree
 from castore.store.base import StoreState
 from castore.store.lock import flocked, hold_new, is_held
+from castore.store.readonly import no_lease, no_lock, refuse_write
 
 LEASE_TTL_NS = 24 * 3600 * 10**9
 
@@ -70,15 +71,23 @@ class Leases(StoreState):
 
     def shared_lock(self) -> AbstractContextManager[int]:
         """Locking: shared. Held while an ingest commits; gc waits for it."""
+        if self.readonly:
+            return no_lock()  # type: ignore[return-value]
         return flocked(os.path.join(self.path, "lock"), exclusive=False)
 
     def exclusive_lock(self, wait: bool = True) -> AbstractContextManager[int]:
         """Locking: exclusive (gc)."""
+        if self.readonly:
+            refuse_write(self.path)
         return flocked(os.path.join(self.path, "lock"), exclusive=True, wait=wait)
 
     @contextmanager
     def lease(self, manifests: Iterable[str] = ()) -> Iterator[Lease]:
         """A lease for the duration of the block; its tmp dir is removed at the end."""
+        if self.readonly:
+            with no_lease(self.path) as nl:
+                yield nl  # type: ignore[misc]
+            return
         lid = f"{time.time_ns():x}-{secrets.token_hex(6)}"
         fd = hold_new(os.path.join(self.path, "leases", lid + ".lock"))
         rec = {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": list(manifests), "pid": os.getpid()}

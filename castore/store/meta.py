@@ -5,7 +5,7 @@ Sub-databases (keys and values are bytes; see docs/design.md):
     blobs      digest hex (32 raw bytes)  -> size u64, kind u8
     refs       manifest digest (32 bytes) -> every blob digest it references
     tags       name (utf-8)               -> json {digest, time_ns, size}
-    history    name \\0 time_ns (8 bytes)  -> manifest digest (32 bytes)
+    history    name \\0 time_ns (8 bytes)  -> manifest digest (32 bytes) [flags (1 byte): revisions.py]
     leases     lease id (ascii)           -> json {expiry_ns, manifests, pid}
     statcache  dev u64, ino u64           -> marshal (size, mtime, ctime, digest, chunks, xattrs, holes)
     links      hardlink-object key        -> marshal (digest, ino, size, mtime_ns, ctime_ns)
@@ -101,8 +101,11 @@ def dstr(key: bytes) -> str:
 class MetaDB:
     """Typed access to the store's LMDB environment (one per path per process)."""
 
-    def __init__(self, path: str, *, create: bool) -> None:
+    def __init__(self, path: str, *, create: bool, readonly: bool = False) -> None:
+        """``readonly``: a store we may not write (read-only filesystem, another's files): LMDB opened
+        read-only without its lock file (nothing is created; see castore/store/readonly.py)."""
         self.path = path
+        self.readonly = readonly
         pid = os.getpid()
         cached = _ENVS.get(path)
         if cached and cached[0] == pid:
@@ -113,7 +116,8 @@ class MetaDB:
             try:
                 self.env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=len(DBS) + 2, subdir=True,
                                      create=create, sync=True, metasync=True, writemap=False,
-                                     max_spare_txns=0, lock=True, readahead=False)
+                                     max_spare_txns=0, lock=not readonly, readahead=False,
+                                     readonly=readonly)
             except lmdb.Error as exc:
                 if "Resource temporarily unavailable" in str(exc):
                     # LMDB's per-PID reader lock is taken: a process with our PID in another PID namespace.
@@ -124,6 +128,11 @@ class MetaDB:
                 raise StoreUnusable(f"store metadata at {path} cannot be opened: {exc}") from exc
             _ENVS[path] = (pid, self.env)
         try:
+            if readonly:  # a read-only env cannot create sub-databases: only the ones it has are opened
+                with self.env.begin() as txn:
+                    have = [n for n in DBS if txn.get(n.encode()) is not None]
+                self.dbs = {n: self.env.open_db(n.encode(), create=False) for n in have}  # (handles opened in
+                return  # a read transaction of py-lmdb die with it)
             self.dbs = {n: self.env.open_db(n.encode()) for n in DBS}
             self.env.reader_check()
             if not (cached and cached[0] == pid):
@@ -154,6 +163,9 @@ class MetaDB:
 
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``fn`` in one write transaction, growing the map and retrying when full."""
+        if self.readonly:
+            from castore.store.readonly import refuse_write
+            refuse_write(os.path.dirname(self.path))
         for _ in range(40):
             try:
                 with self.env.begin(write=True) as txn:

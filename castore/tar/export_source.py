@@ -46,8 +46,8 @@ def load_records(store: Store, digests: set[str]) -> dict[bytes, bytes]:
 
 
 def save_records(store: Store, rows: dict[bytes, bytes]) -> None:
-    """Write verified records (one write transaction)."""
-    if rows:
+    """Write verified records (one write transaction); a read-only store keeps none (a cache)."""
+    if rows and not store.readonly:
         links.write_records(store.meta, sorted(rows.items()))
 
 

@@ -52,7 +52,7 @@ def test_bad_durations(text: str) -> None:
 
 
 def test_bad_grace_is_usage_error(cli) -> None:  # type: ignore[no-untyped-def]
-    cli("list", check=True)
+    cli("init", check=True)
     p = cli("gc", "--grace", "5x")
     assert p.returncode == 2 and b"invalid duration" in p.stderr
 
@@ -161,7 +161,7 @@ def test_live_lease_protects_its_manifest_and_dead_lease_is_cleaned(cli, store_p
 
 
 def test_second_gc_is_busy_unless_wait(cli, store_path: Path) -> None:  # type: ignore
-    cli("list", check=True)
+    cli("init", check=True)
     fd = os.open(store_path / "gc.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:

@@ -104,6 +104,7 @@ def test_push_manifest_file_and_tag_digest_refused(tmp_path: Path, repo: str) ->
 
 def test_pull_wrong_digest_and_unknown(tmp_path: Path, repo: str) -> None:
     b = tmp_path / "b"
+    run_cli("init", store=b, check=True)  # else pull's first line says it made the store
     p = run_cli("pull", f"{repo}@sha256:{'0' * 64}", store=b)
     assert p.returncode == 1 and p.stderr.count(b"\n") == 1 and b"not found" in p.stderr
     p = run_cli("pull", f"{repo}:nope", store=b)
@@ -194,6 +195,7 @@ def test_bad_artifacts_exit_4_and_record_nothing(tmp_path: Path, repo: str) -> N
     for tag, (doc, _) in cases.items():
         _put(repo, tag, doc, {hash_bytes(garbage): garbage, EMPTY_DIGEST: EMPTY_JSON})
     b = tmp_path / "b"
+    run_cli("init", store=b, check=True)  # else pull's first line says it made the store
     for tag, (_, why) in cases.items():
         p = run_cli("pull", f"{repo}:{tag}", store=b)
         assert p.returncode == 4, (tag, p.stderr)
