@@ -38,8 +38,21 @@ from castore.walk import (
     walk,
 )
 
-__all__ = ["SourceChanged", "Stat", "WalkOptions", "WalkResult", "assemble", "build", "ignored", "make_pool",
-           "open_root", "raise_nofile_limit", "read_with_retries", "see_entry", "walk"]
+__all__ = [
+    "SourceChanged",
+    "Stat",
+    "WalkOptions",
+    "WalkResult",
+    "assemble",
+    "build",
+    "ignored",
+    "make_pool",
+    "open_root",
+    "raise_nofile_limit",
+    "read_with_retries",
+    "see_entry",
+    "walk",
+]
 
 BATCH_FILES = 512
 BATCH_BYTES = 32 << 20
@@ -52,13 +65,15 @@ def make_pool(workers: int | None = None) -> ProcessPoolExecutor:
     from concurrent.futures import ProcessPoolExecutor
 
     n = workers or max(1, min(2, os.cpu_count() or 1))
-    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"), initializer=_die_with_parent,
-                               initargs=(os.getpid(),))
+    return ProcessPoolExecutor(
+        n, mp_context=multiprocessing.get_context("fork"), initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
 
 
 def _die_with_parent(parent: int) -> None:
     """Pool workers die with their parent: a SIGKILLed ingest leaves no process behind."""
     import signal
+
     fs.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
@@ -75,8 +90,9 @@ class Reader:
     largest first so that both workers finish together.
     """
 
-    def __init__(self, proc: Processor, pool: Executor | None,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self, proc: Processor, pool: Executor | None, progress: Callable[[int, int], None] | None = None
+    ) -> None:
         self.proc, self.pool, self.progress = proc, pool, progress
         self.jobs: list[FileJob] = []
         self.pending: list[int] = []
@@ -137,8 +153,9 @@ class Reader:
 _EMPTY = FileResult()
 
 
-def read_files(proc: Processor, jobs: list[FileJob], pool: Executor | None,
-               progress: Callable[[int, int], None] | None = None) -> list[FileResult]:
+def read_files(
+    proc: Processor, jobs: list[FileJob], pool: Executor | None, progress: Callable[[int, int], None] | None = None
+) -> list[FileResult]:
     """Read every job with ``proc``, in parallel when a pool is given."""
     reader = Reader(proc, pool, progress)
     for j in jobs:
@@ -158,14 +175,20 @@ def restat(root_fd: int, job: FileJob) -> FileJob | None:
         os.close(fd)
     if not stat.S_ISREG(st.st_mode):
         return None
-    return FileJob(job.rel, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                   st.st_blocks * 512 < st.st_size)
+    return FileJob(
+        job.rel, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_blocks * 512 < st.st_size
+    )
 
 
-def read_with_retries(root_fd: int, proc: Processor, jobs: list[FileJob], pool: Executor | None,
-                      progress: Callable[[int, int], None] | None = None,
-                      results: list[FileResult] | None = None,
-                      on_skip: Callable[[str, str], None] | None = None) -> list[FileResult]:
+def read_with_retries(
+    root_fd: int,
+    proc: Processor,
+    jobs: list[FileJob],
+    pool: Executor | None,
+    progress: Callable[[int, int], None] | None = None,
+    results: list[FileResult] | None = None,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> list[FileResult]:
     """read_files (unless ``results`` are given), re-reading files that changed
     under us up to RETRIES times; ``jobs`` is updated with their fresh stat.
     ``on_skip``: a file that cannot be read is reported there (its result keeps
@@ -185,7 +208,7 @@ def read_with_retries(root_fd: int, proc: Processor, jobs: list[FileJob], pool: 
     for j, r in zip(jobs, results, strict=True):
         if r.error and on_skip is not None:
             why = r.error.lstrip("/")
-            why = why[len(j.rel) + 2:] if why.startswith(j.rel + ": ") else why
+            why = why[len(j.rel) + 2 :] if why.startswith(j.rel + ": ") else why
             on_skip(j.rel, "vanished or kept changing while it was read" if r.changed else why)
         elif r.error:
             if r.changed:
@@ -195,8 +218,9 @@ def read_with_retries(root_fd: int, proc: Processor, jobs: list[FileJob], pool: 
 
 
 @bulk
-def build(root: str, opts: WalkOptions | None = None, *, pool: Executor | None = None,
-          hash_files: bool = True) -> Manifest:
+def build(
+    root: str, opts: WalkOptions | None = None, *, pool: Executor | None = None, hash_files: bool = True
+) -> Manifest:
     """The manifest of the tree at ``root``. Raises NotFound, SourceChanged, CastoreError."""
     opts = opts or WalkOptions()
     root_fd = open_root(root)

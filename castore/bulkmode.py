@@ -40,4 +40,5 @@ def bulk(fn: Callable[P, T]) -> Callable[P, T]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         with paused():
             return fn(*args, **kwargs)
+
     return wrapper

@@ -57,6 +57,7 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
     dirs = DirFds(root_fd)
     made_dirs: set[str] = set()
     try:
+
         def ensure_dir(rel: str) -> None:
             # Implicit parents (not in the manifest) are created 0755. Iterative: no recursion per level.
             todo = []
@@ -80,11 +81,12 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
         last = None
         for r in others:
             for p in r.paths:
-                parent = p[1:max(p.rfind("/"), 1)]
+                parent = p[1 : max(p.rfind("/"), 1)]
                 if parent != last:  # entries come sorted: runs of one parent (30 ms for 100k files)
                     ensure_dir(parent)
                     last = parent
         crashpoint("checkout-after-dirs")
+
         def preload(entries: list[Item]) -> None:
             if writer.store is not None:
                 writer.preload([r for r in entries if isinstance(r, (RegularFile, LinkRef))])
@@ -102,6 +104,7 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
             def also() -> None:
                 preload(mine)
                 _create_entries(dirs, mine, writer)
+
             extra = _in_child(root_fd, theirs, writer, also)
         else:
             preload(others)
@@ -156,12 +159,11 @@ def _halves(entries: list[Item], share: float = 0.5) -> tuple[list[Item], list[I
     for i, c in enumerate(cost):
         acc += c
         if acc >= half:
-            return entries[: i + 1], entries[i + 1:]
+            return entries[: i + 1], entries[i + 1 :]
     return entries, []
 
 
-def _in_child(root_fd: int, entries: list[Item], writer: Writer,
-              also: Callable[[], None]) -> list[tuple[bytes, bytes]]:
+def _in_child(root_fd: int, entries: list[Item], writer: Writer, also: Callable[[], None]) -> list[tuple[bytes, bytes]]:
     """Create ``entries`` in a forked child while this process runs ``also``.
 
     The child never touches LMDB (its records were preloaded); it sends back
@@ -193,7 +195,7 @@ def _in_child(root_fd: int, entries: list[Item], writer: Writer,
         try:
             view = memoryview(payload)
             while view:
-                view = view[os.write(wfd, view):]
+                view = view[os.write(wfd, view) :]
             os.close(wfd)  # EOF for the parent now, not after this process is torn down
         except BaseException:  # noqa: BLE001
             code = 1
@@ -253,16 +255,25 @@ def _prepare_target(target: str) -> tuple[str, str, bool]:
     fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         if fs.is_mount_root(fd, os.stat(parent).st_dev):
-            raise UnsafeInput(f"{target}: another filesystem is mounted there; checkout puts a new directory in "
-                              "TARGET's place, which would unmount nothing and fail: give a path below it")
+            raise UnsafeInput(
+                f"{target}: another filesystem is mounted there; checkout puts a new directory in "
+                "TARGET's place, which would unmount nothing and fail: give a path below it"
+            )
     finally:
         os.close(fd)
     return parent, base, True
 
 
 @bulk
-def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: Options,
-             manifest_digest: str | None = None, *, validated: bool = False) -> None:
+def checkout(
+    store: Store | None,
+    manifest: Manifest | None,
+    target: str,
+    opts: Options,
+    manifest_digest: str | None = None,
+    *,
+    validated: bool = False,
+) -> None:
     """Materialise ``manifest`` at ``target`` (complete or not at all).
 
     ``manifest`` may be None when ``manifest_digest`` names a manifest of
@@ -289,9 +300,11 @@ def checkout(store: Store | None, manifest: Manifest | None, target: str, opts: 
     if opts.devices == "check":
         devices = [r.path for r in items if isinstance(r, Device)]
         if devices:  # a new tree holds no device node to confirm: say so before writing anything
-            raise Differences(f"{devices[0]}: {len(devices)} device node(s) cannot be checked in a new tree "
-                              "(--devices check confirms existing nodes, as apply does); use --devices create "
-                              "or skip")
+            raise Differences(
+                f"{devices[0]}: {len(devices)} device node(s) cannot be checked in a new tree "
+                "(--devices check confirms existing nodes, as apply does); use --devices create "
+                "or skip"
+            )
     parent, base, was_empty_dir = _prepare_target(target)
     ads = count_ads(items)
     if store is not None and manifest_digest is None and manifest is not None:

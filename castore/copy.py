@@ -144,8 +144,11 @@ def _copy_xattrs(src: int | str, dst: int | str, follow: bool, stats: CopyStats)
         if isinstance(src, int):
             items = fs.read_xattrs(src)
         else:
-            items = fs.read_xattrs(src) if not follow else tuple(
-                (n, os.getxattr(src, n)) for n in sorted(os.listxattr(src)))
+            items = (
+                fs.read_xattrs(src)
+                if not follow
+                else tuple((n, os.getxattr(src, n)) for n in sorted(os.listxattr(src)))
+            )
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES):
             return
@@ -246,8 +249,20 @@ class _Copier:
                 return None
             self.firsts[key] = child
         if stat.S_ISREG(mode):
-            self.files.append(_Job(child, st.st_dev, st.st_ino, st.st_size, st.st_blocks * 512 < st.st_size,
-                                   st.st_uid, st.st_gid, stat.S_IMODE(mode), st.st_atime_ns, st.st_mtime_ns))
+            self.files.append(
+                _Job(
+                    child,
+                    st.st_dev,
+                    st.st_ino,
+                    st.st_size,
+                    st.st_blocks * 512 < st.st_size,
+                    st.st_uid,
+                    st.st_gid,
+                    stat.S_IMODE(mode),
+                    st.st_atime_ns,
+                    st.st_mtime_ns,
+                )
+            )
             return None
         self.other(sfd, dfd, name, child, st)
         return None
@@ -266,8 +281,12 @@ class _Copier:
         self.stats.others += 1
         # Metadata by O_PATH fd (checked to be what we just made), or no-follow calls on a symlink.
         if stat.S_ISLNK(mode):
-            _chown(self.mv, lambda: os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False),
-                   st.st_uid, st.st_gid)
+            _chown(
+                self.mv,
+                lambda: os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False),
+                st.st_uid,
+                st.st_gid,
+            )
             with fs.named(f"/{child}"):
                 _copy_xattrs(fs.proc_path(sfd, name), fs.proc_path(dfd, name), False, self.stats)
             os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
@@ -323,11 +342,14 @@ class _Copier:
                     copy_file(self.src_root, self.dst_root, j, self.mv, self.stats)
                     bar.advance(j.size)
                 return
-            batches = [jobs[i:i + BATCH] for i in range(0, len(jobs), BATCH)]
+            batches = [jobs[i : i + BATCH] for i in range(0, len(jobs), BATCH)]
             # fork: the workers inherit the two root fds (numbers passed as they are).
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                for batch, res in zip(batches, pool.map(_copy_batch, [self.src_root] * len(batches),
-                                                        [self.dst_root] * len(batches), batches), strict=True):
+                for batch, res in zip(
+                    batches,
+                    pool.map(_copy_batch, [self.src_root] * len(batches), [self.dst_root] * len(batches), batches),
+                    strict=True,
+                ):
                     self.stats.add(res)
                     bar.advance(sum(j.size for j in batch))
 
@@ -360,8 +382,9 @@ class _Copier:
 
 
 @bulk
-def copy_tree(src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int | None = None,
-              sync: bool = False) -> CopyStats:
+def copy_tree(
+    src: str, dst: str, *, ignore: tuple[str, ...] = (), workers: int | None = None, sync: bool = False
+) -> CopyStats:
     """Duplicate the tree at ``src`` as ``dst`` (which must not exist); return what was copied.
 
     Raises NotFound (no SRC), UnsafeInput (SRC a symlink or not a directory,

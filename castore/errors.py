@@ -181,9 +181,12 @@ def raise_if_full(exc: BaseException, where: str) -> None:
 def warn_mounts_kept(paths: list[str]) -> None:
     """One warning line per mount point a removal left in place (it never crosses filesystems)."""
     import sys
+
     for p in paths:
-        print(f"continuity: warning: {p}: another filesystem is mounted there; left in place, "
-              "not removed", file=sys.stderr)
+        print(
+            f"continuity: warning: {p}: another filesystem is mounted there; left in place, not removed",
+            file=sys.stderr,
+        )
 
 
 __all__ = [

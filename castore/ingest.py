@@ -61,9 +61,11 @@ def _fingerprint(walked: WalkResult) -> bytes | None:
         st = e.st
         if st.st_ctime_ns > limit:
             return None
-        h.update(f"{e.path}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
-                 f"{st.st_ctime_ns}\0{st.st_ino}\0{st.st_dev}\0{st.st_nlink}\0{st.st_rdev}\0{e.target}\0"
-                 f"{e.xattrs!r}\n".encode("utf-8", "surrogateescape"))
+        h.update(
+            f"{e.path}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
+            f"{st.st_ctime_ns}\0{st.st_ino}\0{st.st_dev}\0{st.st_nlink}\0{st.st_rdev}\0{e.target}\0"
+            f"{e.xattrs!r}\n".encode("utf-8", "surrogateescape")
+        )
     return h.digest()
 
 
@@ -96,8 +98,15 @@ class Progress:
 
 
 @bulk
-def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions | None = None,
-           pool: Executor | None = None, progress: bool = True) -> str:
+def ingest(
+    store: Store,
+    src: str,
+    *,
+    name: str | None = None,
+    opts: WalkOptions | None = None,
+    pool: Executor | None = None,
+    progress: bool = True,
+) -> str:
     """Store the tree at ``src``; return its manifest digest (tagged ``name`` if given)."""
     opts = opts or WalkOptions()
     if name is not None:
@@ -110,8 +119,14 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
             os.makedirs(lease.tmp_dir, mode=0o700)
             start_ns = time.time_ns()
             epoch = store.gc_epoch()
-            proc = Processor(root=src, root_id=(st.st_dev, st.st_ino), stage_dir=lease.tmp_dir,
-                             blob_dir=store.blob_root, chunking=store.chunking, publish_dir=store.blob_root)
+            proc = Processor(
+                root=src,
+                root_id=(st.st_dev, st.st_ino),
+                stage_dir=lease.tmp_dir,
+                blob_dir=store.blob_root,
+                chunking=store.chunking,
+                publish_dir=store.blob_root,
+            )
             prog = Progress()
             if own_pool:
                 pool = make_pool()
@@ -159,8 +174,9 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
                         for job in deferred:
                             on_file(job)
                 prog.total(sum(j.size for j in reader.jobs))
-                fresh = read_with_retries(root_fd, proc, reader.jobs, pool, results=_results(reader, lease.fd),
-                                          on_skip=opts.on_skip)
+                fresh = read_with_retries(
+                    root_fd, proc, reader.jobs, pool, results=_results(reader, lease.fd), on_skip=opts.on_skip
+                )
                 synced = store.sync_in_background(lease.fd)  # every blob is written: flush while we encode
                 prog.done()
                 crashpoint("ingest-after-read")
@@ -180,8 +196,21 @@ def ingest(store: Store, src: str, *, name: str | None = None, opts: WalkOptions
                     store.record.skipped = len(opts.on_skip)  # type: ignore[arg-type]
                     fp = None  # an incomplete walk is never the shortcut of the next ingest
                 manifest = assemble(walked, results, whiteouts=opts.whiteouts)
-                return _commit(store, manifest, jobs, results, fresh, proc, name, start_ns, hit_idx, epoch,
-                               synced, None if fp is None else (tree_key, fp), sync_fd=lease.fd)
+                return _commit(
+                    store,
+                    manifest,
+                    jobs,
+                    results,
+                    fresh,
+                    proc,
+                    name,
+                    start_ns,
+                    hit_idx,
+                    epoch,
+                    synced,
+                    None if fp is None else (tree_key, fp),
+                    sync_fd=lease.fd,
+                )
             except BaseException:
                 _abandon(store, reader, fresh)
                 raise
@@ -258,17 +287,30 @@ def _unchanged_tree(store: Store, known: bytes, fp: bytes, name: str | None) -> 
     return digest
 
 
-def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list[FileResult],
-            fresh: list[FileResult], proc: Processor, name: str | None, start_ns: int, hit_idx: set[int],
-            epoch: tuple[bytes, bool] | None = None, synced: Callable[[], None] | None = None,
-            fingerprint: tuple[bytes, bytes] | None = None, *, sync_fd: int) -> str:
+def _commit(
+    store: Store,
+    manifest: Manifest,
+    jobs: list[FileJob],
+    results: list[FileResult],
+    fresh: list[FileResult],
+    proc: Processor,
+    name: str | None,
+    start_ns: int,
+    hit_idx: set[int],
+    epoch: tuple[bytes, bool] | None = None,
+    synced: Callable[[], None] | None = None,
+    fingerprint: tuple[bytes, bytes] | None = None,
+    *,
+    sync_fd: int,
+) -> str:
     sizes = _sizes(jobs, results)
     staged = [s for r in fresh for s in r.staged]
 
     def redo(gone: set[str]) -> list[tuple[str, str]]:
         # Content a cache hit or a dedup hint relied on has vanished: read it again.
-        again_jobs = [j for j, r in zip(jobs, results, strict=True)
-                      if r.digest in gone or any(c[0] in gone for c in r.chunks)]
+        again_jobs = [
+            j for j, r in zip(jobs, results, strict=True) if r.digest in gone or any(c[0] in gone for c in r.chunks)
+        ]
         proc.blob_dir = None
         proc.replace_existing = True
         again = proc.run_batch(again_jobs)
@@ -282,5 +324,17 @@ def _commit(store: Store, manifest: Manifest, jobs: list[FileJob], results: list
         if i in hit_idx or not r.digest or not statcache.cacheable(j, start_ns):
             continue
         rows.append((statcache.key(j), statcache.encode(j, r)))
-    return commit_manifest(store, manifest, staged, sizes, name=name, redo=redo, cache_rows=rows, epoch=epoch,
-                           validated=True, synced=synced, fingerprint=fingerprint, sync_fd=sync_fd)
+    return commit_manifest(
+        store,
+        manifest,
+        staged,
+        sizes,
+        name=name,
+        redo=redo,
+        cache_rows=rows,
+        epoch=epoch,
+        validated=True,
+        synced=synced,
+        fingerprint=fingerprint,
+        sync_fd=sync_fd,
+    )

@@ -36,8 +36,9 @@ class SkipLog:
         return len(self.paths)
 
 
-def drop_unread(walked: Any, jobs: list[FileJob], results: list[FileResult],
-                hit_idx: set[int]) -> tuple[list[FileJob], list[FileResult], set[int]]:
+def drop_unread(
+    walked: Any, jobs: list[FileJob], results: list[FileResult], hit_idx: set[int]
+) -> tuple[list[FileJob], list[FileResult], set[int]]:
     """Leave the files whose read failed (``error`` set) out of the walk (a castore.build.WalkResult),
     the jobs and the results.
 

@@ -40,9 +40,19 @@ class LogEntry:
 
     def as_json(self) -> dict[str, Any]:
         v = self.version
-        return {"name": v.name, "index": self.index, "revision": f"{v.name}@{self.index}", "digest": v.digest,
-                "time": when(v.time_ns), "time_ns": v.time_ns, "size": self.size, "files": self.files,
-                "files_changed": self.changed, "new_bytes": self.new_bytes, "incomplete": v.incomplete}
+        return {
+            "name": v.name,
+            "index": self.index,
+            "revision": f"{v.name}@{self.index}",
+            "digest": v.digest,
+            "time": when(v.time_ns),
+            "time_ns": v.time_ns,
+            "size": self.size,
+            "files": self.files,
+            "files_changed": self.changed,
+            "new_bytes": self.new_bytes,
+            "incomplete": v.incomplete,
+        }
 
 
 def _load(store: Store, digest: str) -> Manifest | None:
@@ -121,11 +131,19 @@ def store_stats(store: Store) -> dict[str, Any]:
                 seen[v.digest] = -1 if m is None else sum(r.size for r in m.files())
             sizes.append(seen[v.digest])
         logical += sum(s for s in sizes if s > 0)
-        names.append({"name": t.name, "versions": len(vs), "digest": t.digest,
-                      "first": when(vs[0].time_ns) if vs else None, "last": when(vs[-1].time_ns) if vs else None,
-                      "first_size": sizes[0] if sizes else None, "size": sizes[-1] if sizes else None,
-                      "growth": (sizes[-1] - sizes[0]) if sizes else 0,
-                      "incomplete_versions": sum(1 for v in vs if v.incomplete)})
+        names.append(
+            {
+                "name": t.name,
+                "versions": len(vs),
+                "digest": t.digest,
+                "first": when(vs[0].time_ns) if vs else None,
+                "last": when(vs[-1].time_ns) if vs else None,
+                "first_size": sizes[0] if sizes else None,
+                "size": sizes[-1] if sizes else None,
+                "growth": (sizes[-1] - sizes[0]) if sizes else 0,
+                "incomplete_versions": sum(1 for v in vs if v.incomplete),
+            }
+        )
     return {
         "store": store.path,
         "names": len(tags),

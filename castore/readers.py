@@ -127,7 +127,12 @@ class Processor:
 
     def _same(self, st: os.stat_result, job: FileJob) -> bool:
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (
-            job.dev, job.ino, job.size, job.mtime_ns, job.ctime_ns)
+            job.dev,
+            job.ino,
+            job.size,
+            job.mtime_ns,
+            job.ctime_ns,
+        )
 
     def _read(self, fd: int, job: FileJob) -> FileResult:
         cp = self.chunking
@@ -202,6 +207,7 @@ class Processor:
         whole = hashlib.sha256()
         reader = _HashingReader(fd, whole)
         import pyfastcdc  # noqa: PLC0415 - only files large enough to chunk need it
+
         cdc = pyfastcdc.FastCDC(cp.avg_size, min_size=cp.min_size, max_size=cp.max_size)
         chunks = []
         for c in cdc.cut_stream(reader):
@@ -227,8 +233,12 @@ class Processor:
             # Safe for the same reason as _publish: only the index makes a blob real.
             final = f"{self.publish_dir}/{hexd[:2]}/{hexd}"
             try:
-                fd = os.open(hexd, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444,
-                             dir_fd=fs.shard_dir_fd(f"{self.publish_dir}/{hexd[:2]}"))
+                fd = os.open(
+                    hexd,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o444,
+                    dir_fd=fs.shard_dir_fd(f"{self.publish_dir}/{hexd[:2]}"),
+                )
             except FileExistsError:
                 return
             except FileNotFoundError:

@@ -19,11 +19,21 @@ def manifest_stats(m: Manifest) -> dict[str, int]:
             size += r.size
             chunks += len(r.chunks)
             links += len(r.paths) - 1
-    return {"entries": sum(len(r.paths) for r in m.resources), "resources": len(m.resources),
-            "files": counts["file"], "directories": counts["dir"], "symlinks": counts["symlink"],
-            "devices": counts["device"], "fifos": counts["fifo"], "sockets": counts["socket"],
-            "whiteouts": counts["whiteout"], "hardlinks": links, "bytes": size, "chunks": chunks,
-            "unique_contents": len({r.digest for r in m.files()})}
+    return {
+        "entries": sum(len(r.paths) for r in m.resources),
+        "resources": len(m.resources),
+        "files": counts["file"],
+        "directories": counts["dir"],
+        "symlinks": counts["symlink"],
+        "devices": counts["device"],
+        "fifos": counts["fifo"],
+        "sockets": counts["socket"],
+        "whiteouts": counts["whiteout"],
+        "hardlinks": links,
+        "bytes": size,
+        "chunks": chunks,
+        "unique_contents": len({r.digest for r in m.files()}),
+    }
 
 
 def disk_usage(m: Manifest) -> dict[str, int]:
@@ -31,11 +41,14 @@ def disk_usage(m: Manifest) -> dict[str, int]:
     out), bytes of distinct contents, files, entries (paths) and directories."""
     files = m.files()
     unique = {r.digest: r.size for r in files}
-    return {"bytes": sum(r.size for r in files),
-            "allocated": sum(r.size - sum(e - b for b, e in r.holes) for r in files),
-            "unique_content_bytes": sum(unique.values()),
-            "files": len(files), "entries": sum(len(r.paths) for r in m.resources),
-            "directories": sum(1 for r in m.resources if isinstance(r, Directory))}
+    return {
+        "bytes": sum(r.size for r in files),
+        "allocated": sum(r.size - sum(e - b for b, e in r.holes) for r in files),
+        "unique_content_bytes": sum(unique.values()),
+        "files": len(files),
+        "entries": sum(len(r.paths) for r in m.resources),
+        "directories": sum(1 for r in m.resources if isinstance(r, Directory)),
+    }
 
 
 __all__ = ["disk_usage", "human_size", "manifest_stats"]

@@ -51,8 +51,18 @@ class Stat:
     unused fields cost ~500 bytes per entry (50 MB on 100k files).
     """
 
-    __slots__ = ("st_mode", "st_uid", "st_gid", "st_size", "st_mtime_ns", "st_ctime_ns", "st_ino", "st_dev",
-                 "st_nlink", "st_rdev")
+    __slots__ = (
+        "st_mode",
+        "st_uid",
+        "st_gid",
+        "st_size",
+        "st_mtime_ns",
+        "st_ctime_ns",
+        "st_ino",
+        "st_dev",
+        "st_nlink",
+        "st_rdev",
+    )
 
     def __init__(self, st: os.stat_result) -> None:
         self.st_mode, self.st_uid, self.st_gid, self.st_size = st.st_mode, st.st_uid, st.st_gid, st.st_size
@@ -126,8 +136,14 @@ def see_entry(dir_fd: int, rel: str, name: str, st: os.stat_result, out: WalkRes
     return True
 
 
-def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | None = None, *,
-         prefix: str = "", out: WalkResult | None = None) -> WalkResult:
+def walk(
+    root_fd: int,
+    opts: WalkOptions,
+    on_file: Callable[[FileJob], None] | None = None,
+    *,
+    prefix: str = "",
+    out: WalkResult | None = None,
+) -> WalkResult:
     """Every entry below ``root_fd`` (root excluded), in no particular order.
 
     ``on_file`` is called with each regular file's job as soon as it is seen.
@@ -212,8 +228,10 @@ def walk(root_fd: int, opts: WalkOptions, on_file: Callable[[FileJob], None] | N
         for fd, _, _ in stack:
             os.close(fd)
     if skipped_apple:
-        opts.note(f"left out {skipped_apple} AppleDouble entr{'y' if skipped_apple == 1 else 'ies'} "
-                  "(._* and __MACOSX); --keep-appledouble keeps them")
+        opts.note(
+            f"left out {skipped_apple} AppleDouble entr{'y' if skipped_apple == 1 else 'ies'} "
+            "(._* and __MACOSX); --keep-appledouble keeps them"
+        )
     return out
 
 
@@ -233,13 +251,24 @@ def assemble(walked: WalkResult, results: list[FileResult], *, whiteouts: str = 
         if st.st_nlink == 1 and is_reg(st.st_mode):
             # The common case, inlined: keyword construction without _resource's dict is 2x faster.
             job, res = by_rel[seen.path]
-            resources.append(RegularFile(
-                paths=("/" + seen.path,), perm=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid,
-                xattrs=res.xattrs, mtime_ns=job.mtime_ns, size=job.size, digest=res.digest,
-                chunks=tuple(Chunk(d, b, e) for d, b, e in res.chunks) if res.chunks else (), holes=res.holes))
+            resources.append(
+                RegularFile(
+                    paths=("/" + seen.path,),
+                    perm=st.st_mode & 0o7777,
+                    uid=st.st_uid,
+                    gid=st.st_gid,
+                    xattrs=res.xattrs,
+                    mtime_ns=job.mtime_ns,
+                    size=job.size,
+                    digest=res.digest,
+                    chunks=tuple(Chunk(d, b, e) for d, b, e in res.chunks) if res.chunks else (),
+                    holes=res.holes,
+                )
+            )
             continue
-        if st.st_nlink > 1 and (is_reg(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)
-                                or stat.S_ISBLK(st.st_mode)):
+        if st.st_nlink > 1 and (
+            is_reg(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+        ):
             # Hardlinkable kinds, as upstream: files, fifos, devices (not symlinks or sockets).
             key = (st.st_dev, st.st_ino)
             groups.setdefault(key, []).append("/" + seen.path)
@@ -254,8 +283,9 @@ def assemble(walked: WalkResult, results: list[FileResult], *, whiteouts: str = 
     return Manifest.of(resources)
 
 
-def _resource(seen: Seen, paths: tuple[str, ...], by_rel: dict[str, tuple[FileJob, FileResult]],
-              whiteouts: str) -> Resource:
+def _resource(
+    seen: Seen, paths: tuple[str, ...], by_rel: dict[str, tuple[FileJob, FileResult]], whiteouts: str
+) -> Resource:
     st = seen.st
     mode = st.st_mode
     common = dict(paths=paths, perm=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns)
@@ -264,8 +294,9 @@ def _resource(seen: Seen, paths: tuple[str, ...], by_rel: dict[str, tuple[FileJo
         # The worker's stat is the one the digest belongs to.
         common["mtime_ns"] = job.mtime_ns
         chunks = tuple(Chunk(d, b, e) for d, b, e in res.chunks)
-        return RegularFile(size=job.size, digest=res.digest, chunks=chunks, holes=res.holes,
-                           xattrs=res.xattrs, **common)  # type: ignore[arg-type]
+        return RegularFile(
+            size=job.size, digest=res.digest, chunks=chunks, holes=res.holes, xattrs=res.xattrs, **common
+        )  # type: ignore[arg-type]
     xattrs = seen.xattrs
     if stat.S_ISDIR(mode):
         opaque = False
@@ -281,8 +312,9 @@ def _resource(seen: Seen, paths: tuple[str, ...], by_rel: dict[str, tuple[FileJo
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         if whiteouts == "overlay" and stat.S_ISCHR(mode) and st.st_rdev == 0 and len(paths) == 1:
             return Whiteout(paths=paths, perm=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid)
-        return Device(char=stat.S_ISCHR(mode), major=os.major(st.st_rdev), minor=os.minor(st.st_rdev),
-                      xattrs=xattrs, **common)  # type: ignore[arg-type]
+        return Device(
+            char=stat.S_ISCHR(mode), major=os.major(st.st_rdev), minor=os.minor(st.st_rdev), xattrs=xattrs, **common
+        )  # type: ignore[arg-type]
     if stat.S_ISFIFO(mode):
         return NamedPipe(xattrs=xattrs, **common)  # type: ignore[arg-type]
     if stat.S_ISSOCK(mode):

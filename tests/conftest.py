@@ -32,4 +32,5 @@ def store_path(tmp_path: Path) -> Path:
 def cli(store_path: Path) -> Callable[..., CompletedProcess[bytes]]:
     def _run(*args: object, **kw: object) -> CompletedProcess[bytes]:
         return run_cli(*args, store=store_path, **kw)  # type: ignore[arg-type]
+
     return _run

@@ -13,8 +13,13 @@ import pytest
 ROOT = os.geteuid() == 0
 
 
-def run_cli(*args: object, store: Path | None = None, input: bytes | None = None,
-            env: dict[str, str] | None = None, check: bool | None = None) -> subprocess.CompletedProcess[bytes]:
+def run_cli(
+    *args: object,
+    store: Path | None = None,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+    check: bool | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     """Run the real `continuity` command (a subprocess, as users do); never a traceback on failure."""
     argv = [sys.executable, "-m", "castore"]
     if store is not None:

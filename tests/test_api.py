@@ -180,5 +180,6 @@ def test_cli_stats_and_du_print_what_the_library_computes(tmp_path: Path) -> Non
     want = canonical(castore.stats(str(st), "web"))
     assert {k: got[k] for k in want} == want
     assert json.loads(run_cli("du", "web", "--json", store=st, check=True).stdout) == document(
-        castore.du(str(st), "web"))
+        castore.du(str(st), "web")
+    )
     assert run_cli("du", "web", "--human", store=st, check=True).stdout.split(b"\t")[0] == b"4.9 KiB"

@@ -53,6 +53,7 @@ def test_devices_sockets_owners_and_trusted_xattrs(tmp_path: Path) -> None:
     os.setxattr(root / "owned", "trusted.t", b"1")
     os.setxattr(root / "owned", "security.s", b"2")
     import socket
+
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(root / "sock"))
     s.close()
@@ -161,15 +162,24 @@ def test_file_changing_while_read_is_reported(tmp_path: Path) -> None:
     """A writer appending all the time: the file is never recorded with a wrong digest."""
     root = tmp_path / "src"
     write(root / "live", b"x" * (64 << 20))
-    writer = subprocess.Popen([sys.executable, "-c", (
-        "import os,sys,time\n"
-        "f=open(sys.argv[1],'r+b')\n"
-        "end=time.time()+30\n"
-        "i=0\n"
-        "while time.time()<end:\n"
-        "  f.seek(i % (64<<20)); f.write(b'y'*4096); f.flush(); i+=4096*97\n"), str(root / "live")])
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import os,sys,time\n"
+                "f=open(sys.argv[1],'r+b')\n"
+                "end=time.time()+30\n"
+                "i=0\n"
+                "while time.time()<end:\n"
+                "  f.seek(i % (64<<20)); f.write(b'y'*4096); f.flush(); i+=4096*97\n"
+            ),
+            str(root / "live"),
+        ]
+    )
     try:
         import time
+
         time.sleep(0.3)
         p = run_cli("build", root, store=tmp_path / "st")
     finally:

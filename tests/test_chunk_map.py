@@ -46,6 +46,7 @@ def _same(a: Path, b: Path) -> None:
 
 def serve_everywhere(tmp_path: Path, store: Path, src: Path, manifest: Path) -> None:
     """Checkout (copy, hardlink, auto), tag, apply and export of ``manifest``; each verified."""
+
     def cli(*a: object) -> subprocess.CompletedProcess[bytes]:
         return run_cli(*a, store=store, check=True)
 
@@ -126,14 +127,22 @@ def test_fsck_finds_a_chunk_map_row_that_lies(tmp_path: Path) -> None:
     big, top = sorted((r for r in m.files() if r.chunks), key=lambda r: r.size, reverse=True)
     # Map the big file's digest to the other file's chunks (as corrupt metadata would).
     from castore.store import pack_chunks
+
     s.meta.write(lambda t: t.put(dkey(big.digest), pack_chunks(top.chunks), db=s.meta.db("chunkmap")))
     p = run_cli("fsck", "--json", store=store)
     assert p.returncode == 4 and b"bad-chunk-map" in p.stdout, p.stdout
     # Serving never hands out content that does not add up: checkout of a built manifest fails cleanly.
     manifest = tmp_path / "built.pb"
     manifest.write_bytes(run_cli("build", src, check=True).stdout)
-    s.meta.write(lambda t: t.put(dkey(big.digest), pack_chunks(top.chunks[:-1] + (
-        type(top.chunks[-1])(top.chunks[-1].digest, top.chunks[-1].begin, big.size),)), db=s.meta.db("chunkmap")))
+    s.meta.write(
+        lambda t: t.put(
+            dkey(big.digest),
+            pack_chunks(
+                top.chunks[:-1] + (type(top.chunks[-1])(top.chunks[-1].digest, top.chunks[-1].begin, big.size),)
+            ),
+            db=s.meta.db("chunkmap"),
+        )
+    )
     p = run_cli("checkout", manifest, tmp_path / "co", store=store)
     assert p.returncode == 4, p.stderr
     assert not (tmp_path / "co").exists()
@@ -144,13 +153,19 @@ def test_fsck_finds_a_chunk_map_row_that_lies(tmp_path: Path) -> None:
 # ---- item 10: gc while a tar ingest / a hardlink checkout runs -----------------------------------------
 
 
-def _paused(args: list[object], store: Path, point: str, flag: Path, stdin: Path | None = None
-            ) -> subprocess.Popen[bytes]:
+def _paused(
+    args: list[object], store: Path, point: str, flag: Path, stdin: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start the CLI with CONTINUITY_PAUSE at ``point``; returns once it waits there."""
     env = {**os.environ, "CONTINUITY_PAUSE": f"{point}:{flag}"}
     with open(stdin or os.devnull, "rb") as inp:
-        proc = subprocess.Popen([sys.executable, "-m", "castore", "--store", str(store), *map(str, args)],
-                                stdin=inp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "castore", "--store", str(store), *map(str, args)],
+            stdin=inp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
     deadline = time.monotonic() + 60
     while not flag.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -183,8 +198,13 @@ def test_tar_ingest_survives_gc_of_what_it_deduplicated_against(tmp_path: Path, 
     run_cli("ingest", "--tar", tar, "--name", "old", store=store, check=True)
     run_cli("rm", "old", store=store, check=True)  # its blobs: in the store, referenced by nothing
     flag = tmp_path / "paused"
-    proc = _paused(["ingest", "--tar", "-" if size == "pipe" else tar, "--name", "new"], store,
-                   "tar-before-commit", flag, stdin=tar if size == "pipe" else None)
+    proc = _paused(
+        ["ingest", "--tar", "-" if size == "pipe" else tar, "--name", "new"],
+        store,
+        "tar-before-commit",
+        flag,
+        stdin=tar if size == "pipe" else None,
+    )
     run_cli("gc", "--grace", "0", store=store, check=True)
     assert not any((store / "blobs/sha256").glob("*/*")), "gc freed nothing: the test does not test"
     rc, out, err = _resume(proc, flag)

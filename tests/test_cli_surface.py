@@ -17,8 +17,32 @@ import pytest
 from tests.helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-VERBS = ["ingest", "checkout", "list", "history", "tag", "rm", "build", "verify", "ls", "dump", "stats", "diff",
-         "du", "apply", "copy", "export", "gc", "fsck", "mount", "push", "pull", "keygen", "sign", "verify-signature"]
+VERBS = [
+    "ingest",
+    "checkout",
+    "list",
+    "history",
+    "tag",
+    "rm",
+    "build",
+    "verify",
+    "ls",
+    "dump",
+    "stats",
+    "diff",
+    "du",
+    "apply",
+    "copy",
+    "export",
+    "gc",
+    "fsck",
+    "mount",
+    "push",
+    "pull",
+    "keygen",
+    "sign",
+    "verify-signature",
+]
 
 
 @pytest.fixture
@@ -57,8 +81,11 @@ def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
         (src / f"file-with-a-longish-name-{i:05d}").touch()
     st = tmp_path / "store"
     run_cli("ingest", src, "--name", "many", store=st, check=True)
-    p = subprocess.run(["/bin/sh", "-c", f"{sys.executable} -m castore --store {st} ls many | head -1; "
-                        "echo \"rc=$?\""], capture_output=True, timeout=120)
+    p = subprocess.run(
+        ["/bin/sh", "-c", f'{sys.executable} -m castore --store {st} ls many | head -1; echo "rc=$?"'],
+        capture_output=True,
+        timeout=120,
+    )
     assert p.stdout.splitlines()[0] == b"/file-with-a-longish-name-00000"
     assert p.stderr == b"", p.stderr
 
@@ -171,7 +198,7 @@ def test_xz_and_bzip2_tars(web: tuple[Path, Path], tmp_path: Path, mode: str) ->
     run_cli("apply", root, "web", "--source", tar, store=st, check=True)
     run_cli("verify", root, "web", store=st, check=True)
     bad = tmp_path / f"bad.tar.{mode}"
-    bad.write_bytes(tar.read_bytes()[:len(tar.read_bytes()) // 2])
+    bad.write_bytes(tar.read_bytes()[: len(tar.read_bytes()) // 2])
     p = run_cli("ingest", "--tar", bad, store=st)
     assert p.returncode in (3, 4) and p.stderr.count(b"\n") == 1, p.stderr
 

@@ -12,8 +12,6 @@ from castore.testing.trees import deep_tree
 DEPTH = 3000  # "d/" x 3000: 6000 bytes of path, past PATH_MAX and ~3x the recursion limit
 
 
-
-
 def deepest(root: Path, depth: int = DEPTH) -> bytes:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:

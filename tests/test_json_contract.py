@@ -93,6 +93,7 @@ def test_every_verb_prints_the_documented_keys(setup: tuple[Path, Path, str], tm
     undocumented = {v for v in DOCS if "." not in v} - seen - {"push", "pull"}  # push/pull: tests/remote
     try:
         import matplotlib  # noqa: F401
+
         run("stats-plot", "stats", "--plot", tmp_path / "g.png")
         undocumented.discard("stats-plot")
     except ImportError:
@@ -117,5 +118,7 @@ def test_build_and_dump_take_json_as_an_alias(setup: tuple[Path, Path, str]) -> 
     a = run_cli("dump", "web", "--json", store=st, check=True).stdout
     b = run_cli("dump", "web", "--format", "json", store=st, check=True).stdout
     assert a == b and json.loads(a)["resources"]
-    assert run_cli("build", src, "--json", check=True).stdout == run_cli("build", src, "--format", "json",
-                                                                          check=True).stdout
+    assert (
+        run_cli("build", src, "--json", check=True).stdout
+        == run_cli("build", src, "--format", "json", check=True).stdout
+    )

@@ -13,8 +13,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_committed_man_pages_are_current(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, str(REPO / "scripts" / "manpages"), str(tmp_path)], check=True,
-                   capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "manpages"), str(tmp_path)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     fresh = {p.name: p.read_text() for p in tmp_path.glob("*.1")}
     committed = {p.name: p.read_text() for p in (REPO / "docs" / "man").glob("*.1")}
     assert "continuity-ingest.1" in fresh and "continuity.1" in fresh
@@ -29,12 +33,21 @@ def test_completion_offers_catalog_names(tmp_path: Path) -> None:
     st = tmp_path / "store"
     for name in ("web", "web-old", "db"):
         run_cli("ingest", src, "--name", name, store=st, check=True)
-    env = {**os.environ, "_CONTINUITY_COMPLETE": "bash_complete", "COMP_WORDS": f"continuity --store {st} checkout we",
-           "COMP_CWORD": "4"}
-    p = subprocess.run([sys.executable, "-c", "from castore.cli import main; main()"], env=env, capture_output=True,
-                       check=True)
+    env = {
+        **os.environ,
+        "_CONTINUITY_COMPLETE": "bash_complete",
+        "COMP_WORDS": f"continuity --store {st} checkout we",
+        "COMP_CWORD": "4",
+    }
+    p = subprocess.run(
+        [sys.executable, "-c", "from castore.cli import main; main()"], env=env, capture_output=True, check=True
+    )
     assert p.stdout.decode().split() == ["plain,web", "plain,web-old"]
     for shell in ("bash", "zsh", "fish"):
-        p = subprocess.run([sys.executable, "-c", "from castore.cli import main; main()"], capture_output=True,
-                           env={**os.environ, "_CONTINUITY_COMPLETE": f"{shell}_source"}, check=True)
+        p = subprocess.run(
+            [sys.executable, "-c", "from castore.cli import main; main()"],
+            capture_output=True,
+            env={**os.environ, "_CONTINUITY_COMPLETE": f"{shell}_source"},
+            check=True,
+        )
         assert b"_CONTINUITY_COMPLETE" in p.stdout, shell

@@ -13,8 +13,17 @@ from castore.textsafe import quote, safe_line
 from tests.helpers import run_cli
 
 # Every name below is one entry; each holds a byte that must not reach a terminal raw.
-HOSTILE = [b"new\nline", b"esc\x1b[31mred", b"tab\there", b"bad\xffutf8", b"c1\xc2\x85nel", b"del\x7f",
-           b"cr\rret", b"back\\slash", b"ls\xe2\x80\xa8sep"]
+HOSTILE = [
+    b"new\nline",
+    b"esc\x1b[31mred",
+    b"tab\there",
+    b"bad\xffutf8",
+    b"c1\xc2\x85nel",
+    b"del\x7f",
+    b"cr\rret",
+    b"back\\slash",
+    b"ls\xe2\x80\xa8sep",
+]
 
 
 def hostile_tree(root: Path) -> Path:
@@ -68,8 +77,10 @@ def test_listings_one_line_per_entry(tmp_path: Path) -> None:
         assert_clean(p.stderr)
     assert "/dir\\nname/new\\nline" in lines(run_cli("ls", digest, store=st).stdout)
     assert "/bad\\xffutf8" in lines(run_cli("ls", digest, store=st).stdout)
-    assert any(line.endswith("/link\\x1b -> target\\nwith\\x1bcontrols")
-               for line in lines(run_cli("ls", "-l", digest, store=st).stdout))
+    assert any(
+        line.endswith("/link\\x1b -> target\\nwith\\x1bcontrols")
+        for line in lines(run_cli("ls", "-l", digest, store=st).stdout)
+    )
 
     # list, history, stats, du: one line per row, whatever the tree holds
     assert len(lines(run_cli("list", store=st, check=True).stdout)) == 1
@@ -151,8 +162,11 @@ def test_error_naming_a_hostile_path_is_one_line(tmp_path: Path) -> None:
     target = tmp_path / "tgt\nsecond line\x1b[2J"
     target.mkdir()
     (target / "occupied").write_bytes(b"")
-    for args in (("checkout", digest, target), ("verify", os.fsdecode(b"/nonexistent/\xff\n"), digest),
-                 ("ls", "no\nsuch\x1bname")):
+    for args in (
+        ("checkout", digest, target),
+        ("verify", os.fsdecode(b"/nonexistent/\xff\n"), digest),
+        ("ls", "no\nsuch\x1bname"),
+    ):
         p = run_cli(*args, store=st)
         assert p.returncode != 0
         err = lines(p.stderr)

@@ -75,17 +75,37 @@ def test_two_pid_1_processes_are_told_apart(tmp_path: Path) -> None:
         "import sys, time, os; sys.path.insert(0, sys.argv[2])\n"
         "from castore.store import Store\n"
         "s = Store.open(sys.argv[1]); t = s.meta.env.begin()\n"
-        "print(os.getpid(), flush=True); time.sleep(30)\n")
+        "print(os.getpid(), flush=True); time.sleep(30)\n"
+    )
     root = str(Path(__file__).resolve().parent.parent)
-    p = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", holder, str(store), root],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", holder, str(store), root],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         line = p.stdout.readline()  # type: ignore[union-attr]
         if line.strip() != b"1":
             pytest.skip(f"could not run a PID-1 holder: {line!r} {p.stderr.read(300) if p.poll() else b''!r}")
-        q = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "castore",
-                            "--store", str(store), "ls", "x"], capture_output=True, cwd=root,
-                           env={**os.environ, "PYTHONPATH": root}, timeout=60)
+        q = subprocess.run(
+            [
+                "unshare",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                sys.executable,
+                "-m",
+                "castore",
+                "--store",
+                str(store),
+                "ls",
+                "x",
+            ],
+            capture_output=True,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": root},
+            timeout=60,
+        )
         assert q.returncode == 5, q.stderr
         assert b"PID namespace" in q.stderr and b"Traceback" not in q.stderr
     finally:

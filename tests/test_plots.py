@@ -45,8 +45,9 @@ def test_stats_plot_draws_growth_and_dedup(tmp_path: Path) -> None:
 
 def test_bench_plot_draws_the_committed_charts(tmp_path: Path) -> None:
     script = REPO / "scripts" / "bench" / "plot.py"
-    p = subprocess.run([sys.executable, script, "--out", tmp_path, "--dump-json", tmp_path / "c.json"],
-                       capture_output=True, check=True)
+    p = subprocess.run(
+        [sys.executable, script, "--out", tmp_path, "--dump-json", tmp_path / "c.json"], capture_output=True, check=True
+    )
     made = sorted(x.name for x in tmp_path.glob("*.png"))
     assert made == ["build.png", "store.png", "tar-apply.png"], p.stdout
     charts = json.loads((tmp_path / "c.json").read_text())["charts"]
@@ -57,9 +58,11 @@ def test_bench_plot_draws_the_committed_charts(tmp_path: Path) -> None:
         assert (REPO / "docs" / "benchmarks" / name).read_bytes()[:8] == PNG
         assert f"(benchmarks/{name})" in page
     again = tmp_path / "again"
-    subprocess.run([sys.executable, script, "--results", tmp_path / "c.json", "--out", again], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, script, "--results", tmp_path / "c.json", "--out", again], check=True, capture_output=True
+    )
     assert sorted(x.name for x in again.glob("*.png")) == made
-    p = subprocess.run([sys.executable, script, "--out", tmp_path / "none"], capture_output=True,
-                       env=no_matplotlib(tmp_path))
+    p = subprocess.run(
+        [sys.executable, script, "--out", tmp_path / "none"], capture_output=True, env=no_matplotlib(tmp_path)
+    )
     assert p.returncode == 1 and b"matplotlib" in p.stderr and b"Traceback" not in p.stderr

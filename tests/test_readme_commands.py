@@ -49,10 +49,9 @@ def test_gnu_tar_extracts_an_export_exactly(tmp_path: Path) -> None:
     env = {**os.environ, "CONTINUITY_STORE": str(st), "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
     (tmp_path / "bin").mkdir()
     shim = tmp_path / "bin" / "continuity"
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m castore \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m castore "$@"\n')
     shim.chmod(0o755)
     for line in export_block():
         p = subprocess.run(["/bin/sh", "-ec", line], cwd=work, env=env, capture_output=True, timeout=300)
         assert p.returncode == 0, (line, p.stdout, p.stderr)
     assert p.stdout == b""  # verify: not one difference, directory mtimes included
-

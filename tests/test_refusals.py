@@ -76,8 +76,10 @@ def test_base256_numbers_decoded_as_gnu_and_go():
 
 
 def test_tar_base256_mtime_in_range_is_kept(cli):
-    data = tar(_hdr(b"f", b"0", {136: b"\x80" + (1_700_000_123).to_bytes(11, "big")}),
-               _hdr(b"g", b"0", {136: b"\xff" * 11 + b"\xfe"}))  # -2 s: before the epoch, still a time
+    data = tar(
+        _hdr(b"f", b"0", {136: b"\x80" + (1_700_000_123).to_bytes(11, "big")}),
+        _hdr(b"g", b"0", {136: b"\xff" * 11 + b"\xfe"}),
+    )  # -2 s: before the epoch, still a time
     p = cli("ingest", "--tar", "-", input=data, check=True)
     doc = json.loads(cli("dump", p.stdout.strip(), "--format", "json", check=True).stdout)
     times = {r["paths"][0]: r["mtime_ns"] for r in doc["resources"]}
@@ -85,6 +87,7 @@ def test_tar_base256_mtime_in_range_is_kept(cli):
 
 
 # --------------------------------------------------------------------------- crafted manifests
+
 
 def _manifest(**fields) -> bytes:
     m = pb.Manifest()
@@ -121,6 +124,7 @@ def test_crafted_manifest_refused(cli, tmp_path, case, data, verb):
 
 
 # --------------------------------------------------------------------------- names that are not UTF-8
+
 
 def _tree(src: Path) -> None:
     src.mkdir()
@@ -189,8 +193,7 @@ def test_non_utf8_symlink_target_and_xattr_name_round_trip(cli, tmp_path, store_
 
 
 def test_tar_non_utf8_target_and_xattr_name(cli, tmp_path):
-    data = tar(member(b"s", typ=b"2", linkname=b"t\xff"),
-               member(b"f", b"x", pax=[(b"SCHILY.xattr.user.\xff", b"1")]))
+    data = tar(member(b"s", typ=b"2", linkname=b"t\xff"), member(b"f", b"x", pax=[(b"SCHILY.xattr.user.\xff", b"1")]))
     digest = cli("ingest", "--tar", "-", input=data, check=True).stdout.strip()
     cli("checkout", digest, tmp_path / "out", check=True)
     assert os.readlink(bytes(tmp_path / "out" / "s")) == b"t\xff"
@@ -198,6 +201,7 @@ def test_tar_non_utf8_target_and_xattr_name(cli, tmp_path):
 
 
 # --------------------------------------------------------------------------- FIFOs
+
 
 def test_fifo_in_place_of_a_blob_fails_fast(cli, store_path, tmp_path):
     src = tmp_path / "src"
@@ -207,8 +211,11 @@ def test_fifo_in_place_of_a_blob_fails_fast(cli, store_path, tmp_path):
     blob = next(p for p in (store_path / "blobs").rglob("*") if p.is_file() and p.stat().st_size == 5000)
     blob.unlink()
     os.mkfifo(blob)
-    for args in (["checkout", "t", tmp_path / "out"], ["checkout", "t", tmp_path / "out2", "--link", "hardlink"],
-                 ["export", "t", "-o", tmp_path / "t.tar"]):
+    for args in (
+        ["checkout", "t", tmp_path / "out"],
+        ["checkout", "t", tmp_path / "out2", "--link", "hardlink"],
+        ["export", "t", "-o", tmp_path / "t.tar"],
+    ):
         t0 = time.monotonic()
         err = _one_line(cli(*args), 4)  # run_cli's timeout (600 s) would fail the test on a hang
         assert time.monotonic() - t0 < 30
@@ -229,6 +236,7 @@ def test_source_replaced_by_fifo_between_walk_and_read(tmp_path, size):
 
     def alarm(*_):
         raise TimeoutError("hung on a FIFO")
+
     old = signal.signal(signal.SIGALRM, alarm)
     signal.alarm(10)
     try:
@@ -241,6 +249,7 @@ def test_source_replaced_by_fifo_between_walk_and_read(tmp_path, size):
 
 
 # --------------------------------------------------------------------------- /proc/self/fd in messages
+
 
 @pytest.mark.skipif(not ROOT, reason="security.* xattrs need root")
 @pytest.mark.parametrize("verb", ["checkout", "apply"])
@@ -258,9 +267,11 @@ def test_errors_name_the_tree_path_not_proc_self_fd(cli, tmp_path, verb):
 
 # --------------------------------------------------------------------------- mount
 
+
 @pytest.mark.fuse
 def test_mount_serves_raw_names_and_fails_fast_on_a_fifo_blob(cli, store_path, tmp_path):
     from tests.fuse.fuse_util import FUSE_MISSING, mounted
+
     if FUSE_MISSING:
         pytest.skip(FUSE_MISSING)
     src = tmp_path / "src"
@@ -275,6 +286,7 @@ def test_mount_serves_raw_names_and_fails_fast_on_a_fifo_blob(cli, store_path, t
 
         def alarm(*_):
             raise TimeoutError("hung on a FIFO blob")
+
         old = signal.signal(signal.SIGALRM, alarm)
         signal.alarm(20)
         try:
@@ -289,9 +301,11 @@ def test_mount_serves_raw_names_and_fails_fast_on_a_fifo_blob(cli, store_path, t
 
 # --------------------------------------------------------------------------- upstream's reading
 
+
 @pytest.mark.go
 def test_upstream_reads_escaped_targets_and_xattr_names(cli, tmp_path):
     from tests.interop.upstream import Upstream, build_upstream_tool
+
     try:
         upstream = Upstream(build_upstream_tool())
     except FileNotFoundError as exc:

@@ -13,30 +13,47 @@ import click
 from castore.cli import main_group
 from castore.cli.common import LazyGroup
 
-_MODULES = ("import sys, json\nsys.argv = ['continuity', *json.loads(sys.argv[1])]\nfrom castore.cli import main\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\nprint(json.dumps(sorted(sys.modules)), file=sys.stderr)")
+_MODULES = (
+    "import sys, json\nsys.argv = ['continuity', *json.loads(sys.argv[1])]\nfrom castore.cli import main\n"
+    "try:\n    main()\nexcept SystemExit:\n    pass\nprint(json.dumps(sorted(sys.modules)), file=sys.stderr)"
+)
 
 
 def _imported(*args: str) -> set[str]:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    p = subprocess.run([sys.executable, "-c", _MODULES, json.dumps(list(args))], capture_output=True, env=env,
-                       check=False)
+    p = subprocess.run(
+        [sys.executable, "-c", _MODULES, json.dumps(list(args))], capture_output=True, env=env, check=False
+    )
     return set(json.loads(p.stderr.decode().strip().splitlines()[-1]))
 
 
 def test_help_imports_no_store_manifest_or_command_module() -> None:
     mods = _imported("--help")
     assert "click" in mods
-    heavy = {"castore.store", "lmdb", "castore.manifest", "google.protobuf", "pyfastcdc", "cryptography",
-             "castore.materialize", *LazyGroup.lazy.values()}
+    heavy = {
+        "castore.store",
+        "lmdb",
+        "castore.manifest",
+        "google.protobuf",
+        "pyfastcdc",
+        "cryptography",
+        "castore.materialize",
+        *LazyGroup.lazy.values(),
+    }
     assert not mods & heavy, mods & heavy
 
 
 def test_list_without_signatures_skips_chunking_signing_and_checkout_code(tmp_path: Path) -> None:
     mods = _imported("--store", str(tmp_path / "s"), "list")
     assert "castore.store" in mods and "castore.cli.catalog_cmds" in mods
-    heavy = {"pyfastcdc", "cryptography", "castore.sign", "castore.materialize",
-             "castore.checkout", "castore.cli.tree_cmds"}  # (the store's modules import the codec: protobuf)
+    heavy = {
+        "pyfastcdc",
+        "cryptography",
+        "castore.sign",
+        "castore.materialize",
+        "castore.checkout",
+        "castore.cli.tree_cmds",
+    }  # (the store's modules import the codec: protobuf)
     assert not mods & heavy, mods & heavy
 
 
@@ -51,6 +68,7 @@ def test_help_summaries_match_the_commands() -> None:
 
 def test_debug_prints_the_phases_and_only_with_debug(tmp_path: Path) -> None:
     from tests.helpers import run_cli
+
     store = tmp_path / "s"
     assert run_cli("init", store=store).returncode == 0  # a missing store is an error (README "Stores")
     quiet = run_cli("list", store=store)

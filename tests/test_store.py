@@ -63,8 +63,12 @@ def hardlinks(root: Path) -> None:
 
 
 SCENARIOS: dict[str, Callable[[Path], None]] = {
-    "basic": basic, "deletion": deletion, "update": update, "dir_permissions": dir_permissions,
-    "parent_permissions": parent_permissions, "hardlinks": hardlinks,
+    "basic": basic,
+    "deletion": deletion,
+    "update": update,
+    "dir_permissions": dir_permissions,
+    "parent_permissions": parent_permissions,
+    "hardlinks": hardlinks,
 }
 
 
@@ -122,6 +126,7 @@ def test_stat_cache_skips_rehash(tmp_path: Path, store: Store, monkeypatch: pyte
     import castore.ingest
     import castore.readers
     import castore.store.statcache
+
     monkeypatch.setattr(castore.store.statcache, "RACY_NS", 0)
     src = tmp_path / "src"
     for i in range(5):
@@ -135,6 +140,7 @@ def test_stat_cache_skips_rehash(tmp_path: Path, store: Store, monkeypatch: pyte
 
     monkeypatch.setattr(castore.readers.Processor, "run_one", counting)
     from concurrent.futures import ThreadPoolExecutor
+
     pool = ThreadPoolExecutor(1)  # in-process, so the counter sees every read
     d1 = ingest(store, str(src), progress=False, pool=pool)
     assert len(calls) == 5
@@ -189,8 +195,9 @@ def _object_records(store: Store) -> dict[bytes, bytes]:
         return {bytes(k): bytes(v) for k, v in txn.cursor(db=store.meta.db("links")) if k[:1] == b"o"}
 
 
-def test_hardlink_records_skip_rehash_and_read_the_older_form(tmp_path: Path, store: Store,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hardlink_records_skip_rehash_and_read_the_older_form(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A checkout proves an object by its packed record (no re-hash); a record of the older
     marshal form still proves it, and is rewritten packed."""
     import marshal
@@ -215,6 +222,7 @@ def test_hardlink_records_skip_rehash_and_read_the_older_form(tmp_path: Path, st
     def spy(fd: int, *args: object, **kwargs: object) -> tuple[str, int]:
         hashed.append(fd)
         return real(fd, *args, **kwargs)  # type: ignore[arg-type]
+
     monkeypatch.setattr(fs, "hash_fd", spy)
     checkout(store, None, str(tmp_path / "o2"), Options(link="hardlink"), d)
     assert hashed == []  # every object proven by its record
@@ -226,6 +234,7 @@ def test_hardlink_records_skip_rehash_and_read_the_older_form(tmp_path: Path, st
     assert all(v[0] == links.RECORD_V2 for v in _object_records(store).values())
     # Removing a checkout moves the objects' ctime: they are proven again by hashing, once.
     import shutil
+
     shutil.rmtree(tmp_path / "o1")
     checkout(store, None, str(tmp_path / "o4"), Options(link="hardlink"), d)
     assert len(hashed) == 5
@@ -282,8 +291,7 @@ def test_after_a_removed_checkout_objects_are_proven_against_their_records(tmp_p
     assert ino(tmp_path / "o3/tagged") != ino(tmp_path / "o1/tagged")  # replaced
 
 
-def test_no_object_record_outlives_a_failed_sync(tmp_path: Path, store: Store,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_object_record_outlives_a_failed_sync(tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """A record vouches for an object's bytes, so it commits only after the syncfs that makes new
     objects durable: when that syncfs fails, the checkout fails and no record is left."""
     import errno
@@ -297,6 +305,7 @@ def test_no_object_record_outlives_a_failed_sync(tmp_path: Path, store: Store,
 
     def eio(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
+
     monkeypatch.setattr(linux, "syncfs", eio)
     with pytest.raises(OSError):
         checkout(store, None, str(tmp_path / "o1"), Options(link="hardlink"), d)
@@ -372,6 +381,7 @@ def test_ingest_unchanged_tree_is_identical(tmp_path: Path, store: Store) -> Non
     b = ingest(store, str(src), progress=False)
     assert a == b
     from castore.manifest import dumps
+
     # without chunk lists, ingest's manifest equals build's
     m = store.load_manifest(a)
     built = build(str(src))
@@ -383,6 +393,7 @@ def test_ingest_unchanged_tree_is_identical(tmp_path: Path, store: Store) -> Non
 def test_parallel_checkout(tmp_path: Path, store: Store, link: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The forked second writer: same tree, records from both halves kept, errors from the child surface."""
     import castore.checkout
+
     monkeypatch.setattr(castore.checkout, "PARALLEL_MIN", 1)
     src = tmp_path / "src"
     basic(src)
@@ -411,6 +422,7 @@ def test_paths_longer_than_path_max_round_trip(tmp_path: Path, store: Store) -> 
     """Deeper than PATH_MAX (4096 bytes): walked, stored and written through directory fds."""
     from castore.fs.tree import remove_tree
     from castore.verify import verify_tree
+
     src = tmp_path / "src"
     src.mkdir()
     fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)

@@ -162,6 +162,7 @@ def test_shard_swapped_after_open_never_followed(tmp_path: Path) -> None:
     with pytest.raises(UnsafeInput):
         s.write_blob_file(SECRET)
     from castore import fs
+
     with pytest.raises(UnsafeInput):
         fs.shard_dir_fd(str(shard))
     (Path(s.path) / "links/ab").symlink_to(elsewhere)

@@ -21,28 +21,35 @@ def test_clean_tree_verifies(tmp_path: Path) -> None:
 def test_every_difference_reported(tmp_path: Path) -> None:
     root = rich_tree(tmp_path / "src")
     m = build(str(root))
-    os.chmod(root / "bin/su", 0o755)                                # mode
-    (root / "etc/empty1").write_bytes(b"now full")                  # size, digest, mtime
+    os.chmod(root / "bin/su", 0o755)  # mode
+    (root / "etc/empty1").write_bytes(b"now full")  # size, digest, mtime
     os.unlink(root / "etc/rel")
-    os.symlink("elsewhere", root / "etc/rel")                       # target
-    os.unlink(root / "etc/fifo")                                    # missing
-    write(root / "new", b"extra")                                   # extra
-    os.setxattr(root / "bin/sg", "user.new", b"1")                  # xattr
-    os.utime(root / "bin/sg", ns=(5, 5))                            # mtime
+    os.symlink("elsewhere", root / "etc/rel")  # target
+    os.unlink(root / "etc/fifo")  # missing
+    write(root / "new", b"extra")  # extra
+    os.setxattr(root / "bin/sg", "user.new", b"1")  # xattr
+    os.utime(root / "bin/sg", ns=(5, 5))  # mtime
     os.unlink(root / "etc/hosts.allow")
-    write(root / "etc/hosts.allow", b"127.0.0.1 localhost\n")       # hardlink structure
+    write(root / "etc/hosts.allow", b"127.0.0.1 localhost\n")  # hardlink structure
     if ROOT:
         os.chown(root / "etc/empty2", 4242, 4343, follow_symlinks=False)  # uid, gid
     found = verify_tree(str(root), m)
     got = {(d.path, d.attr) for d in found}
-    want = {("/bin/su", "mode"), ("/etc/empty1", "size"), ("/etc/empty1", "digest"), ("/etc/rel", "target"),
-            ("/etc/fifo", "missing"), ("/new", "extra"), ("/bin/sg", "xattr"), ("/bin/sg", "mtime"),
-            ("/etc/hosts", "links")}
+    want = {
+        ("/bin/su", "mode"),
+        ("/etc/empty1", "size"),
+        ("/etc/empty1", "digest"),
+        ("/etc/rel", "target"),
+        ("/etc/fifo", "missing"),
+        ("/new", "extra"),
+        ("/bin/sg", "xattr"),
+        ("/bin/sg", "mtime"),
+        ("/etc/hosts", "links"),
+    }
     if ROOT:
         want |= {("/etc/empty2", "uid"), ("/etc/empty2", "gid")}
     assert want <= got, sorted(want - got)
-    ign = VerifyOptions(ignore=frozenset({"mode", "size", "digest", "mtime", "xattr", "target", "links", "uid",
-                                          "gid"}))
+    ign = VerifyOptions(ignore=frozenset({"mode", "size", "digest", "mtime", "xattr", "target", "links", "uid", "gid"}))
     rest = {(d.path, d.attr) for d in verify_tree(str(root), m, ign)}
     assert rest == {("/etc/fifo", "missing"), ("/new", "extra")}
 
@@ -63,6 +70,7 @@ def test_ignore_mode_bits_and_disable_digest(tmp_path: Path) -> None:
 
 def test_sockets_ignored_unless_asked(tmp_path: Path) -> None:
     import socket
+
     root = tmp_path / "src"
     write(root / "f", b"x")
     m = build(str(root))
@@ -90,8 +98,12 @@ def test_cli_verify_exit_codes_and_json(tmp_path: Path) -> None:
     assert not data["ok"] and {d["path"] for d in data["differences"]} >= {"/bin/su", "/etc/empty2"}
     assert run_cli("verify", root, mf, "--ignore-attr", "bogus", store=st).returncode == 2
     assert run_cli("verify", root, mf, "--ignore-mode-bits", "9z", store=st).returncode == 2
-    assert run_cli("verify", root, mf, "--ignore-attr", "mode", "--ignore-attr", "content",
-                   "--ignore-attr", "mtime", store=st).returncode == 0
+    assert (
+        run_cli(
+            "verify", root, mf, "--ignore-attr", "mode", "--ignore-attr", "content", "--ignore-attr", "mtime", store=st
+        ).returncode
+        == 0
+    )
 
 
 def test_cli_ls_dump_stats_diff_du(tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ def test_ignore_attr_leaves_attribute_unapplied(tmp_path: Path, verb: str) -> No
     run_cli("verify", out, digest, *args, store=st, check=True)
     p = run_cli("verify", out, digest, "--json", store=st)
     import json
+
     attrs = {d["attr"] for d in json.loads(p.stdout)["differences"]}
     assert attrs == {"mode", "xattr", "mtime"} | ({"uid", "gid"} if ROOT else set())
 
@@ -74,9 +75,14 @@ def test_ads_not_materialized_is_said_and_verified(tmp_path: Path) -> None:
     (src / "doc").write_bytes(b"text")
     (src / "plain").write_bytes(b"plain")
     m = build(str(src))
-    res = [dataclasses.replace(r, ads=(AdsEntry("Zone.Identifier", b"[ZoneTransfer]\r\nZoneId=3"),
-                                       AdsEntry("extra", b"1")))
-           if isinstance(r, RegularFile) and r.path == "/doc" else r for r in m.resources]
+    res = [
+        dataclasses.replace(
+            r, ads=(AdsEntry("Zone.Identifier", b"[ZoneTransfer]\r\nZoneId=3"), AdsEntry("extra", b"1"))
+        )
+        if isinstance(r, RegularFile) and r.path == "/doc"
+        else r
+        for r in m.resources
+    ]
     mf = tmp_path / "ads.pb"
     mf.write_bytes(dumps(Manifest.of(res)))
     run_cli("ingest", src, store=st, check=True)  # the content
@@ -90,8 +96,8 @@ def test_ads_not_materialized_is_said_and_verified(tmp_path: Path) -> None:
     p = run_cli("verify", out, digest, store=st)
     assert p.returncode == 1
     assert p.stdout.decode().splitlines() == [
-        "/doc: ads differs: expected 2 alternate data stream(s) {Zone.Identifier, extra}, "
-        "got no alternate data stream"]
+        "/doc: ads differs: expected 2 alternate data stream(s) {Zone.Identifier, extra}, got no alternate data stream"
+    ]
     run_cli("verify", out, digest, "--ignore-attr", "ads", store=st, check=True)
     p = run_cli("apply", tmp_path / "out-copy", digest, store=st, check=True)
     assert b"2 alternate data streams not materialized" in p.stderr

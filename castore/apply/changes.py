@@ -54,8 +54,9 @@ __all__ = ["TMP_PREFIX", "Applier", "ApplyOptions", "ApplyReport", "same_content
 class Applier(LeafPhases):
     """One apply's changes to ROOT: the four phases, run in order by ``castore.apply.run``."""
 
-    def __init__(self, root: str, root_fd: int, manifest: Manifest, source: Source, writer: Writer,
-                 opts: ApplyOptions) -> None:
+    def __init__(
+        self, root: str, root_fd: int, manifest: Manifest, source: Source, writer: Writer, opts: ApplyOptions
+    ) -> None:
         self.root = root
         self.root_fd = root_fd
         self.m = manifest
@@ -87,8 +88,9 @@ class Applier(LeafPhases):
         for m in sorted(self.mounts, key=os.fsencode):
             where = f"{self.root}{m}: another filesystem is mounted there"
             w = self.want.get(m)
-            below = next((p for p, r in self.want.items() if p.startswith(m + "/") and not isinstance(r, Whiteout)),
-                         None)
+            below = next(
+                (p for p, r in self.want.items() if p.startswith(m + "/") and not isinstance(r, Whiteout)), None
+            )
             if below is not None:
                 raise UnsafeInput(f"{where}; apply does not change it, but the manifest lists {below}")
             if w is not None and not isinstance(w, (Directory, Whiteout)):
@@ -175,8 +177,9 @@ class Applier(LeafPhases):
         finally:
             os.close(fd)
         if kept:  # mounted since the scan
-            raise UnsafeInput(f"{self.root}/{rel}/{kept[0]}: another filesystem is mounted there; "
-                              "apply does not remove it")
+            raise UnsafeInput(
+                f"{self.root}/{rel}/{kept[0]}: another filesystem is mounted there; apply does not remove it"
+            )
         os.rmdir(name, dir_fd=dfd)
 
     def install(self, dfd: int, tmp: str, path: str) -> None:
@@ -267,8 +270,9 @@ class Applier(LeafPhases):
             dfd = self.dir_fd(parent)
             if h is not None:
                 if isinstance(h, Symlink):
-                    self.opts.note(f"{p}: replacing a symlink (-> {h.target}) with a directory; "
-                                   "the symlink is not followed")
+                    self.opts.note(
+                        f"{p}: replacing a symlink (-> {h.target}) with a directory; the symlink is not followed"
+                    )
                 self.log(f"R {p} ({h.kind} -> dir)")
                 self.remove(p)
                 self.report.replaced += 1

@@ -46,6 +46,7 @@ class LeafPhases:
     mounts: set[str]
 
     if TYPE_CHECKING:
+
         def log(self, msg: str) -> None: ...
 
         def dir_fd(self, rel: str) -> int: ...
@@ -90,8 +91,9 @@ class LeafPhases:
                 found = "nothing" if h is None else h.kind
                 if isinstance(h, Device):
                     found = f"{'c' if h.char else 'b'} {h.major}:{h.minor}"
-                self.report.problems.append(f"{p}: expected device {'c' if w.char else 'b'} {w.major}:{w.minor}, "
-                                            f"found {found}")
+                self.report.problems.append(
+                    f"{p}: expected device {'c' if w.char else 'b'} {w.major}:{w.minor}, found {found}"
+                )
 
     def leaf(self, w: Resource) -> None:
         if w.path in self.scan.clean:

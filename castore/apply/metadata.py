@@ -9,8 +9,13 @@ from castore import fs
 from castore.apply.scan import TreeChanged
 from castore.manifest.model import Device, Directory, NamedPipe, RegularFile, Resource, Socket, Symlink
 
-_IFMT = {RegularFile: stat.S_IFREG, Directory: stat.S_IFDIR, Symlink: stat.S_IFLNK, NamedPipe: stat.S_IFIFO,
-         Socket: stat.S_IFSOCK}
+_IFMT = {
+    RegularFile: stat.S_IFREG,
+    Directory: stat.S_IFDIR,
+    Symlink: stat.S_IFLNK,
+    NamedPipe: stat.S_IFIFO,
+    Socket: stat.S_IFSOCK,
+}
 
 
 def ifmt(w: Resource) -> int:

@@ -77,9 +77,16 @@ def _root(root: str) -> Iterator[tuple[str, int]]:
 
 
 @bulk
-def apply_tree(root: str, manifest: Manifest | None, *, store: Store | None = None, source: str = "store",
-               opts: ApplyOptions | None = None, manifest_digest: str | None = None,
-               validated: bool = False) -> ApplyReport:
+def apply_tree(
+    root: str,
+    manifest: Manifest | None,
+    *,
+    store: Store | None = None,
+    source: str = "store",
+    opts: ApplyOptions | None = None,
+    manifest_digest: str | None = None,
+    validated: bool = False,
+) -> ApplyReport:
     """Make the tree at ``root`` match ``manifest`` in place; return what was done.
 
     ``manifest`` may be None when ``manifest_digest`` names a manifest of
@@ -97,8 +104,15 @@ def apply_tree(root: str, manifest: Manifest | None, *, store: Store | None = No
     return _apply(root, manifest, store, source, opts or ApplyOptions(), manifest_digest, validated)
 
 
-def _apply(root: str, manifest: Manifest | None, store: Store | None, source: str, opts: ApplyOptions,
-           manifest_digest: str | None, validated: bool) -> ApplyReport:
+def _apply(
+    root: str,
+    manifest: Manifest | None,
+    store: Store | None,
+    source: str,
+    opts: ApplyOptions,
+    manifest_digest: str | None,
+    validated: bool,
+) -> ApplyReport:
     if manifest is None and (store is None or manifest_digest is None):
         raise CastoreError("apply needs a manifest, or a store and the digest of one of its manifests")
     if manifest is not None and not validated:
@@ -129,18 +143,27 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
             if manifest is None:
                 assert store is not None and manifest_digest is not None
                 # Indexed (validated at commit) when it was read above: decoded from those bytes.
-                manifest = (codec.loads(blob, source=manifest_digest) if blob is not None
-                            else store.load_manifest(manifest_digest))
+                manifest = (
+                    codec.loads(blob, source=manifest_digest)
+                    if blob is not None
+                    else store.load_manifest(manifest_digest)
+                )
             if opts.rewrite_absolute_symlinks:
                 manifest = _rewrite_symlinks(manifest)
             if opts.ignore:
                 manifest = Manifest(tuple(without_attrs(manifest.resources, opts.ignore, old_umask)))
-            scan = scan_tree(root, root_fd, manifest.by_path(), store, opts.rehash,
-                             frozenset(fs.mounts_below(root_fd)))
+            scan = scan_tree(root, root_fd, manifest.by_path(), store, opts.rehash, frozenset(fs.mounts_below(root_fd)))
         note_ads(count_ads(manifest.resources), opts.note)
-        writer = Writer(store if use_store else None,
-                        Options(link=opts.link if use_store else "copy", verify=opts.verify, devices=opts.devices,
-                                sockets=opts.sockets, note=opts.note))
+        writer = Writer(
+            store if use_store else None,
+            Options(
+                link=opts.link if use_store else "copy",
+                verify=opts.verify,
+                devices=opts.devices,
+                sockets=opts.sockets,
+                note=opts.note,
+            ),
+        )
         if use_store:
             writer.tmp_dir = lease.tmp_dir  # new hardlink objects: where gc leaves them alone
         src: Source = Source()
@@ -175,17 +198,27 @@ def _apply(root: str, manifest: Manifest | None, store: Store | None, source: st
     raise AssertionError("unreachable")
 
 
-def _incremental(root: str, root_fd: int, root_st: os.stat_result, store: Store | None,
-                 manifest_digest: str | None, opts: ApplyOptions, started: int
-                 ) -> tuple[tuple[list[bytes], list[tuple[str, ...]], dict[str, int], list[int]] | None,
-                            Changes | None, bytes | None]:
+def _incremental(
+    root: str,
+    root_fd: int,
+    root_st: os.stat_result,
+    store: Store | None,
+    manifest_digest: str | None,
+    opts: ApplyOptions,
+    started: int,
+) -> tuple[tuple[list[bytes], list[tuple[str, ...]], dict[str, int], list[int]] | None, Changes | None, bytes | None]:
     """(the store manifest's entry table, the changes since ROOT's record, the manifest's bytes):
     each None when it does not apply (no indexed store manifest, no usable record)."""
     table: tuple[list[bytes], list[tuple[str, ...]], dict[str, int], list[int]] | None = None
     changes = None
     blob: bytes | None = None  # the store's manifest, read (and verified) once
-    if (store is not None and manifest_digest is not None and not opts.rewrite_absolute_symlinks
-            and not opts.ignore and store.manifest_indexed(manifest_digest)):
+    if (
+        store is not None
+        and manifest_digest is not None
+        and not opts.rewrite_absolute_symlinks
+        and not opts.ignore
+        and store.manifest_indexed(manifest_digest)
+    ):
         rec = None if opts.rehash else apply_state.load(store, root, root_st)
         lstats = apply_state.ChangedPaths(root_fd, rec) if rec is not None else None
         try:
@@ -197,8 +230,9 @@ def _incremental(root: str, root_fd: int, root_st: os.stat_result, store: Store 
             if rec is not None and lstats is not None and old_e is not None:
                 new_e = apply_state.Entries(blob, starts, [len(e) for e in entries])
                 try:
-                    changes = scan_changes(root, root_fd, rec, old_e, lstats, new_e, paths, table[2], store,
-                                           opts.rehash, started)
+                    changes = scan_changes(
+                        root, root_fd, rec, old_e, lstats, new_e, paths, table[2], store, opts.rehash, started
+                    )
                 except apply_state.PassFailed:
                     changes = None  # the full scan below
         finally:
@@ -207,12 +241,16 @@ def _incremental(root: str, root_fd: int, root_st: os.stat_result, store: Store 
     return table, changes, blob
 
 
-def _check_store_content(store: Store, lease: Lease, manifest_digest: str | None, needed: dict[str, RegularFile],
-                         scan: Scan) -> set[str]:
+def _check_store_content(
+    store: Store, lease: Lease, manifest_digest: str | None, needed: dict[str, RegularFile], scan: Scan
+) -> set[str]:
     """Every blob apply needs from the store is there (else BlobNotFound); the digests only ROOT holds."""
     missing = store.missing_blobs(manifest_refs(Manifest(tuple(needed.values()))))
-    local_only = {r.digest for r in needed.values() if r.digest in scan.local
-                  and (r.digest in missing or any(c.digest in missing for c in r.chunks))}
+    local_only = {
+        r.digest
+        for r in needed.values()
+        if r.digest in scan.local and (r.digest in missing or any(c.digest in missing for c in r.chunks))
+    }
     from_store = Manifest(tuple(r for r in needed.values() if r.digest not in local_only))
     # Whole-file digests stored as chunks only (a manifest without chunk lists) count by their chunks.
     if manifest_digest is None:  # a manifest file: the lease names its blobs, checked from then on
@@ -236,13 +274,13 @@ def _dir_source(stack: ExitStack, source: str, needed: dict[str, RegularFile], s
         elif r.digest not in scan.local:
             absent.append(r.path)
     if absent:
-        raise NotFound(f"{absent[0]}: not in the source directory {source} "
-                       f"({len(absent)} file(s) missing)")
+        raise NotFound(f"{absent[0]}: not in the source directory {source} ({len(absent)} file(s) missing)")
     return dsrc
 
 
-def _tar_source(stack: ExitStack, root_fd: int, source: str, needed: dict[str, RegularFile], scan: Scan,
-                opts: ApplyOptions) -> Source:
+def _tar_source(
+    stack: ExitStack, root_fd: int, source: str, needed: dict[str, RegularFile], scan: Scan, opts: ApplyOptions
+) -> Source:
     """The files ROOT lacks, staged from the tar ``source`` into a private directory of ROOT."""
     stage = TMP_PREFIX + "stage-" + secrets.token_hex(4)
     os.mkdir(stage, 0o700, dir_fd=root_fd)
@@ -252,6 +290,7 @@ def _tar_source(stack: ExitStack, root_fd: int, source: str, needed: dict[str, R
         remove_contents(sfd)
         os.close(sfd)
         os.rmdir(stage, dir_fd=root_fd)
+
     stack.callback(_drop_stage)
     tar_needed = {p: r for r in needed.values() if r.digest not in scan.local for p in r.paths}
     staged = stage_tar(source, sfd, tar_needed, opts.verify)
@@ -294,8 +333,13 @@ def _recorded_entries(store: Store, rec: apply_state.Record) -> apply_state.Entr
         return None
 
 
-def _record(digest: str, table: tuple[list[bytes], list[tuple[str, ...]], dict[str, int], list[int]], ap: Applier,
-            base: tuple[list[str], list[apply_state.Row]] | None, root_row: apply_state.Row) -> apply_state.Record:
+def _record(
+    digest: str,
+    table: tuple[list[bytes], list[tuple[str, ...]], dict[str, int], list[int]],
+    ap: Applier,
+    base: tuple[list[str], list[apply_state.Row]] | None,
+    root_row: apply_state.Row,
+) -> apply_state.Record:
     """What ROOT holds now. ``base``: the manifest's paths with the rows still trusted from the last
     record (``scan_changes``), or None after a full scan. Added: the rows of the paths the scan found
     clean or apply left intact; taken out: every directory apply changed or that keeps entries the

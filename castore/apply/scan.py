@@ -48,8 +48,14 @@ class Scan:
     started_ns: int = 0  # when the scan began (the racy window of its lstats)
 
 
-def scan_tree(root: str, root_fd: int, want: dict[str, Resource], store: Store | None, rehash: bool,
-              prune: frozenset[str] = frozenset()) -> Scan:
+def scan_tree(
+    root: str,
+    root_fd: int,
+    want: dict[str, Resource],
+    store: Store | None,
+    rehash: bool,
+    prune: frozenset[str] = frozenset(),
+) -> Scan:
     """Walk all of ROOT but the relative paths in ``prune`` (mount points: never entered)."""
     start = time.time_ns()
     try:
@@ -66,8 +72,15 @@ def _changed_while_scanned(root: str, exc: OSError) -> OSError | TreeChanged:
     return TreeChanged(f"{root}: changed while it was scanned ({exc.strerror}); rerun apply")
 
 
-def classify(root: str, root_fd: int, walked: WalkResult, want: dict[str, Resource], store: Store | None,
-             rehash: bool, start: int) -> Scan:
+def classify(
+    root: str,
+    root_fd: int,
+    walked: WalkResult,
+    want: dict[str, Resource],
+    store: Store | None,
+    rehash: bool,
+    start: int,
+) -> Scan:
     """Hash (or take from the stat cache) the walked files the manifest wants with that size; sort
     the walked entries into the clean ones and the current state of the rest."""
     jobs = walked.files
@@ -178,17 +191,28 @@ class Changes:
     rows: list[Row]
 
 
-def scan_changes(root: str, root_fd: int, rec: Record, old_e: apply_state.Entries,
-                 lstats: apply_state.ChangedPaths, new_e: apply_state.Entries, paths: list[tuple[str, ...]],
-                 shared: dict[str, int], store: Store | None, rehash: bool, start: int) -> Changes:
+def scan_changes(
+    root: str,
+    root_fd: int,
+    rec: Record,
+    old_e: apply_state.Entries,
+    lstats: apply_state.ChangedPaths,
+    new_e: apply_state.Entries,
+    paths: list[tuple[str, ...]],
+    shared: dict[str, int],
+    store: Store | None,
+    rehash: bool,
+    start: int,
+) -> Changes:
     """Scan what may differ between ROOT, as ``rec`` recorded it (with its manifest's entries
     ``old_e``), and the manifest ``new_e``/``paths`` (``shared``: ``apply_state.shared_paths(paths)``);
     ``lstats``: the lstat pass over ``rec``, started at ``start``."""
     order, rows = rec.order, rec.rows
     # Entries are compared as bytes (manifests are encoded deterministically): an entry holds all
     # its paths, so a path's entry is unchanged exactly when its bytes are in both manifests.
-    gone, came = apply_state.differing(old_e, new_e, lambda j: path_key(first_path(old_e[j])),
-                                       lambda i: path_key(paths[i][0]))
+    gone, came = apply_state.differing(
+        old_e, new_e, lambda j: path_key(first_path(old_e[j])), lambda i: path_key(paths[i][0])
+    )
     old_of: dict[str, Resource] = {}
     for j in gone:
         r = decode_entry(old_e[j])
@@ -267,8 +291,9 @@ def _dirty_rows(root_fd: int, order: list[str], rows: list[Row], lstats: apply_s
     return dirty_k
 
 
-def _sub_paths(sub_paths: set[str], new_idx: dict[str, int], order: list[str],
-               paths: list[tuple[str, ...]]) -> tuple[set[str], set[str]]:
+def _sub_paths(
+    sub_paths: set[str], new_idx: dict[str, int], order: list[str], paths: list[tuple[str, ...]]
+) -> tuple[set[str], set[str]]:
     """(the paths of the sub-manifest, their parents): ``sub_paths`` with every path of their new
     entries, and the listed entry below each directory the manifest does not list."""
     for p in list(sub_paths):
@@ -293,8 +318,15 @@ def _sub_paths(sub_paths: set[str], new_idx: dict[str, int], order: list[str],
     return sub_paths, parents
 
 
-def _as_recorded(scan: Scan, unscanned: set[str], clean: set[str], old_of: dict[str, Resource],
-                 want: dict[str, Resource], order: list[str], rows: list[Row]) -> None:
+def _as_recorded(
+    scan: Scan,
+    unscanned: set[str],
+    clean: set[str],
+    old_of: dict[str, Resource],
+    want: dict[str, Resource],
+    order: list[str],
+    rows: list[Row],
+) -> None:
     """Enter in ``scan`` the differing paths not scanned, as the recorded manifest says (their
     lstat is unchanged), and the ``clean`` paths, as the new manifest says."""
     groups: dict[int, set[str]] = {}
@@ -320,8 +352,9 @@ def _as_recorded(scan: Scan, unscanned: set[str], clean: set[str], old_of: dict[
 _find = apply_state.find
 
 
-def _see_paths(dirs: DirFds, rels: list[str], dirty: set[str], order: list[str], out: WalkResult,
-               seen: set[str]) -> None:
+def _see_paths(
+    dirs: DirFds, rels: list[str], dirty: set[str], order: list[str], out: WalkResult, seen: set[str]
+) -> None:
     """Add each path of ``rels`` (sorted, relative) as it is now; a missing one is left out.
 
     A directory among them is listed for names the record lacks when its own

@@ -117,8 +117,9 @@ def stage_tar(tar_path: str, stage_fd: int, needed: dict[str, RegularFile], veri
                 if src is None:
                     continue
                 name = f"s{len(staged)}-{secrets.token_hex(4)}"
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                             dir_fd=stage_fd)
+                fd = os.open(
+                    name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=stage_fd
+                )
                 h = hashlib.sha256()
                 try:
                     while True:
@@ -134,8 +135,9 @@ def stage_tar(tar_path: str, stage_fd: int, needed: dict[str, RegularFile], veri
                     staged[got] = name
                 else:
                     if r is not None and verify and got != r.digest:
-                        raise IntegrityError(f"{tar_path}: member {m.name!r}: digest mismatch: expected "
-                                             f"{r.digest}, got {got}")
+                        raise IntegrityError(
+                            f"{tar_path}: member {m.name!r}: digest mismatch: expected {r.digest}, got {got}"
+                        )
                     os.unlink(name, dir_fd=stage_fd)
     except (tarfile.TarError, EOFError) as exc:
         raise UnsafeInput(f"{tar_path}: corrupt tar stream ({exc})") from None

@@ -54,8 +54,9 @@ Row = bytes | None
 def row_of(st: os.stat_result | object) -> bytes:
     """The row of an lstat result (``os.stat_result`` or ``build.Stat``)."""
     s: os.stat_result = st  # type: ignore[assignment]
-    return ROW.pack(s.st_dev, s.st_ino, s.st_mode, s.st_uid, s.st_gid, s.st_size, s.st_mtime_ns, s.st_ctime_ns,
-                    s.st_nlink)
+    return ROW.pack(
+        s.st_dev, s.st_ino, s.st_mode, s.st_uid, s.st_gid, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_nlink
+    )
 
 
 def trusted_row(st: os.stat_result | object, seen_ns: int) -> Row:
@@ -97,15 +98,16 @@ class Entries:
 
     def __getitem__(self, i: int) -> bytes:
         o = self.offsets[i]
-        return self.data[o:o + self.lengths[i]]
+        return self.data[o : o + self.lengths[i]]
 
     def run(self, i: int, k: int) -> bytes:
         """The bytes of entries [i, i + k), framing included (k >= 1)."""
-        return self.data[self.offsets[i]:self.offsets[i + k - 1] + self.lengths[i + k - 1]]
+        return self.data[self.offsets[i] : self.offsets[i + k - 1] + self.lengths[i + k - 1]]
 
 
-def differing(old: Entries, new: Entries, old_path: Callable[[int], bytes],
-              new_path: Callable[[int], bytes]) -> tuple[list[int], list[int]]:
+def differing(
+    old: Entries, new: Entries, old_path: Callable[[int], bytes], new_path: Callable[[int], bytes]
+) -> tuple[list[int], list[int]]:
     """Indexes of the entries of ``old`` not in ``new`` and of ``new`` not in ``old``, by a merge.
 
     Runs of entries are compared as bytes, growing while they match and
@@ -157,7 +159,7 @@ def spans_of(starts: list[int], entries: list[bytes]) -> bytes:
 
 
 def shared_paths(paths: list[tuple[str, ...]]) -> dict[str, int]:
-    """"/path" -> entry index, for the entries with more than one path."""
+    """ "/path" -> entry index, for the entries with more than one path."""
     many = itertools.compress(range(len(paths)), map((1).__lt__, map(len, paths)))  # in C: 3x faster
     return {p: i for i in many for p in paths[i]}
 
@@ -178,8 +180,7 @@ def load(store: Store, root: str, root_st: os.stat_result) -> Record | None:
 
 def save(store: Store, root: str, root_st: os.stat_result, rec: Record) -> None:
     """Replace ``root``'s record (one synced LMDB transaction)."""
-    apply_records.save_row(store, root, root_st, (rec.digest, rec.spans, rec.shared, rec.order, rec.rows,
-                                                  rec.root_row))
+    apply_records.save_row(store, root, root_st, (rec.digest, rec.spans, rec.shared, rec.order, rec.rows, rec.root_row))
 
 
 prune = apply_records.prune
@@ -222,8 +223,20 @@ def _changed(root_fd: int, order: list[str], rows: list[Row], lo: int, hi: int) 
             except OSError:
                 out.append(k)
                 continue
-            if pack(s.st_dev, s.st_ino, s.st_mode, s.st_uid, s.st_gid, s.st_size, s.st_mtime_ns, s.st_ctime_ns,
-                    s.st_nlink) != old:
+            if (
+                pack(
+                    s.st_dev,
+                    s.st_ino,
+                    s.st_mode,
+                    s.st_uid,
+                    s.st_gid,
+                    s.st_size,
+                    s.st_mtime_ns,
+                    s.st_ctime_ns,
+                    s.st_nlink,
+                )
+                != old
+            ):
                 out.append(k)
     finally:
         dirs.close()
@@ -337,8 +350,9 @@ def find(order: list[str], rel: str) -> int:
     return k if k < len(order) and order[k] == rel else -1
 
 
-def relayout(order: list[str], rows: list[Row], drop: set[str], add: set[str],
-             listed: Callable[[str], bool]) -> tuple[list[str], list[Row]]:
+def relayout(
+    order: list[str], rows: list[Row], drop: set[str], add: set[str], listed: Callable[[str], bool]
+) -> tuple[list[str], list[Row]]:
     """``order`` and its ``rows`` without the paths ``drop`` and with the paths ``add`` (untrusted).
 
     Parents keep their place while something below them stays; parents the

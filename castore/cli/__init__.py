@@ -18,53 +18,59 @@ from castore.cli.common import LazyGroup, announce_new_store, fail, main_group, 
 phases.mark("cli imports")
 
 # Command name -> the module that defines it; imported only when the command runs.
-LazyGroup.lazy.update({
-    **dict.fromkeys(["build", "verify", "ls", "dump", "stats", "diff", "du"], "castore.cli.tree_cmds"),
-    **dict.fromkeys(["ingest", "list", "history", "tag", "rm"], "castore.cli.catalog_cmds"),
-    "checkout": "castore.cli.checkout_cmds",
-    **dict.fromkeys(["apply", "copy"], "castore.cli.apply_cmds"),
-    "export": "castore.cli.export_cmd",
-    **dict.fromkeys(["gc", "fsck"], "castore.cli.gc_cmds"),
-    "mount": "castore.cli.mount_cmd",
-    "init": "castore.cli.init_cmds",
-    "log": "castore.cli.log_cmds",
-    **dict.fromkeys(["push", "pull"], "castore.cli.remote_cmds"),
-    **dict.fromkeys(["login", "logout"], "castore.cli.login_cmds"),
-    **dict.fromkeys(["keygen", "sign", "verify-signature"], "castore.cli.sign_cmds"),
-})
+LazyGroup.lazy.update(
+    {
+        **dict.fromkeys(["build", "verify", "ls", "dump", "stats", "diff", "du"], "castore.cli.tree_cmds"),
+        **dict.fromkeys(["ingest", "list", "history", "tag", "rm"], "castore.cli.catalog_cmds"),
+        "checkout": "castore.cli.checkout_cmds",
+        **dict.fromkeys(["apply", "copy"], "castore.cli.apply_cmds"),
+        "export": "castore.cli.export_cmd",
+        **dict.fromkeys(["gc", "fsck"], "castore.cli.gc_cmds"),
+        "mount": "castore.cli.mount_cmd",
+        "init": "castore.cli.init_cmds",
+        "log": "castore.cli.log_cmds",
+        **dict.fromkeys(["push", "pull"], "castore.cli.remote_cmds"),
+        **dict.fromkeys(["login", "logout"], "castore.cli.login_cmds"),
+        **dict.fromkeys(["keygen", "sign", "verify-signature"], "castore.cli.sign_cmds"),
+    }
+)
 
-LazyGroup.summaries.update({
-    "apply": "Make ROOT match MANIFEST in place, changing only what differs.",
-    "build": "Write the manifest of ROOT to stdout (store untouched).",
-    "checkout": "Materialise MANIFEST at TARGET (absent or empty), complete or not at all.",
-    "copy": "Duplicate the tree SRC at DST (which must not exist), safely, keeping everything.",
-    "diff": "Changes from A to B (manifests or trees): A added, D deleted, M modified, m metadata only.",
-    "du": "Disk usage (bytes) of a manifest or tree, hardlinks counted once.",
-    "dump": "Dump MANIFEST as prototext (upstream's dump), JSON, or its stored protobuf bytes.",
-    "export": "Write MANIFEST as a tar stream (PAX: xattrs, hardlinks, devices, sparse files, ns times).",
-    "fsck": "Check index <-> files, catalog references and (--read-data) content; exit 4 on damage.",
-    "gc": "Delete what no catalog name, lease or recent write references (cron-safe).",
-    "history": "Every manifest recorded under NAME, oldest first.",
-    "ingest": "Store the tree SRC; print the manifest digest alone on stdout.",
-    "keygen": "Write a new OpenSSH Ed25519 key pair: FILE (private, 0600) and FILE.pub.",
-    "list": "The catalog: name, digest, date (UTC) and tree size in bytes, tab-separated.",
-    "login": "Check USER's password against REGISTRY (GET /v2/), then store it for push and pull.",
-    "logout": "Forget the stored credentials of REGISTRY.",
-    "init": "Make a store at --store / CONTINUITY_STORE (else the default location).",
-    "log": "The versions recorded under NAME, newest first.",
-    "ls": "List the entries of MANIFEST, one path per line.",
-    "mount": "Mount MANIFEST read-only at MOUNTPOINT (an existing empty directory) until unmounted.",
-    "pull": "Copy a tree or a container image (flattened) from a registry or an OCI layout into the store; "
-            "print its manifest digest.",
-    "push": "Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST.",
-    "rm": "Remove NAMES from the catalog (content goes at the next gc).",
-    "sign": "Sign MANIFEST (namespace \"continuity\", over its stored bytes) and keep the signature in the store.",
-    "stats": ("Counts and sizes of MANIFEST; without it, of the whole store (bytes stored, logical bytes, dedup "
-              "ratio, growth of each name)."),
-    "tag": "Record MANIFEST under NAME (a manifest file is stored first).",
-    "verify": "Report every difference between ROOT and MANIFEST; exit 1 if any.",
-    "verify-signature": "Exit 0 when a signature of MANIFEST verifies for a principal of FILE, 4 otherwise.",
-})
+LazyGroup.summaries.update(
+    {
+        "apply": "Make ROOT match MANIFEST in place, changing only what differs.",
+        "build": "Write the manifest of ROOT to stdout (store untouched).",
+        "checkout": "Materialise MANIFEST at TARGET (absent or empty), complete or not at all.",
+        "copy": "Duplicate the tree SRC at DST (which must not exist), safely, keeping everything.",
+        "diff": "Changes from A to B (manifests or trees): A added, D deleted, M modified, m metadata only.",
+        "du": "Disk usage (bytes) of a manifest or tree, hardlinks counted once.",
+        "dump": "Dump MANIFEST as prototext (upstream's dump), JSON, or its stored protobuf bytes.",
+        "export": "Write MANIFEST as a tar stream (PAX: xattrs, hardlinks, devices, sparse files, ns times).",
+        "fsck": "Check index <-> files, catalog references and (--read-data) content; exit 4 on damage.",
+        "gc": "Delete what no catalog name, lease or recent write references (cron-safe).",
+        "history": "Every manifest recorded under NAME, oldest first.",
+        "ingest": "Store the tree SRC; print the manifest digest alone on stdout.",
+        "keygen": "Write a new OpenSSH Ed25519 key pair: FILE (private, 0600) and FILE.pub.",
+        "list": "The catalog: name, digest, date (UTC) and tree size in bytes, tab-separated.",
+        "login": "Check USER's password against REGISTRY (GET /v2/), then store it for push and pull.",
+        "logout": "Forget the stored credentials of REGISTRY.",
+        "init": "Make a store at --store / CONTINUITY_STORE (else the default location).",
+        "log": "The versions recorded under NAME, newest first.",
+        "ls": "List the entries of MANIFEST, one path per line.",
+        "mount": "Mount MANIFEST read-only at MOUNTPOINT (an existing empty directory) until unmounted.",
+        "pull": "Copy a tree or a container image (flattened) from a registry or an OCI layout into the store; "
+        "print its manifest digest.",
+        "push": "Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST.",
+        "rm": "Remove NAMES from the catalog (content goes at the next gc).",
+        "sign": 'Sign MANIFEST (namespace "continuity", over its stored bytes) and keep the signature in the store.',
+        "stats": (
+            "Counts and sizes of MANIFEST; without it, of the whole store (bytes stored, logical bytes, dedup "
+            "ratio, growth of each name)."
+        ),
+        "tag": "Record MANIFEST under NAME (a manifest file is stored first).",
+        "verify": "Report every difference between ROOT and MANIFEST; exit 1 if any.",
+        "verify-signature": "Exit 0 when a signature of MANIFEST verifies for a principal of FILE, 4 otherwise.",
+    }
+)
 
 
 def hoist_store(argv: list[str]) -> list[str]:
@@ -78,7 +84,7 @@ def hoist_store(argv: list[str]) -> list[str]:
             rest.extend(argv[i:])
             break
         if a == "--store" and i + 1 < len(argv):
-            front += argv[i:i + 2]
+            front += argv[i : i + 2]
             i += 2
             continue
         if a.startswith("--store="):

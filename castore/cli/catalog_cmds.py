@@ -28,19 +28,41 @@ from castore.units import human_size, iso_s
 @click.option("--name", help="Catalog name to record the manifest under (history is kept).")
 @ignore_opt
 @click.option("--keep-appledouble", is_flag=True, help="Keep ._* and __MACOSX entries.")
-@click.option("--whiteouts", type=click.Choice(["none", "overlay", "oci"]), default="none", show_default=True,
-              help="Read whiteouts as such: overlay (char 0/0, opaque xattrs) for SRC, oci (.wh.*) for --tar.")
-@click.option("--tar", "tar_src", metavar="FILE|-",
-              help="Read a tar stream (plain, gzip, zstd, xz, bzip2) instead of SRC.")
-@click.option("--appledouble", type=click.Choice(["fold", "drop", "keep"]), default=None,
-              help="--tar: AppleDouble members into com.apple.* xattrs (fold, default), left out, or kept.")
-@click.option("--force-history", is_flag=True,
-              help="Record a new version under --name even when the tree is unchanged (by default it is not).")
+@click.option(
+    "--whiteouts",
+    type=click.Choice(["none", "overlay", "oci"]),
+    default="none",
+    show_default=True,
+    help="Read whiteouts as such: overlay (char 0/0, opaque xattrs) for SRC, oci (.wh.*) for --tar.",
+)
+@click.option(
+    "--tar", "tar_src", metavar="FILE|-", help="Read a tar stream (plain, gzip, zstd, xz, bzip2) instead of SRC."
+)
+@click.option(
+    "--appledouble",
+    type=click.Choice(["fold", "drop", "keep"]),
+    default=None,
+    help="--tar: AppleDouble members into com.apple.* xattrs (fold, default), left out, or kept.",
+)
+@click.option(
+    "--force-history",
+    is_flag=True,
+    help="Record a new version under --name even when the tree is unchanged (by default it is not).",
+)
 @json_opt
 @click.pass_obj
-def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, ...], keep_appledouble: bool,
-               whiteouts: str, tar_src: str | None, appledouble: str | None, force_history: bool,
-               as_json: bool) -> None:
+def ingest_cmd(
+    obj: Ctx,
+    src: str | None,
+    name: str | None,
+    ignore: tuple[str, ...],
+    keep_appledouble: bool,
+    whiteouts: str,
+    tar_src: str | None,
+    appledouble: str | None,
+    force_history: bool,
+    as_json: bool,
+) -> None:
     """Store the tree SRC; print the manifest digest alone on stdout.
 
     An unchanged tree records no new version under NAME (stderr says "unchanged").
@@ -57,13 +79,21 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
     if name is not None:
         check_name(name)
     from castore.cli.ingest_report import begin, finish
+
     begin(obj, force_history)
     if tar_src is not None:
         if src is not None:
             raise click.UsageError("give either SRC or --tar, not both")
         from castore.cli.tar_support import ingest_tar_cmd
-        digest = ingest_tar_cmd(obj, tar_src, name, ignore, whiteouts=whiteouts,
-                                appledouble=appledouble or ("keep" if keep_appledouble else "fold"))
+
+        digest = ingest_tar_cmd(
+            obj,
+            tar_src,
+            name,
+            ignore,
+            whiteouts=whiteouts,
+            appledouble=appledouble or ("keep" if keep_appledouble else "fold"),
+        )
     else:
         if src is None:
             raise click.UsageError("missing SRC (or --tar FILE)")
@@ -72,8 +102,16 @@ def ingest_cmd(obj: Ctx, src: str | None, name: str | None, ignore: tuple[str, .
         from castore.api import ingest
         from castore.ingest_skips import SkipLog
 
-        digest = ingest(obj.store(create=True), src, name=name, ignore=ignore, keep_appledouble=keep_appledouble,
-                        whiteouts=whiteouts, progress=True, on_skip=SkipLog(src))
+        digest = ingest(
+            obj.store(create=True),
+            src,
+            name=name,
+            ignore=ignore,
+            keep_appledouble=keep_appledouble,
+            whiteouts=whiteouts,
+            progress=True,
+            on_skip=SkipLog(src),
+        )
     if as_json:
         print_json({"digest": digest, "name": name})
     else:
@@ -100,6 +138,7 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
       continuity list --history web
     """
     from castore.store.revisions import versions
+
     if obj.store_path is None and not os.path.lexists(os.path.join(default_store_path(), "config")):
         if as_json:  # the default location before anything was stored: an empty catalog (README "Stores")
             print_json({"names": []})
@@ -113,17 +152,27 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
     for t in tags:
         total = _tree_size(store, t.digest)
         vs = versions(store, t.name)
-        out.append({"name": t.name, "digest": t.digest, "time": _when(t.time_ns), "manifest_size": t.size,
-                    "size": total, "versions": len(vs), "signatures": _sigs(store, t.digest),
-                    "incomplete": bool(vs and vs[-1].digest == t.digest and vs[-1].incomplete)})
+        out.append(
+            {
+                "name": t.name,
+                "digest": t.digest,
+                "time": _when(t.time_ns),
+                "manifest_size": t.size,
+                "size": total,
+                "versions": len(vs),
+                "signatures": _sigs(store, t.digest),
+                "incomplete": bool(vs and vs[-1].digest == t.digest and vs[-1].incomplete),
+            }
+        )
     if as_json:
         print_json({"names": out})
         return
     for row in out:
         size = human_size(row["size"]) if human else row["size"]  # type: ignore[arg-type]
         flag = "\tincomplete" if row["incomplete"] else ""
-        click.echo(f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{size}\t"
-                   f"{_signers(row['signatures'])}{flag}")  # type: ignore[arg-type]
+        click.echo(
+            f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{size}\t{_signers(row['signatures'])}{flag}"
+        )  # type: ignore[arg-type]
 
 
 def _sigs(store: object, digest: str) -> list[dict[str, object]]:
@@ -147,13 +196,26 @@ def _signers(sigs: list[dict[str, object]]) -> str:
 
 def _print_history(store: object, name: str, rows: Sequence[Any], as_json: bool) -> None:
     if as_json:
-        print_json({"name": name, "versions": [{"digest": t.digest, "time": _when(t.time_ns),
-                                                "signatures": _sigs(store, t.digest),
-                                                "incomplete": t.incomplete} for t in rows]})
+        print_json(
+            {
+                "name": name,
+                "versions": [
+                    {
+                        "digest": t.digest,
+                        "time": _when(t.time_ns),
+                        "signatures": _sigs(store, t.digest),
+                        "incomplete": t.incomplete,
+                    }
+                    for t in rows
+                ],
+            }
+        )
     else:
         for t in rows:
-            click.echo(f"{_when(t.time_ns)}  {t.digest}  {_signers(_sigs(store, t.digest))}"
-                       f"{'  incomplete' if t.incomplete else ''}")
+            click.echo(
+                f"{_when(t.time_ns)}  {t.digest}  {_signers(_sigs(store, t.digest))}"
+                f"{'  incomplete' if t.incomplete else ''}"
+            )
 
 
 def _tree_size(store: object, digest: str) -> int:
@@ -177,10 +239,12 @@ def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
       continuity history web --json
     """
     from castore.store.revisions import versions
+
     store = obj.store()
     rows = versions(store, name)
     if not rows:
         from castore.errors import NotFound
+
         raise NotFound(f"no history for {name!r}")
     _print_history(store, name, rows, as_json)
 
@@ -206,6 +270,7 @@ def tag_cmd(obj: Ctx, manifest: str, name: str, as_json: bool) -> None:
         from castore.manifest import codec
         from castore.store import manifest_refs
         from castore.store.meta import KIND_MANIFEST
+
         refs = manifest_refs(m)  # recorded as the manifest names them; gc follows the chunk map from there
         with store.shared_lock():  # checked under the lock: no gc frees them before the rows are written
             missing = store.missing_blobs(store.content_refs(m))
@@ -218,6 +283,7 @@ def tag_cmd(obj: Ctx, manifest: str, name: str, as_json: bool) -> None:
             def record(t: object) -> None:
                 store.record_manifest(t, digest, refs)
                 store.set_tag(t, name, digest, len(data))
+
             store.meta.write(record)
     else:
         store.tag(name, digest)
@@ -246,6 +312,7 @@ def rm_cmd(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
     missing = [n for n in dict.fromkeys(names) if store.get_tag(n) is None]
     if missing:
         from castore.errors import NotFound
+
         raise NotFound(f"no manifest named {', '.join(map(repr, missing))}; nothing removed")
     removed = []
     for n in dict.fromkeys(names):

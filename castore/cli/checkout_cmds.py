@@ -14,20 +14,39 @@ from castore.materialize import LINK_MODES
 @main_group.command("checkout")
 @click.argument("manifest", shell_complete=complete_names)
 @click.argument("target", type=click.Path())
-@click.option("--link", type=click.Choice(LINK_MODES), default="auto", show_default=True,
-              help="auto: reflink where possible, else copy; hardlink: share store inodes.")
+@click.option(
+    "--link",
+    type=click.Choice(LINK_MODES),
+    default="auto",
+    show_default=True,
+    help="auto: reflink where possible, else copy; hardlink: share store inodes.",
+)
 @click.option("--disable-digest", is_flag=True, help="Do not re-hash content (trusted stores).")
-@click.option("--devices", type=click.Choice(["create", "check", "skip"]), default=None,
-              help="Device nodes: create (default as root), check, skip (default otherwise).")
+@click.option(
+    "--devices",
+    type=click.Choice(["create", "check", "skip"]),
+    default=None,
+    help="Device nodes: create (default as root), check, skip (default otherwise).",
+)
 @click.option("--sockets", is_flag=True, help="Create sockets too.")
 @click.option("--whiteouts", type=click.Choice(["none", "overlay", "oci"]), default="none", show_default=True)
 @click.option("--rewrite-absolute-symlinks", is_flag=True, help="Make in-tree absolute symlinks relative.")
 @write_ignore_opt
 @json_opt
 @click.pass_obj
-def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest: bool, devices: str | None,
-                 sockets: bool, whiteouts: str, rewrite_absolute_symlinks: bool, ignore_attr: frozenset[str],
-                 as_json: bool) -> None:
+def checkout_cmd(
+    obj: Ctx,
+    manifest: str,
+    target: str,
+    link: str,
+    disable_digest: bool,
+    devices: str | None,
+    sockets: bool,
+    whiteouts: str,
+    rewrite_absolute_symlinks: bool,
+    ignore_attr: frozenset[str],
+    as_json: bool,
+) -> None:
     """Materialise MANIFEST at TARGET (absent or empty), complete or not at all.
 
     \b
@@ -41,12 +60,23 @@ def checkout_cmd(obj: Ctx, manifest: str, target: str, link: str, disable_digest
     m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
     if link == "hardlink" and store is not None and store.readonly:
         from castore.store.readonly import refuse_write
+
         refuse_write(store.path, "--link hardlink makes link objects in it; use --link copy or reflink")
     check_trust(obj, manifest, digest, store)
     ref = m if m is not None else digest
     assert ref is not None
-    checkout(store, ref, target, link=link, verify=not disable_digest,
-             devices=devices, sockets=sockets, whiteouts=whiteouts,
-             rewrite_absolute_symlinks=rewrite_absolute_symlinks, ignore_attrs=ignore_attr, validated=True)
+    checkout(
+        store,
+        ref,
+        target,
+        link=link,
+        verify=not disable_digest,
+        devices=devices,
+        sockets=sockets,
+        whiteouts=whiteouts,
+        rewrite_absolute_symlinks=rewrite_absolute_symlinks,
+        ignore_attrs=ignore_attr,
+        validated=True,
+    )
     if as_json:
         print_json({"digest": digest, "path": os.path.abspath(target)})

@@ -31,12 +31,18 @@ if TYPE_CHECKING:  # imported where used: `--help` needs neither the store nor t
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ignore_opt = click.option("--ignore", "ignore", multiple=True, metavar="GLOB",
-                          help="Leave out entries matching GLOB (name, or path from the root). Repeatable.")
+ignore_opt = click.option(
+    "--ignore",
+    "ignore",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave out entries matching GLOB (name, or path from the root). Repeatable.",
+)
 MAX_MANIFEST_FILE = 1 << 31
 
-json_opt = click.option("--json", "as_json", is_flag=True,
-                        help="Print the result as one JSON document (keys: docs/json.md).")
+json_opt = click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as one JSON document (keys: docs/json.md)."
+)
 
 
 def complete_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
@@ -51,11 +57,13 @@ def complete_names(ctx: click.Context, param: click.Parameter, incomplete: str) 
     except Exception:  # noqa: BLE001 - completion never fails loudly
         return []
     from click.shell_completion import CompletionItem
+
     return [CompletionItem(n) for n in sorted(names) if n.startswith(incomplete)]
 
 
 def _write_ignores(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> frozenset[str]:
     from castore.api import write_ignores
+
     try:
         return write_ignores(value)
     except UnsafeInput as exc:
@@ -63,9 +71,14 @@ def _write_ignores(ctx: click.Context, param: click.Parameter, value: tuple[str,
 
 
 write_ignore_opt = click.option(
-    "--ignore-attr", "ignore_attr", multiple=True, metavar="ATTR", callback=_write_ignores,
+    "--ignore-attr",
+    "ignore_attr",
+    multiple=True,
+    metavar="ATTR",
+    callback=_write_ignores,
     help="Do not apply ATTR (mode, uid, gid, owner, xattr, mtime): what a plain write gives instead (owner: "
-         "you; mode: from the umask; no xattrs; mtime: now). Repeatable.")
+    "you; mode: from the umask; no xattrs; mtime: now). Repeatable.",
+)
 
 
 #: the store this command made (ingest, pull), announced on stderr when it succeeds
@@ -79,8 +92,9 @@ def announce_new_store() -> None:
 
 
 class Ctx:
-    def __init__(self, store_path: str | None, debug: bool, quiet: bool = False, verbose: int = 0,
-                 policy_path: str | None = None) -> None:
+    def __init__(
+        self, store_path: str | None, debug: bool, quiet: bool = False, verbose: int = 0, policy_path: str | None = None
+    ) -> None:
         self.store_path = store_path
         self.debug = debug
         self.quiet = quiet  # -q: no progress, no notes; errors still print
@@ -98,6 +112,7 @@ class Ctx:
         store = self.store(create=create)
         if store.readonly:
             from castore.store.readonly import refuse_write
+
             refuse_write(store.path)
         return store
 
@@ -107,11 +122,13 @@ class Ctx:
         if self._store is None:
             from castore.cli import phases  # noqa: PLC0415
             from castore.store import Store, default_store_path  # noqa: PLC0415
+
             path = self.store_path or default_store_path()
             new = not os.path.lexists(os.path.join(path, "config"))
             if new and not create:
-                raise NoStore(f"no store at {path}: run `continuity init` to make one "
-                              "(or check --store / CONTINUITY_STORE)")
+                raise NoStore(
+                    f"no store at {path}: run `continuity init` to make one (or check --store / CONTINUITY_STORE)"
+                )
             phases.mark("before store")
             self._store = Store.open(path, create=create)
             phases.mark("store open")
@@ -121,6 +138,7 @@ class Ctx:
 
     def store_if_exists(self) -> Store | None:
         from castore.store import default_store_path  # noqa: PLC0415
+
         path = self.store_path or default_store_path()
         if not os.path.exists(os.path.join(path, "config")):
             return None
@@ -130,13 +148,14 @@ class Ctx:
 def _unproc(name: object) -> object:
     """A /proc/self/fd/N[/rest] alias (the fd is closed by now) reduced to what it still tells: ``rest``."""
     if isinstance(name, str) and name.startswith("/proc/self/fd/"):
-        rest = name[len("/proc/self/fd/"):].partition("/")[2]
+        rest = name[len("/proc/self/fd/") :].partition("/")[2]
         return rest or "(an open file)"
     return name
 
 
 def fail(msg: str, code: int) -> None:
     from castore import progress
+
     progress.finish()
     click.echo(f"continuity: error: {safe_line(msg)}", err=True)
     sys.exit(code)
@@ -176,8 +195,11 @@ def mapped_errors() -> Iterator[None]:
         ctx = click.get_current_context(silent=True)
         ro = ctx.find_root().obj.open_store if ctx and isinstance(ctx.find_root().obj, Ctx) else None
         if exc.errno == errno.EROFS and ro is not None and ro.readonly:
-            fail(f"{where}read-only file system: the store at {ro.path} is read-only and this verb writes to "
-                 "it; run it where the store is writable", 1)
+            fail(
+                f"{where}read-only file system: the store at {ro.path} is read-only and this verb writes to "
+                "it; run it where the store is writable",
+                1,
+            )
         code = ResourceLimit.exit_code if is_resource_errno(exc.errno) else 1
         fail(f"{where}{exc.strerror or exc}", code)
     except (MemoryError, RecursionError) as exc:
@@ -252,19 +274,30 @@ LONG_VERBS = frozenset({"ingest", "checkout", "apply", "export", "copy", "push",
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", "store_path", envvar="CONTINUITY_STORE", metavar="PATH",
-              help="Store location (default: /var/lib/continuity for root, else $XDG_DATA_HOME/continuity; "
-                   "env CONTINUITY_STORE). Accepted before or after the verb.")
+@click.option(
+    "--store",
+    "store_path",
+    envvar="CONTINUITY_STORE",
+    metavar="PATH",
+    help="Store location (default: /var/lib/continuity for root, else $XDG_DATA_HOME/continuity; "
+    "env CONTINUITY_STORE). Accepted before or after the verb.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr (errors still print).")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (repeat for more).")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-@click.option("--policy", "policy_path", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Trust policy (default: $CONTINUITY_POLICY, $XDG_CONFIG_HOME/continuity/policy.json, "
-                   "/etc/continuity/policy.json, else accept all; see docs/signing.md).")
+@click.option(
+    "--policy",
+    "policy_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Trust policy (default: $CONTINUITY_POLICY, $XDG_CONFIG_HOME/continuity/policy.json, "
+    "/etc/continuity/policy.json, else accept all; see docs/signing.md).",
+)
 @click.version_option(package_name="castore", prog_name="continuity")
 @click.pass_context
-def main_group(ctx: click.Context, store_path: str | None, quiet: bool, verbose: int, debug: bool,
-               policy_path: str | None) -> None:
+def main_group(
+    ctx: click.Context, store_path: str | None, quiet: bool, verbose: int, debug: bool, policy_path: str | None
+) -> None:
     """A content-addressed store with a manifest catalog (containerd/continuity manifests).
 
     \b
@@ -282,10 +315,12 @@ def main_group(ctx: click.Context, store_path: str | None, quiet: bool, verbose:
     ctx.obj = Ctx(store_path, debug, quiet, verbose, policy_path)
     if debug:
         from castore.cli import phases  # noqa: PLC0415
+
         phases.mark("command module")  # click resolved (and imported) the command before this callback
         phases.enable()
     if ctx.invoked_subcommand in LONG_VERBS and not quiet and sys.stderr.isatty():
         from castore.cli.progress_view import install_if_terminal  # only when a bar can be drawn
+
         install_if_terminal(quiet)
 
 
@@ -299,6 +334,7 @@ def read_manifest_file(path: str) -> Manifest:
         raise CorruptManifest(f"{path}: manifest file too large")
     from castore.manifest import codec, validate  # noqa: PLC0415 - protobuf only when a manifest is read
     from castore.manifest.bounds import check_parse_cost  # noqa: PLC0415
+
     check_parse_cost(data, source=path)  # a file can be a parse bomb too: priced before protobuf allocates
     return validate(codec.loads(data, source=path))
 
@@ -319,11 +355,13 @@ def resolve(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manifest, 
 def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manifest | None, str | None, Store | None]:
     """``resolve``, but a manifest of the store is not read: (None, digest, store)."""
     from castore.store.revisions import NoSuchRevision, short_prefix_hint  # noqa: PLC0415
+
     if need_store and ctx.store_if_exists() is None and os.path.isfile(ref):
         # No store: a manifest file is still checked first (bad input is refused as such, exit 3), and one
         # that needs no content (fifos, empty files, directories) is served without a store.
         m = read_manifest_file(ref)
         from castore.store import manifest_refs
+
         if not manifest_refs(m):
             return m, None, None
         ctx.store()  # NoStore, with the hint
@@ -350,4 +388,5 @@ def resolve_lazy(ctx: Ctx, ref: str, *, need_store: bool = False) -> tuple[Manif
 def print_json(obj: object) -> None:
     """Print one JSON document: ``{"schema": 1, ...}`` (see docs/json.md for the keys)."""
     from castore.cli.jsonout import document
+
     click.echo(json_text(document(obj)))

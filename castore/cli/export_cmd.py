@@ -14,12 +14,18 @@ from castore.cli.common import Ctx, complete_names, json_opt, main_group, print_
 @click.argument("manifest", shell_complete=complete_names)
 @click.option("-o", "--output", metavar="FILE|-", default=None, help="Write here (default: stdout).")
 @click.option("--compress", type=click.Choice(["gzip", "zstd"]), default=None, help="Compress (deterministic).")
-@click.option("--whiteouts", type=click.Choice(["none", "oci"]), default="none", show_default=True,
-              help="oci: write whiteouts and opaque directories as .wh.NAME / .wh..wh..opq.")
+@click.option(
+    "--whiteouts",
+    type=click.Choice(["none", "oci"]),
+    default="none",
+    show_default=True,
+    help="oci: write whiteouts and opaque directories as .wh.NAME / .wh..wh..opq.",
+)
 @json_opt
 @click.pass_obj
-def export_cmd(obj: Ctx, manifest: str, output: str | None, compress: str | None, whiteouts: str,
-               as_json: bool) -> None:
+def export_cmd(
+    obj: Ctx, manifest: str, output: str | None, compress: str | None, whiteouts: str, as_json: bool
+) -> None:
     """Write MANIFEST as a tar stream (PAX: xattrs, hardlinks, devices, sparse files, ns times).
 
     Members come grouped by directory, so GNU tar and bsdtar both restore
@@ -32,6 +38,7 @@ def export_cmd(obj: Ctx, manifest: str, output: str | None, compress: str | None
       continuity export web | tar --xattrs --xattrs-include='*' --numeric-owner -C /srv/restore -xpf -
     """
     from castore.tar.exporter import export_tar
+
     if output in (None, "-") and sys.stdout.isatty():
         raise click.UsageError("refusing to write a tar to a terminal; use -o FILE or a pipe")
     if as_json and output in (None, "-"):

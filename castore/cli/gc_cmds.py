@@ -20,21 +20,50 @@ MAX_INFO_LINES = 20
 
 
 @main_group.command("gc")
-@click.option("--dry-run", is_flag=True,
-              help="Say what a real run would delete, per kind with sizes (-v: every object); delete nothing.")
-@click.option("--grace", default="1h", show_default=True, metavar="DURATION",
-              help="Keep orphan files and unnamed manifests younger than this (0, 90s, 15m, 2h, 7d).")
-@click.option("--keep-history", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Keep only the N newest history entries of each name (default: all); --keep-last N.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Say what a real run would delete, per kind with sizes (-v: every object); delete nothing.",
+)
+@click.option(
+    "--grace",
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="Keep orphan files and unnamed manifests younger than this (0, 90s, 15m, 2h, 7d).",
+)
+@click.option(
+    "--keep-history",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Keep only the N newest history entries of each name (default: all); --keep-last N.",
+)
 @retention_options
 @click.option("--wait", is_flag=True, help="Wait for a running gc instead of exiting 5.")
-@click.option("--nice", type=click.IntRange(0, 19), default=10, show_default=True,
-              help="Lower gc's CPU priority by this much (background work yields to ingests; 0: don't).")
+@click.option(
+    "--nice",
+    type=click.IntRange(0, 19),
+    default=10,
+    show_default=True,
+    help="Lower gc's CPU priority by this much (background work yields to ingests; 0: don't).",
+)
 @json_opt
 @click.option("-v", "--verbose", is_flag=True, help="List every object deleted (as the global -v).")
 @click.pass_obj
-def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: bool, nice: int, as_json: bool,
-           verbose: bool, keep_last: int | None, keep_within: str | None, **buckets: int | None) -> None:
+def gc_cmd(
+    obj: Ctx,
+    dry_run: bool,
+    grace: str,
+    keep_history: int | None,
+    wait: bool,
+    nice: int,
+    as_json: bool,
+    verbose: bool,
+    keep_last: int | None,
+    keep_within: str | None,
+    **buckets: int | None,
+) -> None:
     """Delete what no catalog name, lease or recent write references (cron-safe).
 
     Roots: every name and its history, live leases (running ingests,
@@ -62,14 +91,25 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
     policy = build_policy(keep_history, keep_last, keep_within, **buckets)
     store = obj.store_if_exists()
     if store is None:
-        raise NotFound(f"no store at {obj.store_path or default_store_path()}: "
-                       "run `continuity init` to make one (or check --store / CONTINUITY_STORE)")
+        raise NotFound(
+            f"no store at {obj.store_path or default_store_path()}: "
+            "run `continuity init` to make one (or check --store / CONTINUITY_STORE)"
+        )
     if store.readonly:
         from castore.store.readonly import refuse_write
+
         refuse_write(store.path, "gc deletes from it")
     plan = retention_plan(store, policy) if policy is not None else None
-    report = gc(store, grace_seconds=grace_ns // 10**9, dry_run=dry_run, keep_history=keep_history, wait=wait,
-                nice=nice, list_items=verbose or as_json, retention=policy)
+    report = gc(
+        store,
+        grace_seconds=grace_ns // 10**9,
+        dry_run=dry_run,
+        keep_history=keep_history,
+        wait=wait,
+        nice=nice,
+        list_items=verbose or as_json,
+        retention=policy,
+    )
     if as_json:
         print_json({"ok": True, **report.as_json(), **({"retention": plan} if plan is not None else {})})
         return
@@ -85,9 +125,17 @@ def gc_cmd(obj: Ctx, dry_run: bool, grace: str, keep_history: int | None, wait: 
 
 
 #: gc item kinds in words, for the dry-run summary (what a person would call them)
-KIND_WORDS = {"blob": "content blobs", "manifest": "unnamed manifests", "orphan": "orphan files (crash leftovers)",
-              "history": "history entries", "lease": "stale leases", "tmp": "temporary directories",
-              "link": "hardlink objects", "index-row": "index rows", "cache-row": "cache rows"}
+KIND_WORDS = {
+    "blob": "content blobs",
+    "manifest": "unnamed manifests",
+    "orphan": "orphan files (crash leftovers)",
+    "history": "history entries",
+    "lease": "stale leases",
+    "tmp": "temporary directories",
+    "link": "hardlink objects",
+    "index-row": "index rows",
+    "cache-row": "cache rows",
+}
 
 
 def dry_run_lines(report: object) -> list[str]:
@@ -105,19 +153,32 @@ def dry_run_lines(report: object) -> list[str]:
 
 
 @main_group.command("fsck")
-@click.option("--read-data/--no-read-data", default=True, show_default=True,
-              help="Re-hash every blob (the default); --no-read-data checks index, sizes "
-              "and references only, for a quick check of a large store.")
+@click.option(
+    "--read-data/--no-read-data",
+    default=True,
+    show_default=True,
+    help="Re-hash every blob (the default); --no-read-data checks index, sizes "
+    "and references only, for a quick check of a large store.",
+)
 @click.option("--read-data-subset", "subset", metavar="N/M", help="Re-hash only the N-th of M parts of the blobs.")
-@click.option("--repair", is_flag=True, help="Quarantine damaged blobs, drop index rows that point nowhere, "
-              "remove edited hardlink objects.")
-@click.option("--rebuild-index", "rebuild", is_flag=True, help="Re-derive the blob index and references from the "
-              "blob files (the catalog is copied from the old metadata when readable).")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Quarantine damaged blobs, drop index rows that point nowhere, remove edited hardlink objects.",
+)
+@click.option(
+    "--rebuild-index",
+    "rebuild",
+    is_flag=True,
+    help="Re-derive the blob index and references from the "
+    "blob files (the catalog is copied from the old metadata when readable).",
+)
 @json_opt
 @click.option("-v", "--verbose", is_flag=True, help="Print every finding, info included (as the global -v).")
 @click.pass_obj
-def fsck_cmd(obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuild: bool, as_json: bool,
-             verbose: bool) -> None:
+def fsck_cmd(
+    obj: Ctx, read_data: bool, subset: str | None, repair: bool, rebuild: bool, as_json: bool, verbose: bool
+) -> None:
     """Check index <-> files, catalog references and (--read-data) content; exit 4 on damage.
 
     Orphan files are info (gc removes them); missing, truncated or corrupt

@@ -24,11 +24,21 @@ def finish(obj: Ctx, name: str | None, digest: str) -> None:
     announce_new_store()  # before the warnings of an incomplete snapshot, which exits 3
     rec = obj.store().record
     if name is not None and name in rec.unchanged:
-        click.echo(safe_line(f"continuity: {name}: unchanged ({digest} is already its newest version; "
-                             "no new version recorded; --force-history records one)"), err=True)
+        click.echo(
+            safe_line(
+                f"continuity: {name}: unchanged ({digest} is already its newest version; "
+                "no new version recorded; --force-history records one)"
+            ),
+            err=True,
+        )
     if rec.flags & FLAG_INCOMPLETE:
         n = rec.skipped
-        click.echo(safe_line(f"continuity: warning: incomplete snapshot {digest}: {n} entr"
-                             f"{'y' if n == 1 else 'ies'} could not be read and were left out"
-                             f"{'' if name is None else f'; recorded under {name} as incomplete'}"), err=True)
+        click.echo(
+            safe_line(
+                f"continuity: warning: incomplete snapshot {digest}: {n} entr"
+                f"{'y' if n == 1 else 'ies'} could not be read and were left out"
+                f"{'' if name is None else f'; recorded under {name} as incomplete'}"
+            ),
+            err=True,
+        )
         sys.exit(INCOMPLETE_EXIT)

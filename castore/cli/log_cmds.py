@@ -22,8 +22,15 @@ def human(n: int) -> str:
 
 @main_group.command("log")
 @click.argument("name")
-@click.option("-n", "--max-count", "limit", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Show only the N newest versions.")
+@click.option(
+    "-n",
+    "--max-count",
+    "limit",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Show only the N newest versions.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON list, newest first.")
 @click.pass_obj
 def log_cmd(obj: Ctx, name: str, limit: int | None, as_json: bool) -> None:
@@ -50,5 +57,7 @@ def log_cmd(obj: Ctx, name: str, limit: int | None, as_json: bool) -> None:
         changed = "first version" if e.changed is None else f"{e.changed} changed"
         size = "unreadable" if e.size < 0 else human(e.size)
         flag = "  INCOMPLETE" if v.incomplete else ""
-        click.echo(f"{quote(v.name)}@{e.index}  {when(v.time_ns)}  {v.digest}  {size}  {e.files} files  "
-                   f"{changed}  +{human(e.new_bytes)} new{flag}")
+        click.echo(
+            f"{quote(v.name)}@{e.index}  {when(v.time_ns)}  {v.digest}  {size}  {e.files} files  "
+            f"{changed}  +{human(e.new_bytes)} new{flag}"
+        )

@@ -14,7 +14,7 @@ def _registry(text: str) -> str:
     """``REGISTRY`` as login takes it: a host[:port], with an optional scheme and /v2/ path dropped."""
     for prefix in ("https://", "http://"):
         if text.startswith(prefix):
-            text = text[len(prefix):]
+            text = text[len(prefix) :]
     return text.rstrip("/").removesuffix("/v2").removesuffix("/v1")
 
 
@@ -23,15 +23,33 @@ def _registry(text: str) -> str:
 @click.option("-u", "--username", default=None, metavar="USER", help="Registry user (asked for when left out).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
 @click.option("--creds", default=None, metavar="USER[:PASSWORD]", help="User and password in one (as skopeo).")
-@click.option("--authfile", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="Where to store them (default $REGISTRY_AUTH_FILE, else ${XDG_RUNTIME_DIR}/containers/auth.json).")
-@click.option("--cert-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="CA and client certificates for the registry (as push/pull).")
+@click.option(
+    "--authfile",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Where to store them (default $REGISTRY_AUTH_FILE, else ${XDG_RUNTIME_DIR}/containers/auth.json).",
+)
+@click.option(
+    "--cert-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="CA and client certificates for the registry (as push/pull).",
+)
 @click.option("--tls-verify", type=click.BOOL, default=None, metavar="BOOL", help="Check the TLS certificate.")
 @click.option("--insecure", is_flag=True, help="Plain http.")
 @handle_errors
-def login_cmd(registry: str, username: str | None, password_stdin: bool, creds: str | None, authfile: str | None,
-              cert_dir: str | None, tls_verify: bool | None, insecure: bool) -> None:
+def login_cmd(
+    registry: str,
+    username: str | None,
+    password_stdin: bool,
+    creds: str | None,
+    authfile: str | None,
+    cert_dir: str | None,
+    tls_verify: bool | None,
+    insecure: bool,
+) -> None:
     """Check USER's password against REGISTRY (GET /v2/), then store it for push and pull."""
     from castore.remote.auth import store_login
     from castore.remote.client import Access, Registry
@@ -46,11 +64,13 @@ def login_cmd(registry: str, username: str | None, password_stdin: bool, creds: 
             creds = f"{username}:{sys.stdin.readline().rstrip(chr(13) + chr(10))}"
         else:
             creds = f"{username}:{ask_password(username)}"
-    access = make_access(creds=creds, authfile=authfile, cert_dir=cert_dir, tls_verify=tls_verify,
-                         password_stdin=password_stdin)
+    access = make_access(
+        creds=creds, authfile=authfile, cert_dir=cert_dir, tls_verify=tls_verify, password_stdin=password_stdin
+    )
     scheme = "http://" if registry.startswith("http://") else "https://" if registry.startswith("https://") else ""
-    ref = registry_reference(f"{scheme}{host}/x", insecure, allow_digest=False, tls_asked=tls_verify is not None,
-                             access=access)
+    ref = registry_reference(
+        f"{scheme}{host}/x", insecure, allow_digest=False, tls_asked=tls_verify is not None, access=access
+    )
     from castore.remote.ref import Reference
 
     probe = Reference(ref.registry, "", scheme=ref.scheme)
@@ -62,8 +82,13 @@ def login_cmd(registry: str, username: str | None, password_stdin: bool, creds: 
 
 @main_group.command("logout")
 @click.argument("registry", metavar="REGISTRY")
-@click.option("--authfile", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="The credentials file (default as login).")
+@click.option(
+    "--authfile",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="The credentials file (default as login).",
+)
 @handle_errors
 def logout_cmd(registry: str, authfile: str | None) -> None:
     """Forget the stored credentials of REGISTRY."""

@@ -19,20 +19,41 @@ from castore.textsafe import safe_line
 @main_group.command("mount")
 @click.argument("manifest", metavar="MANIFEST|REGISTRY/REPO[:TAG|@DIGEST]", shell_complete=complete_names)
 @click.argument("mountpoint")
-@click.option("--allow-other", is_flag=True,
-              help="Let other users see the mount (FUSE allow_other; non-root needs user_allow_other "
-                   "in /etc/fuse.conf).")
-@click.option("-f", "--foreground", is_flag=True,
-              help="Stay in the foreground until unmounted (the default; accepted for borg/sshfs habits).")
-@click.option("--insecure", is_flag=True,
-              help="Registry over plain http (also: an http:// prefix; loopback registries default to it).")
-@click.option("--username", envvar="CONTINUITY_REGISTRY_USERNAME", metavar="USER",
-              help="Registry user (env CONTINUITY_REGISTRY_USERNAME); password from CONTINUITY_REGISTRY_PASSWORD "
-                   "or --password-stdin.")
+@click.option(
+    "--allow-other",
+    is_flag=True,
+    help="Let other users see the mount (FUSE allow_other; non-root needs user_allow_other in /etc/fuse.conf).",
+)
+@click.option(
+    "-f",
+    "--foreground",
+    is_flag=True,
+    help="Stay in the foreground until unmounted (the default; accepted for borg/sshfs habits).",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Registry over plain http (also: an http:// prefix; loopback registries default to it).",
+)
+@click.option(
+    "--username",
+    envvar="CONTINUITY_REGISTRY_USERNAME",
+    metavar="USER",
+    help="Registry user (env CONTINUITY_REGISTRY_USERNAME); password from CONTINUITY_REGISTRY_PASSWORD "
+    "or --password-stdin.",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the registry password from stdin.")
 @click.pass_obj
-def mount_cmd(obj: Ctx, manifest: str, mountpoint: str, allow_other: bool, foreground: bool, insecure: bool,
-              username: str | None, password_stdin: bool) -> None:
+def mount_cmd(
+    obj: Ctx,
+    manifest: str,
+    mountpoint: str,
+    allow_other: bool,
+    foreground: bool,
+    insecure: bool,
+    username: str | None,
+    password_stdin: bool,
+) -> None:
     """Mount MANIFEST read-only at MOUNTPOINT (an existing empty directory) until unmounted.
 
     Options: ro,nosuid,nodev,default_permissions. Every blob is verified the
@@ -57,8 +78,9 @@ def mount_cmd(obj: Ctx, manifest: str, mountpoint: str, allow_other: bool, foreg
     store = obj.store()
     ref = _registry_reference(store, manifest, insecure)
     if ref is not None:
-        password = sys.stdin.readline().rstrip("\r\n") if password_stdin \
-            else os.environ.get("CONTINUITY_REGISTRY_PASSWORD")
+        password = (
+            sys.stdin.readline().rstrip("\r\n") if password_stdin else os.environ.get("CONTINUITY_REGISTRY_PASSWORD")
+        )
         _lazy_mount(obj, store, ref, mountpoint, allow_other, username, password)
         return
     from castore.mount.fuse import mount
@@ -75,8 +97,11 @@ def mount_cmd(obj: Ctx, manifest: str, mountpoint: str, allow_other: bool, foreg
 
 def _ready(what: str) -> Callable[[str], None]:
     def ready(path: str) -> None:
-        click.echo(safe_line(f"continuity: mounted {what} at {path} (read-only); "
-                             f"unmount with: fusermount3 -u {path}"), err=True)
+        click.echo(
+            safe_line(f"continuity: mounted {what} at {path} (read-only); unmount with: fusermount3 -u {path}"),
+            err=True,
+        )
+
     return ready
 
 
@@ -100,8 +125,15 @@ def _registry_reference(store: Store, text: str, insecure: bool) -> Reference | 
         return None
 
 
-def _lazy_mount(obj: Ctx, store: Store, ref: Reference, mountpoint: str, allow_other: bool,
-                username: str | None, password: str | None) -> None:
+def _lazy_mount(
+    obj: Ctx,
+    store: Store,
+    ref: Reference,
+    mountpoint: str,
+    allow_other: bool,
+    username: str | None,
+    password: str | None,
+) -> None:
     """Mount a remote tree whose blobs are fetched on first read (castore.remote.lazy)."""
     from castore.mount.fuse import mount
     from castore.remote.blobsource import open_remote_tree
@@ -116,11 +148,20 @@ def _lazy_mount(obj: Ctx, store: Store, ref: Reference, mountpoint: str, allow_o
         tree = open_remote_tree(store, reg, ref, lease.tmp_dir, policy=None if policy.accepts_all else policy)
         fetcher = LazyFetcher(store, lease, tree.blobs, tree.kinds, tree.sequence)
         try:
-            mount(store, tree.manifest, tree.manifest_digest, mountpoint, allow_other=allow_other,
-                  ready=_ready(f"{ref} ({tree.manifest_digest}, lazily)"), lease=lease,
-                  fetch=fetcher.fetch)
+            mount(
+                store,
+                tree.manifest,
+                tree.manifest_digest,
+                mountpoint,
+                allow_other=allow_other,
+                ready=_ready(f"{ref} ({tree.manifest_digest}, lazily)"),
+                lease=lease,
+                fetch=fetcher.fetch,
+            )
         finally:
             fetcher.close()
             read = tree.blobs.counter.total - tree.opened_bytes
-            note(f"lazy mount: {tree.opened_bytes} bytes at mount (manifests, pack indexes); reads fetched "
-                 f"{fetcher.fetched} blob(s), {read} bytes, kept in the store")
+            note(
+                f"lazy mount: {tree.opened_bytes} bytes at mount (manifests, pack indexes); reads fetched "
+                f"{fetcher.fetched} blob(s), {read} bytes, kept in the store"
+            )

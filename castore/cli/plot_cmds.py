@@ -46,8 +46,16 @@ def growth(store: Any) -> list[dict[str, object]]:
         logical += pieces[""]
         stored += sum(n for d, n in pieces.items() if d and d not in seen)
         seen.update(d for d in pieces if d)
-        out.append({"time": iso_s(r.time_ns), "time_ns": r.time_ns, "name": r.name, "digest": r.digest,
-                    "logical_size": logical, "stored_size": stored})
+        out.append(
+            {
+                "time": iso_s(r.time_ns),
+                "time_ns": r.time_ns,
+                "name": r.name,
+                "digest": r.digest,
+                "logical_size": logical,
+                "stored_size": stored,
+            }
+        )
     return out
 
 
@@ -58,6 +66,7 @@ def _pyplot() -> Any:
         raise CastoreError("stats --plot needs matplotlib: pip install '.[plot]' (or matplotlib)") from None
     matplotlib.use("Agg")  # files only, never a display
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -92,14 +101,22 @@ def plot_store_growth(obj: Ctx, path: str, *, as_json: bool = False) -> None:
         plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
-    summary = {"path": os.path.abspath(path), "versions": len(points), "logical_size": logical[-1],
-               "stored_size": stored[-1], "dedup_ratio": round(logical[-1] / max(stored[-1], 1), 3)}
+    summary = {
+        "path": os.path.abspath(path),
+        "versions": len(points),
+        "logical_size": logical[-1],
+        "stored_size": stored[-1],
+        "dedup_ratio": round(logical[-1] / max(stored[-1], 1), 3),
+    }
     if as_json:
         print_json(summary)
     else:
         import click
-        click.echo(f"{path}: {len(points)} versions, {human_size(logical[-1])} logical, "
-                   f"{human_size(stored[-1])} stored ({summary['dedup_ratio']}x)")
+
+        click.echo(
+            f"{path}: {len(points)} versions, {human_size(logical[-1])} logical, "
+            f"{human_size(stored[-1])} stored ({summary['dedup_ratio']}x)"
+        )
 
 
 def _unit(n: int) -> tuple[str, float]:

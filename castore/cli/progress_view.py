@@ -57,9 +57,16 @@ class ClickReporter:
             self.last = now
             if self.total:
                 if self.bar is None:
-                    self.bar = click.progressbar(length=self.total, label=self.label, file=sys.stderr,
-                                                 show_eta=True, show_percent=True, show_pos=False,
-                                                 item_show_func=self._info, update_min_steps=1)
+                    self.bar = click.progressbar(
+                        length=self.total,
+                        label=self.label,
+                        file=sys.stderr,
+                        show_eta=True,
+                        show_percent=True,
+                        show_pos=False,
+                        item_show_func=self._info,
+                        update_min_steps=1,
+                    )
                     self.bar.__enter__()
                     self.bar.start = time.time() - (now - self.start)  # click's clock for its ETA
                 self.bar.update(max(0, min(done, self.total) - self.shown))
@@ -90,4 +97,5 @@ def install_if_terminal(quiet: bool) -> None:
     if quiet or not sys.stderr.isatty():
         return
     from castore import progress
+
     progress.install(ClickReporter())

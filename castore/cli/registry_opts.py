@@ -17,17 +17,35 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def access_options(fn: F) -> F:
     """--creds, --authfile, --cert-dir, --tls-verify (applied bottom-up, so listed in reverse)."""
-    fn = click.option("--tls-verify", type=click.BOOL, default=None, metavar="BOOL",
-                      help="Check the registry's TLS certificate (default true; --tls-verify=false only when "
-                           "you must). Also selects https for a loopback registry.")(fn)
-    fn = click.option("--cert-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-                      help="CA certificates (*.crt) and client certificate (*.cert + *.key) for the registry "
-                           "(default /etc/containers/certs.d/HOST:PORT/).")(fn)
-    fn = click.option("--authfile", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-                      help="Credentials file (default $REGISTRY_AUTH_FILE, podman's auth.json, "
-                           "~/.docker/config.json).")(fn)
-    fn = click.option("--creds", default=None, metavar="USER[:PASSWORD]",
-                      help="Credentials for the registry (the password is asked for when left out).")(fn)
+    fn = click.option(
+        "--tls-verify",
+        type=click.BOOL,
+        default=None,
+        metavar="BOOL",
+        help="Check the registry's TLS certificate (default true; --tls-verify=false only when "
+        "you must). Also selects https for a loopback registry.",
+    )(fn)
+    fn = click.option(
+        "--cert-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        metavar="DIR",
+        help="CA certificates (*.crt) and client certificate (*.cert + *.key) for the registry "
+        "(default /etc/containers/certs.d/HOST:PORT/).",
+    )(fn)
+    fn = click.option(
+        "--authfile",
+        type=click.Path(dir_okay=False),
+        default=None,
+        metavar="FILE",
+        help="Credentials file (default $REGISTRY_AUTH_FILE, podman's auth.json, ~/.docker/config.json).",
+    )(fn)
+    fn = click.option(
+        "--creds",
+        default=None,
+        metavar="USER[:PASSWORD]",
+        help="Credentials for the registry (the password is asked for when left out).",
+    )(fn)
     return fn
 
 
@@ -37,8 +55,15 @@ def _password(password_stdin: bool) -> str | None:
     return os.environ.get("CONTINUITY_REGISTRY_PASSWORD")
 
 
-def make_access(*, creds: str | None, authfile: str | None, cert_dir: str | None, tls_verify: bool | None,
-                username: str | None = None, password_stdin: bool = False) -> Any:
+def make_access(
+    *,
+    creds: str | None,
+    authfile: str | None,
+    cert_dir: str | None,
+    tls_verify: bool | None,
+    username: str | None = None,
+    password_stdin: bool = False,
+) -> Any:
     """The ``castore.remote.client.Access`` for these options (httpx is imported here, by registry verbs only)."""
     from castore.remote.auth import parse_creds
     from castore.remote.client import Access
@@ -54,8 +79,12 @@ def make_access(*, creds: str | None, authfile: str | None, cert_dir: str | None
             password = _password(password_stdin) if password_stdin else ask_password(username)
     elif username:
         password = _password(password_stdin)
-    return Access(username=username or None, password=password, authfile=authfile,
-                  tls=TlsOptions(verify=tls_verify is not False, cert_dir=cert_dir))
+    return Access(
+        username=username or None,
+        password=password,
+        authfile=authfile,
+        tls=TlsOptions(verify=tls_verify is not False, cert_dir=cert_dir),
+    )
 
 
 def ask_password(username: str) -> str:
@@ -64,8 +93,9 @@ def ask_password(username: str) -> str:
     return str(click.prompt(f"Password for {username}", hide_input=True, err=True))
 
 
-def registry_reference(text: str, insecure: bool, *, allow_digest: bool, tls_asked: bool = False,
-                       access: Any = None) -> Reference:
+def registry_reference(
+    text: str, insecure: bool, *, allow_digest: bool, tls_asked: bool = False, access: Any = None
+) -> Reference:
     """A registry reference, or click's usage error (exit 2).
 
     A loopback registry is reached over plain http (as docker does) unless the reference says

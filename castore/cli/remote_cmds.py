@@ -12,13 +12,19 @@ from castore.cli.registry_opts import access_options, make_access, registry_refe
 from castore.errors import UnsafeInput
 from castore.remote.ref import Reference, parse_reference
 
-insecure_opt = click.option("--insecure", is_flag=True,
-                            help="Plain http (also: an http:// prefix; loopback registries default to it).")
-jobs_opt = click.option("--jobs", "-j", type=click.IntRange(1, 64), default=4, show_default=True,
-                        help="Blob transfers in parallel.")
-user_opt = click.option("--username", envvar="CONTINUITY_REGISTRY_USERNAME", metavar="USER",
-                        help="Registry user (env CONTINUITY_REGISTRY_USERNAME); password from "
-                             "CONTINUITY_REGISTRY_PASSWORD or --password-stdin.")
+insecure_opt = click.option(
+    "--insecure", is_flag=True, help="Plain http (also: an http:// prefix; loopback registries default to it)."
+)
+jobs_opt = click.option(
+    "--jobs", "-j", type=click.IntRange(1, 64), default=4, show_default=True, help="Blob transfers in parallel."
+)
+user_opt = click.option(
+    "--username",
+    envvar="CONTINUITY_REGISTRY_USERNAME",
+    metavar="USER",
+    help="Registry user (env CONTINUITY_REGISTRY_USERNAME); password from "
+    "CONTINUITY_REGISTRY_PASSWORD or --password-stdin.",
+)
 pw_opt = click.option("--password-stdin", is_flag=True, help="Read the registry password from stdin.")
 
 
@@ -38,23 +44,58 @@ def remote_options(fn: F) -> F:
 @main_group.command("push")
 @click.argument("manifest", shell_complete=complete_names)
 @click.argument("reference", metavar="REGISTRY/REPO[:TAG]")
-@click.option("--base", "bases", multiple=True, metavar="REF",
-              help="Another artifact of the same repository (TAG, @DIGEST or full reference) whose packs "
-                   "may be reused; the tag being overwritten always is. Repeatable.")
-@click.option("--pack-size", type=click.IntRange(64 << 10, 1 << 30), default=None, metavar="BYTES",
-              help="Target size of new packs (default 32 MiB; larger when a tree would need over 4096 packs).")
-@click.option("--format", "fmt", type=click.Choice(["tree", "image"]), default="tree", show_default=True,
-              help="tree: the continuity artifact (pull gets it back exactly); image: a one-layer OCI image "
-                   "(export's tar) that podman, skopeo and docker run.")
-@click.option("--layer-compression", type=click.Choice(["gzip", "none"]), default="gzip", show_default=True,
-              help="With --format image: the layer's compression.")
+@click.option(
+    "--base",
+    "bases",
+    multiple=True,
+    metavar="REF",
+    help="Another artifact of the same repository (TAG, @DIGEST or full reference) whose packs "
+    "may be reused; the tag being overwritten always is. Repeatable.",
+)
+@click.option(
+    "--pack-size",
+    type=click.IntRange(64 << 10, 1 << 30),
+    default=None,
+    metavar="BYTES",
+    help="Target size of new packs (default 32 MiB; larger when a tree would need over 4096 packs).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["tree", "image"]),
+    default="tree",
+    show_default=True,
+    help="tree: the continuity artifact (pull gets it back exactly); image: a one-layer OCI image "
+    "(export's tar) that podman, skopeo and docker run.",
+)
+@click.option(
+    "--layer-compression",
+    type=click.Choice(["gzip", "none"]),
+    default="gzip",
+    show_default=True,
+    help="With --format image: the layer's compression.",
+)
 @remote_options
 @access_options
 @click.pass_obj
-def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], pack_size: int | None, fmt: str,
-             layer_compression: str, insecure: bool, jobs: int, username: str | None, password_stdin: bool,
-             as_json: bool, creds: str | None, authfile: str | None, cert_dir: str | None,
-             tls_verify: bool | None) -> None:
+def push_cmd(
+    obj: Ctx,
+    manifest: str,
+    reference: str,
+    bases: tuple[str, ...],
+    pack_size: int | None,
+    fmt: str,
+    layer_compression: str,
+    insecure: bool,
+    jobs: int,
+    username: str | None,
+    password_stdin: bool,
+    as_json: bool,
+    creds: str | None,
+    authfile: str | None,
+    cert_dir: str | None,
+    tls_verify: bool | None,
+) -> None:
     """Copy MANIFEST and every blob it references to a registry; print REGISTRY/REPO@DIGEST.
 
     \b
@@ -65,35 +106,68 @@ def push_cmd(obj: Ctx, manifest: str, reference: str, bases: tuple[str, ...], pa
     from castore.remote.packer import PACK_TARGET
     from castore.remote.push import push  # httpx is imported only by the verbs that need it
 
-    access = make_access(creds=creds, authfile=authfile, cert_dir=cert_dir, tls_verify=tls_verify,
-                         username=username, password_stdin=password_stdin)
-    ref = registry_reference(reference, insecure, allow_digest=False, tls_asked=tls_verify is not None,
-                             access=access)
+    access = make_access(
+        creds=creds,
+        authfile=authfile,
+        cert_dir=cert_dir,
+        tls_verify=tls_verify,
+        username=username,
+        password_stdin=password_stdin,
+    )
+    ref = registry_reference(reference, insecure, allow_digest=False, tls_asked=tls_verify is not None, access=access)
     base_refs = [_base_reference(ref, b, insecure) for b in bases]
     m, digest, store = resolve(obj, manifest, need_store=True)
     assert store is not None
     if fmt == "image":
         from castore.remote.image_push import push_image
 
-        img = push_image(store, m, ref, manifest_digest=digest, compress=layer_compression == "gzip", jobs=jobs,
-                         access=access)
+        img = push_image(
+            store, m, ref, manifest_digest=digest, compress=layer_compression == "gzip", jobs=jobs, access=access
+        )
         pinned = f"{ref.registry}/{ref.repo}@{img.oci_digest}"
         if as_json:
-            print_json({"reference": pinned, "tag": str(ref), "oci_digest": img.oci_digest, "digest": digest,
-                        "layer": img.layer_digest, "diff_id": img.diff_id, "uploaded": img.uploaded,
-                        "uploaded_size": img.uploaded_bytes})
+            print_json(
+                {
+                    "reference": pinned,
+                    "tag": str(ref),
+                    "oci_digest": img.oci_digest,
+                    "digest": digest,
+                    "layer": img.layer_digest,
+                    "diff_id": img.diff_id,
+                    "uploaded": img.uploaded,
+                    "uploaded_size": img.uploaded_bytes,
+                }
+            )
         else:
             click.echo(pinned)
         return
-    res = push(store, m, ref, manifest_digest=digest, jobs=jobs, bases=base_refs,
-               pack_target=pack_size or PACK_TARGET, access=access)
+    res = push(
+        store,
+        m,
+        ref,
+        manifest_digest=digest,
+        jobs=jobs,
+        bases=base_refs,
+        pack_target=pack_size or PACK_TARGET,
+        access=access,
+    )
     pinned = f"{ref.registry}/{ref.repo}@{res.oci_digest}"
     if as_json:
-        print_json({"reference": pinned, "tag": str(ref), "oci_digest": res.oci_digest,
-                    "digest": res.manifest_digest, "uploaded": res.uploaded, "skipped": res.skipped,
-                    "uploaded_size": res.uploaded_bytes, "signatures": res.signatures,
-                    "packs_new": res.packs_new, "packs_reused": res.packs_reused,
-                    "oci_manifest_size": res.oci_manifest_size})
+        print_json(
+            {
+                "reference": pinned,
+                "tag": str(ref),
+                "oci_digest": res.oci_digest,
+                "digest": res.manifest_digest,
+                "uploaded": res.uploaded,
+                "skipped": res.skipped,
+                "uploaded_size": res.uploaded_bytes,
+                "signatures": res.signatures,
+                "packs_new": res.packs_new,
+                "packs_reused": res.packs_reused,
+                "oci_manifest_size": res.oci_manifest_size,
+            }
+        )
     else:
         click.echo(pinned)
 
@@ -111,14 +185,30 @@ def _base_reference(ref: Reference, text: str, insecure: bool) -> Reference:
 @main_group.command("pull")
 @click.argument("reference", metavar="REGISTRY/REPO[:TAG|@DIGEST]|oci:DIR[:TAG]")
 @click.option("--name", help="Catalog name (default: the reference without its scheme).")
-@click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
-              help="The image to take from an image index (default: the host's).")
+@click.option(
+    "--platform",
+    default=None,
+    metavar="OS/ARCH[/VARIANT]",
+    help="The image to take from an image index (default: the host's).",
+)
 @remote_options
 @access_options
 @click.pass_obj
-def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, insecure: bool, jobs: int,
-             username: str | None, password_stdin: bool, as_json: bool, creds: str | None, authfile: str | None,
-             cert_dir: str | None, tls_verify: bool | None) -> None:
+def pull_cmd(
+    obj: Ctx,
+    reference: str,
+    name: str | None,
+    platform: str | None,
+    insecure: bool,
+    jobs: int,
+    username: str | None,
+    password_stdin: bool,
+    as_json: bool,
+    creds: str | None,
+    authfile: str | None,
+    cert_dir: str | None,
+    tls_verify: bool | None,
+) -> None:
     """Copy a tree or a container image (flattened) from a registry or an OCI layout into the store;
     print its manifest digest.
 
@@ -144,27 +234,56 @@ def pull_cmd(obj: Ctx, reference: str, name: str | None, platform: str | None, i
             from castore.store.signatures import enforce
 
             enforce(None, policy, None, [label], what=reference)
-        md, oci_digest, n, nbytes = pull_image(obj.store(create=True), layout, layout.top(tag), reference,
-                                               name=label, jobs=jobs, platform=plat)
+        md, oci_digest, n, nbytes = pull_image(
+            obj.store(create=True), layout, layout.top(tag), reference, name=label, jobs=jobs, platform=plat
+        )
         if as_json:
-            print_json({"digest": md, "oci_digest": oci_digest, "name": label, "downloaded": n, "present": 0,
-                        "downloaded_size": nbytes})
+            print_json(
+                {
+                    "digest": md,
+                    "oci_digest": oci_digest,
+                    "name": label,
+                    "downloaded": n,
+                    "present": 0,
+                    "downloaded_size": nbytes,
+                }
+            )
         else:
             click.echo(md)
         return
     from castore.remote.pull import pull
 
-    access = make_access(creds=creds, authfile=authfile, cert_dir=cert_dir, tls_verify=tls_verify,
-                         username=username, password_stdin=password_stdin)
-    ref = registry_reference(reference, insecure, allow_digest=True, tls_asked=tls_verify is not None,
-                             access=access)
-    res = pull(obj.store(create=True), ref, name=name if name is not None else str(ref), jobs=jobs, access=access,
-               platform=plat, policy=policy)
+    access = make_access(
+        creds=creds,
+        authfile=authfile,
+        cert_dir=cert_dir,
+        tls_verify=tls_verify,
+        username=username,
+        password_stdin=password_stdin,
+    )
+    ref = registry_reference(reference, insecure, allow_digest=True, tls_asked=tls_verify is not None, access=access)
+    res = pull(
+        obj.store(create=True),
+        ref,
+        name=name if name is not None else str(ref),
+        jobs=jobs,
+        access=access,
+        platform=plat,
+        policy=policy,
+    )
     if as_json:
-        print_json({"digest": res.manifest_digest, "oci_digest": res.oci_digest, "name": name or str(ref),
-                    "downloaded": res.downloaded, "present": res.present,
-                    "downloaded_size": res.downloaded_bytes, "signatures": res.signatures,
-                    "resumed": res.resumed})
+        print_json(
+            {
+                "digest": res.manifest_digest,
+                "oci_digest": res.oci_digest,
+                "name": name or str(ref),
+                "downloaded": res.downloaded,
+                "present": res.present,
+                "downloaded_size": res.downloaded_bytes,
+                "signatures": res.signatures,
+                "resumed": res.resumed,
+            }
+        )
     else:
         click.echo(res.manifest_digest)
 

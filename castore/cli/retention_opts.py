@@ -17,21 +17,41 @@ _UNITS = {"hourly": "hours", "daily": "days", "weekly": "ISO weeks", "monthly": 
 
 def retention_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--keep-last, --keep-hourly … --keep-yearly, --keep-within (applied to each name's history)."""
-    opts = [click.option("--keep-last", type=click.IntRange(min=1), default=None, metavar="N",
-                         help="Keep the N newest versions of each name (--keep-history N: the same).")]
+    opts = [
+        click.option(
+            "--keep-last",
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            help="Keep the N newest versions of each name (--keep-history N: the same).",
+        )
+    ]
     for kind in BUCKETS:
-        opts.append(click.option(f"--keep-{kind}", type=click.IntRange(min=1), default=None, metavar="N",
-                                 help=f"Keep the newest version of each of the N newest {_UNITS[kind]} (UTC) "
-                                      "that hold one."))
-    opts.append(click.option("--keep-within", default=None, metavar="DURATION",
-                             help="Keep every version younger than DURATION before the name's newest (2h, 7d, 4w)."))
+        opts.append(
+            click.option(
+                f"--keep-{kind}",
+                type=click.IntRange(min=1),
+                default=None,
+                metavar="N",
+                help=f"Keep the newest version of each of the N newest {_UNITS[kind]} (UTC) that hold one.",
+            )
+        )
+    opts.append(
+        click.option(
+            "--keep-within",
+            default=None,
+            metavar="DURATION",
+            help="Keep every version younger than DURATION before the name's newest (2h, 7d, 4w).",
+        )
+    )
     for o in reversed(opts):
         fn = o(fn)
     return fn
 
 
-def build_policy(keep_history: int | None, keep_last: int | None, keep_within: str | None,
-                 **buckets: int | None) -> Policy | None:
+def build_policy(
+    keep_history: int | None, keep_last: int | None, keep_within: str | None, **buckets: int | None
+) -> Policy | None:
     """The policy the options give (None: keep every version)."""
     from castore.errors import UnsafeInput
     from castore.gc.collect import parse_duration

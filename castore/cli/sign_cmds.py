@@ -29,8 +29,9 @@ def _passphrase() -> bytes:
 def _store_manifest(obj: Ctx, manifest: str) -> tuple[str, object]:
     _, digest, store = resolve_lazy(obj, manifest, need_store=True)
     if digest is None or store is None:
-        raise NotFound(f"{manifest}: signatures are kept for manifests of the store; "
-                       "store it first (`continuity tag FILE NAME`)")
+        raise NotFound(
+            f"{manifest}: signatures are kept for manifests of the store; store it first (`continuity tag FILE NAME`)"
+        )
     if not store.manifest_indexed(digest):
         raise NotFound(f"no manifest {digest} in the store")
     return digest, store
@@ -68,8 +69,9 @@ def keygen_cmd(file: str, comment: str, passphrase_stdin: bool, as_json: bool) -
         raise UnsafeInput("--passphrase-stdin: empty passphrase")
     pub = generate(file, comment, pw)
     if as_json:
-        print_json({"private_key": file, "public_key": file + ".pub", "fingerprint": pub.fingerprint,
-                    "key_type": pub.key_type})
+        print_json(
+            {"private_key": file, "public_key": file + ".pub", "fingerprint": pub.fingerprint, "key_type": pub.key_type}
+        )
     else:
         click.echo(f"{pub.fingerprint} {file}.pub")
 
@@ -82,8 +84,15 @@ def keygen_cmd(file: str, comment: str, passphrase_stdin: bool, as_json: bool) -
 @click.option("--principal", help="Who signs (default: the comment of the key's .pub file).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def sign_cmd(obj: Ctx, manifest: str, key_file: str | None, import_file: str | None, output: str | None,
-             principal: str | None, as_json: bool) -> None:
+def sign_cmd(
+    obj: Ctx,
+    manifest: str,
+    key_file: str | None,
+    import_file: str | None,
+    output: str | None,
+    principal: str | None,
+    as_json: bool,
+) -> None:
     """Sign MANIFEST (namespace "continuity", over its stored bytes) and keep the signature in the store.
 
     \b
@@ -127,14 +136,20 @@ def sign_cmd(obj: Ctx, manifest: str, key_file: str | None, import_file: str | N
 
 @main_group.command("verify-signature")
 @click.argument("manifest")
-@click.option("--allowed-signers", "signers_file", required=True, metavar="FILE",
-              help="git's allowed_signers format: PRINCIPALS [OPTIONS] KEYTYPE BASE64.")
+@click.option(
+    "--allowed-signers",
+    "signers_file",
+    required=True,
+    metavar="FILE",
+    help="git's allowed_signers format: PRINCIPALS [OPTIONS] KEYTYPE BASE64.",
+)
 @click.option("-I", "--principal", "principals", multiple=True, help="Accept only these principals. Repeatable.")
 @click.option("-s", "--signature", "sig_file", metavar="SIG", help="Check this signature file, not the stored ones.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def verify_signature_cmd(obj: Ctx, manifest: str, signers_file: str, principals: tuple[str, ...],
-                         sig_file: str | None, as_json: bool) -> None:
+def verify_signature_cmd(
+    obj: Ctx, manifest: str, signers_file: str, principals: tuple[str, ...], sig_file: str | None, as_json: bool
+) -> None:
     """Exit 0 when a signature of MANIFEST verifies for a principal of FILE, 4 otherwise.
 
     \b
@@ -169,8 +184,11 @@ def verify_signature_cmd(obj: Ctx, manifest: str, signers_file: str, principals:
         print_json({"digest": digest, "verified": bool(good), "signatures": good, "problems": problems})
     else:
         for g in good:
-            click.echo(f"Good \"{NAMESPACE}\" signature of {digest} for {g['principal']} "
-                       f"with {g['key_type']} key {g['fingerprint']}")
+            click.echo(
+                f'Good "{NAMESPACE}" signature of {digest} for {g["principal"]} '
+                f"with {g['key_type']} key {g['fingerprint']}"
+            )
     if not good:
-        raise IntegrityError(f"manifest {digest}: no signature verifies for an allowed signer of {signers_file} "
-                             f"({problems[0]})")
+        raise IntegrityError(
+            f"manifest {digest}: no signature verifies for an allowed signer of {signers_file} ({problems[0]})"
+        )

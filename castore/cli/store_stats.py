@@ -21,13 +21,17 @@ def print_store_stats(obj: Ctx, as_json: bool) -> None:
     click.echo(f"names: {s['names']}  manifests: {s['manifests']}")
     for kind, row in s["blobs"].items():
         click.echo(f"blobs ({kind}): {row['count']}  {human(row['bytes'])}")
-    click.echo(f"stored: {human(s['stored_bytes'])}, content {human(s['content_bytes'])} "
-               f"(blob files on disk: {human(s['disk_bytes'])})")
+    click.echo(
+        f"stored: {human(s['stored_bytes'])}, content {human(s['content_bytes'])} "
+        f"(blob files on disk: {human(s['disk_bytes'])})"
+    )
     click.echo(f"logical: {human(s['logical_bytes'])} (every version of every name)")
     click.echo(f"dedup ratio: {ratio}")
     for n in s["per_name"]:
         growth = n["growth"]
         sign = "+" if growth >= 0 else "-"
-        click.echo(f"  {quote(n['name'])}: {n['versions']} version(s) {n['first']} .. {n['last']}, "
-                   f"{human(n['size'] if n['size'] and n['size'] > 0 else 0)} now, {sign}{human(abs(growth))}"
-                   + (f", {n['incomplete_versions']} incomplete" if n["incomplete_versions"] else ""))
+        click.echo(
+            f"  {quote(n['name'])}: {n['versions']} version(s) {n['first']} .. {n['last']}, "
+            f"{human(n['size'] if n['size'] and n['size'] > 0 else 0)} now, {sign}{human(abs(growth))}"
+            + (f", {n['incomplete_versions']} incomplete" if n["incomplete_versions"] else "")
+        )

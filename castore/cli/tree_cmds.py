@@ -50,6 +50,7 @@ def build_cmd(root: str, fmt: str, as_json: bool, ignore: tuple[str, ...], keep_
 
 def print_manifest_json(m: Manifest) -> None:
     from castore.manifest.codec import resource_json
+
     print_json({"resources": [resource_json(r) for r in m.resources]})
 
 
@@ -77,17 +78,29 @@ def check_ignores(ignore_attr: tuple[str, ...]) -> tuple[str, ...]:
 @main_group.command("verify")
 @click.argument("root", type=click.Path(file_okay=False))
 @click.argument("manifest", shell_complete=complete_names)
-@click.option("--ignore-attr", multiple=True, metavar="ATTR",
-              help="Do not compare ATTR (mode, uid, gid, owner, size, digest, target, device, xattr, mtime, links, "
-                   "ads).")
+@click.option(
+    "--ignore-attr",
+    multiple=True,
+    metavar="ATTR",
+    help="Do not compare ATTR (mode, uid, gid, owner, size, digest, target, device, xattr, mtime, links, ads).",
+)
 @click.option("--ignore-mode-bits", callback=parse_octal, metavar="OCTAL", help="Permission bits not compared.")
 @click.option("--disable-digest", is_flag=True, help="Do not hash file contents.")
 @click.option("--sockets", is_flag=True, help="Compare sockets too.")
 @click.option("--devices", type=click.Choice(["check", "skip", "create"]), default="check", show_default=True)
 @json_opt
 @click.pass_obj
-def verify_cmd(obj: Ctx, root: str, manifest: str, ignore_attr: tuple[str, ...], ignore_mode_bits: int,
-               disable_digest: bool, sockets: bool, devices: str, as_json: bool) -> None:
+def verify_cmd(
+    obj: Ctx,
+    root: str,
+    manifest: str,
+    ignore_attr: tuple[str, ...],
+    ignore_mode_bits: int,
+    disable_digest: bool,
+    sockets: bool,
+    devices: str,
+    as_json: bool,
+) -> None:
     """Report every difference between ROOT and MANIFEST; exit 1 if any.
 
     Times are shown as ISO-8601 UTC with nanoseconds.
@@ -100,11 +113,25 @@ def verify_cmd(obj: Ctx, root: str, manifest: str, ignore_attr: tuple[str, ...],
     """
     check_ignores(ignore_attr)
     m, _, _ = resolve(obj, manifest)
-    found = verify(None, m, root, ignore_attrs=ignore_attr, ignore_mode_bits=ignore_mode_bits,
-                   digest=not disable_digest, sockets=sockets, devices=devices)
+    found = verify(
+        None,
+        m,
+        root,
+        ignore_attrs=ignore_attr,
+        ignore_mode_bits=ignore_mode_bits,
+        digest=not disable_digest,
+        sockets=sockets,
+        devices=devices,
+    )
     if as_json:
-        print_json({"ok": not found, "differences": [
-            {"path": d.path, "attr": d.attr, "expected": d.expected, "actual": d.actual} for d in found]})
+        print_json(
+            {
+                "ok": not found,
+                "differences": [
+                    {"path": d.path, "attr": d.attr, "expected": d.expected, "actual": d.actual} for d in found
+                ],
+            }
+        )
     else:
         for d in found:
             click.echo(str(d))
@@ -114,7 +141,8 @@ def verify_cmd(obj: Ctx, root: str, manifest: str, ignore_attr: tuple[str, ...],
 
 def _type_char(r: object) -> str:
     return {"file": "-", "dir": "d", "symlink": "l", "fifo": "p", "socket": "s", "whiteout": "w"}.get(
-        getattr(r, "kind", ""), "c" if isinstance(r, Device) and r.char else "b")
+        getattr(r, "kind", ""), "c" if isinstance(r, Device) and r.char else "b"
+    )
 
 
 def _perm_string(perm: int) -> str:
@@ -123,8 +151,13 @@ def _perm_string(perm: int) -> str:
 
 @main_group.command("ls")
 @click.argument("manifest", shell_complete=complete_names)
-@click.option("-l", "--long", "long_", is_flag=True,
-              help="Type and mode, uid, gid, size in bytes, content digest (files; '-' otherwise), path.")
+@click.option(
+    "-l",
+    "--long",
+    "long_",
+    is_flag=True,
+    help="Type and mode, uid, gid, size in bytes, content digest (files; '-' otherwise), path.",
+)
 @json_opt
 @click.pass_obj
 def ls_cmd(obj: Ctx, manifest: str, long_: bool, as_json: bool) -> None:
@@ -150,15 +183,19 @@ def ls_cmd(obj: Ctx, manifest: str, long_: bool, as_json: bool) -> None:
             if isinstance(r, Device):
                 extra = f" {r.major},{r.minor}"
             dg = r.digest if isinstance(r, RegularFile) else "-"
-            click.echo(f"{_type_char(r)}{_perm_string(r.perm)} {r.uid:>5} {r.gid:>5} {size:>12} {dg} "
-                       f"{quote(p)}{extra}")
+            click.echo(f"{_type_char(r)}{_perm_string(r.perm)} {r.uid:>5} {r.gid:>5} {size:>12} {dg} {quote(p)}{extra}")
 
 
 def _entry_json(r: object, path: str) -> dict[str, object]:
-    out: dict[str, object] = {"path": path, "type": getattr(r, "kind", ""), "mode": f"{r.perm:04o}",  # type: ignore
-                              "uid": r.uid, "gid": r.gid,  # type: ignore[attr-defined]
-                              "size": r.size if isinstance(r, RegularFile) else 0,
-                              "digest": r.digest if isinstance(r, RegularFile) else None}
+    out: dict[str, object] = {
+        "path": path,
+        "type": getattr(r, "kind", ""),
+        "mode": f"{r.perm:04o}",  # type: ignore
+        "uid": r.uid,
+        "gid": r.gid,  # type: ignore[attr-defined]
+        "size": r.size if isinstance(r, RegularFile) else 0,
+        "digest": r.digest if isinstance(r, RegularFile) else None,
+    }
     if isinstance(r, Symlink):
         out["target"] = r.target
     return out
@@ -166,8 +203,14 @@ def _entry_json(r: object, path: str) -> dict[str, object]:
 
 @main_group.command("dump")
 @click.argument("manifest", shell_complete=complete_names)
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "pb"]), default="text", show_default=True,
-              help="pb: the stored manifest bytes, exactly (what `sign` signs).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "pb"]),
+    default="text",
+    show_default=True,
+    help="pb: the stored manifest bytes, exactly (what `sign` signs).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.pass_obj
 def dump_cmd(obj: Ctx, manifest: str, fmt: str, as_json: bool) -> None:
@@ -200,8 +243,13 @@ def dump_cmd(obj: Ctx, manifest: str, fmt: str, as_json: bool) -> None:
 @main_group.command("stats")
 @click.argument("manifest", required=False, shell_complete=complete_names)
 @json_opt
-@click.option("--plot", "plot", metavar="FILE.png", type=click.Path(dir_okay=False),
-              help="Draw the store's growth and dedup over time (every name's history) as a PNG (needs matplotlib).")
+@click.option(
+    "--plot",
+    "plot",
+    metavar="FILE.png",
+    type=click.Path(dir_okay=False),
+    help="Draw the store's growth and dedup over time (every name's history) as a PNG (needs matplotlib).",
+)
 @click.pass_obj
 def stats_cmd(obj: Ctx, manifest: str | None, as_json: bool, plot: str | None) -> None:
     """Counts and sizes of MANIFEST; without it, of the whole store (bytes stored, logical bytes,
@@ -216,10 +264,12 @@ def stats_cmd(obj: Ctx, manifest: str | None, as_json: bool, plot: str | None) -
     """
     if plot is not None:
         from castore.cli.plot_cmds import plot_store_growth
+
         plot_store_growth(obj, plot, as_json=as_json)
         return
     if manifest is None:
         from castore.cli.store_stats import print_store_stats
+
         print_store_stats(obj, as_json)
         return
     m, digest, _ = resolve(obj, manifest)
@@ -259,8 +309,12 @@ def diff_cmd(obj: Ctx, a: str, b: str, ignore_attr: tuple[str, ...], as_json: bo
     check_ignores(ignore_attr)
     changes = diff(None, _manifest_or_tree(obj, a), _manifest_or_tree(obj, b), ignore_attrs=ignore_attr)
     if as_json:
-        print_json({"ok": not changes,
-                    "changes": [{"path": c.path, "change": c.kind, "attrs": list(c.attrs)} for c in changes]})
+        print_json(
+            {
+                "ok": not changes,
+                "changes": [{"path": c.path, "change": c.kind, "attrs": list(c.attrs)} for c in changes],
+            }
+        )
     else:
         for c in changes:
             click.echo(str(c))

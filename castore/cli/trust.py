@@ -24,5 +24,11 @@ def check_trust(obj: Ctx, ref: str, digest: str | None, store: Store | None) -> 
         return []
     from castore.store.signatures import enforce
 
-    return enforce(store, policy, digest, names_of(store, ref, digest), what=f"manifest {digest or ref}",
-                   message=None if digest else b"")
+    return enforce(
+        store,
+        policy,
+        digest,
+        names_of(store, ref, digest),
+        what=f"manifest {digest or ref}",
+        message=None if digest else b"",
+    )

@@ -49,8 +49,9 @@ class DirFds:
         pfd_cached = True
         for i, path in enumerate(chain):
             try:
-                fd = os.open(path.rpartition("/")[2], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             dir_fd=pfd)
+                fd = os.open(
+                    path.rpartition("/")[2], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd
+                )
             finally:
                 if not pfd_cached:
                     os.close(pfd)

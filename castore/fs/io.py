@@ -20,7 +20,7 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """write(2) until all of ``data`` is written (at the fd's offset)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -51,7 +51,7 @@ def pwrite_sparse(fd: int, data: bytes | memoryview, pos: int, ranges: list[tupl
     for b, e in ranges:
         lo, hi = max(b, pos), min(e, end)
         if lo < hi:
-            pwrite_all(fd, memoryview(data)[lo - pos:hi - pos], lo)
+            pwrite_all(fd, memoryview(data)[lo - pos : hi - pos], lo)
 
 
 def write_new(path: str, data: bytes | memoryview, mode: int = 0o444) -> int:

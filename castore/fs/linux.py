@@ -28,8 +28,9 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 
 #: errno values after which a faster copy method falls back to a slower one.
-COPY_FALLBACK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP,
-                           errno.ETXTBSY, errno.EBADF})
+COPY_FALLBACK = frozenset(
+    {errno.EXDEV, errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ETXTBSY, errno.EBADF}
+)
 
 
 def _check(ret: int) -> int:
@@ -68,6 +69,7 @@ def syncfs_in_background(fd: int, *, close: bool = False) -> Callable[[], None]:
         t.join()
         if box:
             raise box[0]
+
     return wait
 
 
@@ -97,6 +99,7 @@ def syncfs_every(fd: int, seconds: float) -> Callable[[], None]:
         t.join()
         if box:
             raise box[0]
+
     return stop
 
 
@@ -153,8 +156,9 @@ def open_beneath(dir_fd: int, relpath: str, flags: int, mode: int = 0) -> int:
     if len(relpath) > _SEGMENT and "/" in relpath:
         return _open_long(dir_fd, relpath, flags, mode)
     if _HAVE_OPENAT2 is not False:
-        how = _OpenHow(flags | os.O_CLOEXEC, mode,
-                       RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
+        how = _OpenHow(
+            flags | os.O_CLOEXEC, mode, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
+        )
         ret = _libc.syscall(SYS_OPENAT2, dir_fd, os.fsencode(relpath), ctypes.byref(how), ctypes.sizeof(how))
         if ret >= 0:
             _HAVE_OPENAT2 = True
@@ -202,8 +206,10 @@ def shard_dir_fd(path: str) -> int:
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 from castore.errors import UnsafeInput
-                raise UnsafeInput(f"{path}: store shard is not a plain directory (a symlink?); "
-                                  "refusing to write through it") from exc
+
+                raise UnsafeInput(
+                    f"{path}: store shard is not a plain directory (a symlink?); refusing to write through it"
+                ) from exc
             raise
         old = _SHARD_FDS.setdefault(path, fd)
         if old != fd:
@@ -356,8 +362,8 @@ def _unescape_mountinfo(field: str) -> str:
     out, i = bytearray(), 0
     raw = field.encode("utf-8", "surrogateescape")
     while i < len(raw):
-        if raw[i] == 0x5C and i + 3 < len(raw) and raw[i + 1:i + 4].isdigit():
-            out.append(int(raw[i + 1:i + 4], 8))
+        if raw[i] == 0x5C and i + 3 < len(raw) and raw[i + 1 : i + 4].isdigit():
+            out.append(int(raw[i + 1 : i + 4], 8))
             i += 4
         else:
             out.append(raw[i])
@@ -382,5 +388,5 @@ def mounts_below(root_fd: int) -> list[str]:
             continue
         point = _unescape_mountinfo(fields[4])
         if point.startswith(prefix) and len(point) > len(prefix):
-            out.add(point[len(prefix):].rstrip("/"))
+            out.add(point[len(prefix) :].rstrip("/"))
     return sorted(out, key=lambda p: (p.count("/"), p))

@@ -106,8 +106,9 @@ class Staging:
 
 
 @contextlib.contextmanager
-def staged_dir(pfd: int, parent: str, base: str, target: str, kind: str = "",
-               before: Callable[[str], None] | None = None) -> Iterator[Staging]:
+def staged_dir(
+    pfd: int, parent: str, base: str, target: str, kind: str = "", before: Callable[[str], None] | None = None
+) -> Iterator[Staging]:
     """A new, locked staging directory for ``base`` in ``pfd`` (``parent``'s fd; ``target`` its
     path), kept locked until the block ends: renamed into place by then (``rename_into_place``)
     or, when the block raises, removed (mounts below it kept and warned about; a full disk

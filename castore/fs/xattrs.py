@@ -47,8 +47,9 @@ def set_xattrs(target: int | str, xattrs: tuple[tuple[str, bytes], ...]) -> list
     Returns the names skipped because Linux has no such namespace.
     """
     skipped = [n for n, _ in xattrs if not n.startswith(XATTR_NAMESPACES)]
-    ordered = sorted((kv for kv in xattrs if kv[0].startswith(XATTR_NAMESPACES)),
-                     key=lambda kv: kv[0] == "security.capability")
+    ordered = sorted(
+        (kv for kv in xattrs if kv[0].startswith(XATTR_NAMESPACES)), key=lambda kv: kv[0] == "security.capability"
+    )
     for n, v in ordered:
         set_xattr(target, n, v)
     return skipped
@@ -56,8 +57,9 @@ def set_xattrs(target: int | str, xattrs: tuple[tuple[str, bytes], ...]) -> list
 
 #: setxattr errnos that mean "this xattr can never be applied here" (a bad value, a namespace the
 #: kernel refuses on this file type), as opposed to a full disk or quota (left to raise_if_full).
-XATTR_REFUSED = frozenset({errno.EINVAL, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.E2BIG, errno.ERANGE,
-                           errno.EACCES})
+XATTR_REFUSED = frozenset(
+    {errno.EINVAL, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.E2BIG, errno.ERANGE, errno.EACCES}
+)
 
 
 def set_xattr(target: int | str, name: str, value: bytes, *, follow: bool = False) -> None:

@@ -79,15 +79,17 @@ class _Checker:
                     continue
                 on_disk.add(key)
                 if key not in rows:
-                    self._add("info", "orphan", dstr(key), "blob file not in the index (gc removes it after "
-                              "the grace period)")
+                    self._add(
+                        "info", "orphan", dstr(key), "blob file not in the index (gc removes it after the grace period)"
+                    )
             for key, (size, kind) in rows.items():
                 self.report.blobs += 1
                 digest = dstr(key)
                 path = self.store.blob_path(digest)
                 if key not in on_disk:
-                    self._damage(key, "missing-blob", f"{KIND_NAMES.get(kind, kind)} blob indexed but its file "
-                                 "is missing")
+                    self._damage(
+                        key, "missing-blob", f"{KIND_NAMES.get(kind, kind)} blob indexed but its file is missing"
+                    )
                     continue
                 try:
                     st = os.lstat(path)
@@ -152,8 +154,9 @@ class _Checker:
         for m in sorted(set(catalog) - set(refs)):
             if m in missing_manifest:
                 continue
-            self._add("error", "unindexed-manifest", dstr(m), "named manifest has no reference row "
-                      "(run fsck --rebuild-index)").names = sorted(catalog[m])
+            self._add(
+                "error", "unindexed-manifest", dstr(m), "named manifest has no reference row (run fsck --rebuild-index)"
+            ).names = sorted(catalog[m])
         for m in sorted(missing_manifest):
             if m in self.bad:
                 continue
@@ -177,8 +180,12 @@ class _Checker:
                     self._damage(m, "corrupt-manifest", str(exc))
                     continue
                 if {dkey(d) for d in manifest_refs(man)} != set(_split(raw)):
-                    self._add("error", "refs-mismatch", dstr(m), "index references differ from the manifest's "
-                              "(run fsck --rebuild-index)").names = sorted(catalog.get(m, []))
+                    self._add(
+                        "error",
+                        "refs-mismatch",
+                        dstr(m),
+                        "index references differ from the manifest's (run fsck --rebuild-index)",
+                    ).names = sorted(catalog.get(m, []))
         self._attribute(refs, catalog)
 
     def chunk_map(self) -> None:
@@ -190,9 +197,9 @@ class _Checker:
             indexed: dict[bytes, int] = {}  # chunk -> size in the index
             for _, v in rows:
                 for i in range(0, len(v) - 31, CHUNK_ROW.size):
-                    raw = txn.get(bytes(v[i:i + 32]), db=blobs_db)
+                    raw = txn.get(bytes(v[i : i + 32]), db=blobs_db)
                     if raw is not None:
-                        indexed[bytes(v[i:i + 32])] = BLOB_ROW.unpack(raw)[0]
+                        indexed[bytes(v[i : i + 32])] = BLOB_ROW.unpack(raw)[0]
         for k, v in rows:
             chunks = unpack_chunks(v)
             if len(k) != 32 or not chunks:
@@ -203,8 +210,12 @@ class _Checker:
                 self._add("info", "stale-chunk-map", dstr(k), "a chunk of this file left the store (gc drops the row)")
                 continue
             if any(indexed[dkey(c.digest)] != c.end - c.begin for c in chunks):
-                self._add("error", "bad-chunk-map", dstr(k),
-                          "its chunks' sizes are not the index's (fsck --repair drops the row)")
+                self._add(
+                    "error",
+                    "bad-chunk-map",
+                    dstr(k),
+                    "its chunks' sizes are not the index's (fsck --repair drops the row)",
+                )
                 self.bad_maps.append(k)
                 continue
             if not self._selected(k):
@@ -216,8 +227,12 @@ class _Checker:
             except CastoreError:
                 continue  # the chunk's own damage is reported by the blob check
             if "sha256:" + h.hexdigest() != dstr(k):
-                self._add("error", "bad-chunk-map", dstr(k),
-                          "its chunks do not add up to this file (fsck --repair drops the row)")
+                self._add(
+                    "error",
+                    "bad-chunk-map",
+                    dstr(k),
+                    "its chunks do not add up to this file (fsck --repair drops the row)",
+                )
                 self.bad_maps.append(k)
 
     def _attribute(self, refs: dict[bytes, bytes], catalog: dict[bytes, list[str]]) -> None:
@@ -238,7 +253,7 @@ class _Checker:
             for m in ms:
                 names.update(catalog.get(m, []) or [f"(unnamed {dstr(m)[:19]})"])
                 if m != key and len(paths) < MAX_PATHS:
-                    paths.extend(_paths_using(self.store, dstr(m), dstr(key))[:MAX_PATHS - len(paths)])
+                    paths.extend(_paths_using(self.store, dstr(m), dstr(key))[: MAX_PATHS - len(paths)])
             f.names = sorted(names)
             f.paths = paths
             users_n = sum(m != key for m in ms)
@@ -272,8 +287,13 @@ class _Checker:
                 if got != rec[4]:
                     why = f"content hashes to {got}, expected {rec[4]}"
             if why:
-                f = self._add("warning", "changed-link-object", path, f"hardlink object changed since it was "
-                              f"recorded ({why}); a hardlinked checkout was edited; --repair removes it")
+                f = self._add(
+                    "warning",
+                    "changed-link-object",
+                    path,
+                    f"hardlink object changed since it was "
+                    f"recorded ({why}); a hardlinked checkout was edited; --repair removes it",
+                )
                 f.paths = [f"{st.st_nlink - 1} checkout link(s)"]
                 changed.append((k, path))
         return changed
@@ -303,6 +323,7 @@ class _Checker:
                 txn.delete(k, db=links_db)  # type: ignore[attr-defined]
             for k in self.bad_maps:
                 txn.delete(k, db=self.meta.db("chunkmap"))  # type: ignore[attr-defined]
+
         self.meta.write(fn)
         for f in self.report.findings:
             if f.kind == "bad-chunk-map":
@@ -323,7 +344,7 @@ class _Checker:
 
 
 def _split(raw: bytes) -> list[bytes]:
-    return [raw[i:i + 32] for i in range(0, len(raw) - 31, 32)]
+    return [raw[i : i + 32] for i in range(0, len(raw) - 31, 32)]
 
 
 def _object_changes(rec: tuple[object, ...], st: os.stat_result) -> str:
@@ -338,8 +359,9 @@ def _object_changes(rec: tuple[object, ...], st: os.stat_result) -> str:
     if len(rec) >= 8:
         perm, uid, gid = rec[5], rec[6], rec[7]
         if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != (perm, uid, gid):
-            return (f"mode/owner {oct(stat.S_IMODE(st.st_mode))} {st.st_uid}:{st.st_gid}, recorded "
-                    f"{oct(perm)} {uid}:{gid}")  # type: ignore[arg-type]
+            return (
+                f"mode/owner {oct(stat.S_IMODE(st.st_mode))} {st.st_uid}:{st.st_gid}, recorded {oct(perm)} {uid}:{gid}"  # type: ignore[arg-type]
+            )
     return ""
 
 
@@ -364,8 +386,11 @@ def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
     opts = opts or FsckOptions()
     start = time.monotonic()
     # A read-only store (castore/store/readonly.py) is checked without the lock: no gc can run on it.
-    with (flocked(os.path.join(store.path, "gc.lock"), exclusive=True, what="gc/fsck")
-          if not store.readonly or opts.repair else contextlib.nullcontext()):
+    with (
+        flocked(os.path.join(store.path, "gc.lock"), exclusive=True, what="gc/fsck")
+        if not store.readonly or opts.repair
+        else contextlib.nullcontext()
+    ):
         lock = store.exclusive_lock() if opts.repair else None
         if lock is not None:
             lock.__enter__()  # type: ignore[attr-defined]
@@ -390,5 +415,15 @@ def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
 
 # ------------------------------------------------------------- rebuild-index
 
-__all__ = ["Finding", "FsckOptions", "FsckReport", "IntegrityError", "RebuildReport", "fsck", "hash_file",
-           "parse_subset", "quarantine", "rebuild_index"]
+__all__ = [
+    "Finding",
+    "FsckOptions",
+    "FsckReport",
+    "IntegrityError",
+    "RebuildReport",
+    "fsck",
+    "hash_file",
+    "parse_subset",
+    "quarantine",
+    "rebuild_index",
+]

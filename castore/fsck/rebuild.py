@@ -36,14 +36,20 @@ class RebuildReport:
     catalog_restored: bool = False  # names replayed from the manifest markers
 
     def summary(self) -> str:
-        out = (f"fsck: index rebuilt from {self.blobs} blob files ({self.manifests} manifests) in "
-               f"{self.seconds:.2f}s; {len(self.quarantined)} corrupt files quarantined; ")
+        out = (
+            f"fsck: index rebuilt from {self.blobs} blob files ({self.manifests} manifests) in "
+            f"{self.seconds:.2f}s; {len(self.quarantined)} corrupt files quarantined; "
+        )
         if self.catalog_restored:
-            out += (f"the old catalog could not be read ({self.catalog_lost or 'empty'}); {self.catalog_names} "
-                    "catalog rows restored from the manifest markers")
+            out += (
+                f"the old catalog could not be read ({self.catalog_lost or 'empty'}); {self.catalog_names} "
+                "catalog rows restored from the manifest markers"
+            )
         elif self.catalog_lost:
-            out += (f"the catalog (names, history) could not be salvaged ({self.catalog_lost}) and cannot be "
-                    "rebuilt from blobs: re-tag manifests with `continuity tag DIGEST NAME`")
+            out += (
+                f"the catalog (names, history) could not be salvaged ({self.catalog_lost}) and cannot be "
+                "rebuilt from blobs: re-tag manifests with `continuity tag DIGEST NAME`"
+            )
         else:
             out += f"{self.catalog_names} catalog rows salvaged"
         return out + f"; old metadata kept in {self.old_meta}"
@@ -60,6 +66,7 @@ def _salvage(meta_path: str) -> tuple[list[tuple[str, bytes, bytes]], set[bytes]
     (MetaDB checks it): a truncated map would SIGBUS the rebuild itself.
     """
     from castore.store.meta import MetaDB
+
     if not os.path.exists(os.path.join(meta_path, "data.mdb")):
         return [], set(), "no metadata file"
     try:
@@ -116,8 +123,9 @@ def _markers(path: str) -> tuple[dict[bytes, list[tuple[str, int, str]]], bool]:
     return out, True
 
 
-def _catalog_from_markers(markers: dict[bytes, list[tuple[str, int, str]]],
-                          manifests: dict[bytes, int]) -> list[tuple[str, bytes, bytes]]:
+def _catalog_from_markers(
+    markers: dict[bytes, list[tuple[str, int, str]]], manifests: dict[bytes, int]
+) -> list[tuple[str, bytes, bytes]]:
     """Catalog rows from the markers' events: every naming is history; a name's newest event decides it."""
     events = sorted((t, op, name, key) for key, evs in markers.items() if key in manifests for op, t, name in evs)
     rows: list[tuple[str, bytes, bytes]] = []
@@ -130,8 +138,13 @@ def _catalog_from_markers(markers: dict[bytes, list[tuple[str, int, str]]],
             current[name] = None
     for name, cur in current.items():
         if cur is not None:
-            rows.append(("tags", name.encode(), json.dumps({"digest": dstr(cur[1]), "time_ns": cur[0],
-                                                            "size": manifests[cur[1]]}).encode()))
+            rows.append(
+                (
+                    "tags",
+                    name.encode(),
+                    json.dumps({"digest": dstr(cur[1]), "time_ns": cur[0], "size": manifests[cur[1]]}).encode(),
+                )
+            )
     return rows
 
 
@@ -157,11 +170,14 @@ def rebuild_index(store_path: str) -> RebuildReport:
     start = time.monotonic()
     path = os.path.abspath(store_path)
     from castore.store import check_store_dir
+
     check_store_dir(path)  # ours and private, no symlinked shard: the walk below follows none
     rep = RebuildReport()
     blob_root = os.path.join(path, "blobs", "sha256")
-    with flocked(os.path.join(path, "gc.lock"), exclusive=True, what="gc/fsck"), \
-            flocked(os.path.join(path, "lock"), exclusive=True):
+    with (
+        flocked(os.path.join(path, "gc.lock"), exclusive=True, what="gc/fsck"),
+        flocked(os.path.join(path, "lock"), exclusive=True),
+    ):
         for n in fs.listdir(path):
             if n.startswith("meta.rebuild-"):  # an earlier rebuild's, killed: keep it, it may be the old index
                 os.rename(os.path.join(path, n), os.path.join(path, _damaged_name()))
@@ -208,8 +224,9 @@ def rebuild_index(store_path: str) -> RebuildReport:
     return rep
 
 
-def _scan_blobs(path: str, blob_root: str, known: set[bytes], guess: bool, rep: RebuildReport
-                ) -> tuple[dict[bytes, int], dict[bytes, set[bytes]], set[bytes], set[tuple[bytes, bytes]], set[bytes]]:
+def _scan_blobs(
+    path: str, blob_root: str, known: set[bytes], guess: bool, rep: RebuildReport
+) -> tuple[dict[bytes, int], dict[bytes, set[bytes]], set[bytes], set[tuple[bytes, bytes]], set[bytes]]:
     """Hash every blob file (a mismatch is quarantined, in ``rep``): (sizes, manifest refs, chunks,
     chunk-map rows, ADS blobs). Parsed as manifests: the ``known`` ones, or any with ``guess``."""
     sizes: dict[bytes, int] = {}
@@ -251,27 +268,45 @@ def _scan_blobs(path: str, blob_root: str, known: set[bytes], guess: bool, rep: 
     return sizes, refs, chunks, chunk_map, ads
 
 
-def _build_index(new_path: str, created_ns: int, sizes: dict[bytes, int], refs: dict[bytes, set[bytes]],
-                 chunks: set[bytes], ads: set[bytes], catalog: list[tuple[str, bytes, bytes]],
-                 chunk_map: set[tuple[bytes, bytes]]) -> None:
+def _build_index(
+    new_path: str,
+    created_ns: int,
+    sizes: dict[bytes, int],
+    refs: dict[bytes, set[bytes]],
+    chunks: set[bytes],
+    ads: set[bytes],
+    catalog: list[tuple[str, bytes, bytes]],
+    chunk_map: set[tuple[bytes, bytes]],
+) -> None:
     """Write the new index at ``new_path``: marked building first, complete last."""
     from castore.store.meta import KIND_ADS, KIND_CHUNK, KIND_MANIFEST, KIND_RAW, MetaDB
+
     new = MetaDB(new_path, create=True)
     try:
+
         def begin(txn: object) -> None:
             t: object = txn
             t.put(b"index-state", b"building", db=new.db("info"))  # type: ignore[attr-defined]
             t.put(b"index-created-ns", str(created_ns).encode(), db=new.db("info"))  # type: ignore
+
         new.write(begin)
         items = sorted(sizes.items())
         for i in range(0, len(items), 20000):
-            part = items[i:i + 20000]
+            part = items[i : i + 20000]
 
             def put_blobs(txn: object, part: list[tuple[bytes, int]] = part) -> None:
                 for k, size in part:
-                    kind = (KIND_MANIFEST if k in refs else KIND_CHUNK if k in chunks
-                            else KIND_ADS if k in ads else KIND_RAW)
+                    kind = (
+                        KIND_MANIFEST
+                        if k in refs
+                        else KIND_CHUNK
+                        if k in chunks
+                        else KIND_ADS
+                        if k in ads
+                        else KIND_RAW
+                    )
                     txn.put(k, BLOB_ROW.pack(size, kind), db=new.db("blobs"))  # type: ignore[attr-defined]
+
             new.write(put_blobs)
         crashpoint("rebuild-mid-build")
 
@@ -285,6 +320,7 @@ def _build_index(new_path: str, created_ns: int, sizes: dict[bytes, int], refs: 
                 t.put(k, v, db=new.db("chunkmap"))  # type: ignore[attr-defined]
             t.put(b"schema", b"1", db=new.db("info"))  # type: ignore[attr-defined]
             t.put(b"index-state", b"complete", db=new.db("info"))  # type: ignore[attr-defined]
+
         new.write(put_rest)  # last: the completion record
     finally:
         new.close()

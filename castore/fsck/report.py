@@ -47,17 +47,25 @@ class FsckReport:
 
     def summary(self) -> str:
         state = "sound" if self.sound else "DAMAGED"
-        out = (f"fsck: store {state}: {self.blobs} blobs, {self.manifests} manifests checked, "
-               f"{self.bytes_read} bytes re-hashed in {self.seconds:.2f}s; {self.count('error')} errors, "
-               f"{self.count('warning')} warnings, {self.count('info')} info")
+        out = (
+            f"fsck: store {state}: {self.blobs} blobs, {self.manifests} manifests checked, "
+            f"{self.bytes_read} bytes re-hashed in {self.seconds:.2f}s; {self.count('error')} errors, "
+            f"{self.count('warning')} warnings, {self.count('info')} info"
+        )
         if self.incomplete:
             out += f"; incomplete names (ingest the same content again to heal): {', '.join(self.incomplete)}"
         return out
 
     def as_json(self) -> dict[str, object]:
-        return {"sound": self.sound, "blobs": self.blobs, "manifests": self.manifests,
-                "bytes_read": self.bytes_read, "seconds": round(self.seconds, 3), "incomplete": self.incomplete,
-                "findings": [f.__dict__ for f in self.findings]}
+        return {
+            "sound": self.sound,
+            "blobs": self.blobs,
+            "manifests": self.manifests,
+            "bytes_read": self.bytes_read,
+            "seconds": round(self.seconds, 3),
+            "incomplete": self.incomplete,
+            "findings": [f.__dict__ for f in self.findings],
+        }
 
 
 @dataclass

@@ -34,21 +34,28 @@ def check_signatures(store: Store, add: Callable[[str, str, str, str], object], 
             continue
         if rec.manifest not in messages:
             try:
-                messages[rec.manifest] = store.read_blob(rec.manifest) if store.manifest_indexed(rec.manifest) \
-                    else None
+                messages[rec.manifest] = store.read_blob(rec.manifest) if store.manifest_indexed(rec.manifest) else None
             except CastoreError:
                 messages[rec.manifest] = b""  # the manifest's own damage is reported by the manifest checks
         message = messages[rec.manifest]
         if message is None:
-            add("warning", "orphan-signature", rec.manifest, f"signature by {rec.fingerprint} of a manifest "
-                "the store no longer holds")
+            add(
+                "warning",
+                "orphan-signature",
+                rec.manifest,
+                f"signature by {rec.fingerprint} of a manifest the store no longer holds",
+            )
             doomed.append(key)
             continue
         if not message:
             continue
         try:
-            verify_message(parse_signature(rec.raw), message, what=f"stored signature {rec.sig_id[:12]}",
-                           sha256=bytes.fromhex(rec.manifest[7:]))
+            verify_message(
+                parse_signature(rec.raw),
+                message,
+                what=f"stored signature {rec.sig_id[:12]}",
+                sha256=bytes.fromhex(rec.manifest[7:]),
+            )
         except BadSignature as exc:
             add("error", "bad-signature", rec.manifest, str(exc))
             doomed.append(key)

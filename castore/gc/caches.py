@@ -25,6 +25,7 @@ class CacheSweeps:
     keep_items: bool
 
     if TYPE_CHECKING:
+
         def _remove(self, item: Item, path: str, *, tree: bool) -> None: ...
 
     def link_objects(self) -> None:
@@ -48,8 +49,12 @@ class CacheSweeps:
             if not drop:
                 continue
             if not self.opts.dry_run:
-                self.meta.write(lambda t, d=drop: [t.delete(b"o" + bytes.fromhex(n), db=links_db)  # type: ignore
-                                                   for n, _ in d])
+                self.meta.write(
+                    lambda t, d=drop: [
+                        t.delete(b"o" + bytes.fromhex(n), db=links_db)  # type: ignore
+                        for n, _ in d
+                    ]
+                )
             for n, size in drop:
                 path = os.path.join(sdir, n)
                 try:
@@ -60,8 +65,11 @@ class CacheSweeps:
                 self._remove(Item("link", path, size), path, tree=False)
         # Rows whose object is gone.
         with self.meta.read() as txn:
-            stale = [bytes(k) for k in txn.cursor(db=links_db).iternext(values=False)
-                     if k[:1] == b"o" and not os.path.exists(os.path.join(root, k[1:2].hex(), k[1:].hex()))]
+            stale = [
+                bytes(k)
+                for k in txn.cursor(db=links_db).iternext(values=False)
+                if k[:1] == b"o" and not os.path.exists(os.path.join(root, k[1:2].hex(), k[1:].hex()))
+            ]
         self._delete_rows("links", stale, "cache-row")
 
     def verified_rows(self, doomed: list[bytes]) -> None:
@@ -70,12 +78,13 @@ class CacheSweeps:
             return
         db, blobs_db = self.meta.db("links"), self.meta.db("blobs")
         for i in range(0, len(doomed), 5000):
-            part = doomed[i:i + 5000]
+            part = doomed[i : i + 5000]
 
             def fn(t: object, p: list[bytes] = part) -> None:
                 for k in p:
                     if t.get(k, db=blobs_db) is None:  # type: ignore[attr-defined]
                         t.delete(b"v" + k, db=db)  # type: ignore[attr-defined]
+
             self.meta.write(fn)
 
     def stat_cache(self) -> None:
@@ -105,8 +114,10 @@ class CacheSweeps:
                 return False
             if not unpack_chunks(bytes(row)):
                 return True
-            return any(t.get(bytes(row[i:i + 32]), db=blobs_db) is None  # type: ignore[attr-defined]
-                       for i in range(0, len(row), CHUNK_ROW.size))
+            return any(
+                t.get(bytes(row[i : i + 32]), db=blobs_db) is None  # type: ignore[attr-defined]
+                for i in range(0, len(row), CHUNK_ROW.size)
+            )
 
         with self.meta.read() as txn:
             stale = [bytes(k) for k in txn.cursor(db=map_db).iternext(values=False) if stale_row(txn, bytes(k))]
@@ -115,7 +126,7 @@ class CacheSweeps:
         if self.opts.dry_run:
             return
         for i in range(0, len(stale), 5000):
-            part = stale[i:i + 5000]
+            part = stale[i : i + 5000]
             self.meta.write(lambda t, p=part: [t.delete(k, db=map_db) for k in p if stale_row(t, k)])  # type: ignore
 
     def _delete_rows(self, dbname: str, keys: list[bytes], kind: str) -> None:
@@ -125,7 +136,7 @@ class CacheSweeps:
             return
         db = self.meta.db(dbname)
         for i in range(0, len(keys), 5000):  # short write txns: ingest commits are not held up
-            part = keys[i:i + 5000]
+            part = keys[i : i + 5000]
             self.meta.write(lambda t, p=part: [t.delete(k, db=db) for k in p])  # type: ignore[misc]
 
 

@@ -57,8 +57,9 @@ BATCH_SECONDS = 0.05  # longest hold of the store lock while unlinking
 COMMIT_CHUNK = 5_000  # index rows deleted per hold of the store lock (and per write txn: its dirty pages)
 
 
-def mark(roots: Iterable[bytes], refs: Callable[[bytes], Iterable[bytes]],
-         seen: set[bytes] | None = None) -> set[bytes]:
+def mark(
+    roots: Iterable[bytes], refs: Callable[[bytes], Iterable[bytes]], seen: set[bytes] | None = None
+) -> set[bytes]:
     """Every key reachable from ``roots`` through ``refs`` (added to ``seen``)."""
     seen = set() if seen is None else seen
     stack = [r for r in roots if r not in seen]
@@ -71,8 +72,12 @@ def mark(roots: Iterable[bytes], refs: Callable[[bytes], Iterable[bytes]],
     return seen
 
 
-def mark_to(roots: Iterable[bytes], refs: Callable[[bytes], Iterable[bytes]], out: MarkSet,
-            tick: Callable[[], None] = lambda: None) -> None:
+def mark_to(
+    roots: Iterable[bytes],
+    refs: Callable[[bytes], Iterable[bytes]],
+    out: MarkSet,
+    tick: Callable[[], None] = lambda: None,
+) -> None:
     """Every key reachable from ``roots`` through ``refs``, written to ``out`` (on disk).
 
     Only keys that reference others (manifests, files stored as chunks) are
@@ -100,7 +105,7 @@ def split_refs(raw: bytes | None) -> list[bytes]:
     """The 32-byte digests of a ``refs`` row."""
     if not raw:
         return []
-    return [raw[i:i + 32] for i in range(0, len(raw) - 31, 32)]
+    return [raw[i : i + 32] for i in range(0, len(raw) - 31, 32)]
 
 
 class _Collector(CacheSweeps):
@@ -170,7 +175,8 @@ class _Collector(CacheSweeps):
             if raw is not None:
                 return split_refs(bytes(raw))
             row = t.get(k, db=map_db)  # type: ignore[attr-defined]
-            return [bytes(row[i:i + 32]) for i in range(0, len(row), CHUNK_ROW.size)] if row else []
+            return [bytes(row[i : i + 32]) for i in range(0, len(row), CHUNK_ROW.size)] if row else []
+
         return refs
 
     def _young(self, key: bytes) -> bool:
@@ -236,8 +242,15 @@ class _Collector(CacheSweeps):
                     sc.orphans.add(key, st.st_size, -1)
         self.report.kept_blobs = kept
 
-    def commit(self, sc: Scratch, snap_roots: set[bytes], late: set[bytes],
-               garbage: list[tuple[bytes, int, int]], *, first: bool = True) -> list[str]:
+    def commit(
+        self,
+        sc: Scratch,
+        snap_roots: set[bytes],
+        late: set[bytes],
+        garbage: list[tuple[bytes, int, int]],
+        *,
+        first: bool = True,
+    ) -> list[str]:
         """Phase 2 (exclusive lock held): final roots and deletes in one write txn; what to unlink
         goes to ``sc.unlink``. Returns the dead leases (first call).
 
@@ -274,8 +287,9 @@ class _Collector(CacheSweeps):
             for k, _, _ in doomed:
                 t.delete(k, db=blobs_db)  # type: ignore[attr-defined]
                 t.delete(k, db=refs_db)  # type: ignore[attr-defined]  # a manifest's (absent otherwise)
-            out["signatures"] = signatures.delete_for(self.store, t, [k for k, _, kind in doomed
-                                                                       if kind == KIND_MANIFEST])
+            out["signatures"] = signatures.delete_for(
+                self.store, t, [k for k, _, kind in doomed if kind == KIND_MANIFEST]
+            )
             # "v" rows (verified-blob stat records) are a cache: dropped after the lock (phase 4).
 
         if self.opts.dry_run:
@@ -373,8 +387,9 @@ class _Collector(CacheSweeps):
             path = os.path.join(lease_dir, n)
             if not dot or ext != "lock":
                 continue
-            if lid in dead_set or ((age_ns(path, self.now) or 0) >= floor and not self._has_row(lid)
-                                   and not is_held(path)):
+            if lid in dead_set or (
+                (age_ns(path, self.now) or 0) >= floor and not self._has_row(lid) and not is_held(path)
+            ):
                 self._remove(Item("lease", path), path, tree=False)
         for n in fs.listdir(tmp_dir):
             path = os.path.join(tmp_dir, n)
@@ -386,8 +401,11 @@ class _Collector(CacheSweeps):
             lock = os.path.join(lease_dir, n + ".lock")
             if is_held(lock):
                 continue
-            if n in dead_set or (age >= floor and not self._has_row(n)) or (
-                    age >= self.opts.grace_ns and not os.path.exists(lock)):
+            if (
+                n in dead_set
+                or (age >= floor and not self._has_row(n))
+                or (age >= self.opts.grace_ns and not os.path.exists(lock))
+            ):
                 self._remove(Item("tmp", path, tree_size(path)), path, tree=True)
 
     def _has_row(self, lid: str) -> bool:
@@ -404,6 +422,7 @@ class _Collector(CacheSweeps):
             except FileNotFoundError:
                 return
         self.report.add(item, self.keep_items)
+
 
 def _history_name(key: bytes) -> str:
     name, t = key[:-9], key[-8:]

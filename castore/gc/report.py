@@ -52,9 +52,9 @@ class GcOptions:
 @dataclass
 class GcReport:
     dry_run: bool = False
-    objects: int = 0       # files removed (blobs, manifests, orphans, temps, cache objects)
+    objects: int = 0  # files removed (blobs, manifests, orphans, temps, cache objects)
     bytes: int = 0
-    rows: int = 0          # metadata rows removed
+    rows: int = 0  # metadata rows removed
     kept_blobs: int = 0
     seconds: float = 0.0
     lock_seconds: float = 0.0  # longest single hold of the exclusive store lock
@@ -74,12 +74,21 @@ class GcReport:
     def summary(self) -> str:
         verb = "would free" if self.dry_run else "freed"
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
-        return (f"gc: {verb} {self.objects} objects, {self.bytes} bytes ({human_size(self.bytes)}) in "
-                f"{self.seconds:.2f}s; kept {self.kept_blobs} blobs; longest store lock "
-                f"{self.lock_seconds * 1000:.0f} ms" + (f" [{parts}]" if parts else ""))
+        return (
+            f"gc: {verb} {self.objects} objects, {self.bytes} bytes ({human_size(self.bytes)}) in "
+            f"{self.seconds:.2f}s; kept {self.kept_blobs} blobs; longest store lock "
+            f"{self.lock_seconds * 1000:.0f} ms" + (f" [{parts}]" if parts else "")
+        )
 
     def as_json(self) -> dict[str, object]:
-        return {"dry_run": self.dry_run, "objects": self.objects, "bytes": self.bytes, "rows": self.rows,
-                "kept_blobs": self.kept_blobs, "seconds": round(self.seconds, 3),
-                "lock_seconds": round(self.lock_seconds, 3), "counts": self.counts,
-                "items": [{"kind": i.kind, "name": i.name, "size": i.size} for i in self.items]}
+        return {
+            "dry_run": self.dry_run,
+            "objects": self.objects,
+            "bytes": self.bytes,
+            "rows": self.rows,
+            "kept_blobs": self.kept_blobs,
+            "seconds": round(self.seconds, 3),
+            "lock_seconds": round(self.lock_seconds, 3),
+            "counts": self.counts,
+            "items": [{"kind": i.kind, "name": i.name, "size": i.size} for i in self.items],
+        }

@@ -70,7 +70,7 @@ def select(times_ns: list[int], policy: Policy) -> list[list[str]]:
     if not order:
         return reasons
     if policy.last is not None:
-        for i in order[:policy.last]:
+        for i in order[: policy.last]:
             reasons[i].append("last")
     for kind in BUCKETS:
         n = getattr(policy, kind)
@@ -96,6 +96,7 @@ def select(times_ns: list[int], policy: Policy) -> list[list[str]]:
 
 def plan(by_name: dict[str, list[Version]], policy: Policy) -> list[dict[str, Any]]:
     """Every version of every name with ``keep`` and ``reasons`` (``gc --dry-run`` prints it)."""
+
     def when(ns: int) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns // 10**9))
 
@@ -104,6 +105,15 @@ def plan(by_name: dict[str, list[Version]], policy: Policy) -> list[dict[str, An
         vs = sorted(by_name[name], key=lambda v: v.time_ns, reverse=True)
         why = select([v.time_ns for v in vs], policy)
         for i, (v, r) in enumerate(zip(vs, why, strict=True)):
-            out.append({"name": name, "revision": f"{name}@{i}", "time": when(v.time_ns), "digest": v.digest,
-                        "keep": bool(r), "reasons": r, "incomplete": v.incomplete})
+            out.append(
+                {
+                    "name": name,
+                    "revision": f"{name}@{i}",
+                    "time": when(v.time_ns),
+                    "digest": v.digest,
+                    "keep": bool(r),
+                    "reasons": r,
+                    "incomplete": v.incomplete,
+                }
+            )
     return out

@@ -95,7 +95,7 @@ class MarkSet:
         f = self.files[b]
         data = os.pread(f.fileno(), self.written[b], 0) if f is not None else b""
         data += self.bufs[b]
-        return {data[i:i + KEY] for i in range(0, len(data), KEY)}
+        return {data[i : i + KEY] for i in range(0, len(data), KEY)}
 
     def shard(self, b: int) -> set[bytes]:
         """A set holding every key whose first byte is ``b`` (and those of the 3 other shards of its
@@ -160,7 +160,7 @@ class SortedKeys:
         while pos < self.n * KEY:
             data = os.pread(self.f.fileno(), step, pos)
             pos += len(data)
-            yield from (data[i:i + KEY] for i in range(0, len(data), KEY))
+            yield from (data[i : i + KEY] for i in range(0, len(data), KEY))
 
     def missing(self, keys: Iterable[bytes]) -> Iterator[bytes]:
         """The keys of the ascending stream ``keys`` that this file does not hold."""

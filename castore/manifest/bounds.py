@@ -19,6 +19,7 @@ from castore.errors import CorruptManifest, IntegrityError
 MAX_ENTRIES = 1 << 21  # resources: a legit entry is ~100 bytes on the wire, ~1.3 KiB parsed
 MAX_FIELDS = 1 << 24  # every field occurrence, at any depth (a legit file entry has ~8)
 
+
 class _Schema:
     """One message type: its submessage fields (by number) and its scalar fields (packed when repeated)."""
 
@@ -37,8 +38,7 @@ class _Schema:
 _MANIFEST = _Schema(pb.Manifest.DESCRIPTOR)
 
 
-def check_parse_cost(data: bytes, *, source: str, max_entries: int = MAX_ENTRIES,
-                     max_fields: int = MAX_FIELDS) -> int:
+def check_parse_cost(data: bytes, *, source: str, max_entries: int = MAX_ENTRIES, max_fields: int = MAX_FIELDS) -> int:
     """The number of entries in ``data``; IntegrityError when it has more than ``max_entries`` entries
     or ``max_fields`` fields, CorruptManifest when its wire format is broken."""
     fields = 0

@@ -67,10 +67,19 @@ def to_proto(r: Resource) -> pb.Resource:
         text, raw = _escaped(r.paths[0])
         if raw is None:
             if r.mtime_ns is None:
-                return pb.Resource(path=(text,), uid=r.uid, gid=r.gid, mode=gm.perm_to_go(r.perm), size=r.size,
-                                   digest=(r.digest,))
-            return pb.Resource(path=(text,), uid=r.uid, gid=r.gid, mode=gm.perm_to_go(r.perm), size=r.size,
-                               digest=(r.digest,), mtime_ns=r.mtime_ns, has_mtime=True)
+                return pb.Resource(
+                    path=(text,), uid=r.uid, gid=r.gid, mode=gm.perm_to_go(r.perm), size=r.size, digest=(r.digest,)
+                )
+            return pb.Resource(
+                path=(text,),
+                uid=r.uid,
+                gid=r.gid,
+                mode=gm.perm_to_go(r.perm),
+                size=r.size,
+                digest=(r.digest,),
+                mtime_ns=r.mtime_ns,
+                has_mtime=True,
+            )
     out = pb.Resource()
     raws: list[bytes] = []
     any_raw = False
@@ -166,8 +175,11 @@ def from_proto(msg: pb.Resource) -> Resource:
     perm = mode & 0o777
     if mode & _SPECIAL_BITS:
         perm = gm.go_to_perm(mode)
-    xattrs = tuple((os.fsdecode(x.raw_name) if x.raw_name else x.name, bytes(x.data)) for x in msg.xattr) \
-        if msg.xattr else ()
+    xattrs = (
+        tuple((os.fsdecode(x.raw_name) if x.raw_name else x.name, bytes(x.data)) for x in msg.xattr)
+        if msg.xattr
+        else ()
+    )
     mtime_ns = msg.mtime_ns if msg.has_mtime else None
     ads = tuple(AdsEntry(a.name, bytes(a.data), a.digest) for a in msg.ads) if msg.ads else ()
     whiteout = msg.whiteout
@@ -184,10 +196,28 @@ def from_proto(msg: pb.Resource) -> Resource:
             digest = sha[0]
         chunks = tuple(Chunk(c.digest, c.begin, c.end) for c in msg.chunk) if msg.chunk else ()
         holes = tuple((h.begin, h.end) for h in msg.hole) if msg.hole else ()
-        return RegularFile(paths=paths, perm=perm, uid=msg.uid, gid=msg.gid, xattrs=xattrs, mtime_ns=mtime_ns,
-                           ads=ads, size=msg.size, digest=digest, chunks=chunks, holes=holes)
-    common: dict[str, Any] = {"paths": paths, "perm": perm, "uid": msg.uid, "gid": msg.gid, "xattrs": xattrs,
-                              "mtime_ns": mtime_ns, "ads": ads}
+        return RegularFile(
+            paths=paths,
+            perm=perm,
+            uid=msg.uid,
+            gid=msg.gid,
+            xattrs=xattrs,
+            mtime_ns=mtime_ns,
+            ads=ads,
+            size=msg.size,
+            digest=digest,
+            chunks=chunks,
+            holes=holes,
+        )
+    common: dict[str, Any] = {
+        "paths": paths,
+        "perm": perm,
+        "uid": msg.uid,
+        "gid": msg.gid,
+        "xattrs": xattrs,
+        "mtime_ns": mtime_ns,
+        "ads": ads,
+    }
     if typ != 0 and (msg.size or msg.digest or msg.chunk or msg.hole):
         raise _bad(paths, "size or digest on a resource that is not a regular file")
     if typ != gm.MODE_SYMLINK and (msg.target or msg.raw_target):
@@ -235,8 +265,9 @@ def loads(data: bytes, *, source: str = "manifest") -> Manifest:
     return Manifest.of(resources)
 
 
-def split_entries(data: bytes, *, source: str = "manifest", starts: list[int] | None = None,
-                  plain: list[bool] | None = None) -> tuple[list[bytes], list[tuple[str, ...]]]:
+def split_entries(
+    data: bytes, *, source: str = "manifest", starts: list[int] | None = None, plain: list[bool] | None = None
+) -> tuple[list[bytes], list[tuple[str, ...]]]:
     """Each resource's encoded bytes and its paths, without decoding the rest (apply's fast path).
 
     Reads only the framing (field 1 of ``Manifest``) and each resource's
@@ -274,9 +305,13 @@ def split_entries(data: bytes, *, source: str = "manifest", starts: list[int] | 
             # The common case: one path shorter than 128 bytes, first in the entry, within it.
             plen = data[i + 1] if end - i >= 2 else 0x80
             pend = i + 2 + plen
-            if (data[i] == 0x0A and plen < 0x80 and (pend == end or (pend < end and data[pend] != 0x0A))
-                    and not (has_raw and data.find(b"\x9a\x01", i, end) >= 0)):
-                p = data[i + 2:i + 2 + plen].decode()
+            if (
+                data[i] == 0x0A
+                and plen < 0x80
+                and (pend == end or (pend < end and data[pend] != 0x0A))
+                and not (has_raw and data.find(b"\x9a\x01", i, end) >= 0)
+            ):
+                p = data[i + 2 : i + 2 + plen].decode()
                 if "\\" not in p:
                     if "/." in p or "//" in p or not p.startswith("/") or p.endswith("/"):
                         _check_path(p, source)
@@ -350,9 +385,14 @@ def _plain_at(data: bytes, i: int, end: int) -> bool:
 
 def first_path(entry: bytes) -> str:
     """The primary path of an encoded entry (its first path field)."""
-    if (len(entry) > 2 and entry[0] == 0x0A and entry[1] < 0x80 and 2 + entry[1] <= len(entry)
-            and b"\x9a\x01" not in entry):  # no raw_path (field 19), whose paths would be the ones
-        p = entry[2:2 + entry[1]].decode("utf-8", "replace")
+    if (
+        len(entry) > 2
+        and entry[0] == 0x0A
+        and entry[1] < 0x80
+        and 2 + entry[1] <= len(entry)
+        and b"\x9a\x01" not in entry
+    ):  # no raw_path (field 19), whose paths would be the ones
+        p = entry[2 : 2 + entry[1]].decode("utf-8", "replace")
         if "\\" not in p and "\ufffd" not in p:
             return p
     return decode_entry(entry).paths[0]
@@ -429,4 +469,3 @@ def dumps_json(m: Manifest) -> str:
     from castore.textsafe import json_text
 
     return json_text({"resources": [resource_json(r) for r in m.resources]})
-

@@ -10,9 +10,21 @@ from castore.units import iso_ns
 
 #: Attributes a comparison knows, for --ignore-attr.
 ATTRS = ("type", "mode", "uid", "gid", "size", "digest", "target", "device", "xattr", "mtime", "links", "ads")
-ALIASES = {"owner": ("uid", "gid"), "xattrs": ("xattr",), "devices": ("device",), "major": ("device",),
-           "minor": ("device",), "hardlinks": ("links",), "content": ("size", "digest"), "time": ("mtime",),
-           "mtimes": ("mtime",), "perm": ("mode",), "permissions": ("mode",), "chunks": (), "streams": ("ads",)}
+ALIASES = {
+    "owner": ("uid", "gid"),
+    "xattrs": ("xattr",),
+    "devices": ("device",),
+    "major": ("device",),
+    "minor": ("device",),
+    "hardlinks": ("links",),
+    "content": ("size", "digest"),
+    "time": ("mtime",),
+    "mtimes": ("mtime",),
+    "perm": ("mode",),
+    "permissions": ("mode",),
+    "chunks": (),
+    "streams": ("ads",),
+}
 CONTENT_ATTRS = frozenset({"type", "size", "digest", "target", "device", "ads"})
 
 
@@ -58,8 +70,9 @@ def _ads_text(ads: tuple[AdsEntry, ...]) -> str:
     return f"{len(ads)} alternate data stream(s) " + "{" + ", ".join(a.name for a in ads) + "}"
 
 
-def compare(path: str, want: Resource, got: Resource, ignore: frozenset[str] = frozenset(),
-            ignore_mode_bits: int = 0) -> list[Difference]:
+def compare(
+    path: str, want: Resource, got: Resource, ignore: frozenset[str] = frozenset(), ignore_mode_bits: int = 0
+) -> list[Difference]:
     """Every attribute of ``got`` that differs from ``want``, at ``path``."""
     out: list[Difference] = []
 
@@ -88,8 +101,11 @@ def compare(path: str, want: Resource, got: Resource, ignore: frozenset[str] = f
             add("target", repr(want.target), repr(got.target))
     elif isinstance(want, Device) and isinstance(got, Device):
         if (want.char, want.major, want.minor) != (got.char, got.major, got.minor):
-            add("device", f"{'c' if want.char else 'b'} {want.major}:{want.minor}",
-                f"{'c' if got.char else 'b'} {got.major}:{got.minor}")
+            add(
+                "device",
+                f"{'c' if want.char else 'b'} {want.major}:{want.minor}",
+                f"{'c' if got.char else 'b'} {got.major}:{got.minor}",
+            )
     if want.xattrs != got.xattrs:
         add("xattr", _xattr_text(want.xattrs), _xattr_text(got.xattrs))
     if want.ads != got.ads:  # on Linux a tree has none: a checkout could not write them

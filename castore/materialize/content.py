@@ -32,6 +32,7 @@ class ContentWriter:
     chunk_lists: dict[str, tuple[Chunk, ...]]
 
     if TYPE_CHECKING:
+
         def _object_key(self, f: RegularFile | LinkRef) -> bytes: ...
 
     def record_keys(self, files: list[RegularFile | LinkRef]) -> list[bytes]:
@@ -60,7 +61,7 @@ class ContentWriter:
                 raw = self.records.get(b"o" + f.key)
                 if raw is not None and len(raw) == _RECORD_LEN and raw[0] == RECORD_V2:
                     if OBJECT_RECORD.unpack(raw)[2] >= self.threshold:
-                        out.add("sha256:" + raw[_STAT_LEN:_STAT_LEN + 32].hex())
+                        out.add("sha256:" + raw[_STAT_LEN : _STAT_LEN + 32].hex())
                     continue
             r = resource_of(f)
             if not r.chunks and r.size >= self.threshold:
@@ -79,6 +80,7 @@ class ContentWriter:
         if not chunks or chunks[-1].end != r.size:
             return r
         import dataclasses
+
         return dataclasses.replace(r, chunks=chunks)
 
     def _record(self, key: bytes) -> bytes | None:
@@ -161,8 +163,9 @@ class ContentWriter:
                         fs.pwrite_sparse(out_fd, data, pos, ranges)
                     pos += len(data)
                 if h is not None and "sha256:" + h.hexdigest() != digest:
-                    raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {r.path}; "
-                                         "run `continuity fsck`")
+                    raise IntegrityError(
+                        f"blob {digest} is corrupt (digest mismatch) for {r.path}; run `continuity fsck`"
+                    )
             finally:
                 os.close(fd)
         if ranges is not None:

@@ -29,6 +29,7 @@ class NodeWriter:
     noted_xattr_skip: bool
 
     if TYPE_CHECKING:
+
         def link_object(self, dir_fd: int, name: str, f: RegularFile | LinkRef) -> None: ...
 
         def write_content(self, r: RegularFile, out_fd: int) -> None: ...
@@ -36,8 +37,10 @@ class NodeWriter:
     def _skipped(self, names: list[str], r: Entry) -> None:
         if names and not self.noted_xattr_skip:
             self.noted_xattr_skip = True
-            self.opts.note(f"{r.path}: xattrs {', '.join(names)} have no Linux namespace; "  # type: ignore
-                           "not set (further ones not reported)")
+            self.opts.note(
+                f"{r.path}: xattrs {', '.join(names)} have no Linux namespace; "  # type: ignore
+                "not set (further ones not reported)"
+            )
 
     def file_metadata(self, fd: int, r: Entry) -> None:
         """Owner, mode, xattrs, mtime on an open file (the safe order)."""
@@ -83,8 +86,7 @@ class NodeWriter:
             try:
                 os.mknod(name, kind | 0o600, os.makedev(r.major, r.minor), dir_fd=dir_fd)
             except PermissionError as exc:
-                raise UnsafeInput(f"{path}: cannot create a device node without privilege; "
-                                  "use --devices skip") from exc
+                raise UnsafeInput(f"{path}: cannot create a device node without privilege; use --devices skip") from exc
             self.path_metadata(dir_fd, name, r)
         elif isinstance(r, NamedPipe):
             os.mkfifo(name, 0o600, dir_fd=dir_fd)
@@ -99,8 +101,7 @@ class NodeWriter:
                 os.mknod(name, stat.S_IFCHR | 0o000, 0, dir_fd=dir_fd)
                 self.path_metadata(dir_fd, name, r)  # owner, then its permission bits
             elif self.opts.whiteouts == "oci":
-                fd = os.open(".wh." + name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o000,
-                             dir_fd=dir_fd)
+                fd = os.open(".wh." + name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o000, dir_fd=dir_fd)
                 os.close(fd)
                 self.path_metadata(dir_fd, ".wh." + name, r)
             else:
@@ -116,8 +117,7 @@ class NodeWriter:
         elif r.opaque and self.opts.whiteouts == "oci":
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
             try:
-                os.close(os.open(".wh..wh..opq", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0,
-                                 dir_fd=fd))
+                os.close(os.open(".wh..wh..opq", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0, dir_fd=fd))
             finally:
                 os.close(fd)
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
@@ -136,6 +136,7 @@ def relative_target(link_path: str, target: str) -> str:
 
 def _make_socket(dir_fd: int, name: str) -> None:
     import socket
+
     path = fs.proc_path(dir_fd, name)
     if len(os.fsencode(path)) > 100:
         raise ResourceLimit(f"socket name too long: {name}")

@@ -42,6 +42,7 @@ class ObjectLinker:
     _shards: dict[str, int]
 
     if TYPE_CHECKING:
+
         def _record(self, key: bytes) -> bytes | None: ...
 
         def _hash_blob_fd(self, fd: int, digest: str, size: int) -> None: ...
@@ -118,8 +119,13 @@ class ObjectLinker:
         The metadata is checked on ``st`` (no fstat after the open): the name is what gets
         linked afterwards anyway, and only a checkout replaces an object, with a good one."""
         _, _, size, mtime, _, d, perm, uid, gid, _ = OBJECT_RECORD.unpack(raw)
-        if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns) != (perm, uid, gid, size,
-                                                                                            mtime):
+        if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns) != (
+            perm,
+            uid,
+            gid,
+            size,
+            mtime,
+        ):
             return False
         if not stat.S_ISREG(st.st_mode):
             return False
@@ -169,8 +175,9 @@ class ObjectLinker:
             st = os.stat(k, dir_fd=sfd, follow_symlinks=False)
             if proven and raw is not None and len(raw) == _RECORD_LEN and raw[0] == RECORD_V2:
                 # The record's fixed part (digest, perm, uid, gid: what fsck checks) carries over.
-                self.link_updates[rkey] = _pack_stat(RECORD_V2, st.st_ino, st.st_size, st.st_mtime_ns,
-                                                     st.st_ctime_ns) + raw[_STAT_LEN:]
+                self.link_updates[rkey] = (
+                    _pack_stat(RECORD_V2, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) + raw[_STAT_LEN:]
+                )
             else:
                 self.link_updates[rkey] = pack_object_record(st, resource_of(f))
             return
@@ -233,8 +240,9 @@ class ObjectLinker:
         self.verified_updates.clear()
         return [(k, updates[k]) for k in sorted(updates)]
 
-    def flush(self, extra: list[tuple[bytes, bytes]] | None = None,
-              before_commit: Callable[[], None] | None = None) -> None:
+    def flush(
+        self, extra: list[tuple[bytes, bytes]] | None = None, before_commit: Callable[[], None] | None = None
+    ) -> None:
         """Record verified blobs and hardlink objects (one LMDB transaction),
         with the sorted ``extra`` records gathered from a worker (take_updates).
         ``before_commit`` runs inside the transaction, just before it commits: a

@@ -72,5 +72,7 @@ def count_ads(items: Iterable[Resource | LinkRef]) -> int:
 def note_ads(n: int, note: Callable[[str], None]) -> None:
     """Say that ``n`` alternate data streams were not written (nothing silent)."""
     if n:
-        note(f"{n} alternate data stream{'s' if n != 1 else ''} not materialized "
-             "(Windows ADS; Linux has no place for them; `verify` reports them)")
+        note(
+            f"{n} alternate data stream{'s' if n != 1 else ''} not materialized "
+            "(Windows ADS; Linux has no place for them; `verify` reports them)"
+        )

@@ -34,8 +34,15 @@ class BlobReader:
     ``note`` receives one message per blob that fails (corrupt, wrong size, missing).
     """
 
-    def __init__(self, store: Store, *, cache_bytes: int = CACHE_BYTES, item_max: int = CACHE_ITEM_MAX,
-                 note: Callable[[str], None] | None = None, fetch: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        cache_bytes: int = CACHE_BYTES,
+        item_max: int = CACHE_ITEM_MAX,
+        note: Callable[[str], None] | None = None,
+        fetch: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.fetch = fetch  # lazy mounts: puts a missing blob into the store (verified) or raises
         self.cache_bytes, self.item_max = cache_bytes, item_max

@@ -145,11 +145,16 @@ class InodeTable:
             kind = stat.S_IFSOCK
         else:
             return None
-        node = Node(ino, kind | (0o777 if kind == stat.S_IFLNK else r.perm & 0o7777),
-                    self.uid if r.uid < 0 else r.uid, self.gid if r.gid < 0 else r.gid,
-                    self.now_ns if r.mtime_ns is None else r.mtime_ns, r.path,
-                    nlink=2 if kind == stat.S_IFDIR else len(r.paths),
-                    xattrs={os.fsencode(k): v for k, v in r.xattrs})
+        node = Node(
+            ino,
+            kind | (0o777 if kind == stat.S_IFLNK else r.perm & 0o7777),
+            self.uid if r.uid < 0 else r.uid,
+            self.gid if r.gid < 0 else r.gid,
+            self.now_ns if r.mtime_ns is None else r.mtime_ns,
+            r.path,
+            nlink=2 if kind == stat.S_IFDIR else len(r.paths),
+            xattrs={os.fsencode(k): v for k, v in r.xattrs},
+        )
         if isinstance(r, RegularFile):
             if r.chunks:
                 node.pieces = tuple((c.begin, c.end, c.digest) for c in r.chunks)
@@ -225,14 +230,17 @@ def check_mountpoint(path: str) -> str:
 
 def _load_pyfuse3() -> Any:
     if not os.path.exists("/dev/fuse"):
-        raise MountUnavailable("FUSE is not available: /dev/fuse is missing "
-                               "(load the fuse module; in a container, pass --device /dev/fuse)")
+        raise MountUnavailable(
+            "FUSE is not available: /dev/fuse is missing "
+            "(load the fuse module; in a container, pass --device /dev/fuse)"
+        )
     try:
         import pyfuse3
         import trio  # noqa: F401
     except ImportError as exc:
-        raise MountUnavailable(f"FUSE support is not installed ({exc.name or exc}): "
-                               "pip install 'continuity[fuse]' (needs libfuse3)") from None
+        raise MountUnavailable(
+            f"FUSE support is not installed ({exc.name or exc}): pip install 'continuity[fuse]' (needs libfuse3)"
+        ) from None
     return pyfuse3
 
 
@@ -248,12 +256,21 @@ def renew_lease(lease: Lease) -> None:
         rec = json.loads(raw)
         rec["expiry_ns"] = time.time_ns() + LEASE_TTL_NS
         txn.put(lease.id.encode(), json.dumps(rec).encode(), db=db)
+
     meta.write(fn)
 
 
-def mount(store: Store, manifest: Manifest, digest: str | None, mountpoint: str, *,
-          allow_other: bool = False, ready: Callable[[str], None] | None = None,
-          lease: Lease | None = None, fetch: Callable[[str], None] | None = None) -> None:
+def mount(
+    store: Store,
+    manifest: Manifest,
+    digest: str | None,
+    mountpoint: str,
+    *,
+    allow_other: bool = False,
+    ready: Callable[[str], None] | None = None,
+    lease: Lease | None = None,
+    fetch: Callable[[str], None] | None = None,
+) -> None:
     """Serve ``manifest`` (already validated) read-only at ``mountpoint`` until unmounted or signalled.
 
     Returns after a clean unmount (``fusermount3 -u``, SIGINT, SIGTERM or
@@ -272,8 +289,18 @@ def mount(store: Store, manifest: Manifest, digest: str | None, mountpoint: str,
 
     if fetch is not None:
         assert lease is not None, "a lazy mount brings its lease"
-        _serve_mount(pyfuse3, trio, InodeTable(manifest, uid=os.geteuid(), gid=os.getegid(), now_ns=time.time_ns()),
-                     BlobReader(store, fetch=fetch), lease, digest, full, mountpoint, allow_other, ready)
+        _serve_mount(
+            pyfuse3,
+            trio,
+            InodeTable(manifest, uid=os.geteuid(), gid=os.getegid(), now_ns=time.time_ns()),
+            BlobReader(store, fetch=fetch),
+            lease,
+            digest,
+            full,
+            mountpoint,
+            allow_other,
+            ready,
+        )
         return
     refs = store.content_refs(manifest)  # a file stored as chunks only is served by its chunks
     with store.lease([digest] if digest else sorted(refs)) as lease:
@@ -282,8 +309,18 @@ def mount(store: Store, manifest: Manifest, digest: str | None, mountpoint: str,
         _serve_mount(pyfuse3, trio, table, BlobReader(store), lease, digest, full, mountpoint, allow_other, ready)
 
 
-def _serve_mount(pyfuse3: Any, trio: Any, table: InodeTable, reader: BlobReader, lease: Lease, digest: str | None,
-                 full: str, mountpoint: str, allow_other: bool, ready: Callable[[str], None] | None) -> None:
+def _serve_mount(
+    pyfuse3: Any,
+    trio: Any,
+    table: InodeTable,
+    reader: BlobReader,
+    lease: Lease,
+    digest: str | None,
+    full: str,
+    mountpoint: str,
+    allow_other: bool,
+    ready: Callable[[str], None] | None,
+) -> None:
     """Mount ``table`` at ``full`` and serve it until unmounted (the lease is renewed meanwhile)."""
     ops = make_operations(pyfuse3, table, reader)
     options = set(MOUNT_OPTIONS) | {f"fsname=continuity:{digest[7:19]}" if digest else "fsname=continuity"}
@@ -331,8 +368,8 @@ async def _serve(pyfuse3: Any, lease: Lease) -> None:
 def make_operations(pyfuse3: Any, table: InodeTable, reader: BlobReader) -> Any:
     """A pyfuse3 ``Operations`` instance serving ``table`` read-only through ``reader``."""
     from castore.mount.operations import ReadOnlyOps
-    return ReadOnlyOps(table, reader)
 
+    return ReadOnlyOps(table, reader)
 
 
 __all__ = ["BlobReader", "InodeTable", "MountUnavailable", "Node", "check_mountpoint", "make_operations", "mount"]

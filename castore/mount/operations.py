@@ -158,9 +158,22 @@ class ReadOnlyOps(pyfuse3.Operations):
 def _async_erofs() -> Callable[..., Any]:
     async def op(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise FUSEError(errno.EROFS)
+
     return op
 
 
-for _op in ("setattr", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "write", "create",
-            "setxattr", "removexattr"):
+for _op in (
+    "setattr",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+    "write",
+    "create",
+    "setxattr",
+    "removexattr",
+):
     setattr(ReadOnlyOps, _op, _async_erofs())

@@ -13,8 +13,14 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "PullResult": "pull", "pull": "pull", "PushResult": "push", "push": "push", "Reference": "ref",
-    "parse_reference": "ref", "Registry": "client", "RemoteError": "client",
+    "PullResult": "pull",
+    "pull": "pull",
+    "PushResult": "push",
+    "push": "push",
+    "Reference": "ref",
+    "parse_reference": "ref",
+    "Registry": "client",
+    "RemoteError": "client",
 }
 
 

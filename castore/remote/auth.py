@@ -68,8 +68,11 @@ def auth_files(authfile: str | None = None) -> list[str]:
     home = os.path.expanduser("~")
     config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
     docker = os.environ.get("DOCKER_CONFIG") or os.path.join(home, ".docker")
-    files = [auth_file_for_write(authfile), os.path.join(config, "containers", "auth.json"),
-             os.path.join(docker, "config.json")]
+    files = [
+        auth_file_for_write(authfile),
+        os.path.join(config, "containers", "auth.json"),
+        os.path.join(docker, "config.json"),
+    ]
     out: list[str] = []
     for f in files:
         if f not in out:
@@ -104,8 +107,14 @@ def _keys_for(registry: str, repo: str | None) -> list[str]:
     if repo:
         parts = repo.split("/")
         keys += [f"{registry}/{'/'.join(parts[:i])}" for i in range(len(parts), 0, -1)]
-    keys += [registry, f"https://{registry}", f"http://{registry}", f"{registry}/v1/", f"https://{registry}/v1/",
-             f"https://{registry}/v2/"]
+    keys += [
+        registry,
+        f"https://{registry}",
+        f"http://{registry}",
+        f"{registry}/v1/",
+        f"https://{registry}/v1/",
+        f"https://{registry}/v2/",
+    ]
     if registry in ("docker.io", "registry-1.docker.io", "index.docker.io"):
         keys.append("https://index.docker.io/v1/")
     return keys
@@ -161,8 +170,10 @@ def helper_get(name: str, server: str) -> Credentials | None:
     try:
         p = subprocess.run([prog, "get"], input=server.encode(), capture_output=True, timeout=HELPER_TIMEOUT)
     except FileNotFoundError:
-        raise CredentialError(f"credential helper {prog} is not installed (install it, or remove "
-                              f"{name!r} from credHelpers/credsStore, or use --creds)") from None
+        raise CredentialError(
+            f"credential helper {prog} is not installed (install it, or remove "
+            f"{name!r} from credHelpers/credsStore, or use --creds)"
+        ) from None
     except subprocess.TimeoutExpired:
         raise CredentialError(f"credential helper {prog} did not answer within {HELPER_TIMEOUT:.0f} s") from None
     except OSError as exc:
@@ -173,14 +184,16 @@ def helper_get(name: str, server: str) -> Credentials | None:
         msg = text[0][:160] if text else f"exit status {p.returncode}"
         if "credentials not found" in msg.lower():
             return None
-        raise CredentialError(f"credential helper {prog} failed for {server}: {msg!r} "
-                              "(fix the helper, or use --creds USER[:PASS])")
+        raise CredentialError(
+            f"credential helper {prog} failed for {server}: {msg!r} (fix the helper, or use --creds USER[:PASS])"
+        )
     try:
         doc = json.loads(out)
         user, secret = doc["Username"], doc["Secret"]
     except (ValueError, KeyError, TypeError, RecursionError):
-        raise CredentialError(f"credential helper {prog} answered something else than "
-                              '{"Username": ..., "Secret": ...}') from None
+        raise CredentialError(
+            f'credential helper {prog} answered something else than {{"Username": ..., "Secret": ...}}'
+        ) from None
     if not isinstance(user, str) or not isinstance(secret, str):
         raise CredentialError(f"credential helper {prog}: Username and Secret must be strings")
     return Credentials(user, secret, prog)

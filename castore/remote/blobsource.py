@@ -75,8 +75,9 @@ class Stats:
 class RemoteBlobs:
     """One remote tree's blobs, each read on demand and verified before it is returned. Thread-safe."""
 
-    def __init__(self, reg: Registry, where: Mapping[str, Where], sizes: Mapping[str, int], counter: Counter,
-                 tmp_dir: str) -> None:
+    def __init__(
+        self, reg: Registry, where: Mapping[str, Where], sizes: Mapping[str, int], counter: Counter, tmp_dir: str
+    ) -> None:
         self.reg, self.where, self.sizes, self.counter, self.tmp_dir = reg, where, sizes, counter, tmp_dir
         self.stats = Stats()
 
@@ -139,7 +140,7 @@ class RemoteBlobs:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
 
@@ -173,8 +174,9 @@ class RemoteTree:
     opened_bytes: int  # what opening cost on the wire (manifest, pack indexes); reads add to blobs.counter
 
 
-def open_remote_tree(store: Store, reg: Registry, ref: Reference, tmp_dir: str, *, jobs: int = 4,
-                     policy: Policy | None = None) -> RemoteTree:
+def open_remote_tree(
+    store: Store, reg: Registry, ref: Reference, tmp_dir: str, *, jobs: int = 4, policy: Policy | None = None
+) -> RemoteTree:
     """Read what a listing needs (OCI manifest, continuity manifest, pack indexes), nothing else.
 
     ``tmp_dir`` (a lease's) receives the downloads while they are checked.
@@ -210,8 +212,16 @@ def open_remote_tree(store: Store, reg: Registry, ref: Reference, tmp_dir: str, 
             for i, d in enumerate(order):
                 sequence.setdefault(d, (order, i))
     kinds = {d: d in sequence for d in refs}
-    return RemoteTree(manifest, first.digest, data, oci_digest, RemoteBlobs(reg, where, sizes, counter, tmp_dir), kinds,
-                      sequence, counter.total)
+    return RemoteTree(
+        manifest,
+        first.digest,
+        data,
+        oci_digest,
+        RemoteBlobs(reg, where, sizes, counter, tmp_dir),
+        kinds,
+        sequence,
+        counter.total,
+    )
 
 
 __all__ = ["BlobSource", "RemoteBlobs", "RemoteTree", "Stats", "open_remote_tree"]

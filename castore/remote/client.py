@@ -88,9 +88,17 @@ class Access:
 class Registry:
     """One repository of one registry. Thread-safe: transfers run on a pool sharing one connection pool."""
 
-    def __init__(self, ref: Reference, *, username: str | None = None, password: str | None = None,
-                 push: bool = False, jobs: int = 4, timeout: float | None = None,
-                 access: Access | None = None) -> None:
+    def __init__(
+        self,
+        ref: Reference,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        push: bool = False,
+        jobs: int = 4,
+        timeout: float | None = None,
+        access: Access | None = None,
+    ) -> None:
         if timeout is None:
             timeout = _env_timeout()
         self.timeout = timeout
@@ -136,9 +144,16 @@ class Registry:
         return time.monotonic() + 2 * self.timeout + limit / MIN_RATE
 
     @contextmanager
-    def _stream(self, method: str, url: str, *, headers: dict[str, str] | None = None,
-                content: bytes | Iterator[bytes] | None = None, authz: str | None = None,
-                authz_origin: tuple[str, str] | None = None) -> Iterator[httpx.Response]:
+    def _stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        content: bytes | Iterator[bytes] | None = None,
+        authz: str | None = None,
+        authz_origin: tuple[str, str] | None = None,
+    ) -> Iterator[httpx.Response]:
         """One request, its body unread; redirects followed here (at most MAX_REDIRECTS, bodies never read).
 
         Credentials (``authz``, default the registry's) go only to ``authz_origin`` (default the
@@ -166,8 +181,14 @@ class Registry:
             url = str(nxt)
         raise RemoteError(f"{self.where}: {method} {url[:100]}: more than {MAX_REDIRECTS} redirects")
 
-    def _send(self, method: str, url: str, *, headers: dict[str, str] | None = None,
-              content: bytes | Iterator[bytes] | None = None) -> Answer:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        content: bytes | Iterator[bytes] | None = None,
+    ) -> Answer:
         """One request; the answer's body is read, bounded (registries answer small JSON or nothing)."""
         with self._stream(method, url, headers=headers, content=content) as resp:
             body = b"" if method == "HEAD" else _bounded_body(resp, self.small_deadline())
@@ -180,8 +201,10 @@ class Registry:
             self._stored_creds()
             if scheme == "basic":
                 if self._creds is None:
-                    raise RemoteError(f"{self.where}: authentication required: run 'continuity login "
-                                      f"{self.ref.registry}' or give --creds USER[:PASSWORD]")
+                    raise RemoteError(
+                        f"{self.where}: authentication required: run 'continuity login "
+                        f"{self.ref.registry}' or give --creds USER[:PASSWORD]"
+                    )
                 raw = f"{self._creds[0]}:{self._creds[1]}".encode()
                 self._authz = "Basic " + base64.b64encode(raw).decode()
             elif scheme == "bearer" and params.get("realm", "").startswith(("https://", "http://")):
@@ -192,8 +215,10 @@ class Registry:
                 basic = None
                 if self._creds:
                     if self.ref.scheme == "https" and not params["realm"].startswith("https://"):
-                        raise RemoteError(f"{self.where}: the token realm {params['realm'][:100]!r} is plain http; "
-                                          "credentials are not sent there")
+                        raise RemoteError(
+                            f"{self.where}: the token realm {params['realm'][:100]!r} is plain http; "
+                            "credentials are not sent there"
+                        )
                     basic = "Basic " + base64.b64encode(f"{self._creds[0]}:{self._creds[1]}".encode()).decode()
                 what = f"{self.where}: token request to {params['realm'][:100]}"
                 try:
@@ -209,8 +234,7 @@ class Registry:
                     reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
                     raise RemoteError(f"{what}: {reason}") from None
                 if status in (401, 403):
-                    raise RemoteError(f"{self.where}: token request refused ({status}): "
-                                      + self._creds_hint())
+                    raise RemoteError(f"{self.where}: token request refused ({status}): " + self._creds_hint())
                 if status != 200:
                     raise RemoteError(f"{self.where}: token request refused ({status})")
                 try:
@@ -257,11 +281,12 @@ class Registry:
                 reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
                 attempt = RETRIES
             if attempt >= RETRIES:
-                raise RemoteError(f"{self.where}: {what}: {reason}"
-                                  + (f" (after {attempt + 1} attempts)" if attempt else ""))
+                raise RemoteError(
+                    f"{self.where}: {what}: {reason}" + (f" (after {attempt + 1} attempts)" if attempt else "")
+                )
             attempt += 1
             if wait is None:
-                wait = min(MAX_BACKOFF, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2)
+                wait = min(MAX_BACKOFF, 0.25 * 2**attempt) * (0.5 + random.random() / 2)
             time.sleep(min(wait, MAX_BACKOFF))
 
     def _check(self, ans: Answer, what: str, ok: tuple[int, ...]) -> None:
@@ -271,8 +296,9 @@ class Registry:
             raise _Unauthorized(ans.headers.get("www-authenticate", ""))
         text = _error_text(ans.status, ans.reason, ans.body)
         if ans.status == 400 and b"HTTP request to an HTTPS server" in ans.body:
-            raise RemoteError(f"{self.where}: the registry speaks https, not plain http: drop --insecure "
-                              "(or use an https:// prefix)")
+            raise RemoteError(
+                f"{self.where}: the registry speaks https, not plain http: drop --insecure (or use an https:// prefix)"
+            )
         if ans.status == 429 or ans.status >= 500:
             raise _Transient(f"{ans.status} {text}", _retry_after(ans.headers.get("retry-after")))
         if ans.status == 404:
@@ -293,9 +319,11 @@ class Registry:
 
     def _creds_hint(self) -> str:
         if self._creds is None:
-            return (f"no credentials: run 'continuity login {self.ref.registry}' or give --creds USER[:PASSWORD]")
-        return (f"user {self._creds[0]!r} (credentials {self._creds_source}) was refused: check the password, "
-                f"run 'continuity login {self.ref.registry}' or give --creds USER[:PASSWORD]")
+            return f"no credentials: run 'continuity login {self.ref.registry}' or give --creds USER[:PASSWORD]"
+        return (
+            f"user {self._creds[0]!r} (credentials {self._creds_source}) was refused: check the password, "
+            f"run 'continuity login {self.ref.registry}' or give --creds USER[:PASSWORD]"
+        )
 
     def ping(self) -> None:
         """GET /v2/, logging in when challenged: checks the registry is there and the credentials work."""
@@ -303,18 +331,21 @@ class Registry:
 
         def go() -> None:
             self._check(self._send("GET", url), "GET /v2/", (200,))
+
         self._call("GET /v2/", go)
 
     # --------------------------------------------------------------- blobs
 
     def has_blob(self, digest: str) -> bool:
         """HEAD the blob: True when the repository already has it."""
+
         def go() -> bool:
             ans = self._send("HEAD", f"{self.ref.base}/blobs/{digest}")
             if ans.status == 404:
                 return False
             self._check(ans, f"HEAD blob {digest}", (200,))
             return True
+
         return self._call(f"HEAD blob {digest}", go)
 
     def upload_blob(self, digest: str, size: int, source: bytes | Callable[[], int]) -> None:
@@ -329,6 +360,7 @@ class Registry:
             self._upload_memory(digest, source)
             return
         opener = source
+
         def go() -> None:
             ans = self._send("POST", f"{self.ref.base}/blobs/uploads/")
             self._check(ans, f"upload of {digest}", (202,))
@@ -347,13 +379,13 @@ class Registry:
                     put = self._send("PUT", url, headers=hdrs, content=body)
                 else:
                     h = hashlib.sha256()
-                    put = self._send("PUT", url, headers=hdrs,
-                                     content=_hashing_reader(fd, size, h, self.abort, digest))
+                    put = self._send("PUT", url, headers=hdrs, content=_hashing_reader(fd, size, h, self.abort, digest))
                     if "sha256:" + h.hexdigest() != digest:
                         raise IntegrityError(f"store blob {digest} is corrupt (digest mismatch; run fsck)")
             finally:
                 os.close(fd)
             self._check(put, f"upload of {digest}", (201, 204))
+
         self._call(f"upload of {digest}", go)
 
     def _upload_memory(self, digest: str, data: bytes | bytearray) -> None:
@@ -374,6 +406,7 @@ class Registry:
             body = bytes(view) if len(view) <= PIECE else _pieces(view, self.abort)
             put = self._send("PUT", url, headers=hdrs, content=body)
             self._check(put, f"upload of {digest}", (201, 204))
+
         self._call(f"upload of {digest}", go)
 
     def fetch_blob(self, digest: str, size: int, path: str) -> None:
@@ -383,6 +416,7 @@ class Registry:
         mismatch, or when the registry lists the blob but cannot serve it;
         ``path`` is removed on failure.
         """
+
         def go() -> None:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
             ok = False
@@ -393,6 +427,7 @@ class Registry:
                 os.close(fd)
                 if not ok:
                     os.unlink(path)
+
         self._call(f"GET blob {digest}", go)
 
     # ----------------------------------------------------------- manifests
@@ -403,12 +438,16 @@ class Registry:
         what = f"manifest {self.ref.repo}{sep}{reference}"
 
         def go() -> tuple[bytes, str]:
-            with self._stream("GET", f"{self.ref.base}/manifests/{reference}",
-                              headers={"Accept": accept or f"{OCI_MANIFEST}, {OCI_INDEX};q=0.5"}) as resp:
+            with self._stream(
+                "GET",
+                f"{self.ref.base}/manifests/{reference}",
+                headers={"Accept": accept or f"{OCI_MANIFEST}, {OCI_INDEX};q=0.5"},
+            ) as resp:
                 if resp.status_code != 200:
                     body = _bounded_body(resp, self.small_deadline())
-                    self._check(Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase),
-                                what, (200,))
+                    self._check(
+                        Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase), what, (200,)
+                    )
                 length = resp.headers.get("content-length")
                 if length is not None and length.isdigit() and int(length) > limit:
                     raise IntegrityError(f"{self.where}: {what} is {length} bytes (limit {limit})")
@@ -422,16 +461,20 @@ class Registry:
                     if len(data) > limit:
                         raise IntegrityError(f"{self.where}: {what} exceeds {limit} bytes")
                 return bytes(data), resp.headers.get("content-type", "")
+
         return self._call(f"GET {what}", go)
 
     def put_manifest(self, tag: str, data: bytes) -> str | None:
         """PUT the OCI manifest under ``tag``; return the digest the registry reports, if any."""
+
         def go() -> str | None:
-            ans = self._send("PUT", f"{self.ref.base}/manifests/{tag}", content=data,
-                             headers={"Content-Type": OCI_MANIFEST})
+            ans = self._send(
+                "PUT", f"{self.ref.base}/manifests/{tag}", content=data, headers={"Content-Type": OCI_MANIFEST}
+            )
             self._check(ans, f"PUT manifest {self.ref.repo}:{tag}", (201, 200, 204))
             reported: str | None = ans.headers.get("docker-content-digest")
             return reported
+
         return self._call(f"PUT manifest {self.ref.repo}:{tag}", go)
 
     def get_referrers(self, digest: str, artifact_type: str) -> bytes | None:
@@ -439,11 +482,14 @@ class Registry:
         what = f"referrers of {self.ref.repo}@{digest}"
 
         def go() -> bytes | None:
-            ans = self._send("GET", f"{self.ref.base}/referrers/{digest}?{urlencode({'artifactType': artifact_type})}",
-                             headers={"Accept": OCI_INDEX})
+            ans = self._send(
+                "GET",
+                f"{self.ref.base}/referrers/{digest}?{urlencode({'artifactType': artifact_type})}",
+                headers={"Accept": OCI_INDEX},
+            )
             if ans.status == 404:
                 return None
             self._check(ans, what, (200,))
             return ans.body
-        return self._call(f"GET {what}", go)
 
+        return self._call(f"GET {what}", go)

@@ -41,14 +41,19 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-LAYER_TYPES = frozenset({
-    "application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd", "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.docker.image.rootfs.diff.tar", "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-})
+LAYER_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "application/vnd.docker.image.rootfs.diff.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    }
+)
 ACCEPT = f"{OCI_MANIFEST}, {DOCKER_MANIFEST}, {OCI_INDEX}, {DOCKER_LIST}"
 MAX_MANIFEST = 4 << 20
 MAX_CONFIG = 8 << 20
@@ -74,9 +79,19 @@ class Platform:
         return f"{self.os}/{self.arch}" + (f"/{self.variant}" if self.variant else "")
 
 
-_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
-         "armv6l": "arm", "i686": "386", "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x",
-         "riscv64": "riscv64"}
+_ARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "armv6l": "arm",
+    "i686": "386",
+    "i386": "386",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
 
 
 def host_platform() -> Platform:
@@ -102,7 +117,7 @@ def _json(raw: bytes, what: str) -> dict[str, object]:
 
 
 def kind_of(raw: bytes) -> str | None:
-    """"index" or "image" for an ordinary image manifest (not a continuity tree); None otherwise."""
+    """ "index" or "image" for an ordinary image manifest (not a continuity tree); None otherwise."""
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError):
@@ -113,8 +128,11 @@ def kind_of(raw: bytes) -> str | None:
     if mt in (OCI_INDEX, DOCKER_LIST) or (mt is None and isinstance(doc.get("manifests"), list)):
         return "index"
     config = doc.get("config")
-    if mt in (OCI_MANIFEST, DOCKER_MANIFEST, None) and isinstance(config, dict) \
-            and config.get("mediaType") in (OCI_CONFIG, DOCKER_CONFIG):
+    if (
+        mt in (OCI_MANIFEST, DOCKER_MANIFEST, None)
+        and isinstance(config, dict)
+        and config.get("mediaType") in (OCI_CONFIG, DOCKER_CONFIG)
+    ):
         return "image"
     return None
 
@@ -139,11 +157,17 @@ def choose(raw: bytes, want: Platform, what: str) -> Descriptor:
             continue
         p = Platform(str(plat.get("os", "")), str(plat.get("architecture", "")), str(plat.get("variant", "") or ""))
         have.append(str(p))
-        if p.os == want.os and p.arch == want.arch and (not want.variant or p.variant == want.variant) \
-                and d.media_type in (OCI_MANIFEST, DOCKER_MANIFEST):
+        if (
+            p.os == want.os
+            and p.arch == want.arch
+            and (not want.variant or p.variant == want.variant)
+            and d.media_type in (OCI_MANIFEST, DOCKER_MANIFEST)
+        ):
             return d
-    raise NotFound(f"{what}: no image for {want} (the index has: {', '.join(have[:20]) or 'none'}); "
-                   "choose one with --platform OS/ARCH[/VARIANT]")
+    raise NotFound(
+        f"{what}: no image for {want} (the index has: {', '.join(have[:20]) or 'none'}); "
+        "choose one with --platform OS/ARCH[/VARIANT]"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +189,9 @@ def parse_image(raw: bytes, what: str) -> Image:
     descs = tuple(_descriptor(x, f"{what}: layer {i}") for i, x in enumerate(layers))
     for i, d in enumerate(descs):
         if d.media_type not in LAYER_TYPES:
-            raise UnsafeInput(f"{what}: layer {i} has media type {d.media_type[:100]!r}, not a tar layer "
-                              "(tar, tar+gzip or tar+zstd)")
+            raise UnsafeInput(
+                f"{what}: layer {i} has media type {d.media_type[:100]!r}, not a tar layer (tar, tar+gzip or tar+zstd)"
+            )
     if config.size > MAX_CONFIG:
         raise IntegrityError(f"{what}: config of {config.size} bytes (limit {MAX_CONFIG})")
     return Image(config, descs)
@@ -187,8 +212,10 @@ def _check_config(raw: bytes, img: Image, what: str) -> None:
     rootfs = doc.get("rootfs")
     ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(ids, list) or len(ids) != len(img.layers):
-        raise IntegrityError(f"{what}: config rootfs.diff_ids lists {len(ids) if isinstance(ids, list) else 'no'} "
-                             f"layers, the manifest {len(img.layers)}")
+        raise IntegrityError(
+            f"{what}: config rootfs.diff_ids lists {len(ids) if isinstance(ids, list) else 'no'} "
+            f"layers, the manifest {len(img.layers)}"
+        )
 
 
 def resolve(src: Source, raw: bytes, what: str, platform: Platform | None) -> tuple[bytes, str]:
@@ -206,8 +233,16 @@ def resolve(src: Source, raw: bytes, what: str, platform: Platform | None) -> tu
 
 
 @bulk
-def pull_image(store: Store, src: Source, raw: bytes, what: str, *, name: str | None, jobs: int = 4,
-               platform: Platform | None = None) -> tuple[str, str, int, int]:
+def pull_image(
+    store: Store,
+    src: Source,
+    raw: bytes,
+    what: str,
+    *,
+    name: str | None,
+    jobs: int = 4,
+    platform: Platform | None = None,
+) -> tuple[str, str, int, int]:
     """Flatten the image ``raw`` (a manifest or an index) from ``src`` into ``store``.
 
     Returns (manifest digest, image manifest digest, layers downloaded, their bytes).
@@ -248,8 +283,9 @@ def pull_image(store: Store, src: Source, raw: bytes, what: str, *, name: str | 
 
         pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(img.layers) or 1)), thread_name_prefix="layer")
         try:
-            futures: list[Future[tuple[str, Parsed | None]]] = [pool.submit(load, i, d)
-                                                                for i, d in enumerate(img.layers)]
+            futures: list[Future[tuple[str, Parsed | None]]] = [
+                pool.submit(load, i, d) for i, d in enumerate(img.layers)
+            ]
             for fut in futures:
                 path, parsed = fut.result()
                 if parsed is None:
@@ -271,7 +307,13 @@ def pull_image(store: Store, src: Source, raw: bytes, what: str, *, name: str | 
         manifest = flat.manifest()
         refs = manifest_refs(manifest)
         crashpoint("image-before-commit")
-        mdigest = commit_manifest(store, manifest, [(t, d) for d, t in staged.items() if d in refs],
-                                  {d: n for d, n in sizes.items() if d in refs}, name=name, sync_fd=lease.fd,
-                                  pinned=pinned & refs)
+        mdigest = commit_manifest(
+            store,
+            manifest,
+            [(t, d) for d, t in staged.items() if d in refs],
+            {d: n for d, n in sizes.items() if d in refs},
+            name=name,
+            sync_fd=lease.fd,
+            pinned=pinned & refs,
+        )
     return mdigest, image_digest, len(img.layers), sum(d.size for d in img.layers)

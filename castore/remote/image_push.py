@@ -41,7 +41,7 @@ class ImagePushResult:
 def _file_digest(path: str, *, gunzip: bool = False) -> tuple[str, int]:
     h = hashlib.sha256()
     n = 0
-    with (gzip.open(path, "rb") if gunzip else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if gunzip else open(path, "rb") as f:
         while piece := f.read(PIECE):
             h.update(piece)
             n += len(piece)
@@ -50,8 +50,12 @@ def _file_digest(path: str, *, gunzip: bool = False) -> tuple[str, int]:
 
 def image_config(diff_id: str) -> bytes:
     p = host_platform()
-    doc: dict[str, object] = {"architecture": p.arch, "os": p.os, "config": {},
-                              "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
+    doc: dict[str, object] = {
+        "architecture": p.arch,
+        "os": p.os,
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }
     if p.variant:
         doc["variant"] = p.variant
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
@@ -62,20 +66,35 @@ def image_manifest(config: bytes, layer_digest: str, layer_size: int, compress: 
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": hash_bytes(config), "size": len(config)},
-        "layers": [{"mediaType": LAYER_TAR + ("+gzip" if compress else ""), "digest": layer_digest,
-                    "size": layer_size}],
+        "layers": [
+            {"mediaType": LAYER_TAR + ("+gzip" if compress else ""), "digest": layer_digest, "size": layer_size}
+        ],
     }
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def push_image(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: str | None = None,
-               compress: bool = True, jobs: int = 4, access: Access | None = None) -> ImagePushResult:
+def push_image(
+    store: Store,
+    manifest: Manifest,
+    ref: Reference,
+    *,
+    manifest_digest: str | None = None,
+    compress: bool = True,
+    jobs: int = 4,
+    access: Access | None = None,
+) -> ImagePushResult:
     """Export ``manifest`` as a layer and push it to ``ref``'s tag as a one-layer OCI image."""
     with store.lease([manifest_digest] if manifest_digest else []) as lease:
         os.makedirs(lease.tmp_dir, mode=0o700)
         layer = os.path.join(lease.tmp_dir, "layer.tar" + (".gz" if compress else ""))
-        export_tar(store, manifest, layer, compress="gzip" if compress else None, whiteouts="oci",
-                   manifest_digest=manifest_digest)
+        export_tar(
+            store,
+            manifest,
+            layer,
+            compress="gzip" if compress else None,
+            whiteouts="oci",
+            manifest_digest=manifest_digest,
+        )
         layer_digest, layer_size = _file_digest(layer)
         diff_id = _file_digest(layer, gunzip=True)[0] if compress else layer_digest
         config = image_config(diff_id)

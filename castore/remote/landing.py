@@ -102,7 +102,7 @@ class Landing:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         except OSError as exc:
             os.close(fd)
             os.unlink(path)

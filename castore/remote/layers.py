@@ -99,8 +99,9 @@ class Flattener:
         paths: dict[int, list[str]] = {}
         for p, rid in self.at.items():
             paths.setdefault(rid, []).append(p)
-        out = [dataclasses.replace(self.res[rid], paths=tuple(sorted(ps, key=os.fsencode)))
-               for rid, ps in paths.items()]
+        out = [
+            dataclasses.replace(self.res[rid], paths=tuple(sorted(ps, key=os.fsencode))) for rid, ps in paths.items()
+        ]
         return Manifest.of(out)
 
 

@@ -42,8 +42,14 @@ READ_AHEAD = 4 << 20  # bytes of a file's following chunks fetched along with th
 class LazyFetcher:
     """Fetch-on-miss for one mount: ``fetch(digest)`` leaves the verified blob in the store. Thread-safe."""
 
-    def __init__(self, store: Store, lease: Lease, source: BlobSource, chunks: Mapping[str, bool],
-                 sequence: Mapping[str, tuple[tuple[str, ...], int]] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lease: Lease,
+        source: BlobSource,
+        chunks: Mapping[str, bool],
+        sequence: Mapping[str, tuple[tuple[str, ...], int]] | None = None,
+    ) -> None:
         self.store, self.lease, self.source, self.chunks = store, lease, source, chunks
         self.sequence = sequence or {}
         self._mu = threading.Lock()
@@ -74,7 +80,7 @@ class LazyFetcher:
         order, i = seq
         out: list[str] = []
         total = 0
-        for d in order[i + 1:]:
+        for d in order[i + 1 :]:
             total += self.source.size(d)
             if total > READ_AHEAD:
                 break
@@ -133,6 +139,7 @@ class LazyFetcher:
         def put(t: Any) -> None:
             for k, v in rows:
                 t.put(k, v, db=db)
+
         self.store.meta.write(put)
         return len(rows)
 
@@ -147,8 +154,7 @@ class LazyFetcher:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         size = self.source.size(digest)
-        self.store.meta.write(lambda t: t.put(dkey(digest), BLOB_ROW.pack(size, kind),
-                                              db=self.store.meta.db("blobs")))
+        self.store.meta.write(lambda t: t.put(dkey(digest), BLOB_ROW.pack(size, kind), db=self.store.meta.db("blobs")))
 
 
 __all__ = ["LazyFetcher"]

@@ -71,8 +71,12 @@ def blob_sizes(m: Manifest) -> dict[str, int]:
     return sizes
 
 
-def build_oci_manifest(manifest_digest: str, manifest_size: int, blobs: Iterable[tuple[str, int]],
-                       packs: Iterable[tuple[Descriptor, Descriptor]] = ()) -> bytes:
+def build_oci_manifest(
+    manifest_digest: str,
+    manifest_size: int,
+    blobs: Iterable[tuple[str, int]],
+    packs: Iterable[tuple[Descriptor, Descriptor]] = (),
+) -> bytes:
     """The OCI manifest JSON for a continuity manifest, its (pack, index) layer pairs and its lone
     (digest, size) blobs (the only layers of the first, unpacked, format)."""
     layers = [Descriptor(MANIFEST_MEDIA_TYPE, manifest_digest, manifest_size)]
@@ -114,8 +118,10 @@ def parse_oci_manifest(data: bytes, *, source: str) -> tuple[Descriptor, list[De
     if doc.get("mediaType", OCI_MANIFEST) != OCI_MANIFEST:
         raise IntegrityError(f"{source}: unexpected mediaType {str(doc.get('mediaType'))[:100]!r}")
     if doc.get("artifactType") != ARTIFACT_TYPE:
-        raise IntegrityError(f"{source}: not a continuity tree (artifactType "
-                             f"{str(doc.get('artifactType'))[:100]!r}, expected {ARTIFACT_TYPE})")
+        raise IntegrityError(
+            f"{source}: not a continuity tree (artifactType "
+            f"{str(doc.get('artifactType'))[:100]!r}, expected {ARTIFACT_TYPE})"
+        )
     layers = doc.get("layers")
     if not isinstance(layers, list) or not layers:
         raise IntegrityError(f"{source}: OCI manifest has no layers")
@@ -124,13 +130,15 @@ def parse_oci_manifest(data: bytes, *, source: str) -> tuple[Descriptor, list[De
     if first.media_type != MANIFEST_MEDIA_TYPE:
         raise IntegrityError(f"{source}: first layer is {first.media_type[:100]!r}, expected {MANIFEST_MEDIA_TYPE}")
     if first.size == 0 or first.size > MAX_CONTINUITY_MANIFEST:
-        raise IntegrityError(f"{source}: continuity manifest size {first.size} is out of range "
-                             f"(1..{MAX_CONTINUITY_MANIFEST})")
+        raise IntegrityError(
+            f"{source}: continuity manifest size {first.size} is out of range (1..{MAX_CONTINUITY_MANIFEST})"
+        )
     return first, descs[1:]
 
 
-def split_layers(blobs: list[Descriptor], *, source: str) -> tuple[list[tuple[Descriptor, Descriptor]],
-                                                                 list[Descriptor]]:
+def split_layers(
+    blobs: list[Descriptor], *, source: str
+) -> tuple[list[tuple[Descriptor, Descriptor]], list[Descriptor]]:
     """The layers after the manifest as ((pack, index) pairs, lone blobs): each pack must be followed by
     its index, lone blobs come last; the same pack twice or another media type is refused (IntegrityError)."""
     packs: list[tuple[Descriptor, Descriptor]] = []

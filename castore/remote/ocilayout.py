@@ -26,7 +26,7 @@ PIECE = 1 << 20
 
 def parse_layout_ref(text: str) -> tuple[str, str | None]:
     """``oci:DIR[:TAG]`` -> (DIR, TAG or None)."""
-    rest = text[len("oci:"):] if text.startswith("oci:") else text
+    rest = text[len("oci:") :] if text.startswith("oci:") else text
     d, sep, tag = rest.rpartition(":")
     if sep and d and TAG_RE.fullmatch(tag):
         return d, tag
@@ -91,7 +91,7 @@ class Layout:
                 h.update(piece)
                 view = memoryview(piece)
                 while view:
-                    view = view[os.write(out, view):]
+                    view = view[os.write(out, view) :]
                 left -= len(piece)
             if os.read(src, 1) or "sha256:" + h.hexdigest() != digest:
                 raise IntegrityError(f"{self.path}: blob {digest} has other bytes (digest mismatch)")
@@ -132,8 +132,9 @@ class Layout:
         if tag is not None and not found:
             raise NotFound(f"{self.path}: no image tagged {tag!r} (has: {', '.join(names[:20]) or 'none'})")
         if len(found) != 1:
-            raise UnsafeInput(f"{self.path}: {len(found)} images, name one: oci:DIR:TAG "
-                              f"(tags: {', '.join(names[:20])})")
+            raise UnsafeInput(
+                f"{self.path}: {len(found)} images, name one: oci:DIR:TAG (tags: {', '.join(names[:20])})"
+            )
         d, n = found[0].get("digest"), found[0].get("size")
         if not isinstance(d, str) or not isinstance(n, int) or isinstance(n, bool):
             raise IntegrityError(f"{p}: entry without digest/size")

@@ -27,8 +27,9 @@ def load_bases(reg: Registry, ref: Reference, bases: Sequence[Reference], tmp_di
     seen: set[str] = set()
     for r, explicit in [(ref, False)] + [(b, True) for b in bases]:
         if r.registry != ref.registry or r.repo != ref.repo:
-            raise IntegrityError(f"--base {r} is not in {ref.registry}/{ref.repo}: packs are reused within "
-                                 "one repository")
+            raise IntegrityError(
+                f"--base {r} is not in {ref.registry}/{ref.repo}: packs are reused within one repository"
+            )
         try:
             raw, _ = reg.get_manifest(r.reference, MAX_OCI_MANIFEST)
             _, layers = parse_oci_manifest(raw, source=str(r))
@@ -41,12 +42,11 @@ def load_bases(reg: Registry, ref: Reference, bases: Sequence[Reference], tmp_di
             if explicit:
                 raise
             continue  # the tag names something else: it is overwritten, nothing is reused
-        todo = [(p, x) for p, x in packs if p.digest not in seen][:MAX_BASE_PACKS - len(out)]
+        todo = [(p, x) for p, x in packs if p.digest not in seen][: MAX_BASE_PACKS - len(out)]
         seen.update(p.digest for p, _ in todo)
         found: list[BasePack | None] = [None] * len(todo)
 
-        def one(i: int, todo: list[tuple[Descriptor, Descriptor]] = todo,
-                found: list[BasePack | None] = found) -> None:
+        def one(i: int, todo: list[tuple[Descriptor, Descriptor]] = todo, found: list[BasePack | None] = found) -> None:
             p, x = todo[i]
             if reg.has_blob(p.digest):
                 found[i] = BasePack(p, x, read_index(reg, p, x, tmp_dir, Counter([])))

@@ -123,12 +123,14 @@ class BuiltPack:
     index_data: bytes
 
 
-def build_pack(store: Store, blobs: list[tuple[str, int]], jobs: int = 1,
-               read: Callable[[str, int], bytes] | None = None) -> BuiltPack:
+def build_pack(
+    store: Store, blobs: list[tuple[str, int]], jobs: int = 1, read: Callable[[str, int], bytes] | None = None
+) -> BuiltPack:
     """Read (verifying each digest: ``read``, default store.read_blob) and pack ``blobs``, on ``jobs``
     threads (reading and compressing release the GIL); the bytes depend only on ``blobs``."""
     local = threading.local()
     if read is None:
+
         def read(d: str, n: int) -> bytes:
             return store.read_blob(d, limit=n)
 
@@ -157,6 +159,9 @@ def build_pack(store: Store, blobs: list[tuple[str, int]], jobs: int = 1,
                 out += stored
     digest = "sha256:" + hashlib.sha256(out).hexdigest()
     index = encode_index(PackIndex(digest, len(out), tuple(entries)))
-    return BuiltPack(Descriptor(PACK_MEDIA_TYPE, digest, len(out)),
-                     Descriptor(PACK_INDEX_MEDIA_TYPE, "sha256:" + hashlib.sha256(index).hexdigest(), len(index)),
-                     out, index)
+    return BuiltPack(
+        Descriptor(PACK_MEDIA_TYPE, digest, len(out)),
+        Descriptor(PACK_INDEX_MEDIA_TYPE, "sha256:" + hashlib.sha256(index).hexdigest(), len(index)),
+        out,
+        index,
+    )

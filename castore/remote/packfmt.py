@@ -86,8 +86,9 @@ def encode_index(idx: PackIndex) -> bytes:
 def _bounded_decompress(data: bytes, limit: int, what: str) -> bytes:
     """At most ``limit`` decompressed bytes of one zstd stream; IntegrityError for more or for garbage."""
     try:
-        reader = zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(io.BytesIO(data),
-                                                                                   read_across_frames=True)
+        reader = zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(
+            io.BytesIO(data), read_across_frames=True
+        )
         out = bytearray()
         while True:
             piece = reader.read(min(1 << 20, limit + 1 - len(out)))
@@ -110,8 +111,10 @@ def decode_index(data: bytes, *, pack: str, pack_size: int, what: str) -> PackIn
     if magic != MAGIC:
         raise IntegrityError(f"{what}: not a continuity pack index (magic {magic!r})")
     if "sha256:" + pdig.hex() != pack or psize != pack_size:
-        raise IntegrityError(f"{what}: describes pack sha256:{pdig.hex()} ({psize} bytes), "
-                             f"not the layer before it, {pack} ({pack_size} bytes)")
+        raise IntegrityError(
+            f"{what}: describes pack sha256:{pdig.hex()} ({psize} bytes), "
+            f"not the layer before it, {pack} ({pack_size} bytes)"
+        )
     if count > MAX_ENTRIES or len(raw) != HEADER.size + count * ENTRY.size:
         raise IntegrityError(f"{what}: {count} entries in {len(raw)} bytes (at most {MAX_ENTRIES})")
     entries = []
@@ -120,12 +123,19 @@ def decode_index(data: bytes, *, pack: str, pack_size: int, what: str) -> PackIn
         d, off, stored, size, comp = ENTRY.unpack_from(raw, HEADER.size + i * ENTRY.size)
         e = Entry("sha256:" + d.hex(), off, stored, size, comp)
         if off < pos or e.end > pack_size:
-            raise IntegrityError(f"{what}: entry {e.digest} at {off}+{stored} is outside its pack "
-                                 f"({pack_size} bytes) or overlaps the one before")
-        if size > MAX_ENTRY or comp not in (RAW, ZSTD) or (comp == RAW and stored != size) \
-                or (comp == ZSTD and (stored == 0 or stored > size)):
-            raise IntegrityError(f"{what}: entry {e.digest} has an impossible length "
-                                 f"({stored} stored, {size} bytes, compression {comp})")
+            raise IntegrityError(
+                f"{what}: entry {e.digest} at {off}+{stored} is outside its pack "
+                f"({pack_size} bytes) or overlaps the one before"
+            )
+        if (
+            size > MAX_ENTRY
+            or comp not in (RAW, ZSTD)
+            or (comp == RAW and stored != size)
+            or (comp == ZSTD and (stored == 0 or stored > size))
+        ):
+            raise IntegrityError(
+                f"{what}: entry {e.digest} has an impossible length ({stored} stored, {size} bytes, compression {comp})"
+            )
         pos = e.end
         entries.append(e)
     return PackIndex(pack, pack_size, tuple(entries))

@@ -113,7 +113,7 @@ class _Cutter:
 
     @property
     def left(self) -> list[Entry]:
-        return self.entries[self.i:]
+        return self.entries[self.i :]
 
 
 def fetch_entries(reg: Registry, pack: Descriptor, entries: list[Entry], sink: Sink, counter: Counter) -> None:
@@ -126,8 +126,10 @@ def fetch_entries(reg: Registry, pack: Descriptor, entries: list[Entry], sink: S
     left = entries
     for start, end in ranges:
         part = [e for e in left if start <= e.offset and e.end <= end]
-        whole = reg._call(f"GET pack {pack.digest} range {start}-{end - 1}",
-                          functools.partial(_range, reg, pack, start, end, part, left, sink, counter, what))
+        whole = reg._call(
+            f"GET pack {pack.digest} range {start}-{end - 1}",
+            functools.partial(_range, reg, pack, start, end, part, left, sink, counter, what),
+        )
         if whole:  # the registry ignored Range and sent (and we cut) every entry
             return
         left = [e for e in left if e.end > end]
@@ -138,8 +140,9 @@ def _whole(reg: Registry, pack: Descriptor, entries: list[Entry], sink: Sink, co
         _read_whole(reg, resp, pack, entries, sink, counter, what)
 
 
-def _read_whole(reg: Registry, resp: httpx.Response, pack: Descriptor, entries: list[Entry], sink: Sink,
-                counter: Counter, what: str) -> None:
+def _read_whole(
+    reg: Registry, resp: httpx.Response, pack: Descriptor, entries: list[Entry], sink: Sink, counter: Counter, what: str
+) -> None:
     length = resp.headers.get("content-length")
     if length is not None and length != str(pack.size):
         raise IntegrityError(f"{what}: answer of {length[:30]} bytes for a pack of {pack.size}")
@@ -159,8 +162,17 @@ def _read_whole(reg: Registry, resp: httpx.Response, pack: Descriptor, entries: 
         raise IntegrityError(f"{what}: entry {cut.left[0].digest} was not in the pack")
 
 
-def _range(reg: Registry, pack: Descriptor, start: int, end: int, entries: list[Entry], rest: list[Entry],
-           sink: Sink, counter: Counter, what: str) -> bool:
+def _range(
+    reg: Registry,
+    pack: Descriptor,
+    start: int,
+    end: int,
+    entries: list[Entry],
+    rest: list[Entry],
+    sink: Sink,
+    counter: Counter,
+    what: str,
+) -> bool:
     """One range request for ``entries``; True when the registry ignored Range and answered with the
     whole pack, from which every entry of ``rest`` (all still needed) was cut."""
     with _get(reg, pack, (start, end), what) as resp:
@@ -169,8 +181,10 @@ def _range(reg: Registry, pack: Descriptor, start: int, end: int, entries: list[
             return True
         m = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", "").strip())
         if not m or (int(m[1]), int(m[2]) + 1) != (start, end) or m[3] not in (str(pack.size), "*"):
-            raise IntegrityError(f"{what}: asked for bytes {start}-{end - 1}, got Content-Range "
-                                 f"{resp.headers.get('content-range', '')[:60]!r}")
+            raise IntegrityError(
+                f"{what}: asked for bytes {start}-{end - 1}, got Content-Range "
+                f"{resp.headers.get('content-range', '')[:60]!r}"
+            )
         length = resp.headers.get("content-length")
         if length is not None and length != str(end - start):
             raise IntegrityError(f"{what}: range of {end - start} bytes answered with {length[:30]}")
@@ -194,8 +208,11 @@ def _get(reg: Registry, pack: Descriptor, rng: tuple[int, int] | None, what: str
             body = _bounded_body(resp, reg.small_deadline())
             if resp.status_code == 404:
                 raise IntegrityError(f"{what} is listed but missing")
-            reg._check(Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase),
-                       f"GET pack {pack.digest}", ok)
+            reg._check(
+                Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase),
+                f"GET pack {pack.digest}",
+                ok,
+            )
         _refuse_encoding(resp, what)
         yield resp
 

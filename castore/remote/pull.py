@@ -56,9 +56,18 @@ class PullResult:
     resumed: int = 0  # blobs a killed pull had published, re-hashed and kept
 
 
-def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4, username: str | None = None,
-         password: str | None = None, access: Access | None = None, platform: Platform | None = None,
-         policy: Policy | None = None) -> PullResult:
+def pull(
+    store: Store,
+    ref: Reference,
+    *,
+    name: str | None = None,
+    jobs: int = 4,
+    username: str | None = None,
+    password: str | None = None,
+    access: Access | None = None,
+    platform: Platform | None = None,
+    policy: Policy | None = None,
+) -> PullResult:
     """Pull ``ref`` into ``store`` and record it under ``name`` (if given).
 
     Raises IntegrityError (exit 4) for any answer that contradicts itself or
@@ -87,8 +96,15 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
             manifest = validate(codec.loads(data, source=f"{ref} manifest {first.digest}"))
             sigs = fetch_signatures(reg, oci_digest, lease.tmp_dir)
             if policy is not None:  # before any blob is fetched: a refused tree writes nothing
-                enforce(store, policy, first.digest, [str(ref)] + ([name] if name else []), what=str(ref),
-                        message=data, extra=[s.raw for s in sigs])
+                enforce(
+                    store,
+                    policy,
+                    first.digest,
+                    [str(ref)] + ([name] if name else []),
+                    what=str(ref),
+                    message=data,
+                    extra=[s.raw for s in sigs],
+                )
             refs = manifest_refs(manifest)
             indexes: list[PackIndex | None] = [None] * len(packs)
 
@@ -96,8 +112,7 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
                 indexes[i] = read_index(reg, packs[i][0], packs[i][1], lease.tmp_dir, counter)
 
             run_all(range(len(packs)), one_index, jobs=jobs, abort=reg.abort)
-            where, sizes = locate(refs, blob_sizes(manifest), packs, [x for x in indexes if x], solo,
-                                  source=str(ref))
+            where, sizes = locate(refs, blob_sizes(manifest), packs, [x for x in indexes if x], solo, source=str(ref))
             missing = store.missing_blobs(refs)
             resumed = {d for d in missing if store.blob_file_ok(d, sizes[d])}  # a killed pull's; commit re-hashes
             todo = sorted(missing - resumed)
@@ -113,18 +128,25 @@ def pull(store: Store, ref: Reference, *, name: str | None = None, jobs: int = 4
                     fetch_blobs(reg, sorted(gone), where, landing, counter, jobs=jobs, replace=True)
                     return [("", d) for d in landing.published[before:]]
 
-                mdigest = commit_manifest(store, manifest, landing.staged(), sizes, name=name, redo=redo,
-                                          validated=True, sync_fd=lease.fd)  # validated above
+                mdigest = commit_manifest(
+                    store, manifest, landing.staged(), sizes, name=name, redo=redo, validated=True, sync_fd=lease.fd
+                )  # validated above
             except IntegrityError:
                 landing.take_back()
                 raise
             signed = store_signatures(store, mdigest, data, first.digest, sigs)
-    return PullResult(mdigest, oci_digest, len(todo), len(refs) - len(missing), counter.total, signed,
-                      len(resumed))
+    return PullResult(mdigest, oci_digest, len(todo), len(refs) - len(missing), counter.total, signed, len(resumed))
 
 
-def locate(refs: set[str], msizes: Mapping[str, int], packs: list[tuple[Descriptor, Descriptor]],
-           indexes: list[PackIndex], solo: list[Descriptor], *, source: str) -> tuple[dict[str, Where], dict[str, int]]:
+def locate(
+    refs: set[str],
+    msizes: Mapping[str, int],
+    packs: list[tuple[Descriptor, Descriptor]],
+    indexes: list[PackIndex],
+    solo: list[Descriptor],
+    *,
+    source: str,
+) -> tuple[dict[str, Where], dict[str, int]]:
     """Where each referenced blob is, and its size. Every reference must be in a pack or a lone layer,
     every lone layer must be referenced, sizes must agree with the manifest (IntegrityError)."""
     where: dict[str, Where] = {}
@@ -140,8 +162,9 @@ def locate(refs: set[str], msizes: Mapping[str, int], packs: list[tuple[Descript
                 where[e.digest] = (pack, e)
     absent = refs - where.keys()
     if absent:
-        raise IntegrityError(f"{source}: blob {min(absent)} referenced by the continuity manifest is not a layer "
-                             "and in no pack")
+        raise IntegrityError(
+            f"{source}: blob {min(absent)} referenced by the continuity manifest is not a layer and in no pack"
+        )
     sizes: dict[str, int] = {}
     for d, w in where.items():
         n = w.size if isinstance(w, Descriptor) else w[1].size
@@ -152,8 +175,16 @@ def locate(refs: set[str], msizes: Mapping[str, int], packs: list[tuple[Descript
     return where, sizes
 
 
-def fetch_blobs(reg: Registry, digests: list[str], where: Mapping[str, Where], landing: Landing, counter: Counter,
-                *, jobs: int, replace: bool = False) -> None:
+def fetch_blobs(
+    reg: Registry,
+    digests: list[str],
+    where: Mapping[str, Where],
+    landing: Landing,
+    counter: Counter,
+    *,
+    jobs: int,
+    replace: bool = False,
+) -> None:
     """Fetch ``digests`` (whole packs, ranges, lone layers) on ``jobs`` threads, publishing each verified blob."""
     by_pack: dict[str, tuple[Descriptor, list[Entry]]] = {}
     lone: list[Descriptor] = []

@@ -57,10 +57,19 @@ class PushResult:
     oci_manifest_size: int = 0
 
 
-def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: str | None = None,
-         jobs: int = 4, username: str | None = None, password: str | None = None,
-         bases: Sequence[Reference] = (), pack_target: int = PACK_TARGET,
-         access: Access | None = None) -> PushResult:
+def push(
+    store: Store,
+    manifest: Manifest,
+    ref: Reference,
+    *,
+    manifest_digest: str | None = None,
+    jobs: int = 4,
+    username: str | None = None,
+    password: str | None = None,
+    bases: Sequence[Reference] = (),
+    pack_target: int = PACK_TARGET,
+    access: Access | None = None,
+) -> PushResult:
     """Push ``manifest`` (stored as ``manifest_digest``, or given by file) and its blobs to ``ref``'s tag.
 
     ``bases``: other artifacts of the repository whose packs may be reused
@@ -71,8 +80,9 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
     data = store.read_blob(manifest_digest) if manifest_digest else codec.dumps(manifest)
     mdigest = hash_bytes(data)
     if len(data) > MAX_CONTINUITY_MANIFEST:
-        raise ResourceLimit(f"{mdigest}: the manifest is {len(data)} bytes, more than a pull accepts "
-                            f"({MAX_CONTINUITY_MANIFEST})")
+        raise ResourceLimit(
+            f"{mdigest}: the manifest is {len(data)} bytes, more than a pull accepts ({MAX_CONTINUITY_MANIFEST})"
+        )
     refs = manifest_refs(manifest)
     sizes = blob_sizes(manifest)
     # A file the store holds as chunks only (a manifest without chunk lists) is pushed as the
@@ -90,8 +100,7 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
             if d not in assembled and not store.blob_file_ok(d, n):
                 raise IntegrityError(f"store blob {d} is missing or not {n} bytes (run fsck)")
         read = _reader(store, assembled)
-        with Registry(ref, username=username, password=password, push=True, jobs=jobs,
-                      access=access) as reg:
+        with Registry(ref, username=username, password=password, push=True, jobs=jobs, access=access) as reg:
             base = load_bases(reg, ref, bases, lease.tmp_dir)
             plan = make_plan(blob_order(manifest, sizes), base, pack_target)
             sent: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)
@@ -117,8 +126,7 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
 
             def one_solo(item: tuple[str, int]) -> None:
                 d, n = item
-                send(d, n, _assembler(store, d, assembled[d], lease.tmp_dir) if d in assembled
-                     else _opener(store, d))
+                send(d, n, _assembler(store, d, assembled[d], lease.tmp_dir) if d in assembled else _opener(store, d))
                 prog.add(n)
 
             try:
@@ -132,20 +140,24 @@ def push(store: Store, manifest: Manifest, ref: Reference, *, manifest_digest: s
             pairs = [(b.pack, b.index) for b in plan.reused] + [(p, x) for _, p, x in sorted(built, key=lambda t: t[0])]
             oci = build_oci_manifest(mdigest, len(data), plan.solo, pairs)
             if len(oci) > MAX_OCI_MANIFEST:
-                raise ResourceLimit(f"{mdigest}: the OCI manifest would be {len(oci)} bytes "
-                                    f"(registries take {MAX_OCI_MANIFEST})")
+                raise ResourceLimit(
+                    f"{mdigest}: the OCI manifest would be {len(oci)} bytes (registries take {MAX_OCI_MANIFEST})"
+                )
             reported = reg.put_manifest(ref.tag, oci)
             oci_digest = hash_bytes(oci)
             if reported and reported != oci_digest:
-                raise IntegrityError(f"registry {ref.registry} stored the manifest as {reported[:80]}, "
-                                     f"expected {oci_digest}")
+                raise IntegrityError(
+                    f"registry {ref.registry} stored the manifest as {reported[:80]}, expected {oci_digest}"
+                )
             signed = push_signatures(reg, store, mdigest, oci_digest, len(oci))  # after the tree: never dangling
-    return PushResult(oci_digest, mdigest, len(sent), len(skipped), sum(sent), signed, len(plan.new),
-                      len(plan.reused), len(oci))
+    return PushResult(
+        oci_digest, mdigest, len(sent), len(skipped), sum(sent), signed, len(plan.new), len(plan.reused), len(oci)
+    )
 
 
 def _reader(store: Store, assembled: Mapping[str, tuple[Chunk, ...]]) -> Callable[[str, int], bytes]:
     """Verified bytes of a blob for a pack: from the store, or put together from its chunks."""
+
     def read(digest: str, size: int) -> bytes:
         chunks = assembled.get(digest)
         if chunks is None:
@@ -154,18 +166,21 @@ def _reader(store: Store, assembled: Mapping[str, tuple[Chunk, ...]]) -> Callabl
         if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise IntegrityError(f"chunks recorded for {digest} do not add up to it (run fsck)")
         return data
+
     return read
 
 
 def _opener(store: Store, digest: str) -> Callable[[], int]:
     def opener() -> int:
         return store.open_blob(digest)
+
     return opener
 
 
 def _assembler(store: Store, digest: str, chunks: tuple[Chunk, ...], tmp_dir: str) -> Callable[[], int]:
     """An opener of the whole-file blob ``digest`` put together from its chunks (verified) in an
     unnamed temp file under ``tmp_dir`` (gone when closed)."""
+
     def opener() -> int:
         os.makedirs(tmp_dir, mode=0o700, exist_ok=True)
         fd = os.open(tmp_dir, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
@@ -176,7 +191,7 @@ def _assembler(store: Store, digest: str, chunks: tuple[Chunk, ...], tmp_dir: st
                 whole.update(data)
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
             if "sha256:" + whole.hexdigest() != digest:
                 raise IntegrityError(f"chunks recorded for {digest} do not add up to it (run fsck)")
             os.lseek(fd, 0, os.SEEK_SET)
@@ -184,4 +199,5 @@ def _assembler(store: Store, digest: str, chunks: tuple[Chunk, ...], tmp_dir: st
         except BaseException:
             os.close(fd)
             raise
+
     return opener

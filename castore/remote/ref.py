@@ -14,8 +14,10 @@ DEFAULT_TAG = "latest"
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 REPO_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-_HOST_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-                      r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+_HOST_RE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,7 @@ class Reference:
 def host_of(registry: str) -> str:
     """The host part of ``host[:port]`` (brackets of an IPv6 literal removed)."""
     if registry.startswith("["):
-        return registry[1:registry.index("]")]
+        return registry[1 : registry.index("]")]
     return registry.rsplit(":", 1)[0] if ":" in registry else registry
 
 
@@ -78,16 +80,20 @@ def parse_reference(text: str, *, insecure: bool = False, allow_digest: bool = T
     scheme = ""
     for prefix in ("http://", "https://"):
         if rest.startswith(prefix):
-            scheme, rest = prefix[:-3], rest[len(prefix):]
+            scheme, rest = prefix[:-3], rest[len(prefix) :]
     registry, sep, path = rest.partition("/")
     if not sep or not registry or not path:
-        raise UnsafeInput(f"invalid reference {text[:200]!r}: expected REGISTRY/REPO[:TAG|@DIGEST] (the registry "
-                          "is always named, e.g. docker.io/library/alpine:3)")
+        raise UnsafeInput(
+            f"invalid reference {text[:200]!r}: expected REGISTRY/REPO[:TAG|@DIGEST] (the registry "
+            "is always named, e.g. docker.io/library/alpine:3)"
+        )
     if not _HOST_RE.fullmatch(registry):
         raise UnsafeInput(f"invalid registry {registry[:200]!r} in {text[:200]!r}")
     if not scheme and "." not in registry and ":" not in registry and registry != "localhost":
-        raise UnsafeInput(f"reference {text[:200]!r} names no registry ({registry[:100]!r} is not a host): expected "
-                          "REGISTRY/REPO[:TAG|@DIGEST], e.g. docker.io/library/alpine:3 or 127.0.0.1:5000/team/app")
+        raise UnsafeInput(
+            f"reference {text[:200]!r} names no registry ({registry[:100]!r} is not a host): expected "
+            "REGISTRY/REPO[:TAG|@DIGEST], e.g. docker.io/library/alpine:3 or 127.0.0.1:5000/team/app"
+        )
     tag, digest = DEFAULT_TAG, ""
     if "@" in path:
         path, _, digest = path.partition("@")

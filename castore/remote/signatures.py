@@ -48,8 +48,9 @@ def sig_tag(oci_digest: str) -> str:
     return oci_digest.replace(":", "-") + ".sig"
 
 
-def build_artifact(subject_digest: str, subject_size: int, manifest_digest: str,
-                   blobs: list[tuple[str, int, str | None, str]]) -> bytes:
+def build_artifact(
+    subject_digest: str, subject_size: int, manifest_digest: str, blobs: list[tuple[str, int, str | None, str]]
+) -> bytes:
     """The signature artifact for (digest, size, principal, fingerprint) blobs, deterministic JSON."""
     layers = []
     for d, n, principal, fp in sorted(blobs, key=lambda b: b[0]):
@@ -90,8 +91,14 @@ def _layers(data: bytes, source: str) -> list[tuple[str, int, str | None, str]]:
         ann = x.get("annotations")
         ann = ann if isinstance(ann, dict) else {}
         p, fp = ann.get(PRINCIPAL_ANNOTATION), ann.get(FINGERPRINT_ANNOTATION)
-        out.append((d, n, p if isinstance(p, str) and p.isprintable() and len(p) <= 255 else None,
-                    fp if isinstance(fp, str) and fp.isprintable() and len(fp) <= 100 else ""))
+        out.append(
+            (
+                d,
+                n,
+                p if isinstance(p, str) and p.isprintable() and len(p) <= 255 else None,
+                fp if isinstance(fp, str) and fp.isprintable() and len(fp) <= 100 else "",
+            )
+        )
     return out
 
 
@@ -131,8 +138,12 @@ def _artifacts(reg: Registry, oci_digest: str) -> list[bytes]:
         except (ValueError, RecursionError):
             descs = []
         for x in descs[:MAX_SIGNATURES] if isinstance(descs, list) else []:
-            if isinstance(x, dict) and x.get("artifactType") == SIGNATURE_ARTIFACT_TYPE \
-                    and isinstance(x.get("digest"), str) and x["digest"].startswith("sha256:"):
+            if (
+                isinstance(x, dict)
+                and x.get("artifactType") == SIGNATURE_ARTIFACT_TYPE
+                and isinstance(x.get("digest"), str)
+                and x["digest"].startswith("sha256:")
+            ):
                 raw, _ = reg.get_manifest(x["digest"], MAX_ARTIFACT)
                 if hash_bytes(raw) == x["digest"]:
                     out.append(raw)
@@ -175,8 +186,9 @@ def fetch_signatures(reg: Registry, oci_digest: str, tmp_dir: str) -> list[Remot
     return list(seen.values())
 
 
-def store_signatures(store: Store, manifest_digest: str, message: bytes, message_digest: str,
-                     sigs: list[RemoteSignature]) -> int:
+def store_signatures(
+    store: Store, manifest_digest: str, message: bytes, message_digest: str, sigs: list[RemoteSignature]
+) -> int:
     """Keep the fetched signatures that verify over the stored manifest's bytes. Returns how many.
 
     ``message`` (checked to hash to ``message_digest``) is used when it is what the store holds.
@@ -187,13 +199,22 @@ def store_signatures(store: Store, manifest_digest: str, message: bytes, message
     kept = 0
     for s in sigs:
         try:
-            sigdb.add(store, manifest_digest, parse_signature(s.raw), principal=s.principal, source="pull",
-                      message=stored)
+            sigdb.add(
+                store, manifest_digest, parse_signature(s.raw), principal=s.principal, source="pull", message=stored
+            )
         except CastoreError:
             continue
         kept += 1
     return kept
 
 
-__all__ = ["RemoteSignature", "SIGNATURE_ARTIFACT_TYPE", "SSHSIG_MEDIA_TYPE", "build_artifact", "fetch_signatures",
-           "push_signatures", "sig_tag", "store_signatures"]
+__all__ = [
+    "RemoteSignature",
+    "SIGNATURE_ARTIFACT_TYPE",
+    "SSHSIG_MEDIA_TYPE",
+    "build_artifact",
+    "fetch_signatures",
+    "push_signatures",
+    "sig_tag",
+    "store_signatures",
+]

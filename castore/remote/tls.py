@@ -104,18 +104,33 @@ def _reason(exc: BaseException) -> str:
 def explain_tls_failure(where: str, reason: str, scheme: str) -> str | None:
     """A message saying what to do next for a TLS failure ``reason`` (httpx/OpenSSL text), or None."""
     low = reason.lower()
-    if "wrong_version_number" in low or "wrong version number" in low or "record layer failure" in low \
-            or "packet length too long" in low or "http_request" in low:
-        return (f"{where}: the registry speaks plain http, not https: use --insecure (or an http:// prefix) "
-                "if that is intended")
+    if (
+        "wrong_version_number" in low
+        or "wrong version number" in low
+        or "record layer failure" in low
+        or "packet length too long" in low
+        or "http_request" in low
+    ):
+        return (
+            f"{where}: the registry speaks plain http, not https: use --insecure (or an http:// prefix) "
+            "if that is intended"
+        )
     if "certificate has expired" in low or "certificate is not yet valid" in low:
         return f"{where}: the registry's TLS certificate has expired or is not yet valid ({reason[:120]})"
     if "certificate_verify_failed" in low or "certificate verify failed" in low:
-        return (f"{where}: the registry's TLS certificate is not trusted ({reason[:120]}): give its CA with "
-                "--cert-dir DIR (DIR/ca.crt) or /etc/containers/certs.d/HOST:PORT/ca.crt; --tls-verify=false "
-                "skips the check")
-    if scheme == "https" and ("alert bad certificate" in low or "tlsv1 alert" in low or "certificate required" in low
-                              or "handshake failure" in low):
-        return (f"{where}: TLS handshake refused ({reason[:120]}): the registry may want a client certificate "
-                "(client.cert and client.key in --cert-dir DIR or /etc/containers/certs.d/HOST:PORT/)")
+        return (
+            f"{where}: the registry's TLS certificate is not trusted ({reason[:120]}): give its CA with "
+            "--cert-dir DIR (DIR/ca.crt) or /etc/containers/certs.d/HOST:PORT/ca.crt; --tls-verify=false "
+            "skips the check"
+        )
+    if scheme == "https" and (
+        "alert bad certificate" in low
+        or "tlsv1 alert" in low
+        or "certificate required" in low
+        or "handshake failure" in low
+    ):
+        return (
+            f"{where}: TLS handshake refused ({reason[:120]}): the registry may want a client certificate "
+            "(client.cert and client.key in --cert-dir DIR or /etc/containers/certs.d/HOST:PORT/)"
+        )
     return None

@@ -31,8 +31,12 @@ class Progress:
             now = time.monotonic()
             if self.on and (now - self.last > 0.2 or self.count == self.total):
                 self.last = now
-                print(f"\r{self.verb} {self.count}/{self.total} blobs, {self.bytes / 1e6:.1f} MB ",
-                      end="", file=sys.stderr, flush=True)
+                print(
+                    f"\r{self.verb} {self.count}/{self.total} blobs, {self.bytes / 1e6:.1f} MB ",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def done(self) -> None:
         if self.on and self.count:

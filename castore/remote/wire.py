@@ -64,8 +64,9 @@ def _refuse_encoding(resp: httpx.Response, what: str) -> None:
     """IntegrityError (exit 4) when the answer is compressed although we asked for identity."""
     enc = _encoding(resp)
     if enc is not None:
-        raise IntegrityError(f"{what}: answer has Content-Encoding {enc!r} although identity was asked "
-                             "for (refused, never decoded)")
+        raise IntegrityError(
+            f"{what}: answer has Content-Encoding {enc!r} although identity was asked for (refused, never decoded)"
+        )
 
 
 def _raw_body(resp: httpx.Response, limit: int, deadline: float) -> tuple[bytes, bool]:
@@ -117,8 +118,10 @@ def _retry_after(value: str | None) -> float | None:
 def _hint(status: int, what: str) -> str:
     """What a user can do about a refusal that retrying will not change."""
     if status in (401, 403):
-        return ("; hint: check the credentials (--username, CONTINUITY_REGISTRY_PASSWORD) and their "
-                "rights on this repository")
+        return (
+            "; hint: check the credentials (--username, CONTINUITY_REGISTRY_PASSWORD) and their "
+            "rights on this repository"
+        )
     if status == 404 and what.startswith("upload"):
         return "; hint: the repository name may be wrong, or the registry does not allow pushing to it"
     if status == 404 and "manifest" in what:
@@ -140,8 +143,11 @@ def _download(reg: Registry, digest: str, size: int, fd: int) -> None:
             body = _bounded_body(resp, reg.small_deadline())
             if resp.status_code == 404:
                 raise IntegrityError(f"{reg.where}: blob {digest} is listed but missing")
-            reg._check(Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase),
-                       f"GET blob {digest}", (200,))
+            reg._check(
+                Answer(resp.status_code, resp.headers, str(resp.url), body, resp.reason_phrase),
+                f"GET blob {digest}",
+                (200,),
+            )
         _refuse_encoding(resp, f"{reg.where}: blob {digest}")
         length = resp.headers.get("content-length")
         if length is not None and length != str(size):
@@ -167,7 +173,7 @@ def _pieces(view: memoryview, abort: threading.Event) -> Iterator[bytes]:
     for i in range(0, len(view), PIECE):
         if abort.is_set():
             raise Aborted("aborted")
-        yield bytes(view[i:i + PIECE])
+        yield bytes(view[i : i + PIECE])
 
 
 def _read_exact(fd: int, size: int, digest: str) -> bytes:

@@ -152,10 +152,17 @@ def parse(text: str, source: str) -> list[Signer]:
         except ValueError as exc:
             raise UnsafeInput(f"{where}: {exc}") from None
         va, vb = opts.get("valid-after"), opts.get("valid-before")
-        out.append(Signer(principals, key, namespaces=opts.get("namespaces"),
-                          valid_after=parse_time(va, where) if va else None,
-                          valid_before=parse_time(vb, where) if vb else None,
-                          cert_authority="cert-authority" in opts, line=n))
+        out.append(
+            Signer(
+                principals,
+                key,
+                namespaces=opts.get("namespaces"),
+                valid_after=parse_time(va, where) if va else None,
+                valid_before=parse_time(vb, where) if vb else None,
+                cert_authority="cert-authority" in opts,
+                line=n,
+            )
+        )
     return out
 
 
@@ -172,8 +179,9 @@ def load(path: str) -> list[Signer]:
     return parse(data.decode("utf-8", "replace"), path)
 
 
-def find(signers: list[Signer], key: PublicKey, principals: list[str] | None, namespace: str,
-         when: float) -> str | None:
+def find(
+    signers: list[Signer], key: PublicKey, principals: list[str] | None, namespace: str, when: float
+) -> str | None:
     """The principal the file allows ``key`` to sign as (one of ``principals`` when given), or None."""
     for s in signers:
         if s.key.blob != key.blob:

@@ -36,10 +36,10 @@ def _fields(blob: bytes) -> list[bytes]:
     while pos < len(blob):
         if pos + 4 > len(blob):
             raise ValueError("public key blob is truncated")
-        (n,) = struct.unpack(">I", blob[pos:pos + 4])
+        (n,) = struct.unpack(">I", blob[pos : pos + 4])
         if pos + 4 + n > len(blob):
             raise ValueError("public key blob is truncated")
-        out.append(blob[pos + 4:pos + 4 + n])
+        out.append(blob[pos + 4 : pos + 4 + n])
         pos += 4 + n
     return out
 
@@ -149,7 +149,7 @@ def _is_encrypted(data: bytes) -> bool:
     if not raw.startswith(magic):
         return False
     try:
-        cipher = _fields_prefix(raw[len(magic):], 1)[0]
+        cipher = _fields_prefix(raw[len(magic) :], 1)[0]
     except ValueError:
         return False
     return cipher != b"none"
@@ -160,8 +160,8 @@ def _fields_prefix(blob: bytes, n: int) -> list[bytes]:
     for _ in range(n):
         if pos + 4 > len(blob):
             raise ValueError("truncated")
-        (size,) = struct.unpack(">I", blob[pos:pos + 4])
-        out.append(blob[pos + 4:pos + 4 + size])
+        (size,) = struct.unpack(">I", blob[pos : pos + 4])
+        out.append(blob[pos + 4 : pos + 4 + size])
         pos += 4 + size
     return out
 
@@ -195,8 +195,9 @@ def load_private_key(path: str, passphrase: Callable[[], bytes]) -> PrivateKey:
         text = str(exc)
         if password is not None and ("checksum" in text or "password" in text.lower() or "decrypt" in text.lower()):
             raise BadPassphrase(f"{path}: wrong passphrase") from None
-        raise KeyError_(f"{path}: not a usable private key ({text.splitlines()[0][:120] if text else 'unreadable'})"
-                        ) from None
+        raise KeyError_(
+            f"{path}: not a usable private key ({text.splitlines()[0][:120] if text else 'unreadable'})"
+        ) from None
     pub = _public_of(obj.public_key())
     return PrivateKey(obj, pub)
 
@@ -211,7 +212,8 @@ def generate(path: str, comment: str = "", passphrase: bytes | None = None) -> P
             raise KeyError_(f"{p}: exists; not overwriting a key")
     key = ed25519.Ed25519PrivateKey.generate()
     enc: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption())
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
     priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, enc)
     pub = _public_of(key.public_key())
     _write_new(path, priv, 0o600)
@@ -224,7 +226,7 @@ def _write_new(path: str, data: bytes, mode: int) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -240,5 +242,16 @@ def public_comment(private_path: str) -> str | None:
     return words[2].strip() if len(words) == 3 and words[2].strip() else None
 
 
-__all__ = ["BadPassphrase", "ECDSA_P256", "ED25519", "KeyError_", "PrivateKey", "PublicKey", "generate",
-           "load_private_key", "parse_public_blob", "parse_public_text", "public_comment"]
+__all__ = [
+    "BadPassphrase",
+    "ECDSA_P256",
+    "ED25519",
+    "KeyError_",
+    "PrivateKey",
+    "PublicKey",
+    "generate",
+    "load_private_key",
+    "parse_public_blob",
+    "parse_public_text",
+    "public_comment",
+]

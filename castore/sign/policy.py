@@ -99,11 +99,11 @@ def parse_policy(doc: object, path: str) -> Policy:
         raise UnsafeInput(f"trust policy {path}: unknown key {sorted(unknown)[0]!r}")
     base = os.path.dirname(os.path.abspath(path))
     if "default" not in doc:
-        raise UnsafeInput(f"trust policy {path}: no \"default\" requirement")
+        raise UnsafeInput(f'trust policy {path}: no "default" requirement')
     default = _requirements(doc["default"], f"{path}: default", base)
     scopes_doc = doc.get("scopes", {})
     if not isinstance(scopes_doc, dict):
-        raise UnsafeInput(f"trust policy {path}: \"scopes\" is not an object")
+        raise UnsafeInput(f'trust policy {path}: "scopes" is not an object')
     scopes = {str(k): _requirements(v, f"{path}: scope {k!r}", base) for k, v in scopes_doc.items()}
     return Policy(default, scopes, path)
 
@@ -124,16 +124,25 @@ def _requirements(obj: object, where: str, base: str) -> tuple[Requirement, ...]
         elif kind == "signedBy":
             signers = it.get("allowedSigners")
             if not isinstance(signers, str) or not signers:
-                raise UnsafeInput(f"trust policy {where}: signedBy needs \"allowedSigners\": FILE")
+                raise UnsafeInput(f'trust policy {where}: signedBy needs "allowedSigners": FILE')
             principals = it.get("principals")
-            if principals is not None and (not isinstance(principals, list) or not principals
-                                           or not all(isinstance(p, str) and p for p in principals)):
-                raise UnsafeInput(f"trust policy {where}: \"principals\" must be a list of names")
-            out.append(Requirement("signedBy", os.path.join(base, os.path.expanduser(signers)),
-                                   tuple(principals) if principals else None))
+            if principals is not None and (
+                not isinstance(principals, list)
+                or not principals
+                or not all(isinstance(p, str) and p for p in principals)
+            ):
+                raise UnsafeInput(f'trust policy {where}: "principals" must be a list of names')
+            out.append(
+                Requirement(
+                    "signedBy",
+                    os.path.join(base, os.path.expanduser(signers)),
+                    tuple(principals) if principals else None,
+                )
+            )
         else:
-            raise UnsafeInput(f"trust policy {where}: unknown requirement type {str(kind)[:40]!r} "
-                              "(accept, reject, signedBy)")
+            raise UnsafeInput(
+                f"trust policy {where}: unknown requirement type {str(kind)[:40]!r} (accept, reject, signedBy)"
+            )
     return tuple(out)
 
 
@@ -155,8 +164,15 @@ def select(policy: Policy, names: Iterable[str]) -> tuple[str | None, tuple[Requ
     return (best, policy.scopes[best]) if best is not None else (None, policy.default)
 
 
-def evaluate(reqs: tuple[Requirement, ...], message: bytes, signatures: Iterable[bytes], *, what: str,
-             scope: str | None, sha256: bytes | None = None) -> list[str]:
+def evaluate(
+    reqs: tuple[Requirement, ...],
+    message: bytes,
+    signatures: Iterable[bytes],
+    *,
+    what: str,
+    scope: str | None,
+    sha256: bytes | None = None,
+) -> list[str]:
     """Check every requirement for a manifest's bytes and its stored signatures (binary SSHSIGs).
 
     Returns the principals that signed (for signedBy). Raises PolicyRefused (exit 4).
@@ -175,14 +191,21 @@ def evaluate(reqs: tuple[Requirement, ...], message: bytes, signatures: Iterable
         if found is None:
             wanted = f" by {', '.join(req.principals)}" if req.principals else ""
             state = "has no signature" if not sigs else f"has no valid signature{wanted}"
-            raise PolicyRefused(f"{what}: {state} that the trust policy accepts ({label} needs signedBy "
-                                f"{req.allowed_signers}{wanted})")
+            raise PolicyRefused(
+                f"{what}: {state} that the trust policy accepts ({label} needs signedBy {req.allowed_signers}{wanted})"
+            )
         who.append(found)
     return who
 
 
-def check_signed(signers: list[allowed_signers.Signer], principals: tuple[str, ...] | list[str] | None,
-                 message: bytes, sigs: Iterable[bytes], *, sha256: bytes | None = None) -> str | None:
+def check_signed(
+    signers: list[allowed_signers.Signer],
+    principals: tuple[str, ...] | list[str] | None,
+    message: bytes,
+    sigs: Iterable[bytes],
+    *,
+    sha256: bytes | None = None,
+) -> str | None:
     """The principal of the first signature in ``sigs`` that verifies over ``message`` and is allowed.
 
     ``sha256``: the message's sha256, when the caller checked it already (see sshsig.verify_message).
@@ -191,8 +214,7 @@ def check_signed(signers: list[allowed_signers.Signer], principals: tuple[str, .
     for raw in sigs:
         try:
             sig = parse_signature(dearmor(raw))
-            principal = allowed_signers.find(signers, sig.key, list(principals) if principals else None,
-                                             NAMESPACE, now)
+            principal = allowed_signers.find(signers, sig.key, list(principals) if principals else None, NAMESPACE, now)
             if principal is None:
                 continue
             verify_message(sig, message, sha256=sha256)
@@ -202,5 +224,15 @@ def check_signed(signers: list[allowed_signers.Signer], principals: tuple[str, .
     return None
 
 
-__all__ = ["ACCEPT_ALL", "Policy", "PolicyRefused", "Requirement", "check_signed", "evaluate", "load_policy",
-           "parse_policy", "policy_path", "select"]
+__all__ = [
+    "ACCEPT_ALL",
+    "Policy",
+    "PolicyRefused",
+    "Requirement",
+    "check_signed",
+    "evaluate",
+    "load_policy",
+    "parse_policy",
+    "policy_path",
+    "select",
+]

@@ -60,7 +60,7 @@ class Reader:
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
             raise BadSignature(f"{self.what} is truncated")
-        out = self.data[self.pos:self.pos + n]
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -84,13 +84,14 @@ class Reader:
 def signed_data(namespace: str, hash_algorithm: str, message: bytes, *, sha256: bytes | None = None) -> bytes:
     """What the key signs for ``message``; ``sha256``: its sha256, when already known (a store digest)."""
     h = sha256 if sha256 is not None and hash_algorithm == "sha256" else HASHES[hash_algorithm](message).digest()
-    return (MAGIC + ssh_string(namespace.encode()) + ssh_string(b"") + ssh_string(hash_algorithm.encode())
-            + ssh_string(h))
+    return (
+        MAGIC + ssh_string(namespace.encode()) + ssh_string(b"") + ssh_string(hash_algorithm.encode()) + ssh_string(h)
+    )
 
 
 def armor(raw: bytes) -> str:
     b64 = base64.b64encode(raw).decode()
-    lines = [b64[i:i + 70] for i in range(0, len(b64), 70)]
+    lines = [b64[i : i + 70] for i in range(0, len(b64), 70)]
     return "\n".join([BEGIN, *lines, END]) + "\n"
 
 
@@ -107,7 +108,7 @@ def dearmor(text: bytes | str, *, what: str = "signature") -> bytes:
         raise BadSignature(f"{what} is not an SSH signature (no {BEGIN} line)")
     if not body.endswith(END.encode()):
         raise BadSignature(f"{what} is truncated (no {END} line)")
-    inner = body[len(BEGIN):-len(END)]
+    inner = body[len(BEGIN) : -len(END)]
     try:
         return base64.b64decode(b"".join(inner.split()), validate=True)
     except (binascii.Error, ValueError):
@@ -139,8 +140,14 @@ def parse_signature(raw: bytes, *, what: str = "signature") -> Signature:
     return Signature(key, namespace, hash_algorithm, sig, raw)
 
 
-def sign_message(key: PrivateKey, message: bytes, namespace: str = NAMESPACE, *, hash_algorithm: str = "sha256",
-                 sha256: bytes | None = None) -> bytes:
+def sign_message(
+    key: PrivateKey,
+    message: bytes,
+    namespace: str = NAMESPACE,
+    *,
+    hash_algorithm: str = "sha256",
+    sha256: bytes | None = None,
+) -> bytes:
     """A binary SSHSIG of ``message`` by ``key``.
 
     sha256 by default (PROTOCOL.sshsig allows sha256 and sha512; ``ssh-keygen
@@ -149,12 +156,20 @@ def sign_message(key: PrivateKey, message: bytes, namespace: str = NAMESPACE, *,
     verifying a 11 MB manifest cost one hash each instead of two.
     """
     sig = key.sign(signed_data(namespace, hash_algorithm, message, sha256=sha256))
-    return (MAGIC + struct.pack(">I", VERSION) + ssh_string(key.public.blob) + ssh_string(namespace.encode())
-            + ssh_string(b"") + ssh_string(hash_algorithm.encode()) + ssh_string(sig))
+    return (
+        MAGIC
+        + struct.pack(">I", VERSION)
+        + ssh_string(key.public.blob)
+        + ssh_string(namespace.encode())
+        + ssh_string(b"")
+        + ssh_string(hash_algorithm.encode())
+        + ssh_string(sig)
+    )
 
 
-def verify_message(sig: Signature, message: bytes, namespace: str = NAMESPACE, *, what: str = "signature",
-                   sha256: bytes | None = None) -> None:
+def verify_message(
+    sig: Signature, message: bytes, namespace: str = NAMESPACE, *, what: str = "signature", sha256: bytes | None = None
+) -> None:
     """Check ``sig`` signs ``message`` in ``namespace``. Raises BadSignature.
 
     ``sha256``: the message's sha256 when the caller verified it already (a store blob read by digest).
@@ -165,5 +180,14 @@ def verify_message(sig: Signature, message: bytes, namespace: str = NAMESPACE, *
         raise BadSignature(f"{what} by {sig.fingerprint} does not match the manifest (tampered, or another one)")
 
 
-__all__ = ["BadSignature", "NAMESPACE", "Signature", "armor", "dearmor", "parse_signature", "sign_message",
-           "signed_data", "verify_message"]
+__all__ = [
+    "BadSignature",
+    "NAMESPACE",
+    "Signature",
+    "armor",
+    "dearmor",
+    "parse_signature",
+    "sign_message",
+    "signed_data",
+    "verify_message",
+]

@@ -107,8 +107,10 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
             if isinstance(exc, PermissionError):
                 raise StoreUnusable(f"store at {path}: permission denied") from exc
             if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
-                raise UnsafeInput(f"store at {path}: {exc.filename or 'a path'} is a symlink; refusing to "
-                                  "follow it (it could redirect the store's writes)") from exc
+                raise UnsafeInput(
+                    f"store at {path}: {exc.filename or 'a path'} is a symlink; refusing to "
+                    "follow it (it could redirect the store's writes)"
+                ) from exc
             raise_if_full(exc, f"store at {path}")
             if isinstance(exc, OSError):
                 raise StoreUnusable(f"store at {path}: {exc.strerror}") from exc
@@ -162,8 +164,10 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
                     if txn.get(key, db=blobs_db) is not None:
                         continue
                 when = "before this index was created" if raw else "and the index has no creation record"
-                return (f"store at {self.path}: the index holds no manifest, but blob files it does not know "
-                        f"exist {when} (sha256:{n}): the index was lost and re-created; {REBUILD_HINT}")
+                return (
+                    f"store at {self.path}: the index holds no manifest, but blob files it does not know "
+                    f"exist {when} (sha256:{n}): the index was lost and re-created; {REBUILD_HINT}"
+                )
         return ""
 
     def __del__(self) -> None:
@@ -176,6 +180,22 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
         self._shard_fds, self.root_fd = {}, -1
 
 
-__all__ = ["CONFIG_VERSION", "INDEX_CLOCK_SLACK_NS", "LEASE_TTL_NS", "MARKER_DIR", "CastoreError", "Lease", "Store",
-           "TagInfo", "check_digest", "check_name", "check_store_dir", "chunk_map_rows", "default_store_path",
-           "manifest_refs", "new_index", "pack_chunks", "unpack_chunks"]
+__all__ = [
+    "CONFIG_VERSION",
+    "INDEX_CLOCK_SLACK_NS",
+    "LEASE_TTL_NS",
+    "MARKER_DIR",
+    "CastoreError",
+    "Lease",
+    "Store",
+    "TagInfo",
+    "check_digest",
+    "check_name",
+    "check_store_dir",
+    "chunk_map_rows",
+    "default_store_path",
+    "manifest_refs",
+    "new_index",
+    "pack_chunks",
+    "unpack_chunks",
+]

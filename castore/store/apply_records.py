@@ -67,8 +67,10 @@ def prune(store: Store) -> int:
                 pass
             stale.append(bytes(k))
     if stale:
+
         def fn(txn: object) -> None:
             for k in stale:
                 txn.delete(k, db=db)  # type: ignore[attr-defined]
+
         store.meta.write(fn)
     return len(stale)

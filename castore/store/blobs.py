@@ -22,14 +22,19 @@ from castore.fs.tree import fsync_dir
 from castore.store.base import StoreState
 from castore.store.meta import BLOB_ROW, dkey
 
-_KIND_NAMES = {stat.S_IFIFO: "FIFO", stat.S_IFDIR: "directory", stat.S_IFCHR: "character device",
-               stat.S_IFBLK: "block device", stat.S_IFSOCK: "socket"}
+_KIND_NAMES = {
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFDIR: "directory",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFSOCK: "socket",
+}
 
 
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 class BlobFiles(StoreState):
@@ -59,8 +64,9 @@ class BlobFiles(StoreState):
         if not stat.S_ISREG(mode):
             os.close(fd)
             kind = _KIND_NAMES.get(stat.S_IFMT(mode), f"file of type {stat.S_IFMT(mode):#o}")
-            raise IntegrityError(f"blob {digest} is a {kind} in the store, not a regular file ({path}); "
-                                 "run `continuity fsck`")
+            raise IntegrityError(
+                f"blob {digest} is a {kind} in the store, not a regular file ({path}); run `continuity fsck`"
+            )
         return fd
 
     def has_blob(self, digest: str) -> bool:
@@ -163,8 +169,9 @@ class BlobFiles(StoreState):
                 os.close(afd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
-                raise UnsafeInput(f"store at {self.path}: {key} is not a plain directory (a symlink?); "
-                                  "refusing to write through it") from exc
+                raise UnsafeInput(
+                    f"store at {self.path}: {key} is not a plain directory (a symlink?); refusing to write through it"
+                ) from exc
             raise
         return fd
 
@@ -194,8 +201,9 @@ class BlobFiles(StoreState):
         """
         return fs.syncfs_in_background(os.dup(fd), close=True)
 
-    def install_staged(self, staged: list[tuple[str, str]], synced: Callable[[], None] | None = None, *,
-                       sync_fd: int) -> None:
+    def install_staged(
+        self, staged: list[tuple[str, str]], synced: Callable[[], None] | None = None, *, sync_fd: int
+    ) -> None:
         """Batched durability: syncfs, rename every staged temp into place, syncfs.
 
         Staged files were hashed as they were written, so their names are
@@ -225,6 +233,7 @@ class BlobFiles(StoreState):
             else:
                 # renameat2 goes through ctypes, which releases the GIL: two threads rename twice as fast.
                 from concurrent.futures import ThreadPoolExecutor
+
                 half = len(staged) // 2
                 with ThreadPoolExecutor(2) as ex:
                     for f in [ex.submit(self._install_all, part) for part in (staged[:half], staged[half:])]:

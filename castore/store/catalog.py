@@ -42,6 +42,7 @@ class Catalog(StoreState):
     """Names, history and manifest records (``tags``, ``history``, ``refs``) and the manifest markers."""
 
     if TYPE_CHECKING:  # methods of BlobFiles (blobs.py) the catalog uses
+
         def blob_size(self, digest: str) -> int | None: ...
         def blob_path(self, digest: str) -> str: ...
         def read_blob(self, digest: str, *, limit: int = 1 << 31) -> bytes: ...
@@ -125,10 +126,16 @@ class Catalog(StoreState):
             return
         now = time.time_ns()
         t: object = txn
-        t.put(name.encode(), json.dumps({"digest": digest, "time_ns": now, "size": size}).encode(),  # type: ignore
-              db=self.meta.db("tags"))
-        t.put(revisions.history_key(name, now), revisions.history_value(digest, self.record.flags),  # type: ignore
-              db=self.meta.db("history"))
+        t.put(
+            name.encode(),
+            json.dumps({"digest": digest, "time_ns": now, "size": size}).encode(),  # type: ignore
+            db=self.meta.db("tags"),
+        )
+        t.put(
+            revisions.history_key(name, now),
+            revisions.history_value(digest, self.record.flags),  # type: ignore
+            db=self.meta.db("history"),
+        )
 
     def tag(self, name: str, digest: str) -> None:
         """Name a manifest the store recorded as one (its `refs` row); any other blob is refused."""
@@ -146,12 +153,15 @@ class Catalog(StoreState):
             return
         if self.blob_size(digest) is None and not os.path.exists(self.blob_path(digest)):
             raise NotFound(f"no manifest {digest} in the store")
-        raise IntegrityError(f"{digest} is a blob of the store, not a manifest it recorded (a stored file is "
-                             "never taken for a manifest; name a manifest file to store it)")
+        raise IntegrityError(
+            f"{digest} is a blob of the store, not a manifest it recorded (a stored file is "
+            "never taken for a manifest; name a manifest file to store it)"
+        )
 
     def untag(self, name: str) -> None:
         def fn(t: object) -> bool:
             return bool(t.delete(name.encode(), db=self.meta.db("tags")))  # type: ignore[attr-defined]
+
         digest = self.get_tag(name)
         if digest is not None:
             self.mark_manifest(digest, "-", name)
@@ -179,7 +189,7 @@ class Catalog(StoreState):
                         break
                     if len(k) != len(prefix) + 8:
                         continue
-                    (t,) = struct.unpack(">Q", k[len(prefix):])
+                    (t,) = struct.unpack(">Q", k[len(prefix) :])
                     d = dstr(v[:32])
                     out.append(TagInfo(name, d, t, 0))
         return out
@@ -223,4 +233,4 @@ class Catalog(StoreState):
             raw = txn.get(dkey(digest), db=self.meta.db("refs"))
         if raw is None:
             return []
-        return [dstr(raw[i:i + 32]) for i in range(0, len(raw), 32)]
+        return [dstr(raw[i : i + 32]) for i in range(0, len(raw), 32)]

@@ -21,6 +21,7 @@ class ChunkMap(StoreState):
     """Chunk lists of whole-file digests, and manifests served through them."""
 
     if TYPE_CHECKING:  # of BlobFiles (blobs.py)
+
         def missing_blobs(self, digests: Iterable[str]) -> set[str]: ...
 
     def chunk_lists(self, digests: Iterable[str]) -> dict[str, tuple[Chunk, ...]]:

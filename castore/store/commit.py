@@ -23,13 +23,22 @@ if TYPE_CHECKING:
     from castore.store import Store
 
 
-def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, str]], sizes: dict[str, int], *,
-                    name: str | None = None, redo: Callable[[set[str]], list[tuple[str, str]]] | None = None,
-                    cache_rows: Iterable[tuple[bytes, bytes]] = (),
-                    epoch: tuple[bytes, bool] | None = None, validated: bool = False,
-                    synced: Callable[[], None] | None = None,
-                    fingerprint: tuple[bytes, bytes] | None = None, sync_fd: int,
-                    pinned: set[str] | frozenset[str] = frozenset()) -> str:
+def commit_manifest(
+    store: Store,
+    manifest: Manifest,
+    staged: list[tuple[str, str]],
+    sizes: dict[str, int],
+    *,
+    name: str | None = None,
+    redo: Callable[[set[str]], list[tuple[str, str]]] | None = None,
+    cache_rows: Iterable[tuple[bytes, bytes]] = (),
+    epoch: tuple[bytes, bool] | None = None,
+    validated: bool = False,
+    synced: Callable[[], None] | None = None,
+    fingerprint: tuple[bytes, bytes] | None = None,
+    sync_fd: int,
+    pinned: set[str] | frozenset[str] = frozenset(),
+) -> str:
     """Make staged blobs durable and visible, store the manifest, record it (and ``name``).
 
     ``staged`` are (temp file, digest) pairs written under a lease's tmp dir;
@@ -77,8 +86,9 @@ def commit_manifest(store: Store, manifest: Manifest, staged: list[tuple[str, st
         if pinned:  # a pin of an indexed blob is not needed: no gc frees it now (the lease tmp dir goes)
             staged = [(t, d) for t, d in staged if d not in pinned or d in missing]
         # In key order (putmulti): each put lands next to the last one, 30% faster than scattered puts.
-        blob_rows = sorted((dkey(d), BLOB_ROW.pack(sizes.get(d, 0), KIND_CHUNK if d in chunk_digests else KIND_RAW))
-                           for d in missing)
+        blob_rows = sorted(
+            (dkey(d), BLOB_ROW.pack(sizes.get(d, 0), KIND_CHUNK if d in chunk_digests else KIND_RAW)) for d in missing
+        )
         blob_rows.append((dkey(mdigest), BLOB_ROW.pack(len(data), KIND_MANIFEST)))
         # The marker that tells a rebuilt index this blob is a manifest: made durable by install_staged's
         # last syncfs (after the renames), or here when nothing was staged.
@@ -118,5 +128,8 @@ def _served_by_chunks(store: Store, digests: set[str]) -> set[str]:
     """The digests of ``digests`` whose recorded chunk list is wholly in the index (and on disk)."""
     found = store.chunk_lists(digests)
     missing = store.missing_blobs({c.digest for cs in found.values() for c in cs})
-    return {d for d, cs in found.items()
-            if not any(c.digest in missing or not store.blob_file_ok(c.digest, c.end - c.begin) for c in cs)}
+    return {
+        d
+        for d, cs in found.items()
+        if not any(c.digest in missing or not store.blob_file_ok(c.digest, c.end - c.begin) for c in cs)
+    }

@@ -62,11 +62,13 @@ def new_index(store_path: str, origin: str) -> None:
     tmp = os.path.join(store_path, f"meta.{origin}-{secrets.token_hex(4)}")
     meta = MetaDB(tmp, create=True)
     try:
+
         def fn(txn: object) -> None:
             t: object = txn
             t.put(b"schema", b"1", db=meta.db("info"))  # type: ignore[attr-defined]
             t.put(b"index-created-ns", str(time.time_ns()).encode(), db=meta.db("info"))  # type: ignore
             t.put(b"index-state", b"complete", db=meta.db("info"))  # type: ignore[attr-defined]
+
         meta.write(fn)
     finally:
         meta.close()
@@ -84,10 +86,19 @@ def create_store(path: str) -> None:
     for i in range(256):
         os.makedirs(os.path.join(path, "blobs", "sha256", f"{i:02x}"), mode=0o700, exist_ok=True)
     cp = ChunkParams()
-    config = {"version": CONFIG_VERSION, "store_id": secrets.token_hex(16), "digest_algorithm": "sha256",
-              "chunker": {"algorithm": "fastcdc2020", "min_size": cp.min_size, "avg_size": cp.avg_size,
-                          "max_size": cp.max_size, "threshold": cp.threshold},
-              "schema_version": 1}
+    config = {
+        "version": CONFIG_VERSION,
+        "store_id": secrets.token_hex(16),
+        "digest_algorithm": "sha256",
+        "chunker": {
+            "algorithm": "fastcdc2020",
+            "min_size": cp.min_size,
+            "avg_size": cp.avg_size,
+            "max_size": cp.max_size,
+            "threshold": cp.threshold,
+        },
+        "schema_version": 1,
+    }
     os.makedirs(os.path.join(path, MARKER_DIR), exist_ok=True)
     if not os.path.exists(os.path.join(path, "meta", "data.mdb")):
         new_index(path, "init")
@@ -114,17 +125,23 @@ def open_root(path: str, *, new: bool) -> int:
         st = os.fstat(fd)
         me = os.geteuid()
         if st.st_uid != me:
-            raise UnsafeInput(f"store at {path} is owned by uid {st.st_uid}, not by uid {me} who runs this: "
-                              "refusing to use it (its owner could redirect the store's writes); "
-                              "use a store of your own")
+            raise UnsafeInput(
+                f"store at {path} is owned by uid {st.st_uid}, not by uid {me} who runs this: "
+                "refusing to use it (its owner could redirect the store's writes); "
+                "use a store of your own"
+            )
         if new and st.st_mode & 0o077:
             if os.listdir(fd) and st.st_mode & 0o022:
-                raise UnsafeInput(f"store at {path}: directory is not empty and others may write in it: "
-                                  "refusing to make a store there")
+                raise UnsafeInput(
+                    f"store at {path}: directory is not empty and others may write in it: "
+                    "refusing to make a store there"
+                )
             os.fchmod(fd, 0o700)
         elif st.st_mode & 0o022:
-            raise UnsafeInput(f"store at {path} is writable by group or others (mode {st.st_mode & 0o7777:04o}): "
-                              "refusing to use it; check its contents, then chmod 0700 it")
+            raise UnsafeInput(
+                f"store at {path} is writable by group or others (mode {st.st_mode & 0o7777:04o}): "
+                "refusing to use it; check its contents, then chmod 0700 it"
+            )
         elif st.st_mode & 0o077:
             with contextlib.suppress(OSError):  # a read-only filesystem: nothing can be written there anyway
                 os.fchmod(fd, 0o700)

@@ -47,11 +47,13 @@ class Lease:
         def fn(txn: object) -> None:
             db = self.store.meta.db("leases")
             raw = txn.get(self.id.encode(), db=db)  # type: ignore[attr-defined]
-            rec: dict[str, Any] = (json.loads(raw) if raw
-                                   else {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": []})
+            rec: dict[str, Any] = (
+                json.loads(raw) if raw else {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": []}
+            )
             have = set(rec["manifests"])
             rec["manifests"].extend(d for d in dict.fromkeys(new) if d not in have)
             txn.put(self.id.encode(), json.dumps(rec).encode(), db=db)  # type: ignore[attr-defined]
+
         self.store.meta.write(fn)
 
     def release(self) -> None:
@@ -121,10 +123,12 @@ class Leases(StoreState):
 
     def gc_deleting(self, active: bool) -> None:
         """Mark (before its first delete) or unmark (after its last unlink) a gc run."""
+
         def fn(txn: object) -> None:
             db = self.meta.db("info")
             if active:
                 gen = int(txn.get(b"gc-gen", db=db) or b"0") + 1  # type: ignore[attr-defined]
                 txn.put(b"gc-gen", str(gen).encode(), db=db)  # type: ignore[attr-defined]
             txn.put(b"gc-active", b"1" if active else b"0", db=db)  # type: ignore[attr-defined]
+
         self.meta.write(fn)

@@ -75,8 +75,12 @@ def object_stat(st: os.stat_result) -> bytes:
 
 def pack_object_record(st: os.stat_result, r: RegularFile) -> bytes:
     flags = RECORD_XATTRS if r.xattrs else 0
-    return object_stat(st) + OBJECT_RECORD.pack(0, 0, 0, 0, 0, bytes.fromhex(r.digest[7:]), r.perm, r.uid, r.gid,
-                                                 flags)[OBJECT_STAT.size:]
+    return (
+        object_stat(st)
+        + OBJECT_RECORD.pack(0, 0, 0, 0, 0, bytes.fromhex(r.digest[7:]), r.perm, r.uid, r.gid, flags)[
+            OBJECT_STAT.size :
+        ]
+    )
 
 
 def object_record(raw: bytes) -> tuple[object, ...]:
@@ -122,8 +126,9 @@ def read_record(meta: MetaDB, key: bytes) -> bytes | None:
         return txn.get(key, db=meta.db(LINKS_DB))  # type: ignore[return-value]  # bytes: no buffers
 
 
-def write_records(meta: MetaDB, rows: list[tuple[bytes, bytes]],
-                  before_commit: Callable[[], None] | None = None) -> None:
+def write_records(
+    meta: MetaDB, rows: list[tuple[bytes, bytes]], before_commit: Callable[[], None] | None = None
+) -> None:
     """Write sorted ``rows`` in one transaction; ``before_commit`` runs inside it, just before it commits."""
     db = meta.db(LINKS_DB)
 
@@ -131,4 +136,5 @@ def write_records(meta: MetaDB, rows: list[tuple[bytes, bytes]],
         txn.cursor(db=db).putmulti(rows)
         if before_commit is not None:
             before_commit()
+
     meta.write(fn)

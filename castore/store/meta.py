@@ -80,13 +80,15 @@ def check_data_file(path: str) -> None:
     finally:
         os.close(fd)
     if not metas:
-        raise IntegrityError(f"store index {path} is damaged ({st.st_size} bytes, no valid LMDB header); "
-                             f"{REBUILD_HINT}")
+        raise IntegrityError(
+            f"store index {path} is damaged ({st.st_size} bytes, no valid LMDB header); {REBUILD_HINT}"
+        )
     psize, last_pg, _ = max(metas, key=lambda m: m[2])
     need = max(2, last_pg + 1) * psize
     if st.st_size < need:
-        raise IntegrityError(f"store index {path} is truncated ({st.st_size} bytes, its header needs {need}); "
-                             f"{REBUILD_HINT}")
+        raise IntegrityError(
+            f"store index {path} is truncated ({st.st_size} bytes, its header needs {need}); {REBUILD_HINT}"
+        )
 
 
 def dkey(digest: str) -> bytes:
@@ -114,17 +116,28 @@ class MetaDB:
             if not create or os.path.exists(os.path.join(path, "data.mdb")):
                 check_data_file(os.path.join(path, "data.mdb"))
             try:
-                self.env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=len(DBS) + 2, subdir=True,
-                                     create=create, sync=True, metasync=True, writemap=False,
-                                     max_spare_txns=0, lock=not readonly, readahead=False,
-                                     readonly=readonly)
+                self.env = lmdb.open(
+                    path,
+                    map_size=INITIAL_MAP,
+                    max_dbs=len(DBS) + 2,
+                    subdir=True,
+                    create=create,
+                    sync=True,
+                    metasync=True,
+                    writemap=False,
+                    max_spare_txns=0,
+                    lock=not readonly,
+                    readahead=False,
+                    readonly=readonly,
+                )
             except lmdb.Error as exc:
                 if "Resource temporarily unavailable" in str(exc):
                     # LMDB's per-PID reader lock is taken: a process with our PID in another PID namespace.
                     raise StoreUnusable(
                         f"store metadata at {path} is in use by another process with PID {pid} "
                         "(a different PID namespace?); LMDB cannot tell them apart: "
-                        "use the store from one namespace") from exc
+                        "use the store from one namespace"
+                    ) from exc
                 raise StoreUnusable(f"store metadata at {path} cannot be opened: {exc}") from exc
             _ENVS[path] = (pid, self.env)
         try:
@@ -152,7 +165,8 @@ class MetaDB:
             if fields and fields[0].isdigit() and int(fields[0]) == pid:
                 raise StoreUnusable(
                     f"store metadata at {self.path} is in use by another process with PID {pid} "
-                    "(a different PID namespace?); LMDB cannot tell them apart: use the store from one namespace")
+                    "(a different PID namespace?); LMDB cannot tell them apart: use the store from one namespace"
+                )
 
     def close(self) -> None:
         _ENVS.pop(self.path, None)
@@ -165,6 +179,7 @@ class MetaDB:
         """Run ``fn`` in one write transaction, growing the map and retrying when full."""
         if self.readonly:
             from castore.store.readonly import refuse_write
+
             refuse_write(os.path.dirname(self.path))
         for _ in range(40):
             try:
@@ -190,6 +205,7 @@ class MetaDB:
         dropped pages are read back from the file when next touched. Best effort.
         """
         import ctypes  # noqa: PLC0415 - only gc needs it
+
         data = os.path.realpath(os.path.join(self.path, "data.mdb"))
         libc = ctypes.CDLL(None, use_errno=True)
         try:

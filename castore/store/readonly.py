@@ -34,8 +34,10 @@ def readonly_reason(path: str) -> str:
 
 def refuse_write(path: str, what: str = "this verb writes to it") -> None:
     why = readonly_reason(path) or "opened read-only"
-    raise ReadOnlyStore(f"store at {path} is read-only ({why}): {what}; run it where the store is writable "
-                        "(a read-write mount, or as the store's owner)")
+    raise ReadOnlyStore(
+        f"store at {path} is read-only ({why}): {what}; run it where the store is writable "
+        "(a read-write mount, or as the store's owner)"
+    )
 
 
 def is_readonly_error(exc: BaseException) -> bool:

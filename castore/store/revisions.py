@@ -26,8 +26,10 @@ from castore.errors import NotFound, UnsafeInput
 from castore.store.meta import dkey, dstr
 
 FLAG_INCOMPLETE = 0x01
-_REV = re.compile(r"^(?P<name>.+?)(?:@(?P<n>\d{1,9})|~(?P<k>\d{1,9})|@\{(?P<date>[^{}]+)\}"
-                  r"|@(?P<bare>\d{4}-\d\d-\d\d\S*))$")
+_REV = re.compile(
+    r"^(?P<name>.+?)(?:@(?P<n>\d{1,9})|~(?P<k>\d{1,9})|@\{(?P<date>[^{}]+)\}"
+    r"|@(?P<bare>\d{4}-\d\d-\d\d\S*))$"
+)
 
 
 class NoSuchRevision(NotFound):
@@ -98,8 +100,10 @@ def pick(name: str, versions: list[Version], kind: str, arg: str) -> Version:
     if kind == "index":
         n = int(arg)
         if n >= len(versions):
-            raise NoSuchRevision(f"{name!r} has {len(versions)} version(s): {name}@{n} does not exist "
-                           f"(0 is the newest, {len(versions) - 1} the oldest)")
+            raise NoSuchRevision(
+                f"{name!r} has {len(versions)} version(s): {name}@{n} does not exist "
+                f"(0 is the newest, {len(versions) - 1} the oldest)"
+            )
         return versions[-1 - n]
     limit = parse_date(arg)
     older = [v for v in versions if v.time_ns <= limit]
@@ -156,6 +160,7 @@ def unchanged(txn: Any, tags_db: Any, history_db: Any, name: str, digest: str, p
     if raw is None:
         return False
     import json
+
     try:
         if json.loads(raw).get("digest") != digest:
             return False
@@ -180,7 +185,7 @@ def versions(store: Any, name: str) -> list[Version]:
                     break
                 if len(k) != len(prefix) + 8:
                     continue  # a longer name that begins like this one and a NUL: not ours
-                (t,) = struct.unpack(">Q", k[len(prefix):])
+                (t,) = struct.unpack(">Q", k[len(prefix) :])
                 d, flags = parse_value(v)
                 out.append(Version(name, d, t, flags))
     return out

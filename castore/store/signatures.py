@@ -38,22 +38,37 @@ class SignatureRecord:
 
     def as_json(self) -> dict[str, object]:
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.time_ns / 1e9))
-        return {"fingerprint": self.fingerprint, "key_type": self.key_type, "principal": self.principal,
-                "time": when, "source": self.source, "id": self.sig_id}
+        return {
+            "fingerprint": self.fingerprint,
+            "key_type": self.key_type,
+            "principal": self.principal,
+            "time": when,
+            "source": self.source,
+            "id": self.sig_id,
+        }
 
 
 def _decode(key: bytes, value: bytes) -> SignatureRecord:
     try:
         rec = json.loads(value)
         raw = base64.b64decode(rec["sig"])
-        return SignatureRecord(dstr(key[:32]), key[32:].hex(), raw, str(rec["fingerprint"]), str(rec["key_type"]),
-                               rec.get("principal"), int(rec["time_ns"]), str(rec.get("source", "sign")))
+        return SignatureRecord(
+            dstr(key[:32]),
+            key[32:].hex(),
+            raw,
+            str(rec["fingerprint"]),
+            str(rec["key_type"]),
+            rec.get("principal"),
+            int(rec["time_ns"]),
+            str(rec.get("source", "sign")),
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"store metadata: signature row of {dstr(key[:32])} is unreadable ({exc})") from None
 
 
-def add(store: Store, digest: str, sig: Signature, *, principal: str | None, source: str,
-        message: bytes | None = None) -> tuple[SignatureRecord, bool]:
+def add(
+    store: Store, digest: str, sig: Signature, *, principal: str | None, source: str, message: bytes | None = None
+) -> tuple[SignatureRecord, bool]:
     """Verify ``sig`` over the stored manifest ``digest`` and keep it. Returns (record, newly added).
 
     ``message``: the manifest's bytes, already checked against ``digest`` by the caller (else read here).
@@ -66,11 +81,19 @@ def add(store: Store, digest: str, sig: Signature, *, principal: str | None, sou
     verify_message(sig, message, NAMESPACE, what=f"signature for {digest}", sha256=dkey(digest))
     sid = hashlib.sha256(sig.raw).digest()
     key = dkey(digest) + sid
-    rec = SignatureRecord(digest, sid.hex(), sig.raw, sig.fingerprint, sig.key.key_type, principal,
-                          time.time_ns(), source)
-    value = json.dumps({"sig": base64.b64encode(sig.raw).decode(), "fingerprint": rec.fingerprint,
-                        "key_type": rec.key_type, "principal": principal, "time_ns": rec.time_ns,
-                        "source": source}).encode()
+    rec = SignatureRecord(
+        digest, sid.hex(), sig.raw, sig.fingerprint, sig.key.key_type, principal, time.time_ns(), source
+    )
+    value = json.dumps(
+        {
+            "sig": base64.b64encode(sig.raw).decode(),
+            "fingerprint": rec.fingerprint,
+            "key_type": rec.key_type,
+            "principal": principal,
+            "time_ns": rec.time_ns,
+            "source": source,
+        }
+    ).encode()
     db = store.meta.db(DB)
 
     def fn(txn: object) -> bool:
@@ -145,8 +168,11 @@ def delete_rows(store: Store, keys: list[bytes]) -> None:
 
 def remove(store: Store, digest: str, sig_id_prefix: str) -> int:
     """Remove the signatures of ``digest`` whose id starts with ``sig_id_prefix`` (or whose fingerprint is it)."""
-    keys = [dkey(digest) + bytes.fromhex(r.sig_id) for r in for_manifest(store, digest)
-            if r.sig_id.startswith(sig_id_prefix) or r.fingerprint == sig_id_prefix]
+    keys = [
+        dkey(digest) + bytes.fromhex(r.sig_id)
+        for r in for_manifest(store, digest)
+        if r.sig_id.startswith(sig_id_prefix) or r.fingerprint == sig_id_prefix
+    ]
     if keys:
         delete_rows(store, keys)
     return len(keys)
@@ -156,8 +182,16 @@ def parse(raw: bytes, what: str) -> Signature:
     return parse_signature(raw, what=what)
 
 
-def enforce(store: Store | None, policy: Policy, digest: str | None, names: Iterable[str], *, what: str,
-            message: bytes | None = None, extra: Iterable[bytes] = ()) -> list[str]:
+def enforce(
+    store: Store | None,
+    policy: Policy,
+    digest: str | None,
+    names: Iterable[str],
+    *,
+    what: str,
+    message: bytes | None = None,
+    extra: Iterable[bytes] = (),
+) -> list[str]:
     """Check the trust policy for a manifest (stored as ``digest``, or given as ``message``).
 
     ``names``: the catalog names or registry references it is known by
@@ -174,9 +208,24 @@ def enforce(store: Store | None, policy: Policy, digest: str | None, names: Iter
         sigs += [r.raw for r in for_manifest(store, digest)]
         if message is None:
             message = store.read_blob(digest)  # checked against the digest: H(message) for sha256 signatures
-    return evaluate(reqs, message or b"", sigs, what=what, scope=scope,
-                    sha256=dkey(digest) if digest is not None and message else None)
+    return evaluate(
+        reqs,
+        message or b"",
+        sigs,
+        what=what,
+        scope=scope,
+        sha256=dkey(digest) if digest is not None and message else None,
+    )
 
 
-__all__ = ["SignatureRecord", "add", "all_rows", "count_by_manifest", "decode_row", "delete_for", "enforce",
-           "for_manifest", "remove"]
+__all__ = [
+    "SignatureRecord",
+    "add",
+    "all_rows",
+    "count_by_manifest",
+    "decode_row",
+    "delete_for",
+    "enforce",
+    "for_manifest",
+    "remove",
+]

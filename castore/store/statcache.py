@@ -38,9 +38,12 @@ def decode(job: FileJob, raw: bytes) -> FileResult | None:
         return None
     if (size, mtime, ctime) != (job.size, job.mtime_ns, job.ctime_ns):
         return None
-    return FileResult(digest=digest, chunks=tuple(tuple(c) for c in chunks) if chunks else (),
-                      xattrs=tuple(tuple(x) for x in xattrs) if xattrs else (),
-                      holes=tuple(tuple(h) for h in holes) if holes else ())
+    return FileResult(
+        digest=digest,
+        chunks=tuple(tuple(c) for c in chunks) if chunks else (),
+        xattrs=tuple(tuple(x) for x in xattrs) if xattrs else (),
+        holes=tuple(tuple(h) for h in holes) if holes else (),
+    )
 
 
 def cacheable(job: FileJob, walk_start_ns: int) -> bool:
@@ -73,4 +76,5 @@ def record(store: Store, rows: Iterable[tuple[bytes, bytes]]) -> None:
     def fn(txn: object) -> None:
         for k, v in rows:
             txn.put(k, v, db=db)  # type: ignore[attr-defined]
+
     store.meta.write(fn)

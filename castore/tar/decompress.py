@@ -59,8 +59,9 @@ class _Decoded(io.RawIOBase):
                     data = self.dec.decompress(b"", want)
             except (lzma.LZMAError, OSError, EOFError) as exc:
                 if isinstance(exc, lzma.LZMAError) and "memory" in str(exc).lower():
-                    raise CorruptInput(f"xz stream needs more than {XZ_MEMLIMIT >> 20} MiB to decode; refused") \
-                        from None
+                    raise CorruptInput(
+                        f"xz stream needs more than {XZ_MEMLIMIT >> 20} MiB to decode; refused"
+                    ) from None
                 raise CorruptInput(f"corrupt {self.kind} stream: {exc}") from None
             if data:
                 n = len(data)

@@ -104,8 +104,7 @@ class Source:
                 return Piece(digest, size, path, fd=fd, st=st)  # hashed as it streams
             data = _pread_all(fd, size, 0)
             if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-                raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {path}; "
-                                     "run `continuity fsck`")
+                raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {path}; run `continuity fsck`")
         except BaseException:
             os.close(fd)
             raise
@@ -218,7 +217,7 @@ class Emitter:
             self.h.update(data)
             a, b = max(lo, self.pos), min(hi, self.pos + len(data))
             if a < b:
-                self.out.write(memoryview(data)[a - self.pos:b - self.pos])
+                self.out.write(memoryview(data)[a - self.pos : b - self.pos])
             self.pos += len(data)
 
     def finish(self, p: Piece) -> None:
@@ -227,15 +226,18 @@ class Emitter:
             if p.trusted:
                 assert p.st is not None
                 if vval(os.fstat(p.fd)) != vval(p.st):
-                    raise IntegrityError(f"blob {p.digest} changed while it was exported for {p.path}; "
-                                         "export again, or run `continuity fsck`")
+                    raise IntegrityError(
+                        f"blob {p.digest} changed while it was exported for {p.path}; "
+                        "export again, or run `continuity fsck`"
+                    )
             elif p.fd >= 0:
                 if self.h is None or self.pos < p.size:
                     self._stream(p, p.size, p.size)
                 assert self.h is not None
                 if "sha256:" + self.h.hexdigest() != p.digest:
-                    raise IntegrityError(f"blob {p.digest} is corrupt (digest mismatch) for {p.path}; "
-                                         "run `continuity fsck`")
+                    raise IntegrityError(
+                        f"blob {p.digest} is corrupt (digest mismatch) for {p.path}; run `continuity fsck`"
+                    )
                 assert p.st is not None
                 self.updates[vkey(p.digest)] = vval(p.st)
         finally:

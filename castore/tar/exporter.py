@@ -85,8 +85,9 @@ def _data_ranges(size: int, holes: tuple[tuple[int, int], ...]) -> list[tuple[in
 class TarWriter:
     """Writes the members of one manifest to a binary file object."""
 
-    def __init__(self, store: Store, out: Any, *, whiteouts: str = "none",
-                 note: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, store: Store, out: Any, *, whiteouts: str = "none", note: Callable[[str], None] | None = None
+    ) -> None:
         self.store = store
         self.out = out
         self.whiteouts = whiteouts
@@ -96,8 +97,17 @@ class TarWriter:
 
     # ------------------------------------------------------------- headers
 
-    def _header(self, name: bytes, r: Resource | None, typ: bytes, *, size: int = 0, linkname: bytes = b"",
-                extra: list[tuple[bytes, bytes]] | None = None, perm: int | None = None) -> None:
+    def _header(
+        self,
+        name: bytes,
+        r: Resource | None,
+        typ: bytes,
+        *,
+        size: int = 0,
+        linkname: bytes = b"",
+        extra: list[tuple[bytes, bytes]] | None = None,
+        perm: int | None = None,
+    ) -> None:
         uid, gid = (r.uid, r.gid) if r is not None else (0, 0)
         mtime_ns = (r.mtime_ns or 0) if r is not None else 0
         mode = perm if perm is not None else (r.perm if r is not None else 0o644)
@@ -127,12 +137,25 @@ class TarWriter:
                 pax.append((b"SCHILY.xattr." + os.fsencode(k), v))
         if pax:
             body = b"".join(pax_record(k, v) for k, v in pax)
-            self.out.write(build_header(name=b"././@PaxHeader", mode=0o644, uid=0, gid=0, size=len(body),
-                                        mtime=0, typ=PAX))
+            self.out.write(
+                build_header(name=b"././@PaxHeader", mode=0o644, uid=0, gid=0, size=len(body), mtime=0, typ=PAX)
+            )
             self.out.write(body + bytes(padding(len(body))))
         dev = (r.major, r.minor) if isinstance(r, Device) else (0, 0)
-        self.out.write(build_header(name=name, mode=mode, uid=uid, gid=gid, size=size, mtime=secs, typ=typ,
-                                    linkname=linkname, devmajor=dev[0], devminor=dev[1]))
+        self.out.write(
+            build_header(
+                name=name,
+                mode=mode,
+                uid=uid,
+                gid=gid,
+                size=size,
+                mtime=secs,
+                typ=typ,
+                linkname=linkname,
+                devmajor=dev[0],
+                devminor=dev[1],
+            )
+        )
 
     # ------------------------------------------------------------- content
 
@@ -168,8 +191,12 @@ class TarWriter:
         stored = len(smap) + sum(n for _, n in ranges)
         parent, _, base = name.rpartition(b"/")
         fake = (parent + b"/" if parent else b"") + b"GNUSparseFile.0/" + base
-        extra = [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.name", name),
-                 (b"GNU.sparse.realsize", str(r.size).encode())]
+        extra = [
+            (b"GNU.sparse.major", b"1"),
+            (b"GNU.sparse.minor", b"0"),
+            (b"GNU.sparse.name", name),
+            (b"GNU.sparse.realsize", str(r.size).encode()),
+        ]
         self._header(fake, r, REG, size=stored, extra=extra)
         self.out.write(smap)
         self._content(r, ranges)
@@ -257,9 +284,16 @@ def _open_compressor(f: BinaryIO, compress: str | None) -> tuple[Any, Callable[[
 
 
 @bulk
-def export_tar(store: Store, manifest: Manifest, output: str | None, *, compress: str | None = None,
-               whiteouts: str = "none", note: Callable[[str], None] | None = None,
-               manifest_digest: str | None = None) -> None:
+def export_tar(
+    store: Store,
+    manifest: Manifest,
+    output: str | None,
+    *,
+    compress: str | None = None,
+    whiteouts: str = "none",
+    note: Callable[[str], None] | None = None,
+    manifest_digest: str | None = None,
+) -> None:
     """Write ``manifest`` as a tar to ``output`` (a path; None or ``-`` for stdout).
 
     Holds a lease on ``manifest_digest`` (else on the manifest's blobs) meanwhile, so gc
@@ -272,8 +306,15 @@ def export_tar(store: Store, manifest: Manifest, output: str | None, *, compress
         _export_tar(store, store.with_chunks(manifest), output, compress=compress, whiteouts=whiteouts, note=note)
 
 
-def _export_tar(store: Store, manifest: Manifest, output: str | None, *, compress: str | None,
-                whiteouts: str, note: Callable[[str], None] | None) -> None:
+def _export_tar(
+    store: Store,
+    manifest: Manifest,
+    output: str | None,
+    *,
+    compress: str | None,
+    whiteouts: str,
+    note: Callable[[str], None] | None,
+) -> None:
     if output in (None, "-"):
         sys.stdout.flush()
         if compress is None:

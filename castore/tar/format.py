@@ -102,16 +102,27 @@ def parse_header(block: bytes, offset: int) -> Header:
     if typ == GNU_SPARSE:
         for i in range(4):
             pos = 386 + 24 * i
-            if not block[pos:pos + 24].strip(b"\0"):
+            if not block[pos : pos + 24].strip(b"\0"):
                 break
-            sparse.append((parse_number(block[pos:pos + 12]), parse_number(block[pos + 12:pos + 24])))
+            sparse.append((parse_number(block[pos : pos + 12]), parse_number(block[pos + 12 : pos + 24])))
         extended = bool(block[482])
         realsize = parse_number(block[483:495])
-    return Header(name=name, mode=parse_number(block[100:108]), uid=parse_number(block[108:116]),
-                  gid=parse_number(block[116:124]), size=parse_number(block[124:136]),
-                  mtime=parse_number(block[136:148]), type=typ, linkname=_nts(block[157:257]),
-                  devmajor=parse_number(block[329:337]), devminor=parse_number(block[337:345]),
-                  gnu=gnu, sparse=sparse, extended=extended, realsize=realsize)
+    return Header(
+        name=name,
+        mode=parse_number(block[100:108]),
+        uid=parse_number(block[108:116]),
+        gid=parse_number(block[116:124]),
+        size=parse_number(block[124:136]),
+        mtime=parse_number(block[136:148]),
+        type=typ,
+        linkname=_nts(block[157:257]),
+        devmajor=parse_number(block[329:337]),
+        devminor=parse_number(block[337:345]),
+        gnu=gnu,
+        sparse=sparse,
+        extended=extended,
+        realsize=realsize,
+    )
 
 
 def parse_sparse_ext(block: bytes) -> tuple[list[tuple[int, int]], bool]:
@@ -119,9 +130,9 @@ def parse_sparse_ext(block: bytes) -> tuple[list[tuple[int, int]], bool]:
     out = []
     for i in range(21):
         pos = 24 * i
-        if not block[pos:pos + 24].strip(b"\0"):
+        if not block[pos : pos + 24].strip(b"\0"):
             break
-        out.append((parse_number(block[pos:pos + 12]), parse_number(block[pos + 12:pos + 24])))
+        out.append((parse_number(block[pos : pos + 12]), parse_number(block[pos + 12 : pos + 24])))
     return out, bool(block[504])
 
 
@@ -137,9 +148,9 @@ def parse_pax(data: bytes, offset: int) -> list[tuple[bytes, bytes]]:
             raise TarCorrupt(f"malformed PAX record at offset {offset + pos}")
         length = int(data[pos:sp])
         rec_end = pos + length
-        if length < 5 or rec_end > end or data[rec_end - 1:rec_end] != b"\n":
+        if length < 5 or rec_end > end or data[rec_end - 1 : rec_end] != b"\n":
             raise TarCorrupt(f"PAX record at offset {offset + pos} has a wrong length")
-        key, eq, value = data[sp + 1:rec_end - 1].partition(b"=")
+        key, eq, value = data[sp + 1 : rec_end - 1].partition(b"=")
         if not eq or not key:
             raise TarCorrupt(f"malformed PAX record at offset {offset + pos}")
         out.append((key, value))
@@ -201,9 +212,21 @@ def fits_octal(n: int, width: int) -> bool:
     return 0 <= n < 8 ** (width - 1)
 
 
-def build_header(*, name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typ: bytes,
-                 linkname: bytes = b"", devmajor: int = 0, devminor: int = 0) -> bytes:
+def build_header(
+    *,
+    name: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    typ: bytes,
+    linkname: bytes = b"",
+    devmajor: int = 0,
+    devminor: int = 0,
+) -> bytes:
     """A POSIX ustar header block; out-of-range numbers must already be in PAX (written as 0)."""
+
     def num(n: int, width: int) -> bytes:
         return _octal(n if fits_octal(n, width) else 0, width)
 
@@ -250,10 +273,10 @@ def parse_appledouble(data: bytes) -> list[tuple[str, bytes]]:
         raise TarCorrupt("AppleDouble entry table past the end")
     out: list[tuple[str, bytes]] = []
     for i in range(count):
-        eid, off, length = struct.unpack(">III", data[26 + 12 * i:38 + 12 * i])
+        eid, off, length = struct.unpack(">III", data[26 + 12 * i : 38 + 12 * i])
         if off + length > len(data):
             raise TarCorrupt("AppleDouble entry past the end")
-        body = data[off:off + length]
+        body = data[off : off + length]
         if eid == AD_RESOURCE_FORK and length:
             out.append(("com.apple.ResourceFork", body))
         elif eid == AD_FINDER_INFO:
@@ -267,18 +290,18 @@ def _attr_block(data: bytes, start: int, end: int) -> list[tuple[str, bytes]]:
     # macOS copyfile: 2 bytes of padding, then "ATTR", debug tag, total size, data
     # start/length, 3 reserved words, flags (u16), count (u16), then the entries.
     pos = start + 2
-    if end - pos < 36 or data[pos:pos + 4] != b"ATTR":
+    if end - pos < 36 or data[pos : pos + 4] != b"ATTR":
         return []
-    (count,) = struct.unpack(">H", data[pos + 34:pos + 36])
+    (count,) = struct.unpack(">H", data[pos + 34 : pos + 36])
     pos += 36
     out = []
     for _ in range(count):
         if pos + 11 > end:
             raise TarCorrupt("AppleDouble attribute table past the end")
-        off, length, _flags, nlen = struct.unpack(">IIHB", data[pos:pos + 11])
-        name = data[pos + 11:pos + 11 + nlen].rstrip(b"\0").decode("utf-8", "surrogateescape")
+        off, length, _flags, nlen = struct.unpack(">IIHB", data[pos : pos + 11])
+        name = data[pos + 11 : pos + 11 + nlen].rstrip(b"\0").decode("utf-8", "surrogateescape")
         if off + length > len(data) or not name:
             raise TarCorrupt("AppleDouble attribute past the end")
-        out.append((name, data[off:off + length]))
+        out.append((name, data[off : off + length]))
         pos = (pos + 11 + nlen + 3) & ~3
     return out

@@ -141,7 +141,7 @@ class OffsetReader:
         view = memoryview(buf)
         pos = 0
         while pos < size:
-            n = os.preadv(self.fd, [view[:min(len(buf), size - pos)]], off + pos)
+            n = os.preadv(self.fd, [view[: min(len(buf), size - pos)]], off + pos)
             if n <= 0:
                 return "", _short(off + pos)
             h.update(view[:n])
@@ -201,8 +201,7 @@ class Dispatcher:
     Raises ``error(text)`` when a worker reports a short read.
     """
 
-    def __init__(self, reader: OffsetReader, pool: Executor | None,
-                 error: Callable[[str], Exception]) -> None:
+    def __init__(self, reader: OffsetReader, pool: Executor | None, error: Callable[[str], Exception]) -> None:
         self.reader, self.pool, self.error = reader, pool, error
         self.staged: list[tuple[str, str]] = []
         self.inos: dict[str, int] = {}
@@ -255,8 +254,9 @@ class Dispatcher:
                 self.inos[digest] = ino
 
     def _collect(self, keep: int) -> None:
-        while len(self.window) > keep or (self.window and self.window[0][1].done()
-                                           and (self.window[0][0] != "chunks" or self.window[0][2].done())):
+        while len(self.window) > keep or (
+            self.window and self.window[0][1].done() and (self.window[0][0] != "chunks" or self.window[0][2].done())
+        ):
             kind, fut, a, b = self.window.popleft()
             if kind == "small":
                 digests, staged, err = fut.result()

@@ -166,9 +166,11 @@ class _Importer:
             def done(digest: str, chunks: tuple[tuple[str, int, int], ...]) -> None:
                 node.digest = digest
                 node.chunks = tuple(Chunk(d, b, e) for d, b, e in chunks)
+
             if stream.base + stream.offset + m.size > stream.size:
-                raise TarCorrupt(f"tar stream truncated in the data of {m.name[:200]!r} "
-                                 f"at offset {stream.size - stream.base}")
+                raise TarCorrupt(
+                    f"tar stream truncated in the data of {m.name[:200]!r} at offset {stream.size - stream.base}"
+                )
             self.disp.add(stream.base + stream.offset, m.size, done)
             return
         src = LogicalReader(m)
@@ -205,8 +207,14 @@ class _Importer:
         if self.opts.appledouble != "keep" and (base.startswith("._") or in_macosx):
             rest = path.replace("/__MACOSX", "", 1) if in_macosx else path
             rbase = rest.rsplit("/", 1)[1] if rest else ""
-            if (self.opts.appledouble == "drop" or m.type not in (REG, AREG, CONT) or len(rbase) < 3
-                    or not rbase.startswith("._") or m.size > MAX_APPLEDOUBLE or m.sparse is not None):
+            if (
+                self.opts.appledouble == "drop"
+                or m.type not in (REG, AREG, CONT)
+                or len(rbase) < 3
+                or not rbase.startswith("._")
+                or m.size > MAX_APPLEDOUBLE
+                or m.sparse is not None
+            ):
                 self.dropped_apple += 1
                 return True
             data = bytearray(m.size)
@@ -280,8 +288,9 @@ class _Importer:
                 raise TarUnsafe(f"tar member {path!r}: empty symlink target")
             node = TarNode("symlink", 0o777, m.uid, m.gid, m.mtime_ns, xattrs, target=os.fsdecode(m.linkname))
         elif t in (CHR, BLK):
-            node = TarNode("device", perm, m.uid, m.gid, m.mtime_ns, xattrs, char=t == CHR,
-                         major=m.devmajor, minor=m.devminor)
+            node = TarNode(
+                "device", perm, m.uid, m.gid, m.mtime_ns, xattrs, char=t == CHR, major=m.devmajor, minor=m.devminor
+            )
         elif t == FIFO:
             node = TarNode("fifo", perm, m.uid, m.gid, m.mtime_ns, xattrs)
         else:
@@ -290,7 +299,7 @@ class _Importer:
 
     def _ignored(self, path: str) -> bool:
         parts = path[1:].split("/")
-        return any(ignored("/".join(parts[:i + 1]), parts[i], self.opts.ignore) for i in range(len(parts)))
+        return any(ignored("/".join(parts[: i + 1]), parts[i], self.opts.ignore) for i in range(len(parts)))
 
     # ------------------------------------------------------------ manifest
 
@@ -306,14 +315,18 @@ class _Importer:
                 for k, v in self.apple.get(p, ()):
                     xattrs.setdefault(k, v)
                 orphans.discard(p)
-            common = dict(paths=paths, perm=n.perm, uid=n.uid, gid=n.gid, mtime_ns=n.mtime_ns,
-                          xattrs=tuple(sorted(xattrs.items())))
+            common = dict(
+                paths=paths,
+                perm=n.perm,
+                uid=n.uid,
+                gid=n.gid,
+                mtime_ns=n.mtime_ns,
+                xattrs=tuple(sorted(xattrs.items())),
+            )
             if n.kind == "file":
-                out.append(RegularFile(size=n.size, digest=n.digest, chunks=n.chunks, holes=n.holes,
-                                       **common))  # type: ignore[arg-type]
+                out.append(RegularFile(size=n.size, digest=n.digest, chunks=n.chunks, holes=n.holes, **common))  # type: ignore[arg-type]
             elif n.kind == "dir":
-                out.append(Directory(opaque=paths[0] in self.opaque or paths[0] in self.whiteouts,
-                                     **common))  # type: ignore[arg-type]
+                out.append(Directory(opaque=paths[0] in self.opaque or paths[0] in self.whiteouts, **common))  # type: ignore[arg-type]
             elif n.kind == "symlink":
                 out.append(Symlink(target=n.target, **common))  # type: ignore[arg-type]
             elif n.kind == "device":
@@ -336,8 +349,9 @@ class _Importer:
         return validate(Manifest.of(out))
 
 
-def read_tar(stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams,
-             opts: TarOptions) -> tuple[Manifest, list[tuple[str, str]], dict[str, int], dict[str, int], set[str]]:
+def read_tar(
+    stream: Stream, tmp_dir: str, blob_root: str, chunking: ChunkParams, opts: TarOptions
+) -> tuple[Manifest, list[tuple[str, str]], dict[str, int], dict[str, int], set[str]]:
     """Parse a whole stream: its manifest, the staged (temp, digest) pairs, content sizes,
     the inode of each staged temp file (by digest) and the digests staged as pins."""
     imp = _Importer(tmp_dir, blob_root, chunking, opts)
@@ -383,8 +397,7 @@ def ingest_tar(store: Store, src: str, *, name: str | None = None, opts: TarOpti
         check_name(name)
     with open_stream(src) as stream, store.lease() as lease:
         os.makedirs(lease.tmp_dir, mode=0o700)
-        manifest, staged, sizes, inos, pinned = read_tar(stream, lease.tmp_dir, store.blob_root, store.chunking,
-                                                         opts)
+        manifest, staged, sizes, inos, pinned = read_tar(stream, lease.tmp_dir, store.blob_root, store.chunking, opts)
         crashpoint("tar-before-commit")
         try:
             digest = commit_manifest(store, manifest, staged, sizes, name=name, sync_fd=lease.fd, pinned=pinned)

@@ -145,9 +145,11 @@ def open_stream(src: str) -> Iterator[Stream]:
             f = gzip.GzipFile(fileobj=raw, mode="rb")
         elif head[:4] == b"\x28\xb5\x2f\xfd":
             f = zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(
-                raw, read_size=READ, read_across_frames=True)
+                raw, read_size=READ, read_across_frames=True
+            )
         elif head[:6] == b"\xfd7zXZ\x00" or head[:3] == b"BZh":
             from castore.tar.decompress import open_decoded  # stdlib lzma/bz2, memory bounded
+
             f = open_decoded(raw, "xz" if head[:1] == b"\xfd" else "bz2")
         else:
             f = raw
@@ -199,8 +201,7 @@ class Member:
             return 0
         got = self._stream.readinto(mv[:n])
         if got != n:
-            raise TarCorrupt(f"tar stream truncated in the data of {self.name[:200]!r} "
-                             f"at offset {self._stream.offset}")
+            raise TarCorrupt(f"tar stream truncated in the data of {self.name[:200]!r} at offset {self._stream.offset}")
         self._left -= got
         return got
 
@@ -300,8 +301,19 @@ def _check_sparse(m: Member, regions: list[tuple[int, int]]) -> None:
 def _member_of(h: Header, off: int, pax: dict[bytes, bytes], p: _Pending) -> Member:
     """The member a header at ``off`` describes, as its PAX records (``pax``) and GNU long names
     (in ``p``) amend it. Raises TarCorrupt for values out of range."""
-    m = Member(name=h.name, type=h.type, mode=h.mode, uid=h.uid, gid=h.gid, mtime_ns=h.mtime * 10**9,
-               linkname=h.linkname, devmajor=h.devmajor, devminor=h.devminor, size=h.size, offset=off)
+    m = Member(
+        name=h.name,
+        type=h.type,
+        mode=h.mode,
+        uid=h.uid,
+        gid=h.gid,
+        mtime_ns=h.mtime * 10**9,
+        linkname=h.linkname,
+        devmajor=h.devmajor,
+        devminor=h.devminor,
+        size=h.size,
+        offset=off,
+    )
     if p.longname is not None:
         m.name = p.longname
     if p.longlink is not None:
@@ -326,8 +338,7 @@ def _member_of(h: Header, off: int, pax: dict[bytes, bytes], p: _Pending) -> Mem
         m.devminor = pax_int(b"SCHILY.devminor", pax[b"SCHILY.devminor"])
     m.xattrs = {**p.lib_xattrs, **p.xattrs}
     if not (0 <= m.uid <= MAX_ID and 0 <= m.gid <= MAX_ID):
-        raise TarCorrupt(f"uid {m.uid} or gid {m.gid} of {m.name[:200]!r} at offset {off} out of range "
-                         f"(0 to {MAX_ID})")
+        raise TarCorrupt(f"uid {m.uid} or gid {m.gid} of {m.name[:200]!r} at offset {off} out of range (0 to {MAX_ID})")
     if m.devmajor < 0 or m.devminor < 0:
         raise TarCorrupt(f"negative device number {m.devmajor},{m.devminor} of {m.name[:200]!r} at offset {off}")
     return m

@@ -15,6 +15,7 @@ from castore.tar.reader import Member
 FS_BLOCK = 4096
 _ZEROS = bytes(1 << 20)
 
+
 @dataclass(eq=False)
 class TarNode:
     """An inode of the extracted tree; ``paths`` are its current names."""
@@ -139,7 +140,7 @@ class LogicalReader:
         else:
             if self.regions and self.regions[-1][0] <= self.pos:
                 off, ln = self.regions[-1]
-                n = self.m.readinto(mv[:min(want, off + ln - self.pos)])
+                n = self.m.readinto(mv[: min(want, off + ln - self.pos)])
                 if self.pos + n == off + ln:
                     self.regions.pop()
             else:

@@ -38,8 +38,9 @@ def _xattrs(path: bytes) -> tuple[tuple[str, bytes], ...]:
     return tuple(out)
 
 
-def snapshot(root: str | os.PathLike[str], *, times: bool = True, dir_times: bool = True,
-             xattrs: bool = True) -> tuple[dict[bytes, Node], list[list[bytes]]]:
+def snapshot(
+    root: str | os.PathLike[str], *, times: bool = True, dir_times: bool = True, xattrs: bool = True
+) -> tuple[dict[bytes, Node], list[list[bytes]]]:
     """Entries of a tree by relative path (bytes), and its hardlink groups. Iterative; no symlink followed."""
     rootb = os.fsencode(root)
     entries: dict[bytes, Node] = {}
@@ -73,9 +74,18 @@ def snapshot(root: str | os.PathLike[str], *, times: bool = True, dir_times: boo
             elif stat.S_ISSOCK(m):
                 kind = "sock"
             keep_time = times and (kind != "dir" or dir_times)
-            entries[r] = Node(kind, stat.S_IMODE(m) if kind != "symlink" else 0o777, st.st_uid, st.st_gid,
-                              st.st_size if kind == "file" else 0, content, target, rdev,
-                              _xattrs(full) if xattrs else (), st.st_mtime_ns if keep_time else 0)
+            entries[r] = Node(
+                kind,
+                stat.S_IMODE(m) if kind != "symlink" else 0o777,
+                st.st_uid,
+                st.st_gid,
+                st.st_size if kind == "file" else 0,
+                content,
+                target,
+                rdev,
+                _xattrs(full) if xattrs else (),
+                st.st_mtime_ns if keep_time else 0,
+            )
     groups = sorted(sorted(g) for g in inodes.values() if len(g) > 1)
     return entries, groups
 

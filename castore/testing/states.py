@@ -20,6 +20,7 @@ def create_dir(rel: str, mode: int = 0o755) -> Step:
     def f(root: Path) -> None:
         (root / rel).mkdir(parents=True, exist_ok=True)
         os.chmod(root / rel, mode)
+
     return f
 
 
@@ -30,18 +31,21 @@ def create_file(rel: str, data: bytes, mode: int = 0o644, xattrs: dict[str, byte
         os.chmod(p, mode)
         for k, v in (xattrs or {}).items():
             os.setxattr(p, k, v)
+
     return f
 
 
 def symlink(target: str, rel: str) -> Step:
     def f(root: Path) -> None:
         os.symlink(target, root / rel)
+
     return f
 
 
 def hardlink(old: str, new: str) -> Step:
     def f(root: Path) -> None:
         os.link(root / old, root / new)
+
     return f
 
 
@@ -49,6 +53,7 @@ def fifo(rel: str, mode: int = 0o640) -> Step:
     def f(root: Path) -> None:
         os.mkfifo(root / rel, mode)
         os.chmod(root / rel, mode)
+
     return f
 
 
@@ -56,6 +61,7 @@ def chardev(rel: str, major: int, minor: int, mode: int = 0o666) -> Step:
     def f(root: Path) -> None:
         os.mknod(root / rel, stat.S_IFCHR | mode, os.makedev(major, minor))
         os.chmod(root / rel, mode)
+
     return f
 
 
@@ -99,19 +105,22 @@ STATES: dict[str, list[Step]] = {
         create_file("etc/hosts", b"127.0.0.1 localhost\n", 0o644),
         create_dir("usr", 0o755),
     ],
-    "updates": BASE + [
+    "updates": BASE
+    + [
         # later steps overwrite earlier ones
         create_file("etc/hostname", b"newbox\n", 0o644, {"user.origin": b"updated", "user.more": b"1"}),
         create_file("usr/bin/tool", b"#!/bin/sh\necho tool v2\n" * 50, 0o700),
         create_file("etc/new", b"added\n"),
         create_file("var/lib/app/data", b"y" * 70001, 0o600),
     ],
-    "dir_perms": BASE + [
+    "dir_perms": BASE
+    + [
         create_dir("etc", 0o700),
         create_dir("usr/bin", 0o555),
         create_dir("tmp", 0o755),
     ],
-    "parent_perms": BASE + [
+    "parent_perms": BASE
+    + [
         create_file("var/lib/app/more", b"more\n"),
         create_dir("var/lib/app", 0o500),
         create_dir("var/lib", 0o711),

@@ -64,6 +64,7 @@ def basic(root: Path) -> Path:
         os.mknod(root / "null", 0o666 | 0o020000, os.makedev(1, 3))
     return root
 
+
 def make_tree(root: Path, files: dict[str, bytes]) -> Path:
     """Regular files ``{relative path: content}`` under ``root`` (parents made as needed)."""
     for rel, data in files.items():

@@ -101,9 +101,9 @@ def edit(root: str, pct: float, seed: int = 2) -> int:
     for p in picked[: n // 2]:
         with open(p, "wb") as fh:
             fh.write(rnd.randbytes(rnd.randrange(1, 2049)))
-    for p in picked[n // 2: n // 2 + q]:
+    for p in picked[n // 2 : n // 2 + q]:
         os.unlink(p)
-    for i, p in enumerate(picked[n // 2 + q:]):
+    for i, p in enumerate(picked[n // 2 + q :]):
         with open(p + f".new{i}", "wb") as fh:
             fh.write(rnd.randbytes(rnd.randrange(0, 2049)))
     for p in rnd.sample(files, n):
@@ -117,6 +117,7 @@ def workspace(args: argparse.Namespace) -> Iterator[str]:
     if args.scratch:
         sys.path.insert(0, HERE)
         from corpus import scratch_fs  # type: ignore[import-not-found]
+
         # ~9 trees of --files entries plus the store's blobs; ext4 makes one inode per 16 KiB (sparse image).
         size = max(4.0, args.files * 10 * 16384 / 2**30 + 2)
         with scratch_fs(os.path.join(args.workdir or tempfile.gettempdir(), "bench-apply"), size_gib=size) as s:
@@ -188,8 +189,12 @@ def main() -> None:
         cli(store, "verify", cold, d2)
         p = subprocess.run([sys.executable, "-m", "castore", "--store", store, "verify", b, d2], capture_output=True)
         rs = "rsync result verifies" if p.returncode == 0 else "rsync result differs (dir mtimes etc.)"
-        print("apply runs: " + " ".join(f"{t.wall:.2f}" for t in applies) + "   rsync runs: "
-              + " ".join(f"{t.wall:.2f}" for t in rsyncs))
+        print(
+            "apply runs: "
+            + " ".join(f"{t.wall:.2f}" for t in applies)
+            + "   rsync runs: "
+            + " ".join(f"{t.wall:.2f}" for t in rsyncs)
+        )
         print(f"files={args.files} changed={n} ({args.change}%) load={os.getloadavg()[0]:.1f} cpus={os.cpu_count()}")
         print(f"copy   {t_copy}   cp -a  {t_cp}   copy/cp: {ratio(t_copy, t_cp)} (target <= 1.2)")
         print(f"apply  {t_apply}   rsync  {t_rsync}   apply/rsync: {ratio(t_apply, t_rsync)} (target < 1; medians)")

@@ -101,8 +101,9 @@ def _tree_rss_kib(pid: int) -> int:
     return total
 
 
-def timed(argv: list[str], *, cwd: str | None = None, stdin_path: str | None = None,
-          stdout_path: str | None = None) -> Sample:
+def timed(
+    argv: list[str], *, cwd: str | None = None, stdin_path: str | None = None, stdout_path: str | None = None
+) -> Sample:
     """Run argv to completion; wall seconds, peak RSS of the largest process, sampled tree RSS."""
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
     stdout = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
@@ -166,13 +167,22 @@ class Result:
         target = TARGETS.get(self.corpus)
         rss = max(s.maxrss_kib for s in self.samples["ours"]) / 1024
         tree = max(s.tree_kib for s in self.samples["ours"]) / 1024
-        return {"corpus": self.corpus, "files": self.files, "bytes": self.bytes, "ours_s": round(ours, 3),
-                "upstream_s": round(up, 3), "openssl_s": round(ssl, 3),
-                "ours_upstream": round(ours / up, 3), "ours_openssl": round(ours / ssl, 3),
-                "cpu_s": {t: round(self.cpu(t), 3) for t in self.samples},
-                "target": target, "meets_target": target is None or ours / up <= target,
-                "ours_peak_rss_mib": round(rss, 1), "ours_tree_rss_mib": round(tree, 1),
-                "runs": {t: [round(s.seconds, 3) for s in v] for t, v in self.samples.items()}}
+        return {
+            "corpus": self.corpus,
+            "files": self.files,
+            "bytes": self.bytes,
+            "ours_s": round(ours, 3),
+            "upstream_s": round(up, 3),
+            "openssl_s": round(ssl, 3),
+            "ours_upstream": round(ours / up, 3),
+            "ours_openssl": round(ours / ssl, 3),
+            "cpu_s": {t: round(self.cpu(t), 3) for t in self.samples},
+            "target": target,
+            "meets_target": target is None or ours / up <= target,
+            "ours_peak_rss_mib": round(rss, 1),
+            "ours_tree_rss_mib": round(tree, 1),
+            "runs": {t: [round(s.seconds, 3) for s in v] for t, v in self.samples.items()},
+        }
 
 
 def check_same_manifest(ours_pb: str, upstream_pb: str) -> None:
@@ -199,43 +209,54 @@ def bench_corpus(name: str, root: str, runs: int, go_tool: str, work: str) -> Re
     commands = {
         "ours": ([sys.executable, "-m", "castore", "build", root], {}),
         "upstream": ([go_tool, "build", root], {}),
-        "openssl": (["xargs", "-0", "-P2", "-n", str(batch), "openssl", "dgst", "-sha256"],
-                    {"cwd": root, "stdin_path": listing}),
+        "openssl": (
+            ["xargs", "-0", "-P2", "-n", str(batch), "openssl", "dgst", "-sha256"],
+            {"cwd": root, "stdin_path": listing},
+        ),
     }
     corpus.warm(root)
     res = Result(name, len(files), total, {t: [] for t in commands})
     tools = list(commands)
     for i in range(runs):
-        order = tools[i % len(tools):] + tools[:i % len(tools)]
+        order = tools[i % len(tools) :] + tools[: i % len(tools)]
         for tool in order:
             argv, kw = commands[tool]
             out = os.path.join(work, f"{name}.{tool}.out") if i == 0 and tool != "openssl" else None
             s = timed(argv, stdout_path=out, **kw)  # type: ignore[arg-type]
             res.samples[tool].append(s)
-            print(f"  {name} run {i + 1} {tool:8s} {s.seconds:7.3f} s wall {s.cpu:7.3f} s cpu", file=sys.stderr,
-                  flush=True)
+            print(
+                f"  {name} run {i + 1} {tool:8s} {s.seconds:7.3f} s wall {s.cpu:7.3f} s cpu",
+                file=sys.stderr,
+                flush=True,
+            )
         if i == 0:
             check_same_manifest(os.path.join(work, f"{name}.ours.out"), os.path.join(work, f"{name}.upstream.out"))
     return res
 
 
 def print_table(rows: list[dict[str, object]]) -> None:
-    print(f"{'corpus':6s} {'files':>7s} {'MiB':>6s} {'ours s':>7s} {'upstr s':>7s} {'ossl s':>7s} {'ours/up':>7s} "
-          f"{'ours/ssl':>8s} {'target':>6s}       {'cpu s: ours':>11s} {'upstr':>6s} {'ossl':>6s} {'peak RSS':>9s}")
+    print(
+        f"{'corpus':6s} {'files':>7s} {'MiB':>6s} {'ours s':>7s} {'upstr s':>7s} {'ossl s':>7s} {'ours/up':>7s} "
+        f"{'ours/ssl':>8s} {'target':>6s}       {'cpu s: ours':>11s} {'upstr':>6s} {'ossl':>6s} {'peak RSS':>9s}"
+    )
     for r in rows:
         ok = "ok" if r["meets_target"] else "MISSED"
         target = f"<={r['target']}" if r["target"] else "-"
         cpu: dict[str, float] = r["cpu_s"]  # type: ignore[assignment]
-        print(f"{r['corpus']:6s} {r['files']:7d} {int(r['bytes']) / 2**20:6.0f} {r['ours_s']:7.3f} "  # type: ignore[call-overload]
-              f"{r['upstream_s']:7.3f} {r['openssl_s']:7.3f} {r['ours_upstream']:7.2f} {r['ours_openssl']:8.2f} "
-              f"{target:>6s} {ok:6s} {cpu['ours']:11.2f} {cpu['upstream']:6.2f} {cpu['openssl']:6.2f} "
-              f"{r['ours_peak_rss_mib']:6.1f} MiB")
+        print(
+            f"{r['corpus']:6s} {r['files']:7d} {int(r['bytes']) / 2**20:6.0f} {r['ours_s']:7.3f} "  # type: ignore[call-overload]
+            f"{r['upstream_s']:7.3f} {r['openssl_s']:7.3f} {r['ours_upstream']:7.2f} {r['ours_openssl']:8.2f} "
+            f"{target:>6s} {ok:6s} {cpu['ours']:11.2f} {cpu['upstream']:6.2f} {cpu['openssl']:6.2f} "
+            f"{r['ours_peak_rss_mib']:6.1f} MiB"
+        )
     many = [r for r in rows if r["corpus"] == "many"]
     if many:
         r = many[0]
         verdict = "ok" if float(r["ours_peak_rss_mib"]) < RSS_LIMIT_MIB else "MISSED"  # type: ignore[arg-type]
-        print(f"peak memory of ours on many: {r['ours_peak_rss_mib']} MiB largest process, "
-              f"{r['ours_tree_rss_mib']} MiB process tree (sampled sum); target < {RSS_LIMIT_MIB} MiB: {verdict}")
+        print(
+            f"peak memory of ours on many: {r['ours_peak_rss_mib']} MiB largest process, "
+            f"{r['ours_tree_rss_mib']} MiB process tree (sampled sum); target < {RSS_LIMIT_MIB} MiB: {verdict}"
+        )
 
 
 def main() -> None:
@@ -250,8 +271,11 @@ def main() -> None:
     a = ap.parse_args()
     names = [n for n in a.corpora.split(",") if n]
     go_tool = upstream_tool()
-    print(f"openssl: {subprocess.run(['openssl', 'version'], capture_output=True, text=True).stdout.strip()}; "
-          f"cpus: {os.cpu_count()}; load: {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    print(
+        f"openssl: {subprocess.run(['openssl', 'version'], capture_output=True, text=True).stdout.strip()}; "
+        f"cpus: {os.cpu_count()}; load: {os.getloadavg()[0]:.2f}",
+        file=sys.stderr,
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="continuity-bench-build-") as work:
         if a.corpus_dir:

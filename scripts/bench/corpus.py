@@ -70,8 +70,15 @@ def create_at(image: str, mnt: str, size_gib: float = 6.0, inodes: int = 0) -> S
     with open(image, "wb") as f:
         f.truncate(int(size_gib * (1 << 30)))
     # Initialise inode tables and journal now, so no ext4lazyinit thread writes during timings.
-    _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
-         *(["-N", str(inodes)] if inodes else []), image)
+    _run(
+        "mkfs.ext4",
+        "-q",
+        "-F",
+        "-E",
+        "lazy_itable_init=0,lazy_journal_init=0",
+        *(["-N", str(inodes)] if inodes else []),
+        image,
+    )
     loopdev = _run("losetup", "-f", "--show", image)
     os.makedirs(mnt, exist_ok=True)
     try:
@@ -109,6 +116,7 @@ def teardown_image(image: str) -> None:
 @contextlib.contextmanager
 def scratch_fs(prefix: str, size_gib: float = 6.0) -> Iterator[Scratch]:
     """A fresh ext4 filesystem for the duration of the block; SIGTERM also cleans up."""
+
     def on_term(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
@@ -128,8 +136,17 @@ def make_corpora(out: str, names: list[str], scale: float = 1.0) -> None:
         make_rootfs(out, scale)
     rest = [n for n in names if n != "rootfs"]
     if rest:
-        cmd = [sys.executable, make_corpus_script(), "--out", out, "--only", ",".join(rest),
-               "--scale", str(scale), "--no-summary"]
+        cmd = [
+            sys.executable,
+            make_corpus_script(),
+            "--out",
+            out,
+            "--only",
+            ",".join(rest),
+            "--scale",
+            str(scale),
+            "--no-summary",
+        ]
         subprocess.run(cmd, check=True)
 
 
@@ -141,6 +158,7 @@ def make_rootfs(out: str, scale: float = 1.0) -> dict[str, int]:
     directories (40 x 25, a tenth of the files executable, one in ten a copy of an earlier one),
     a few symlinks, and 4 files of 2-8 MiB; all scaled by ``scale``. Deterministic."""
     import random
+
     root = os.path.join(out, "rootfs")
     rng = random.Random(16)
     n_dirs = max(1, round(1000 * scale))
@@ -177,8 +195,9 @@ def make_rootfs(out: str, scale: float = 1.0) -> dict[str, int]:
 
 def warm(path: str) -> None:
     """Read every regular file under ``path`` once, so timings run on a warm page cache."""
-    subprocess.run(["sh", "-c", 'find "$1" -type f -print0 | xargs -0 -r -P2 -n 512 cat > /dev/null', "-", path],
-                   check=True)
+    subprocess.run(
+        ["sh", "-c", 'find "$1" -type f -print0 | xargs -0 -r -P2 -n 512 cat > /dev/null', "-", path], check=True
+    )
 
 
 def main() -> None:

@@ -65,6 +65,7 @@ def build(store: Store, blobs: int, manifests: int, garbage: float, first: int =
                 t.put(k, v, db=meta.db("refs"))  # type: ignore[attr-defined]
             for name, d, size in tags:
                 store.set_tag(t, name, d, size)
+
         meta.write(fn)
         rows.clear()
         refs_rows.clear()
@@ -127,11 +128,13 @@ def make_tree(root: str, seed: int, files: int = 2000, size: int = 8192) -> str:
     return root
 
 
-_MEASURE = ("import os,resource,subprocess,sys,time;t=time.monotonic();"
-            "r=subprocess.run(sys.argv[1:],capture_output=True);"
-            "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
-            "sys.stderr.buffer.write(r.stderr);sys.stdout.buffer.write(r.stdout);"
-            "print(time.monotonic()-t,u.ru_maxrss,r.returncode)")
+_MEASURE = (
+    "import os,resource,subprocess,sys,time;t=time.monotonic();"
+    "r=subprocess.run(sys.argv[1:],capture_output=True);"
+    "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+    "sys.stderr.buffer.write(r.stderr);sys.stdout.buffer.write(r.stdout);"
+    "print(time.monotonic()-t,u.ru_maxrss,r.returncode)"
+)
 
 
 def timed(argv: list[str]) -> tuple[float, int, int, str]:
@@ -156,12 +159,14 @@ def gc_alone(work: str, blobs: int, manifests: int, garbage: float) -> tuple[str
     t = time.monotonic()
     g = build(store, blobs, manifests, garbage)
     orphans(store, 1000)
-    print(f"built {blobs} blobs / {manifests} manifests ({g} garbage blobs + 1000 orphans) "
-          f"in {time.monotonic() - t:.1f}s")
+    print(
+        f"built {blobs} blobs / {manifests} manifests ({g} garbage blobs + 1000 orphans) in {time.monotonic() - t:.1f}s"
+    )
     subprocess.run(["sync", "-f", sp])
     secs, rss, rc, out = timed([*CLI, "--store", sp, "gc", "--grace", "1h"])
-    print(f"gc alone {blobs:>9} blobs: {secs:6.2f} s   peak RSS {rss / 1024:6.1f} MiB (target < 200)   "
-          f"exit {rc}   {out}")
+    print(
+        f"gc alone {blobs:>9} blobs: {secs:6.2f} s   peak RSS {rss / 1024:6.1f} MiB (target < 200)   exit {rc}   {out}"
+    )
     return sp, secs, rss
 
 
@@ -177,8 +182,7 @@ def ingest_beside_gc(work: str, sp: str, blobs: int, manifests: int) -> None:
         s, r, _, _ = timed([*CLI, "--store", sp, "ingest", src])
         alone.append(s)
     runs = ", ".join(f"{a:.2f}" for a in alone)
-    print(f"ingest alone:      {statistics.median(alone):6.2f} s   (median; runs: {runs}; "
-          f"peak RSS {r / 1024:.1f} MiB)")
+    print(f"ingest alone:      {statistics.median(alone):6.2f} s   (median; runs: {runs}; peak RSS {r / 1024:.1f} MiB)")
     # Fresh garbage for the second gc: 10% of the blobs again, unnamed and old.
     g2 = build(store, blobs // 10, max(1, manifests // 10), 1.0, first=1, named=False)
     srcs = [make_tree(os.path.join(work, f"during{i}"), 200 + i) for i in range(8)]
@@ -196,9 +200,11 @@ def ingest_beside_gc(work: str, sp: str, blobs: int, manifests: int) -> None:
     gc2 = time.monotonic() - t0
     base = statistics.median(alone)
     if during:
-        print(f"ingest during gc:  {statistics.median(during):6.2f} s   (median; runs: "
-              f"{', '.join(f'{d:.2f}' for d in during)}); ratio median {statistics.median(during) / base:.2f}, "
-              f"worst {max(during) / base:.2f} (target <= 1.5)")
+        print(
+            f"ingest during gc:  {statistics.median(during):6.2f} s   (median; runs: "
+            f"{', '.join(f'{d:.2f}' for d in during)}); ratio median {statistics.median(during) / base:.2f}, "
+            f"worst {max(during) / base:.2f} (target <= 1.5)"
+        )
     else:
         print("ingest during gc:  gc finished before an ingest could start; use more --blobs")
     print(f"gc with ingests:   {gc2:6.2f} s   ({g2} garbage blobs)   {out2}")
@@ -206,13 +212,17 @@ def ingest_beside_gc(work: str, sp: str, blobs: int, manifests: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--blobs", default="1000000,3000000",
-                    help="comma-separated store sizes; each gets its own store and gc run")
+    ap.add_argument(
+        "--blobs", default="1000000,3000000", help="comma-separated store sizes; each gets its own store and gc run"
+    )
     ap.add_argument("--manifests", type=int, default=0, help="manifests per store (default: blobs / 100)")
     ap.add_argument("--garbage", type=float, default=0.1, help="fraction of manifests left unnamed (garbage)")
     ap.add_argument("--no-ingest", action="store_true", help="skip ingest beside gc (run on the first size)")
-    ap.add_argument("--workdir", default=None,
-                    help="an existing directory to work in (default: a fresh ext4 image on a loop device)")
+    ap.add_argument(
+        "--workdir",
+        default=None,
+        help="an existing directory to work in (default: a fresh ext4 image on a loop device)",
+    )
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     sizes = [int(x) for x in args.blobs.split(",") if x.strip()]
@@ -222,8 +232,9 @@ def main() -> None:
     else:  # blobs take a 4 KiB block and an inode each; the image is sparse
         big = max(sizes)
         prefix = tempfile.mktemp(prefix="gc-bench-")
-        scratch = corpus.create_at(prefix + ".img", prefix + ".mnt", max(4.0, big * 6.5 * 1024 / (1 << 30)),
-                                   inodes=int(big * 1.25) + 200_000)
+        scratch = corpus.create_at(
+            prefix + ".img", prefix + ".mnt", max(4.0, big * 6.5 * 1024 / (1 << 30)), inodes=int(big * 1.25) + 200_000
+        )
         work = scratch.mnt
         print(f"fresh ext4 on {scratch.loopdev} at {work}", flush=True)
     try:
@@ -238,9 +249,11 @@ def main() -> None:
                 shutil.rmtree(sp, ignore_errors=True)
         if len(results) > 1:
             (n0, s0, _), (n1, s1, _) = results[0], results[-1]
-            print(f"gc growth {n0} -> {n1} blobs: time x{s1 / s0:.2f} for size x{n1 / n0:.2f} "
-                  f"({'no worse than linear' if s1 / s0 <= 1.1 * n1 / n0 else 'WORSE than linear'}); "
-                  f"peak RSS {', '.join(f'{r / 1024:.0f}' for _, _, r in results)} MiB")
+            print(
+                f"gc growth {n0} -> {n1} blobs: time x{s1 / s0:.2f} for size x{n1 / n0:.2f} "
+                f"({'no worse than linear' if s1 / s0 <= 1.1 * n1 / n0 else 'WORSE than linear'}); "
+                f"peak RSS {', '.join(f'{r / 1024:.0f}' for _, _, r in results)} MiB"
+            )
         ru = resource.getrusage(resource.RUSAGE_SELF)
         print(f"builder peak RSS {ru.ru_maxrss / 1024:.0f} MiB")
     finally:

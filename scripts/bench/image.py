@@ -56,8 +56,9 @@ def start_registry(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _port()
     cfg = work / "registry.yml"
     cfg.write_text(CONFIG.format(root=work / "registry", port=port))
-    proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(150):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -79,8 +80,12 @@ def blob_bytes(store: Path) -> int:
 
 
 def tree_bytes(root: Path) -> int:
-    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(root) for f in fs
-               if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f)))
+    return sum(
+        os.lstat(os.path.join(d, f)).st_size
+        for d, _, fs in os.walk(root)
+        for f in fs
+        if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f))
+    )
 
 
 def main() -> None:
@@ -104,58 +109,86 @@ def main() -> None:
         def from_dir(src: str, dst: str, limit: int):  # noqa: ANN202
             def step(root: Path) -> None:
                 sizes[dst] = copy_tree(src, root / dst.lstrip("/"), limit)
+
             return step
 
         layout = work / "layout"
         t = time.perf_counter()
-        build_layout(layout, "base", [from_dir("/usr/lib", "/usr/lib", third),
-                                      from_dir("/usr/share", "/usr/share", third),
-                                      from_dir("/usr/bin", "/usr/bin", third)], work=work)
+        build_layout(
+            layout,
+            "base",
+            [
+                from_dir("/usr/lib", "/usr/lib", third),
+                from_dir("/usr/share", "/usr/share", third),
+                from_dir("/usr/bin", "/usr/bin", third),
+            ],
+            work=work,
+        )
         own_src = "/usr/libexec" if os.path.isdir("/usr/libexec") else "/usr/include"
         subprocess.run(["umoci", "tag", "--image", f"{layout}:base", "more"], check=True)
         build_more = work / "bundle-more"
-        subprocess.run(["umoci", "unpack", "--image", f"{layout}:more", str(build_more)], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["umoci", "unpack", "--image", f"{layout}:more", str(build_more)], check=True, stdout=subprocess.DEVNULL
+        )
         own = copy_tree(own_src, build_more / "rootfs/opt/own", args.own_mb << 20)
         own += copy_tree("/usr/sbin", build_more / "rootfs/opt/own2", max(0, (args.own_mb << 20) - own))
         subprocess.run(["umoci", "repack", "--image", f"{layout}:more", str(build_more)], check=True)
         shutil.rmtree(build_more)
         total = sum(sizes.values())
         parts = ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sizes.items())
-        print(f"image: 3 layers, {total / 1e6:.0f} MB of files ({parts}); "
-              f"built in {time.perf_counter() - t:.0f} s; second image: +1 layer, {own / 1e6:.1f} MB own files")
+        print(
+            f"image: 3 layers, {total / 1e6:.0f} MB of files ({parts}); "
+            f"built in {time.perf_counter() - t:.0f} s; second image: +1 layer, {own / 1e6:.1f} MB own files"
+        )
         proc, reg = start_registry(work)
         for tag in ("base", "more"):
-            run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:{tag}", f"docker://{reg}/bench/{tag}:1"])
+            run(
+                [
+                    "skopeo",
+                    "copy",
+                    "-q",
+                    "--dest-tls-verify=false",
+                    f"oci:{layout}:{tag}",
+                    f"docker://{reg}/bench/{tag}:1",
+                ]
+            )
         ours, theirs = [], []
         for i in range(args.runs):
             st = work / f"st{i}"
             ours.append(run([*CLI, "--store", str(st), "pull", "-j", str(args.jobs), f"{reg}/bench/base:1"]))
             oci, bundle = work / f"oci{i}", work / f"bundle{i}"
-            theirs.append(run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{reg}/bench/base:1",
-                               f"oci:{oci}:x"])
-                          + run(["umoci", "unpack", "--image", f"{oci}:x", str(bundle)]))
+            theirs.append(
+                run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{reg}/bench/base:1", f"oci:{oci}:x"])
+                + run(["umoci", "unpack", "--image", f"{oci}:x", str(bundle)])
+            )
             if i:
                 shutil.rmtree(st)
             shutil.rmtree(oci)
             shutil.rmtree(bundle)
         a, b = statistics.median(ours), statistics.median(theirs)
-        print(f"pull 3-layer image ({total / 1e6:.0f} MB): continuity median {a:.2f} s "
-              f"(runs {', '.join(f'{x:.2f}' for x in ours)}); skopeo copy + umoci unpack median {b:.2f} s "
-              f"(runs {', '.join(f'{x:.2f}' for x in theirs)}); ratio {a / b:.2f} (target <= 1.0)")
+        print(
+            f"pull 3-layer image ({total / 1e6:.0f} MB): continuity median {a:.2f} s "
+            f"(runs {', '.join(f'{x:.2f}' for x in ours)}); skopeo copy + umoci unpack median {b:.2f} s "
+            f"(runs {', '.join(f'{x:.2f}' for x in theirs)}); ratio {a / b:.2f} (target <= 1.0)"
+        )
         st = work / "st0"
         before = blob_bytes(st)
         t = time.perf_counter()
-        digest = subprocess.run([*CLI, "--store", str(st), "pull", f"{reg}/bench/more:1"], check=True,
-                                capture_output=True).stdout.decode().strip()
+        digest = (
+            subprocess.run([*CLI, "--store", str(st), "pull", f"{reg}/bench/more:1"], check=True, capture_output=True)
+            .stdout.decode()
+            .strip()
+        )
         t2 = time.perf_counter() - t
         grown = blob_bytes(st) - before
         mpath = st / "blobs" / "sha256" / digest[7:9] / digest[7:]
         msize = mpath.stat().st_size if mpath.exists() else 0
         content = grown - msize
-        print(f"second image on the same base: {t2:.2f} s, new bytes stored {grown / 1e6:.2f} MB = content "
-              f"{content / 1e6:.2f} MB + its manifest {msize / 1e6:.2f} MB; its own layer's files {own / 1e6:.2f} MB "
-              f"({'ok' if content <= own else 'OVER'}: new content <= own files)")
+        print(
+            f"second image on the same base: {t2:.2f} s, new bytes stored {grown / 1e6:.2f} MB = content "
+            f"{content / 1e6:.2f} MB + its manifest {msize / 1e6:.2f} MB; its own layer's files {own / 1e6:.2f} MB "
+            f"({'ok' if content <= own else 'OVER'}: new content <= own files)"
+        )
     finally:
         if proc is not None:
             proc.terminate()

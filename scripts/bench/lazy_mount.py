@@ -92,12 +92,16 @@ def lazy_first_read(ref: str, src: str, work: str, runs: int = 3, size: int = 40
     if size != 4096:
         tree = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(src) for f in fs)
         n = os.path.getsize(path)
-        return [f"  lazy mount: mounted in {mount_s:.2f} s; whole read of one {n / 1e6:.1f} MB file of a "
-                f"{tree / 1e6:.0f} MB tree {read_s:.2f} s ({n / 1e6 / read_s:.0f} MB/s), {read_b / 1e6:.1f} MB "
-                f"fetched ({read_b / n:.2f} x the file); {runs} runs, median"]
-    return [f"  lazy mount: mounted in {mount_s:.2f} s ({at_mount / 1e6:.2f} MB of manifests and pack indexes); "
-            f"first read of one {os.path.getsize(path)}-byte file {read_s * 1000:.0f} ms (target < 500), "
-            f"{read_b} bytes fetched (target < 1 MiB); {runs} runs, median"]
+        return [
+            f"  lazy mount: mounted in {mount_s:.2f} s; whole read of one {n / 1e6:.1f} MB file of a "
+            f"{tree / 1e6:.0f} MB tree {read_s:.2f} s ({n / 1e6 / read_s:.0f} MB/s), {read_b / 1e6:.1f} MB "
+            f"fetched ({read_b / n:.2f} x the file); {runs} runs, median"
+        ]
+    return [
+        f"  lazy mount: mounted in {mount_s:.2f} s ({at_mount / 1e6:.2f} MB of manifests and pack indexes); "
+        f"first read of one {os.path.getsize(path)}-byte file {read_s * 1000:.0f} ms (target < 500), "
+        f"{read_b} bytes fetched (target < 1 MiB); {runs} runs, median"
+    ]
 
 
 def main() -> None:

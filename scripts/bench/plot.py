@@ -42,8 +42,12 @@ def store_chart(text: str) -> dict[str, object] | None:
             g[ref.strip()] = float(theirs)
     if not groups:
         return None
-    return {"file": "store.png", "title": "ingest and checkout (issue 3): ours vs references", "unit": "seconds",
-            "groups": [{"label": k, "bars": v} for k, v in groups.items()]}
+    return {
+        "file": "store.png",
+        "title": "ingest and checkout (issue 3): ours vs references",
+        "unit": "seconds",
+        "groups": [{"label": k, "bars": v} for k, v in groups.items()],
+    }
 
 
 def build_chart(text: str) -> dict[str, object] | None:
@@ -51,12 +55,20 @@ def build_chart(text: str) -> dict[str, object] | None:
     groups = []
     for b in blocks(text):
         for corpus, ours, up, ossl in row.findall(b):
-            groups.append({"label": f"build {corpus}",
-                           "bars": {"ours": float(ours), "upstream (Go)": float(up), "openssl dgst": float(ossl)}})
+            groups.append(
+                {
+                    "label": f"build {corpus}",
+                    "bars": {"ours": float(ours), "upstream (Go)": float(up), "openssl dgst": float(ossl)},
+                }
+            )
     if not groups:
         return None
-    return {"file": "build.png", "title": "build (issue 2): ours vs upstream and openssl", "unit": "seconds",
-            "groups": groups}
+    return {
+        "file": "build.png",
+        "title": "build (issue 2): ours vs upstream and openssl",
+        "unit": "seconds",
+        "groups": groups,
+    }
 
 
 def tar_apply_chart(text: str) -> dict[str, object] | None:
@@ -73,8 +85,12 @@ def tar_apply_chart(text: str) -> dict[str, object] | None:
             groups.append({"label": label, "bars": {"ours": float(m.group(1)), ref: float(m.group(2))}})
     if not groups:
         return None
-    return {"file": "tar-apply.png", "title": "tar, copy and apply (issues 5, 6): ours vs references",
-            "unit": "seconds", "groups": groups}
+    return {
+        "file": "tar-apply.png",
+        "title": "tar, copy and apply (issues 5, 6): ours vs references",
+        "unit": "seconds",
+        "groups": groups,
+    }
 
 
 def charts_from_page(text: str) -> list[dict[str, object]]:
@@ -83,6 +99,7 @@ def charts_from_page(text: str) -> list[dict[str, object]]:
 
 def draw(chart: dict[str, object], out: Path) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -100,8 +117,13 @@ def draw(chart: dict[str, object], out: Path) -> Path:
         present = [s for s in series if s in g["bars"]]  # type: ignore[operator]
         for i, s in enumerate(present):  # each group's bars side by side, centred on its tick
             x = j + (i - (len(present) - 1) / 2) * width
-            ax.bar(x, g["bars"][s], width, color=f"C{series.index(s)}",  # type: ignore[index]
-                   label=None if s in labelled else s)
+            ax.bar(
+                x,
+                g["bars"][s],
+                width,
+                color=f"C{series.index(s)}",  # type: ignore[index]
+                label=None if s in labelled else s,
+            )
             labelled.add(s)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([str(g["label"]) for g in groups], rotation=30, ha="right", fontsize=8)
@@ -128,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("plot.py: error: needs matplotlib: pip install '.[plot]'", file=sys.stderr)
         return 1
-    charts = (json.loads(a.results.read_text())["charts"] if a.results else charts_from_page(a.page.read_text()))
+    charts = json.loads(a.results.read_text())["charts"] if a.results else charts_from_page(a.page.read_text())
     if not charts:
         print(f"plot.py: error: no benchmark figures found in {a.results or a.page}", file=sys.stderr)
         return 1

@@ -40,10 +40,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from corpus import make_corpora, scratch_fs, warm  # noqa: E402
 
 CLI = [sys.executable, "-m", "castore"]
-_MEASURE = ("import resource,subprocess,sys,time;t=time.monotonic();"
-            "r=subprocess.run(sys.argv[1:]);"
-            "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
-            "print('@@',time.monotonic()-t,u.ru_maxrss,r.returncode,file=sys.stderr)")
+_MEASURE = (
+    "import resource,subprocess,sys,time;t=time.monotonic();"
+    "r=subprocess.run(sys.argv[1:]);"
+    "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+    "print('@@',time.monotonic()-t,u.ru_maxrss,r.returncode,file=sys.stderr)"
+)
 REGISTRY_CONFIG = """version: 0.1
 log:
   level: error
@@ -94,8 +96,10 @@ def tar_push(reg: str, repo: str, src: str, work: str) -> tuple[float, str]:
     loc = httpx.post(f"http://{reg}/v2/{repo}/blobs/uploads/").headers["location"]
     loc = httpx.URL(f"http://{reg}/").join(loc)
     sums, hdrs = os.path.join(work, "tar.sha256"), os.path.join(work, "patch.headers")
-    script = ('set -o pipefail; tar -cf - -C "$1" . | tee >(sha256sum > "$2") | '
-              'curl -sf -X PATCH -H "Content-Type: application/octet-stream" -T - -D "$3" -o /dev/null "$4"')
+    script = (
+        'set -o pipefail; tar -cf - -C "$1" . | tee >(sha256sum > "$2") | '
+        'curl -sf -X PATCH -H "Content-Type: application/octet-stream" -T - -D "$3" -o /dev/null "$4"'
+    )
     subprocess.run(["bash", "-c", script, "-", src, sums, hdrs, str(loc)], check=True)
     for _ in range(100):  # the process substitution may finish just after curl
         if os.path.getsize(sums):
@@ -114,16 +118,28 @@ def tar_pull(reg: str, repo: str, digest: str, out: str) -> float:
     os.makedirs(out)
     os.sync()
     t = time.monotonic()
-    subprocess.run(["bash", "-c", 'set -o pipefail; curl -sf "$1" | tar -xf - -C "$2" && sync', "-",
-                    f"http://{reg}/v2/{repo}/blobs/{digest}", out], check=True)
+    subprocess.run(
+        [
+            "bash",
+            "-c",
+            'set -o pipefail; curl -sf "$1" | tar -xf - -C "$2" && sync',
+            "-",
+            f"http://{reg}/v2/{repo}/blobs/{digest}",
+            out,
+        ],
+        check=True,
+    )
     return time.monotonic() - t
 
 
 def bench_corpus(name: str, src: str, work: str, reg: str, runs: int, jobs: int) -> list[str]:
     store = os.path.join(work, f"store-{name}")
     subprocess.run([*CLI, "--store", store, "ingest", src, "--name", "v1"], check=True, stdout=subprocess.DEVNULL)
-    tree = int(subprocess.run(["du", "-sb", "--apparent-size", src], capture_output=True, text=True,
-                              check=True).stdout.split()[0])
+    tree = int(
+        subprocess.run(
+            ["du", "-sb", "--apparent-size", src], capture_output=True, text=True, check=True
+        ).stdout.split()[0]
+    )
     files = sum(len(fs) for _, _, fs in os.walk(src))
     a, b, c, d = [], [], [], []
     rss_push = rss_pull = 0
@@ -138,8 +154,16 @@ def bench_corpus(name: str, src: str, work: str, reg: str, runs: int, jobs: int)
         bsecs, digest = tar_push(reg, f"bench/tar-{name}-{r}-{os.getpid()}", src, work)
         b.append(bsecs)
         fresh, dest = os.path.join(work, f"pull-{r}"), os.path.join(work, f"out-{r}")
-        secs, rss, _ = timed(["sh", "-c", f'"$@" --store {fresh} pull {reg}/{repo}:v1 -j {jobs} >/dev/null && '
-                              f'"$@" --store {fresh} checkout {reg}/{repo}:v1 {dest} && sync', "-", *CLI])
+        secs, rss, _ = timed(
+            [
+                "sh",
+                "-c",
+                f'"$@" --store {fresh} pull {reg}/{repo}:v1 -j {jobs} >/dev/null && '
+                f'"$@" --store {fresh} checkout {reg}/{repo}:v1 {dest} && sync',
+                "-",
+                *CLI,
+            ]
+        )
         c.append(secs)
         rss_pull = max(rss_pull, rss)
         tdest = os.path.join(work, f"tar-out-{r}")
@@ -155,9 +179,16 @@ def bench_corpus(name: str, src: str, work: str, reg: str, runs: int, jobs: int)
         f.seek(0)
         f.write(bytes([(head[0] + 1) % 256]) if head else b"x")
     subprocess.run([*CLI, "--store", store, "ingest", src, "--name", "v2"], check=True, stdout=subprocess.DEVNULL)
-    again = json.loads(subprocess.run([*CLI, "--store", store, "push", "v2", f"{reg}/{repo}:v1", "--json"],
-                                      check=True, capture_output=True, text=True).stdout)
+    again = json.loads(
+        subprocess.run(
+            [*CLI, "--store", store, "push", "v2", f"{reg}/{repo}:v1", "--json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     from castore.store import Store
+
     mbytes = Store.open(store).blob_size(again["manifest"]) or 0
     ma, mb, mc, md = (statistics.median(x) for x in (a, b, c, d))
     limit = 0.01 * tree + (1 << 20)

@@ -76,8 +76,9 @@ def main() -> None:
         store = Store.open(os.path.join(work, "store"))
         with store.shared_lock():
             digest = store.put_blob(data, KIND_MANIFEST)
-            store.meta.write(lambda t: (store.record_manifest(t, digest, []), store.set_tag(t, "many", digest,
-                                                                                            len(data))))
+            store.meta.write(
+                lambda t: (store.record_manifest(t, digest, []), store.set_tag(t, "many", digest, len(data)))
+            )
         key_path = os.path.join(work, "key")
         pub = generate(key_path, "bench@example.com")
         signers = os.path.join(work, "allowed_signers")
@@ -96,25 +97,47 @@ def main() -> None:
             raw = sign_message(key, store.read_blob(digest), sha256=h)
             verify_message(parse_signature(dearmor(raw)), store.read_blob(digest), sha256=h)
 
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH"))
-                                                            if p)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
         base = [sys.executable, "-m", "castore", "--store", store.path]
 
         def cli() -> None:
             subprocess.run([*base, "sign", "many", "--key", key_path], check=True, capture_output=True, env=env)
-            subprocess.run([*base, "verify-signature", "many", "--allowed-signers", signers], check=True,
-                           capture_output=True, env=env)
+            subprocess.run(
+                [*base, "verify-signature", "many", "--allowed-signers", signers],
+                check=True,
+                capture_output=True,
+                env=env,
+            )
 
         sig_path = msg_path + ".sig"
 
         def ssh() -> None:
             if os.path.exists(sig_path):
                 os.unlink(sig_path)
-            subprocess.run(["ssh-keygen", "-Y", "sign", "-f", key_path, "-n", "continuity", msg_path], check=True,
-                           capture_output=True)
+            subprocess.run(
+                ["ssh-keygen", "-Y", "sign", "-f", key_path, "-n", "continuity", msg_path],
+                check=True,
+                capture_output=True,
+            )
             with open(msg_path, "rb") as f:
-                subprocess.run(["ssh-keygen", "-Y", "verify", "-f", signers, "-I", "bench@example.com", "-n",
-                                "continuity", "-s", sig_path], stdin=f, check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        "ssh-keygen",
+                        "-Y",
+                        "verify",
+                        "-f",
+                        signers,
+                        "-I",
+                        "bench@example.com",
+                        "-n",
+                        "continuity",
+                        "-s",
+                        sig_path,
+                    ],
+                    stdin=f,
+                    check=True,
+                    capture_output=True,
+                )
 
         lib_ms = median_ms(library, args.runs)
         cli_ms = median_ms(cli, args.runs)

@@ -45,8 +45,9 @@ def _slowest_imports(argv: list[str], env: dict[str, str], n: int = 10) -> list[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=15)
-    ap.add_argument("--script", default=shutil.which("continuity") or os.path.join(os.path.dirname(sys.executable),
-                                                                                 "continuity"))
+    ap.add_argument(
+        "--script", default=shutil.which("continuity") or os.path.join(os.path.dirname(sys.executable), "continuity")
+    )
     args = ap.parse_args()
     env = dict(os.environ)
     work = tempfile.mkdtemp(prefix="startup-bench-")
@@ -73,13 +74,19 @@ def main() -> None:
             for k, argv in cases.items():
                 times[k].append(_ms(argv, env))
         floor = min(times["python -c pass"])
-        targets = {"python -m castore --help": 50, "python -m castore list": 60,
-                   "continuity --help (script)": 50, "continuity list (script)": 60}
+        targets = {
+            "python -m castore --help": 50,
+            "python -m castore list": 60,
+            "continuity --help (script)": 50,
+            "continuity list (script)": 60,
+        }
         for k, ts in times.items():
             tgt = targets.get(k)
             verdict = "" if tgt is None else f"   target <= {tgt} ms: {'ok' if min(ts) <= tgt else 'MISSED'}"
-            print(f"{k:30s} min {min(ts):6.1f} ms  median {statistics.median(ts):6.1f} ms  "
-                  f"(+{min(ts) - floor:5.1f} over python){verdict}")
+            print(
+                f"{k:30s} min {min(ts):6.1f} ms  median {statistics.median(ts):6.1f} ms  "
+                f"(+{min(ts) - floor:5.1f} over python){verdict}"
+            )
         print("slowest top-level imports of `list` (-X importtime, one run):")
         for line in _slowest_imports(["-m", "castore", "--store", store, "list"], env):
             print("   " + line)

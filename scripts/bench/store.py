@@ -147,8 +147,11 @@ class Comparison:
             if self.unit == "%":
                 return f"{x:.2f}%"
             return f"{x:.0f}{self.unit}"
-        return (f"{self.name:<{width}}  {v(self.ours):>9}  {v(self.ref):>9}  {self.ratio:>6.2f}x  "
-                f"{self.target:>8}  {self.verdict()}")
+
+        return (
+            f"{self.name:<{width}}  {v(self.ours):>9}  {v(self.ref):>9}  {self.ratio:>6.2f}x  "
+            f"{self.target:>8}  {self.verdict()}"
+        )
 
 
 @dataclass
@@ -166,12 +169,17 @@ class Bench:
     def env(self) -> dict[str, str]:
         e = dict(os.environ)
         cache = os.path.join(self.work, "cache")
-        e.update({
-            "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": os.path.join(cache, "restic"),
-            "BORG_PASSPHRASE": "", "BORG_BASE_DIR": os.path.join(cache, "borg"),
-            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes", "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
-            "BORG_CHECK_I_KNOW_WHAT_I_AM_DOING": "YES",
-        })
+        e.update(
+            {
+                "RESTIC_PASSWORD": "bench",
+                "RESTIC_CACHE_DIR": os.path.join(cache, "restic"),
+                "BORG_PASSPHRASE": "",
+                "BORG_BASE_DIR": os.path.join(cache, "borg"),
+                "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+                "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+                "BORG_CHECK_I_KNOW_WHAT_I_AM_DOING": "YES",
+            }
+        )
         e.pop("CONTINUITY_STORE", None)
         return e
 
@@ -248,8 +256,10 @@ class Bench:
         def ostree() -> None:
             self.clean(repo)
             self.untimed(["ostree", f"--repo={repo}", "init", "--mode=bare"])
-            self.timed(f"ingest {corpus}: ostree commit",
-                       ["ostree", f"--repo={repo}", "commit", "--branch=b", "-s", "bench", f"--tree=dir={src}"])
+            self.timed(
+                f"ingest {corpus}: ostree commit",
+                ["ostree", f"--repo={repo}", "commit", "--branch=b", "-s", "bench", f"--tree=dir={src}"],
+            )
             self.clean(repo)
 
         def restic() -> None:
@@ -261,12 +271,12 @@ class Bench:
         def borg() -> None:
             self.clean(repo)
             self.untimed(["borg", "init", "-e", "none", repo])
-            self.timed(f"ingest {corpus}: borg create", ["borg", "create", "--compression", "none",
-                                                          f"{repo}::a", src])
+            self.timed(f"ingest {corpus}: borg create", ["borg", "create", "--compression", "none", f"{repo}::a", src])
             self.clean(repo)
 
-        self.rounds([("continuity", ours), ("cp", cp), ("ostree", ostree), ("restic", restic), ("borg", borg)],
-                    warm_path=src)
+        self.rounds(
+            [("continuity", ours), ("cp", cp), ("ostree", ostree), ("restic", restic), ("borg", borg)], warm_path=src
+        )
         k = f"ingest {corpus}: "
         self.compare(f"ingest {corpus} vs cp -a+sync", k + "continuity", k + "cp -a+sync", "<=1.5x")
         self.compare(f"ingest {corpus} vs ostree commit", k + "continuity", k + "ostree commit", "<=0.5x")
@@ -283,18 +293,23 @@ class Bench:
         digests: set[str] = set()
 
         def ours() -> None:
-            s = self.timed(f"re-ingest {corpus}: continuity", self.ct("--store", store, "ingest", src),
-                           ours="re-ingest")
+            s = self.timed(
+                f"re-ingest {corpus}: continuity", self.ct("--store", store, "ingest", src), ours="re-ingest"
+            )
             digests.add(s.stdout.strip())
 
         def find() -> None:
-            self.timed(f"re-ingest {corpus}: find -printf",
-                       sh('find "$1" -printf "%p %s %T@ %C@ %i %m %U %G\\n" > /dev/null', src))
+            self.timed(
+                f"re-ingest {corpus}: find -printf",
+                sh('find "$1" -printf "%p %s %T@ %C@ %i %m %U %G\\n" > /dev/null', src),
+            )
 
         def casync() -> None:
             os.unlink(idx)
-            self.timed(f"re-ingest {corpus}: casync make --cache",
-                       ["casync", "make", f"--store={cstore}", f"--cache={cache}", idx, src])
+            self.timed(
+                f"re-ingest {corpus}: casync make --cache",
+                ["casync", "make", f"--store={cstore}", f"--cache={cache}", idx, src],
+            )
 
         self.rounds([("continuity", ours), ("find", find), ("casync", casync)])
         if digests != {first}:
@@ -318,21 +333,30 @@ class Bench:
             # A fresh store per round, so the first checkout really creates the store-side objects.
             self.clean(store, t1, t2)
             digest = self.untimed(self.ct("--store", store, "ingest", src), ours="ingest").stdout.strip()
-            self.timed(k + "continuity --link hardlink (1st)",
-                       self.ct("--store", store, "checkout", "--link", "hardlink", digest, t1),
-                       ours="checkout hardlink")
-            self.timed(k + "continuity --link hardlink (2nd)",
-                       self.ct("--store", store, "checkout", "--link", "hardlink", digest, t2),
-                       ours="checkout hardlink")
+            self.timed(
+                k + "continuity --link hardlink (1st)",
+                self.ct("--store", store, "checkout", "--link", "hardlink", digest, t1),
+                ours="checkout hardlink",
+            )
+            self.timed(
+                k + "continuity --link hardlink (2nd)",
+                self.ct("--store", store, "checkout", "--link", "hardlink", digest, t2),
+                ours="checkout hardlink",
+            )
             # What users do between checkouts: remove one. The unlinks move every object's ctime,
             # so this checkout proves each object again from its record (content hashed).
             self.clean(t1, t2)
-            self.timed(k + "continuity --link hardlink (after rm)",
-                       self.ct("--store", store, "checkout", "--link", "hardlink", digest, t1),
-                       ours="checkout hardlink")
+            self.timed(
+                k + "continuity --link hardlink (after rm)",
+                self.ct("--store", store, "checkout", "--link", "hardlink", digest, t1),
+                ours="checkout hardlink",
+            )
             self.clean(t1)
-            self.timed(k + "continuity --link copy",
-                       self.ct("--store", store, "checkout", "--link", "copy", digest, t1), ours="checkout copy")
+            self.timed(
+                k + "continuity --link copy",
+                self.ct("--store", store, "checkout", "--link", "copy", digest, t1),
+                ours="checkout copy",
+            )
             self.clean(store, t1)
 
         def cp_al() -> None:
@@ -373,8 +397,14 @@ class Bench:
         d = self.p("vstore")
         added: dict[str, float] = {}
 
-        def measure(tool: str, init: list[str] | None, step: Callable[[str, str], list[str]],
-                    sized: str, ours: str | None = None, whole: str | None = None) -> None:
+        def measure(
+            tool: str,
+            init: list[str] | None,
+            step: Callable[[str, str], list[str]],
+            sized: str,
+            ours: str | None = None,
+            whole: str | None = None,
+        ) -> None:
             self.clean(d)
             if init:
                 self.untimed(init)
@@ -386,30 +416,58 @@ class Bench:
             if whole:
                 w2 = tree_bytes(whole)[0]
                 self.extra[f"versions {tool} whole store"] = {"v1_bytes": w1, "v2_bytes": w2}
-                print(f"  (whole {tool} store incl. metadata: +{(w2 - w1) / MiB:.2f} MiB = "
-                      f"{100.0 * (w2 - w1) / size:.2f}%)", flush=True)
+                print(
+                    f"  (whole {tool} store incl. metadata: +{(w2 - w1) / MiB:.2f} MiB = "
+                    f"{100.0 * (w2 - w1) / size:.2f}%)",
+                    flush=True,
+                )
             pct = 100.0 * (b2 - b1) / size
             added[tool] = pct
-            self.extra[f"versions {tool}"] = {"v1_bytes": b1, "v2_bytes": b2, "added_pct": pct,
-                                              "v1_s": a.seconds, "v2_s": b.seconds}
-            print(f"  versions {tool:<34} store {b1 / MiB:8.1f} -> {b2 / MiB:8.1f} MiB: "
-                  f"+{(b2 - b1) / MiB:.2f} MiB = {pct:.2f}%", flush=True)
+            self.extra[f"versions {tool}"] = {
+                "v1_bytes": b1,
+                "v2_bytes": b2,
+                "added_pct": pct,
+                "v1_s": a.seconds,
+                "v2_s": b.seconds,
+            }
+            print(
+                f"  versions {tool:<34} store {b1 / MiB:8.1f} -> {b2 / MiB:8.1f} MiB: "
+                f"+{(b2 - b1) / MiB:.2f} MiB = {pct:.2f}%",
+                flush=True,
+            )
             self.clean(d)
 
-        measure("continuity", None, lambda src, n: self.ct("--store", d, "ingest", src),
-                os.path.join(d, "blobs"), ours="ingest", whole=d)
+        measure(
+            "continuity",
+            None,
+            lambda src, n: self.ct("--store", d, "ingest", src),
+            os.path.join(d, "blobs"),
+            ours="ingest",
+            whole=d,
+        )
         measure("restic", ["restic", "-q", "-r", d, "init"], lambda src, n: ["restic", "-q", "-r", d, "backup", src], d)
-        measure("borg", ["borg", "init", "-e", "none", d],
-                lambda src, n: ["borg", "create", "--compression", "none", f"{d}::v{n}", src], d)
-        measure("casync", ["mkdir", "-p", d],
-                lambda src, n: ["casync", "make", f"--store={d}/castr", f"{d}/v{n}.caidx", src],
-                os.path.join(d, "castr"))
-        measure("ostree", ["ostree", f"--repo={d}", "init", "--mode=bare"],
-                lambda src, n: ["ostree", f"--repo={d}", "commit", "--branch=b", "-s", "v", f"--tree=dir={src}"],
-                os.path.join(d, "objects"))
+        measure(
+            "borg",
+            ["borg", "init", "-e", "none", d],
+            lambda src, n: ["borg", "create", "--compression", "none", f"{d}::v{n}", src],
+            d,
+        )
+        measure(
+            "casync",
+            ["mkdir", "-p", d],
+            lambda src, n: ["casync", "make", f"--store={d}/castr", f"{d}/v{n}.caidx", src],
+            os.path.join(d, "castr"),
+        )
+        measure(
+            "ostree",
+            ["ostree", f"--repo={d}", "init", "--mode=bare"],
+            lambda src, n: ["ostree", f"--repo={d}", "commit", "--branch=b", "-s", "v", f"--tree=dir={src}"],
+            os.path.join(d, "objects"),
+        )
         for tool in ("restic", "borg", "casync", "ostree"):
-            self.comparisons.append(Comparison(f"versions v2 added vs {tool}", added["continuity"], added[tool],
-                                               "%", "<=2%", tool))
+            self.comparisons.append(
+                Comparison(f"versions v2 added vs {tool}", added["continuity"], added[tool], "%", "<=2%", tool)
+            )
 
     def rss_rows(self) -> None:
         for cmd, kib in sorted(self.rss.items()):
@@ -431,8 +489,9 @@ def continuity_cmd(arg: str | None) -> list[str]:
 def snapshot(rev: str) -> tuple[list[str], str, str]:
     """Extract castore/ at ``rev``; (command, PYTHONPATH dir, full sha)."""
     repo = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    sha = subprocess.run(["git", "-C", repo, "rev-parse", rev], check=True, capture_output=True,
-                         text=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "-C", repo, "rev-parse", rev], check=True, capture_output=True, text=True
+    ).stdout.strip()
     dest = f"/tmp/continuity-bench-rev-{sha[:12]}"
     if not os.path.isdir(os.path.join(dest, "castore")):
         os.makedirs(dest, exist_ok=True)
@@ -442,10 +501,12 @@ def snapshot(rev: str) -> tuple[list[str], str, str]:
 
 def describe_tree() -> str:
     repo = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    sha = subprocess.run(["git", "-C", repo, "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                         text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "castore"], capture_output=True,
-                           text=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "-C", repo, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", repo, "status", "--porcelain", "--", "castore"], capture_output=True, text=True
+    ).stdout.strip()
     return f"work tree at {sha}{' + uncommitted castore/ changes' if dirty else ''}"
 
 
@@ -503,21 +564,26 @@ def main() -> int:
         os.makedirs(work, exist_ok=True)
         t = time.monotonic()
         make_corpora(corpus_dir, corpora, scale)
-        print(f"corpora {','.join(corpora)} at scale {scale} in {corpus_dir} "
-              f"({time.monotonic() - t:.0f}s); warming the cache", flush=True)
+        print(
+            f"corpora {','.join(corpora)} at scale {scale} in {corpus_dir} "
+            f"({time.monotonic() - t:.0f}s); warming the cache",
+            flush=True,
+        )
         for c in corpora:
             warm(os.path.join(corpus_dir, c))
         if a.rev:
             cmd, pypath, sha = snapshot(a.rev)
-            os.environ["PYTHONPATH"] = pypath + (":" + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH")
-                                                 else "")
+            os.environ["PYTHONPATH"] = pypath + (":" + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
             code = f"castore/ at {sha[:12]} ({pypath})"
         else:
             cmd, code = continuity_cmd(a.continuity), describe_tree()
         b = Bench(work=work, corpus=corpus_dir, runs=a.runs, continuity=cmd)
         print(f"code: {code}", flush=True)
-        print(f"continuity: {' '.join(b.continuity)}; runs: {a.runs}; fs: ext4 on "
-              f"{scratch.loopdev if scratch else a.mnt}", flush=True)
+        print(
+            f"continuity: {' '.join(b.continuity)}; runs: {a.runs}; fs: ext4 on "
+            f"{scratch.loopdev if scratch else a.mnt}",
+            flush=True,
+        )
         if "ingest" in sections:
             for c in corpora:
                 b.ingest(c)
@@ -537,18 +603,39 @@ def main() -> int:
             print(c.line(width))
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"runs": a.runs, "scale": scale, "code": code, "samples": b.samples, "rss_kib": b.rss,
-                           "extra": b.extra,
-                           "summary": [{"name": c.name, "ours": c.ours, "ref": c.ref, "ratio": c.ratio,
-                                        "target": c.target, "verdict": c.verdict()} for c in b.comparisons]},
-                          f, indent=1)
+                json.dump(
+                    {
+                        "runs": a.runs,
+                        "scale": scale,
+                        "code": code,
+                        "samples": b.samples,
+                        "rss_kib": b.rss,
+                        "extra": b.extra,
+                        "summary": [
+                            {
+                                "name": c.name,
+                                "ours": c.ours,
+                                "ref": c.ref,
+                                "ratio": c.ratio,
+                                "target": c.target,
+                                "verdict": c.verdict(),
+                            }
+                            for c in b.comparisons
+                        ],
+                    },
+                    f,
+                    indent=1,
+                )
         return 0
     finally:
         if scratch is not None and not a.keep:
             scratch.teardown()
         elif scratch is not None:
-            print(f"kept: {a.mnt} on {scratch.loopdev} ({a.image}); to clean: umount {a.mnt} && "
-                  f"losetup -d {scratch.loopdev} && rm {a.image}", flush=True)
+            print(
+                f"kept: {a.mnt} on {scratch.loopdev} ({a.image}); to clean: umount {a.mnt} && "
+                f"losetup -d {scratch.loopdev} && rm {a.image}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ class Scratch:
             corpus.teardown(self._s)
             return
         import subprocess
+
         subprocess.run(["umount", self.mnt], check=False)
         subprocess.run(["losetup", "-d", self.loopdev], check=False)
 

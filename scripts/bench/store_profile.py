@@ -38,6 +38,7 @@ def main() -> int:
 
     if a.tracemalloc:
         import tracemalloc
+
         tracemalloc.start()
     prof = cProfile.Profile()
     sys.argv = ["continuity", *args]
@@ -53,10 +54,13 @@ def main() -> int:
     wall = time.perf_counter() - t0
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"\nexit {code}; wall {wall:.3f}s; peak RSS main {self_rss:.0f} MiB, children {kids_rss:.0f} MiB",
-          file=sys.stderr)
+    print(
+        f"\nexit {code}; wall {wall:.3f}s; peak RSS main {self_rss:.0f} MiB, children {kids_rss:.0f} MiB",
+        file=sys.stderr,
+    )
     if a.tracemalloc:
         import tracemalloc
+
         _, peak = tracemalloc.get_traced_memory()
         print(f"peak Python heap (tracemalloc) {peak / 2**20:.0f} MiB", file=sys.stderr)
     if a.out:
@@ -69,7 +73,7 @@ def main() -> int:
     rows.sort(key=lambda r: -r[key])
     out = io.StringIO()
     out.write(f"{'own s':>8} {'own%':>6} {'cum s':>8} {'cum%':>6} {'calls':>9}  function\n")
-    for tt, ct, nc, name in rows[:a.top]:
+    for tt, ct, nc, name in rows[: a.top]:
         out.write(f"{tt:8.3f} {100 * tt / wall:5.1f}% {ct:8.3f} {100 * ct / wall:5.1f}% {nc:9d}  {name}\n")
     print(out.getvalue(), file=sys.stderr)
     return int(code) if isinstance(code, int) else 1

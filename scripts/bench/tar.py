@@ -38,10 +38,12 @@ import sys
 import tempfile
 
 CLI = [sys.executable, "-m", "castore"]
-_MEASURE = ("import resource,subprocess,sys,time;t=time.monotonic();"
-            "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL);"
-            "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
-            "print(time.monotonic()-t,u.ru_utime+u.ru_stime,u.ru_maxrss,r.returncode)")
+_MEASURE = (
+    "import resource,subprocess,sys,time;t=time.monotonic();"
+    "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL);"
+    "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+    "print(time.monotonic()-t,u.ru_utime+u.ru_stime,u.ru_maxrss,r.returncode)"
+)
 
 
 def parse_size(text: str) -> int:
@@ -61,8 +63,9 @@ class Timing:
         if sync:
             os.sync()  # nobody else's dirty pages are flushed on this command's clock
         if warm is not None:  # what the command reads is in the page cache, as for its rival
-            subprocess.run(["sh", "-c", 'find "$1" -type f -print0 | xargs -0 -r -n 512 cat > /dev/null', "-",
-                            warm], check=True)
+            subprocess.run(
+                ["sh", "-c", 'find "$1" -type f -print0 | xargs -0 -r -n 512 cat > /dev/null', "-", warm], check=True
+            )
         out = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True, text=True, check=True)
         secs, cpu, rss, rc = out.stdout.split()
         if rc != "0":
@@ -81,8 +84,10 @@ class Timing:
 
     def line(self, label: str) -> str:
         runs = " ".join(f"{w:.2f}" for w in self.wall)
-        return (f"{label:<22} {self.secs:7.2f} s  cpu {self.cpus:6.2f} s  peak RSS {self.rss / 1024:5.0f} MiB"
-                f"  (runs: {runs})")
+        return (
+            f"{label:<22} {self.secs:7.2f} s  cpu {self.cpus:6.2f} s  peak RSS {self.rss / 1024:5.0f} MiB"
+            f"  (runs: {runs})"
+        )
 
 
 def make_layer(root: str, size: int, seed: int = 1) -> int:
@@ -113,8 +118,10 @@ def bench(work: str, size: int, runs: int, sync_between: bool, scratch: bool) ->
     else:
         files = make_layer(src, size)
         subprocess.run(["tar", "--format=posix", "-C", src, "-cf", layer, "."], check=True)
-    print(f"layer: {size / 2**20:.0f} MiB in {files} files, tar {os.path.getsize(layer) / 2**20:.0f} MiB"
-          f" ({'fresh ext4 image' if scratch else work})")
+    print(
+        f"layer: {size / 2**20:.0f} MiB in {files} files, tar {os.path.getsize(layer) / 2**20:.0f} MiB"
+        f" ({'fresh ext4 image' if scratch else work})"
+    )
     ta, tx, ti, tc, td = Timing(), Timing(), Timing(), Timing(), Timing()
     co = os.path.join(work, "co")
     rounds = os.path.join(work, f"rounds-{os.getpid()}")
@@ -152,8 +159,12 @@ def main() -> None:
     ap.add_argument("--size", default="2G", help="layer size (e.g. 512M, 2G)")
     ap.add_argument("--runs", type=int, default=3, help="rounds; medians are reported")
     ap.add_argument("--sync-between", action="store_true", help="sync (untimed) between tar -x and ingest DIR")
-    ap.add_argument("--fs", choices=("scratch", "host"), default="scratch" if os.geteuid() == 0 else "host",
-                    help="scratch (default as root): a fresh ext4 image on a loop device; host: --workdir")
+    ap.add_argument(
+        "--fs",
+        choices=("scratch", "host"),
+        default="scratch" if os.geteuid() == 0 else "host",
+        help="scratch (default as root): a fresh ext4 image on a loop device; host: --workdir",
+    )
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
@@ -161,6 +172,7 @@ def main() -> None:
     if a.fs == "scratch":
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import corpus
+
         prefix = os.path.join(a.workdir or "/var/tmp", f"bench-tar-{os.getpid()}")
         with corpus.scratch_fs(prefix, size_gib=9 * size / 2**30 + 1) as s:
             bench(s.mnt, size, a.runs, a.sync_between, True)

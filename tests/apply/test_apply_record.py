@@ -43,8 +43,9 @@ def settle() -> None:
 
 
 def run(store: Store, root: Path, digest: str, *, delete: bool = True) -> ApplyReport:
-    return apply_tree(str(root), None, store=store, manifest_digest=digest,
-                      opts=ApplyOptions(delete=delete, note=lambda _m: None))
+    return apply_tree(
+        str(root), None, store=store, manifest_digest=digest, opts=ApplyOptions(delete=delete, note=lambda _m: None)
+    )
 
 
 def check(store: Store, root: Path, digest: str) -> None:
@@ -78,8 +79,14 @@ def converged(store: Store, root: Path, digest: str) -> None:
     assert (again.created, again.replaced, again.deleted, again.linked, again.metadata) == (0, 0, 0, 0, 0)
     settle()
     third = run(store, root, digest)
-    assert (third.created, third.replaced, third.deleted, third.linked, third.metadata, third.hashed) == \
-        (0, 0, 0, 0, 0, 0)
+    assert (third.created, third.replaced, third.deleted, third.linked, third.metadata, third.hashed) == (
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
     assert third.trusted > 0
     check(store, root, digest)
 
@@ -139,15 +146,18 @@ MODS: dict[str, Callable[[Path], None]] = {
     "hardlink broken": lambda root: (root / "etc/hosts.allow").unlink(),
     "two files swapped": _swap_files,
     "file replaced by a directory": _file_to_dir,
-    "symlink retargeted": lambda root: (os.unlink(root / "etc/hosts.lnk"),
-                                        os.symlink("elsewhere", root / "etc/hosts.lnk")),
+    "symlink retargeted": lambda root: (
+        os.unlink(root / "etc/hosts.lnk"),
+        os.symlink("elsewhere", root / "etc/hosts.lnk"),
+    ),
     "leftover of an interrupted apply": lambda root: (root / "etc/.continuity-apply-0123456789ab").write_bytes(b"t"),
 }
 
 
 @pytest.mark.parametrize("mod", list(MODS))
-def test_local_change_after_the_record_is_repaired(stocked: tuple[Store, dict[str, str]], tmp_path: Path,
-                                                    mod: str) -> None:
+def test_local_change_after_the_record_is_repaired(
+    stocked: tuple[Store, dict[str, str]], tmp_path: Path, mod: str
+) -> None:
     store, digests = stocked
     root = state(tmp_path / "root", "basic")
     run(store, root, digests["basic"])
@@ -160,8 +170,9 @@ def test_local_change_after_the_record_is_repaired(stocked: tuple[Store, dict[st
     converged(store, root, digests["basic"])  # ... and the record it left is true too
 
 
-def test_extra_kept_without_delete_is_found_by_a_later_delete(stocked: tuple[Store, dict[str, str]],
-                                                               tmp_path: Path) -> None:
+def test_extra_kept_without_delete_is_found_by_a_later_delete(
+    stocked: tuple[Store, dict[str, str]], tmp_path: Path
+) -> None:
     store, digests = stocked
     root = state(tmp_path / "root", "basic")
     (root / "etc/mine").write_bytes(b"mine\n")
@@ -186,8 +197,9 @@ def test_replaced_root_is_scanned_whole(stocked: tuple[Store, dict[str, str]], t
     check(store, root, digests["basic"])
 
 
-def test_racy_rows_are_not_trusted(stocked: tuple[Store, dict[str, str]], tmp_path: Path,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_racy_rows_are_not_trusted(
+    stocked: tuple[Store, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(apply_state, "RACY_NS", 3600 * 10**9)  # every ctime is "recent"
     store, digests = stocked
     root = state(tmp_path / "root", "basic")
@@ -283,8 +295,13 @@ def test_parents_the_manifest_stops_listing(tmp_path: Path, delete: bool) -> Non
     for d in seq:
         settle()
         report = run(store, fast, d, delete=delete)
-        apply_tree(str(full), None, store=store, manifest_digest=d,
-                   opts=ApplyOptions(delete=delete, rehash=True, note=lambda _m: None))
+        apply_tree(
+            str(full),
+            None,
+            store=store,
+            manifest_digest=d,
+            opts=ApplyOptions(delete=delete, rehash=True, note=lambda _m: None),
+        )
         assert _tree(fast) == _tree(full), report
         settle()
         again = run(store, fast, d, delete=delete)  # and from the record it left
@@ -343,8 +360,9 @@ def test_lstat_pass_with_many_missing_directories(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("garbage", [b"", b"\x00garbage", b"\xff" * 100])
-def test_unreadable_record_means_a_full_scan(stocked: tuple[Store, dict[str, str]], tmp_path: Path,
-                                             garbage: bytes) -> None:
+def test_unreadable_record_means_a_full_scan(
+    stocked: tuple[Store, dict[str, str]], tmp_path: Path, garbage: bytes
+) -> None:
     store, digests = stocked
     root = state(tmp_path / "root", "basic")
     run(store, root, digests["basic"])

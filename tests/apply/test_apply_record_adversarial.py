@@ -64,8 +64,7 @@ def store(tmp_path: Path) -> Store:
 
 def F(*paths: str, data: bytes = DATA[0], **kw: object) -> RegularFile:
     kw.setdefault("mtime_ns", T)
-    return RegularFile(paths=paths, size=len(data), digest="sha256:" + hashlib.sha256(data).hexdigest(),
-                       **kw)  # type: ignore[arg-type]
+    return RegularFile(paths=paths, size=len(data), digest="sha256:" + hashlib.sha256(data).hexdigest(), **kw)  # type: ignore[arg-type]
 
 
 def D(path: str, **kw: object) -> Directory:
@@ -93,10 +92,20 @@ class Pair:
     def apply(self, digest: str, **kw: object) -> ApplyReport:
         settle()
         kw.setdefault("delete", True)
-        fast = apply_tree(str(self.fast), None, store=self.store, manifest_digest=digest,
-                          opts=ApplyOptions(note=lambda _m: None, **kw))  # type: ignore[arg-type]
-        full = apply_tree(str(self.full), None, store=self.store, manifest_digest=digest,
-                          opts=ApplyOptions(note=lambda _m: None, rehash=True, **kw))  # type: ignore[arg-type]
+        fast = apply_tree(
+            str(self.fast),
+            None,
+            store=self.store,
+            manifest_digest=digest,
+            opts=ApplyOptions(note=lambda _m: None, **kw),
+        )  # type: ignore[arg-type]
+        full = apply_tree(
+            str(self.full),
+            None,
+            store=self.store,
+            manifest_digest=digest,
+            opts=ApplyOptions(note=lambda _m: None, rehash=True, **kw),
+        )  # type: ignore[arg-type]
         self.same(digest, kw.get("devices", "create") == "create")
         assert fast.problems == full.problems
         return fast
@@ -114,8 +123,12 @@ class Pair:
 
     def same(self, digest: str, devices: bool) -> None:
         """The trees agree (``devices``: they were created, so their mtimes are the manifest's)."""
-        timed = {os.fsencode(p[1:]) for r in self.store.load_manifest(digest).resources
-                 if r.mtime_ns is not None and (devices or not isinstance(r, Device)) for p in r.paths}
+        timed = {
+            os.fsencode(p[1:])
+            for r in self.store.load_manifest(digest).resources
+            if r.mtime_ns is not None and (devices or not isinstance(r, Device))
+            for p in r.paths
+        }
         assert _tree(self.fast, timed) == _tree(self.full, timed)
 
 
@@ -144,8 +157,12 @@ def _tree(root: Path, timed: set[bytes]) -> object:
                 extra = os.readlink(name_b, dir_fd=dfd)
             elif stat.S_ISCHR(m) or stat.S_ISBLK(m):
                 extra = (os.major(st.st_rdev), os.minor(st.st_rdev))
-            xattrs = tuple(sorted((n, os.getxattr(where, n, follow_symlinks=False))
-                                  for n in os.listxattr(where, follow_symlinks=False)))
+            xattrs = tuple(
+                sorted(
+                    (n, os.getxattr(where, n, follow_symlinks=False))
+                    for n in os.listxattr(where, follow_symlinks=False)
+                )
+            )
             mtime = st.st_mtime_ns if r in timed else None
             entries[r] = (stat.S_IFMT(m), stat.S_IMODE(m), st.st_uid, st.st_gid, extra, xattrs, mtime)
             if stat.S_ISDIR(m):
@@ -177,8 +194,7 @@ def test_hardlink_across_an_implicit_parent_and_a_trusted_directory(store: Store
 
 
 def test_hardlink_added_between_a_trusted_and_a_changed_path(store: Store, tmp_path: Path) -> None:
-    d = commit(store, D("/a"), D("/b"), F("/a/f", data=DATA[0]), F("/b/g", data=DATA[1]),
-               F("/b/h", data=DATA[2]))
+    d = commit(store, D("/a"), D("/b"), F("/a/f", data=DATA[0]), F("/b/g", data=DATA[1]), F("/b/h", data=DATA[2]))
     pair = Pair(store, tmp_path)
     pair.prime(d)
     pair.mutate(lambda r: (os.unlink(r / "b/g"), os.link(r / "a/f", r / "b/g")))
@@ -209,8 +225,7 @@ def test_hardlink_groups_split_merge_and_move(store: Store, tmp_path: Path) -> N
 def test_trusted_device_with_devices_check(store: Store, tmp_path: Path) -> None:
     """A device created (and trusted) by an apply with --devices create, then checked: the device
     below an implied parent lands in the sub-manifest untouched, and must not be reported missing."""
-    d = commit(store, Device(paths=("/x/null",), char=True, major=1, minor=3, perm=0o666, mtime_ns=T),
-               F("/x/z"))
+    d = commit(store, Device(paths=("/x/null",), char=True, major=1, minor=3, perm=0o666, mtime_ns=T), F("/x/z"))
     pair = Pair(store, tmp_path)
     pair.prime(d, devices="create")
     report = pair.apply(d, devices="check")
@@ -220,8 +235,9 @@ def test_trusted_device_with_devices_check(store: Store, tmp_path: Path) -> None
 def test_devices_policies_and_local_changes(store: Store, tmp_path: Path) -> None:
     dev = Device(paths=("/dev/null",), char=True, major=1, minor=3, perm=0o666, mtime_ns=T)
     m1 = commit(store, D("/dev"), dev, NamedPipe(paths=("/dev/fifo",), perm=0o640, mtime_ns=T), F("/dev/f"))
-    m2 = commit(store, D("/dev"), Device(paths=("/dev/null",), char=True, major=1, minor=5, perm=0o666,
-                                         mtime_ns=T), F("/dev/f"))
+    m2 = commit(
+        store, D("/dev"), Device(paths=("/dev/null",), char=True, major=1, minor=5, perm=0o666, mtime_ns=T), F("/dev/f")
+    )
     pair = Pair(store, tmp_path)
     pair.prime(m1, devices="create")
     pair.apply(m2, devices="check")
@@ -247,6 +263,7 @@ def test_sockets(store: Store, tmp_path: Path) -> None:
         os.unlink(r / "run/s")
         with socket.socket(socket.AF_UNIX) as s:
             s.bind(str(r / "run/s"))
+
     pair.mutate(replace)
     pair.apply(m, sockets=False)
     pair.apply(m, sockets=True)
@@ -255,8 +272,15 @@ def test_sockets(store: Store, tmp_path: Path) -> None:
 # ------------------------------------------------------------------ types, moves, whiteouts
 
 
-BASE = (D("/d"), D("/d/sub"), F("/d/sub/f", data=DATA[1]), F("/d/g", data=DATA[2]), L("/d/l", "g"),
-        D("/e"), F("/e/h", data=DATA[3]))
+BASE = (
+    D("/d"),
+    D("/d/sub"),
+    F("/d/sub/f", data=DATA[1]),
+    F("/d/g", data=DATA[2]),
+    L("/d/l", "g"),
+    D("/e"),
+    F("/e/h", data=DATA[3]),
+)
 
 
 def _dir_to_symlink_outside(outside: Path) -> Callable[[Path], None]:
@@ -264,6 +288,7 @@ def _dir_to_symlink_outside(outside: Path) -> Callable[[Path], None]:
         dest = outside / r.name
         shutil.move(r / "d", dest)  # the very inodes the record holds, reached through a symlink
         os.symlink(dest, r / "d")
+
     return f
 
 
@@ -297,6 +322,7 @@ def test_types_swapped_locally(store: Store, tmp_path: Path, delete: bool) -> No
         (r / "d/l").mkdir()
         shutil.rmtree(r / "e")
         os.symlink("d", r / "e")
+
     pair.mutate(swap)
     pair.apply(d, delete=delete)
     pair.apply(d, delete=delete)
@@ -312,6 +338,7 @@ def test_entries_moved_within_root(store: Store, tmp_path: Path) -> None:
         os.rename(r / "e/h", r / "d/h")
         os.rename(r / "d/g", r / "d/sub")  # a file where the directory was
         os.rename(r / "e", r / "d/e")  # a trusted directory moved below another
+
     pair.mutate(move)
     pair.apply(d, delete=False)
     pair.apply(d)
@@ -321,8 +348,17 @@ def test_entries_moved_within_root(store: Store, tmp_path: Path) -> None:
 
 def test_directories_exchanged(store: Store, tmp_path: Path) -> None:
     """Two trusted directories with the same names inside, exchanged: every name lstat's fine."""
-    d = commit(store, D("/a"), D("/b"), F("/a/f", data=DATA[0]), F("/b/f", data=DATA[1]),
-               F("/a/g", "/b/g", data=DATA[2]), D("/a/s"), D("/b/s"), F("/a/s/x", data=DATA[3]))
+    d = commit(
+        store,
+        D("/a"),
+        D("/b"),
+        F("/a/f", data=DATA[0]),
+        F("/b/f", data=DATA[1]),
+        F("/a/g", "/b/g", data=DATA[2]),
+        D("/a/s"),
+        D("/b/s"),
+        F("/a/s/x", data=DATA[3]),
+    )
     pair = Pair(store, tmp_path)
     pair.prime(d)
     pair.mutate(lambda r: (os.rename(r / "a", r / "t"), os.rename(r / "b", r / "a"), os.rename(r / "t", r / "b")))
@@ -331,8 +367,14 @@ def test_directories_exchanged(store: Store, tmp_path: Path) -> None:
 
 def test_whiteouts_of_trusted_entries(store: Store, tmp_path: Path) -> None:
     m1 = commit(store, *BASE)
-    m2 = commit(store, D("/d"), Whiteout(paths=("/d/sub",)), F("/d/g", data=DATA[2]), Whiteout(paths=("/d/l",)),
-                Whiteout(paths=("/e",)))
+    m2 = commit(
+        store,
+        D("/d"),
+        Whiteout(paths=("/d/sub",)),
+        F("/d/g", data=DATA[2]),
+        Whiteout(paths=("/d/l",)),
+        Whiteout(paths=("/e",)),
+    )
     pair = Pair(store, tmp_path)
     pair.prime(m1)
     pair.apply(m2, delete=False)
@@ -355,6 +397,7 @@ def test_delete_toggled_with_extras_at_every_depth(store: Store, tmp_path: Path)
         (r / "d/sub/deep/er").mkdir(parents=True)
         (r / "d/sub/deep/er/f").write_bytes(b"f")
         os.symlink("/etc", r / "e/abs")
+
     pair.mutate(extras)
     pair.apply(d, delete=False)
     pair.apply(d, delete=False)
@@ -391,13 +434,33 @@ def test_relayout_does_not_list_a_parent_twice() -> None:
 
 def test_manifests_that_differ_only_in_metadata(store: Store, tmp_path: Path) -> None:
     x1 = (("user.a", b"1"),)
-    m1 = commit(store, D("/d", xattrs=x1), F("/d/f", perm=0o644), F("/d/h1", "/d/h2", data=DATA[1]),
-                L("/d/l", "f"), NamedPipe(paths=("/d/p",), perm=0o600, mtime_ns=T), D("/d/e"))
-    m2 = commit(store, D("/d", perm=0o750), F("/d/f", perm=0o600, uid=1, gid=2, xattrs=x1),
-                F("/d/h1", "/d/h2", data=DATA[1], mtime_ns=T + 1), L("/d/l", "f", uid=3),
-                NamedPipe(paths=("/d/p",), perm=0o644, mtime_ns=T + 5), D("/d/e", mtime_ns=T + 9))
-    m3 = commit(store, D("/d", xattrs=x1), F("/d/f", perm=0o644, mtime_ns=None), F("/d/h1", "/d/h2", data=DATA[1]),
-                L("/d/l", "f"), NamedPipe(paths=("/d/p",), perm=0o600, mtime_ns=T), D("/d/e"))
+    m1 = commit(
+        store,
+        D("/d", xattrs=x1),
+        F("/d/f", perm=0o644),
+        F("/d/h1", "/d/h2", data=DATA[1]),
+        L("/d/l", "f"),
+        NamedPipe(paths=("/d/p",), perm=0o600, mtime_ns=T),
+        D("/d/e"),
+    )
+    m2 = commit(
+        store,
+        D("/d", perm=0o750),
+        F("/d/f", perm=0o600, uid=1, gid=2, xattrs=x1),
+        F("/d/h1", "/d/h2", data=DATA[1], mtime_ns=T + 1),
+        L("/d/l", "f", uid=3),
+        NamedPipe(paths=("/d/p",), perm=0o644, mtime_ns=T + 5),
+        D("/d/e", mtime_ns=T + 9),
+    )
+    m3 = commit(
+        store,
+        D("/d", xattrs=x1),
+        F("/d/f", perm=0o644, mtime_ns=None),
+        F("/d/h1", "/d/h2", data=DATA[1]),
+        L("/d/l", "f"),
+        NamedPipe(paths=("/d/p",), perm=0o600, mtime_ns=T),
+        D("/d/e"),
+    )
     pair = Pair(store, tmp_path)
     pair.prime(m1)
     for m in (m2, m2, m1, m3, m3, m1):
@@ -422,6 +485,7 @@ def test_root_moved_away_and_recreated(store: Store, tmp_path: Path) -> None:
         os.utime(r / "d/sub/f", ns=(T, T))
         (r / "d/g").write_bytes(DATA[2])
         (r / "stray").write_bytes(b"s")
+
     pair.mutate(recreate)
     pair.apply(d)
     pair.mutate(lambda r: (os.rename(r, r.with_name(r.name + ".away")), os.rename(r.with_name(r.name + ".away"), r)))
@@ -431,10 +495,22 @@ def test_root_moved_away_and_recreated(store: Store, tmp_path: Path) -> None:
 def test_strange_names(store: Store, tmp_path: Path) -> None:
     """Non-UTF-8 names (whose str order differs from their byte order), backslashes, escapes."""
     names = ["/n/\udcff", "/n/\ue000", "/n/a\\xff", "/n/a\udcff", "/n/b\\\\", "/n/\\", "/n/é"]
-    m1 = commit(store, D("/n"), *(F(p, data=DATA[i % 3]) for i, p in enumerate(names)),
-                D("/n/\udcfe"), F("/n/\udcfe/f", data=DATA[3]), F("/\\top", "/n/\udcfd", data=DATA[4]))
-    m2 = commit(store, D("/n"), *(F(p, data=DATA[(i + 1) % 3]) for i, p in enumerate(names[::2])),
-                D("/n/\udcfe", perm=0o700), F("/n/\udcfe/f", data=DATA[3]), F("/\\top", data=DATA[4]))
+    m1 = commit(
+        store,
+        D("/n"),
+        *(F(p, data=DATA[i % 3]) for i, p in enumerate(names)),
+        D("/n/\udcfe"),
+        F("/n/\udcfe/f", data=DATA[3]),
+        F("/\\top", "/n/\udcfd", data=DATA[4]),
+    )
+    m2 = commit(
+        store,
+        D("/n"),
+        *(F(p, data=DATA[(i + 1) % 3]) for i, p in enumerate(names[::2])),
+        D("/n/\udcfe", perm=0o700),
+        F("/n/\udcfe/f", data=DATA[3]),
+        F("/\\top", data=DATA[4]),
+    )
     pair = Pair(store, tmp_path)
     pair.prime(m1)
     pair.apply(m2)
@@ -444,6 +520,7 @@ def test_strange_names(store: Store, tmp_path: Path) -> None:
     def to_link(r: Path) -> None:
         os.rename(os.fsencode(r / "n") + b"/\xfe", os.fsencode(r) + b"/moved")
         os.symlink(b"../moved", os.fsencode(r / "n") + b"/\xfe")
+
     pair.mutate(to_link)
     pair.apply(m1)
 
@@ -452,7 +529,7 @@ def test_very_long_paths(store: Store, tmp_path: Path) -> None:
     """Paths longer than PATH_MAX: their lstat by whole path fails, so they are always scanned."""
     deep = "".join("/" + c * 200 for c in "abcdefghijklmnopqrstuvwxy")  # 5025 bytes
     parts = deep.split("/")[1:]
-    dirs = [D("/" + "/".join(parts[:i + 1])) for i in range(len(parts))]
+    dirs = [D("/" + "/".join(parts[: i + 1])) for i in range(len(parts))]
     m1 = commit(store, *dirs, F(deep + "/f", data=DATA[0]), F("/short", data=DATA[1]))
     m2 = commit(store, *dirs, F(deep + "/f", data=DATA[2]), F("/short", data=DATA[1]))
     pair = Pair(store, tmp_path)
@@ -462,14 +539,20 @@ def test_very_long_paths(store: Store, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("point", ["apply-after-deletes", "apply-mid-leaves", "apply-before-dir-metadata"])
-def test_apply_interrupted_before_its_record(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             point: str) -> None:
+def test_apply_interrupted_before_its_record(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str
+) -> None:
     """An apply that dies (here: an injected error) leaves ROOT half way and the old record: the next
     apply, to a third manifest, still converges as a full scan does."""
     many = [F(f"/m/{i:03d}", data=DATA[i % 4]) for i in range(120)]
     m1 = commit(store, *BASE, *many)
-    m2 = commit(store, D("/d", perm=0o700), F("/d/g", data=DATA[0]), F("/d/new"),
-                *(F(f"/m/{i:03d}", data=DATA[(i + 1) % 4]) for i in range(120)))
+    m2 = commit(
+        store,
+        D("/d", perm=0o700),
+        F("/d/g", data=DATA[0]),
+        F("/d/new"),
+        *(F(f"/m/{i:03d}", data=DATA[(i + 1) % 4]) for i in range(120)),
+    )
     m3 = commit(store, *BASE, *many[10:])
     pair = Pair(store, tmp_path)
     pair.prime(m1)
@@ -548,6 +631,7 @@ def test_many_paths_with_two_lstat_processes(store: Store, tmp_path: Path, monke
 def test_mtime_the_recorded_manifest_left_unset(store: Store, tmp_path: Path, kind: str) -> None:
     """The recorded manifest set no mtime (any will do) and the new one sets one, nothing else changed:
     the record vouches for what the old entry says, which is nothing about the mtime actually there."""
+
     def entry(mtime: int | None) -> Resource:
         if kind == "file":
             return F("/d/f", mtime_ns=mtime)
@@ -556,6 +640,7 @@ def test_mtime_the_recorded_manifest_left_unset(store: Store, tmp_path: Path, ki
         if kind == "fifo":
             return NamedPipe(paths=("/d/p",), perm=0o640, mtime_ns=mtime)
         return F("/d/f", "/d/sub/f", mtime_ns=mtime)
+
     m1 = commit(store, D("/d"), D("/d/sub"), entry(None))
     m2 = commit(store, D("/d"), D("/d/sub"), entry(T + 5))
     pair = Pair(store, tmp_path)
@@ -563,10 +648,13 @@ def test_mtime_the_recorded_manifest_left_unset(store: Store, tmp_path: Path, ki
     pair.apply(m2)
 
 
-@pytest.mark.xfail(strict=True, reason="inherent to trusting lstat rows: a store through a shared writable mapping "
-                   "to a page that is already dirty changes the content without moving ctime (nor mtime), so the "
-                   "record trusts the file; only a full scan with rehash finds it (the stat cache has the same "
-                   "blind spot)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="inherent to trusting lstat rows: a store through a shared writable mapping "
+    "to a page that is already dirty changes the content without moving ctime (nor mtime), so the "
+    "record trusts the file; only a full scan with rehash finds it (the stat cache has the same "
+    "blind spot)",
+)
 def test_mmap_store_to_a_dirty_page(store: Store, tmp_path: Path) -> None:
     import mmap
 
@@ -583,6 +671,7 @@ def test_mmap_store_to_a_dirty_page(store: Store, tmp_path: Path) -> None:
         mm[0:1] = DATA[3][0:1]
         os.utime(r / "f", ns=(T, T))
         maps.append(mm)
+
     pair.mutate(dirty_page)
     pair.apply(d)  # scans f (its ctime moved), finds it clean, records its row
     settle()
@@ -689,8 +778,24 @@ def _local_change(rng: random.Random, root: Path) -> None:
     real_dir = os.path.isdir(p) and not os.path.islink(p)
     real_file = os.path.isfile(p) and not os.path.islink(p)
     d = p if real_dir else os.path.dirname(p)
-    what = rng.choice(["write", "chmod", "remove", "extra", "extra tree", "to symlink", "rename", "link",
-                       "xattr", "dir to symlink", "touch", "exchange", "link out", "root recreated"])
+    what = rng.choice(
+        [
+            "write",
+            "chmod",
+            "remove",
+            "extra",
+            "extra tree",
+            "to symlink",
+            "rename",
+            "link",
+            "xattr",
+            "dir to symlink",
+            "touch",
+            "exchange",
+            "link out",
+            "root recreated",
+        ]
+    )
     try:
         if what == "write" and real_file:
             st = os.lstat(p)
@@ -722,8 +827,15 @@ def _local_change(rng: random.Random, root: Path) -> None:
             os.symlink(os.path.basename(p) + b".moved", p)
         elif what == "touch" and real_dir:
             os.utime(p, ns=(T, T))
-        elif what == "exchange" and real_dir and os.path.isdir(q) and not os.path.islink(q) \
-                and not q.startswith(p + b"/") and not p.startswith(q + b"/") and q != p:
+        elif (
+            what == "exchange"
+            and real_dir
+            and os.path.isdir(q)
+            and not os.path.islink(q)
+            and not q.startswith(p + b"/")
+            and not p.startswith(q + b"/")
+            and q != p
+        ):
             os.rename(p, p + b".t")
             os.rename(q, p)
             os.rename(p + b".t", q)
@@ -759,12 +871,18 @@ def test_random_sequences(store: Store, tmp_path: Path, monkeypatch: pytest.Monk
         opts = {"delete": rng.random() < 0.6, "devices": rng.choice(["create", "create", "check", "skip"])}
         if rng.random() < 0.15:
             settle()
-            monkeypatch.setattr(castore.faults, "_FAULT", rng.choice(["apply-after-deletes",
-                                                                     "apply-before-dir-metadata"]))
+            monkeypatch.setattr(
+                castore.faults, "_FAULT", rng.choice(["apply-after-deletes", "apply-before-dir-metadata"])
+            )
             for root, rehash in ((pair.fast, False), (pair.full, True)):
                 with pytest.raises(OSError):
-                    apply_tree(str(root), None, store=store, manifest_digest=d,
-                               opts=ApplyOptions(note=lambda _m: None, rehash=rehash, **opts))  # type: ignore[arg-type]
+                    apply_tree(
+                        str(root),
+                        None,
+                        store=store,
+                        manifest_digest=d,
+                        opts=ApplyOptions(note=lambda _m: None, rehash=rehash, **opts),
+                    )  # type: ignore[arg-type]
             monkeypatch.setattr(castore.faults, "_FAULT", "")
         for _ in range(rng.randint(1, 2)):
             pair.apply(d, **opts)

@@ -39,8 +39,14 @@ def _outside(base: Path) -> Path:
 
 def _fingerprint(out: Path) -> object:
     st = os.lstat(out)
-    return (snapshot(out), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns,
-            tuple(sorted(os.listxattr(out))))
+    return (
+        snapshot(out),
+        stat.S_IMODE(st.st_mode),
+        st.st_uid,
+        st.st_gid,
+        st.st_mtime_ns,
+        tuple(sorted(os.listxattr(out))),
+    )
 
 
 def _wanted(base: Path, outside: Path) -> Path:

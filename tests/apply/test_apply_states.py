@@ -30,8 +30,9 @@ def test_state_to_state(stocked: tuple[Store, dict[str, str], Path], tmp_path: P
     store, digests, _ = stocked
     root = state(tmp_path / "root", a)
     want = store.load_manifest(digests[b])
-    report = apply_tree(str(root), want, store=store, opts=ApplyOptions(delete=True, note=lambda _m: None),
-                        manifest_digest=digests[b])
+    report = apply_tree(
+        str(root), want, store=store, opts=ApplyOptions(delete=True, note=lambda _m: None), manifest_digest=digests[b]
+    )
     assert verify_tree(str(root), want, VerifyOptions()) == []
     if a == b:
         assert report.created == report.replaced == report.deleted == report.linked == 0
@@ -87,10 +88,17 @@ def test_cli_repair_loop(stocked: tuple[Store, dict[str, str], Path], tmp_path: 
 
 def test_whiteouts_delete(tmp_path: Path) -> None:
     from castore.manifest.model import Directory, Manifest, RegularFile, Whiteout
+
     root = state(tmp_path / "root", "basic")
     empty = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-    m = Manifest.of([Directory(paths=("/etc",)), Whiteout(paths=("/etc/hosts",)), Whiteout(paths=("/usr",)),
-                     RegularFile(paths=("/etc/e",), size=0, digest=empty)])
+    m = Manifest.of(
+        [
+            Directory(paths=("/etc",)),
+            Whiteout(paths=("/etc/hosts",)),
+            Whiteout(paths=("/usr",)),
+            RegularFile(paths=("/etc/e",), size=0, digest=empty),
+        ]
+    )
     apply_tree(str(root), m, source=str(tmp_path))
     assert not (root / "etc/hosts").exists() and not (root / "usr").exists()
     assert (root / "etc/hosts.allow").exists() and (root / "etc/e").exists()  # no --delete: extras stay

@@ -29,8 +29,6 @@ def _holes(p: Path) -> tuple[tuple[int, int], ...]:
         os.close(fd)
 
 
-
-
 @pytest.fixture
 def rich(tmp_path: Path) -> Path:
     return cp_a_tree(tmp_path / "src")
@@ -187,5 +185,6 @@ def test_deep_tree(tmp_path: Path) -> None:
         assert stats.dirs == 1200 and stats.files == 1
     finally:
         from castore.fs.tree import remove_tree
+
         for p in ("src", "out"):
             remove_tree(str(tmp_path / p))  # pytest's recursive cleanup fails at this depth

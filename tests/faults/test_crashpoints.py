@@ -16,12 +16,24 @@ import pytest
 
 from castore.testing.trees import make_tree, rand_tree
 
-INGEST_POINTS = ["ingest-after-read", "ingest-after-syncfs", "ingest-after-rename", "ingest-before-manifest",
-                 "ingest-after-manifest", "ingest-before-tag", "ingest-after-commit"]
+INGEST_POINTS = [
+    "ingest-after-read",
+    "ingest-after-syncfs",
+    "ingest-after-rename",
+    "ingest-before-manifest",
+    "ingest-after-manifest",
+    "ingest-before-tag",
+    "ingest-after-commit",
+]
 CHECKOUT_POINTS = ["checkout-after-dirs", "checkout-mid-files", "checkout-before-sync", "checkout-before-rename"]
 GC_POINTS = ["gc-after-mark", "gc-mid-sweep", "gc-after-index-commit"]
-REBUILD_POINTS = ["rebuild-after-scan", "rebuild-mid-build", "rebuild-after-build", "rebuild-after-swap",
-                  "rebuild-after-rename"]
+REBUILD_POINTS = [
+    "rebuild-after-scan",
+    "rebuild-mid-build",
+    "rebuild-after-build",
+    "rebuild-after-swap",
+    "rebuild-after-rename",
+]
 
 
 def big_tree(root: Path, seed: int) -> Path:
@@ -95,8 +107,10 @@ def _catalog(cli) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
     return [(r["name"], r["digest"]) for r in json.loads(cli("list", "--json", check=True).stdout)["names"]]
 
 
-@pytest.mark.parametrize(("index", "point"), [("sound", p) for p in REBUILD_POINTS] +
-                         [("lost", p) for p in REBUILD_POINTS if p != "rebuild-after-swap"])  # nothing to swap
+@pytest.mark.parametrize(
+    ("index", "point"),
+    [("sound", p) for p in REBUILD_POINTS] + [("lost", p) for p in REBUILD_POINTS if p != "rebuild-after-swap"],
+)  # nothing to swap
 def test_rebuild_index_crash(cli, seeded: Path, store_path: Path, point: str, index: str) -> None:  # type: ignore
     """STORE/meta is the old index or the new one at every step (never none); a re-run completes."""
     before = _catalog(cli)

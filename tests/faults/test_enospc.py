@@ -49,11 +49,11 @@ def test_enospc_during_ingest(small_fs: Path, tmp_path: Path) -> None:
     store = small_fs / "store"
 
     def cli(*a: object, check: bool = False) -> subprocess.CompletedProcess[bytes]:
-        p = subprocess.run([sys.executable, "-m", "castore", "--store", str(store), *map(str, a)],
-                           capture_output=True)
+        p = subprocess.run([sys.executable, "-m", "castore", "--store", str(store), *map(str, a)], capture_output=True)
         assert not check or p.returncode == 0, p.stderr
         assert b"Traceback" not in p.stderr
         return p
+
     cli("ingest", make_tree(tmp_path / "first", {"x": b"before\n"}), "--name", "first", check=True)
     p = cli("ingest", big_tree(tmp_path / "big"), "--name", "big")
     assert p.returncode == 6, p.stderr

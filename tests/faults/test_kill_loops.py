@@ -69,8 +69,9 @@ def test_sigkill_at_random_moments(tmp_path: Path) -> None:
         else:
             args = ["rm", f"n{rnd.randint(0, 3)}"]
         t0 = time.monotonic()
-        p = subprocess.Popen([*CLI, "--store", str(sp), *map(str, args)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+        p = subprocess.Popen(
+            [*CLI, "--store", str(sp), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         time.sleep(rnd.uniform(0.1, 1.0) * took.get(op, 0.5))  # somewhere in its run (calibrated)
         if p.poll() is None:
             p.kill()
@@ -163,8 +164,11 @@ def test_gc_ingest_checkout_in_parallel_loops(tmp_path: Path) -> None:
 def test_kill_leaves_no_worker_processes(tmp_path: Path) -> None:
     """A SIGKILLed ingest takes its hashing pool with it (PR_SET_PDEATHSIG)."""
     src = make_tree(tmp_path / "src", {f"f{i}": os.urandom(2000) for i in range(300)})
-    p = subprocess.Popen([*CLI, "--store", str(tmp_path / "s"), "ingest", str(src)],
-                         env={**os.environ, "CONTINUITY_CRASHPOINT": "ingest-after-read"},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [*CLI, "--store", str(tmp_path / "s"), "ingest", str(src)],
+        env={**os.environ, "CONTINUITY_CRASHPOINT": "ingest-after-read"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out, err = p.communicate(timeout=60)  # EOF on the pipes: no child kept them open
     assert p.returncode == -signal.SIGKILL, err

@@ -26,15 +26,24 @@ def _staging(parent: Path) -> list[str]:
 def _stopped_checkout(store: Path, target: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A real checkout, SIGSTOPped once its staging directory exists (it keeps its lock)."""
     for _ in range(20):
-        proc = subprocess.Popen([sys.executable, "-m", "castore", "--store", str(store), "checkout", "big",
-                                 str(target)], stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "castore", "--store", str(store), "checkout", "big", str(target)],
+            stderr=subprocess.PIPE,
+        )
         before = set(_staging(target.parent))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and proc.poll() is None:
             new = set(_staging(target.parent)) - before
             # Stopped while it writes files (it holds no store lock then, only its staging dir's).
-            if new and len(os.listdir(target.parent / next(iter(new)) / "sub") if os.path.isdir(
-                    target.parent / next(iter(new)) / "sub") else ()) > 10:
+            if (
+                new
+                and len(
+                    os.listdir(target.parent / next(iter(new)) / "sub")
+                    if os.path.isdir(target.parent / next(iter(new)) / "sub")
+                    else ()
+                )
+                > 10
+            ):
                 os.kill(proc.pid, signal.SIGSTOP)
                 if proc.poll() is None and os.path.isdir(target.parent / next(iter(new))):
                     return proc, next(iter(new))

@@ -69,8 +69,12 @@ def mounted(store: Path, ref: str, mnt: Path, *extra: str, wait: float = 30) -> 
     mnt.mkdir(parents=True, exist_ok=True)
     log = mnt.parent / f"{mnt.name}.mount.log"
     with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "castore", "--store", str(store), "mount", ref, str(mnt),
-                                 *extra], stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "castore", "--store", str(store), "mount", ref, str(mnt), *extra],
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+        )
     m = Mounted(proc, mnt, log)
     try:
         deadline = time.monotonic() + wait

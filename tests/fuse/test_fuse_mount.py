@@ -113,7 +113,7 @@ def test_random_reads_of_chunked_file(rich) -> None:  # type: ignore[no-untyped-
         offsets += [len(want) - 1, len(want), len(want) + 100]
         for off in offsets:
             n = rng.choice([1, 100, 4096, 70_000, 1 << 20])
-            assert os.pread(fd, n, off) == want[off:off + n], off
+            assert os.pread(fd, n, off) == want[off : off + n], off
     finally:
         os.close(fd)
 
@@ -194,7 +194,7 @@ def test_corrupt_blob_reads_fail_with_eio(tmp_path: Path) -> None:
             for c in (big_r.chunks[0], big_r.chunks[2], big_r.chunks[-1]):
                 first = -(-c.begin // PAGE) * PAGE
                 assert c.end - first >= PAGE
-                assert os.pread(fd, PAGE, first) == big[first:first + PAGE]
+                assert os.pread(fd, PAGE, first) == big[first : first + PAGE]
             with pytest.raises(OSError) as exc:  # again: never served from a cache
                 os.pread(fd, 100, bad.begin + 10)
             assert exc.value.errno == errno.EIO
@@ -304,8 +304,12 @@ def test_mountpoint_refused_exit_3(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     (tmp_path / "empty").mkdir()
     os.symlink("empty", tmp_path / "link")
-    for mp, why in [("missing", "does not exist"), ("full", "not empty"), ("file", "not a directory"),
-                    ("link", "symlink")]:
+    for mp, why in [
+        ("missing", "does not exist"),
+        ("full", "not empty"),
+        ("file", "not a directory"),
+        ("link", "symlink"),
+    ]:
         p = run_cli("mount", "t", tmp_path / mp, store=store)
         err = p.stderr.decode()
         assert p.returncode == 3, (mp, err)
@@ -349,10 +353,13 @@ def test_missing_dev_fuse_exit_1(tmp_path: Path) -> None:
     store = tmp_path / "store"
     ingest(store, src, "t")
     (tmp_path / "mnt").mkdir()
-    script = ('mount --make-rprivate / && mount -t tmpfs none /dev && exec "$0" -m castore --store "$1" '
-              'mount t "$2"')
-    p = subprocess.run(["unshare", "-m", "sh", "-c", script, sys.executable, str(store), str(tmp_path / "mnt")],
-                       capture_output=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    script = 'mount --make-rprivate / && mount -t tmpfs none /dev && exec "$0" -m castore --store "$1" mount t "$2"'
+    p = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, sys.executable, str(store), str(tmp_path / "mnt")],
+        capture_output=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     err = p.stderr.decode()
     assert p.returncode == 1 and "/dev/fuse" in err and "Traceback" not in err, err
     unmount(tmp_path / "mnt")

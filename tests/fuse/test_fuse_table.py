@@ -28,17 +28,19 @@ def _walk(t: InodeTable, path: str) -> int:
 
 
 def test_inode_table() -> None:
-    m = Manifest.of([
-        Directory(paths=("/d",), perm=0o1777, uid=5, gid=6, mtime_ns=123),
-        RegularFile(paths=("/d/a", "/d/b", "/x/y/c"), size=0, digest=E, perm=0o4755, xattrs=(("user.k", b"v"),)),
-        Symlink(paths=("/d/l",), target="../t\udcff"),
-        Device(paths=("/dev0",), char=True, major=1, minor=3, perm=0o666),
-        Device(paths=("/blk",), char=False, major=7, minor=200),
-        NamedPipe(paths=("/p",), uid=-1),
-        Socket(paths=("/s",)),
-        Whiteout(paths=("/gone",)),
-        Directory(paths=("/d/sub",)),
-    ])
+    m = Manifest.of(
+        [
+            Directory(paths=("/d",), perm=0o1777, uid=5, gid=6, mtime_ns=123),
+            RegularFile(paths=("/d/a", "/d/b", "/x/y/c"), size=0, digest=E, perm=0o4755, xattrs=(("user.k", b"v"),)),
+            Symlink(paths=("/d/l",), target="../t\udcff"),
+            Device(paths=("/dev0",), char=True, major=1, minor=3, perm=0o666),
+            Device(paths=("/blk",), char=False, major=7, minor=200),
+            NamedPipe(paths=("/p",), uid=-1),
+            Socket(paths=("/s",)),
+            Whiteout(paths=("/gone",)),
+            Directory(paths=("/d/sub",)),
+        ]
+    )
     t = InodeTable(m, uid=1000, gid=1001, now_ns=42)
     root = t.nodes[ROOT_INO]
     assert sorted(root.names) == root.names and b"gone" not in root.children  # whiteouts hidden
@@ -88,7 +90,7 @@ def test_reads_map_onto_chunks(ingested: tuple[Store, bytes, RegularFile, Regula
     rng = random.Random(2)
     for _ in range(200):
         off, n = rng.randrange(len(big) + 10), rng.choice([1, 4096, 131072, 1 << 20])
-        assert reader.read_file(node, off, n) == big[off:off + n]  # type: ignore[arg-type]
+        assert reader.read_file(node, off, n) == big[off : off + n]  # type: ignore[arg-type]
     assert reader.read_file(node, 0, len(big) + 5) == big  # type: ignore[arg-type]
     if item_max > 1:
         assert reader._held <= (1 << 20) + max(c.end - c.begin for c in r.chunks)  # bounded LRU
@@ -122,6 +124,7 @@ def test_corrupt_or_missing_blob(ingested: tuple[Store, bytes, RegularFile, Regu
 
 def test_check_mountpoint(tmp_path: Path) -> None:
     from castore.errors import UnsafeInput
+
     (tmp_path / "ok").mkdir()
     assert check_mountpoint(str(tmp_path / "ok")) == str(tmp_path / "ok")
     os.symlink("ok", tmp_path / "l")
@@ -134,13 +137,22 @@ def test_lease_renewal_pushes_expiry(store: Store) -> None:
     import json
 
     from castore.mount.fuse import renew_lease
+
     with store.lease(["sha256:" + "ab" * 32]) as lease:
+
         def expiry() -> int:
             with store.meta.read() as txn:
                 return int(json.loads(txn.get(lease.id.encode(), db=store.meta.db("leases")))["expiry_ns"])
-        store.meta.write(lambda t: t.put(lease.id.encode(), json.dumps(
-            {"expiry_ns": 1, "manifests": ["sha256:" + "ab" * 32]}).encode(), db=store.meta.db("leases")))
+
+        store.meta.write(
+            lambda t: t.put(
+                lease.id.encode(),
+                json.dumps({"expiry_ns": 1, "manifests": ["sha256:" + "ab" * 32]}).encode(),
+                db=store.meta.db("leases"),
+            )
+        )
         renew_lease(lease)
         import time
+
         assert expiry() > time.time_ns() + 23 * 3600 * 10**9
         assert [lid for lid, _ in store.live_leases()] == [lease.id]

@@ -27,21 +27,28 @@ def examples(n: int) -> int:
     return n * 50 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else n
 
 
-_text_names = st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)),
-                      min_size=1, max_size=12)
+_text_names = st.text(
+    st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), min_size=1, max_size=12
+)
 _raw_names = st.binary(min_size=1, max_size=10).filter(lambda b: b"/" not in b and b"\0" not in b).map(os.fsdecode)
 names = st.one_of(_text_names, _raw_names, st.sampled_from(["a", "b", "...", ".a", "\\", " ", "-"])).filter(
-    lambda n: n not in (".", ".."))
+    lambda n: n not in (".", "..")
+)
 
 digests = st.binary(max_size=8).map(hash_bytes)
 perms = st.integers(0, 0o7777)
 ids = st.integers(0, (1 << 32) - 2)
 mtimes = st.none() | st.integers(-(1 << 63), (1 << 63) - 1)
-xattr_lists = st.lists(st.tuples(st.sampled_from(["user.a", "user.b", "security.selinux", "trusted.x", "com.apple.q"]),
-                                 st.binary(max_size=16)), max_size=3, unique_by=lambda kv: kv[0]).map(
-    lambda kvs: tuple(sorted(kvs)))
-ads_lists = st.lists(st.builds(AdsEntry, st.text(max_size=5), st.binary(max_size=5), st.just("") | digests),
-                     max_size=2).map(tuple)
+xattr_lists = st.lists(
+    st.tuples(
+        st.sampled_from(["user.a", "user.b", "security.selinux", "trusted.x", "com.apple.q"]), st.binary(max_size=16)
+    ),
+    max_size=3,
+    unique_by=lambda kv: kv[0],
+).map(lambda kvs: tuple(sorted(kvs)))
+ads_lists = st.lists(
+    st.builds(AdsEntry, st.text(max_size=5), st.binary(max_size=5), st.just("") | digests), max_size=2
+).map(tuple)
 
 
 @st.composite
@@ -72,10 +79,17 @@ def manifests(draw: st.DrawFn) -> Manifest:
         if path in taken:
             continue
         taken.add(path)
-        common = {"perm": draw(perms), "uid": draw(ids), "gid": draw(ids), "xattrs": draw(xattr_lists),
-                  "mtime_ns": draw(mtimes), "ads": draw(ads_lists)}
-        kind = draw(st.sampled_from(["dir", "dir", "file", "file", "link", "symlink", "device", "fifo", "socket",
-                                     "whiteout"]))
+        common = {
+            "perm": draw(perms),
+            "uid": draw(ids),
+            "gid": draw(ids),
+            "xattrs": draw(xattr_lists),
+            "mtime_ns": draw(mtimes),
+            "ads": draw(ads_lists),
+        }
+        kind = draw(
+            st.sampled_from(["dir", "dir", "file", "file", "link", "symlink", "device", "fifo", "socket", "whiteout"])
+        )
         if kind not in ("dir", "file", "link"):  # Linux allows user.* only on files and directories
             common["xattrs"] = tuple(kv for kv in common["xattrs"] if not kv[0].startswith("user."))
         if kind == "dir":
@@ -91,12 +105,22 @@ def manifests(draw: st.DrawFn) -> Manifest:
             paths.sort(key=os.fsencode)
             out.append(RegularFile(paths=tuple(paths), **draw(file_content()), **common))
         elif kind == "symlink":
-            target = draw(st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
-                                  min_size=1, max_size=40))
+            target = draw(
+                st.text(
+                    st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1, max_size=40
+                )
+            )
             out.append(Symlink(paths=(path,), target=target, **common))
         elif kind == "device":
-            out.append(Device(paths=(path,), char=draw(st.booleans()), major=draw(st.integers(0, 4095)),
-                              minor=draw(st.integers(0, (1 << 20) - 1)), **common))
+            out.append(
+                Device(
+                    paths=(path,),
+                    char=draw(st.booleans()),
+                    major=draw(st.integers(0, 4095)),
+                    minor=draw(st.integers(0, (1 << 20) - 1)),
+                    **common,
+                )
+            )
         elif kind == "fifo":
             out.append(NamedPipe(paths=(path,), **common))
         elif kind == "socket":
@@ -122,7 +146,7 @@ def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
         elif op == "set":
             b[i] = draw(st.sampled_from([0, 1, 0x7F, 0x80, 0xFF, 0x30, 0x37, 0x20, 0x2F, 0x2E, 0x0A, 0x3D]))
         elif op == "delete":
-            del b[i:i + draw(st.integers(1, 600))]
+            del b[i : i + draw(st.integers(1, 600))]
         elif op == "insert":
             b[i:i] = draw(st.binary(min_size=1, max_size=16))
         elif op == "truncate":
@@ -130,5 +154,5 @@ def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
         else:
             j = draw(st.integers(0, n - 1))
             k = draw(st.integers(1, 64))
-            b[j:j + k] = b[i:i + k]
+            b[j : j + k] = b[i : i + k]
     return bytes(b)

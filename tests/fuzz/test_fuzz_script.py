@@ -13,14 +13,26 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fuzz"
 
 def _fuzz(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])}
-    return subprocess.run([sys.executable, str(SCRIPT), "--tmp", str(tmp), *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--tmp", str(tmp), *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_short_run_of_every_target(tmp_path: Path) -> None:
     out = tmp_path / "crashes"
-    p = _fuzz("--minutes", "0.01", "--target", "all", "--seed", "7", "--out", str(out), "--minimize-seconds", "1",
-              tmp=tmp_path)
+    p = _fuzz(
+        "--minutes",
+        "0.01",
+        "--target",
+        "all",
+        "--seed",
+        "7",
+        "--out",
+        str(out),
+        "--minimize-seconds",
+        "1",
+        tmp=tmp_path,
+    )
     done = dict(re.findall(r"fuzz: (\w+): done: (\d+) executions", p.stdout))
     assert set(done) == {"manifest", "tar", "registry"}, p.stdout + p.stderr[-3000:]
     assert all(int(n) > 0 for n in done.values()), done

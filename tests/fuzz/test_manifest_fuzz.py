@@ -65,8 +65,11 @@ def test_mutated_manifests_raise_only_our_errors(data: st.DataObject) -> None:
 
 
 @settings(max_examples=examples(150))
-@given(st.lists(st.sampled_from(["", ".", "..", "a", "b", "\x00", "...", "\udcff", "x" * 256]), max_size=6),
-       st.booleans(), st.booleans())
+@given(
+    st.lists(st.sampled_from(["", ".", "..", "a", "b", "\x00", "...", "\udcff", "x" * 256]), max_size=6),
+    st.booleans(),
+    st.booleans(),
+)
 def test_path_problem_catches_every_escape(parts: list[str], lead: bool, trail: bool) -> None:
     p = ("/" if lead else "") + "/".join(parts) + ("/" if trail else "")
     if path_problem(p) is None:

@@ -67,6 +67,7 @@ def test_user_xattr_on_a_symlink_from_a_tar(store: Store, tmp_path: Path) -> Non
         tf.addfile(ti)
     src = tmp_path / "in.tar"
     src.write_bytes(buf.getvalue())
+
     def run() -> None:  # refused at ingest now (InvalidManifest, exit 3); either way only our errors
         digest = ingest_tar(store, str(src))
         checkout(store, None, str(tmp_path / "t"), Options(note=lambda _: None), manifest_digest=digest)

@@ -24,12 +24,14 @@ from tests.fuzz.strategies import examples, mutated
 def _tarfile_seed(fmt: int) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+
         def add(name: str, typ: bytes, data: bytes = b"", **kw: object) -> None:
             ti = tarfile.TarInfo(name)
             ti.type, ti.size, ti.mode, ti.mtime = typ, len(data), 0o644, 1_700_000_000
             for k, v in kw.items():
                 setattr(ti, k, v)
             tf.addfile(ti, io.BytesIO(data) if data else None)
+
         add("d", tarfile.DIRTYPE, mode=0o755)
         add("d/file", tarfile.REGTYPE, b"hello\n" * 30)
         if fmt != tarfile.USTAR_FORMAT:
@@ -54,8 +56,12 @@ def _gnu_sparse_seeds(tmp: Path) -> list[bytes]:
         f.seek(20_000)
         f.write(b"b")
     out = []
-    for args in (["--format=gnu"], ["--format=posix", "--sparse-version=0.0"],
-                 ["--format=posix", "--sparse-version=0.1"], ["--format=posix", "--sparse-version=1.0"]):
+    for args in (
+        ["--format=gnu"],
+        ["--format=posix", "--sparse-version=0.0"],
+        ["--format=posix", "--sparse-version=0.1"],
+        ["--format=posix", "--sparse-version=1.0"],
+    ):
         p = subprocess.run(["tar", *args, "--sparse", "-cf", "-", "-C", str(src), "."], capture_output=True)
         if p.returncode == 0:
             out.append(p.stdout)
@@ -118,8 +124,13 @@ def test_arbitrary_tars(tmp_path_factory: pytest.TempPathFactory, data: bytes) -
 @settings(max_examples=examples(150))
 @given(st.binary(min_size=512, max_size=512))
 def test_header_fields(block: bytes) -> None:
-    for f in (lambda: parse_header(block, 0), lambda: parse_number(block[124:136]),
-              lambda: parse_pax(block, 0), lambda: pax_int(b"size", block[:24]), lambda: pax_time_ns(block[:30])):
+    for f in (
+        lambda: parse_header(block, 0),
+        lambda: parse_number(block[124:136]),
+        lambda: parse_pax(block, 0),
+        lambda: pax_int(b"size", block[:24]),
+        lambda: pax_time_ns(block[:30]),
+    ):
         try:
             f()
         except CastoreError:
@@ -127,13 +138,34 @@ def test_header_fields(block: bytes) -> None:
 
 
 @settings(max_examples=examples(150))
-@given(st.lists(st.tuples(st.sampled_from([b"path", b"size", b"mtime", b"GNU.sparse.map", b"GNU.sparse.major",
-                                           b"GNU.sparse.realsize", b"linkpath", b"SCHILY.xattr.user.a",
-                                           b"LIBARCHIVE.xattr.user.%41", b"GNU.sparse.offset", b"uid"]),
-                          st.binary(max_size=30)), max_size=4),
-       st.sampled_from([b"x", b"g"]), st.binary(max_size=64))
-def test_pax_records(tmp_path_factory: pytest.TempPathFactory, records: list[tuple[bytes, bytes]], typ: bytes,
-                     body: bytes) -> None:
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    b"path",
+                    b"size",
+                    b"mtime",
+                    b"GNU.sparse.map",
+                    b"GNU.sparse.major",
+                    b"GNU.sparse.realsize",
+                    b"linkpath",
+                    b"SCHILY.xattr.user.a",
+                    b"LIBARCHIVE.xattr.user.%41",
+                    b"GNU.sparse.offset",
+                    b"uid",
+                ]
+            ),
+            st.binary(max_size=30),
+        ),
+        max_size=4,
+    ),
+    st.sampled_from([b"x", b"g"]),
+    st.binary(max_size=64),
+)
+def test_pax_records(
+    tmp_path_factory: pytest.TempPathFactory, records: list[tuple[bytes, bytes]], typ: bytes, body: bytes
+) -> None:
     """A PAX header with arbitrary (well-framed) records in front of a small member."""
     pax = b""
     for k, v in records:
@@ -146,8 +178,15 @@ def test_pax_records(tmp_path_factory: pytest.TempPathFactory, records: list[tup
     t.type, t.size = typ, len(pax)
     m = tarfile.TarInfo("f")
     m.size = len(body)
-    out = (t.tobuf(tarfile.USTAR_FORMAT) + pax + b"\0" * (-len(pax) % 512) + m.tobuf(tarfile.USTAR_FORMAT) + body
-           + b"\0" * (-len(body) % 512) + b"\0" * 1024)
+    out = (
+        t.tobuf(tarfile.USTAR_FORMAT)
+        + pax
+        + b"\0" * (-len(pax) % 512)
+        + m.tobuf(tarfile.USTAR_FORMAT)
+        + body
+        + b"\0" * (-len(body) % 512)
+        + b"\0" * 1024
+    )
     _read_all(out, tmp_path_factory.getbasetemp())
 
 

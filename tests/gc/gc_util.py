@@ -17,6 +17,7 @@ def blob_files(store_path: Path) -> set[str]:
 def manifest_blobs(store_path: Path, digest: str) -> set[str]:
     """The blob digests a stored manifest references (and itself)."""
     from castore.store import manifest_refs
+
     s = Store.open(str(store_path))
     return manifest_refs(s.load_manifest(digest)) | {digest}
 

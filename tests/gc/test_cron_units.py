@@ -47,8 +47,11 @@ def service() -> tuple[list[str], dict[str, str], set[int]]:
 
 
 def cron_command() -> str:
-    lines = [ln for ln in (UNITS / "continuity-gc.cron").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#") and not re.match(r"^[A-Z_]+=", ln)]
+    lines = [
+        ln
+        for ln in (UNITS / "continuity-gc.cron").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#") and not re.match(r"^[A-Z_]+=", ln)
+    ]
     assert len(lines) == 1, lines
     fields = lines[0].split(None, 6)  # minute hour day month weekday user command
     assert fields[5] == "root"
@@ -56,8 +59,14 @@ def cron_command() -> str:
 
 
 def wrapper_env(store: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {**os.environ, **(extra or {}), "CONTINUITY": f"{sys.executable} -m castore",
-            "CONTINUITY_STORE": str(store), "PYTHONPATH": str(REPO), "CONTINUITY_GC_NO_SYSLOG": "1"}
+    return {
+        **os.environ,
+        **(extra or {}),
+        "CONTINUITY": f"{sys.executable} -m castore",
+        "CONTINUITY_STORE": str(store),
+        "PYTHONPATH": str(REPO),
+        "CONTINUITY_GC_NO_SYSLOG": "1",
+    }
 
 
 @pytest.fixture

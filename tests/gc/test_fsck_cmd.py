@@ -133,7 +133,7 @@ def test_edited_hardlink_checkout_is_reported_and_repaired(cli, tree, tmp_path: 
 
 
 def _pages_with(data: bytes, needle: bytes) -> list[int]:
-    return [i for i in range(2, len(data) // 4096) if needle in data[i * 4096:(i + 1) * 4096]]
+    return [i for i in range(2, len(data) // 4096) if needle in data[i * 4096 : (i + 1) * 4096]]
 
 
 def test_garbage_lmdb_page_is_reported_and_index_rebuilt(cli, tree, store_path: Path, tmp_path: Path) -> None:  # type: ignore
@@ -143,7 +143,7 @@ def test_garbage_lmdb_page_is_reported_and_index_rebuilt(cli, tree, store_path: 
     pages = _pages_with(bytes(data), bytes.fromhex(digest[7:]))
     assert pages
     for pg in pages:
-        data[pg * 4096:(pg + 1) * 4096] = os.urandom(4096)
+        data[pg * 4096 : (pg + 1) * 4096] = os.urandom(4096)
     mdb.write_bytes(bytes(data))
     p = cli("fsck")
     assert p.returncode == 4 and b"--rebuild-index" in p.stderr and b"Traceback" not in p.stderr
@@ -157,8 +157,12 @@ def test_garbage_lmdb_page_is_reported_and_index_rebuilt(cli, tree, store_path: 
     assert list(store_path.glob("meta.damaged-*"))
 
 
-def test_garbage_lmdb_file_is_clear_and_rebuild_says_catalog_is_lost(cli, tree, store_path: Path,  # type: ignore
-                                                                     tmp_path: Path) -> None:
+def test_garbage_lmdb_file_is_clear_and_rebuild_says_catalog_is_lost(
+    cli,
+    tree,
+    store_path: Path,  # type: ignore
+    tmp_path: Path,
+) -> None:
     src, d, _, _ = tree
     mdb = store_path / "meta" / "data.mdb"
     mdb.write_bytes(os.urandom(mdb.stat().st_size))

@@ -39,8 +39,9 @@ def test_mark_is_a_pure_reachability_walk() -> None:
     assert mark([b"a", b"b"], lambda k: graph.get(k, []), seen) == {b"a", b"b", b"c"}  # b already seen
 
 
-@pytest.mark.parametrize("text,secs", [("0", 0), ("90s", 90), ("15m", 900), ("2h", 7200), ("7d", 7 * 86400),
-                                        ("1h30m", 5400), ("45", 45)])
+@pytest.mark.parametrize(
+    "text,secs", [("0", 0), ("90s", 90), ("15m", 900), ("2h", 7200), ("7d", 7 * 86400), ("1h30m", 5400), ("45", 45)]
+)
 def test_durations(text: str, secs: int) -> None:
     assert parse_duration(text) == secs * 10**9
 
@@ -92,8 +93,9 @@ def test_dry_run_lists_exactly_what_a_real_run_deletes(cli, store_path: Path, tm
     assert key(dry) == key(real)
     assert (dry["objects"], dry["size"]) == (real["objects"], real["size"])
     assert {i["kind"] for i in real["items"]} >= {"blob", "manifest", "orphan", "tmp", "history"}
-    assert before - blob_files(store_path) == {i["name"] for i in real["items"]
-                                              if i["kind"] in ("blob", "manifest", "orphan")}
+    assert before - blob_files(store_path) == {
+        i["name"] for i in real["items"] if i["kind"] in ("blob", "manifest", "orphan")
+    }
 
 
 def test_grace_keeps_young_orphans_and_unnamed_manifests(cli, store_path: Path, tmp_path: Path) -> None:  # type: ignore
@@ -145,10 +147,12 @@ def test_live_lease_protects_its_manifest_and_dead_lease_is_cleaned(cli, store_p
         assert manifest_blobs(store_path, d) <= blob_files(store_path)
         assert (store_path / "leases" / f"{lease.id}.lock").exists()
     # A lease whose owner died: row, lock file and tmp dir go; its manifest is no longer protected.
-    code = ("import os,signal,sys; from castore.store import Store; s=Store.open(sys.argv[1]);"
-            "cm=s.lease([sys.argv[2]]); l=cm.__enter__(); os.makedirs(l.tmp_dir); "
-            "open(os.path.join(l.tmp_dir,'x'),'w').write('y'); print(l.id, flush=True); "
-            "os.kill(os.getpid(), signal.SIGKILL)")
+    code = (
+        "import os,signal,sys; from castore.store import Store; s=Store.open(sys.argv[1]);"
+        "cm=s.lease([sys.argv[2]]); l=cm.__enter__(); os.makedirs(l.tmp_dir); "
+        "open(os.path.join(l.tmp_dir,'x'),'w').write('y'); print(l.id, flush=True); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
     p = subprocess.run([sys.executable, "-c", code, str(store_path), d], capture_output=True)
     lid = p.stdout.decode().strip()
     assert p.returncode == -9 and lid
@@ -199,6 +203,7 @@ def test_hardlink_objects_go_when_no_checkout_uses_them(cli, store_path: Path, t
 
 def test_digest_revived_between_index_commit_and_unlink_keeps_its_file(store: Store, tmp_path: Path) -> None:
     from castore.ingest import ingest as do_ingest
+
     d = do_ingest(store, str(rand_tree(tmp_path / "r", 12)), progress=False)
     c = _Collector(store, GcOptions(grace_ns=0))
     sc = Scratch(os.path.join(store.path, "tmp"))
@@ -216,6 +221,7 @@ def test_digest_revived_between_index_commit_and_unlink_keeps_its_file(store: St
     assert os.path.exists(store.blob_path(d))
     assert collect(store, GcOptions(grace_ns=0)).objects == 0
     from castore.fsck.check import fsck
+
     assert fsck(store).sound
 
 
@@ -223,6 +229,7 @@ def test_index_deletes_in_small_chunks(store: Store, tmp_path: Path, monkeypatch
     import castore.gc.collect as gcmod
     from castore.fsck.check import fsck
     from castore.ingest import ingest as do_ingest
+
     monkeypatch.setattr(gcmod, "COMMIT_CHUNK", 3)
     keep = do_ingest(store, str(rand_tree(tmp_path / "k", 20, n=12)), name="keep", progress=False)
     gone = do_ingest(store, str(rand_tree(tmp_path / "g", 21, n=12)), name="gone", progress=False)

@@ -59,17 +59,21 @@ def test_records_and_sorted_keys(tmp_path: Path) -> None:
     s.close()
 
 
-def test_gc_with_tiny_spill_bounds_frees_exactly_the_garbage(store: Store, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gc_with_tiny_spill_bounds_frees_exactly_the_garbage(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import castore.gc.collect as gcmod
+
     monkeypatch.setattr(spill, "BUCKET_FLOOR", 4 * 32)
     monkeypatch.setattr(spill, "RECENT_MAX", 2)
     monkeypatch.setattr(spill, "BUFFER", 32)
     monkeypatch.setattr(gcmod, "COMMIT_CHUNK", 5)
-    keep = [ingest(store, str(rand_tree(tmp_path / f"k{i}", 30 + i, n=40)), name=f"k{i}", progress=False)
-            for i in range(3)]
-    gone = [ingest(store, str(rand_tree(tmp_path / f"g{i}", 40 + i, n=40)), name=f"g{i}", progress=False)
-            for i in range(2)]
+    keep = [
+        ingest(store, str(rand_tree(tmp_path / f"k{i}", 30 + i, n=40)), name=f"k{i}", progress=False) for i in range(3)
+    ]
+    gone = [
+        ingest(store, str(rand_tree(tmp_path / f"g{i}", 40 + i, n=40)), name=f"g{i}", progress=False) for i in range(2)
+    ]
     for i in range(2):
         store.untag(f"g{i}")
     sp = Path(store.path)
@@ -88,6 +92,7 @@ def test_gc_refuses_a_tmp_dir_swapped_for_a_symlink_after_open(store: Store, tmp
     import shutil
 
     from castore.errors import UnsafeInput
+
     outside = tmp_path / "outside"
     outside.mkdir()
     tmp = Path(store.path) / "tmp"

@@ -67,8 +67,13 @@ def test_lost_index_is_refused_not_recreated(cli, app: str, store_path: Path, tm
 
 
 @pytest.mark.parametrize("size", ["0", "page", "2pages", "half"])
-def test_truncated_index_is_refused_and_rebuilt(cli, app: str, store_path: Path, tmp_path: Path,  # type: ignore
-                                                size: str) -> None:
+def test_truncated_index_is_refused_and_rebuilt(
+    cli,
+    app: str,
+    store_path: Path,
+    tmp_path: Path,  # type: ignore
+    size: str,
+) -> None:
     mdb = store_path / "meta" / "data.mdb"
     full = mdb.stat().st_size
     assert full > 4 * 4096
@@ -104,8 +109,13 @@ def _age_blobs(store_path: Path, seconds: int) -> None:
 
 
 @pytest.mark.parametrize("record", ["created-now", "no-record"])
-def test_gc_refuses_an_index_younger_than_the_blobs(cli, app: str, store_path: Path, tmp_path: Path,  # type: ignore
-                                                    record: str) -> None:
+def test_gc_refuses_an_index_younger_than_the_blobs(
+    cli,
+    app: str,
+    store_path: Path,
+    tmp_path: Path,  # type: ignore
+    record: str,
+) -> None:
     """An empty index made after the blobs (a lost one re-created by hand or by an older version)."""
     blobs = blob_files(store_path)
     _age_blobs(store_path, 3600)
@@ -155,8 +165,13 @@ def lookalike(cli, tmp_path: Path, store_path: Path):  # type: ignore[no-untyped
 
 
 @pytest.mark.parametrize("lost", ["meta", "manifests"])  # the index; or the markers (a store of an older version)
-def test_rebuild_does_not_take_a_user_file_for_a_manifest(cli, lookalike, store_path: Path,  # type: ignore
-                                                          tmp_path: Path, lost: str) -> None:
+def test_rebuild_does_not_take_a_user_file_for_a_manifest(
+    cli,
+    lookalike,
+    store_path: Path,  # type: ignore
+    tmp_path: Path,
+    lost: str,
+) -> None:
     app, evil = lookalike
     shutil.rmtree(store_path / lost)
     p = cli("fsck", "--rebuild-index", "--json")
@@ -170,11 +185,20 @@ def test_rebuild_does_not_take_a_user_file_for_a_manifest(cli, lookalike, store_
     assert blob_files(store_path) == set()  # nothing kept alive by a fake manifest
 
 
-def test_tag_and_checkout_refuse_a_blob_that_parses_as_a_manifest(cli, lookalike, store_path: Path,  # type: ignore
-                                                                  tmp_path: Path) -> None:
+def test_tag_and_checkout_refuse_a_blob_that_parses_as_a_manifest(
+    cli,
+    lookalike,
+    store_path: Path,  # type: ignore
+    tmp_path: Path,
+) -> None:
     app, evil = lookalike
-    for args in (("tag", evil, "evil"), ("tag", evil[7:19], "evil"), ("checkout", evil, str(tmp_path / "o")),
-                 ("ls", evil), ("export", evil, "-o", str(tmp_path / "e.tar"))):
+    for args in (
+        ("tag", evil, "evil"),
+        ("tag", evil[7:19], "evil"),
+        ("checkout", evil, str(tmp_path / "o")),
+        ("ls", evil),
+        ("export", evil, "-o", str(tmp_path / "e.tar")),
+    ):
         p = cli(*args)
         assert p.returncode in (1, 4), (args, p.stderr)
         assert len(p.stderr.splitlines()) == 1 and p.stderr.startswith(b"continuity: error:"), (args, p.stderr)
@@ -187,8 +211,12 @@ def test_tag_and_checkout_refuse_a_blob_that_parses_as_a_manifest(cli, lookalike
     assert rc == 0 and rep["manifests"] == 1
 
 
-def test_markers_backfilled_for_a_store_of_an_older_version(cli, app: str, store_path: Path,  # type: ignore
-                                                            tmp_path: Path) -> None:
+def test_markers_backfilled_for_a_store_of_an_older_version(
+    cli,
+    app: str,
+    store_path: Path,  # type: ignore
+    tmp_path: Path,
+) -> None:
     shutil.rmtree(store_path / "manifests")
     cli("list", check=True)  # the first open writes a marker for every manifest the index records
     assert (store_path / "manifests" / app[7:9] / app[7:]).exists()

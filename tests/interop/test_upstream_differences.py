@@ -137,4 +137,5 @@ def test_paths_longer_than_path_max(tmp_path: Path, upstream: Upstream) -> None:
         assert len(ours.resources) == 251
     finally:
         from castore.fs.tree import remove_tree
+
         remove_tree(str(root))  # pytest's path-based cleanup cannot reach below PATH_MAX

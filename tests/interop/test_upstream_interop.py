@@ -145,8 +145,10 @@ def test_upstream_sees_what_we_wrote(ours_pb: Path, upstream: Upstream) -> None:
         assert d["mode"] == codec.go_mode(r), r.path
         assert (d["uid"], d["gid"]) == (r.uid, r.gid), r.path
         assert _xattrs_of_upstream(d) == list(r.xattrs), r.path
-        assert d["kind"] == {"file": "file", "dir": "dir", "symlink": "symlink", "fifo": "fifo",
-                             "device": "device"}[r.kind], r.path
+        assert (
+            d["kind"]
+            == {"file": "file", "dir": "dir", "symlink": "symlink", "fifo": "fifo", "device": "device"}[r.kind]
+        ), r.path
         if isinstance(r, RegularFile):
             assert (d["size"], d["digests"]) == (r.size, [r.digest]), r.path
         else:

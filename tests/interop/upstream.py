@@ -51,8 +51,10 @@ def build_upstream_tool(out_dir: Path | None = None) -> Path:
     if go is None:
         raise FileNotFoundError("the Go toolchain is not installed (apt-get install golang-go)")
     if not (LIBRARY / "manifest.go").is_file():
-        raise FileNotFoundError(f"upstream continuity source not found at {LIBRARY} "
-                                "(apt-get install golang-github-containerd-continuity-dev)")
+        raise FileNotFoundError(
+            f"upstream continuity source not found at {LIBRARY} "
+            "(apt-get install golang-github-containerd-continuity-dev)"
+        )
     cache = out_dir or CACHE
     binary = cache / f"upstream-continuity-{_source_key(go)}"
     if binary.is_file() and os.access(binary, os.X_OK):
@@ -69,8 +71,14 @@ def build_upstream_tool(out_dir: Path | None = None) -> Path:
             "GOCACHE": str(cache / "gocache"),
         }
         tmp_bin = Path(tmp) / "upstream-continuity"
-        p = subprocess.run([go, "build", "-o", str(tmp_bin), "./cmd/upstream-continuity"], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=600)
+        p = subprocess.run(
+            [go, "build", "-o", str(tmp_bin), "./cmd/upstream-continuity"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if p.returncode != 0:
             raise RuntimeError(f"go build of cmd/upstream-continuity failed:\n{p.stderr}")
         os.replace(tmp_bin, binary)  # atomic: concurrent sessions see a whole binary or none
@@ -84,8 +92,11 @@ class Upstream:
     binary: Path
 
     def run(self, *args: object, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        p = subprocess.run([str(self.binary), *map(os.fsdecode, args)], capture_output=True,  # type: ignore[arg-type]
-                           timeout=300)
+        p = subprocess.run(
+            [str(self.binary), *map(os.fsdecode, args)],
+            capture_output=True,  # type: ignore[arg-type]
+            timeout=300,
+        )
         if check:
             assert p.returncode == 0, f"upstream {args[0]} failed: {p.stderr.decode(errors='replace')}"
         return p

@@ -47,9 +47,11 @@ def packed_artifact(store: Store, mdigest: str, target: int) -> tuple[bytes, dic
     return oci, blobs, built
 
 
-def range_server(data: bytes, mangle: Callable[[int, int, bytes], tuple[int, dict[str, str], bytes]] | None = None
-                 ) -> Callable[[BaseHTTPRequestHandler], None]:
+def range_server(
+    data: bytes, mangle: Callable[[int, int, bytes], tuple[int, dict[str, str], bytes]] | None = None
+) -> Callable[[BaseHTTPRequestHandler], None]:
     """A blob route that honours ``Range: bytes=a-b`` (206), optionally ``mangle``d: (start, end, bytes) -> answer."""
+
     def serve(h: BaseHTTPRequestHandler) -> None:
         m = re.fullmatch(r"bytes=(\d+)-(\d+)", h.headers.get("Range", ""))
         if m:
@@ -67,4 +69,5 @@ def range_server(data: bytes, mangle: Callable[[int, int, bytes], tuple[int, dic
         h.end_headers()
         if h.command != "HEAD":
             h.wfile.write(body)
+
     return serve

@@ -11,8 +11,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
-HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
-       "proxy-authenticate", "host", "content-length"}
+HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "host",
+    "content-length",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,16 +59,23 @@ class CountingProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
                 resp = proxy.client.request(self.command, self.path, headers=headers, content=body)
                 data = resp.content if self.command != "HEAD" else b""
-                if proxy.lie and self.command == "GET" and "/blobs/sha256:" in self.path and data \
-                        and resp.status_code in (200, 206):
+                if (
+                    proxy.lie
+                    and self.command == "GET"
+                    and "/blobs/sha256:" in self.path
+                    and data
+                    and resp.status_code in (200, 206)
+                ):
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
                 proxy.seen.append(Seen(self.command, self.path, self.headers.get("range", ""), len(data)))
                 self.send_response(resp.status_code)
                 for k, v in resp.headers.items():
                     if k.lower() not in HOP:
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data) if self.command != "HEAD"
-                                                       else resp.headers.get("content-length", "0")))
+                self.send_header(
+                    "Content-Length",
+                    str(len(data) if self.command != "HEAD" else resp.headers.get("content-length", "0")),
+                )
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

@@ -121,8 +121,11 @@ class FakeRegistry:
                     self.rfile.read(n)
                 route = fake.routes.get((self.command, path))
                 if route is None:
-                    route = (404, {"Content-Type": "application/json"},
-                             b'{"errors":[{"code":"NAME_UNKNOWN","message":"no such thing"}]}')
+                    route = (
+                        404,
+                        {"Content-Type": "application/json"},
+                        b'{"errors":[{"code":"NAME_UNKNOWN","message":"no such thing"}]}',
+                    )
                 if callable(route):
                     route(self)
                     return

@@ -52,27 +52,43 @@ def _crypto():  # noqa: ANN202 - imported lazily: only these fixtures need it
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     return x509, hashes, serialization, ec, rsa, padding, NameOID, ExtendedKeyUsageOID
 
 
 def _key_pem(key: object) -> bytes:
     _, _, serialization, *_ = _crypto()
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,  # type: ignore[attr-defined]
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,  # type: ignore[attr-defined]
+        serialization.NoEncryption(),
+    )
 
 
-def _cert(subject: str, key: object, issuer: tuple[object, object] | None = None, *, ca: bool = False,
-          ip: str | None = None, days: tuple[int, int] = (-1, 30), client: bool = False) -> object:
+def _cert(
+    subject: str,
+    key: object,
+    issuer: tuple[object, object] | None = None,
+    *,
+    ca: bool = False,
+    ip: str | None = None,
+    days: tuple[int, int] = (-1, 30),
+    client: bool = False,
+) -> object:
     x509, hashes, _, ec, rsa, _, NameOID, EKU = _crypto()
     now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     issuer_cert, issuer_key = issuer if issuer else (None, key)
-    b = (x509.CertificateBuilder().subject_name(name)
-         .issuer_name(issuer_cert.subject if issuer_cert else name)  # type: ignore[attr-defined]
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())  # type: ignore[attr-defined]
-         .not_valid_before(now + datetime.timedelta(days=days[0]))
-         .not_valid_after(now + datetime.timedelta(days=days[1]))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_cert.subject if issuer_cert else name)  # type: ignore[attr-defined]
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())  # type: ignore[attr-defined]
+        .not_valid_before(now + datetime.timedelta(days=days[0]))
+        .not_valid_after(now + datetime.timedelta(days=days[1]))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if ip:
         b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
         b = b.add_extension(x509.ExtendedKeyUsage([EKU.SERVER_AUTH]), critical=False)
@@ -119,14 +135,33 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     cli = _cert("client", cli_key, (cca, cca_key), client=True)
     tok_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     tok = _cert("token issuer", tok_key)
-    files = {"ca.crt": _pem(ca), "server.pem": _pem(srv) + _pem(ca), "server.key": _key_pem(srv_key),
-             "expired.pem": _pem(expired), "other-ca.crt": _pem(other), "client-ca.crt": _pem(cca),
-             "client.cert": _pem(cli), "client.key": _key_pem(cli_key), "token.crt": _pem(tok)}
+    files = {
+        "ca.crt": _pem(ca),
+        "server.pem": _pem(srv) + _pem(ca),
+        "server.key": _key_pem(srv_key),
+        "expired.pem": _pem(expired),
+        "other-ca.crt": _pem(other),
+        "client-ca.crt": _pem(cca),
+        "client.cert": _pem(cli),
+        "client.key": _key_pem(cli_key),
+        "token.crt": _pem(tok),
+    }
     for name, data in files.items():
         (d / name).write_bytes(data)
-    return Pki(d, d / "ca.crt", d / "server.pem", d / "server.key", d / "expired.pem", d / "other-ca.crt",
-               d / "client-ca.crt", d / "client.cert", d / "client.key", d / "token.crt", _key_pem(tok_key),
-               tok.public_bytes(serialization.Encoding.DER))
+    return Pki(
+        d,
+        d / "ca.crt",
+        d / "server.pem",
+        d / "server.key",
+        d / "expired.pem",
+        d / "other-ca.crt",
+        d / "client-ca.crt",
+        d / "client.cert",
+        d / "client.key",
+        d / "token.crt",
+        _key_pem(tok_key),
+        tok.public_bytes(serialization.Encoding.DER),
+    )
 
 
 def _free_port() -> int:
@@ -161,8 +196,9 @@ def _serve_registry(base: Path, env: dict[str, str]) -> Iterator[str]:
     cfg = base / "config.yml"
     cfg.write_text(CONFIG.format(root=base / "data", port=port))
     log = open(base / "registry.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **env})
+    proc = subprocess.Popen(
+        [REGISTRY_BIN, "serve", str(cfg)], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+    )
     try:
         if not _listening(port, proc):
             pytest.fail("docker-registry did not start: " + (base / "registry.log").read_text()[-2000:])
@@ -178,23 +214,32 @@ def _serve_registry(base: Path, env: dict[str, str]) -> Iterator[str]:
 
 
 def _htpasswd_env(htpasswd: Path) -> dict[str, str]:
-    return {"REGISTRY_AUTH": "htpasswd", "REGISTRY_AUTH_HTPASSWD_REALM": "continuity-test",
-            "REGISTRY_AUTH_HTPASSWD_PATH": str(htpasswd)}
+    return {
+        "REGISTRY_AUTH": "htpasswd",
+        "REGISTRY_AUTH_HTPASSWD_REALM": "continuity-test",
+        "REGISTRY_AUTH_HTPASSWD_PATH": str(htpasswd),
+    }
 
 
 @pytest.fixture(scope="session")
 def tls_registry(tmp_path_factory: pytest.TempPathFactory, pki: Pki, htpasswd_file: Path) -> Iterator[str]:
     """``127.0.0.1:PORT`` of a registry over TLS (certificate from ``pki.ca``) with htpasswd users."""
-    env = {"REGISTRY_HTTP_TLS_CERTIFICATE": str(pki.server_cert), "REGISTRY_HTTP_TLS_KEY": str(pki.server_key),
-           **_htpasswd_env(htpasswd_file)}
+    env = {
+        "REGISTRY_HTTP_TLS_CERTIFICATE": str(pki.server_cert),
+        "REGISTRY_HTTP_TLS_KEY": str(pki.server_key),
+        **_htpasswd_env(htpasswd_file),
+    }
     yield from _serve_registry(tmp_path_factory.mktemp("tls-registry"), env)
 
 
 @pytest.fixture(scope="session")
 def mtls_registry(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[str]:
     """A TLS registry that wants a client certificate signed by ``pki.client_ca``."""
-    env = {"REGISTRY_HTTP_TLS_CERTIFICATE": str(pki.server_cert), "REGISTRY_HTTP_TLS_KEY": str(pki.server_key),
-           "REGISTRY_HTTP_TLS_CLIENTCAS": f"[{pki.client_ca}]"}
+    env = {
+        "REGISTRY_HTTP_TLS_CERTIFICATE": str(pki.server_cert),
+        "REGISTRY_HTTP_TLS_KEY": str(pki.server_key),
+        "REGISTRY_HTTP_TLS_CLIENTCAS": f"[{pki.client_ca}]",
+    }
     yield from _serve_registry(tmp_path_factory.mktemp("mtls-registry"), env)
 
 
@@ -206,6 +251,7 @@ def expired_registry(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iter
 
 # ------------------------------------------------------------------ token server
 
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -215,6 +261,7 @@ class TokenServer:
 
     def __init__(self, pki: Pki) -> None:
         from cryptography.hazmat.primitives import serialization
+
         self.key = serialization.load_pem_private_key(pki.token_key_pem, None)
         self.cert_der = pki.token_cert_der
         self.requests: list[dict[str, str]] = []
@@ -253,14 +300,23 @@ class TokenServer:
     def jwt(self, service: str, scopes: list[str]) -> str:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import padding
+
         access = []
         for s in scopes:
             typ, name, actions = s.split(":")[0], ":".join(s.split(":")[1:-1]), s.split(":")[-1]
             access.append({"type": typ, "name": name, "actions": actions.split(",")})
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.cert_der).decode()]}
-        claims = {"iss": "continuity-test-issuer", "sub": USER, "aud": service, "exp": now + 600, "nbf": now - 10,
-                  "iat": now, "jti": secrets.token_hex(8), "access": access}
+        claims = {
+            "iss": "continuity-test-issuer",
+            "sub": USER,
+            "aud": service,
+            "exp": now + 600,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
         signing = _b64url(json.dumps(header).encode()) + "." + _b64url(json.dumps(claims).encode())
         sig = self.key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr,call-arg]
         return signing + "." + _b64url(sig)
@@ -274,9 +330,13 @@ class TokenServer:
 def token_registry(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[tuple[str, TokenServer]]:
     """(``127.0.0.1:PORT`` of a plain-http registry with bearer token auth, its token server)."""
     ts = TokenServer(pki)
-    env = {"REGISTRY_AUTH": "token", "REGISTRY_AUTH_TOKEN_REALM": ts.realm,
-           "REGISTRY_AUTH_TOKEN_SERVICE": "continuity-test", "REGISTRY_AUTH_TOKEN_ISSUER": "continuity-test-issuer",
-           "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(pki.token_cert)}
+    env = {
+        "REGISTRY_AUTH": "token",
+        "REGISTRY_AUTH_TOKEN_REALM": ts.realm,
+        "REGISTRY_AUTH_TOKEN_SERVICE": "continuity-test",
+        "REGISTRY_AUTH_TOKEN_ISSUER": "continuity-test-issuer",
+        "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(pki.token_cert),
+    }
     try:
         for host in _serve_registry(tmp_path_factory.mktemp("token-registry"), env):
             yield host, ts

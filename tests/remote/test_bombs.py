@@ -69,24 +69,43 @@ def served(tmp_path: Path, fake: FakeRegistry) -> tuple[FakeRegistry, str, bytes
 
 
 def _cli(args: list[str], store: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    p = subprocess.run([sys.executable, "-m", "castore", "--store", str(store), *args], capture_output=True,
-                       env={**os.environ, **(env or {})}, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "castore", "--store", str(store), *args],
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     return p
 
 
-_MEASURE = ("import resource, subprocess, sys\n"
-            "p = subprocess.run(sys.argv[2:], capture_output=True)\n"
-            "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
-            "sys.stderr.buffer.write(p.stderr)\n"
-            "sys.exit(p.returncode)\n")
+_MEASURE = (
+    "import resource, subprocess, sys\n"
+    "p = subprocess.run(sys.argv[2:], capture_output=True)\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.stderr.buffer.write(p.stderr)\n"
+    "sys.exit(p.returncode)\n"
+)
 
 
 def _pull(tmp_path: Path, fake: FakeRegistry, env: dict[str, str] | None = None) -> tuple[int, str, float, float]:
     """Run ``pull`` in a fresh process; (exit code, stderr, peak RSS of the CLI in MiB, seconds)."""
     rss = tmp_path / "rss"
-    argv = [sys.executable, "-c", _MEASURE, str(rss), sys.executable, "-m", "castore", "--store",
-            str(tmp_path / "b"), "pull", f"{fake.host}/{REPO}:v1", "--jobs", "2"]
+    argv = [
+        sys.executable,
+        "-c",
+        _MEASURE,
+        str(rss),
+        sys.executable,
+        "-m",
+        "castore",
+        "--store",
+        str(tmp_path / "b"),
+        "pull",
+        f"{fake.host}/{REPO}:v1",
+        "--jobs",
+        "2",
+    ]
     start = time.monotonic()
     p = subprocess.run(argv, capture_output=True, env={**os.environ, **(env or {})}, timeout=300)
     took = time.monotonic() - start
@@ -95,8 +114,9 @@ def _pull(tmp_path: Path, fake: FakeRegistry, env: dict[str, str] | None = None)
     return p.returncode, err, int(rss.read_text()) / 1024, took
 
 
-def _refused(tmp_path: Path, fake: FakeRegistry, code: int, text: str,
-             env: dict[str, str] | None = None) -> tuple[float, float]:
+def _refused(
+    tmp_path: Path, fake: FakeRegistry, code: int, text: str, env: dict[str, str] | None = None
+) -> tuple[float, float]:
     rc, err, rss, took = _pull(tmp_path, fake, env)
     print(f"peak RSS {rss:.0f} MiB: {err.strip()[:150]}")
     assert rss < MAX_RSS_MIB, f"peak RSS {rss:.0f} MiB"
@@ -119,20 +139,26 @@ def _answer(status: int, headers: dict[str, str], body: bytes) -> Callable[[Base
             h.wfile.write(body)
         except OSError:
             pass
+
     return serve
 
 
 def _bearer_gate(fake: FakeRegistry) -> None:
     """Every route answers 401 Bearer (realm: /token on the same server) unless it gets our token."""
     for key, route in list(fake.routes.items()):
+
         def serve(h: BaseHTTPRequestHandler, route: object = route) -> None:
             if h.headers.get("Authorization") != f"Bearer {TOKEN}":
-                _answer(401, {"WWW-Authenticate": f'Bearer realm="http://{fake.host}/token",service="fake"'},
-                        b'{"errors":[{"code":"UNAUTHORIZED"}]}')(h)
+                _answer(
+                    401,
+                    {"WWW-Authenticate": f'Bearer realm="http://{fake.host}/token",service="fake"'},
+                    b'{"errors":[{"code":"UNAUTHORIZED"}]}',
+                )(h)
             elif callable(route):
                 route(h)
             else:
                 _answer(*route)(h)  # type: ignore[misc]
+
         fake.routes[key] = serve
 
 
@@ -141,8 +167,13 @@ ENCODINGS = ["gzip", "zstd", "gzip, gzip"]
 
 @pytest.mark.parametrize("enc", ENCODINGS)
 @pytest.mark.parametrize("where", ["manifest", "blob", "error-body", "token"])
-def test_compression_bomb(tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]],
-                          bombs: dict[str, bytes], where: str, enc: str) -> None:
+def test_compression_bomb(
+    tmp_path: Path,
+    served: tuple[FakeRegistry, str, bytes, dict[str, bytes]],
+    bombs: dict[str, bytes],
+    where: str,
+    enc: str,
+) -> None:
     if enc not in bombs:
         pytest.skip("zstandard is not installed")
     fake, d, oci, blobs = served
@@ -165,15 +196,16 @@ def test_compression_bomb(tmp_path: Path, served: tuple[FakeRegistry, str, bytes
     _refused(tmp_path, fake, code, text)
 
 
-def test_bomb_in_a_redirect_body_is_never_read(tmp_path: Path,
-                                               served: tuple[FakeRegistry, str, bytes, dict[str, bytes]],
-                                               bombs: dict[str, bytes]) -> None:
+def test_bomb_in_a_redirect_body_is_never_read(
+    tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]], bombs: dict[str, bytes]
+) -> None:
     """httpx reads (and decodes) every redirect's body in full: we follow redirects ourselves."""
     fake, d, _, blobs = served
     victim = max((x for x in blobs if x != d), key=lambda x: len(blobs[x]))
     fake.routes[("GET", f"/storage/{victim}")] = (200, {}, blobs[victim])
     fake.routes[("GET", f"/v2/{REPO}/blobs/{victim}")] = _answer(
-        302, {"Location": f"/storage/{victim}", "Content-Encoding": "gzip, gzip"}, bombs["gzip, gzip"])
+        302, {"Location": f"/storage/{victim}", "Content-Encoding": "gzip, gzip"}, bombs["gzip, gzip"]
+    )
     rc, err, rss, _ = _pull(tmp_path, fake)
     print(f"peak RSS {rss:.0f} MiB")
     assert rss < MAX_RSS_MIB, f"peak RSS {rss:.0f} MiB"
@@ -240,8 +272,9 @@ def test_parse_cost_counts_fields_inside_entries(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("where", ["blob", "error-body", "token"])
-def test_lying_content_length(tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]],
-                              where: str) -> None:
+def test_lying_content_length(
+    tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]], where: str
+) -> None:
     """A Content-Length of 10 GB and a body that does not end: read within budget, then dropped."""
     fake, d, _, blobs = served
 
@@ -256,6 +289,7 @@ def test_lying_content_length(tmp_path: Path, served: tuple[FakeRegistry, str, b
             except OSError:
                 pass
             h.close_connection = True
+
         return serve
 
     if where == "blob":
@@ -273,8 +307,9 @@ def test_lying_content_length(tmp_path: Path, served: tuple[FakeRegistry, str, b
     assert took < 60
 
 
-def test_trickling_token_answer_is_cut_off(tmp_path: Path,
-                                           served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]) -> None:
+def test_trickling_token_answer_is_cut_off(
+    tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]
+) -> None:
     fake, _, _, _ = served
     _bearer_gate(fake)
 
@@ -285,7 +320,7 @@ def test_trickling_token_answer_is_cut_off(tmp_path: Path,
         h.end_headers()
         try:
             for i in range(len(body)):  # a byte every 0.1 s: never idle for a whole timeout; 2 min in all
-                h.wfile.write(body[i:i + 1])
+                h.wfile.write(body[i : i + 1])
                 h.wfile.flush()
                 time.sleep(0.1)
         except OSError:
@@ -296,8 +331,9 @@ def test_trickling_token_answer_is_cut_off(tmp_path: Path,
     assert took < 60  # 1 MiB at 64 KiB/s after 2 x 0.5 s: 17 s
 
 
-def test_redirect_keeps_credentials_home(tmp_path: Path,
-                                         served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]) -> None:
+def test_redirect_keeps_credentials_home(
+    tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]
+) -> None:
     """A blob redirected to another origin is fetched without the registry's Authorization; a 401
     from that origin is not answered with the credentials."""
     fake, d, _, blobs = served
@@ -305,16 +341,21 @@ def test_redirect_keeps_credentials_home(tmp_path: Path,
     storage = FakeRegistry()
     try:
         storage.routes[("GET", f"/s/{victim}")] = (200, {}, blobs[victim])
-        fake.routes[("GET", f"/v2/{REPO}/blobs/{victim}")] = (307, {"Location": f"http://{storage.host}/s/{victim}"},
-                                                               b"")
+        fake.routes[("GET", f"/v2/{REPO}/blobs/{victim}")] = (
+            307,
+            {"Location": f"http://{storage.host}/s/{victim}"},
+            b"",
+        )
         basic_auth = "Basic " + base64.b64encode(b"alice:s3cret").decode()
         inner = dict(fake.routes)
         for key, route in inner.items():
+
             def serve(h: BaseHTTPRequestHandler, route: object = route) -> None:
                 if h.headers.get("Authorization") != basic_auth:
                     _answer(401, {"WWW-Authenticate": 'Basic realm="fake"'}, b"")(h)
                 else:
                     _answer(*route)(h)  # type: ignore[misc]
+
             fake.routes[key] = serve
         env = {"CONTINUITY_REGISTRY_USERNAME": "alice", "CONTINUITY_REGISTRY_PASSWORD": "s3cret"}
         rc, err, _, _ = _pull(tmp_path, fake, env)
@@ -334,13 +375,29 @@ def test_redirect_keeps_credentials_home(tmp_path: Path,
 def test_push_refuses_what_pull_would(tmp_path: Path) -> None:
     """40,000 distinct blobs made an OCI manifest over 4 MiB when each was a layer; in packs they fit, and
     push checks the local blobs before any request (port 1 is never contacted: that would be exit 1)."""
-    rs: list[Resource] = [RegularFile(paths=(f"/f{i}",), perm=0o644, uid=0, gid=0, xattrs=(), mtime_ns=None,
-                                      ads=(), size=1, digest=f"sha256:{i:064x}", chunks=(), holes=())
-                          for i in range(40000)]
+    rs: list[Resource] = [
+        RegularFile(
+            paths=(f"/f{i}",),
+            perm=0o644,
+            uid=0,
+            gid=0,
+            xattrs=(),
+            mtime_ns=None,
+            ads=(),
+            size=1,
+            digest=f"sha256:{i:064x}",
+            chunks=(),
+            holes=(),
+        )
+        for i in range(40000)
+    ]
     path = tmp_path / "big.pb"
     path.write_bytes(codec.dumps(Manifest.of(rs)))
-    p = subprocess.run([sys.executable, "-m", "castore", "--store", str(tmp_path / "s"), "push", str(path),
-                        "127.0.0.1:1/big/tree:v1"], capture_output=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "castore", "--store", str(tmp_path / "s"), "push", str(path), "127.0.0.1:1/big/tree:v1"],
+        capture_output=True,
+        timeout=300,
+    )
     err = p.stderr.decode()
     assert p.returncode == 4 and "not found in store" in err and err.count("\n") == 1, err
 
@@ -350,8 +407,23 @@ def test_manifest_file_parse_bomb(tmp_path: Path) -> None:
     path = tmp_path / "bomb.pb"
     path.write_bytes(b"\x0a\x00" * (3 << 20))
     rss = tmp_path / "rss"
-    p = subprocess.run([sys.executable, "-c", _MEASURE, str(rss), sys.executable, "-m", "castore", "--store",
-                        str(tmp_path / "s"), "ls", str(path)], capture_output=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _MEASURE,
+            str(rss),
+            sys.executable,
+            "-m",
+            "castore",
+            "--store",
+            str(tmp_path / "s"),
+            "ls",
+            str(path),
+        ],
+        capture_output=True,
+        timeout=300,
+    )
     err = p.stderr.decode()
     assert int(rss.read_text()) / 1024 < MAX_RSS_MIB
     assert p.returncode == 4 and "entries (limit)" in err and err.count("\n") == 1, err

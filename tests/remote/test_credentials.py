@@ -26,10 +26,17 @@ needs_skopeo = pytest.mark.skipif(not (have("skopeo") and have("umoci")), reason
 def _env(tmp: Path, **more: str) -> dict[str, str]:
     home = tmp / "home"
     home.mkdir(exist_ok=True)
-    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(tmp / "run"), "XDG_CONFIG_HOME": str(tmp / "config"),
-           "DOCKER_CONFIG": str(home / ".docker"), "REGISTRY_AUTH_FILE": "", "CONTINUITY_CERTS_D": str(tmp / "certs.d"),
-           "CONTINUITY_REGISTRY_USERNAME": "", "CONTINUITY_REGISTRY_PASSWORD": "",
-           "PATH": os.environ.get("PATH", "")}
+    env = {
+        "HOME": str(home),
+        "XDG_RUNTIME_DIR": str(tmp / "run"),
+        "XDG_CONFIG_HOME": str(tmp / "config"),
+        "DOCKER_CONFIG": str(home / ".docker"),
+        "REGISTRY_AUTH_FILE": "",
+        "CONTINUITY_CERTS_D": str(tmp / "certs.d"),
+        "CONTINUITY_REGISTRY_USERNAME": "",
+        "CONTINUITY_REGISTRY_PASSWORD": "",
+        "PATH": os.environ.get("PATH", ""),
+    }
     env.update(more)
     return env
 
@@ -78,8 +85,17 @@ def test_login_pull_push_logout_over_tls(tmp_path: Path, pki: Pki, tls_registry:
     assert p.returncode == 1 and b"authentication failed" in p.stderr, p.stderr
     auth = tmp_path / "run/containers/auth.json"
     assert not auth.exists()
-    p = run_cli("login", tls_registry, "-u", USER, "--password-stdin", "--cert-dir", cadir,
-                input=PASSWORD.encode() + b"\n", env=env)
+    p = run_cli(
+        "login",
+        tls_registry,
+        "-u",
+        USER,
+        "--password-stdin",
+        "--cert-dir",
+        cadir,
+        input=PASSWORD.encode() + b"\n",
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     doc = json.loads(auth.read_text())
     assert base64.b64decode(doc["auths"][tls_registry]["auth"]) == f"{USER}:{PASSWORD}".encode()
@@ -110,8 +126,19 @@ def test_creds_option_and_registry_auth_file(tmp_path: Path, pki: Pki, tls_regis
     p = run_cli("pull", ref, "--cert-dir", cadir, "--creds", f"{USER}:nope", store=st, env=env)
     assert p.returncode == 1 and b"user 'alice'" in p.stderr and b"refused" in p.stderr
     # USER without a password reads it from --password-stdin
-    run_cli("pull", ref, "--cert-dir", cadir, "--creds", USER, "--password-stdin", input=PASSWORD.encode(),
-            store=st, env=env, check=True)
+    run_cli(
+        "pull",
+        ref,
+        "--cert-dir",
+        cadir,
+        "--creds",
+        USER,
+        "--password-stdin",
+        input=PASSWORD.encode(),
+        store=st,
+        env=env,
+        check=True,
+    )
     # REGISTRY_AUTH_FILE: login writes there, pull reads it
     af = tmp_path / "elsewhere/auth.json"
     env2 = _env(tmp_path, REGISTRY_AUTH_FILE=str(af))
@@ -129,19 +156,24 @@ def test_docker_config_and_credential_helpers(tmp_path: Path, pki: Pki, tls_regi
     docker = Path(env["DOCKER_CONFIG"])
     docker.mkdir(parents=True)
     cfg = docker / "config.json"
-    cfg.write_text(json.dumps({"auths": {f"https://{tls_registry}": {
-        "auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}))
+    cfg.write_text(
+        json.dumps(
+            {"auths": {f"https://{tls_registry}": {"auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}
+        )
+    )
     run_cli("push", "t", ref, "--cert-dir", cadir, store=st, env=env, check=True)
     # credHelpers / credsStore: docker-credential-NAME get, server on stdin
     bindir = tmp_path / "bin"
     bindir.mkdir()
     seen = tmp_path / "helper-saw"
     (bindir / "docker-credential-good").write_text(
-        f"#!/bin/sh\n[ \"$1\" = get ] || exit 3\ncat > {seen}\n"
-        f"printf '{{\"ServerURL\":\"x\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}'\n")
+        f'#!/bin/sh\n[ "$1" = get ] || exit 3\ncat > {seen}\n'
+        f'printf \'{{"ServerURL":"x","Username":"{USER}","Secret":"{PASSWORD}"}}\'\n'
+    )
     (bindir / "docker-credential-broken").write_text("#!/bin/sh\necho 'keychain is locked' >&2\nexit 1\n")
-    (bindir / "docker-credential-empty").write_text("#!/bin/sh\necho 'credentials not found in native keychain'\n"
-                                                    "exit 1\n")
+    (bindir / "docker-credential-empty").write_text(
+        "#!/bin/sh\necho 'credentials not found in native keychain'\nexit 1\n"
+    )
     for f in bindir.iterdir():
         f.chmod(0o755)
     henv = {**env, "PATH": f"{bindir}:{env['PATH']}"}
@@ -165,8 +197,9 @@ def test_docker_config_and_credential_helpers(tmp_path: Path, pki: Pki, tls_regi
     assert p.returncode == 1 and b"config.json: not valid JSON" in p.stderr
 
 
-def test_certs_d_and_tls_refusals(tmp_path: Path, pki: Pki, tls_registry: str, expired_registry: str,
-                                  registry: str) -> None:
+def test_certs_d_and_tls_refusals(
+    tmp_path: Path, pki: Pki, tls_registry: str, expired_registry: str, registry: str
+) -> None:
     env = _env(tmp_path)
     creds = ["--creds", f"{USER}:{PASSWORD}"]
     st = tmp_path / "st"
@@ -223,8 +256,20 @@ def test_client_certificate(tmp_path: Path, pki: Pki, mtls_registry: str) -> Non
 def test_token_server_image_pull(tmp_path: Path, tiny_layout: Path, token_registry: tuple[str, TokenServer]) -> None:
     host, ts = token_registry
     env = _env(tmp_path)
-    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", "--dest-creds", f"{USER}:{PASSWORD}",
-                    f"oci:{tiny_layout}:t", f"docker://{host}/tok/img:1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            f"{USER}:{PASSWORD}",
+            f"oci:{tiny_layout}:t",
+            f"docker://{host}/tok/img:1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     st = tmp_path / "st"
     p = run_cli("pull", f"{host}/tok/img:1", store=st, env=env)
     assert p.returncode == 1 and b"token request refused (401)" in p.stderr and b"continuity login" in p.stderr
@@ -241,10 +286,32 @@ def test_token_server_image_pull(tmp_path: Path, tiny_layout: Path, token_regist
 @needs_skopeo
 def test_image_over_tls_with_auth(tmp_path: Path, pki: Pki, tls_registry: str, tiny_layout: Path) -> None:
     cadir = _cadir(tmp_path, pki)
-    subprocess.run(["skopeo", "copy", "-q", "--dest-cert-dir", str(cadir), "--dest-creds", f"{USER}:{PASSWORD}",
-                    f"oci:{tiny_layout}:t", f"docker://{tls_registry}/img/tiny:1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--dest-cert-dir",
+            str(cadir),
+            "--dest-creds",
+            f"{USER}:{PASSWORD}",
+            f"oci:{tiny_layout}:t",
+            f"docker://{tls_registry}/img/tiny:1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     env = _env(tmp_path)
     st = tmp_path / "st"
-    run_cli("pull", f"{tls_registry}/img/tiny:1", "--cert-dir", cadir, "--creds", f"{USER}:{PASSWORD}",
-            store=st, env=env, check=True)
+    run_cli(
+        "pull",
+        f"{tls_registry}/img/tiny:1",
+        "--cert-dir",
+        cadir,
+        "--creds",
+        f"{USER}:{PASSWORD}",
+        store=st,
+        env=env,
+        check=True,
+    )
     assert b"/etc/motd" in run_cli("ls", f"{tls_registry}/img/tiny:1", store=st, check=True).stdout

@@ -16,8 +16,10 @@ import pytest
 from castore.testing.images import build_layout, raw_layer, umoci, unpack
 from tests.helpers import ROOT, have, run_cli
 
-pytestmark = [pytest.mark.skipif(not (have("umoci") and have("skopeo")), reason="needs umoci and skopeo"),
-              pytest.mark.skipif(not ROOT, reason="umoci keeps owners only as root")]
+pytestmark = [
+    pytest.mark.skipif(not (have("umoci") and have("skopeo")), reason="needs umoci and skopeo"),
+    pytest.mark.skipif(not ROOT, reason="umoci keeps owners only as root"),
+]
 
 
 def _layer1(root: Path) -> None:
@@ -49,8 +51,15 @@ def _layer2(root: Path) -> None:
     (root / "keep").write_text("now a file")
 
 
-LAYER3 = raw_layer([("dir", "opq", ""), ("file", "opq/.wh..wh..opq", b""), ("file", "opq/new", b"new\n"),
-                    ("file", "etc/.wh.hl2", b""), ("file", "added", b"third layer\n")])
+LAYER3 = raw_layer(
+    [
+        ("dir", "opq", ""),
+        ("file", "opq/.wh..wh..opq", b""),
+        ("file", "opq/new", b"new\n"),
+        ("file", "etc/.wh.hl2", b""),
+        ("file", "added", b"third layer\n"),
+    ]
+)
 
 
 @pytest.fixture(scope="session")
@@ -115,12 +124,19 @@ def _add_index(layout: Path, tag: str, entries: list[tuple[str, str]]) -> None:
         d.pop("annotations", None)
         d["platform"] = {"os": os_, "architecture": arch}
         items.append(d)
-    data = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                       "manifests": items}).encode()
+    data = json.dumps(
+        {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": items}
+    ).encode()
     digest = hashlib.sha256(data).hexdigest()
     (layout / "blobs/sha256" / digest).write_bytes(data)
-    idx["manifests"].append({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": "sha256:" + digest,
-                             "size": len(data), "annotations": {"org.opencontainers.image.ref.name": tag}})
+    idx["manifests"].append(
+        {
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": "sha256:" + digest,
+            "size": len(data),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }
+    )
     (layout / "index.json").write_text(json.dumps(idx))
 
 
@@ -129,6 +145,7 @@ def test_index_platforms(tmp_path: Path, image_layout: tuple[Path, Path]) -> Non
     shutil.copytree(image_layout[0], layout)
     build_layout(layout, "small", [lambda r: (r / "arm-only").write_text("arm\n")], work=tmp_path)
     from castore.remote.image import host_platform
+
     host = host_platform()
     other = "arm64" if host.arch != "arm64" else "amd64"
     _add_index(layout, "multi", [("t", f"linux/{host.arch}"), ("small", f"linux/{other}")])
@@ -145,8 +162,11 @@ def test_index_platforms(tmp_path: Path, image_layout: tuple[Path, Path]) -> Non
 
 def test_registry_pull_and_dedup(tmp_path: Path, image_layout: tuple[Path, Path], registry: str) -> None:
     layout, rootfs = image_layout
-    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:t",
-                    f"docker://{registry}/img/base:1"], check=True, capture_output=True)
+    subprocess.run(
+        ["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:t", f"docker://{registry}/img/base:1"],
+        check=True,
+        capture_output=True,
+    )
     # the same base plus one layer of its own
     more = tmp_path / "more"
     shutil.copytree(layout, more)
@@ -154,8 +174,11 @@ def test_registry_pull_and_dedup(tmp_path: Path, image_layout: tuple[Path, Path]
     raw = tmp_path / "own.tar"
     raw.write_bytes(raw_layer([("file", "own.bin", own)]))
     umoci("raw", "add-layer", "--image", f"{more}:t", raw)
-    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{more}:t",
-                    f"docker://{registry}/img/more:1"], check=True, capture_output=True)
+    subprocess.run(
+        ["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{more}:t", f"docker://{registry}/img/more:1"],
+        check=True,
+        capture_output=True,
+    )
     st = tmp_path / "st"
     run_cli("pull", f"{registry}/img/base:1", store=st, check=True)
     run_cli("verify", rootfs, f"{registry}/img/base:1", store=st, check=True)
@@ -170,28 +193,39 @@ def test_registry_pull_and_dedup(tmp_path: Path, image_layout: tuple[Path, Path]
     assert b"/own.bin" in run_cli("ls", "more", store=st, check=True).stdout
 
 
-def test_push_image_read_by_skopeo_and_umoci(tmp_path: Path, image_layout: tuple[Path, Path],
-                                              registry: str) -> None:
+def test_push_image_read_by_skopeo_and_umoci(tmp_path: Path, image_layout: tuple[Path, Path], registry: str) -> None:
     _, rootfs = image_layout
     st = tmp_path / "st"
     run_cli("ingest", rootfs, "--name", "tree", store=st, check=True)
     for comp in ("gzip", "none"):
         ref = f"{registry}/pushed/img:{comp}"
-        out = json.loads(run_cli("push", "tree", ref, "--format", "image", "--layer-compression", comp, "--json",
-                                 store=st, check=True).stdout)
-        info = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
-                                         check=True, capture_output=True).stdout)
+        out = json.loads(
+            run_cli(
+                "push", "tree", ref, "--format", "image", "--layer-compression", comp, "--json", store=st, check=True
+            ).stdout
+        )
+        info = json.loads(
+            subprocess.run(
+                ["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"], check=True, capture_output=True
+            ).stdout
+        )
         assert info["Digest"] == out["oci_digest"] and info["Layers"] == [out["layer"]]
         dst = tmp_path / f"copy-{comp}"
-        subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{dst}:x"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{dst}:x"],
+            check=True,
+            capture_output=True,
+        )
         back = unpack(dst, "x", tmp_path / f"b-{comp}")
         run_cli("verify", back, "tree", store=st, check=True)
         # and continuity pulls its own image back to the same tree
         got = run_cli("pull", ref, "--name", f"back-{comp}", store=st, check=True).stdout.decode().strip()
         assert run_cli("diff", "tree", got, store=st).returncode == 0
-    again = json.loads(run_cli("push", "tree", f"{registry}/pushed/img:again", "--format", "image", "--json",
-                               store=st, check=True).stdout)
+    again = json.loads(
+        run_cli(
+            "push", "tree", f"{registry}/pushed/img:again", "--format", "image", "--json", store=st, check=True
+        ).stdout
+    )
     assert again["uploaded"] == 0  # deterministic: same layer, same config, nothing sent again
 
 
@@ -213,26 +247,55 @@ def test_hand_made_layouts(tmp_path: Path, kind: str) -> None:
     import gzip
 
     import zstandard
+
     layer_tar = raw_layer([("dir", "d", ""), ("file", "d/f", b"content\n"), ("file", "top", b"t\n")])
     layout = tmp_path / "layout"
     layout.mkdir()
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     if kind == "docker-gzip":
-        layer = {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                 **_blob(layout, gzip.compress(layer_tar, mtime=0))}
-        cfg_type, man_type = ("application/vnd.docker.container.image.v1+json",
-                              "application/vnd.docker.distribution.manifest.v2+json")
+        layer = {
+            "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            **_blob(layout, gzip.compress(layer_tar, mtime=0)),
+        }
+        cfg_type, man_type = (
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
     else:
-        layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd",
-                 **_blob(layout, zstandard.ZstdCompressor().compress(layer_tar))}
-        cfg_type, man_type = ("application/vnd.oci.image.config.v1+json",
-                              "application/vnd.oci.image.manifest.v1+json")
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
-        "type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]}}).encode()
-    man = json.dumps({"schemaVersion": 2, "mediaType": man_type, "config": {"mediaType": cfg_type,
-                      **_blob(layout, config)}, "layers": [layer]}).encode()
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": man_type, **_blob(layout, man), "annotations": {"org.opencontainers.image.ref.name": "v"}}]}))
+        layer = {
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+zstd",
+            **_blob(layout, zstandard.ZstdCompressor().compress(layer_tar)),
+        }
+        cfg_type, man_type = ("application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.manifest.v1+json")
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]},
+        }
+    ).encode()
+    man = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": man_type,
+            "config": {"mediaType": cfg_type, **_blob(layout, config)},
+            "layers": [layer],
+        }
+    ).encode()
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": man_type,
+                        **_blob(layout, man),
+                        "annotations": {"org.opencontainers.image.ref.name": "v"},
+                    }
+                ],
+            }
+        )
+    )
     st = tmp_path / "st"
     run_cli("pull", f"oci:{layout}", "--name", "h", store=st, check=True)
     assert run_cli("ls", "h", store=st, check=True).stdout.split() == [b"/d", b"/d/f", b"/top"]
@@ -241,8 +304,9 @@ def test_hand_made_layouts(tmp_path: Path, kind: str) -> None:
     man2 = json.loads(man)
     man2["config"].update(_blob(layout, bad))
     raw = json.dumps(man2).encode()
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": man_type, **_blob(layout, raw)}]}))
+    (layout / "index.json").write_text(
+        json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": man_type, **_blob(layout, raw)}]})
+    )
     p = run_cli("pull", f"oci:{layout}", "--name", "bad", store=st)
     assert p.returncode == 4 and b"diff_ids" in p.stderr
     assert b"bad" not in run_cli("list", store=st, check=True).stdout

@@ -44,8 +44,12 @@ def _listing(root: Path) -> dict[str, tuple[int, int, int, int]]:
         for name in dirs + files:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
-            out[os.path.relpath(p, root)] = (st.st_mode, st.st_size if stat.S_ISREG(st.st_mode) else 0,
-                                            int(st.st_mtime), st.st_nlink if not stat.S_ISDIR(st.st_mode) else 0)
+            out[os.path.relpath(p, root)] = (
+                st.st_mode,
+                st.st_size if stat.S_ISREG(st.st_mode) else 0,
+                int(st.st_mtime),
+                st.st_nlink if not stat.S_ISDIR(st.st_mode) else 0,
+            )
     return out
 
 
@@ -70,8 +74,11 @@ def _push_old_format(store_dir: Path, mdigest: str, ref: str) -> None:
             url = post.url.join(post.headers["location"]).copy_merge_params({"digest": digest})
             put = c.put(url, content=data)
             assert put.status_code == 201, put.text
-        got = c.put(f"{r.base}/manifests/{r.tag}", content=oci,
-                    headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+        got = c.put(
+            f"{r.base}/manifests/{r.tag}",
+            content=oci,
+            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        )
         assert got.status_code == 201, got.text
 
 
@@ -79,8 +86,7 @@ def _a_small_file(src: Path) -> Path:
     return src / "d01" / "f0061.bin"
 
 
-def test_lazy_mount_lists_without_blobs_reads_one_file_small(tmp_path: Path, repo: str,
-                                                              proxy: CountingProxy) -> None:
+def test_lazy_mount_lists_without_blobs_reads_one_file_small(tmp_path: Path, repo: str, proxy: CountingProxy) -> None:
     name = repo.split("/", 1)[1]
     src, _ = _push_tree(tmp_path, f"{repo}:v1")
     ref = f"{proxy.address}/{name}:v1"
@@ -209,8 +215,13 @@ def test_lying_range_from_a_fake_registry_gives_eio(tmp_path: Path, fake: FakeRe
     for bp in built:
         data = bytes(bp.data)
         fake.routes[("GET", f"/v2/lazy/tree/blobs/{bp.pack.digest}")] = range_server(
-            data, lambda s, e, body, n=len(data): (206, {"Content-Range": f"bytes {s}-{e - 1}/{n}"},
-                                                   bytes(x ^ 0xFF for x in body)))
+            data,
+            lambda s, e, body, n=len(data): (
+                206,
+                {"Content-Range": f"bytes {s}-{e - 1}/{n}"},
+                bytes(x ^ 0xFF for x in body),
+            ),
+        )
     with mounted(b, f"{fake.host}/lazy/tree:v1", tmp_path / "mnt") as m:
         with pytest.raises(OSError) as exc:
             (m.mnt / "d00" / "f0001.bin").read_bytes()

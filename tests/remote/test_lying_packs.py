@@ -94,8 +94,13 @@ def test_wrong_bytes_for_a_range(tmp_path: Path, packed: tuple) -> None:  # type
     for bp in built:
         data = bytes(bp.data)
         fake.routes[("GET", f"/v2/{REPO}/blobs/{bp.pack.digest}")] = range_server(
-            data, lambda a, b, body, n=len(data): (206, {"Content-Range": f"bytes {a}-{b - 1}/{n}"},
-                                                   bytes(x ^ 1 for x in body)))
+            data,
+            lambda a, b, body, n=len(data): (
+                206,
+                {"Content-Range": f"bytes {a}-{b - 1}/{n}"},
+                bytes(x ^ 1 for x in body),
+            ),
+        )
     b = _store_holding_all_but(tmp_path, "d01/f0061.bin")
     _refused(b, fake, "wrong bytes", before=_blob_files(b))
 
@@ -105,7 +110,8 @@ def test_wrong_content_range(tmp_path: Path, packed: tuple) -> None:  # type: ig
     for bp in built:
         data = bytes(bp.data)
         fake.routes[("GET", f"/v2/{REPO}/blobs/{bp.pack.digest}")] = range_server(
-            data, lambda a, b, body, n=len(data): (206, {"Content-Range": f"bytes {a + 1}-{b}/{n}"}, body))
+            data, lambda a, b, body, n=len(data): (206, {"Content-Range": f"bytes {a + 1}-{b}/{n}"}, body)
+        )
     b = _store_holding_all_but(tmp_path, "d01/f0061.bin")
     _refused(b, fake, "Content-Range", before=_blob_files(b))
 
@@ -174,14 +180,16 @@ def test_plan_reuses_live_packs_and_repacks_dead_ones() -> None:
 
     def base(name: int, live: range, dead: range) -> object:
         from castore.remote.packer import BasePack
+
         entries = tuple(Entry(digest(i), k * 100, 100, 100, 0) for k, i in enumerate([*live, *dead]))
         size = 100 * len(entries)
         pack = Descriptor("application/vnd.continuity.pack.v1", digest(10_000 + name), size)
-        return BasePack(pack, Descriptor(PACK_INDEX_MEDIA_TYPE, digest(20_000 + name), 10),
-                        PackIndex(pack.digest, size, entries))
+        return BasePack(
+            pack, Descriptor(PACK_INDEX_MEDIA_TYPE, digest(20_000 + name), 10), PackIndex(pack.digest, size, entries)
+        )
 
     order = [(digest(i), 100) for i in range(0, 30)] + [(digest(99), 40 << 20)]
-    mostly_live = base(1, range(0, 10), range(500, 505))   # 10 of 15 entries needed: reused
+    mostly_live = base(1, range(0, 10), range(500, 505))  # 10 of 15 entries needed: reused
     mostly_dead = base(2, range(10, 13), range(600, 620))  # 3 of 23 needed: its blobs are packed again
     plan: Plan = make_plan(order, [mostly_live, mostly_dead], 1000)  # type: ignore[list-item]
     assert [b.pack.digest for b in plan.reused] == [digest(10_001)]

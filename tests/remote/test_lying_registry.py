@@ -34,8 +34,9 @@ def served(tmp_path: Path, fake: FakeRegistry) -> tuple[FakeRegistry, str, bytes
     return fake, d, oci, blobs
 
 
-def _pull(fake: FakeRegistry, store: Path, ref: str = "v1", *args: str,
-          env: dict[str, str] | None = None) -> tuple[int, str]:
+def _pull(
+    fake: FakeRegistry, store: Path, ref: str = "v1", *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     sep = "@" if ref.startswith("sha256:") else ":"
     p = run_cli("pull", f"{fake.host}/{REPO}{sep}{ref}", "--jobs", "2", *args, store=store, env=env)
     return p.returncode, p.stderr.decode(errors="replace")
@@ -73,8 +74,9 @@ def test_wrong_bytes_same_size(tmp_path: Path, served: tuple[FakeRegistry, str, 
     _refused(tmp_path, fake, 4, f"blob {victim} has digest")
 
 
-def test_wrong_continuity_manifest_bytes(tmp_path: Path,
-                                         served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]) -> None:
+def test_wrong_continuity_manifest_bytes(
+    tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]
+) -> None:
     fake, d, _, blobs = served
     fake.routes[("GET", f"/v2/{REPO}/blobs/{d}")] = (200, {}, b"\x00" * len(blobs[d]))
     _refused(tmp_path, fake, 4, f"blob {d} has digest")
@@ -87,8 +89,9 @@ def test_oversize_blob(tmp_path: Path, served: tuple[FakeRegistry, str, bytes, d
     _refused(tmp_path, fake, 4, f"blob {victim} has size")
 
 
-def test_oversize_blob_without_length(tmp_path: Path,
-                                      served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]) -> None:
+def test_oversize_blob_without_length(
+    tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]
+) -> None:
     fake, d, _, blobs = served
     victim = _biggest(blobs, d)
 
@@ -108,8 +111,9 @@ def test_oversize_blob_without_length(tmp_path: Path,
     _refused(tmp_path, fake, 4, f"blob {victim} is larger than")
 
 
-def test_short_blob_is_a_network_error(tmp_path: Path,
-                                       served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]) -> None:
+def test_short_blob_is_a_network_error(
+    tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]
+) -> None:
     fake, d, _, blobs = served
     victim = _biggest(blobs, d)
 
@@ -140,18 +144,21 @@ def test_layer_size_lies(tmp_path: Path, served: tuple[FakeRegistry, str, bytes,
 
 
 @pytest.mark.parametrize("case", ["declared-huge", "manifest-layer-huge", "not-json", "index", "deep-json"])
-def test_huge_or_foreign_manifests(tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]],
-                                   case: str) -> None:
+def test_huge_or_foreign_manifests(
+    tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]], case: str
+) -> None:
     fake, d, oci, blobs = served
     route = f"/v2/{REPO}/manifests/v1"
     code = 4
     if case == "declared-huge":
+
         def huge(h: BaseHTTPRequestHandler) -> None:
             h.send_response(200)
             h.send_header("Content-Length", str(100 << 20))
             h.end_headers()
             h.wfile.write(oci)
             h.close_connection = True
+
         fake.routes[("GET", route)] = huge
         text = "limit"
     elif case == "manifest-layer-huge":
@@ -163,9 +170,11 @@ def test_huge_or_foreign_manifests(tmp_path: Path, served: tuple[FakeRegistry, s
         fake.routes[("GET", route)] = (200, {}, b"\x89PNG")
         text = "not JSON"
     elif case == "index":
-        fake.routes[("GET", route)] = (200, {"Content-Type": OCI_INDEX},
-                                       json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
-                                                   "manifests": []}).encode())
+        fake.routes[("GET", route)] = (
+            200,
+            {"Content-Type": OCI_INDEX},
+            json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode(),
+        )
         text, code = "no image for", 1  # an image index (castore.remote.image) without this platform's image
     else:
         fake.routes[("GET", route)] = (200, {}, b"[" * 100000 + b"]" * 100000)
@@ -175,7 +184,10 @@ def test_huge_or_foreign_manifests(tmp_path: Path, served: tuple[FakeRegistry, s
 
 def test_server_errors_exit_1(tmp_path: Path, fake: FakeRegistry) -> None:
     fake.routes[("GET", f"/v2/{REPO}/manifests/v1")] = (
-        503, {}, b'{"errors":[{"code":"UNAVAILABLE","message":"try later \\u001b[31m"}]}')
+        503,
+        {},
+        b'{"errors":[{"code":"UNAVAILABLE","message":"try later \\u001b[31m"}]}',
+    )
     _refused(tmp_path, fake, 1, "503 UNAVAILABLE: try later")
     assert sum(1 for m, p, _ in fake.requests if p.endswith("/manifests/v1")) == 5  # bounded retries
 
@@ -204,6 +216,7 @@ def _auth_gate(fake: FakeRegistry, expected: str, challenge: str) -> None:
             h.send_header("Content-Length", str(len(body)))
             h.end_headers()
             h.wfile.write(body)
+
         return serve
 
     for k, v in inner.items():
@@ -225,8 +238,9 @@ def test_basic_auth(tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict
 
 def test_bearer_token(tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]) -> None:
     fake, d, _, _ = served
-    _auth_gate(fake, "Bearer tok-123",
-               f'Bearer realm="http://{fake.host}/token",service="fake",scope="repository:{REPO}:pull"')
+    _auth_gate(
+        fake, "Bearer tok-123", f'Bearer realm="http://{fake.host}/token",service="fake",scope="repository:{REPO}:pull"'
+    )
     fake.routes[("GET", "/token")] = (200, {"Content-Type": "application/json"}, b'{"token":"tok-123"}')
     rc, err = _pull(fake, tmp_path / "b")
     assert rc == 0, err
@@ -281,11 +295,11 @@ def test_unreachable_token_realm(tmp_path: Path, served: tuple[FakeRegistry, str
     assert rc == 1 and "token request" in err and err.count("\n") == 1, err
 
 
-def test_trickling_registry_is_cut_off(tmp_path: Path,
-                                       served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]) -> None:
+def test_trickling_registry_is_cut_off(
+    tmp_path: Path, served: tuple[FakeRegistry, str, bytes, dict[str, bytes]]
+) -> None:
     fake, d, _, blobs = served
-    victim = min((x for x in blobs if x not in (d, CONFIG_DIGEST) and len(blobs[x]) >= 80),
-                 key=lambda x: len(blobs[x]))
+    victim = min((x for x in blobs if x not in (d, CONFIG_DIGEST) and len(blobs[x]) >= 80), key=lambda x: len(blobs[x]))
 
     def trickle(h: BaseHTTPRequestHandler) -> None:
         h.send_response(200)
@@ -293,7 +307,7 @@ def test_trickling_registry_is_cut_off(tmp_path: Path,
         h.end_headers()
         try:
             for i in range(60):  # one byte every 0.1 s: never idle for a whole timeout; bounded anyway
-                h.wfile.write(blobs[victim][i:i + 1])
+                h.wfile.write(blobs[victim][i : i + 1])
                 h.wfile.flush()
                 time.sleep(0.1)
         except OSError:

@@ -36,8 +36,9 @@ def _pull(store: Path, ref: str, *args: str) -> dict[str, object]:
 
 def _layers(ref: str) -> list[dict[str, object]]:
     r = parse_reference(ref)
-    got = httpx.get(f"{r.base}/manifests/{r.reference}",
-                    headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    got = httpx.get(
+        f"{r.base}/manifests/{r.reference}", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    )
     return got.json()["layers"]  # type: ignore[no-any-return]
 
 
@@ -110,8 +111,17 @@ def test_push_killed_half_way_resumes(tmp_path: Path, repo: str) -> None:
     make_tree(src)
     run_cli("ingest", src, "--name", "t", store=a, check=True)
     full = _push(a, "t", f"{repo}-full:v1")
-    killed = run_cli("push", "t", f"{repo}:v1", "--pack-size", PACK, "--jobs", "1", store=a,
-                     env={"CONTINUITY_CRASHPOINT": "push-after-pack"})
+    killed = run_cli(
+        "push",
+        "t",
+        f"{repo}:v1",
+        "--pack-size",
+        PACK,
+        "--jobs",
+        "1",
+        store=a,
+        env={"CONTINUITY_CRASHPOINT": "push-after-pack"},
+    )
     assert killed.returncode == -9
     r = parse_reference(f"{repo}:v1")
     assert httpx.get(f"{r.base}/manifests/v1").status_code == 404  # no tag names an incomplete artifact
@@ -174,8 +184,9 @@ def test_skopeo_inspect_and_copy_round_trip(tmp_path: Path, repo: str) -> None:
 
     info = json.loads(skopeo("inspect", *tls, f"docker://{repo}:v1"))
     assert len(info["Layers"]) >= 3
-    skopeo("copy", "--src-tls-verify=false", "--dest-tls-verify=false", f"docker://{repo}:v1",
-           f"docker://{repo}-copy:v1")
+    skopeo(
+        "copy", "--src-tls-verify=false", "--dest-tls-verify=false", f"docker://{repo}:v1", f"docker://{repo}-copy:v1"
+    )
     layout = tmp_path / "layout"
     skopeo("copy", "--src-tls-verify=false", f"docker://{repo}:v1", f"oci:{layout}:v1")
     skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:v1", f"docker://{repo}-back:v1")

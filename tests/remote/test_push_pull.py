@@ -73,14 +73,14 @@ def test_roundtrip_dedup_and_pinned_pull(tmp_path: Path, repo: str) -> None:
     assert_trees_equal(src, tmp_path / "out")
     run_cli("fsck", store=b, check=True)
 
-    pinned = json.loads(run_cli("pull", first["reference"], "--name", "pinned", "--json", "--jobs", "1",
-                                store=b, check=True).stdout)
+    pinned = json.loads(
+        run_cli("pull", first["reference"], "--name", "pinned", "--json", "--jobs", "1", store=b, check=True).stdout
+    )
     assert pinned["digest"] == d and pinned["downloaded"] == 0 and pinned["present"] > 3
     assert Store.open(str(b)).get_tag("pinned") == d
 
     fresh = tmp_path / "c"
-    q = check_json("pull", run_cli("pull", first["reference"], "--json", "--jobs", "8", store=fresh,
-                                   check=True).stdout)
+    q = check_json("pull", run_cli("pull", first["reference"], "--json", "--jobs", "8", store=fresh, check=True).stdout)
     assert q["digest"] == d and q["name"] == first["reference"] and q["downloaded_size"] > 3 << 20
 
 
@@ -134,6 +134,7 @@ def test_network_errors_are_one_line(tmp_path: Path) -> None:
     a = tmp_path / "a"
     _ingest(tmp_path, a)
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connection refused
@@ -144,6 +145,7 @@ def test_network_errors_are_one_line(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------- hand-written artifacts
+
 
 def _upload_pieces(tmp_path: Path, repo: str) -> tuple[str, bytes, dict[str, int]]:
     """Push a tree's blobs to ``repo``; return its manifest digest, bytes and blob sizes."""
@@ -156,8 +158,7 @@ def _upload_pieces(tmp_path: Path, repo: str) -> tuple[str, bytes, dict[str, int
     return d, s.read_blob(d), {x: s.blob_size(x) or 0 for x in refs}
 
 
-def _put(repo: str, tag: str | None, doc: dict[str, object] | bytes,
-         blobs: dict[str, bytes] = {}) -> None:  # noqa: B006
+def _put(repo: str, tag: str | None, doc: dict[str, object] | bytes, blobs: dict[str, bytes] = {}) -> None:  # noqa: B006
     ref = parse_reference(f"{repo}:{tag or 'x'}")
     with Registry(ref, push=True) as reg:
         for dg, data in blobs.items():
@@ -169,9 +170,13 @@ def _put(repo: str, tag: str | None, doc: dict[str, object] | bytes,
 
 
 def _doc(layers: list[dict[str, object]], artifact: str = ARTIFACT_TYPE) -> dict[str, object]:
-    return {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact,
-            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": EMPTY_DIGEST, "size": 2},
-            "layers": layers}
+    return {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": EMPTY_DIGEST, "size": 2},
+        "layers": layers,
+    }
 
 
 def _layer(d: str, n: int, mt: str = "application/vnd.continuity.blob.v1") -> dict[str, object]:
@@ -218,8 +223,13 @@ def test_crash_or_enospc_during_pull_leaves_a_sound_store(tmp_path: Path, repo: 
     a, b = tmp_path / "a", tmp_path / "b"
     _, d = _ingest(tmp_path, a)
     run_cli("push", "t", f"{repo}:v1", store=a, check=True)
-    for point in ("pull-after-download", "ingest-after-syncfs", "ingest-after-rename", "ingest-before-manifest",
-                  "ingest-before-tag"):
+    for point in (
+        "pull-after-download",
+        "ingest-after-syncfs",
+        "ingest-after-rename",
+        "ingest-before-manifest",
+        "ingest-before-tag",
+    ):
         if b.exists():
             run_cli("gc", "--grace", "0", store=b, check=True)  # else the next pull resumes: nothing to download
         p = run_cli("pull", f"{repo}:v1", store=b, env={"CONTINUITY_CRASHPOINT": point})

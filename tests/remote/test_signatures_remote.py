@@ -45,15 +45,23 @@ def test_push_pull_signatures_and_policy(tmp_path: Path, repo: str) -> None:
 
     # the artifact: subject = the tree's OCI manifest, under the tag schema
     registry, name = repo.split("/", 1)
-    art = httpx.get(f"http://{registry}/v2/{name}/manifests/{sig_tag(pushed['oci_digest'])}",
-                    headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+    art = httpx.get(
+        f"http://{registry}/v2/{name}/manifests/{sig_tag(pushed['oci_digest'])}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    ).json()
     assert art["artifactType"] == SIGNATURE_ARTIFACT_TYPE and art["subject"]["digest"] == pushed["oci_digest"]
     assert art["layers"][0]["annotations"]["dev.continuity.signature.principal"] == "release@example.com"
 
     signers = allowed(tmp_path, [f"release@example.com {pubkey(key)}"])
-    pol = policy(tmp_path, {"default": {"type": "reject"},
-                            "scopes": {f"{repo}": {"type": "signedBy", "allowedSigners": str(signers),
-                                                   "principals": ["release@example.com"]}}})
+    pol = policy(
+        tmp_path,
+        {
+            "default": {"type": "reject"},
+            "scopes": {
+                f"{repo}": {"type": "signedBy", "allowedSigners": str(signers), "principals": ["release@example.com"]}
+            },
+        },
+    )
     got = json.loads(run_cli("--policy", pol, "pull", f"{repo}:v1", "--json", store=b, check=True).stdout)
     assert got["digest"] == d and got["signatures"] == 1
     run_cli("verify-signature", d, "--allowed-signers", signers, store=b, check=True)
@@ -65,8 +73,18 @@ def test_push_pull_signatures_and_policy(tmp_path: Path, repo: str) -> None:
 
     # a key the scope does not allow: exit 4, nothing written
     run_cli("keygen", tmp_path / "other", store=c, check=True)
-    wrong = policy(tmp_path, {"default": {"type": "signedBy", "allowedSigners": str(
-        allowed(tmp_path, [f"release@example.com {pubkey(tmp_path / 'other')}"], "wrong_signers"))}}, "wrong.json")
+    wrong = policy(
+        tmp_path,
+        {
+            "default": {
+                "type": "signedBy",
+                "allowedSigners": str(
+                    allowed(tmp_path, [f"release@example.com {pubkey(tmp_path / 'other')}"], "wrong_signers")
+                ),
+            }
+        },
+        "wrong.json",
+    )
     p = run_cli("--policy", wrong, "pull", f"{repo}:v1", store=c)
     assert p.returncode == 4 and b"no valid signature" in p.stderr
     _nothing_recorded(c)
@@ -82,8 +100,10 @@ def test_unsigned_pull_refused_by_signed_by(tmp_path: Path, repo: str) -> None:
     _tree(tmp_path, a)
     run_cli("push", "web", f"{repo}:v1", store=a, check=True)
     run_cli("keygen", tmp_path / "k", store=a, check=True)
-    pol = policy(tmp_path, {"default": {"type": "signedBy",
-                                        "allowedSigners": str(allowed(tmp_path, [f"x@y {pubkey(tmp_path / 'k')}"]))}})
+    pol = policy(
+        tmp_path,
+        {"default": {"type": "signedBy", "allowedSigners": str(allowed(tmp_path, [f"x@y {pubkey(tmp_path / 'k')}"]))}},
+    )
     p = run_cli("--policy", pol, "pull", f"{repo}:v1", store=b)
     assert p.returncode == 4 and b"has no signature" in p.stderr
     _nothing_recorded(b)
@@ -114,13 +134,29 @@ def test_signatures_merge_and_ssh_keygen_verifies_a_pulled_one(tmp_path: Path, r
     sig = tmp_path / "again.sig"
     sig.write_bytes((tmp_path / "alice.sig").read_bytes())
     pulled = run_cli("dump", d, "--format", "pb", store=b, check=True).stdout
-    v = subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", "alice@example.com", "-n",
-                        "continuity", "-s", str(sig)], input=pulled, capture_output=True)
+    v = subprocess.run(
+        [
+            "ssh-keygen",
+            "-Y",
+            "verify",
+            "-f",
+            str(signers),
+            "-I",
+            "alice@example.com",
+            "-n",
+            "continuity",
+            "-s",
+            str(sig),
+        ],
+        input=pulled,
+        capture_output=True,
+    )
     assert v.returncode == 0, v.stderr
 
 
-def _signed_fake(tmp_path: Path, fake: FakeRegistry, sig_bytes: bytes | None = None,
-                 lie: bool = False) -> tuple[str, Path, str]:
+def _signed_fake(
+    tmp_path: Path, fake: FakeRegistry, sig_bytes: bytes | None = None, lie: bool = False
+) -> tuple[str, Path, str]:
     """A fake registry serving a signed tree through the referrers API; (manifest digest, signers, oci digest)."""
     a = tmp_path / "a"
     d = _tree(tmp_path, a)
@@ -138,9 +174,16 @@ def _signed_fake(tmp_path: Path, fake: FakeRegistry, sig_bytes: bytes | None = N
     fake.routes[("GET", f"/v2/t/blobs/{sd}")] = (200, {}, armored)
     bogus = "sha256:" + "ab" * 32  # listed, but its bytes will not hash to it: ignored
     fake.routes[("GET", f"/v2/t/manifests/{bogus}")] = (200, {"Content-Type": OCI_MANIFEST}, art + b" ")
-    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "artifactType": SIGNATURE_ARTIFACT_TYPE, "digest": dd, "size": len(art)}
-        for dd in (bogus, hash_bytes(art))]}).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"mediaType": OCI_MANIFEST, "artifactType": SIGNATURE_ARTIFACT_TYPE, "digest": dd, "size": len(art)}
+                for dd in (bogus, hash_bytes(art))
+            ],
+        }
+    ).encode()
     fake.routes[("GET", f"/v2/t/referrers/{hash_bytes(oci)}")] = (200, {"Content-Type": OCI_INDEX}, index)
     return d, allowed(tmp_path, [f"rel@example.com {pubkey(key)}"]), hash_bytes(oci)
 
@@ -148,8 +191,9 @@ def _signed_fake(tmp_path: Path, fake: FakeRegistry, sig_bytes: bytes | None = N
 def test_referrers_api(tmp_path: Path, fake: FakeRegistry) -> None:
     d, signers, oci_digest = _signed_fake(tmp_path, fake)
     pol = policy(tmp_path, {"default": {"type": "signedBy", "allowedSigners": str(signers)}})
-    got = json.loads(run_cli("--policy", pol, "pull", f"{fake.host}/t:v1", "--json", store=tmp_path / "b",
-                             check=True).stdout)
+    got = json.loads(
+        run_cli("--policy", pol, "pull", f"{fake.host}/t:v1", "--json", store=tmp_path / "b", check=True).stdout
+    )
     assert got["digest"] == d and got["signatures"] == 1
     asked = [p for _, p, _ in fake.requests]
     assert any("/referrers/" in p and "artifactType=" in p for p in asked)

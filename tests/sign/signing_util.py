@@ -11,8 +11,9 @@ from subprocess import CompletedProcess
 
 import pytest
 
-needs_ssh_keygen = pytest.mark.skipif(shutil.which("ssh-keygen") is None,
-                                      reason="ssh-keygen (Debian openssh-client) is not installed")
+needs_ssh_keygen = pytest.mark.skipif(
+    shutil.which("ssh-keygen") is None, reason="ssh-keygen (Debian openssh-client) is not installed"
+)
 Cli = Callable[..., CompletedProcess[bytes]]
 
 
@@ -56,11 +57,15 @@ def dump_pb(cli: Cli, ref: str) -> bytes:
 
 def ssh_sign(key: Path, message: bytes, namespace: str = "continuity") -> bytes:
     """``ssh-keygen -Y sign`` of ``message`` (stdin): the armored signature."""
-    p = subprocess.run(["ssh-keygen", "-Y", "sign", "-f", str(key), "-n", namespace], input=message,
-                       capture_output=True, check=True)
+    p = subprocess.run(
+        ["ssh-keygen", "-Y", "sign", "-f", str(key), "-n", namespace], input=message, capture_output=True, check=True
+    )
     return p.stdout
 
 
 def ssh_verify(signers: Path, principal: str, sig: Path, message: bytes) -> CompletedProcess[bytes]:
-    return subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", principal, "-n", "continuity",
-                           "-s", str(sig)], input=message, capture_output=True)
+    return subprocess.run(
+        ["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", principal, "-n", "continuity", "-s", str(sig)],
+        input=message,
+        capture_output=True,
+    )

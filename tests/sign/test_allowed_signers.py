@@ -42,16 +42,19 @@ ca@example.com cert-authority {KEY}
     assert find(signers, key, None, "continuity", now) == "*@example.com,!bad@example.com"
 
 
-@pytest.mark.parametrize("line", [
-    "only-a-principal",
-    f"p@x bogus-option {KEY}",
-    f'p@x namespaces=continuity {KEY}',
-    f'p@x valid-after="2020" {KEY}',
-    f'p@x namespaces="unterminated {KEY}',
-    "p@x ssh-ed25519 !!!notbase64",
-    "p@x ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQABAAAAgQ==",
-    "p@x ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ==",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "only-a-principal",
+        f"p@x bogus-option {KEY}",
+        f"p@x namespaces=continuity {KEY}",
+        f'p@x valid-after="2020" {KEY}',
+        f'p@x namespaces="unterminated {KEY}',
+        "p@x ssh-ed25519 !!!notbase64",
+        "p@x ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQABAAAAgQ==",
+        "p@x ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ==",
+    ],
+)
 def test_bad_lines(line: str) -> None:
     with pytest.raises(UnsafeInput, match="f:1"):
         parse(line, "f")

@@ -24,10 +24,16 @@ def _signed_setup(cli: Cli, tmp_path: Path) -> tuple[Path, Path]:
 
 def test_checkout_and_apply_enforce_signed_by(cli: Cli, tmp_path: Path) -> None:
     signers, _ = _signed_setup(cli, tmp_path)
-    pol = policy(tmp_path, {"default": {"type": "accept"},
-                            "scopes": {"web": {"type": "signedBy", "allowedSigners": signers.name,
-                                               "principals": ["release@example.com"]},
-                                       "unsigned": {"type": "signedBy", "allowedSigners": str(signers)}}})
+    pol = policy(
+        tmp_path,
+        {
+            "default": {"type": "accept"},
+            "scopes": {
+                "web": {"type": "signedBy", "allowedSigners": signers.name, "principals": ["release@example.com"]},
+                "unsigned": {"type": "signedBy", "allowedSigners": str(signers)},
+            },
+        },
+    )
     ok = tmp_path / "ok"
     cli("--policy", pol, "checkout", "web", ok, check=True)
     assert (ok / "d" / "f").read_bytes() == b"hello\n"
@@ -48,8 +54,10 @@ def test_wrong_principal_and_wrong_key(cli: Cli, tmp_path: Path) -> None:
     signers, _ = _signed_setup(cli, tmp_path)
     cli("keygen", tmp_path / "other", check=True)
     other = allowed(tmp_path, [f"release@example.com {pubkey(tmp_path / 'other')}"], "other_signers")
-    for scope in ({"type": "signedBy", "allowedSigners": str(signers), "principals": ["someone@else"]},
-                  {"type": "signedBy", "allowedSigners": str(other)}):
+    for scope in (
+        {"type": "signedBy", "allowedSigners": str(signers), "principals": ["someone@else"]},
+        {"type": "signedBy", "allowedSigners": str(other)},
+    ):
         pol = policy(tmp_path, {"default": {"type": "reject"}, "scopes": {"web": scope}})
         out = tmp_path / "out"
         p = cli("--policy", pol, "checkout", "web", out)
@@ -61,6 +69,7 @@ def test_tampered_manifest_is_refused(cli: Cli, tmp_path: Path, store_path: Path
     signers, _ = _signed_setup(cli, tmp_path)
     d = cli("list", "--json", check=True)
     import json
+
     digest = next(r["digest"] for r in json.loads(d.stdout)["names"] if r["name"] == "web")
     blob = store_path / "blobs" / "sha256" / digest[7:9] / digest[7:]
     os.chmod(blob, 0o644)
@@ -77,15 +86,23 @@ def test_reject_longest_scope_default_and_where_the_policy_comes_from(cli: Cli, 
     signers, _ = _signed_setup(cli, tmp_path)
     digest = cli("list", "--json", check=True)
     cli("tag", "web", "team/web", check=True)
-    pol = policy(tmp_path, {"default": {"type": "reject"},
-                            "scopes": {"team/": {"type": "reject"},
-                                       "team/web": {"type": "signedBy", "allowedSigners": str(signers)},
-                                       "web": [{"type": "accept"}]}})
+    pol = policy(
+        tmp_path,
+        {
+            "default": {"type": "reject"},
+            "scopes": {
+                "team/": {"type": "reject"},
+                "team/web": {"type": "signedBy", "allowedSigners": str(signers)},
+                "web": [{"type": "accept"}],
+            },
+        },
+    )
     cli("--policy", pol, "checkout", "team/web", tmp_path / "a", check=True)  # longest scope wins
     cli("--policy", pol, "checkout", "web", tmp_path / "b", check=True)
     p = cli("--policy", pol, "checkout", "unsigned", tmp_path / "c")  # default: reject
     assert p.returncode == 4 and b"the default policy rejects it" in p.stderr
     import json
+
     d = next(r["digest"] for r in json.loads(digest.stdout)["names"] if r["name"] == "web")
     p = cli("--policy", pol, "checkout", d, tmp_path / "d")  # by digest alone: the default
     assert p.returncode == 4 and not (tmp_path / "d").exists()
@@ -98,8 +115,13 @@ def test_reject_longest_scope_default_and_where_the_policy_comes_from(cli: Cli, 
     policy(xdg / "continuity", {"default": {"type": "reject"}})
     p = cli("checkout", "web", tmp_path / "f", env={"XDG_CONFIG_HOME": str(xdg), "CONTINUITY_POLICY": ""})
     assert p.returncode == 4
-    cli("checkout", "web", tmp_path / "g", env={"XDG_CONFIG_HOME": str(tmp_path / "none"),
-                                                 "CONTINUITY_POLICY": ""}, check=True)
+    cli(
+        "checkout",
+        "web",
+        tmp_path / "g",
+        env={"XDG_CONFIG_HOME": str(tmp_path / "none"), "CONTINUITY_POLICY": ""},
+        check=True,
+    )
 
 
 @needs_ssh_keygen
@@ -110,8 +132,9 @@ def test_policy_accepts_an_ssh_keygen_signature(cli: Cli, tmp_path: Path) -> Non
     sig.write_bytes(ssh_sign(key, dump_pb(cli, "web")))
     cli("sign", "web", "--import", sig, check=True)
     signers = allowed(tmp_path, [f'alice@example.com namespaces="continuity,git" {pubkey(key)}'])
-    pol = policy(tmp_path, {"default": {"type": "signedBy", "allowedSigners": str(signers),
-                                        "principals": ["alice@example.com"]}})
+    pol = policy(
+        tmp_path, {"default": {"type": "signedBy", "allowedSigners": str(signers), "principals": ["alice@example.com"]}}
+    )
     cli("--policy", pol, "checkout", "web", tmp_path / "out", check=True)
     # namespaces that exclude "continuity", or a validity window in the past: refused
     for opts in ('namespaces="git"', 'valid-before="20200101Z"', 'valid-after="29990101"'):
@@ -120,10 +143,18 @@ def test_policy_accepts_an_ssh_keygen_signature(cli: Cli, tmp_path: Path) -> Non
         assert p.returncode == 4, opts
 
 
-@pytest.mark.parametrize("doc", [[], {"scopes": {}}, {"default": {"type": "maybe"}},
-                                 {"default": {"type": "signedBy"}}, {"default": []},
-                                 {"default": {"type": "signedBy", "allowedSigners": "f", "principals": "x"}},
-                                 {"default": {"type": "accept"}, "extra": 1}])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        [],
+        {"scopes": {}},
+        {"default": {"type": "maybe"}},
+        {"default": {"type": "signedBy"}},
+        {"default": []},
+        {"default": {"type": "signedBy", "allowedSigners": "f", "principals": "x"}},
+        {"default": {"type": "accept"}, "extra": 1},
+    ],
+)
 def test_bad_policies_are_refused(doc: object, tmp_path: Path) -> None:
     with pytest.raises(UnsafeInput):
         parse_policy(doc, str(tmp_path / "p.json"))
@@ -140,9 +171,17 @@ def test_bad_policy_file_is_exit_3(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_scope_selection() -> None:
-    pol = parse_policy({"default": {"type": "accept"},
-                        "scopes": {"web": {"type": "reject"}, "reg.example/team/": {"type": "reject"},
-                                   "reg.example/team/app": {"type": "accept"}}}, "/p.json")
+    pol = parse_policy(
+        {
+            "default": {"type": "accept"},
+            "scopes": {
+                "web": {"type": "reject"},
+                "reg.example/team/": {"type": "reject"},
+                "reg.example/team/app": {"type": "accept"},
+            },
+        },
+        "/p.json",
+    )
     assert select(pol, ["web"])[0] == "web"
     assert select(pol, ["web:v1"])[0] == "web"
     assert select(pol, ["webapp"])[0] is None  # whole components only

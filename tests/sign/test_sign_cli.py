@@ -130,7 +130,7 @@ def test_refusals(cli: Cli, tmp_path: Path) -> None:
     # truncated signatures: cut armor, cut base64, cut binary
     good = ssh_sign(alice, msg)
     lines = good.splitlines(keepends=True)
-    for i, data in enumerate([good[:len(good) // 2], b"".join(lines[:-2] + lines[-1:]), b"junk", b""]):
+    for i, data in enumerate([good[: len(good) // 2], b"".join(lines[:-2] + lines[-1:]), b"junk", b""]):
         t = tmp_path / f"trunc{i}.sig"
         t.write_bytes(data)
         p = cli("sign", "web", "--import", t)
@@ -163,8 +163,9 @@ def test_usage_and_bad_inputs(cli: Cli, tmp_path: Path) -> None:
     assert p.returncode == 3 and b"bad_signers:1" in p.stderr
 
 
-def test_gc_drops_signatures_with_their_manifest_and_fsck_checks_them(cli: Cli, tmp_path: Path,
-                                                                    store_path: Path) -> None:
+def test_gc_drops_signatures_with_their_manifest_and_fsck_checks_them(
+    cli: Cli, tmp_path: Path, store_path: Path
+) -> None:
     from castore.store import Store
     from castore.store import signatures as sigdb
 
@@ -184,9 +185,18 @@ def test_gc_drops_signatures_with_their_manifest_and_fsck_checks_them(cli: Cli, 
     [rec] = sigdb.for_manifest(s, keep)
     bad = bytearray(rec.raw)
     bad[-5] ^= 0xFF
-    row = json.dumps({"sig": __import__("base64").b64encode(bytes(bad)).decode(), "fingerprint": rec.fingerprint,
-                      "key_type": rec.key_type, "principal": None, "time_ns": 1, "source": "sign"}).encode()
+    row = json.dumps(
+        {
+            "sig": __import__("base64").b64encode(bytes(bad)).decode(),
+            "fingerprint": rec.fingerprint,
+            "key_type": rec.key_type,
+            "principal": None,
+            "time_ns": 1,
+            "source": "sign",
+        }
+    ).encode()
     from castore.store.meta import dkey
+
     s.meta.write(lambda t: t.put(dkey(keep) + b"\1" * 32, row, db=s.meta.db("signatures")))
     s.meta.close()
     p = cli("fsck")
@@ -221,8 +231,13 @@ def test_passphrase_prompted_on_a_terminal(cli: Cli, tmp_path: Path, store_path:
         os.setsid()
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
 
-    proc = subprocess.Popen([sys.executable, "-m", "castore", "--store", str(store_path), "sign", "web", "--key",
-                             str(key)], stdin=slave, stdout=subprocess.PIPE, stderr=slave, preexec_fn=ctty)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "castore", "--store", str(store_path), "sign", "web", "--key", str(key)],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        preexec_fn=ctty,
+    )
     os.close(slave)
     seen = b""
     deadline = time.monotonic() + 60

@@ -48,14 +48,19 @@ def _as_nobody(base: Path, *argv: object) -> subprocess.CompletedProcess[bytes]:
             os.chmod(view / anc.name, 0o755)
             inner = prefix.relative_to(anc).parts[0]
             (view / anc.name / inner).mkdir(exist_ok=True)
-            lines += [f"mount --rbind {anc / inner} {view / anc.name / inner}",
-                      f"mount --rbind {view / anc.name} {anc}"]
+            lines += [
+                f"mount --rbind {anc / inner} {view / anc.name / inner}",
+                f"mount --rbind {view / anc.name} {anc}",
+            ]
             break
     repo = Path(__file__).resolve().parents[2]
     lines.append(f'exec runuser -u nobody -- env PYTHONPATH={repo} "$@"')
     script.write_text("\n".join(lines) + "\n")
-    return subprocess.run(["unshare", "-m", "sh", str(script), sys.executable, "-m", "castore", *map(str, argv)],
-                          capture_output=True, timeout=300)
+    return subprocess.run(
+        ["unshare", "-m", "sh", str(script), sys.executable, "-m", "castore", *map(str, argv)],
+        capture_output=True,
+        timeout=300,
+    )
 
 
 @needs_root
@@ -150,5 +155,9 @@ def test_ingest_of_a_tree_that_is_fine_exits_0(tmp_path: Path) -> None:
     (src / "f").write_bytes(b"x")
     p = run_cli("ingest", src, "--name", "n", store=tmp_path / "store", check=True)
     assert b"warning" not in p.stderr
-    assert json.loads(run_cli("history", "n", "--json", store=tmp_path / "store", check=True).stdout)["versions"][0][
-        "incomplete"] is False
+    assert (
+        json.loads(run_cli("history", "n", "--json", store=tmp_path / "store", check=True).stdout)["versions"][0][
+            "incomplete"
+        ]
+        is False
+    )

@@ -52,8 +52,9 @@ def test_gc_dry_run_lists_what_goes_then_gc_forgets_it(tmp_path: Path) -> None:
     _store_with_dated_history(path, src)
     before = json.loads(run_cli("history", "t", "--json", store=path, check=True).stdout)["versions"]
     assert len(before) == 43
-    p = run_cli("gc", "--dry-run", "--keep-last", "2", "--keep-weekly", "3", "--grace", "0", "--json", store=path,
-                check=True)
+    p = run_cli(
+        "gc", "--dry-run", "--keep-last", "2", "--keep-weekly", "3", "--grace", "0", "--json", store=path, check=True
+    )
     plan = json.loads(p.stdout)["retention"]
     assert len(plan) == 43 and [r["revision"] for r in plan[:2]] == ["t@0", "t@1"]
     keep = [r for r in plan if r["keep"]]
@@ -62,8 +63,11 @@ def test_gc_dry_run_lists_what_goes_then_gc_forgets_it(tmp_path: Path) -> None:
     # the 2 real ingests (newest: its week is the first of 3), then the newest of the 2 last weeks of the
     # dated rows (2026-01-01 .. 2026-02-09, a Monday: ISO weeks 7 and 6)
     assert [r["reasons"] for r in keep] == [["last", now_week], ["last"], ["weekly 2026-W07"], ["weekly 2026-W06"]]
-    human = run_cli("gc", "--dry-run", "--keep-last", "2", "--keep-weekly", "3", "--grace", "0", store=path,
-                    check=True).stdout.decode().splitlines()
+    human = (
+        run_cli("gc", "--dry-run", "--keep-last", "2", "--keep-weekly", "3", "--grace", "0", store=path, check=True)
+        .stdout.decode()
+        .splitlines()
+    )
     assert sum(1 for line in human if line.startswith("would forget t@")) == 39
     dry = json.loads(run_cli("history", "t", "--json", store=path, check=True).stdout)["versions"]
     assert len(dry) == 43  # dry run

@@ -23,13 +23,28 @@ def test_init_is_idempotent(tmp_path: Path) -> None:
     config = (store / "config").read_bytes()
     p = run_cli("init", store=store, check=True)
     assert b"already exists" in p.stderr and (store / "config").read_bytes() == config
-    assert json.loads(run_cli("init", "--json", store=store, check=True).stdout) == {"schema": 1, "path": str(store),
-                                                                                    "created": False}
+    assert json.loads(run_cli("init", "--json", store=store, check=True).stdout) == {
+        "schema": 1,
+        "path": str(store),
+        "created": False,
+    }
     assert run_cli("list", store=store, check=True).stdout == b""
 
 
-@pytest.mark.parametrize("verb", [["list"], ["ls", "x"], ["log", "x"], ["stats"], ["history", "x"],
-                                  ["tag", "x", "y"], ["rm", "x"], ["gc"], ["fsck"]])
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["list"],
+        ["ls", "x"],
+        ["log", "x"],
+        ["stats"],
+        ["history", "x"],
+        ["tag", "x", "y"],
+        ["rm", "x"],
+        ["gc"],
+        ["fsck"],
+    ],
+)
 def test_missing_store_is_an_error_not_a_new_store(tmp_path: Path, verb: list[str]) -> None:
     store = tmp_path / "typo" / "store"
     p = run_cli(*verb, store=store)
@@ -67,6 +82,7 @@ def test_default_store_list_is_empty_before_first_use(tmp_path: Path) -> None:
 
 def _python_cli() -> list[str]:
     import sys
+
     return [sys.executable, "-m", "castore"]
 
 
@@ -133,8 +149,13 @@ def test_read_only_store_serves_every_reading_verb(ro_store: tuple[Path, Path, l
 @pytest.mark.root
 def test_read_only_store_refuses_writes_with_a_hint(ro_store: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
     ro, src, _ = ro_store
-    for argv in (["ingest", src, "--name", "u"], ["tag", "t", "u"], ["rm", "t"], ["gc"],
-                 ["checkout", "t", tmp_path / "co", "--link", "hardlink"]):
+    for argv in (
+        ["ingest", src, "--name", "u"],
+        ["tag", "t", "u"],
+        ["rm", "t"],
+        ["gc"],
+        ["checkout", "t", tmp_path / "co", "--link", "hardlink"],
+    ):
         p = run_cli(*argv, store=ro)
         assert p.returncode == 1, (argv, p.stderr)
         err = p.stderr.decode()

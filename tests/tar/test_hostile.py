@@ -27,25 +27,46 @@ VECTORS: list[tuple[str, bytes, int]] = [
     ("hardlink-escaping", tar(member(b"h", typ=b"1", linkname=b"../outside")), 3),
     ("hardlink-unseen", tar(member(b"h", typ=b"1", linkname=b"later"), member(b"later", b"x")), 3),
     ("hardlink-dir", tar(member(b"d/", typ=b"5"), member(b"h", typ=b"1", linkname=b"d")), 3),
-    ("replace-full-dir", tar(member(b"d/", typ=b"5"), member(b"d/f", b"x"), member(b"d", typ=b"2",
-                                                                                     linkname=b"/tmp")), 3),
+    (
+        "replace-full-dir",
+        tar(member(b"d/", typ=b"5"), member(b"d/f", b"x"), member(b"d", typ=b"2", linkname=b"/tmp")),
+        3,
+    ),
     ("symlink-over-implicit-dir", tar(member(b"d/f", b"x"), member(b"d", typ=b"2", linkname=b"/tmp")), 3),
     ("huge-pax", tar(raw_header(b"././@PaxHeader", b"x", b"%011o\0" % (2 << 20))), 3),
     ("huge-longname", tar(raw_header(b"././@LongLink", b"L", b"%011o\0" % (1 << 30))), 3),
     ("pax-size-lies-long", tar(member(b"f", b"abc", pax=[(b"size", b"100000")]), end=False), 4),
     ("pax-size-lies-short", tar(member(b"f", b"a" * 3000, pax=[(b"size", b"10")]), member(b"g", b"x")), 4),
-    ("pax-record-length-lies", tar(member(b"f", b"x", pax=[(b"path", b"f")]).replace(b"9 path=f\n",
-                                                                                      b"99 path=f\n")), 4),
+    (
+        "pax-record-length-lies",
+        tar(member(b"f", b"x", pax=[(b"path", b"f")]).replace(b"9 path=f\n", b"99 path=f\n")),
+        4,
+    ),
     ("pax-size-8eib-truncated", member(b"f", b"abc", pax=[(b"size", str(BIG).encode())], pad=False), 4),
     ("size-8eib-base256-truncated", raw_header(b"f", b"0", b"\x80" + BIG.to_bytes(11, "big")) + b"x" * 4096, 4),
     ("size-negative", raw_header(b"f", b"0", b"\xff" * 12) + END, 4),
-    ("sparse-10-millions", tar(member(b"GNUSparseFile.0/s", b"5000000\n".ljust(BLOCK, b"\0"),
-                                      pax=[(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"),
-                                           (b"GNU.sparse.name", b"s"), (b"GNU.sparse.realsize", b"1000")])), 3),
-    ("sparse-01-lying", tar(member(b"s", b"abc", pax=[(b"GNU.sparse.map", b"0,10"),
-                                                      (b"GNU.sparse.size", b"100")])), 4),
-    ("sparse-8eib", tar(member(b"s", b"abc", pax=[(b"GNU.sparse.map", b"0,3"),
-                                                  (b"GNU.sparse.size", str(BIG).encode())])), 3),
+    (
+        "sparse-10-millions",
+        tar(
+            member(
+                b"GNUSparseFile.0/s",
+                b"5000000\n".ljust(BLOCK, b"\0"),
+                pax=[
+                    (b"GNU.sparse.major", b"1"),
+                    (b"GNU.sparse.minor", b"0"),
+                    (b"GNU.sparse.name", b"s"),
+                    (b"GNU.sparse.realsize", b"1000"),
+                ],
+            )
+        ),
+        3,
+    ),
+    ("sparse-01-lying", tar(member(b"s", b"abc", pax=[(b"GNU.sparse.map", b"0,10"), (b"GNU.sparse.size", b"100")])), 4),
+    (
+        "sparse-8eib",
+        tar(member(b"s", b"abc", pax=[(b"GNU.sparse.map", b"0,3"), (b"GNU.sparse.size", str(BIG).encode())])),
+        3,
+    ),
     ("bad-checksum", tar(member(b"f", b"x")[:148] + b"0000000\0" + member(b"f", b"x")[156:]), 4),
     ("garbage", os.urandom(4096), 4),
     ("empty", b"", 4),
@@ -59,8 +80,8 @@ def _old_gnu_sparse_endless() -> bytes:
     # An 'S' header flagged "extended", then extension blocks that always say "one more".
     ext = bytearray(BLOCK)
     for i in range(21):
-        ext[24 * i:24 * i + 12] = b"%011o\0" % (i * 2)
-        ext[24 * i + 12:24 * i + 24] = b"%011o\0" % 1
+        ext[24 * i : 24 * i + 12] = b"%011o\0" % (i * 2)
+        ext[24 * i + 12 : 24 * i + 24] = b"%011o\0" % 1
     ext[504] = 1
     head = raw_header(b"s", b"S", b"%011o\0" % 0, {482: b"\x01", 483: b"%011o\0" % 100})
     return head + bytes(ext) * 13000
@@ -90,8 +111,13 @@ def test_hostile_tar_is_refused(cli, tmp_path, case, data, code, how):
 
 
 def test_duplicate_members_last_wins(cli, tmp_path):
-    data = tar(member(b"f", b"first"), member(b"h", typ=b"1", linkname=b"f"), member(b"f", b"second!"),
-               member(b"d/", typ=b"5", mode=0o700), member(b"d/", typ=b"5", mode=0o751))
+    data = tar(
+        member(b"f", b"first"),
+        member(b"h", typ=b"1", linkname=b"f"),
+        member(b"f", b"second!"),
+        member(b"d/", typ=b"5", mode=0o700),
+        member(b"d/", typ=b"5", mode=0o751),
+    )
     p = cli("ingest", "--tar", "-", input=data, check=True)
     cli("checkout", p.stdout.strip(), tmp_path / "out", check=True)
     assert (tmp_path / "out/f").read_bytes() == b"second!"
@@ -115,6 +141,7 @@ def test_member_under_symlink_replaced_by_dir_is_fine(cli):
 def test_header_block_prefix_and_v7_dir():
     # ustar prefix field joins name; a v7 regular member ending in '/' is a directory.
     from castore.tar.format import parse_header
+
     b = bytearray(build_header(name=b"leaf", mode=0o644, uid=0, gid=0, size=0, mtime=0, typ=b"0"))
     b[345:351] = b"pre/fx"
     b[148:156] = b" " * 8

@@ -56,8 +56,11 @@ def test_by_offset_equals_stream_and_extracted_tree(store: Store, cli, layer: Pa
     assert p.returncode == 0, p.stderr
     assert p.stdout.decode().strip() == by_offset
     with open(layer, "rb") as f:  # stdin redirected from the file: read by offset again
-        q = subprocess.run([sys.executable, "-m", "castore", "--store", store.path, "ingest", "--tar", "-"],
-                           stdin=f, capture_output=True)
+        q = subprocess.run(
+            [sys.executable, "-m", "castore", "--store", store.path, "ingest", "--tar", "-"],
+            stdin=f,
+            capture_output=True,
+        )
     assert q.returncode == 0, q.stderr
     assert q.stdout.decode().strip() == by_offset
     x = tmp_path / "x"
@@ -79,7 +82,7 @@ def test_split_members_give_the_same_manifest(store: Store, layer: Path, monkeyp
 def test_truncated_large_member_is_corrupt(cli, layer: Path, tmp_path: Path):
     data = layer.read_bytes()
     cut = tmp_path / "cut.tar"
-    cut.write_bytes(data[:len(data) * 2 // 3])
+    cut.write_bytes(data[: len(data) * 2 // 3])
     p = cli("ingest", "--tar", cut, "--name", "cut")
     assert p.returncode == 4, p.stderr
     assert p.stderr.decode().startswith("continuity: error: tar stream truncated")

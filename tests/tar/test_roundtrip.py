@@ -22,8 +22,6 @@ pytestmark = pytest.mark.skipif(not ROOT, reason="needs root (devices, owners, t
 GNU_X = ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"]
 
 
-
-
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
     return special_files(tmp_path / "src")
@@ -35,8 +33,11 @@ def src_la(tmp_path: Path) -> Path:
 
 
 def _run(*argv: object) -> None:
-    subprocess.run([os.fspath(a) if isinstance(a, Path) else a for a in argv], check=True,  # type: ignore[misc]
-                   capture_output=True)
+    subprocess.run(
+        [os.fspath(a) if isinstance(a, Path) else a for a in argv],
+        check=True,  # type: ignore[misc]
+        capture_output=True,
+    )
 
 
 @pytest.mark.parametrize("fmt", ["posix", "gnu"])

@@ -42,8 +42,14 @@ def test_overlay_upper_to_oci_layer_and_back(cli, tmp_path: Path):
 
 
 def test_oci_whiteout_and_entry_in_one_layer(cli):
-    data = tar(member(b".wh.d", b""), member(b"d/", typ=b"5"), member(b"d/f", b"x"),
-               member(b".wh.f", b""), member(b"f", b"y"), member(b".wh.gone", b""))
+    data = tar(
+        member(b".wh.d", b""),
+        member(b"d/", typ=b"5"),
+        member(b"d/f", b"x"),
+        member(b".wh.f", b""),
+        member(b"f", b"y"),
+        member(b".wh.gone", b""),
+    )
     d = cli("ingest", "--tar", "-", "--whiteouts", "oci", input=data, check=True).stdout.decode().strip()
     res = {r["paths"][0]: r for r in json.loads(cli("dump", d, "--format", "json", check=True).stdout)["resources"]}
     assert res["/gone"]["type"] == "whiteout"
@@ -65,13 +71,18 @@ def _appledouble(finder: bytes, rsrc: bytes) -> bytes:
 @pytest.mark.parametrize("mode", ["fold", "drop", "keep"])
 def test_appledouble_members(cli, mode):
     finder = b"TEXTttxt" + bytes(24)
-    data = tar(member(b"doc/", typ=b"5"), member(b"doc/._note.txt", _appledouble(finder, b"RSRC")),
-               member(b"doc/note.txt", b"hello"), member(b"__MACOSX/", typ=b"5"),
-               member(b"__MACOSX/doc/._other", _appledouble(finder, b"")))
+    data = tar(
+        member(b"doc/", typ=b"5"),
+        member(b"doc/._note.txt", _appledouble(finder, b"RSRC")),
+        member(b"doc/note.txt", b"hello"),
+        member(b"__MACOSX/", typ=b"5"),
+        member(b"__MACOSX/doc/._other", _appledouble(finder, b"")),
+    )
     p = cli("ingest", "--tar", "-", "--appledouble", mode, input=data, check=True)
     d = p.stdout.decode().strip()
-    res = {q: r for r in json.loads(cli("dump", d, "--format", "json", check=True).stdout)["resources"]
-           for q in r["paths"]}
+    res = {
+        q: r for r in json.loads(cli("dump", d, "--format", "json", check=True).stdout)["resources"] for q in r["paths"]
+    }
     if mode == "keep":
         assert "/doc/._note.txt" in res and "/__MACOSX/doc/._other" in res
         return

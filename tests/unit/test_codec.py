@@ -31,21 +31,37 @@ D2 = hash_bytes(b"two")
 
 
 def sample() -> Manifest:
-    return Manifest.of([
-        Directory(paths=("/etc",), perm=0o755, mtime_ns=5),
-        RegularFile(paths=("/etc/hosts", "/etc/hosts.allow"), perm=0o644, size=3, digest=D1,
-                    xattrs=(("security.selinux", b"x"), ("user.a", b"\x00\xff")), mtime_ns=1_234_567_890_123),
-        RegularFile(paths=("/big",), perm=0o4755, uid=1000, gid=1000, size=10, digest=D2,
-                    chunks=(Chunk(D1, 0, 4), Chunk(D2, 4, 10)), holes=((0, 2),)),
-        Symlink(paths=("/etc/l",), target="/abs/target"),
-        Device(paths=("/dev/null",), char=True, major=1, minor=3, perm=0o666),
-        Device(paths=("/dev/sda",), char=False, major=8, minor=0, perm=0o660),
-        NamedPipe(paths=("/run/fifo",), perm=0o600),
-        Socket(paths=("/run/sock",), perm=0o755),
-        Whiteout(paths=("/gone",)),
-        Directory(paths=("/tmp",), perm=0o1777, opaque=True),
-        RegularFile(paths=("/bad-\udcff-name",), size=3, digest=D1),
-    ])
+    return Manifest.of(
+        [
+            Directory(paths=("/etc",), perm=0o755, mtime_ns=5),
+            RegularFile(
+                paths=("/etc/hosts", "/etc/hosts.allow"),
+                perm=0o644,
+                size=3,
+                digest=D1,
+                xattrs=(("security.selinux", b"x"), ("user.a", b"\x00\xff")),
+                mtime_ns=1_234_567_890_123,
+            ),
+            RegularFile(
+                paths=("/big",),
+                perm=0o4755,
+                uid=1000,
+                gid=1000,
+                size=10,
+                digest=D2,
+                chunks=(Chunk(D1, 0, 4), Chunk(D2, 4, 10)),
+                holes=((0, 2),),
+            ),
+            Symlink(paths=("/etc/l",), target="/abs/target"),
+            Device(paths=("/dev/null",), char=True, major=1, minor=3, perm=0o666),
+            Device(paths=("/dev/sda",), char=False, major=8, minor=0, perm=0o660),
+            NamedPipe(paths=("/run/fifo",), perm=0o600),
+            Socket(paths=("/run/sock",), perm=0o755),
+            Whiteout(paths=("/gone",)),
+            Directory(paths=("/tmp",), perm=0o1777, opaque=True),
+            RegularFile(paths=("/bad-\udcff-name",), size=3, digest=D1),
+        ]
+    )
 
 
 def test_round_trip_every_kind() -> None:
@@ -114,34 +130,40 @@ def _res(**kw: object) -> bytes:
     return msg.SerializeToString()
 
 
-@pytest.mark.parametrize("kw, why", [
-    (dict(path=["/d"], mode=gm.MODE_DIR | 0o755, size=3), "size or digest"),
-    (dict(path=["/l"], mode=gm.MODE_SYMLINK | 0o777, target="x", digest=[D1]), "size or digest"),
-    (dict(path=["/f"], mode=0o644, target="x", digest=[D1]), "link target"),
-    (dict(path=["/f"], mode=0o644 | gm.MODE_TEMPORARY, digest=[D1]), "unknown mode bits"),
-    (dict(path=["/f"], mode=0o644 | (1 << 12), digest=[D1]), "unknown mode bits"),
-    (dict(path=["/f"], mode=0o644), "sha256 digest"),
-    (dict(path=["/f"], mode=gm.MODE_DIR | gm.MODE_SYMLINK), "impossible type"),
-    (dict(path=["/d", "/e"], mode=gm.MODE_DIR | 0o755), "several paths"),
-    (dict(path=[], mode=0o644, digest=[D1]), "without a path"),
-    (dict(path=["/f"], mode=0o644, major=1, digest=[D1]), "device numbers"),
-])
+@pytest.mark.parametrize(
+    "kw, why",
+    [
+        (dict(path=["/d"], mode=gm.MODE_DIR | 0o755, size=3), "size or digest"),
+        (dict(path=["/l"], mode=gm.MODE_SYMLINK | 0o777, target="x", digest=[D1]), "size or digest"),
+        (dict(path=["/f"], mode=0o644, target="x", digest=[D1]), "link target"),
+        (dict(path=["/f"], mode=0o644 | gm.MODE_TEMPORARY, digest=[D1]), "unknown mode bits"),
+        (dict(path=["/f"], mode=0o644 | (1 << 12), digest=[D1]), "unknown mode bits"),
+        (dict(path=["/f"], mode=0o644), "sha256 digest"),
+        (dict(path=["/f"], mode=gm.MODE_DIR | gm.MODE_SYMLINK), "impossible type"),
+        (dict(path=["/d", "/e"], mode=gm.MODE_DIR | 0o755), "several paths"),
+        (dict(path=[], mode=0o644, digest=[D1]), "without a path"),
+        (dict(path=["/f"], mode=0o644, major=1, digest=[D1]), "device numbers"),
+    ],
+)
 def test_impossible_resources(kw: dict[str, object], why: str) -> None:
     with pytest.raises(InvalidManifest, match=why):
         loads(_res(**kw))
 
 
-@pytest.mark.parametrize("path, why", [
-    ("/../escaped", "'..' component"),
-    ("relative", "not absolute"),
-    ("", "not absolute"),
-    ("/a//b", "empty component"),
-    ("/a/./b", "'.' component"),
-    ("/a/", "trailing slash"),
-    ("/", "root"),
-    ("/a\x00b", "NUL"),
-    ("/" + "x" * 256, "NAME_MAX"),
-])
+@pytest.mark.parametrize(
+    "path, why",
+    [
+        ("/../escaped", "'..' component"),
+        ("relative", "not absolute"),
+        ("", "not absolute"),
+        ("/a//b", "empty component"),
+        ("/a/./b", "'.' component"),
+        ("/a/", "trailing slash"),
+        ("/", "root"),
+        ("/a\x00b", "NUL"),
+        ("/" + "x" * 256, "NAME_MAX"),
+    ],
+)
 def test_validator_refuses_bad_paths(path: str, why: str) -> None:
     m = Manifest((RegularFile(paths=(path,), size=3, digest=D1),))
     with pytest.raises(InvalidManifest, match=why):
@@ -159,13 +181,16 @@ def test_validator_refuses_duplicates_and_entries_below_non_dirs() -> None:
             validate(Manifest.of([parent, RegularFile(paths=("/a/b/c",), size=3, digest=D1)]))
 
 
-@pytest.mark.parametrize("chunks, size", [
-    ((Chunk(D1, 0, 4),), 10),
-    ((Chunk(D1, 0, 4), Chunk(D2, 5, 10)), 10),
-    ((Chunk(D1, 0, 6), Chunk(D2, 4, 10)), 10),
-    ((Chunk(D1, 0, 4), Chunk(D2, 4, 12)), 10),
-    ((Chunk("sha256:xyz", 0, 10),), 10),
-])
+@pytest.mark.parametrize(
+    "chunks, size",
+    [
+        ((Chunk(D1, 0, 4),), 10),
+        ((Chunk(D1, 0, 4), Chunk(D2, 5, 10)), 10),
+        ((Chunk(D1, 0, 6), Chunk(D2, 4, 10)), 10),
+        ((Chunk(D1, 0, 4), Chunk(D2, 4, 12)), 10),
+        ((Chunk("sha256:xyz", 0, 10),), 10),
+    ],
+)
 def test_validator_refuses_bad_chunk_lists(chunks: tuple[Chunk, ...], size: int) -> None:
     with pytest.raises(InvalidManifest):
         validate(Manifest((RegularFile(paths=("/f",), size=size, digest=D1, chunks=chunks),)))
@@ -181,11 +206,16 @@ def test_validator_refuses_bad_digest_accepts_empty() -> None:
 
 # ------------------------------------------------------------------ properties
 
-names = st.text(alphabet=st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)),
-                min_size=1, max_size=12).filter(lambda s: s not in (".", ".."))
-xattrs = st.lists(st.tuples(st.sampled_from(["user.a", "user.b", "user.\udcff", "trusted.c", "trusted.\udcfe",
-                                             "security.d"]), st.binary(max_size=8)),
-                  unique_by=lambda kv: kv[0]).map(lambda xs: tuple(sorted(xs)))
+names = st.text(
+    alphabet=st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), min_size=1, max_size=12
+).filter(lambda s: s not in (".", ".."))
+xattrs = st.lists(
+    st.tuples(
+        st.sampled_from(["user.a", "user.b", "user.\udcff", "trusted.c", "trusted.\udcfe", "security.d"]),
+        st.binary(max_size=8),
+    ),
+    unique_by=lambda kv: kv[0],
+).map(lambda xs: tuple(sorted(xs)))
 
 
 @st.composite
@@ -193,9 +223,14 @@ def manifests(draw: st.DrawFn) -> Manifest:
     paths = draw(st.lists(names, min_size=1, max_size=8, unique=True))
     out = []
     for p in paths:
-        common = dict(paths=("/" + p,), uid=draw(st.integers(0, 70000)), gid=draw(st.integers(0, 70000)),
-                      perm=draw(st.integers(0, 0o7777)), xattrs=draw(xattrs),
-                      mtime_ns=draw(st.one_of(st.none(), st.integers(-(2**62), 2**62))))
+        common = dict(
+            paths=("/" + p,),
+            uid=draw(st.integers(0, 70000)),
+            gid=draw(st.integers(0, 70000)),
+            perm=draw(st.integers(0, 0o7777)),
+            xattrs=draw(xattrs),
+            mtime_ns=draw(st.one_of(st.none(), st.integers(-(2**62), 2**62))),
+        )
         kind = draw(st.sampled_from(["file", "dir", "symlink", "dev", "fifo", "sock"]))
         if kind not in ("file", "dir"):  # Linux allows user.* xattrs only on files and directories
             common["xattrs"] = tuple(kv for kv in common["xattrs"] if not kv[0].startswith("user."))
@@ -207,8 +242,14 @@ def manifests(draw: st.DrawFn) -> Manifest:
         elif kind == "symlink":
             out.append(Symlink(target=draw(st.one_of(names, names.map(lambda t: t + "\udcff"))), **common))
         elif kind == "dev":
-            out.append(Device(char=draw(st.booleans()), major=draw(st.integers(0, 4095)),
-                              minor=draw(st.integers(0, 2**20 - 1)), **common))
+            out.append(
+                Device(
+                    char=draw(st.booleans()),
+                    major=draw(st.integers(0, 4095)),
+                    minor=draw(st.integers(0, 2**20 - 1)),
+                    **common,
+                )
+            )
         elif kind == "fifo":
             out.append(NamedPipe(**common))
         else:
@@ -231,4 +272,5 @@ def test_property_loads_dumps_round_trip(m: Manifest) -> None:
 def test_property_text_and_json_renderings(m: Manifest) -> None:
     assert codec.dumps_text(m)
     import json
+
     assert len(json.loads(codec.dumps_json(m))["resources"]) == len(m.resources)

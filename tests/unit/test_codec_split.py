@@ -33,14 +33,18 @@ def test_split_agrees_with_the_decoder(blobs: list[bytes]) -> None:
         for e, ps, s, f, r in zip(entries, paths, starts, plain, m.resources, strict=True):
             assert codec.decode_entry(e) == r
             assert ps == r.paths
-            assert blob[s:s + len(e)] == e
+            assert blob[s : s + len(e)] == e
             assert f == isinstance(r, RegularFile)
             assert codec.first_path(e) == r.paths[0]
 
 
 def test_odd_names_and_truncation() -> None:
-    names = ["/" + "x" * 200 + "/" + "y" * 100, "/back\\slash", "/caf\u00e9",
-             "/" + b"\xff\xfe".decode("utf-8", "surrogateescape")]
+    names = [
+        "/" + "x" * 200 + "/" + "y" * 100,
+        "/back\\slash",
+        "/caf\u00e9",
+        "/" + b"\xff\xfe".decode("utf-8", "surrogateescape"),
+    ]
     m = Manifest.of([RegularFile(paths=(n,), size=0, digest="sha256:" + "0" * 64) for n in names])
     blob = codec.dumps(m)
     entries, paths = codec.split_entries(blob)
@@ -54,6 +58,7 @@ def test_odd_names_and_truncation() -> None:
 def test_frames_that_lie_are_refused() -> None:
     """An entry whose first path runs past its end, or an empty entry, is not read into the next one."""
     from castore.manifest.model import Manifest
+
     good = codec.dumps(Manifest.of([RegularFile(paths=("/a",), size=0, digest="sha256:" + "0" * 64)]))
     for bad in (b"\x0a\x00" + good, b"\x0a\x03\x0a\x09/" + good):
         with pytest.raises((codec.CorruptManifest, codec.InvalidManifest)):

@@ -26,6 +26,7 @@ def test_write_all_finishes_short_writes_on_a_pipe() -> None:
     def drain() -> None:
         while chunk := os.read(r, 1 << 16):
             got.extend(chunk)
+
     t = threading.Thread(target=drain)
     t.start()
     fs.write_all(w, data)
@@ -44,7 +45,7 @@ def test_pwrite_sparse_keeps_holes_and_hash_fd(tmp_path: Path) -> None:
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         for pos in range(0, size, 300_000):  # pieces that straddle the range edges
-            fs.pwrite_sparse(fd, content[pos:pos + 300_000], pos, fs.data_ranges(size, holes))
+            fs.pwrite_sparse(fd, content[pos : pos + 300_000], pos, fs.data_ranges(size, holes))
         os.ftruncate(fd, size)
         assert fs.data_holes(fd, size) == holes
         want = ("sha256:" + hashlib.sha256(content).hexdigest(), size)
@@ -99,8 +100,10 @@ def test_staged_dir_publishes_complete_or_not_at_all(tmp_path: Path) -> None:
             raise RuntimeError("writer failed")
         assert not (tmp_path / "two").exists() and _staging_names(tmp_path) == []
         # A target that appeared meanwhile is never replaced (RENAME_NOREPLACE).
-        with pytest.raises(UnsafeInput, match="appeared"), \
-                publish.staged_dir(pfd, str(tmp_path), "out", str(tmp_path / "out")) as st:
+        with (
+            pytest.raises(UnsafeInput, match="appeared"),
+            publish.staged_dir(pfd, str(tmp_path), "out", str(tmp_path / "out")) as st,
+        ):
             st.rename_into_place("out: appeared")
         assert (tmp_path / "out/f").exists() and _staging_names(tmp_path) == []
     finally:
@@ -119,8 +122,16 @@ def test_staged_dir_of_a_dead_owner_is_swept(tmp_path: Path) -> None:
 
 
 def _file(path: str, perm: int, uid: int, gid: int, xattrs: tuple[tuple[str, bytes], ...]) -> RegularFile:
-    return RegularFile(paths=(path,), perm=perm, uid=uid, gid=gid, xattrs=xattrs, mtime_ns=1_234_567_890_123_456_789,
-                       size=0, digest="sha256:" + hashlib.sha256(b"").hexdigest())
+    return RegularFile(
+        paths=(path,),
+        perm=perm,
+        uid=uid,
+        gid=gid,
+        xattrs=xattrs,
+        mtime_ns=1_234_567_890_123_456_789,
+        size=0,
+        digest="sha256:" + hashlib.sha256(b"").hexdigest(),
+    )
 
 
 @pytest.mark.root

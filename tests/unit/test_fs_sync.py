@@ -16,6 +16,7 @@ def _failing(calls: list[int]) -> object:
     def syncfs(fd: int) -> None:
         calls.append(fd)
         raise OSError(errno.EIO, os.strerror(errno.EIO))
+
     return syncfs
 
 
@@ -27,6 +28,7 @@ def test_syncfs_every_flushes_until_stopped(tmp_path: Path, monkeypatch: pytest.
     try:
         stop = fs.syncfs_every(fd, 0.01)
         import time
+
         time.sleep(0.2)
         stop()
         n = len(calls)
@@ -44,6 +46,7 @@ def test_syncfs_every_hands_its_error_to_stop(tmp_path: Path, monkeypatch: pytes
     try:
         stop = fs.syncfs_every(fd, 0.01)
         import time
+
         time.sleep(0.1)
         with pytest.raises(OSError) as e:
             stop()

@@ -21,8 +21,15 @@ def paths(man: Manifest) -> dict[str, object]:
 
 
 def test_whiteout_removes_subtree_and_opaque_hides_lower() -> None:
-    base = m(Directory(paths=("/a",)), f("/a/x"), Directory(paths=("/a/sub",)), f("/a/sub/y"),
-             Directory(paths=("/o",), perm=0o700), f("/o/old"), f("/keep"))
+    base = m(
+        Directory(paths=("/a",)),
+        f("/a/x"),
+        Directory(paths=("/a/sub",)),
+        f("/a/sub/y"),
+        Directory(paths=("/o",), perm=0o700),
+        f("/o/old"),
+        f("/keep"),
+    )
     upper = m(Whiteout(paths=("/a/sub",)), Directory(paths=("/o",), opaque=True), f("/o/new", d=D2))
     got = paths(flatten([base, upper]))
     assert set(got) == {"/a", "/a/x", "/o", "/o/new", "/keep"}
@@ -31,10 +38,21 @@ def test_whiteout_removes_subtree_and_opaque_hides_lower() -> None:
 
 
 def test_replacements() -> None:
-    base = m(Directory(paths=("/d",)), f("/d/in"), f("/file"), Directory(paths=("/dir",), perm=0o755), f("/dir/c"),
-             Symlink(paths=("/lnk",), target="x"))
-    upper = m(f("/d", d=D2), Directory(paths=("/file",)), f("/file/now"), Directory(paths=("/dir",), perm=0o711),
-              f("/lnk/under"))
+    base = m(
+        Directory(paths=("/d",)),
+        f("/d/in"),
+        f("/file"),
+        Directory(paths=("/dir",), perm=0o755),
+        f("/dir/c"),
+        Symlink(paths=("/lnk",), target="x"),
+    )
+    upper = m(
+        f("/d", d=D2),
+        Directory(paths=("/file",)),
+        f("/file/now"),
+        Directory(paths=("/dir",), perm=0o711),
+        f("/lnk/under"),
+    )
     got = paths(flatten([base, upper]))
     assert isinstance(got["/d"], RegularFile) and "/d/in" not in got  # a file over a directory: subtree gone
     assert isinstance(got["/file"], Directory) and "/file/now" in got
