@@ -75,7 +75,9 @@ def mount_cmd(
     from castore.mount.fuse import check_mountpoint
 
     check_mountpoint(mountpoint)  # before touching the store: a bad mount point is exit 3, nothing else done
-    store = obj.store()
+    first = manifest.split("/", 1)[0]  # a registry reference brings content in: its store is made if missing
+    remote_like = "/" in manifest and ("." in first or ":" in first or first == "localhost")
+    store = obj.store(create=remote_like and not os.path.exists(manifest))
     ref = _registry_reference(store, manifest, insecure)
     if ref is not None:
         password = (

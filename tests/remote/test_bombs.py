@@ -393,6 +393,7 @@ def test_push_refuses_what_pull_would(tmp_path: Path) -> None:
     ]
     path = tmp_path / "big.pb"
     path.write_bytes(codec.dumps(Manifest.of(rs)))
+    subprocess.run([sys.executable, "-m", "castore", "--store", str(tmp_path / "s"), "init"], check=True, timeout=300)
     p = subprocess.run(
         [sys.executable, "-m", "castore", "--store", str(tmp_path / "s"), "push", str(path), "127.0.0.1:1/big/tree:v1"],
         capture_output=True,
