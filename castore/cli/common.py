@@ -47,7 +47,7 @@ json_opt = click.option(
 
 def complete_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
     """Shell completion of MANIFEST/NAME arguments: the catalog's names (the store is only read)."""
-    from castore.store import default_store_path  # noqa: PLC0415
+    from castore.store import Store, default_store_path  # noqa: PLC0415
 
     path = ctx.find_root().params.get("store_path") or os.environ.get("CONTINUITY_STORE") or default_store_path()
     if not os.path.exists(os.path.join(path, "config")):
