@@ -4,7 +4,7 @@
         [--scale 1.0] [--corpus-dir DIR] [--json FILE]
 
 For each corpus (``src``: the CPython stdlib, ~7.7k files; ``many``: 100,000
-small files; ``big``: 1.5 GiB in 5 files, all from ../shared/bench/make_corpus.py),
+small files; ``big``: 1.5 GiB in 5 files, all from scripts/bench/make_corpus.py),
 generated in a fresh ext4 image on a loop device (scripts/bench/corpus.py;
 ``--corpus-dir`` reuses existing corpora instead), with a warm page cache,
 three commands are timed (wall clock, whole process incl. interpreter start):

@@ -31,13 +31,12 @@ from dataclasses import dataclass
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAKE_CORPUS_CANDIDATES = (
     os.environ.get("MAKE_CORPUS", ""),
-    os.path.join(HERE, "..", "..", "..", "shared", "bench", "make_corpus.py"),
-    "/work/shared/bench/make_corpus.py",
+    os.path.join(HERE, "make_corpus.py"),
 )
 
 
 def make_corpus_script() -> str:
-    """Path of the shared corpus generator (``$MAKE_CORPUS`` overrides)."""
+    """Path of the corpus generator, scripts/bench/make_corpus.py (``$MAKE_CORPUS`` overrides)."""
     for p in MAKE_CORPUS_CANDIDATES:
         if p and os.path.isfile(p):
             return os.path.abspath(p)

@@ -2,7 +2,7 @@
 """Store benchmark: `continuity ingest` / `checkout` against cp, ostree, restic, borg, casync.
 
 One run builds a fresh ext4 image on a loop device, generates the shared
-corpora inside it (``shared/bench/make_corpus.py``), keeps every store and
+corpora inside it (``scripts/bench/make_corpus.py``), keeps every store and
 target inside it too, warms the page cache, and times each command as the
 median of N runs taken round-robin across the tools. It prints every sample
 as it goes and a summary, one line per comparison::
