@@ -32,6 +32,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.remote.registry import _free_port
+
 REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 USER, PASSWORD = "alice", "s3cret"
 CONFIG = """version: 0.1
@@ -162,12 +164,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         _key_pem(tok_key),
         tok.public_bytes(serialization.Encoding.DER),
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _listening(port: int, proc: subprocess.Popen[bytes], seconds: float = 15.0) -> bool:
