@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from castore import fs
 from castore.gc.report import GcOptions, GcReport, Item
+from castore.gc.spill import ticking
 from castore.store import Store, unpack_chunks
 from castore.store.meta import CHUNK_ROW, MetaDB, dkey
 
@@ -67,7 +68,7 @@ class CacheSweeps:
         with self.meta.read() as txn:
             stale = [
                 bytes(k)
-                for k in txn.cursor(db=links_db).iternext(values=False)
+                for k in ticking(txn.cursor(db=links_db).iternext(values=False), self.meta.drop_mapped_pages)
                 if k[:1] == b"o" and not os.path.exists(os.path.join(root, k[1:2].hex(), k[1:].hex()))
             ]
         self._delete_rows("links", stale, "cache-row")
@@ -92,7 +93,7 @@ class CacheSweeps:
         cache_db, blobs_db = self.meta.db("statcache"), self.meta.db("blobs")
         stale: list[bytes] = []
         with self.meta.read() as txn:
-            for k, v in txn.cursor(db=cache_db):
+            for k, v in ticking(txn.cursor(db=cache_db), self.meta.drop_mapped_pages):
                 try:
                     _, _, _, digest, chunks, _, _ = marshal.loads(v)
                     need = [c[0] for c in chunks] if chunks else [digest]
@@ -120,7 +121,8 @@ class CacheSweeps:
             )
 
         with self.meta.read() as txn:
-            stale = [bytes(k) for k in txn.cursor(db=map_db).iternext(values=False) if stale_row(txn, bytes(k))]
+            keys = ticking(txn.cursor(db=map_db).iternext(values=False), self.meta.drop_mapped_pages)
+            stale = [bytes(k) for k in keys if stale_row(txn, bytes(k))]
         for k in stale:
             self.report.add(Item("cache-row", f"chunkmap:{k.hex()}"), self.keep_items, is_file=False)
         if self.opts.dry_run:

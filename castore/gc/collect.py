@@ -31,84 +31,30 @@ from __future__ import annotations
 
 import json
 import os
-import stat
-import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from castore import fs, progress
 from castore.bulkmode import bulk
-from castore.errors import Busy, IntegrityError, warn_mounts_kept
+from castore.errors import Busy, IntegrityError
 from castore.faults import crashpoint
-from castore.fs import publish
-from castore.fs.tree import remove_tree
 from castore.gc.caches import CacheSweeps, hexkey
-from castore.gc.files import age_ns, size_of, tree_size
+from castore.gc.files import age_ns
 from castore.gc.nice import Nice
 from castore.gc.report import GcOptions, GcReport, Item, parse_duration
-from castore.gc.retention import select
-from castore.gc.spill import MarkSet, Records, Scratch
+from castore.gc.roots import Roots, history_name, mark, mark_to, read_roots, refs_of, split_refs
+from castore.gc.spill import TICK, Scratch, ticking
+from castore.gc.sweep import Unlinks
+from castore.gc.temps import TempSweeps
 from castore.store import Store, apply_records, signatures
-from castore.store.lock import flocked, is_held
-from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr
+from castore.store.lock import flocked
+from castore.store.meta import BLOB_ROW, KIND_MANIFEST, dstr
 
-ROWLESS_LEASE_FLOOR_NS = 60 * 10**9  # a lock file with no row may be a lease being born
 BATCH_SECONDS = 0.05  # longest hold of the store lock while unlinking
 COMMIT_CHUNK = 5_000  # index rows deleted per hold of the store lock (and per write txn: its dirty pages)
 
 
-def mark(
-    roots: Iterable[bytes], refs: Callable[[bytes], Iterable[bytes]], seen: set[bytes] | None = None
-) -> set[bytes]:
-    """Every key reachable from ``roots`` through ``refs`` (added to ``seen``)."""
-    seen = set() if seen is None else seen
-    stack = [r for r in roots if r not in seen]
-    seen.update(stack)
-    while stack:
-        for child in refs(stack.pop()):
-            if child not in seen:
-                seen.add(child)
-                stack.append(child)
-    return seen
-
-
-def mark_to(
-    roots: Iterable[bytes],
-    refs: Callable[[bytes], Iterable[bytes]],
-    out: MarkSet,
-    tick: Callable[[], None] = lambda: None,
-) -> None:
-    """Every key reachable from ``roots`` through ``refs``, written to ``out`` (on disk).
-
-    Only keys that reference others (manifests, files stored as chunks) are
-    remembered in memory, to follow each once; leaves are written per
-    reference and de-duplicated by ``out``. ``tick`` is called every 65,536 keys.
-    """
-    followed: set[bytes] = set()
-    stack = list(roots)
-    n = 0
-    while stack:
-        n += 1
-        if not n & 0xFFFF:
-            tick()
-        k = stack.pop()
-        if k in followed:
-            continue
-        out.add(k)
-        children = refs(k)
-        if children:
-            followed.add(k)
-            stack.extend(children)
-
-
-def split_refs(raw: bytes | None) -> list[bytes]:
-    """The 32-byte digests of a ``refs`` row."""
-    if not raw:
-        return []
-    return [raw[i : i + 32] for i in range(0, len(raw) - 31, 32)]
-
-
-class _Collector(CacheSweeps):
+class _Collector(CacheSweeps, TempSweeps, Unlinks):
     """One gc run over an open store."""
 
     def __init__(self, store: Store, opts: GcOptions) -> None:
@@ -120,64 +66,12 @@ class _Collector(CacheSweeps):
 
     # ------------------------------------------------------------- roots
 
-    def _roots(self, txn: object) -> tuple[set[bytes], list[bytes], list[tuple[str, bool]]]:
+    def _roots(self, txn: object) -> Roots:
         """(root manifest keys, history rows to delete, (lease id, alive) for every lease row)."""
-        t: object = txn
-        tags: dict[bytes, bytes] = {}
-        for k, v in t.cursor(db=self.meta.db("tags")):  # type: ignore[attr-defined]
-            try:
-                tags[bytes(k)] = dkey(json.loads(v)["digest"])
-            except (ValueError, KeyError, TypeError):
-                continue  # a damaged row is fsck's business; it protects nothing
-        roots = set(tags.values())
-        by_name: dict[bytes, list[tuple[bytes, bytes]]] = {}
-        for k, v in t.cursor(db=self.meta.db("history")):  # type: ignore[attr-defined]
-            name = bytes(k)[:-9]  # name \0 time (8 bytes, may hold NULs)
-            by_name.setdefault(name, []).append((bytes(k), bytes(v)))
-        prune: list[bytes] = []
-        keep_n = self.opts.keep_history
-        for name, rows in by_name.items():
-            if name not in tags:
-                prune.extend(k for k, _ in rows)  # the name was removed: its versions go too
-                continue
-            rows.sort()  # time order (big-endian suffix)
-            if self.opts.retention is not None and not self.opts.retention.empty():
-                why = select([struct.unpack(">Q", k[-8:])[0] for k, _ in rows], self.opts.retention)
-                prune.extend(k for (k, _), r in zip(rows, why, strict=True) if not r)
-                roots.update(v[:32] for (_, v), r in zip(rows, why, strict=True) if r)
-                continue
-            cut = 0 if keep_n is None else max(len(rows) - keep_n, 0)
-            prune.extend(k for k, _ in rows[:cut])
-            roots.update(v[:32] for _, v in rows[cut:])
-        leases: list[tuple[str, bool]] = []
-        for k, v in t.cursor(db=self.meta.db("leases")):  # type: ignore[attr-defined]
-            lid = bytes(k).decode(errors="replace")
-            try:
-                rec = json.loads(v)
-                expiry = int(rec.get("expiry_ns", 0))
-                manifests = [dkey(d) for d in rec.get("manifests", [])]
-            except (ValueError, TypeError, AttributeError):
-                expiry, manifests = 0, []
-            alive = is_held(os.path.join(self.store.path, "leases", lid + ".lock"))
-            if alive and expiry > self.now:
-                roots.update(manifests)
-            leases.append((lid, alive))
-        return roots, prune, leases
+        return read_roots(self.meta, self.store.path, txn, self.opts, self.now)
 
     def _refs_of(self, txn: object) -> Callable[[bytes], list[bytes]]:
-        """What a key references: a manifest its blobs (``refs``); a whole-file digest stored as
-        chunks only (a manifest without chunk lists names it) its chunks (``chunkmap``)."""
-        t: object = txn
-        refs_db, map_db = self.meta.db("refs"), self.meta.db("chunkmap")
-
-        def refs(k: bytes) -> list[bytes]:
-            raw = t.get(k, db=refs_db)  # type: ignore[attr-defined]
-            if raw is not None:
-                return split_refs(bytes(raw))
-            row = t.get(k, db=map_db)  # type: ignore[attr-defined]
-            return [bytes(row[i : i + 32]) for i in range(0, len(row), CHUNK_ROW.size)] if row else []
-
-        return refs
+        return refs_of(self.meta, txn)
 
     def _young(self, key: bytes) -> bool:
         """An unnamed manifest written (or re-ingested) within the grace period."""
@@ -193,13 +87,14 @@ class _Collector(CacheSweeps):
         """
         with self.meta.read() as txn:
             roots, _, _ = self._roots(txn)
-            for k in txn.cursor(db=self.meta.db("refs")).iternext(values=False):
+            drop = self.meta.drop_mapped_pages
+            for k in ticking(txn.cursor(db=self.meta.db("refs")).iternext(values=False), drop):
                 k = bytes(k)
                 sc.manifests.add(k)
                 if k not in roots and self._young(k):
                     roots.add(k)
             # Every root is followed: a lease may name whole-file digests served by chunks.
-            mark_to(roots, self._refs_of(txn), sc.marked, self.meta.drop_mapped_pages)
+            mark_to(roots, self._refs_of(txn), sc.marked, drop)
         return roots
 
     def scan(self, sc: Scratch) -> None:
@@ -266,7 +161,8 @@ class _Collector(CacheSweeps):
         def fn(txn: object) -> None:
             t: object = txn
             roots, prune, leases = self._roots(txn)
-            new = sc.manifests.missing(bytes(k) for k in t.cursor(db=refs_db).iternext(values=False))  # type: ignore
+            keys = ticking(t.cursor(db=refs_db).iternext(values=False), self.meta.drop_mapped_pages)  # type: ignore
+            new = sc.manifests.missing(bytes(k) for k in keys)
             extra = (roots - snap_roots) | set(new)
             young = {m for m, _, kind in garbage if kind == KIND_MANIFEST and m not in extra and self._young(m)}
             mark(extra | young, self._refs_of(t), late)
@@ -300,7 +196,7 @@ class _Collector(CacheSweeps):
             if first:
                 crashpoint("gc-after-index-commit")
         for k in out["prune"]:  # type: ignore[attr-defined]
-            self.report.add(Item("history", _history_name(k)), self.keep_items, is_file=False)
+            self.report.add(Item("history", history_name(k)), self.keep_items, is_file=False)
         for lid in out["leases"]:  # type: ignore[attr-defined]
             self.report.add(Item("lease", lid), self.keep_items, is_file=False)
         self.report.rows += int(out.get("signatures", 0))  # type: ignore[call-overload]
@@ -328,108 +224,6 @@ class _Collector(CacheSweeps):
                 out.append(lid)
         return out
 
-    def sweep(self, files: Records, pos: int, deadline: float) -> int:
-        """Phase 3, one hold of the exclusive lock: unlink from ``pos`` until ``deadline``; the new pos.
-
-        Each batch re-checks the index first: an ingest that committed between
-        two holds and revived a digest keeps its file.
-        """
-        blobs_db = self.meta.db("blobs")
-        half = len(files) // 2
-        while pos < len(files):
-            batch = files.read(pos, 64)  # the deadline is checked per batch: short even when unlinks are slow
-            live: set[bytes] = set()
-            if not self.opts.dry_run:  # a dry run deleted no rows: nothing to re-check
-                with self.meta.read() as txn:
-                    live = {k for k, _, _ in batch if txn.get(k, db=blobs_db) is not None}
-            for i, (k, size, kind) in enumerate(batch):
-                if pos + i == half and half:
-                    crashpoint("gc-mid-sweep")
-                if k not in live:
-                    self._unlink_blob(k, size, kind)
-            pos += len(batch)
-            if time.monotonic() > deadline:
-                break
-        return pos
-
-    def _unlink_blob(self, key: bytes, size: int, kind: int) -> None:
-        digest = dstr(key)
-        item = Item("orphan" if kind < 0 else ("manifest" if kind == KIND_MANIFEST else "blob"), digest, size)
-        if self.opts.dry_run:
-            if not os.path.lexists(self.store.blob_path(digest)):
-                item = Item("index-row", digest)
-            self.report.add(item, self.keep_items, is_file=item.kind != "index-row")
-            return
-        try:
-            os.unlink(self.store.blob_path(digest))
-        except FileNotFoundError:
-            self.report.add(Item("index-row", digest), self.keep_items, is_file=False)
-            return
-        if kind == KIND_MANIFEST or kind < 0:
-            try:
-                os.unlink(self.store.marker_path(digest))  # after its blob: a marker alone is ignored
-            except FileNotFoundError:
-                pass
-        self.report.add(item, self.keep_items)
-
-    # ------------------------------------------------------- phase 4: caches
-
-    def leases_and_temps(self, dead: list[str]) -> None:
-        """Lock files and tmp dirs of dead leases; stray ``.put-*`` temps older than the grace period."""
-        lease_dir, tmp_dir = os.path.join(self.store.path, "leases"), os.path.join(self.store.path, "tmp")
-        dead_set = set(dead)
-        floor = max(self.opts.grace_ns, ROWLESS_LEASE_FLOOR_NS)
-        # Staging directories of this store's checkouts that were killed (their owners' locks are free).
-        for path in publish.sweep_registered(self.store.path, self.opts.dry_run):
-            self.report.add(Item("tmp", path), self.keep_items)
-        for n in fs.listdir(lease_dir):
-            lid, dot, ext = n.rpartition(".")
-            path = os.path.join(lease_dir, n)
-            if not dot or ext != "lock":
-                continue
-            if lid in dead_set or (
-                (age_ns(path, self.now) or 0) >= floor and not self._has_row(lid) and not is_held(path)
-            ):
-                self._remove(Item("lease", path), path, tree=False)
-        for n in fs.listdir(tmp_dir):
-            path = os.path.join(tmp_dir, n)
-            age = age_ns(path, self.now) or 0
-            if n.startswith(".put-"):
-                if age >= self.opts.grace_ns:
-                    self._remove(Item("tmp", path, size_of(path)), path, tree=False)
-                continue
-            lock = os.path.join(lease_dir, n + ".lock")
-            if is_held(lock):
-                continue
-            if (
-                n in dead_set
-                or (age >= floor and not self._has_row(n))
-                or (age >= self.opts.grace_ns and not os.path.exists(lock))
-            ):
-                self._remove(Item("tmp", path, tree_size(path)), path, tree=True)
-
-    def _has_row(self, lid: str) -> bool:
-        with self.meta.read() as txn:
-            return txn.get(lid.encode(), db=self.meta.db("leases")) is not None
-
-    def _remove(self, item: Item, path: str, *, tree: bool) -> None:
-        if not self.opts.dry_run:
-            try:
-                if tree and stat.S_ISDIR(os.lstat(path).st_mode):
-                    warn_mounts_kept(remove_tree(path))
-                else:
-                    os.unlink(path)
-            except FileNotFoundError:
-                return
-        self.report.add(item, self.keep_items)
-
-
-def _history_name(key: bytes) -> str:
-    name, t = key[:-9], key[-8:]
-    when = struct.unpack(">Q", t)[0] if len(key) > 9 else 0
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when // 10**9)) + f".{when % 10**9:09d}Z"
-    return f"{name.decode(errors='replace')}@{stamp}"
-
 
 def _mark_and_delete(c: _Collector, store: Store, sc: Scratch, prio: Nice) -> list[str]:
     """Phases 1-3 with the working sets in ``sc``; the dead leases."""
@@ -452,19 +246,18 @@ def _mark_and_delete(c: _Collector, store: Store, sc: Scratch, prio: Nice) -> li
         store.meta.drop_mapped_pages()  # what the commit's walk of the roots and the index touched
         dead = d if first else dead
         pos, first = pos + len(chunk), False
-    pos, holds = 0, 0
+    pos = 0
     with progress.task("gc", total=len(sc.unlink), unit="files") as bar:
         while pos < len(sc.unlink):  # unlinks, in short holds
             time.sleep(0.002)
-            holds += 1
             with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
                 t1 = time.monotonic()
                 new = c.sweep(sc.unlink, pos, t1 + BATCH_SECONDS)
                 c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)
             bar.advance(new - pos)
-            pos = new
-            if holds % 16 == 0:
+            if new // TICK != pos // TICK:  # each unlink re-checked its index row: a page
                 store.meta.drop_mapped_pages()
+            pos = new
     if not opts.dry_run:
         store.gc_deleting(False)
     for chunk in sc.unlink.chunks(5000):
@@ -507,4 +300,4 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
     return c.report
 
 
-__all__ = ["GcOptions", "GcReport", "Item", "collect", "mark", "parse_duration"]
+__all__ = ["GcOptions", "GcReport", "Item", "collect", "mark", "mark_to", "parse_duration", "split_refs"]
