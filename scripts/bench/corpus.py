@@ -61,9 +61,9 @@ def create(prefix: str, size_gib: float = 6.0) -> Scratch:
     return create_at(prefix + ".img", prefix + ".mnt", size_gib)
 
 
-def create_at(image: str, mnt: str, size_gib: float = 6.0, inodes: int = 0) -> Scratch:
-    """Create ``image`` (sparse), mkfs.ext4 it (with at least ``inodes`` inodes when given), attach it
-    and mount it at ``mnt``."""
+def create_at(image: str, mnt: str, size_gib: float = 6.0, inodes: int = 0, features: str = "") -> Scratch:
+    """Create ``image`` (sparse), mkfs.ext4 it (with at least ``inodes`` inodes when given, and the
+    ``-O features`` given), attach it and mount it at ``mnt``."""
     if os.path.ismount(mnt):
         raise SystemExit(f"{mnt} is already mounted (left over? run: {sys.argv[0]} --teardown {image})")
     with open(image, "wb") as f:
@@ -76,6 +76,7 @@ def create_at(image: str, mnt: str, size_gib: float = 6.0, inodes: int = 0) -> S
         "-E",
         "lazy_itable_init=0,lazy_journal_init=0",
         *(["-N", str(inodes)] if inodes else []),
+        *(["-O", features] if features else []),
         image,
     )
     loopdev = _run("losetup", "-f", "--show", image)
