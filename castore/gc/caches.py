@@ -9,8 +9,8 @@ import os
 from typing import TYPE_CHECKING
 
 from castore import fs
+from castore.gc.pages import Pages
 from castore.gc.report import GcOptions, GcReport, Item
-from castore.gc.spill import ticking
 from castore.store import Store, unpack_chunks
 from castore.store.meta import CHUNK_ROW, MetaDB, dkey
 
@@ -24,6 +24,7 @@ class CacheSweeps:
     now: int
     report: GcReport
     keep_items: bool
+    pages: Pages
 
     if TYPE_CHECKING:
 
@@ -68,7 +69,7 @@ class CacheSweeps:
         with self.meta.read() as txn:
             stale = [
                 bytes(k)
-                for k in ticking(txn.cursor(db=links_db).iternext(values=False), self.meta.drop_mapped_pages)
+                for k in self.pages.each(txn.cursor(db=links_db).iternext(values=False))
                 if k[:1] == b"o" and not os.path.exists(os.path.join(root, k[1:2].hex(), k[1:].hex()))
             ]
         self._delete_rows("links", stale, "cache-row")
@@ -83,6 +84,7 @@ class CacheSweeps:
 
             def fn(t: object, p: list[bytes] = part) -> None:
                 for k in p:
+                    self.pages.touched(2)
                     if t.get(k, db=blobs_db) is None:  # type: ignore[attr-defined]
                         t.delete(b"v" + k, db=db)  # type: ignore[attr-defined]
 
@@ -93,10 +95,11 @@ class CacheSweeps:
         cache_db, blobs_db = self.meta.db("statcache"), self.meta.db("blobs")
         stale: list[bytes] = []
         with self.meta.read() as txn:
-            for k, v in ticking(txn.cursor(db=cache_db), self.meta.drop_mapped_pages):
+            for k, v in self.pages.each(txn.cursor(db=cache_db)):
                 try:
                     _, _, _, digest, chunks, _, _ = marshal.loads(v)
                     need = [c[0] for c in chunks] if chunks else [digest]
+                    self.pages.touched(len(need))
                     if all(txn.get(dkey(d), db=blobs_db) is not None for d in need):
                         continue
                 except (ValueError, EOFError, TypeError, IndexError):
@@ -115,13 +118,14 @@ class CacheSweeps:
                 return False
             if not unpack_chunks(bytes(row)):
                 return True
+            self.pages.touched(len(row) // CHUNK_ROW.size)
             return any(
                 t.get(bytes(row[i : i + 32]), db=blobs_db) is None  # type: ignore[attr-defined]
                 for i in range(0, len(row), CHUNK_ROW.size)
             )
 
         with self.meta.read() as txn:
-            keys = ticking(txn.cursor(db=map_db).iternext(values=False), self.meta.drop_mapped_pages)
+            keys = self.pages.each(txn.cursor(db=map_db).iternext(values=False))
             stale = [bytes(k) for k in keys if stale_row(txn, bytes(k))]
         for k in stale:
             self.report.add(Item("cache-row", f"chunkmap:{k.hex()}"), self.keep_items, is_file=False)

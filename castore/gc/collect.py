@@ -41,9 +41,10 @@ from castore.faults import crashpoint
 from castore.gc.caches import CacheSweeps, hexkey
 from castore.gc.files import age_ns
 from castore.gc.nice import Nice
+from castore.gc.pages import Pages
 from castore.gc.report import GcOptions, GcReport, Item, parse_duration
 from castore.gc.roots import Roots, history_name, mark, mark_to, read_roots, refs_of, split_refs
-from castore.gc.spill import TICK, Scratch, ticking
+from castore.gc.spill import Scratch
 from castore.gc.sweep import Unlinks
 from castore.gc.temps import TempSweeps
 from castore.store import Store, apply_records, signatures
@@ -63,6 +64,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
         self.now = time.time_ns()
         self.report = GcReport(dry_run=opts.dry_run)
         self.keep_items = opts.dry_run or opts.list_items
+        self.pages = Pages(self.meta)  # keeps the mapped index out of the resident set
 
     # ------------------------------------------------------------- roots
 
@@ -71,7 +73,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
         return read_roots(self.meta, self.store.path, txn, self.opts, self.now)
 
     def _refs_of(self, txn: object) -> Callable[[bytes], list[bytes]]:
-        return refs_of(self.meta, txn)
+        return refs_of(self.meta, txn, self.pages)
 
     def _young(self, key: bytes) -> bool:
         """An unnamed manifest written (or re-ingested) within the grace period."""
@@ -87,14 +89,13 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
         """
         with self.meta.read() as txn:
             roots, _, _ = self._roots(txn)
-            drop = self.meta.drop_mapped_pages
-            for k in ticking(txn.cursor(db=self.meta.db("refs")).iternext(values=False), drop):
+            for k in self.pages.each(txn.cursor(db=self.meta.db("refs")).iternext(values=False)):
                 k = bytes(k)
                 sc.manifests.add(k)
                 if k not in roots and self._young(k):
                     roots.add(k)
             # Every root is followed: a lease may name whole-file digests served by chunks.
-            mark_to(roots, self._refs_of(txn), sc.marked, drop)
+            mark_to(roots, self._refs_of(txn), sc.marked, self.pages.drop)
         return roots
 
     def scan(self, sc: Scratch) -> None:
@@ -122,8 +123,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
                         else:
                             size, kind = BLOB_ROW.unpack(v)
                             sc.garbage.add(k, size, kind)
-            if b % 16 == 15:
-                self.meta.drop_mapped_pages()
+            self.pages.drop()  # a shard's rows are ~1/256 of the index: contiguous pages
             sdir = os.path.join(self.store.blob_root, prefix.hex())
             for n in fs.listdir(sdir):
                 key = hexkey(n)
@@ -161,7 +161,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
         def fn(txn: object) -> None:
             t: object = txn
             roots, prune, leases = self._roots(txn)
-            keys = ticking(t.cursor(db=refs_db).iternext(values=False), self.meta.drop_mapped_pages)  # type: ignore
+            keys = self.pages.each(t.cursor(db=refs_db).iternext(values=False))  # type: ignore[attr-defined]
             new = sc.manifests.missing(bytes(k) for k in keys)
             extra = (roots - snap_roots) | set(new)
             young = {m for m, _, kind in garbage if kind == KIND_MANIFEST and m not in extra and self._young(m)}
@@ -183,6 +183,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
             for k, _, _ in doomed:
                 t.delete(k, db=blobs_db)  # type: ignore[attr-defined]
                 t.delete(k, db=refs_db)  # type: ignore[attr-defined]  # a manifest's (absent otherwise)
+                self.pages.touched(2)
             out["signatures"] = signatures.delete_for(
                 self.store, t, [k for k, _, kind in doomed if kind == KIND_MANIFEST]
             )
@@ -243,7 +244,7 @@ def _mark_and_delete(c: _Collector, store: Store, sc: Scratch, prio: Nice) -> li
             t0 = time.monotonic()
             d = c.commit(sc, snap_roots, late, chunk, first=first)
             c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t0)
-        store.meta.drop_mapped_pages()  # what the commit's walk of the roots and the index touched
+        c.pages.drop()  # what the commit's walk of the roots and the index touched
         dead = d if first else dead
         pos, first = pos + len(chunk), False
     pos = 0
@@ -255,14 +256,12 @@ def _mark_and_delete(c: _Collector, store: Store, sc: Scratch, prio: Nice) -> li
                 new = c.sweep(sc.unlink, pos, t1 + BATCH_SECONDS)
                 c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)
             bar.advance(new - pos)
-            if new // TICK != pos // TICK:  # each unlink re-checked its index row: a page
-                store.meta.drop_mapped_pages()
             pos = new
     if not opts.dry_run:
         store.gc_deleting(False)
     for chunk in sc.unlink.chunks(5000):
         c.verified_rows([k for k, _, kind in chunk if kind >= 0])
-        store.meta.drop_mapped_pages()
+        c.pages.drop()
     return dead
 
 

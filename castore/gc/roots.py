@@ -15,6 +15,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 
+from castore.gc.pages import Pages
 from castore.gc.report import GcOptions
 from castore.gc.retention import select
 from castore.gc.spill import MarkSet
@@ -49,8 +50,8 @@ def mark_to(
 
     Only keys that reference others (manifests, files stored as chunks) are
     remembered in memory, to follow each once; leaves are written per
-    reference and de-duplicated by ``out``. ``tick`` is called every 65,536
-    keys and every 2,048 keys followed (each read a ``refs`` row: a page).
+    reference and de-duplicated by ``out``. ``tick`` is called every 65,536 keys
+    (``refs`` counts its own index reads: see castore.gc.pages).
     """
     followed: set[bytes] = set()
     stack = list(roots)
@@ -67,8 +68,6 @@ def mark_to(
         if children:
             followed.add(k)
             stack.extend(children)
-            if not len(followed) & 0x7FF:
-                tick()
 
 
 def split_refs(raw: bytes | None) -> list[bytes]:
@@ -78,13 +77,16 @@ def split_refs(raw: bytes | None) -> list[bytes]:
     return [raw[i : i + 32] for i in range(0, len(raw) - 31, 32)]
 
 
-def refs_of(meta: MetaDB, txn: object) -> Callable[[bytes], list[bytes]]:
+def refs_of(meta: MetaDB, txn: object, pages: Pages | None = None) -> Callable[[bytes], list[bytes]]:
     """What a key references in ``txn``: a manifest its blobs (``refs``); a whole-file digest stored
-    as chunks only (a manifest without chunk lists names it) its chunks (``chunkmap``)."""
+    as chunks only (a manifest without chunk lists names it) its chunks (``chunkmap``). Each lookup
+    is counted in ``pages``."""
     t: object = txn
     refs_db, map_db = meta.db("refs"), meta.db("chunkmap")
+    touched = pages.touched if pages is not None else lambda n=1: None
 
     def refs(k: bytes) -> list[bytes]:
+        touched(2)
         raw = t.get(k, db=refs_db)  # type: ignore[attr-defined]
         if raw is not None:
             return split_refs(bytes(raw))

@@ -26,8 +26,8 @@ import os
 import shutil
 import stat
 import struct
-from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 from castore.errors import UnsafeInput
 
@@ -37,24 +37,6 @@ BUCKETS = 64  # files of the mark set, by the first 6 bits of the digest (4 blob
 BUFFER = 1 << 16  # bytes buffered per bucket before a write
 RECENT_MAX = 65_536  # keys remembered to drop repeated references (~6 MiB)
 BUCKET_FLOOR = 1 << 20  # bytes a bucket may reach before it is first compacted
-TICK = 2048  # index rows read between two drops of the mapped index pages (~8 MiB when each is a page)
-
-T = TypeVar("T")
-
-
-def ticking(items: Iterable[T], tick: Callable[[], None], every: int = 0) -> Iterator[T]:
-    """``items``, calling ``tick`` after every ``every`` (default ``TICK``) of them.
-
-    gc walks whole tables of the index in one transaction; each row read maps
-    a page of the index file into the process (a manifest's ``refs`` row is a
-    page of its own), so a walk drops the mapped pages as it goes
-    (``tick = meta.drop_mapped_pages``) and its resident set stays flat.
-    """
-    n = every or TICK
-    for i, x in enumerate(items, 1):
-        yield x
-        if not i % n:
-            tick()
 
 
 class MarkSet:
@@ -221,4 +203,4 @@ class Scratch:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-__all__ = ["MarkSet", "Records", "Scratch", "SortedKeys", "ticking"]
+__all__ = ["MarkSet", "Records", "Scratch", "SortedKeys"]

@@ -7,6 +7,7 @@ import os
 import time
 
 from castore.faults import crashpoint
+from castore.gc.pages import Pages
 from castore.gc.report import GcOptions, GcReport, Item
 from castore.gc.spill import Records
 from castore.store import Store
@@ -21,6 +22,7 @@ class Unlinks:
     meta: MetaDB
     report: GcReport
     keep_items: bool
+    pages: Pages
 
     def sweep(self, files: Records, pos: int, deadline: float) -> int:
         """Phase 3, one hold of the exclusive lock: unlink from ``pos`` until ``deadline``; the new pos.
@@ -36,6 +38,7 @@ class Unlinks:
             if not self.opts.dry_run:  # a dry run deleted no rows: nothing to re-check
                 with self.meta.read() as txn:
                     live = {k for k, _, _ in batch if txn.get(k, db=blobs_db) is not None}
+                self.pages.touched(len(batch))
             for i, (k, size, kind) in enumerate(batch):
                 if pos + i == half and half:
                     crashpoint("gc-mid-sweep")
