@@ -14,10 +14,11 @@ Phases (docs/gc.md):
 1. snapshot, no store lock: mark from the roots of one read transaction,
    then merge each blob shard directory with the index to find garbage
    (indexed, unmarked) and orphan candidates (on disk, not indexed).
-2. Locking: exclusive, in ONE LMDB write transaction (so it serialises with
-   every lease and commit): re-read the roots, mark whatever appeared since
-   the snapshot, drop survivors from the candidates, delete catalog rows
-   (pruned history, dead leases) and index rows; commit.
+2. Locking: exclusive, in LMDB write transactions of 5,000 index rows each (so
+   each serialises with every lease and commit): re-read the roots, mark
+   whatever appeared since the snapshot, drop survivors from the candidates,
+   delete catalog rows (pruned history, dead leases; first one) and index
+   rows; commit.
 3. unlink, in short batches each under the exclusive lock, re-checking the
    index first: an ingest that committed between batches and revived a
    digest keeps its file. A crash anywhere leaves only orphans.
@@ -25,6 +26,10 @@ Phases (docs/gc.md):
    objects no checkout uses (st_nlink == 1), stat-cache rows of gone blobs.
 
 Two gc never run at once: STORE/gc.lock, LOCK_NB unless ``wait``.
+
+Modules: roots (roots and marking), spill (working sets on disk), pages (the
+mapped index kept out of the resident set), sweep (phase 3), temps and caches
+(phase 4), report, retention.
 """
 
 from __future__ import annotations

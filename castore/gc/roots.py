@@ -86,12 +86,17 @@ def refs_of(meta: MetaDB, txn: object, pages: Pages | None = None) -> Callable[[
     touched = pages.touched if pages is not None else lambda n=1: None
 
     def refs(k: bytes) -> list[bytes]:
-        touched(2)
+        # A miss reads only the few B-tree pages of two small tables (``mark_to`` ticks every 65,536
+        # keys for those); a hit reads its row's own pages (a manifest's refs row: an overflow page).
         raw = t.get(k, db=refs_db)  # type: ignore[attr-defined]
         if raw is not None:
+            touched(1)
             return split_refs(bytes(raw))
         row = t.get(k, db=map_db)  # type: ignore[attr-defined]
-        return [bytes(row[i : i + 32]) for i in range(0, len(row), CHUNK_ROW.size)] if row else []
+        if not row:
+            return []
+        touched(1)
+        return [bytes(row[i : i + 32]) for i in range(0, len(row), CHUNK_ROW.size)]
 
     return refs
 
