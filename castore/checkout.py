@@ -223,7 +223,7 @@ def _in_child(root_fd: int, entries: list[Item], writer: Writer, also: Callable[
     if msg is None:
         raise CastoreError(f"checkout worker died (status {status})")
     if msg[0] == "ok":
-        return msg[1]  # type: ignore[no-any-return]
+        return msg[1]
     if msg[0] == "oserror":
         raise OSError(msg[1], msg[2], msg[3])
     raise _ERROR_BY_CODE.get(msg[1], CastoreError)(msg[2])

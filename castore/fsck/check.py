@@ -391,10 +391,7 @@ def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
         if not store.readonly or opts.repair
         else contextlib.nullcontext()
     ):
-        lock = store.exclusive_lock() if opts.repair else None
-        if lock is not None:
-            lock.__enter__()  # type: ignore[attr-defined]
-        try:
+        with store.exclusive_lock() if opts.repair else contextlib.nullcontext():
             c = _Checker(store, opts)
             doubt = store.index_doubt()
             if doubt:
@@ -406,9 +403,6 @@ def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
             changed = c.link_objects()
             if opts.repair:
                 c.repair(changed)
-        finally:
-            if lock is not None:
-                lock.__exit__(None, None, None)  # type: ignore[attr-defined]
     c.report.seconds = time.monotonic() - start
     return c.report
 
