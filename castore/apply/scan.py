@@ -26,7 +26,8 @@ from castore.apply.state import Record, Row
 from castore.build import make_pool, read_with_retries
 from castore.errors import TreeChanged
 from castore.fs import DirFds
-from castore.manifest.codec import decode_entry, first_path
+from castore.manifest.codec import decode_entry
+from castore.manifest.entries import first_path
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Symlink, path_key
 from castore.readers import FileResult, Processor
 from castore.store import Store

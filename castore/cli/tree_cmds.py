@@ -49,7 +49,7 @@ def build_cmd(root: str, fmt: str, as_json: bool, ignore: tuple[str, ...], keep_
 
 
 def print_manifest_json(m: Manifest) -> None:
-    from castore.manifest.codec import resource_json
+    from castore.manifest.render import resource_json
 
     print_json({"resources": [resource_json(r) for r in m.resources]})
 

@@ -171,7 +171,7 @@ class _Checker:
                     continue
                 try:
                     # Validated again, and in the encoding commit writes: checkout and apply trust an
-                    # indexed manifest and read its entries without decoding them (codec.split_entries).
+                    # indexed manifest and read its entries without decoding them (entries.split_entries).
                     data = self.store.read_blob(dstr(m))
                     man = validate(codec.loads(data, source=dstr(m)))
                     if codec.dumps(man) != data:

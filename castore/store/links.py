@@ -21,7 +21,7 @@ LINKS_DB = "links"
 
 
 class LinkRef:
-    """A regular file of a store manifest, still encoded (``codec.split_entries``).
+    """A regular file of a store manifest, still encoded (``entries.split_entries``).
 
     A hardlink checkout needs only its paths and its object key (a hash of
     the encoded entry), so the entry is decoded only when its object must be
