@@ -306,7 +306,7 @@ def _phases(ap: Applier, writer: Writer, root: str, root_fd: int, opts: ApplyOpt
     try:
         ap.deletions()
         ap.directories()
-        with progress.task("apply", total=sum(w.size * len(w.paths) for w in ap.m.files())):
+        with progress.task("apply", total=ap.bytes_to_write() if progress.active() else None):
             ap.leaves()
         crashpoint("apply-before-dir-metadata")
         ap.dir_metadata()

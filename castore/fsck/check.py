@@ -19,6 +19,7 @@ import os
 import stat
 import time
 
+from castore import progress
 from castore.bulkmode import bulk
 from castore.errors import CastoreError, IntegrityError
 from castore.fsck.quarantine import hash_file, quarantine
@@ -83,6 +84,7 @@ class _Checker:
                         "info", "orphan", dstr(key), "blob file not in the index (gc removes it after the grace period)"
                     )
             for key, (size, kind) in rows.items():
+                progress.advance()
                 self.report.blobs += 1
                 digest = dstr(key)
                 path = self.store.blob_path(digest)
@@ -396,7 +398,8 @@ def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
             doubt = store.index_doubt()
             if doubt:
                 c._add("error", "index-younger-than-blobs", store.path, doubt)
-            c.blobs()
+            with progress.task("fsck", total=store.meta.entries("blobs"), unit="blobs"):
+                c.blobs()
             c.manifests()
             c.chunk_map()
             check_signatures(store, c._add, repair=opts.repair)

@@ -179,6 +179,13 @@ class MetaDB:
     def db(self, name: str) -> DB:
         return self.dbs[name]
 
+    def entries(self, name: str) -> int:
+        """How many rows the sub-database ``name`` holds (0 when a read-only index lacks it)."""
+        if name not in self.dbs:
+            return 0
+        with self.read() as txn:
+            return txn.stat(self.dbs[name])["entries"]
+
     def write(self, fn: Callable[[Txn], T]) -> T:
         """Run ``fn`` in one write transaction, growing the map and retrying when full."""
         if self.readonly:
