@@ -54,7 +54,7 @@ from castore.gc.sweep import Unlinks
 from castore.gc.temps import TempSweeps
 from castore.store import Store, apply_records, signatures
 from castore.store.lock import flocked
-from castore.store.meta import BLOB_ROW, KIND_MANIFEST, dstr
+from castore.store.meta import BLOB_ROW, KIND_MANIFEST, Txn, dstr
 
 BATCH_SECONDS = 0.05  # longest hold of the store lock while unlinking
 COMMIT_CHUNK = 5_000  # index rows deleted per hold of the store lock (and per write txn: its dirty pages)
@@ -163,7 +163,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
         refs_db, blobs_db = self.meta.db("refs"), self.meta.db("blobs")
         out: dict[str, object] = {}
 
-        def fn(txn: object) -> None:
+        def fn(txn: Txn) -> None:
             t: object = txn
             roots, prune, leases = self._roots(txn)
             keys = self.pages.each(t.cursor(db=refs_db).iternext(values=False))  # type: ignore[attr-defined]
@@ -190,7 +190,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
                 t.delete(k, db=refs_db)  # type: ignore[attr-defined]  # a manifest's (absent otherwise)
                 self.pages.touched(2)
             out["signatures"] = signatures.delete_for(
-                self.store, t, [k for k, _, kind in doomed if kind == KIND_MANIFEST]
+                self.store, txn, [k for k, _, kind in doomed if kind == KIND_MANIFEST]
             )
             # "v" rows (verified-blob stat records) are a cache: dropped after the lock (phase 4).
 
@@ -245,7 +245,7 @@ def _mark_and_delete(c: _Collector, store: Store, sc: Scratch, prio: Nice) -> li
         if not first:
             time.sleep(0.002)  # let waiting ingest commits in between two holds
         chunk = sc.garbage.read(pos, COMMIT_CHUNK)
-        with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
+        with prio.normal(), store.exclusive_lock():
             t0 = time.monotonic()
             d = c.commit(sc, snap_roots, late, chunk, first=first)
             c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t0)
@@ -256,7 +256,7 @@ def _mark_and_delete(c: _Collector, store: Store, sc: Scratch, prio: Nice) -> li
     with progress.task("gc", total=len(sc.unlink), unit="files") as bar:
         while pos < len(sc.unlink):  # unlinks, in short holds
             time.sleep(0.002)
-            with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
+            with prio.normal(), store.exclusive_lock():
                 t1 = time.monotonic()
                 new = c.sweep(sc.unlink, pos, t1 + BATCH_SECONDS)
                 c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)
