@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from castore.store.meta import MetaDB
@@ -39,10 +39,11 @@ class Pages:
         self.data = os.path.realpath(os.path.join(meta.path, "data.mdb")).encode()
         self.count = 0
         self.drops = 0
+        self._madvise: Callable[..., int] | None = None
         try:
             self._madvise = ctypes.CDLL(None, use_errno=True).madvise
         except (OSError, AttributeError):
-            self._madvise = None
+            pass
 
     def touched(self, n: int = 1) -> None:
         """``n`` more rows were read; drop when ``every`` have been since the last drop."""
