@@ -25,6 +25,7 @@ class CacheSweeps:
     report: GcReport
     keep_items: bool
     pages: Pages
+    dry_gone: set[bytes]
 
     if TYPE_CHECKING:
 
@@ -92,7 +93,7 @@ class CacheSweeps:
 
     def stat_cache(self) -> None:
         """Stat-cache rows that name content the index no longer holds (ingest would re-read it anyway)."""
-        cache_db, blobs_db = self.meta.db("statcache"), self.meta.db("blobs")
+        cache_db = self.meta.db("statcache")
         stale: list[bytes] = []
         with self.meta.read() as txn:
             for k, v in self.pages.each(txn.cursor(db=cache_db)):
@@ -100,7 +101,7 @@ class CacheSweeps:
                     _, _, _, digest, chunks, _, _ = marshal.loads(v)
                     need = [c[0] for c in chunks] if chunks else [digest]
                     self.pages.touched(len(need))
-                    if all(txn.get(dkey(d), db=blobs_db) is not None for d in need):
+                    if all(self._indexed(txn, dkey(d)) for d in need):
                         continue
                 except (ValueError, EOFError, TypeError, IndexError):
                     pass
@@ -110,7 +111,7 @@ class CacheSweeps:
     def chunk_map(self) -> None:
         """Chunk-map rows that can no longer serve their file (a chunk left the index). Checked
         again in the deleting transaction: an ingest may have stored those chunks meanwhile."""
-        map_db, blobs_db = self.meta.db("chunkmap"), self.meta.db("blobs")
+        map_db = self.meta.db("chunkmap")
 
         def stale_row(t: object, k: bytes) -> bool:
             row = t.get(k, db=map_db)  # type: ignore[attr-defined]
@@ -119,10 +120,7 @@ class CacheSweeps:
             if not unpack_chunks(bytes(row)):
                 return True
             self.pages.touched(len(row) // CHUNK_ROW.size)
-            return any(
-                t.get(bytes(row[i : i + 32]), db=blobs_db) is None  # type: ignore[attr-defined]
-                for i in range(0, len(row), CHUNK_ROW.size)
-            )
+            return any(not self._indexed(t, bytes(row[i : i + 32])) for i in range(0, len(row), CHUNK_ROW.size))
 
         with self.meta.read() as txn:
             keys = self.pages.each(txn.cursor(db=map_db).iternext(values=False))
@@ -134,6 +132,10 @@ class CacheSweeps:
         for i in range(0, len(stale), 5000):
             part = stale[i : i + 5000]
             self.meta.write(lambda t, p=part: [t.delete(k, db=map_db) for k in p if stale_row(t, k)])  # type: ignore
+
+    def _indexed(self, txn: object, key: bytes) -> bool:
+        """``key`` has an index row (a dry run counts the rows a real run would have deleted as gone)."""
+        return txn.get(key, db=self.meta.db("blobs")) is not None and key not in self.dry_gone  # type: ignore
 
     def _delete_rows(self, dbname: str, keys: list[bytes], kind: str) -> None:
         for k in keys:

@@ -70,6 +70,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
         self.report = GcReport(dry_run=opts.dry_run)
         self.keep_items = opts.dry_run or opts.list_items
         self.pages = Pages(self.meta)  # keeps the mapped index out of the resident set
+        self.dry_gone: set[bytes] = set()  # a dry run's doomed index rows (it lists them all anyway)
 
     # ------------------------------------------------------------- roots
 
@@ -210,6 +211,8 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
         self.report.kept_blobs += len(garbage) - len(doomed)
         for rec in doomed:
             sc.unlink.add(*rec)
+        if self.opts.dry_run:  # the rows a real run would have deleted: the cache sweeps see them gone
+            self.dry_gone.update(k for k, _, _ in doomed)
         if first:
             for chunk in sc.orphans.chunks(COMMIT_CHUNK):
                 for k, s, _ in chunk:

@@ -98,6 +98,26 @@ def test_dry_run_lists_exactly_what_a_real_run_deletes(cli, store_path: Path, tm
     }
 
 
+def test_dry_run_lists_the_cache_rows_a_real_run_deletes(store: Store, tmp_path: Path) -> None:
+    """Files old enough for the stat cache (as under load in the test above): a real run's commit
+    leaves their rows naming deleted blobs, which its cache sweep deletes; the dry run lists them too."""
+    from castore.ingest import ingest as do_ingest
+    from castore.store import statcache
+
+    srcs = [rand_tree(tmp_path / f"t{i}", 70 + i, n=10) for i in range(2)]
+    time.sleep(statcache.RACY_NS / 1e9 + 0.5)  # out of the racy window: ingest records the files
+    for i, src in enumerate(srcs):
+        do_ingest(store, str(src), name=f"n{i}", progress=False)
+    with store.meta.read() as txn:
+        assert txn.stat(store.meta.db("statcache"))["entries"] >= 10  # the files were cached
+    store.untag("n1")
+    key = lambda r: sorted((i.kind, i.name, i.size) for i in r.items)  # noqa: E731
+    dry = collect(store, GcOptions(grace_ns=0, dry_run=True))
+    real = collect(store, GcOptions(grace_ns=0, list_items=True))
+    assert real.counts.get("cache-row", 0) >= 1
+    assert key(dry) == key(real)
+
+
 def test_grace_keeps_young_orphans_and_unnamed_manifests(cli, store_path: Path, tmp_path: Path) -> None:  # type: ignore
     d = ingest(cli, rand_tree(tmp_path / "u", 7))  # unnamed
     orphan = store_path / "blobs" / "sha256" / "ab" / ("ab" * 32)
