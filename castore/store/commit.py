@@ -112,7 +112,7 @@ def commit_manifest(
         def txn_fn(txn: object) -> None:
             t: Any = txn
             t.cursor(db=store.meta.db("blobs")).putmulti(blob_rows)
-            store.record_manifest(txn, mdigest, refs)
+            store.record_manifest(txn, mdigest, refs, manifest)
             t.cursor(db=store.meta.db("chunkmap")).putmulti(chunk_rows)  # whole file -> chunks (docs/design.md)
             t.cursor(db=store.meta.db("statcache")).putmulti(cache)
             if name is not None:
