@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import marshal
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from typing import TYPE_CHECKING
 
 import castore.store.statcache as statcache
 from castore import fs, progress
@@ -34,9 +33,12 @@ from castore.faults import crashpoint
 from castore.ingest_skips import drop_unread
 from castore.manifest.model import Manifest
 from castore.readers import FileJob, FileResult, Processor
-from castore.store import Store, check_name
+from castore.store import Store, check_name, treecache
 from castore.store.commit import commit_manifest
 from castore.store.revisions import FLAG_INCOMPLETE
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 
 def _cache_get(txn: object, db: object, j: FileJob) -> FileResult | None:
@@ -128,25 +130,19 @@ def ingest(
                 publish_dir=store.blob_root,
             )
             prog = Progress()
-            if own_pool:
+            cache_db = store.meta.db("statcache")
+            tree_key = _tree_key(src, opts, st)
+            with store.meta.read() as txn:
+                known = txn.get(tree_key, db=cache_db)
+            if own_pool and known is None:  # else made once the walk differs from the fingerprint (if it does)
                 pool = make_pool()
             reader = Reader(proc, pool, prog if progress else None)
             fresh: list[FileResult] = []
             try:
                 hits: dict[int, FileResult] = {}
                 slots: list[int] = []  # walk index -> reader index, or -1 for a cache hit
-                cache_db = store.meta.db("statcache")
-                tree_key = _tree_key(src, opts, st)
-                with store.meta.read() as txn:
-                    known = txn.get(tree_key, db=cache_db)
-                deferred: list[FileJob] = []
 
                 def on_file(job: FileJob) -> None:
-                    # With a fingerprint on record the tree is probably unchanged: look nothing
-                    # up until the whole walk has been compared with it.
-                    if known is not None:
-                        deferred.append(job)
-                        return
                     hit = _cache_get(txn, cache_db, job)
                     if hit is not None:
                         hits[len(slots)] = hit
@@ -155,23 +151,22 @@ def ingest(
                         slots.append(len(reader.jobs))
                         reader.add(job)
 
+                # With a fingerprint on record the tree is probably unchanged: look nothing up
+                # until the whole walk has been compared with it (then its files, in walk order).
                 with store.meta.read() as txn:
-                    walked = walk(root_fd, opts, on_file)
-                if known is not None and opts.on_skip is not None and len(opts.on_skip):  # type: ignore[arg-type]
-                    known = None  # entries were left out: this walk is no match for a complete one
-                    with store.meta.read() as txn:
-                        for job in deferred:
-                            on_file(job)
-                if known is not None:
+                    walked = walk(root_fd, opts, on_file if known is None else None)
+                if known is not None and not (opts.on_skip is not None and len(opts.on_skip)):  # type: ignore[arg-type]
+                    # (a walk that left entries out is no match for a complete one)
                     fp = _fingerprint(walked)
-                    if fp is not None:
-                        shortcut = _unchanged_tree(store, known, fp, name)
-                        if shortcut is not None:
-                            prog.done()
-                            return shortcut
-                    known = None
+                    shortcut = None if fp is None else _unchanged_tree(store, known, fp, name)
+                    if shortcut is not None:
+                        prog.done()
+                        return shortcut
+                if known is not None:
+                    if own_pool and pool is None:
+                        pool = reader.pool = make_pool()
                     with store.meta.read() as txn:
-                        for job in deferred:
+                        for job in list(walked.files):
                             on_file(job)
                 prog.total(sum(j.size for j in reader.jobs))
                 fresh = read_with_retries(
@@ -267,19 +262,21 @@ def _abandon(store: Store, reader: Reader, fresh: list[FileResult]) -> None:
 
 
 def _unchanged_tree(store: Store, known: bytes, fp: bytes, name: str | None) -> str | None:
-    """The manifest recorded for an identical walk, if it is still whole in the store."""
-    try:
-        old_fp, digest = marshal.loads(known)
-    except (ValueError, EOFError, TypeError):
+    """The manifest recorded for an identical walk, if it is still whole in the store (castore/store/treecache.py)."""
+    rec = treecache.parse(known)
+    if rec is None or rec[0] != fp:
         return None
-    if old_fp != fp:
-        return None
+    digest, gen = rec[1], rec[2]
     with store.shared_lock():
         if store.blob_size(digest) is None or not os.path.exists(store.blob_path(digest)):
             return None
-        refs = store.manifest_refs(digest)
-        if not refs or store.missing_blobs(refs):
-            return None
+        if treecache.nothing_deleted_since(store.meta, gen):
+            if not store.manifest_indexed(digest):  # its blob rows were written with it, and none was dropped
+                return None
+        else:
+            refs = store.manifest_refs(digest)
+            if not refs or store.missing_blobs(refs):
+                return None
         if name is not None:
             size = store.blob_size(digest) or 0
             store.mark_manifest(digest, "+", name)  # the naming, for a rebuilt index

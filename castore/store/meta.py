@@ -29,7 +29,20 @@ import lmdb
 from castore.errors import DISK_FULL_ERRNOS, IntegrityError, ResourceLimit, StoreUnusable
 
 SCHEMA_VERSION = 1
-DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info", "roots", "chunkmap", "signatures", "summary")
+DBS = (
+    "blobs",
+    "refs",
+    "tags",
+    "history",
+    "leases",
+    "statcache",
+    "links",
+    "info",
+    "roots",
+    "chunkmap",
+    "signatures",
+    "summary",
+)
 BLOB_ROW = struct.Struct("<QB")
 CHUNK_ROW = struct.Struct("<32sQ")  # one chunk of a `chunkmap` row: raw digest, end offset
 KIND_RAW, KIND_CHUNK, KIND_MANIFEST, KIND_ADS = 0, 1, 2, 3
