@@ -270,13 +270,8 @@ def _unchanged_tree(store: Store, known: bytes, fp: bytes, name: str | None) -> 
     with store.shared_lock():
         if store.blob_size(digest) is None or not os.path.exists(store.blob_path(digest)):
             return None
-        if treecache.nothing_deleted_since(store.meta, gen):
-            if not store.manifest_indexed(digest):  # its blob rows were written with it, and none was dropped
-                return None
-        else:
-            refs = store.manifest_refs(digest)
-            if not refs or store.missing_blobs(refs):
-                return None
+        if not treecache.still_whole(store.meta, digest, gen):
+            return None
         if name is not None:
             size = store.blob_size(digest) or 0
             store.mark_manifest(digest, "+", name)  # the naming, for a rebuilt index

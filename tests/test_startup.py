@@ -128,6 +128,5 @@ def test_a_store_without_summaries_still_lists_its_sizes(tmp_path: Path) -> None
     s = Store.open(str(store), create=False)
     s.meta.write(lambda t: t.drop(s.meta.db("summary"), delete=True))
     s.meta.close()
-    del s
     assert _list_json(store) == before
     assert "google.protobuf" in _imported("--store", str(store), "list")  # (the fallback decodes)

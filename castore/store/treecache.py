@@ -14,7 +14,8 @@ time (a rebuilt index is another index). Both unchanged and no gc deleting
 now: the blob rows written with the manifest are all still there, so only the
 manifest's own rows are checked (2 lookups instead of one per blob, 27,000 on
 a root filesystem). Otherwise, or for a row of an older version (a pair),
-every referenced blob is looked up, as before.
+every referenced blob is looked up, as before. Whoever drops ``blobs`` rows
+counts it (gc: ``gc_deleting``; anything else: ``note_deletions``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import marshal
 from typing import Any
 
-from castore.store.meta import MetaDB
+from castore.store.meta import MetaDB, dkey
 
 
 def index_generation(meta: MetaDB, txn: Any) -> tuple[bytes, bytes] | None:
@@ -68,3 +69,22 @@ def nothing_deleted_since(meta: MetaDB, gen: tuple[bytes, bytes] | None) -> bool
         return False
     with meta.read() as txn:
         return index_generation(meta, txn) == gen
+
+
+def still_whole(meta: MetaDB, mdigest: str, gen: tuple[bytes, bytes] | None) -> bool:
+    """The manifest has its ``refs`` row and every blob it references its ``blobs`` row.
+
+    With nothing deleted since ``gen`` the blob rows written with the manifest
+    are all there: only its own row is looked up. Else every one is, in one C
+    call (``getmulti``, on the raw 32-byte keys of the ``refs`` row).
+    """
+    trusted = nothing_deleted_since(meta, gen)
+    with meta.read() as txn:
+        raw = txn.get(dkey(mdigest), db=meta.db("refs"))
+        if not raw:
+            return False
+        if trusted:
+            return True
+        raw = bytes(raw)
+        keys = sorted({raw[i : i + 32] for i in range(0, len(raw), 32)})
+        return len(txn.cursor(db=meta.db("blobs")).getmulti(keys)) == len(keys)
