@@ -117,9 +117,25 @@ def ingest(
     own_pool = pool is None
     try:
         st = os.fstat(root_fd)
+        start_ns = time.time_ns()
+        cache_db = store.meta.db("statcache")
+        tree_key = _tree_key(src, opts, st)
+        with store.meta.read() as txn:
+            known = txn.get(tree_key, db=cache_db)
+        walked: WalkResult | None = None
+        fp: bytes | None = None
+        if known is not None:
+            # A fingerprint on record: the tree is probably unchanged. Walk it first, and compare, before
+            # anything else (no lease, no pool, no stat cache lookup): an unchanged tree needs none of them.
+            walked = walk(root_fd, opts)
+            if not (opts.on_skip is not None and len(opts.on_skip)):  # type: ignore[arg-type]
+                # (a walk that left entries out is no match for a complete one)
+                fp = _fingerprint(walked)
+                shortcut = None if fp is None else _unchanged_tree(store, known, fp, name)
+                if shortcut is not None:
+                    return shortcut
         with store.lease() as lease:
             os.makedirs(lease.tmp_dir, mode=0o700)
-            start_ns = time.time_ns()
             epoch = store.gc_epoch()
             proc = Processor(
                 root=src,
@@ -130,11 +146,7 @@ def ingest(
                 publish_dir=store.blob_root,
             )
             prog = Progress()
-            cache_db = store.meta.db("statcache")
-            tree_key = _tree_key(src, opts, st)
-            with store.meta.read() as txn:
-                known = txn.get(tree_key, db=cache_db)
-            if own_pool and known is None:  # else made once the walk differs from the fingerprint (if it does)
+            if own_pool:
                 pool = make_pool()
             reader = Reader(proc, pool, prog if progress else None)
             fresh: list[FileResult] = []
@@ -151,22 +163,11 @@ def ingest(
                         slots.append(len(reader.jobs))
                         reader.add(job)
 
-                # With a fingerprint on record the tree is probably unchanged: look nothing up
-                # until the whole walk has been compared with it (then its files, in walk order).
                 with store.meta.read() as txn:
-                    walked = walk(root_fd, opts, on_file if known is None else None)
-                if known is not None and not (opts.on_skip is not None and len(opts.on_skip)):  # type: ignore[arg-type]
-                    # (a walk that left entries out is no match for a complete one)
-                    fp = _fingerprint(walked)
-                    shortcut = None if fp is None else _unchanged_tree(store, known, fp, name)
-                    if shortcut is not None:
-                        prog.done()
-                        return shortcut
-                if known is not None:
-                    if own_pool and pool is None:
-                        pool = reader.pool = make_pool()
-                    with store.meta.read() as txn:
-                        for job in list(walked.files):
+                    if walked is None:
+                        walked = walk(root_fd, opts, on_file)  # files are read while the walk goes on
+                    else:
+                        for job in list(walked.files):  # walked already (a fingerprint did not match)
                             on_file(job)
                 prog.total(sum(j.size for j in reader.jobs))
                 fresh = read_with_retries(
@@ -184,7 +185,7 @@ def ingest(
                         results[i] = fresh[slot]
                         jobs[i] = reader.jobs[slot]  # a retried file carries its fresh stat
                 hit_idx = set(hits)
-                fp = _fingerprint(walked)
+                fp = fp if fp is not None else _fingerprint(walked)
                 if opts.on_skip is not None and len(opts.on_skip):  # type: ignore[arg-type]
                     jobs, results, hit_idx = drop_unread(walked, jobs, results, hit_idx)
                     store.record.flags |= FLAG_INCOMPLETE
