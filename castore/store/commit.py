@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from castore.errors import IntegrityError
 from castore.faults import crashpoint
 from castore.store import treecache
-from castore.store.meta import BLOB_ROW, KIND_CHUNK, KIND_MANIFEST, KIND_RAW, dkey
+from castore.store.meta import BLOB_ROW, KIND_CHUNK, KIND_MANIFEST, KIND_RAW, Txn, dkey
 
 if TYPE_CHECKING:
     from castore.manifest.model import Manifest
@@ -108,17 +108,16 @@ def commit_manifest(
         store.write_blob_file(data)  # durable before the transaction that indexes it
         crashpoint("ingest-after-manifest")
 
-        def txn_fn(txn: object) -> None:
-            t: Any = txn
+        def txn_fn(t: Txn) -> None:
             t.cursor(db=store.meta.db("blobs")).putmulti(blob_rows)
-            store.record_manifest(txn, mdigest, refs, manifest)
+            store.record_manifest(t, mdigest, refs, manifest)
             t.cursor(db=store.meta.db("chunkmap")).putmulti(chunk_rows)  # whole file -> chunks (docs/design.md)
             t.cursor(db=store.meta.db("statcache")).putmulti(cache)
             if fingerprint is not None:  # with the index generation of this transaction (treecache.py)
                 treecache.record(store.meta, t, fingerprint[0], fingerprint[1], mdigest)
             if name is not None:
                 crashpoint("ingest-before-tag")
-                store.set_tag(txn, name, mdigest, len(data))
+                store.set_tag(t, name, mdigest, len(data))
 
         store.meta.write(txn_fn)
         crashpoint("ingest-after-commit")
