@@ -291,6 +291,8 @@ def _walk_if_known(
     needs none of them). A walk that left entries out is no match for a
     complete one.
     """
+    if store.readonly:  # refused by the lease, as every ingest into a read-only store (README "Stores")
+        return None, None, None
     with store.meta.read() as txn:
         known = txn.get(tree_key, db=store.meta.db("statcache"))
     if known is None:
