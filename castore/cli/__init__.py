@@ -120,9 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = hoist_store(list(sys.argv[1:] if argv is None else argv))
     try:
-        rv = main_group.main(
-            args=args, prog_name="continuity", standalone_mode=False, terminal_width=_terminal_width()
-        )
+        rv = main_group.main(args=args, prog_name="continuity", standalone_mode=False, terminal_width=_terminal_width())
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
         fail("missing command (see the list above)", exc.exit_code)
