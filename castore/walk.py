@@ -157,9 +157,6 @@ def walk(
     # A stack of (dir fd, relative path, iterator over its subdirectories).
     stack: list[tuple[int, str, Iterator[str]]] = []
 
-    is_reg = stat.S_ISREG  # locals: the loop runs per entry
-    files_append, entries_append = out.files.append, out.entries.append
-
     def scan(dir_fd: int, rel: str) -> list[str]:
         nonlocal skipped_apple
         subdirs = []
@@ -184,13 +181,13 @@ def walk(
                     raise
                 opts.on_skip(child, exc.strerror or str(exc))
                 continue
-            if is_reg(st.st_mode):  # see_entry's first case, inlined (the hot path of ingest)
+            if stat.S_ISREG(st.st_mode):  # see_entry's first case, inlined (the hot path of ingest)
                 sparse = st.st_blocks * 512 < st.st_size
                 job = FileJob(child, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sparse)
-                files_append(job)
+                out.files.append(job)
                 if on_file is not None:
                     on_file(job)
-                entries_append(Seen(child, Stat(st)))
+                out.entries.append(Seen(child, Stat(st)))
             elif opts.on_skip is None:
                 if not see_entry(dir_fd, child, name, st, out):
                     subdirs.append(name)
