@@ -325,13 +325,9 @@ def main_group(
 
 
 def read_manifest_file(path: str) -> Manifest:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_MANIFEST_FILE + 1)
-    except IsADirectoryError:
-        raise CorruptManifest(f"{path}: is a directory, not a manifest") from None
-    if len(data) > MAX_MANIFEST_FILE:
-        raise CorruptManifest(f"{path}: manifest file too large")
+    from castore.fs.io import read_capped  # noqa: PLC0415 - not on every CLI start
+
+    data = read_capped(path, MAX_MANIFEST_FILE, "a manifest", CorruptManifest)
     from castore.manifest import codec, validate  # noqa: PLC0415 - protobuf only when a manifest is read
     from castore.manifest.bounds import check_parse_cost  # noqa: PLC0415
 
