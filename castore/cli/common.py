@@ -70,6 +70,13 @@ def _write_ignores(ctx: click.Context, param: click.Parameter, value: tuple[str,
         raise click.BadParameter(str(exc)) from None
 
 
+devices_opt = click.option(
+    "--devices",
+    type=click.Choice(["create", "check", "skip"]),
+    default=None,
+    help="Device nodes: create (default as root), check (confirm only), skip (default otherwise).",
+)
+
 write_ignore_opt = click.option(
     "--ignore-attr",
     "ignore_attr",

@@ -8,8 +8,10 @@ a manifest) without ever reading more than its cap.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 
 from castore.errors import CastoreError
 from castore.fs.linux import start_writeback
@@ -121,3 +123,15 @@ def read_capped(
     if len(data) > limit:
         raise (too_large or error)(f"{path}: too large for {what} (over {limit} bytes)")
     return data
+
+
+@contextlib.contextmanager
+def unlink_on_failure(path: str) -> Iterator[None]:
+    """Remove ``path`` (a temporary file the block writes and renames into place) when the block
+    fails; the error goes on."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
