@@ -322,6 +322,7 @@ def checkout(
             sfd = staging.open()
             try:
                 writer = Writer(store, opts)
+                writer.umask_zero = True  # set above: new files are created with their modes
                 if store is not None:
                     with store.lease([manifest_digest] if manifest_digest else []) as lease:
                         writer.tmp_dir = lease.tmp_dir  # its new hardlink objects are written there

@@ -4,6 +4,8 @@ checkout trust an object by its stat alone."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -49,7 +51,11 @@ class ObjectLinker:
 
         def write_content(self, r: RegularFile, out_fd: int) -> None: ...
 
-        def file_metadata(self, fd: int, r: Entry) -> None: ...
+        def file_metadata(self, fd: int, r: Entry, *, mode_set: bool = False) -> None: ...
+
+        def open_new_file(self, dir_fd: int, name: str, r: RegularFile) -> tuple[int, bool]: ...
+
+        def note_link_fallback(self, exc: OSError) -> None: ...
 
     def _object_key(self, f: RegularFile | LinkRef) -> bytes:
         """sha256 of the file's encoded manifest entry: its content, metadata and paths.
@@ -162,6 +168,8 @@ class ObjectLinker:
         sfd = self._shards.get(k[:2]) or self._shard_fd(k[:2])
         rkey = b"o" + key
         raw = self._record(rkey)
+        if raw is None and self._made_in_place(dir_fd, name, sfd, k, rkey, resource_of(f)):
+            return
         for _ in range(4):
             proven = self._object_ok(sfd, k, f, raw)
             if not proven and not self._make_object(sfd, k, resource_of(f), replace=proven is False):
@@ -182,6 +190,40 @@ class ObjectLinker:
                 self.link_updates[rkey] = pack_object_record(st, resource_of(f))
             return
         raise CastoreError(f"{f.path}: could not create a hardlink object")
+
+    def _made_in_place(self, dir_fd: int, name: str, sfd: int, k: str, rkey: bytes, r: RegularFile) -> bool:
+        """No record: most likely no object either (a first checkout). Write the file at ``name``
+        in the checkout, then link it into the shard as the object ``k``: the name must be free
+        there (EEXIST: a concurrent checkout made it, or its record was lost; False, and the
+        caller proves and links that one), so nothing incomplete ever has an object's name, and
+        there is no temp to leave behind. The record's stat comes from the still open fd
+        (after the link: its ctime). When the store is elsewhere (EXDEV) or links are refused,
+        the written file stays as the copy the caller would have made. Per file, against a
+        temp renamed into the shard: no stat of a missing name, no rename, fstat not stat."""
+        self.made_objects = True
+        fd, mode_set = self.open_new_file(dir_fd, name, r)
+        try:
+            self.write_content(r, fd)
+            self.file_metadata(fd, r, mode_set=mode_set)
+            crashpoint("checkout-object-written")
+            try:
+                os.link(name, k, src_dir_fd=dir_fd, dst_dir_fd=sfd, follow_symlinks=False)
+            except FileExistsError:
+                os.unlink(name, dir_fd=dir_fd)
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
+                    raise
+                self.note_link_fallback(exc)
+                return True
+            self.link_updates[rkey] = pack_object_record(os.fstat(fd), r)
+            return True
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+            raise
+        finally:
+            os.close(fd)
 
     def _make_object(self, sfd: int, name: str, r: RegularFile, *, replace: bool) -> bool:
         """Write the object ``name`` for ``r``. ``replace``: a stale or altered object stands there
