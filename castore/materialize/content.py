@@ -105,9 +105,7 @@ class ContentWriter:
         dfd = self._shards.get("b" + h[:2])
         if dfd is None:
             try:
-                dfd = os.open(
-                    os.path.join(self.store.blob_root, h[:2]), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-                )
+                dfd = os.open(os.path.join(self.store.blob_root, h[:2]), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError:
                 dfd = -1
             else:

@@ -33,7 +33,9 @@ class NodeWriter:
 
     if TYPE_CHECKING:
 
-        def link_object(self, dir_fd: int, name: str, f: RegularFile | LinkRef) -> None: ...
+        def link_object(
+            self, dir_fd: int, name: str, f: RegularFile | LinkRef, st: os.stat_result | None = None
+        ) -> None: ...
 
         def write_content(self, r: RegularFile, out_fd: int) -> None: ...
 
@@ -66,10 +68,12 @@ class NodeWriter:
         """Owner, mode, xattrs, mtime on a name (never followed)."""
         self._skipped(set_name_attrs(dir_fd, name, r, (self.euid, self.egid), is_link=is_link), r)
 
-    def create_file(self, dir_fd: int, name: str, f: RegularFile | LinkRef) -> None:
+    def create_file(self, dir_fd: int, name: str, f: RegularFile | LinkRef, st: os.stat_result | None = None) -> None:
+        """A regular file at ``name``: linked to its store object (``st``: the object's stat, when the
+        caller just took it), else written."""
         if self.opts.link == "hardlink" and self.store is not None:
             try:
-                self.link_object(dir_fd, name, f)
+                self.link_object(dir_fd, name, f, st)
                 return
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):

@@ -42,8 +42,14 @@ class ObjectLinker:
     verified_updates: dict[bytes, bytes]
     _keys: dict[int, bytes]
     _shards: dict[str, int]
+    records: dict[bytes, bytes] | None
+    noted_link_fallback: bool
 
     if TYPE_CHECKING:
+
+        def create_file(
+            self, dir_fd: int, name: str, f: RegularFile | LinkRef, st: os.stat_result | None = None
+        ) -> None: ...
 
         def _record(self, key: bytes) -> bytes | None: ...
 
@@ -75,13 +81,17 @@ class ObjectLinker:
             self._keys[id(f)] = k
         return k
 
-    def _object_ok(self, sfd: int, name: str, f: RegularFile | LinkRef, raw: bytes | None) -> bool | None:
+    def _object_ok(
+        self, sfd: int, name: str, f: RegularFile | LinkRef, raw: bytes | None, st: os.stat_result | None = None
+    ) -> bool | None:
         """True when the object ``name`` of shard ``sfd`` provably still holds f's content and metadata
-        (``raw``: its record); False when it does not, None when there is none."""
-        try:
-            st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
+        (``raw``: its record; ``st``: its stat when the caller just took it); False when it does not,
+        None when there is none."""
+        if st is None:
+            try:
+                st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
         if raw is not None and stat.S_ISREG(st.st_mode):
             if raw[:_STAT_LEN] == _pack_stat(RECORD_V2, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
                 return True
@@ -155,7 +165,41 @@ class ObjectLinker:
             self._shards[shard] = fd
         return fd
 
-    def link_object(self, dir_fd: int, name: str, f: RegularFile | LinkRef) -> None:
+    def link_known(self, dir_fd: int, name: str, f: LinkRef) -> None:
+        """link_object for a file of a store manifest, the common case inlined: its record is
+        there and the object's stat still matches it (stat, link, stat). Anything else goes
+        the general way (create_file), with the stat taken here when there is one."""
+        key = f.key
+        if key is None:
+            key = f.key = hashlib.sha256(f.entry).digest()
+        rkey = b"o" + key
+        records = self.records
+        raw = records.get(rkey) if records is not None else None
+        if raw is None or len(raw) != _RECORD_LEN or raw[0] != RECORD_V2 or self.noted_link_fallback:
+            self.create_file(dir_fd, name, f)
+            return
+        k = key.hex()
+        sfd = self._shards.get(k[:2]) or self._shard_fd(k[:2])
+        try:
+            st = os.stat(k, dir_fd=sfd, follow_symlinks=False)
+        except FileNotFoundError:
+            self.create_file(dir_fd, name, f)
+            return
+        if raw[:_STAT_LEN] == _pack_stat(RECORD_V2, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            try:
+                os.link(k, name, src_dir_fd=sfd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                pass  # (EXDEV, EMLINK, removed by gc meanwhile...): the general way decides
+            else:
+                st = os.stat(k, dir_fd=sfd, follow_symlinks=False)
+                self.link_updates[rkey] = (
+                    _pack_stat(RECORD_V2, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) + raw[_STAT_LEN:]
+                )
+                return
+            st = None
+        self.create_file(dir_fd, name, f, st=st)
+
+    def link_object(self, dir_fd: int, name: str, f: RegularFile | LinkRef, st: os.stat_result | None = None) -> None:
         """Hardlink a store object holding f's content and metadata at ``name``.
 
         Per file: stat the object (is it still what its record says?), link
@@ -168,10 +212,11 @@ class ObjectLinker:
         sfd = self._shards.get(k[:2]) or self._shard_fd(k[:2])
         rkey = b"o" + key
         raw = self._record(rkey)
-        if raw is None and self._made_in_place(dir_fd, name, sfd, k, rkey, resource_of(f)):
+        if raw is None and st is None and self._made_in_place(dir_fd, name, sfd, k, rkey, resource_of(f)):
             return
         for _ in range(4):
-            proven = self._object_ok(sfd, k, f, raw)
+            proven = self._object_ok(sfd, k, f, raw, st)
+            st = None
             if not proven and not self._make_object(sfd, k, resource_of(f), replace=proven is False):
                 raw = None  # another checkout made it meanwhile: prove that one (from the entry)
                 continue
