@@ -201,7 +201,8 @@ class ObjectLinker:
                     _pack_stat(RECORD_V2, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) + raw[_STAT_LEN:]
                 )
                 return
-            st = None
+            self.create_file(dir_fd, name, f)
+            return
         self.create_file(dir_fd, name, f, st=st)
 
     def link_object(self, dir_fd: int, name: str, f: RegularFile | LinkRef, st: os.stat_result | None = None) -> None:
