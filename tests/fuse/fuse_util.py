@@ -64,9 +64,7 @@ def unmount(mnt: Path) -> None:
 
 
 @contextmanager
-def mounted(
-    store: Path, ref: str, mnt: Path, *extra: str, wait: float = 30, debug: bool = False
-) -> Iterator[Mounted]:
+def mounted(store: Path, ref: str, mnt: Path, *extra: str, wait: float = 30, debug: bool = False) -> Iterator[Mounted]:
     """Run `continuity --store STORE mount REF MNT` until the block ends; yield once it is mounted.
     ``debug``: with `--debug` (the mount's counters are printed when it ends)."""
     mnt.mkdir(parents=True, exist_ok=True)

@@ -91,4 +91,3 @@ def test_corrupt_blob_read_ahead_still_fails_with_eio(tmp_path: Path) -> None:
     assert log.count(bad.digest) == 1 and "corrupt" in log and "Traceback" not in log
     c = _counters(log)
     assert c["hashed"] >= len(names)  # the bad one is hashed again on each attempt, never served
-
