@@ -98,7 +98,7 @@ class Reader:
         self.pending: list[int] = []
         self.pending_bytes = 0
         self.large: list[int] = []
-        self.futures: list[tuple[list[int], Future[list[tuple[object, ...]]]]] = []
+        self.futures: list[tuple[list[int], Future[list[str | tuple[object, ...]]]]] = []
         #: (temp or "", digest) of every blob staged or published by the batches that completed
         self.done: list[tuple[str, str]] = []
 
@@ -117,7 +117,7 @@ class Reader:
     def _submit(self, idx: list[int]) -> None:
         packed = [(j.rel, j.dev, j.ino, j.size, j.mtime_ns, j.ctime_ns, j.sparse) for j in (self.jobs[i] for i in idx)]
         if self.pool is None:
-            fut: Future[list[tuple[object, ...]]] = Future()
+            fut: Future[list[str | tuple[object, ...]]] = Future()
             fut.set_result(self.proc.run_packed(packed))
         else:
             fut = self.pool.submit(self.proc.run_packed, packed)
@@ -139,9 +139,13 @@ class Reader:
             except BaseException as exc:  # noqa: BLE001 - every batch is waited for, then the first error raised
                 failure = failure or exc
                 continue
+            done = self.done
             for i, r in zip(idx, res, strict=True):
+                if type(r) is str:  # the common case: a digest only (see Processor.run_packed)
+                    out[i] = FileResult(r)
+                    continue
                 out[i] = FileResult(*r)  # type: ignore[arg-type]
-                self.done.extend(out[i].staged)
+                done.extend(out[i].staged)
             if self.progress:
                 self.progress(len(idx), sum(self.jobs[i].size for i in idx))
         self.futures = []

@@ -102,10 +102,16 @@ class Processor:
         finally:
             os.close(root_fd)
 
-    def run_packed(self, jobs: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
-        """run_batch over plain tuples both ways: pickling dataclasses costs more than hashing small files."""
+    def run_packed(self, jobs: list[tuple[object, ...]]) -> list[str | tuple[object, ...]]:
+        """run_batch over plain tuples both ways: pickling dataclasses costs more than hashing small files.
+        A result that is only a digest (no chunks, holes, xattrs, staged blob, error) is that string."""
         out = self.run_batch([FileJob(*j) for j in jobs])  # type: ignore[arg-type]
-        return [(r.digest, r.chunks, r.holes, r.xattrs, r.staged, r.error, r.changed) for r in out]
+        return [
+            r.digest
+            if not (r.chunks or r.holes or r.xattrs or r.staged or r.error or r.changed)
+            else (r.digest, r.chunks, r.holes, r.xattrs, r.staged, r.error, r.changed)
+            for r in out
+        ]
 
     def run_one(self, root_fd: int, job: FileJob) -> FileResult:
         try:
