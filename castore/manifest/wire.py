@@ -30,8 +30,16 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-# The mode field (tag and varint) of each permission value, and the framing of each small message.
-_MODE = [(b"\x30" + varint(gm.perm_to_go(p))) if gm.perm_to_go(p) else b"" for p in range(0o10000)]
+_MODE: dict[int, bytes] = {}  # permission bits -> the mode field (tag and varint), filled as seen
+
+
+def _mode_field(perm: int) -> bytes:
+    go = gm.perm_to_go(perm)
+    field = b"\x30" + varint(go) if go else b""
+    _MODE[perm] = field
+    return field
+
+
 def plain_file(r: RegularFile) -> bytes | None:
     """``r``'s message bytes (unframed) when it is a plain file with an ASCII path; else None."""
     if len(r.paths) != 1 or r.chunks or r.holes or r.xattrs or r.ads:
@@ -49,7 +57,7 @@ def plain_file(r: RegularFile) -> bytes | None:
         + p
         + (b"\x10" + varint(uid) if uid else b"")
         + (b"\x18" + varint(gid) if gid else b"")
-        + _MODE[r.perm]
+        + (_MODE.get(r.perm) or _mode_field(r.perm))
         + (b"\x38" + varint(size) if size else b"")
         + b"\x42"
         + varint(len(d))
