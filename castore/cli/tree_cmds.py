@@ -35,14 +35,18 @@ def build_cmd(root: str, fmt: str, as_json: bool, ignore: tuple[str, ...], keep_
       continuity build /srv/web --json | jq '.resources | length'
     """
     fmt = "json" if as_json else fmt
-    m = build(root, ignore=ignore, keep_appledouble=keep_appledouble)
     if fmt == "pb":
-        data = codec.dumps(m)
         if sys.stdout.isatty():
             raise UnsafeInput("refusing to write a binary manifest to a terminal; use --format text or redirect")
+        from castore.build import WalkOptions, build_encoded
+
+        # codec.dumps(build(...))'s bytes, most entries encoded by the hashing workers
+        data = build_encoded(root, WalkOptions(ignore=tuple(ignore), keep_appledouble=keep_appledouble))
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
-    elif fmt == "text":
+        return
+    m = build(root, ignore=ignore, keep_appledouble=keep_appledouble)
+    if fmt == "text":
         click.echo(codec.dumps_text(m), nl=False)
     else:
         print_manifest_json(m)

@@ -44,20 +44,23 @@ def plain_file(r: RegularFile) -> bytes | None:
     """``r``'s message bytes (unframed) when it is a plain file with an ASCII path; else None."""
     if len(r.paths) != 1 or r.chunks or r.holes or r.xattrs or r.ads:
         return None
-    path = r.paths[0]
-    digest = r.digest
-    if not path.isascii() or not digest.isascii() or not 0 <= r.perm < 0o10000:
+    return plain_fields(r.paths[0], r.perm, r.uid, r.gid, r.size, r.digest, r.mtime_ns)
+
+
+def plain_fields(path: str, perm: int, uid: int, gid: int, size: int, digest: str, mtime: int | None) -> bytes | None:
+    """The message bytes of a regular file with one path and no chunks, holes, xattrs or streams;
+    None when the path or digest is not ASCII (the protobuf library handles escapes)."""
+    if not path.isascii() or not digest.isascii() or not 0 <= perm < 0o10000:
         return None
     p = path.encode()
     d = digest.encode()
-    uid, gid, size, mtime = r.uid, r.gid, r.size, r.mtime_ns
     out = (
         b"\x0a"
         + varint(len(p))
         + p
         + (b"\x10" + varint(uid) if uid else b"")
         + (b"\x18" + varint(gid) if gid else b"")
-        + (_MODE.get(r.perm) or _mode_field(r.perm))
+        + (_MODE.get(perm) or _mode_field(perm))
         + (b"\x38" + varint(size) if size else b"")
         + b"\x42"
         + varint(len(d))
@@ -66,3 +69,8 @@ def plain_file(r: RegularFile) -> bytes | None:
     if mtime is None:
         return out
     return out + (b"\x78" + varint(mtime) + b"\x80\x01\x01" if mtime else b"\x80\x01\x01")
+
+
+def framed(message: bytes) -> bytes:
+    """``message`` as one entry of a Manifest: field 1 (tag 0x0a), its length, its bytes."""
+    return b"\x0a" + varint(len(message)) + message
