@@ -35,8 +35,19 @@ def build_cmd(root: str, fmt: str, as_json: bool, ignore: tuple[str, ...], keep_
       continuity build /srv/web --format text | less
       continuity build /srv/web --json | jq '.resources | length'
     """
+    fmt = "json" if as_json else fmt
+    if fmt == "pb":
+        if sys.stdout.isatty():
+            raise UnsafeInput("refusing to write a binary manifest to a terminal; use --format text or redirect")
+        from castore.build import WalkOptions, build_encoded
+
+        # codec.dumps(build(...))'s bytes, most entries encoded by the hashing workers
+        data = build_encoded(root, WalkOptions(ignore=tuple(ignore), keep_appledouble=keep_appledouble))
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
     m = build(root, ignore=ignore, keep_appledouble=keep_appledouble)
-    _print_manifest(m, "json" if as_json else fmt, lambda: codec.dumps(m))
+    _print_manifest(m, fmt, lambda: codec.dumps(m))
 
 
 def _print_manifest(m: Manifest, fmt: str, pb_bytes: Callable[[], bytes]) -> None:
