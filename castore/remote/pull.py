@@ -29,7 +29,8 @@ from castore.remote import image
 from castore.remote.client import Access, Registry
 from castore.remote.image import Platform
 from castore.remote.landing import Landing
-from castore.remote.oci import MAX_OCI_MANIFEST, Descriptor, blob_sizes, parse_oci_manifest, split_layers
+from castore.remote.manifest_parts import fetch_parts
+from castore.remote.oci import MAX_OCI_MANIFEST, Descriptor, blob_sizes, parse_tree, split_layers
 from castore.remote.packfmt import Entry, PackIndex
 from castore.remote.packio import Counter, fetch_entries, read_index
 from castore.remote.ref import Reference
@@ -86,12 +87,13 @@ def pull(
                 enforce(None, policy, None, [str(ref)] + ([name] if name else []), what=str(ref))
             got = image.pull_image(store, reg, raw, str(ref), name=name, jobs=jobs, platform=platform)
             return PullResult(got[0], got[1], got[2], 0, got[3])
-        first, layers = parse_oci_manifest(raw, source=str(ref))
-        packs, solo = split_layers(layers, source=str(ref))
+        tree = parse_tree(raw, source=str(ref))
+        first = tree.first
+        packs, solo = split_layers(tree.layers, source=str(ref))
         with store.lease() as lease:
             os.makedirs(lease.tmp_dir, mode=0o700)
             counter = Counter([])
-            data = manifest_bytes(store, reg, first.digest, first.size, lease.tmp_dir, counter)
+            data = manifest_bytes(store, reg, first, tree.parts, lease.tmp_dir, counter, jobs=jobs)
             check_parse_cost(data, source=f"{ref} manifest {first.digest}")  # before any parse allocates
             manifest = validate(codec.loads(data, source=f"{ref} manifest {first.digest}"))
             sigs = fetch_signatures(reg, oci_digest, lease.tmp_dir)
@@ -231,10 +233,23 @@ def fetch_blobs(
     landing.drain()
 
 
-def manifest_bytes(store: Store, reg: Registry, digest: str, size: int, tmp_dir: str, counter: Counter) -> bytes:
-    """The continuity manifest's verified bytes: from the store when it has them, else downloaded."""
+def manifest_bytes(
+    store: Store,
+    reg: Registry,
+    first: Descriptor,
+    parts: list[Descriptor],
+    tmp_dir: str,
+    counter: Counter,
+    *,
+    jobs: int = 4,
+) -> bytes:
+    """The continuity manifest's verified bytes: from the store when it has them, else downloaded
+    (whole, or its ``parts`` put together: castore.remote.manifest_parts)."""
+    digest, size = first.digest, first.size
     if store.blob_file_ok(digest, size) and store.has_blob(digest):
         return store.read_blob(digest)
+    if parts:
+        return fetch_parts(reg, first, parts, tmp_dir, counter, jobs=jobs)
     path = os.path.join(tmp_dir, "manifest-" + hex_of(digest))
     reg.fetch_blob(digest, size, path)  # size and digest verified while streaming
     counter.add(size)

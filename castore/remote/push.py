@@ -23,6 +23,7 @@ from castore.faults import crashpoint
 from castore.manifest import Manifest, codec
 from castore.manifest.model import Chunk
 from castore.remote.client import Access, Registry
+from castore.remote.manifest_parts import part_descriptors, split, upload_parts
 from castore.remote.oci import (
     CONFIG_DIGEST,
     CONFIG_JSON,
@@ -105,7 +106,9 @@ def push(
             plan = make_plan(blob_order(manifest, sizes), base, pack_target)
             sent: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)
             skipped: list[int] = []
-            prog = Progress("push", len(plan.new) + len(plan.solo) + 2)
+            parts = split(data)  # the manifest travels in content-defined parts (one when small)
+            descs = part_descriptors(parts)
+            prog = Progress("push", len(plan.new) + len(plan.solo) + 1 + len(parts))
 
             def send(d: str, n: int, source: bytes | bytearray | Callable[[], int]) -> None:
                 if reg.has_blob(d):
@@ -134,11 +137,14 @@ def push(
                 run_all(range(len(plan.new)), one_pack, jobs=in_flight, abort=reg.abort)
                 run_all(plan.solo, one_solo, jobs=jobs, abort=reg.abort)
                 send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
-                send(mdigest, len(data), data)
+                if len(parts) > 1:
+                    upload_parts(reg, parts, descs, send, jobs)
+                else:
+                    send(mdigest, len(data), data)
             finally:
                 prog.done()
             pairs = [(b.pack, b.index) for b in plan.reused] + [(p, x) for _, p, x in sorted(built, key=lambda t: t[0])]
-            oci = build_oci_manifest(mdigest, len(data), plan.solo, pairs)
+            oci = build_oci_manifest(mdigest, len(data), plan.solo, pairs, descs)
             if len(oci) > MAX_OCI_MANIFEST:
                 raise ResourceLimit(
                     f"{mdigest}: the OCI manifest would be {len(oci)} bytes (registries take {MAX_OCI_MANIFEST})"
