@@ -56,6 +56,7 @@ class PushResult:
     packs_new: int = 0
     packs_reused: int = 0
     oci_manifest_size: int = 0
+    manifest_parts: int = 1  # the layers the continuity manifest travels in
 
 
 def push(
@@ -157,7 +158,16 @@ def push(
                 )
             signed = push_signatures(reg, store, mdigest, oci_digest, len(oci))  # after the tree: never dangling
     return PushResult(
-        oci_digest, mdigest, len(sent), len(skipped), sum(sent), signed, len(plan.new), len(plan.reused), len(oci)
+        oci_digest,
+        mdigest,
+        len(sent),
+        len(skipped),
+        sum(sent),
+        signed,
+        len(plan.new),
+        len(plan.reused),
+        len(oci),
+        len(parts),
     )
 
 
