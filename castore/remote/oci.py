@@ -179,9 +179,7 @@ def parse_tree(data: bytes, *, source: str) -> TreeLayers:
     else:
         first, k = descs[0], 1
         if first.media_type != MANIFEST_MEDIA_TYPE:
-            raise IntegrityError(
-                f"{source}: first layer is {first.media_type[:100]!r}, expected {MANIFEST_MEDIA_TYPE}"
-            )
+            raise IntegrityError(f"{source}: first layer is {first.media_type[:100]!r}, expected {MANIFEST_MEDIA_TYPE}")
     if first.size == 0 or first.size > MAX_CONTINUITY_MANIFEST:
         raise IntegrityError(
             f"{source}: continuity manifest size {first.size} is out of range (1..{MAX_CONTINUITY_MANIFEST})"

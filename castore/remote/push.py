@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from castore.digest import hash_bytes
@@ -35,11 +36,13 @@ from castore.remote.oci import (
 )
 from castore.remote.packbase import load_bases
 from castore.remote.packer import PACK_TARGET, blob_order, build_pack, make_plan
+from castore.remote.packworkers import start_pool
 from castore.remote.ref import Reference
 from castore.remote.signatures import push_signatures
 from castore.remote.transfer import Progress, run_all
 from castore.store import Store, manifest_refs
 
+MIN_PROCS = 256  # blobs from which packs are read by worker processes (castore.remote.packworkers)
 MAX_PACK_MEMORY = 160 << 20  # packs being built or sent at once (each held twice at worst), in bytes
 
 
@@ -98,11 +101,13 @@ def push(
         assembled = store.chunk_lists(refs - content)
         for d in refs - sizes.keys():  # ADS blobs: their size is in the index only
             sizes[d] = store.blob_size(d) or 0
-        for d, n in [*sizes.items(), *((c.digest, c.end - c.begin) for cs in assembled.values() for c in cs)]:
-            if d not in assembled and not store.blob_file_ok(d, n):
-                raise IntegrityError(f"store blob {d} is missing or not {n} bytes (run fsck)")
+        # Every blob is read, its size and digest checked, before anything made of it is sent.
         read = _reader(store, assembled)
-        with Registry(ref, username=username, password=password, push=True, jobs=jobs, access=access) as reg:
+        with ExitStack() as stack:
+            procs = stack.enter_context(start_pool()) if len(sizes) >= MIN_PROCS else None  # forked before httpx
+            reg = stack.enter_context(
+                Registry(ref, username=username, password=password, push=True, jobs=jobs, access=access)
+            )
             base = load_bases(reg, ref, bases, lease.tmp_dir)
             plan = make_plan(blob_order(manifest, sizes), base, pack_target)
             sent: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)
@@ -121,7 +126,7 @@ def push(
             built: list[tuple[int, Descriptor, Descriptor]] = []
 
             def one_pack(i: int) -> None:
-                bp = build_pack(store, plan.new[i], jobs=min(jobs, 4), read=read)
+                bp = build_pack(store, plan.new[i], jobs=min(jobs, 4), read=read, procs=procs, special=assembled)
                 send(bp.pack.digest, bp.pack.size, bp.data)
                 send(bp.index.digest, bp.index.size, bp.index_data)
                 built.append((i, bp.pack, bp.index))
