@@ -134,3 +134,9 @@ def test_lying_parts_are_refused_with_nothing_stored(tmp_path: Path, fake: FakeR
         assert p.returncode == 4 and p.stderr.count(b"\n") == 1, (want, p.stderr)
         assert b"Traceback" not in p.stderr
         assert Store.open(str(store)).tags() == []
+
+
+def test_pull_asks_for_what_the_image_path_reads() -> None:
+    from castore.remote import image, pull
+
+    assert pull.ACCEPT == image.ACCEPT
