@@ -255,7 +255,7 @@ def pull_image(
     with store.lease() as lease:
         os.makedirs(lease.tmp_dir, mode=0o700)
         _check_config(_small_blob(src, img.config, lease.tmp_dir), img, what)
-        prog = Progress("pull", len(img.layers))
+        prog = Progress("pull", sum(d.size for d in img.layers))
         flat = Flattener()
         staged: dict[str, str] = {}
         written: set[str] = set()

@@ -114,7 +114,7 @@ def push(
             skipped: list[int] = []
             parts = split(data)  # the manifest travels in content-defined parts (one when small)
             descs = part_descriptors(parts)
-            prog = Progress("push", len(plan.new) + len(plan.solo) + 1 + len(parts))
+            prog = Progress("push", sum(n for pack in plan.new for _, n in pack) + sum(n for _, n in plan.solo))
 
             def send(d: str, n: int, source: bytes | bytearray | Callable[[], int]) -> None:
                 if reg.has_blob(d):
@@ -131,7 +131,7 @@ def push(
                 send(bp.index.digest, bp.index.size, bp.index_data)
                 built.append((i, bp.pack, bp.index))
                 crashpoint("push-after-pack")
-                prog.add(bp.pack.size)
+                prog.add(sum(n for _, n in plan.new[i]))  # the bytes of the blobs it holds
 
             def one_solo(item: tuple[str, int]) -> None:
                 d, n = item
