@@ -22,7 +22,7 @@ import hashlib
 import os
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from castore.errors import IntegrityError
 from castore.remote.client import Registry
@@ -96,6 +96,12 @@ def split(data: bytes) -> list[bytes]:
     return out
 
 
+def parts_by_digest(data: bytes) -> dict[str, bytes]:
+    """The parts of ``data`` (a manifest the store holds) by digest: what a pull need not fetch again."""
+    parts = split(data)
+    return {d.digest: p for p, d in zip(parts, part_descriptors(parts), strict=True)}
+
+
 def part_descriptors(parts: list[bytes]) -> list[Descriptor]:
     return [Descriptor(MANIFEST_PART_MEDIA_TYPE, "sha256:" + hashlib.sha256(p).hexdigest(), len(p)) for p in parts]
 
@@ -113,12 +119,20 @@ def upload_parts(
 
 
 def fetch_parts(
-    reg: Registry, whole: Descriptor, parts: list[Descriptor], tmp_dir: str, counter: Counter, *, jobs: int
+    reg: Registry,
+    whole: Descriptor,
+    parts: list[Descriptor],
+    tmp_dir: str,
+    counter: Counter,
+    *,
+    jobs: int,
+    have: Mapping[str, bytes] | None = None,
 ) -> bytes:
-    """The manifest ``whole`` put together from ``parts`` (each verified while it streams), its digest
-    checked. The part sizes add up to ``whole.size`` (checked when the OCI manifest was parsed)."""
-    got: dict[str, bytes] = {}
-    distinct = list({p.digest: p for p in parts}.values())
+    """The manifest ``whole`` put together from ``parts`` (each verified while it streams; those in
+    ``have``, the parts of a manifest the store holds, are not fetched), its digest checked. The part
+    sizes add up to ``whole.size`` (checked when the OCI manifest was parsed)."""
+    got: dict[str, bytes] = {p.digest: have[p.digest] for p in parts if have and p.digest in have}
+    distinct = [p for p in {p.digest: p for p in parts}.values() if p.digest not in got]
 
     def one(p: Descriptor) -> None:
         path = os.path.join(tmp_dir, f"mpart-{p.digest[7:]}-{os.getpid()}-{time.monotonic_ns()}")

@@ -30,7 +30,7 @@ from castore.manifest import codec, validate
 from castore.manifest.bounds import check_parse_cost
 from castore.remote.client import Access, Registry
 from castore.remote.landing import Landing, present_files
-from castore.remote.manifest_parts import fetch_parts
+from castore.remote.manifest_parts import fetch_parts, parts_by_digest
 from castore.remote.oci import (
     ARTIFACT_TYPE,
     MAX_OCI_MANIFEST,
@@ -113,7 +113,7 @@ def pull(
         with store.lease() as lease:
             os.makedirs(lease.tmp_dir, mode=0o700)
             counter = Counter([])
-            data = manifest_bytes(store, reg, first, tree.parts, lease.tmp_dir, counter, jobs=jobs)
+            data = manifest_bytes(store, reg, first, tree.parts, lease.tmp_dir, counter, jobs=jobs, previous=name)
             check_parse_cost(data, source=f"{ref} manifest {first.digest}")  # before any parse allocates
             manifest = validate(codec.loads(data, source=f"{ref} manifest {first.digest}"))
             sigs = fetch_signatures(reg, oci_digest, lease.tmp_dir)
@@ -290,14 +290,18 @@ def manifest_bytes(
     counter: Counter,
     *,
     jobs: int = 4,
+    previous: str | None = None,
 ) -> bytes:
     """The continuity manifest's verified bytes: from the store when it has them, else downloaded
-    (whole, or its ``parts`` put together: castore.remote.manifest_parts)."""
+    (whole, or its ``parts`` put together: castore.remote.manifest_parts; the parts of ``previous``, a
+    catalog name's manifest, e.g. the tag's last pull, are taken from the store)."""
     digest, size = first.digest, first.size
     if store.blob_file_ok(digest, size) and store.has_blob(digest):
         return store.read_blob(digest)
     if parts:
-        return fetch_parts(reg, first, parts, tmp_dir, counter, jobs=jobs)
+        old = store.get_tag(previous) if previous else None
+        have = parts_by_digest(store.read_blob(old)) if old and store.has_blob(old) else None
+        return fetch_parts(reg, first, parts, tmp_dir, counter, jobs=jobs, have=have)
     path = os.path.join(tmp_dir, "manifest-" + hex_of(digest))
     reg.fetch_blob(digest, size, path)  # size and digest verified while streaming
     counter.add(size)
