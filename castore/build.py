@@ -24,7 +24,7 @@ from castore.errors import CastoreError
 from castore.manifest.model import (
     Manifest,
 )
-from castore.readers import FileJob, FileResult, Processor
+from castore.readers import FileJob, FileResult, PackedResult, Processor
 from castore.walk import (
     SourceChanged,
     Stat,
@@ -98,7 +98,7 @@ class Reader:
         self.pending: list[int] = []
         self.pending_bytes = 0
         self.large: list[int] = []
-        self.futures: list[tuple[list[int], Future[list[tuple[object, ...]]]]] = []
+        self.futures: list[tuple[list[int], Future[list[PackedResult]]]] = []
         #: (temp or "", digest) of every blob staged or published by the batches that completed
         self.done: list[tuple[str, str]] = []
 
@@ -117,7 +117,7 @@ class Reader:
     def _submit(self, idx: list[int]) -> None:
         packed = [(j.rel, j.dev, j.ino, j.size, j.mtime_ns, j.ctime_ns, j.sparse) for j in (self.jobs[i] for i in idx)]
         if self.pool is None:
-            fut: Future[list[tuple[object, ...]]] = Future()
+            fut: Future[list[PackedResult]] = Future()
             fut.set_result(self.proc.run_packed(packed))
         else:
             fut = self.pool.submit(self.proc.run_packed, packed)
@@ -140,7 +140,7 @@ class Reader:
                 failure = failure or exc
                 continue
             for i, r in zip(idx, res, strict=True):
-                out[i] = FileResult(*r)  # type: ignore[arg-type]
+                out[i] = FileResult(*r)
                 self.done.extend(out[i].staged)
             if self.progress:
                 self.progress(len(idx), sum(self.jobs[i].size for i in idx))

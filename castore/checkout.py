@@ -28,6 +28,7 @@ from castore.errors import (
 from castore.faults import crashpoint
 from castore.fs import DirFds, publish
 from castore.manifest import codec
+from castore.manifest.entries import split_entries
 from castore.manifest.model import Device, Directory, Manifest, RegularFile, Resource, Whiteout
 from castore.manifest.validate import validate
 from castore.materialize import LinkRef, Options, Writer, count_ads, note_ads, without_attrs
@@ -223,7 +224,7 @@ def _in_child(root_fd: int, entries: list[Item], writer: Writer, also: Callable[
     if msg is None:
         raise CastoreError(f"checkout worker died (status {status})")
     if msg[0] == "ok":
-        return msg[1]  # type: ignore[no-any-return]
+        return msg[1]
     if msg[0] == "oserror":
         raise OSError(msg[1], msg[2], msg[3])
     raise _ERROR_BY_CODE.get(msg[1], CastoreError)(msg[2])
@@ -354,7 +355,7 @@ def checkout(
 def _encoded_items(store: Store, digest: str) -> list[Item]:
     """A store manifest (indexed: validated at commit) with its regular files left encoded."""
     plain: list[bool] = []
-    entries, paths = codec.split_entries(store.read_blob(digest), source=digest, plain=plain)
+    entries, paths = split_entries(store.read_blob(digest), source=digest, plain=plain)
     return [LinkRef(e, ps) if f else codec.decode_entry(e) for e, ps, f in zip(entries, paths, plain, strict=True)]
 
 

@@ -9,6 +9,7 @@ the manifest's references, the stat cache and, last, the catalog entry.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import marshal
 import os
@@ -31,17 +32,13 @@ from castore.build import (
 from castore.bulkmode import bulk
 from castore.errors import CastoreError
 from castore.faults import crashpoint
-from castore.ingest_skips import drop_unread
+from castore.ingest_skips import SkipCount, drop_unread
 from castore.manifest.model import Manifest
 from castore.readers import FileJob, FileResult, Processor
 from castore.store import Store, check_name
 from castore.store.commit import commit_manifest
+from castore.store.meta import Txn
 from castore.store.revisions import FLAG_INCOMPLETE
-
-
-def _cache_get(txn: object, db: object, j: FileJob) -> FileResult | None:
-    raw = txn.get(statcache.key(j), db=db)  # type: ignore[attr-defined]
-    return None if raw is None else statcache.decode(j, raw)
 
 
 def _tree_key(src: str, opts: WalkOptions, st: os.stat_result) -> bytes:
@@ -97,6 +94,74 @@ class Progress:
         self.task.__exit__(None, None, None)
 
 
+class _CacheLookup:
+    """The stat cache's side of a walk: each file found is a cache hit or a job for the reader.
+
+    With a fingerprint of the tree on record (``known``) the tree is probably unchanged:
+    nothing is looked up until the whole walk has been compared with it (``replay`` then
+    looks the deferred files up, when it was not).
+    """
+
+    def __init__(self, store: Store, reader: Reader, tree_key: bytes) -> None:
+        self.store, self.reader = store, reader
+        self.db = store.meta.db("statcache")
+        with store.meta.read() as txn:
+            self.known = txn.get(tree_key, db=self.db)
+        self.txn: Txn | None = None  # the read transaction of the lookups under way
+        self.hits: dict[int, FileResult] = {}
+        self.slots: list[int] = []  # walk index -> reader index, or -1 for a cache hit
+        self.deferred: list[FileJob] = []
+
+    def walk(self, root_fd: int, opts: WalkOptions) -> WalkResult:
+        with self.store.meta.read() as self.txn:
+            return walk(root_fd, opts, self.on_file)
+
+    def on_file(self, job: FileJob) -> None:
+        if self.known is not None:
+            self.deferred.append(job)
+            return
+        assert self.txn is not None
+        raw = self.txn.get(statcache.key(job), db=self.db)
+        hit = None if raw is None else statcache.decode(job, raw)
+        if hit is not None:
+            self.hits[len(self.slots)] = hit
+            self.slots.append(-1)
+        else:
+            self.slots.append(len(self.reader.jobs))
+            self.reader.add(job)
+
+    def replay(self) -> None:
+        """The walk is no match for the recorded one: look its files up after all."""
+        self.known = None
+        with self.store.meta.read() as self.txn:
+            for job in self.deferred:
+                self.on_file(job)
+        self.deferred = []
+
+    def merge(self, jobs: list[FileJob], fresh: list[FileResult]) -> tuple[list[FileResult], set[int]]:
+        """Every walked file's result (a hit, or what the reader found; ``jobs``, the walk's files,
+        gets a retried file's fresh stat), and the indexes of the hits."""
+        results: list[FileResult] = [_NO_RESULT] * len(jobs)
+        for i, slot in enumerate(self.slots):
+            if slot < 0:
+                results[i] = self.hits[i]
+            else:
+                results[i] = fresh[slot]
+                jobs[i] = self.reader.jobs[slot]
+        return results, set(self.hits)
+
+
+def _processor(store: Store, src: str, st: os.stat_result, stage_dir: str) -> Processor:
+    return Processor(
+        root=src,
+        root_id=(st.st_dev, st.st_ino),
+        stage_dir=stage_dir,
+        blob_dir=store.blob_root,
+        chunking=store.chunking,
+        publish_dir=store.blob_root,
+    )
+
+
 @bulk
 def ingest(
     store: Store,
@@ -109,6 +174,8 @@ def ingest(
 ) -> str:
     """Store the tree at ``src``; return its manifest digest (tagged ``name`` if given)."""
     opts = opts or WalkOptions()
+    skips = SkipCount(opts.on_skip)
+    opts = dataclasses.replace(opts, on_skip=skips if opts.on_skip is not None else None)
     if name is not None:
         check_name(name)
     root_fd = open_root(src)
@@ -119,60 +186,26 @@ def ingest(
             os.makedirs(lease.tmp_dir, mode=0o700)
             start_ns = time.time_ns()
             epoch = store.gc_epoch()
-            proc = Processor(
-                root=src,
-                root_id=(st.st_dev, st.st_ino),
-                stage_dir=lease.tmp_dir,
-                blob_dir=store.blob_root,
-                chunking=store.chunking,
-                publish_dir=store.blob_root,
-            )
+            proc = _processor(store, src, st, lease.tmp_dir)
             prog = Progress()
             if own_pool:
                 pool = make_pool()
             reader = Reader(proc, pool, prog if progress else None)
             fresh: list[FileResult] = []
             try:
-                hits: dict[int, FileResult] = {}
-                slots: list[int] = []  # walk index -> reader index, or -1 for a cache hit
-                cache_db = store.meta.db("statcache")
                 tree_key = _tree_key(src, opts, st)
-                with store.meta.read() as txn:
-                    known = txn.get(tree_key, db=cache_db)
-                deferred: list[FileJob] = []
-
-                def on_file(job: FileJob) -> None:
-                    # With a fingerprint on record the tree is probably unchanged: look nothing
-                    # up until the whole walk has been compared with it.
-                    if known is not None:
-                        deferred.append(job)
-                        return
-                    hit = _cache_get(txn, cache_db, job)
-                    if hit is not None:
-                        hits[len(slots)] = hit
-                        slots.append(-1)
-                    else:
-                        slots.append(len(reader.jobs))
-                        reader.add(job)
-
-                with store.meta.read() as txn:
-                    walked = walk(root_fd, opts, on_file)
-                if known is not None and opts.on_skip is not None and len(opts.on_skip):  # type: ignore[arg-type]
-                    known = None  # entries were left out: this walk is no match for a complete one
-                    with store.meta.read() as txn:
-                        for job in deferred:
-                            on_file(job)
-                if known is not None:
+                look = _CacheLookup(store, reader, tree_key)
+                walked = look.walk(root_fd, opts)
+                if look.known is not None and skips.count:
+                    look.replay()  # entries were left out: this walk is no match for a complete one
+                if look.known is not None:
                     fp = _fingerprint(walked)
                     if fp is not None:
-                        shortcut = _unchanged_tree(store, known, fp, name)
+                        shortcut = _unchanged_tree(store, look.known, fp, name)
                         if shortcut is not None:
                             prog.done()
                             return shortcut
-                    known = None
-                    with store.meta.read() as txn:
-                        for job in deferred:
-                            on_file(job)
+                    look.replay()
                 prog.total(sum(j.size for j in reader.jobs))
                 fresh = read_with_retries(
                     root_fd, proc, reader.jobs, pool, results=_results(reader, lease.fd), on_skip=opts.on_skip
@@ -181,19 +214,12 @@ def ingest(
                 prog.done()
                 crashpoint("ingest-after-read")
                 jobs = walked.files
-                results: list[FileResult] = [_NO_RESULT] * len(jobs)
-                for i, slot in enumerate(slots):
-                    if slot < 0:
-                        results[i] = hits[i]
-                    else:
-                        results[i] = fresh[slot]
-                        jobs[i] = reader.jobs[slot]  # a retried file carries its fresh stat
-                hit_idx = set(hits)
+                results, hit_idx = look.merge(jobs, fresh)
                 fp = _fingerprint(walked)
-                if opts.on_skip is not None and len(opts.on_skip):  # type: ignore[arg-type]
+                if skips.count:
                     jobs, results, hit_idx = drop_unread(walked, jobs, results, hit_idx)
                     store.record.flags |= FLAG_INCOMPLETE
-                    store.record.skipped = len(opts.on_skip)  # type: ignore[arg-type]
+                    store.record.skipped = skips.count
                     fp = None  # an incomplete walk is never the shortcut of the next ingest
                 manifest = assemble(walked, results, whiteouts=opts.whiteouts)
                 return _commit(

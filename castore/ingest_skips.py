@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from castore.readers import FileJob, FileResult
@@ -34,6 +35,23 @@ class SkipLog:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+
+class SkipCount:
+    """An ``on_skip`` handler that counts the entries left out and passes each on to ``handler``."""
+
+    def __init__(self, handler: Callable[[str, str], None] | None) -> None:
+        self.handler = handler
+        self.paths: set[str] = set()
+
+    @property
+    def count(self) -> int:
+        return len(self.paths)
+
+    def __call__(self, rel: str, why: str) -> None:
+        self.paths.add(rel)
+        if self.handler is not None:
+            self.handler(rel, why)
 
 
 def drop_unread(

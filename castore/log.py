@@ -125,11 +125,11 @@ def store_stats(store: Store) -> dict[str, Any]:
     for t in sorted(tags, key=lambda t: t.name):
         vs = versions(store, t.name)
         sizes = []
-        for v in vs:
-            if v.digest not in seen:
-                m = _load(store, v.digest)
-                seen[v.digest] = -1 if m is None else sum(r.size for r in m.files())
-            sizes.append(seen[v.digest])
+        for ver in vs:
+            if ver.digest not in seen:
+                m = _load(store, ver.digest)
+                seen[ver.digest] = -1 if m is None else sum(r.size for r in m.files())
+            sizes.append(seen[ver.digest])
         logical += sum(s for s in sizes if s > 0)
         names.append(
             {

@@ -60,6 +60,19 @@ class FileResult:
     changed: bool = False
 
 
+# FileJob and FileResult as plain tuples (their fields in order): what crosses to a worker process.
+PackedJob = tuple[str, int, int, int, int, int, bool]
+PackedResult = tuple[
+    str,
+    tuple[tuple[str, int, int], ...],
+    tuple[tuple[int, int], ...],
+    tuple[tuple[str, bytes], ...],
+    list[tuple[str, str]],
+    str,
+    bool,
+]
+
+
 class FileChanged(Exception):
     pass
 
@@ -102,9 +115,9 @@ class Processor:
         finally:
             os.close(root_fd)
 
-    def run_packed(self, jobs: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    def run_packed(self, jobs: list[PackedJob]) -> list[PackedResult]:
         """run_batch over plain tuples both ways: pickling dataclasses costs more than hashing small files."""
-        out = self.run_batch([FileJob(*j) for j in jobs])  # type: ignore[arg-type]
+        out = self.run_batch([FileJob(*j) for j in jobs])
         return [(r.digest, r.chunks, r.holes, r.xattrs, r.staged, r.error, r.changed) for r in out]
 
     def run_one(self, root_fd: int, job: FileJob) -> FileResult:

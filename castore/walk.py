@@ -18,6 +18,7 @@ from castore.manifest.model import (
     Chunk,
     Device,
     Directory,
+    EntryFields,
     Manifest,
     NamedPipe,
     RegularFile,
@@ -288,35 +289,33 @@ def _resource(
 ) -> Resource:
     st = seen.st
     mode = st.st_mode
-    common = dict(paths=paths, perm=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns)
+    common = EntryFields(paths=paths, perm=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns)
     if stat.S_ISREG(mode):
         job, res = by_rel[seen.path]
         # The worker's stat is the one the digest belongs to.
-        common["mtime_ns"] = job.mtime_ns
+        common["mtime_ns"], common["xattrs"] = job.mtime_ns, res.xattrs
         chunks = tuple(Chunk(d, b, e) for d, b, e in res.chunks)
-        return RegularFile(
-            size=job.size, digest=res.digest, chunks=chunks, holes=res.holes, xattrs=res.xattrs, **common
-        )  # type: ignore[arg-type]
-    xattrs = seen.xattrs
+        return RegularFile(size=job.size, digest=res.digest, chunks=chunks, holes=res.holes, **common)
+    common["xattrs"] = seen.xattrs
     if stat.S_ISDIR(mode):
         opaque = False
         if whiteouts == "overlay":
-            names = {n for n, _ in xattrs}
+            names = {n for n, _ in seen.xattrs}
             for n in ("trusted.overlay.opaque", "user.overlay.opaque"):
-                if n in names and dict(xattrs)[n] == b"y":
+                if n in names and dict(seen.xattrs)[n] == b"y":
                     opaque = True
-            xattrs = tuple(kv for kv in xattrs if kv[0] not in ("trusted.overlay.opaque", "user.overlay.opaque"))
-        return Directory(opaque=opaque, xattrs=xattrs, **common)  # type: ignore[arg-type]
+            common["xattrs"] = tuple(
+                kv for kv in seen.xattrs if kv[0] not in ("trusted.overlay.opaque", "user.overlay.opaque")
+            )
+        return Directory(opaque=opaque, **common)
     if stat.S_ISLNK(mode):
-        return Symlink(target=seen.target, xattrs=xattrs, **common)  # type: ignore[arg-type]
+        return Symlink(target=seen.target, **common)
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         if whiteouts == "overlay" and stat.S_ISCHR(mode) and st.st_rdev == 0 and len(paths) == 1:
             return Whiteout(paths=paths, perm=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid)
-        return Device(
-            char=stat.S_ISCHR(mode), major=os.major(st.st_rdev), minor=os.minor(st.st_rdev), xattrs=xattrs, **common
-        )  # type: ignore[arg-type]
+        return Device(char=stat.S_ISCHR(mode), major=os.major(st.st_rdev), minor=os.minor(st.st_rdev), **common)
     if stat.S_ISFIFO(mode):
-        return NamedPipe(xattrs=xattrs, **common)  # type: ignore[arg-type]
+        return NamedPipe(**common)
     if stat.S_ISSOCK(mode):
-        return Socket(xattrs=xattrs, **common)  # type: ignore[arg-type]
+        return Socket(**common)
     raise UnsafeInput(f"/{seen.path}: unsupported file type {stat.S_IFMT(mode):#o}")

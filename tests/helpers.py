@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import shutil
 import subprocess
 import sys
@@ -38,3 +40,23 @@ def have(cmd: str) -> bool:
 
 
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root")
+
+
+def run_pty(argv: list[str]) -> tuple[int, bytes]:
+    """Run ``argv`` with stdin, stdout and stderr on a pseudo-terminal: (exit code, what it drew)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdin, stdout and stderr are the terminal
+        os.execvpe(argv[0], argv, {**os.environ, "COLUMNS": "120"})
+    out = b""
+    while True:
+        try:
+            r, _, _ = select.select([fd], [], [], 120)
+            data = os.read(fd, 65536) if r else b""
+        except OSError:
+            data = b""
+        if not data:
+            break
+        out += data
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out

@@ -1,5 +1,5 @@
 """One path source: a manifest whose `path` and `raw_path` fields disagree is refused by every verb,
-and the fast readers of indexed manifests (``codec.split_entries``) never hand out a path the validator
+and the fast readers of indexed manifests (``entries.split_entries``) never hand out a path the validator
 did not see (issue 11, item 5)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 from castore._pb import manifest_pb2 as pb
 from castore.digest import hash_bytes
 from castore.manifest import codec
+from castore.manifest.entries import split_entries
 from castore.store import Store
 from castore.testing.trees import write
 from tests.helpers import run_cli
@@ -123,7 +124,7 @@ def test_indexed_hand_made_encoding_never_used(tmp_path: Path, seeded: Path) -> 
 def test_split_entries_paths_are_the_decoded_ones() -> None:
     for data in (EVIL, crafted("/d/x", b"/../x")):
         with pytest.raises(Exception) as exc:
-            codec.split_entries(data)
+            split_entries(data)
         assert "raw_path" in str(exc.value) or "invalid path" in str(exc.value)
     ok = crafted("/d/caf\\xe9", b"/d/caf\xe9")
-    assert codec.split_entries(ok)[1] == [tuple(r.paths) for r in codec.loads(ok).resources]
+    assert split_entries(ok)[1] == [tuple(r.paths) for r in codec.loads(ok).resources]

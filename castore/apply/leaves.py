@@ -66,6 +66,20 @@ class LeafPhases:
         g = self.scan.groups.get(p)
         return g is not None and g <= set(w.paths)
 
+    def bytes_to_write(self) -> int:
+        """The bytes of the regular files phase 3 will write (not in place already): its progress total."""
+        total = 0
+        for w in self.m.files():
+            if w.path in self.scan.clean:
+                continue
+            for p in w.paths:
+                h = self.scan.by_path.get(p)
+                if h is not None and same_content(w, h) and self.group_ok(p, w):
+                    break
+            else:
+                total += w.size
+        return total
+
     def leaves(self) -> None:
         done = 0
         for w in self.m.resources:

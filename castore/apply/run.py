@@ -33,6 +33,7 @@ from castore.errors import CastoreError, IntegrityError, NotFound, UnsafeInput, 
 from castore.faults import crashpoint
 from castore.fs.tree import remove_contents
 from castore.manifest import codec
+from castore.manifest.entries import split_entries
 from castore.manifest.model import Manifest, RegularFile, Resource, Symlink
 from castore.manifest.validate import validate
 from castore.materialize import Options, Writer, count_ads, note_ads, relative_target, without_attrs
@@ -224,7 +225,7 @@ def _incremental(
         try:
             starts: list[int] = []
             blob = store.read_blob(manifest_digest)
-            entries, paths = codec.split_entries(blob, source=manifest_digest, starts=starts)
+            entries, paths = split_entries(blob, source=manifest_digest, starts=starts)
             table = entries, paths, apply_state.shared_paths(paths), starts
             old_e = _recorded_entries(store, rec) if rec is not None else None
             if rec is not None and lstats is not None and old_e is not None:
@@ -305,7 +306,7 @@ def _phases(ap: Applier, writer: Writer, root: str, root_fd: int, opts: ApplyOpt
     try:
         ap.deletions()
         ap.directories()
-        with progress.task("apply", total=sum(w.size * len(w.paths) for w in ap.m.files())):
+        with progress.task("apply", total=ap.bytes_to_write() if progress.active() else None):
             ap.leaves()
         crashpoint("apply-before-dir-metadata")
         ap.dir_metadata()

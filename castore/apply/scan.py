@@ -26,7 +26,8 @@ from castore.apply.state import Record, Row
 from castore.build import make_pool, read_with_retries
 from castore.errors import TreeChanged
 from castore.fs import DirFds
-from castore.manifest.codec import decode_entry, first_path
+from castore.manifest.codec import decode_entry
+from castore.manifest.entries import first_path
 from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Symlink, path_key
 from castore.readers import FileResult, Processor
 from castore.store import Store
@@ -232,11 +233,11 @@ def scan_changes(
     scanned = {"/" + r for r in dirty}
     # Also the changed entries whose recorded one set no mtime: the record vouches only for what that
     # entry says, and it says nothing of the mtime there, which the new entry may set.
-    scanned.update(p for p, r in old_of.items() if r.mtime_ns is None)
+    scanned.update(p for p, old in old_of.items() if old.mtime_ns is None)
     for p in list(scanned):
-        j = rec.shared.get(p)
-        if j is not None:
-            scanned.update(decode_entry(old_e[j]).paths)
+        e = rec.shared.get(p)
+        if e is not None:
+            scanned.update(decode_entry(old_e[e]).paths)
     sub_paths, parents = _sub_paths(differing | scanned, new_idx, order, paths)
     scanned.update(q for q in parents if q not in new_idx)
     wanted = sorted({new_idx[p] for p in sub_paths | parents if p in new_idx})

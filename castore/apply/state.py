@@ -1,7 +1,7 @@
 """Apply's record of each ROOT it brought to a manifest, so that the next apply skips what is unchanged.
 
 Like git's index. After an apply, the store keeps, per ROOT, the manifest's
-digest with where each entry lies in its bytes (``codec.split_entries``: no
+digest with where each entry lies in its bytes (``entries.split_entries``: no
 decoding), and the lstat row of every path that apply found, or left,
 exactly as that manifest says. The next apply to the same ROOT lstat's the
 recorded paths (in two processes on big trees) and trusts each one whose row
@@ -151,7 +151,7 @@ def differing(
 
 
 def spans_of(starts: list[int], entries: list[bytes]) -> bytes:
-    """``Record.spans`` from ``codec.split_entries``'s ``starts`` and entries."""
+    """``Record.spans`` from ``entries.split_entries``'s ``starts`` and entries."""
     spans = array.array("Q", bytes(16 * len(starts)))
     spans[0::2] = array.array("Q", starts)
     spans[1::2] = array.array("Q", map(len, entries))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,10 @@ from castore.cli.common import (
 from castore.store import check_name, default_store_path
 from castore.textsafe import quote
 from castore.units import human_size, iso_s
+
+if TYPE_CHECKING:
+    from castore.store import Store
+    from castore.store.meta import Txn
 
 
 @main_group.command("ingest")
@@ -148,7 +152,7 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
         _print_history(store, history, versions(store, history), as_json)
         return
     tags = store.tags()
-    out = []
+    out: list[dict[str, Any]] = []  # the JSON rows
     for t in tags:
         total = _tree_size(store, t.digest)
         vs = versions(store, t.name)
@@ -168,25 +172,25 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
         print_json({"names": out})
         return
     for row in out:
-        size = human_size(row["size"]) if human else row["size"]  # type: ignore[arg-type]
+        size = human_size(row["size"]) if human else row["size"]
         flag = "\tincomplete" if row["incomplete"] else ""
         click.echo(
             f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{size}\t{_signers(row['signatures'])}{flag}"
-        )  # type: ignore[arg-type]
+        )
 
 
-def _sigs(store: object, digest: str) -> list[dict[str, object]]:
+def _sigs(store: Store, digest: str) -> list[dict[str, object]]:
     """The stored signatures of a manifest, for list/history (docs/signing.md)."""
     if not _any_signature(store):
         return []  # the signing code (cryptography) is not imported for a store without signatures
     from castore.store.signatures import for_manifest
 
-    return [r.as_json() for r in for_manifest(store, digest)]  # type: ignore[arg-type]
+    return [r.as_json() for r in for_manifest(store, digest)]
 
 
-def _any_signature(store: object) -> bool:
-    with store.meta.read() as txn:  # type: ignore[attr-defined]
-        return bool(txn.stat(store.meta.db("signatures"))["entries"])  # type: ignore[attr-defined]
+def _any_signature(store: Store) -> bool:
+    with store.meta.read() as txn:
+        return bool(txn.stat(store.meta.db("signatures"))["entries"])
 
 
 def _signers(sigs: list[dict[str, object]]) -> str:
@@ -194,7 +198,7 @@ def _signers(sigs: list[dict[str, object]]) -> str:
     return ",".join(sorted({quote(str(s["principal"] or s["fingerprint"])) for s in sigs})) or "-"
 
 
-def _print_history(store: object, name: str, rows: Sequence[Any], as_json: bool) -> None:
+def _print_history(store: Store, name: str, rows: Sequence[Any], as_json: bool) -> None:
     if as_json:
         print_json(
             {
@@ -218,9 +222,9 @@ def _print_history(store: object, name: str, rows: Sequence[Any], as_json: bool)
             )
 
 
-def _tree_size(store: object, digest: str) -> int:
+def _tree_size(store: Store, digest: str) -> int:
     try:
-        m = store.load_manifest(digest)  # type: ignore[attr-defined]
+        m = store.load_manifest(digest)
     except Exception:  # noqa: BLE001 - a damaged entry still lists
         return -1
     return sum(r.size for r in m.files())
@@ -280,7 +284,7 @@ def tag_cmd(obj: Ctx, manifest: str, name: str, as_json: bool) -> None:
             digest = store.put_blob(data, KIND_MANIFEST)
             store.mark_manifest(digest, "+", name)
 
-            def record(t: object) -> None:
+            def record(t: Txn) -> None:
                 store.record_manifest(t, digest, refs)
                 store.set_tag(t, name, digest, len(data))
 

@@ -13,7 +13,7 @@ from castore.cli.common import Ctx, complete_names, ignore_opt, json_opt, main_g
 from castore.errors import Differences, UnsafeInput
 from castore.manifest import Manifest, codec
 from castore.manifest.diff import normalize_ignores
-from castore.manifest.model import Device, RegularFile, Symlink
+from castore.manifest.model import Device, RegularFile, Resource, Symlink
 from castore.stats import disk_usage, manifest_stats
 from castore.textsafe import quote
 from castore.units import human_size
@@ -49,7 +49,7 @@ def build_cmd(root: str, fmt: str, as_json: bool, ignore: tuple[str, ...], keep_
 
 
 def print_manifest_json(m: Manifest) -> None:
-    from castore.manifest.codec import resource_json
+    from castore.manifest.render import resource_json
 
     print_json({"resources": [resource_json(r) for r in m.resources]})
 
@@ -186,13 +186,13 @@ def ls_cmd(obj: Ctx, manifest: str, long_: bool, as_json: bool) -> None:
             click.echo(f"{_type_char(r)}{_perm_string(r.perm)} {r.uid:>5} {r.gid:>5} {size:>12} {dg} {quote(p)}{extra}")
 
 
-def _entry_json(r: object, path: str) -> dict[str, object]:
+def _entry_json(r: Resource, path: str) -> dict[str, object]:
     out: dict[str, object] = {
         "path": path,
-        "type": getattr(r, "kind", ""),
-        "mode": f"{r.perm:04o}",  # type: ignore
+        "type": r.kind,
+        "mode": f"{r.perm:04o}",
         "uid": r.uid,
-        "gid": r.gid,  # type: ignore[attr-defined]
+        "gid": r.gid,
         "size": r.size if isinstance(r, RegularFile) else 0,
         "digest": r.digest if isinstance(r, RegularFile) else None,
     }

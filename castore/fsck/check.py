@@ -19,6 +19,7 @@ import os
 import stat
 import time
 
+from castore import progress
 from castore.bulkmode import bulk
 from castore.errors import CastoreError, IntegrityError
 from castore.fsck.quarantine import hash_file, quarantine
@@ -83,6 +84,7 @@ class _Checker:
                         "info", "orphan", dstr(key), "blob file not in the index (gc removes it after the grace period)"
                     )
             for key, (size, kind) in rows.items():
+                progress.advance()
                 self.report.blobs += 1
                 digest = dstr(key)
                 path = self.store.blob_path(digest)
@@ -171,7 +173,7 @@ class _Checker:
                     continue
                 try:
                     # Validated again, and in the encoding commit writes: checkout and apply trust an
-                    # indexed manifest and read its entries without decoding them (codec.split_entries).
+                    # indexed manifest and read its entries without decoding them (entries.split_entries).
                     data = self.store.read_blob(dstr(m))
                     man = validate(codec.loads(data, source=dstr(m)))
                     if codec.dumps(man) != data:
@@ -391,24 +393,19 @@ def fsck(store: Store, opts: FsckOptions | None = None) -> FsckReport:
         if not store.readonly or opts.repair
         else contextlib.nullcontext()
     ):
-        lock = store.exclusive_lock() if opts.repair else None
-        if lock is not None:
-            lock.__enter__()  # type: ignore[attr-defined]
-        try:
+        with store.exclusive_lock() if opts.repair else contextlib.nullcontext():
             c = _Checker(store, opts)
             doubt = store.index_doubt()
             if doubt:
                 c._add("error", "index-younger-than-blobs", store.path, doubt)
-            c.blobs()
+            with progress.task("fsck", total=store.meta.entries("blobs"), unit="blobs"):
+                c.blobs()
             c.manifests()
             c.chunk_map()
             check_signatures(store, c._add, repair=opts.repair)
             changed = c.link_objects()
             if opts.repair:
                 c.repair(changed)
-        finally:
-            if lock is not None:
-                lock.__exit__(None, None, None)  # type: ignore[attr-defined]
     c.report.seconds = time.monotonic() - start
     return c.report
 

@@ -334,7 +334,7 @@ def _as_manifest(data: bytes, source: str) -> Manifest | None:
     """The manifest these bytes are, if valid and in the canonical encoding (``codec.dumps``).
 
     An indexed manifest is trusted as validated, and its encoded entries are read without
-    decoding them (``codec.split_entries``): only bytes that ``commit_manifest`` could have
+    decoding them (``entries.split_entries``): only bytes that ``commit_manifest`` could have
     written may be indexed (a hand-made encoding could say one path in a field the validator
     reads and another in the one used).
     """

@@ -50,7 +50,7 @@ from castore.gc.retention import select
 from castore.gc.spill import MarkSet, Records, Scratch
 from castore.store import Store, apply_records, signatures
 from castore.store.lock import flocked, is_held
-from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, dkey, dstr
+from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_MANIFEST, Txn, dkey, dstr
 
 ROWLESS_LEASE_FLOOR_NS = 60 * 10**9  # a lock file with no row may be a lease being born
 BATCH_SECONDS = 0.05  # longest hold of the store lock while unlinking
@@ -263,7 +263,7 @@ class _Collector(CacheSweeps):
         refs_db, blobs_db = self.meta.db("refs"), self.meta.db("blobs")
         out: dict[str, object] = {}
 
-        def fn(txn: object) -> None:
+        def fn(txn: Txn) -> None:
             t: object = txn
             roots, prune, leases = self._roots(txn)
             new = sc.manifests.missing(bytes(k) for k in t.cursor(db=refs_db).iternext(values=False))  # type: ignore
@@ -288,7 +288,7 @@ class _Collector(CacheSweeps):
                 t.delete(k, db=blobs_db)  # type: ignore[attr-defined]
                 t.delete(k, db=refs_db)  # type: ignore[attr-defined]  # a manifest's (absent otherwise)
             out["signatures"] = signatures.delete_for(
-                self.store, t, [k for k, _, kind in doomed if kind == KIND_MANIFEST]
+                self.store, txn, [k for k, _, kind in doomed if kind == KIND_MANIFEST]
             )
             # "v" rows (verified-blob stat records) are a cache: dropped after the lock (phase 4).
 
@@ -445,7 +445,7 @@ def _mark_and_delete(c: _Collector, store: Store, sc: Scratch, prio: Nice) -> li
         if not first:
             time.sleep(0.002)  # let waiting ingest commits in between two holds
         chunk = sc.garbage.read(pos, COMMIT_CHUNK)
-        with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
+        with prio.normal(), store.exclusive_lock():
             t0 = time.monotonic()
             d = c.commit(sc, snap_roots, late, chunk, first=first)
             c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t0)
@@ -457,7 +457,7 @@ def _mark_and_delete(c: _Collector, store: Store, sc: Scratch, prio: Nice) -> li
         while pos < len(sc.unlink):  # unlinks, in short holds
             time.sleep(0.002)
             holds += 1
-            with prio.normal(), store.exclusive_lock():  # type: ignore[attr-defined]
+            with prio.normal(), store.exclusive_lock():
                 t1 = time.monotonic()
                 new = c.sweep(sc.unlink, pos, t1 + BATCH_SECONDS)
                 c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)

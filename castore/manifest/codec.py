@@ -1,13 +1,14 @@
-"""Manifest <-> protobuf bytes (deterministic), prototext and JSON renderings.
+"""Manifest <-> protobuf bytes (deterministic), and the prototext rendering.
 
 The only module that imports the generated protobuf code. ``loads`` decodes
 and checks the per-resource schema (types, modes, fields that belong to
 another kind); ``castore.manifest.validate`` checks the tree as a whole.
+Reading entries without decoding them: ``castore.manifest.entries``; the
+JSON rendering: ``castore.manifest.render``.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 from typing import Any
 
@@ -29,10 +30,9 @@ from castore.manifest.model import (
     Symlink,
     Whiteout,
 )
-from castore.manifest.validate import path_problem
 
 
-def _escaped(path: str) -> tuple[str, bytes | None]:
+def escaped(path: str) -> tuple[str, bytes | None]:
     """The UTF-8 form of a path for field 1, and its raw bytes when not UTF-8."""
     raw = os.fsencode(path)
     try:
@@ -64,7 +64,7 @@ def to_proto(r: Resource) -> pb.Resource:
     """One resource as its protobuf message."""
     if type(r) is RegularFile and len(r.paths) == 1 and not (r.chunks or r.holes or r.ads or r.xattrs):
         # The common case in one constructor call (about twice as fast as field by field).
-        text, raw = _escaped(r.paths[0])
+        text, raw = escaped(r.paths[0])
         if raw is None:
             if r.mtime_ns is None:
                 return pb.Resource(
@@ -84,7 +84,7 @@ def to_proto(r: Resource) -> pb.Resource:
     raws: list[bytes] = []
     any_raw = False
     for p in r.paths:
-        text, raw = _escaped(p)
+        text, raw = escaped(p)
         out.path.append(text)
         raws.append(raw if raw is not None else text.encode())
         any_raw |= raw is not None
@@ -94,7 +94,7 @@ def to_proto(r: Resource) -> pb.Resource:
     out.gid = r.gid
     out.mode = go_mode(r)
     for name, data in r.xattrs:
-        text, raw = _escaped(name)
+        text, raw = escaped(name)
         if raw is None:
             out.xattr.add(name=text, data=data)
         else:
@@ -112,7 +112,7 @@ def to_proto(r: Resource) -> pb.Resource:
         for b, e in r.holes:
             out.hole.add(begin=b, end=e)
     elif isinstance(r, Symlink):
-        out.target, raw = _escaped(r.target)
+        out.target, raw = escaped(r.target)
         if raw is not None:
             out.raw_target = raw
     elif isinstance(r, Device):
@@ -162,7 +162,7 @@ def from_proto(msg: pb.Resource) -> Resource:
             raise _bad(list(msg.path), "raw_path does not match path")
         paths = tuple(os.fsdecode(bytes(b)) for b in msg.raw_path)
         for text, p in zip(msg.path, paths, strict=True):
-            if _escaped(p)[0] != text:
+            if escaped(p)[0] != text:
                 raise _bad(paths, f"path {text[:200]!r} and its raw_path disagree")
     else:
         paths = tuple(msg.path)
@@ -265,145 +265,15 @@ def loads(data: bytes, *, source: str = "manifest") -> Manifest:
     return Manifest.of(resources)
 
 
-def split_entries(
-    data: bytes, *, source: str = "manifest", starts: list[int] | None = None, plain: list[bool] | None = None
-) -> tuple[list[bytes], list[tuple[str, ...]]]:
-    """Each resource's encoded bytes and its paths, without decoding the rest (apply's fast path).
-
-    Reads only the framing (field 1 of ``Manifest``) and each resource's
-    leading path fields: 12x faster than ``loads`` on 100k entries. An entry
-    whose paths need escaping (raw_path, a backslash) or do not come first
-    is decoded in full for its paths. Equal entries have equal bytes, since
-    manifests are encoded deterministically (``dumps``). ``starts``, when
-    given, gets each entry's offset in ``data``; ``plain``, whether each
-    entry is a regular file (its mode has no type bits; read without decoding).
-    """
-    entries: list[bytes] = []
-    paths: list[tuple[str, ...]] = []
-    add_entry, add_paths = entries.append, paths.append
-    n = len(data)
-    i = 0
-    # Where a raw_path field (19) may be, the paths are those of field 19, not field 1: decode.
-    has_raw = b"\x9a\x01" in data
-    try:
-        while i < n:
-            if data[i] != 0x0A:
-                raise CorruptManifest(f"{source}: not a manifest (field tag {data[i]:#x})")
-            length = data[i + 1]
-            if length < 0x80:
-                i += 2
-            else:
-                length, i = _varint_at(data, i + 1)
-            end = i + length
-            if end > n:
-                raise CorruptManifest(f"{source}: truncated manifest")
-            add_entry(data[i:end])
-            if starts is not None:
-                starts.append(i)
-            if plain is not None:
-                plain.append(_plain_at(data, i, end))
-            # The common case: one path shorter than 128 bytes, first in the entry, within it.
-            plen = data[i + 1] if end - i >= 2 else 0x80
-            pend = i + 2 + plen
-            if (
-                data[i] == 0x0A
-                and plen < 0x80
-                and (pend == end or (pend < end and data[pend] != 0x0A))
-                and not (has_raw and data.find(b"\x9a\x01", i, end) >= 0)
-            ):
-                p = data[i + 2 : i + 2 + plen].decode()
-                if "\\" not in p:
-                    if "/." in p or "//" in p or not p.startswith("/") or p.endswith("/"):
-                        _check_path(p, source)
-                    add_paths((p,))
-                    i = end
-                    continue
-            ps = tuple(from_proto(pb.Resource.FromString(data[i:end])).paths)
-            for p in ps:
-                _check_path(p, source)
-            add_paths(ps)
-            i = end
-    except (IndexError, UnicodeDecodeError, DecodeError, RuntimeError) as exc:
-        raise CorruptManifest(f"{source}: not a manifest ({exc})") from exc
-    return entries, paths
-
-
-def _check_path(path: str, source: str) -> None:
-    """Refuse a path ``split_entries`` would hand out that the validator would refuse.
-
-    Its callers use the paths of an indexed manifest (validated when indexed) without
-    running the validator again; this keeps a path that escapes the tree from being used
-    even if such a manifest got indexed (an older store's rebuilt index).
-    """
-    why = path_problem(path)
-    if why:
-        raise InvalidManifest(f"{source}: invalid path {path[:200]!r} in manifest: {why}")
-
-
-def _varint_at(data: bytes, i: int) -> tuple[int, int]:
-    """The protobuf varint at data[i] and the offset after it (IndexError when truncated)."""
-    n = shift = 0
-    while True:
-        c = data[i]
-        i += 1
-        n |= (c & 0x7F) << shift
-        shift += 7
-        if c < 0x80:
-            return n, i
-
-
-_TYPE_MASK = gm.TYPE_BITS
-_LENGTH_DELIMITED = frozenset((0x0A, 0x22, 0x2A))  # path, user, group
-_BEFORE_MODE = _LENGTH_DELIMITED | {0x10, 0x18, 0x30}  # ... uid, gid, and the mode itself
-
-
-def _plain_at(data: bytes, i: int, end: int) -> bool:
-    """The entry data[i:end] is a regular file: its Go mode (field 6) has no type bits.
-
-    Reads only the fields before the mode (paths, uid, gid, user, group),
-    in field order as every protobuf encoder writes them; anything else
-    answers False (the caller then decodes the entry).
-    """
-    try:
-        while i < end:
-            tag = data[i]
-            if tag not in _BEFORE_MODE:
-                return tag > 0x30 and tag < 0x80  # no mode field (0): size, digest... follow
-            n = data[i + 1]  # a varint: the value, or the length of a path, user or group
-            if n < 0x80:
-                i += 2
-            else:
-                n, i = _varint_at(data, i + 1)
-            if tag == 0x30:
-                return not n & _TYPE_MASK
-            if tag in _LENGTH_DELIMITED:
-                i += n
-        return True
-    except IndexError:
-        return False
-
-
-def first_path(entry: bytes) -> str:
-    """The primary path of an encoded entry (its first path field)."""
-    if (
-        len(entry) > 2
-        and entry[0] == 0x0A
-        and entry[1] < 0x80
-        and 2 + entry[1] <= len(entry)
-        and b"\x9a\x01" not in entry
-    ):  # no raw_path (field 19), whose paths would be the ones
-        p = entry[2 : 2 + entry[1]].decode("utf-8", "replace")
-        if "\\" not in p and "\ufffd" not in p:
-            return p
-    return decode_entry(entry).paths[0]
-
-
-def decode_entry(entry: bytes) -> Resource:
-    """One resource from its encoded bytes (an element of ``split_entries``)."""
+def decode_entry(entry: bytes, *, source: str = "") -> Resource:
+    """One resource from its encoded bytes (an element of ``castore.manifest.entries.split_entries``);
+    ``source``: the manifest it is from, named in the error."""
     try:
         return from_proto(pb.Resource.FromString(entry))
     except (DecodeError, RuntimeError, ValueError) as exc:
-        raise CorruptManifest(f"not a manifest entry ({exc})") from exc
+        raise CorruptManifest(
+            f"{source}: not a manifest ({exc})" if source else f"not a manifest entry ({exc})"
+        ) from exc
 
 
 def dumps_text(m: Manifest) -> str:
@@ -418,54 +288,3 @@ def dumps_text(m: Manifest) -> str:
 
 
 _TEXT_ESCAPES = {c: "".join(f"\\{b:03o}" for b in chr(c).encode()) for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)}
-
-
-def _xattr_json(data: bytes, raw_name: bytes | None = None) -> dict[str, str]:
-    try:
-        out = {"text": data.decode("utf-8")}
-    except UnicodeDecodeError:
-        out = {"base64": base64.b64encode(data).decode()}
-    if raw_name is not None:
-        out["raw_name"] = base64.b64encode(raw_name).decode()
-    return out
-
-
-def resource_json(r: Resource) -> dict[str, Any]:
-    """A JSON-ready dict of one resource."""
-    d: dict[str, Any] = {
-        "paths": [_escaped(p)[0] for p in r.paths],
-        "type": r.kind,
-        "mode": f"{r.perm:04o}",
-        "uid": r.uid,
-        "gid": r.gid,
-    }
-    if any(_escaped(p)[1] is not None for p in r.paths):
-        d["raw_paths"] = [base64.b64encode(os.fsencode(p)).decode() for p in r.paths]
-    if r.mtime_ns is not None:
-        d["mtime_ns"] = r.mtime_ns
-    if r.xattrs:
-        d["xattrs"] = {_escaped(n)[0]: _xattr_json(v, _escaped(n)[1]) for n, v in r.xattrs}
-    if isinstance(r, RegularFile):
-        d["size"] = r.size
-        d["digest"] = r.digest
-        if r.chunks:
-            d["chunks"] = [{"digest": c.digest, "begin": c.begin, "end": c.end} for c in r.chunks]
-        if r.holes:
-            d["holes"] = [list(h) for h in r.holes]
-    elif isinstance(r, Symlink):
-        d["target"], raw = _escaped(r.target)
-        if raw is not None:
-            d["raw_target"] = base64.b64encode(raw).decode()
-    elif isinstance(r, Device):
-        d["major"], d["minor"] = r.major, r.minor
-        d["type"] = "char-device" if r.char else "block-device"
-    elif isinstance(r, Directory) and r.opaque:
-        d["opaque"] = True
-    return d
-
-
-def dumps_json(m: Manifest) -> str:
-    """The JSON rendering: ``{"resources": [...]}``."""
-    from castore.textsafe import json_text
-
-    return json_text({"resources": [resource_json(r) for r in m.resources]})

@@ -9,6 +9,7 @@ surrogate escapes (``os.fsdecode``), so any name Linux allows round-trips.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Required, TypedDict
 
 
 def path_key(path: str) -> bytes:
@@ -32,6 +33,18 @@ class AdsEntry:
     name: str
     data: bytes = b""
     digest: str = ""
+
+
+class EntryFields(TypedDict, total=False):
+    """The fields every kind shares, as keyword arguments: ``Directory(**fields)``."""
+
+    paths: Required[tuple[str, ...]]
+    perm: int
+    uid: int
+    gid: int
+    xattrs: tuple[tuple[str, bytes], ...]
+    mtime_ns: int | None
+    ads: tuple[AdsEntry, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

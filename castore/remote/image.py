@@ -240,7 +240,7 @@ def _load_layers(
 ) -> tuple[Flattener, dict[str, str], dict[str, int], set[str]]:
     """Download every layer (``jobs`` threads, digests verified as they stream), hand each to a worker
     as soon as it is complete, and flatten the parsed layers bottom first."""
-    prog = Progress("pull", len(img.layers))
+    prog = Progress("pull", sum(d.size for d in img.layers))
     flat = Flattener()
     staged: dict[str, str] = {}
     pinned: set[str] = set()

@@ -199,7 +199,7 @@ def fetch_blobs(
     work: list[tuple[Descriptor, list[Entry]] | Descriptor] = []
     work += [(p, sorted(es, key=lambda e: e.offset)) for p, es in by_pack.values()]
     work += lone
-    prog = Progress("pull", sum(len(w[1]) if isinstance(w, tuple) else 1 for w in work))
+    prog = Progress("pull", sum(sum(e.size for e in w[1]) if isinstance(w, tuple) else w.size for w in work))
 
     def one(w: tuple[Descriptor, list[Entry]] | Descriptor) -> None:
         if isinstance(w, Descriptor):

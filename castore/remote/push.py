@@ -105,7 +105,7 @@ def push(
             plan = make_plan(blob_order(manifest, sizes), base, pack_target)
             sent: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)
             skipped: list[int] = []
-            prog = Progress("push", len(plan.new) + len(plan.solo) + 2)
+            prog = Progress("push", sum(n for pack in plan.new for _, n in pack) + sum(n for _, n in plan.solo))
 
             def send(d: str, n: int, source: bytes | bytearray | Callable[[], int]) -> None:
                 if reg.has_blob(d):
@@ -122,7 +122,7 @@ def push(
                 send(bp.index.digest, bp.index.size, bp.index_data)
                 built.append((i, bp.pack, bp.index))
                 crashpoint("push-after-pack")
-                prog.add(bp.pack.size)
+                prog.add(sum(n for _, n in plan.new[i]))  # the bytes of the blobs it holds
 
             def one_solo(item: tuple[str, int]) -> None:
                 d, n = item

@@ -2,45 +2,30 @@
 
 from __future__ import annotations
 
-import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TypeVar
 
+from castore import progress
 from castore.remote.client import Aborted
 
 T = TypeVar("T")
 
 
 class Progress:
-    """``done/total blobs, MB`` on stderr when it is a terminal; silent otherwise (cron)."""
+    """Bytes transferred of ``total`` as a ``castore.progress`` task: the CLI draws it (total, rate,
+    ETA) when stderr is a terminal and ``-q`` was not given; silent otherwise (cron, library use)."""
 
     def __init__(self, verb: str, total: int) -> None:
-        self.on = sys.stderr.isatty() and total > 0
-        self.verb, self.total = verb, total
-        self.count = self.bytes = 0
-        self.last = 0.0
-        self.lock = threading.Lock()
+        self.task = progress.task(verb, total=total)
+        self.task.__enter__()
 
     def add(self, nbytes: int) -> None:
-        with self.lock:
-            self.count += 1
-            self.bytes += nbytes
-            now = time.monotonic()
-            if self.on and (now - self.last > 0.2 or self.count == self.total):
-                self.last = now
-                print(
-                    f"\r{self.verb} {self.count}/{self.total} blobs, {self.bytes / 1e6:.1f} MB ",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        self.task.advance(nbytes)
 
     def done(self) -> None:
-        if self.on and self.count:
-            print(file=sys.stderr)
+        self.task.__exit__(None, None, None)
 
 
 def run_all(items: Sequence[T], fn: Callable[[T], None], *, jobs: int, abort: threading.Event) -> None:

@@ -14,6 +14,8 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any
 
+from castore.store.meta import Txn
+
 if TYPE_CHECKING:
     from castore.store import Store
 
@@ -68,9 +70,9 @@ def prune(store: Store) -> int:
             stale.append(bytes(k))
     if stale:
 
-        def fn(txn: object) -> None:
+        def fn(txn: Txn) -> None:
             for k in stale:
-                txn.delete(k, db=db)  # type: ignore[attr-defined]
+                txn.delete(k, db=db)
 
         store.meta.write(fn)
     return len(stale)

@@ -20,7 +20,7 @@ from castore.faults import crashpoint
 from castore.fs.io import hash_fd
 from castore.fs.tree import fsync_dir
 from castore.store.base import StoreState
-from castore.store.meta import BLOB_ROW, dkey
+from castore.store.meta import BLOB_ROW, Txn, dkey
 
 _KIND_NAMES = {
     stat.S_IFIFO: "FIFO",
@@ -103,12 +103,12 @@ class BlobFiles(StoreState):
             raise IntegrityError(f"blob {digest} is corrupt (digest mismatch)")
         return data
 
-    def put_blob(self, data: bytes, kind: int, txn: object | None = None) -> str:
+    def put_blob(self, data: bytes, kind: int, txn: Txn | None = None) -> str:
         """Store ``data`` durably (per-blob fsync) and index it. Returns its digest."""
         digest = self.write_blob_file(data)
         row = BLOB_ROW.pack(len(data), kind)
         if txn is not None:
-            txn.put(dkey(digest), row, db=self.meta.db("blobs"))  # type: ignore[attr-defined]
+            txn.put(dkey(digest), row, db=self.meta.db("blobs"))
         else:
             self.meta.write(lambda t: t.put(dkey(digest), row, db=self.meta.db("blobs")))
         return digest

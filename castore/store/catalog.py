@@ -27,7 +27,7 @@ from castore.store import revisions
 from castore.store.base import StoreState
 from castore.store.blobs import write_all
 from castore.store.layout import MARKER_DIR, check_name, is_hex_prefix
-from castore.store.meta import dkey, dstr
+from castore.store.meta import Txn, dkey, dstr
 
 
 @dataclass(frozen=True)
@@ -119,21 +119,20 @@ class Catalog(StoreState):
         with self.meta.read() as txn:
             return txn.get(dkey(digest), db=self.meta.db("refs")) is not None
 
-    def set_tag(self, txn: object, name: str, digest: str, size: int) -> None:
+    def set_tag(self, t: Txn, name: str, digest: str, size: int) -> None:
         """Point ``name`` at ``digest`` and record a version (not when the name's newest version already
         is this manifest, unless forced: see castore/store/revisions.py RecordPolicy)."""
-        if revisions.unchanged(txn, self.meta.db("tags"), self.meta.db("history"), name, digest, self.record):
+        if revisions.unchanged(t, self.meta.db("tags"), self.meta.db("history"), name, digest, self.record):
             return
         now = time.time_ns()
-        t: object = txn
         t.put(
             name.encode(),
-            json.dumps({"digest": digest, "time_ns": now, "size": size}).encode(),  # type: ignore
+            json.dumps({"digest": digest, "time_ns": now, "size": size}).encode(),
             db=self.meta.db("tags"),
         )
         t.put(
             revisions.history_key(name, now),
-            revisions.history_value(digest, self.record.flags),  # type: ignore
+            revisions.history_value(digest, self.record.flags),
             db=self.meta.db("history"),
         )
 
@@ -159,8 +158,8 @@ class Catalog(StoreState):
         )
 
     def untag(self, name: str) -> None:
-        def fn(t: object) -> bool:
-            return bool(t.delete(name.encode(), db=self.meta.db("tags")))  # type: ignore[attr-defined]
+        def fn(t: Txn) -> bool:
+            return bool(t.delete(name.encode(), db=self.meta.db("tags")))
 
         digest = self.get_tag(name)
         if digest is not None:
@@ -223,10 +222,10 @@ class Catalog(StoreState):
                 raise UnsafeInput(f"digest prefix {hexpart} is ambiguous ({len(found)} manifests)")
         raise NotFound(f"no manifest named {ref!r} in the store{revisions.short_prefix_hint(ref)}")
 
-    def record_manifest(self, txn: object, digest: str, refs: Iterable[str]) -> None:
+    def record_manifest(self, txn: Txn, digest: str, refs: Iterable[str]) -> None:
         """Index a manifest's references (for gc), in the caller's transaction."""
         keys = sorted({dkey(d) for d in refs})
-        txn.put(dkey(digest), b"".join(keys), db=self.meta.db("refs"))  # type: ignore[attr-defined]
+        txn.put(dkey(digest), b"".join(keys), db=self.meta.db("refs"))
 
     def manifest_refs(self, digest: str) -> list[str]:
         with self.meta.read() as txn:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import marshal
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from castore.errors import IntegrityError
 from castore.faults import crashpoint
 from castore.manifest import codec, validate
 from castore.manifest.model import Manifest
-from castore.store.meta import BLOB_ROW, KIND_CHUNK, KIND_MANIFEST, KIND_RAW, dkey
+from castore.store.meta import BLOB_ROW, KIND_CHUNK, KIND_MANIFEST, KIND_RAW, Txn, dkey
 
 if TYPE_CHECKING:
     from castore.store import Store
@@ -109,15 +109,14 @@ def commit_manifest(
         store.write_blob_file(data)  # durable before the transaction that indexes it
         crashpoint("ingest-after-manifest")
 
-        def txn_fn(txn: object) -> None:
-            t: Any = txn
+        def txn_fn(t: Txn) -> None:
             t.cursor(db=store.meta.db("blobs")).putmulti(blob_rows)
-            store.record_manifest(txn, mdigest, refs)
+            store.record_manifest(t, mdigest, refs)
             t.cursor(db=store.meta.db("chunkmap")).putmulti(chunk_rows)  # whole file -> chunks (docs/design.md)
             t.cursor(db=store.meta.db("statcache")).putmulti(cache)
             if name is not None:
                 crashpoint("ingest-before-tag")
-                store.set_tag(txn, name, mdigest, len(data))
+                store.set_tag(t, name, mdigest, len(data))
 
         store.meta.write(txn_fn)
         crashpoint("ingest-after-commit")

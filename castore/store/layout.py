@@ -26,7 +26,7 @@ from castore import fs
 from castore.errors import StoreUnusable, UnsafeInput
 from castore.fs.tree import fsync_dir, remove_tree
 from castore.readers import ChunkParams
-from castore.store.meta import MetaDB
+from castore.store.meta import MetaDB, Txn
 
 CONFIG_VERSION = 1
 MARKER_DIR = "manifests"
@@ -63,11 +63,10 @@ def new_index(store_path: str, origin: str) -> None:
     meta = MetaDB(tmp, create=True)
     try:
 
-        def fn(txn: object) -> None:
-            t: object = txn
-            t.put(b"schema", b"1", db=meta.db("info"))  # type: ignore[attr-defined]
-            t.put(b"index-created-ns", str(time.time_ns()).encode(), db=meta.db("info"))  # type: ignore
-            t.put(b"index-state", b"complete", db=meta.db("info"))  # type: ignore[attr-defined]
+        def fn(t: Txn) -> None:
+            t.put(b"schema", b"1", db=meta.db("info"))
+            t.put(b"index-created-ns", str(time.time_ns()).encode(), db=meta.db("info"))
+            t.put(b"index-state", b"complete", db=meta.db("info"))
 
         meta.write(fn)
     finally:

@@ -19,6 +19,7 @@ from castore.errors import warn_mounts_kept
 from castore.fs.tree import remove_tree
 from castore.store.base import StoreState
 from castore.store.lock import flocked, hold_new, is_held
+from castore.store.meta import Txn
 from castore.store.readonly import no_lease, no_lock, refuse_write
 
 LEASE_TTL_NS = 24 * 3600 * 10**9
@@ -44,15 +45,15 @@ class Lease:
         if not new:
             return
 
-        def fn(txn: object) -> None:
+        def fn(txn: Txn) -> None:
             db = self.store.meta.db("leases")
-            raw = txn.get(self.id.encode(), db=db)  # type: ignore[attr-defined]
+            raw = txn.get(self.id.encode(), db=db)
             rec: dict[str, Any] = (
                 json.loads(raw) if raw else {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": []}
             )
             have = set(rec["manifests"])
             rec["manifests"].extend(d for d in dict.fromkeys(new) if d not in have)
-            txn.put(self.id.encode(), json.dumps(rec).encode(), db=db)  # type: ignore[attr-defined]
+            txn.put(self.id.encode(), json.dumps(rec).encode(), db=db)
 
         self.store.meta.write(fn)
 
@@ -74,7 +75,7 @@ class Leases(StoreState):
     def shared_lock(self) -> AbstractContextManager[int]:
         """Locking: shared. Held while an ingest commits; gc waits for it."""
         if self.readonly:
-            return no_lock()  # type: ignore[return-value]
+            return no_lock()
         return flocked(os.path.join(self.path, "lock"), exclusive=False)
 
     def exclusive_lock(self, wait: bool = True) -> AbstractContextManager[int]:
@@ -124,11 +125,11 @@ class Leases(StoreState):
     def gc_deleting(self, active: bool) -> None:
         """Mark (before its first delete) or unmark (after its last unlink) a gc run."""
 
-        def fn(txn: object) -> None:
+        def fn(txn: Txn) -> None:
             db = self.meta.db("info")
             if active:
-                gen = int(txn.get(b"gc-gen", db=db) or b"0") + 1  # type: ignore[attr-defined]
-                txn.put(b"gc-gen", str(gen).encode(), db=db)  # type: ignore[attr-defined]
-            txn.put(b"gc-active", b"1" if active else b"0", db=db)  # type: ignore[attr-defined]
+                gen = int(txn.get(b"gc-gen", db=db) or b"0") + 1
+                txn.put(b"gc-gen", str(gen).encode(), db=db)
+            txn.put(b"gc-active", b"1" if active else b"0", db=db)
 
         self.meta.write(fn)

@@ -11,18 +11,17 @@ import marshal
 import os
 import struct
 from collections.abc import Callable
-from typing import Any
 
 from castore.errors import IntegrityError
 from castore.manifest import codec
 from castore.manifest.model import RegularFile
-from castore.store.meta import MetaDB
+from castore.store.meta import MetaDB, Txn
 
 LINKS_DB = "links"
 
 
 class LinkRef:
-    """A regular file of a store manifest, still encoded (``codec.split_entries``).
+    """A regular file of a store manifest, still encoded (``entries.split_entries``).
 
     A hardlink checkout needs only its paths and its object key (a hash of
     the encoded entry), so the entry is decoded only when its object must be
@@ -117,13 +116,13 @@ def read_records(meta: MetaDB, keys: list[bytes]) -> dict[bytes, bytes]:
     """The rows of sorted ``keys`` that exist, in one read transaction (one cursor batch: 2x faster
     than a get per key, 0.045 s for 100k)."""
     with meta.read() as txn:
-        return dict(txn.cursor(db=meta.db(LINKS_DB)).getmulti(keys))  # type: ignore[arg-type]  # bytes: no buffers
+        return dict(txn.cursor(db=meta.db(LINKS_DB)).getmulti(keys))
 
 
 def read_record(meta: MetaDB, key: bytes) -> bytes | None:
     """One row of the `links` table, or None."""
     with meta.read() as txn:
-        return txn.get(key, db=meta.db(LINKS_DB))  # type: ignore[return-value]  # bytes: no buffers
+        return txn.get(key, db=meta.db(LINKS_DB))
 
 
 def write_records(
@@ -132,7 +131,7 @@ def write_records(
     """Write sorted ``rows`` in one transaction; ``before_commit`` runs inside it, just before it commits."""
     db = meta.db(LINKS_DB)
 
-    def fn(txn: Any) -> None:
+    def fn(txn: Txn) -> None:
         txn.cursor(db=db).putmulti(rows)
         if before_commit is not None:
             before_commit()

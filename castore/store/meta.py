@@ -21,7 +21,7 @@ import stat
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TypeAlias, TypeVar
 
 import lmdb
 
@@ -35,6 +35,10 @@ KIND_RAW, KIND_CHUNK, KIND_MANIFEST, KIND_ADS = 0, 1, 2, 3
 KIND_NAMES = {KIND_RAW: "file", KIND_CHUNK: "chunk", KIND_MANIFEST: "manifest", KIND_ADS: "ads"}
 INITIAL_MAP = 1 << 30
 T = TypeVar("T")
+# The transaction and sub-database types the store hands out (values are bytes: no ``buffers=True``
+# anywhere); callers outside castore/store name them from here, never from lmdb.
+Txn: TypeAlias = "lmdb.Transaction[bytes]"
+DB: TypeAlias = "lmdb._Database"
 
 _ENVS: dict[str, tuple[int, lmdb.Environment]] = {}
 REBUILD_HINT = "run `continuity fsck --rebuild-index` to rebuild it from the blob files"
@@ -172,10 +176,17 @@ class MetaDB:
         _ENVS.pop(self.path, None)
         self.env.close()
 
-    def db(self, name: str) -> Any:
+    def db(self, name: str) -> DB:
         return self.dbs[name]
 
-    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+    def entries(self, name: str) -> int:
+        """How many rows the sub-database ``name`` holds (0 when a read-only index lacks it)."""
+        if name not in self.dbs:
+            return 0
+        with self.read() as txn:
+            return txn.stat(self.dbs[name])["entries"]
+
+    def write(self, fn: Callable[[Txn], T]) -> T:
         """Run ``fn`` in one write transaction, growing the map and retrying when full."""
         if self.readonly:
             from castore.store.readonly import refuse_write
@@ -222,7 +233,7 @@ class MetaDB:
         self.env.set_mapsize(size * 2)
 
     @contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
+    def read(self) -> Iterator[Txn]:
         """A short read transaction."""
         try:
             txn = self.env.begin(write=False)

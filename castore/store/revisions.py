@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from castore.errors import NotFound, UnsafeInput
-from castore.store.meta import dkey, dstr
+from castore.store.meta import DB, Txn, dkey, dstr
 
 FLAG_INCOMPLETE = 0x01
 _REV = re.compile(
@@ -137,7 +137,7 @@ class RecordPolicy:
     skipped: int = 0  # entries an ingest left out (unreadable, vanished)
 
 
-def newest(txn: Any, db: Any, name: str) -> tuple[str, int] | None:
+def newest(txn: Txn, db: DB, name: str) -> tuple[str, int] | None:
     """(digest, flags) of the newest history row of ``name``, in the caller's transaction."""
     prefix = name.encode() + b"\0"
     cur = txn.cursor(db=db)
@@ -151,7 +151,7 @@ def newest(txn: Any, db: Any, name: str) -> tuple[str, int] | None:
     return last
 
 
-def unchanged(txn: Any, tags_db: Any, history_db: Any, name: str, digest: str, policy: RecordPolicy) -> bool:
+def unchanged(txn: Txn, tags_db: DB, history_db: DB, name: str, digest: str, policy: RecordPolicy) -> bool:
     """True when recording ``digest`` under ``name`` would change nothing: the name points to it, its
     newest version is it (complete), and no new row is forced."""
     if policy.force or policy.flags:

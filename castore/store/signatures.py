@@ -20,7 +20,7 @@ from castore.errors import IntegrityError, NotFound
 from castore.sign.policy import Policy, evaluate, select
 from castore.sign.sshsig import NAMESPACE, Signature, parse_signature, verify_message
 from castore.store import Store
-from castore.store.meta import dkey, dstr
+from castore.store.meta import Txn, dkey, dstr
 
 DB = "signatures"
 
@@ -96,10 +96,10 @@ def add(
     ).encode()
     db = store.meta.db(DB)
 
-    def fn(txn: object) -> bool:
-        if txn.get(dkey(digest), db=store.meta.db("refs")) is None:  # type: ignore[attr-defined]
+    def fn(txn: Txn) -> bool:
+        if txn.get(dkey(digest), db=store.meta.db("refs")) is None:
             raise NotFound(f"no manifest {digest} in the store")
-        return bool(txn.put(key, value, db=db, overwrite=False))  # type: ignore[attr-defined]
+        return bool(txn.put(key, value, db=db, overwrite=False))
 
     added = store.meta.write(fn)
     if not added:
@@ -145,20 +145,19 @@ def decode_row(key: bytes, value: bytes) -> SignatureRecord:
     return _decode(key, value)
 
 
-def delete_for(store: Store, txn: object, manifest_keys: Iterable[bytes]) -> int:
+def delete_for(store: Store, t: Txn, manifest_keys: Iterable[bytes]) -> int:
     """Drop every signature of the given manifests (32-byte keys) in the caller's write transaction."""
     db = store.meta.db(DB)
-    t: object = txn
     doomed = []
     for mk in manifest_keys:
-        cur = t.cursor(db=db)  # type: ignore[attr-defined]
+        cur = t.cursor(db=db)
         if cur.set_range(mk):
             for k in cur.iternext(values=False):
                 if not bytes(k).startswith(mk):
                     break
                 doomed.append(bytes(k))
     for k in doomed:
-        t.delete(k, db=db)  # type: ignore[attr-defined]
+        t.delete(k, db=db)
     return len(doomed)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from castore.readers import FileJob, FileResult
 from castore.store import Store
+from castore.store.meta import Txn
 
 KEY = struct.Struct("<QQ")
 RACY_NS = 2 * 10**9
@@ -73,8 +74,8 @@ def record(store: Store, rows: Iterable[tuple[bytes, bytes]]) -> None:
     if not rows:
         return
 
-    def fn(txn: object) -> None:
+    def fn(txn: Txn) -> None:
         for k, v in rows:
-            txn.put(k, v, db=db)  # type: ignore[attr-defined]
+            txn.put(k, v, db=db)
 
     store.meta.write(fn)

@@ -61,6 +61,7 @@ from castore.manifest.model import (
     Chunk,
     Device,
     Directory,
+    EntryFields,
     Manifest,
     NamedPipe,
     RegularFile,
@@ -319,7 +320,7 @@ class _Importer:
                 for k, v in self.apple.get(p, ()):
                     xattrs.setdefault(k, v)
                 orphans.discard(p)
-            common = dict(
+            common = EntryFields(
                 paths=paths,
                 perm=n.perm,
                 uid=n.uid,
@@ -328,15 +329,15 @@ class _Importer:
                 xattrs=tuple(sorted(xattrs.items())),
             )
             if n.kind == "file":
-                out.append(RegularFile(size=n.size, digest=n.digest, chunks=n.chunks, holes=n.holes, **common))  # type: ignore[arg-type]
+                out.append(RegularFile(size=n.size, digest=n.digest, chunks=n.chunks, holes=n.holes, **common))
             elif n.kind == "dir":
-                out.append(Directory(opaque=paths[0] in self.opaque or paths[0] in self.whiteouts, **common))  # type: ignore[arg-type]
+                out.append(Directory(opaque=paths[0] in self.opaque or paths[0] in self.whiteouts, **common))
             elif n.kind == "symlink":
-                out.append(Symlink(target=n.target, **common))  # type: ignore[arg-type]
+                out.append(Symlink(target=n.target, **common))
             elif n.kind == "device":
-                out.append(Device(char=n.char, major=n.major, minor=n.minor, **common))  # type: ignore[arg-type]
+                out.append(Device(char=n.char, major=n.major, minor=n.minor, **common))
             else:
-                out.append(NamedPipe(**common))  # type: ignore[arg-type]
+                out.append(NamedPipe(**common))
         at = self.tree.at
         for p in sorted(self.opaque | set(self.whiteouts)):
             if p in at or self._below_non_dir(p):

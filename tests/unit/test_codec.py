@@ -22,6 +22,7 @@ from castore.manifest import (
     codec,
     dumps,
     loads,
+    render,
     validate,
 )
 from castore.manifest import gomode as gm
@@ -273,4 +274,4 @@ def test_property_text_and_json_renderings(m: Manifest) -> None:
     assert codec.dumps_text(m)
     import json
 
-    assert len(json.loads(codec.dumps_json(m))["resources"]) == len(m.resources)
+    assert len(json.loads(render.dumps_json(m))["resources"]) == len(m.resources)

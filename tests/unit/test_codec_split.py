@@ -1,4 +1,4 @@
-"""codec.split_entries (paths, offsets, file flags) and first_path against the full decoder, every kind of entry."""
+"""entries.split_entries (paths, offsets, file flags) and first_path against the full decoder, every kind of entry."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 
 from castore.ingest import ingest
 from castore.manifest import codec
+from castore.manifest.entries import first_path, split_entries
 from castore.manifest.model import Manifest, RegularFile
 from castore.store import Store
 
@@ -27,7 +28,7 @@ def test_split_agrees_with_the_decoder(blobs: list[bytes]) -> None:
     for blob in blobs:
         starts: list[int] = []
         plain: list[bool] = []
-        entries, paths = codec.split_entries(blob, starts=starts, plain=plain)
+        entries, paths = split_entries(blob, starts=starts, plain=plain)
         m = codec.loads(blob)
         assert len(entries) == len(m.resources)
         for e, ps, s, f, r in zip(entries, paths, starts, plain, m.resources, strict=True):
@@ -35,7 +36,7 @@ def test_split_agrees_with_the_decoder(blobs: list[bytes]) -> None:
             assert ps == r.paths
             assert blob[s : s + len(e)] == e
             assert f == isinstance(r, RegularFile)
-            assert codec.first_path(e) == r.paths[0]
+            assert first_path(e) == r.paths[0]
 
 
 def test_odd_names_and_truncation() -> None:
@@ -47,12 +48,12 @@ def test_odd_names_and_truncation() -> None:
     ]
     m = Manifest.of([RegularFile(paths=(n,), size=0, digest="sha256:" + "0" * 64) for n in names])
     blob = codec.dumps(m)
-    entries, paths = codec.split_entries(blob)
+    entries, paths = split_entries(blob)
     assert [ps[0] for ps in paths] == [r.path for r in m.resources]
-    assert [codec.first_path(e) for e in entries] == [r.path for r in m.resources]
+    assert [first_path(e) for e in entries] == [r.path for r in m.resources]
     for cut in (1, len(blob) // 2, len(blob) - 1):
         with pytest.raises(codec.CorruptManifest):
-            codec.split_entries(blob[:cut])
+            split_entries(blob[:cut])
 
 
 def test_frames_that_lie_are_refused() -> None:
@@ -62,4 +63,4 @@ def test_frames_that_lie_are_refused() -> None:
     good = codec.dumps(Manifest.of([RegularFile(paths=("/a",), size=0, digest="sha256:" + "0" * 64)]))
     for bad in (b"\x0a\x00" + good, b"\x0a\x03\x0a\x09/" + good):
         with pytest.raises((codec.CorruptManifest, codec.InvalidManifest)):
-            codec.split_entries(bad)
+            split_entries(bad)
