@@ -4,8 +4,8 @@ The image manifest is chosen from an index by platform (``--platform OS/ARCH[/VA
 default the host's), its config is checked (``rootfs.diff_ids`` one per layer), every
 layer blob is downloaded into the lease's tmp dir (in parallel, digest and size verified
 as it streams), and read by the tar importer with OCI whiteouts (plain, gzip or zstd,
-detected from the bytes; compressed layers in parallel as they arrive, a plain tar once
-the downloads are over, as its reader forks): its files are hashed, chunked and staged,
+detected from the bytes) in a worker process as soon as it is complete
+(``castore.remote.image_workers``: layers parse in parallel): its files are hashed, chunked and staged,
 deduplicating against the store (a file the store has is pinned, never written again).
 ``castore.remote.layers`` flattens the layer manifests; the result is committed like any
 ingest and recorded under the name given.
