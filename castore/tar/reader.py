@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import zstandard
 
@@ -67,8 +67,9 @@ def _open_gzip(raw: Any) -> Any:
         from isal import igzip, isal_zlib
     except ImportError:
         return gzip.GzipFile(fileobj=raw, mode="rb")
-    if isal_zlib.error not in _DECODE_ERRORS:
-        _DECODE_ERRORS = (*_DECODE_ERRORS, isal_zlib.error)
+    err = cast("type[BaseException]", isal_zlib.error)  # a class (its stub says an instance)
+    if err not in _DECODE_ERRORS:
+        _DECODE_ERRORS = (*_DECODE_ERRORS, err)
     return igzip.IGzipFile(fileobj=raw, mode="rb")
 
 
