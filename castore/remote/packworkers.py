@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import zstandard
 
 from castore.errors import BlobNotFound, IntegrityError
+from castore.fs.io import read_full
 from castore.remote.packfmt import compressor, encode_entry
 from castore.store.blobs import open_blob_file
 
@@ -36,11 +37,8 @@ def _read(path: str, digest: str, size: int) -> bytes:
         if st.st_size != size:
             raise IntegrityError(f"store blob {digest} is not a regular file of {size} bytes (run fsck)")
         data = os.read(fd, size + 1) if size else b""
-        while len(data) < size:
-            more = os.read(fd, size - len(data))
-            if not more:
-                break
-            data += more
+        if len(data) < size:
+            data += read_full(fd, size - len(data))
     finally:
         os.close(fd)
     if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from castore import fs
 from castore.errors import BlobNotFound, CastoreError, IntegrityError, UnsafeInput, raise_if_full
 from castore.faults import crashpoint
-from castore.fs.io import hash_fd
+from castore.fs.io import hash_fd, read_full
 from castore.fs.tree import fsync_dir
 from castore.store.base import StoreState
 from castore.store.meta import BLOB_ROW, Txn, dkey
@@ -97,12 +97,7 @@ class BlobFiles(StoreState):
             size = os.fstat(fd).st_size
             if size > limit:
                 raise IntegrityError(f"blob {digest} is too large ({size} bytes)")
-            data = b""
-            while len(data) < size:
-                more = os.read(fd, size - len(data))
-                if not more:
-                    break
-                data += more
+            data = read_full(fd, size)
         finally:
             os.close(fd)
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
