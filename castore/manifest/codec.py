@@ -30,6 +30,7 @@ from castore.manifest.model import (
     Symlink,
     Whiteout,
 )
+from castore.manifest.wire import plain_file
 
 
 def escaped(path: str) -> tuple[str, bytes | None]:
@@ -143,7 +144,9 @@ def dumps(m: Manifest) -> bytes:
     """
     parts = []
     for r in m.resources:
-        data = to_proto(r).SerializeToString(deterministic=True)
+        data = plain_file(r) if type(r) is RegularFile else None  # most entries: bytes written by hand
+        if data is None:
+            data = to_proto(r).SerializeToString(deterministic=True)
         parts.append(b"\x0a" + _varint(len(data)) + data)
     return b"".join(parts)
 

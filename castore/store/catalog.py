@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import secrets
-import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -178,20 +177,8 @@ class Catalog(StoreState):
 
     def history(self, name: str) -> list[TagInfo]:
         """Every manifest recorded under ``name``, oldest first."""
-        prefix = name.encode() + b"\0"
-        out = []
         with self.meta.read() as txn:
-            cur = txn.cursor(db=self.meta.db("history"))
-            if cur.set_range(prefix):
-                for k, v in cur:
-                    if not k.startswith(prefix):
-                        break
-                    if len(k) != len(prefix) + 8:
-                        continue
-                    (t,) = struct.unpack(">Q", k[len(prefix) :])
-                    d = dstr(v[:32])
-                    out.append(TagInfo(name, d, t, 0))
-        return out
+            return [TagInfo(name, dstr(v[:32]), t, 0) for t, v in revisions.rows_of(txn, self.meta.db("history"), name)]
 
     def get_tag(self, name: str) -> str | None:
         with self.meta.read() as txn:

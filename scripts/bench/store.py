@@ -379,13 +379,18 @@ class Bench:
 
         self.rounds([("continuity", hardlink), ("cp -al", cp_al), ("cp -a", cp_a), ("ostree", ostree)])
         self.clean(repo)
+        # Issue 16's targets: the first hardlink checkout writes every object, so it is held to
+        # cp -a; the second and the one after rm only link, held to cp -al.
+        ours = k + "continuity --link hardlink (1st)"
+        self.compare(f"checkout {corpus} hardlink (1st) vs cp -a", ours, k + "cp -a", "<=1.5x")
         for nth in ("1st", "2nd", "after rm"):
             ours = k + f"continuity --link hardlink ({nth})"
-            self.compare(f"checkout {corpus} hardlink ({nth}) vs cp -al", ours, k + "cp -al", "<=1.5x")
+            if nth != "1st":
+                self.compare(f"checkout {corpus} hardlink ({nth}) vs cp -al", ours, k + "cp -al", "<=1.3x")
             self.compare(f"checkout {corpus} hardlink ({nth}) vs ostree -H", ours, k + "ostree checkout -H", "<1x")
             self.compare(f"checkout {corpus} hardlink ({nth}) vs cp -al+sync", ours, k + "cp -al+sync", "info")
         ours = k + "continuity --link copy"
-        self.compare(f"checkout {corpus} copy vs cp -a", ours, k + "cp -a", "<=1.3x")
+        self.compare(f"checkout {corpus} copy vs cp -a", ours, k + "cp -a", "<=1.2x")
         self.compare(f"checkout {corpus} copy vs ostree -C", ours, k + "ostree checkout -C", "<1x")
         self.compare(f"checkout {corpus} copy vs cp -a+sync", ours, k + "cp -a+sync", "info")
 
