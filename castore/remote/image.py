@@ -4,8 +4,8 @@ The image manifest is chosen from an index by platform (``--platform OS/ARCH[/VA
 default the host's), its config is checked (``rootfs.diff_ids`` one per layer), every
 layer blob is downloaded into the lease's tmp dir (in parallel, digest and size verified
 as it streams), and read by the tar importer with OCI whiteouts (plain, gzip or zstd,
-detected from the bytes; compressed layers in parallel as they arrive, a plain tar once
-the downloads are over, as its reader forks): its files are hashed, chunked and staged,
+detected from the bytes) in a worker process as soon as it is complete
+(``castore.remote.image_workers``: layers parse in parallel): its files are hashed, chunked and staged,
 deduplicating against the store (a file the store has is pinned, never written again).
 ``castore.remote.layers`` flattens the layer manifests; the result is committed like any
 ingest and recorded under the name given.
@@ -20,7 +20,7 @@ import json
 import os
 import platform as _platform
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,13 +29,11 @@ from castore.digest import hash_bytes, hex_of
 from castore.errors import IntegrityError, NotFound, UnsafeInput
 from castore.faults import crashpoint
 from castore.ingest import commit_manifest
-from castore.manifest.model import Manifest
+from castore.remote.image_workers import LayerWorkers, Parsed
 from castore.remote.layers import Flattener
 from castore.remote.oci import OCI_INDEX, OCI_MANIFEST, Descriptor
 from castore.remote.transfer import Progress
 from castore.store import Store, check_name, manifest_refs
-from castore.tar.importer import TarOptions, read_tar
-from castore.tar.reader import open_stream
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -58,7 +56,6 @@ ACCEPT = f"{OCI_MANIFEST}, {DOCKER_MANIFEST}, {OCI_INDEX}, {DOCKER_LIST}"
 MAX_MANIFEST = 4 << 20
 MAX_CONFIG = 8 << 20
 MAX_LAYERS = 512
-Parsed = tuple[Manifest, list[tuple[str, str]], dict[str, int], dict[str, int], set[str]]
 
 
 class Source(Protocol):
@@ -232,6 +229,50 @@ def resolve(src: Source, raw: bytes, what: str, platform: Platform | None) -> tu
     return raw, hash_bytes(raw)
 
 
+def _workers(img: Image) -> int:
+    """Worker processes for the layers: one per core (at most 2, as the tar importer), none for one core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores < 2 else min(2, cores, len(img.layers))
+
+
+def _load_layers(
+    src: Source, img: Image, tmp_dir: str, workers: LayerWorkers, jobs: int
+) -> tuple[Flattener, dict[str, str], dict[str, int], set[str]]:
+    """Download every layer (``jobs`` threads, digests verified as they stream), hand each to a worker
+    as soon as it is complete, and flatten the parsed layers bottom first."""
+    prog = Progress("pull", sum(d.size for d in img.layers))
+    flat = Flattener()
+    staged: dict[str, str] = {}
+    pinned: set[str] = set()
+    sizes: dict[str, int] = {}
+
+    def load(i: int, d: Descriptor) -> Future[Parsed]:
+        path = os.path.join(tmp_dir, f"layer-{i}")
+        src.fetch_blob(d.digest, d.size, path)
+        prog.add(d.size)
+        return workers.submit(path)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(img.layers) or 1)), thread_name_prefix="layer")
+    try:
+        futures = [pool.submit(load, i, d) for i, d in enumerate(img.layers)]
+        for fut in futures:
+            layer, st, sz, _inos, pins = fut.result().result()
+            flat.add_layer(layer)
+            sizes.update(sz)
+            for tmp, d in st:
+                if d not in staged:
+                    staged[d] = tmp
+                    if d in pins:
+                        pinned.add(d)
+    except BaseException:
+        src.abort.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        prog.done()
+    return flat, staged, sizes, pinned
+
+
 @bulk
 def pull_image(
     store: Store,
@@ -251,59 +292,17 @@ def pull_image(
         check_name(name)
     raw, image_digest = resolve(src, raw, what, platform)
     img = parse_image(raw, what)
-    opts = TarOptions(whiteouts="oci", appledouble="keep")
     with store.lease() as lease:
         os.makedirs(lease.tmp_dir, mode=0o700)
-        _check_config(_small_blob(src, img.config, lease.tmp_dir), img, what)
-        prog = Progress("pull", sum(d.size for d in img.layers))
-        flat = Flattener()
-        staged: dict[str, str] = {}
-        written: set[str] = set()
-        pinned: set[str] = set()
-        sizes: dict[str, int] = {}
-
-        def parse(path: str) -> Parsed:
-            with open_stream(path) as stream:
-                got = read_tar(stream, lease.tmp_dir, store.blob_root, store.chunking, opts)
-            os.unlink(path)
-            return got
-
-        def load(i: int, d: Descriptor) -> tuple[str, Parsed | None]:
-            """Download layer ``i``; parse it here too when compressed (zlib, zstd and hashing release
-            the GIL, so layers parse in parallel). A plain tar is parsed by the caller once every
-            download is over: its reader forks worker processes, never beside running threads."""
-            path = os.path.join(lease.tmp_dir, f"layer-{i}")
-            src.fetch_blob(d.digest, d.size, path)
-            prog.add(d.size)
-            with open(path, "rb") as f:
-                head = f.read(4)
-            if head[:2] == b"\x1f\x8b" or head == b"\x28\xb5\x2f\xfd":
-                return path, parse(path)
-            return path, None
-
-        pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(img.layers) or 1)), thread_name_prefix="layer")
+        # forked before the config download or any thread: a worker process per core reads layers
+        workers = LayerWorkers(lease.tmp_dir, store.blob_root, store.chunking, _workers(img))
+        failed = True
         try:
-            futures: list[Future[tuple[str, Parsed | None]]] = [
-                pool.submit(load, i, d) for i, d in enumerate(img.layers)
-            ]
-            for fut in futures:
-                path, parsed = fut.result()
-                if parsed is None:
-                    wait(futures)
-                    parsed = parse(path)
-                layer, st, sz, _inos, pins = parsed
-                flat.add_layer(layer)
-                sizes.update(sz)
-                for tmp, d in st:
-                    if d not in staged:
-                        staged[d] = tmp
-                        (pinned if d in pins else written).add(d)
-        except BaseException:
-            src.abort.set()
-            raise
+            _check_config(_small_blob(src, img.config, lease.tmp_dir), img, what)
+            flat, staged, sizes, pinned = _load_layers(src, img, lease.tmp_dir, workers, jobs)
+            failed = False
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            prog.done()
+            workers.close(failed=failed)
         manifest = flat.manifest()
         refs = manifest_refs(manifest)
         crashpoint("image-before-commit")

@@ -99,9 +99,13 @@ class Flattener:
         paths: dict[int, list[str]] = {}
         for p, rid in self.at.items():
             paths.setdefault(rid, []).append(p)
-        out = [
-            dataclasses.replace(self.res[rid], paths=tuple(sorted(ps, key=os.fsencode))) for rid, ps in paths.items()
-        ]
+        out = []
+        for rid, ps in paths.items():
+            r = self.res[rid]
+            if len(ps) > 1:
+                ps.sort(key=os.fsencode)
+            # most resources keep the names their layer gave them: no copy then
+            out.append(r if tuple(ps) == r.paths else dataclasses.replace(r, paths=tuple(ps)))
         return Manifest.of(out)
 
 

