@@ -70,6 +70,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
         self.report = GcReport(dry_run=opts.dry_run)
         self.keep_items = opts.dry_run or opts.list_items
         self.pages = Pages(self.meta)  # keeps the mapped index out of the resident set
+        self.refs_left = -1  # refs rows the last commit left (the snapshot's count before the first)
         self.dry_gone: set[bytes] = set()  # a dry run's doomed index rows (it lists them all anyway)
 
     # ------------------------------------------------------------- roots
@@ -100,6 +101,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
                 sc.manifests.add(k)
                 if k not in roots and self._young(k):
                     roots.add(k)
+            self.refs_left = sc.manifests.n
             # Every root is followed: a lease may name whole-file digests served by chunks.
             mark_to(roots, self._refs_of(txn), sc.marked, self.pages.drop)
         return roots
@@ -167,8 +169,13 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
         def fn(txn: Txn) -> None:
             t: object = txn
             roots, prune, leases = self._roots(txn)
-            keys = self.pages.each(t.cursor(db=refs_db).iternext(values=False))  # type: ignore[attr-defined]
-            new = sc.manifests.missing(bytes(k) for k in keys)
+            new: list[bytes] = []
+            # Only gc (under STORE/gc.lock) removes refs rows, so an unchanged count since our last
+            # commit means no manifest was added: skip the walk of every manifest key.
+            out["refs_left"] = t.stat(refs_db)["entries"]  # type: ignore[attr-defined]
+            if out["refs_left"] != self.refs_left:
+                keys = self.pages.each(t.cursor(db=refs_db).iternext(values=False))  # type: ignore[attr-defined]
+                new = list(sc.manifests.missing(bytes(k) for k in keys))
             extra = (roots - snap_roots) | set(new)
             young = {m for m, _, kind in garbage if kind == KIND_MANIFEST and m not in extra and self._young(m)}
             mark(extra | young, self._refs_of(t), late)
@@ -193,6 +200,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
             out["signatures"] = signatures.delete_for(
                 self.store, txn, [k for k, _, kind in doomed if kind == KIND_MANIFEST]
             )
+            out["refs_left"] = t.stat(refs_db)["entries"]  # type: ignore[attr-defined]
             # "v" rows (verified-blob stat records) are a cache: dropped after the lock (phase 4).
 
         if self.opts.dry_run:
@@ -202,6 +210,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
             self.meta.write(fn)
             if first:
                 crashpoint("gc-after-index-commit")
+        self.refs_left = out["refs_left"]  # type: ignore[assignment]
         for k in out["prune"]:  # type: ignore[attr-defined]
             self.report.add(Item("history", history_name(k)), self.keep_items, is_file=False)
         for lid in out["leases"]:  # type: ignore[attr-defined]

@@ -261,3 +261,39 @@ def test_index_deletes_in_small_chunks(store: Store, tmp_path: Path, monkeypatch
     assert store.missing_blobs([gone]) == {gone} and not store.missing_blobs([keep])
     assert fsck(store).sound and not fsck(store).findings
     assert os.getpriority(os.PRIO_PROCESS, 0) == 0 or os.geteuid() != 0  # priority restored
+
+
+def test_a_manifest_committed_between_two_index_chunks_keeps_its_blobs(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk's hold finds the manifests added since the previous one (the count of refs rows
+    moved): an unnamed one committed between two chunks is a root, its blobs stay."""
+    import shutil
+
+    import castore.gc.collect as gcmod
+    from castore.fsck.check import fsck
+    from castore.ingest import ingest as do_ingest
+
+    monkeypatch.setattr(gcmod, "COMMIT_CHUNK", 2)
+    gone_src = rand_tree(tmp_path / "g", 31, n=12)
+    gone = do_ingest(store, str(gone_src), name="gone", progress=False)
+    store.untag("gone")
+    again_src = tmp_path / "again"
+    shutil.copytree(gone_src, again_src)
+    (again_src / "extra").write_bytes(b"a new file: a new manifest over the garbage blobs\n")
+    import castore.gc.spill as spill
+
+    real_read = spill.Records.read
+    added: list[str] = []
+
+    def read(self, pos, count):  # type: ignore[no-untyped-def]
+        if pos and not added and self.f.name.endswith("garbage"):  # the 2nd chunk, before its hold
+            added.append(do_ingest(store, str(again_src), progress=False))
+        return real_read(self, pos, count)
+
+    monkeypatch.setattr(spill.Records, "read", read)
+    collect(store, GcOptions(grace_ns=0))
+    assert added and not store.missing_blobs([added[0]])
+    assert manifest_blobs(Path(store.path), added[0]) <= blob_files(Path(store.path))
+    assert store.missing_blobs([gone]) == {gone}
+    assert fsck(store).sound
