@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterable
 
@@ -119,7 +118,7 @@ class BlobFiles(StoreState):
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         if not os.path.exists(path):
-            tmp = os.path.join(self.path, "tmp", f".put-{secrets.token_hex(8)}")
+            tmp = os.path.join(self.path, "tmp", f".put-{os.urandom(8).hex()}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
             try:
                 write_all(fd, data)
