@@ -12,6 +12,7 @@ from castore.cli.retention_opts import build_policy, print_plan, retention_optio
 from castore.errors import IntegrityError, NotFound, StoreUnusable, UnsafeInput
 from castore.fsck.check import FsckReport, parse_subset, rebuild_index
 from castore.gc.collect import parse_duration
+from castore.gc.report import GcReport
 from castore.store import default_store_path
 from castore.textsafe import quote, safe_line
 from castore.units import human_size
@@ -138,13 +139,13 @@ KIND_WORDS = {
 }
 
 
-def dry_run_lines(report: object) -> list[str]:
+def dry_run_lines(report: GcReport) -> list[str]:
     """What a real run would free, per kind: ``would delete 12 content blobs (3.4 MiB)``."""
     sizes: dict[str, int] = {}
-    for item in report.items:  # type: ignore[attr-defined]
+    for item in report.items:
         sizes[item.kind] = sizes.get(item.kind, 0) + item.size
     out = []
-    for kind, n in sorted(report.counts.items(), key=lambda kv: -sizes.get(kv[0], 0)):  # type: ignore
+    for kind, n in sorted(report.counts.items(), key=lambda kv: -sizes.get(kv[0], 0)):
         if kind in ("cache-row", "index-row"):
             continue  # bookkeeping, not the user's data: in the summary's counts only
         size = f" ({human_size(sizes[kind])})" if sizes.get(kind) else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,9 @@ from castore.fs.io import read_capped
 from castore.sign import allowed_signers
 from castore.sign.keys import generate, load_private_key, public_comment
 from castore.sign.sshsig import NAMESPACE, BadSignature, armor, dearmor, parse_signature, sign_message, verify_message
+
+if TYPE_CHECKING:
+    from castore.store import Store
 
 MAX_SIG_FILE = 64 << 10
 
@@ -27,7 +31,7 @@ def _passphrase() -> bytes:
     return line.rstrip(b"\r\n")
 
 
-def _store_manifest(obj: Ctx, manifest: str) -> tuple[str, object]:
+def _store_manifest(obj: Ctx, manifest: str) -> tuple[str, Store]:
     _, digest, store = resolve_lazy(obj, manifest, need_store=True)
     if digest is None or store is None:
         raise NotFound(
@@ -105,7 +109,7 @@ def sign_cmd(
     if principal is not None and (not principal.isprintable() or len(principal) > 255):
         raise click.BadParameter("a principal is 1-255 printable characters", param_hint="--principal")
     digest, store = _store_manifest(obj, manifest)
-    message = store.read_blob(digest)  # type: ignore[attr-defined]
+    message = store.read_blob(digest)
     if key_file is not None:
         key = load_private_key(os.path.expanduser(key_file), _passphrase)
         raw = sign_message(key, message, sha256=bytes.fromhex(digest[7:]))
@@ -117,7 +121,7 @@ def sign_cmd(
         sig = parse_signature(_read_sig(import_file), what=import_file)
         verify_message(sig, message, NAMESPACE, what=f"signature {import_file}", sha256=bytes.fromhex(digest[7:]))
         raw, source = sig.raw, "import"
-    rec, added = add(store, digest, sig, principal=principal, source=source, message=message)  # type: ignore[arg-type]
+    rec, added = add(store, digest, sig, principal=principal, source=source, message=message)
     if output is not None:
         text = armor(raw)
         if output == "-":
@@ -160,8 +164,8 @@ def verify_signature_cmd(
 
     signers = allowed_signers.load(signers_file)
     digest, store = _store_manifest(obj, manifest)
-    message = store.read_blob(digest)  # type: ignore[attr-defined]
-    sigs = [_read_sig(sig_file)] if sig_file else [r.raw for r in for_manifest(store, digest)]  # type: ignore
+    message = store.read_blob(digest)
+    sigs = [_read_sig(sig_file)] if sig_file else [r.raw for r in for_manifest(store, digest)]
     if not sigs:
         raise IntegrityError(f"manifest {digest} has no signature")
     good, problems = [], []

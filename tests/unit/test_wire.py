@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from castore._pb import manifest_pb2 as pb
 from castore.manifest import codec, wire
 from castore.manifest.model import Chunk, Manifest, RegularFile
 
@@ -68,5 +71,10 @@ def test_dumps_round_trips() -> None:
 
 def test_varint() -> None:
     for n in (0, 1, 127, 128, 300, 2**63 - 1):
-        assert codec._varint(n) == wire.varint(n)
+        msg = pb.Resource(size=n).SerializeToString()  # field 7: tag 0x38, then the varint
+        assert msg == b"\x38" + wire.varint(n) or n == 0
+        assert wire.read_varint(wire.varint(n), 0) == (n, len(wire.varint(n)))
+    for bad in (b"", b"\x80", b"\xff" * 10 + b"\x01"):
+        with pytest.raises(ValueError):
+            wire.read_varint(bad, 0)
     assert wire.varint(-1) == b"\xff" * 9 + b"\x01"  # int64 -1, as protobuf writes it
