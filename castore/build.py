@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING
 
 from castore import fs
 
-if TYPE_CHECKING:
-    from concurrent.futures import ProcessPoolExecutor
+if TYPE_CHECKING:  # concurrent.futures (and logging) only once there is something to read
+    from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from castore.bulkmode import bulk
 from castore.errors import CastoreError
 from castore.manifest.model import Manifest, path_key
@@ -118,6 +117,8 @@ class Reader:
     def _submit(self, idx: list[int]) -> None:
         packed = [(j.rel, j.dev, j.ino, j.size, j.mtime_ns, j.ctime_ns, j.sparse) for j in (self.jobs[i] for i in idx)]
         if self.pool is None:
+            from concurrent.futures import Future
+
             fut: Future[list[str | bytes | PackedResult]] = Future()
             fut.set_result(self.proc.run_packed(packed))
         else:

@@ -15,7 +15,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import secrets
 from dataclasses import dataclass, field
 
 from castore import fs
@@ -255,7 +254,7 @@ class Processor:
 
     def _open_tmp(self) -> tuple[int, str]:
         assert self.stage_dir is not None
-        name = os.path.join(self.stage_dir, secrets.token_hex(12))
+        name = os.path.join(self.stage_dir, os.urandom(12).hex())
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
         return fd, name
 

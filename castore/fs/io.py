@@ -99,6 +99,17 @@ def hash_fd(fd: int, chunk: int = 4 << 20, *, expect: int | None = None) -> tupl
     return "sha256:" + h.hexdigest(), pos
 
 
+def read_full(fd: int, size: int) -> bytes:
+    """``size`` bytes from ``fd``'s offset (fewer only at the end of the file)."""
+    data = b""
+    while len(data) < size:
+        more = os.read(fd, size - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
 def read_capped(
     path: str,
     limit: int,

@@ -27,7 +27,7 @@ from castore.fsck.rebuild import RebuildReport, rebuild_index
 from castore.fsck.report import Finding, FsckOptions, FsckReport, parse_subset
 from castore.fsck.signatures import check_signatures
 from castore.manifest import Manifest, codec, validate
-from castore.store import Store, manifest_refs, unpack_chunks
+from castore.store import Store, manifest_refs, treecache, unpack_chunks
 from castore.store.links import object_record
 from castore.store.lock import flocked
 from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_NAMES, Txn, dkey, dstr, prefix_rows
@@ -318,6 +318,8 @@ class _Checker:
                 f.repaired = "index row dropped"
 
         def fn(txn: Txn) -> None:
+            if drop:  # ingest's unchanged-tree shortcut trusts no blob row after this (castore/store/treecache.py)
+                treecache.note_deletions(self.meta, txn)
             for k in drop:
                 txn.delete(k, db=blobs_db)
                 txn.delete(b"v" + k, db=links_db)

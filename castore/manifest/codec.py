@@ -30,7 +30,7 @@ from castore.manifest.model import (
     Symlink,
     Whiteout,
 )
-from castore.manifest.wire import plain_file
+from castore.manifest.wire import plain_file, varint
 
 
 def escaped(path: str) -> tuple[str, bytes | None]:
@@ -126,15 +126,6 @@ def to_proto(r: Resource) -> pb.Resource:
     return out
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def dumps(m: Manifest) -> bytes:
     """Deterministic protobuf bytes of a manifest: same manifest, same bytes.
 
@@ -147,7 +138,7 @@ def dumps(m: Manifest) -> bytes:
         data = plain_file(r) if type(r) is RegularFile else None  # most entries: bytes written by hand
         if data is None:
             data = to_proto(r).SerializeToString(deterministic=True)
-        parts.append(b"\x0a" + _varint(len(data)) + data)
+        parts.append(b"\x0a" + varint(len(data)) + data)
     return b"".join(parts)
 
 

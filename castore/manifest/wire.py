@@ -30,6 +30,22 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
+def read_varint(data: bytes, i: int, end: int | None = None) -> tuple[int, int]:
+    """The varint at ``data[i]`` and the offset after it; ValueError when it runs to ``end`` (default:
+    the end of ``data``) or past 64 bits."""
+    end = len(data) if end is None else end
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise ValueError(f"bad varint at byte {i}")
+        b = data[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
 _MODE: dict[int, bytes] = {}  # permission bits -> the mode field (tag and varint), filled as seen
 
 

@@ -63,13 +63,7 @@ class Registry(Transport):
         opener = source
 
         def go() -> None:
-            ans = self._send("POST", f"{self.ref.base}/blobs/uploads/")
-            self._check(ans, f"upload of {digest}", (202,))
-            loc = ans.headers.get("location")
-            if not loc:
-                raise RemoteError(f"{self.where}: upload of {digest}: no Location in the answer")
-            url = urljoin(ans.url, loc)
-            url += ("&" if "?" in url else "?") + urlencode({"digest": digest})
+            url = self._upload_url(digest)
             hdrs = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
             fd = opener()
             try:
@@ -89,6 +83,16 @@ class Registry(Transport):
 
         self._call(f"upload of {digest}", go)
 
+    def _upload_url(self, digest: str) -> str:
+        """Open an upload session (POST); the URL its monolithic PUT of ``digest`` goes to."""
+        ans = self._send("POST", f"{self.ref.base}/blobs/uploads/")
+        self._check(ans, f"upload of {digest}", (202,))
+        loc = ans.headers.get("location")
+        if not loc:
+            raise RemoteError(f"{self.where}: upload of {digest}: no Location in the answer")
+        url = urljoin(ans.url, loc)
+        return url + ("&" if "?" in url else "?") + urlencode({"digest": digest})
+
     def _upload_memory(self, digest: str, data: bytes | bytearray) -> None:
         """Upload bytes held in memory (packs): hashed once, then sent in pieces (no copy)."""
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
@@ -96,13 +100,7 @@ class Registry(Transport):
         view = memoryview(data)
 
         def go() -> None:
-            ans = self._send("POST", f"{self.ref.base}/blobs/uploads/")
-            self._check(ans, f"upload of {digest}", (202,))
-            loc = ans.headers.get("location")
-            if not loc:
-                raise RemoteError(f"{self.where}: upload of {digest}: no Location in the answer")
-            url = urljoin(ans.url, loc)
-            url += ("&" if "?" in url else "?") + urlencode({"digest": digest})
+            url = self._upload_url(digest)
             hdrs = {"Content-Type": "application/octet-stream", "Content-Length": str(len(view))}
             body = bytes(view) if len(view) <= PIECE else _pieces(view, self.abort)
             put = self._send("PUT", url, headers=hdrs, content=body)

@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Callable, Mapping
 
 from castore.errors import IntegrityError
+from castore.manifest.wire import read_varint
 from castore.remote.client import Registry
 from castore.remote.oci import MANIFEST_PART_MEDIA_TYPE, Descriptor
 from castore.remote.packio import Counter
@@ -36,23 +37,10 @@ CUT_BITS = 9  # one record in 512 is a cut point: ~58 KiB of 114-byte records pa
 _MASK = (1 << CUT_BITS) - 1
 
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = data[i]
-        value |= (b & 0x7F) << shift
-        i += 1
-        if b < 0x80:
-            return value, i
-        shift += 7
-        if shift > 63:
-            raise ValueError("bad varint")
-
-
 def _record_hash(data: bytes, start: int, end: int) -> int:
     """crc32 of the record's first path (field 1 of the resource), else of the whole record."""
     if start < end and data[start] == 0x0A:
-        n, i = _varint(data, start + 1)
+        n, i = read_varint(data, start + 1)
         if i + n <= end:
             return zlib.crc32(data[i : i + n])
     return zlib.crc32(data[start:end])
@@ -68,10 +56,10 @@ def cut_points(data: bytes, *, min_part: int = MIN_PART, max_part: int = MAX_PAR
     start = i = 0
     try:
         while i < n:
-            key, j = _varint(data, i)
+            key, j = read_varint(data, i)
             if key & 7 != 2:
                 return [n]
-            length, j = _varint(data, j)
+            length, j = read_varint(data, j)
             end = j + length
             if end > n:
                 return [n]

@@ -12,10 +12,8 @@ parent raises BlobNotFound/IntegrityError (exit 4) before the pack is sent.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import stat
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
@@ -23,7 +21,9 @@ from contextlib import contextmanager
 import zstandard
 
 from castore.errors import BlobNotFound, IntegrityError
+from castore.fs.io import read_full
 from castore.remote.packfmt import compressor, encode_entry
+from castore.store.blobs import open_blob_file
 
 Item = tuple[str, str, int]  # (blob file path, digest, size)
 Failure = tuple[str, str, str]  # (kind "missing" | "corrupt", digest, message)
@@ -32,24 +32,13 @@ _cctx: zstandard.ZstdCompressor | None = None
 
 
 def _read(path: str, digest: str, size: int) -> bytes:
+    fd, st = open_blob_file(path, digest)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise BlobNotFound(digest) from None
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        raise IntegrityError(f"blob {digest} is a symlink in the store ({path}), not a regular file") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        if st.st_size != size:
             raise IntegrityError(f"store blob {digest} is not a regular file of {size} bytes (run fsck)")
         data = os.read(fd, size + 1) if size else b""
-        while len(data) < size:
-            more = os.read(fd, size - len(data))
-            if not more:
-                break
-            data += more
+        if len(data) < size:
+            data += read_full(fd, size - len(data))
     finally:
         os.close(fd)
     if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:

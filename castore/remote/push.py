@@ -83,11 +83,7 @@ def push(
     registry refuses or cannot be reached, NotFound for a missing ``bases`` reference.
     """
     data = store.read_blob(manifest_digest) if manifest_digest else codec.dumps(manifest)
-    mdigest = hash_bytes(data)
-    if len(data) > MAX_CONTINUITY_MANIFEST:
-        raise ResourceLimit(
-            f"{mdigest}: the manifest is {len(data)} bytes, more than a pull accepts ({MAX_CONTINUITY_MANIFEST})"
-        )
+    mdigest = _check_manifest_size(data)
     refs = manifest_refs(manifest)
     sizes = blob_sizes(manifest)
     # A file the store holds as chunks only (a manifest without chunk lists) is pushed as the
@@ -151,16 +147,7 @@ def push(
                 prog.done()
             pairs = [(b.pack, b.index) for b in plan.reused] + [(p, x) for _, p, x in sorted(built, key=lambda t: t[0])]
             oci = build_oci_manifest(mdigest, len(data), plan.solo, pairs, descs)
-            if len(oci) > MAX_OCI_MANIFEST:
-                raise ResourceLimit(
-                    f"{mdigest}: the OCI manifest would be {len(oci)} bytes (registries take {MAX_OCI_MANIFEST})"
-                )
-            reported = reg.put_manifest(ref.tag, oci)
-            oci_digest = hash_bytes(oci)
-            if reported and reported != oci_digest:
-                raise IntegrityError(
-                    f"registry {ref.registry} stored the manifest as {reported[:80]}, expected {oci_digest}"
-                )
+            oci_digest = _put_oci_manifest(reg, ref, mdigest, oci)
             signed = push_signatures(reg, store, mdigest, oci_digest, len(oci))  # after the tree: never dangling
     return PushResult(
         oci_digest,
@@ -174,6 +161,29 @@ def push(
         len(oci),
         len(parts),
     )
+
+
+def _check_manifest_size(data: bytes) -> str:
+    """The digest of the continuity manifest's bytes; ResourceLimit when a pull would refuse them."""
+    mdigest = hash_bytes(data)
+    if len(data) > MAX_CONTINUITY_MANIFEST:
+        raise ResourceLimit(
+            f"{mdigest}: the manifest is {len(data)} bytes, more than a pull accepts ({MAX_CONTINUITY_MANIFEST})"
+        )
+    return mdigest
+
+
+def _put_oci_manifest(reg: Registry, ref: Reference, mdigest: str, oci: bytes) -> str:
+    """Tag ``oci`` (the artifact's OCI manifest) as ``ref``'s tag; its digest, as the registry confirmed it."""
+    if len(oci) > MAX_OCI_MANIFEST:
+        raise ResourceLimit(
+            f"{mdigest}: the OCI manifest would be {len(oci)} bytes (registries take {MAX_OCI_MANIFEST})"
+        )
+    reported = reg.put_manifest(ref.tag, oci)
+    oci_digest = hash_bytes(oci)
+    if reported and reported != oci_digest:
+        raise IntegrityError(f"registry {ref.registry} stored the manifest as {reported[:80]}, expected {oci_digest}")
+    return oci_digest
 
 
 def _reader(store: Store, assembled: Mapping[str, tuple[Chunk, ...]]) -> Callable[[str, int], bytes]:
