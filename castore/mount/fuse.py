@@ -372,8 +372,9 @@ def _serve_mount(
 async def _serve(pyfuse3: Any, lease: Lease, local: bool) -> None:
     import trio
 
-    async def on_signals(scope: trio.CancelScope) -> None:
+    async def on_signals(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            task_status.started()
             async for _ in signals:
                 pyfuse3.terminate()
                 return
@@ -384,7 +385,9 @@ async def _serve(pyfuse3: Any, lease: Lease, local: bool) -> None:
             renew_lease(lease)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(on_signals, nursery.cancel_scope)
+        # Handlers in place before the first request: the request loop may serve many without
+        # yielding to trio (castore/mount/fastloop.py), and a signal before them would kill the mount.
+        await nursery.start(on_signals)
         nursery.start_soon(renew)
         if local:
             # One request task: with more, pyfuse3 starts and ends a task around nearly every request

@@ -77,4 +77,7 @@ def test_varint() -> None:
     for bad in (b"", b"\x80", b"\xff" * 10 + b"\x01"):
         with pytest.raises(ValueError):
             wire.read_varint(bad, 0)
+    for n, want in ((0, b"\x00"), (1, b"\x01"), (127, b"\x7f"), (128, b"\x80\x01"), (300, b"\xac\x02")):
+        assert wire.varint(n) == want
+    assert wire.varint(2**63 - 1) == b"\xff" * 8 + b"\x7f"
     assert wire.varint(-1) == b"\xff" * 9 + b"\x01"  # int64 -1, as protobuf writes it
