@@ -12,18 +12,16 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING
 
 from castore import fs
 
-if TYPE_CHECKING:
-    from concurrent.futures import ProcessPoolExecutor
+if TYPE_CHECKING:  # concurrent.futures (and logging) only once there is something to read
+    from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from castore.bulkmode import bulk
 from castore.errors import CastoreError
-from castore.manifest.model import (
-    Manifest,
-)
+from castore.manifest.model import Manifest, path_key
+from castore.manifest.wire import framed
 from castore.readers import FileJob, FileResult, PackedResult, Processor
 from castore.walk import (
     SourceChanged,
@@ -45,6 +43,8 @@ __all__ = [
     "WalkResult",
     "assemble",
     "build",
+    "build_encoded",
+    "encode_walked",
     "ignored",
     "make_pool",
     "open_root",
@@ -98,7 +98,7 @@ class Reader:
         self.pending: list[int] = []
         self.pending_bytes = 0
         self.large: list[int] = []
-        self.futures: list[tuple[list[int], Future[list[PackedResult]]]] = []
+        self.futures: list[tuple[list[int], Future[list[str | bytes | PackedResult]]]] = []
         #: (temp or "", digest) of every blob staged or published by the batches that completed
         self.done: list[tuple[str, str]] = []
 
@@ -117,7 +117,9 @@ class Reader:
     def _submit(self, idx: list[int]) -> None:
         packed = [(j.rel, j.dev, j.ino, j.size, j.mtime_ns, j.ctime_ns, j.sparse) for j in (self.jobs[i] for i in idx)]
         if self.pool is None:
-            fut: Future[list[PackedResult]] = Future()
+            from concurrent.futures import Future
+
+            fut: Future[list[str | bytes | PackedResult]] = Future()
             fut.set_result(self.proc.run_packed(packed))
         else:
             fut = self.pool.submit(self.proc.run_packed, packed)
@@ -139,9 +141,16 @@ class Reader:
             except BaseException as exc:  # noqa: BLE001 - every batch is waited for, then the first error raised
                 failure = failure or exc
                 continue
+            done = self.done
             for i, r in zip(idx, res, strict=True):
+                if type(r) is str:  # the common case: a digest only (see Processor.run_packed)
+                    out[i] = FileResult(r)
+                    continue
+                if type(r) is bytes:  # build_encoded: the entry's bytes (a digest only, encoded)
+                    out[i] = FileResult(encoded=r)
+                    continue
                 out[i] = FileResult(*r)
-                self.done.extend(out[i].staged)
+                done.extend(out[i].staged)
             if self.progress:
                 self.progress(len(idx), sum(self.jobs[i].size for i in idx))
         self.futures = []
@@ -223,10 +232,27 @@ def build(
 ) -> Manifest:
     """The manifest of the tree at ``root``. Raises NotFound, SourceChanged, CastoreError."""
     opts = opts or WalkOptions()
+    walked, results = _walk_and_read(root, opts, pool, hash_files, encode=False)
+    return assemble(walked, results, whiteouts=opts.whiteouts)
+
+
+@bulk
+def build_encoded(root: str, opts: WalkOptions | None = None) -> bytes:
+    """``codec.dumps(build(root, opts))``, the same bytes, made with less work in this process: the
+    hashing workers also encode each plain file's entry (castore.manifest.wire), and only the other
+    entries (directories, links, files with xattrs or hardlinks...) go through the model here."""
+    opts = opts or WalkOptions()
+    walked, results = _walk_and_read(root, opts, None, True, encode=True)
+    return encode_walked(walked, results, whiteouts=opts.whiteouts)
+
+
+def _walk_and_read(
+    root: str, opts: WalkOptions, pool: Executor | None, hash_files: bool, *, encode: bool
+) -> tuple[WalkResult, list[FileResult]]:
     root_fd = open_root(root)
     try:
         st = os.fstat(root_fd)
-        proc = Processor(root=root, root_id=(st.st_dev, st.st_ino), hash_content=hash_files)
+        proc = Processor(root=root, root_id=(st.st_dev, st.st_ino), hash_content=hash_files, encode=encode)
         own_pool = pool is None and hash_files
         p = make_pool() if own_pool else pool
         try:
@@ -236,6 +262,35 @@ def build(
         finally:
             if own_pool and p is not None:
                 p.shutdown(cancel_futures=True)
-        return assemble(walked, results, whiteouts=opts.whiteouts)
+        return walked, results
     finally:
         os.close(root_fd)
+
+
+def encode_walked(walked: WalkResult, results: list[FileResult], *, whiteouts: str = "none") -> bytes:
+    """The manifest bytes of a walk: entries the workers encoded, and the rest assembled and encoded
+    here, in canonical order (by path bytes, as ``Manifest.of``)."""
+    from castore.manifest import codec  # noqa: PLC0415 - the protobuf module, only for the other entries
+
+    by_rel = {j.rel: (j, r) for j, r in zip(walked.files, results, strict=True)}
+    keyed: list[tuple[bytes, bytes]] = []
+    rest = WalkResult()
+    rest_results: list[FileResult] = []
+    is_reg = stat.S_ISREG
+    for seen in walked.entries:
+        if is_reg(seen.st.st_mode):
+            job, res = by_rel[seen.path]
+            if res.encoded and seen.st.st_nlink == 1:
+                keyed.append((path_key("/" + seen.path), framed(res.encoded)))
+                continue
+            rest.files.append(job)
+            rest_results.append(res)
+        rest.entries.append(seen)
+    for r in assemble(rest, rest_results, whiteouts=whiteouts).resources:
+        keyed.append((path_key(r.paths[0]), codec.dumps(Manifest((r,)))))
+    keyed.sort(key=_first)
+    return b"".join([b for _, b in keyed])
+
+
+def _first(pair: tuple[bytes, bytes]) -> bytes:
+    return pair[0]

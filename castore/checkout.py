@@ -134,22 +134,41 @@ def materialize_into(root_fd: int, items: Sequence[Item], writer: Writer, *, par
 
 
 def _create_entries(dirs: DirFds, entries: list[Item], writer: Writer) -> None:
-    """Create non-directory entries (their parents exist), hardlink groups included."""
+    """Create non-directory entries (their parents exist), hardlink groups included.
+
+    Per entry, the little this loop can spare: a run of one parent's entries reuses its fd
+    (nothing else asks DirFds meanwhile, so nothing evicts it), a store file of a hardlink
+    checkout goes straight to link_known, progress advances every 256 entries."""
+    quick = writer.link_known if writer.opts.link == "hardlink" and writer.store is not None else None
+    last_parent: str | None = None
+    dfd = -1
+    pending = 0
     for count, r in enumerate(entries):
-        parent, name = _split(r.path)
-        dfd = dirs.get(parent)
-        if isinstance(r, (RegularFile, LinkRef)):
+        paths = r.paths
+        parent, _, name = paths[0][1:].rpartition("/")
+        if parent != last_parent:
+            dfd, last_parent = dirs.get(parent), parent
+        if quick is not None and type(r) is LinkRef:
+            quick(dfd, name, r)
+        elif isinstance(r, (RegularFile, LinkRef)):
             writer.create_file(dfd, name, r)
-        elif not writer.create_other(dfd, name, r, r.path):
+        elif not writer.create_other(dfd, name, r, paths[0]):
             continue
         if isinstance(r, Whiteout):
             continue
-        for other in r.paths[1:]:
-            p2, n2 = _split(other)
-            os.link(name, n2, src_dir_fd=dfd, dst_dir_fd=dirs.get(p2), follow_symlinks=False)
-        progress.advance()
+        if len(paths) > 1:
+            for other in paths[1:]:
+                p2, n2 = _split(other)
+                os.link(name, n2, src_dir_fd=dfd, dst_dir_fd=dirs.get(p2), follow_symlinks=False)
+            last_parent = None  # those lookups may have evicted dfd
+        pending += 1
+        if pending == 256:
+            progress.advance(pending)
+            pending = 0
         if count == 100:
             crashpoint("checkout-mid-files")
+    if pending:
+        progress.advance(pending)
 
 
 def _halves(entries: list[Item], share: float = 0.5) -> tuple[list[Item], list[Item]]:
@@ -323,6 +342,7 @@ def checkout(
             sfd = staging.open()
             try:
                 writer = Writer(store, opts)
+                writer.umask_zero = True  # set above: new files are created with their modes
                 if store is not None:
                     with store.lease([manifest_digest] if manifest_digest else []) as lease:
                         writer.tmp_dir = lease.tmp_dir  # its new hardlink objects are written there

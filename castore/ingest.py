@@ -11,11 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import marshal
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from typing import TYPE_CHECKING
 
 import castore.store.statcache as statcache
 from castore import fs, progress
@@ -35,10 +34,13 @@ from castore.faults import crashpoint
 from castore.ingest_skips import SkipCount, drop_unread
 from castore.manifest.model import Manifest
 from castore.readers import FileJob, FileResult, Processor
-from castore.store import Store, check_name
+from castore.store import Store, check_name, treecache
 from castore.store.commit import commit_manifest
 from castore.store.meta import Txn
 from castore.store.revisions import FLAG_INCOMPLETE
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 
 def _tree_key(src: str, opts: WalkOptions, st: os.stat_result) -> bytes:
@@ -97,29 +99,23 @@ class Progress:
 class _CacheLookup:
     """The stat cache's side of a walk: each file found is a cache hit or a job for the reader.
 
-    With a fingerprint of the tree on record (``known``) the tree is probably unchanged:
-    nothing is looked up until the whole walk has been compared with it (``replay`` then
-    looks the deferred files up, when it was not).
+    With a fingerprint of the tree on record the tree was walked, and compared with it,
+    before (``_walk_if_known``): ``replay`` looks its files up, in walk order, when it
+    was no match.
     """
 
-    def __init__(self, store: Store, reader: Reader, tree_key: bytes) -> None:
+    def __init__(self, store: Store, reader: Reader) -> None:
         self.store, self.reader = store, reader
         self.db = store.meta.db("statcache")
-        with store.meta.read() as txn:
-            self.known = txn.get(tree_key, db=self.db)
         self.txn: Txn | None = None  # the read transaction of the lookups under way
         self.hits: dict[int, FileResult] = {}
         self.slots: list[int] = []  # walk index -> reader index, or -1 for a cache hit
-        self.deferred: list[FileJob] = []
 
     def walk(self, root_fd: int, opts: WalkOptions) -> WalkResult:
         with self.store.meta.read() as self.txn:
             return walk(root_fd, opts, self.on_file)
 
     def on_file(self, job: FileJob) -> None:
-        if self.known is not None:
-            self.deferred.append(job)
-            return
         assert self.txn is not None
         raw = self.txn.get(statcache.key(job), db=self.db)
         hit = None if raw is None else statcache.decode(job, raw)
@@ -130,13 +126,12 @@ class _CacheLookup:
             self.slots.append(len(self.reader.jobs))
             self.reader.add(job)
 
-    def replay(self) -> None:
-        """The walk is no match for the recorded one: look its files up after all."""
-        self.known = None
+    def replay(self, walked: WalkResult) -> WalkResult:
+        """A walk made already (no match for the recorded one): look its files up after all."""
         with self.store.meta.read() as self.txn:
-            for job in self.deferred:
+            for job in list(walked.files):
                 self.on_file(job)
-        self.deferred = []
+        return walked
 
     def merge(self, jobs: list[FileJob], fresh: list[FileResult]) -> tuple[list[FileResult], set[int]]:
         """Every walked file's result (a hit, or what the reader found; ``jobs``, the walk's files,
@@ -182,9 +177,13 @@ def ingest(
     own_pool = pool is None
     try:
         st = os.fstat(root_fd)
+        start_ns = time.time_ns()
+        tree_key = _tree_key(src, opts, st)
+        shortcut, walked, fp = _walk_if_known(store, root_fd, opts, skips, tree_key, name)
+        if shortcut is not None:
+            return shortcut
         with store.lease() as lease:
             os.makedirs(lease.tmp_dir, mode=0o700)
-            start_ns = time.time_ns()
             epoch = store.gc_epoch()
             proc = _processor(store, src, st, lease.tmp_dir)
             prog = Progress()
@@ -193,19 +192,8 @@ def ingest(
             reader = Reader(proc, pool, prog if progress else None)
             fresh: list[FileResult] = []
             try:
-                tree_key = _tree_key(src, opts, st)
-                look = _CacheLookup(store, reader, tree_key)
-                walked = look.walk(root_fd, opts)
-                if look.known is not None and skips.count:
-                    look.replay()  # entries were left out: this walk is no match for a complete one
-                if look.known is not None:
-                    fp = _fingerprint(walked)
-                    if fp is not None:
-                        shortcut = _unchanged_tree(store, look.known, fp, name)
-                        if shortcut is not None:
-                            prog.done()
-                            return shortcut
-                    look.replay()
+                look = _CacheLookup(store, reader)
+                walked = look.walk(root_fd, opts) if walked is None else look.replay(walked)
                 prog.total(sum(j.size for j in reader.jobs))
                 fresh = read_with_retries(
                     root_fd, proc, reader.jobs, pool, results=_results(reader, lease.fd), on_skip=opts.on_skip
@@ -215,7 +203,7 @@ def ingest(
                 crashpoint("ingest-after-read")
                 jobs = walked.files
                 results, hit_idx = look.merge(jobs, fresh)
-                fp = _fingerprint(walked)
+                fp = fp if fp is not None else _fingerprint(walked)
                 if skips.count:
                     jobs, results, hit_idx = drop_unread(walked, jobs, results, hit_idx)
                     store.record.flags |= FLAG_INCOMPLETE
@@ -292,19 +280,40 @@ def _abandon(store: Store, reader: Reader, fresh: list[FileResult]) -> None:
         pass
 
 
+def _walk_if_known(
+    store: Store, root_fd: int, opts: WalkOptions, skips: SkipCount, tree_key: bytes, name: str | None
+) -> tuple[str | None, WalkResult | None, bytes | None]:
+    """(the manifest of an unchanged tree, the walk, its fingerprint) when the tree has a fingerprint on
+    record, else (None, None, None).
+
+    Such a tree is probably unchanged: it is walked, and compared, before
+    anything else (no lease, no pool, no stat cache lookup: an unchanged tree
+    needs none of them). A walk that left entries out is no match for a
+    complete one.
+    """
+    if store.readonly:  # refused by the lease, as every ingest into a read-only store (README "Stores")
+        return None, None, None
+    with store.meta.read() as txn:
+        known = txn.get(tree_key, db=store.meta.db("statcache"))
+    if known is None:
+        return None, None, None
+    walked = walk(root_fd, opts)
+    if skips.count:
+        return None, walked, None
+    fp = _fingerprint(walked)
+    return (None if fp is None else _unchanged_tree(store, known, fp, name)), walked, fp
+
+
 def _unchanged_tree(store: Store, known: bytes, fp: bytes, name: str | None) -> str | None:
-    """The manifest recorded for an identical walk, if it is still whole in the store."""
-    try:
-        old_fp, digest = marshal.loads(known)
-    except (ValueError, EOFError, TypeError):
+    """The manifest recorded for an identical walk, if it is still whole in the store (castore/store/treecache.py)."""
+    rec = treecache.parse(known)
+    if rec is None or rec[0] != fp:
         return None
-    if old_fp != fp:
-        return None
+    digest, gen = rec[1], rec[2]
     with store.shared_lock():
         if store.blob_size(digest) is None or not os.path.exists(store.blob_path(digest)):
             return None
-        refs = store.manifest_refs(digest)
-        if not refs or store.missing_blobs(refs):
+        if not treecache.still_whole(store.meta, digest, gen):
             return None
         if name is not None:
             size = store.blob_size(digest) or 0

@@ -15,11 +15,11 @@ import contextlib
 import errno
 import hashlib
 import os
-import secrets
 from dataclasses import dataclass, field
 
 from castore import fs
 from castore.errors import ResourceLimit, is_disk_full
+from castore.manifest import wire
 
 READ_SIZE = 1 << 20
 
@@ -58,6 +58,8 @@ class FileResult:
     staged: list[tuple[str, str]] = field(default_factory=list)  # (tmp name, digest) written
     error: str = ""
     changed: bool = False
+    #: with Processor.encode: the manifest entry's bytes (castore.manifest.wire) of a plain file
+    encoded: bytes = b""
 
 
 # FileJob and FileResult as plain tuples (their fields in order): what crosses to a worker process.
@@ -96,6 +98,8 @@ class Processor:
     publish_dir: str | None = None
     #: replace what stands under a blob's name (its bytes failed verification)
     replace_existing: bool = False
+    #: also write each plain file's manifest entry (``build``: the workers encode, the parent sorts)
+    encode: bool = False
 
     def run_batch(self, jobs: list[FileJob]) -> list[FileResult]:
         root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -115,10 +119,17 @@ class Processor:
         finally:
             os.close(root_fd)
 
-    def run_packed(self, jobs: list[PackedJob]) -> list[PackedResult]:
-        """run_batch over plain tuples both ways: pickling dataclasses costs more than hashing small files."""
+    def run_packed(self, jobs: list[PackedJob]) -> list[str | bytes | PackedResult]:
+        """run_batch over plain tuples both ways: pickling dataclasses costs more than hashing small files.
+        A result that is only a digest (no chunks, holes, xattrs, staged blob, error) is that string, or
+        with ``encode`` its manifest entry's bytes."""
         out = self.run_batch([FileJob(*j) for j in jobs])
-        return [(r.digest, r.chunks, r.holes, r.xattrs, r.staged, r.error, r.changed) for r in out]
+        return [
+            (r.encoded or r.digest)
+            if not (r.chunks or r.holes or r.xattrs or r.staged or r.error or r.changed)
+            else (r.digest, r.chunks, r.holes, r.xattrs, r.staged, r.error, r.changed)
+            for r in out
+        ]
 
     def run_one(self, root_fd: int, job: FileJob) -> FileResult:
         try:
@@ -182,8 +193,17 @@ class Processor:
                 self._stage(res, res.digest, (data,))
         else:
             res.digest = self._hash_large(fd, job, res)
-        if not self._same(os.fstat(fd), job):
+        st = os.fstat(fd)
+        if not self._same(st, job):
             raise FileChanged
+        if self.encode and st.st_nlink == 1 and not (res.chunks or res.holes or res.xattrs):
+            # Unchanged since the walker's lstat (same ctime): its mode and owner are the walker's.
+            res.encoded = (
+                wire.plain_fields(
+                    "/" + job.rel, st.st_mode & 0o7777, st.st_uid, st.st_gid, job.size, res.digest, job.mtime_ns
+                )
+                or b""
+            )
         return res
 
     def _hash_large(self, fd: int, job: FileJob, res: FileResult) -> str:
@@ -234,7 +254,7 @@ class Processor:
 
     def _open_tmp(self) -> tuple[int, str]:
         assert self.stage_dir is not None
-        name = os.path.join(self.stage_dir, secrets.token_hex(12))
+        name = os.path.join(self.stage_dir, os.urandom(12).hex())
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
         return fd, name
 

@@ -162,14 +162,16 @@ def walk(
         subdirs = []
         with os.scandir(dir_fd) as it:
             items = list(it)
+        pre = f"{rel}/" if rel else ""
+        ignore, prune, drop_apple = opts.ignore, opts.prune, not opts.keep_appledouble
         for e in items:
             name = e.name
-            child = f"{rel}/{name}" if rel else name
-            if opts.ignore and ignored(child, name, opts.ignore):
+            child = pre + name
+            if ignore and ignored(child, name, ignore):
                 continue
-            if opts.prune and child in opts.prune:
+            if prune and child in prune:
                 continue
-            if not opts.keep_appledouble and (name.startswith("._") or name == "__MACOSX"):
+            if drop_apple and (name.startswith("._") or name == "__MACOSX"):
                 skipped_apple += 1
                 continue
             try:

@@ -53,7 +53,7 @@ def test_list_without_signatures_skips_chunking_signing_and_checkout_code(tmp_pa
         "castore.materialize",
         "castore.checkout",
         "castore.cli.tree_cmds",
-    }  # (the store's modules import the codec: protobuf)
+    }
     assert not mods & heavy, mods & heavy
 
 
@@ -78,3 +78,55 @@ def test_debug_prints_the_phases_and_only_with_debug(tmp_path: Path) -> None:
     assert loud.returncode == 0 and line.startswith("continuity: debug: phases (ms): ")
     names = [p.rsplit(" ", 1)[0] for p in line.split(": ", 2)[2].split(", ")]
     assert names[-5:] == ["command module", "before store", "store open", "command", "total"]
+
+
+def _list_json(store: Path) -> list[dict[str, object]]:
+    from tests.helpers import run_cli
+
+    p = run_cli("list", "--json", store=store)
+    assert p.returncode == 0, p.stderr.decode()
+    return json.loads(p.stdout)["names"]  # type: ignore[no-any-return]
+
+
+def _two_trees(tmp_path: Path) -> Path:
+    from tests.helpers import run_cli
+
+    store = tmp_path / "s"
+    assert run_cli("init", store=store).returncode == 0
+    for name, files in (("small", {"a": b"x" * 10}), ("big", {"a": b"y" * 3000, "d/b": b"z" * 70, "d/c": b""})):
+        tree = tmp_path / name
+        for rel, data in files.items():
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tree / rel).write_bytes(data)
+        os.link(tree / "a", tree / "hardlink")  # counted once, as the tree's size always was
+        assert run_cli("ingest", "--name", name, tree, store=store).returncode == 0
+    return store
+
+
+def test_list_reads_the_summaries_recorded_at_commit_and_decodes_no_manifest(tmp_path: Path) -> None:
+    from castore.store import Store
+    from castore.store.summary import summaries
+
+    store = _two_trees(tmp_path)
+    assert {r["name"]: r["size"] for r in _list_json(store)} == {"small": 10, "big": 3070}
+    s = Store.open(str(store), create=False)
+    for t in s.tags():
+        m = s.load_manifest(t.digest)
+        got = summaries(s.meta, [t.digest])[t.digest]
+        assert (got.size, got.files) == (sum(r.size for r in m.files()), len(list(m.files())))
+    mods = _imported("--store", str(store), "list")
+    heavy = {"google.protobuf", "castore.manifest.codec", "castore._pb", "httpx", "pyfastcdc"}
+    assert not mods & heavy, mods & heavy
+
+
+def test_a_store_without_summaries_still_lists_its_sizes(tmp_path: Path) -> None:
+    """A store of an older version: no summary rows (nor the table): list decodes those manifests, as before."""
+    from castore.store import Store
+
+    store = _two_trees(tmp_path)
+    before = _list_json(store)
+    s = Store.open(str(store), create=False)
+    s.meta.write(lambda t: t.drop(s.meta.db("summary"), delete=True))
+    s.meta.close()
+    assert _list_json(store) == before
+    assert "google.protobuf" in _imported("--store", str(store), "list")  # (the fallback decodes)

@@ -12,6 +12,7 @@ from castore.api import apply
 from castore.cli.common import (
     Ctx,
     complete_names,
+    devices_opt,
     ignore_opt,
     json_opt,
     main_group,
@@ -46,12 +47,7 @@ from castore.textsafe import safe_line
     show_default=True,
     help="How content from the store is written (auto: reflink where possible, else copy).",
 )
-@click.option(
-    "--devices",
-    type=click.Choice(["create", "check", "skip"]),
-    default=None,
-    help="Device nodes: create (default as root), check (confirm only), skip (default otherwise).",
-)
+@devices_opt
 @click.option("--sockets", is_flag=True, help="Create (and delete) sockets too; ignored otherwise.")
 @click.option(
     "--rewrite-absolute-symlinks",

@@ -151,10 +151,13 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
     if history is not None:
         _print_history(store, history, versions(store, history), as_json)
         return
+    from castore.store.summary import summaries
+
     tags = store.tags()
+    known = summaries(store.meta, {t.digest for t in tags})  # recorded at commit: no manifest decoded
     out: list[dict[str, Any]] = []  # the JSON rows
     for t in tags:
-        total = _tree_size(store, t.digest)
+        total = known[t.digest].size if t.digest in known else _tree_size(store, t.digest)
         vs = versions(store, t.name)
         out.append(
             {
@@ -285,7 +288,7 @@ def tag_cmd(obj: Ctx, manifest: str, name: str, as_json: bool) -> None:
             store.mark_manifest(digest, "+", name)
 
             def record(t: Txn) -> None:
-                store.record_manifest(t, digest, refs)
+                store.record_manifest(t, digest, refs, m)
                 store.set_tag(t, name, digest, len(data))
 
             store.meta.write(record)

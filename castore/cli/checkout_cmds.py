@@ -6,7 +6,16 @@ import os
 
 import click
 
-from castore.cli.common import Ctx, complete_names, json_opt, main_group, print_json, resolve_lazy, write_ignore_opt
+from castore.cli.common import (
+    Ctx,
+    complete_names,
+    devices_opt,
+    json_opt,
+    main_group,
+    print_json,
+    resolve_lazy,
+    write_ignore_opt,
+)
 from castore.cli.trust import check_trust
 from castore.materialize import LINK_MODES
 
@@ -22,12 +31,7 @@ from castore.materialize import LINK_MODES
     help="auto: reflink where possible, else copy; hardlink: share store inodes.",
 )
 @click.option("--disable-digest", is_flag=True, help="Do not re-hash content (trusted stores).")
-@click.option(
-    "--devices",
-    type=click.Choice(["create", "check", "skip"]),
-    default=None,
-    help="Device nodes: create (default as root), check, skip (default otherwise).",
-)
+@devices_opt
 @click.option("--sockets", is_flag=True, help="Create sockets too.")
 @click.option("--whiteouts", type=click.Choice(["none", "overlay", "oci"]), default="none", show_default=True)
 @click.option("--rewrite-absolute-symlinks", is_flag=True, help="Make in-tree absolute symlinks relative.")

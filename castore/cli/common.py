@@ -70,6 +70,13 @@ def _write_ignores(ctx: click.Context, param: click.Parameter, value: tuple[str,
         raise click.BadParameter(str(exc)) from None
 
 
+devices_opt = click.option(
+    "--devices",
+    type=click.Choice(["create", "check", "skip"]),
+    default=None,
+    help="Device nodes: create (default as root), check (confirm only), skip (default otherwise).",
+)
+
 write_ignore_opt = click.option(
     "--ignore-attr",
     "ignore_attr",
@@ -325,13 +332,9 @@ def main_group(
 
 
 def read_manifest_file(path: str) -> Manifest:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_MANIFEST_FILE + 1)
-    except IsADirectoryError:
-        raise CorruptManifest(f"{path}: is a directory, not a manifest") from None
-    if len(data) > MAX_MANIFEST_FILE:
-        raise CorruptManifest(f"{path}: manifest file too large")
+    from castore.fs.io import read_capped  # noqa: PLC0415 - not on every CLI start
+
+    data = read_capped(path, MAX_MANIFEST_FILE, "a manifest", CorruptManifest)
     from castore.manifest import codec, validate  # noqa: PLC0415 - protobuf only when a manifest is read
     from castore.manifest.bounds import check_parse_cost  # noqa: PLC0415
 

@@ -94,7 +94,9 @@ def mount_cmd(
     from castore.textsafe import note
 
     note_ads(count_ads(m.resources), note)  # the mount has no place for them either
-    mount(store, m, digest, mountpoint, allow_other=allow_other, ready=_ready(digest or manifest))
+    stats = mount(store, m, digest, mountpoint, allow_other=allow_other, ready=_ready(digest or manifest))
+    if obj.debug:
+        note("mount: " + ", ".join(f"{k} {v}" for k, v in stats.items()), prefix="debug")
 
 
 def _ready(what: str) -> Callable[[str], None]:

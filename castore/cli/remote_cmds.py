@@ -166,6 +166,7 @@ def push_cmd(
                 "packs_new": res.packs_new,
                 "packs_reused": res.packs_reused,
                 "oci_manifest_size": res.oci_manifest_size,
+                "manifest_parts": res.manifest_parts,
             }
         )
     else:

@@ -9,6 +9,7 @@ import click
 
 from castore.cli.common import Ctx, main_group, print_json, resolve_lazy
 from castore.errors import IntegrityError, NotFound, UnsafeInput
+from castore.fs.io import read_capped
 from castore.sign import allowed_signers
 from castore.sign.keys import generate, load_private_key, public_comment
 from castore.sign.sshsig import NAMESPACE, BadSignature, armor, dearmor, parse_signature, sign_message, verify_message
@@ -41,11 +42,7 @@ def _read_sig(path: str) -> bytes:
     if path == "-":
         data = sys.stdin.buffer.read(MAX_SIG_FILE + 1)
     else:
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_SIG_FILE + 1)
-        except IsADirectoryError:
-            raise UnsafeInput(f"{path}: is a directory, not a signature") from None
+        data = read_capped(path, MAX_SIG_FILE, "an SSH signature", UnsafeInput, too_large=BadSignature)
     if len(data) > MAX_SIG_FILE:
         raise BadSignature(f"{path}: too large to be an SSH signature")
     return dearmor(data, what=path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat as st_mod
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -35,12 +36,26 @@ def build_cmd(root: str, fmt: str, as_json: bool, ignore: tuple[str, ...], keep_
       continuity build /srv/web --json | jq '.resources | length'
     """
     fmt = "json" if as_json else fmt
-    m = build(root, ignore=ignore, keep_appledouble=keep_appledouble)
     if fmt == "pb":
-        data = codec.dumps(m)
         if sys.stdout.isatty():
             raise UnsafeInput("refusing to write a binary manifest to a terminal; use --format text or redirect")
+        from castore.build import WalkOptions, build_encoded
+
+        # codec.dumps(build(...))'s bytes, most entries encoded by the hashing workers
+        data = build_encoded(root, WalkOptions(ignore=tuple(ignore), keep_appledouble=keep_appledouble))
         sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    m = build(root, ignore=ignore, keep_appledouble=keep_appledouble)
+    _print_manifest(m, fmt, lambda: codec.dumps(m))
+
+
+def _print_manifest(m: Manifest, fmt: str, pb_bytes: Callable[[], bytes]) -> None:
+    """``m`` on stdout as prototext, JSON or (``pb``: never to a terminal) the bytes ``pb_bytes`` gives."""
+    if fmt == "pb":
+        if sys.stdout.isatty():
+            raise UnsafeInput("refusing to write a binary manifest to a terminal; use --format text or redirect")
+        sys.stdout.buffer.write(pb_bytes())
         sys.stdout.buffer.flush()
     elif fmt == "text":
         click.echo(codec.dumps_text(m), nl=False)
@@ -222,22 +237,15 @@ def dump_cmd(obj: Ctx, manifest: str, fmt: str, as_json: bool) -> None:
       continuity dump web --json | jq '.resources[0]'
       continuity dump web --format pb > web.pb
     """
-    fmt = "json" if as_json else fmt
     m, digest, store = resolve(obj, manifest)
-    if fmt == "pb":
-        if sys.stdout.isatty():
-            raise UnsafeInput("refusing to write a binary manifest to a terminal; redirect or pipe it")
+
+    def stored_bytes() -> bytes:
         if store is not None and digest is not None:
-            data = store.read_blob(digest)
-        else:  # a manifest file, read and validated by resolve(): its own bytes
-            with open(manifest, "rb") as f:
-                data = f.read()
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    elif fmt == "text":
-        click.echo(codec.dumps_text(m), nl=False)
-    else:
-        print_manifest_json(m)
+            return store.read_blob(digest)
+        with open(manifest, "rb") as f:  # a manifest file, read and validated by resolve(): its own bytes
+            return f.read()
+
+    _print_manifest(m, "json" if as_json else fmt, stored_bytes)
 
 
 @main_group.command("stats")

@@ -31,16 +31,27 @@ class Attrs(Protocol):
     def mtime_ns(self) -> int | None: ...
 
 
-def set_fd_attrs(fd: int, r: Attrs, owner: tuple[int, int], xattrs: tuple[tuple[str, bytes], ...]) -> list[str]:
+def set_fd_attrs(
+    fd: int, r: Attrs, owner: tuple[int, int], xattrs: tuple[tuple[str, bytes], ...], *, mode_set: bool = False
+) -> list[str]:
     """Set r's owner (when not ``owner``, the caller's), mode, ``xattrs`` and mtime on an open fd.
+    ``mode_set``: the file was created with its mode already (``creation_mode``), so no chmod.
     Returns the xattr names that have no Linux namespace (not set)."""
     if (r.uid, r.gid) != owner:
         os.fchown(fd, r.uid, r.gid)
-    os.fchmod(fd, r.perm)
+    if not mode_set:
+        os.fchmod(fd, r.perm)
     skipped = set_xattrs(fd, xattrs) if xattrs else []
     if r.mtime_ns is not None:
         os.utime(fd, ns=(r.mtime_ns, r.mtime_ns))
     return skipped
+
+
+def creation_mode(perm: int) -> int | None:
+    """The mode a new file may be created with so that no chmod has to follow (under umask 0):
+    ``perm`` unless it holds setuid, setgid or sticky bits (those are set after the chown,
+    which clears them); None then."""
+    return None if perm & 0o7000 else perm
 
 
 def set_name_attrs(dir_fd: int, name: str, r: Attrs, owner: tuple[int, int], *, is_link: bool = False) -> list[str]:

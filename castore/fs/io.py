@@ -2,14 +2,18 @@
 
 ``write_all``/``pwrite_all`` finish short writes; ``data_ranges`` and ``pwrite_sparse`` keep a
 file's holes; ``write_new`` creates a file that must not exist; ``hash_fd`` digests an fd with
-pread (its offset untouched).
+pread (its offset untouched); ``read_capped`` reads a small file a user named (a key, a policy,
+a manifest) without ever reading more than its cap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 
+from castore.errors import CastoreError
 from castore.fs.linux import start_writeback
 
 #: A read/write buffer size the content paths share.
@@ -93,3 +97,52 @@ def hash_fd(fd: int, chunk: int = 4 << 20, *, expect: int | None = None) -> tupl
         h.update(b)
         pos += len(b)
     return "sha256:" + h.hexdigest(), pos
+
+
+def read_full(fd: int, size: int) -> bytes:
+    """``size`` bytes from ``fd``'s offset (fewer only at the end of the file)."""
+    data = b""
+    while len(data) < size:
+        more = os.read(fd, size - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def read_capped(
+    path: str,
+    limit: int,
+    what: str,
+    error: type[CastoreError],
+    *,
+    missing: type[CastoreError] | None = None,
+    too_large: type[CastoreError] | None = None,
+) -> bytes:
+    """The bytes of the file at ``path``, refused with one line when it is a directory (``error``),
+    absent (``missing``; else the OSError goes up) or over ``limit`` bytes (``too_large``, else ``error``).
+    ``what`` names what the file should be: "a private key"."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not {what}") from None
+    except FileNotFoundError:
+        if missing is None:
+            raise
+        raise missing(f"{path}: no such file (expected {what})") from None
+    if len(data) > limit:
+        raise (too_large or error)(f"{path}: too large for {what} (over {limit} bytes)")
+    return data
+
+
+@contextlib.contextmanager
+def unlink_on_failure(path: str) -> Iterator[None]:
+    """Remove ``path`` (a temporary file the block writes and renames into place) when the block
+    fails; the error goes on."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise

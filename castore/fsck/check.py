@@ -27,10 +27,10 @@ from castore.fsck.rebuild import RebuildReport, rebuild_index
 from castore.fsck.report import Finding, FsckOptions, FsckReport, parse_subset
 from castore.fsck.signatures import check_signatures
 from castore.manifest import Manifest, codec, validate
-from castore.store import Store, manifest_refs, unpack_chunks
+from castore.store import Store, manifest_refs, treecache, unpack_chunks
 from castore.store.links import object_record
 from castore.store.lock import flocked
-from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_NAMES, dkey, dstr, prefix_rows
+from castore.store.meta import BLOB_ROW, CHUNK_ROW, KIND_NAMES, Txn, dkey, dstr, prefix_rows
 
 READ = 1 << 20
 MAX_PATHS = 20
@@ -317,14 +317,16 @@ class _Checker:
                 drop.append(key)
                 f.repaired = "index row dropped"
 
-        def fn(txn: object) -> None:
+        def fn(txn: Txn) -> None:
+            if drop:  # ingest's unchanged-tree shortcut trusts no blob row after this (castore/store/treecache.py)
+                treecache.note_deletions(self.meta, txn)
             for k in drop:
-                txn.delete(k, db=blobs_db)  # type: ignore[attr-defined]
-                txn.delete(b"v" + k, db=links_db)  # type: ignore[attr-defined]
+                txn.delete(k, db=blobs_db)
+                txn.delete(b"v" + k, db=links_db)
             for k, _ in changed_links:
-                txn.delete(k, db=links_db)  # type: ignore[attr-defined]
+                txn.delete(k, db=links_db)
             for k in self.bad_maps:
-                txn.delete(k, db=self.meta.db("chunkmap"))  # type: ignore[attr-defined]
+                txn.delete(k, db=self.meta.db("chunkmap"))
 
         self.meta.write(fn)
         for f in self.report.findings:
@@ -361,9 +363,8 @@ def _object_changes(rec: tuple[object, ...], st: os.stat_result) -> str:
     if len(rec) >= 8:
         perm, uid, gid = rec[5], rec[6], rec[7]
         if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != (perm, uid, gid):
-            return (
-                f"mode/owner {oct(stat.S_IMODE(st.st_mode))} {st.st_uid}:{st.st_gid}, recorded {oct(perm)} {uid}:{gid}"  # type: ignore[arg-type]
-            )
+            mode = oct(stat.S_IMODE(st.st_mode))
+            return f"mode/owner {mode} {st.st_uid}:{st.st_gid}, recorded {perm:#o} {uid}:{gid}"
     return ""
 
 

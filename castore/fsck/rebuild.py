@@ -20,7 +20,7 @@ from castore.fsck.quarantine import hash_file, quarantine
 from castore.manifest import Manifest, codec, validate
 from castore.store import MARKER_DIR, check_name, chunk_map_rows, manifest_refs
 from castore.store.lock import flocked
-from castore.store.meta import BLOB_ROW, dkey, dstr
+from castore.store.meta import BLOB_ROW, Txn, dkey, dstr
 
 
 @dataclass
@@ -284,17 +284,16 @@ def _build_index(
     new = MetaDB(new_path, create=True)
     try:
 
-        def begin(txn: object) -> None:
-            t: object = txn
-            t.put(b"index-state", b"building", db=new.db("info"))  # type: ignore[attr-defined]
-            t.put(b"index-created-ns", str(created_ns).encode(), db=new.db("info"))  # type: ignore
+        def begin(t: Txn) -> None:
+            t.put(b"index-state", b"building", db=new.db("info"))
+            t.put(b"index-created-ns", str(created_ns).encode(), db=new.db("info"))
 
         new.write(begin)
         items = sorted(sizes.items())
         for i in range(0, len(items), 20000):
             part = items[i : i + 20000]
 
-            def put_blobs(txn: object, part: list[tuple[bytes, int]] = part) -> None:
+            def put_blobs(txn: Txn, part: list[tuple[bytes, int]] = part) -> None:
                 for k, size in part:
                     kind = (
                         KIND_MANIFEST
@@ -305,21 +304,20 @@ def _build_index(
                         if k in ads
                         else KIND_RAW
                     )
-                    txn.put(k, BLOB_ROW.pack(size, kind), db=new.db("blobs"))  # type: ignore[attr-defined]
+                    txn.put(k, BLOB_ROW.pack(size, kind), db=new.db("blobs"))
 
             new.write(put_blobs)
         crashpoint("rebuild-mid-build")
 
-        def put_rest(txn: object) -> None:
-            t: object = txn
+        def put_rest(t: Txn) -> None:
             for k, rs in refs.items():
-                t.put(k, b"".join(sorted(rs)), db=new.db("refs"))  # type: ignore[attr-defined]
+                t.put(k, b"".join(sorted(rs)), db=new.db("refs"))
             for dbname, k, v in catalog:
-                t.put(k, v, db=new.db(dbname))  # type: ignore[attr-defined]
+                t.put(k, v, db=new.db(dbname))
             for k, v in sorted(chunk_map):
-                t.put(k, v, db=new.db("chunkmap"))  # type: ignore[attr-defined]
-            t.put(b"schema", b"1", db=new.db("info"))  # type: ignore[attr-defined]
-            t.put(b"index-state", b"complete", db=new.db("info"))  # type: ignore[attr-defined]
+                t.put(k, v, db=new.db("chunkmap"))
+            t.put(b"schema", b"1", db=new.db("info"))
+            t.put(b"index-state", b"complete", db=new.db("info"))
 
         new.write(put_rest)  # last: the completion record
     finally:

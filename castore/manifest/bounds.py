@@ -15,6 +15,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from castore._pb import manifest_pb2 as pb
 from castore.errors import CorruptManifest, IntegrityError
+from castore.manifest.wire import read_varint
 
 MAX_ENTRIES = 1 << 21  # resources: a legit entry is ~100 bytes on the wire, ~1.3 KiB parsed
 MAX_FIELDS = 1 << 24  # every field occurrence, at any depth (a legit file entry has ~8)
@@ -45,16 +46,10 @@ def check_parse_cost(data: bytes, *, source: str, max_entries: int = MAX_ENTRIES
     n = len(data)
 
     def varint(i: int, end: int) -> tuple[int, int]:
-        value = shift = 0
-        while True:
-            if i >= end or shift > 63:
-                raise CorruptManifest(f"{source}: not a manifest (bad varint at byte {i})")
-            b = data[i]
-            value |= (b & 0x7F) << shift
-            i += 1
-            if b < 0x80:
-                return value, i
-            shift += 7
+        try:
+            return read_varint(data, i, end)
+        except ValueError as exc:
+            raise CorruptManifest(f"{source}: not a manifest ({exc})") from None
 
     entries = 0
 

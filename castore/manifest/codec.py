@@ -30,6 +30,7 @@ from castore.manifest.model import (
     Symlink,
     Whiteout,
 )
+from castore.manifest.wire import plain_file, varint
 
 
 def escaped(path: str) -> tuple[str, bytes | None]:
@@ -125,15 +126,6 @@ def to_proto(r: Resource) -> pb.Resource:
     return out
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def dumps(m: Manifest) -> bytes:
     """Deterministic protobuf bytes of a manifest: same manifest, same bytes.
 
@@ -143,8 +135,10 @@ def dumps(m: Manifest) -> bytes:
     """
     parts = []
     for r in m.resources:
-        data = to_proto(r).SerializeToString(deterministic=True)
-        parts.append(b"\x0a" + _varint(len(data)) + data)
+        data = plain_file(r) if type(r) is RegularFile else None  # most entries: bytes written by hand
+        if data is None:
+            data = to_proto(r).SerializeToString(deterministic=True)
+        parts.append(b"\x0a" + varint(len(data)) + data)
     return b"".join(parts)
 
 

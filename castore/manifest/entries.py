@@ -9,6 +9,7 @@ from castore.errors import CorruptManifest, InvalidManifest
 from castore.manifest import gomode as gm
 from castore.manifest.codec import decode_entry
 from castore.manifest.validate import path_problem
+from castore.manifest.wire import read_varint
 
 
 def split_entries(
@@ -39,7 +40,7 @@ def split_entries(
             if length < 0x80:
                 i += 2
             else:
-                length, i = _varint_at(data, i + 1)
+                length, i = read_varint(data, i + 1)
             end = i + length
             if end > n:
                 raise CorruptManifest(f"{source}: truncated manifest")
@@ -69,7 +70,7 @@ def split_entries(
                 _check_path(p, source)
             add_paths(ps)
             i = end
-    except (IndexError, UnicodeDecodeError) as exc:
+    except (IndexError, ValueError, UnicodeDecodeError) as exc:
         raise CorruptManifest(f"{source}: not a manifest ({exc})") from exc
     return entries, paths
 
@@ -84,18 +85,6 @@ def _check_path(path: str, source: str) -> None:
     why = path_problem(path)
     if why:
         raise InvalidManifest(f"{source}: invalid path {path[:200]!r} in manifest: {why}")
-
-
-def _varint_at(data: bytes, i: int) -> tuple[int, int]:
-    """The protobuf varint at data[i] and the offset after it (IndexError when truncated)."""
-    n = shift = 0
-    while True:
-        c = data[i]
-        i += 1
-        n |= (c & 0x7F) << shift
-        shift += 7
-        if c < 0x80:
-            return n, i
 
 
 _TYPE_MASK = gm.TYPE_BITS
@@ -119,13 +108,13 @@ def _plain_at(data: bytes, i: int, end: int) -> bool:
             if n < 0x80:
                 i += 2
             else:
-                n, i = _varint_at(data, i + 1)
+                n, i = read_varint(data, i + 1)
             if tag == 0x30:
                 return not n & _TYPE_MASK
             if tag in _LENGTH_DELIMITED:
                 i += n
         return True
-    except IndexError:
+    except (IndexError, ValueError):
         return False
 
 

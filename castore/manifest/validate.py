@@ -9,7 +9,7 @@ import os
 
 from castore.digest import is_digest
 from castore.errors import InvalidManifest
-from castore.manifest.model import Directory, Manifest, RegularFile, Resource, Symlink, Whiteout
+from castore.manifest.model import Device, Directory, Manifest, RegularFile, Resource, Symlink, Whiteout
 
 NAME_MAX = 255
 PATH_MAX = 32768  # bytes; more than Linux's 4096 on purpose: trees are walked and written fd-relative
@@ -99,8 +99,8 @@ def _check_resource(r: Resource) -> None:
     elif isinstance(r, Directory):
         if len(r.paths) != 1:
             raise bad("a directory cannot have several paths")
-    elif hasattr(r, "major"):
-        if not (0 <= r.major <= MAX_DEVICE_MAJOR and 0 <= r.minor <= MAX_DEVICE_MINOR):  # type: ignore[union-attr]
+    elif isinstance(r, Device):
+        if not (0 <= r.major <= MAX_DEVICE_MAJOR and 0 <= r.minor <= MAX_DEVICE_MINOR):
             raise bad("device numbers out of range")
     if len(r.paths) > 1 and list(r.paths) != sorted(r.paths, key=os.fsencode):
         raise bad("hardlink paths not sorted")

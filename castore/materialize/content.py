@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from typing import TYPE_CHECKING
 
 from castore import fs
@@ -17,6 +18,8 @@ from castore.store import Store, links
 from castore.store.links import OBJECT_RECORD, RECORD_V2, LinkRef, resource_of
 
 _STAT_LEN, _RECORD_LEN = links.OBJECT_STAT.size, OBJECT_RECORD.size
+# O_NONBLOCK: a FIFO put where a blob should be would block open() and read() (Store.open_blob).
+_BLOB_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class ContentWriter:
@@ -30,6 +33,7 @@ class ContentWriter:
     records: dict[bytes, bytes] | None
     verified_updates: dict[bytes, bytes]
     chunk_lists: dict[str, tuple[Chunk, ...]]
+    _shards: dict[str, int]
 
     if TYPE_CHECKING:
 
@@ -90,8 +94,34 @@ class ContentWriter:
         return links.read_record(self.store.meta, key)
 
     def _blob_fd(self, digest: str) -> int:
+        return self._open_blob(digest)[0]
+
+    def _open_blob(self, digest: str) -> tuple[int, int]:
+        """A read-only fd on the blob of ``digest`` and its size: opened from a kept fd on its
+        shard directory (one name to resolve, not the store's whole path) and checked regular by
+        one fstat. Anything unexpected goes through Store.open_blob, which raises the error."""
         assert self.store is not None
-        return self.store.open_blob(digest)
+        h = digest[7:]
+        dfd = self._shards.get("b" + h[:2])
+        if dfd is None:
+            try:
+                dfd = os.open(os.path.join(self.store.blob_root, h[:2]), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                dfd = -1
+            else:
+                self._shards["b" + h[:2]] = dfd
+        if dfd >= 0:
+            try:
+                fd = os.open(h, _BLOB_FLAGS, dir_fd=dfd)
+            except OSError:
+                pass
+            else:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode):
+                    return fd, st.st_size
+                os.close(fd)
+        fd = self.store.open_blob(digest)  # the error (or the blob, when it appeared meanwhile)
+        return fd, os.fstat(fd).st_size
 
     def _blob_trusted(self, digest: str, fd: int) -> bool:
         """True when the blob is provably unchanged since it was last verified."""
@@ -115,9 +145,9 @@ class ContentWriter:
         if not r.chunks and r.size >= self.threshold and self.store is not None:
             r = self._served_by_chunks(r)
         if not r.chunks and self.can_reflink and not r.holes:
-            fd = self._blob_fd(r.digest)
+            fd, size = self._open_blob(r.digest)
             try:
-                if os.fstat(fd).st_size != r.size:
+                if size != r.size:
                     raise IntegrityError(f"blob {r.digest} has the wrong size for {r.path}")
                 try:
                     fs.reflink(fd, out_fd)
@@ -140,9 +170,9 @@ class ContentWriter:
         whole = hashlib.sha256() if self.opts.verify and len(pieces) > 1 else None
         ranges = fs.data_ranges(r.size, r.holes) if r.holes else None
         for digest, begin, end in pieces:
-            fd = self._blob_fd(digest)
+            fd, size = self._open_blob(digest)
             try:
-                if os.fstat(fd).st_size != end - begin:
+                if size != end - begin:
                     raise IntegrityError(f"blob {digest} has the wrong size for {r.path}")
                 if not self.opts.verify and ranges is None:
                     fs.copy_fd_at(fd, out_fd, end - begin, begin)

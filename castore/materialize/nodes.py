@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING
 
 from castore import fs
 from castore.errors import ResourceLimit, UnsafeInput
-from castore.fs.attrs import set_fd_attrs, set_name_attrs
+from castore.fs.attrs import creation_mode, set_fd_attrs, set_name_attrs
 from castore.manifest.model import Device, Directory, Entry, NamedPipe, RegularFile, Resource, Socket, Symlink, Whiteout
 from castore.materialize.options import Options
 from castore.store import Store
 from castore.store.links import LinkRef, resource_of
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class NodeWriter:
@@ -27,10 +29,13 @@ class NodeWriter:
     egid: int
     noted_link_fallback: bool
     noted_xattr_skip: bool
+    umask_zero: bool
 
     if TYPE_CHECKING:
 
-        def link_object(self, dir_fd: int, name: str, f: RegularFile | LinkRef) -> None: ...
+        def link_object(
+            self, dir_fd: int, name: str, f: RegularFile | LinkRef, st: os.stat_result | None = None
+        ) -> None: ...
 
         def write_content(self, r: RegularFile, out_fd: int) -> None: ...
 
@@ -42,30 +47,43 @@ class NodeWriter:
                 "not set (further ones not reported)"
             )
 
-    def file_metadata(self, fd: int, r: Entry) -> None:
-        """Owner, mode, xattrs, mtime on an open file (the safe order)."""
-        self._skipped(set_fd_attrs(fd, r, (self.euid, self.egid), r.xattrs), r)
+    def note_link_fallback(self, exc: OSError) -> None:
+        if not self.noted_link_fallback:
+            self.opts.note(f"hardlinks impossible here ({exc.strerror}); copying instead")  # type: ignore
+            self.noted_link_fallback = True
+
+    def file_metadata(self, fd: int, r: Entry, *, mode_set: bool = False) -> None:
+        """Owner, mode (unless ``mode_set`` at creation), xattrs, mtime on an open file (the safe order)."""
+        self._skipped(set_fd_attrs(fd, r, (self.euid, self.egid), r.xattrs, mode_set=mode_set), r)
+
+    def open_new_file(self, dir_fd: int, name: str, r: RegularFile) -> tuple[int, bool]:
+        """A new file ``name`` open for writing, and whether it already has r's mode: created with
+        it when the umask is known to be 0 (``umask_zero``) and r's mode has no setuid, setgid or
+        sticky bit (one fchmod a file less; the directory it is made in is private while it fills)."""
+        mode = creation_mode(r.perm) if self.umask_zero else None
+        fd = os.open(name, _NEW_FILE, 0o600 if mode is None else mode, dir_fd=dir_fd)
+        return fd, mode is not None
 
     def path_metadata(self, dir_fd: int, name: str, r: Entry, *, is_link: bool = False) -> None:
         """Owner, mode, xattrs, mtime on a name (never followed)."""
         self._skipped(set_name_attrs(dir_fd, name, r, (self.euid, self.egid), is_link=is_link), r)
 
-    def create_file(self, dir_fd: int, name: str, f: RegularFile | LinkRef) -> None:
+    def create_file(self, dir_fd: int, name: str, f: RegularFile | LinkRef, st: os.stat_result | None = None) -> None:
+        """A regular file at ``name``: linked to its store object (``st``: the object's stat, when the
+        caller just took it), else written."""
         if self.opts.link == "hardlink" and self.store is not None:
             try:
-                self.link_object(dir_fd, name, f)
+                self.link_object(dir_fd, name, f, st)
                 return
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
                     raise
-                if not self.noted_link_fallback:
-                    self.opts.note(f"hardlinks impossible here ({exc.strerror}); copying instead")  # type: ignore
-                    self.noted_link_fallback = True
+                self.note_link_fallback(exc)
         r = resource_of(f)
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        fd, mode_set = self.open_new_file(dir_fd, name, r)
         try:
             self.write_content(r, fd)
-            self.file_metadata(fd, r)
+            self.file_metadata(fd, r, mode_set=mode_set)
         finally:
             os.close(fd)
 

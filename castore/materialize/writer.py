@@ -38,3 +38,4 @@ class Writer(NodeWriter, ObjectLinker, ContentWriter):
         self.tmp_dir: str | None = None  # where new hardlink objects are written (a lease's tmp dir)
         self.threshold = store.chunking.threshold if store is not None else 1 << 62
         self.records: dict[bytes, bytes] | None = None  # the preloaded `links` rows (preload)
+        self.umask_zero = False  # the caller set umask 0: new files may be created with their mode

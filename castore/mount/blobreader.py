@@ -1,7 +1,9 @@
-"""Reading a mounted file's bytes from its blob or chunks, verified: each blob is hashed whole the
-first time it is read and served from a bounded LRU of verified bytes; a blob too large for the
-cache is hashed once and then served from its file while ``fstat`` proves it unchanged (dev, ino,
-size, mtime, ctime). A digest or size mismatch, or a missing blob, is EIO for that read only.
+"""Reading a mounted file's bytes from its blob or chunks, verified once per mount: each blob is
+hashed whole the first time it is read, and its file's identity (dev, ino, size, mtime, ctime) is
+kept; later loads of it (after it left the bounded LRU of verified bytes, or for a blob too large for
+it) re-read the file without hashing while ``fstat`` proves it unchanged. A digest or size mismatch,
+or a missing blob, is EIO for that read only. ``prefetch`` loads small blobs ahead in a few threads
+(the mount reads ahead the next files of a directory), so a cold tree walk waits on its disk less.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import os
 import threading
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from castore import textsafe
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 CACHE_BYTES = 64 << 20  # verified blob bytes kept in memory
 CACHE_ITEM_MAX = 8 << 20  # larger blobs: hashed once, then served from the file while fstat proves it unchanged
 READ = 1 << 20
+PREFETCH_THREADS = 4
 
 
 class BlobReader:
@@ -49,16 +53,22 @@ class BlobReader:
         self.note = note or (lambda m: textsafe.note(m, prefix="error"))
         self._lru: OrderedDict[str, bytes] = OrderedDict()
         self._held = 0
-        self._proven: dict[str, tuple[int, int, int, int, int]] = {}  # large blobs: stat when verified
+        self._proven: dict[str, tuple[int, int, int, int, int]] = {}  # digest -> its file's stat when verified
         self._mu = threading.Lock()
         self._gates: dict[str, threading.Lock] = {}
         self._noted: set[str] = set()
+        self._ahead: set[str] = set()  # digests being prefetched
+        self._pool: ThreadPoolExecutor | None = None
         self.hashed = 0  # blobs hashed (for tests and stats)
+        self.loads = 0  # blob files read into the cache
+        self.reads = 0  # reads served
 
     def read_file(self, node: Node, offset: int, size: int) -> bytes:
         """Bytes ``[offset, offset+size)`` of a file node, clipped to its size. Raises IntegrityError."""
         if node.size == 0 and node.digest and node.digest != EMPTY_DIGEST:
             raise IntegrityError(f"{node.path}: empty file with a non-empty digest {node.digest}")
+        with self._mu:
+            self.reads += 1
         end = min(node.size, offset + size)
         if offset >= end:
             return b""
@@ -129,8 +139,10 @@ class BlobReader:
     def _load(self, digest: str, size: int) -> bytes:
         fd = self._open(digest)
         try:
-            if os.fstat(fd).st_size != size:
+            st = os.fstat(fd)
+            if st.st_size != size:
                 raise IntegrityError(f"blob {digest} has the wrong size (expected {size} bytes)")
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             parts = []
             got = 0
             while got <= size:
@@ -142,10 +154,68 @@ class BlobReader:
         finally:
             os.close(fd)
         data = b"".join(parts)
-        self.hashed += 1
+        with self._mu:
+            self.loads += 1
+            proven = self._proven.get(digest) == key
+        if proven and len(data) == size:
+            return data  # verified earlier in this mount, and its file has not changed since
+        with self._mu:
+            self.hashed += 1
         if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise IntegrityError(f"blob {digest} is corrupt (digest mismatch)")
+        with self._mu:
+            self._proven[digest] = key
         return data
+
+    def cached(self, digest: str) -> bool:
+        """True when ``digest``'s verified bytes are in memory (or being loaded ahead)."""
+        return digest in self._lru or digest in self._ahead
+
+    def prefetch(self, items: Iterable[tuple[str, int]]) -> None:
+        """Load and verify small blobs ``(digest, size)`` into the cache in background threads.
+
+        Best effort: a blob that fails is left for the read that needs it (which reports it).
+        """
+        todo = []
+        with self._mu:
+            for digest, size in items:
+                if size > self.item_max or digest in self._lru or digest in self._ahead:
+                    continue
+                self._ahead.add(digest)
+                todo.append((digest, size))
+            if not todo:
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
+            pool = self._pool
+        for digest, size in todo:
+            pool.submit(self._ahead_one, digest, size)
+
+    def _ahead_one(self, digest: str, size: int) -> None:
+        try:
+            self._verified(digest, size)
+        except (CastoreError, OSError):
+            pass  # the read that needs it tries again and reports it
+        finally:
+            with self._mu:
+                self._ahead.discard(digest)
+
+    def close(self, *, cancel: bool = True) -> None:
+        """Stop the prefetch threads (the mount is gone); ``cancel``: drop the loads not started."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pool = None
+
+    def stats(self) -> dict[str, int]:
+        """Counters for ``--debug`` and tests: blobs hashed, blob files loaded, blobs held in memory."""
+        with self._mu:
+            return {
+                "reads": self.reads,
+                "hashed": self.hashed,
+                "loads": self.loads,
+                "cached": len(self._lru),
+                "held_bytes": self._held,
+            }
 
     def _large(self, digest: str, size: int, lo: int, hi: int) -> bytes:
         fd = self._open(digest)
@@ -165,7 +235,8 @@ class BlobReader:
                         break
                     h.update(b)
                     pos += len(b)
-                self.hashed += 1
+                with self._mu:
+                    self.hashed += 1
                 if pos != size or "sha256:" + h.hexdigest() != digest:
                     raise IntegrityError(f"blob {digest} is corrupt (digest mismatch)")
                 with self._mu:

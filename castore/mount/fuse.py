@@ -36,6 +36,7 @@ import os
 import signal
 import stat
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,9 @@ INLINE_READ = 64 << 10  # files up to this size are read on the event loop, not 
 TIMEOUT = 3600.0  # entry/attr cache timeout: nothing here ever changes
 RENEW_EVERY = 3600.0  # seconds between lease renewals (leases expire after 24 h)
 BLKSIZE = 128 << 10
+# pyfuse3 request tasks: with one, a task is started and ended around nearly every request (it
+# finds no other task waiting); two stay waiting in turn, more are started while reads block.
+MIN_TASKS, MAX_TASKS = 1, 1
 MOUNT_OPTIONS = ("ro", "nosuid", "nodev", "default_permissions", "subtype=continuity")
 
 
@@ -194,6 +198,20 @@ class InodeTable:
             node.parent = parent
             pnode.nlink += 1
 
+    def position(self, node: Node) -> tuple[Node, int] | None:
+        """(its directory, the index of its name there) for ``node``'s primary path, or None."""
+        path = node.path
+        cut = path.rfind("/")
+        parent_ino = self._dirs.get(path[:cut] or "/")
+        if parent_ino is None:
+            return None
+        parent = self.nodes[parent_ino]
+        name = os.fsencode(path[cut + 1 :])
+        i = bisect_left(parent.names, name)
+        if i == len(parent.names) or parent.names[i] != name:
+            return None
+        return parent, i
+
     def lookup(self, parent: int, name: bytes) -> int | None:
         node = self.nodes[parent]
         if name == b".":
@@ -270,11 +288,11 @@ def mount(
     ready: Callable[[str], None] | None = None,
     lease: Lease | None = None,
     fetch: Callable[[str], None] | None = None,
-) -> None:
+) -> dict[str, int]:
     """Serve ``manifest`` (already validated) read-only at ``mountpoint`` until unmounted or signalled.
 
-    Returns after a clean unmount (``fusermount3 -u``, SIGINT, SIGTERM or
-    SIGHUP). Raises UnsafeInput (mount point), MountUnavailable (no FUSE),
+    Returns after a clean unmount (``fusermount3 -u``, SIGINT, SIGTERM or SIGHUP) the reader's
+    counters (blobs hashed, blob files loaded, ...). Raises UnsafeInput (mount point), MountUnavailable (no FUSE),
     BlobNotFound (blobs missing from the store).
     Locking: none; a lease naming the manifest (or, for a manifest file that
     is not in the store, its blobs) for the mount's lifetime.
@@ -289,7 +307,7 @@ def mount(
 
     if fetch is not None:
         assert lease is not None, "a lazy mount brings its lease"
-        _serve_mount(
+        return _serve_mount(
             pyfuse3,
             trio,
             InodeTable(manifest, uid=os.geteuid(), gid=os.getegid(), now_ns=time.time_ns()),
@@ -301,12 +319,13 @@ def mount(
             allow_other,
             ready,
         )
-        return
     refs = store.content_refs(manifest)  # a file stored as chunks only is served by its chunks
     with store.lease([digest] if digest else sorted(refs)) as lease:
         require_blobs(store, refs)  # checked under the lease: gc cannot take them from now on
         table = InodeTable(store.with_chunks(manifest), uid=os.geteuid(), gid=os.getegid(), now_ns=time.time_ns())
-        _serve_mount(pyfuse3, trio, table, BlobReader(store), lease, digest, full, mountpoint, allow_other, ready)
+        return _serve_mount(
+            pyfuse3, trio, table, BlobReader(store), lease, digest, full, mountpoint, allow_other, ready
+        )
 
 
 def _serve_mount(
@@ -320,7 +339,7 @@ def _serve_mount(
     mountpoint: str,
     allow_other: bool,
     ready: Callable[[str], None] | None,
-) -> None:
+) -> dict[str, int]:
     """Mount ``table`` at ``full`` and serve it until unmounted (the lease is renewed meanwhile)."""
     ops = make_operations(pyfuse3, table, reader)
     options = set(MOUNT_OPTIONS) | {f"fsname=continuity:{digest[7:19]}" if digest else "fsname=continuity"}
@@ -330,21 +349,27 @@ def _serve_mount(
         pyfuse3.init(ops, full, options)
     except RuntimeError as exc:
         raise MountUnavailable(f"{mountpoint}: mount failed ({exc}; see libfuse's message above)") from None
+    from castore.mount import fastloop
+
+    waiter = fastloop.install(pyfuse3, trio)
     unmounted = False
     try:
         if ready is not None:
             ready(full)
-        trio.run(_serve, pyfuse3, lease)
+        trio.run(_serve, pyfuse3, lease, reader.fetch is None)
         unmounted = True
     finally:
+        fastloop.uninstall(pyfuse3, trio)
+        reader.close()
         try:
             pyfuse3.close(unmount=True)
         except Exception:  # noqa: BLE001 - best effort; the kernel drops a dead connection anyway
             if not unmounted:
                 raise
+    return reader.stats() | {"quick_waits": waiter.fast, "trio_waits": waiter.slow}
 
 
-async def _serve(pyfuse3: Any, lease: Lease) -> None:
+async def _serve(pyfuse3: Any, lease: Lease, local: bool) -> None:
     import trio
 
     async def on_signals(scope: trio.CancelScope) -> None:
@@ -361,15 +386,22 @@ async def _serve(pyfuse3: Any, lease: Lease) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(on_signals, nursery.cancel_scope)
         nursery.start_soon(renew)
-        await pyfuse3.main()
+        if local:
+            # One request task: with more, pyfuse3 starts and ends a task around nearly every request
+            # (it finds none waiting), and the tasks hand a lock over. A read from the store is short.
+            await pyfuse3.main(min_tasks=1, max_tasks=1)
+        else:
+            await pyfuse3.main()  # a lazy mount's reads may wait on the network: serve others meanwhile
         nursery.cancel_scope.cancel()
 
 
 def make_operations(pyfuse3: Any, table: InodeTable, reader: BlobReader) -> Any:
     """A pyfuse3 ``Operations`` instance serving ``table`` read-only through ``reader``."""
     from castore.mount.operations import ReadOnlyOps
+    from castore.mount.readahead import ReadAhead
 
-    return ReadOnlyOps(table, reader)
+    # A lazy mount (reader.fetch) fetches only what is read: no read-ahead there.
+    return ReadOnlyOps(table, reader, ReadAhead(table, reader) if reader.fetch is None else None)
 
 
 __all__ = ["BlobReader", "InodeTable", "MountUnavailable", "Node", "check_mountpoint", "make_operations", "mount"]

@@ -15,6 +15,7 @@ import trio
 from castore.errors import IntegrityError
 from castore.mount.blobreader import BlobReader
 from castore.mount.fuse import BLKSIZE, INLINE_READ, TIMEOUT, InodeTable, Node
+from castore.mount.readahead import ReadAhead
 
 FUSEError = pyfuse3.FUSEError
 
@@ -26,10 +27,11 @@ class ReadOnlyOps(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = True  # the kernel enforces the served system.posix_acl_* xattrs
 
-    def __init__(self, table: InodeTable, reader: BlobReader) -> None:
+    def __init__(self, table: InodeTable, reader: BlobReader, ahead: ReadAhead | None = None) -> None:
         super().__init__()
         self.table = table
         self.reader = reader
+        self.ahead = ahead
 
     def _attrs(self, node: Node) -> Any:
         a = pyfuse3.EntryAttributes()
@@ -110,6 +112,8 @@ class ReadOnlyOps(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         node = self._node(fh)
+        if off == 0 and self.ahead is not None and node.size <= INLINE_READ:
+            self.ahead.on_read(node)  # a tree walk reads the next files of this directory next
         try:
             if node.size <= INLINE_READ and self.reader.fetch is None:  # a thread hop costs more than a small read
                 return self.reader.read_file(node, off, size)

@@ -32,6 +32,7 @@ import tempfile
 from dataclasses import dataclass
 
 from castore.errors import CastoreError, UnsafeInput
+from castore.fs.io import unlink_on_failure
 
 MAX_AUTH_FILE = 4 << 20
 MAX_HELPER_OUTPUT = 1 << 20
@@ -244,7 +245,7 @@ def _write_json(path: str, doc: dict[str, object]) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".auth-", dir=d)
     except OSError as exc:
         raise CredentialError(f"{path}: cannot write ({exc.strerror})") from None
-    try:
+    with unlink_on_failure(tmp):
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent="\t")
             f.write("\n")
@@ -252,9 +253,3 @@ def _write_json(path: str, doc: dict[str, object]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -32,7 +32,7 @@ from castore.manifest import codec, validate
 from castore.manifest.bounds import check_parse_cost
 from castore.manifest.model import Manifest, RegularFile
 from castore.remote.client import Registry
-from castore.remote.oci import MAX_OCI_MANIFEST, Descriptor, blob_sizes, parse_oci_manifest, split_layers
+from castore.remote.oci import MAX_OCI_MANIFEST, Descriptor, blob_sizes, parse_tree, split_layers
 from castore.remote.packfmt import Entry, PackIndex
 from castore.remote.packio import WHOLE_MIN, Counter, fetch_entries, read_index, read_small_blob
 from castore.remote.pull import Where, locate, manifest_bytes
@@ -188,10 +188,11 @@ def open_remote_tree(
     oci_digest = hash_bytes(raw)
     if ref.digest and oci_digest != ref.digest:
         raise IntegrityError(f"registry {ref.registry}: manifest {ref.digest} has digest {oci_digest}")
-    first, layers = parse_oci_manifest(raw, source=str(ref))
-    packs, solo = split_layers(layers, source=str(ref))
+    tree = parse_tree(raw, source=str(ref))
+    first = tree.first
+    packs, solo = split_layers(tree.layers, source=str(ref))
     counter = Counter([])
-    data = manifest_bytes(store, reg, first.digest, first.size, tmp_dir, counter)
+    data = manifest_bytes(store, reg, first, tree.parts, tmp_dir, counter, jobs=jobs)
     check_parse_cost(data, source=f"{ref} manifest {first.digest}")  # before any parse allocates
     manifest = validate(codec.loads(data, source=f"{ref} manifest {first.digest}"))
     if policy is not None:  # before any blob is read: a refused tree is never served

@@ -23,6 +23,26 @@ from castore.store import Store
 MAX_PENDING = 64 << 20  # bytes handed to the writers and not yet written
 
 
+def present_files(store: Store, digests: set[str], sizes: dict[str, int]) -> set[str]:
+    """Those of ``digests`` whose blob file exists with its size (a killed pull's, unindexed).
+
+    A fan-out directory holding many of them is listed once rather than stat'ed per blob (a pull into
+    a fresh store costs 256 directory reads, not one stat per blob)."""
+    by_dir: dict[str, list[str]] = {}
+    for d in digests:
+        by_dir.setdefault(d[7:9], []).append(d)
+    found: set[str] = set()
+    for prefix, ds in by_dir.items():
+        if len(ds) >= 16:
+            try:
+                names = set(os.listdir(os.path.join(store.blob_root, prefix)))
+            except FileNotFoundError:
+                continue
+            ds = [d for d in ds if d[7:] in names]
+        found.update(d for d in ds if store.blob_file_ok(d, sizes[d]))
+    return found
+
+
 class Landing:
     """Publishes verified blobs into ``store`` for one pull; thread-safe."""
 
@@ -51,12 +71,30 @@ class Landing:
         self._futures.append(fut)
         return fut
 
+    def put_many_async(self, items: list[tuple[str, bytes]], *, jobs: int, replace: bool = False) -> Future[None]:
+        """``put_async`` of a batch: one task for many small blobs (a task per blob costs more than
+        writing a tiny file)."""
+        n = sum(len(b) for _, b in items)
+        with self._room:
+            while self._pending > MAX_PENDING:
+                self._room.wait()
+            self._pending += n
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="land")
+        fut = self._pool.submit(self._put_many_then_free, items, n, replace)
+        self._futures.append(fut)
+        return fut
+
     def _put_then_free(self, digest: str, data: bytes, replace: bool) -> None:
+        self._put_many_then_free([(digest, data)], len(data), replace)
+
+    def _put_many_then_free(self, items: list[tuple[str, bytes]], n: int, replace: bool) -> None:
         try:
-            self.put(digest, data, replace=replace)
+            for digest, data in items:
+                self.put(digest, data, replace=replace)
         finally:
             with self._room:
-                self._pending -= len(data)
+                self._pending -= n
                 self._room.notify_all()
 
     def drain(self) -> None:

@@ -2,10 +2,11 @@
 
 Mapping (docs/remote.md)::
 
-    config  = the OCI empty descriptor (application/vnd.oci.empty.v1+json, ``{}``)
-    layers  = [continuity manifest blob (MANIFEST_MEDIA_TYPE),
-               every blob the manifest references, sorted by digest (BLOB_MEDIA_TYPE)]
+    config  = a minimal image config (CONFIG_JSON)
+    layers  = [continuity manifest blob (MANIFEST_MEDIA_TYPE) or its parts (MANIFEST_PART_MEDIA_TYPE),
+               (pack, index) pairs, lone blobs sorted by digest (BLOB_MEDIA_TYPE)]
     artifactType = ARTIFACT_TYPE
+    annotations  = the whole manifest's digest and size, when it travels in parts
 
 The JSON is written with a fixed key order and no whitespace and carries no
 timestamps, so the same tree always gives the same OCI manifest digest.
@@ -26,6 +27,10 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 ARTIFACT_TYPE = "application/vnd.continuity.tree.v1"
 MANIFEST_MEDIA_TYPE = "application/vnd.continuity.manifest.v1+protobuf"
 BLOB_MEDIA_TYPE = "application/vnd.continuity.blob.v1"
+MANIFEST_PART_MEDIA_TYPE = "application/vnd.continuity.manifest.part.v1+protobuf"
+MANIFEST_DIGEST_ANNOTATION = "dev.continuity.manifest.digest"
+MANIFEST_SIZE_ANNOTATION = "dev.continuity.manifest.size"
+MAX_PARTS = 16384  # parts of one manifest (push makes at most ~4,096: 256 MiB in parts of 64 KiB or more)
 PACK_MEDIA_TYPE = "application/vnd.continuity.pack.v1"
 PACK_INDEX_MEDIA_TYPE = "application/vnd.continuity.pack.index.v1+zstd"
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
@@ -76,10 +81,13 @@ def build_oci_manifest(
     manifest_size: int,
     blobs: Iterable[tuple[str, int]],
     packs: Iterable[tuple[Descriptor, Descriptor]] = (),
+    parts: list[Descriptor] | None = None,
 ) -> bytes:
-    """The OCI manifest JSON for a continuity manifest, its (pack, index) layer pairs and its lone
-    (digest, size) blobs (the only layers of the first, unpacked, format)."""
-    layers = [Descriptor(MANIFEST_MEDIA_TYPE, manifest_digest, manifest_size)]
+    """The OCI manifest JSON for a continuity manifest (whole, or in ``parts`` when there are two or
+    more), its (pack, index) layer pairs and its lone (digest, size) blobs (the only layers of the first,
+    unpacked, format)."""
+    split = parts is not None and len(parts) > 1
+    layers = list(parts or ()) if split else [Descriptor(MANIFEST_MEDIA_TYPE, manifest_digest, manifest_size)]
     for pack, index in packs:
         layers += [pack, index]
     layers += [Descriptor(BLOB_MEDIA_TYPE, d, n) for d, n in sorted(set(blobs))]
@@ -90,6 +98,8 @@ def build_oci_manifest(
         "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": CONFIG_DIGEST, "size": len(CONFIG_JSON)},
         "layers": [x.to_json() for x in layers],
     }
+    if split:
+        doc["annotations"] = {MANIFEST_DIGEST_ANNOTATION: manifest_digest, MANIFEST_SIZE_ANNOTATION: str(manifest_size)}
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -104,10 +114,48 @@ def _descriptor(obj: object, where: str, source: str) -> Descriptor:
     return Descriptor(mt, d, n)
 
 
-def parse_oci_manifest(data: bytes, *, source: str) -> tuple[Descriptor, list[Descriptor]]:
-    """Check an OCI manifest is a continuity tree; return (continuity manifest descriptor, blob descriptors).
+@dataclass(frozen=True, slots=True)
+class TreeLayers:
+    """A continuity tree's OCI manifest, parsed: the whole continuity manifest (``first``), the parts it
+    travels in (empty when it is one layer) and the layers after it (packs, indexes, lone blobs)."""
 
-    Raises IntegrityError for anything else (not JSON, another artifact, bad descriptors).
+    first: Descriptor
+    parts: list[Descriptor]
+    layers: list[Descriptor]
+
+
+def parse_oci_manifest(data: bytes, *, source: str) -> tuple[Descriptor, list[Descriptor]]:
+    """(the whole continuity manifest's descriptor, the layers after it): ``parse_tree`` without the parts."""
+    t = parse_tree(data, source=source)
+    return t.first, t.layers
+
+
+def _manifest_parts(doc: dict[str, object], descs: list[Descriptor], source: str) -> tuple[Descriptor, int]:
+    """The whole manifest a run of part layers makes (from the annotations) and how many parts there are."""
+    k = 0
+    while k < len(descs) and descs[k].media_type == MANIFEST_PART_MEDIA_TYPE:
+        k += 1
+    notes = doc.get("annotations")
+    notes = notes if isinstance(notes, dict) else {}
+    digest, size = notes.get(MANIFEST_DIGEST_ANNOTATION), notes.get(MANIFEST_SIZE_ANNOTATION)
+    if not isinstance(digest, str) or not is_digest(digest):
+        raise IntegrityError(f"{source}: manifest parts without a valid {MANIFEST_DIGEST_ANNOTATION} annotation")
+    if not isinstance(size, str) or not size.isdigit() or len(size) > 12:
+        raise IntegrityError(f"{source}: manifest parts without a valid {MANIFEST_SIZE_ANNOTATION} annotation")
+    if k > MAX_PARTS:
+        raise IntegrityError(f"{source}: the continuity manifest is in {k} parts (limit {MAX_PARTS})")
+    if any(p.size == 0 for p in descs[:k]):
+        raise IntegrityError(f"{source}: an empty manifest part")
+    if sum(p.size for p in descs[:k]) != int(size):
+        raise IntegrityError(f"{source}: the manifest parts do not add up to {size} bytes")
+    return Descriptor(MANIFEST_MEDIA_TYPE, digest, int(size)), k
+
+
+def parse_tree(data: bytes, *, source: str) -> TreeLayers:
+    """Check an OCI manifest is a continuity tree and split its layers (TreeLayers).
+
+    Raises IntegrityError for anything else (not JSON, another artifact, bad descriptors, parts that do
+    not add up to the size their annotation gives).
     """
     try:
         doc = json.loads(data)
@@ -126,14 +174,18 @@ def parse_oci_manifest(data: bytes, *, source: str) -> tuple[Descriptor, list[De
     if not isinstance(layers, list) or not layers:
         raise IntegrityError(f"{source}: OCI manifest has no layers")
     descs = [_descriptor(x, f"layer {i}", source) for i, x in enumerate(layers)]
-    first = descs[0]
-    if first.media_type != MANIFEST_MEDIA_TYPE:
-        raise IntegrityError(f"{source}: first layer is {first.media_type[:100]!r}, expected {MANIFEST_MEDIA_TYPE}")
+    if descs[0].media_type == MANIFEST_PART_MEDIA_TYPE:
+        first, k = _manifest_parts(doc, descs, source)
+    else:
+        first, k = descs[0], 1
+        if first.media_type != MANIFEST_MEDIA_TYPE:
+            raise IntegrityError(f"{source}: first layer is {first.media_type[:100]!r}, expected {MANIFEST_MEDIA_TYPE}")
     if first.size == 0 or first.size > MAX_CONTINUITY_MANIFEST:
         raise IntegrityError(
             f"{source}: continuity manifest size {first.size} is out of range (1..{MAX_CONTINUITY_MANIFEST})"
         )
-    return first, descs[1:]
+    parts = descs[:k] if descs[0].media_type == MANIFEST_PART_MEDIA_TYPE else []
+    return TreeLayers(first, parts, descs[k:])
 
 
 def split_layers(

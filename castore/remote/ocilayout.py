@@ -17,6 +17,7 @@ import threading
 
 from castore.digest import is_digest
 from castore.errors import IntegrityError, NotFound, UnsafeInput
+from castore.fs.io import read_capped
 from castore.remote.ref import TAG_RE
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -105,13 +106,7 @@ class Layout:
     def top(self, tag: str | None) -> bytes:
         """The manifest (or index) ``tag`` names in index.json (the only one without a tag)."""
         p = os.path.join(self.path, "index.json")
-        try:
-            with open(p, "rb") as f:
-                raw = f.read(MAX_INDEX + 1)
-        except FileNotFoundError:
-            raise NotFound(f"{self.path}: no index.json") from None
-        if len(raw) > MAX_INDEX:
-            raise UnsafeInput(f"{p}: over {MAX_INDEX} bytes")
+        raw = read_capped(p, MAX_INDEX, "an OCI layout's index", UnsafeInput, missing=NotFound)
         try:
             doc = json.loads(raw)
         except (ValueError, RecursionError):

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Container, Iterable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from castore.manifest import Manifest
 from castore.remote.oci import PACK_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE, Descriptor
 from castore.remote.packfmt import MAX_ENTRIES, Entry, PackIndex, compressor, encode_entry, encode_index
+from castore.remote.packworkers import entries_of, submit
 from castore.store import Store
 
 PACK_TARGET = 32 << 20  # measured: docs/benchmarks.md "remote"
@@ -124,10 +125,18 @@ class BuiltPack:
 
 
 def build_pack(
-    store: Store, blobs: list[tuple[str, int]], jobs: int = 1, read: Callable[[str, int], bytes] | None = None
+    store: Store,
+    blobs: list[tuple[str, int]],
+    jobs: int = 1,
+    read: Callable[[str, int], bytes] | None = None,
+    procs: Executor | None = None,
+    special: Container[str] = (),
 ) -> BuiltPack:
-    """Read (verifying each digest: ``read``, default store.read_blob) and pack ``blobs``, on ``jobs``
-    threads (reading and compressing release the GIL); the bytes depend only on ``blobs``."""
+    """Read (verifying each digest) and pack ``blobs``; the bytes depend only on ``blobs``.
+
+    Batches go to the worker processes ``procs`` (castore.remote.packworkers) when given, except those
+    holding a blob of ``special`` (put together from chunks by ``read``); the rest run on ``jobs``
+    threads with ``read`` (default store.read_blob)."""
     local = threading.local()
     if read is None:
 
@@ -143,18 +152,23 @@ def build_pack(
     out = bytearray()
     entries = []
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="pack") as pool:
-        window: deque[tuple[list[tuple[str, int]], Future[list[tuple[bytes, int]]]]] = deque()
+        window: deque[tuple[list[tuple[str, int]], Callable[[], list[tuple[bytes, int]]]]] = deque()
         todo = _batches(blobs, BATCH_BYTES)
         while True:
             while len(window) < 2 * jobs:  # read ahead at most 2 batches per thread
                 items = next(todo, None)
                 if items is None:
                     break
-                window.append((items, pool.submit(batch, items)))
+                if procs is not None and not any(d in special for d, _ in items):
+                    paths = [(store.blob_path(d), d, n) for d, n in items]
+                    pf = submit(procs, paths)
+                    window.append((items, lambda pf=pf: entries_of(pf.result())))  # type: ignore[misc]
+                else:
+                    window.append((items, pool.submit(batch, items).result))
             if not window:
                 break
-            items, fut = window.popleft()
-            for (d, n), (stored, comp) in zip(items, fut.result(), strict=True):
+            items, result = window.popleft()
+            for (d, n), (stored, comp) in zip(items, result(), strict=True):
                 entries.append(Entry(d, len(out), len(stored), n, comp))
                 out += stored
     digest = "sha256:" + hashlib.sha256(out).hexdigest()

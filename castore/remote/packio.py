@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import httpx
 
-from castore.errors import Aborted, IntegrityError, RemoteError
+from castore.errors import IntegrityError
 from castore.remote.client import Registry
 from castore.remote.oci import Descriptor
 from castore.remote.packfmt import MAX_INDEX, Entry, PackIndex, decode_entry, decode_index
-from castore.remote.wire import Answer, _bounded_body, _refuse_encoding
+from castore.remote.wire import Answer, _bounded_body, _refuse_encoding, guarded_pieces
 
 WHOLE_MIN = 0.5
 GAP = 256 << 10
@@ -219,14 +219,5 @@ def _get(reg: Registry, pack: Descriptor, rng: tuple[int, int] | None, what: str
 
 def _pieces(reg: Registry, resp: httpx.Response, limit: int, what: str) -> Iterator[bytes]:
     """The raw body, refusing a byte beyond ``limit`` and a transfer slower than the client's minimum rate."""
-    deadline = reg.deadline(limit)
-    got = 0
-    for piece in resp.iter_raw():
-        if reg.abort.is_set():
-            raise Aborted("aborted")
-        if time.monotonic() > deadline:
-            raise RemoteError(f"{what}: too slow")
-        got += len(piece)
-        if got > limit:
-            raise IntegrityError(f"{what}: answer is longer than the {limit} bytes expected")
-        yield piece
+    long = f"{what}: answer is longer than the {limit} bytes expected"
+    return guarded_pieces(reg, resp, limit, slow=f"{what}: too slow", long=long)

@@ -15,21 +15,32 @@ same write order as ingest. Old artifacts (one layer per blob) have no packs.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from castore.digest import hash_bytes, hex_of
 from castore.errors import IntegrityError
 from castore.faults import crashpoint
 from castore.manifest import codec, validate
 from castore.manifest.bounds import check_parse_cost
-from castore.remote import image
 from castore.remote.client import Access, Registry
-from castore.remote.image import Platform
-from castore.remote.landing import Landing
-from castore.remote.oci import MAX_OCI_MANIFEST, Descriptor, blob_sizes, parse_oci_manifest, split_layers
+from castore.remote.landing import Landing, present_files
+from castore.remote.manifest_parts import fetch_parts, parts_by_digest
+from castore.remote.oci import (
+    ARTIFACT_TYPE,
+    MAX_OCI_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    blob_sizes,
+    parse_tree,
+    split_layers,
+)
 from castore.remote.packfmt import Entry, PackIndex
 from castore.remote.packio import Counter, fetch_entries, read_index
 from castore.remote.ref import Reference
@@ -40,7 +51,17 @@ from castore.store import Store, check_name, manifest_refs
 from castore.store.commit import commit_manifest
 from castore.store.signatures import enforce
 
+if TYPE_CHECKING:
+    from castore.remote.image import Platform
+
 Where = tuple[Descriptor, Entry] | Descriptor  # in a pack, or a lone layer
+WRITE_BATCH, WRITE_BATCH_BYTES = 64, 1 << 20  # small blobs handed to a writer thread at once
+# castore.remote.image.ACCEPT (tests/remote/test_manifest_parts.py checks they agree): that module (the
+# image path, with the tar importer) is imported only for an answer that is not a continuity tree.
+ACCEPT = (
+    f"{OCI_MANIFEST}, application/vnd.docker.distribution.manifest.v2+json, {OCI_INDEX}, "
+    "application/vnd.docker.distribution.manifest.list.v2+json"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,21 +98,22 @@ def pull(
     if name is not None:
         check_name(name)
     with Registry(ref, username=username, password=password, jobs=jobs, access=access) as reg:
-        raw, _ctype = reg.get_manifest(ref.reference, MAX_OCI_MANIFEST, accept=image.ACCEPT)
+        raw, _ctype = reg.get_manifest(ref.reference, MAX_OCI_MANIFEST, accept=ACCEPT)
         oci_digest = hash_bytes(raw)
         if ref.digest and oci_digest != ref.digest:
             raise IntegrityError(f"registry {ref.registry}: manifest {ref.digest} has digest {oci_digest}")
-        if image.kind_of(raw) is not None:  # an ordinary container image: flattened (castore.remote.image)
+        if not _is_tree(raw) and _image().kind_of(raw) is not None:  # a container image: flattened (image.py)
             if policy is not None:  # images carry no continuity signatures: only an accepting scope takes them
                 enforce(None, policy, None, [str(ref)] + ([name] if name else []), what=str(ref))
-            got = image.pull_image(store, reg, raw, str(ref), name=name, jobs=jobs, platform=platform)
+            got = _image().pull_image(store, reg, raw, str(ref), name=name, jobs=jobs, platform=platform)
             return PullResult(got[0], got[1], got[2], 0, got[3])
-        first, layers = parse_oci_manifest(raw, source=str(ref))
-        packs, solo = split_layers(layers, source=str(ref))
+        tree = parse_tree(raw, source=str(ref))
+        first = tree.first
+        packs, solo = split_layers(tree.layers, source=str(ref))
         with store.lease() as lease:
             os.makedirs(lease.tmp_dir, mode=0o700)
             counter = Counter([])
-            data = manifest_bytes(store, reg, first.digest, first.size, lease.tmp_dir, counter)
+            data = manifest_bytes(store, reg, first, tree.parts, lease.tmp_dir, counter, jobs=jobs, previous=name)
             check_parse_cost(data, source=f"{ref} manifest {first.digest}")  # before any parse allocates
             manifest = validate(codec.loads(data, source=f"{ref} manifest {first.digest}"))
             sigs = fetch_signatures(reg, oci_digest, lease.tmp_dir)
@@ -114,7 +136,7 @@ def pull(
             run_all(range(len(packs)), one_index, jobs=jobs, abort=reg.abort)
             where, sizes = locate(refs, blob_sizes(manifest), packs, [x for x in indexes if x], solo, source=str(ref))
             missing = store.missing_blobs(refs)
-            resumed = {d for d in missing if store.blob_file_ok(d, sizes[d])}  # a killed pull's; commit re-hashes
+            resumed = present_files(store, missing, sizes)  # a killed pull's; commit re-hashes
             todo = sorted(missing - resumed)
             landing = Landing(store, lease.tmp_dir)
             try:
@@ -136,6 +158,21 @@ def pull(
                 raise
             signed = store_signatures(store, mdigest, data, first.digest, sigs)
     return PullResult(mdigest, oci_digest, len(todo), len(refs) - len(missing), counter.total, signed, len(resumed))
+
+
+def _image() -> ModuleType:
+    from castore.remote import image
+
+    return image
+
+
+def _is_tree(raw: bytes) -> bool:
+    """Whether an OCI manifest says it is a continuity tree (checked in full by parse_tree)."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("artifactType") == ARTIFACT_TYPE
 
 
 def locate(
@@ -210,12 +247,25 @@ def fetch_blobs(
             prog.add(w.size)
         else:
             writes: list[Future[None]] = []
+            batch: list[tuple[str, bytes]] = []
+            held = 0
+
+            def flush() -> None:
+                nonlocal batch, held
+                if batch:
+                    writes.append(landing.put_many_async(batch, jobs=jobs, replace=replace))
+                    batch, held = [], 0
 
             def sink(e: Entry, data: bytes) -> None:
-                writes.append(landing.put_async(e.digest, data, jobs=jobs, replace=replace))
+                nonlocal held
+                batch.append((e.digest, data))
+                held += len(data)
+                if len(batch) >= WRITE_BATCH or held >= WRITE_BATCH_BYTES:
+                    flush()
                 prog.add(len(data))
 
             fetch_entries(reg, w[0], w[1], sink, counter)
+            flush()
             wait(writes)  # the pack is in the store (errors surface in drain)
         crashpoint("pull-after-pack")
 
@@ -231,10 +281,27 @@ def fetch_blobs(
     landing.drain()
 
 
-def manifest_bytes(store: Store, reg: Registry, digest: str, size: int, tmp_dir: str, counter: Counter) -> bytes:
-    """The continuity manifest's verified bytes: from the store when it has them, else downloaded."""
+def manifest_bytes(
+    store: Store,
+    reg: Registry,
+    first: Descriptor,
+    parts: list[Descriptor],
+    tmp_dir: str,
+    counter: Counter,
+    *,
+    jobs: int = 4,
+    previous: str | None = None,
+) -> bytes:
+    """The continuity manifest's verified bytes: from the store when it has them, else downloaded
+    (whole, or its ``parts`` put together: castore.remote.manifest_parts; the parts of ``previous``, a
+    catalog name's manifest, e.g. the tag's last pull, are taken from the store)."""
+    digest, size = first.digest, first.size
     if store.blob_file_ok(digest, size) and store.has_blob(digest):
         return store.read_blob(digest)
+    if parts:
+        old = store.get_tag(previous) if previous else None
+        have = parts_by_digest(store.read_blob(old)) if old and store.has_blob(old) else None
+        return fetch_parts(reg, first, parts, tmp_dir, counter, jobs=jobs, have=have)
     path = os.path.join(tmp_dir, "manifest-" + hex_of(digest))
     reg.fetch_blob(digest, size, path)  # size and digest verified while streaming
     counter.add(size)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from castore.digest import hash_bytes
@@ -23,6 +24,7 @@ from castore.faults import crashpoint
 from castore.manifest import Manifest, codec
 from castore.manifest.model import Chunk
 from castore.remote.client import Access, Registry
+from castore.remote.manifest_parts import part_descriptors, split, upload_parts
 from castore.remote.oci import (
     CONFIG_DIGEST,
     CONFIG_JSON,
@@ -34,11 +36,13 @@ from castore.remote.oci import (
 )
 from castore.remote.packbase import load_bases
 from castore.remote.packer import PACK_TARGET, blob_order, build_pack, make_plan
+from castore.remote.packworkers import start_pool
 from castore.remote.ref import Reference
 from castore.remote.signatures import push_signatures
 from castore.remote.transfer import Progress, run_all
 from castore.store import Store, manifest_refs
 
+MIN_PROCS = 256  # blobs from which packs are read by worker processes (castore.remote.packworkers)
 MAX_PACK_MEMORY = 160 << 20  # packs being built or sent at once (each held twice at worst), in bytes
 
 
@@ -55,6 +59,7 @@ class PushResult:
     packs_new: int = 0
     packs_reused: int = 0
     oci_manifest_size: int = 0
+    manifest_parts: int = 1  # the layers the continuity manifest travels in
 
 
 def push(
@@ -78,11 +83,7 @@ def push(
     registry refuses or cannot be reached, NotFound for a missing ``bases`` reference.
     """
     data = store.read_blob(manifest_digest) if manifest_digest else codec.dumps(manifest)
-    mdigest = hash_bytes(data)
-    if len(data) > MAX_CONTINUITY_MANIFEST:
-        raise ResourceLimit(
-            f"{mdigest}: the manifest is {len(data)} bytes, more than a pull accepts ({MAX_CONTINUITY_MANIFEST})"
-        )
+    mdigest = _check_manifest_size(data)
     refs = manifest_refs(manifest)
     sizes = blob_sizes(manifest)
     # A file the store holds as chunks only (a manifest without chunk lists) is pushed as the
@@ -96,15 +97,19 @@ def push(
         assembled = store.chunk_lists(refs - content)
         for d in refs - sizes.keys():  # ADS blobs: their size is in the index only
             sizes[d] = store.blob_size(d) or 0
-        for d, n in [*sizes.items(), *((c.digest, c.end - c.begin) for cs in assembled.values() for c in cs)]:
-            if d not in assembled and not store.blob_file_ok(d, n):
-                raise IntegrityError(f"store blob {d} is missing or not {n} bytes (run fsck)")
+        # Every blob is read, its size and digest checked, before anything made of it is sent.
         read = _reader(store, assembled)
-        with Registry(ref, username=username, password=password, push=True, jobs=jobs, access=access) as reg:
+        with ExitStack() as stack:
+            procs = stack.enter_context(start_pool()) if len(sizes) >= MIN_PROCS else None  # forked before httpx
+            reg = stack.enter_context(
+                Registry(ref, username=username, password=password, push=True, jobs=jobs, access=access)
+            )
             base = load_bases(reg, ref, bases, lease.tmp_dir)
             plan = make_plan(blob_order(manifest, sizes), base, pack_target)
             sent: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)
             skipped: list[int] = []
+            parts = split(data)  # the manifest travels in content-defined parts (one when small)
+            descs = part_descriptors(parts)
             prog = Progress("push", sum(n for pack in plan.new for _, n in pack) + sum(n for _, n in plan.solo))
 
             def send(d: str, n: int, source: bytes | bytearray | Callable[[], int]) -> None:
@@ -117,7 +122,7 @@ def push(
             built: list[tuple[int, Descriptor, Descriptor]] = []
 
             def one_pack(i: int) -> None:
-                bp = build_pack(store, plan.new[i], jobs=min(jobs, 4), read=read)
+                bp = build_pack(store, plan.new[i], jobs=min(jobs, 4), read=read, procs=procs, special=assembled)
                 send(bp.pack.digest, bp.pack.size, bp.data)
                 send(bp.index.digest, bp.index.size, bp.index_data)
                 built.append((i, bp.pack, bp.index))
@@ -134,25 +139,51 @@ def push(
                 run_all(range(len(plan.new)), one_pack, jobs=in_flight, abort=reg.abort)
                 run_all(plan.solo, one_solo, jobs=jobs, abort=reg.abort)
                 send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
-                send(mdigest, len(data), data)
+                if len(parts) > 1:
+                    upload_parts(reg, parts, descs, send, jobs)
+                else:
+                    send(mdigest, len(data), data)
             finally:
                 prog.done()
             pairs = [(b.pack, b.index) for b in plan.reused] + [(p, x) for _, p, x in sorted(built, key=lambda t: t[0])]
-            oci = build_oci_manifest(mdigest, len(data), plan.solo, pairs)
-            if len(oci) > MAX_OCI_MANIFEST:
-                raise ResourceLimit(
-                    f"{mdigest}: the OCI manifest would be {len(oci)} bytes (registries take {MAX_OCI_MANIFEST})"
-                )
-            reported = reg.put_manifest(ref.tag, oci)
-            oci_digest = hash_bytes(oci)
-            if reported and reported != oci_digest:
-                raise IntegrityError(
-                    f"registry {ref.registry} stored the manifest as {reported[:80]}, expected {oci_digest}"
-                )
+            oci = build_oci_manifest(mdigest, len(data), plan.solo, pairs, descs)
+            oci_digest = _put_oci_manifest(reg, ref, mdigest, oci)
             signed = push_signatures(reg, store, mdigest, oci_digest, len(oci))  # after the tree: never dangling
     return PushResult(
-        oci_digest, mdigest, len(sent), len(skipped), sum(sent), signed, len(plan.new), len(plan.reused), len(oci)
+        oci_digest,
+        mdigest,
+        len(sent),
+        len(skipped),
+        sum(sent),
+        signed,
+        len(plan.new),
+        len(plan.reused),
+        len(oci),
+        len(parts),
     )
+
+
+def _check_manifest_size(data: bytes) -> str:
+    """The digest of the continuity manifest's bytes; ResourceLimit when a pull would refuse them."""
+    mdigest = hash_bytes(data)
+    if len(data) > MAX_CONTINUITY_MANIFEST:
+        raise ResourceLimit(
+            f"{mdigest}: the manifest is {len(data)} bytes, more than a pull accepts ({MAX_CONTINUITY_MANIFEST})"
+        )
+    return mdigest
+
+
+def _put_oci_manifest(reg: Registry, ref: Reference, mdigest: str, oci: bytes) -> str:
+    """Tag ``oci`` (the artifact's OCI manifest) as ``ref``'s tag; its digest, as the registry confirmed it."""
+    if len(oci) > MAX_OCI_MANIFEST:
+        raise ResourceLimit(
+            f"{mdigest}: the OCI manifest would be {len(oci)} bytes (registries take {MAX_OCI_MANIFEST})"
+        )
+    reported = reg.put_manifest(ref.tag, oci)
+    oci_digest = hash_bytes(oci)
+    if reported and reported != oci_digest:
+        raise IntegrityError(f"registry {ref.registry} stored the manifest as {reported[:80]}, expected {oci_digest}")
+    return oci_digest
 
 
 def _reader(store: Store, assembled: Mapping[str, tuple[Chunk, ...]]) -> Callable[[str, int], bytes]:

@@ -135,6 +135,22 @@ def _hint(status: int, what: str) -> str:
     return ""
 
 
+def guarded_pieces(reg: Registry, resp: httpx.Response, limit: int, *, slow: str, long: str) -> Iterator[bytes]:
+    """The raw body of ``resp``: RemoteError ``slow`` when it comes slower than the client's minimum
+    rate, IntegrityError ``long`` at a byte beyond ``limit``, Aborted once the transfer is aborted."""
+    deadline = reg.deadline(limit)
+    got = 0
+    for piece in resp.iter_raw():
+        if reg.abort.is_set():
+            raise Aborted("aborted")
+        if time.monotonic() > deadline:
+            raise RemoteError(slow)
+        got += len(piece)
+        if got > limit:
+            raise IntegrityError(long)
+        yield piece
+
+
 def _download(reg: Registry, digest: str, size: int, fd: int) -> None:
     h = hashlib.sha256()
     got = 0
@@ -152,15 +168,10 @@ def _download(reg: Registry, digest: str, size: int, fd: int) -> None:
         length = resp.headers.get("content-length")
         if length is not None and length != str(size):
             raise IntegrityError(f"{reg.where}: blob {digest} has size {length[:30]}, expected {size}")
-        deadline = reg.deadline(size)
-        for piece in resp.iter_raw():
-            if reg.abort.is_set():
-                raise Aborted("aborted")
-            if time.monotonic() > deadline:
-                raise RemoteError(f"{reg.where}: blob {digest}: too slow (under {MIN_RATE >> 10} KiB/s)")
+        where = f"{reg.where}: blob {digest}"
+        slow, long = f"{where}: too slow (under {MIN_RATE >> 10} KiB/s)", f"{where} is larger than its {size} bytes"
+        for piece in guarded_pieces(reg, resp, size, slow=slow, long=long):
             got += len(piece)
-            if got > size:
-                raise IntegrityError(f"{reg.where}: blob {digest} is larger than its {size} bytes")
             h.update(piece)
             write_all(fd, piece)
     if got != size:

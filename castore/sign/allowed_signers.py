@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from castore.errors import UnsafeInput
+from castore.fs.io import read_capped
 from castore.sign.keys import KEY_TYPES, PublicKey, parse_public_text
 
 MAX_FILE = 4 << 20
@@ -167,15 +168,7 @@ def parse(text: str, source: str) -> list[Signer]:
 
 
 def load(path: str) -> list[Signer]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE + 1)
-    except IsADirectoryError:
-        raise UnsafeInput(f"{path}: is a directory, not an allowed_signers file") from None
-    except FileNotFoundError:
-        raise UnsafeInput(f"{path}: no such allowed_signers file") from None
-    if len(data) > MAX_FILE:
-        raise UnsafeInput(f"{path}: too large for an allowed_signers file")
+    data = read_capped(path, MAX_FILE, "an allowed_signers file", UnsafeInput, missing=UnsafeInput)
     return parse(data.decode("utf-8", "replace"), path)
 
 

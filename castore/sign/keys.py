@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from castore.errors import BadPassphrase, KeyError_
+from castore.fs.io import read_capped
 
 ED25519 = "ssh-ed25519"
 ECDSA_P256 = "ecdsa-sha2-nistp256"
@@ -171,13 +172,7 @@ def load_private_key(path: str, passphrase: Callable[[], bytes]) -> PrivateKey:
 
     Raises KeyError_ (exit 3) for a file that is not a usable key, BadPassphrase for a wrong passphrase.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_KEY_FILE + 1)
-    except IsADirectoryError:
-        raise KeyError_(f"{path}: is a directory, not a private key") from None
-    if len(data) > MAX_KEY_FILE:
-        raise KeyError_(f"{path}: too large to be a private key")
+    data = read_capped(path, MAX_KEY_FILE, "a private key", KeyError_)
     if data.lstrip().startswith((b"ssh-", b"ecdsa-")):
         raise KeyError_(f"{path}: is a public key; give the private key (without .pub)")
     password = passphrase() if _is_encrypted(data) or b"ENCRYPTED" in data[:200] else None

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from castore.errors import PolicyRefused, UnsafeInput
+from castore.fs.io import read_capped
 from castore.sign import allowed_signers
 from castore.sign.sshsig import NAMESPACE, BadSignature, dearmor, parse_signature, verify_message
 
@@ -75,15 +76,7 @@ def load_policy(explicit: str | None = None) -> Policy:
     path = policy_path(explicit)
     if path is None:
         return ACCEPT_ALL
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_POLICY + 1)
-    except FileNotFoundError:
-        raise UnsafeInput(f"trust policy {path}: no such file") from None
-    except IsADirectoryError:
-        raise UnsafeInput(f"trust policy {path}: is a directory") from None
-    if len(data) > MAX_POLICY:
-        raise UnsafeInput(f"trust policy {path}: too large")
+    data = read_capped(path, MAX_POLICY, "a trust policy", UnsafeInput, missing=UnsafeInput)
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterable
 
 from castore import fs
 from castore.errors import BlobNotFound, CastoreError, IntegrityError, UnsafeInput, raise_if_full
 from castore.faults import crashpoint
-from castore.fs.io import hash_fd
+from castore.fs.io import hash_fd, read_full
 from castore.fs.tree import fsync_dir
 from castore.store.base import StoreState
 from castore.store.meta import BLOB_ROW, Txn, dkey
@@ -37,6 +36,28 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def open_blob_file(path: str, digest: str) -> tuple[int, os.stat_result]:
+    """A read-only fd on the blob file ``path`` of ``digest``, and its stat; BlobNotFound when it is
+    absent, IntegrityError for anything but a regular file (a symlink is never followed; O_NONBLOCK:
+    a FIFO put there would block open() and read() forever, and changes nothing for a file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BlobNotFound(digest) from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise IntegrityError(f"blob {digest} is a symlink in the store ({path}), not a regular file") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = _KIND_NAMES.get(stat.S_IFMT(st.st_mode), f"file of type {stat.S_IFMT(st.st_mode):#o}")
+        raise IntegrityError(
+            f"blob {digest} is a {kind} in the store, not a regular file ({path}); run `continuity fsck`"
+        )
+    return fd, st
+
+
 class BlobFiles(StoreState):
     """The blob files of the store and their index rows."""
 
@@ -51,23 +72,7 @@ class BlobFiles(StoreState):
         read() forever (checkout, export, mount); on a regular file it changes nothing.
         Raises BlobNotFound, or IntegrityError for anything but a regular file.
         """
-        path = self.blob_path(digest)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise BlobNotFound(digest) from None
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            raise IntegrityError(f"blob {digest} is a symlink in the store ({path}), not a regular file") from None
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            os.close(fd)
-            kind = _KIND_NAMES.get(stat.S_IFMT(mode), f"file of type {stat.S_IFMT(mode):#o}")
-            raise IntegrityError(
-                f"blob {digest} is a {kind} in the store, not a regular file ({path}); run `continuity fsck`"
-            )
-        return fd
+        return open_blob_file(self.blob_path(digest), digest)[0]
 
     def has_blob(self, digest: str) -> bool:
         with self.meta.read() as txn:
@@ -91,12 +96,7 @@ class BlobFiles(StoreState):
             size = os.fstat(fd).st_size
             if size > limit:
                 raise IntegrityError(f"blob {digest} is too large ({size} bytes)")
-            data = b""
-            while len(data) < size:
-                more = os.read(fd, size - len(data))
-                if not more:
-                    break
-                data += more
+            data = read_full(fd, size)
         finally:
             os.close(fd)
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
@@ -118,7 +118,7 @@ class BlobFiles(StoreState):
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         if not os.path.exists(path):
-            tmp = os.path.join(self.path, "tmp", f".put-{secrets.token_hex(8)}")
+            tmp = os.path.join(self.path, "tmp", f".put-{os.urandom(8).hex()}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
             try:
                 write_all(fd, data)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,12 +20,15 @@ from castore import fs
 from castore.digest import is_digest
 from castore.errors import BlobNotFound, IntegrityError, NotFound, UnsafeInput
 from castore.fs.tree import fsync_dir, remove_tree, sync_tree
-from castore.manifest import Manifest, codec, validate
 from castore.store import revisions
 from castore.store.base import StoreState
 from castore.store.blobs import write_all
 from castore.store.layout import MARKER_DIR, check_name, is_hex_prefix
 from castore.store.meta import Txn, dkey, dstr
+from castore.store.summary import put_summary
+
+if TYPE_CHECKING:
+    from castore.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Catalog(StoreState):
 
     def _backfill_markers(self) -> None:
         """A store of an older version: a marker for every manifest its index records, then the directory."""
-        tmp = os.path.join(self.path, f"{MARKER_DIR}.new-{secrets.token_hex(4)}")
+        tmp = os.path.join(self.path, f"{MARKER_DIR}.new-{os.urandom(4).hex()}")
         os.makedirs(tmp)
         for d in self.manifests():
             os.makedirs(os.path.join(tmp, d[7:9]), exist_ok=True)
@@ -110,6 +111,8 @@ class Catalog(StoreState):
         so an indexed manifest need not be validated again (13% of a
         100k-entry checkout).
         """
+        from castore.manifest import codec, validate  # the codec (protobuf) only where a manifest is read
+
         data = self.read_blob(digest)
         m = codec.loads(data, source=digest)
         return m if self.manifest_indexed(digest) else validate(m)
@@ -178,20 +181,8 @@ class Catalog(StoreState):
 
     def history(self, name: str) -> list[TagInfo]:
         """Every manifest recorded under ``name``, oldest first."""
-        prefix = name.encode() + b"\0"
-        out = []
         with self.meta.read() as txn:
-            cur = txn.cursor(db=self.meta.db("history"))
-            if cur.set_range(prefix):
-                for k, v in cur:
-                    if not k.startswith(prefix):
-                        break
-                    if len(k) != len(prefix) + 8:
-                        continue
-                    (t,) = struct.unpack(">Q", k[len(prefix) :])
-                    d = dstr(v[:32])
-                    out.append(TagInfo(name, d, t, 0))
-        return out
+            return [TagInfo(name, dstr(v[:32]), t, 0) for t, v in revisions.rows_of(txn, self.meta.db("history"), name)]
 
     def get_tag(self, name: str) -> str | None:
         with self.meta.read() as txn:
@@ -222,10 +213,12 @@ class Catalog(StoreState):
                 raise UnsafeInput(f"digest prefix {hexpart} is ambiguous ({len(found)} manifests)")
         raise NotFound(f"no manifest named {ref!r} in the store{revisions.short_prefix_hint(ref)}")
 
-    def record_manifest(self, txn: Txn, digest: str, refs: Iterable[str]) -> None:
-        """Index a manifest's references (for gc), in the caller's transaction."""
+    def record_manifest(self, txn: Txn, digest: str, refs: Iterable[str], manifest: Manifest | None = None) -> None:
+        """Index a manifest's references (for gc), and its summary (for list), in the caller's transaction."""
         keys = sorted({dkey(d) for d in refs})
         txn.put(dkey(digest), b"".join(keys), db=self.meta.db("refs"))
+        if manifest is not None:
+            put_summary(self.meta, txn, digest, manifest)
 
     def manifest_refs(self, digest: str) -> list[str]:
         with self.meta.read() as txn:

@@ -11,10 +11,11 @@ import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from castore.manifest import Manifest
-from castore.manifest.model import Chunk, RegularFile, Resource
 from castore.store.base import StoreState
 from castore.store.meta import CHUNK_ROW, dkey, dstr
+
+if TYPE_CHECKING:  # the manifest's types are imported where used: `list` never needs them
+    from castore.manifest.model import Chunk, Manifest, RegularFile, Resource
 
 
 class ChunkMap(StoreState):
@@ -63,6 +64,8 @@ class ChunkMap(StoreState):
         found = self.chunk_lists(self.missing_blobs(need))
         if not found:
             return m
+        from castore.manifest.model import Manifest, RegularFile
+
         out: list[Resource] = []
         for r in m.resources:
             if isinstance(r, RegularFile) and not r.chunks:
@@ -98,6 +101,8 @@ def unpack_chunks(raw: bytes) -> tuple[Chunk, ...]:
     """The chunks of a ``chunkmap`` row; () when it is malformed (fsck reports it)."""
     if not raw or len(raw) % CHUNK_ROW.size:
         return ()
+    from castore.manifest.model import Chunk
+
     out, begin = [], 0
     for d, end in CHUNK_ROW.iter_unpack(raw):
         if end <= begin:

@@ -9,17 +9,16 @@ transaction.
 from __future__ import annotations
 
 import hashlib
-import marshal
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from castore.errors import IntegrityError
 from castore.faults import crashpoint
-from castore.manifest import codec, validate
-from castore.manifest.model import Manifest
+from castore.store import treecache
 from castore.store.meta import BLOB_ROW, KIND_CHUNK, KIND_MANIFEST, KIND_RAW, Txn, dkey
 
 if TYPE_CHECKING:
+    from castore.manifest.model import Manifest
     from castore.store import Store
 
 
@@ -60,6 +59,8 @@ def commit_manifest(
     re-hashed unless indexed, as content found by name always is.
     Locking: shared. Returns the manifest digest. One synced LMDB commit.
     """
+    from castore.manifest import codec, validate  # here: an unchanged tree's ingest never encodes one
+
     if not validated:
         validate(manifest)
     data = codec.dumps(manifest)
@@ -74,8 +75,6 @@ def commit_manifest(
     unchunked = {r.digest for r in manifest.files() if not r.chunks and r.size}
     staged_digests = {d for _, d in staged} - pinned
     cache = sorted(cache_rows)
-    if fingerprint is not None:
-        cache.append((fingerprint[0], marshal.dumps((fingerprint[1], mdigest))))
     with store.shared_lock():
         # Reading the index needs no flushed blob; under the shared lock no gc changes it meanwhile.
         missing = store.missing_blobs(refs)
@@ -111,9 +110,11 @@ def commit_manifest(
 
         def txn_fn(t: Txn) -> None:
             t.cursor(db=store.meta.db("blobs")).putmulti(blob_rows)
-            store.record_manifest(t, mdigest, refs)
+            store.record_manifest(t, mdigest, refs, manifest)
             t.cursor(db=store.meta.db("chunkmap")).putmulti(chunk_rows)  # whole file -> chunks (docs/design.md)
             t.cursor(db=store.meta.db("statcache")).putmulti(cache)
+            if fingerprint is not None:  # with the index generation of this transaction (treecache.py)
+                treecache.record(store.meta, t, fingerprint[0], fingerprint[1], mdigest)
             if name is not None:
                 crashpoint("ingest-before-tag")
                 store.set_tag(t, name, mdigest, len(data))

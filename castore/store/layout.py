@@ -18,7 +18,6 @@ import contextlib
 import errno
 import json
 import os
-import secrets
 import stat
 import time
 
@@ -59,7 +58,7 @@ def is_hex_prefix(text: str) -> bool:
 
 def new_index(store_path: str, origin: str) -> None:
     """Create an empty, initialised index at STORE/meta (made aside, renamed in; the first creator wins)."""
-    tmp = os.path.join(store_path, f"meta.{origin}-{secrets.token_hex(4)}")
+    tmp = os.path.join(store_path, f"meta.{origin}-{os.urandom(4).hex()}")
     meta = MetaDB(tmp, create=True)
     try:
 
@@ -87,7 +86,7 @@ def create_store(path: str) -> None:
     cp = ChunkParams()
     config = {
         "version": CONFIG_VERSION,
-        "store_id": secrets.token_hex(16),
+        "store_id": os.urandom(16).hex(),
         "digest_algorithm": "sha256",
         "chunker": {
             "algorithm": "fastcdc2020",
@@ -101,7 +100,7 @@ def create_store(path: str) -> None:
     os.makedirs(os.path.join(path, MARKER_DIR), exist_ok=True)
     if not os.path.exists(os.path.join(path, "meta", "data.mdb")):
         new_index(path, "init")
-    tmp = os.path.join(path, f".config.{secrets.token_hex(6)}")
+    tmp = os.path.join(path, f".config.{os.urandom(6).hex()}")
     with open(tmp, "wb") as f:
         f.write(json.dumps(config, indent=1).encode())
         f.flush()

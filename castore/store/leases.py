@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -91,7 +90,7 @@ class Leases(StoreState):
             with no_lease(self.path) as nl:
                 yield nl  # type: ignore[misc]
             return
-        lid = f"{time.time_ns():x}-{secrets.token_hex(6)}"
+        lid = f"{time.time_ns():x}-{os.urandom(6).hex()}"
         fd = hold_new(os.path.join(self.path, "leases", lid + ".lock"))
         rec = {"expiry_ns": time.time_ns() + LEASE_TTL_NS, "manifests": list(manifests), "pid": os.getpid()}
         self.meta.write(lambda t: t.put(lid.encode(), json.dumps(rec).encode(), db=self.meta.db("leases")))

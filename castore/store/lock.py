@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from castore.errors import Busy
+from castore.fs.linux import flock as try_flock
 
 
 @contextmanager
@@ -48,11 +49,6 @@ def is_held(path: str) -> bool:
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return True
-        raise
+        return not try_flock(fd, wait=False)  # taken (and let go at the close): nobody holds it
     finally:
         os.close(fd)
-    return False

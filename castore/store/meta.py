@@ -12,6 +12,7 @@ Sub-databases (keys and values are bytes; see docs/design.md):
     chunkmap   whole-file digest (32)     -> its chunks: (chunk digest 32 bytes, end u64 LE) each
     info       b"schema"                  -> version
     signatures manifest digest (32) + sha256 of the SSHSIG (32) -> json (castore/store/signatures.py)
+    summary    manifest digest (32 bytes) -> tree bytes u64, regular files u64 (castore/store/summary.py)
 """
 
 from __future__ import annotations
@@ -28,7 +29,20 @@ import lmdb
 from castore.errors import DISK_FULL_ERRNOS, IntegrityError, ResourceLimit, StoreUnusable
 
 SCHEMA_VERSION = 1
-DBS = ("blobs", "refs", "tags", "history", "leases", "statcache", "links", "info", "roots", "chunkmap", "signatures")
+DBS = (
+    "blobs",
+    "refs",
+    "tags",
+    "history",
+    "leases",
+    "statcache",
+    "links",
+    "info",
+    "roots",
+    "chunkmap",
+    "signatures",
+    "summary",
+)
 BLOB_ROW = struct.Struct("<QB")
 CHUNK_ROW = struct.Struct("<32sQ")  # one chunk of a `chunkmap` row: raw digest, end offset
 KIND_RAW, KIND_CHUNK, KIND_MANIFEST, KIND_ADS = 0, 1, 2, 3

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,18 +138,25 @@ class RecordPolicy:
     skipped: int = 0  # entries an ingest left out (unreadable, vanished)
 
 
-def newest(txn: Txn, db: DB, name: str) -> tuple[str, int] | None:
-    """(digest, flags) of the newest history row of ``name``, in the caller's transaction."""
+def rows_of(txn: Txn, db: DB, name: str) -> Iterator[tuple[int, bytes]]:
+    """(time_ns, value) of each history row of ``name``, oldest first, in the caller's transaction."""
     prefix = name.encode() + b"\0"
     cur = txn.cursor(db=db)
-    last = None
     if cur.set_range(prefix):
         for k, v in cur:
             if not k.startswith(prefix):
                 break
-            if len(k) == len(prefix) + 8:
-                last = parse_value(v)
-    return last
+            if len(k) != len(prefix) + 8:
+                continue  # a longer name that begins like this one and a NUL: not ours
+            yield struct.unpack(">Q", k[len(prefix) :])[0], v
+
+
+def newest(txn: Txn, db: DB, name: str) -> tuple[str, int] | None:
+    """(digest, flags) of the newest history row of ``name``, in the caller's transaction."""
+    last = None
+    for _, v in rows_of(txn, db, name):
+        last = v
+    return None if last is None else parse_value(last)
 
 
 def unchanged(txn: Txn, tags_db: DB, history_db: DB, name: str, digest: str, policy: RecordPolicy) -> bool:
@@ -175,19 +183,11 @@ def unchanged(txn: Txn, tags_db: DB, history_db: DB, name: str, digest: str, pol
 
 def versions(store: Any, name: str) -> list[Version]:
     """Every version recorded under ``name``, oldest first."""
-    prefix = name.encode() + b"\0"
     out = []
     with store.meta.read() as txn:
-        cur = txn.cursor(db=store.meta.db("history"))
-        if cur.set_range(prefix):
-            for k, v in cur:
-                if not k.startswith(prefix):
-                    break
-                if len(k) != len(prefix) + 8:
-                    continue  # a longer name that begins like this one and a NUL: not ours
-                (t,) = struct.unpack(">Q", k[len(prefix) :])
-                d, flags = parse_value(v)
-                out.append(Version(name, d, t, flags))
+        for t, v in rows_of(txn, store.meta.db("history"), name):
+            d, flags = parse_value(v)
+            out.append(Version(name, d, t, flags))
     return out
 
 

@@ -39,6 +39,7 @@ import zstandard
 from castore import fs, progress, textsafe
 from castore.bulkmode import bulk
 from castore.errors import CastoreError, IntegrityError, NotFound
+from castore.fs.io import unlink_on_failure
 from castore.manifest.model import (
     Device,
     Directory,
@@ -336,7 +337,7 @@ def _export_tar(
         raise NotFound(f"{output}: no such directory {out_dir}")
     tmp = os.path.join(out_dir, f".{os.path.basename(output)}.tmp-{secrets.token_hex(6)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
+    with unlink_on_failure(tmp):
         if compress is None:
             try:
                 TarWriter(store, Out(fd=fd), whiteouts=whiteouts, note=note).write_manifest(manifest)
@@ -348,9 +349,3 @@ def _export_tar(
                 TarWriter(store, Out(sink), whiteouts=whiteouts, note=note).write_manifest(manifest)
                 close()
         os.replace(tmp, output)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -189,7 +189,7 @@ def bench_corpus(name: str, src: str, work: str, reg: str, runs: int, jobs: int)
     )
     from castore.store import Store
 
-    mbytes = Store.open(store).blob_size(again["manifest"]) or 0
+    mbytes = Store.open(store).blob_size(again["digest"]) or 0
     ma, mb, mc, md = (statistics.median(x) for x in (a, b, c, d))
     limit = 0.01 * tree + (1 << 20)
     from lazy_mount import lazy_first_read  # scripts/bench/lazy_mount.py
@@ -201,9 +201,10 @@ def bench_corpus(name: str, src: str, work: str, reg: str, runs: int, jobs: int)
         f"  pull+co   {mc:7.2f} s   curl | tar -x     {md:6.2f} s   ratio {mc / md:5.2f}  (target <= 1.5)",
         f"  OCI manifest {info.get('oci_manifest_size')} bytes, {info.get('packs_new')} packs; "
         f"peak RSS push {rss_push / 1024:.0f} MiB, pull+checkout {rss_pull / 1024:.0f} MiB (target < 300)",
-        f"  re-push after a one-file change: {again['uploaded_bytes']} bytes uploaded "
-        f"({again['uploaded_bytes'] / tree * 100:.2f}% of the tree; limit {limit / 1e6:.2f} MB) of which "
-        f"{mbytes} the continuity manifest; packs reused {again['packs_reused']}, new {again['packs_new']}",
+        f"  re-push after a one-file change: {again['uploaded_size']} bytes uploaded "
+        f"({again['uploaded_size'] / tree * 100:.2f}% of the tree; limit {limit / 1e6:.2f} MB; "
+        f"{'ok' if again['uploaded_size'] <= limit else 'OVER'}); continuity manifest {mbytes} bytes in "
+        f"{again.get('manifest_parts', 1)} parts; packs reused {again['packs_reused']}, new {again['packs_new']}",
     ] + lazy
 
 

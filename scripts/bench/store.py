@@ -316,7 +316,7 @@ class Bench:
             print(f"  WARNING: re-ingest printed {sorted(digests)} after {first}", flush=True)
         self.clean(store, cstore, cache, idx)
         k = f"re-ingest {corpus}: "
-        self.compare(f"re-ingest {corpus} vs find -printf", k + "continuity", k + "find -printf", "<=5x")
+        self.compare(f"re-ingest {corpus} vs find -printf", k + "continuity", k + "find -printf", "<=4x")
         self.compare(f"re-ingest {corpus} vs casync --cache", k + "continuity", k + "casync make --cache", "<1x")
 
     def checkout(self, corpus: str = "many") -> None:
@@ -379,13 +379,18 @@ class Bench:
 
         self.rounds([("continuity", hardlink), ("cp -al", cp_al), ("cp -a", cp_a), ("ostree", ostree)])
         self.clean(repo)
+        # Issue 16's targets: the first hardlink checkout writes every object, so it is held to
+        # cp -a; the second and the one after rm only link, held to cp -al.
+        ours = k + "continuity --link hardlink (1st)"
+        self.compare(f"checkout {corpus} hardlink (1st) vs cp -a", ours, k + "cp -a", "<=1.5x")
         for nth in ("1st", "2nd", "after rm"):
             ours = k + f"continuity --link hardlink ({nth})"
-            self.compare(f"checkout {corpus} hardlink ({nth}) vs cp -al", ours, k + "cp -al", "<=1.5x")
+            if nth != "1st":
+                self.compare(f"checkout {corpus} hardlink ({nth}) vs cp -al", ours, k + "cp -al", "<=1.3x")
             self.compare(f"checkout {corpus} hardlink ({nth}) vs ostree -H", ours, k + "ostree checkout -H", "<1x")
             self.compare(f"checkout {corpus} hardlink ({nth}) vs cp -al+sync", ours, k + "cp -al+sync", "info")
         ours = k + "continuity --link copy"
-        self.compare(f"checkout {corpus} copy vs cp -a", ours, k + "cp -a", "<=1.3x")
+        self.compare(f"checkout {corpus} copy vs cp -a", ours, k + "cp -a", "<=1.2x")
         self.compare(f"checkout {corpus} copy vs ostree -C", ours, k + "ostree checkout -C", "<1x")
         self.compare(f"checkout {corpus} copy vs cp -a+sync", ours, k + "cp -a+sync", "info")
 
@@ -499,6 +504,14 @@ def snapshot(rev: str) -> tuple[list[str], str, str]:
     return [sys.executable, "-m", "castore"], dest, sha
 
 
+def compile_castore() -> None:
+    """Byte-compile the castore the commands import, as an installed package is: a snapshot (--rev) or an
+    editable tree run under PYTHONDONTWRITEBYTECODE=1 would otherwise compile every module on every run
+    (~0.1 s of each command, more than the whole of a re-ingest's target margin)."""
+    code = "import castore, compileall\nfor d in castore.__path__:\n    compileall.compile_dir(d, quiet=1)"
+    subprocess.run([sys.executable, "-c", code], check=False, capture_output=True)
+
+
 def describe_tree() -> str:
     repo = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
     sha = subprocess.run(
@@ -578,6 +591,7 @@ def main() -> int:
         else:
             cmd, code = continuity_cmd(a.continuity), describe_tree()
         b = Bench(work=work, corpus=corpus_dir, runs=a.runs, continuity=cmd)
+        compile_castore()
         print(f"code: {code}", flush=True)
         print(
             f"continuity: {' '.join(b.continuity)}; runs: {a.runs}; fs: ext4 on "

@@ -64,13 +64,15 @@ def unmount(mnt: Path) -> None:
 
 
 @contextmanager
-def mounted(store: Path, ref: str, mnt: Path, *extra: str, wait: float = 30) -> Iterator[Mounted]:
-    """Run `continuity --store STORE mount REF MNT` until the block ends; yield once it is mounted."""
+def mounted(store: Path, ref: str, mnt: Path, *extra: str, wait: float = 30, debug: bool = False) -> Iterator[Mounted]:
+    """Run `continuity --store STORE mount REF MNT` until the block ends; yield once it is mounted.
+    ``debug``: with `--debug` (the mount's counters are printed when it ends)."""
     mnt.mkdir(parents=True, exist_ok=True)
     log = mnt.parent / f"{mnt.name}.mount.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "castore", "--store", str(store), "mount", ref, str(mnt), *extra],
+            [sys.executable, "-m", "castore", *(["--debug"] if debug else []), "--store", str(store), "mount"]
+            + [ref, str(mnt), *extra],
             stdin=subprocess.DEVNULL,
             stdout=err,
             stderr=err,

@@ -122,6 +122,42 @@ def test_corrupt_or_missing_blob(ingested: tuple[Store, bytes, RegularFile, Regu
         reader.read_file(_node(small), 0, 10)  # type: ignore[arg-type]
 
 
+def test_blob_verified_once_per_mount_until_its_file_changes(
+    ingested: tuple[Store, bytes, RegularFile, RegularFile],
+) -> None:
+    """A cache too small to hold the file: every pass loads each chunk again from the store, but
+    hashes it only the first time, while fstat shows the same file; a chunk changed in place
+    (its mtime/ctime move) is hashed again and refused."""
+    store, big, r, _ = ingested
+    reader = BlobReader(store, cache_bytes=1)  # keeps one blob: every other read reloads
+    node = _node(r)
+    for _ in range(3):
+        assert reader.read_file(node, 0, len(big)) == big  # type: ignore[arg-type]
+    assert reader.hashed == len(r.chunks)
+    assert reader.loads == 3 * len(r.chunks)
+    bad = r.chunks[0]
+    path = store.blob_path(bad.digest)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.write(bytes([big[0] ^ 1]))
+    with pytest.raises(IntegrityError):
+        reader.read_file(node, bad.begin, 10)  # type: ignore[arg-type]
+    assert reader.hashed == len(r.chunks) + 1
+
+
+def test_prefetch_loads_ahead_and_skips_failures(ingested: tuple[Store, bytes, RegularFile, RegularFile]) -> None:
+    store, big, r, small = ingested
+    reader = BlobReader(store)
+    os.unlink(store.blob_path(r.chunks[1].digest))
+    reader.prefetch([(c.digest, c.end - c.begin) for c in r.chunks[:3]] + [(small.digest, small.size)])
+    reader.close(cancel=False)  # waits for the loads
+    assert reader.cached(r.chunks[0].digest) and reader.cached(small.digest)
+    assert not reader.cached(r.chunks[1].digest)  # missing: left for the read, which reports it
+    assert reader.hashed == 3
+    with pytest.raises(BlobNotFound):
+        reader.read_file(_node(r), r.chunks[1].begin, 10)  # type: ignore[arg-type]
+
+
 def test_check_mountpoint(tmp_path: Path) -> None:
     from castore.errors import UnsafeInput
 

@@ -1,0 +1,62 @@
+"""Per-manifest summaries: what ``list`` shows without decoding a manifest (issue 16).
+
+    summary    manifest digest (32 bytes) -> tree bytes u64, regular files u64 (little-endian)
+
+Written in the transaction that records the manifest's ``refs`` row
+(Catalog.record_manifest), so a manifest of this version always has one. A
+store of an older version has none for the manifests it recorded then (nor the
+sub-database, when opened read-only): ``summaries`` leaves those out and the
+caller decodes the manifest, as before. The row depends only on the manifest's
+bytes (its digest), so a row that outlives its manifest is never wrong: the
+same digest recorded again has the same summary.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from castore.store.meta import MetaDB, dkey
+
+if TYPE_CHECKING:
+    from castore.manifest import Manifest
+
+SUMMARY_ROW = struct.Struct("<QQ")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The bytes of a tree's regular files (each hardlinked file once) and their count."""
+
+    size: int
+    files: int
+
+
+def summarize(manifest: Manifest) -> Summary:
+    size = files = 0
+    for r in manifest.files():
+        size += r.size
+        files += 1
+    return Summary(size, files)
+
+
+def put_summary(meta: MetaDB, txn: Any, digest: str, manifest: Manifest) -> None:
+    """Record ``manifest``'s summary in the caller's write transaction."""
+    s = summarize(manifest)
+    txn.put(dkey(digest), SUMMARY_ROW.pack(s.size, s.files), db=meta.db("summary"))
+
+
+def summaries(meta: MetaDB, digests: Iterable[str]) -> dict[str, Summary]:
+    """The recorded summaries of ``digests`` (one read transaction); a digest without one is left out."""
+    db = meta.dbs.get("summary")
+    if db is None:  # an older store opened read-only: no such sub-database
+        return {}
+    out: dict[str, Summary] = {}
+    with meta.read() as txn:
+        for d in digests:
+            raw = txn.get(dkey(d), db=db)
+            if raw is not None and len(raw) == SUMMARY_ROW.size:
+                out[d] = Summary(*SUMMARY_ROW.unpack(raw))
+    return out
