@@ -193,9 +193,12 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
                 t.delete(k, db=self.meta.db("history"))  # type: ignore[attr-defined]
             for lid in dead + expired:
                 t.delete(lid.encode(), db=self.meta.db("leases"))  # type: ignore[attr-defined]
-            for k, _, _ in doomed:
+            summary_db = self.meta.db("summary")
+            for k, _, kind in doomed:
                 t.delete(k, db=blobs_db)  # type: ignore[attr-defined]
                 t.delete(k, db=refs_db)  # type: ignore[attr-defined]  # a manifest's (absent otherwise)
+                if kind == KIND_MANIFEST:
+                    t.delete(k, db=summary_db)  # type: ignore[attr-defined]
                 self.pages.touched(2)
             out["signatures"] = signatures.delete_for(
                 self.store, txn, [k for k, _, kind in doomed if kind == KIND_MANIFEST]

@@ -297,3 +297,22 @@ def test_a_manifest_committed_between_two_index_chunks_keeps_its_blobs(
     assert manifest_blobs(Path(store.path), added[0]) <= blob_files(Path(store.path))
     assert store.missing_blobs([gone]) == {gone}
     assert fsck(store).sound
+
+
+def test_a_freed_manifest_takes_its_summary_row(cli, store_path: Path, tmp_path: Path) -> None:  # type: ignore
+    from castore.store.meta import dkey
+    from castore.store.summary import summaries
+
+    a = make_tree(tmp_path / "a", {"keep": b"a\n"})
+    b = make_tree(tmp_path / "b", {"drop": b"b\n"})
+    da, db = ingest(cli, a, "a"), ingest(cli, b, "b")
+    s = Store.open(str(store_path))
+    assert set(summaries(s.meta, [da, db])) == {da, db}
+    s.meta.close()
+    cli("rm", "b", check=True)
+    gc_json(cli, "--grace", "0")
+    s = Store.open(str(store_path))
+    assert set(summaries(s.meta, [da, db])) == {da}
+    with s.meta.read() as txn:
+        assert txn.get(dkey(db), db=s.meta.db("summary")) is None
+    s.meta.close()
