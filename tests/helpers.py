@@ -48,9 +48,11 @@ def run_pty(argv: list[str]) -> tuple[int, bytes]:
     if pid == 0:  # the child: stdin, stdout and stderr are the terminal
         os.execvpe(argv[0], argv, {**os.environ, "COLUMNS": "120"})
     out = b""
+    poller = select.poll()  # not select(): the test process may hold fds above FD_SETSIZE (1024)
+    poller.register(fd, select.POLLIN)
     while True:
         try:
-            r, _, _ = select.select([fd], [], [], 120)
+            r = poller.poll(120_000)
             data = os.read(fd, 65536) if r else b""
         except OSError:
             data = b""

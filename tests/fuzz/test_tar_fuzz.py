@@ -88,7 +88,9 @@ def _consume(stream: Stream) -> int:
 
 def _read_all(data: bytes, tmp: Path) -> None:
     """Both paths of the reader (a pipe-like stream, and a file read by offset); castore's errors only,
-    memory bounded by the input (plus the 1 MiB read buffer and at most a 1 MiB extension header)."""
+    memory bounded by the input plus fixed buffers: the file's 1 MiB read buffer, a decoder's 1 MiB
+    read size, the stream's 1 MiB block and at most a 1 MiB extension header. (A lone zstd magic
+    number peaks at 3.07 MiB, on the code of the previous sessions too, found by hypothesis.)"""
     tracemalloc.start()
     try:
         try:
@@ -105,7 +107,7 @@ def _read_all(data: bytes, tmp: Path) -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < (3 << 20) + 64 * len(data), f"peak {peak} bytes for a {len(data)}-byte stream"
+    assert peak < (4 << 20) + 64 * len(data), f"peak {peak} bytes for a {len(data)}-byte stream"
 
 
 @settings(max_examples=examples(60))
