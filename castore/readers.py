@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 from castore import fs
 from castore.errors import ResourceLimit, is_disk_full
-from castore.manifest import wire
 
 READ_SIZE = 1 << 20
 
@@ -108,6 +107,10 @@ class Processor:
             if (st.st_dev, st.st_ino) != self.root_id:
                 return [FileResult(error="the source root was replaced while reading") for _ in jobs]
             self._published: list[str] = []
+            if self.encode:  # imported here: `list` and the other verbs that import the store skip the model
+                from castore.manifest.wire import plain_fields
+
+                self._plain_fields = plain_fields
             try:
                 return [self.run_one(root_fd, j) for j in jobs]
             except BaseException:
@@ -199,7 +202,7 @@ class Processor:
         if self.encode and st.st_nlink == 1 and not (res.chunks or res.holes or res.xattrs):
             # Unchanged since the walker's lstat (same ctime): its mode and owner are the walker's.
             res.encoded = (
-                wire.plain_fields(
+                self._plain_fields(
                     "/" + job.rel, st.st_mode & 0o7777, st.st_uid, st.st_gid, job.size, res.digest, job.mtime_ns
                 )
                 or b""
