@@ -130,3 +130,20 @@ def test_unlinks_go_in_inode_order_and_free_exactly_the_garbage(
         part = [inode[k] for k in order[i : i + 7]]
         assert part == sorted(part)
     assert not store.missing_blobs([keep]) and store.missing_blobs([gone]) == {gone}
+
+
+def test_debug_and_json_report_the_phases(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    cli("init", check=True)
+    src = rand_tree(tmp_path / "s", 70, n=6)
+    cli("ingest", src, check=True)  # unnamed: garbage once the grace period is 0
+    p = cli("--debug", "gc", "--grace", "0", check=True)
+    line = [x for x in p.stderr.decode().splitlines() if "gc phases" in x]
+    assert len(line) == 1, p.stderr
+    names = [part.rsplit(" ", 1)[0] for part in line[0].split("): ", 1)[1].split(", ")]
+    assert names == ["mark", "scan", "commit-roots", "commit", "unlink", "caches"], line
+    assert "gc phases" not in cli("gc", check=True).stderr.decode()  # only with --debug
+    doc = json.loads(cli("gc", "--json", check=True).stdout)
+    assert {"mark", "scan", "commit", "caches"} <= set(doc["phases"])
+    assert all(set(v) == {"wall", "cpu"} and v["wall"] >= 0 for v in doc["phases"].values())
