@@ -11,7 +11,9 @@ grace period, so their blobs are garbage; 1,000 old orphan files are added too. 
 
   gc alone            `continuity gc --grace 1h` (a subprocess) on a store of each --blobs size (manifests:
                       blobs / 100): seconds, peak RSS (target < 200 MiB at every size, time growing no
-                      worse than linearly), objects freed, longest store-lock hold
+                      worse than linearly), objects freed, longest store-lock hold; then the gc's own
+                      per-phase wall/CPU seconds (`--debug`) with the CPU microseconds per blob of each
+                      phase: a phase whose per-blob cost rises with the size grows faster than the store
   ingest alone        (first size only) `continuity ingest` of a 2,000-file tree (16 MiB, new content), 5 times, into
                       the big store: median
   ingest during gc    the same, one after another while a second gc (default --nice 10) runs over
