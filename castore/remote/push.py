@@ -6,8 +6,9 @@ every ``bases`` reference) -> a plan (castore.remote.packer: reused packs,
 new packs, lone blobs) -> each new pack is built in memory from verified
 store blobs, deterministically, then HEAD and uploaded if missing (a re-run
 of a killed push rebuilds the same packs and skips what arrived) -> lone
-blobs, the continuity manifest, the config -> PUT the OCI manifest under the
-tag, last, so a tag never names an incomplete artifact -> signatures.
+blobs, the continuity manifest (parts), the config, sent while the packs are
+built -> PUT the OCI manifest under the tag, last, so a tag never names an
+incomplete artifact -> signatures.
 """
 
 from __future__ import annotations
@@ -134,15 +135,21 @@ def push(
                 send(d, n, _assembler(store, d, assembled[d], lease.tmp_dir) if d in assembled else _opener(store, d))
                 prog.add(n)
 
-            try:
-                in_flight = max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1))))
+            in_flight = max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1))))
+
+            def packs() -> None:
                 run_all(range(len(plan.new)), one_pack, jobs=in_flight, abort=reg.abort)
-                run_all(plan.solo, one_solo, jobs=jobs, abort=reg.abort)
+
+            def the_rest() -> None:  # while the packs are read: network round trips, little CPU
                 send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
                 if len(parts) > 1:
                     upload_parts(reg, parts, descs, send, jobs)
                 else:
                     send(mdigest, len(data), data)
+                run_all(plan.solo, one_solo, jobs=jobs, abort=reg.abort)
+
+            try:
+                run_all([packs, the_rest], _call, jobs=2, abort=reg.abort)
             finally:
                 prog.done()
             pairs = [(b.pack, b.index) for b in plan.reused] + [(p, x) for _, p, x in sorted(built, key=lambda t: t[0])]
@@ -161,6 +168,10 @@ def push(
         len(oci),
         len(parts),
     )
+
+
+def _call(fn: Callable[[], None]) -> None:
+    fn()
 
 
 def _check_manifest_size(data: bytes) -> str:
