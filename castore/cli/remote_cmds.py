@@ -192,6 +192,15 @@ def _base_reference(ref: Reference, text: str, insecure: bool) -> Reference:
     metavar="OS/ARCH[/VARIANT]",
     help="The image to take from an image index (default: the host's).",
 )
+@click.option(
+    "--checkout",
+    "checkout_dir",
+    type=click.Path(),
+    default=None,
+    metavar="DIR",
+    help="Then materialise the tree at DIR (absent or empty), as `checkout` does, in the same process: "
+    "the blobs this pull verified are not hashed again.",
+)
 @remote_options
 @access_options
 @click.pass_obj
@@ -200,6 +209,7 @@ def pull_cmd(
     reference: str,
     name: str | None,
     platform: str | None,
+    checkout_dir: str | None,
     insecure: bool,
     jobs: int,
     username: str | None,
@@ -217,6 +227,7 @@ def pull_cmd(
     Examples:
       continuity pull registry.example.com/team/web:2026-12-07 --name web
       continuity pull localhost:5000/web@sha256:3f2a... --json
+      continuity pull localhost:5000/web:v2 --checkout /srv/web-v2
     """
     from castore.remote.image import parse_platform
     from castore.sign.policy import load_policy
@@ -238,6 +249,11 @@ def pull_cmd(
         md, oci_digest, n, nbytes = pull_image(
             obj.store(create=True), layout, layout.top(tag), reference, name=label, jobs=jobs, platform=plat
         )
+        if checkout_dir is not None:
+            from castore.remote.pull import PullResult
+            from castore.remote.pull_checkout import checkout_pulled
+
+            checkout_pulled(obj.store(), PullResult(md, oci_digest, n, 0, nbytes), checkout_dir)
         if as_json:
             print_json(
                 {
@@ -272,6 +288,10 @@ def pull_cmd(
         platform=plat,
         policy=policy,
     )
+    if checkout_dir is not None:
+        from castore.remote.pull_checkout import checkout_pulled
+
+        checkout_pulled(obj.store(), res, checkout_dir)
     if as_json:
         print_json(
             {

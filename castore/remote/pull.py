@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from castore.digest import hash_bytes, hex_of
 from castore.errors import IntegrityError
 from castore.faults import crashpoint
-from castore.manifest import codec, validate
+from castore.manifest import Manifest, codec, validate
 from castore.manifest.bounds import check_parse_cost
 from castore.remote.client import Access, Registry
 from castore.remote.landing import Landing, present_files
@@ -75,6 +75,8 @@ class PullResult:
     downloaded_bytes: int
     signatures: int = 0
     resumed: int = 0  # blobs a killed pull had published, re-hashed and kept
+    manifest: Manifest | None = None  # the tree pulled (None for a container image)
+    verified: frozenset[str] = frozenset()  # blobs this pull wrote from bytes it had just hashed
 
 
 def pull(
@@ -157,7 +159,17 @@ def pull(
                 landing.take_back()
                 raise
             signed = store_signatures(store, mdigest, data, first.digest, sigs)
-    return PullResult(mdigest, oci_digest, len(todo), len(refs) - len(missing), counter.total, signed, len(resumed))
+    return PullResult(
+        mdigest,
+        oci_digest,
+        len(todo),
+        len(refs) - len(missing),
+        counter.total,
+        signed,
+        len(resumed),
+        manifest,
+        frozenset(landing.published),
+    )
 
 
 def _image() -> ModuleType:
