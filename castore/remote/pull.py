@@ -141,6 +141,7 @@ def pull(
             resumed = present_files(store, missing, sizes)  # a killed pull's; commit re-hashes
             todo = sorted(missing - resumed)
             landing = Landing(store, lease.tmp_dir)
+            epoch = store.gc_epoch()  # before anything is published: commit stats our blobs only if a gc ran
             try:
                 fetch_blobs(reg, todo, where, landing, counter, jobs=jobs)
                 crashpoint("pull-after-download")
@@ -153,8 +154,16 @@ def pull(
                     return [("", d) for d in landing.published[before:]]
 
                 mdigest = commit_manifest(
-                    store, manifest, landing.staged(), sizes, name=name, redo=redo, validated=True, sync_fd=lease.fd
-                )  # validated above
+                    store,
+                    manifest,
+                    landing.staged(),
+                    sizes,
+                    name=name,
+                    redo=redo,
+                    validated=True,  # above
+                    sync_fd=lease.fd,
+                    epoch=epoch,
+                )
             except IntegrityError:
                 landing.take_back()
                 raise
