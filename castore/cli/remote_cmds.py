@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from castore.cli.common import Ctx, F, complete_names, json_opt, main_group, print_json, resolve
+from castore.cli.common import Ctx, F, complete_names, json_opt, main_group, print_json, resolve_lazy
 from castore.cli.registry_opts import access_options, make_access, registry_reference
 from castore.errors import UnsafeInput
 from castore.remote.ref import Reference, parse_reference
@@ -116,10 +116,14 @@ def push_cmd(
     )
     ref = registry_reference(reference, insecure, allow_digest=False, tls_asked=tls_verify is not None, access=access)
     base_refs = [_base_reference(ref, b, insecure) for b in bases]
-    m, digest, store = resolve(obj, manifest, need_store=True)
+    m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a stored manifest: read by push
     assert store is not None
     if fmt == "image":
         from castore.remote.image_push import push_image
+
+        if m is None:
+            assert digest is not None
+            m = store.load_manifest(digest)
 
         img = push_image(
             store, m, ref, manifest_digest=digest, compress=layer_compression == "gzip", jobs=jobs, access=access

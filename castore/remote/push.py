@@ -24,6 +24,7 @@ from castore.errors import BlobNotFound, IntegrityError, ResourceLimit
 from castore.faults import crashpoint
 from castore.manifest import Manifest, codec
 from castore.manifest.model import Chunk
+from castore.remote import blobscan
 from castore.remote.client import Access, Registry
 from castore.remote.manifest_parts import part_descriptors, split, upload_parts
 from castore.remote.oci import (
@@ -32,16 +33,15 @@ from castore.remote.oci import (
     MAX_CONTINUITY_MANIFEST,
     MAX_OCI_MANIFEST,
     Descriptor,
-    blob_sizes,
     build_oci_manifest,
 )
 from castore.remote.packbase import load_bases
-from castore.remote.packer import PACK_TARGET, blob_order, build_pack, make_plan
+from castore.remote.packer import PACK_TARGET, build_pack, make_plan
 from castore.remote.packworkers import start_pool
 from castore.remote.ref import Reference
 from castore.remote.signatures import push_signatures
 from castore.remote.transfer import Progress, run_all
-from castore.store import Store, manifest_refs
+from castore.store import Store
 
 MIN_PROCS = 256  # blobs from which packs are read by worker processes (castore.remote.packworkers)
 MAX_PACK_MEMORY = 160 << 20  # packs being built or sent at once (each held twice at worst), in bytes
@@ -65,7 +65,7 @@ class PushResult:
 
 def push(
     store: Store,
-    manifest: Manifest,
+    manifest: Manifest | None,
     ref: Reference,
     *,
     manifest_digest: str | None = None,
@@ -78,18 +78,28 @@ def push(
 ) -> PushResult:
     """Push ``manifest`` (stored as ``manifest_digest``, or given by file) and its blobs to ``ref``'s tag.
 
+    ``manifest`` None: the store's manifest ``manifest_digest``, whose blobs are read from its bytes
+    without decoding it (castore.remote.blobscan).
+
     ``bases``: other artifacts of the repository whose packs may be reused
     (the tag being overwritten always is). Raises BlobNotFound/IntegrityError
     (exit 4) for missing or corrupt local blobs, RemoteError (exit 1) when the
     registry refuses or cannot be reached, NotFound for a missing ``bases`` reference.
     """
-    data = store.read_blob(manifest_digest) if manifest_digest else codec.dumps(manifest)
+    if manifest is None:
+        if manifest_digest is None:
+            raise ValueError("push needs a manifest or the digest of one in the store")
+        data = store.read_blob(manifest_digest)
+        tree = blobscan.scan(data, source=manifest_digest)
+    else:
+        data = store.read_blob(manifest_digest) if manifest_digest else codec.dumps(manifest)
+        tree = blobscan.of_manifest(manifest)
     mdigest = _check_manifest_size(data)
-    refs = manifest_refs(manifest)
-    sizes = blob_sizes(manifest)
+    refs = tree.refs
+    sizes = dict(tree.sizes)
     # A file the store holds as chunks only (a manifest without chunk lists) is pushed as the
     # whole-file blob the manifest names, put together from its chunks and verified.
-    content = store.content_refs(manifest)
+    content = _content_refs(store, tree)
     with store.lease(manifests=[manifest_digest] if manifest_digest else sorted(content)) as lease:
         os.makedirs(lease.tmp_dir, mode=0o700, exist_ok=True)
         missing = store.missing_blobs(content)
@@ -106,7 +116,7 @@ def push(
                 Registry(ref, username=username, password=password, push=True, jobs=jobs, access=access)
             )
             base = load_bases(reg, ref, bases, lease.tmp_dir)
-            plan = make_plan(blob_order(manifest, sizes), base, pack_target)
+            plan = make_plan([(d, sizes[d]) for d in tree.order], base, pack_target)
             sent: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)
             skipped: list[int] = []
             parts = split(data)  # the manifest travels in content-defined parts (one when small)
@@ -168,6 +178,17 @@ def push(
         len(oci),
         len(parts),
     )
+
+
+def _content_refs(store: Store, tree: blobscan.TreeBlobs) -> set[str]:
+    """``Store.content_refs`` of the manifest ``tree`` was read from: its refs, with each whole-file
+    digest the index lacks but the chunk map knows replaced by its chunks."""
+    refs = set(tree.refs)
+    whole = {d for d, n in tree.whole.items() if n > store.chunking.min_size}
+    for d, chunks in store.chunk_lists(store.missing_blobs(whole)).items():
+        refs.discard(d)
+        refs.update(c.digest for c in chunks)
+    return refs
 
 
 def _call(fn: Callable[[], None]) -> None:
