@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +12,10 @@ from castore.cli.common import Ctx, F, complete_names, json_opt, main_group, pri
 from castore.cli.registry_opts import access_options, make_access, registry_reference
 from castore.errors import UnsafeInput
 from castore.remote.ref import Reference, parse_reference
+
+if TYPE_CHECKING:
+    from castore.remote.image import Platform
+    from castore.sign.policy import Policy
 
 insecure_opt = click.option(
     "--insecure", is_flag=True, help="Plain http (also: an http:// prefix; loopback registries default to it)."
@@ -243,37 +248,7 @@ def pull_cmd(
     loaded = load_policy(obj.policy_path)
     policy = None if loaded.accepts_all else loaded
     if reference.startswith("oci:"):
-        from castore.remote.image import pull_image
-        from castore.remote.ocilayout import Layout, parse_layout_ref
-
-        path, tag = parse_layout_ref(reference)
-        layout = Layout(path)
-        label = name if name is not None else reference
-        if policy is not None:  # images carry no continuity signatures: only an accepting scope takes them
-            from castore.store.signatures import enforce
-
-            enforce(None, policy, None, [label], what=reference)
-        md, oci_digest, n, nbytes = pull_image(
-            obj.store(create=True), layout, layout.top(tag), reference, name=label, jobs=jobs, platform=plat
-        )
-        if checkout_dir is not None:
-            from castore.remote.pull import PullResult
-            from castore.remote.pull_checkout import checkout_pulled
-
-            checkout_pulled(obj.store(), PullResult(md, oci_digest, n, 0, nbytes), checkout_dir)
-        if as_json:
-            print_json(
-                {
-                    "digest": md,
-                    "oci_digest": oci_digest,
-                    "name": label,
-                    "downloaded": n,
-                    "present": 0,
-                    "downloaded_size": nbytes,
-                }
-            )
-        else:
-            click.echo(md)
+        _pull_layout(obj, reference, name, plat, policy, jobs, as_json, checkout_dir)
         return
     from castore.remote.pull import pull
 
@@ -314,6 +289,50 @@ def pull_cmd(
         )
     else:
         click.echo(res.manifest_digest)
+
+
+def _pull_layout(
+    obj: Ctx,
+    reference: str,
+    name: str | None,
+    plat: Platform | None,
+    policy: Policy | None,
+    jobs: int,
+    as_json: bool,
+    checkout_dir: str | None,
+) -> None:
+    """``pull oci:DIR[:TAG]``: an image from an OCI layout, flattened."""
+    from castore.remote.image import pull_image
+    from castore.remote.ocilayout import Layout, parse_layout_ref
+
+    path, tag = parse_layout_ref(reference)
+    layout = Layout(path)
+    label = name if name is not None else reference
+    if policy is not None:  # images carry no continuity signatures: only an accepting scope takes them
+        from castore.store.signatures import enforce
+
+        enforce(None, policy, None, [label], what=reference)
+    md, oci_digest, n, nbytes = pull_image(
+        obj.store(create=True), layout, layout.top(tag), reference, name=label, jobs=jobs, platform=plat
+    )
+    if checkout_dir is not None:
+        from castore.remote.pull import PullResult
+        from castore.remote.pull_checkout import checkout_pulled
+
+        checkout_pulled(obj.store(), PullResult(md, oci_digest, n, 0, nbytes), checkout_dir)
+    if as_json:
+        print_json(
+            {
+                "digest": md,
+                "oci_digest": oci_digest,
+                "name": label,
+                "downloaded": n,
+                "present": 0,
+                "downloaded_size": nbytes,
+            }
+        )
+    else:
+        click.echo(md)
 
 
 def parse_reference_or_usage(text: str, insecure: bool, *, allow_digest: bool) -> Reference:

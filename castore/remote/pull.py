@@ -135,13 +135,8 @@ def pull(
                 )
             blobs = blobscan.scan(data, source=src)  # what to fetch while the manifest is decoded
             refs = blobs.refs
-            indexes: list[PackIndex | None] = [None] * len(packs)
-
-            def one_index(i: int) -> None:
-                indexes[i] = read_index(reg, packs[i][0], packs[i][1], lease.tmp_dir, counter)
-
-            run_all(range(len(packs)), one_index, jobs=jobs, abort=reg.abort)
-            where, sizes = locate(refs, blobs.sizes, packs, [x for x in indexes if x], solo, source=str(ref))
+            indexes = _read_indexes(reg, packs, lease.tmp_dir, counter, jobs)
+            where, sizes = locate(refs, blobs.sizes, packs, indexes, solo, source=str(ref))
             missing = store.missing_blobs(refs)
             resumed = present_files(store, missing, sizes)  # a killed pull's; commit re-hashes
             todo = sorted(missing - resumed)
@@ -186,6 +181,19 @@ def pull(
         manifest,
         frozenset(landing.published),
     )
+
+
+def _read_indexes(
+    reg: Registry, packs: list[tuple[Descriptor, Descriptor]], tmp_dir: str, counter: Counter, jobs: int
+) -> list[PackIndex]:
+    """The checked index of every pack, on ``jobs`` threads."""
+    indexes: list[PackIndex | None] = [None] * len(packs)
+
+    def one_index(i: int) -> None:
+        indexes[i] = read_index(reg, packs[i][0], packs[i][1], tmp_dir, counter)
+
+    run_all(range(len(packs)), one_index, jobs=jobs, abort=reg.abort)
+    return [x for x in indexes if x]
 
 
 def _decode_while_fetching(

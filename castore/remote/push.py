@@ -76,24 +76,15 @@ def push(
     pack_target: int = PACK_TARGET,
     access: Access | None = None,
 ) -> PushResult:
-    """Push ``manifest`` (stored as ``manifest_digest``, or given by file) and its blobs to ``ref``'s tag.
-
-    ``manifest`` None: the store's manifest ``manifest_digest``, whose blobs are read from its bytes
-    without decoding it (castore.remote.blobscan).
+    """Push ``manifest`` (stored as ``manifest_digest``, or given by file; None: the store's manifest
+    ``manifest_digest``, not decoded: castore.remote.blobscan) and its blobs to ``ref``'s tag.
 
     ``bases``: other artifacts of the repository whose packs may be reused
     (the tag being overwritten always is). Raises BlobNotFound/IntegrityError
     (exit 4) for missing or corrupt local blobs, RemoteError (exit 1) when the
     registry refuses or cannot be reached, NotFound for a missing ``bases`` reference.
     """
-    if manifest is None:
-        if manifest_digest is None:
-            raise ValueError("push needs a manifest or the digest of one in the store")
-        data = store.read_blob(manifest_digest)
-        tree = blobscan.scan(data, source=manifest_digest)
-    else:
-        data = store.read_blob(manifest_digest) if manifest_digest else codec.dumps(manifest)
-        tree = blobscan.of_manifest(manifest)
+    data, tree = _read_tree(store, manifest, manifest_digest)
     mdigest = _check_manifest_size(data)
     refs = tree.refs
     sizes = dict(tree.sizes)
@@ -117,19 +108,10 @@ def push(
             )
             base = load_bases(reg, ref, bases, lease.tmp_dir)
             plan = make_plan([(d, sizes[d]) for d in tree.order], base, pack_target)
-            sent: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)
-            skipped: list[int] = []
+            send = _Sender(reg)
             parts = split(data)  # the manifest travels in content-defined parts (one when small)
             descs = part_descriptors(parts)
             prog = Progress("push", sum(n for pack in plan.new for _, n in pack) + sum(n for _, n in plan.solo))
-
-            def send(d: str, n: int, source: bytes | bytearray | Callable[[], int]) -> None:
-                if reg.has_blob(d):
-                    skipped.append(n)
-                else:
-                    reg.upload_blob(d, n, source)  # type: ignore[arg-type]
-                    sent.append(n)
-
             built: list[tuple[int, Descriptor, Descriptor]] = []
 
             def one_pack(i: int) -> None:
@@ -169,15 +151,42 @@ def push(
     return PushResult(
         oci_digest,
         mdigest,
-        len(sent),
-        len(skipped),
-        sum(sent),
+        len(send.sent),
+        len(send.skipped),
+        sum(send.sent),
         signed,
         len(plan.new),
         len(plan.reused),
         len(oci),
         len(parts),
     )
+
+
+def _read_tree(store: Store, manifest: Manifest | None, digest: str | None) -> tuple[bytes, blobscan.TreeBlobs]:
+    """The manifest's bytes and blobs: those of the store's manifest ``digest`` read from its bytes
+    when ``manifest`` is None, else from ``manifest``."""
+    if manifest is None:
+        if digest is None:
+            raise ValueError("push needs a manifest or the digest of one in the store")
+        data = store.read_blob(digest)
+        return data, blobscan.scan(data, source=digest)
+    return store.read_blob(digest) if digest else codec.dumps(manifest), blobscan.of_manifest(manifest)
+
+
+class _Sender:
+    """HEAD a blob, upload it when the registry lacks it; counts both (list.append is atomic)."""
+
+    def __init__(self, reg: Registry) -> None:
+        self.reg = reg
+        self.sent: list[int] = []  # sizes of the blobs uploaded
+        self.skipped: list[int] = []
+
+    def __call__(self, d: str, n: int, source: bytes | bytearray | Callable[[], int]) -> None:
+        if self.reg.has_blob(d):
+            self.skipped.append(n)
+        else:
+            self.reg.upload_blob(d, n, source)  # type: ignore[arg-type]
+            self.sent.append(n)
 
 
 def _content_refs(store: Store, tree: blobscan.TreeBlobs) -> set[str]:
