@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 CACHE_BYTES = 64 << 20  # verified blob bytes kept in memory
 CACHE_ITEM_MAX = 8 << 20  # larger blobs: hashed once, then served from the file while fstat proves it unchanged
 READ = 1 << 20
-PREFETCH_THREADS = 4
+PREFETCH_THREADS = 8
 
 
 class BlobReader:
@@ -62,6 +62,7 @@ class BlobReader:
         self.hashed = 0  # blobs hashed (for tests and stats)
         self.loads = 0  # blob files read into the cache
         self.reads = 0  # reads served
+        self.misses = 0  # reads that waited for a blob's load (their own, or read-ahead's)
 
     def read_file(self, node: Node, offset: int, size: int) -> bytes:
         """Bytes ``[offset, offset+size)`` of a file node, clipped to its size. Raises IntegrityError."""
@@ -96,13 +97,14 @@ class BlobReader:
                 self.note(f"{exc} (read of {path}); reads of it return EIO; run `continuity fsck`")
             raise
 
-    def _verified(self, digest: str, size: int) -> bytes:
+    def _verified(self, digest: str, size: int, wait: int = 1) -> bytes:
         with self._mu:
             data = self._lru.get(digest)
             if data is not None:
                 self._lru.move_to_end(digest)
                 return data
             gate = self._gates.setdefault(digest, threading.Lock())
+            self.misses += wait
         with gate:  # one reader hashes a blob; concurrent readers of it wait and then hit the cache
             with self._mu:
                 data = self._lru.get(digest)
@@ -143,17 +145,19 @@ class BlobReader:
             if st.st_size != size:
                 raise IntegrityError(f"blob {digest} has the wrong size (expected {size} bytes)")
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            parts = []
-            got = 0
-            while got <= size:
-                b = os.read(fd, max(size - got, 0) + 1)  # one byte more: detect growth
-                if not b:
-                    break
-                parts.append(b)
-                got += len(b)
+            data = os.read(fd, size + 1)  # one byte more: detect growth (fstat said ``size``)
+            if len(data) != size:
+                parts = [data]
+                got = len(data)
+                while got <= size:
+                    b = os.read(fd, max(size - got, 0) + 1)
+                    if not b:
+                        break
+                    parts.append(b)
+                    got += len(b)
+                data = b"".join(parts)
         finally:
             os.close(fd)
-        data = b"".join(parts)
         with self._mu:
             self.loads += 1
             proven = self._proven.get(digest) == key
@@ -193,7 +197,7 @@ class BlobReader:
 
     def _ahead_one(self, digest: str, size: int) -> None:
         try:
-            self._verified(digest, size)
+            self._verified(digest, size, 0)
         except (CastoreError, OSError):
             pass  # the read that needs it tries again and reports it
         finally:
@@ -213,6 +217,7 @@ class BlobReader:
                 "reads": self.reads,
                 "hashed": self.hashed,
                 "loads": self.loads,
+                "misses": self.misses,
                 "cached": len(self._lru),
                 "held_bytes": self._held,
             }

@@ -92,6 +92,7 @@ class Node:
     parent: int = ROOT_INO
     names: list[bytes] = field(default_factory=list)  # directories: sorted child names
     children: dict[bytes, int] = field(default_factory=dict)  # directories: name -> ino
+    order: int = -1  # small files: position in the tree-walk order (castore/mount/readahead.py)
 
 
 class InodeTable:
