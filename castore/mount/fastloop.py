@@ -49,7 +49,6 @@ class _Waiter:
         self._trio = trio
         self._trio_wait = trio.lowlevel.wait_readable
         self.raw: Any = None  # a castore.mount.rawloop.RawServer: serves every request after INIT
-        self._calls = 0
         self._polls: dict[int, Any] = {}
         self._run = FAST_MAX  # the first wait goes through trio: the other tasks start first
         self.fast = 0
@@ -57,11 +56,9 @@ class _Waiter:
 
     async def wait_readable(self, fd: Any) -> None:
         fileno = fd if isinstance(fd, int) else fd.fileno()
-        if self.raw is not None:
-            self._calls += 1
-            if self._calls > 1:  # libfuse has answered INIT: every request from now on is the raw server's
-                await self.raw.serve(fileno, self._trio)
-                return
+        if self.raw is not None and self.raw.active:  # libfuse has answered INIT: the rest is the raw server's
+            await self.raw.serve(fileno, self._trio)
+            return
         if self._run < FAST_MAX:
             p = self._polls.get(fileno)
             if p is None:

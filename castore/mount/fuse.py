@@ -358,6 +358,7 @@ def _serve_mount(
         from castore.mount.rawloop import RawServer
 
         raw = waiter.raw = RawServer(table, reader, ops.ahead)
+        ops.on_init = raw.activate
     unmounted = False
     try:
         if ready is not None:

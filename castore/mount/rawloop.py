@@ -62,6 +62,7 @@ class RawServer:
         self.quick_waits = 0
         self.trio_waits = 0
         self._stop = False
+        self.active = False  # set once libfuse has answered INIT (``activate``): requests are ours from then on
         self._pool: ThreadPoolExecutor | None = None
         self._ops: dict[int, Callable[[int, int, bytes], bytes | None]] = {
             wire.LOOKUP: self._lookup,
@@ -120,6 +121,9 @@ class RawServer:
             self.trio_waits += 1
             await trio.lowlevel.wait_readable(fd)  # ClosedResourceError on pyfuse3.terminate()
         raise trio.ClosedResourceError("mount stopped")
+
+    def activate(self) -> None:
+        self.active = True
 
     def stop(self) -> None:
         """End ``serve`` at its next request or wake-up (a signal arrived)."""
