@@ -22,6 +22,7 @@ from castore import textsafe
 from castore.digest import EMPTY_DIGEST
 from castore.errors import BlobNotFound, CastoreError, IntegrityError
 from castore.store import Store
+from castore.store.blobs import open_blob_file
 
 if TYPE_CHECKING:
     from castore.mount.fuse import Node
@@ -138,10 +139,19 @@ class BlobReader:
             raise OSError(errno.EIO, str(exc)) from None
         return self.store.open_blob(digest)
 
-    def _load(self, digest: str, size: int) -> bytes:
-        fd = self._open(digest)
+    def _open_stat(self, digest: str) -> tuple[int, os.stat_result]:
+        """``_open`` and the blob file's stat (a local blob: the one fstat the store's open makes)."""
+        if self.fetch is not None:
+            fd = self._open(digest)
+            return fd, os.fstat(fd)
         try:
-            st = os.fstat(fd)
+            return open_blob_file(self.store.blob_path(digest), digest)
+        except OSError as exc:
+            raise IntegrityError(f"blob {digest} cannot be opened: {exc.strerror}") from exc
+
+    def _load(self, digest: str, size: int) -> bytes:
+        fd, st = self._open_stat(digest)
+        try:
             if st.st_size != size:
                 raise IntegrityError(f"blob {digest} has the wrong size (expected {size} bytes)")
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -192,17 +202,19 @@ class BlobReader:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
             pool = self._pool
-        for digest, size in todo:
-            pool.submit(self._ahead_one, digest, size)
+        n = min(PREFETCH_THREADS, len(todo))
+        for k in range(n):  # one task per thread, strided: the nearest blobs are loaded first, in parallel
+            pool.submit(self._ahead_some, todo[k::n])
 
-    def _ahead_one(self, digest: str, size: int) -> None:
-        try:
-            self._verified(digest, size, 0)
-        except (CastoreError, OSError):
-            pass  # the read that needs it tries again and reports it
-        finally:
-            with self._mu:
-                self._ahead.discard(digest)
+    def _ahead_some(self, items: list[tuple[str, int]]) -> None:
+        for digest, size in items:
+            try:
+                self._verified(digest, size, 0)
+            except (CastoreError, OSError):
+                pass  # the read that needs it tries again and reports it
+            finally:
+                with self._mu:
+                    self._ahead.discard(digest)
 
     def close(self, *, cancel: bool = True) -> None:
         """Stop the prefetch threads (the mount is gone); ``cancel``: drop the loads not started."""
