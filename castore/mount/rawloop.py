@@ -95,31 +95,31 @@ class RawServer:
         os.set_blocking(fd, False)
         poll = select.poll()
         poll.register(fd, select.POLLIN)
-        run = 0
+        run = 0  # requests served since the last wait in trio
         while not self._stop:
+            if run == 0:
+                self.trio_waits += 1
+                await trio.lowlevel.wait_readable(fd)  # ClosedResourceError on pyfuse3.terminate()
+            elif poll.poll(SPIN_MS):  # the next request usually comes within a round trip: no trio wait
+                self.quick_waits += 1
+            else:
+                run = 0
+                continue
             try:
                 req = os.read(fd, BUFSIZE)
             except BlockingIOError:
-                req = None
+                continue
             except OSError as exc:
                 if exc.errno == errno.ENODEV:
                     return
                 if exc.errno in (errno.EINTR, errno.ENOENT):  # ENOENT: the request was interrupted
                     continue
                 raise
-            if req:
-                self.handle(req)
-                run += 1
-                if run >= FAST_MAX:
-                    run = 0
-                    await trio.lowlevel.checkpoint()
-                continue
-            if run and poll.poll(SPIN_MS):
-                self.quick_waits += 1
-                continue
-            run = 0
-            self.trio_waits += 1
-            await trio.lowlevel.wait_readable(fd)  # ClosedResourceError on pyfuse3.terminate()
+            self.handle(req)
+            run += 1
+            if run >= FAST_MAX:  # let trio run: signals, lease renewal
+                run = 1
+                await trio.lowlevel.checkpoint()
         raise trio.ClosedResourceError("mount stopped")
 
     def activate(self) -> None:
