@@ -2,8 +2,9 @@
 hashed whole the first time it is read, and its file's identity (dev, ino, size, mtime, ctime) is
 kept; later loads of it (after it left the bounded LRU of verified bytes, or for a blob too large for
 it) re-read the file without hashing while ``fstat`` proves it unchanged. A digest or size mismatch,
-or a missing blob, is EIO for that read only. ``prefetch`` loads small blobs ahead in a few threads
-(the mount reads ahead the next files of a directory), so a cold tree walk waits on its disk less.
+or a missing blob, is EIO for that read only. ``warm`` reads small blob files into the page cache in a
+few threads (the mount reads ahead the next files of a tree walk), so a cold walk waits on its disk
+less; ``prefetch`` loads and verifies blobs ahead into the LRU.
 """
 
 from __future__ import annotations
@@ -205,6 +206,37 @@ class BlobReader:
         n = min(PREFETCH_THREADS, len(todo))
         for k in range(n):  # one task per thread, strided: the nearest blobs are loaded first, in parallel
             pool.submit(self._ahead_some, todo[k::n])
+
+    def warm(self, digests: list[str]) -> None:
+        """Start reading small local blobs into the page cache in background threads (``open``, which
+        waits for the inode, then ``posix_fadvise(WILLNEED)``, which queues the data read and does not
+        wait for it): the read that needs one then loads and verifies it from memory. Less work per
+        blob in the threads than ``prefetch`` (no read, no hash, no lock), so they hold the GIL less,
+        and twice the reads in flight per thread. Best effort: errors are left for that read."""
+        if not digests:
+            return
+        with self._mu:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
+            pool = self._pool
+        n = min(PREFETCH_THREADS, len(digests))
+        for k in range(n):
+            pool.submit(self._warm_some, [self.store.blob_path(d) for d in digests[k::n]])
+
+    @staticmethod
+    def _warm_some(paths: list[str]) -> None:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        for path in paths:
+            try:
+                fd = os.open(path, flags)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def _ahead_some(self, items: list[tuple[str, int]]) -> None:
         for digest, size in items:

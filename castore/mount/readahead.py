@@ -1,9 +1,10 @@
 """Read-ahead across files for a mount: a tree walk (``tar``, ``cp -r``, ``rsync``, ``find -exec``)
 reads the files in depth-first order of the sorted listings the mount serves, each one small, and a
 cold read of each would wait on the disk for its blob. When a small file is read from its start, the
-blobs of the next files in that order (across directory ends: the next directory's files follow
-without a stall) are loaded and verified ahead in a few threads (``BlobReader.prefetch``), so the walk
-finds them in memory; the disk sees several requests at once instead of one at a time.
+blob files of the next files in that order (across directory ends: the next directory's files follow
+without a stall) are read into the page cache ahead by a few threads (``BlobReader.warm``: open, then
+``posix_fadvise(WILLNEED)``), so the read of each finds its blob in memory and verifies it there; the
+disk sees many requests at once instead of one at a time.
 
 The walk order is computed on the first read (one pass over the table; each small file's position is
 kept in its node). A few walks at once (two ``tar`` of different subtrees) each keep their own
@@ -52,9 +53,8 @@ class ReadAhead:
             start, end = max(upto, i) + 1, i + 1 + self.window
             self._streams.append(end - 1)
             del self._streams[:-STREAMS]
-        items = [(n.pieces[0][2], n.size) for n in self._walk[start:end]]
-        if items:
-            self.reader.prefetch(items)
+        reader = self.reader
+        reader.warm([d for d in (n.pieces[0][2] for n in self._walk[start:end]) if not reader.cached(d)])
 
 
 def walk_order(table: InodeTable) -> list[Node]:
