@@ -70,7 +70,8 @@ def walk_order(table: InodeTable) -> list[Node]:
             if stat.S_ISDIR(n.mode):
                 stack.append((n, iter(n.names)))
                 break
-            if n.order < 0 and stat.S_ISREG(n.mode) and len(n.pieces) == 1 and n.size <= INLINE_READ:
+            placed = 0 <= n.order < len(out) and out[n.order] is n  # a hardlink met before, in this walk
+            if not placed and stat.S_ISREG(n.mode) and len(n.pieces) == 1 and n.size <= INLINE_READ:
                 n.order = len(out)
                 out.append(n)
         else:

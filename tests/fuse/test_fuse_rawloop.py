@@ -1,7 +1,8 @@
 """The raw request loop of a local mount (castore/mount/rawloop.py, issue 16 item 6): the kernel
 opens files and directories itself (no ``open``/``release`` requests), keeps pages and listings, so a
 second walk of the tree sends the daemon nothing; the pyfuse3 loop still serves the same tree; a
-signal stops a busy mount; and the wire structures have the kernel's sizes."""
+signal stops a busy mount; the wire structures have the kernel's sizes; read-ahead follows the
+tree-walk order."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from pathlib import Path
 import pytest
 
 from castore.mount import wire
-from castore.mount.fuse import Node
+from castore.mount.blobreader import BlobReader
+from castore.mount.fuse import INLINE_READ, InodeTable, Node
+from castore.mount.readahead import ReadAhead, walk_order
+from castore.store import Store
 from castore.testing.compare import assert_trees_equal
 from tests.fuse.fuse_util import mounted, needs_fuse
 from tests.helpers import run_cli
@@ -136,3 +140,47 @@ def test_wire_layouts() -> None:
         d = wire.dirent(7, 3, name, node.mode)
         assert len(d) % 8 == 0 and d[24 : 24 + len(name)] == name
         assert wire.DIRENT.unpack_from(d) == (7, 3, len(name), 0o10)  # DT_REG
+
+
+class _Recorder(BlobReader):
+    """A real BlobReader that also records which blobs the read-ahead asked it to warm."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.warmed: list[str] = []
+
+    def warm(self, digests: list[str]) -> None:
+        self.warmed += digests
+        super().warm(digests)
+
+
+def test_walk_order_read_ahead_crosses_directories(tmp_path: Path) -> None:
+    """Small files in depth-first order of sorted names (files before and after a subdirectory in
+    their listing order); a read warms the next files across directory ends; a second walk elsewhere
+    keeps its own window."""
+    src = tmp_path / "src"
+    layout = ["a/1", "a/2", "a/b/1", "a/b/2", "a/c", "d/1", "d/2", "e"]
+    for i, rel in enumerate(layout):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(f"{rel} {i}\n".encode())
+    (src / "big").write_bytes(os.urandom(INLINE_READ + 1))  # not read ahead: read in worker threads
+    digest = run_cli("ingest", src, store=tmp_path / "store", check=True).stdout.decode().strip()
+    store = Store.open(str(tmp_path / "store"))
+    m = store.load_manifest(digest)
+    table = InodeTable(m, uid=0, gid=0, now_ns=0)
+    walk = walk_order(table)
+    assert [n.path for n in walk] == ["/" + rel for rel in layout]
+    assert [n.order for n in walk] == list(range(len(layout)))
+    reader = _Recorder(store)
+    try:
+        ahead = ReadAhead(table, reader, window=3)
+        ahead.on_read(walk[1])  # /a/2: the next three, across the end of /a into /a/b
+        assert reader.warmed == [walk[i].digest for i in (2, 3, 4)]
+        ahead.on_read(walk[2])  # two are still ahead (refill 1): nothing new
+        assert len(reader.warmed) == 3
+        ahead.on_read(walk[7])  # far away: a stream of its own (nothing after /e)
+        assert len(reader.warmed) == 3
+        ahead.on_read(walk[4])  # the first stream reaches its end: the next window
+        assert reader.warmed[3:] == [walk[i].digest for i in (5, 6, 7)]
+    finally:
+        reader.close()
