@@ -32,6 +32,7 @@ CACHE_BYTES = 64 << 20  # verified blob bytes kept in memory
 CACHE_ITEM_MAX = 8 << 20  # larger blobs: hashed once, then served from the file while fstat proves it unchanged
 READ = 1 << 20
 PREFETCH_THREADS = 8
+WARM_QUEUE_MAX = 64  # ``warm`` tasks queued at most (each a few blob files)
 
 
 class BlobReader:
@@ -61,6 +62,7 @@ class BlobReader:
         self._noted: set[str] = set()
         self._ahead: set[str] = set()  # digests being prefetched
         self._pool: ThreadPoolExecutor | None = None
+        self._warming = 0  # ``warm`` tasks queued or running
         self.hashed = 0  # blobs hashed (for tests and stats)
         self.loads = 0  # blob files read into the cache
         self.reads = 0  # reads served
@@ -216,27 +218,33 @@ class BlobReader:
         if not digests:
             return
         with self._mu:
+            if self._warming > WARM_QUEUE_MAX:  # the threads are behind (random reads, a slow disk): skip
+                return
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
             pool = self._pool
-        n = min(PREFETCH_THREADS, len(digests))
+            n = min(PREFETCH_THREADS, len(digests))
+            self._warming += n
         for k in range(n):
             pool.submit(self._warm_some, [self.store.blob_path(d) for d in digests[k::n]])
 
-    @staticmethod
-    def _warm_some(paths: list[str]) -> None:
+    def _warm_some(self, paths: list[str]) -> None:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        for path in paths:
-            try:
-                fd = os.open(path, flags)
-            except OSError:
-                continue
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+        try:
+            for path in paths:
+                try:
+                    fd = os.open(path, flags)
+                except OSError:
+                    continue
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+        finally:
+            with self._mu:
+                self._warming -= 1
 
     def _ahead_some(self, items: list[tuple[str, int]]) -> None:
         for digest, size in items:

@@ -9,7 +9,8 @@ disk sees many requests at once instead of one at a time.
 The walk order is computed on the first read (one pass over the table; each small file's position is
 kept in its node). A few walks at once (two ``tar`` of different subtrees) each keep their own
 stream: a read near a stream's window extends it, any other read starts a new stream (at most
-``STREAMS``, the oldest dropped).
+``STREAMS``, the oldest dropped) with a short window of ``FIRST`` files, so random reads of single
+files cost little extra disk work.
 
 Only blobs in the local store are read ahead (a lazy mount fetches nothing it was not asked for).
 """
@@ -25,6 +26,7 @@ from castore.mount.fuse import INLINE_READ, ROOT_INO, InodeTable, Node
 WINDOW = 64  # files read ahead of the one being read
 REFILL = 32  # submit the next window when fewer than this many are left ahead
 STREAMS = 8
+FIRST = 8  # files read ahead for a read that starts a stream
 
 
 class ReadAhead:
@@ -50,7 +52,8 @@ class ReadAhead:
             if upto >= i + self.refill:
                 self._streams.append(upto)
                 return
-            start, end = max(upto, i) + 1, i + 1 + self.window
+            # A new stream starts small (a lone read of a file is no walk yet); a second read grows it.
+            start, end = max(upto, i) + 1, i + 1 + (self.window if k >= 0 else min(FIRST, self.window))
             self._streams.append(end - 1)
             del self._streams[:-STREAMS]
         reader = self.reader
