@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,9 +17,8 @@ from castore.cli.common import (
     print_json,
     resolve,
 )
-from castore.store import check_name, default_store_path
-from castore.textsafe import quote
-from castore.units import human_size, iso_s
+from castore.store import check_name
+from castore.units import iso_s
 
 if TYPE_CHECKING:
     from castore.store import Store
@@ -141,67 +139,21 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
       continuity list --json | jq -r '.names[].name'
       continuity list --history web
     """
+    from castore.cli.list_view import list_text
+
+    if history is None:
+        click.echo(list_text(obj, as_json, human), nl=False)
+        return
     from castore.store.revisions import versions
 
-    if obj.store_path is None and not os.path.lexists(os.path.join(default_store_path(), "config")):
-        if as_json:  # the default location before anything was stored: an empty catalog (README "Stores")
-            print_json({"names": []})
-        return
     store = obj.store()
-    if history is not None:
-        _print_history(store, history, versions(store, history), as_json)
-        return
-    from castore.store.summary import summaries
-
-    tags = store.tags()
-    known = summaries(store.meta, {t.digest for t in tags})  # recorded at commit: no manifest decoded
-    out: list[dict[str, Any]] = []  # the JSON rows
-    for t in tags:
-        total = known[t.digest].size if t.digest in known else _tree_size(store, t.digest)
-        vs = versions(store, t.name)
-        out.append(
-            {
-                "name": t.name,
-                "digest": t.digest,
-                "time": _when(t.time_ns),
-                "manifest_size": t.size,
-                "size": total,
-                "versions": len(vs),
-                "signatures": _sigs(store, t.digest),
-                "incomplete": bool(vs and vs[-1].digest == t.digest and vs[-1].incomplete),
-            }
-        )
-    if as_json:
-        print_json({"names": out})
-        return
-    for row in out:
-        size = human_size(row["size"]) if human else row["size"]
-        flag = "\tincomplete" if row["incomplete"] else ""
-        click.echo(
-            f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{size}\t{_signers(row['signatures'])}{flag}"
-        )
-
-
-def _sigs(store: Store, digest: str) -> list[dict[str, object]]:
-    """The stored signatures of a manifest, for list/history (docs/signing.md)."""
-    if not _any_signature(store):
-        return []  # the signing code (cryptography) is not imported for a store without signatures
-    from castore.store.signatures import for_manifest
-
-    return [r.as_json() for r in for_manifest(store, digest)]
-
-
-def _any_signature(store: Store) -> bool:
-    with store.meta.read() as txn:
-        return bool(txn.stat(store.meta.db("signatures"))["entries"])
-
-
-def _signers(sigs: list[dict[str, object]]) -> str:
-    """The text column: who signed (principal, else key fingerprint), or "-" for unsigned."""
-    return ",".join(sorted({quote(str(s["principal"] or s["fingerprint"])) for s in sigs})) or "-"
+    _print_history(store, history, versions(store, history), as_json)
 
 
 def _print_history(store: Store, name: str, rows: Sequence[Any], as_json: bool) -> None:
+    from castore.cli.list_view import signers as _signers
+    from castore.cli.list_view import sigs as _sigs
+
     if as_json:
         print_json(
             {
@@ -223,14 +175,6 @@ def _print_history(store: Store, name: str, rows: Sequence[Any], as_json: bool) 
                 f"{_when(t.time_ns)}  {t.digest}  {_signers(_sigs(store, t.digest))}"
                 f"{'  incomplete' if t.incomplete else ''}"
             )
-
-
-def _tree_size(store: Store, digest: str) -> int:
-    try:
-        m = store.load_manifest(digest)
-    except Exception:  # noqa: BLE001 - a damaged entry still lists
-        return -1
-    return sum(r.size for r in m.files())
 
 
 @main_group.command("history")

@@ -8,9 +8,13 @@ attributes ``Store.open`` sets.
 
 from __future__ import annotations
 
-from castore.readers import ChunkParams
+from typing import TYPE_CHECKING
+
 from castore.store.meta import MetaDB
 from castore.store.revisions import RecordPolicy
+
+if TYPE_CHECKING:
+    from castore.readers import ChunkParams
 
 
 class StoreState:
