@@ -14,6 +14,10 @@ and the modules each imports (``-X importtime``: the ten slowest of ``list``).
 The CPU time (user+sys of the command, median) is printed too: on a shared
 machine it is steadier than the wall clock.
 
+A venv that loads setuptools' editable import hook (``pip install -e .`` in its default
+mode) is named in a note: the hook costs every start of that interpreter ~15 ms, and
+``scripts/test`` installs in compat mode (a plain ``.pth`` path entry) instead.
+
 castore's modules are byte-compiled first (``compileall``), as an installed
 package is: under PYTHONDONTWRITEBYTECODE=1 an editable install would
 otherwise compile every module on every run (~100 ms of ``list``).
@@ -59,6 +63,12 @@ def _slowest_imports(argv: list[str], env: dict[str, str], n: int = 10) -> list[
             rows.append((int(parts[1]), parts[2].rstrip()))
     top = [r for r in rows if not r[1].startswith("   ")]  # top-level imports (cumulative)
     return [f"{us / 1000:7.1f} ms {name.strip()}" for us, name in sorted(top, reverse=True)[:n]]
+
+
+def _editable_hooks() -> list[str]:
+    """The setuptools editable-install finders this interpreter loads at start (site's .pth files)."""
+    mods = {f.__module__ if isinstance(f, type) else type(f).__module__ for f in sys.meta_path}
+    return sorted(m for m in mods if m.startswith("__editable__"))
 
 
 def main() -> None:
@@ -110,6 +120,10 @@ def main() -> None:
                 f"{k:30s} min {min(ts):6.1f} ms  median {statistics.median(ts):6.1f} ms  "
                 f"cpu {statistics.median(cpu[k]):6.1f} ms  (+{min(ts) - floor:5.1f} over python){verdict}"
             )
+        hooks = _editable_hooks()
+        if hooks:
+            print(f"note: this interpreter loads {', '.join(hooks)} at every start (~15 ms, counted in every line);")
+            print("      reinstall with `pip install -e . --config-settings editable_mode=compat` (scripts/test does)")
         print("slowest top-level imports of `list` (-X importtime, one run):")
         for line in _slowest_imports(["-m", "castore", "--store", store, "list"], env):
             print("   " + line)
