@@ -41,7 +41,8 @@ def complete_names(ctx: click.Context, param: click.Parameter, incomplete: str) 
     if not os.path.exists(os.path.join(path, "config")):
         return []
     try:
-        names = [t.name for t in Store.open(path, create=False).tags()]
+        with Store.open(path, create=False) as store:
+            names = [t.name for t in store.tags()]
     except Exception:  # noqa: BLE001 - completion never fails loudly
         return []
     from click.shell_completion import CompletionItem

@@ -130,7 +130,11 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
             raise
         store = cls(path, config, meta)
         store.root_fd = root_fd
-        store._check_schema()
+        try:
+            store._check_schema()
+        except BaseException:
+            store.close()
+            raise
         if not ro and not os.path.isdir(os.path.join(path, MARKER_DIR)):
             with contextlib.suppress(OSError):  # best effort (a read-only user): the first commit does it
                 store._backfill_markers()
@@ -183,7 +187,10 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
                 )
         return ""
 
-    def __del__(self) -> None:
+    def close(self) -> None:
+        """Release the store's file descriptors: its directories' and, when no other open Store of this
+        path in this process uses it, the LMDB environment's. Idempotent; the object is unusable after.
+        ``with Store.open(path) as store:`` closes it at the end of the block."""
         for fd in [*getattr(self, "_shard_fds", {}).values(), getattr(self, "root_fd", -1)]:
             if fd >= 0:
                 try:
@@ -191,6 +198,21 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
                 except OSError:
                     pass
         self._shard_fds, self.root_fd = {}, -1
+        meta = getattr(self, "meta", None)
+        if meta is not None:
+            meta.release()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - (interpreter shutdown: nothing left to release into)
+            pass
 
 
 __all__ = [
