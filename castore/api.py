@@ -83,7 +83,7 @@ def load(store: StoreLike | None, ref: ManifestRef) -> Manifest:
     with _store_for_call(store, optional=True) as st:
         m, digest = manifest_of(st, ref)
         assert st is not None and digest is not None
-        return st.load_manifest(digest)  # type: ignore[no-any-return]
+        return st.load_manifest(digest)
 
 
 def _default_devices(devices: str | None) -> str:

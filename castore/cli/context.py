@@ -66,5 +66,3 @@ class Ctx:
         if not os.path.exists(os.path.join(path, "config")):
             return None
         return self.store(create=False)
-
-

@@ -57,7 +57,7 @@ HELP = (
     "  pull              Copy a tree or a container image (flattened) from a...\n"
     "  push              Copy MANIFEST and every blob it references to a...\n"
     "  rm                Remove NAMES from the catalog (content goes at the...\n"
-    "  sign              Sign MANIFEST (namespace \"continuity\", over its...\n"
+    '  sign              Sign MANIFEST (namespace "continuity", over its...\n'
     "  stats             Counts and sizes of MANIFEST; without it, of the...\n"
     "  tag               Record MANIFEST under NAME (a manifest file is stored...\n"
     "  verify            Report every difference between ROOT and MANIFEST;...\n"
