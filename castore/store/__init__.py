@@ -209,10 +209,15 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
         self.close()
 
     def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - (interpreter shutdown: nothing left to release into)
-            pass
+        """The directory descriptors; the environment goes with the last reference to ``meta`` (MetaDB.__del__:
+        ``Store.open(path).meta.read()`` keeps using it after the Store itself is gone)."""
+        for fd in [*getattr(self, "_shard_fds", {}).values(), getattr(self, "root_fd", -1)]:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._shard_fds, self.root_fd = {}, -1
 
 
 __all__ = [

@@ -206,6 +206,12 @@ class MetaDB:
         _USERS.pop(self.path, None)
         self.env.close()
 
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - (interpreter shutdown: nothing left to release into)
+            pass
+
     def release(self) -> None:
         """This object no longer uses the environment: it is closed (its file descriptors with it) when
         no other open MetaDB of this process uses it. Idempotent; the object is unusable afterwards."""
