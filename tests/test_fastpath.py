@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from castore.errors import NotFound
+
 ROOT = Path(__file__).resolve().parents[1]
 CLICK_ONLY = "import sys; sys.argv[0] = 'continuity'; from castore.cli import click_main; click_main()"
 MODULES = (
@@ -106,6 +108,12 @@ def test_help_at_another_width_is_left_to_click() -> None:
         ["-v", "--quiet", "list", "--json"],
         ["list", "--store", "{store}"],  # --store after the verb (hoisted)
         ["--store={store}", "list"],
+        ["list", "--history", "web"],
+        ["list", "--history=web", "--json"],
+        ["list", "--history", "no-such-name"],  # nothing, exit 0
+        ["history", "web"],
+        ["history", "--json", "web"],
+        ["history", "base/os@1.0", "--json"],
     ],
 )
 def test_list_is_the_same_bytes_on_both_paths(store: Path, args: list[str]) -> None:
@@ -113,7 +121,7 @@ def test_list_is_the_same_bytes_on_both_paths(store: Path, args: list[str]) -> N
     full = args if any(str(store) in a for a in args) else ["--store", str(store), *args]
     env = _env()
     p = _same(full, env)
-    assert p.returncode == 0 and p.stdout and not p.stderr
+    assert p.returncode == 0 and (p.stdout or "no-such-name" in args) and not p.stderr
     assert _fast_path_taken(full, env)
 
 
@@ -134,7 +142,14 @@ def test_store_from_the_environment_and_empty_values(store: Path, tmp_path: Path
     p = _same(["list"], _env({"CONTINUITY_STORE": str(store)}))
     assert p.returncode == 0 and b"web" in p.stdout
     home = {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "xdg")}
-    for args in (["list"], ["list", "--json"], ["--store=", "list"], ["--store", "", "list", "--json"]):
+    for args in (
+        ["list"],
+        ["list", "--json"],
+        ["--store=", "list"],
+        ["--store", "", "list", "--json"],
+        ["list", "--history", "web", "--json"],
+        ["history", "web"],
+    ):
         for env in (_env(home, drop=("CONTINUITY_STORE",)), _env({**home, "CONTINUITY_STORE": ""})):
             _same(args, env)  # the default location, absent: an empty catalog, or the NoStore error
 
@@ -148,14 +163,28 @@ def test_errors_are_the_same_line_and_code(tmp_path: Path, store: Path) -> None:
     (bad / "config").write_text("{not json")
     broken = _same(["--store", str(bad), "list", "--json"], env)
     assert broken.returncode != 0 and broken.stderr.count(b"\n") == 1
-    for args in (["list", "--bogus"], ["list", "--history"], ["list", "extra"], ["lis"], ["--store"]):
+    no_history = _same(["--store", str(store), "history", "no-such-name"], env)
+    assert (
+        no_history.returncode == NotFound.exit_code
+        and no_history.stderr == b"continuity: error: no history for 'no-such-name'\n"
+    )
+    for args in (
+        ["list", "--bogus"],
+        ["list", "--history"],
+        ["list", "extra"],
+        ["lis"],
+        ["--store"],
+        ["history"],
+        ["history", "a", "b"],
+        ["history", "--bogus", "web"],
+    ):
         usage = _same(["--store", str(store), *args] if args != ["--store"] else args, env)
         assert usage.returncode == 2 and usage.stderr.startswith(b"continuity: error: ")
 
 
 def test_options_the_fast_path_does_not_take_are_left_to_click(store: Path) -> None:
     env = _env()
-    for args in (["list", "--history", "web"], ["--version"], ["list", "--help"], ["-vv", "list"], ["list", "--"]):
+    for args in (["history", "--", "web"], ["--version"], ["list", "--help"], ["-vv", "list"], ["list", "--"]):
         full = ["--store", str(store), *args]
         _same(full, env)
         assert not _fast_path_taken(full, env), args

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,10 +17,8 @@ from castore.cli.common import (
     resolve,
 )
 from castore.store import check_name
-from castore.units import iso_s
 
 if TYPE_CHECKING:
-    from castore.store import Store
     from castore.store.meta import Txn
 
 
@@ -121,9 +118,6 @@ def ingest_cmd(
     finish(obj, name, digest)
 
 
-_when = iso_s
-
-
 @main_group.command("list")
 @json_opt
 @click.option("--history", "history", metavar="NAME", help="Every manifest recorded under NAME.")
@@ -141,40 +135,7 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
     """
     from castore.cli.list_view import list_text
 
-    if history is None:
-        click.echo(list_text(obj, as_json, human), nl=False)
-        return
-    from castore.store.revisions import versions
-
-    store = obj.store()
-    _print_history(store, history, versions(store, history), as_json)
-
-
-def _print_history(store: Store, name: str, rows: Sequence[Any], as_json: bool) -> None:
-    from castore.cli.list_view import signers as _signers
-    from castore.cli.list_view import sigs as _sigs
-
-    if as_json:
-        print_json(
-            {
-                "name": name,
-                "versions": [
-                    {
-                        "digest": t.digest,
-                        "time": _when(t.time_ns),
-                        "signatures": _sigs(store, t.digest),
-                        "incomplete": t.incomplete,
-                    }
-                    for t in rows
-                ],
-            }
-        )
-    else:
-        for t in rows:
-            click.echo(
-                f"{_when(t.time_ns)}  {t.digest}  {_signers(_sigs(store, t.digest))}"
-                f"{'  incomplete' if t.incomplete else ''}"
-            )
+    click.echo(list_text(obj, as_json, human, history), nl=False)
 
 
 @main_group.command("history")
@@ -189,15 +150,9 @@ def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
       continuity history web
       continuity history web --json
     """
-    from castore.store.revisions import versions
+    from castore.cli.list_view import history_text
 
-    store = obj.store()
-    rows = versions(store, name)
-    if not rows:
-        from castore.errors import NotFound
-
-        raise NotFound(f"no history for {name!r}")
-    _print_history(store, name, rows, as_json)
+    click.echo(history_text(obj, name, as_json=as_json), nl=False)
 
 
 @main_group.command("tag")

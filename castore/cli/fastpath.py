@@ -6,8 +6,9 @@ Importing click and building the command group costs more than the whole of a sm
 - ``continuity`` with no argument, ``--help``, ``-h``: the group's help, rendered by click
   when the package was built and kept in ``castore/cli/help_text.py`` (tests/test_fastpath.py
   renders it live and compares; ``scripts/gen-help-text`` writes it again);
-- ``list`` with ``--json`` and ``-H``/``--human``, after the global options ``--store``,
-  ``-q``/``--quiet``, ``-v``/``--verbose`` and ``--debug``.
+- ``list`` with ``--json``, ``-H``/``--human`` and ``--history NAME``, and ``history NAME``
+  with ``--json``, after the global options ``--store``, ``-q``/``--quiet``, ``-v``/``--verbose``
+  and ``--debug``.
 
 Anything else (another verb or option, ``--``, a help width other than the one kept,
 shell completion, a stream encoding click would re-wrap) returns to the click group,
@@ -36,8 +37,8 @@ def _utf8(stream: object) -> bool:
         return False
 
 
-def _parse(args: list[str]) -> tuple[str, str | None, dict[str, int]] | None:
-    """(verb, --store value, flags) of a command line the fast path runs, else None."""
+def _parse(args: list[str]) -> tuple[str, str | None, dict[str, int], str | None] | None:
+    """(verb, --store value, flags, NAME) of a command line the fast path runs, else None."""
     store: str | None = None
     flags: dict[str, int] = {}
     i = 0
@@ -56,17 +57,31 @@ def _parse(args: list[str]) -> tuple[str, str | None, dict[str, int]] | None:
         i += 1
     rest = args[i:]
     if not rest:
-        return ("", store, flags) if not args else None
+        return ("", store, flags, None) if not args else None
     verb, opts = rest[0], rest[1:]
     if verb in ("--help", "-h") and not opts and not args[:i]:
-        return "--help", store, flags
-    if verb != "list":
+        return "--help", store, flags, None
+    if verb not in ("list", "history"):
         return None
-    for a in opts:
-        if a not in _LIST_FLAGS:
+    name: str | None = None
+    j = 0
+    while j < len(opts):
+        a = opts[j]
+        if a == "--json" or (verb == "list" and a in _LIST_FLAGS):
+            flags[_LIST_FLAGS[a]] = 1
+        elif verb == "list" and a == "--history" and j + 1 < len(opts):
+            name = opts[j + 1]  # (click takes the next word as the value, whatever it is; the last one wins)
+            j += 1
+        elif verb == "list" and a.startswith("--history="):
+            name = a[len("--history=") :]
+        elif verb == "history" and name is None and a and not a.startswith("-"):
+            name = a
+        else:
             return None
-        flags[_LIST_FLAGS[a]] = 1
-    return verb, store, flags
+        j += 1
+    if verb == "history" and name is None:
+        return None  # click's usage error
+    return verb, store, flags, name
 
 
 def run_fast(args: list[str]) -> None:
@@ -76,7 +91,7 @@ def run_fast(args: list[str]) -> None:
     parsed = _parse(args)
     if parsed is None:
         return
-    verb, store, flags = parsed
+    verb, store, flags, name = parsed
     if verb in ("", "--help"):
         _help(missing=verb == "")
         return
@@ -89,12 +104,17 @@ def run_fast(args: list[str]) -> None:
         store = os.environ.get("CONTINUITY_STORE") or None  # as click reads the option's envvar
     ctx = Ctx(store, bool(flags.get("debug")), bool(flags.get("quiet")), flags.get("verbose", 0))
     with mapped_errors(ctx):
-        from castore.cli.list_view import list_text
+        from castore.cli.list_view import history_text, list_text
 
         if ctx.debug:
             phases.mark("command module")
             phases.enable()
-        out = list_text(ctx, bool(flags.get("as_json")), bool(flags.get("human")))
+        as_json = bool(flags.get("as_json"))
+        if verb == "history":
+            assert name is not None
+            out = history_text(ctx, name, as_json=as_json)
+        else:
+            out = list_text(ctx, as_json, bool(flags.get("human")), name)
         try:
             sys.stdout.write(out)
             sys.stdout.flush()

@@ -1,4 +1,5 @@
-"""``continuity list``: the catalog as text or JSON, click-free (run by the click command and the fast path).
+"""``continuity list`` and ``history``: the catalog, a name's versions, as text or JSON, click-free (run by the
+click commands and the fast path).
 
 The whole output is built first, then written: an error (a damaged index, a missing store) prints
 its one error line and nothing else.
@@ -19,14 +20,16 @@ if TYPE_CHECKING:
 _when = iso_s
 
 
-def list_text(obj: Ctx, as_json: bool, human: bool) -> str:
-    """The output of ``list`` (``--json``, ``-H``), each line ending in a newline."""
+def list_text(obj: Ctx, as_json: bool, human: bool, history: str | None = None) -> str:
+    """The output of ``list`` (``--json``, ``-H``, ``--history NAME``), each line ending in a newline."""
     from castore.store import default_store_path
     from castore.store.revisions import versions
 
     if obj.store_path is None and not os.path.lexists(os.path.join(default_store_path(), "config")):
         # the default location before anything was stored: an empty catalog (README "Stores")
         return json_document({"names": []}) if as_json else ""
+    if history is not None:
+        return history_text(obj, history, as_json=as_json, require=False)
     store = obj.store()
     from castore.store.summary import summaries
 
@@ -58,6 +61,33 @@ def list_text(obj: Ctx, as_json: bool, human: bool) -> str:
             f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{size}\t{signers(row['signatures'])}{flag}\n"
         )
     return "".join(lines)
+
+
+def history_text(obj: Ctx, name: str, *, as_json: bool, require: bool = True) -> str:
+    """The output of ``history NAME`` (``require``: NotFound when NAME has no version) and ``list --history``."""
+    from castore.store.revisions import versions
+
+    store = obj.store()
+    rows = versions(store, name)
+    if require and not rows:
+        from castore.errors import NotFound
+
+        raise NotFound(f"no history for {name!r}")
+    if as_json:
+        doc = [
+            {
+                "digest": t.digest,
+                "time": _when(t.time_ns),
+                "signatures": sigs(store, t.digest),
+                "incomplete": t.incomplete,
+            }
+            for t in rows
+        ]
+        return json_document({"name": name, "versions": doc})
+    return "".join(
+        f"{_when(t.time_ns)}  {t.digest}  {signers(sigs(store, t.digest))}{'  incomplete' if t.incomplete else ''}\n"
+        for t in rows
+    )
 
 
 def json_document(obj: object) -> str:
