@@ -69,7 +69,7 @@ class RootPin:
         """After the write transaction ``write_id`` committed: pin its state if nothing came after it."""
         self.release()
         txn = self.stack.enter_context(self.meta.read())
-        records = _records(txn) if txn.id() == write_id else None  # type: ignore[attr-defined]
+        records = _records(txn) if txn.id() == write_id else None
         if records is None:
             self.release()
             return
