@@ -38,6 +38,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from castore import progress
 from castore.bulkmode import bulk
@@ -60,6 +61,20 @@ from castore.store.meta import BLOB_ROW, KIND_MANIFEST, Txn, dstr
 
 BATCH_SECONDS = 0.05  # longest hold of the store lock while unlinking
 COMMIT_CHUNK = 5_000  # index rows deleted per hold of the store lock (and per write txn: its dirty pages)
+
+
+@dataclass
+class _Outcome:
+    """What one commit decided (filled inside its transaction, used after it)."""
+
+    roots: set[bytes] = field(default_factory=set)
+    id: int = 0  # the write transaction's id (RootPin)
+    refs_left: int = 0
+    doomed: list[tuple[bytes, int, int]] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+    prune: list[bytes] = field(default_factory=list)
+    leases: list[str] = field(default_factory=list)
+    signatures: int = 0
 
 
 class _Collector(CacheSweeps, TempSweeps, Unlinks):
@@ -172,49 +187,48 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
         The ``first`` call also deletes catalog rows and takes the orphans.
         """
         refs_db, blobs_db = self.meta.db("refs"), self.meta.db("blobs")
-        out: dict[str, object] = {}
+        out = _Outcome()
 
         def fn(txn: Txn) -> None:
-            t: object = txn
             with self.times.phase("commit-roots"):
-                kept = None if first or self.opts.dry_run else self.pin.take(t)
+                kept = None if first or self.opts.dry_run else self.pin.take(txn)
                 roots, prune, leases = (kept, [], []) if kept is not None else self._roots(txn)
-            out["roots"], out["id"] = roots, t.id()  # type: ignore[attr-defined]
+            out.roots, out.id = roots, txn.id()
             new: list[bytes] = []
             # Only gc (under STORE/gc.lock) removes refs rows, so an unchanged count since our last
             # commit means no manifest was added: skip the walk of every manifest key.
-            out["refs_left"] = t.stat(refs_db)["entries"]  # type: ignore[attr-defined]
-            if out["refs_left"] != self.refs_left:
-                keys = self.pages.each(t.cursor(db=refs_db).iternext(values=False))  # type: ignore[attr-defined]
+            out.refs_left = txn.stat(refs_db)["entries"]
+            if out.refs_left != self.refs_left:
+                keys = self.pages.each(txn.cursor(db=refs_db).iternext(values=False))
                 new = list(sc.manifests.missing(bytes(k) for k in keys))
             extra = (roots - snap_roots if kept is None else set()) | set(new)  # kept: marked at the last hold
             young = {m for m, _, kind in garbage if kind == KIND_MANIFEST and m not in extra and self._young(m)}
-            mark(extra | young, self._refs_of(t), late)
+            mark(extra | young, self._refs_of(txn), late)
             if first:
                 crashpoint("gc-after-mark")
             doomed = [(k, s, kind) for k, s, kind in garbage if k not in late]
             dead = [lid for lid, alive in leases if not alive] if first else []
-            expired = self._expired(t, leases) if first else []
+            expired = self._expired(txn, leases) if first else []
             if not first:
                 prune = []
-            out["doomed"], out["dead"], out["prune"], out["leases"] = doomed, dead, prune, dead + expired
+            out.doomed, out.dead, out.prune, out.leases = doomed, dead, prune, dead + expired
             if self.opts.dry_run:
                 return
             for k in prune:
-                t.delete(k, db=self.meta.db("history"))  # type: ignore[attr-defined]
+                txn.delete(k, db=self.meta.db("history"))
             for lid in dead + expired:
-                t.delete(lid.encode(), db=self.meta.db("leases"))  # type: ignore[attr-defined]
+                txn.delete(lid.encode(), db=self.meta.db("leases"))
             summary_db = self.meta.db("summary")
             for k, _, kind in doomed:
-                t.delete(k, db=blobs_db)  # type: ignore[attr-defined]
-                t.delete(k, db=refs_db)  # type: ignore[attr-defined]  # a manifest's (absent otherwise)
+                txn.delete(k, db=blobs_db)
+                txn.delete(k, db=refs_db)  # a manifest's (absent otherwise)
                 if kind == KIND_MANIFEST:
-                    t.delete(k, db=summary_db)  # type: ignore[attr-defined]
+                    txn.delete(k, db=summary_db)
                 self.pages.touched(2)
-            out["signatures"] = signatures.delete_for(
+            out.signatures = signatures.delete_for(
                 self.store, txn, [k for k, _, kind in doomed if kind == KIND_MANIFEST]
             )
-            out["refs_left"] = t.stat(refs_db)["entries"]  # type: ignore[attr-defined]
+            out.refs_left = txn.stat(refs_db)["entries"]
             # "v" rows (verified-blob stat records) are a cache: dropped after the lock (phase 4).
 
         if self.opts.dry_run:
@@ -224,14 +238,14 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
             self.meta.write(fn)
             if first:
                 crashpoint("gc-after-index-commit")
-            self.pin.pin(out["roots"], out["id"])  # type: ignore[arg-type]
-        self.refs_left = out["refs_left"]  # type: ignore[assignment]
-        for k in out["prune"]:  # type: ignore[attr-defined]
+            self.pin.pin(out.roots, out.id)
+        self.refs_left = out.refs_left
+        for k in out.prune:
             self.report.add(Item("history", history_name(k)), self.keep_items, is_file=False)
-        for lid in out["leases"]:  # type: ignore[attr-defined]
+        for lid in out.leases:
             self.report.add(Item("lease", lid), self.keep_items, is_file=False)
-        self.report.rows += int(out.get("signatures", 0))  # type: ignore[call-overload]
-        doomed: list[tuple[bytes, int, int]] = out["doomed"]  # type: ignore[assignment]
+        self.report.rows += out.signatures
+        doomed = out.doomed
         self.report.kept_blobs += len(garbage) - len(doomed)
         for rec in sorted(doomed, key=lambda r: self.inodes.get(r[0], 0)):  # inode order: see _mark_and_delete
             sc.unlink.add(*rec)
@@ -242,16 +256,16 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
                 for k, s, _, _ in sorted(chunk4, key=lambda r: r[3]):
                     if k not in late:
                         sc.unlink.add(k, s, -1)
-        return out["dead"]  # type: ignore[return-value]
+        return out.dead
 
-    def _expired(self, txn: object, leases: list[tuple[str, bool]]) -> list[str]:
+    def _expired(self, txn: Txn, leases: list[tuple[str, bool]]) -> list[str]:
         out = []
         for lid, alive in leases:
             if not alive:
                 continue
-            raw = txn.get(lid.encode(), db=self.meta.db("leases"))  # type: ignore[attr-defined]
+            raw = txn.get(lid.encode(), db=self.meta.db("leases"))
             try:
-                if int(json.loads(raw).get("expiry_ns", 0)) <= self.now:
+                if raw is None or int(json.loads(raw).get("expiry_ns", 0)) <= self.now:
                     out.append(lid)  # the row no longer protects; the owner keeps its files
             except (ValueError, TypeError, AttributeError):
                 out.append(lid)

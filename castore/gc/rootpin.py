@@ -24,16 +24,16 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-from castore.store.meta import MetaDB
+from castore.store.meta import MetaDB, Txn
 
 ROOT_TABLES = (b"tags", b"history", b"leases")
 
 
-def _records(txn: object) -> tuple[bytes, ...] | None:
+def _records(txn: Txn) -> tuple[bytes, ...] | None:
     """The main database's records of the root tables in ``txn`` (None if one is missing)."""
     out = []
     for name in ROOT_TABLES:
-        rec = txn.get(name)  # type: ignore[attr-defined]
+        rec = txn.get(name)
         if rec is None:
             return None
         out.append(bytes(rec))
@@ -51,7 +51,7 @@ class RootPin:
         self.roots: set[bytes] | None = None
         self.reused = 0  # holds that did not re-read the roots (reported by the tests)
 
-    def take(self, txn: object) -> set[bytes] | None:
+    def take(self, txn: Txn) -> set[bytes] | None:
         """In a fresh write transaction, before it writes: the previous roots if the root tables did
         not change since the pin (None: read them again). Releases the pin either way."""
         try:
