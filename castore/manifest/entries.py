@@ -118,6 +118,34 @@ def _plain_at(data: bytes, i: int, end: int) -> bool:
         return False
 
 
+
+_BEFORE_SIZE = _BEFORE_MODE | {0x38}
+
+
+def size_of(entry: bytes) -> int | None:
+    """The size field (7) of an encoded regular file, read like ``_plain_at`` reads its mode: from
+    the fields before it (paths, uid, gid, user, group, mode); None when anything else comes
+    first (the caller then decodes the entry). 0 when the field is absent (proto3's default)."""
+    i, end = 0, len(entry)
+    try:
+        while i < end:
+            tag = entry[i]
+            if tag not in _BEFORE_SIZE:
+                return None if tag < 0x38 or tag >= 0x80 else 0
+            n = entry[i + 1]
+            if n < 0x80:
+                i += 2
+            else:
+                n, i = read_varint(entry, i + 1)
+            if tag == 0x38:
+                return n
+            if tag in _LENGTH_DELIMITED:
+                i += n
+        return 0
+    except (IndexError, ValueError):
+        return None
+
+
 def first_path(entry: bytes) -> str:
     """The primary path of an encoded entry (its first path field)."""
     if (

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from castore import fs
 from castore.digest import EMPTY_DIGEST
 from castore.errors import CastoreError, IntegrityError
+from castore.manifest.entries import size_of
 from castore.manifest.model import Chunk, RegularFile
 from castore.materialize.options import Options
 from castore.store import Store, links
@@ -30,6 +31,7 @@ class ContentWriter:
     can_reflink: bool
     threshold: int
     forked: bool
+    needs_sync: bool
     records: dict[bytes, bytes] | None
     verified_updates: dict[bytes, bytes]
     chunk_lists: dict[str, tuple[Chunk, ...]]
@@ -66,6 +68,10 @@ class ContentWriter:
                 if raw is not None and len(raw) == _RECORD_LEN and raw[0] == RECORD_V2:
                     if OBJECT_RECORD.unpack(raw)[2] >= self.threshold:
                         out.add("sha256:" + raw[_STAT_LEN : _STAT_LEN + 32].hex())
+                    continue
+            if isinstance(f, LinkRef) and f._res is None:
+                size = size_of(f.entry)  # not decoded for this: most files are small
+                if size is not None and size < self.threshold:
                     continue
             r = resource_of(f)
             if not r.chunks and r.size >= self.threshold:
@@ -142,6 +148,7 @@ class ContentWriter:
             if r.digest != EMPTY_DIGEST:
                 raise IntegrityError(f"{r.path}: empty file with a non-empty digest")
             return
+        self.needs_sync = True
         if not r.chunks and r.size >= self.threshold and self.store is not None:
             r = self._served_by_chunks(r)
         if not r.chunks and self.can_reflink and not r.holes:
