@@ -30,7 +30,6 @@ from castore.store.links import (
 )
 
 _pack_stat, _STAT_LEN, _RECORD_LEN = links.OBJECT_STAT.pack, links.OBJECT_STAT.size, OBJECT_RECORD.size
-_ONE_READ = 4 << 20  # an object smaller than this is proven from one pread
 
 
 class ObjectLinker:
@@ -156,18 +155,13 @@ class ObjectLinker:
             # No fstat: ``st`` said regular file; a name swapped since for a FIFO or a directory
             # (only whoever owns the store can) fails the read (ESPIPE, EISDIR), which fails the
             # proof. That fstat was over a quarter of this proof (3 of 10.6 us of CPU an object).
-            # Raw digests compared, one pread of size+1 bytes below 4 MiB (a short read proves the end).
             try:
                 if os.listxattr(fd):
                     return False
             except OSError as exc:  # no xattrs here at all: none on the object either (read_xattrs)
                 if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
                     return False
-            if size < _ONE_READ:
-                b = os.pread(fd, size + 1, 0)
-                if len(b) != size or hashlib.sha256(b).digest() != d:
-                    return False
-            elif fs.hash_fd(fd, expect=size) != ("sha256:" + d.hex(), size):
+            if fs.hash_fd(fd, expect=size) != ("sha256:" + d.hex(), size):  # one pread below 4 MiB
                 return False
             self.needs_sync = True  # its record vouches for bytes read from the page cache
             return True
