@@ -1,21 +1,23 @@
 """The library's verbs with keyword arguments that read well (re-exported by ``castore``).
 
-    store = castore.Store.open("/var/lib/continuity")
-    digest = castore.ingest(store, "/src", name="web")
-    castore.checkout(store, "web", "/srv/web", link="hardlink")
-    assert not castore.verify(store, "web", "/srv/web")
+    with castore.Store.open("/var/lib/continuity") as store:
+        digest = castore.ingest(store, "/src", name="web")
+        castore.checkout(store, "web", "/srv/web", link="hardlink")
+        assert not castore.verify(store, "web", "/srv/web")
 
-``store`` is an open ``Store`` or the path of one (opened, and made on first
-use, for the call). A manifest is a ``Manifest`` or a reference the store
-resolves: catalog name, digest, or unique digest prefix. Each function imports
-its verb when first called: ``import castore`` stays cheap. Errors are the
-classes of ``castore.errors``; nothing here prints or exits.
+``store`` is an open ``Store`` (the caller's to close: ``Store.close``, or ``with``) or the
+path of one (opened, and made on first use, for the call, and closed before it returns, error
+or not: no descriptor outlives the call). A manifest is a ``Manifest`` or a reference the
+store resolves: catalog name, digest, or unique digest prefix. Each function imports its
+verb when first called: ``import castore`` stays cheap. Errors are the classes of
+``castore.errors``; nothing here prints or exits.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
@@ -32,12 +34,29 @@ ManifestRef = Union["Manifest", str]
 
 
 def open_store(store: StoreLike | None, *, create: bool = True) -> Store:
-    """``store`` itself when it is an open Store, else the store at that path (None: the default one)."""
+    """``store`` itself when it is an open Store, else the store at that path (None: the default one), which
+    the caller closes (``Store.close``, or ``with``)."""
     from castore.store import Store
 
     if isinstance(store, Store):
         return store
     return Store.open(os.fspath(store) if store is not None else None, create=create)
+
+
+@contextmanager
+def _store_for_call(store: StoreLike | None, *, create: bool = True, optional: bool = False) -> Iterator[Any]:
+    """The Store of one call: ``store`` itself when it is open (the caller's to close), else the store at
+    that path, opened for the call and closed at its end, error or not. ``optional``: None gives None."""
+    from castore.store import Store
+
+    if isinstance(store, Store) or (optional and store is None):
+        yield store
+        return
+    opened = Store.open(os.fspath(store) if store is not None else None, create=create)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 def manifest_of(store: Store | None, ref: ManifestRef) -> tuple[Manifest | None, str | None]:
@@ -61,10 +80,10 @@ def load(store: StoreLike | None, ref: ManifestRef) -> Manifest:
 
     if isinstance(ref, Manifest):
         return ref
-    st = open_store(store) if store is not None else None
-    m, digest = manifest_of(st, ref)
-    assert st is not None and digest is not None
-    return st.load_manifest(digest)
+    with _store_for_call(store, optional=True) as st:
+        m, digest = manifest_of(st, ref)
+        assert st is not None and digest is not None
+        return st.load_manifest(digest)
 
 
 def _default_devices(devices: str | None) -> str:
@@ -100,7 +119,8 @@ def ingest(
     from castore.ingest import ingest as ingest_tree
 
     opts = WalkOptions(ignore=tuple(ignore), keep_appledouble=keep_appledouble, whiteouts=whiteouts, on_skip=on_skip)
-    return ingest_tree(open_store(store), src, name=name, opts=opts, progress=progress)
+    with _store_for_call(store) as st:
+        return ingest_tree(st, src, name=name, opts=opts, progress=progress)
 
 
 def ingest_tar(
@@ -119,7 +139,8 @@ def ingest_tar(
     from castore.tar.importer import ingest_tar as import_tar
 
     opts = TarOptions(ignore=tuple(ignore), whiteouts=whiteouts, appledouble=appledouble)
-    return import_tar(open_store(store), src, name=name, opts=opts)
+    with _store_for_call(store) as st:
+        return import_tar(st, src, name=name, opts=opts)
 
 
 def checkout(
@@ -146,8 +167,6 @@ def checkout(
     from castore.checkout import checkout as checkout_tree
     from castore.materialize import Options
 
-    st = open_store(store) if store is not None else None
-    m, digest = manifest_of(st, manifest)
     opts = Options(
         link=link,
         verify=verify,
@@ -157,7 +176,9 @@ def checkout(
         rewrite_absolute_symlinks=rewrite_absolute_symlinks,
         ignore=write_ignores(ignore_attrs),
     )
-    checkout_tree(st, m, target, opts, manifest_digest=digest, validated=validated or m is None)
+    with _store_for_call(store, optional=True) as st:
+        m, digest = manifest_of(st, manifest)
+        checkout_tree(st, m, target, opts, manifest_digest=digest, validated=validated or m is None)
 
 
 def write_ignores(ignore_attrs: Iterable[str]) -> frozenset[str]:
@@ -201,8 +222,6 @@ def apply(
     """
     from castore.apply.run import ApplyOptions, apply_tree
 
-    st = open_store(store) if store is not None else None
-    m, digest = manifest_of(st, manifest)
     opts = ApplyOptions(
         delete=delete,
         verify=verify,
@@ -216,9 +235,11 @@ def apply(
         ignore=write_ignores(ignore_attrs),
         log=log,
     )
-    return apply_tree(
-        root, m, store=st, source=source, opts=opts, manifest_digest=digest, validated=validated or m is None
-    )
+    with _store_for_call(store, optional=True) as st:
+        m, digest = manifest_of(st, manifest)
+        return apply_tree(
+            root, m, store=st, source=source, opts=opts, manifest_digest=digest, validated=validated or m is None
+        )
 
 
 def build(
@@ -313,7 +334,8 @@ def gc(
     )
     if grace_seconds is not None:
         opts.grace_ns = grace_seconds * 10**9 if isinstance(grace_seconds, int) else round(grace_seconds * 10**9)
-    return collect(open_store(store, create=False), opts)
+    with _store_for_call(store, create=False) as st:
+        return collect(st, opts)
 
 
 def fsck(
@@ -323,7 +345,8 @@ def fsck(
     from castore.fsck.check import FsckOptions
     from castore.fsck.check import fsck as check_store
 
-    return check_store(open_store(store, create=False), FsckOptions(read_data=read_data, subset=subset, repair=repair))
+    with _store_for_call(store, create=False) as st:
+        return check_store(st, FsckOptions(read_data=read_data, subset=subset, repair=repair))
 
 
 __all__ = [

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import time
 
 _POINT = os.environ.get("CONTINUITY_CRASHPOINT", "")
@@ -18,6 +17,8 @@ _PAUSE = os.environ.get("CONTINUITY_PAUSE", "")
 def crashpoint(name: str) -> None:
     """Die here (SIGKILL, no cleanup) when CONTINUITY_CRASHPOINT names this point."""
     if _POINT and _POINT == name:
+        import signal  # noqa: PLC0415
+
         os.kill(os.getpid(), signal.SIGKILL)
     if _FAULT and _FAULT.partition(":")[0] == name:
         code = _FAULT.partition(":")[2] or "EIO"

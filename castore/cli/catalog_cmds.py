@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,12 +16,9 @@ from castore.cli.common import (
     print_json,
     resolve,
 )
-from castore.store import check_name, default_store_path
-from castore.textsafe import quote
-from castore.units import human_size, iso_s
+from castore.store import check_name
 
 if TYPE_CHECKING:
-    from castore.store import Store
     from castore.store.meta import Txn
 
 
@@ -123,9 +118,6 @@ def ingest_cmd(
     finish(obj, name, digest)
 
 
-_when = iso_s
-
-
 @main_group.command("list")
 @json_opt
 @click.option("--history", "history", metavar="NAME", help="Every manifest recorded under NAME.")
@@ -141,96 +133,9 @@ def list_cmd(obj: Ctx, as_json: bool, history: str | None, human: bool) -> None:
       continuity list --json | jq -r '.names[].name'
       continuity list --history web
     """
-    from castore.store.revisions import versions
+    from castore.cli.list_view import list_text
 
-    if obj.store_path is None and not os.path.lexists(os.path.join(default_store_path(), "config")):
-        if as_json:  # the default location before anything was stored: an empty catalog (README "Stores")
-            print_json({"names": []})
-        return
-    store = obj.store()
-    if history is not None:
-        _print_history(store, history, versions(store, history), as_json)
-        return
-    from castore.store.summary import summaries
-
-    tags = store.tags()
-    known = summaries(store.meta, {t.digest for t in tags})  # recorded at commit: no manifest decoded
-    out: list[dict[str, Any]] = []  # the JSON rows
-    for t in tags:
-        total = known[t.digest].size if t.digest in known else _tree_size(store, t.digest)
-        vs = versions(store, t.name)
-        out.append(
-            {
-                "name": t.name,
-                "digest": t.digest,
-                "time": _when(t.time_ns),
-                "manifest_size": t.size,
-                "size": total,
-                "versions": len(vs),
-                "signatures": _sigs(store, t.digest),
-                "incomplete": bool(vs and vs[-1].digest == t.digest and vs[-1].incomplete),
-            }
-        )
-    if as_json:
-        print_json({"names": out})
-        return
-    for row in out:
-        size = human_size(row["size"]) if human else row["size"]
-        flag = "\tincomplete" if row["incomplete"] else ""
-        click.echo(
-            f"{quote(str(row['name']))}\t{row['digest']}\t{row['time']}\t{size}\t{_signers(row['signatures'])}{flag}"
-        )
-
-
-def _sigs(store: Store, digest: str) -> list[dict[str, object]]:
-    """The stored signatures of a manifest, for list/history (docs/signing.md)."""
-    if not _any_signature(store):
-        return []  # the signing code (cryptography) is not imported for a store without signatures
-    from castore.store.signatures import for_manifest
-
-    return [r.as_json() for r in for_manifest(store, digest)]
-
-
-def _any_signature(store: Store) -> bool:
-    with store.meta.read() as txn:
-        return bool(txn.stat(store.meta.db("signatures"))["entries"])
-
-
-def _signers(sigs: list[dict[str, object]]) -> str:
-    """The text column: who signed (principal, else key fingerprint), or "-" for unsigned."""
-    return ",".join(sorted({quote(str(s["principal"] or s["fingerprint"])) for s in sigs})) or "-"
-
-
-def _print_history(store: Store, name: str, rows: Sequence[Any], as_json: bool) -> None:
-    if as_json:
-        print_json(
-            {
-                "name": name,
-                "versions": [
-                    {
-                        "digest": t.digest,
-                        "time": _when(t.time_ns),
-                        "signatures": _sigs(store, t.digest),
-                        "incomplete": t.incomplete,
-                    }
-                    for t in rows
-                ],
-            }
-        )
-    else:
-        for t in rows:
-            click.echo(
-                f"{_when(t.time_ns)}  {t.digest}  {_signers(_sigs(store, t.digest))}"
-                f"{'  incomplete' if t.incomplete else ''}"
-            )
-
-
-def _tree_size(store: Store, digest: str) -> int:
-    try:
-        m = store.load_manifest(digest)
-    except Exception:  # noqa: BLE001 - a damaged entry still lists
-        return -1
-    return sum(r.size for r in m.files())
+    click.echo(list_text(obj, as_json, human, history), nl=False)
 
 
 @main_group.command("history")
@@ -245,15 +150,9 @@ def history_cmd(obj: Ctx, name: str, as_json: bool) -> None:
       continuity history web
       continuity history web --json
     """
-    from castore.store.revisions import versions
+    from castore.cli.list_view import history_text
 
-    store = obj.store()
-    rows = versions(store, name)
-    if not rows:
-        from castore.errors import NotFound
-
-        raise NotFound(f"no history for {name!r}")
-    _print_history(store, name, rows, as_json)
+    click.echo(history_text(obj, name, as_json=as_json), nl=False)
 
 
 @main_group.command("tag")

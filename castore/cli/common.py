@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import errno
-import functools
 import importlib
 import os
 import sys
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from castore.errors import (
-    CastoreError,
-    CorruptManifest,
-    NoStore,
-    NotFound,
-    ResourceLimit,
-    UnsafeInput,
-    is_resource_errno,
-)
+from castore.cli import COMMANDS, SUMMARIES
+from castore.cli.context import NEW_STORE, Ctx
+from castore.cli.errmap import F, fail, handle_errors, mapped_errors, quiet_broken_pipe
+from castore.errors import CorruptManifest, NotFound, UnsafeInput
 from castore.textsafe import json_text, safe_line
 
 if TYPE_CHECKING:  # imported where used: `--help` needs neither the store nor the manifest code
     from castore.manifest import Manifest
     from castore.store import Store
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 ignore_opt = click.option(
     "--ignore",
@@ -53,7 +41,8 @@ def complete_names(ctx: click.Context, param: click.Parameter, incomplete: str) 
     if not os.path.exists(os.path.join(path, "config")):
         return []
     try:
-        names = [t.name for t in Store.open(path, create=False).tags()]
+        with Store.open(path, create=False) as store:
+            names = [t.name for t in store.tags()]
     except Exception:  # noqa: BLE001 - completion never fails loudly
         return []
     from click.shell_completion import CompletionItem
@@ -88,158 +77,17 @@ write_ignore_opt = click.option(
 )
 
 
-#: the store this command made (ingest, pull), announced on stderr when it succeeds
-NEW_STORE: list[str] = []
-
-
 def announce_new_store() -> None:
     """Say that this command made a new store (once, at the end of a successful run)."""
     while NEW_STORE:
         click.echo(f"continuity: created a new store at {safe_line(NEW_STORE.pop())}", err=True)
 
 
-class Ctx:
-    def __init__(
-        self, store_path: str | None, debug: bool, quiet: bool = False, verbose: int = 0, policy_path: str | None = None
-    ) -> None:
-        self.store_path = store_path
-        self.debug = debug
-        self.quiet = quiet  # -q: no progress, no notes; errors still print
-        self.verbose = verbose  # -v: more detail on stderr (-vv: more)
-        self.policy_path = policy_path  # --policy FILE (castore/sign/policy.py looks further)
-        self._store: Store | None = None
-
-    @property
-    def open_store(self) -> Store | None:
-        """The store, if this command opened it."""
-        return self._store
-
-    def writable_store(self, create: bool = False) -> Store:
-        """The store, refused (ReadOnlyStore, with a hint) when it is read-only: for the verbs that write."""
-        store = self.store(create=create)
-        if store.readonly:
-            from castore.store.readonly import refuse_write
-
-            refuse_write(store.path)
-        return store
-
-    def store(self, create: bool = False) -> Store:
-        """The store; a missing one is an error with a hint (``continuity init``), unless ``create``:
-        the verbs that bring content in (ingest, pull, mount of a registry reference) make it, and say so."""
-        if self._store is None:
-            from castore.cli import phases  # noqa: PLC0415
-            from castore.store import Store, default_store_path  # noqa: PLC0415
-
-            path = self.store_path or default_store_path()
-            new = not os.path.lexists(os.path.join(path, "config"))
-            if new and not create:
-                raise NoStore(
-                    f"no store at {path}: run `continuity init` to make one (or check --store / CONTINUITY_STORE)"
-                )
-            phases.mark("before store")
-            self._store = Store.open(path, create=create)
-            phases.mark("store open")
-            if new:  # said when the command succeeds (announce_new_store): a failure's stderr is its one error line
-                NEW_STORE.append(os.path.abspath(path))
-        return self._store
-
-    def store_if_exists(self) -> Store | None:
-        from castore.store import default_store_path  # noqa: PLC0415
-
-        path = self.store_path or default_store_path()
-        if not os.path.exists(os.path.join(path, "config")):
-            return None
-        return self.store(create=False)
-
-
-def _unproc(name: object) -> object:
-    """A /proc/self/fd/N[/rest] alias (the fd is closed by now) reduced to what it still tells: ``rest``."""
-    if isinstance(name, str) and name.startswith("/proc/self/fd/"):
-        rest = name[len("/proc/self/fd/") :].partition("/")[2]
-        return rest or "(an open file)"
-    return name
-
-
-def fail(msg: str, code: int) -> None:
-    from castore import progress
-
-    progress.finish()
-    click.echo(f"continuity: error: {safe_line(msg)}", err=True)
-    sys.exit(code)
-
-
-def quiet_broken_pipe() -> None:
-    """The reader went away (``continuity ls X | head -1``): stop quietly, exit 141 as a shell's SIGPIPE would."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
-    except (OSError, ValueError):
-        pass
-    sys.exit(141)
-
-
-@contextmanager
-def mapped_errors() -> Iterator[None]:
-    """Map library errors raised in the block to one line on stderr and their exit code.
-
-    Entered once, by the group around every command (``LazyGroup.invoke``):
-    no command wraps itself. click's own exceptions pass through to ``main``.
-    """
-    try:
-        yield
-    except CastoreError as exc:
-        _traceback_if_debug()
-        fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    except BrokenPipeError:
-        quiet_broken_pipe()
-    except OSError as exc:
-        if exc.errno == errno.EPIPE:
-            quiet_broken_pipe()
-        _traceback_if_debug()
-        where = f"{_unproc(exc.filename)}: " if exc.filename else ""
-        ctx = click.get_current_context(silent=True)
-        ro = ctx.find_root().obj.open_store if ctx and isinstance(ctx.find_root().obj, Ctx) else None
-        if exc.errno == errno.EROFS and ro is not None and ro.readonly:
-            fail(
-                f"{where}read-only file system: the store at {ro.path} is read-only and this verb writes to "
-                "it; run it where the store is writable",
-                1,
-            )
-        code = ResourceLimit.exit_code if is_resource_errno(exc.errno) else 1
-        fail(f"{where}{exc.strerror or exc}", code)
-    except (MemoryError, RecursionError) as exc:
-        fail(f"resource limit: {type(exc).__name__}", ResourceLimit.exit_code)
-    except (click.exceptions.Exit, click.ClickException, click.Abort):
-        raise
-    except Exception as exc:  # noqa: BLE001 - last line of defence: never a traceback
-        _traceback_if_debug()
-        fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)", 1)
-
-
-def _traceback_if_debug() -> None:
-    ctx = click.get_current_context(silent=True)
-    if os.environ.get("CONTINUITY_DEBUG") or (ctx and getattr(ctx.find_root().obj, "debug", False)):
-        traceback.print_exc()
-
-
-def handle_errors(fn: F) -> F:
-    """``mapped_errors`` around one function (the group applies it to every command already)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with mapped_errors():
-            return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
 class LazyGroup(click.Group):
     """A group whose commands' modules are imported on first use (startup stays cheap)."""
 
-    #: command name -> module that registers it on main_group
-    lazy: dict[str, str] = {}
+    #: command name -> module that registers it on main_group (the table in castore/cli/__init__.py)
+    lazy: dict[str, str] = COMMANDS
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in self.lazy:
@@ -251,7 +99,7 @@ class LazyGroup(click.Group):
 
     #: command name -> its help's first paragraph, so that ``--help`` imports no command module
     #: (tests/test_startup.py checks each against the command's own help)
-    summaries: dict[str, str] = {}
+    summaries: dict[str, str] = SUMMARIES
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list, from ``summaries`` where a command's module is not imported yet."""
@@ -393,3 +241,29 @@ def print_json(obj: object) -> None:
     from castore.cli.jsonout import document
 
     click.echo(json_text(document(obj)))
+
+
+__all__ = [
+    "LONG_VERBS",
+    "MAX_MANIFEST_FILE",
+    "NEW_STORE",
+    "Ctx",
+    "F",
+    "LazyGroup",
+    "announce_new_store",
+    "complete_names",
+    "devices_opt",
+    "fail",
+    "handle_errors",
+    "ignore_opt",
+    "json_opt",
+    "looks_like_path",
+    "main_group",
+    "mapped_errors",
+    "print_json",
+    "quiet_broken_pipe",
+    "read_manifest_file",
+    "resolve",
+    "resolve_lazy",
+    "write_ignore_opt",
+]

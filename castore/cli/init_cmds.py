@@ -26,7 +26,7 @@ def init_cmd(obj: Ctx, as_json: bool) -> None:
     """
     path = os.path.abspath(obj.store_path or default_store_path())
     existed = os.path.lexists(os.path.join(path, "config"))
-    Store.open(path, create=not existed)  # an existing one is opened: its checks run (owner, mode, index)
+    Store.open(path, create=not existed).close()  # an existing one is opened: its checks run (owner, mode, index)
     if as_json:
         print_json({"path": path, "created": not existed})
     elif existed:

@@ -9,7 +9,6 @@ a manifest) without ever reading more than its cap.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator
 
@@ -81,6 +80,8 @@ def hash_fd(fd: int, chunk: int = 4 << 20, *, expect: int | None = None) -> tupl
     pread of expect+1 bytes (a short read proves the end), not two preads that
     each allocate a 4 MiB buffer.
     """
+    import hashlib  # noqa: PLC0415 - here, not at import: OpenSSL's load is 2 ms of every start
+
     if expect is not None and expect < chunk:
         b = os.pread(fd, expect + 1, 0)
         if len(b) <= expect:

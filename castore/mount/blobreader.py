@@ -2,8 +2,9 @@
 hashed whole the first time it is read, and its file's identity (dev, ino, size, mtime, ctime) is
 kept; later loads of it (after it left the bounded LRU of verified bytes, or for a blob too large for
 it) re-read the file without hashing while ``fstat`` proves it unchanged. A digest or size mismatch,
-or a missing blob, is EIO for that read only. ``prefetch`` loads small blobs ahead in a few threads
-(the mount reads ahead the next files of a directory), so a cold tree walk waits on its disk less.
+or a missing blob, is EIO for that read only. ``warm`` reads small blob files into the page cache in a
+few threads (the mount reads ahead the next files of a tree walk), so a cold walk waits on its disk
+less; ``prefetch`` loads and verifies blobs ahead into the LRU.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from castore import textsafe
 from castore.digest import EMPTY_DIGEST
 from castore.errors import BlobNotFound, CastoreError, IntegrityError
 from castore.store import Store
+from castore.store.blobs import open_blob_file
 
 if TYPE_CHECKING:
     from castore.mount.fuse import Node
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
 CACHE_BYTES = 64 << 20  # verified blob bytes kept in memory
 CACHE_ITEM_MAX = 8 << 20  # larger blobs: hashed once, then served from the file while fstat proves it unchanged
 READ = 1 << 20
-PREFETCH_THREADS = 4
+PREFETCH_THREADS = 8
+WARM_QUEUE_MAX = 64  # ``warm`` tasks queued at most (each a few blob files)
 
 
 class BlobReader:
@@ -59,9 +62,11 @@ class BlobReader:
         self._noted: set[str] = set()
         self._ahead: set[str] = set()  # digests being prefetched
         self._pool: ThreadPoolExecutor | None = None
+        self._warming = 0  # ``warm`` tasks queued or running
         self.hashed = 0  # blobs hashed (for tests and stats)
         self.loads = 0  # blob files read into the cache
         self.reads = 0  # reads served
+        self.misses = 0  # reads that waited for a blob's load (their own, or read-ahead's)
 
     def read_file(self, node: Node, offset: int, size: int) -> bytes:
         """Bytes ``[offset, offset+size)`` of a file node, clipped to its size. Raises IntegrityError."""
@@ -96,13 +101,14 @@ class BlobReader:
                 self.note(f"{exc} (read of {path}); reads of it return EIO; run `continuity fsck`")
             raise
 
-    def _verified(self, digest: str, size: int) -> bytes:
+    def _verified(self, digest: str, size: int, wait: int = 1) -> bytes:
         with self._mu:
             data = self._lru.get(digest)
             if data is not None:
                 self._lru.move_to_end(digest)
                 return data
             gate = self._gates.setdefault(digest, threading.Lock())
+            self.misses += wait
         with gate:  # one reader hashes a blob; concurrent readers of it wait and then hit the cache
             with self._mu:
                 data = self._lru.get(digest)
@@ -136,24 +142,35 @@ class BlobReader:
             raise OSError(errno.EIO, str(exc)) from None
         return self.store.open_blob(digest)
 
-    def _load(self, digest: str, size: int) -> bytes:
-        fd = self._open(digest)
+    def _open_stat(self, digest: str) -> tuple[int, os.stat_result]:
+        """``_open`` and the blob file's stat (a local blob: the one fstat the store's open makes)."""
+        if self.fetch is not None:
+            fd = self._open(digest)
+            return fd, os.fstat(fd)
         try:
-            st = os.fstat(fd)
+            return open_blob_file(self.store.blob_path(digest), digest)
+        except OSError as exc:
+            raise IntegrityError(f"blob {digest} cannot be opened: {exc.strerror}") from exc
+
+    def _load(self, digest: str, size: int) -> bytes:
+        fd, st = self._open_stat(digest)
+        try:
             if st.st_size != size:
                 raise IntegrityError(f"blob {digest} has the wrong size (expected {size} bytes)")
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            parts = []
-            got = 0
-            while got <= size:
-                b = os.read(fd, max(size - got, 0) + 1)  # one byte more: detect growth
-                if not b:
-                    break
-                parts.append(b)
-                got += len(b)
+            data = os.read(fd, size + 1)  # one byte more: detect growth (fstat said ``size``)
+            if len(data) != size:
+                parts = [data]
+                got = len(data)
+                while got <= size:
+                    b = os.read(fd, max(size - got, 0) + 1)
+                    if not b:
+                        break
+                    parts.append(b)
+                    got += len(b)
+                data = b"".join(parts)
         finally:
             os.close(fd)
-        data = b"".join(parts)
         with self._mu:
             self.loads += 1
             proven = self._proven.get(digest) == key
@@ -188,17 +205,56 @@ class BlobReader:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
             pool = self._pool
-        for digest, size in todo:
-            pool.submit(self._ahead_one, digest, size)
+        n = min(PREFETCH_THREADS, len(todo))
+        for k in range(n):  # one task per thread, strided: the nearest blobs are loaded first, in parallel
+            pool.submit(self._ahead_some, todo[k::n])
 
-    def _ahead_one(self, digest: str, size: int) -> None:
+    def warm(self, digests: list[str]) -> None:
+        """Start reading small local blobs into the page cache in background threads (``open``, which
+        waits for the inode, then ``posix_fadvise(WILLNEED)``, which queues the data read and does not
+        wait for it): the read that needs one then loads and verifies it from memory. Less work per
+        blob in the threads than ``prefetch`` (no read, no hash, no lock), so they hold the GIL less,
+        and twice the reads in flight per thread. Best effort: errors are left for that read."""
+        if not digests:
+            return
+        with self._mu:
+            if self._warming > WARM_QUEUE_MAX:  # the threads are behind (random reads, a slow disk): skip
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
+            pool = self._pool
+            n = min(PREFETCH_THREADS, len(digests))
+            self._warming += n
+        for k in range(n):
+            pool.submit(self._warm_some, [self.store.blob_path(d) for d in digests[k::n]])
+
+    def _warm_some(self, paths: list[str]) -> None:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            self._verified(digest, size)
-        except (CastoreError, OSError):
-            pass  # the read that needs it tries again and reports it
+            for path in paths:
+                try:
+                    fd = os.open(path, flags)
+                except OSError:
+                    continue
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
         finally:
             with self._mu:
-                self._ahead.discard(digest)
+                self._warming -= 1
+
+    def _ahead_some(self, items: list[tuple[str, int]]) -> None:
+        for digest, size in items:
+            try:
+                self._verified(digest, size, 0)
+            except (CastoreError, OSError):
+                pass  # the read that needs it tries again and reports it
+            finally:
+                with self._mu:
+                    self._ahead.discard(digest)
 
     def close(self, *, cancel: bool = True) -> None:
         """Stop the prefetch threads (the mount is gone); ``cancel``: drop the loads not started."""
@@ -213,6 +269,7 @@ class BlobReader:
                 "reads": self.reads,
                 "hashed": self.hashed,
                 "loads": self.loads,
+                "misses": self.misses,
                 "cached": len(self._lru),
                 "held_bytes": self._held,
             }

@@ -46,7 +46,9 @@ class _Waiter:
     """``wait_readable`` that polls first; counts how many waits it saved (``fast``)."""
 
     def __init__(self, trio: Any) -> None:
+        self._trio = trio
         self._trio_wait = trio.lowlevel.wait_readable
+        self.raw: Any = None  # a castore.mount.rawloop.RawServer: serves every request after INIT
         self._polls: dict[int, Any] = {}
         self._run = FAST_MAX  # the first wait goes through trio: the other tasks start first
         self.fast = 0
@@ -54,6 +56,9 @@ class _Waiter:
 
     async def wait_readable(self, fd: Any) -> None:
         fileno = fd if isinstance(fd, int) else fd.fileno()
+        if self.raw is not None and self.raw.active:  # libfuse has answered INIT: the rest is the raw server's
+            await self.raw.serve(fileno, self._trio)
+            return
         if self._run < FAST_MAX:
             p = self._polls.get(fileno)
             if p is None:

@@ -92,6 +92,7 @@ class Node:
     parent: int = ROOT_INO
     names: list[bytes] = field(default_factory=list)  # directories: sorted child names
     children: dict[bytes, int] = field(default_factory=dict)  # directories: name -> ino
+    order: int = -1  # small files: position in the tree-walk order (castore/mount/readahead.py)
 
 
 class InodeTable:
@@ -352,30 +353,42 @@ def _serve_mount(
     from castore.mount import fastloop
 
     waiter = fastloop.install(pyfuse3, trio)
+    raw = None
+    if reader.fetch is None and os.environ.get("CONTINUITY_MOUNT_LOOP") != "pyfuse3":
+        from castore.mount.rawloop import RawServer
+
+        raw = waiter.raw = RawServer(table, reader, ops.ahead)
+        ops.on_init = raw.activate
     unmounted = False
     try:
         if ready is not None:
             ready(full)
-        trio.run(_serve, pyfuse3, lease, reader.fetch is None)
+        trio.run(_serve, pyfuse3, lease, reader.fetch is None, raw)
         unmounted = True
     finally:
         fastloop.uninstall(pyfuse3, trio)
+        if raw is not None:
+            raw.close()
         reader.close()
         try:
             pyfuse3.close(unmount=True)
         except Exception:  # noqa: BLE001 - best effort; the kernel drops a dead connection anyway
             if not unmounted:
                 raise
+    if raw is not None:
+        return reader.stats() | raw.stats()
     return reader.stats() | {"quick_waits": waiter.fast, "trio_waits": waiter.slow}
 
 
-async def _serve(pyfuse3: Any, lease: Lease, local: bool) -> None:
+async def _serve(pyfuse3: Any, lease: Lease, local: bool, raw: Any = None) -> None:
     import trio
 
     async def on_signals(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             task_status.started()
             async for _ in signals:
+                if raw is not None:
+                    raw.stop()
                 pyfuse3.terminate()
                 return
 

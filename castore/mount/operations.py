@@ -32,6 +32,11 @@ class ReadOnlyOps(pyfuse3.Operations):
         self.table = table
         self.reader = reader
         self.ahead = ahead
+        self.on_init: Callable[[], None] | None = None  # called once libfuse has answered INIT
+
+    def init(self) -> None:
+        if self.on_init is not None:
+            self.on_init()
 
     def _attrs(self, node: Node) -> Any:
         a = pyfuse3.EntryAttributes()

@@ -22,12 +22,12 @@ import contextlib
 import errno
 import json
 import os
+from typing import TYPE_CHECKING
 
 from castore import fs
 from castore.digest import check_digest
 from castore.errors import CastoreError, IntegrityError, StoreUnusable, UnsafeInput, raise_if_full
 from castore.fs.tree import listdir
-from castore.readers import ChunkParams
 from castore.store.blobs import BlobFiles
 from castore.store.catalog import Catalog, TagInfo
 from castore.store.chunkmap import ChunkMap, chunk_map_rows, manifest_refs, pack_chunks, unpack_chunks
@@ -48,6 +48,9 @@ from castore.store.meta import REBUILD_HINT, MetaDB
 from castore.store.readonly import readonly_reason
 from castore.store.revisions import RecordPolicy
 
+if TYPE_CHECKING:
+    from castore.readers import ChunkParams
+
 INDEX_CLOCK_SLACK_NS = 2 * 10**9  # file times come from a coarser clock than time.time_ns()
 
 
@@ -58,14 +61,24 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
         self.path = path
         self.config = config
         self.meta = meta
-        ch = config["chunker"]
-        assert isinstance(ch, dict)
-        self.chunking = ChunkParams(ch["min_size"], ch["avg_size"], ch["max_size"], ch["threshold"])
+        assert isinstance(config["chunker"], dict)
+        self._chunking: ChunkParams | None = None
         self.blob_root = os.path.join(path, "blobs", "sha256")
         self.readonly = getattr(meta, "readonly", False)  # castore/store/readonly.py
         self.record = RecordPolicy()  # how set_tag records versions (castore/store/revisions.py)
         self.root_fd = -1  # the store directory, checked (Store.open); every store dir is reached from it
         self._shard_fds: dict[str, int] = {}
+
+    @property
+    def chunking(self) -> ChunkParams:
+        """The store's FastCDC parameters (made on first use: the read-only verbs never import castore.readers)."""
+        if self._chunking is None:
+            from castore.readers import ChunkParams
+
+            ch = self.config["chunker"]
+            assert isinstance(ch, dict)
+            self._chunking = ChunkParams(ch["min_size"], ch["avg_size"], ch["max_size"], ch["threshold"])
+        return self._chunking
 
     @classmethod
     def open(cls, path: str | None = None, *, create: bool = True) -> Store:
@@ -117,7 +130,11 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
             raise
         store = cls(path, config, meta)
         store.root_fd = root_fd
-        store._check_schema()
+        try:
+            store._check_schema()
+        except BaseException:
+            store.close()
+            raise
         if not ro and not os.path.isdir(os.path.join(path, MARKER_DIR)):
             with contextlib.suppress(OSError):  # best effort (a read-only user): the first commit does it
                 store._backfill_markers()
@@ -170,7 +187,30 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
                 )
         return ""
 
+    def close(self) -> None:
+        """Release the store's file descriptors: its directories' and, when no other open Store of this
+        path in this process uses it, the LMDB environment's. Idempotent; the object is unusable after.
+        ``with Store.open(path) as store:`` closes it at the end of the block."""
+        for fd in [*getattr(self, "_shard_fds", {}).values(), getattr(self, "root_fd", -1)]:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._shard_fds, self.root_fd = {}, -1
+        meta = getattr(self, "meta", None)
+        if meta is not None:
+            meta.release()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __del__(self) -> None:
+        """The directory descriptors; the environment goes with the last reference to ``meta`` (MetaDB.__del__:
+        ``Store.open(path).meta.read()`` keeps using it after the Store itself is gone)."""
         for fd in [*getattr(self, "_shard_fds", {}).values(), getattr(self, "root_fd", -1)]:
             if fd >= 0:
                 try:

@@ -8,9 +8,13 @@ attributes ``Store.open`` sets.
 
 from __future__ import annotations
 
-from castore.readers import ChunkParams
+from typing import TYPE_CHECKING
+
 from castore.store.meta import MetaDB
 from castore.store.revisions import RecordPolicy
+
+if TYPE_CHECKING:
+    from castore.readers import ChunkParams
 
 
 class StoreState:
@@ -19,7 +23,11 @@ class StoreState:
     path: str  # the store directory, absolute
     config: dict[str, object]
     meta: MetaDB
-    chunking: ChunkParams
+    if TYPE_CHECKING:
+
+        @property
+        def chunking(self) -> ChunkParams: ...  # Store.chunking: made on first use
+
     blob_root: str  # STORE/blobs/sha256
     root_fd: int  # the store directory, checked (Store.open); every store dir is reached from it
     _shard_fds: dict[str, int]

@@ -13,8 +13,7 @@ import json
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from castore import fs
 from castore.digest import is_digest
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
     from castore.manifest import Manifest
 
 
-@dataclass(frozen=True)
-class TagInfo:
+class TagInfo(NamedTuple):  # (not a dataclass: list imports no dataclasses)
     name: str
     digest: str
     time_ns: int

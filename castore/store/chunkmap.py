@@ -7,7 +7,6 @@ Go ``continuity build``) is served through this mapping (docs/design.md).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -118,4 +117,6 @@ def chunk_map_rows(m: Manifest) -> list[tuple[bytes, bytes]]:
 
 
 def _replace_chunks(r: RegularFile, chunks: tuple[Chunk, ...]) -> RegularFile:
+    import dataclasses  # noqa: PLC0415 - not on the read-only verbs' path
+
     return dataclasses.replace(r, chunks=chunks)

@@ -24,7 +24,6 @@ import time
 from castore import fs
 from castore.errors import StoreUnusable, UnsafeInput
 from castore.fs.tree import fsync_dir, remove_tree
-from castore.readers import ChunkParams
 from castore.store.meta import MetaDB, Txn
 
 CONFIG_VERSION = 1
@@ -83,6 +82,8 @@ def create_store(path: str) -> None:
     """Make a new store at ``path`` (the first creator wins the config; the index is made aside)."""
     for i in range(256):
         os.makedirs(os.path.join(path, "blobs", "sha256", f"{i:02x}"), mode=0o700, exist_ok=True)
+    from castore.readers import ChunkParams
+
     cp = ChunkParams()
     config = {
         "version": CONFIG_VERSION,

@@ -54,7 +54,8 @@ T = TypeVar("T")
 Txn: TypeAlias = "lmdb.Transaction[bytes]"
 DB: TypeAlias = "lmdb._Database"
 
-_ENVS: dict[str, tuple[int, lmdb.Environment]] = {}
+_ENVS: dict[str, tuple[int, lmdb.Environment]] = {}  # one environment per path per process (LMDB's rule)
+_USERS: dict[str, int] = {}  # path -> how many open MetaDB objects of this process use its environment
 REBUILD_HINT = "run `continuity fsck --rebuild-index` to rebuild it from the blob files"
 # LMDB's meta pages (pages 0 and 1): page header (16 bytes), then magic u32, version u32, address u64,
 # mapsize u64, two MDB_db of 48 bytes (the first one's md_pad holds the page size), last_pgno u64, txnid u64.
@@ -126,11 +127,13 @@ class MetaDB:
         read-only without its lock file (nothing is created; see castore/store/readonly.py)."""
         self.path = path
         self.readonly = readonly
+        self._released = True  # until this object counts as a user of the environment (below)
         pid = os.getpid()
         cached = _ENVS.get(path)
         if cached and cached[0] == pid:
             self.env = cached[1]
         else:
+            _USERS.pop(path, None)  # (another process's count: a fork's parent)
             if not create or os.path.exists(os.path.join(path, "data.mdb")):
                 check_data_file(os.path.join(path, "data.mdb"))
             try:
@@ -158,6 +161,8 @@ class MetaDB:
                     ) from exc
                 raise StoreUnusable(f"store metadata at {path} cannot be opened: {exc}") from exc
             _ENVS[path] = (pid, self.env)
+        _USERS[path] = _USERS.get(path, 0) + 1
+        self._released = False
         try:
             if readonly:  # a read-only env cannot create sub-databases: only the ones it has are opened
                 with self.env.begin() as txn:
@@ -167,9 +172,17 @@ class MetaDB:
             self.dbs = {n: self.env.open_db(n.encode()) for n in DBS}
             self.env.reader_check()
             if not (cached and cached[0] == pid):
-                self._check_pid_namespace(pid)
+                try:
+                    self._check_pid_namespace(pid)
+                except StoreUnusable:
+                    self._released = True  # left open, as it was: closing could clear the other's reader slot
+                    raise
         except lmdb.Error as exc:
+            self.release()
             raise StoreUnusable(f"store metadata at {path} is unusable: {exc}") from exc
+        except BaseException:
+            self.release()  # (an environment nobody else uses is closed: no descriptor is left behind)
+            raise
 
     def _check_pid_namespace(self, pid: int) -> None:
         """Refuse to share the reader table with a same-PID process of another PID namespace.
@@ -187,7 +200,33 @@ class MetaDB:
                 )
 
     def close(self) -> None:
+        """Close the environment now, whoever else in this process uses it (``release`` is the polite way)."""
+        self._released = True
         _ENVS.pop(self.path, None)
+        _USERS.pop(self.path, None)
+        self.env.close()
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - (interpreter shutdown: nothing left to release into)
+            pass
+
+    def release(self) -> None:
+        """This object no longer uses the environment: it is closed (its file descriptors with it) when
+        no other open MetaDB of this process uses it. Idempotent; the object is unusable afterwards."""
+        if self._released:
+            return
+        self._released = True
+        cached = _ENVS.get(self.path)
+        if cached is None or cached[1] is not self.env or cached[0] != os.getpid():
+            return  # closed already (close), or an environment a fork's parent opened
+        users = _USERS.get(self.path, 1) - 1
+        if users > 0:
+            _USERS[self.path] = users
+            return
+        _USERS.pop(self.path, None)
+        del _ENVS[self.path]
         self.env.close()
 
     def db(self, name: str) -> DB:

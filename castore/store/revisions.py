@@ -16,18 +16,16 @@ flag bit 0 marks an incomplete snapshot (entries skipped, see castore/ingest_ski
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from castore.errors import NotFound, UnsafeInput
 from castore.store.meta import DB, Txn, dkey, dstr
 
 FLAG_INCOMPLETE = 0x01
-_REV = re.compile(
+_REV = (  # compiled where used: a verb that resolves no revision does not pay for it
     r"^(?P<name>.+?)(?:@(?P<n>\d{1,9})|~(?P<k>\d{1,9})|@\{(?P<date>[^{}]+)\}"
     r"|@(?P<bare>\d{4}-\d\d-\d\d\S*))$"
 )
@@ -37,8 +35,7 @@ class NoSuchRevision(NotFound):
     """A revision of a known name that does not exist (too old an index, a date before the first version)."""
 
 
-@dataclass(frozen=True)
-class Version:
+class Version(NamedTuple):  # (a NamedTuple, not a dataclass: list imports no dataclasses)
     """One history row of a name."""
 
     name: str
@@ -67,6 +64,8 @@ def parse_value(raw: bytes) -> tuple[str, int]:
 
 def parse_date(text: str) -> int:
     """An ISO 8601 date or date-time as ns since the epoch; a bare date means the end of that day (UTC)."""
+    import datetime as dt  # noqa: PLC0415 - only a date revision needs it
+
     t = text.strip()
     try:
         if re.fullmatch(r"\d{4}-\d\d-\d\d", t):
@@ -84,7 +83,7 @@ def parse_date(text: str) -> int:
 
 def split_revision(ref: str) -> tuple[str, str, str] | None:
     """(name, kind, argument) when ``ref`` is a revision (kind: index, date), else None."""
-    m = _REV.match(ref)
+    m = re.match(_REV, ref)
     if m is None:
         return None
     if m["n"] is not None:
@@ -109,6 +108,8 @@ def pick(name: str, versions: list[Version], kind: str, arg: str) -> Version:
     limit = parse_date(arg)
     older = [v for v in versions if v.time_ns <= limit]
     if not older:
+        import datetime as dt  # noqa: PLC0415
+
         first = dt.datetime.fromtimestamp(versions[0].time_ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         raise NoSuchRevision(f"{name!r} has no version recorded at or before {arg} (the oldest is of {first})")
     return older[-1]
@@ -122,7 +123,6 @@ def short_prefix_hint(ref: str) -> str:
     return ""
 
 
-@dataclass
 class RecordPolicy:
     """How this process records versions (set by the CLI before an ingest, pull or tag).
 
@@ -132,10 +132,19 @@ class RecordPolicy:
     manifest already newest (nothing written; the CLI says "unchanged").
     """
 
-    force: bool = False
-    flags: int = 0
-    unchanged: list[str] = field(default_factory=list)
-    skipped: int = 0  # entries an ingest left out (unreadable, vanished)
+    def __init__(
+        self, force: bool = False, flags: int = 0, unchanged: list[str] | None = None, skipped: int = 0
+    ) -> None:
+        self.force = force
+        self.flags = flags
+        self.unchanged: list[str] = [] if unchanged is None else unchanged
+        self.skipped = skipped  # entries an ingest left out (unreadable, vanished)
+
+    def __repr__(self) -> str:
+        return (
+            f"RecordPolicy(force={self.force!r}, flags={self.flags!r}, unchanged={self.unchanged!r}, "
+            f"skipped={self.skipped!r})"
+        )
 
 
 def rows_of(txn: Txn, db: DB, name: str) -> Iterator[tuple[int, bytes]]:

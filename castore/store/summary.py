@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from castore.store.meta import MetaDB, dkey
 
@@ -26,8 +25,7 @@ if TYPE_CHECKING:
 SUMMARY_ROW = struct.Struct("<QQ")
 
 
-@dataclass(frozen=True)
-class Summary:
+class Summary(NamedTuple):  # (not a dataclass: list imports no dataclasses)
     """The bytes of a tree's regular files (each hardlinked file once) and their count."""
 
     size: int

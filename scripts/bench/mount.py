@@ -14,7 +14,8 @@ The manifest is mounted with ``continuity mount``; then, runs alternating ours /
 
 for the small files (the rootfs corpus) and for the big file alone. The small-file lines carry the
 targets of issue 16 (cold <= 2x ext4, warm <= 3x). CPU time of the mount daemon over each phase is
-printed too (it is what the daemon costs whatever the machine's load). Needs root.
+printed too (it is what the daemon costs whatever the machine's load), and the requests it answered
+over a cold and a warm read of the small files (from its ``--debug`` counters). Needs root.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Mount:
         os.makedirs(self.mnt, exist_ok=True)
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(
-            [*CLI, "--store", self.store, "mount", self.digest, self.mnt],
+            [*CLI, "--debug", "--store", self.store, "mount", self.digest, self.mnt],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -93,9 +94,10 @@ class Mount:
                 raise SystemExit("mount did not come up in 120 s")
             time.sleep(0.02)
 
-    def stop(self) -> None:
+    def stop(self) -> dict[str, int]:
+        """Unmount; the daemon's counters (``--debug``: reads, requests, ...), empty when none."""
         if self.proc is None:
-            return
+            return {}
         subprocess.run(["fusermount3", "-u", self.mnt], check=False, capture_output=True)
         try:
             self.proc.wait(timeout=30)
@@ -103,7 +105,10 @@ class Mount:
             self.proc.kill()
             self.proc.wait()
             subprocess.run(["umount", "-l", self.mnt], check=False)
+        err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
         self.proc = None
+        found = re.search(r"debug: mount: (.*)", err)
+        return {k: int(v) for k, v in (p.split(" ") for p in found.group(1).split(", "))} if found else {}
 
     def cpu(self) -> float:
         assert self.proc is not None
@@ -115,6 +120,7 @@ class Series:
     ours: list[float] = field(default_factory=list)
     ext4: list[float] = field(default_factory=list)
     daemon_cpu: list[float] = field(default_factory=list)
+    requests: list[int] = field(default_factory=list)  # the daemon's requests over a cold and a warm pass
 
     def row(self, what: str, phase: str) -> dict[str, object]:
         o, e = statistics.median(self.ours), statistics.median(self.ext4)
@@ -128,6 +134,7 @@ class Series:
             "daemon_cpu_s": round(statistics.median(self.daemon_cpu), 3),
             "target": target,
             "ok": target is None or o / e <= target,
+            "requests": self.requests,
             "runs": {"mount": [round(x, 3) for x in self.ours], "ext4": [round(x, 3) for x in self.ext4]},
         }
 
@@ -157,6 +164,8 @@ def bench(src: str, big: str, store: str, digest: str, mnt: str, runs: int) -> l
                         if side == "ours":
                             s.daemon_cpu.append(m.cpu() - c0)
                         print(f"  run {i + 1} {side:4s} {what:5s} {phase} {secs:7.3f} s", file=sys.stderr, flush=True)
+                    if side == "ours" and "requests" in (counters := m.stop()):
+                        series[(what, "cold")].requests.append(counters["requests"])
     finally:
         m.stop()
     return [series[k].row(*k) for k in series]
@@ -175,6 +184,13 @@ def print_rows(rows: list[dict[str, object]], files: int) -> None:
             print(
                 f"mount {r['phase']} read of {files} small files: {r['ratio']}x ext4 "
                 f"(target <= {r['target']}x: {'ok' if r['ok'] else 'MISSED'})"
+            )
+    for r in rows:
+        reqs = r["requests"]
+        if r["what"] == "small" and reqs:
+            n = statistics.median(reqs)  # type: ignore[arg-type]
+            print(
+                f"mount requests for a cold and a warm read of {files} small files: {n:.0f} ({n / files:.2f} per file)"
             )
 
 
