@@ -123,6 +123,9 @@ def gc_cmd(
         for line in dry_run_lines(report):
             click.echo(line)
     click.echo(safe_line(report.summary()))
+    if obj.debug:  # where the time went, per phase (scripts/bench/gc.py reads this line)
+        parts = ", ".join(f"{n} {t['wall']:.2f}/{t['cpu']:.2f}" for n, t in report.phases.items())
+        click.echo(f"continuity: debug: gc phases (s wall/cpu): {parts}", err=True)
 
 
 #: gc item kinds in words, for the dry-run summary (what a person would call them)

@@ -39,19 +39,21 @@ import os
 import time
 from collections.abc import Callable
 
-from castore import fs, progress
+from castore import progress
 from castore.bulkmode import bulk
 from castore.errors import Busy, IntegrityError
 from castore.faults import crashpoint
-from castore.gc.caches import CacheSweeps, hexkey
-from castore.gc.files import age_ns
+from castore.gc.caches import CacheSweeps
+from castore.gc.files import age_ns, shard_inodes
 from castore.gc.nice import Nice
 from castore.gc.pages import Pages
 from castore.gc.report import GcOptions, GcReport, Item, parse_duration
+from castore.gc.rootpin import RootPin
 from castore.gc.roots import Roots, history_name, mark, mark_to, read_roots, refs_of, split_refs
 from castore.gc.spill import Scratch
 from castore.gc.sweep import Unlinks
 from castore.gc.temps import TempSweeps
+from castore.gc.timing import PhaseTimes
 from castore.store import Store, apply_records, signatures
 from castore.store.lock import flocked
 from castore.store.meta import BLOB_ROW, KIND_MANIFEST, Txn, dstr
@@ -72,6 +74,9 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
         self.pages = Pages(self.meta)  # keeps the mapped index out of the resident set
         self.refs_left = -1  # refs rows the last commit left (the snapshot's count before the first)
         self.dry_gone: set[bytes] = set()  # a dry run's doomed index rows (it lists them all anyway)
+        self.times = PhaseTimes()
+        self.pin = RootPin(self.meta)  # the roots of the last hold, while the catalog does not change
+        self.inodes: dict[bytes, int] = {}  # key -> inode number of the garbage chunk being committed
 
     # ------------------------------------------------------------- roots
 
@@ -110,14 +115,18 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
         """Phase 1b, shard by shard (short read txns): garbage (indexed, unmarked: key, size, kind) to
         ``sc.garbage``, orphans (files the index does not hold, older than the grace period) to ``sc.orphans``.
 
-        Only one shard's marks are in memory at a time.
+        Only one shard's marks are in memory at a time. The shard is listed first: the listing gives
+        each file's inode number (``getdents``, no stat), kept with its record so that phase 3 can
+        unlink in inode order (``_mark_and_delete``). A name listed and then found in the index is
+        no orphan, as before (the index is read after the listing: what it holds then counts).
         """
         blobs_db = self.meta.db("blobs")
         kept = 0
         for b in range(256):
             prefix = bytes([b])
             marked = sc.marked.shard(b)
-            indexed: set[bytes] = set()
+            sdir = os.path.join(self.store.blob_root, prefix.hex())
+            on_disk = shard_inodes(sdir)  # key -> inode of every blob file of the shard
             with self.meta.read() as txn:
                 cur = txn.cursor(db=blobs_db)
                 if cur.set_range(prefix):
@@ -125,24 +134,23 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
                         if k[:1] != prefix:
                             break
                         k = bytes(k)
-                        indexed.add(k)
+                        ino = on_disk.pop(k, 0)  # what stays in on_disk is not indexed
                         if k in marked:
                             kept += 1
                         else:
                             size, kind = BLOB_ROW.unpack(v)
-                            sc.garbage.add(k, size, kind)
+                            sc.garbage.add(k, size, kind, ino)
             self.pages.drop()  # a shard's rows are ~1/256 of the index: contiguous pages
-            sdir = os.path.join(self.store.blob_root, prefix.hex())
-            for n in fs.listdir(sdir):
-                key = hexkey(n)
-                if key is None or key in indexed or key in marked:
+            for key, ino in on_disk.items():
+                if key in marked:
                     continue
+                n = key.hex()
                 try:
                     st = os.lstat(os.path.join(sdir, n))
                 except FileNotFoundError:
                     continue
                 if self.now - st.st_mtime_ns >= self.opts.grace_ns:
-                    sc.orphans.add(key, st.st_size, -1)
+                    sc.orphans.add(key, st.st_size, -1, ino)
         self.report.kept_blobs = kept
 
     def commit(
@@ -168,7 +176,10 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
 
         def fn(txn: Txn) -> None:
             t: object = txn
-            roots, prune, leases = self._roots(txn)
+            with self.times.phase("commit-roots"):
+                kept = None if first or self.opts.dry_run else self.pin.take(t)
+                roots, prune, leases = (kept, [], []) if kept is not None else self._roots(txn)
+            out["roots"], out["id"] = roots, t.id()  # type: ignore[attr-defined]
             new: list[bytes] = []
             # Only gc (under STORE/gc.lock) removes refs rows, so an unchanged count since our last
             # commit means no manifest was added: skip the walk of every manifest key.
@@ -176,7 +187,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
             if out["refs_left"] != self.refs_left:
                 keys = self.pages.each(t.cursor(db=refs_db).iternext(values=False))  # type: ignore[attr-defined]
                 new = list(sc.manifests.missing(bytes(k) for k in keys))
-            extra = (roots - snap_roots) | set(new)
+            extra = (roots - snap_roots if kept is None else set()) | set(new)  # kept: marked at the last hold
             young = {m for m, _, kind in garbage if kind == KIND_MANIFEST and m not in extra and self._young(m)}
             mark(extra | young, self._refs_of(t), late)
             if first:
@@ -213,6 +224,7 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
             self.meta.write(fn)
             if first:
                 crashpoint("gc-after-index-commit")
+            self.pin.pin(out["roots"], out["id"])  # type: ignore[arg-type]
         self.refs_left = out["refs_left"]  # type: ignore[assignment]
         for k in out["prune"]:  # type: ignore[attr-defined]
             self.report.add(Item("history", history_name(k)), self.keep_items, is_file=False)
@@ -221,13 +233,13 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
         self.report.rows += int(out.get("signatures", 0))  # type: ignore[call-overload]
         doomed: list[tuple[bytes, int, int]] = out["doomed"]  # type: ignore[assignment]
         self.report.kept_blobs += len(garbage) - len(doomed)
-        for rec in doomed:
+        for rec in sorted(doomed, key=lambda r: self.inodes.get(r[0], 0)):  # inode order: see _mark_and_delete
             sc.unlink.add(*rec)
         if self.opts.dry_run:  # the rows a real run would have deleted: the cache sweeps see them gone
             self.dry_gone.update(k for k, _, _ in doomed)
         if first:
-            for chunk in sc.orphans.chunks(COMMIT_CHUNK):
-                for k, s, _ in chunk:
+            for chunk4 in sc.orphans.chunks_ino(COMMIT_CHUNK):
+                for k, s, _, _ in sorted(chunk4, key=lambda r: r[3]):
                     if k not in late:
                         sc.unlink.add(k, s, -1)
         return out["dead"]  # type: ignore[return-value]
@@ -249,29 +261,36 @@ class _Collector(CacheSweeps, TempSweeps, Unlinks):
 def _mark_and_delete(c: _Collector, store: Store, sc: Scratch, prio: Nice) -> list[str]:
     """Phases 1-3 with the working sets in ``sc``; the dead leases."""
     opts = c.opts
-    snap_roots = c.snapshot(sc)
-    c.scan(sc)
+    with c.times.phase("mark"):
+        snap_roots = c.snapshot(sc)
+    with c.times.phase("scan"):
+        c.scan(sc)
     late: set[bytes] = set()  # marked under the lock: what appeared since the snapshot
     dead: list[str] = []
     pos, first = 0, True
     if not opts.dry_run:
         store.gc_deleting(True)  # ingests that publish blobs meanwhile re-check them
-    while first or pos < len(sc.garbage):  # index deletes, a chunk per hold of the store lock
-        if not first:
-            time.sleep(0.002)  # let waiting ingest commits in between two holds
-        chunk = sc.garbage.read(pos, COMMIT_CHUNK)
-        with prio.normal(), store.exclusive_lock():
-            t0 = time.monotonic()
-            d = c.commit(sc, snap_roots, late, chunk, first=first)
-            c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t0)
-        c.pages.drop()  # what the commit's walk of the roots and the index touched
-        dead = d if first else dead
-        pos, first = pos + len(chunk), False
+    try:
+        while first or pos < len(sc.garbage):  # index deletes, a chunk per hold of the store lock
+            if not first:
+                time.sleep(0.002)  # let waiting ingest commits in between two holds
+            chunk4 = sc.garbage.read_ino(pos, COMMIT_CHUNK)
+            chunk = [r[:3] for r in chunk4]
+            c.inodes = {r[0]: r[3] for r in chunk4}
+            with prio.normal(), store.exclusive_lock(), c.times.phase("commit"):
+                t0 = time.monotonic()
+                d = c.commit(sc, snap_roots, late, chunk, first=first)
+                c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t0)
+            c.pages.drop()  # what the commit's walk of the roots and the index touched
+            dead = d if first else dead
+            pos, first = pos + len(chunk), False
+    finally:
+        c.pin.release()  # a held reader would keep the index's freed pages from reuse
     pos = 0
     with progress.task("gc", total=len(sc.unlink), unit="files") as bar:
         while pos < len(sc.unlink):  # unlinks, in short holds
             time.sleep(0.002)
-            with prio.normal(), store.exclusive_lock():
+            with prio.normal(), store.exclusive_lock(), c.times.phase("unlink"):
                 t1 = time.monotonic()
                 new = c.sweep(sc.unlink, pos, t1 + BATCH_SECONDS)
                 c.report.lock_seconds = max(c.report.lock_seconds, time.monotonic() - t1)
@@ -279,9 +298,10 @@ def _mark_and_delete(c: _Collector, store: Store, sc: Scratch, prio: Nice) -> li
             pos = new
     if not opts.dry_run:
         store.gc_deleting(False)
-    for chunk in sc.unlink.chunks(5000):
-        c.verified_rows([k for k, _, kind in chunk if kind >= 0])
-        c.pages.drop()
+    with c.times.phase("caches"):
+        for chunk in sc.unlink.chunks(5000):
+            c.verified_rows([k for k, _, kind in chunk if kind >= 0])
+            c.pages.drop()
     return dead
 
 
@@ -307,15 +327,17 @@ def collect(store: Store, opts: GcOptions | None = None) -> GcReport:
                 dead = _mark_and_delete(c, store, sc, prio)
             finally:
                 sc.close()
-            c.leases_and_temps(dead)
-            if not opts.dry_run:
-                c.report.rows += apply_records.prune(store)  # records of applied ROOTs that are gone
-            c.link_objects()
-            c.stat_cache()
-            c.chunk_map()
+            with c.times.phase("caches"):
+                c.leases_and_temps(dead)
+                if not opts.dry_run:
+                    c.report.rows += apply_records.prune(store)  # records of applied ROOTs that are gone
+                c.link_objects()
+                c.stat_cache()
+                c.chunk_map()
     except Busy:
         raise Busy(f"another gc is running on {store.path} (lock {gc_lock}); use --wait to wait for it") from None
     c.report.seconds = time.monotonic() - start
+    c.report.phases = c.times.as_json()
     return c.report
 
 

@@ -43,3 +43,22 @@ def tree_size(path: str) -> int:
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
                 raise
     return total
+
+
+def shard_inodes(sdir: str) -> dict[bytes, int]:
+    """32-byte key -> inode number of every blob file named by its hex digest in ``sdir`` ({} when
+    missing). The inode numbers come with the listing (``getdents``): no stat per file."""
+    out: dict[bytes, int] = {}
+    try:
+        with os.scandir(sdir) as it:
+            for e in it:
+                if len(e.name) == 64:
+                    try:
+                        k = bytes.fromhex(e.name)
+                    except ValueError:
+                        continue
+                    if k.hex() == e.name:  # a blob's own name (lower-case hex), nothing else
+                        out[k] = e.inode()
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return out

@@ -60,6 +60,7 @@ class GcReport:
     lock_seconds: float = 0.0  # longest single hold of the exclusive store lock
     counts: dict[str, int] = field(default_factory=dict)
     items: list[Item] = field(default_factory=list)
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {wall, cpu} seconds
 
     def add(self, item: Item, keep: bool, *, is_file: bool = True) -> None:
         self.counts[item.kind] = self.counts.get(item.kind, 0) + 1
@@ -90,5 +91,6 @@ class GcReport:
             "seconds": round(self.seconds, 3),
             "lock_seconds": round(self.lock_seconds, 3),
             "counts": self.counts,
+            "phases": self.phases,
             "items": [{"kind": i.kind, "name": i.name, "size": i.size} for i in self.items],
         }

@@ -32,7 +32,7 @@ from typing import BinaryIO
 from castore.errors import UnsafeInput
 
 KEY = 32
-RECORD = struct.Struct("<32sqb")  # digest, size, kind (-1: an orphan file)
+RECORD = struct.Struct("<32sqbQ")  # digest, size, kind (-1: an orphan file), inode number (0: unknown)
 BUCKETS = 64  # files of the mark set, by the first 6 bits of the digest (4 blob shards each)
 BUFFER = 1 << 16  # bytes buffered per bucket before a write
 RECENT_MAX = 65_536  # keys remembered to drop repeated references (~6 MiB)
@@ -116,21 +116,26 @@ class MarkSet:
 
 
 class Records:
-    """Append-only (key, size, kind) records in a file; random access by position."""
+    """Append-only (key, size, kind, inode) records in a file; random access by position. ``read`` gives
+    (key, size, kind); ``read_ino`` the inode number too (gc unlinks a chunk in inode order)."""
 
     def __init__(self, path: str) -> None:
         self.f: BinaryIO = open(path, "w+b", buffering=1 << 16)  # noqa: SIM115
         self.n = 0
 
-    def add(self, key: bytes, size: int, kind: int) -> None:
-        self.f.write(RECORD.pack(key, size, kind))
+    def add(self, key: bytes, size: int, kind: int, ino: int = 0) -> None:
+        self.f.write(RECORD.pack(key, size, kind, ino))
         self.n += 1
 
     def __len__(self) -> int:
         return self.n
 
     def read(self, pos: int, count: int) -> list[tuple[bytes, int, int]]:
-        """Records ``pos`` .. ``pos + count - 1`` (fewer at the end)."""
+        """Records ``pos`` .. ``pos + count - 1`` (fewer at the end): (key, size, kind)."""
+        return [r[:3] for r in self.read_ino(pos, count)]
+
+    def read_ino(self, pos: int, count: int) -> list[tuple[bytes, int, int, int]]:
+        """Records ``pos`` .. ``pos + count - 1`` (fewer at the end): (key, size, kind, inode)."""
         self.f.flush()
         data = os.pread(self.f.fileno(), max(0, min(count, self.n - pos)) * RECORD.size, pos * RECORD.size)
         return list(RECORD.iter_unpack(data))
@@ -138,6 +143,10 @@ class Records:
     def chunks(self, size: int) -> Iterator[list[tuple[bytes, int, int]]]:
         for pos in range(0, self.n, size):
             yield self.read(pos, size)
+
+    def chunks_ino(self, size: int) -> Iterator[list[tuple[bytes, int, int, int]]]:
+        for pos in range(0, self.n, size):
+            yield self.read_ino(pos, size)
 
     def close(self) -> None:
         self.f.close()

@@ -27,6 +27,8 @@ class Options:
     rewrite_absolute_symlinks: bool = False
     note: object = field(default=note)
     ignore: frozenset[str] = frozenset()  # --ignore-attr: attributes not applied (WRITE_IGNORABLE)
+    # Blobs this process wrote from bytes it had just hashed (pull --checkout): not hashed again.
+    trusted: frozenset[str] = frozenset()
 
 
 #: Attributes checkout and apply can leave unapplied (--ignore-attr); the others are the tree itself.

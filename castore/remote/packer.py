@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from castore.manifest import Manifest
 from castore.remote.oci import PACK_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE, Descriptor
 from castore.remote.packfmt import MAX_ENTRIES, Entry, PackIndex, compressor, encode_entry, encode_index
-from castore.remote.packworkers import entries_of, submit
+from castore.remote.packworkers import Stored, entries_of, submit
 from castore.store import Store
 
 PACK_TARGET = 32 << 20  # measured: docs/benchmarks.md "remote"
@@ -143,16 +143,17 @@ def build_pack(
         def read(d: str, n: int) -> bytes:
             return store.read_blob(d, limit=n)
 
-    def batch(items: list[tuple[str, int]]) -> list[tuple[bytes, int]]:
+    def batch(items: list[tuple[str, int]]) -> Stored:
         cctx = getattr(local, "cctx", None)
         if cctx is None:
             cctx = local.cctx = compressor()
-        return [encode_entry(read(d, n), cctx) for d, n in items]
+        got = [encode_entry(read(d, n), cctx) for d, n in items]
+        return b"".join(b for b, _ in got), [(len(b), c) for b, c in got]
 
     out = bytearray()
     entries = []
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="pack") as pool:
-        window: deque[tuple[list[tuple[str, int]], Callable[[], list[tuple[bytes, int]]]]] = deque()
+        window: deque[tuple[list[tuple[str, int]], Callable[[], Stored]]] = deque()
         todo = _batches(blobs, BATCH_BYTES)
         while True:
             while len(window) < 2 * jobs:  # read ahead at most 2 batches per thread
@@ -160,17 +161,19 @@ def build_pack(
                 if items is None:
                     break
                 if procs is not None and not any(d in special for d, _ in items):
-                    paths = [(store.blob_path(d), d, n) for d, n in items]
-                    pf = submit(procs, paths)
+                    pf = submit(procs, store.blob_root, items)
                     window.append((items, lambda pf=pf: entries_of(pf.result())))  # type: ignore[misc]
                 else:
                     window.append((items, pool.submit(batch, items).result))
             if not window:
                 break
             items, result = window.popleft()
-            for (d, n), (stored, comp) in zip(items, result(), strict=True):
-                entries.append(Entry(d, len(out), len(stored), n, comp))
-                out += stored
+            joined, lens = result()
+            pos = len(out)
+            for (d, n), (ln, comp) in zip(items, lens, strict=True):
+                entries.append(Entry(d, pos, ln, n, comp))
+                pos += ln
+            out += joined
     digest = "sha256:" + hashlib.sha256(out).hexdigest()
     index = encode_index(PackIndex(digest, len(out), tuple(entries)))
     return BuiltPack(

@@ -5,7 +5,9 @@ On many tiny files that is per-file interpreter work, and threads share one
 GIL (two threads on 100k tiny files are 4.6x slower than one process here;
 castore/readers.py measured it for ingest), so the blobs of a pack are read in
 batches by a pool of forked processes (``castore.build.make_pool``: two, they
-die with their parent) which send back the stored entry bytes. A blob that is
+die with their parent) which send back the stored entry bytes of a batch as one
+buffer and the length of each (the parent then does one copy per batch, not per
+blob; the worker also builds each blob's path). A blob that is
 not a regular file of its size and digest is reported, never packed: the
 parent raises BlobNotFound/IntegrityError (exit 4) before the pack is sent.
 """
@@ -25,8 +27,9 @@ from castore.fs.io import read_full
 from castore.remote.packfmt import compressor, encode_entry
 from castore.store.blobs import open_blob_file
 
-Item = tuple[str, str, int]  # (blob file path, digest, size)
+Item = tuple[str, int]  # (digest, size)
 Failure = tuple[str, str, str]  # (kind "missing" | "corrupt", digest, message)
+Stored = tuple[bytes, list[tuple[int, int]]]  # the batch's stored entries, joined; (length, compression) each
 
 _cctx: zstandard.ZstdCompressor | None = None
 
@@ -46,27 +49,32 @@ def _read(path: str, digest: str, size: int) -> bytes:
     return data
 
 
-def pack_entries(items: list[Item]) -> tuple[list[tuple[bytes, int]], Failure | None]:
-    """In a worker: the stored bytes and compression of each blob, or the first failure."""
+def pack_entries(blob_root: str, items: list[Item]) -> tuple[Stored, Failure | None]:
+    """In a worker: the stored bytes of the blobs ``items`` of the store whose blob directory is
+    ``blob_root``, joined, with each one's (length, compression); or the first failure."""
     global _cctx
     if _cctx is None:
         _cctx = compressor()
-    out: list[tuple[bytes, int]] = []
-    for path, digest, size in items:
+    out: list[bytes] = []
+    lens: list[tuple[int, int]] = []
+    for digest, size in items:
+        h = digest[7:]
         try:
-            out.append(encode_entry(_read(path, digest, size), _cctx))
+            stored, comp = encode_entry(_read(os.path.join(blob_root, h[:2], h), digest, size), _cctx)
         except BlobNotFound:
-            return out, ("missing", digest, "")
+            return (b"", []), ("missing", digest, "")
         except (IntegrityError, OSError) as exc:
-            return out, ("corrupt", digest, str(exc) or type(exc).__name__)
-    return out, None
+            return (b"", []), ("corrupt", digest, str(exc) or type(exc).__name__)
+        out.append(stored)
+        lens.append((len(stored), comp))
+    return (b"".join(out), lens), None
 
 
-def submit(pool: Executor, items: list[Item]) -> Future[tuple[list[tuple[bytes, int]], Failure | None]]:
-    return pool.submit(pack_entries, items)
+def submit(pool: Executor, blob_root: str, items: list[Item]) -> Future[tuple[Stored, Failure | None]]:
+    return pool.submit(pack_entries, blob_root, items)
 
 
-def entries_of(result: tuple[list[tuple[bytes, int]], Failure | None]) -> list[tuple[bytes, int]]:
+def entries_of(result: tuple[Stored, Failure | None]) -> Stored:
     """The entries of a worker's answer; its failure raised as BlobNotFound/IntegrityError."""
     out, failure = result
     if failure is not None:

@@ -6,8 +6,9 @@ every ``bases`` reference) -> a plan (castore.remote.packer: reused packs,
 new packs, lone blobs) -> each new pack is built in memory from verified
 store blobs, deterministically, then HEAD and uploaded if missing (a re-run
 of a killed push rebuilds the same packs and skips what arrived) -> lone
-blobs, the continuity manifest, the config -> PUT the OCI manifest under the
-tag, last, so a tag never names an incomplete artifact -> signatures.
+blobs, the continuity manifest (parts), the config, sent while the packs are
+built -> PUT the OCI manifest under the tag, last, so a tag never names an
+incomplete artifact -> signatures.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from castore.errors import BlobNotFound, IntegrityError, ResourceLimit
 from castore.faults import crashpoint
 from castore.manifest import Manifest, codec
 from castore.manifest.model import Chunk
+from castore.remote import blobscan
 from castore.remote.client import Access, Registry
 from castore.remote.manifest_parts import part_descriptors, split, upload_parts
 from castore.remote.oci import (
@@ -31,16 +33,15 @@ from castore.remote.oci import (
     MAX_CONTINUITY_MANIFEST,
     MAX_OCI_MANIFEST,
     Descriptor,
-    blob_sizes,
     build_oci_manifest,
 )
 from castore.remote.packbase import load_bases
-from castore.remote.packer import PACK_TARGET, blob_order, build_pack, make_plan
+from castore.remote.packer import PACK_TARGET, build_pack, make_plan
 from castore.remote.packworkers import start_pool
 from castore.remote.ref import Reference
 from castore.remote.signatures import push_signatures
 from castore.remote.transfer import Progress, run_all
-from castore.store import Store, manifest_refs
+from castore.store import Store
 
 MIN_PROCS = 256  # blobs from which packs are read by worker processes (castore.remote.packworkers)
 MAX_PACK_MEMORY = 160 << 20  # packs being built or sent at once (each held twice at worst), in bytes
@@ -64,7 +65,7 @@ class PushResult:
 
 def push(
     store: Store,
-    manifest: Manifest,
+    manifest: Manifest | None,
     ref: Reference,
     *,
     manifest_digest: str | None = None,
@@ -75,20 +76,21 @@ def push(
     pack_target: int = PACK_TARGET,
     access: Access | None = None,
 ) -> PushResult:
-    """Push ``manifest`` (stored as ``manifest_digest``, or given by file) and its blobs to ``ref``'s tag.
+    """Push ``manifest`` (stored as ``manifest_digest``, or given by file; None: the store's manifest
+    ``manifest_digest``, not decoded: castore.remote.blobscan) and its blobs to ``ref``'s tag.
 
     ``bases``: other artifacts of the repository whose packs may be reused
     (the tag being overwritten always is). Raises BlobNotFound/IntegrityError
     (exit 4) for missing or corrupt local blobs, RemoteError (exit 1) when the
     registry refuses or cannot be reached, NotFound for a missing ``bases`` reference.
     """
-    data = store.read_blob(manifest_digest) if manifest_digest else codec.dumps(manifest)
+    data, tree = _read_tree(store, manifest, manifest_digest)
     mdigest = _check_manifest_size(data)
-    refs = manifest_refs(manifest)
-    sizes = blob_sizes(manifest)
+    refs = tree.refs
+    sizes = dict(tree.sizes)
     # A file the store holds as chunks only (a manifest without chunk lists) is pushed as the
     # whole-file blob the manifest names, put together from its chunks and verified.
-    content = store.content_refs(manifest)
+    content = _content_refs(store, tree)
     with store.lease(manifests=[manifest_digest] if manifest_digest else sorted(content)) as lease:
         os.makedirs(lease.tmp_dir, mode=0o700, exist_ok=True)
         missing = store.missing_blobs(content)
@@ -105,20 +107,11 @@ def push(
                 Registry(ref, username=username, password=password, push=True, jobs=jobs, access=access)
             )
             base = load_bases(reg, ref, bases, lease.tmp_dir)
-            plan = make_plan(blob_order(manifest, sizes), base, pack_target)
-            sent: list[int] = []  # sizes of the blobs uploaded (list.append is atomic)
-            skipped: list[int] = []
+            plan = make_plan([(d, sizes[d]) for d in tree.order], base, pack_target)
+            send = _Sender(reg)
             parts = split(data)  # the manifest travels in content-defined parts (one when small)
             descs = part_descriptors(parts)
             prog = Progress("push", sum(n for pack in plan.new for _, n in pack) + sum(n for _, n in plan.solo))
-
-            def send(d: str, n: int, source: bytes | bytearray | Callable[[], int]) -> None:
-                if reg.has_blob(d):
-                    skipped.append(n)
-                else:
-                    reg.upload_blob(d, n, source)  # type: ignore[arg-type]
-                    sent.append(n)
-
             built: list[tuple[int, Descriptor, Descriptor]] = []
 
             def one_pack(i: int) -> None:
@@ -134,15 +127,21 @@ def push(
                 send(d, n, _assembler(store, d, assembled[d], lease.tmp_dir) if d in assembled else _opener(store, d))
                 prog.add(n)
 
-            try:
-                in_flight = max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1))))
+            in_flight = max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1))))
+
+            def packs() -> None:
                 run_all(range(len(plan.new)), one_pack, jobs=in_flight, abort=reg.abort)
-                run_all(plan.solo, one_solo, jobs=jobs, abort=reg.abort)
+
+            def the_rest() -> None:  # while the packs are read: network round trips, little CPU
                 send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
                 if len(parts) > 1:
                     upload_parts(reg, parts, descs, send, jobs)
                 else:
                     send(mdigest, len(data), data)
+                run_all(plan.solo, one_solo, jobs=jobs, abort=reg.abort)
+
+            try:
+                run_all([packs, the_rest], _call, jobs=2, abort=reg.abort)
             finally:
                 prog.done()
             pairs = [(b.pack, b.index) for b in plan.reused] + [(p, x) for _, p, x in sorted(built, key=lambda t: t[0])]
@@ -152,15 +151,57 @@ def push(
     return PushResult(
         oci_digest,
         mdigest,
-        len(sent),
-        len(skipped),
-        sum(sent),
+        len(send.sent),
+        len(send.skipped),
+        sum(send.sent),
         signed,
         len(plan.new),
         len(plan.reused),
         len(oci),
         len(parts),
     )
+
+
+def _read_tree(store: Store, manifest: Manifest | None, digest: str | None) -> tuple[bytes, blobscan.TreeBlobs]:
+    """The manifest's bytes and blobs: those of the store's manifest ``digest`` read from its bytes
+    when ``manifest`` is None, else from ``manifest``."""
+    if manifest is None:
+        if digest is None:
+            raise ValueError("push needs a manifest or the digest of one in the store")
+        data = store.read_blob(digest)
+        return data, blobscan.scan(data, source=digest)
+    return store.read_blob(digest) if digest else codec.dumps(manifest), blobscan.of_manifest(manifest)
+
+
+class _Sender:
+    """HEAD a blob, upload it when the registry lacks it; counts both (list.append is atomic)."""
+
+    def __init__(self, reg: Registry) -> None:
+        self.reg = reg
+        self.sent: list[int] = []  # sizes of the blobs uploaded
+        self.skipped: list[int] = []
+
+    def __call__(self, d: str, n: int, source: bytes | bytearray | Callable[[], int]) -> None:
+        if self.reg.has_blob(d):
+            self.skipped.append(n)
+        else:
+            self.reg.upload_blob(d, n, source)  # type: ignore[arg-type]
+            self.sent.append(n)
+
+
+def _content_refs(store: Store, tree: blobscan.TreeBlobs) -> set[str]:
+    """``Store.content_refs`` of the manifest ``tree`` was read from: its refs, with each whole-file
+    digest the index lacks but the chunk map knows replaced by its chunks."""
+    refs = set(tree.refs)
+    whole = {d for d, n in tree.whole.items() if n > store.chunking.min_size}
+    for d, chunks in store.chunk_lists(store.missing_blobs(whole)).items():
+        refs.discard(d)
+        refs.update(c.digest for c in chunks)
+    return refs
+
+
+def _call(fn: Callable[[], None]) -> None:
+    fn()
 
 
 def _check_manifest_size(data: bytes) -> str:

@@ -11,7 +11,9 @@ grace period, so their blobs are garbage; 1,000 old orphan files are added too. 
 
   gc alone            `continuity gc --grace 1h` (a subprocess) on a store of each --blobs size (manifests:
                       blobs / 100): seconds, peak RSS (target < 200 MiB at every size, time growing no
-                      worse than linearly), objects freed, longest store-lock hold
+                      worse than linearly), objects freed, longest store-lock hold; then the gc's own
+                      per-phase wall/CPU seconds (`--debug`) with the CPU microseconds per blob of each
+                      phase: a phase whose per-blob cost rises with the size grows faster than the store
   ingest alone        (first size only) `continuity ingest` of a 2,000-file tree (16 MiB, new content), 5 times, into
                       the big store: median
   ingest during gc    the same, one after another while a second gc (default --nice 10) runs over
@@ -44,6 +46,7 @@ from castore.store.meta import BLOB_ROW, KIND_MANIFEST, KIND_RAW
 
 CLI = [sys.executable, "-m", "castore"]
 LAST_CPU = [0.0]
+LAST_ERR = [""]
 OLD = time.time() - 3 * 3600
 
 
@@ -149,6 +152,7 @@ def timed(argv: list[str]) -> tuple[float, int, int, str]:
     lines = p.stdout.decode().strip().splitlines()
     secs, rss, rc, cpu = lines[-1].split()
     LAST_CPU[0] = float(cpu)
+    LAST_ERR[0] = p.stderr.decode(errors="replace")
     if int(rc):
         print(f"  {' '.join(argv[3:6])}: exit {rc}: {p.stderr.decode(errors='replace').strip()}")
     return float(secs), int(rss), int(rc), "\n".join(lines[:-1])
@@ -165,13 +169,27 @@ def gc_alone(work: str, blobs: int, manifests: int, garbage: float) -> tuple[str
         f"built {blobs} blobs / {manifests} manifests ({g} garbage blobs + 1000 orphans) in {time.monotonic() - t:.1f}s"
     )
     subprocess.run(["sync", "-f", sp])
-    secs, rss, rc, out = timed([*CLI, "--store", sp, "gc", "--grace", "1h"])
+    secs, rss, rc, out = timed([*CLI, "--store", sp, "--debug", "gc", "--grace", "1h"])
     print(
         f"gc alone {blobs:>9} blobs: {secs:6.2f} s  cpu {LAST_CPU[0]:6.2f} s   peak RSS {rss / 1024:6.1f} MiB "
         f"(target < 200)   exit {rc}   {out}",
         flush=True,
     )
+    print_phases(blobs)
     return sp, secs, rss
+
+
+def print_phases(blobs: int) -> None:
+    """The gc's own per-phase line (``--debug``), with the CPU microseconds per blob of each phase."""
+    for line in LAST_ERR[0].splitlines():
+        if "gc phases" not in line:
+            continue
+        parts = []
+        for item in line.split("): ", 1)[-1].split(", "):
+            name, _, times = item.rpartition(" ")
+            wall, _, cpu = times.partition("/")
+            parts.append(f"{name} {float(wall):.2f}/{float(cpu):.2f} ({float(cpu) * 1e6 / blobs:.1f} us/blob)")
+        print(f"  phases {blobs:>9} blobs (s wall/cpu): {', '.join(parts)}", flush=True)
 
 
 def ingest_beside_gc(work: str, sp: str, blobs: int, manifests: int) -> None:

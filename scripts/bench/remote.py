@@ -12,8 +12,10 @@ a fresh repository (no dedup between runs) and a fresh store:
   B  tar -c DIR | curl -T - (PATCH) + PUT ?digest=   (one monolithic blob; sha256 computed on the way)
   C  continuity pull REG/...:v1 + checkout + sync    (fresh store, fresh output dir)
   D  curl the tar blob | tar -x + sync
+  E  continuity pull REG/...:v1 --checkout DIR + sync (one process; fresh store, fresh output dir)
 
-and printed: medians, the ratios A/B (target <= 1.5) and C/D (target <= 1.5), the OCI manifest size,
+and printed: medians, the ratios A/B (target <= 1.5), C/D and E/D (target <= 1.5), the CPU time (user+sys
+of each command's process tree; the registry's own CPU is in neither side), the OCI manifest size,
 peak RSS of push and pull (ru_maxrss of the process tree; target < 300 MiB), and the bytes a re-push
 uploads after a one-file change (target <= 1% of the tree + 1 MiB), with that share of the tree.
 For ``many``, the lazy mount's first read of one ~4 KiB file (scripts/bench/lazy_mount.py).
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -44,7 +47,7 @@ _MEASURE = (
     "import resource,subprocess,sys,time;t=time.monotonic();"
     "r=subprocess.run(sys.argv[1:]);"
     "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
-    "print('@@',time.monotonic()-t,u.ru_maxrss,r.returncode,file=sys.stderr)"
+    "print('@@',time.monotonic()-t,u.ru_maxrss,r.returncode,u.ru_utime+u.ru_stime,file=sys.stderr)"
 )
 REGISTRY_CONFIG = """version: 0.1
 log:
@@ -59,16 +62,23 @@ http:
 """
 
 
-def timed(argv: list[str], sync: bool = True) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS KiB of the process tree, stdout) of one command; dirty pages flushed first."""
+def timed(argv: list[str], sync: bool = True) -> tuple[float, int, str, float]:
+    """(wall seconds, peak RSS KiB of the process tree, stdout, CPU seconds user+sys of the process tree)
+    of one command; dirty pages flushed first."""
     if sync:
         os.sync()
     p = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True, text=True)
     line = [x for x in p.stderr.splitlines() if x.startswith("@@ ")]
     if not line or line[-1].split()[3] != "0":
         raise SystemExit(f"command failed: {' '.join(argv)}\n{p.stderr[-2000:]}")
-    _, secs, rss, _ = line[-1].split()
-    return float(secs), int(rss), p.stdout
+    _, secs, rss, _, cpu = line[-1].split()
+    return float(secs), int(rss), p.stdout, float(cpu)
+
+
+def children_cpu() -> float:
+    """User+sys seconds of this process's waited-for children so far (curl, tar, bash)."""
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
 
 
 def start_registry(root: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -141,20 +151,25 @@ def bench_corpus(name: str, src: str, work: str, reg: str, runs: int, jobs: int)
         ).stdout.split()[0]
     )
     files = sum(len(fs) for _, _, fs in os.walk(src))
-    a, b, c, d = [], [], [], []
+    a, b, c, d, e = [], [], [], [], []  # wall seconds: push, tar push, pull+checkout, tar pull, pull --checkout
+    cpu: dict[str, list[float]] = {k: [] for k in "abcde"}
     rss_push = rss_pull = 0
     info: dict[str, object] = {}
     for r in range(runs):
-        warm(src)
+        warm(src)  # tar reads the tree,
+        warm(os.path.join(store, "blobs"))  # push the store's blobs: both from the page cache
         repo = f"bench/{name}-{r}-{os.getpid()}"
-        secs, rss, out = timed([*CLI, "--store", store, "push", "v1", f"{reg}/{repo}:v1", "--json", "-j", str(jobs)])
+        secs, rss, out, t = timed([*CLI, "--store", store, "push", "v1", f"{reg}/{repo}:v1", "--json", "-j", str(jobs)])
         a.append(secs)
+        cpu["a"].append(t)
         rss_push = max(rss_push, rss)
         info = json.loads(out)
+        t = children_cpu()
         bsecs, digest = tar_push(reg, f"bench/tar-{name}-{r}-{os.getpid()}", src, work)
         b.append(bsecs)
+        cpu["b"].append(children_cpu() - t)
         fresh, dest = os.path.join(work, f"pull-{r}"), os.path.join(work, f"out-{r}")
-        secs, rss, _ = timed(
+        secs, rss, _, t = timed(
             [
                 "sh",
                 "-c",
@@ -165,10 +180,27 @@ def bench_corpus(name: str, src: str, work: str, reg: str, runs: int, jobs: int)
             ]
         )
         c.append(secs)
+        cpu["c"].append(t)
         rss_pull = max(rss_pull, rss)
         tdest = os.path.join(work, f"tar-out-{r}")
+        t = children_cpu()
         d.append(tar_pull(reg, f"bench/tar-{name}-{r}-{os.getpid()}", digest, tdest))
+        cpu["d"].append(children_cpu() - t)
         for p in (fresh, dest, tdest):
+            subprocess.run(["rm", "-rf", p], check=True)
+        secs, rss, _, t = timed(
+            [
+                "sh",
+                "-c",
+                f'"$@" --store {fresh} pull {reg}/{repo}:v1 -j {jobs} --checkout {dest} >/dev/null && sync',
+                "-",
+                *CLI,
+            ]
+        )
+        e.append(secs)
+        cpu["e"].append(t)
+        rss_pull = max(rss_pull, rss)
+        for p in (fresh, dest):
             subprocess.run(["rm", "-rf", p], check=True)
     # re-push after a one-file change, to the same tag (its packs are reused)
     repo = f"bench/{name}-{os.getpid()}"
@@ -190,7 +222,8 @@ def bench_corpus(name: str, src: str, work: str, reg: str, runs: int, jobs: int)
     from castore.store import Store
 
     mbytes = Store.open(store).blob_size(again["digest"]) or 0
-    ma, mb, mc, md = (statistics.median(x) for x in (a, b, c, d))
+    ma, mb, mc, md, me = (statistics.median(x) for x in (a, b, c, d, e))
+    ca, cb, cc, cd, ce = (statistics.median(cpu[k]) for k in "abcde")
     limit = 0.01 * tree + (1 << 20)
     from lazy_mount import lazy_first_read  # scripts/bench/lazy_mount.py
 
@@ -199,6 +232,9 @@ def bench_corpus(name: str, src: str, work: str, reg: str, runs: int, jobs: int)
         f"{name}: {files} files, {tree / 1e6:.1f} MB, {runs} runs, jobs {jobs}",
         f"  push      {ma:7.2f} s   tar -c | curl -T  {mb:6.2f} s   ratio {ma / mb:5.2f}  (target <= 1.5)",
         f"  pull+co   {mc:7.2f} s   curl | tar -x     {md:6.2f} s   ratio {mc / md:5.2f}  (target <= 1.5)",
+        f"  pull --checkout {me:5.2f} s   curl | tar -x     {md:6.2f} s   ratio {me / md:5.2f}  (target <= 1.5)",
+        f"  CPU user+sys (medians; the registry's not counted): push {ca:.2f} s, tar -c | curl -T {cb:.2f} s; "
+        f"pull+co {cc:.2f} s, pull --checkout {ce:.2f} s, curl | tar -x {cd:.2f} s",
         f"  OCI manifest {info.get('oci_manifest_size')} bytes, {info.get('packs_new')} packs; "
         f"peak RSS push {rss_push / 1024:.0f} MiB, pull+checkout {rss_pull / 1024:.0f} MiB (target < 300)",
         f"  re-push after a one-file change: {again['uploaded_size']} bytes uploaded "

@@ -112,6 +112,7 @@ def test_signal_stops_a_busy_mount(tmp_path: Path) -> None:
                     served[0] += 1
                 except OSError:
                     return  # unmounted under us
+
     with mounted(store, "t", tmp_path / "mnt") as m:
         t = threading.Thread(target=hammer, args=(m.mnt,))
         t.start()

@@ -283,7 +283,7 @@ def test_a_manifest_committed_between_two_index_chunks_keeps_its_blobs(
     (again_src / "extra").write_bytes(b"a new file: a new manifest over the garbage blobs\n")
     import castore.gc.spill as spill
 
-    real_read = spill.Records.read
+    real_read = spill.Records.read_ino
     added: list[str] = []
 
     def read(self, pos, count):  # type: ignore[no-untyped-def]
@@ -291,7 +291,7 @@ def test_a_manifest_committed_between_two_index_chunks_keeps_its_blobs(
             added.append(do_ingest(store, str(again_src), progress=False))
         return real_read(self, pos, count)
 
-    monkeypatch.setattr(spill.Records, "read", read)
+    monkeypatch.setattr(spill.Records, "read_ino", read)
     collect(store, GcOptions(grace_ns=0))
     assert added and not store.missing_blobs([added[0]])
     assert manifest_blobs(Path(store.path), added[0]) <= blob_files(Path(store.path))

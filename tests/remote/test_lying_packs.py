@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from castore.digest import hash_bytes
+from castore.manifest.wire import read_varint
 from castore.remote.oci import PACK_INDEX_MEDIA_TYPE, Descriptor, build_oci_manifest
 from castore.remote.packer import Plan, make_plan
 from castore.remote.packfmt import Entry, PackIndex, decode_index, encode_index
@@ -196,3 +197,21 @@ def test_plan_reuses_live_packs_and_repacks_dead_ones() -> None:
     assert plan.solo == [(digest(99), 40 << 20)]
     repacked = [d for p in plan.new for d, _ in p]
     assert repacked == [digest(i) for i in range(10, 30)] and max(len(p) for p in plan.new) == 10
+
+
+def test_invalid_manifest_with_honest_packs(tmp_path: Path, packed: tuple) -> None:  # type: ignore[type-arg]
+    """The manifest is decoded and validated while the blobs are fetched: one the validator refuses
+    (here a path listed twice) stops the fetch and leaves no blob behind."""
+    fake, d, _, blobs, built = packed
+    data = blobs[d]
+    length, start = read_varint(data, 1)  # the first entry, framed as 0x0a, length
+    bad = data + data[: start + length]
+    oci = build_oci_manifest(hash_bytes(bad), len(bad), [], [(b.pack, b.index) for b in built])
+    fake.serve_artifact(REPO, "v1", oci, {**blobs, hash_bytes(bad): bad})
+    for b in built:
+        fake.routes[("GET", f"/v2/{REPO}/blobs/{b.pack.digest}")] = range_server(bytes(b.data))
+    store = tmp_path / "b"
+    rc, err = _pull(fake, store)
+    assert rc == 3 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert Store.open(str(store)).tags() == []
+    assert _blob_files(store) == [], "a refused pull left blobs behind"
