@@ -47,8 +47,6 @@ def split_entries(
             add_entry(data[i:end])
             if starts is not None:
                 starts.append(i)
-            if plain is not None:
-                plain.append(_plain_at(data, i, end))
             # The common case: one path shorter than 128 bytes, first in the entry, within it.
             plen = data[i + 1] if end - i >= 2 else 0x80
             pend = i + 2 + plen
@@ -63,8 +61,17 @@ def split_entries(
                     if "/." in p or "//" in p or not p.startswith("/") or p.endswith("/"):
                         _check_path(p, source)
                     add_paths((p,))
+                    if plain is not None:
+                        # Most files: the mode right after the path, a varint of 1 or 2 bytes (below
+                        # 1 << 14: no type bits, the lowest being 1 << 21); else read the fields.
+                        if pend + 2 < end and data[pend] == 0x30 and (data[pend + 1] < 0x80 or data[pend + 2] < 0x80):
+                            plain.append(True)
+                        else:
+                            plain.append(_plain_at(data, pend, end))
                     i = end
                     continue
+            if plain is not None:
+                plain.append(_plain_at(data, i, end))
             ps = decode_entry(data[i:end], source=source).paths
             for p in ps:
                 _check_path(p, source)
@@ -116,6 +123,36 @@ def _plain_at(data: bytes, i: int, end: int) -> bool:
         return True
     except (IndexError, ValueError):
         return False
+
+
+
+_BEFORE_SIZE = _BEFORE_MODE | {0x38}
+
+
+def size_of(entry: bytes) -> int | None:
+    """The size field (7) of an encoded regular file, read like ``_plain_at`` reads its mode: from
+    the fields before it (paths, uid, gid, user, group, mode); None when anything else comes
+    first (the caller then decodes the entry). 0 when the field is absent (proto3's default)."""
+    i, end = 0, len(entry)
+    try:
+        while i < end:
+            tag = entry[i]
+            if tag not in _BEFORE_SIZE:
+                return None if tag < 0x38 or tag >= 0x80 else 0
+            n = entry[i + 1]
+            if n < 0x80:
+                i += 2
+            elif entry[i + 2] < 0x80:  # two bytes: a mode, most sizes
+                n, i = (n & 0x7F) | entry[i + 2] << 7, i + 3
+            else:
+                n, i = read_varint(entry, i + 1)
+            if tag == 0x38:
+                return n
+            if tag in _LENGTH_DELIMITED:
+                i += n
+        return 0
+    except (IndexError, ValueError):
+        return None
 
 
 def first_path(entry: bytes) -> str:

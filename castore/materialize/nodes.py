@@ -17,6 +17,9 @@ from castore.materialize.options import Options
 from castore.store import Store
 from castore.store.links import LinkRef, resource_of
 
+#: Symlink targets of fewer bytes live in the inode on ext4 (a "fast" symlink), XFS and btrfs: metadata.
+#: Longer ones may be written as a data block (ext4 through the page cache before Linux 6.3): data.
+_INLINE_SYMLINK = 60
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -30,6 +33,7 @@ class NodeWriter:
     noted_link_fallback: bool
     noted_xattr_skip: bool
     umask_zero: bool
+    needs_sync: bool
 
     if TYPE_CHECKING:
 
@@ -94,6 +98,8 @@ class NodeWriter:
             if self.opts.rewrite_absolute_symlinks and target.startswith("/"):
                 target = relative_target(path, target)
             os.symlink(target, name, dir_fd=dir_fd)
+            if len(os.fsencode(target)) >= _INLINE_SYMLINK:  # its target may be written as data
+                self.needs_sync = True
             self.path_metadata(dir_fd, name, r, is_link=True)
         elif isinstance(r, Device):
             if self.opts.devices == "skip":

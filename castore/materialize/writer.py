@@ -33,6 +33,9 @@ class Writer(NodeWriter, ObjectLinker, ContentWriter):
         self._keys: dict[int, bytes] = {}
         self._shards: dict[str, int] = {}
         self.made_objects = False  # a new hardlink object was written (not yet durable)
+        # Data was written or an object re-proven: a syncfs must precede the records' commit and
+        # the rename (a checkout of metadata alone may skip it: castore/fs/ordering.py).
+        self.needs_sync = False
         self.chunk_lists: dict[str, tuple[Chunk, ...]] = {}  # whole-file digest -> chunks (Store.chunk_lists)
         self.forked = False  # set in a forked worker: it reads only what was preloaded
         self.tmp_dir: str | None = None  # where new hardlink objects are written (a lease's tmp dir)

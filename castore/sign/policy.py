@@ -26,11 +26,17 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from castore.errors import PolicyRefused, UnsafeInput
 from castore.fs.io import read_capped
-from castore.sign import allowed_signers
-from castore.sign.sshsig import NAMESPACE, BadSignature, dearmor, parse_signature, verify_message
+
+if TYPE_CHECKING:
+    from castore.sign import allowed_signers
+
+# The signature code (castore.sign.sshsig, allowed_signers: the cryptography package, ~40 ms to
+# import) is imported where a signedBy requirement is checked: without a policy, or with one that
+# only accepts or rejects, checkout, apply and mount never load it.
 
 MAX_POLICY = 1 << 20
 SYSTEM_POLICY = "/etc/continuity/policy.json"
@@ -179,6 +185,8 @@ def evaluate(
         if req.type == "reject":
             raise PolicyRefused(f"{what}: refused by the trust policy ({label} rejects it)")
         assert req.allowed_signers is not None
+        from castore.sign import allowed_signers
+
         signers = allowed_signers.load(req.allowed_signers)
         found = check_signed(signers, req.principals, message, sigs, sha256=sha256)
         if found is None:
@@ -203,6 +211,9 @@ def check_signed(
 
     ``sha256``: the message's sha256, when the caller checked it already (see sshsig.verify_message).
     """
+    from castore.sign import allowed_signers
+    from castore.sign.sshsig import NAMESPACE, BadSignature, dearmor, parse_signature, verify_message
+
     now = time.time()
     for raw in sigs:
         try:

@@ -66,6 +66,7 @@ class Sample:
     seconds: float
     maxrss_kib: int
     stdout: str
+    cpu: float = 0.0  # user+sys of the command and every process it waited for
 
 
 def run(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Sample:
@@ -82,7 +83,7 @@ def run(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: str | None =
         if p.returncode != 0:
             tail = err.read().decode(errors="replace")[-2000:]
             raise CommandFailed(f"{' '.join(cmd)}: exit {p.returncode}\n{tail}")
-    return Sample(dt, ru.ru_maxrss, stdout)
+    return Sample(dt, ru.ru_maxrss, stdout, ru.ru_utime + ru.ru_stime)
 
 
 def sh(script: str, *args: str) -> list[str]:
@@ -161,6 +162,7 @@ class Bench:
     runs: int
     continuity: list[str]
     samples: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # key -> CPU seconds of each sample
     rss: dict[str, int] = field(default_factory=dict)  # continuity command -> max KiB
     extra: dict[str, object] = field(default_factory=dict)
     comparisons: list[Comparison] = field(default_factory=list)
@@ -203,10 +205,11 @@ class Bench:
         s = run(cmd, env=self.env())
         self.syncfs()  # untimed: the next sample must not pay for this one's writeback
         self.samples.setdefault(key, []).append(s.seconds)
+        self.cpu.setdefault(key, []).append(s.cpu)
         if ours:
             self.rss[ours] = max(self.rss.get(ours, 0), s.maxrss_kib)
         rss = f"  rss {s.maxrss_kib / 1024:.0f} MiB" if ours else ""
-        print(f"  {key:<44} {fmt_s(s.seconds):>9}{rss}", flush=True)
+        print(f"  {key:<44} {fmt_s(s.seconds):>9}  cpu {fmt_s(s.cpu):>8}{rss}", flush=True)
         return s
 
     def untimed(self, cmd: Sequence[str], ours: str | None = None) -> Sample:
@@ -222,6 +225,12 @@ class Bench:
     def compare(self, name: str, ours: str, ref: str, target: str) -> None:
         if ours in self.samples and ref in self.samples:
             self.comparisons.append(Comparison(name, self.med(ours), self.med(ref), "s", target, ref))
+
+    def compare_cpu(self, name: str, ours: str, ref: str) -> None:
+        """An info line of median CPU time (user+sys): what a loaded machine still measures fairly."""
+        if ours in self.cpu and ref in self.cpu:
+            m = statistics.median
+            self.comparisons.append(Comparison(name, m(self.cpu[ours]), m(self.cpu[ref]), "s", "info", ref))
 
     def rounds(self, tools: list[tuple[str, Callable[[], None]]], warm_path: str | None = None) -> None:
         """``runs`` rounds; each round runs every tool once, the starting tool rotating.
@@ -389,7 +398,11 @@ class Bench:
                 self.compare(f"checkout {corpus} hardlink ({nth}) vs cp -al", ours, k + "cp -al", "<=1.3x")
             self.compare(f"checkout {corpus} hardlink ({nth}) vs ostree -H", ours, k + "ostree checkout -H", "<1x")
             self.compare(f"checkout {corpus} hardlink ({nth}) vs cp -al+sync", ours, k + "cp -al+sync", "info")
+        for nth, ref in (("1st", "cp -a"), ("2nd", "cp -al"), ("after rm", "cp -al")):
+            ours = k + f"continuity --link hardlink ({nth})"
+            self.compare_cpu(f"checkout {corpus} hardlink ({nth}) vs {ref}, cpu", ours, k + ref)
         ours = k + "continuity --link copy"
+        self.compare_cpu(f"checkout {corpus} copy vs cp -a, cpu", ours, k + "cp -a")
         self.compare(f"checkout {corpus} copy vs cp -a", ours, k + "cp -a", "<=1.2x")
         self.compare(f"checkout {corpus} copy vs ostree -C", ours, k + "ostree checkout -C", "<1x")
         self.compare(f"checkout {corpus} copy vs cp -a+sync", ours, k + "cp -a+sync", "info")

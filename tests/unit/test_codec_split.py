@@ -6,7 +6,7 @@ import pytest
 
 from castore.ingest import ingest
 from castore.manifest import codec
-from castore.manifest.entries import first_path, split_entries
+from castore.manifest.entries import first_path, size_of, split_entries
 from castore.manifest.model import Manifest, RegularFile
 from castore.store import Store
 
@@ -64,3 +64,34 @@ def test_frames_that_lie_are_refused() -> None:
     for bad in (b"\x0a\x00" + good, b"\x0a\x03\x0a\x09/" + good):
         with pytest.raises((codec.CorruptManifest, codec.InvalidManifest)):
             split_entries(bad)
+
+
+def test_size_of_agrees_with_the_decoder(blobs: list[bytes]) -> None:
+    """size_of reads a regular file's size without decoding it (checkout's chunked-blob check)."""
+    sizes = [0, 1, 127, 128, 2048, 1 << 20, 1 << 40]
+    files = [
+        RegularFile(
+            paths=(f"/f{i}",),
+            perm=0o4755 if i % 3 else 0o644,
+            uid=i * 1000,
+            gid=7,
+            size=s,
+            digest="sha256:" + "ab" * 32,
+        )
+        for i, s in enumerate(sizes)
+    ]
+    extra = codec.dumps(Manifest.of(files))
+    seen = 0
+    for blob in [*blobs, extra]:
+        plain: list[bool] = []
+        entries, _ = split_entries(blob, plain=plain)
+        for e, f in zip(entries, plain, strict=True):
+            if not f:
+                continue
+            r = codec.decode_entry(e)
+            assert isinstance(r, RegularFile)
+            got = size_of(e)
+            assert got is None or got == r.size, r
+            seen += got is not None
+    assert seen > len(sizes)
+    assert size_of(b"\x0a") is None  # truncated
