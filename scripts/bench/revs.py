@@ -20,6 +20,7 @@ Usage (root; loop device)::
 
     python scripts/bench/revs.py --revs 33c8d78,HEAD               # rootfs at scale 1 and src, 5 runs
     python scripts/bench/revs.py --revs 33c8d78,5d8b769,HEAD --scale 0.3 --runs 3
+    python scripts/bench/revs.py --revs 33c8d78,HEAD --instructions --scale 0.1 --runs 1   # counts, not times
 """
 
 from __future__ import annotations
@@ -47,6 +48,17 @@ class Rev:
     manifest: dict[str, str] = field(default_factory=dict)  # corpus -> digest
 
 
+def instructions(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """(instructions executed by the command and every process it forks or runs, in millions; the same;
+    stdout), counted by valgrind's callgrind: unlike time, a count that load and noise do not move."""
+    vg = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", "--trace-children=yes"]
+    p = subprocess.run([*vg, *cmd], capture_output=True, env=env, check=False)
+    if p.returncode != 0:
+        raise CommandFailed(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr.decode()[-2000:]}")
+    n = sum(int(line.rsplit(":", 1)[1]) for line in p.stderr.decode().splitlines() if "Collected :" in line)
+    return n / 1e6, n / 1e6, p.stdout.decode()
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     """(wall s, cpu s of it and its waited-for children, stdout)."""
     r, w = os.pipe()
@@ -64,8 +76,10 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
 
 
 class RevBench:
-    def __init__(self, revs: list[Rev], work: str, corpus: str, runs: int) -> None:
+    def __init__(self, revs: list[Rev], work: str, corpus: str, runs: int, count: bool = False) -> None:
         self.revs, self.work, self.corpus, self.runs = revs, work, corpus, runs
+        self.measure = instructions if count else timed
+        self.unit = "M instr" if count else "s"
         self.samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
         self.order: list[str] = []
 
@@ -76,18 +90,21 @@ class RevBench:
         return e
 
     def ct(self, rev: Rev, *args: str) -> list[str]:
-        return [sys.executable, "-m", "castore", "--store", rev.store, *args]
+        return [sys.executable, "-P", "-m", "castore", "--store", rev.store, *args]  # -P: not the cwd first
 
     def syncfs(self) -> None:
         subprocess.run(["sync", "-f", self.work], check=True)
 
     def record(self, name: str, rev: Rev, cmd: list[str]) -> str:
-        wall, cpu, out = timed(cmd, self.env(rev))
+        wall, cpu, out = self.measure(cmd, self.env(rev))
         self.syncfs()  # untimed: the next sample must not pay for this one's writeback
         if name not in self.order:
             self.order.append(name)
         self.samples.setdefault((name, rev.name), []).append((wall, cpu))
-        print(f"  {name:<34} {rev.name:<10} {wall:8.3f}s  cpu {cpu:7.3f}s", flush=True)
+        if self.measure is instructions:
+            print(f"  {name:<34} {rev.name:<10} {wall:10.1f} M instructions", flush=True)
+        else:
+            print(f"  {name:<34} {rev.name:<10} {wall:8.3f}s  cpu {cpu:7.3f}s", flush=True)
         return out
 
     def untimed(self, rev: Rev, *args: str) -> str:
@@ -191,6 +208,12 @@ def main() -> None:
     ap.add_argument("--image", default="/tmp/continuity-bench-revs.img")
     ap.add_argument("--mnt", default="/tmp/continuity-bench-revs.mnt")
     ap.add_argument("--size-gib", type=float, default=8.0)
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions under valgrind (callgrind) instead of timing: steady under load; "
+        "slow (~50x), so use a small --scale; wall and cpu columns then both hold millions of instructions",
+    )
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (loop device, mount)")
@@ -209,11 +232,13 @@ def main() -> None:
             )
             revs.append(Rev(name, sha, pypath, os.path.join(work, f"store-{sha[:12]}")))
             print(f"rev {name}: castore/ at {sha[:12]} ({pypath})", flush=True)
-        b = RevBench(revs, work, corpus_dir, a.runs)
+        b = RevBench(revs, work, corpus_dir, a.runs, count=a.instructions)
         for c in corpora:
             b.ingest(c)
             b.checkout(c)
-        print(f"\nsummary (median of {a.runs} alternating runs, scale {a.scale}, fresh ext4 on {scratch.loopdev})")
+        what = "instructions (millions, callgrind)" if a.instructions else "seconds"
+        fs_note = f"fresh ext4 on {scratch.loopdev}"
+        print(f"\nsummary ({what}, median of {a.runs} alternating runs, scale {a.scale}, {fs_note})")
         for line in b.summary(a.tolerance):
             print(line)
     finally:

@@ -21,8 +21,9 @@ Usage (root; needs ostree restic borgbackup casync time)::
 
 Others edit castore/ while a run lasts minutes: ``--rev`` runs
 ``python -m castore`` from a ``git archive`` of REV put first on PYTHONPATH
-(castore is a namespace package, so that copy wins), which pins the code
-being measured.
+(an empty ``castore/__init__.py`` is added to revisions that had none, so the
+snapshot is a regular package and wins over the installed one), which pins the
+code being measured.
 
 ``rootfs`` (scripts/bench/corpus.py make_rootfs: 30,000 files of 0-2 KiB in 1,000
 directories and 4 files of 2-8 MiB) gets the re-ingest and checkout lines of ``many``
@@ -514,7 +515,13 @@ def snapshot(rev: str) -> tuple[list[str], str, str]:
     if not os.path.isdir(os.path.join(dest, "castore")):
         os.makedirs(dest, exist_ok=True)
         subprocess.run(f"git -C {repo!r} archive {sha} castore | tar -x -C {dest!r}", shell=True, check=True)
-    return [sys.executable, "-m", "castore"], dest, sha
+    # Revisions before the relayout had no castore/__init__.py: a namespace portion, which loses to a
+    # regular package anywhere on sys.path (the editable install's), so the work tree would be measured.
+    # An empty __init__.py makes the snapshot a regular package, first on PYTHONPATH: it wins.
+    init = os.path.join(dest, "castore", "__init__.py")
+    if not os.path.exists(init):
+        open(init, "w").close()
+    return [sys.executable, "-P", "-m", "castore"], dest, sha  # -P: not the cwd first on sys.path
 
 
 def compile_castore() -> None:
