@@ -32,7 +32,11 @@ old names (``castore.tar.format.TarCorrupt`` is ``castore.errors.TarCorrupt``).
 from __future__ import annotations
 
 import errno
-from typing import ClassVar
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up: castore/__init__.py)
+
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class CastoreError(Exception):

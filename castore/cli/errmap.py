@@ -13,15 +13,20 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
 
 from castore.errors import CastoreError, ResourceLimit, is_resource_errno
 from castore.textsafe import safe_line
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up: castore/__init__.py)
+
 if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
     from castore.cli.context import Ctx
 
-F = TypeVar("F", bound=Callable[..., Any])
+    F = TypeVar("F", bound=Callable[..., Any])
+else:
+    F = Callable  # a plain name at run time (castore/cli/common.py imports it for its annotations)
 
 
 def echo_err(line: str) -> None:

@@ -125,7 +125,6 @@ def _plain_at(data: bytes, i: int, end: int) -> bool:
         return False
 
 
-
 _BEFORE_SIZE = _BEFORE_MODE | {0x38}
 
 

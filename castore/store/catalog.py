@@ -12,8 +12,8 @@ import contextlib
 import json
 import os
 import time
+from collections import namedtuple
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, NamedTuple
 
 from castore import fs
 from castore.digest import is_digest
@@ -26,15 +26,23 @@ from castore.store.layout import MARKER_DIR, check_name, is_hex_prefix
 from castore.store.meta import Txn, dkey, dstr
 from castore.store.summary import put_summary
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up: castore/__init__.py)
+
 if TYPE_CHECKING:
     from castore.manifest import Manifest
 
 
-class TagInfo(NamedTuple):  # (not a dataclass: list imports no dataclasses)
-    name: str
-    digest: str
-    time_ns: int
-    size: int
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class TagInfo(NamedTuple):
+        name: str
+        digest: str
+        time_ns: int
+        size: int
+
+else:  # the same tuple without importing typing (not a dataclass either: list imports neither)
+    TagInfo = namedtuple("TagInfo", "name digest time_ns size")
 
 
 class Catalog(StoreState):

@@ -22,7 +22,6 @@ import stat
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeAlias, TypeVar
 
 import lmdb
 
@@ -48,11 +47,18 @@ CHUNK_ROW = struct.Struct("<32sQ")  # one chunk of a `chunkmap` row: raw digest,
 KIND_RAW, KIND_CHUNK, KIND_MANIFEST, KIND_ADS = 0, 1, 2, 3
 KIND_NAMES = {KIND_RAW: "file", KIND_CHUNK: "chunk", KIND_MANIFEST: "manifest", KIND_ADS: "ads"}
 INITIAL_MAP = 1 << 30
-T = TypeVar("T")
 # The transaction and sub-database types the store hands out (values are bytes: no ``buffers=True``
-# anywhere); callers outside castore/store name them from here, never from lmdb.
-Txn: TypeAlias = "lmdb.Transaction[bytes]"
-DB: TypeAlias = "lmdb._Database"
+# anywhere); callers outside castore/store name them from here, never from lmdb. At run time they are
+# plain names (every annotation is a string): importing typing would cost `list` 3 ms of its start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeAlias, TypeVar
+
+    T = TypeVar("T")
+    Txn: TypeAlias = "lmdb.Transaction[bytes]"
+    DB: TypeAlias = "lmdb._Database"
+else:
+    T = Txn = DB = object
 
 _ENVS: dict[str, tuple[int, lmdb.Environment]] = {}  # one environment per path per process (LMDB's rule)
 _USERS: dict[str, int] = {}  # path -> how many open MetaDB objects of this process use its environment

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import re
 import struct
+from collections import namedtuple
 from collections.abc import Iterator
-from typing import Any, NamedTuple
 
 from castore.errors import NotFound, UnsafeInput
 from castore.store.meta import DB, Txn, dkey, dstr
@@ -35,13 +35,24 @@ class NoSuchRevision(NotFound):
     """A revision of a known name that does not exist (too old an index, a date before the first version)."""
 
 
-class Version(NamedTuple):  # (a NamedTuple, not a dataclass: list imports no dataclasses)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up: castore/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+
+    class _VersionRow(NamedTuple):
+        name: str
+        digest: str
+        time_ns: int
+        flags: int = 0
+
+else:  # the same tuple without importing typing (not a dataclass either: list imports neither)
+    _VersionRow = namedtuple("Version", "name digest time_ns flags", defaults=(0,))
+
+
+class Version(_VersionRow):
     """One history row of a name."""
 
-    name: str
-    digest: str
-    time_ns: int
-    flags: int = 0
+    __slots__ = ()
 
     @property
     def incomplete(self) -> bool:

@@ -14,22 +14,32 @@ same digest recorded again has the same summary.
 from __future__ import annotations
 
 import struct
+from collections import namedtuple
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from castore.store.meta import MetaDB, dkey
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms at start-up: castore/__init__.py)
+
 if TYPE_CHECKING:
+    from typing import Any
+
     from castore.manifest import Manifest
 
 SUMMARY_ROW = struct.Struct("<QQ")
 
 
-class Summary(NamedTuple):  # (not a dataclass: list imports no dataclasses)
-    """The bytes of a tree's regular files (each hardlinked file once) and their count."""
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
-    size: int
-    files: int
+    class Summary(NamedTuple):
+        """The bytes of a tree's regular files (each hardlinked file once) and their count."""
+
+        size: int
+        files: int
+
+else:  # the same tuple without importing typing (not a dataclass either: list imports neither)
+    Summary = namedtuple("Summary", "size files")
 
 
 def summarize(manifest: Manifest) -> Summary:
