@@ -10,12 +10,15 @@ from castore.api import fsck, gc
 from castore.cli.common import Ctx, json_opt, main_group, print_json
 from castore.cli.retention_opts import build_policy, print_plan, retention_options, retention_plan
 from castore.errors import IntegrityError, NotFound, StoreUnusable, UnsafeInput
-from castore.fsck.check import FsckReport, parse_subset, rebuild_index
 from castore.gc.collect import parse_duration
 from castore.gc.report import GcReport
 from castore.store import default_store_path
 from castore.textsafe import quote, safe_line
 from castore.units import human_size
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from castore.fsck.check import FsckReport
 
 MAX_INFO_LINES = 20
 
@@ -196,6 +199,8 @@ def fsck_cmd(
       continuity fsck --read-data-subset 1/7  # a seventh of the blobs (one per weekday)
       continuity fsck --repair --json
     """
+    from castore.fsck.check import parse_subset, rebuild_index  # not at load: gc does not need fsck
+
     verbose = verbose or obj.verbose > 0
     path = obj.store_path or default_store_path()
     if not os.path.exists(os.path.join(path, "config")):

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from castore.errors import CastoreError
-from castore.sign.sshsig import BadSignature, parse_signature, verify_message
 from castore.store import Store
 from castore.store import signatures as sigdb
 from castore.store.meta import dstr
@@ -25,6 +24,12 @@ def check_signatures(store: Store, add: Callable[[str, str, str, str], object], 
     doomed: list[bytes] = []
     messages: dict[str, bytes | None] = {}
     rows = list(sigdb.all_rows(store))
+    if not rows:
+        return 0
+    # Imported only when there is a signature to check: sshsig loads `cryptography` (28 ms), which
+    # every gc paid when gc_cmds imported fsck at load time.
+    from castore.sign.sshsig import BadSignature, parse_signature, verify_message
+
     for key, value in rows:
         try:
             rec = sigdb.decode_row(key, value)

@@ -17,10 +17,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from castore.errors import IntegrityError, NotFound
-from castore.sign.policy import Policy, evaluate, select
-from castore.sign.sshsig import NAMESPACE, Signature, parse_signature, verify_message
 from castore.store import Store
 from castore.store.meta import Txn, dkey, dstr
+
+# The signature code (castore.sign.sshsig loads `cryptography`: 28 ms) is imported where a signature
+# is checked, not here: gc imports this module to drop the rows of the manifests it frees.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from castore.sign.policy import Policy
+    from castore.sign.sshsig import Signature
 
 DB = "signatures"
 
@@ -78,6 +83,8 @@ def add(
         if not store.manifest_indexed(digest):
             raise NotFound(f"no manifest {digest} in the store")
         message = store.read_blob(digest)
+    from castore.sign.sshsig import NAMESPACE, verify_message
+
     verify_message(sig, message, NAMESPACE, what=f"signature for {digest}", sha256=dkey(digest))
     sid = hashlib.sha256(sig.raw).digest()
     key = dkey(digest) + sid
@@ -178,6 +185,8 @@ def remove(store: Store, digest: str, sig_id_prefix: str) -> int:
 
 
 def parse(raw: bytes, what: str) -> Signature:
+    from castore.sign.sshsig import parse_signature
+
     return parse_signature(raw, what=what)
 
 
@@ -199,6 +208,8 @@ def enforce(
     ``message``, when given with ``digest``, must be the bytes the caller checked against it.
     Returns the principals that signed. Raises PolicyRefused (exit 4).
     """
+    from castore.sign.policy import evaluate, select
+
     scope, reqs = select(policy, names)
     if all(r.type == "accept" for r in reqs):
         return []
