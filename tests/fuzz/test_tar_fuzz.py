@@ -12,7 +12,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from castore.errors import CastoreError
@@ -89,8 +89,10 @@ def _consume(stream: Stream) -> int:
 def _read_all(data: bytes, tmp: Path) -> None:
     """Both paths of the reader (a pipe-like stream, and a file read by offset); castore's errors only,
     memory bounded by the input plus fixed buffers: the file's 1 MiB read buffer, a decoder's 1 MiB
-    read size, the stream's 1 MiB block and at most a 1 MiB extension header. (A lone zstd magic
-    number peaks at 3.07 MiB, on the code of the previous sessions too, found by hypothesis.)"""
+    read size, the decoded stream's 1 MiB buffer (xz, bzip2: castore/tar/decompress.py), the stream's
+    1 MiB block and at most a 1 MiB extension header. (Found by hypothesis: a lone zstd magic number
+    peaks at 3.07 MiB, a lone bzip2 magic `BZh` at 4.07 MiB; a 16 MiB valid .tar.bz2 at 6.2 MiB, the
+    same as a 1 MiB one: constant in the input size.)"""
     tracemalloc.start()
     try:
         try:
@@ -107,7 +109,7 @@ def _read_all(data: bytes, tmp: Path) -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < (4 << 20) + 64 * len(data), f"peak {peak} bytes for a {len(data)}-byte stream"
+    assert peak < (5 << 20) + 64 * len(data), f"peak {peak} bytes for a {len(data)}-byte stream"
 
 
 @settings(max_examples=examples(60))
@@ -119,6 +121,8 @@ def test_mutated_tars(seeds: list[bytes], tmp_path_factory: pytest.TempPathFacto
 
 @settings(max_examples=examples(60))
 @given(st.binary(max_size=2048))
+@example(data=b"BZh")  # found by hypothesis in CI: a lone bzip2 magic (4.07 MiB of fixed buffers)
+@example(data=b"\x28\xb5\x2f\xfd")  # a lone zstd magic (3.07 MiB)
 def test_arbitrary_tars(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
     _read_all(data, tmp_path_factory.getbasetemp())
 
