@@ -20,6 +20,7 @@ from castore.errors import CorruptManifest, IntegrityError
 from castore.manifest import Manifest
 from castore.manifest import gomode as gm
 from castore.manifest.codec import decode_entry
+from castore.manifest.entries import entry_spans
 from castore.manifest.model import RegularFile, Resource
 from castore.manifest.wire import read_varint
 
@@ -78,26 +79,13 @@ def of_manifest(m: Manifest) -> TreeBlobs:
 def scan(data: bytes, *, source: str = "manifest") -> TreeBlobs:
     """The blobs of the encoded manifest ``data`` (plain files read from their fields, the rest decoded)."""
     out = TreeBlobs()
-    n = len(data)
-    i = 0
     try:
-        while i < n:
-            if data[i] != 0x0A:
-                raise CorruptManifest(f"{source}: not a manifest (field tag {data[i]:#x})")
-            length = data[i + 1]
-            if length < 0x80:
-                i += 2
-            else:
-                length, i = read_varint(data, i + 1)
-            end = i + length
-            if end > n:
-                raise CorruptManifest(f"{source}: truncated manifest")
+        for i, end in entry_spans(data, source=source):
             got = _plain(data, i, end)
             if got is None:
                 out.resource(decode_entry(data[i:end], source=source))
             else:
                 out.plain(*got)
-            i = end
     except (IndexError, ValueError, UnicodeDecodeError) as exc:
         raise CorruptManifest(f"{source}: not a manifest ({exc})") from exc
     return out
