@@ -195,7 +195,7 @@ class ContentWriter:
             os.close(fd)
         if len(data) != r.size:
             return False
-        if self.opts.verify and hashlib.sha256(data).hexdigest() != h:
+        if self.opts.verify and r.digest not in self.opts.trusted and hashlib.sha256(data).hexdigest() != h:
             raise IntegrityError(f"blob {r.digest} is corrupt (digest mismatch) for {r.path}; run `continuity fsck`")
         n = os.pwrite(out_fd, data, 0)
         if n < len(data):

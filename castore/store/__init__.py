@@ -192,6 +192,12 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
         """Release the store's file descriptors: its directories' and, when no other open Store of this
         path in this process uses it, the LMDB environment's. Idempotent; the object is unusable after.
         ``with Store.open(path) as store:`` closes it at the end of the block."""
+        self._close_dir_fds()
+        meta = getattr(self, "meta", None)
+        if meta is not None:
+            meta.release()
+
+    def _close_dir_fds(self) -> None:
         for fd in [*getattr(self, "_shard_fds", {}).values(), getattr(self, "root_fd", -1)]:
             if fd >= 0:
                 try:
@@ -199,9 +205,6 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
                 except OSError:
                     pass
         self._shard_fds, self.root_fd = {}, -1
-        meta = getattr(self, "meta", None)
-        if meta is not None:
-            meta.release()
 
     def __enter__(self) -> Store:
         return self
@@ -212,13 +215,7 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
     def __del__(self) -> None:
         """The directory descriptors; the environment goes with the last reference to ``meta`` (MetaDB.__del__:
         ``Store.open(path).meta.read()`` keeps using it after the Store itself is gone)."""
-        for fd in [*getattr(self, "_shard_fds", {}).values(), getattr(self, "root_fd", -1)]:
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._shard_fds, self.root_fd = {}, -1
+        self._close_dir_fds()
 
 
 __all__ = [
