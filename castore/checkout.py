@@ -145,8 +145,8 @@ def _create_entries(dirs: DirFds, entries: list[Item], writer: Writer) -> None:
 
     Per entry, the little this loop can spare: a run of one parent's entries reuses its fd
     (nothing else asks DirFds meanwhile, so nothing evicts it), a store file of a hardlink
-    checkout goes straight to link_known, progress advances every 256 entries."""
-    quick = writer.link_known if writer.opts.link == "hardlink" and writer.store is not None else None
+    checkout goes straight to link_known (copy_encoded for a copy), progress advances every 256 entries."""
+    quick = writer.encoded_writer()
     last_parent: str | None = None
     dfd = -1
     pending = 0

@@ -64,6 +64,8 @@ class ObjectLinker:
 
         def note_link_fallback(self, exc: OSError) -> None: ...
 
+        def first_object(self, dir_fd: int, name: str, f: LinkRef, sfd: int, k: str, rkey: bytes) -> None: ...
+
     def _object_key(self, f: RegularFile | LinkRef) -> bytes:
         """sha256 of the file's encoded manifest entry: its content, metadata and paths.
 
@@ -190,6 +192,10 @@ class ObjectLinker:
         records = self.records
         raw = records.get(rkey) if records is not None else None
         if raw is None or len(raw) != _RECORD_LEN or raw[0] != RECORD_V2 or self.noted_link_fallback:
+            if raw is None and records is not None and not self.noted_link_fallback:  # a first checkout's
+                k = key.hex()
+                self.first_object(dir_fd, name, f, self._shards.get(k[:2]) or self._shard_fd(k[:2]), k, rkey)
+                return
             self.create_file(dir_fd, name, f)
             return
         k = key.hex()

@@ -2,7 +2,8 @@
 store (copy, reflink or a hardlink object), then owner, mode, xattrs and times in the safe order.
 
 Its parts, by what they write: content.py (a regular file's bytes), objects.py (hardlink objects
-and their records), nodes.py (each resource kind, and metadata).
+and their records), nodes.py (each resource kind, and metadata), plainfiles.py (the common small
+file of a store manifest, inlined).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from castore.materialize.content import ContentWriter
 from castore.materialize.nodes import NodeWriter
 from castore.materialize.objects import ObjectLinker
 from castore.materialize.options import Options
+from castore.materialize.plainfiles import PlainFileWriter
 from castore.store import Store
 
 
-class Writer(NodeWriter, ObjectLinker, ContentWriter):
+class Writer(NodeWriter, ObjectLinker, ContentWriter, PlainFileWriter):
     """Materializes resources of one manifest below a root directory fd."""
 
     def __init__(self, store: Store | None, opts: Options) -> None:
