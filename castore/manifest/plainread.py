@@ -56,8 +56,18 @@ def plain_fields(e: bytes) -> PlainFields | None:
                 elif e[i + 2] < 0x80:  # two bytes: most modes and small sizes
                     v = (v & 0x7F) | e[i + 2] << 7
                     i += 3
-                else:
-                    v, i = read_varint(e, i + 1)
+                else:  # (inline: an mtime takes 9 bytes, and a call costs more than this loop)
+                    i += 1
+                    v = shift = 0
+                    while True:
+                        b = e[i]
+                        v |= (b & 0x7F) << shift
+                        i += 1
+                        if b < 0x80:
+                            break
+                        shift += 7
+                        if shift > 63:
+                            return None
                     if v >= _U64:
                         return None
                 if tag == 0x38:

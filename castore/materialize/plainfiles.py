@@ -74,43 +74,42 @@ class PlainFileWriter:
             return self.link_known
         return self.copy_encoded if self.opts.link == "copy" else None
 
-    def _plain(self, f: LinkRef) -> PlainFields | None:
-        """f's fields when it is a plain file this path writes (below one pread and the chunking
-        threshold, one path: the one split_entries read); else None."""
+    def _write_small(self, dir_fd: int, name: str, f: LinkRef) -> tuple[int, PlainFields] | None:
+        """Create ``name`` in ``dir_fd`` with the content and metadata of ``f`` when it is a plain file
+        this path writes (plainread; below one pread and the chunking threshold; one path, the one
+        split_entries read): the blob read first, with one pread of size+1 bytes from its kept shard
+        fd (a short read proves the size), hashed, then the new file made with its mode, written,
+        chowned when another owner, its mtime set. The new file's fd, open, and f's fields; None,
+        with nothing created, when f is anything else or anything about the blob is unexpected
+        (the general path then writes it or says what is wrong)."""
         pf = plain_fields(f.entry)
-        if pf is None or pf[4] >= _ONE_READ or pf[4] >= self.threshold or self.can_reflink or (pf[0],) != f.paths:
+        if pf is None or self.can_reflink:
             return None
-        return pf
-
-    def _write_small(self, dir_fd: int, name: str, pf: PlainFields) -> int:
-        """Create ``name`` in ``dir_fd`` with the content and metadata of ``pf`` (_plain): the blob
-        read first, with one pread of size+1 bytes from its kept shard fd (a short read proves the
-        size), hashed, then the new file made with its mode, written, chowned when another owner,
-        its mtime set. The new file's fd, open; -1, with nothing created, when anything about the
-        blob is unexpected (the general path then reports it)."""
         path, perm, uid, gid, size, digest, mtime = pf
+        if size >= _ONE_READ or size >= self.threshold or (path,) != f.paths:
+            return None
         if size:
             h = digest[7:]
             dfd = self._shards.get("b" + h[:2]) or self._blob_shard(h[:2])
             if dfd < 0:
-                return -1
+                return None
             try:
                 bfd = os.open(h, _BLOB_FLAGS, dir_fd=dfd)
             except OSError:
-                return -1
+                return None
             try:
                 data = os.pread(bfd, size + 1, 0)
             except OSError:
-                return -1
+                return None
             finally:
                 os.close(bfd)
             if len(data) != size:
-                return -1
+                return None
             opts = self.opts
             if opts.verify and digest not in opts.trusted and hashlib.sha256(data).hexdigest() != h:
                 raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {path}; run `continuity fsck`")
         elif digest != EMPTY_DIGEST:
-            return -1
+            return None
         # Under umask 0 (a checkout), a mode without setuid, setgid or sticky bits is made at creation.
         made = self.umask_zero and not perm & 0o7000
         fd = os.open(name, _NEW_FILE, perm if made else 0o600, dir_fd=dir_fd)
@@ -129,7 +128,7 @@ class PlainFileWriter:
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return fd, pf
 
     def _blob_shard(self, shard: str) -> int:
         """An fd on the blob shard directory ``shard``, kept with the others (-1 when it cannot be opened:
@@ -144,23 +143,22 @@ class PlainFileWriter:
 
     def copy_encoded(self, dir_fd: int, name: str, f: LinkRef) -> None:
         """create_file for a store file of a copy checkout (the caller checked the link mode)."""
-        pf = self._plain(f)
-        fd = -1 if pf is None else self._write_small(dir_fd, name, pf)
-        if fd < 0:
+        made = self._write_small(dir_fd, name, f)
+        if made is None:
             self.create_file(dir_fd, name, f)
             return
-        os.close(fd)
+        os.close(made[0])
 
     def first_object(self, dir_fd: int, name: str, f: LinkRef, sfd: int, k: str, rkey: bytes) -> None:
         """link_object for a file without a record (a first checkout): _made_in_place inlined. The
         file is written at ``name`` and linked into the shard ``sfd`` as the object ``k`` (the hex
         object key; ``rkey``: its record's key), its record packed from the fields at hand and the
         fstat of the open file."""
-        pf = self._plain(f)
-        fd = -1 if pf is None else self._write_small(dir_fd, name, pf)
-        if fd < 0:
+        made = self._write_small(dir_fd, name, f)
+        if made is None:
             self.create_file(dir_fd, name, f)
             return
+        fd, pf = made
         self.made_objects = self.needs_sync = True
         try:
             crashpoint("checkout-object-written")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from castore.errors import IntegrityError
 from castore.manifest import codec
 from castore.manifest.model import RegularFile
+from castore.manifest.plainread import plain_file
 from castore.store.meta import MetaDB, Txn
 
 LINKS_DB = "links"
@@ -41,7 +42,7 @@ class LinkRef:
 
     def resource(self) -> RegularFile:
         if self._res is None:
-            r = codec.decode_entry(self.entry)
+            r = plain_file(self.entry) or codec.decode_entry(self.entry)  # (the common entry read directly)
             if not isinstance(r, RegularFile) or r.paths != self.paths:
                 raise IntegrityError(f"{self.path}: manifest entry is not the regular file it looked like")
             self._res = r
