@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from castore.manifest.codec import decode_entry
 from castore.manifest.entries import entry_hashes, entry_spans, size_of, split_entries
-from castore.manifest.model import Directory, RegularFile, Resource
+from castore.manifest.model import Chunk, Directory, RegularFile, Resource
 from castore.materialize.writer import Writer
 from castore.store.links import OBJECT_RECORD, RECORD_V2, LinkRef, read_records
 
@@ -45,10 +45,11 @@ def items_of(enc: Encoded, begin: int = 0, end: int | None = None, keys: list[by
     ]
 
 
-def preload_run(writer: Writer, enc: Encoded, begin: int, end: int | None = None) -> list[bytes] | None:
-    """Read, for the forked writer that will check out ``enc.data[begin:end]``, the records and chunk
-    lists it may need into ``writer``; the keys of the run's entries (a hardlink checkout) for it to
-    reuse, else None."""
+def read_run(writer: Writer, enc: Encoded, begin: int, end: int | None = None) -> object:
+    """What the forked writer checking out ``enc.data[begin:end]`` needs from LMDB (it cannot read
+    it: an environment must not be used across a fork), as plain data for ``use_run``: the records of
+    its hardlink objects (keys: the hashes of its entries, read with the framing alone) and the
+    chunk lists its big files may need."""
     assert writer.store is not None
     data = enc.data
     spans: list[tuple[int, int]] = []
@@ -58,13 +59,18 @@ def preload_run(writer: Writer, enc: Encoded, begin: int, end: int | None = None
         # The entries whose object has no record: a first checkout's, a directory, a symlink...
         todo = [spans[i] for i, k in enumerate(keys) if len(records.get(b"o" + k, b"")) != _RECORD_LEN]
     else:
-        keys, records, todo = None, {}, list(entry_spans(data[begin:end], source=enc.source))
-        todo = [(begin + i, begin + j) for i, j in todo]
-    writer.records = records
+        records = {}
+        todo = [(begin + i, begin + j) for i, j in entry_spans(data[begin:end], source=enc.source)]
     big = _maybe_chunked(data, records, todo, writer.threshold, enc.source)
-    if big:
-        writer.chunk_lists.update(writer.store.chunk_lists(big))
-    return keys
+    lists = writer.store.chunk_lists(big) if big else {}
+    return records, [(d, [(c.digest, c.begin, c.end) for c in chunks]) for d, chunks in lists.items()]
+
+
+def use_run(writer: Writer, fed: object) -> None:
+    """In the forked writer: take what ``read_run`` read for it."""
+    records, lists = fed  # type: ignore[misc]
+    writer.records = records
+    writer.chunk_lists.update((d, tuple(Chunk(*c) for c in chunks)) for d, chunks in lists)
 
 
 def _maybe_chunked(
