@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
+import signal
 from collections.abc import Callable
 
+from castore import fs
 from castore.errors import Busy, CastoreError, IntegrityError, ResourceLimit, UnsafeInput
 from castore.timing import mark
 
@@ -33,10 +35,15 @@ def run_forked(
     rfd, wfd = os.pipe()
     frfd, fwfd = os.pipe() if feed is not None else (-1, -1)
     mfd = os.memfd_create("continuity-feed", os.MFD_CLOEXEC) if feed is not None else -1
+    ppid = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child
         code = 0
         try:
+            # Killed with its parent (a SIGKILLed checkout stops writing into its staging directory).
+            fs.set_parent_death_signal(signal.SIGKILL)
+            if os.getppid() != ppid:
+                os._exit(1)  # the parent died before the line above
             os.close(rfd)
             received = _receiver(frfd, fwfd, mfd) if feed is not None else _nothing
             # marshal: plain tuples of bytes (52k rows: dumped in 9 ms, pickle 16 ms)

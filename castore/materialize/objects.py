@@ -376,10 +376,11 @@ class ObjectLinker:
         Sorted here, in the worker, so that the parent only merges two sorted
         runs (6 ms for 100k rows) instead of sorting them all (70 ms).
         """
-        updates = {**self.verified_updates, **self.link_updates}
-        self.link_updates.clear()
+        updates = {**self.verified_updates, **self.link_updates} if self.verified_updates else self.link_updates
+        rows = sorted(updates.items())  # (keys are unique: the values are never compared)
+        self.link_updates = {}
         self.verified_updates.clear()
-        return [(k, updates[k]) for k in sorted(updates)]
+        return rows
 
     def flush(
         self, extra: list[tuple[bytes, bytes]] | None = None, before_commit: Callable[[], None] | None = None
