@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from castore.bulkmode import bulk
 from castore.digest import hash_bytes
 from castore.errors import BlobNotFound, IntegrityError, ResourceLimit
 from castore.faults import crashpoint
@@ -36,14 +38,15 @@ from castore.remote.oci import (
     build_oci_manifest,
 )
 from castore.remote.packbase import load_bases
-from castore.remote.packer import PACK_TARGET, build_pack, make_plan
+from castore.remote.packer import PACK_TARGET, Plan, build_pack, make_plan
 from castore.remote.packworkers import start_pool
 from castore.remote.ref import Reference
-from castore.remote.signatures import push_signatures
 from castore.remote.transfer import Progress, run_all
 from castore.store import Store
+from castore.store import signatures as sigdb
 
 MIN_PROCS = 256  # blobs from which packs are read by worker processes (castore.remote.packworkers)
+MIN_ENTRY = 100  # bytes of manifest per file at least: MIN_PROCS files need MIN_PROCS * MIN_ENTRY bytes
 MAX_PACK_MEMORY = 160 << 20  # packs being built or sent at once (each held twice at worst), in bytes
 
 
@@ -63,6 +66,7 @@ class PushResult:
     manifest_parts: int = 1  # the layers the continuity manifest travels in
 
 
+@bulk  # 25,000 (digest, size) tuples and Entry objects: the cyclic collector would walk them again and again
 def push(
     store: Store,
     manifest: Manifest | None,
@@ -84,93 +88,122 @@ def push(
     (exit 4) for missing or corrupt local blobs, RemoteError (exit 1) when the
     registry refuses or cannot be reached, NotFound for a missing ``bases`` reference.
     """
-    data, tree = _read_tree(store, manifest, manifest_digest)
+    data = _manifest_bytes(store, manifest, manifest_digest)
     mdigest = _check_manifest_size(data)
-    refs = tree.refs
-    sizes = dict(tree.sizes)
-    # A file the store holds as chunks only (a manifest without chunk lists) is pushed as the
-    # whole-file blob the manifest names, put together from its chunks and verified.
-    content = _content_refs(store, tree)
-    with store.lease(manifests=[manifest_digest] if manifest_digest else sorted(content)) as lease:
-        os.makedirs(lease.tmp_dir, mode=0o700, exist_ok=True)
-        missing = store.missing_blobs(content)
-        if missing:
-            raise BlobNotFound(min(missing), context=mdigest)
-        assembled = store.chunk_lists(refs - content)
-        for d in refs - sizes.keys():  # ADS blobs: their size is in the index only
-            sizes[d] = store.blob_size(d) or 0
+    creds = (username, password)
+    with ExitStack() as stack:
+        # Forked first: before the scan fills the heap (a cheaper fork) and before httpx starts
+        # threads; the workers start up while the manifest is scanned.
+        procs = stack.enter_context(start_pool()) if len(data) >= MIN_PROCS * MIN_ENTRY else None
+        if manifest is None:
+            tree = blobscan.scan(data, source=manifest_digest or mdigest)
+        else:
+            tree = blobscan.of_manifest(manifest)
+        # A file the store holds as chunks only (a manifest without chunk lists) is pushed as the
+        # whole-file blob the manifest names, put together from its chunks and verified.
+        content = _content_refs(store, tree)
+        with store.lease(manifests=[manifest_digest] if manifest_digest else sorted(content)) as lease:
+            os.makedirs(lease.tmp_dir, mode=0o700, exist_ok=True)
+            missing = store.missing_blobs(content)
+            if missing:
+                raise BlobNotFound(min(missing), context=mdigest)
+            assembled = store.chunk_lists(tree.refs - content)
+            sizes = tree.sizes
+            for d in tree.refs - sizes.keys():  # ADS blobs: their size is in the index only
+                sizes[d] = store.blob_size(d) or 0
+            with Registry(ref, username=creds[0], password=creds[1], push=True, jobs=jobs, access=access) as reg:
+                base = load_bases(reg, ref, bases, lease.tmp_dir)
+                plan = make_plan([(d, sizes[d]) for d in tree.order], base, pack_target)
+                job = _Job(store, reg, data, mdigest, plan, assembled, procs, lease.tmp_dir, jobs, pack_target)
+                return job.run(ref)
+
+
+@dataclass(slots=True)
+class _Job:
+    """One push once planned: packs built and sent while the manifest parts, config and lone blobs go."""
+
+    store: Store
+    reg: Registry
+    data: bytes  # the continuity manifest
+    mdigest: str
+    plan: Plan
+    assembled: Mapping[str, tuple[Chunk, ...]]  # whole-file blobs the store has as chunks only
+    procs: Executor | None
+    tmp_dir: str
+    jobs: int
+    pack_target: int
+
+    def run(self, ref: Reference) -> PushResult:
+        reg, plan, data, mdigest = self.reg, self.plan, self.data, self.mdigest
+        send = _Sender(reg)
+        parts: list[bytes] = []  # the manifest travels in content-defined parts (one when small)
+        descs: list[Descriptor] = []
+        prog = Progress("push", sum(n for pack in plan.new for _, n in pack) + sum(n for _, n in plan.solo))
+        built: list[tuple[int, Descriptor, Descriptor]] = []
         # Every blob is read, its size and digest checked, before anything made of it is sent.
-        read = _reader(store, assembled)
-        with ExitStack() as stack:
-            procs = stack.enter_context(start_pool()) if len(sizes) >= MIN_PROCS else None  # forked before httpx
-            reg = stack.enter_context(
-                Registry(ref, username=username, password=password, push=True, jobs=jobs, access=access)
+        read = _reader(self.store, self.assembled)
+
+        def one_pack(i: int) -> None:
+            bp = build_pack(
+                self.store, plan.new[i], jobs=min(self.jobs, 4), read=read, procs=self.procs, special=self.assembled
             )
-            base = load_bases(reg, ref, bases, lease.tmp_dir)
-            plan = make_plan([(d, sizes[d]) for d in tree.order], base, pack_target)
-            send = _Sender(reg)
-            parts = split(data)  # the manifest travels in content-defined parts (one when small)
-            descs = part_descriptors(parts)
-            prog = Progress("push", sum(n for pack in plan.new for _, n in pack) + sum(n for _, n in plan.solo))
-            built: list[tuple[int, Descriptor, Descriptor]] = []
+            send(bp.pack.digest, bp.pack.size, bp.data)
+            send(bp.index.digest, bp.index.size, bp.index_data)
+            built.append((i, bp.pack, bp.index))
+            crashpoint("push-after-pack")
+            prog.add(sum(n for _, n in plan.new[i]))  # the bytes of the blobs it holds
 
-            def one_pack(i: int) -> None:
-                bp = build_pack(store, plan.new[i], jobs=min(jobs, 4), read=read, procs=procs, special=assembled)
-                send(bp.pack.digest, bp.pack.size, bp.data)
-                send(bp.index.digest, bp.index.size, bp.index_data)
-                built.append((i, bp.pack, bp.index))
-                crashpoint("push-after-pack")
-                prog.add(sum(n for _, n in plan.new[i]))  # the bytes of the blobs it holds
+        def one_solo(item: tuple[str, int]) -> None:
+            d, n = item
+            chunks = self.assembled.get(d)
+            send(d, n, _opener(self.store, d) if chunks is None else _assembler(self.store, d, chunks, self.tmp_dir))
+            prog.add(n)
 
-            def one_solo(item: tuple[str, int]) -> None:
-                d, n = item
-                send(d, n, _assembler(store, d, assembled[d], lease.tmp_dir) if d in assembled else _opener(store, d))
-                prog.add(n)
+        in_flight = max(1, min(self.jobs, MAX_PACK_MEMORY // (2 * max(self.pack_target, 1))))
 
-            in_flight = max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1))))
+        def packs() -> None:
+            run_all(range(len(plan.new)), one_pack, jobs=in_flight, abort=reg.abort)
 
-            def packs() -> None:
-                run_all(range(len(plan.new)), one_pack, jobs=in_flight, abort=reg.abort)
+        def the_rest() -> None:  # while the packs are read: network round trips, little CPU
+            parts.extend(split(data))  # here, not before the packs: the workers read meanwhile
+            descs.extend(part_descriptors(parts))
+            send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
+            if len(parts) > 1:
+                upload_parts(reg, parts, descs, send, self.jobs)
+            else:
+                send(mdigest, len(data), data)
+            run_all(plan.solo, one_solo, jobs=self.jobs, abort=reg.abort)
 
-            def the_rest() -> None:  # while the packs are read: network round trips, little CPU
-                send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
-                if len(parts) > 1:
-                    upload_parts(reg, parts, descs, send, jobs)
-                else:
-                    send(mdigest, len(data), data)
-                run_all(plan.solo, one_solo, jobs=jobs, abort=reg.abort)
-
-            try:
-                run_all([packs, the_rest], _call, jobs=2, abort=reg.abort)
-            finally:
-                prog.done()
-            pairs = [(b.pack, b.index) for b in plan.reused] + [(p, x) for _, p, x in sorted(built, key=lambda t: t[0])]
-            oci = build_oci_manifest(mdigest, len(data), plan.solo, pairs, descs)
-            oci_digest = _put_oci_manifest(reg, ref, mdigest, oci)
-            signed = push_signatures(reg, store, mdigest, oci_digest, len(oci))  # after the tree: never dangling
-    return PushResult(
-        oci_digest,
-        mdigest,
-        len(send.sent),
-        len(send.skipped),
-        sum(send.sent),
-        signed,
-        len(plan.new),
-        len(plan.reused),
-        len(oci),
-        len(parts),
-    )
+        try:
+            run_all([packs, the_rest], _call, jobs=2, abort=reg.abort)
+        finally:
+            prog.done()
+        pairs = [(b.pack, b.index) for b in plan.reused] + [(p, x) for _, p, x in sorted(built, key=lambda t: t[0])]
+        oci = build_oci_manifest(mdigest, len(data), plan.solo, pairs, descs)
+        oci_digest = _put_oci_manifest(reg, ref, mdigest, oci)
+        signed = _push_signatures(reg, self.store, mdigest, oci_digest, len(oci))  # after the tree: never dangling
+        return PushResult(
+            oci_digest,
+            mdigest,
+            len(send.sent),
+            len(send.skipped),
+            sum(send.sent),
+            signed,
+            len(plan.new),
+            len(plan.reused),
+            len(oci),
+            len(parts),
+        )
 
 
-def _read_tree(store: Store, manifest: Manifest | None, digest: str | None) -> tuple[bytes, blobscan.TreeBlobs]:
-    """The manifest's bytes and blobs: those of the store's manifest ``digest`` read from its bytes
-    when ``manifest`` is None, else from ``manifest``."""
+def _manifest_bytes(store: Store, manifest: Manifest | None, digest: str | None) -> bytes:
+    """The manifest's bytes: those of the store's manifest ``digest`` (always when ``manifest`` is None),
+    else ``manifest`` encoded."""
+    if digest is not None:
+        return store.read_blob(digest)
     if manifest is None:
-        if digest is None:
-            raise ValueError("push needs a manifest or the digest of one in the store")
-        data = store.read_blob(digest)
-        return data, blobscan.scan(data, source=digest)
-    return store.read_blob(digest) if digest else codec.dumps(manifest), blobscan.of_manifest(manifest)
+        raise ValueError("push needs a manifest or the digest of one in the store")
+    return codec.dumps(manifest)
 
 
 class _Sender:
@@ -187,6 +220,16 @@ class _Sender:
         else:
             self.reg.upload_blob(d, n, source)  # type: ignore[arg-type]
             self.sent.append(n)
+
+
+def _push_signatures(reg: Registry, store: Store, mdigest: str, oci_digest: str, oci_size: int) -> int:
+    """castore.remote.signatures.push_signatures, imported only when the manifest has signatures
+    (it loads ``cryptography``: ~40 ms of every push)."""
+    if not sigdb.for_manifest(store, mdigest):
+        return 0
+    from castore.remote.signatures import push_signatures
+
+    return push_signatures(reg, store, mdigest, oci_digest, oci_size)
 
 
 def _content_refs(store: Store, tree: blobscan.TreeBlobs) -> set[str]:
