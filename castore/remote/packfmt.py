@@ -77,10 +77,15 @@ def compressor() -> zstandard.ZstdCompressor:
 
 
 def encode_index(idx: PackIndex) -> bytes:
-    out = bytearray(HEADER.pack(MAGIC, bytes.fromhex(idx.pack[7:]), idx.pack_size, len(idx.entries)))
-    for e in idx.entries:
-        out += ENTRY.pack(bytes.fromhex(e.digest[7:]), e.offset, e.stored, e.size, e.comp)
-    return compressor().compress(bytes(out))
+    rows = b"".join(ENTRY.pack(bytes.fromhex(e.digest[7:]), e.offset, e.stored, e.size, e.comp) for e in idx.entries)
+    return encode_index_rows(idx.pack, idx.pack_size, len(idx.entries), rows)
+
+
+def encode_index_rows(pack: str, pack_size: int, count: int, rows: bytes | bytearray) -> bytes:
+    """The index layer of ``pack`` from its ``count`` entries already packed as ENTRY rows, in offset order."""
+    if len(rows) != count * ENTRY.size:
+        raise ValueError(f"{count} index entries in {len(rows)} bytes")
+    return compressor().compress(HEADER.pack(MAGIC, bytes.fromhex(pack[7:]), pack_size, count) + rows)
 
 
 def _bounded_decompress(data: bytes, limit: int, what: str) -> bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import ExitStack
@@ -41,6 +42,7 @@ from castore.remote.packbase import load_bases
 from castore.remote.packer import PACK_TARGET, Plan, build_pack, make_plan
 from castore.remote.packworkers import start_pool
 from castore.remote.ref import Reference
+from castore.remote.streamup import PackStream
 from castore.remote.transfer import Progress, run_all
 from castore.store import Store
 from castore.store import signatures as sigdb
@@ -114,72 +116,53 @@ def push(
             with Registry(ref, username=creds[0], password=creds[1], push=True, jobs=jobs, access=access) as reg:
                 base = load_bases(reg, ref, bases, lease.tmp_dir)
                 plan = make_plan([(d, sizes[d]) for d in tree.order], base, pack_target)
-                job = _Job(store, reg, data, mdigest, plan, assembled, procs, lease.tmp_dir, jobs, pack_target)
-                return job.run(ref)
+                job = _Job(store, reg, data, mdigest, plan, assembled, procs, lease.tmp_dir, jobs)
+                return job.run(ref, max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1)))))
 
 
-@dataclass(slots=True)
 class _Job:
-    """One push once planned: packs built and sent while the manifest parts, config and lone blobs go."""
+    """One push once planned: new packs built (and streamed, on a first push) while the manifest
+    parts, the config and the lone blobs go on another thread; then the OCI manifest."""
 
-    store: Store
-    reg: Registry
-    data: bytes  # the continuity manifest
-    mdigest: str
-    plan: Plan
-    assembled: Mapping[str, tuple[Chunk, ...]]  # whole-file blobs the store has as chunks only
-    procs: Executor | None
-    tmp_dir: str
-    jobs: int
-    pack_target: int
-
-    def run(self, ref: Reference) -> PushResult:
-        reg, plan, data, mdigest = self.reg, self.plan, self.data, self.mdigest
-        send = _Sender(reg)
-        parts: list[bytes] = []  # the manifest travels in content-defined parts (one when small)
-        descs: list[Descriptor] = []
-        prog = Progress("push", sum(n for pack in plan.new for _, n in pack) + sum(n for _, n in plan.solo))
-        built: list[tuple[int, Descriptor, Descriptor]] = []
+    def __init__(
+        self,
+        store: Store,
+        reg: Registry,
+        data: bytes,
+        mdigest: str,
+        plan: Plan,
+        assembled: Mapping[str, tuple[Chunk, ...]],
+        procs: Executor | None,
+        tmp_dir: str,
+        jobs: int,
+    ) -> None:
+        self.store, self.reg, self.data, self.mdigest, self.plan = store, reg, data, mdigest, plan
+        self.assembled, self.procs, self.tmp_dir, self.jobs = assembled, procs, tmp_dir, jobs
+        self.send = _Sender(reg)
+        self.parts: list[bytes] = []  # the manifest travels in content-defined parts (one when small)
+        self.descs: list[Descriptor] = []
+        self.built: list[tuple[int, Descriptor, Descriptor]] = []
+        self.prog = Progress("push", sum(n for pack in plan.new for _, n in pack) + sum(n for _, n in plan.solo))
         # Every blob is read, its size and digest checked, before anything made of it is sent.
-        read = _reader(self.store, self.assembled)
+        self.read = _reader(store, assembled)
+        self.decided = threading.Event()  # the_rest knows whether the registry saw this manifest before
+        self.fresh = False  # ... it did not: packs are streamed while they are built (castore.remote.streamup)
+        self.first_sent = threading.Event()  # the manifest's first part is in the registry
 
-        def one_pack(i: int) -> None:
-            bp = build_pack(
-                self.store, plan.new[i], jobs=min(self.jobs, 4), read=read, procs=self.procs, special=self.assembled
-            )
-            send(bp.pack.digest, bp.pack.size, bp.data)
-            send(bp.index.digest, bp.index.size, bp.index_data)
-            built.append((i, bp.pack, bp.index))
-            crashpoint("push-after-pack")
-            prog.add(sum(n for _, n in plan.new[i]))  # the bytes of the blobs it holds
-
-        def one_solo(item: tuple[str, int]) -> None:
-            d, n = item
-            chunks = self.assembled.get(d)
-            send(d, n, _opener(self.store, d) if chunks is None else _assembler(self.store, d, chunks, self.tmp_dir))
-            prog.add(n)
-
-        in_flight = max(1, min(self.jobs, MAX_PACK_MEMORY // (2 * max(self.pack_target, 1))))
+    def run(self, ref: Reference, in_flight: int) -> PushResult:
+        reg, plan, data, mdigest, send = self.reg, self.plan, self.data, self.mdigest, self.send
 
         def packs() -> None:
-            run_all(range(len(plan.new)), one_pack, jobs=in_flight, abort=reg.abort)
-
-        def the_rest() -> None:  # while the packs are read: network round trips, little CPU
-            parts.extend(split(data))  # here, not before the packs: the workers read meanwhile
-            descs.extend(part_descriptors(parts))
-            send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
-            if len(parts) > 1:
-                upload_parts(reg, parts, descs, send, self.jobs)
-            else:
-                send(mdigest, len(data), data)
-            run_all(plan.solo, one_solo, jobs=self.jobs, abort=reg.abort)
+            run_all(range(len(plan.new)), self.one_pack, jobs=in_flight, abort=reg.abort)
 
         try:
-            run_all([packs, the_rest], _call, jobs=2, abort=reg.abort)
+            run_all([packs, self.the_rest], _call, jobs=2, abort=reg.abort)
         finally:
-            prog.done()
-        pairs = [(b.pack, b.index) for b in plan.reused] + [(p, x) for _, p, x in sorted(built, key=lambda t: t[0])]
-        oci = build_oci_manifest(mdigest, len(data), plan.solo, pairs, descs)
+            self.prog.done()
+        built = [(p, x) for _, p, x in sorted(self.built, key=lambda t: t[0])]
+        oci = build_oci_manifest(
+            mdigest, len(data), plan.solo, [(b.pack, b.index) for b in plan.reused] + built, self.descs
+        )
         oci_digest = _put_oci_manifest(reg, ref, mdigest, oci)
         signed = _push_signatures(reg, self.store, mdigest, oci_digest, len(oci))  # after the tree: never dangling
         return PushResult(
@@ -192,8 +175,74 @@ class _Job:
             len(plan.new),
             len(plan.reused),
             len(oci),
-            len(parts),
+            len(self.parts),
         )
+
+    def one_pack(self, i: int) -> None:
+        stream = PackStream(self.reg, self.first_sent, self.streaming) if self.procs is not None else None
+        try:
+            bp = build_pack(
+                self.store,
+                self.plan.new[i],
+                jobs=min(self.jobs, 4),
+                read=self.read,
+                procs=self.procs,
+                special=self.assembled,
+                sink=stream.add if stream is not None else None,
+            )
+        except BaseException:
+            if stream is not None:
+                stream.cancel()  # nothing of it is committed
+            raise
+
+        def pack() -> None:
+            if stream is not None and stream.finish(bp.pack.digest, bp.pack.size):
+                self.send.sent.append(bp.pack.size)
+            else:  # not streamed (a re-run, a small push) or the stream failed: HEAD, then one PUT
+                self.send(bp.pack.digest, bp.pack.size, bp.data)
+
+        def index() -> None:
+            self.send(bp.index.digest, bp.index.size, bp.index_data)
+
+        run_all([pack, index], _call, jobs=2, abort=self.reg.abort)
+        self.built.append((i, bp.pack, bp.index))
+        crashpoint("push-after-pack")
+        self.prog.add(sum(n for _, n in self.plan.new[i]))  # the bytes of the blobs it holds
+
+    def streaming(self) -> bool:
+        """Whether packs are streamed: waits until the_rest knows (False when the push is aborted)."""
+        while not self.decided.wait(0.05):
+            if self.reg.abort.is_set():
+                return False
+        return self.fresh
+
+    def the_rest(self) -> None:
+        """The manifest (or its parts), the config and the lone blobs: round trips, little CPU. The first
+        part goes first: a registry that has it has seen this push before (a re-run: no pack is streamed),
+        and no streamed pack is committed before it is there (so a re-run always finds it)."""
+        reg, data, send = self.reg, self.data, self.send
+        try:
+            self.parts.extend(split(data))  # here, not before the packs: the workers read meanwhile
+            self.descs.extend(part_descriptors(self.parts))
+            first = self.descs[0] if len(self.parts) > 1 else Descriptor("", self.mdigest, len(data))
+            self.fresh = not reg.has_blob(first.digest)
+        finally:
+            self.decided.set()
+        if self.fresh:
+            send.upload(first.digest, first.size, self.parts[0])
+        else:
+            send.skipped.append(first.size)
+        self.first_sent.set()
+        send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
+        if len(self.parts) > 1:
+            upload_parts(reg, self.parts[1:], self.descs[1:], send, self.jobs)
+        run_all(self.plan.solo, self.one_solo, jobs=self.jobs, abort=reg.abort)
+
+    def one_solo(self, item: tuple[str, int]) -> None:
+        d, n = item
+        chunks = self.assembled.get(d)
+        self.send(d, n, _opener(self.store, d) if chunks is None else _assembler(self.store, d, chunks, self.tmp_dir))
+        self.prog.add(n)
 
 
 def _manifest_bytes(store: Store, manifest: Manifest | None, digest: str | None) -> bytes:
@@ -218,8 +267,11 @@ class _Sender:
         if self.reg.has_blob(d):
             self.skipped.append(n)
         else:
-            self.reg.upload_blob(d, n, source)  # type: ignore[arg-type]
-            self.sent.append(n)
+            self.upload(d, n, source)
+
+    def upload(self, d: str, n: int, source: bytes | bytearray | Callable[[], int]) -> None:
+        self.reg.upload_blob(d, n, source)  # type: ignore[arg-type]
+        self.sent.append(n)
 
 
 def _push_signatures(reg: Registry, store: Store, mdigest: str, oci_digest: str, oci_size: int) -> int:
