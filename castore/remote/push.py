@@ -17,7 +17,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -92,11 +92,15 @@ def push(
     """
     data = _manifest_bytes(store, manifest, manifest_digest)
     mdigest = _check_manifest_size(data)
-    creds = (username, password)
     with ExitStack() as stack:
         # Forked first: before the scan fills the heap (a cheaper fork) and before httpx starts
         # threads; the workers start up while the manifest is scanned.
         procs = stack.enter_context(start_pool()) if len(data) >= MIN_PROCS * MIN_ENTRY else None
+        # The client is made on a thread meanwhile: its TLS context loads the CA bundle (~40 ms, GIL released).
+        opening = ThreadPoolExecutor(1, thread_name_prefix="open")
+        made = opening.submit(Registry, ref, username=username, password=password, push=True, jobs=jobs, access=access)
+        opening.shutdown(wait=False)
+        stack.callback(_close_made, made)
         if manifest is None:
             tree = blobscan.scan(data, source=manifest_digest or mdigest)
         else:
@@ -113,11 +117,20 @@ def push(
             sizes = tree.sizes
             for d in tree.refs - sizes.keys():  # ADS blobs: their size is in the index only
                 sizes[d] = store.blob_size(d) or 0
-            with Registry(ref, username=creds[0], password=creds[1], push=True, jobs=jobs, access=access) as reg:
-                base = load_bases(reg, ref, bases, lease.tmp_dir)
-                plan = make_plan([(d, sizes[d]) for d in tree.order], base, pack_target)
-                job = _Job(store, reg, data, mdigest, plan, assembled, procs, lease.tmp_dir, jobs)
-                return job.run(ref, max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1)))))
+            reg = made.result()
+            base = load_bases(reg, ref, bases, lease.tmp_dir)
+            plan = make_plan([(d, sizes[d]) for d in tree.order], base, pack_target)
+            job = _Job(store, reg, data, mdigest, plan, assembled, procs, lease.tmp_dir, jobs)
+            return job.run(ref, max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1)))))
+
+
+def _close_made(made: Future[Registry]) -> None:
+    """Close the client ``made`` on the opening thread, once it is made (it may have failed: nothing to close)."""
+    try:
+        reg = made.result()
+    except Exception:
+        return
+    reg.close()
 
 
 class _Job:
