@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from castore.manifest import Manifest
 from castore.remote.oci import PACK_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE, Descriptor
-from castore.remote.packfmt import ENTRY, MAX_ENTRIES, PackIndex, compressor, encode_entry, encode_index_rows
+from castore.remote.packfmt import ENTRY, MAX_ENTRIES, BatchEncoder, PackIndex, compressor, encode_index_rows
 from castore.remote.packworkers import Stored, entries_of, submit
 from castore.store import Store
 
@@ -149,7 +149,8 @@ def build_pack(
         cctx = getattr(local, "cctx", None)
         if cctx is None:
             cctx = local.cctx = compressor()
-        got = [encode_entry(read(d, n), cctx) for d, n in items]
+        encode = BatchEncoder(cctx)
+        got = [encode(read(d, n)) for d, n in items]
         return b"".join(b for b, _ in got), [(len(b), c) for b, c in got]
 
     out = bytearray()

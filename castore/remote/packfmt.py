@@ -36,6 +36,7 @@ MAX_INDEX = HEADER.size + MAX_ENTRIES * ENTRY.size  # decompressed bytes of one 
 LEVEL = 3
 SAMPLE = 64 << 10  # a larger blob is compressed only when its first SAMPLE bytes shrink
 PAYS = 0.9  # compressed / raw below which compression is kept
+SKIP_AFTER, SKIP_EVERY = 8, 8  # BatchEncoder: blobs that did not compress in a row, then one tried in so many
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,31 @@ def encode_entry(data: bytes, cctx: zstandard.ZstdCompressor) -> tuple[bytes, in
         return data, RAW  # random or compressed content: not worth the full pass
     z = cctx.compress(data)
     return (z, ZSTD) if len(z) < n * PAYS else (data, RAW)
+
+
+class BatchEncoder:
+    """``encode_entry`` for the blobs of one batch, in order, skipping most compression attempts in a run
+    of blobs that do not compress: after SKIP_AFTER such blobs in a row only one in SKIP_EVERY is tried
+    (one that compresses ends the run). Random or already compressed files come in runs (a directory of
+    images, archives, man pages); compressing each only to keep it raw cost ~6 us a blob. The result
+    depends only on the batch's blobs (a new encoder per batch), so packs stay deterministic."""
+
+    __slots__ = ("cctx", "misses")
+
+    def __init__(self, cctx: zstandard.ZstdCompressor) -> None:
+        self.cctx = cctx
+        self.misses = 0
+
+    def __call__(self, data: bytes) -> tuple[bytes, int]:
+        if len(data) < 128:
+            return data, RAW
+        misses = self.misses
+        if misses >= SKIP_AFTER and misses % SKIP_EVERY:
+            self.misses = misses + 1
+            return data, RAW
+        stored, comp = encode_entry(data, self.cctx)
+        self.misses = 0 if comp == ZSTD else misses + 1
+        return stored, comp
 
 
 def compressor() -> zstandard.ZstdCompressor:

@@ -30,7 +30,7 @@ import zstandard
 
 from castore.errors import BlobNotFound, IntegrityError
 from castore.fs.io import read_full
-from castore.remote.packfmt import compressor, encode_entry
+from castore.remote.packfmt import BatchEncoder, compressor
 from castore.store.blobs import open_blob_file
 
 Item = tuple[str, int]  # (digest, size)
@@ -98,14 +98,14 @@ def pack_entries(blob_root: str, items: list[Item]) -> tuple[Stored, Failure | N
         _cctx = compressor()
     out: list[bytes] = []
     lens: list[tuple[int, int]] = []
-    cctx = _cctx
+    encode = BatchEncoder(_cctx)
     for digest, size in items:
         h = digest[7:]
         try:
             data = _read_fast(blob_root, h, size)
             if data is None:
                 data = _read(os.path.join(blob_root, h[:2], h), digest, size)
-            stored, comp = encode_entry(data, cctx)
+            stored, comp = encode(data)
         except BlobNotFound:
             return (b"", []), ("missing", digest, "")
         except (IntegrityError, OSError) as exc:
