@@ -141,7 +141,9 @@ def start_pool() -> Iterator[Executor]:
 
     pool = make_pool()
     try:
-        pool.submit(_ready).result()  # a fork-context pool starts all its workers on the first submit
+        # A fork-context pool forks all its workers in the first submit, before it starts its own threads;
+        # not waiting for them to answer: they start up while the caller goes on (the manifest scan).
+        pool.submit(_ready)
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
