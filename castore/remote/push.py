@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from castore.bulkmode import bulk
 from castore.digest import hash_bytes
-from castore.errors import BlobNotFound, IntegrityError, ResourceLimit
+from castore.errors import Aborted, BlobNotFound, IntegrityError, ResourceLimit
 from castore.faults import crashpoint
 from castore.manifest import Manifest, codec
 from castore.manifest.model import Chunk
@@ -110,9 +110,6 @@ def push(
         content = _content_refs(store, tree)
         with store.lease(manifests=[manifest_digest] if manifest_digest else sorted(content)) as lease:
             os.makedirs(lease.tmp_dir, mode=0o700, exist_ok=True)
-            missing = store.missing_blobs(content)
-            if missing:
-                raise BlobNotFound(min(missing), context=mdigest)
             assembled = store.chunk_lists(tree.refs - content)
             sizes = tree.sizes
             for d in tree.refs - sizes.keys():  # ADS blobs: their size is in the index only
@@ -120,7 +117,13 @@ def push(
             reg = made.result()
             base = load_bases(reg, ref, bases, lease.tmp_dir)
             plan = make_plan([(d, sizes[d]) for d in tree.order], base, pack_target)
-            job = _Job(store, reg, data, mdigest, plan, assembled, procs, lease.tmp_dir, jobs)
+
+            def check() -> None:  # every blob in the index: on the_rest's thread, while the packs are read
+                missing = store.missing_blobs(content)
+                if missing:
+                    raise BlobNotFound(min(missing), context=mdigest)
+
+            job = _Job(store, reg, data, mdigest, plan, assembled, procs, lease.tmp_dir, jobs, check)
             return job.run(ref, max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1)))))
 
 
@@ -148,9 +151,10 @@ class _Job:
         procs: Executor | None,
         tmp_dir: str,
         jobs: int,
+        check: Callable[[], None],
     ) -> None:
         self.store, self.reg, self.data, self.mdigest, self.plan = store, reg, data, mdigest, plan
-        self.assembled, self.procs, self.tmp_dir, self.jobs = assembled, procs, tmp_dir, jobs
+        self.assembled, self.procs, self.tmp_dir, self.jobs, self.check = assembled, procs, tmp_dir, jobs, check
         self.send = _Sender(reg)
         self.parts: list[bytes] = []  # the manifest travels in content-defined parts (one when small)
         self.descs: list[Descriptor] = []
@@ -160,7 +164,7 @@ class _Job:
         self.read = _reader(store, assembled)
         self.decided = threading.Event()  # the_rest knows whether the registry saw this manifest before
         self.fresh = False  # ... it did not: packs are streamed while they are built (castore.remote.streamup)
-        self.first_sent = threading.Event()  # the manifest's first part is in the registry
+        self.first_sent = threading.Event()  # check() passed and the manifest's first part is in the registry
 
     def run(self, ref: Reference, in_flight: int) -> PushResult:
         reg, plan, data, mdigest, send = self.reg, self.plan, self.data, self.mdigest, self.send
@@ -212,15 +216,23 @@ class _Job:
             if stream is not None and stream.finish(bp.pack.digest, bp.pack.size):
                 self.send.sent.append(bp.pack.size)
             else:  # not streamed (a re-run, a small push) or the stream failed: HEAD, then one PUT
+                self.wait_first()
                 self.send(bp.pack.digest, bp.pack.size, bp.data)
 
         def index() -> None:
+            self.wait_first()
             self.send(bp.index.digest, bp.index.size, bp.index_data)
 
         run_all([pack, index], _call, jobs=2, abort=self.reg.abort)
         self.built.append((i, bp.pack, bp.index))
         crashpoint("push-after-pack")
         self.prog.add(sum(n for _, n in self.plan.new[i]))  # the bytes of the blobs it holds
+
+    def wait_first(self) -> None:
+        """Until the_rest has checked the blobs and sent the manifest's first part (Aborted if it failed)."""
+        while not self.first_sent.wait(0.05):
+            if self.reg.abort.is_set():
+                raise Aborted("aborted")
 
     def streaming(self) -> bool:
         """Whether packs are streamed: waits until the_rest knows (False when the push is aborted)."""
@@ -241,6 +253,7 @@ class _Job:
             self.fresh = not reg.has_blob(first.digest)
         finally:
             self.decided.set()
+        self.check()  # before anything made of the blobs is committed (packs wait for first_sent)
         if self.fresh:
             send.upload(first.digest, first.size, self.parts[0])
         else:

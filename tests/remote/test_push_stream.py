@@ -105,3 +105,15 @@ def test_corrupt_blob_found_mid_stream_commits_nothing(
     base = ref.base.replace(proxy.address, repo.split("/", 1)[0])
     assert httpx.get(f"{base}/manifests/bad").status_code == 404
     assert httpx.head(f"{base}/blobs/{vd}").status_code == 404
+
+
+def test_a_blob_gone_from_the_store_is_exit_4_and_no_tag(tmp_path: Path, repo: str) -> None:
+    _, a = _ingested(tmp_path)
+    s = Store.open(str(a))
+    tree = scan(s.read_blob(s.resolve("t")))
+    small = [d for d in tree.order if 0 < tree.sizes[d] < 8192]
+    victim = small[len(small) // 2]
+    Path(s.blob_path(victim)).unlink()
+    p = run_cli("push", "t", f"{repo}:gone", store=a)
+    assert p.returncode == 4 and p.stderr.count(b"\n") == 1 and victim.encode() in p.stderr, p.stderr
+    assert httpx.get(f"{parse_reference(repo).base}/manifests/gone").status_code == 404
