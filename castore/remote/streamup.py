@@ -32,6 +32,7 @@ from castore.errors import Aborted
 from castore.remote.client import Registry
 
 MIN_PATCH = 4 << 20  # bytes per PATCH: 23 MB of pack in 6 requests, each a fraction of the build
+MAX_PENDING = 2  # PATCHes queued or running per pack; the next one waits
 
 
 class PackStream:
@@ -44,15 +45,17 @@ class PackStream:
         self.url: str | None = None
         self.sent = 0
         self.failed = False
-        self.buf = bytearray()
+        self.buf: list[bytes] = []  # pieces not sent yet
+        self.buffered = 0
         self.pending: list[Future[None]] = []
         self.pool: ThreadPoolExecutor | None = None
 
-    def add(self, piece: bytes | bytearray) -> None:
+    def add(self, piece: bytes) -> None:
         if self.failed:
             return
-        self.buf += piece
-        if len(self.buf) >= MIN_PATCH:
+        self.buf.append(piece)
+        self.buffered += len(piece)
+        if self.buffered >= MIN_PATCH:
             self._flush()
 
     def finish(self, digest: str, size: int) -> bool:
@@ -85,7 +88,10 @@ class PackStream:
             self.reg.cancel_upload(url)
 
     def _flush(self) -> None:
-        data, self.buf = bytes(self.buf), bytearray()
+        data = b"".join(self.buf)
+        self.buf, self.buffered = [], 0
+        while len(self.pending) >= MAX_PENDING:  # a slow registry holds the build back, not the memory
+            self.pending.pop(0).result()
         if self.pool is None:
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="patch")
         self.pending.append(self.pool.submit(self._patch, data))
