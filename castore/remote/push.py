@@ -99,7 +99,8 @@ def push(
         procs = stack.enter_context(start_pool()) if len(data) >= MIN_PROCS * MIN_ENTRY else None
         # The client is made on a thread meanwhile: its TLS context loads the CA bundle (~40 ms, GIL released).
         opening = ThreadPoolExecutor(1, thread_name_prefix="open")
-        made = opening.submit(Registry, ref, username=username, password=password, push=True, jobs=jobs, access=access)
+        conns = 2 * jobs + 4  # connections: the parts on 2 x jobs threads, and each pack's stream and index
+        made = opening.submit(Registry, ref, username=username, password=password, push=True, jobs=conns, access=access)
         opening.shutdown(wait=False)
         stack.callback(_close_made, made)
         if manifest is None:
@@ -258,15 +259,19 @@ class _Job:
         return self.fresh
 
     def the_rest(self) -> None:
-        """The manifest (or its parts), the config and the lone blobs: round trips, little CPU. The first
-        part goes first: a registry that has it has seen this push before (a re-run: no pack is streamed),
-        and no streamed pack is committed before it is there (so a re-run always finds it)."""
-        reg, data, send = self.reg, self.data, self.send
+        """The manifest (or its parts), the config and the lone blobs: round trips, little CPU.
+
+        The first part goes first, and no pack is committed before it is there. A registry that has the
+        first or the last part has seen this tree, or one that differs from it in a few files, before: a
+        re-run or a re-push, where every part is HEADed and only the missing ones are sent. Otherwise the
+        push is *fresh*: its packs are streamed while they are built and its parts are sent without a
+        HEAD each (a part an older tree happened to share is sent again)."""
+        reg, data, send, descs = self.reg, self.data, self.send, self.descs
         try:
             self.parts.extend(split(data))  # here, not before the packs: the workers read meanwhile
-            self.descs.extend(part_descriptors(self.parts))
-            first = self.descs[0] if len(self.parts) > 1 else Descriptor("", self.mdigest, len(data))
-            self.fresh = not reg.has_blob(first.digest)
+            descs.extend(part_descriptors(self.parts))
+            first = descs[0] if len(descs) > 1 else Descriptor("", self.mdigest, len(data))
+            self.fresh = not reg.has_blob(first.digest) and (len(descs) < 3 or not reg.has_blob(descs[-1].digest))
         finally:
             self.decided.set()
         self.check()  # before anything made of the blobs is committed (packs wait for first_sent)
@@ -276,8 +281,8 @@ class _Job:
             send.skipped.append(first.size)
         self.first_sent.set()
         send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
-        if len(self.parts) > 1:
-            upload_parts(reg, self.parts[1:], self.descs[1:], send, self.jobs)
+        if len(self.parts) > 1:  # small requests, bound by the registry's answers: twice --jobs of them
+            upload_parts(reg, self.parts[1:], descs[1:], send.upload if self.fresh else send, 2 * self.jobs)
         run_all(self.plan.solo, self.one_solo, jobs=self.jobs, abort=reg.abort)
 
     def one_solo(self, item: tuple[str, int]) -> None:
