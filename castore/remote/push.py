@@ -271,14 +271,15 @@ class _Job:
             self.parts.extend(split(data))  # here, not before the packs: the workers read meanwhile
             descs.extend(part_descriptors(self.parts))
             first = descs[0] if len(descs) > 1 else Descriptor("", self.mdigest, len(data))
-            self.fresh = not reg.has_blob(first.digest) and (len(descs) < 3 or not reg.has_blob(descs[-1].digest))
+            has_first = reg.has_blob(first.digest)
+            self.fresh = not has_first and (len(descs) < 3 or not reg.has_blob(descs[-1].digest))
         finally:
             self.decided.set()
         self.check()  # before anything made of the blobs is committed (packs wait for first_sent)
-        if self.fresh:
-            send.upload(first.digest, first.size, self.parts[0])
-        else:
+        if has_first:
             send.skipped.append(first.size)
+        else:
+            send.upload(first.digest, first.size, self.parts[0])
         self.first_sent.set()
         send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
         if len(self.parts) > 1:  # small requests, bound by the registry's answers: twice --jobs of them

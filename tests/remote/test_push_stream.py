@@ -117,3 +117,16 @@ def test_a_blob_gone_from_the_store_is_exit_4_and_no_tag(tmp_path: Path, repo: s
     p = run_cli("push", "t", f"{repo}:gone", store=a)
     assert p.returncode == 4 and p.stderr.count(b"\n") == 1 and victim.encode() in p.stderr, p.stderr
     assert httpx.get(f"{parse_reference(repo).base}/manifests/gone").status_code == 404
+
+
+def test_repush_after_a_change_in_the_first_part(tmp_path: Path, repo: str) -> None:
+    """The first part changed, the last did not: not a fresh push, yet the new first part is sent."""
+    src, a = _ingested(tmp_path, files=2500)
+    first = _push(a, f"{repo}:v1")
+    assert int(first["manifest_parts"]) >= 3  # type: ignore[call-overload]
+    victim = sorted(p for p in src.rglob("*") if p.is_file())[0]
+    victim.write_bytes(b"changed " + victim.read_bytes())
+    run_cli("ingest", src, "--name", "t", store=a, check=True)
+    again = _push(a, f"{repo}:v1")
+    assert int(again["uploaded"]) <= 4 and int(again["packs_reused"]) >= 1, again  # type: ignore[call-overload]
+    _pull_equal(tmp_path, f"{repo}:v1", src, "again")
