@@ -112,6 +112,9 @@ def push(
         content = _content_refs(store, tree)
         with store.lease(manifests=[manifest_digest] if manifest_digest else sorted(content)) as lease:
             os.makedirs(lease.tmp_dir, mode=0o700, exist_ok=True)
+            missing = store.missing_blobs(content)  # before any request (tests/remote/test_bombs.py)
+            if missing:
+                raise BlobNotFound(min(missing), context=mdigest)
             assembled = store.chunk_lists(tree.refs - content)
             sizes = tree.sizes
             for d in tree.refs - sizes.keys():  # ADS blobs: their size is in the index only
@@ -119,13 +122,7 @@ def push(
             reg = made.result()
             base = load_bases(reg, ref, bases, lease.tmp_dir)
             plan = make_plan([(d, sizes[d]) for d in tree.order], base, pack_target)
-
-            def check() -> None:  # every blob in the index: on the_rest's thread, while the packs are read
-                missing = store.missing_blobs(content)
-                if missing:
-                    raise BlobNotFound(min(missing), context=mdigest)
-
-            job = _Job(store, reg, data, mdigest, plan, assembled, procs, lease.tmp_dir, jobs, check)
+            job = _Job(store, reg, data, mdigest, plan, assembled, procs, lease.tmp_dir, jobs)
             with _young_gc():
                 return job.run(ref, max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1)))))
 
@@ -168,10 +165,9 @@ class _Job:
         procs: Executor | None,
         tmp_dir: str,
         jobs: int,
-        check: Callable[[], None],
     ) -> None:
         self.store, self.reg, self.data, self.mdigest, self.plan = store, reg, data, mdigest, plan
-        self.assembled, self.procs, self.tmp_dir, self.jobs, self.check = assembled, procs, tmp_dir, jobs, check
+        self.assembled, self.procs, self.tmp_dir, self.jobs = assembled, procs, tmp_dir, jobs
         self.send = _Sender(reg)
         self.parts: list[bytes] = []  # the manifest travels in content-defined parts (one when small)
         self.descs: list[Descriptor] = []
@@ -181,7 +177,7 @@ class _Job:
         self.read = _reader(store, assembled)
         self.decided = threading.Event()  # the_rest knows whether the registry saw this manifest before
         self.fresh = False  # ... it did not: packs are streamed while they are built (castore.remote.streamup)
-        self.first_sent = threading.Event()  # check() passed and the manifest's first part is in the registry
+        self.first_sent = threading.Event()  # the manifest's first part is in the registry
 
     def run(self, ref: Reference, in_flight: int) -> PushResult:
         reg, plan, data, mdigest, send = self.reg, self.plan, self.data, self.mdigest, self.send
@@ -246,7 +242,7 @@ class _Job:
         self.prog.add(sum(n for _, n in self.plan.new[i]))  # the bytes of the blobs it holds
 
     def wait_first(self) -> None:
-        """Until the_rest has checked the blobs and sent the manifest's first part (Aborted if it failed)."""
+        """Until the_rest has sent the manifest's first part (Aborted if it failed)."""
         while not self.first_sent.wait(0.05):
             if self.reg.abort.is_set():
                 raise Aborted("aborted")
@@ -275,7 +271,6 @@ class _Job:
             self.fresh = not has_first and (len(descs) < 3 or not reg.has_blob(descs[-1].digest))
         finally:
             self.decided.set()
-        self.check()  # before anything made of the blobs is committed (packs wait for first_sent)
         if has_first:
             send.skipped.append(first.size)
         else:
