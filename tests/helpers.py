@@ -8,11 +8,32 @@ import select
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = os.geteuid() == 0
+
+
+def loop_fs(tmp_path: Path, name: str, mkfs: list[str], size: int = 64 << 20) -> Iterator[Path]:
+    """A fresh filesystem made by ``mkfs`` (argv without the image) on a loop device, mounted at
+    ``tmp_path/name`` for the duration of a fixture (``yield from``); skips where mkfs is not
+    installed or loop devices cannot be mounted."""
+    if not shutil.which(mkfs[0]):
+        pytest.skip(f"{mkfs[0]} not installed")
+    img, mnt = tmp_path / f"{name}.img", tmp_path / name
+    with open(img, "wb") as f:
+        f.truncate(size)
+    if subprocess.run([*mkfs, str(img)], capture_output=True).returncode != 0:
+        pytest.skip(f"{mkfs[0]} failed")
+    mnt.mkdir()
+    if subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a loop device here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def run_cli(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,36 +19,20 @@ from castore.materialize import Options
 from castore.store import Store
 from castore.testing.compare import assert_trees_equal
 from castore.testing.trees import write
-from tests.helpers import ROOT
+from tests.helpers import ROOT, loop_fs
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not ROOT, reason="needs root (loop-mounted ext4)")]
-
-
-def _ext4(tmp_path: Path, name: str, *features: str) -> Iterator[Path]:
-    if not shutil.which("mkfs.ext4"):
-        pytest.skip("mkfs.ext4 not installed")
-    img, mnt = tmp_path / f"{name}.img", tmp_path / name
-    with open(img, "wb") as f:
-        f.truncate(64 << 20)
-    subprocess.run(["mkfs.ext4", "-q", *features, str(img)], check=True, capture_output=True)
-    mnt.mkdir()
-    if subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a loop device here")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 @pytest.fixture
 def journaled(tmp_path: Path) -> Iterator[Path]:
     """A fresh ext4 with its journal (mkfs.ext4's default)."""
-    yield from _ext4(tmp_path, "ext4")
+    yield from loop_fs(tmp_path, "ext4", ["mkfs.ext4", "-q"])
 
 
 @pytest.fixture
 def unjournaled(tmp_path: Path) -> Iterator[Path]:
-    yield from _ext4(tmp_path, "nojournal", "-O", "^has_journal")
+    yield from loop_fs(tmp_path, "nojournal", ["mkfs.ext4", "-q", "-O", "^has_journal"])
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,27 +18,14 @@ from castore.materialize import Options
 from castore.store import Store
 from castore.testing.compare import assert_trees_equal
 from castore.testing.trees import basic, write
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, loop_fs, run_cli
 
 pytestmark = pytest.mark.skipif(not ROOT, reason="needs root (mount, unshare)")
 
 
 @pytest.fixture
-def btrfs(tmp_path: Path):  # type: ignore[no-untyped-def]
-    if not shutil.which("mkfs.btrfs"):
-        pytest.skip("mkfs.btrfs not installed (btrfs-progs)")
-    img, mnt = tmp_path / "btrfs.img", tmp_path / "mnt"
-    with open(img, "wb") as f:
-        f.truncate(256 << 20)
-    if subprocess.run(["mkfs.btrfs", "-q", str(img)], capture_output=True).returncode != 0:
-        pytest.skip("mkfs.btrfs failed")
-    mnt.mkdir()
-    if subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a loop device here")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+def btrfs(tmp_path: Path) -> Iterator[Path]:
+    yield from loop_fs(tmp_path, "mnt", ["mkfs.btrfs", "-q"], 256 << 20)
 
 
 def _shared_extents(path: Path) -> bool:

@@ -229,7 +229,14 @@ def test_hardlink_records_skip_rehash_and_read_the_older_form(
         hashed.append(fd)
         return real(fd, *args, **kwargs)  # type: ignore[arg-type]
 
+    real_digest = fs.digest_fd
+
+    def digest_spy(fd: int, size: int) -> bytes | None:
+        hashed.append(fd)
+        return real_digest(fd, size)
+
     monkeypatch.setattr(fs, "hash_fd", spy)
+    monkeypatch.setattr(fs, "digest_fd", digest_spy)  # the re-proof from a record (materialize.objects)
     checkout(store, None, str(tmp_path / "o2"), Options(link="hardlink"), d)
     assert hashed == []  # every object proven by its record
     # Rows written by an older version (marshalled tuples) prove objects too.
@@ -395,23 +402,30 @@ def test_ingest_unchanged_tree_is_identical(tmp_path: Path, store: Store) -> Non
     assert dumps(built) != b""
 
 
+@pytest.mark.parametrize("encoded", [False, True])
 @pytest.mark.parametrize("link", ["copy", "hardlink", "auto"])
-def test_parallel_checkout(tmp_path: Path, store: Store, link: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The forked second writer: same tree, records from both halves kept, errors from the child surface."""
-    import castore.checkout
+def test_parallel_checkout(
+    tmp_path: Path, store: Store, link: str, encoded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forked second writer: same tree, records from both halves kept, errors from the child surface.
+    ``encoded``: the store manifest's bytes, each process reading its own run (materialize.tree)."""
+    import castore.materialize.tree
 
-    monkeypatch.setattr(castore.checkout, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(castore.materialize.tree, "PARALLEL_MIN", 1)
     src = tmp_path / "src"
     basic(src)
     for i in range(50):
         write(src / f"many/f{i:02}", b"%d" % i)
     d = ingest(store, str(src), progress=False)
     m = store.load_manifest(d)
-    checkout(store, m, str(tmp_path / "out"), Options(link=link), d)
+    given = None if encoded else m
+    checkout(store, given, str(tmp_path / "out"), Options(link=link), d)
     assert_trees_equal(src, tmp_path / "out")
     if link == "hardlink":
-        checkout(store, m, str(tmp_path / "out2"), Options(link=link), d)
+        checkout(store, given, str(tmp_path / "out2"), Options(link=link), d)
         assert os.stat(tmp_path / "out/many/f49").st_ino == os.stat(tmp_path / "out2/many/f49").st_ino
+        assert os.stat(tmp_path / "out/etc/hostname").st_ino == os.stat(tmp_path / "out2/etc/hostname").st_ino
+        assert_trees_equal(src, tmp_path / "out2")
     # corrupt a blob that the child's half needs: the whole checkout fails cleanly
     last = m.by_path()["/many/f49"]
     path = store.blob_path(last.digest)  # type: ignore[union-attr]
@@ -419,7 +433,7 @@ def test_parallel_checkout(tmp_path: Path, store: Store, link: str, monkeypatch:
     with open(path, "wb") as f:
         f.write(b"XX")
     with pytest.raises(Exception, match="corrupt|wrong size"):
-        checkout(store, m, str(tmp_path / "out3"), Options(link="copy"), d)
+        checkout(store, given, str(tmp_path / "out3"), Options(link="copy"), d)
     assert not (tmp_path / "out3").exists()
     assert [n for n in os.listdir(tmp_path) if ".continuity-" in n] == []
 

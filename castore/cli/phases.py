@@ -17,8 +17,12 @@ import os
 import sys
 import time
 
+from castore.timing import mark, marks
+
+__all__ = ["enable", "mark"]
+
 T0 = time.perf_counter()
-_marks: list[tuple[str, float]] = []
+C0 = time.process_time()
 _on = False
 
 
@@ -33,11 +37,6 @@ def _python_ms() -> float | None:
         return None
 
 
-def mark(name: str) -> None:
-    """The phase ``name`` ends now."""
-    _marks.append((name, time.perf_counter()))
-
-
 def enable() -> None:
     """Print the phases at exit (``--debug``)."""
     global _on
@@ -47,14 +46,18 @@ def enable() -> None:
 
 
 def _report() -> None:
-    end = time.perf_counter()
-    parts, prev = [], T0
+    end, cend = time.perf_counter(), time.process_time()
+    parts, cpu, prev, cprev = [], [], T0, C0
     py = _python_ms()
     if py is not None:
         parts.append(f"python {py:.1f}")
-    for name, t in _marks:
+    for name, t, c in marks:
         parts.append(f"{name} {(t - prev) * 1000:.1f}")
-        prev = t
+        cpu.append(f"{name} {(c - cprev) * 1000:.1f}")
+        prev, cprev = t, c
     parts.append(f"command {(end - prev) * 1000:.1f}")
+    cpu.append(f"command {(cend - cprev) * 1000:.1f}")
     parts.append(f"total {((end - T0) * 1000 + (py or 0)):.1f}")
+    # The CPU of this process by phase (a forked worker's is not in it), then the wall-clock line.
+    sys.stderr.write(f"continuity: debug: phases cpu (ms): {', '.join(cpu)}\n")
     sys.stderr.write(f"continuity: debug: phases (ms): {', '.join(parts)}\n")

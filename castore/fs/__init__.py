@@ -4,6 +4,7 @@ from castore.fs.dirfds import DirFds
 from castore.fs.io import (
     READ,
     data_ranges,
+    digest_fd,
     hash_fd,
     pwrite_all,
     pwrite_sparse,
@@ -43,6 +44,7 @@ __all__ = [
     "copy_fd_at",
     "data_holes",
     "data_ranges",
+    "digest_fd",
     "fsync_dir",
     "hash_fd",
     "named",

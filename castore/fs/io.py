@@ -100,6 +100,19 @@ def hash_fd(fd: int, chunk: int = 4 << 20, *, expect: int | None = None) -> tupl
     return "sha256:" + h.hexdigest(), pos
 
 
+def digest_fd(fd: int, size: int) -> bytes | None:
+    """The raw sha256 of the file of ``size`` bytes open as ``fd`` (read from offset 0), or None when
+    it holds another number of bytes. Below 4 MiB, one pread of size+1 bytes: a short read proves
+    the size (a hardlink object's re-proof, castore.materialize.objects)."""
+    import hashlib  # noqa: PLC0415 - (as hash_fd)
+
+    if size < 4 << 20:
+        b = os.pread(fd, size + 1, 0)
+        return hashlib.sha256(b).digest() if len(b) == size else None
+    digest, total = hash_fd(fd, expect=size)
+    return bytes.fromhex(digest[7:]) if total == size else None
+
+
 def read_full(fd: int, size: int) -> bytes:
     """``size`` bytes from ``fd``'s offset (fewer only at the end of the file)."""
     data = b""

@@ -50,13 +50,15 @@ class ContentWriter:
             return list({b"v" + bytes.fromhex(r.digest[7:]) for r in map(resource_of, files) if not r.chunks})
         return []
 
-    def preload(self, files: list[RegularFile | LinkRef]) -> None:
+    def preload(self, files: list[RegularFile | LinkRef], *, chunk_lists: bool = True) -> None:
         """Read every record these files may need in one transaction, so that
-        forked workers never touch LMDB (unsafe across fork)."""
+        forked workers never touch LMDB (unsafe across fork); ``chunk_lists``: the chunk lists
+        of their big files too (a forked worker's: this process reads them when needed)."""
         assert self.store is not None
         keys = sorted(self.record_keys(files))  # (reflink's "v" keys come deduplicated)
         self.records = links.read_records(self.store.meta, keys)
-        self.chunk_lists.update(self.store.chunk_lists(self._maybe_chunked(files)))
+        if chunk_lists:
+            self.chunk_lists.update(self.store.chunk_lists(self._maybe_chunked(files)))
 
     def _maybe_chunked(self, files: list[RegularFile | LinkRef]) -> set[str]:
         """Whole-file digests of these files that may be stored as chunks only (no chunk list in the

@@ -49,6 +49,8 @@ class PlainFileWriter:
     needs_sync: bool
     made_objects: bool
     link_updates: dict[bytes, bytes]
+    records: dict[bytes, bytes] | None
+    noted_link_fallback: bool
     _shards: dict[str, int]
 
     if TYPE_CHECKING:
@@ -63,7 +65,7 @@ class PlainFileWriter:
 
         def note_link_fallback(self, exc: OSError) -> None: ...
 
-        def link_known(self, dir_fd: int, name: str, f: LinkRef) -> None: ...
+        def _shard_fd(self, shard: str) -> int: ...
 
     def encoded_writer(self) -> Callable[[int, str, LinkRef], None] | None:
         """What writes a store file still encoded (LinkRef) at (dir_fd, name) in this checkout:
@@ -71,8 +73,23 @@ class PlainFileWriter:
         if self.store is None:
             return None
         if self.opts.link == "hardlink":
-            return self.link_known
+            return self.link_encoded
         return self.copy_encoded if self.opts.link == "copy" else None
+
+    def link_encoded(self, dir_fd: int, name: str, f: LinkRef) -> None:
+        """create_file for a store file of a hardlink checkout that link_known left (no record, or
+        one that did not prove its object): without a record (a first checkout) first_object,
+        else the general way."""
+        key = f.key
+        if key is None:
+            key = f.key = hashlib.sha256(f.entry).digest()
+        rkey = b"o" + key
+        records = self.records
+        if records is None or rkey in records or self.noted_link_fallback:
+            self.create_file(dir_fd, name, f)
+            return
+        k = key.hex()
+        self.first_object(dir_fd, name, f, self._shards.get(k[:2]) or self._shard_fd(k[:2]), k, rkey)
 
     def _write_small(self, dir_fd: int, name: str, f: LinkRef) -> tuple[int, PlainFields] | None:
         """Create ``name`` in ``dir_fd`` with the content and metadata of ``f`` when it is a plain file

@@ -41,6 +41,6 @@ class Writer(NodeWriter, ObjectLinker, ContentWriter, PlainFileWriter):
         self.chunk_lists: dict[str, tuple[Chunk, ...]] = {}  # whole-file digest -> chunks (Store.chunk_lists)
         self.forked = False  # set in a forked worker: it reads only what was preloaded
         self.tmp_dir: str | None = None  # where new hardlink objects are written (a lease's tmp dir)
-        self.threshold = store.chunking.threshold if store is not None else 1 << 62
+        self.threshold = store.chunk_threshold if store is not None else 1 << 62
         self.records: dict[bytes, bytes] | None = None  # the preloaded `links` rows (preload)
         self.umask_zero = False  # the caller set umask 0: new files may be created with their mode

@@ -32,6 +32,10 @@ SMALL_BLOB = 8 << 20  # read, verify, then send; larger blobs are streamed and c
 __all__ = ["Aborted", "Access", "Registry"]
 
 
+def _with_digest(url: str, digest: str) -> str:
+    return url + ("&" if "?" in url else "?") + urlencode({"digest": digest})
+
+
 class Registry(Transport):
     """One repository of one registry: blob and manifest calls. Thread-safe (see Transport)."""
 
@@ -85,13 +89,45 @@ class Registry(Transport):
 
     def _upload_url(self, digest: str) -> str:
         """Open an upload session (POST); the URL its monolithic PUT of ``digest`` goes to."""
+        return _with_digest(self.open_upload(f"upload of {digest}"), digest)
+
+    def open_upload(self, what: str) -> str:
+        """Open an upload session (POST); its URL (the first PATCH or the PUT goes there)."""
         ans = self._send("POST", f"{self.ref.base}/blobs/uploads/")
-        self._check(ans, f"upload of {digest}", (202,))
+        self._check(ans, what, (202,))
+        return self._location(ans, what)
+
+    def patch_upload(self, url: str, offset: int, data: bytes, what: str) -> str:
+        """Append ``data`` at ``offset`` to the upload session ``url`` (one chunk of a chunked upload,
+        OCI distribution spec); the URL of the next request. One attempt: the caller falls back to a
+        monolithic upload on any failure (a chunk retried after a reset could be appended twice)."""
+        hdrs = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(len(data)),
+            "Content-Range": f"{offset}-{offset + len(data) - 1}",
+        }
+        ans = self._send("PATCH", url, headers=hdrs, content=data)
+        self._check(ans, what, (202,))
+        return self._location(ans, what)
+
+    def close_upload(self, url: str, digest: str, what: str) -> None:
+        """Commit the upload session ``url`` as blob ``digest`` (PUT ?digest=, no body): the registry
+        checks the digest of what it received."""
+        ans = self._send("PUT", _with_digest(url, digest), headers={"Content-Length": "0"}, content=b"")
+        self._check(ans, what, (201, 204))
+
+    def cancel_upload(self, url: str) -> None:
+        """Drop an upload session (DELETE), best effort: a registry also expires abandoned sessions."""
+        try:
+            self._send("DELETE", url)
+        except Exception:  # noqa: S110  # best effort, on the way out of a failure
+            pass
+
+    def _location(self, ans: Answer, what: str) -> str:
         loc = ans.headers.get("location")
         if not loc:
-            raise RemoteError(f"{self.where}: upload of {digest}: no Location in the answer")
-        url = urljoin(ans.url, loc)
-        return url + ("&" if "?" in url else "?") + urlencode({"digest": digest})
+            raise RemoteError(f"{self.where}: {what}: no Location in the answer")
+        return urljoin(ans.url, loc)
 
     def _upload_memory(self, digest: str, data: bytes | bytearray) -> None:
         """Upload bytes held in memory (packs): hashed once, then sent in pieces (no copy)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from castore.manifest import Manifest
 from castore.remote.oci import PACK_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE, Descriptor
-from castore.remote.packfmt import MAX_ENTRIES, Entry, PackIndex, compressor, encode_entry, encode_index
+from castore.remote.packfmt import ENTRY, MAX_ENTRIES, BatchEncoder, PackIndex, compressor, encode_index_rows
 from castore.remote.packworkers import Stored, entries_of, submit
 from castore.store import Store
 
@@ -131,12 +131,14 @@ def build_pack(
     read: Callable[[str, int], bytes] | None = None,
     procs: Executor | None = None,
     special: Container[str] = (),
+    sink: Callable[[bytes], None] | None = None,
 ) -> BuiltPack:
     """Read (verifying each digest) and pack ``blobs``; the bytes depend only on ``blobs``.
 
     Batches go to the worker processes ``procs`` (castore.remote.packworkers) when given, except those
     holding a blob of ``special`` (put together from chunks by ``read``); the rest run on ``jobs``
-    threads with ``read`` (default store.read_blob)."""
+    threads with ``read`` (default store.read_blob). ``sink`` receives the pack's bytes as they are
+    put together, in order (castore.remote.streamup sends them meanwhile)."""
     local = threading.local()
     if read is None:
 
@@ -147,11 +149,13 @@ def build_pack(
         cctx = getattr(local, "cctx", None)
         if cctx is None:
             cctx = local.cctx = compressor()
-        got = [encode_entry(read(d, n), cctx) for d, n in items]
+        encode = BatchEncoder(cctx)
+        got = [encode(read(d, n)) for d, n in items]
         return b"".join(b for b, _ in got), [(len(b), c) for b, c in got]
 
     out = bytearray()
-    entries = []
+    rows = bytearray()  # the index's entries (castore.remote.packfmt.ENTRY), no object per blob
+    row = ENTRY.pack
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="pack") as pool:
         window: deque[tuple[list[tuple[str, int]], Callable[[], Stored]]] = deque()
         todo = _batches(blobs, BATCH_BYTES)
@@ -171,11 +175,13 @@ def build_pack(
             joined, lens = result()
             pos = len(out)
             for (d, n), (ln, comp) in zip(items, lens, strict=True):
-                entries.append(Entry(d, pos, ln, n, comp))
+                rows += row(bytes.fromhex(d[7:]), pos, ln, n, comp)
                 pos += ln
             out += joined
+            if sink is not None:
+                sink(joined)
     digest = "sha256:" + hashlib.sha256(out).hexdigest()
-    index = encode_index(PackIndex(digest, len(out), tuple(entries)))
+    index = encode_index_rows(digest, len(out), len(blobs), rows)
     return BuiltPack(
         Descriptor(PACK_MEDIA_TYPE, digest, len(out)),
         Descriptor(PACK_INDEX_MEDIA_TYPE, "sha256:" + hashlib.sha256(index).hexdigest(), len(index)),

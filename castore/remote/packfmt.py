@@ -36,6 +36,7 @@ MAX_INDEX = HEADER.size + MAX_ENTRIES * ENTRY.size  # decompressed bytes of one 
 LEVEL = 3
 SAMPLE = 64 << 10  # a larger blob is compressed only when its first SAMPLE bytes shrink
 PAYS = 0.9  # compressed / raw below which compression is kept
+SKIP_AFTER, SKIP_EVERY = 8, 8  # BatchEncoder: blobs that did not compress in a row, then one tried in so many
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,16 +72,46 @@ def encode_entry(data: bytes, cctx: zstandard.ZstdCompressor) -> tuple[bytes, in
     return (z, ZSTD) if len(z) < n * PAYS else (data, RAW)
 
 
+class BatchEncoder:
+    """``encode_entry`` for the blobs of one batch, in order, skipping most compression attempts in a run
+    of blobs that do not compress: after SKIP_AFTER such blobs in a row only one in SKIP_EVERY is tried
+    (one that compresses ends the run). Random or already compressed files come in runs (a directory of
+    images, archives, man pages); compressing each only to keep it raw cost ~6 us a blob. The result
+    depends only on the batch's blobs (a new encoder per batch), so packs stay deterministic."""
+
+    __slots__ = ("cctx", "misses")
+
+    def __init__(self, cctx: zstandard.ZstdCompressor) -> None:
+        self.cctx = cctx
+        self.misses = 0
+
+    def __call__(self, data: bytes) -> tuple[bytes, int]:
+        if len(data) < 128:
+            return data, RAW
+        misses = self.misses
+        if misses >= SKIP_AFTER and misses % SKIP_EVERY:
+            self.misses = misses + 1
+            return data, RAW
+        stored, comp = encode_entry(data, self.cctx)
+        self.misses = 0 if comp == ZSTD else misses + 1
+        return stored, comp
+
+
 def compressor() -> zstandard.ZstdCompressor:
     """A deterministic compressor (same bytes in, same bytes out: re-pushes find their packs by digest)."""
     return zstandard.ZstdCompressor(level=LEVEL, write_content_size=True, write_checksum=False)
 
 
 def encode_index(idx: PackIndex) -> bytes:
-    out = bytearray(HEADER.pack(MAGIC, bytes.fromhex(idx.pack[7:]), idx.pack_size, len(idx.entries)))
-    for e in idx.entries:
-        out += ENTRY.pack(bytes.fromhex(e.digest[7:]), e.offset, e.stored, e.size, e.comp)
-    return compressor().compress(bytes(out))
+    rows = b"".join(ENTRY.pack(bytes.fromhex(e.digest[7:]), e.offset, e.stored, e.size, e.comp) for e in idx.entries)
+    return encode_index_rows(idx.pack, idx.pack_size, len(idx.entries), rows)
+
+
+def encode_index_rows(pack: str, pack_size: int, count: int, rows: bytes | bytearray) -> bytes:
+    """The index layer of ``pack`` from its ``count`` entries already packed as ENTRY rows, in offset order."""
+    if len(rows) != count * ENTRY.size:
+        raise ValueError(f"{count} index entries in {len(rows)} bytes")
+    return compressor().compress(HEADER.pack(MAGIC, bytes.fromhex(pack[7:]), pack_size, count) + rows)
 
 
 def _bounded_decompress(data: bytes, limit: int, what: str) -> bytes:

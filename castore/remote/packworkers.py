@@ -10,6 +10,12 @@ buffer and the length of each (the parent then does one copy per batch, not per
 blob; the worker also builds each blob's path). A blob that is
 not a regular file of its size and digest is reported, never packed: the
 parent raises BlobNotFound/IntegrityError (exit 4) before the pack is sent.
+
+A blob is read with one ``pread`` of its size plus one byte, opened by name
+from its fan-out directory's fd (kept open by the worker): a short or long
+read proves a wrong size, so there is no ``fstat`` and no path walk per blob;
+anything unexpected (absent, a FIFO, a directory, the wrong size or digest)
+goes the general way (``_read``), which says what is wrong.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import zstandard
 
 from castore.errors import BlobNotFound, IntegrityError
 from castore.fs.io import read_full
-from castore.remote.packfmt import compressor, encode_entry
+from castore.remote.packfmt import BatchEncoder, compressor
 from castore.store.blobs import open_blob_file
 
 Item = tuple[str, int]  # (digest, size)
@@ -32,6 +38,41 @@ Failure = tuple[str, str, str]  # (kind "missing" | "corrupt", digest, message)
 Stored = tuple[bytes, list[tuple[int, int]]]  # the batch's stored entries, joined; (length, compression) each
 
 _cctx: zstandard.ZstdCompressor | None = None
+_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO never blocks
+_shards: dict[str, int] = {}  # fan-out directory -> its fd, in a worker (closed when the worker exits)
+_sha256 = hashlib.sha256
+
+
+def _shard_fd(blob_root: str, name: str) -> int | None:
+    path = blob_root + "/" + name
+    fd = _shards.get(path)
+    if fd is None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        _shards[path] = fd
+    return fd
+
+
+def _read_fast(blob_root: str, h: str, size: int) -> bytes | None:
+    """The blob of hex digest ``h`` if it is a readable file of ``size`` bytes and that digest, else None."""
+    dfd = _shard_fd(blob_root, h[:2])
+    if dfd is None:
+        return None
+    try:
+        fd = os.open(h, _FLAGS, dir_fd=dfd)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, size + 1, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) != size or _sha256(data).hexdigest() != h:
+        return None
+    return data
 
 
 def _read(path: str, digest: str, size: int) -> bytes:
@@ -57,10 +98,14 @@ def pack_entries(blob_root: str, items: list[Item]) -> tuple[Stored, Failure | N
         _cctx = compressor()
     out: list[bytes] = []
     lens: list[tuple[int, int]] = []
+    encode = BatchEncoder(_cctx)
     for digest, size in items:
         h = digest[7:]
         try:
-            stored, comp = encode_entry(_read(os.path.join(blob_root, h[:2], h), digest, size), _cctx)
+            data = _read_fast(blob_root, h, size)
+            if data is None:
+                data = _read(os.path.join(blob_root, h[:2], h), digest, size)
+            stored, comp = encode(data)
         except BlobNotFound:
             return (b"", []), ("missing", digest, "")
         except (IntegrityError, OSError) as exc:
@@ -96,7 +141,9 @@ def start_pool() -> Iterator[Executor]:
 
     pool = make_pool()
     try:
-        pool.submit(_ready).result()  # a fork-context pool starts all its workers on the first submit
+        # A fork-context pool forks all its workers in the first submit, before it starts its own threads;
+        # not waiting for them to answer: they start up while the caller goes on (the manifest scan).
+        pool.submit(_ready)
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

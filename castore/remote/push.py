@@ -13,14 +13,18 @@ incomplete artifact -> signatures.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
+from castore.bulkmode import bulk
 from castore.digest import hash_bytes
-from castore.errors import BlobNotFound, IntegrityError, ResourceLimit
+from castore.errors import Aborted, BlobNotFound, IntegrityError, ResourceLimit
 from castore.faults import crashpoint
 from castore.manifest import Manifest, codec
 from castore.manifest.model import Chunk
@@ -36,14 +40,16 @@ from castore.remote.oci import (
     build_oci_manifest,
 )
 from castore.remote.packbase import load_bases
-from castore.remote.packer import PACK_TARGET, build_pack, make_plan
+from castore.remote.packer import PACK_TARGET, Plan, build_pack, make_plan
 from castore.remote.packworkers import start_pool
 from castore.remote.ref import Reference
-from castore.remote.signatures import push_signatures
+from castore.remote.streamup import PackStream
 from castore.remote.transfer import Progress, run_all
 from castore.store import Store
+from castore.store import signatures as sigdb
 
 MIN_PROCS = 256  # blobs from which packs are read by worker processes (castore.remote.packworkers)
+MIN_ENTRY = 100  # bytes of manifest per file at least: MIN_PROCS files need MIN_PROCS * MIN_ENTRY bytes
 MAX_PACK_MEMORY = 160 << 20  # packs being built or sent at once (each held twice at worst), in bytes
 
 
@@ -63,6 +69,7 @@ class PushResult:
     manifest_parts: int = 1  # the layers the continuity manifest travels in
 
 
+@bulk  # 25,000 (digest, size) tuples and Entry objects: the cyclic collector would walk them again and again
 def push(
     store: Store,
     manifest: Manifest | None,
@@ -84,93 +91,211 @@ def push(
     (exit 4) for missing or corrupt local blobs, RemoteError (exit 1) when the
     registry refuses or cannot be reached, NotFound for a missing ``bases`` reference.
     """
-    data, tree = _read_tree(store, manifest, manifest_digest)
+    data = _manifest_bytes(store, manifest, manifest_digest)
     mdigest = _check_manifest_size(data)
-    refs = tree.refs
-    sizes = dict(tree.sizes)
-    # A file the store holds as chunks only (a manifest without chunk lists) is pushed as the
-    # whole-file blob the manifest names, put together from its chunks and verified.
-    content = _content_refs(store, tree)
-    with store.lease(manifests=[manifest_digest] if manifest_digest else sorted(content)) as lease:
-        os.makedirs(lease.tmp_dir, mode=0o700, exist_ok=True)
-        missing = store.missing_blobs(content)
-        if missing:
-            raise BlobNotFound(min(missing), context=mdigest)
-        assembled = store.chunk_lists(refs - content)
-        for d in refs - sizes.keys():  # ADS blobs: their size is in the index only
-            sizes[d] = store.blob_size(d) or 0
-        # Every blob is read, its size and digest checked, before anything made of it is sent.
-        read = _reader(store, assembled)
-        with ExitStack() as stack:
-            procs = stack.enter_context(start_pool()) if len(sizes) >= MIN_PROCS else None  # forked before httpx
-            reg = stack.enter_context(
-                Registry(ref, username=username, password=password, push=True, jobs=jobs, access=access)
-            )
+    with ExitStack() as stack:
+        # Forked first: before the scan fills the heap (a cheaper fork) and before httpx starts
+        # threads; the workers start up while the manifest is scanned.
+        procs = stack.enter_context(start_pool()) if len(data) >= MIN_PROCS * MIN_ENTRY else None
+        # The client is made on a thread meanwhile: its TLS context loads the CA bundle (~40 ms, GIL released).
+        opening = ThreadPoolExecutor(1, thread_name_prefix="open")
+        conns = 2 * jobs + 4  # connections: the parts on 2 x jobs threads, and each pack's stream and index
+        made = opening.submit(Registry, ref, username=username, password=password, push=True, jobs=conns, access=access)
+        opening.shutdown(wait=False)
+        stack.callback(_close_made, made)
+        if manifest is None:
+            tree = blobscan.scan(data, source=manifest_digest or mdigest)
+        else:
+            tree = blobscan.of_manifest(manifest)
+        # A file the store holds as chunks only (a manifest without chunk lists) is pushed as the
+        # whole-file blob the manifest names, put together from its chunks and verified.
+        content = _content_refs(store, tree)
+        with store.lease(manifests=[manifest_digest] if manifest_digest else sorted(content)) as lease:
+            os.makedirs(lease.tmp_dir, mode=0o700, exist_ok=True)
+            missing = store.missing_blobs(content)  # before any request (tests/remote/test_bombs.py)
+            if missing:
+                raise BlobNotFound(min(missing), context=mdigest)
+            assembled = store.chunk_lists(tree.refs - content)
+            sizes = tree.sizes
+            for d in tree.refs - sizes.keys():  # ADS blobs: their size is in the index only
+                sizes[d] = store.blob_size(d) or 0
+            reg = made.result()
             base = load_bases(reg, ref, bases, lease.tmp_dir)
             plan = make_plan([(d, sizes[d]) for d in tree.order], base, pack_target)
-            send = _Sender(reg)
-            parts = split(data)  # the manifest travels in content-defined parts (one when small)
-            descs = part_descriptors(parts)
-            prog = Progress("push", sum(n for pack in plan.new for _, n in pack) + sum(n for _, n in plan.solo))
-            built: list[tuple[int, Descriptor, Descriptor]] = []
-
-            def one_pack(i: int) -> None:
-                bp = build_pack(store, plan.new[i], jobs=min(jobs, 4), read=read, procs=procs, special=assembled)
-                send(bp.pack.digest, bp.pack.size, bp.data)
-                send(bp.index.digest, bp.index.size, bp.index_data)
-                built.append((i, bp.pack, bp.index))
-                crashpoint("push-after-pack")
-                prog.add(sum(n for _, n in plan.new[i]))  # the bytes of the blobs it holds
-
-            def one_solo(item: tuple[str, int]) -> None:
-                d, n = item
-                send(d, n, _assembler(store, d, assembled[d], lease.tmp_dir) if d in assembled else _opener(store, d))
-                prog.add(n)
-
-            in_flight = max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1))))
-
-            def packs() -> None:
-                run_all(range(len(plan.new)), one_pack, jobs=in_flight, abort=reg.abort)
-
-            def the_rest() -> None:  # while the packs are read: network round trips, little CPU
-                send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
-                if len(parts) > 1:
-                    upload_parts(reg, parts, descs, send, jobs)
-                else:
-                    send(mdigest, len(data), data)
-                run_all(plan.solo, one_solo, jobs=jobs, abort=reg.abort)
-
-            try:
-                run_all([packs, the_rest], _call, jobs=2, abort=reg.abort)
-            finally:
-                prog.done()
-            pairs = [(b.pack, b.index) for b in plan.reused] + [(p, x) for _, p, x in sorted(built, key=lambda t: t[0])]
-            oci = build_oci_manifest(mdigest, len(data), plan.solo, pairs, descs)
-            oci_digest = _put_oci_manifest(reg, ref, mdigest, oci)
-            signed = push_signatures(reg, store, mdigest, oci_digest, len(oci))  # after the tree: never dangling
-    return PushResult(
-        oci_digest,
-        mdigest,
-        len(send.sent),
-        len(send.skipped),
-        sum(send.sent),
-        signed,
-        len(plan.new),
-        len(plan.reused),
-        len(oci),
-        len(parts),
-    )
+            job = _Job(store, reg, data, mdigest, plan, assembled, procs, lease.tmp_dir, jobs)
+            with _young_gc():
+                return job.run(ref, max(1, min(jobs, MAX_PACK_MEMORY // (2 * max(pack_target, 1)))))
 
 
-def _read_tree(store: Store, manifest: Manifest | None, digest: str | None) -> tuple[bytes, blobscan.TreeBlobs]:
-    """The manifest's bytes and blobs: those of the store's manifest ``digest`` read from its bytes
-    when ``manifest`` is None, else from ``manifest``."""
+@contextmanager
+def _young_gc() -> Iterator[None]:
+    """The cyclic collector on again, for the objects made from now on only (``gc.freeze``): the transfers
+    make short-lived cycles (futures, answers) that would pile up (~50 MB on 100,000 files) with it
+    paused, while the tree's own 100,000s of objects made before are never walked again."""
+    gc.freeze()
+    gc.enable()
+    try:
+        yield
+    finally:
+        gc.disable()
+        gc.unfreeze()
+
+
+def _close_made(made: Future[Registry]) -> None:
+    """Close the client ``made`` on the opening thread, once it is made (it may have failed: nothing to close)."""
+    try:
+        reg = made.result()
+    except Exception:
+        return
+    reg.close()
+
+
+class _Job:
+    """One push once planned: new packs built (and streamed, on a first push) while the manifest
+    parts, the config and the lone blobs go on another thread; then the OCI manifest."""
+
+    def __init__(
+        self,
+        store: Store,
+        reg: Registry,
+        data: bytes,
+        mdigest: str,
+        plan: Plan,
+        assembled: Mapping[str, tuple[Chunk, ...]],
+        procs: Executor | None,
+        tmp_dir: str,
+        jobs: int,
+    ) -> None:
+        self.store, self.reg, self.data, self.mdigest, self.plan = store, reg, data, mdigest, plan
+        self.assembled, self.procs, self.tmp_dir, self.jobs = assembled, procs, tmp_dir, jobs
+        self.send = _Sender(reg)
+        self.parts: list[bytes] = []  # the manifest travels in content-defined parts (one when small)
+        self.descs: list[Descriptor] = []
+        self.built: list[tuple[int, Descriptor, Descriptor]] = []
+        self.prog = Progress("push", sum(n for pack in plan.new for _, n in pack) + sum(n for _, n in plan.solo))
+        # Every blob is read, its size and digest checked, before anything made of it is sent.
+        self.read = _reader(store, assembled)
+        self.decided = threading.Event()  # the_rest knows whether the registry saw this manifest before
+        self.fresh = False  # ... it did not: packs are streamed while they are built (castore.remote.streamup)
+        self.first_sent = threading.Event()  # the manifest's first part is in the registry
+
+    def run(self, ref: Reference, in_flight: int) -> PushResult:
+        reg, plan, data, mdigest, send = self.reg, self.plan, self.data, self.mdigest, self.send
+
+        def packs() -> None:
+            run_all(range(len(plan.new)), self.one_pack, jobs=in_flight, abort=reg.abort)
+
+        try:
+            run_all([packs, self.the_rest], _call, jobs=2, abort=reg.abort)
+        finally:
+            self.prog.done()
+        built = [(p, x) for _, p, x in sorted(self.built, key=lambda t: t[0])]
+        oci = build_oci_manifest(
+            mdigest, len(data), plan.solo, [(b.pack, b.index) for b in plan.reused] + built, self.descs
+        )
+        oci_digest = _put_oci_manifest(reg, ref, mdigest, oci)
+        signed = _push_signatures(reg, self.store, mdigest, oci_digest, len(oci))  # after the tree: never dangling
+        return PushResult(
+            oci_digest,
+            mdigest,
+            len(send.sent),
+            len(send.skipped),
+            sum(send.sent),
+            signed,
+            len(plan.new),
+            len(plan.reused),
+            len(oci),
+            len(self.parts),
+        )
+
+    def one_pack(self, i: int) -> None:
+        stream = PackStream(self.reg, self.first_sent, self.streaming) if self.procs is not None else None
+        try:
+            bp = build_pack(
+                self.store,
+                self.plan.new[i],
+                jobs=min(self.jobs, 4),
+                read=self.read,
+                procs=self.procs,
+                special=self.assembled,
+                sink=stream.add if stream is not None else None,
+            )
+        except BaseException:
+            if stream is not None:
+                stream.cancel()  # nothing of it is committed
+            raise
+
+        def pack() -> None:
+            if stream is not None and stream.finish(bp.pack.digest, bp.pack.size):
+                self.send.sent.append(bp.pack.size)
+            else:  # not streamed (a re-run, a small push) or the stream failed: HEAD, then one PUT
+                self.wait_first()
+                self.send(bp.pack.digest, bp.pack.size, bp.data)
+
+        def index() -> None:
+            self.wait_first()
+            self.send(bp.index.digest, bp.index.size, bp.index_data)
+
+        run_all([pack, index], _call, jobs=2, abort=self.reg.abort)
+        self.built.append((i, bp.pack, bp.index))
+        crashpoint("push-after-pack")
+        self.prog.add(sum(n for _, n in self.plan.new[i]))  # the bytes of the blobs it holds
+
+    def wait_first(self) -> None:
+        """Until the_rest has sent the manifest's first part (Aborted if it failed)."""
+        while not self.first_sent.wait(0.05):
+            if self.reg.abort.is_set():
+                raise Aborted("aborted")
+
+    def streaming(self) -> bool:
+        """Whether packs are streamed: waits until the_rest knows (False when the push is aborted)."""
+        while not self.decided.wait(0.05):
+            if self.reg.abort.is_set():
+                return False
+        return self.fresh
+
+    def the_rest(self) -> None:
+        """The manifest (or its parts), the config and the lone blobs: round trips, little CPU.
+
+        The first part goes first, and no pack is committed before it is there. A registry that has the
+        first or the last part has seen this tree, or one that differs from it in a few files, before: a
+        re-run or a re-push, where every part is HEADed and only the missing ones are sent. Otherwise the
+        push is *fresh*: its packs are streamed while they are built and its parts are sent without a
+        HEAD each (a part an older tree happened to share is sent again)."""
+        reg, data, send, descs = self.reg, self.data, self.send, self.descs
+        try:
+            self.parts.extend(split(data))  # here, not before the packs: the workers read meanwhile
+            descs.extend(part_descriptors(self.parts))
+            first = descs[0] if len(descs) > 1 else Descriptor("", self.mdigest, len(data))
+            has_first = reg.has_blob(first.digest)
+            self.fresh = not has_first and (len(descs) < 3 or not reg.has_blob(descs[-1].digest))
+        finally:
+            self.decided.set()
+        if has_first:
+            send.skipped.append(first.size)
+        else:
+            send.upload(first.digest, first.size, self.parts[0])
+        self.first_sent.set()
+        send(CONFIG_DIGEST, len(CONFIG_JSON), CONFIG_JSON)
+        if len(self.parts) > 1:  # small requests, bound by the registry's answers: twice --jobs of them
+            upload_parts(reg, self.parts[1:], descs[1:], send.upload if self.fresh else send, 2 * self.jobs)
+        run_all(self.plan.solo, self.one_solo, jobs=self.jobs, abort=reg.abort)
+
+    def one_solo(self, item: tuple[str, int]) -> None:
+        d, n = item
+        chunks = self.assembled.get(d)
+        self.send(d, n, _opener(self.store, d) if chunks is None else _assembler(self.store, d, chunks, self.tmp_dir))
+        self.prog.add(n)
+
+
+def _manifest_bytes(store: Store, manifest: Manifest | None, digest: str | None) -> bytes:
+    """The manifest's bytes: those of the store's manifest ``digest`` (always when ``manifest`` is None),
+    else ``manifest`` encoded."""
+    if digest is not None:
+        return store.read_blob(digest)
     if manifest is None:
-        if digest is None:
-            raise ValueError("push needs a manifest or the digest of one in the store")
-        data = store.read_blob(digest)
-        return data, blobscan.scan(data, source=digest)
-    return store.read_blob(digest) if digest else codec.dumps(manifest), blobscan.of_manifest(manifest)
+        raise ValueError("push needs a manifest or the digest of one in the store")
+    return codec.dumps(manifest)
 
 
 class _Sender:
@@ -185,8 +310,21 @@ class _Sender:
         if self.reg.has_blob(d):
             self.skipped.append(n)
         else:
-            self.reg.upload_blob(d, n, source)  # type: ignore[arg-type]
-            self.sent.append(n)
+            self.upload(d, n, source)
+
+    def upload(self, d: str, n: int, source: bytes | bytearray | Callable[[], int]) -> None:
+        self.reg.upload_blob(d, n, source)  # type: ignore[arg-type]
+        self.sent.append(n)
+
+
+def _push_signatures(reg: Registry, store: Store, mdigest: str, oci_digest: str, oci_size: int) -> int:
+    """castore.remote.signatures.push_signatures, imported only when the manifest has signatures
+    (it loads ``cryptography``: ~40 ms of every push)."""
+    if not sigdb.for_manifest(store, mdigest):
+        return 0
+    from castore.remote.signatures import push_signatures
+
+    return push_signatures(reg, store, mdigest, oci_digest, oci_size)
 
 
 def _content_refs(store: Store, tree: blobscan.TreeBlobs) -> set[str]:

@@ -24,8 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Self, TypeVar
 
+# isort: off
+import castore.remote.lean_httpx  # noqa: F401  # first: httpx without its command-line client
 import httpx
 
+# isort: on
 from castore.errors import Aborted, NotFound, RemoteError
 from castore.remote.challenge import answer_challenge, creds_hint
 from castore.remote.ref import Reference, is_loopback

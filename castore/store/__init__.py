@@ -81,6 +81,14 @@ class Store(BlobFiles, Catalog, ChunkMap, Leases):
             self._chunking = ChunkParams(ch["min_size"], ch["avg_size"], ch["max_size"], ch["threshold"])
         return self._chunking
 
+    @property
+    def chunk_threshold(self) -> int:
+        """The size from which files are chunked (``chunking.threshold``, without importing castore.readers:
+        a checkout needs only this)."""
+        ch = self.config["chunker"]
+        assert isinstance(ch, dict)
+        return int(ch["threshold"])
+
     @classmethod
     def open(cls, path: str | None = None, *, create: bool = True) -> Store:
         """Open (and on first use create) the store at ``path``. Raises StoreUnusable."""

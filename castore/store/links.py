@@ -31,10 +31,10 @@ class LinkRef:
 
     __slots__ = ("entry", "paths", "_res", "key")
 
-    def __init__(self, entry: bytes, paths: tuple[str, ...]) -> None:
+    def __init__(self, entry: bytes, paths: tuple[str, ...], key: bytes | None = None) -> None:
         self.entry, self.paths = entry, paths
         self._res: RegularFile | None = None
-        self.key: bytes | None = None  # the object key, once computed (Writer._object_key)
+        self.key = key  # the object key (sha256 of ``entry``), once computed (Writer._object_key)
 
     @property
     def path(self) -> str:

@@ -1,7 +1,8 @@
-"""A counting (and, on demand, lying) HTTP proxy in front of the real registry, for the lazy-mount tests
-and the lazy-mount benchmark: every request is forwarded to the registry; the proxy records
-(method, path, Range header, body bytes sent) and, while ``lie`` is set, flips one byte of every blob
-body it forwards (a registry serving wrong bytes for a range)."""
+"""A counting (and, on demand, lying) HTTP proxy in front of the real registry, for the lazy-mount and
+push-stream tests and the lazy-mount benchmark: every request is forwarded to the registry; the proxy
+records (method, path, Range header, body bytes sent; for a request with a body, the bytes received),
+while ``lie`` is set flips one byte of every blob body it forwards (a registry serving wrong bytes for
+a range), and answers the methods in ``refuse`` with 405 (a registry without chunked uploads)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class CountingProxy:
         self.upstream = upstream
         self.seen: list[Seen] = []
         self.lie = False
+        self.refuse: frozenset[str] = frozenset()  # methods answered 405, unforwarded (no chunked uploads)
         self.client = httpx.Client(base_url=f"http://{upstream}", timeout=30, follow_redirects=False)
         proxy = self
 
@@ -56,6 +58,15 @@ class CountingProxy:
             def _forward(self) -> None:
                 n = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(n) if n else None
+                if self.command in proxy.refuse:
+                    proxy.seen.append(Seen(self.command, self.path, "", 0))
+                    err = b'{"errors":[{"code":"UNSUPPORTED","message":"not here"}]}'
+                    self.send_response(405)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(err)))
+                    self.end_headers()
+                    self.wfile.write(err)
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
                 resp = proxy.client.request(self.command, self.path, headers=headers, content=body)
                 data = resp.content if self.command != "HEAD" else b""
@@ -67,9 +78,12 @@ class CountingProxy:
                     and resp.status_code in (200, 206)
                 ):
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
-                proxy.seen.append(Seen(self.command, self.path, self.headers.get("range", ""), len(data)))
+                nbytes = len(data) + len(body or b"")
+                proxy.seen.append(Seen(self.command, self.path, self.headers.get("range", ""), nbytes))
                 self.send_response(resp.status_code)
                 for k, v in resp.headers.items():
+                    if k.lower() == "location":  # upload sessions: the next request comes here too
+                        v = v.replace(f"//{proxy.upstream}/", f"//{proxy.address}/")
                     if k.lower() not in HOP:
                         self.send_header(k, v)
                 self.send_header(

@@ -95,3 +95,26 @@ def test_size_of_agrees_with_the_decoder(blobs: list[bytes]) -> None:
             seen += got is not None
     assert seen > len(sizes)
     assert size_of(b"\x0a") is None  # truncated
+
+
+def test_two_runs_split_at_an_entry_boundary_read_as_the_whole(blobs: list[bytes]) -> None:
+    """split_point, and split_entries / entry_hashes over each run of it (a checkout's two writer
+    processes), give exactly the entries and the hashes of the whole manifest."""
+    import hashlib
+
+    from castore.manifest.entries import entry_hashes, split_point
+
+    for blob in blobs:
+        whole, whole_paths = split_entries(blob)
+        for share in (0.0, 0.3, 0.5, 0.9, 1.0):
+            mid, before = split_point(blob, share)
+            assert mid >= len(blob) * share or mid == len(blob)
+            a, pa = split_entries(blob, end=mid)
+            b, pb = split_entries(blob, begin=mid)
+            assert len(a) == before and a + b == whole and pa + pb == whole_paths
+            spans: list[tuple[int, int]] = []
+            keys = entry_hashes(blob, mid, None, spans)
+            assert keys == [hashlib.sha256(e).digest() for e in b]
+            assert [blob[i:j] for i, j in spans] == b
+        with pytest.raises(codec.CorruptManifest):
+            entry_hashes(blob[:-1])
