@@ -40,12 +40,11 @@ def items_of(enc: Encoded, begin: int = 0, end: int | None = None, keys: list[by
     if keys is None:
         return [LinkRef(e, ps) if f else decode_entry(e) for e, ps, f in zip(entries, paths, plain, strict=True)]
     return [
-        LinkRef(e, ps, k) if f else decode_entry(e)
-        for e, ps, f, k in zip(entries, paths, plain, keys, strict=True)
+        LinkRef(e, ps, k) if f else decode_entry(e) for e, ps, f, k in zip(entries, paths, plain, keys, strict=True)
     ]
 
 
-def read_run(writer: Writer, enc: Encoded, begin: int, end: int | None = None) -> object:
+def read_run(writer: Writer, enc: Encoded, begin: int, end: int | None = None) -> Fed:
     """What the forked writer checking out ``enc.data[begin:end]`` needs from LMDB (it cannot read
     it: an environment must not be used across a fork), as plain data for ``use_run``: the records of
     its hardlink objects (keys: the hashes of its entries, read with the framing alone) and the
@@ -66,9 +65,12 @@ def read_run(writer: Writer, enc: Encoded, begin: int, end: int | None = None) -
     return records, [(d, [(c.digest, c.begin, c.end) for c in chunks]) for d, chunks in lists.items()]
 
 
-def use_run(writer: Writer, fed: object) -> None:
+Fed = tuple[dict[bytes, bytes], list[tuple[str, list[tuple[str, int, int]]]]]  # what read_run sends
+
+
+def use_run(writer: Writer, fed: Fed) -> None:
     """In the forked writer: take what ``read_run`` read for it."""
-    records, lists = fed  # type: ignore[misc]
+    records, lists = fed
     writer.records = records
     writer.chunk_lists.update((d, tuple(Chunk(*c) for c in chunks)) for d, chunks in lists)
 

@@ -10,6 +10,7 @@ import marshal
 import os
 import signal
 from collections.abc import Callable
+from typing import Any
 
 from castore import fs
 from castore.errors import Busy, CastoreError, IntegrityError, ResourceLimit, UnsafeInput
@@ -19,10 +20,10 @@ _ERROR_BY_CODE: dict[int, type[CastoreError]] = {3: UnsafeInput, 4: IntegrityErr
 
 
 def run_forked(
-    child: Callable[[Callable[[], object]], object],
+    child: Callable[[Callable[[], Any]], Any],
     parent: Callable[[], None],
-    feed: Callable[[], object] | None = None,
-) -> object:
+    feed: Callable[[], Any] | None = None,
+) -> Any:
     """Run ``child`` in a forked process while this one runs ``parent``; return what ``child``
     returned (plain data: marshal), or raise ``parent``'s error, else the child's (its class by
     exit code, an OSError as one), else "worker died" when it sent nothing whole.

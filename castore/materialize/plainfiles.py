@@ -190,7 +190,7 @@ class PlainFileWriter:
                 return
             else:
                 st = os.fstat(fd)
-                _, perm, uid, gid, _, digest, _ = pf  # type: ignore[misc]
+                _, perm, uid, gid, _, digest, _ = pf
                 self.link_updates[rkey] = _pack_record(
                     RECORD_V2,
                     st.st_ino,

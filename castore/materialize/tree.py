@@ -21,6 +21,7 @@ from castore.manifest.entries import split_point
 from castore.manifest.model import Directory, RegularFile, Whiteout
 from castore.materialize.encoded import (
     Encoded,
+    Fed,
     Item,
     directory_fields,
     directory_from,
@@ -170,9 +171,9 @@ def _item_runs(
             _preload(writer, mine)
             _create_entries(tree.dirs, mine, writer)
 
-        updates, needs_sync = run_forked(child, parent)  # type: ignore[misc]
+        updates, needs_sync = run_forked(child, parent)
         writer.needs_sync = writer.needs_sync or needs_sync
-        return updates  # type: ignore[no-any-return]
+        return updates
 
 
 def _encoded_runs(
@@ -187,7 +188,7 @@ def _encoded_runs(
         mark("checkout read")
         return _item_runs(root_fd, tree, items, writer, False, share)
 
-    def child(received: Callable[[], object]) -> object:
+    def child(received: Callable[[], Fed]) -> object:
         writer.forked = True
         mine = Tree(DirFds(root_fd))
         try:
@@ -208,18 +209,18 @@ def _encoded_runs(
             _preload(writer, others)
             _create_entries(tree.dirs, others, writer)
 
-    def feed() -> object:
+    def feed() -> Fed:
         fed = read_run(writer, enc, mid)
         mark("checkout records of the other half")
         return fed
 
-    updates, needs_sync, made, dirs, ads = run_forked(child, parent, feed)  # type: ignore[misc]
+    updates, needs_sync, made, dirs, ads = run_forked(child, parent, feed)
     mark("checkout wait")
     writer.needs_sync = writer.needs_sync or needs_sync
     tree.made.update(made)
     tree.directories.extend(directory_from(f) for f in dirs)
     tree.ads += ads
-    return updates  # type: ignore[no-any-return]
+    return updates
 
 
 def _preload(writer: Writer, entries: list[Item], *, chunk_lists: bool = False) -> None:
