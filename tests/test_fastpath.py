@@ -208,3 +208,58 @@ def test_a_reader_that_went_away_ends_both_paths_alike(store: Path, args: list[s
         results.append((p.returncode, p.stderr))
     assert results[0] == results[1]
     assert b"Traceback" not in results[0][1]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["checkout", "web", "{t}"],
+        ["checkout", "--link", "hardlink", "web", "{t}"],
+        ["checkout", "web", "--link=copy", "{t}"],
+        ["-q", "--debug", "checkout", "base/os@1.0", "{t}"],
+        ["checkout", "web", "{t}", "--store", "{store}"],  # --store after the verb (hoisted)
+    ],
+)
+def test_checkout_does_the_same_on_both_paths(store: Path, tmp_path: Path, args: list[str]) -> None:
+    from castore.testing.compare import assert_trees_equal
+
+    env = _env({"CONTINUITY_STORE": str(store)})
+    outs = []
+    for i, how in enumerate((["-m", "castore"], ["-c", CLICK_ONLY])):
+        t = tmp_path / f"t{i}"
+        argv = [a.replace("{t}", str(t)).replace("{store}", str(store)) for a in args]
+        p = subprocess.run([sys.executable, *how, *argv], capture_output=True, env=env, check=False)
+        assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr
+        err = p.stderr.replace(str(t).encode(), b"T")
+        if "--debug" in args:  # the phase timings differ; the rest must not
+            err = b"\n".join(x for x in err.splitlines() if b"debug: phases" not in x)
+        outs.append((p.stdout.replace(str(t).encode(), b"T"), err))
+    assert outs[0] == outs[1]
+    assert_trees_equal(tmp_path / "t0", tmp_path / "t1")
+    probe = [a.replace("{t}", str(tmp_path / "t2")).replace("{store}", str(store)) for a in args if a != "--debug"]
+    assert _fast_path_taken(probe, env)  # (--debug's phase line would follow the probe's module list)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["checkout", "no-such-name", "{t}"],  # exit 1 (not found), one line
+        ["checkout", "web", "{full}"],  # TARGET not empty: exit 3
+        ["checkout", "web"],  # usage: click's
+        ["checkout", "--link", "bogus", "web", "{t}"],  # click's choice error
+        ["checkout", "--link", "hardlink", "--json", "web", "{t}"],  # an option the fast path leaves to click
+    ],
+)
+def test_checkout_refusals_are_the_same_bytes(store: Path, tmp_path: Path, args: list[str]) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_bytes(b"x")
+    argv = [a.replace("{t}", str(tmp_path / "new")).replace("{full}", str(full)) for a in args]
+    env = _env({"CONTINUITY_STORE": str(store)})
+    if "--json" in args:
+        assert not _fast_path_taken(argv, env)
+        return
+    p = _same(argv, env)
+    assert p.returncode != 0 and p.stderr.count(b"\n") == 1 and p.stderr.startswith(b"continuity: error: ")
+    assert not (tmp_path / "new").exists()
+    assert _fast_path_taken(argv, env) == (args[1] != "--link" and len(args) == 3)

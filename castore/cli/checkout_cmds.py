@@ -13,10 +13,8 @@ from castore.cli.common import (
     json_opt,
     main_group,
     print_json,
-    resolve_lazy,
     write_ignore_opt,
 )
-from castore.cli.trust import check_trust
 from castore.materialize import LINK_MODES
 
 
@@ -59,28 +57,19 @@ def checkout_cmd(
       continuity checkout web /srv/web-ro --link hardlink    # share the store's inodes
       continuity checkout sha256:3f2a9c0d1e7b /tmp/t          # a digest prefix (12+ hex digits)
     """
-    from castore.api import checkout
+    from castore.cli.checkout_run import run_checkout
 
-    m, digest, store = resolve_lazy(obj, manifest, need_store=True)  # a store manifest is read by checkout
-    if link == "hardlink" and store is not None and store.readonly:
-        from castore.store.readonly import refuse_write
-
-        refuse_write(store.path, "--link hardlink makes link objects in it; use --link copy or reflink")
-    check_trust(obj, manifest, digest, store)
-    ref = m if m is not None else digest
-    assert ref is not None
-    checkout(
-        store,
-        ref,
+    digest = run_checkout(
+        obj,
+        manifest,
         target,
         link=link,
-        verify=not disable_digest,
+        disable_digest=disable_digest,
         devices=devices,
         sockets=sockets,
         whiteouts=whiteouts,
         rewrite_absolute_symlinks=rewrite_absolute_symlinks,
-        ignore_attrs=ignore_attr,
-        validated=True,
+        ignore_attr=ignore_attr,
     )
     if as_json:
         print_json({"digest": digest, "path": os.path.abspath(target)})

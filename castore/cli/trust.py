@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from castore.cli.common import Ctx
+from castore.cli.context import Ctx
 from castore.sign.policy import load_policy
 from castore.store import Store
 
