@@ -8,6 +8,7 @@ from castore.fs.io import (
     hash_fd,
     pwrite_all,
     pwrite_sparse,
+    read_exact_at,
     write_all,
     write_new,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "proc_path",
     "pwrite_all",
     "pwrite_sparse",
+    "read_exact_at",
     "read_xattrs",
     "reflink",
     "renameat2",

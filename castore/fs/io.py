@@ -113,6 +113,27 @@ def digest_fd(fd: int, size: int) -> bytes | None:
     return bytes.fromhex(digest[7:]) if total == size else None
 
 
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO never blocks
+
+
+def read_exact_at(dir_fd: int, name: str, size: int) -> bytes | None:
+    """The whole of the regular file ``name`` in ``dir_fd`` when it holds exactly ``size`` bytes, in one
+    ``pread`` of size+1 bytes (a short read proves the size: no ``fstat``); None when it is missing,
+    of another size, or not a regular file (a FIFO or a directory fails the read: ESPIPE, EISDIR), or a
+    symlink. For small store blobs: the callers hash what they get, or take the general path on None."""
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, size + 1, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == size else None
+
+
 def read_full(fd: int, size: int) -> bytes:
     """``size`` bytes from ``fd``'s offset (fewer only at the end of the file)."""
     data = b""

@@ -185,17 +185,8 @@ class ContentWriter:
         dfd = self._shards.get("b" + h[:2])
         if dfd is None:
             return False
-        try:
-            fd = os.open(h, _BLOB_FLAGS, dir_fd=dfd)
-        except OSError:
-            return False
-        try:
-            data = os.pread(fd, r.size + 1, 0)
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
-        if len(data) != r.size:
+        data = fs.read_exact_at(dfd, h, r.size)
+        if data is None:
             return False
         if self.opts.verify and r.digest not in self.opts.trusted and hashlib.sha256(data).hexdigest() != h:
             raise IntegrityError(f"blob {r.digest} is corrupt (digest mismatch) for {r.path}; run `continuity fsck`")

@@ -30,7 +30,6 @@ from castore.store import Store
 from castore.store.links import OBJECT_RECORD, RECORD_V2, LinkRef
 
 _ONE_READ = 4 << 20  # as content._ONE_READ: below it a blob is copied from one pread
-_BLOB_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _LINK_REFUSED = (errno.EXDEV, errno.EMLINK, errno.EPERM)
 _pack_record = OBJECT_RECORD.pack
@@ -105,23 +104,16 @@ class PlainFileWriter:
         path, perm, uid, gid, size, digest, mtime = pf
         if size >= _ONE_READ or size >= self.threshold or (path,) != f.paths:
             return None
+        data = b""
         if size:
             h = digest[7:]
             dfd = self._shards.get("b" + h[:2]) or self._blob_shard(h[:2])
             if dfd < 0:
                 return None
-            try:
-                bfd = os.open(h, _BLOB_FLAGS, dir_fd=dfd)
-            except OSError:
+            got = fs.read_exact_at(dfd, h, size)
+            if got is None:
                 return None
-            try:
-                data = os.pread(bfd, size + 1, 0)
-            except OSError:
-                return None
-            finally:
-                os.close(bfd)
-            if len(data) != size:
-                return None
+            data = got
             opts = self.opts
             if opts.verify and digest not in opts.trusted and hashlib.sha256(data).hexdigest() != h:
                 raise IntegrityError(f"blob {digest} is corrupt (digest mismatch) for {path}; run `continuity fsck`")

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 import zstandard
 
 from castore.errors import BlobNotFound, IntegrityError
-from castore.fs.io import read_full
+from castore.fs.io import read_exact_at, read_full
 from castore.remote.packfmt import BatchEncoder, compressor
 from castore.store.blobs import open_blob_file
 
@@ -38,7 +38,6 @@ Failure = tuple[str, str, str]  # (kind "missing" | "corrupt", digest, message)
 Stored = tuple[bytes, list[tuple[int, int]]]  # the batch's stored entries, joined; (length, compression) each
 
 _cctx: zstandard.ZstdCompressor | None = None
-_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO never blocks
 _shards: dict[str, int] = {}  # fan-out directory -> its fd, in a worker (closed when the worker exits)
 _sha256 = hashlib.sha256
 
@@ -60,17 +59,8 @@ def _read_fast(blob_root: str, h: str, size: int) -> bytes | None:
     dfd = _shard_fd(blob_root, h[:2])
     if dfd is None:
         return None
-    try:
-        fd = os.open(h, _FLAGS, dir_fd=dfd)
-    except OSError:
-        return None
-    try:
-        data = os.pread(fd, size + 1, 0)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(data) != size or _sha256(data).hexdigest() != h:
+    data = read_exact_at(dfd, h, size)
+    if data is None or _sha256(data).hexdigest() != h:
         return None
     return data
 
